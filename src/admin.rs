@@ -1,0 +1,111 @@
+//! Operator commands on the queue (`smime-gateway queue ...`): list, show,
+//! retry now, delete. They work on the spool files directly, so they can
+//! be used whether or not the daemon runs.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::headers;
+use crate::spool::dsn::rfc5322_date;
+use crate::spool::{RcptStatus, SpoolError, Store};
+
+fn date(secs: u64) -> String {
+    rfc5322_date(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// One line per queued message.
+pub fn list(store: &Store) -> Result<String, SpoolError> {
+    let mut out = String::new();
+    let ids = store.list()?;
+    let _ = writeln!(
+        out,
+        "{:<14}  {:>9}  {:<31}  {:<7}  {:<30}  next attempt",
+        "ID", "SIZE", "ARRIVED", "PENDING", "SENDER"
+    );
+    for id in &ids {
+        match store.load(id) {
+            Ok(m) => {
+                let pending = m.state.pending().count();
+                let next = if m.state.attempts == 0 {
+                    "now".to_string()
+                } else {
+                    date(m.state.next_attempt)
+                };
+                let sender = if m.envelope.mail_from.is_empty() {
+                    "<>"
+                } else {
+                    &m.envelope.mail_from
+                };
+                let _ = writeln!(
+                    out,
+                    "{id:<14}  {:>9}  {:<31}  {:>3}/{:<3}  {sender:<30}  {next}",
+                    m.body.len(),
+                    date(m.envelope.received),
+                    pending,
+                    m.state.rcpts.len()
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "{id:<14}  unreadable: {e}");
+            }
+        }
+    }
+    let _ = writeln!(out, "{} message(s) in the queue", ids.len());
+    Ok(out)
+}
+
+/// Envelope, per-recipient state and headers of one message.
+pub fn show(store: &Store, id: &str) -> Result<String, SpoolError> {
+    let m = store.load(id)?;
+    let mut out = String::new();
+    let e = &m.envelope;
+    let _ = writeln!(out, "Queue-ID:    {id}");
+    let _ = writeln!(out, "Message-ID:  {}", headers::message_id(&m.body));
+    let _ = writeln!(out, "Arrived:     {}", date(e.received));
+    let _ = writeln!(out, "Client:      {} ({})", e.client, e.helo);
+    let _ = writeln!(out, "Sender:      <{}>", e.mail_from);
+    let _ = writeln!(out, "Size:        {} octets", m.body.len());
+    let _ = writeln!(out, "Attempts:    {}", m.state.attempts);
+    if m.state.attempts > 0 {
+        let _ = writeln!(out, "Next:        {}", date(m.state.next_attempt));
+    }
+    for r in &m.state.rcpts {
+        let status = match r.status {
+            RcptStatus::Pending => "pending",
+            RcptStatus::Delivered => "delivered",
+            RcptStatus::Failed => "failed",
+        };
+        let _ = write!(out, "Recipient:   <{}> {status}", r.addr);
+        if let Some(reply) = &r.reply {
+            let _ = write!(out, " ({}: {reply})", r.hop.as_deref().unwrap_or("-"));
+        }
+        out.push('\n');
+    }
+    let head_end = m
+        .body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 2)
+        .unwrap_or(m.body.len());
+    out.push('\n');
+    out.push_str(&String::from_utf8_lossy(&m.body[..head_end]).replace("\r\n", "\n"));
+    Ok(out)
+}
+
+/// Makes message `id` due now; the daemon picks it up at its next queue
+/// scan (`queue.scan_interval`).
+pub fn retry(store: &Store, id: &str) -> Result<String, SpoolError> {
+    let mut m = store.load(id)?;
+    m.state.next_attempt = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    store.save_state(id, &m.state)?;
+    Ok(format!("{id}: due now"))
+}
+
+/// Removes message `id` from the queue without delivering it.
+pub fn delete(store: &Store, id: &str) -> Result<String, SpoolError> {
+    store.remove(id)?;
+    Ok(format!("{id}: deleted"))
+}

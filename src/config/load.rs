@@ -1,0 +1,136 @@
+//! Loading the configuration: the TOML file, then `SMIMEGW__SECTION__KEY`
+//! environment overrides, then every check in `validate`. Errors name the
+//! file and the key and say what is wrong; all of them are reported at once
+//! where the format allows it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use config::{Config, Environment, File, FileFormat};
+
+use super::{validate, Settings};
+
+/// Keys whose environment override is a comma-separated list.
+const LIST_KEYS: &[&str] = &[
+    "server.listen",
+    "server.internal_domains",
+    "server.trusted_networks",
+    "queue.retry_intervals",
+];
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key, e.g. `server.listen[0]`, or empty for the whole file.
+    pub key: String,
+    pub message: String,
+}
+
+/// Everything wrong with one configuration file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if p.key.is_empty() {
+                write!(f, "{}: {}", self.file.display(), p.message)?;
+            } else {
+                write!(f, "{}: {}: {}", self.file.display(), p.key, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Loads and validates the configuration at `path`, with overrides from the
+/// process environment.
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    load_with_env(path, None)
+}
+
+/// Like [`load`], with the environment given explicitly (tests) or taken
+/// from the process when `env` is `None`.
+pub fn load_with_env(
+    path: &Path,
+    env: Option<HashMap<String, String>>,
+) -> Result<Settings, ConfigError> {
+    let fail = |problems: Vec<Problem>| ConfigError {
+        file: path.to_path_buf(),
+        problems,
+    };
+    if !path.is_file() {
+        return Err(fail(vec![Problem {
+            key: String::new(),
+            message: "no such configuration file".into(),
+        }]));
+    }
+    let mut environment = Environment::with_prefix("SMIMEGW")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .list_separator(",")
+        .source(env);
+    for key in LIST_KEYS {
+        environment = environment.with_list_parse_key(key);
+    }
+    let built = Config::builder()
+        .add_source(File::from(path).format(FileFormat::Toml).required(true))
+        .add_source(environment)
+        .build()
+        .map_err(|e| {
+            fail(vec![Problem {
+                key: String::new(),
+                message: e.to_string(),
+            }])
+        })?;
+
+    let mut unknown = Vec::new();
+    let parsed: Result<Settings, _> =
+        serde_ignored::deserialize(built, |p| unknown.push(p.to_string()));
+    let mut problems: Vec<Problem> = unknown
+        .into_iter()
+        .map(|key| Problem {
+            key,
+            message: "unknown key".into(),
+        })
+        .collect();
+    match parsed {
+        Ok(settings) => {
+            problems.extend(validate::check(&settings));
+            if problems.is_empty() {
+                Ok(settings)
+            } else {
+                Err(fail(problems))
+            }
+        }
+        Err(e) => {
+            problems.push(deserialize_problem(&e));
+            Err(fail(problems))
+        }
+    }
+}
+
+/// Splits the `config` crate's "... for key `a.b` ..." message into key and text.
+fn deserialize_problem(e: &config::ConfigError) -> Problem {
+    let text = e.to_string();
+    if let Some((message, rest)) = text.split_once(" for key `") {
+        if let Some((key, tail)) = rest.split_once('`') {
+            return Problem {
+                key: key.to_string(),
+                message: format!("{message}{tail}"),
+            };
+        }
+    }
+    Problem {
+        key: String::new(),
+        message: text,
+    }
+}

@@ -1,0 +1,127 @@
+//! Semantic checks on a deserialized configuration: values that parse but
+//! cannot work. Every problem is collected, none stops the others.
+
+use std::time::Duration;
+
+use super::{Problem, Settings};
+
+pub(super) fn check(s: &Settings) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut bad = |key: &str, message: String| {
+        out.push(Problem {
+            key: key.to_string(),
+            message,
+        })
+    };
+
+    let host = &s.server.hostname;
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        bad(
+            "server.hostname",
+            format!("{host:?} is not a host name (empty or contains spaces)"),
+        );
+    }
+    if s.server.listen.is_empty() {
+        bad(
+            "server.listen",
+            "at least one address is needed, e.g. [\"127.0.0.1:2525\"]".into(),
+        );
+    }
+    for (i, d) in s.server.internal_domains.iter().enumerate() {
+        if !is_domain(d) {
+            bad(
+                &format!("server.internal_domains[{i}]"),
+                format!("{d:?} is not a domain name (write \"example.dk\", without '@')"),
+            );
+        }
+    }
+    for (key, value) in [
+        ("server.max_message_size", s.server.max_message_size),
+        ("server.max_recipients", s.server.max_recipients as u64),
+        ("server.max_connections", s.server.max_connections as u64),
+        (
+            "server.max_connections_per_ip",
+            s.server.max_connections_per_ip as u64,
+        ),
+        ("queue.max_deliveries", s.queue.max_deliveries as u64),
+    ] {
+        if value == 0 {
+            bad(key, "must be at least 1".into());
+        }
+    }
+    for (key, value) in [
+        ("server.command_timeout", s.server.command_timeout),
+        ("server.data_timeout", s.server.data_timeout),
+        ("relay.connect_timeout", s.relay.connect_timeout),
+        ("relay.timeout", s.relay.timeout),
+        ("queue.max_lifetime", s.queue.max_lifetime),
+        ("queue.scan_interval", s.queue.scan_interval),
+    ] {
+        if value == Duration::ZERO {
+            bad(key, "must be longer than zero".into());
+        }
+    }
+    if let Some(tls) = &s.server.tls {
+        for (key, path) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
+            if !path.is_file() {
+                bad(key, format!("{}: no such file", path.display()));
+            }
+        }
+    }
+    if s.spool.dir.as_os_str().is_empty() {
+        bad("spool.dir", "must name a directory".into());
+    }
+    for (key, hop) in [
+        ("relay.internal", &s.relay.internal),
+        ("relay.external", &s.relay.external),
+    ] {
+        if let Err(e) = parse_host_port(hop) {
+            bad(key, e);
+        }
+    }
+    if s.queue.retry_intervals.is_empty() {
+        bad(
+            "queue.retry_intervals",
+            "at least one interval is needed, e.g. [\"1m\", \"5m\"]".into(),
+        );
+    }
+    for (i, d) in s.queue.retry_intervals.iter().enumerate() {
+        if *d == Duration::ZERO {
+            bad(
+                &format!("queue.retry_intervals[{i}]"),
+                "must be longer than zero".into(),
+            );
+        }
+    }
+    out
+}
+
+/// Splits `host:port` (or `[v6]:port`) into its parts.
+pub fn parse_host_port(text: &str) -> Result<(String, u16), String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not host:port (e.g. \"127.0.0.1:10026\")"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{text:?} has no host"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{text:?}: {port:?} is not a port number"))?;
+    if port == 0 {
+        return Err(format!("{text:?}: port 0 is not a port"));
+    }
+    Ok((host.to_string(), port))
+}
+
+fn is_domain(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '-')
+        })
+}

@@ -1,0 +1,103 @@
+//! The running gateway: loads the configuration, opens the spool, starts
+//! the SMTP listeners and the queue runner, and handles signals (SIGTERM
+//! and SIGINT stop it, SIGHUP reloads the configuration).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info};
+
+use crate::config::{self, ConfigError, Settings};
+use crate::runner::Runner;
+use crate::smtp;
+use crate::spool::{SpoolError, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Spool(#[from] SpoolError),
+    #[error("{0}")]
+    Tls(#[from] smtp::tls::TlsError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the gateway with the configuration at `path` until SIGTERM/SIGINT.
+pub async fn serve(path: &Path) -> Result<(), DaemonError> {
+    let settings = config::load(path)?;
+    let store = Arc::new(Store::open(&settings.spool.dir)?);
+    let tls = match &settings.server.tls {
+        Some(t) => Some(smtp::tls::acceptor(t)?),
+        None => None,
+    };
+    let listeners = smtp::bind(&settings.server.listen).await?;
+    for l in &listeners {
+        if let Ok(addr) = l.local_addr() {
+            info!(address = %addr, tls = tls.is_some(), "listening");
+        }
+    }
+
+    let settings = Arc::new(ArcSwap::from_pointee(settings));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (queued_tx, queued_rx) = mpsc::unbounded_channel();
+    let ctx = Arc::new(smtp::Context::new(
+        Arc::clone(&settings),
+        Arc::clone(&store),
+        tls,
+        stop_rx.clone(),
+        queued_tx.clone(),
+    ));
+    let runner = Runner::new(
+        Arc::clone(&settings),
+        Arc::clone(&store),
+        queued_rx,
+        queued_tx,
+        stop_rx,
+    );
+    let runner = tokio::spawn(runner.run());
+    let server = tokio::spawn(smtp::serve(listeners, ctx));
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    info!(config = %path.display(), "smime-gateway started");
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = int.recv() => { info!("SIGINT: stopping"); break; }
+            _ = hup.recv() => reload(path, &settings),
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    let _ = runner.await;
+    info!("stopped; the spool keeps every message not yet delivered");
+    Ok(())
+}
+
+/// Loads the configuration again and swaps it in when valid; an invalid
+/// one is logged and the running one kept. Listen addresses and the spool
+/// directory take effect only at the next start.
+fn reload(path: &Path, settings: &ArcSwap<Settings>) {
+    match config::load(path) {
+        Ok(new) => {
+            settings.store(Arc::new(new));
+            info!(config = %path.display(), "configuration reloaded");
+        }
+        Err(e) => error!(error = %e, "configuration not reloaded; the previous one stays in force"),
+    }
+}
+
+/// Checks the configuration as `serve` would, without starting anything.
+pub fn check(path: &PathBuf) -> Result<Settings, DaemonError> {
+    let settings = config::load(path)?;
+    if let Some(t) = &settings.server.tls {
+        smtp::tls::acceptor(t)?;
+    }
+    Ok(settings)
+}

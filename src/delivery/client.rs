@@ -1,0 +1,163 @@
+//! One SMTP transaction towards a next hop with lettre's connection API,
+//! driven command by command so each recipient gets its own outcome: a
+//! refused RCPT fails that recipient only, and a reply to DATA applies to
+//! the recipients that were accepted.
+
+use std::error::Error as _;
+
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::extension::{ClientId, Extension};
+use lettre::transport::smtp::Error as SmtpError;
+
+use crate::config::{validate::parse_host_port, RelaySettings, RelayTls};
+
+/// What happened to one recipient in one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptOutcome {
+    /// The next hop accepted the message for this recipient (its reply).
+    Delivered(String),
+    /// Temporary failure: try again later (the reason).
+    Deferred(String),
+    /// Permanent failure: bounce (the reply).
+    Failed(String),
+}
+
+/// One copy of a message for a group of recipients at one next hop.
+pub struct Outbound<'a> {
+    pub hop: &'a str,
+    pub mail_from: &'a str,
+    pub rcpts: &'a [String],
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+    pub body: &'a [u8],
+}
+
+/// Sends `out` and returns one outcome per recipient, in order. Never
+/// fails as a whole: a failure to connect defers every recipient.
+pub async fn send(relay: &RelaySettings, helo: &str, out: &Outbound<'_>) -> Vec<RcptOutcome> {
+    match transact(relay, helo, out).await {
+        Ok(outcomes) => outcomes,
+        Err(reason) => out
+            .rcpts
+            .iter()
+            .map(|_| RcptOutcome::Deferred(reason.clone()))
+            .collect(),
+    }
+}
+
+/// The text of a failed command: the reply when there was one.
+fn describe(e: &SmtpError) -> String {
+    match (e.status(), e.source()) {
+        (Some(code), Some(text)) => format!("{code} {text}"),
+        (Some(code), None) => code.to_string(),
+        _ => e.to_string(),
+    }
+}
+
+fn reply_text(r: &lettre::transport::smtp::response::Response) -> String {
+    let lines: Vec<&str> = r.message().collect();
+    format!("{} {}", r.code(), lines.join(" "))
+}
+
+/// Error text for a failure that defers every recipient of the attempt.
+type AllDeferred = String;
+
+async fn transact(
+    relay: &RelaySettings,
+    helo: &str,
+    out: &Outbound<'_>,
+) -> Result<Vec<RcptOutcome>, AllDeferred> {
+    let (host, port) = parse_host_port(out.hop)?;
+    let client_id = ClientId::Domain(helo.to_string());
+    let connect = AsyncSmtpConnection::connect_tokio1(
+        (host.as_str(), port),
+        Some(relay.timeout),
+        &client_id,
+        None,
+        None,
+    );
+    let mut conn = tokio::time::timeout(relay.connect_timeout, connect)
+        .await
+        .map_err(|_| format!("connect to {} timed out", out.hop))?
+        .map_err(|e| format!("connect to {} failed: {}", out.hop, describe(&e)))?;
+
+    if relay.tls != RelayTls::None {
+        if conn.can_starttls() {
+            let params = TlsParameters::builder(host.clone())
+                .dangerous_accept_invalid_certs(true)
+                .dangerous_accept_invalid_hostnames(true)
+                .build_native()
+                .map_err(|e| format!("TLS setup failed: {e}"))?;
+            conn.starttls(params, &client_id)
+                .await
+                .map_err(|e| format!("STARTTLS with {} failed: {}", out.hop, describe(&e)))?;
+        } else if relay.tls == RelayTls::Required {
+            conn.abort().await;
+            return Err(format!(
+                "{} does not offer STARTTLS and relay.tls = \"required\"",
+                out.hop
+            ));
+        }
+    }
+
+    let info = conn.server_info();
+    let mut params = String::new();
+    if out.eight_bit && info.supports_feature(Extension::EightBitMime) {
+        params.push_str(" BODY=8BITMIME");
+    }
+    if out.smtputf8 && info.supports_feature(Extension::SmtpUtfEight) {
+        params.push_str(" SMTPUTF8");
+    }
+    let mail = format!("MAIL FROM:<{}>{params}\r\n", out.mail_from);
+    if let Err(e) = conn.command(mail).await {
+        conn.abort().await;
+        let text = describe(&e);
+        return Ok(out
+            .rcpts
+            .iter()
+            .map(|_| {
+                if e.is_permanent() {
+                    RcptOutcome::Failed(text.clone())
+                } else {
+                    RcptOutcome::Deferred(text.clone())
+                }
+            })
+            .collect());
+    }
+
+    let mut outcomes: Vec<Option<RcptOutcome>> = Vec::with_capacity(out.rcpts.len());
+    for rcpt in out.rcpts {
+        match conn.command(format!("RCPT TO:<{rcpt}>\r\n")).await {
+            Ok(_) => outcomes.push(None),
+            Err(e) if e.is_permanent() => outcomes.push(Some(RcptOutcome::Failed(describe(&e)))),
+            Err(e) if e.is_transient() => outcomes.push(Some(RcptOutcome::Deferred(describe(&e)))),
+            Err(e) => {
+                conn.abort().await;
+                return Err(format!("{} during RCPT: {}", out.hop, describe(&e)));
+            }
+        }
+    }
+    if outcomes.iter().all(Option::is_some) {
+        let _ = conn.quit().await;
+        return Ok(outcomes.into_iter().flatten().collect());
+    }
+
+    let data_result = match conn.command("DATA\r\n").await {
+        Ok(_) => conn.message(out.body).await,
+        Err(e) => Err(e),
+    };
+    let for_accepted = match &data_result {
+        Ok(r) => RcptOutcome::Delivered(reply_text(r)),
+        Err(e) if e.is_permanent() => RcptOutcome::Failed(describe(e)),
+        Err(e) => RcptOutcome::Deferred(describe(e)),
+    };
+    if data_result.is_ok() {
+        let _ = conn.quit().await;
+    } else {
+        conn.abort().await;
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| for_accepted.clone()))
+        .collect())
+}

@@ -1,0 +1,8 @@
+//! Outbound SMTP: routing recipients to next hops and handing one copy of a
+//! message to a next hop with a reply per recipient. Only this room talks
+//! SMTP to other servers.
+
+mod client;
+pub mod route;
+
+pub use client::{send, Outbound, RcptOutcome};

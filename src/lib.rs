@@ -1,0 +1,16 @@
+//! smime-gateway: an SMTP-in / SMTP-out S/MIME gateway for the Danish
+//! OCES2 → OCES3 move. Mail is accepted by `smtp`, made durable by
+//! `spool`, taken through `pipeline` by the `runner`, and handed on by
+//! `delivery`. `daemon` wires them together; `admin` holds the operator
+//! commands.
+
+pub mod admin;
+pub mod config;
+pub mod daemon;
+pub mod delivery;
+pub mod headers;
+pub mod logging;
+pub mod pipeline;
+pub mod runner;
+pub mod smtp;
+pub mod spool;

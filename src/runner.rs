@@ -1,0 +1,376 @@
+//! The queue runner: takes messages from the spool when they are due, runs
+//! them through the pipeline, hands the copies to delivery, and records the
+//! outcome per recipient (delivered, deferred with the next attempt time,
+//! or failed with a bounce to the sender) durably before forgetting it.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::config::Settings;
+use crate::delivery::{self, route, Outbound, RcptOutcome};
+use crate::{headers, pipeline};
+use crate::spool::dsn::{self, Failure};
+use crate::spool::{retry, RcptStatus, SpoolError, Spooled, Store};
+
+/// What a delivery attempt left behind.
+enum JobEnd {
+    /// Nothing left to do for this id.
+    Gone,
+    /// Try again at this time (Unix seconds).
+    Retry(u64),
+}
+
+pub struct Runner {
+    settings: Arc<ArcSwap<Settings>>,
+    store: Arc<Store>,
+    rx: mpsc::UnboundedReceiver<String>,
+    tx: mpsc::UnboundedSender<String>,
+    shutdown: watch::Receiver<bool>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Runner {
+    pub fn new(
+        settings: Arc<ArcSwap<Settings>>,
+        store: Arc<Store>,
+        rx: mpsc::UnboundedReceiver<String>,
+        tx: mpsc::UnboundedSender<String>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            settings,
+            store,
+            rx,
+            tx,
+            shutdown,
+        }
+    }
+
+    /// Runs until shutdown; then waits up to `server.shutdown_timeout` for
+    /// deliveries in flight (the spool keeps whatever they did not finish).
+    pub async fn run(mut self) {
+        let mut due = Schedule::default();
+        let mut busy: HashSet<String> = HashSet::new();
+        let mut jobs: JoinSet<(String, JobEnd)> = JoinSet::new();
+        let scan_every = self.settings.load().queue.scan_interval;
+        let mut scan = tokio::time::interval(scan_every);
+        let mut shutdown = self.shutdown.clone();
+
+        loop {
+            let now = now_secs();
+            let max = self.settings.load().queue.max_deliveries;
+            while jobs.len() < max {
+                let Some(id) = due.pop_due(now) else { break };
+                if !busy.insert(id.clone()) {
+                    continue;
+                }
+                let settings = self.settings.load_full();
+                let store = Arc::clone(&self.store);
+                let tx = self.tx.clone();
+                jobs.spawn(async move {
+                    let end = attempt(&id, &settings, &store, &tx).await;
+                    (id, end)
+                });
+            }
+            let next_due = due.next_time();
+            let sleep = match next_due {
+                Some(at) if jobs.len() < max => Duration::from_secs(at.saturating_sub(now)).max(Duration::from_millis(200)),
+                _ => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                Some(id) = self.rx.recv() => {
+                    if !busy.contains(&id) {
+                        due.set(id, 0);
+                    }
+                }
+                Some(done) = jobs.join_next(), if !jobs.is_empty() => {
+                    if let Ok((id, end)) = done {
+                        busy.remove(&id);
+                        if let JobEnd::Retry(at) = end {
+                            due.set(id, at);
+                        }
+                    }
+                }
+                _ = scan.tick() => {
+                    let store = Arc::clone(&self.store);
+                    match tokio::task::spawn_blocking(move || scan_queue(&store)).await {
+                        Ok(Ok(found)) => {
+                            for (id, at) in found {
+                                if !busy.contains(&id) {
+                                    due.set(id, at);
+                                }
+                            }
+                        }
+                        Ok(Err(e)) => error!(error = %e, "cannot scan the queue"),
+                        Err(e) => error!(error = %e, "queue scan failed"),
+                    }
+                }
+                _ = tokio::time::sleep(sleep) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+
+        let bound = self.settings.load().server.shutdown_timeout;
+        let finished = tokio::time::timeout(bound, async {
+            while jobs.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            warn!(jobs = jobs.len(), "deliveries still running at shutdown; they will be retried");
+            jobs.abort_all();
+        }
+    }
+}
+
+/// Message ids by the time (Unix seconds) they are next due.
+#[derive(Default)]
+struct Schedule {
+    order: BTreeSet<(u64, String)>,
+    at: HashMap<String, u64>,
+}
+
+impl Schedule {
+    /// Sets (or moves) the due time of `id`.
+    fn set(&mut self, id: String, when: u64) {
+        if let Some(old) = self.at.insert(id.clone(), when) {
+            self.order.remove(&(old, id.clone()));
+        }
+        self.order.insert((when, id));
+    }
+
+    /// Takes the earliest id due at `now`, if any.
+    fn pop_due(&mut self, now: u64) -> Option<String> {
+        let (when, _) = self.order.first()?;
+        if *when > now {
+            return None;
+        }
+        let (_, id) = self.order.pop_first()?;
+        self.at.remove(&id);
+        Some(id)
+    }
+
+    fn next_time(&self) -> Option<u64> {
+        self.order.first().map(|(when, _)| *when)
+    }
+}
+
+/// Every queued message with the time of its next attempt.
+fn scan_queue(store: &Store) -> Result<Vec<(String, u64)>, SpoolError> {
+    let mut out = Vec::new();
+    for id in store.list()? {
+        match store.next_attempt(&id) {
+            Ok(at) => out.push((id, at)),
+            // Unreadable: the attempt itself sets it aside and logs it.
+            Err(_) => out.push((id, 0)),
+        }
+    }
+    Ok(out)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, SpoolError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| {
+            Err(SpoolError::Corrupt {
+                path: Default::default(),
+                reason: format!("spool task failed: {e}"),
+            })
+        })
+}
+
+/// One delivery attempt of message `id`.
+async fn attempt(
+    id: &str,
+    settings: &Settings,
+    store: &Arc<Store>,
+    notify: &mpsc::UnboundedSender<String>,
+) -> JobEnd {
+    let loaded = {
+        let (store, id) = (Arc::clone(store), id.to_string());
+        blocking(move || store.load(&id)).await
+    };
+    let mut msg = match loaded {
+        Ok(m) => m,
+        Err(SpoolError::NotFound(_)) => return JobEnd::Gone,
+        Err(SpoolError::Corrupt { path, reason }) => {
+            let (s, i) = (Arc::clone(store), id.to_string());
+            match blocking(move || s.set_aside(&i)).await {
+                Ok(to) => error!(event = "set-aside", queue_id = %id, file = %path.display(),
+                                 reason = %reason, moved_to = %to.display(),
+                                 "unreadable spool file moved aside, not delivered"),
+                Err(e) => error!(event = "set-aside", queue_id = %id, error = %e,
+                                 "unreadable spool file could not be moved aside"),
+            }
+            return JobEnd::Gone;
+        }
+        Err(e) => {
+            error!(queue_id = %id, error = %e, "cannot read queued message; will retry");
+            return JobEnd::Retry(now_secs() + 60);
+        }
+    };
+    let message_id = headers::message_id(&msg.body);
+
+    let pending: Vec<String> = msg.state.pending().map(|r| r.addr.clone()).collect();
+    let copies = pipeline::process(&msg.envelope, &msg.body, pending);
+    let mut results: Vec<(String, String, RcptOutcome)> = Vec::new();
+    for copy in &copies {
+        let mut by_hop: Vec<(&str, Vec<String>)> = Vec::new();
+        for rcpt in &copy.rcpts {
+            let hop = route::next_hop(settings, rcpt);
+            match by_hop.iter_mut().find(|(h, _)| *h == hop) {
+                Some((_, list)) => list.push(rcpt.clone()),
+                None => by_hop.push((hop, vec![rcpt.clone()])),
+            }
+        }
+        for (hop, rcpts) in by_hop {
+            let out = Outbound {
+                hop,
+                mail_from: &msg.envelope.mail_from,
+                rcpts: &rcpts,
+                eight_bit: msg.envelope.eight_bit,
+                smtputf8: msg.envelope.smtputf8,
+                body: &copy.body,
+            };
+            let outcomes = delivery::send(&settings.relay, &settings.server.hostname, &out).await;
+            for (rcpt, outcome) in rcpts.into_iter().zip(outcomes) {
+                results.push((rcpt, hop.to_string(), outcome));
+            }
+        }
+    }
+
+    let now = now_secs();
+    let mut failures = Vec::new();
+    for (rcpt, hop, outcome) in results {
+        let Some(state) = msg
+            .state
+            .rcpts
+            .iter_mut()
+            .find(|r| r.addr == rcpt && r.status == RcptStatus::Pending)
+        else {
+            continue;
+        };
+        state.hop = Some(hop.clone());
+        match outcome {
+            RcptOutcome::Delivered(reply) => {
+                info!(event = "delivered", queue_id = %id, message_id = %message_id,
+                      sender = %msg.envelope.mail_from, recipient = %rcpt, hop = %hop,
+                      reply = %reply, "delivered");
+                state.status = RcptStatus::Delivered;
+                state.reply = Some(reply);
+            }
+            RcptOutcome::Deferred(reason) => {
+                info!(event = "deferred", queue_id = %id, message_id = %message_id,
+                      sender = %msg.envelope.mail_from, recipient = %rcpt, hop = %hop,
+                      reply = %reason, "deferred");
+                state.reply = Some(reason);
+            }
+            RcptOutcome::Failed(reply) => {
+                failures.push(Failure {
+                    rcpt: rcpt.clone(),
+                    reply: reply.clone(),
+                    remote_mta: Some(hop),
+                    expired: false,
+                });
+                state.reply = Some(reply);
+            }
+        }
+    }
+    msg.state.attempts += 1;
+    let lifetime = settings.queue.max_lifetime;
+    if retry::expired(msg.envelope.received, now, lifetime) {
+        for state in msg.state.rcpts.iter().filter(|r| r.status == RcptStatus::Pending) {
+            if failures.iter().any(|f| f.rcpt == state.addr) {
+                continue;
+            }
+            failures.push(Failure {
+                rcpt: state.addr.clone(),
+                reply: state.reply.clone().unwrap_or_else(|| "not delivered".into()),
+                remote_mta: state.hop.clone(),
+                expired: true,
+            });
+        }
+    }
+
+    if !failures.is_empty() && bounce(id, settings, store, notify, &msg, &failures, &message_id).await {
+        for f in &failures {
+            if let Some(s) = msg.state.rcpts.iter_mut().find(|r| r.addr == f.rcpt && r.status == RcptStatus::Pending) {
+                s.status = RcptStatus::Failed;
+            }
+        }
+    }
+
+    if msg.state.is_done() {
+        let (s, i) = (Arc::clone(store), id.to_string());
+        if let Err(e) = blocking(move || s.remove(&i)).await {
+            error!(queue_id = %id, error = %e, "delivered message could not be removed from the queue");
+            return JobEnd::Retry(now + 60);
+        }
+        return JobEnd::Gone;
+    }
+    let next = now + retry::delay_after(msg.state.attempts, &settings.queue.retry_intervals).as_secs();
+    msg.state.next_attempt = next;
+    let (s, i, st) = (Arc::clone(store), id.to_string(), msg.state.clone());
+    if let Err(e) = blocking(move || s.save_state(&i, &st)).await {
+        error!(queue_id = %id, error = %e, "cannot record delivery state; recipients may be sent twice");
+    }
+    JobEnd::Retry(next)
+}
+
+/// Queues the bounce for `failures` (or logs why none is sent). Returns
+/// false when the bounce could not be queued: the recipients then stay
+/// pending, so nothing is lost.
+async fn bounce(
+    id: &str,
+    settings: &Settings,
+    store: &Arc<Store>,
+    notify: &mpsc::UnboundedSender<String>,
+    msg: &Spooled,
+    failures: &[Failure],
+    message_id: &str,
+) -> bool {
+    for f in failures {
+        info!(event = "bounced", queue_id = %id, message_id = %message_id,
+              sender = %msg.envelope.mail_from, recipient = %f.rcpt,
+              hop = %f.remote_mta.as_deref().unwrap_or("-"), reply = %f.reply,
+              expired = f.expired, "bounced");
+    }
+    if msg.envelope.is_null_sender() {
+        info!(event = "bounce-discarded", queue_id = %id, "the failed message had the null sender: no bounce is sent");
+        return true;
+    }
+    let (envelope, body) = dsn::build(
+        &settings.server.hostname,
+        id,
+        &msg.envelope,
+        &msg.body,
+        failures,
+        SystemTime::now(),
+    );
+    let s = Arc::clone(store);
+    match blocking(move || s.enqueue(&envelope, &body)).await {
+        Ok(dsn_id) => {
+            info!(event = "dsn-queued", queue_id = %id, dsn_id = %dsn_id, to = %msg.envelope.mail_from, "bounce queued");
+            let _ = notify.send(dsn_id);
+            true
+        }
+        Err(e) => {
+            error!(queue_id = %id, error = %e, "cannot queue the bounce; will try again");
+            false
+        }
+    }
+}
+

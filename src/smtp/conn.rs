@@ -1,0 +1,140 @@
+//! One client connection's bytes: a read buffer cut into command lines, and
+//! a write buffer of replies flushed before the session waits for input
+//! (so pipelined commands get their replies in one write).
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+/// Longest command line in octets, CRLF included (RFC 5321 §4.5.3.1.4).
+pub const MAX_COMMAND_LINE: usize = 512;
+
+/// Why reading stopped.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The client closed the connection.
+    Closed,
+    /// No input within the timeout.
+    Timeout,
+    /// The gateway is shutting down.
+    Shutdown,
+    Io(io::Error),
+}
+
+/// One line from the client, or a line that was too long (its bytes are
+/// discarded up to the next LF).
+#[derive(Debug)]
+pub enum Line {
+    Command(Vec<u8>),
+    TooLong,
+}
+
+pub struct Conn<S> {
+    pub stream: S,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    discarding: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    pub fn new(stream: S) -> Self {
+        Self {
+            stream,
+            rbuf: Vec::with_capacity(4096),
+            wbuf: Vec::with_capacity(1024),
+            discarding: false,
+        }
+    }
+
+    /// Queues a reply of one or more lines (`code`, then each text line).
+    pub fn reply(&mut self, code: u16, lines: &[&str]) {
+        for (i, line) in lines.iter().enumerate() {
+            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+            self.wbuf
+                .extend_from_slice(format!("{code}{sep}{line}\r\n").as_bytes());
+        }
+    }
+
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        self.stream.flush().await
+    }
+
+    /// Drops everything the client sent that has not been read yet
+    /// (used after STARTTLS: nothing may cross the handshake).
+    pub fn discard_input(&mut self) {
+        self.rbuf.clear();
+    }
+
+    /// Input already received and not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.rbuf
+    }
+
+    /// Marks `n` buffered bytes as consumed.
+    pub fn consume(&mut self, n: usize) {
+        self.rbuf.drain(..n);
+    }
+
+    /// Flushes pending replies, then waits for more input.
+    pub async fn fill(
+        &mut self,
+        timeout: Duration,
+        shutdown: Option<&mut watch::Receiver<bool>>,
+    ) -> Result<(), ReadError> {
+        self.flush().await.map_err(ReadError::Io)?;
+        let mut chunk = [0u8; 16 * 1024];
+        let read = tokio::time::timeout(timeout, async {
+            match shutdown {
+                Some(rx) => {
+                    if *rx.borrow() {
+                        return Err(ReadError::Shutdown);
+                    }
+                    tokio::select! {
+                        r = self.stream.read(&mut chunk) => r.map_err(ReadError::Io),
+                        _ = rx.changed() => Err(ReadError::Shutdown),
+                    }
+                }
+                None => self.stream.read(&mut chunk).await.map_err(ReadError::Io),
+            }
+        })
+        .await
+        .map_err(|_| ReadError::Timeout)??;
+        if read == 0 {
+            return Err(ReadError::Closed);
+        }
+        self.rbuf.extend_from_slice(&chunk[..read]);
+        Ok(())
+    }
+
+    /// The next command line (LF or CRLF terminated, terminator included).
+    pub async fn next_line(
+        &mut self,
+        timeout: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Line, ReadError> {
+        loop {
+            if let Some(pos) = self.rbuf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.rbuf.drain(..=pos).collect();
+                if self.discarding {
+                    self.discarding = false;
+                    return Ok(Line::TooLong);
+                }
+                if line.len() > MAX_COMMAND_LINE {
+                    return Ok(Line::TooLong);
+                }
+                return Ok(Line::Command(line));
+            }
+            if self.rbuf.len() > MAX_COMMAND_LINE {
+                self.rbuf.clear();
+                self.discarding = true;
+            }
+            self.fill(timeout, Some(shutdown)).await?;
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The DATA phase decoder: finds the end of the message, undoes
+//! dot-stuffing, and enforces what a message may contain.
+//!
+//! Only `<CR><LF>.<CR><LF>` ends the data. A bare CR, a bare LF or a NUL
+//! anywhere marks the message for rejection (SMTP smuggling, CVE-2023-51764
+//! and siblings), as does a line over 1000 octets or a message over the size
+//! limit; decoding still runs to the real end so the session stays in step
+//! with the client, and content past the size limit is discarded, not kept.
+
+/// What is wrong with a message, with the line where it was first seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    BareCr { line: u64 },
+    BareLf { line: u64 },
+    Nul { line: u64 },
+    LineTooLong { line: u64 },
+    TooBig,
+}
+
+/// Longest text line in octets, without its CRLF (RFC 5321 §4.5.3.1.6).
+pub const MAX_LINE: usize = 998;
+
+#[derive(Debug)]
+pub struct DataDecoder {
+    max_size: u64,
+    size: u64,
+    line: u64,
+    line_len: usize,
+    at_line_start: bool,
+    dot_line: bool,
+    dot_only: bool,
+    cr_pending: bool,
+    violation: Option<Violation>,
+}
+
+impl DataDecoder {
+    pub fn new(max_size: u64) -> Self {
+        Self {
+            max_size,
+            size: 0,
+            line: 1,
+            line_len: 0,
+            at_line_start: true,
+            dot_line: false,
+            dot_only: false,
+            cr_pending: false,
+            violation: None,
+        }
+    }
+
+    /// The first problem found so far, if any.
+    pub fn violation(&self) -> Option<Violation> {
+        self.violation
+    }
+
+    /// Message bytes received so far (after unstuffing, up to the limit).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn flag(&mut self, v: Violation) {
+        // A smuggling pattern outranks size: it is the more serious reason.
+        match (self.violation, v) {
+            (None, _) | (Some(Violation::TooBig), Violation::BareCr { .. })
+            | (Some(Violation::TooBig), Violation::BareLf { .. })
+            | (Some(Violation::TooBig), Violation::Nul { .. }) => self.violation = Some(v),
+            _ => {}
+        }
+    }
+
+    fn emit(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
+        if self.violation.is_some() {
+            return;
+        }
+        if self.size + bytes.len() as u64 > self.max_size {
+            self.flag(Violation::TooBig);
+            return;
+        }
+        self.size += bytes.len() as u64;
+        out.extend_from_slice(bytes);
+    }
+
+    /// Decodes `input`, appending message bytes to `out`. Returns
+    /// `Some(consumed)` when the end of data was found after `consumed`
+    /// bytes of `input` (the rest belongs to the next command), or `None`
+    /// when all of `input` was used and more is needed.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+        for (i, &b) in input.iter().enumerate() {
+            if self.cr_pending {
+                self.cr_pending = false;
+                if b == b'\n' {
+                    if self.dot_line && self.dot_only {
+                        return Some(i + 1);
+                    }
+                    self.emit(out, b"\r\n");
+                    self.line += 1;
+                    self.line_len = 0;
+                    self.at_line_start = true;
+                    self.dot_line = false;
+                    continue;
+                }
+                self.flag(Violation::BareCr { line: self.line });
+                self.dot_only = false;
+            }
+            match b {
+                b'\r' => {
+                    self.cr_pending = true;
+                    continue;
+                }
+                b'\n' => {
+                    self.flag(Violation::BareLf { line: self.line });
+                    self.dot_only = false;
+                    continue;
+                }
+                0 => self.flag(Violation::Nul { line: self.line }),
+                _ => {}
+            }
+            self.line_len += 1;
+            if self.line_len > MAX_LINE {
+                self.flag(Violation::LineTooLong { line: self.line });
+            }
+            if self.at_line_start {
+                self.at_line_start = false;
+                if b == b'.' {
+                    self.dot_line = true;
+                    self.dot_only = true;
+                    continue;
+                }
+            }
+            self.dot_only = false;
+            self.emit(out, &[b]);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(input: &[u8]) -> (Option<usize>, Vec<u8>, Option<Violation>) {
+        let mut d = DataDecoder::new(1 << 20);
+        let mut out = Vec::new();
+        let end = d.feed(input, &mut out);
+        (end, out, d.violation())
+    }
+
+    #[test]
+    fn plain_message_and_unstuffing() {
+        let (end, out, v) = run(b"Subject: a\r\n\r\n..dot\r\nx\r\n.\r\nQUIT\r\n");
+        assert_eq!(out, b"Subject: a\r\n\r\n.dot\r\nx\r\n");
+        assert_eq!(end, Some(b"Subject: a\r\n\r\n..dot\r\nx\r\n.\r\n".len()));
+        assert_eq!(v, None);
+    }
+
+    #[test]
+    fn empty_message() {
+        let (end, out, v) = run(b".\r\n");
+        assert_eq!((end, out.len(), v), (Some(3), 0, None));
+    }
+
+    #[test]
+    fn split_feeds() {
+        let msg = b"a\r\n..b\r\n.\r\n";
+        for cut in 0..msg.len() {
+            let mut d = DataDecoder::new(100);
+            let mut out = Vec::new();
+            let first = d.feed(&msg[..cut], &mut out);
+            let end = first.or_else(|| d.feed(&msg[cut..], &mut out).map(|n| n + cut));
+            assert_eq!(end, Some(msg.len()), "cut {cut}");
+            assert_eq!(out, b"a\r\n.b\r\n");
+        }
+    }
+
+    #[test]
+    fn smuggling_sequences_never_end_data() {
+        for seq in [
+            &b"\n.\n"[..],
+            b"\r.\r",
+            b"\r.\n",
+            b"\n.\r",
+            b"\n.\r\n",
+            b"\r\n.\n",
+            b"\r.\r\n",
+            b"\r\n.\r",
+            b"\r\n\0.\r\n",
+            b"\r\n.\0\r\n",
+        ] {
+            let mut input = b"Subject: x\r\n\r\nhello".to_vec();
+            input.extend_from_slice(seq);
+            input.extend_from_slice(b"MAIL FROM:<evil@x>\r\n");
+            let (end, _, v) = run(&input);
+            assert_eq!(end, None, "{seq:?} ended data");
+            assert!(v.is_some(), "{seq:?} not flagged");
+            input.extend_from_slice(b"\r\n.\r\n");
+            let (end, _, v) = run(&input);
+            assert_eq!(end, Some(input.len()));
+            assert!(v.is_some());
+        }
+    }
+
+    #[test]
+    fn limits() {
+        let mut d = DataDecoder::new(5);
+        let mut out = Vec::new();
+        assert!(d.feed(b"123456\r\n.\r\n", &mut out).is_some());
+        assert_eq!(d.violation(), Some(Violation::TooBig));
+        assert!(out.len() <= 5);
+
+        let mut long = vec![b'a'; 999];
+        long.extend_from_slice(b"\r\n.\r\n");
+        let (_, _, v) = run(&long);
+        assert_eq!(v, Some(Violation::LineTooLong { line: 1 }));
+        let mut ok = vec![b'a'; 998];
+        ok.extend_from_slice(b"\r\n.\r\n");
+        assert_eq!(run(&ok).2, None);
+    }
+}

@@ -1,0 +1,152 @@
+//! Accepting connections: binding the configured addresses, enforcing
+//! `max_connections` and `max_connections_per_ip`, and stopping on
+//! shutdown while sessions in flight finish within a bound.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::{session, Context};
+use crate::config::canonical_ip;
+
+/// Binds every address; fails naming the first one that cannot be bound.
+pub async fn bind(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for addr in addrs {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Open connections, in all and per client address.
+#[derive(Default)]
+struct Limits {
+    counts: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// Holds one connection slot; gives it back when dropped.
+struct Slot {
+    limits: Arc<Limits>,
+    ip: IpAddr,
+}
+
+impl Limits {
+    fn take(self: &Arc<Self>, ip: IpAddr, total_max: usize, per_ip_max: usize) -> Option<Slot> {
+        let mut guard = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_ip) = &mut *guard;
+        let mine = per_ip.get(&ip).copied().unwrap_or(0);
+        if *total >= total_max || mine >= per_ip_max {
+            return None;
+        }
+        *total += 1;
+        per_ip.insert(ip, mine + 1);
+        Some(Slot {
+            limits: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut guard = self.limits.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_ip) = &mut *guard;
+        *total = total.saturating_sub(1);
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accepts on every listener until shutdown, then waits up to
+/// `server.shutdown_timeout` for sessions in flight.
+pub async fn serve(listeners: Vec<TcpListener>, ctx: Arc<Context>) {
+    let tracker = TaskTracker::new();
+    let limits = Arc::new(Limits::default());
+    let mut loops = Vec::new();
+    for listener in listeners {
+        let ctx = Arc::clone(&ctx);
+        let tracker = tracker.clone();
+        let limits = Arc::clone(&limits);
+        loops.push(tokio::spawn(accept_loop(listener, ctx, tracker, limits)));
+    }
+    for l in loops {
+        let _ = l.await;
+    }
+    tracker.close();
+    let bound = ctx.settings().server.shutdown_timeout;
+    if tokio::time::timeout(bound, tracker.wait()).await.is_err() {
+        warn!(
+            sessions = tracker.len(),
+            "sessions still open after {}s; closing them",
+            bound.as_secs()
+        );
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    tracker: TaskTracker,
+    limits: Arc<Limits>,
+) {
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: pause, do not spin.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let settings = ctx.settings();
+        let ip = canonical_ip(peer.ip());
+        let Some(slot) = limits.take(
+            ip,
+            settings.server.max_connections,
+            settings.server.max_connections_per_ip,
+        ) else {
+            info!(event = "refused", client = %peer, "connection limit reached");
+            tracker.spawn(refuse(stream));
+            continue;
+        };
+        let ctx = Arc::clone(&ctx);
+        tracker.spawn(async move {
+            session::serve(stream, peer, ctx).await;
+            drop(slot);
+        });
+    }
+    info!(address = ?listener.local_addr().ok(), "listener closed");
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = stream
+            .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
+            .await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}

@@ -1,0 +1,449 @@
+//! The ESMTP session: one client, from greeting to QUIT. Each verb has its
+//! own handler; the answer to the final "." depends only on the envelope,
+//! the size, the content rules of `data` and whether the spool made the
+//! message durable, never on what the message says.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use smtp_proto::{Error as ProtoError, Request, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use super::address::{self, RelayDenied};
+use super::conn::{Conn, Line, ReadError};
+use super::data::{DataDecoder, Violation};
+use super::Context;
+use crate::config::Settings;
+use crate::headers;
+use crate::spool::{Envelope, Incoming};
+
+/// Errors after which the session is closed (a client in a loop).
+const MAX_ERRORS: u32 = 20;
+/// How much decoded message is collected before it is written to the spool.
+const WRITE_CHUNK: usize = 64 * 1024;
+/// How much of the message start is kept to find its Message-ID for logs.
+const HEAD_KEEP: usize = 16 * 1024;
+
+/// How a pass over a stream ended.
+enum End {
+    Close,
+    StartTls,
+}
+
+struct Transaction {
+    mail_from: String,
+    eight_bit: bool,
+    smtputf8: bool,
+    rcpts: Vec<String>,
+}
+
+struct Session {
+    ctx: Arc<Context>,
+    settings: Arc<Settings>,
+    peer: SocketAddr,
+    trusted: bool,
+    helo: Option<String>,
+    tls: bool,
+    tx: Option<Transaction>,
+    errors: u32,
+}
+
+/// Serves one accepted connection until it ends.
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
+    let settings = ctx.settings();
+    let trusted = settings.server.is_trusted(peer.ip());
+    let mut session = Session {
+        ctx,
+        settings,
+        peer,
+        trusted,
+        helo: None,
+        tls: false,
+        tx: None,
+        errors: 0,
+    };
+    let mut conn = Conn::new(tcp);
+    let greeting = format!("{} ESMTP smime-gateway", session.settings.server.hostname);
+    conn.reply(220, &[&greeting]);
+    match session.run(&mut conn).await {
+        End::Close => {}
+        End::StartTls => {
+            let Some(acceptor) = session.ctx.tls.clone() else {
+                return;
+            };
+            // Nothing the client sent before the handshake may be used after it.
+            conn.discard_input();
+            let timeout = session.settings.server.command_timeout;
+            let tls = match tokio::time::timeout(timeout, acceptor.accept(conn.stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(client = %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(client = %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            session.tls = true;
+            session.helo = None;
+            session.tx = None;
+            let mut conn = Conn::new(tls);
+            if let End::StartTls = session.run(&mut conn).await {
+                debug!(client = %peer, "second STARTTLS refused");
+            }
+        }
+    }
+}
+
+impl Session {
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>) -> End {
+        let mut shutdown = self.ctx.shutdown.clone();
+        loop {
+            let timeout = self.settings.server.command_timeout;
+            let line = match conn.next_line(timeout, &mut shutdown).await {
+                Ok(line) => line,
+                Err(ReadError::Timeout) => {
+                    conn.reply(421, &["4.4.2 Timeout waiting for a command, closing"]);
+                    let _ = conn.flush().await;
+                    return End::Close;
+                }
+                Err(ReadError::Shutdown) => {
+                    conn.reply(421, &["4.3.2 Service shutting down, try again later"]);
+                    let _ = conn.flush().await;
+                    return End::Close;
+                }
+                Err(ReadError::Closed) => return End::Close,
+                Err(ReadError::Io(e)) => {
+                    debug!(client = %self.peer, error = %e, "connection error");
+                    return End::Close;
+                }
+            };
+            let line = match line {
+                Line::Command(l) => l,
+                Line::TooLong => {
+                    self.error(conn, 500, "5.5.2 Command line too long (limit 512 octets)");
+                    if self.errors >= MAX_ERRORS {
+                        return self.too_many_errors(conn).await;
+                    }
+                    continue;
+                }
+            };
+            let request = Request::parse(&mut line.iter());
+            match request {
+                Ok(Request::Ehlo { host }) => self.hello(conn, &host, true),
+                Ok(Request::Helo { host }) => self.hello(conn, &host, false),
+                Ok(Request::Mail { from }) => self.mail(conn, from),
+                Ok(Request::Rcpt { to }) => self.rcpt(conn, &line, &to.address),
+                Ok(Request::Data) => {
+                    if let Err(()) = self.data(conn).await {
+                        return End::Close;
+                    }
+                }
+                Ok(Request::Rset) => {
+                    self.tx = None;
+                    conn.reply(250, &["2.0.0 Ok"]);
+                }
+                Ok(Request::Noop { .. }) => conn.reply(250, &["2.0.0 Ok"]),
+                Ok(Request::Vrfy { .. }) => conn.reply(
+                    252,
+                    &["2.5.0 Cannot verify the user, but will accept the message"],
+                ),
+                Ok(Request::Help { .. }) => conn.reply(
+                    214,
+                    &["2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY QUIT STARTTLS"],
+                ),
+                Ok(Request::Quit) => {
+                    conn.reply(221, &["2.0.0 Bye"]);
+                    let _ = conn.flush().await;
+                    return End::Close;
+                }
+                Ok(Request::StartTls) => {
+                    if self.ctx.tls.is_none() || self.tls {
+                        self.error(conn, 502, "5.5.1 STARTTLS not available");
+                    } else if self.tx.is_some() {
+                        self.error(conn, 503, "5.5.1 STARTTLS not allowed during a mail transaction");
+                    } else {
+                        conn.reply(220, &["2.0.0 Ready to start TLS"]);
+                        if conn.flush().await.is_err() {
+                            return End::Close;
+                        }
+                        return End::StartTls;
+                    }
+                }
+                Ok(other) => {
+                    let reply = format!("5.5.1 {} not implemented", other.name());
+                    self.error(conn, 502, &reply);
+                }
+                Err(e) => {
+                    let (code, text) = parse_error_reply(&e);
+                    self.error(conn, code, &text);
+                }
+            }
+            if self.errors >= MAX_ERRORS {
+                return self.too_many_errors(conn).await;
+            }
+        }
+    }
+
+    fn error<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>, code: u16, text: &str) {
+        self.errors += 1;
+        conn.reply(code, &[text]);
+    }
+
+    async fn too_many_errors<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>) -> End {
+        conn.reply(421, &["4.7.0 Too many errors, closing"]);
+        let _ = conn.flush().await;
+        End::Close
+    }
+
+    fn hello<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>, host: &str, esmtp: bool) {
+        self.tx = None;
+        self.helo = Some(host.to_string());
+        let name = &self.settings.server.hostname;
+        if !esmtp {
+            conn.reply(250, &[name]);
+            return;
+        }
+        let size = format!("SIZE {}", self.settings.server.max_message_size);
+        let mut lines = vec![
+            name.as_str(),
+            "PIPELINING",
+            size.as_str(),
+            "8BITMIME",
+            "ENHANCEDSTATUSCODES",
+            "SMTPUTF8",
+        ];
+        if self.ctx.tls.is_some() && !self.tls {
+            lines.push("STARTTLS");
+        }
+        conn.reply(250, &lines);
+    }
+
+    fn mail<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        from: smtp_proto::MailFrom<std::borrow::Cow<'_, str>>,
+    ) {
+        if self.helo.is_none() {
+            return self.error(conn, 503, "5.5.1 Send EHLO or HELO first");
+        }
+        if self.tx.is_some() {
+            return self.error(conn, 503, "5.5.1 Nested MAIL command");
+        }
+        if from.flags & MAIL_BODY_BINARYMIME != 0 {
+            return self.error(conn, 555, "5.5.4 BODY=BINARYMIME is not supported");
+        }
+        let max = self.settings.server.max_message_size;
+        if from.size as u64 > max {
+            return self.error(
+                conn,
+                552,
+                &format!("5.3.4 Message size exceeds the limit of {max} octets"),
+            );
+        }
+        self.tx = Some(Transaction {
+            mail_from: from.address.to_string(),
+            eight_bit: from.flags & MAIL_BODY_8BITMIME != 0,
+            smtputf8: from.flags & MAIL_SMTPUTF8 != 0,
+            rcpts: Vec::new(),
+        });
+        conn.reply(250, &["2.1.0 Ok"]);
+    }
+
+    fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>, line: &[u8], addr: &str) {
+        let max = self.settings.server.max_recipients;
+        let Some(tx) = self.tx.as_ref() else {
+            return self.error(conn, 503, "5.5.1 Need MAIL before RCPT");
+        };
+        if tx.rcpts.len() >= max {
+            conn.reply(452, &[&format!("4.5.3 Too many recipients (limit {max})")]);
+            return;
+        }
+        if addr.is_empty() {
+            return self.error(conn, 550, "5.1.3 Write postmaster with a domain");
+        }
+        if !self.trusted {
+            let text = String::from_utf8_lossy(line);
+            let raw = address::raw_path(&text).unwrap_or(addr);
+            let server = &self.settings.server;
+            if let Err(denied) =
+                address::check_untrusted(raw, addr, |d| server.is_internal_domain(d))
+            {
+                warn!(event = "rejected", client = %self.peer, recipient = %addr,
+                      reason = denied.explain(), "relay attempt refused");
+                let reply = match denied {
+                    RelayDenied::ExternalDomain => format!("5.7.1 <{addr}>: Relay access denied"),
+                    RelayDenied::Routing(why) => format!("5.7.1 <{addr}>: Relay access denied: {why}"),
+                };
+                return self.error(conn, 554, &reply);
+            }
+        }
+        if let Some(tx) = self.tx.as_mut() {
+            tx.rcpts.push(addr.to_string());
+        }
+        conn.reply(250, &["2.1.5 Ok"]);
+    }
+
+    /// The DATA command through to the reply to ".". `Err` closes the session.
+    async fn data<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>) -> Result<(), ()> {
+        let Some(tx) = self.tx.as_ref() else {
+            self.error(conn, 503, "5.5.1 Need MAIL before DATA");
+            return Ok(());
+        };
+        if tx.rcpts.is_empty() {
+            self.error(conn, 554, "5.5.1 No valid recipients");
+            return Ok(());
+        }
+        let envelope = Envelope {
+            mail_from: tx.mail_from.clone(),
+            rcpts: tx.rcpts.clone(),
+            received: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            client: self.peer.ip().to_string(),
+            helo: self.helo.clone().unwrap_or_default(),
+            eight_bit: tx.eight_bit,
+            smtputf8: tx.smtputf8,
+        };
+        let mut incoming = match self.ctx.store.begin(&envelope).await {
+            Ok(i) => Some(i),
+            Err(e) => {
+                warn!(event = "spool-error", client = %self.peer, error = %e, "cannot start spool file");
+                self.tx = None;
+                conn.reply(452, &["4.3.1 Insufficient system storage, try again later"]);
+                return Ok(());
+            }
+        };
+        conn.reply(354, &["End data with <CR><LF>.<CR><LF>"]);
+
+        let mut decoder = DataDecoder::new(self.settings.server.max_message_size);
+        let mut out = Vec::with_capacity(WRITE_CHUNK * 2);
+        let mut head = Vec::new();
+        let mut spool_error = None;
+        let data_timeout = self.settings.server.data_timeout;
+        loop {
+            let end = decoder.feed(conn.buffered(), &mut out);
+            let used = end.unwrap_or(conn.buffered().len());
+            conn.consume(used);
+            if head.len() < HEAD_KEEP {
+                let take = (HEAD_KEEP - head.len()).min(out.len());
+                head.extend_from_slice(&out[..take]);
+            }
+            if decoder.violation().is_some() {
+                // The message will be refused: stop writing it.
+                incoming = None;
+                out.clear();
+            }
+            if out.len() >= WRITE_CHUNK || (end.is_some() && !out.is_empty()) {
+                if let Some(inc) = incoming.as_mut() {
+                    if let Err(e) = inc.write(&out).await {
+                        spool_error = Some(e);
+                        incoming = None;
+                    }
+                }
+                out.clear();
+            }
+            if end.is_some() {
+                break;
+            }
+            match conn.fill(data_timeout, None).await {
+                Ok(()) => {}
+                Err(ReadError::Timeout) => {
+                    conn.reply(421, &["4.4.2 Timeout while receiving data, closing"]);
+                    let _ = conn.flush().await;
+                    return Err(());
+                }
+                Err(_) => return Err(()),
+            }
+        }
+        let tx = self.tx.take();
+        let Some(tx) = tx else { return Ok(()) };
+
+        if let Some(v) = decoder.violation() {
+            let (code, text) = violation_reply(v, self.settings.server.max_message_size);
+            warn!(event = "rejected", client = %self.peer, sender = %tx.mail_from, reason = %text, "message refused");
+            self.error(conn, code, &text);
+            return Ok(());
+        }
+        let committed = match (spool_error, incoming) {
+            (Some(e), _) => Err(e),
+            (None, Some(inc)) => commit(inc).await,
+            (None, None) => {
+                conn.reply(451, &["4.3.0 Internal error, try again later"]);
+                return Ok(());
+            }
+        };
+        match committed {
+            Ok(id) => {
+                conn.reply(250, &[&format!("2.0.0 Ok: queued as {id}")]);
+                info!(
+                    event = "accepted",
+                    queue_id = %id,
+                    message_id = %headers::message_id(&head),
+                    sender = %tx.mail_from,
+                    recipients = %tx.rcpts.join(","),
+                    client = %self.peer,
+                    size = decoder.size(),
+                    "message accepted"
+                );
+                self.ctx.notify_queued(id);
+            }
+            Err(e) => {
+                warn!(event = "spool-error", client = %self.peer, error = %e, "message not kept");
+                conn.reply(452, &["4.3.1 Insufficient system storage, try again later"]);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn commit(inc: Incoming) -> Result<String, crate::spool::SpoolError> {
+    inc.commit().await
+}
+
+fn violation_reply(v: Violation, max: u64) -> (u16, String) {
+    match v {
+        Violation::BareCr { line } => (
+            554,
+            format!("5.6.0 Message refused: bare CR at line {line} (only CRLF may end a line)"),
+        ),
+        Violation::BareLf { line } => (
+            554,
+            format!("5.6.0 Message refused: bare LF at line {line} (only CRLF may end a line)"),
+        ),
+        Violation::Nul { line } => (
+            554,
+            format!("5.6.0 Message refused: NUL character at line {line}"),
+        ),
+        Violation::LineTooLong { line } => (
+            554,
+            format!("5.6.0 Message refused: line {line} is longer than 1000 octets"),
+        ),
+        Violation::TooBig => (
+            552,
+            format!("5.3.4 Message size exceeds the limit of {max} octets"),
+        ),
+    }
+}
+
+fn parse_error_reply(e: &ProtoError) -> (u16, String) {
+    match e {
+        ProtoError::UnknownCommand => (500, "5.5.1 Command not recognized".into()),
+        ProtoError::InvalidSenderAddress => (501, "5.1.7 Invalid sender address".into()),
+        ProtoError::InvalidRecipientAddress => (501, "5.1.3 Invalid recipient address".into()),
+        ProtoError::SyntaxError { syntax } => (501, format!("5.5.4 Syntax: {syntax}")),
+        ProtoError::InvalidParameter { param } => {
+            (501, format!("5.5.4 Invalid value for parameter {param}"))
+        }
+        ProtoError::UnsupportedParameter { param } => {
+            (555, format!("5.5.4 Unsupported parameter {param}"))
+        }
+        _ => (500, "5.5.2 Syntax error".into()),
+    }
+}
+

@@ -1,0 +1,224 @@
+//! Delivery status notifications (RFC 3464): the bounce sent from the null
+//! sender to a message's envelope sender, naming each recipient that failed
+//! and the reply that made it fail.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::envelope::Envelope;
+
+/// One recipient that could not be delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub rcpt: String,
+    /// What went wrong: the remote reply, or why the gateway gave up.
+    pub reply: String,
+    /// The next hop that gave the reply, if one did.
+    pub remote_mta: Option<String>,
+    /// The message outlived `queue.max_lifetime` (the last reply was
+    /// temporary).
+    pub expired: bool,
+}
+
+impl Failure {
+    /// The RFC 3463 status: the enhanced code in the reply when present,
+    /// otherwise derived from the basic code.
+    pub fn status(&self) -> String {
+        if self.expired {
+            return "4.4.7".into();
+        }
+        let enhanced = self.reply.split_whitespace().take(3).find(|w| {
+            let parts: Vec<&str> = w.split('.').collect();
+            parts.len() == 3
+                && matches!(parts[0], "2" | "4" | "5")
+                && parts[1..].iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+        });
+        match enhanced {
+            Some(code) => code.to_string(),
+            None if self.reply.starts_with('4') => "4.0.0".into(),
+            None => "5.0.0".into(),
+        }
+    }
+}
+
+/// RFC 5322 date, e.g. `Sun, 29 Nov 2026 15:17:12 +0000`.
+pub fn rfc5322_date(t: SystemTime) -> String {
+    let http = httpdate::fmt_http_date(t);
+    match http.strip_suffix(" GMT") {
+        Some(rest) => format!("{rest} +0000"),
+        None => http,
+    }
+}
+
+/// Builds the bounce for `failures` of the message (`envelope`, `body`).
+/// Returns the bounce's own envelope and bytes, ready to be queued.
+pub fn build(
+    hostname: &str,
+    queue_id: &str,
+    envelope: &Envelope,
+    body: &[u8],
+    failures: &[Failure],
+    now: SystemTime,
+) -> (Envelope, Vec<u8>) {
+    let date = rfc5322_date(now);
+    let arrival = rfc5322_date(UNIX_EPOCH + Duration::from_secs(envelope.received));
+    let boundary = format!("{queue_id}.dsn/{hostname}");
+    let stamp = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+
+    let mut human = String::new();
+    human.push_str(&format!(
+        "This is the mail gateway at {hostname}.\r\n\r\n\
+         Your message (queue id {queue_id}) could not be delivered to one or\r\n\
+         more recipients. It has been returned below; each recipient is\r\n\
+         listed with the reason.\r\n\r\n"
+    ));
+    for f in failures {
+        let why = if f.expired {
+            format!("gave up after the maximum queue lifetime; last error: {}", one_line(&f.reply))
+        } else {
+            one_line(&f.reply)
+        };
+        match &f.remote_mta {
+            Some(hop) => human.push_str(&format!("<{}>: host {hop} said: {why}\r\n", f.rcpt)),
+            None => human.push_str(&format!("<{}>: {why}\r\n", f.rcpt)),
+        }
+    }
+
+    let mut status = format!(
+        "Reporting-MTA: dns; {hostname}\r\nX-Queue-ID: {queue_id}\r\nArrival-Date: {arrival}\r\n"
+    );
+    for f in failures {
+        status.push_str(&format!(
+            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\n",
+            f.rcpt,
+            f.status()
+        ));
+        if let Some(hop) = &f.remote_mta {
+            status.push_str(&format!("Remote-MTA: dns; {hop}\r\n"));
+        }
+        status.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", one_line(&f.reply)));
+    }
+
+    let mut out = Vec::new();
+    out.extend_from_slice(
+        format!(
+            "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
+             To: <{to}>\r\n\
+             Subject: Undelivered Mail Returned to Sender\r\n\
+             Date: {date}\r\n\
+             Message-ID: <{stamp}.{queue_id}.dsn@{hostname}>\r\n\
+             Auto-Submitted: auto-replied\r\n\
+             MIME-Version: 1.0\r\n\
+             Content-Type: multipart/report; report-type=delivery-status;\r\n\
+             \tboundary=\"{boundary}\"\r\n\
+             \r\n\
+             This is a MIME-encapsulated message.\r\n\
+             \r\n\
+             --{boundary}\r\n\
+             Content-Type: text/plain; charset=utf-8\r\n\
+             Content-Description: Notification\r\n\
+             \r\n\
+             {human}\r\n\
+             --{boundary}\r\n\
+             Content-Type: message/delivery-status\r\n\
+             Content-Description: Delivery report\r\n\
+             \r\n\
+             {status}\r\n\
+             --{boundary}\r\n\
+             Content-Type: text/rfc822-headers\r\n\
+             Content-Description: Undelivered message headers\r\n\
+             \r\n",
+            to = envelope.mail_from,
+        )
+        .as_bytes(),
+    );
+    let headers = header_block(body);
+    out.extend_from_slice(headers);
+    if !headers.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+
+    let bounce = Envelope {
+        mail_from: String::new(),
+        rcpts: vec![envelope.mail_from.clone()],
+        received: now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        client: "127.0.0.1".into(),
+        helo: hostname.to_string(),
+        eight_bit: envelope.eight_bit,
+        smtputf8: envelope.smtputf8,
+    };
+    (bounce, out)
+}
+
+/// The header section of a message, without the blank line after it.
+fn header_block(body: &[u8]) -> &[u8] {
+    if body.starts_with(b"\r\n") {
+        return &[];
+    }
+    match body.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => &body[..i + 2],
+        None => body,
+    }
+}
+
+/// A reply on one line, without control characters, at most 900 bytes.
+fn one_line(text: &str) -> String {
+    let mut s: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if s.len() > 900 {
+        let mut cut = 900;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounce_names_recipient_and_reply() {
+        let env = Envelope {
+            mail_from: "alice@example.org".into(),
+            rcpts: vec!["bob@example.dk".into()],
+            received: 1_700_000_000,
+            client: "127.0.0.1".into(),
+            helo: "c".into(),
+            eight_bit: false,
+            smtputf8: false,
+        };
+        let failures = [Failure {
+            rcpt: "bob@example.dk".into(),
+            reply: "550 5.1.1 no such user".into(),
+            remote_mta: Some("127.0.0.1:10026".into()),
+            expired: false,
+        }];
+        let (benv, bytes) = build(
+            "gw.example.dk",
+            "0001",
+            &env,
+            b"Subject: hi\r\n\r\nbody\r\n",
+            &failures,
+            SystemTime::now(),
+        );
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(benv.mail_from.is_empty());
+        assert_eq!(benv.rcpts, vec!["alice@example.org".to_string()]);
+        assert!(text.contains("Final-Recipient: rfc822; bob@example.dk\r\n"));
+        assert!(text.contains("Status: 5.1.1\r\n"));
+        assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n"));
+        assert!(text.contains("Subject: hi\r\n"));
+        assert!(!text.contains("body"));
+    }
+}

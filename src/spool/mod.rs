@@ -1,0 +1,12 @@
+//! The durable queue: accepted mail on disk until every recipient is
+//! delivered or bounced. Only this room writes the spool directory.
+
+mod durable;
+pub mod dsn;
+pub mod envelope;
+pub mod id;
+pub mod retry;
+pub mod store;
+
+pub use envelope::{Envelope, QueueState, RcptState, RcptStatus};
+pub use store::{Incoming, SpoolError, Spooled, Store};

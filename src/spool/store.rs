@@ -1,0 +1,481 @@
+//! The spool's files. One accepted message is `queue/<id>.msg`: a header
+//! line, the envelope as JSON, the message bytes exactly as received, and a
+//! trailer with their length and CRC-32, so a torn or altered file is
+//! recognised and never delivered. Its per-recipient state is
+//! `queue/<id>.state`, replaced atomically after each attempt (absent until
+//! the first). Messages are written in `tmp/` and renamed into `queue/` only
+//! once fsynced; unreadable files are moved to `corrupt/`.
+
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncWriteExt, BufWriter};
+
+use super::durable;
+use super::envelope::{Envelope, QueueState};
+use super::id::{self, IdGenerator};
+
+const MAGIC: &str = "SMIMEGW-SPOOL 1";
+const TRAILER_TAG: &[u8] = b"\nSMIMEGW-END ";
+/// `\nSMIMEGW-END ` + 16 hex length + space + 8 hex CRC + `\n`.
+const TRAILER_LEN: usize = 13 + 16 + 1 + 8 + 1;
+
+/// Why the spool could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("spool file {path} is unreadable: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("no message {0} in the queue")]
+    NotFound(String),
+    #[error("{0:?} is not a queue id")]
+    BadId(String),
+}
+
+impl SpoolError {
+    fn io(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+        move |source| SpoolError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// True when the error says the disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, SpoolError::Io { source, .. }
+            if source.raw_os_error() == Some(28) || source.kind() == io::ErrorKind::StorageFull)
+    }
+}
+
+/// A message read back from the queue.
+#[derive(Debug, Clone)]
+pub struct Spooled {
+    pub id: String,
+    pub envelope: Envelope,
+    pub body: Vec<u8>,
+    pub state: QueueState,
+}
+
+/// The spool directory and the id generator that names its files.
+#[derive(Debug)]
+pub struct Store {
+    queue: PathBuf,
+    tmp: PathBuf,
+    corrupt: PathBuf,
+    ids: IdGenerator,
+}
+
+impl Store {
+    /// Opens (creating when needed) the spool at `dir`. Temporary files of
+    /// transactions that never completed are removed: they were never
+    /// acknowledged.
+    pub fn open(dir: &Path) -> Result<Self, SpoolError> {
+        let queue = dir.join("queue");
+        let tmp = dir.join("tmp");
+        let corrupt = dir.join("corrupt");
+        for d in [dir, &queue, &tmp, &corrupt] {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)
+                .map_err(SpoolError::io(d))?;
+        }
+        for entry in fs::read_dir(&tmp).map_err(SpoolError::io(&tmp))? {
+            let entry = entry.map_err(SpoolError::io(&tmp))?;
+            let _ = fs::remove_file(entry.path());
+        }
+        let mut floor = 0;
+        for d in [&queue, &corrupt] {
+            for name in ids_in(d)? {
+                floor = floor.max(id::parse(&name).unwrap_or(0));
+            }
+        }
+        Ok(Self {
+            queue,
+            tmp,
+            corrupt,
+            ids: IdGenerator::starting_above(floor),
+        })
+    }
+
+    fn msg_path(&self, id: &str) -> PathBuf {
+        self.queue.join(format!("{id}.msg"))
+    }
+
+    fn state_path(&self, id: &str) -> PathBuf {
+        self.queue.join(format!("{id}.state"))
+    }
+
+    fn checked<'a>(&self, id: &'a str) -> Result<&'a str, SpoolError> {
+        if id::is_valid(id) {
+            Ok(id)
+        } else {
+            Err(SpoolError::BadId(id.to_string()))
+        }
+    }
+
+    /// Starts writing a new message for `envelope`.
+    pub async fn begin(&self, envelope: &Envelope) -> Result<Incoming, SpoolError> {
+        let id = self.ids.next();
+        let tmp_path = self.tmp.join(&id);
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp_path)
+            .await
+            .map_err(SpoolError::io(&tmp_path))?;
+        let mut incoming = Incoming {
+            file: Some(BufWriter::with_capacity(64 * 1024, file)),
+            final_path: self.msg_path(&id),
+            queue_dir: self.queue.clone(),
+            tmp_path,
+            id,
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+        };
+        let header = encode_header(envelope);
+        incoming.write_raw(&header).await?;
+        Ok(incoming)
+    }
+
+    /// Writes a whole message at once (bounces the gateway makes itself).
+    pub fn enqueue(&self, envelope: &Envelope, body: &[u8]) -> Result<String, SpoolError> {
+        let id = self.ids.next();
+        let mut bytes = encode_header(envelope);
+        bytes.extend_from_slice(body);
+        bytes.extend_from_slice(&trailer(body.len() as u64, crc32fast::hash(body)));
+        let path = self.msg_path(&id);
+        durable::write_atomic(&path, &bytes).map_err(SpoolError::io(&path))?;
+        Ok(id)
+    }
+
+    /// Ids of every message in the queue, oldest first.
+    pub fn list(&self) -> Result<Vec<String>, SpoolError> {
+        let mut ids = ids_in(&self.queue)?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Reads message `id` with its state, checking the file's integrity.
+    pub fn load(&self, id: &str) -> Result<Spooled, SpoolError> {
+        let id = self.checked(id)?;
+        let path = self.msg_path(id);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SpoolError::NotFound(id.to_string()))
+            }
+            Err(e) => return Err(SpoolError::io(&path)(e)),
+        };
+        let (envelope, body) = decode(&bytes).map_err(|reason| SpoolError::Corrupt {
+            path: path.clone(),
+            reason,
+        })?;
+        let state = self.load_state(id, &envelope)?;
+        Ok(Spooled {
+            id: id.to_string(),
+            envelope,
+            body: body.to_vec(),
+            state,
+        })
+    }
+
+    fn load_state(&self, id: &str, envelope: &Envelope) -> Result<QueueState, SpoolError> {
+        let path = self.state_path(id);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(QueueState::fresh(envelope)),
+            Err(e) => return Err(SpoolError::io(&path)(e)),
+        };
+        let state: QueueState =
+            serde_json::from_slice(&bytes).map_err(|e| SpoolError::Corrupt {
+                path: path.clone(),
+                reason: format!("state is not valid JSON: {e}"),
+            })?;
+        if state.rcpts.len() != envelope.rcpts.len()
+            || state
+                .rcpts
+                .iter()
+                .zip(&envelope.rcpts)
+                .any(|(s, e)| &s.addr != e)
+        {
+            return Err(SpoolError::Corrupt {
+                path,
+                reason: "state names other recipients than the envelope".into(),
+            });
+        }
+        Ok(state)
+    }
+
+    /// When message `id` is next due (Unix seconds); 0 for a message never
+    /// tried. Reads only the small state file.
+    pub fn next_attempt(&self, id: &str) -> Result<u64, SpoolError> {
+        let id = self.checked(id)?;
+        let path = self.state_path(id);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<QueueState>(&bytes)
+                .map(|s| s.next_attempt)
+                .map_err(|e| SpoolError::Corrupt {
+                    path,
+                    reason: format!("state is not valid JSON: {e}"),
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(SpoolError::io(&path)(e)),
+        }
+    }
+
+    /// Records the state of message `id` durably.
+    pub fn save_state(&self, id: &str, state: &QueueState) -> Result<(), SpoolError> {
+        let id = self.checked(id)?;
+        let path = self.state_path(id);
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| SpoolError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        durable::write_atomic(&path, &bytes).map_err(SpoolError::io(&path))
+    }
+
+    /// Removes message `id` (delivered, bounced or deleted by an operator).
+    pub fn remove(&self, id: &str) -> Result<(), SpoolError> {
+        let id = self.checked(id)?;
+        let msg = self.msg_path(id);
+        if !msg.exists() {
+            return Err(SpoolError::NotFound(id.to_string()));
+        }
+        let state = self.state_path(id);
+        durable::remove(&state).map_err(SpoolError::io(&state))?;
+        durable::remove(&msg).map_err(SpoolError::io(&msg))
+    }
+
+    /// Moves message `id` and its state out of the queue into `corrupt/`,
+    /// where an operator can look at it. Returns the new path.
+    pub fn set_aside(&self, id: &str) -> Result<PathBuf, SpoolError> {
+        let id = self.checked(id)?;
+        let target = self.corrupt.join(format!("{id}.msg"));
+        for (from, to) in [
+            (self.state_path(id), self.corrupt.join(format!("{id}.state"))),
+            (self.msg_path(id), target.clone()),
+        ] {
+            match fs::rename(&from, &to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(SpoolError::io(&from)(e)),
+            }
+        }
+        durable::sync_dir(&self.corrupt).map_err(SpoolError::io(&self.corrupt))?;
+        durable::sync_dir(&self.queue).map_err(SpoolError::io(&self.queue))?;
+        Ok(target)
+    }
+}
+
+/// A message being received: bytes go to a temporary file, which becomes a
+/// queue file only through [`Incoming::commit`]. Dropped uncommitted, the
+/// temporary file is removed.
+#[derive(Debug)]
+pub struct Incoming {
+    file: Option<BufWriter<tokio::fs::File>>,
+    tmp_path: PathBuf,
+    final_path: PathBuf,
+    queue_dir: PathBuf,
+    id: String,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl Incoming {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
+        let file = self.file.as_mut().ok_or_else(|| SpoolError::Io {
+            path: self.tmp_path.clone(),
+            source: io::Error::other("spool file already closed"),
+        })?;
+        file.write_all(bytes)
+            .await
+            .map_err(SpoolError::io(&self.tmp_path))
+    }
+
+    /// Appends message bytes.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
+        self.crc.update(bytes);
+        self.len += bytes.len() as u64;
+        self.write_raw(bytes).await
+    }
+
+    /// Makes the message durable in the queue and returns its id. Only
+    /// after this returns may the client be told 250.
+    pub async fn commit(mut self) -> Result<String, SpoolError> {
+        let t = trailer(self.len, self.crc.clone().finalize());
+        self.write_raw(&t).await?;
+        let mut file = self.file.take().ok_or_else(|| SpoolError::Io {
+            path: self.tmp_path.clone(),
+            source: io::Error::other("spool file already closed"),
+        })?;
+        let io_err = SpoolError::io(&self.tmp_path);
+        let res = async {
+            file.flush().await?;
+            file.get_mut().sync_all().await
+        }
+        .await;
+        res.map_err(io_err)?;
+        drop(file);
+        let (tmp, dest, dir) = (
+            self.tmp_path.clone(),
+            self.final_path.clone(),
+            self.queue_dir.clone(),
+        );
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            if dest.exists() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} already exists", dest.display()),
+                ));
+            }
+            fs::rename(&tmp, &dest)?;
+            durable::sync_dir(&dir)
+        })
+        .await
+        .map_err(|e| SpoolError::Io {
+            path: self.final_path.clone(),
+            source: io::Error::other(e),
+        })?
+        .map_err(SpoolError::io(&self.final_path))?;
+        Ok(std::mem::take(&mut self.id))
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if !self.id.is_empty() {
+            let _ = fs::remove_file(&self.tmp_path);
+        }
+    }
+}
+
+fn encode_header(envelope: &Envelope) -> Vec<u8> {
+    // Serializing a struct of strings, numbers and booleans cannot fail.
+    let json = serde_json::to_vec(envelope).unwrap_or_default();
+    let mut out = format!("{MAGIC} {}\n", json.len()).into_bytes();
+    out.extend_from_slice(&json);
+    out.push(b'\n');
+    out
+}
+
+fn trailer(len: u64, crc: u32) -> Vec<u8> {
+    let mut t = TRAILER_TAG.to_vec();
+    t.extend_from_slice(format!("{len:016x} {crc:08x}\n").as_bytes());
+    t
+}
+
+/// Splits a queue file into envelope and body, checking every part.
+fn decode(bytes: &[u8]) -> Result<(Envelope, &[u8]), String> {
+    let nl = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("no header line")?;
+    let first = std::str::from_utf8(&bytes[..nl]).map_err(|_| "header line is not text")?;
+    let json_len: usize = first
+        .strip_prefix(MAGIC)
+        .and_then(|rest| rest.trim().parse().ok())
+        .ok_or_else(|| format!("header line {first:?} is not a spool header"))?;
+    let json_start = nl + 1;
+    let body_start = json_start + json_len + 1;
+    if bytes.len() < body_start + TRAILER_LEN {
+        return Err("file is shorter than its header says (torn write?)".into());
+    }
+    let envelope: Envelope = serde_json::from_slice(&bytes[json_start..json_start + json_len])
+        .map_err(|e| format!("envelope is not valid: {e}"))?;
+    let body_end = bytes.len() - TRAILER_LEN;
+    let t = &bytes[body_end..];
+    if !t.starts_with(TRAILER_TAG) || t.last() != Some(&b'\n') {
+        return Err("trailer missing (torn write?)".into());
+    }
+    let fields = std::str::from_utf8(&t[TRAILER_TAG.len()..TRAILER_LEN - 1])
+        .map_err(|_| "trailer is not text")?;
+    let (len, crc) = fields.split_once(' ').ok_or("trailer malformed")?;
+    let len = u64::from_str_radix(len, 16).map_err(|_| "trailer length malformed")?;
+    let crc = u32::from_str_radix(crc, 16).map_err(|_| "trailer checksum malformed")?;
+    let body = &bytes[body_start..body_end];
+    if body.len() as u64 != len {
+        return Err(format!(
+            "body is {} bytes, trailer says {len} (torn write?)",
+            body.len()
+        ));
+    }
+    if crc32fast::hash(body) != crc {
+        return Err("body checksum does not match".into());
+    }
+    Ok((envelope, body))
+}
+
+/// Queue ids of the `*.msg` files in `dir`.
+fn ids_in(dir: &Path) -> Result<Vec<String>, SpoolError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(SpoolError::io(dir))? {
+        let entry = entry.map_err(SpoolError::io(dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(id) = name.strip_suffix(".msg") {
+            if id::is_valid(id) {
+                out.push(id.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            mail_from: "a@example.org".into(),
+            rcpts: vec!["b@example.dk".into()],
+            received: 1,
+            client: "127.0.0.1".into(),
+            helo: "client".into(),
+            eight_bit: false,
+            smtputf8: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn roundtrip_and_torn_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut inc = store.begin(&envelope()).await.unwrap();
+        inc.write(b"Subject: x\r\n\r\nbody\r\n").await.unwrap();
+        let id = inc.commit().await.unwrap();
+        let got = store.load(&id).unwrap();
+        assert_eq!(got.body, b"Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(got.envelope, envelope());
+
+        let path = dir.path().join("queue").join(format!("{id}.msg"));
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+        assert!(matches!(store.load(&id), Err(SpoolError::Corrupt { .. })));
+        store.set_aside(&id).unwrap();
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn dropped_incoming_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut inc = store.begin(&envelope()).await.unwrap();
+        inc.write(b"partial").await.unwrap();
+        drop(inc);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert!(store.list().unwrap().is_empty());
+    }
+}

@@ -142,8 +142,11 @@ async fn transact(
         return Ok(outcomes.into_iter().flatten().collect());
     }
 
+    // lettre ends the data with CRLF "." CRLF of its own, so the CRLF that
+    // ends the message's last line is left to it: the bytes arrive as kept.
+    let body = out.body.strip_suffix(b"\r\n").unwrap_or(out.body);
     let data_result = match conn.command("DATA\r\n").await {
-        Ok(_) => conn.message(out.body).await,
+        Ok(_) => conn.message(body).await,
         Err(e) => Err(e),
     };
     let for_accepted = match &data_result {

@@ -1,0 +1,236 @@
+//! Test harness: the real gateway binary started on loopback with a
+//! configuration of the test's own, a scriptable SMTP next hop, and a
+//! minimal SMTP client for protocol-level tests.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod sink;
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_smime-gateway");
+
+/// A free port on 127.0.0.1 (bound and released; the race is accepted).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// Polls `cond` every 50 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+/// The gateway process under test.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    starts: u32,
+}
+
+/// Settings a test may change; the rest is fixed for speed.
+pub struct Options {
+    pub internal_hop: SocketAddr,
+    pub external_hop: SocketAddr,
+    pub trusted: bool,
+    pub extra_server: String,
+    pub extra: String,
+    pub spool_dir: Option<PathBuf>,
+}
+
+impl Options {
+    pub fn new(hop: SocketAddr) -> Self {
+        Self {
+            internal_hop: hop,
+            external_hop: hop,
+            trusted: true,
+            extra_server: String::new(),
+            extra: String::new(),
+            spool_dir: None,
+        }
+    }
+}
+
+impl Gateway {
+    pub fn start(opts: Options) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let spool = opts
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("spool"));
+        let trusted = if opts.trusted { "[\"127.0.0.0/8\"]" } else { "[]" };
+        let text = format!(
+            r#"
+[server]
+hostname = "gw.test"
+listen = ["127.0.0.1:{port}"]
+internal_domains = ["example-law.dk"]
+trusted_networks = {trusted}
+shutdown_timeout = "5s"
+{extra_server}
+
+[spool]
+dir = "{spool}"
+
+[relay]
+internal = "{internal}"
+external = "{external}"
+tls = "none"
+connect_timeout = "2s"
+timeout = "10s"
+
+[queue]
+retry_intervals = ["1s"]
+max_lifetime = "1h"
+scan_interval = "1s"
+{extra}
+"#,
+            extra_server = opts.extra_server,
+            spool = spool.display(),
+            internal = opts.internal_hop,
+            external = opts.external_hop,
+            extra = opts.extra,
+        );
+        let config = dir.path().join("gateway.toml");
+        fs::write(&config, text).expect("write config");
+        let mut gw = Gateway {
+            dir,
+            config,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child: None,
+            starts: 0,
+        };
+        gw.spawn();
+        gw
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.log")
+    }
+
+    /// Everything the gateway logged so far (all runs).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// Starts the process and waits until it accepts connections.
+    pub fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start gateway");
+        self.child = Some(child);
+        self.starts += 1;
+        let addr = self.addr;
+        let up = wait_until(Duration::from_secs(20), || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
+        assert!(up, "gateway did not start; log:\n{}", self.log());
+    }
+
+    /// SIGKILL: the crash case.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends a signal to the running process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let status = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.id().to_string())
+                .status()
+                .expect("kill");
+            assert!(status.success());
+        }
+    }
+
+    /// Waits for the process to exit and returns its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Runs the binary with `args` (a CLI command) and this configuration.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).arg("--config").arg(&self.config);
+        cmd.output().expect("run cli")
+    }
+
+    /// Messages in `spool/queue`.
+    pub fn queued(&self) -> usize {
+        count_files(&self.spool().join("queue"), "msg")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("--- gateway log ---\n{}", self.log());
+        }
+    }
+}
+
+pub fn count_files(dir: &Path, ext: &str) -> usize {
+    fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == ext))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A small test message with CRLF line ends.
+pub fn message(id: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: Alice <alice@example.org>\r\nTo: Bob <bob@example-law.dk>\r\n\
+         Subject: test {id}\r\nMessage-ID: <{id}@test>\r\n\r\n{body}\r\n"
+    )
+    .into_bytes()
+}

@@ -1,0 +1,171 @@
+//! Relay core, end to end: mail sent with lettre and swaks arrives
+//! byte-identical at the next hop; temporary failures are retried; permanent
+//! failures bounce with an RFC 3464 report that itself arrives.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::sink::{Script, Sink};
+use common::{wait_until, Gateway, Options};
+use lettre::address::Envelope;
+use lettre::{SmtpTransport, Transport};
+
+fn tricky_body() -> Vec<u8> {
+    let mut m = b"From: Alice <alice@example.org>\r\nTo: Bob <bob@example-law.dk>\r\n\
+Subject: byte for byte\r\nMessage-ID: <bytes-1@test>\r\nMIME-Version: 1.0\r\n\
+Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        .to_vec();
+    m.extend_from_slice(".leading dot\r\n..two dots\r\n.\r\nnot the end above\r\n".as_bytes());
+    m.extend_from_slice("Blåbærgrød og Ærø, 8-bit\r\n".as_bytes());
+    m.extend_from_slice(&[b'x'; 990]);
+    m.extend_from_slice(b"\r\n\r\n\r\ntrailing blank lines");
+    m
+}
+
+/// lettre and swaks end the data with CRLF "." CRLF whatever the message
+/// ends with, so a message is given to them without its last CRLF; this is
+/// what they then put on the wire, and what must arrive.
+fn on_the_wire(body: &[u8]) -> Vec<u8> {
+    let mut m = body.to_vec();
+    m.extend_from_slice(b"\r\n");
+    m
+}
+
+#[test]
+fn lettre_message_arrives_byte_identical() {
+    let sink = Sink::start(Script::default());
+    let gw = Gateway::start(Options::new(sink.addr));
+    let body = tricky_body();
+    let transport = SmtpTransport::builder_dangerous("127.0.0.1")
+        .port(gw.addr.port())
+        .build();
+    let envelope = Envelope::new(
+        Some("alice@example.org".parse().unwrap()),
+        vec!["bob@example-law.dk".parse().unwrap(), "carol@example.org".parse().unwrap()],
+    )
+    .unwrap();
+    transport.send_raw(&envelope, &body).expect("gateway accepts");
+    assert!(wait_until(Duration::from_secs(15), || sink.count() >= 1), "not delivered");
+    let got = sink.received();
+    let all_rcpts: Vec<String> = got.iter().flat_map(|r| r.rcpts.clone()).collect();
+    assert!(all_rcpts.contains(&"bob@example-law.dk".to_string()));
+    assert!(all_rcpts.contains(&"carol@example.org".to_string()));
+    for r in &got {
+        assert_eq!(r.from, "alice@example.org");
+        assert_eq!(r.data, on_the_wire(&body), "bytes changed on the way");
+    }
+    assert!(wait_until(Duration::from_secs(5), || gw.queued() == 0));
+    assert!(gw.log().contains("event=\"delivered\""));
+}
+
+#[test]
+fn swaks_message_arrives_byte_identical() {
+    let sink = Sink::start(Script::default());
+    let gw = Gateway::start(Options::new(sink.addr));
+    let body = tricky_body();
+    let file = gw.dir.path().join("message.eml");
+    std::fs::write(&file, &body).unwrap();
+    let out = Command::new("swaks")
+        .args(["--server", &gw.addr.to_string()])
+        .args(["--from", "alice@example.org", "--to", "bob@example-law.dk"])
+        .args(["--ehlo", "swaks.test", "--timeout", "20"])
+        .arg("--data")
+        .arg(&file)
+        .output()
+        .expect("swaks is installed (scripts/test installs it)");
+    let transcript = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "swaks failed:\n{transcript}");
+    assert!(transcript.contains("250 2.0.0 Ok: queued as"), "{transcript}");
+    assert!(wait_until(Duration::from_secs(15), || sink.count() == 1));
+    assert_eq!(sink.received()[0].data, on_the_wire(&body));
+}
+
+#[test]
+fn temporary_failure_is_retried_until_delivered() {
+    let mut script = Script::default();
+    script.data_replies.push_back("451 4.3.0 try again later".into());
+    script.data_replies.push_back("421 4.3.2 busy".into());
+    let sink = Sink::start(script);
+    let gw = Gateway::start(Options::new(sink.addr));
+    let mut c = common::client::Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let body = common::message("retry-1", "deferred twice");
+    let r = c.send("alice@example.org", &["bob@example-law.dk"], &body).unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(wait_until(Duration::from_secs(20), || sink.count() == 1), "not delivered after retries");
+    assert_eq!(sink.data_attempts(), 3);
+    assert_eq!(sink.received()[0].data, body);
+    let log = gw.log();
+    assert_eq!(log.matches("event=\"deferred\"").count(), 2, "{log}");
+    assert!(wait_until(Duration::from_secs(5), || gw.queued() == 0));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(sink.count(), 1, "delivered twice");
+}
+
+#[test]
+fn permanent_failure_bounces_and_the_bounce_arrives() {
+    let mut script = Script::default();
+    script
+        .rcpt_replies
+        .insert("nobody@example-law.dk".into(), "550 5.1.1 <nobody@example-law.dk>: no such user".into());
+    let sink = Sink::start(script);
+    let gw = Gateway::start(Options::new(sink.addr));
+    let mut c = common::client::Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let body = common::message("bounce-1", "one good, one bad recipient");
+    let r = c
+        .send("alice@example.org", &["bob@example-law.dk", "nobody@example-law.dk"], &body)
+        .unwrap();
+    assert_eq!(r.code, 250);
+    assert!(wait_until(Duration::from_secs(15), || sink.count() == 2), "expected the message and its bounce");
+    let got = sink.received();
+    let original = got.iter().find(|r| r.from == "alice@example.org").expect("original");
+    assert_eq!(original.rcpts, vec!["bob@example-law.dk".to_string()]);
+    let dsn = got.iter().find(|r| r.from.is_empty()).expect("bounce from <>");
+    assert_eq!(dsn.rcpts, vec!["alice@example.org".to_string()]);
+    let text = dsn.text();
+    assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status"), "{text}");
+    assert!(text.contains("Final-Recipient: rfc822; nobody@example-law.dk"), "{text}");
+    assert!(text.contains("Status: 5.1.1"), "{text}");
+    assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1"), "{text}");
+    assert!(text.contains("Message-ID: <bounce-1@test>"), "original headers missing: {text}");
+    assert!(!text.contains("Final-Recipient: rfc822; bob@example-law.dk"));
+    assert!(wait_until(Duration::from_secs(5), || gw.queued() == 0));
+}
+
+#[test]
+fn rejected_data_bounces_and_null_sender_is_never_bounced() {
+    let mut script = Script::default();
+    script.data_replies.push_back("554 5.7.1 content refused".into());
+    script.data_replies.push_back("554 5.7.1 content refused".into());
+    let sink = Sink::start(script);
+    let gw = Gateway::start(Options::new(sink.addr));
+    let mut c = common::client::Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    // A bounce that fails is not bounced again.
+    let r = c.send("", &["bob@example-law.dk"], &common::message("null-1", "x")).unwrap();
+    assert_eq!(r.code, 250);
+    assert!(wait_until(Duration::from_secs(10), || gw.log().contains("bounce-discarded")));
+    // An ordinary message refused at "." bounces to its sender.
+    let r = c.send("alice@example.org", &["bob@example-law.dk"], &common::message("rej-1", "x")).unwrap();
+    assert_eq!(r.code, 250);
+    assert!(wait_until(Duration::from_secs(15), || sink.count() == 1));
+    let dsn = &sink.received()[0];
+    assert!(dsn.from.is_empty());
+    assert!(dsn.text().contains("Diagnostic-Code: smtp; 554 5.7.1 content refused"));
+    assert!(wait_until(Duration::from_secs(5), || gw.queued() == 0));
+}
+
+#[test]
+fn unreachable_next_hop_defers_and_keeps_the_message() {
+    let down = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let gw = Gateway::start(Options::new(down));
+    let mut c = common::client::Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let r = c.send("alice@example.org", &["bob@example-law.dk"], &common::message("down-1", "x")).unwrap();
+    assert_eq!(r.code, 250);
+    assert!(wait_until(Duration::from_secs(10), || gw.log().contains("event=\"deferred\"")));
+    assert_eq!(gw.queued(), 1);
+}

@@ -1,0 +1,274 @@
+//! The inbound server against hostile and careless clients: SMTP
+//! smuggling, STARTTLS command injection, open relay tricks and the
+//! RFC 5321 limits, each answered with the documented reply.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::client::Client;
+use common::sink::{Script, Sink};
+use common::{wait_until, Gateway, Options};
+
+const SMUGGLING: &[&[u8]] = &[
+    b"\n.\n",
+    b"\r.\r",
+    b"\r.\n",
+    b"\n.\r",
+    b"\n.\r\n",
+    b"\r\n.\n",
+    b"\r.\r\n",
+    b"\r\n.\r",
+    b"\r\n\0.\r\n",
+    b"\r\n.\0\r\n",
+];
+
+#[test]
+fn smuggling_sequences_are_rejected_and_never_yield_a_second_message() {
+    let sink = Sink::start(Script::default());
+    let gw = Gateway::start(Options::new(sink.addr));
+    for seq in SMUGGLING {
+        let mut c = Client::connect(gw.addr).unwrap();
+        c.ehlo().unwrap();
+        assert_eq!(c.cmd("MAIL FROM:<alice@example.org>").unwrap().code, 250);
+        assert_eq!(c.cmd("RCPT TO:<bob@example-law.dk>").unwrap().code, 250);
+        assert_eq!(c.cmd("DATA").unwrap().code, 354);
+        let mut data = b"From: alice@example.org\r\nSubject: cover\r\n\r\ncover text".to_vec();
+        data.extend_from_slice(seq);
+        data.extend_from_slice(
+            b"MAIL FROM:<admin@example-law.dk>\r\nRCPT TO:<victim@example-law.dk>\r\nDATA\r\n\
+              From: admin@example-law.dk\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n",
+        );
+        c.write(&data).unwrap();
+        let r = c.read().unwrap();
+        assert_eq!(r.code, 554, "sequence {seq:?}: {r:?}");
+        assert!(r.text.contains("5.6.0"), "{r:?}");
+        // Nothing else is pending: the next reply belongs to our NOOP.
+        let r = c.cmd("NOOP").unwrap();
+        assert_eq!(r.code, 250, "sequence {seq:?} left replies behind: {r:?}");
+        // The session still works for an honest message.
+        let ok = c
+            .send("alice@example.org", &["bob@example-law.dk"], &common::message("honest", "fine"))
+            .unwrap();
+        assert_eq!(ok.code, 250, "{ok:?}");
+        c.cmd("QUIT").unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(10), || sink.count() == SMUGGLING.len()));
+    std::thread::sleep(Duration::from_millis(500));
+    let got = sink.received();
+    assert_eq!(got.len(), SMUGGLING.len());
+    for r in got {
+        assert!(!r.text().contains("smuggled"), "smuggled content delivered");
+        assert_eq!(r.rcpts, vec!["bob@example-law.dk".to_string()]);
+    }
+    assert_eq!(common::count_files(&gw.spool().join("tmp"), ""), 0);
+}
+
+fn tls_files(dir: &std::path::Path) -> (String, Vec<u8>) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let pem = cert.cert.pem();
+    std::fs::write(dir.join("tls.crt"), &pem).unwrap();
+    std::fs::write(dir.join("tls.key"), cert.key_pair.serialize_pem()).unwrap();
+    (pem, cert.cert.der().to_vec())
+}
+
+#[test]
+fn starttls_injection_is_discarded() {
+    use tokio_rustls::rustls;
+    let sink = Sink::start(Script::default());
+    let certdir = tempfile::tempdir().unwrap();
+    let (_, der) = tls_files(certdir.path());
+    let mut opts = Options::new(sink.addr);
+    opts.extra_server = format!(
+        "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        certdir.path().join("tls.crt").display(),
+        certdir.path().join("tls.key").display()
+    );
+    let gw = Gateway::start(opts);
+
+    let mut c = Client::connect(gw.addr).unwrap();
+    let ehlo = c.ehlo().unwrap();
+    assert!(ehlo.text.contains("STARTTLS"), "{ehlo:?}");
+    c.cmd("MAIL FROM:<alice@example.org>").unwrap();
+    c.cmd("RSET").unwrap();
+    // The injection: a command pipelined behind STARTTLS in one write.
+    c.write(b"STARTTLS\r\nMAIL FROM:<injected@example.org>\r\n").unwrap();
+    let r = c.read().unwrap();
+    assert_eq!(r.code, 220, "{r:?}");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(der)).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp: TcpStream = c.stream().try_clone().unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+
+    let mut read_reply = |tls: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>| {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            tls.read_exact(&mut byte).unwrap();
+            buf.push(byte[0]);
+            if buf.ends_with(b"\r\n") {
+                let last = buf[..buf.len() - 2]
+                    .rsplit(|&b| b == b'\n')
+                    .next()
+                    .unwrap()
+                    .to_vec();
+                if last.get(3) == Some(&b' ') {
+                    return String::from_utf8_lossy(&buf).into_owned();
+                }
+            }
+        }
+    };
+    // The session is reset: MAIL before EHLO is refused, and the injected
+    // MAIL did not start a transaction.
+    tls.write_all(b"RCPT TO:<bob@example-law.dk>\r\n").unwrap();
+    let r = read_reply(&mut tls);
+    assert!(r.starts_with("503"), "injected command was executed: {r}");
+    tls.write_all(b"MAIL FROM:<alice@example.org>\r\n").unwrap();
+    let r = read_reply(&mut tls);
+    assert!(r.starts_with("503"), "session not reset after TLS: {r}");
+    tls.write_all(b"EHLO client.test\r\n").unwrap();
+    let r = read_reply(&mut tls);
+    assert!(r.starts_with("250-gw.test"), "{r}");
+    assert!(!r.contains("STARTTLS"), "STARTTLS offered twice: {r}");
+    tls.write_all(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example-law.dk>\r\nDATA\r\n").unwrap();
+    assert!(read_reply(&mut tls).starts_with("250"));
+    assert!(read_reply(&mut tls).starts_with("250"));
+    assert!(read_reply(&mut tls).starts_with("354"));
+    tls.write_all(&common::message("tls-1", "over TLS")).unwrap();
+    tls.write_all(b".\r\n").unwrap();
+    assert!(read_reply(&mut tls).starts_with("250 2.0.0 Ok: queued"));
+    assert!(wait_until(Duration::from_secs(10), || sink.count() == 1));
+    assert_eq!(sink.received()[0].from, "alice@example.org");
+}
+
+#[test]
+fn open_relay_attempts_are_refused() {
+    let sink = Sink::start(Script::default());
+    let mut opts = Options::new(sink.addr);
+    opts.trusted = false;
+    let gw = Gateway::start(opts);
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    assert_eq!(c.cmd("MAIL FROM:<spammer@example.org>").unwrap().code, 250);
+    for rcpt in [
+        "<victim@ext.example>",
+        "<u%ext.example@example-law.dk>",
+        "<\"u@ext.example\"@example-law.dk>",
+        "<@example-law.dk:u@ext.example>",
+        "<ext.example!u@example-law.dk>",
+        "<victim@example-law.dk.ext.example>",
+    ] {
+        let r = c.cmd(&format!("RCPT TO:{rcpt}")).unwrap();
+        assert_eq!(r.code, 554, "{rcpt} accepted: {r:?}");
+        assert!(r.text.contains("5.7.1"), "{r:?}");
+    }
+    let r = c.cmd("RCPT TO:<bob@Example-Law.DK>").unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(gw.log().contains("relay attempt refused"));
+}
+
+#[test]
+fn limits_get_their_replies() {
+    let sink = Sink::start(Script::default());
+    let mut opts = Options::new(sink.addr);
+    opts.extra_server = "max_recipients = 3\nmax_message_size = 20000\n".into();
+    let gw = Gateway::start(opts);
+    let mut c = Client::connect(gw.addr).unwrap();
+    let ehlo = c.ehlo().unwrap();
+    for ext in ["PIPELINING", "SIZE 20000", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"] {
+        assert!(ehlo.text.contains(ext), "{ext} not advertised: {}", ehlo.text);
+    }
+    // Command line over 512 octets.
+    let r = c.cmd(&format!("NOOP {}", "a".repeat(600))).unwrap();
+    assert_eq!(r.code, 500, "{r:?}");
+    assert!(r.text.contains("5.5.2"));
+    assert_eq!(c.cmd("NOOP").unwrap().code, 250, "session lost step after a long line");
+
+    // Too many recipients.
+    assert_eq!(c.cmd("MAIL FROM:<alice@example.org>").unwrap().code, 250);
+    for i in 0..3 {
+        assert_eq!(c.cmd(&format!("RCPT TO:<u{i}@example-law.dk>")).unwrap().code, 250);
+    }
+    let r = c.cmd("RCPT TO:<u4@example-law.dk>").unwrap();
+    assert_eq!(r.code, 452, "{r:?}");
+    assert!(r.text.contains("4.5.3"));
+    assert_eq!(c.cmd("RSET").unwrap().code, 250);
+
+    // SIZE announced too big.
+    let r = c.cmd("MAIL FROM:<alice@example.org> SIZE=30000").unwrap();
+    assert_eq!(r.code, 552, "{r:?}");
+
+    // Too big while streaming, without SIZE.
+    let big = common::message("big", &"0123456789abcdef\r\n".repeat(2000));
+    let r = c.send("alice@example.org", &["bob@example-law.dk"], &big).unwrap();
+    assert_eq!(r.code, 552, "{r:?}");
+    assert!(r.text.contains("5.3.4"));
+
+    // A text line over 1000 octets.
+    let long = common::message("long", &"y".repeat(1500));
+    let r = c.send("alice@example.org", &["bob@example-law.dk"], &long).unwrap();
+    assert_eq!(r.code, 554, "{r:?}");
+    assert!(r.text.contains("longer than 1000"), "{r:?}");
+
+    // Commands out of order, unknown commands, VRFY.
+    assert_eq!(c.cmd("DATA").unwrap().code, 503);
+    assert_eq!(c.cmd("RCPT TO:<bob@example-law.dk>").unwrap().code, 503);
+    assert_eq!(c.cmd("FROB").unwrap().code, 500);
+    assert_eq!(c.cmd("VRFY bob").unwrap().code, 252);
+
+    // And an ordinary message still goes through.
+    let ok = c
+        .send("alice@example.org", &["bob@example-law.dk"], &common::message("ok", "small"))
+        .unwrap();
+    assert_eq!(ok.code, 250, "{ok:?}");
+    assert!(wait_until(Duration::from_secs(10), || sink.count() == 1));
+    assert_eq!(common::count_files(&gw.spool().join("tmp"), ""), 0);
+}
+
+#[test]
+fn pipelined_transaction_gets_every_reply_in_order() {
+    let sink = Sink::start(Script::default());
+    let gw = Gateway::start(Options::new(sink.addr));
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let mut batch = b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example-law.dk>\r\nRCPT TO:<carol@example.org>\r\nDATA\r\n".to_vec();
+    c.write(&batch).unwrap();
+    for want in [250, 250, 250, 354] {
+        assert_eq!(c.read().unwrap().code, want);
+    }
+    batch = common::message("pipe", "pipelined");
+    batch.extend_from_slice(b".\r\nQUIT\r\n");
+    c.write(&batch).unwrap();
+    assert_eq!(c.read().unwrap().code, 250);
+    assert_eq!(c.read().unwrap().code, 221);
+    assert!(wait_until(Duration::from_secs(10), || sink.count() >= 1));
+}
+
+#[test]
+fn connection_limit_per_ip_refuses_with_421() {
+    let sink = Sink::start(Script::default());
+    let mut opts = Options::new(sink.addr);
+    opts.extra_server = "max_connections_per_ip = 2\n".into();
+    let gw = Gateway::start(opts);
+    let _a = Client::connect(gw.addr).unwrap();
+    let _b = Client::connect(gw.addr).unwrap();
+    let mut third = TcpStream::connect(gw.addr).unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = String::new();
+    let _ = third.read_to_string(&mut buf);
+    assert!(buf.starts_with("421 4.7.0"), "{buf:?}");
+    drop(_a);
+    assert!(wait_until(Duration::from_secs(5), || Client::connect(gw.addr).is_ok()));
+}

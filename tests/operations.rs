@@ -1,0 +1,240 @@
+//! Operating the gateway: SIGTERM, a full disk, torn spool files, the
+//! configuration check, the queue commands and JSON logs.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use common::client::Client;
+use common::sink::{Script, Sink};
+use common::{wait_until, Gateway, Options, BIN};
+
+fn down_hop() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], common::free_port()))
+}
+
+#[test]
+fn sigterm_finishes_the_transaction_in_flight_and_exits_0_with_the_spool_intact() {
+    let gw_hop = down_hop();
+    let mut gw = Gateway::start(Options::new(gw_hop));
+    let mut idle = Client::connect(gw.addr).unwrap();
+    idle.ehlo().unwrap();
+    let mut busy = Client::connect(gw.addr).unwrap();
+    busy.ehlo().unwrap();
+    busy.cmd("MAIL FROM:<alice@example.org>").unwrap();
+    busy.cmd("RCPT TO:<bob@example-law.dk>").unwrap();
+    assert_eq!(busy.cmd("DATA").unwrap().code, 354);
+    busy.write(b"Subject: in flight\r\nMessage-ID: <flight@test>\r\n\r\nfirst half\r\n").unwrap();
+
+    gw.signal("TERM");
+    // The idle session is told to go away.
+    let r = idle.read().unwrap();
+    assert_eq!(r.code, 421, "{r:?}");
+    // The transaction in flight completes.
+    busy.write(b"second half\r\n.\r\n").unwrap();
+    let r = busy.read().unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    let status = gw.wait_exit(Duration::from_secs(15)).expect("gateway did not exit");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(std::net::TcpStream::connect(gw.addr).is_err(), "still listening");
+    assert_eq!(gw.queued(), 1, "the accepted message must stay in the spool");
+
+    // Next start delivers it.
+    let sink = Sink::start(Script::default());
+    let cfg = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(&gw.config, cfg.replace(&gw_hop.to_string(), &sink.addr.to_string())).unwrap();
+    gw.spawn();
+    assert!(wait_until(Duration::from_secs(10), || sink.count() == 1));
+    assert!(sink.received()[0].text().contains("first half\r\nsecond half\r\n"));
+}
+
+#[test]
+fn torn_spool_files_are_set_aside_not_delivered() {
+    let sink = Sink::start(Script::default());
+    let mut gw = Gateway::start(Options::new(sink.addr));
+    gw.kill9();
+    let queue = gw.spool().join("queue");
+    std::fs::write(queue.join("0000000000AAAA.msg"), b"SMIMEGW-SPOOL 1 20\n{\"mail_from\":").unwrap();
+    std::fs::write(queue.join("0000000000BBBB.msg"), b"garbage").unwrap();
+    gw.spawn();
+    assert!(wait_until(Duration::from_secs(10), || common::count_files(&gw.spool().join("corrupt"), "msg") == 2));
+    assert_eq!(gw.queued(), 0);
+    assert!(gw.log().contains("moved aside"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sink.count(), 0);
+}
+
+#[test]
+fn full_disk_gives_452_and_service_resumes_when_space_returns() {
+    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    if !is_root {
+        eprintln!("SKIPPED: mounting a small tmpfs needs root");
+        return;
+    }
+    let mnt = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        eprintln!("SKIPPED: this machine does not allow mounting a tmpfs");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.path().to_path_buf());
+
+    let sink = Sink::start(Script::default());
+    let mut opts = Options::new(sink.addr);
+    opts.spool_dir = Some(mnt.path().join("spool"));
+    let gw = Gateway::start(opts);
+    // Fill the file system.
+    let filler = mnt.path().join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k", "count=64"])
+        .arg(format!("of={}", filler.display()))
+        .output();
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let body = common::message("full", &format!("{}\r\n", "z".repeat(900)).repeat(100));
+    let r = c.send("alice@example.org", &["bob@example-law.dk"], &body).unwrap();
+    assert_eq!(r.code, 452, "{r:?}");
+    assert!(r.text.contains("4.3.1"), "{r:?}");
+    assert_eq!(common::count_files(&mnt.path().join("spool/queue"), "msg"), 0, "half-kept message");
+    assert_eq!(std::fs::read_dir(mnt.path().join("spool/tmp")).unwrap().count(), 0);
+
+    std::fs::remove_file(&filler).unwrap();
+    let r = c.send("alice@example.org", &["bob@example-law.dk"], &body).unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(wait_until(Duration::from_secs(10), || sink.count() == 1));
+    assert_eq!(sink.received()[0].data, body);
+}
+
+#[test]
+fn check_config_reports_every_problem_with_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[server]\nhostname = \"gw.test\"\nlisten = [\"127.0.0.1:2525\"]\ninternal_domains = [\"@bad\"]\nmax_recipients = 0\ncolour = \"blue\"\n\
+         [spool]\ndir = \"x\"\n[relay]\ninternal = \"nohost\"\nexternal = \"127.0.0.1:25\"\n\
+         [queue]\nretry_intervals = []\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["check-config", "--config"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "server.colour: unknown key",
+        "server.internal_domains[0]",
+        "server.max_recipients: must be at least 1",
+        "relay.internal",
+        "queue.retry_intervals",
+    ] {
+        assert!(err.contains(key), "missing {key:?} in:\n{err}");
+    }
+    assert!(err.lines().all(|l| l.starts_with(&path.display().to_string())), "{err}");
+
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", "config/gateway.toml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", "config/demo.toml"])
+        .env("SMIMEGW__QUEUE__MAX_LIFETIME", "forever")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("queue.max_lifetime"));
+}
+
+#[test]
+fn queue_commands_list_show_retry_delete() {
+    let hop = down_hop();
+    let gw = Gateway::start(Options::new(hop));
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        let r = c
+            .send("alice@example.org", &["bob@example-law.dk"], &common::message(&format!("q{n}"), "queued"))
+            .unwrap();
+        assert_eq!(r.code, 250);
+        ids.push(r.text.trim().rsplit(' ').next().unwrap().to_string());
+    }
+    assert!(wait_until(Duration::from_secs(10), || gw.log().matches("event=\"deferred\"").count() >= 2));
+
+    let out = gw.cli(&["queue", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains(&ids[0]) && text.contains(&ids[1]), "{text}");
+    assert!(text.contains("2 message(s)"), "{text}");
+
+    let out = gw.cli(&["queue", "show", &ids[0]]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Message-ID:  <q0@test>"), "{text}");
+    assert!(text.contains("Recipient:   <bob@example-law.dk> pending"), "{text}");
+    assert!(text.contains("connect to"), "last error missing: {text}");
+
+    let out = gw.cli(&["queue", "retry", &ids[0]]);
+    assert!(out.status.success());
+    let out = gw.cli(&["queue", "delete", &ids[1]]);
+    assert!(out.status.success());
+    assert_eq!(gw.queued(), 1);
+    let out = gw.cli(&["queue", "show", "../../etc/passwd"]);
+    assert!(!out.status.success());
+    let out = gw.cli(&["queue", "delete", &ids[1]]);
+    assert!(!out.status.success(), "deleting twice must fail");
+}
+
+#[test]
+fn json_log_lines() {
+    let sink = Sink::start(Script::default());
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let cfg = dir.path().join("g.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nhostname=\"gw.test\"\nlisten=[\"127.0.0.1:{port}\"]\ninternal_domains=[\"example-law.dk\"]\ntrusted_networks=[\"127.0.0.0/8\"]\n\
+             [spool]\ndir=\"{}\"\n[relay]\ninternal=\"{}\"\nexternal=\"{}\"\ntls=\"none\"\n",
+            dir.path().join("spool").display(),
+            sink.addr,
+            sink.addr
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&cfg)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok()));
+    let mut c = Client::connect(addr).unwrap();
+    c.ehlo().unwrap();
+    c.send("alice@example.org", &["bob@example-law.dk"], &common::message("json", "x")).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || sink.count() == 1));
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    let delivered = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every line is JSON"))
+        .find(|v| v["event"] == "delivered")
+        .expect("a delivered event");
+    assert_eq!(delivered["message_id"], "<json@test>");
+    assert_eq!(delivered["recipient"], "bob@example-law.dk");
+    assert!(delivered["queue_id"].is_string());
+}

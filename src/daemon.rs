@@ -2,7 +2,7 @@
 //! the SMTP listeners and the queue runner, and handles signals (SIGTERM
 //! and SIGINT stop it, SIGHUP reloads the configuration).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -94,7 +94,7 @@ fn reload(path: &Path, settings: &ArcSwap<Settings>) {
 }
 
 /// Checks the configuration as `serve` would, without starting anything.
-pub fn check(path: &PathBuf) -> Result<Settings, DaemonError> {
+pub fn check(path: &Path) -> Result<Settings, DaemonError> {
     let settings = config::load(path)?;
     if let Some(t) = &settings.server.tls {
         smtp::tls::acceptor(t)?;

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use smime_gateway::{admin, daemon, logging, spool::Store};
 
 #[derive(Parser)]
-#[command(name = "smime-gateway", version, about = "S/MIME mail gateway (OCES2/OCES3)")]
+#[command(
+    name = "smime-gateway",
+    version,
+    about = "S/MIME mail gateway (OCES2/OCES3)"
+)]
 struct Cli {
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]

@@ -14,9 +14,9 @@ use tracing::{error, info, warn};
 
 use crate::config::Settings;
 use crate::delivery::{self, route, Outbound, RcptOutcome};
-use crate::{headers, pipeline};
 use crate::spool::dsn::{self, Failure};
 use crate::spool::{retry, RcptStatus, SpoolError, Spooled, Store};
+use crate::{headers, pipeline};
 
 /// What a delivery attempt left behind.
 enum JobEnd {
@@ -86,7 +86,9 @@ impl Runner {
             }
             let next_due = due.next_time();
             let sleep = match next_due {
-                Some(at) if jobs.len() < max => Duration::from_secs(at.saturating_sub(now)).max(Duration::from_millis(200)),
+                Some(at) if jobs.len() < max => {
+                    Duration::from_secs(at.saturating_sub(now)).max(Duration::from_millis(200))
+                }
                 _ => Duration::from_secs(3600),
             };
             tokio::select! {
@@ -123,12 +125,13 @@ impl Runner {
         }
 
         let bound = self.settings.load().server.shutdown_timeout;
-        let finished = tokio::time::timeout(bound, async {
-            while jobs.join_next().await.is_some() {}
-        })
-        .await;
+        let finished =
+            tokio::time::timeout(bound, async { while jobs.join_next().await.is_some() {} }).await;
         if finished.is_err() {
-            warn!(jobs = jobs.len(), "deliveries still running at shutdown; they will be retried");
+            warn!(
+                jobs = jobs.len(),
+                "deliveries still running at shutdown; they will be retried"
+            );
             jobs.abort_all();
         }
     }
@@ -182,14 +185,12 @@ fn scan_queue(store: &Store) -> Result<Vec<(String, u64)>, SpoolError> {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
 ) -> Result<T, SpoolError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| {
-            Err(SpoolError::Corrupt {
-                path: Default::default(),
-                reason: format!("spool task failed: {e}"),
-            })
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(SpoolError::Corrupt {
+            path: Default::default(),
+            reason: format!("spool task failed: {e}"),
         })
+    })
 }
 
 /// One delivery attempt of message `id`.
@@ -292,22 +293,37 @@ async fn attempt(
     msg.state.attempts += 1;
     let lifetime = settings.queue.max_lifetime;
     if retry::expired(msg.envelope.received, now, lifetime) {
-        for state in msg.state.rcpts.iter().filter(|r| r.status == RcptStatus::Pending) {
+        for state in msg
+            .state
+            .rcpts
+            .iter()
+            .filter(|r| r.status == RcptStatus::Pending)
+        {
             if failures.iter().any(|f| f.rcpt == state.addr) {
                 continue;
             }
             failures.push(Failure {
                 rcpt: state.addr.clone(),
-                reply: state.reply.clone().unwrap_or_else(|| "not delivered".into()),
+                reply: state
+                    .reply
+                    .clone()
+                    .unwrap_or_else(|| "not delivered".into()),
                 remote_mta: state.hop.clone(),
                 expired: true,
             });
         }
     }
 
-    if !failures.is_empty() && bounce(id, settings, store, notify, &msg, &failures, &message_id).await {
+    if !failures.is_empty()
+        && bounce(id, settings, store, notify, &msg, &failures, &message_id).await
+    {
         for f in &failures {
-            if let Some(s) = msg.state.rcpts.iter_mut().find(|r| r.addr == f.rcpt && r.status == RcptStatus::Pending) {
+            if let Some(s) = msg
+                .state
+                .rcpts
+                .iter_mut()
+                .find(|r| r.addr == f.rcpt && r.status == RcptStatus::Pending)
+            {
                 s.status = RcptStatus::Failed;
             }
         }
@@ -321,7 +337,8 @@ async fn attempt(
         }
         return JobEnd::Gone;
     }
-    let next = now + retry::delay_after(msg.state.attempts, &settings.queue.retry_intervals).as_secs();
+    let next =
+        now + retry::delay_after(msg.state.attempts, &settings.queue.retry_intervals).as_secs();
     msg.state.next_attempt = next;
     let (s, i, st) = (Arc::clone(store), id.to_string(), msg.state.clone());
     if let Err(e) = blocking(move || s.save_state(&i, &st)).await {
@@ -373,4 +390,3 @@ async fn bounce(
         }
     }
 }
-

@@ -90,7 +90,11 @@ fn kill_9_under_load_loses_nothing_that_got_250() {
     killer.join().unwrap();
 
     let acked = acked.lock().unwrap().clone();
-    assert_eq!(acked.len(), CLIENTS * PER_CLIENT, "clients did not finish in time");
+    assert_eq!(
+        acked.len(),
+        CLIENTS * PER_CLIENT,
+        "clients did not finish in time"
+    );
     let all_arrived = wait_until(Duration::from_secs(60), || {
         let seen: std::collections::HashSet<String> = sink
             .received()
@@ -103,7 +107,10 @@ fn kill_9_under_load_loses_nothing_that_got_250() {
     for r in sink.received() {
         *counts.entry(message_id(&r.data)).or_default() += 1;
     }
-    let missing: Vec<&String> = acked.iter().filter(|id| !counts.contains_key(*id)).collect();
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|id| !counts.contains_key(*id))
+        .collect();
     let duplicates: usize = counts.values().map(|n| n - 1).sum();
     let g = gw.lock().unwrap();
     let restarts = g.log().matches("smime-gateway started").count();
@@ -115,8 +122,15 @@ fn kill_9_under_load_loses_nothing_that_got_250() {
         missing.len(),
         restarts
     );
-    assert!(all_arrived && missing.is_empty(), "lost after 250: {missing:?}");
-    assert_eq!(restarts, KILLS + 1, "the gateway was not killed and restarted {KILLS} times");
+    assert!(
+        all_arrived && missing.is_empty(),
+        "lost after 250: {missing:?}"
+    );
+    assert_eq!(
+        restarts,
+        KILLS + 1,
+        "the gateway was not killed and restarted {KILLS} times"
+    );
     assert!(wait_until(Duration::from_secs(10), || g.queued() == 0));
 }
 

@@ -43,11 +43,19 @@ fn lettre_message_arrives_byte_identical() {
         .build();
     let envelope = Envelope::new(
         Some("alice@example.org".parse().unwrap()),
-        vec!["bob@example-law.dk".parse().unwrap(), "carol@example.org".parse().unwrap()],
+        vec![
+            "bob@example-law.dk".parse().unwrap(),
+            "carol@example.org".parse().unwrap(),
+        ],
     )
     .unwrap();
-    transport.send_raw(&envelope, &body).expect("gateway accepts");
-    assert!(wait_until(Duration::from_secs(15), || sink.count() >= 1), "not delivered");
+    transport
+        .send_raw(&envelope, &body)
+        .expect("gateway accepts");
+    assert!(
+        wait_until(Duration::from_secs(15), || sink.count() >= 1),
+        "not delivered"
+    );
     let got = sink.received();
     let all_rcpts: Vec<String> = got.iter().flat_map(|r| r.rcpts.clone()).collect();
     assert!(all_rcpts.contains(&"bob@example-law.dk".to_string()));
@@ -77,7 +85,10 @@ fn swaks_message_arrives_byte_identical() {
         .expect("swaks is installed (scripts/test installs it)");
     let transcript = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "swaks failed:\n{transcript}");
-    assert!(transcript.contains("250 2.0.0 Ok: queued as"), "{transcript}");
+    assert!(
+        transcript.contains("250 2.0.0 Ok: queued as"),
+        "{transcript}"
+    );
     assert!(wait_until(Duration::from_secs(15), || sink.count() == 1));
     assert_eq!(sink.received()[0].data, on_the_wire(&body));
 }
@@ -85,16 +96,23 @@ fn swaks_message_arrives_byte_identical() {
 #[test]
 fn temporary_failure_is_retried_until_delivered() {
     let mut script = Script::default();
-    script.data_replies.push_back("451 4.3.0 try again later".into());
+    script
+        .data_replies
+        .push_back("451 4.3.0 try again later".into());
     script.data_replies.push_back("421 4.3.2 busy".into());
     let sink = Sink::start(script);
     let gw = Gateway::start(Options::new(sink.addr));
     let mut c = common::client::Client::connect(gw.addr).unwrap();
     c.ehlo().unwrap();
     let body = common::message("retry-1", "deferred twice");
-    let r = c.send("alice@example.org", &["bob@example-law.dk"], &body).unwrap();
+    let r = c
+        .send("alice@example.org", &["bob@example-law.dk"], &body)
+        .unwrap();
     assert_eq!(r.code, 250, "{r:?}");
-    assert!(wait_until(Duration::from_secs(20), || sink.count() == 1), "not delivered after retries");
+    assert!(
+        wait_until(Duration::from_secs(20), || sink.count() == 1),
+        "not delivered after retries"
+    );
     assert_eq!(sink.data_attempts(), 3);
     assert_eq!(sink.received()[0].data, body);
     let log = gw.log();
@@ -107,30 +125,53 @@ fn temporary_failure_is_retried_until_delivered() {
 #[test]
 fn permanent_failure_bounces_and_the_bounce_arrives() {
     let mut script = Script::default();
-    script
-        .rcpt_replies
-        .insert("nobody@example-law.dk".into(), "550 5.1.1 <nobody@example-law.dk>: no such user".into());
+    script.rcpt_replies.insert(
+        "nobody@example-law.dk".into(),
+        "550 5.1.1 <nobody@example-law.dk>: no such user".into(),
+    );
     let sink = Sink::start(script);
     let gw = Gateway::start(Options::new(sink.addr));
     let mut c = common::client::Client::connect(gw.addr).unwrap();
     c.ehlo().unwrap();
     let body = common::message("bounce-1", "one good, one bad recipient");
     let r = c
-        .send("alice@example.org", &["bob@example-law.dk", "nobody@example-law.dk"], &body)
+        .send(
+            "alice@example.org",
+            &["bob@example-law.dk", "nobody@example-law.dk"],
+            &body,
+        )
         .unwrap();
     assert_eq!(r.code, 250);
-    assert!(wait_until(Duration::from_secs(15), || sink.count() == 2), "expected the message and its bounce");
+    assert!(
+        wait_until(Duration::from_secs(15), || sink.count() == 2),
+        "expected the message and its bounce"
+    );
     let got = sink.received();
-    let original = got.iter().find(|r| r.from == "alice@example.org").expect("original");
+    let original = got
+        .iter()
+        .find(|r| r.from == "alice@example.org")
+        .expect("original");
     assert_eq!(original.rcpts, vec!["bob@example-law.dk".to_string()]);
-    let dsn = got.iter().find(|r| r.from.is_empty()).expect("bounce from <>");
+    let dsn = got
+        .iter()
+        .find(|r| r.from.is_empty())
+        .expect("bounce from <>");
     assert_eq!(dsn.rcpts, vec!["alice@example.org".to_string()]);
     let text = dsn.text();
-    assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status"), "{text}");
-    assert!(text.contains("Final-Recipient: rfc822; nobody@example-law.dk"), "{text}");
+    assert!(
+        text.contains("Content-Type: multipart/report; report-type=delivery-status"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Final-Recipient: rfc822; nobody@example-law.dk"),
+        "{text}"
+    );
     assert!(text.contains("Status: 5.1.1"), "{text}");
     assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1"), "{text}");
-    assert!(text.contains("Message-ID: <bounce-1@test>"), "original headers missing: {text}");
+    assert!(
+        text.contains("Message-ID: <bounce-1@test>"),
+        "original headers missing: {text}"
+    );
     assert!(!text.contains("Final-Recipient: rfc822; bob@example-law.dk"));
     assert!(wait_until(Duration::from_secs(5), || gw.queued() == 0));
 }
@@ -138,23 +179,39 @@ fn permanent_failure_bounces_and_the_bounce_arrives() {
 #[test]
 fn rejected_data_bounces_and_null_sender_is_never_bounced() {
     let mut script = Script::default();
-    script.data_replies.push_back("554 5.7.1 content refused".into());
-    script.data_replies.push_back("554 5.7.1 content refused".into());
+    script
+        .data_replies
+        .push_back("554 5.7.1 content refused".into());
+    script
+        .data_replies
+        .push_back("554 5.7.1 content refused".into());
     let sink = Sink::start(script);
     let gw = Gateway::start(Options::new(sink.addr));
     let mut c = common::client::Client::connect(gw.addr).unwrap();
     c.ehlo().unwrap();
     // A bounce that fails is not bounced again.
-    let r = c.send("", &["bob@example-law.dk"], &common::message("null-1", "x")).unwrap();
+    let r = c
+        .send("", &["bob@example-law.dk"], &common::message("null-1", "x"))
+        .unwrap();
     assert_eq!(r.code, 250);
-    assert!(wait_until(Duration::from_secs(10), || gw.log().contains("bounce-discarded")));
+    assert!(wait_until(Duration::from_secs(10), || gw
+        .log()
+        .contains("bounce-discarded")));
     // An ordinary message refused at "." bounces to its sender.
-    let r = c.send("alice@example.org", &["bob@example-law.dk"], &common::message("rej-1", "x")).unwrap();
+    let r = c
+        .send(
+            "alice@example.org",
+            &["bob@example-law.dk"],
+            &common::message("rej-1", "x"),
+        )
+        .unwrap();
     assert_eq!(r.code, 250);
     assert!(wait_until(Duration::from_secs(15), || sink.count() == 1));
     let dsn = &sink.received()[0];
     assert!(dsn.from.is_empty());
-    assert!(dsn.text().contains("Diagnostic-Code: smtp; 554 5.7.1 content refused"));
+    assert!(dsn
+        .text()
+        .contains("Diagnostic-Code: smtp; 554 5.7.1 content refused"));
     assert!(wait_until(Duration::from_secs(5), || gw.queued() == 0));
 }
 
@@ -164,8 +221,16 @@ fn unreachable_next_hop_defers_and_keeps_the_message() {
     let gw = Gateway::start(Options::new(down));
     let mut c = common::client::Client::connect(gw.addr).unwrap();
     c.ehlo().unwrap();
-    let r = c.send("alice@example.org", &["bob@example-law.dk"], &common::message("down-1", "x")).unwrap();
+    let r = c
+        .send(
+            "alice@example.org",
+            &["bob@example-law.dk"],
+            &common::message("down-1", "x"),
+        )
+        .unwrap();
     assert_eq!(r.code, 250);
-    assert!(wait_until(Duration::from_secs(10), || gw.log().contains("event=\"deferred\"")));
+    assert!(wait_until(Duration::from_secs(10), || gw
+        .log()
+        .contains("event=\"deferred\"")));
     assert_eq!(gw.queued(), 1);
 }

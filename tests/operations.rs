@@ -26,7 +26,8 @@ fn sigterm_finishes_the_transaction_in_flight_and_exits_0_with_the_spool_intact(
     busy.cmd("MAIL FROM:<alice@example.org>").unwrap();
     busy.cmd("RCPT TO:<bob@example-law.dk>").unwrap();
     assert_eq!(busy.cmd("DATA").unwrap().code, 354);
-    busy.write(b"Subject: in flight\r\nMessage-ID: <flight@test>\r\n\r\nfirst half\r\n").unwrap();
+    busy.write(b"Subject: in flight\r\nMessage-ID: <flight@test>\r\n\r\nfirst half\r\n")
+        .unwrap();
 
     gw.signal("TERM");
     // The idle session is told to go away.
@@ -36,18 +37,33 @@ fn sigterm_finishes_the_transaction_in_flight_and_exits_0_with_the_spool_intact(
     busy.write(b"second half\r\n.\r\n").unwrap();
     let r = busy.read().unwrap();
     assert_eq!(r.code, 250, "{r:?}");
-    let status = gw.wait_exit(Duration::from_secs(15)).expect("gateway did not exit");
+    let status = gw
+        .wait_exit(Duration::from_secs(15))
+        .expect("gateway did not exit");
     assert!(status.success(), "exit status {status:?}");
-    assert!(std::net::TcpStream::connect(gw.addr).is_err(), "still listening");
-    assert_eq!(gw.queued(), 1, "the accepted message must stay in the spool");
+    assert!(
+        std::net::TcpStream::connect(gw.addr).is_err(),
+        "still listening"
+    );
+    assert_eq!(
+        gw.queued(),
+        1,
+        "the accepted message must stay in the spool"
+    );
 
     // Next start delivers it.
     let sink = Sink::start(Script::default());
     let cfg = std::fs::read_to_string(&gw.config).unwrap();
-    std::fs::write(&gw.config, cfg.replace(&gw_hop.to_string(), &sink.addr.to_string())).unwrap();
+    std::fs::write(
+        &gw.config,
+        cfg.replace(&gw_hop.to_string(), &sink.addr.to_string()),
+    )
+    .unwrap();
     gw.spawn();
     assert!(wait_until(Duration::from_secs(10), || sink.count() == 1));
-    assert!(sink.received()[0].text().contains("first half\r\nsecond half\r\n"));
+    assert!(sink.received()[0]
+        .text()
+        .contains("first half\r\nsecond half\r\n"));
 }
 
 #[test]
@@ -56,10 +72,17 @@ fn torn_spool_files_are_set_aside_not_delivered() {
     let mut gw = Gateway::start(Options::new(sink.addr));
     gw.kill9();
     let queue = gw.spool().join("queue");
-    std::fs::write(queue.join("0000000000AAAA.msg"), b"SMIMEGW-SPOOL 1 20\n{\"mail_from\":").unwrap();
+    std::fs::write(
+        queue.join("0000000000AAAA.msg"),
+        b"SMIMEGW-SPOOL 1 20\n{\"mail_from\":",
+    )
+    .unwrap();
     std::fs::write(queue.join("0000000000BBBB.msg"), b"garbage").unwrap();
     gw.spawn();
-    assert!(wait_until(Duration::from_secs(10), || common::count_files(&gw.spool().join("corrupt"), "msg") == 2));
+    assert!(wait_until(Duration::from_secs(10), || common::count_files(
+        &gw.spool().join("corrupt"),
+        "msg"
+    ) == 2));
     assert_eq!(gw.queued(), 0);
     assert!(gw.log().contains("moved aside"));
     std::thread::sleep(Duration::from_millis(500));
@@ -68,7 +91,11 @@ fn torn_spool_files_are_set_aside_not_delivered() {
 
 #[test]
 fn full_disk_gives_452_and_service_resumes_when_space_returns() {
-    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
     if !is_root {
         eprintln!("SKIPPED: mounting a small tmpfs needs root");
         return;
@@ -105,14 +132,27 @@ fn full_disk_gives_452_and_service_resumes_when_space_returns() {
     let mut c = Client::connect(gw.addr).unwrap();
     c.ehlo().unwrap();
     let body = common::message("full", &format!("{}\r\n", "z".repeat(900)).repeat(100));
-    let r = c.send("alice@example.org", &["bob@example-law.dk"], &body).unwrap();
+    let r = c
+        .send("alice@example.org", &["bob@example-law.dk"], &body)
+        .unwrap();
     assert_eq!(r.code, 452, "{r:?}");
     assert!(r.text.contains("4.3.1"), "{r:?}");
-    assert_eq!(common::count_files(&mnt.path().join("spool/queue"), "msg"), 0, "half-kept message");
-    assert_eq!(std::fs::read_dir(mnt.path().join("spool/tmp")).unwrap().count(), 0);
+    assert_eq!(
+        common::count_files(&mnt.path().join("spool/queue"), "msg"),
+        0,
+        "half-kept message"
+    );
+    assert_eq!(
+        std::fs::read_dir(mnt.path().join("spool/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
 
     std::fs::remove_file(&filler).unwrap();
-    let r = c.send("alice@example.org", &["bob@example-law.dk"], &body).unwrap();
+    let r = c
+        .send("alice@example.org", &["bob@example-law.dk"], &body)
+        .unwrap();
     assert_eq!(r.code, 250, "{r:?}");
     assert!(wait_until(Duration::from_secs(10), || sink.count() == 1));
     assert_eq!(sink.received()[0].data, body);
@@ -129,7 +169,11 @@ fn check_config_reports_every_problem_with_file_and_key() {
          [queue]\nretry_intervals = []\n",
     )
     .unwrap();
-    let out = Command::new(BIN).args(["check-config", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     for key in [
@@ -141,13 +185,21 @@ fn check_config_reports_every_problem_with_file_and_key() {
     ] {
         assert!(err.contains(key), "missing {key:?} in:\n{err}");
     }
-    assert!(err.lines().all(|l| l.starts_with(&path.display().to_string())), "{err}");
+    assert!(
+        err.lines()
+            .all(|l| l.starts_with(&path.display().to_string())),
+        "{err}"
+    );
 
     let out = Command::new(BIN)
         .args(["check-config", "--config", "config/gateway.toml"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = Command::new(BIN)
         .args(["check-config", "--config", "config/demo.toml"])
         .env("SMIMEGW__QUEUE__MAX_LIFETIME", "forever")
@@ -166,12 +218,20 @@ fn queue_commands_list_show_retry_delete() {
     let mut ids = Vec::new();
     for n in 0..2 {
         let r = c
-            .send("alice@example.org", &["bob@example-law.dk"], &common::message(&format!("q{n}"), "queued"))
+            .send(
+                "alice@example.org",
+                &["bob@example-law.dk"],
+                &common::message(&format!("q{n}"), "queued"),
+            )
             .unwrap();
         assert_eq!(r.code, 250);
         ids.push(r.text.trim().rsplit(' ').next().unwrap().to_string());
     }
-    assert!(wait_until(Duration::from_secs(10), || gw.log().matches("event=\"deferred\"").count() >= 2));
+    assert!(wait_until(Duration::from_secs(10), || gw
+        .log()
+        .matches("event=\"deferred\"")
+        .count()
+        >= 2));
 
     let out = gw.cli(&["queue", "list"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -182,7 +242,10 @@ fn queue_commands_list_show_retry_delete() {
     let out = gw.cli(&["queue", "show", &ids[0]]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Message-ID:  <q0@test>"), "{text}");
-    assert!(text.contains("Recipient:   <bob@example-law.dk> pending"), "{text}");
+    assert!(
+        text.contains("Recipient:   <bob@example-law.dk> pending"),
+        "{text}"
+    );
     assert!(text.contains("connect to"), "last error missing: {text}");
 
     let out = gw.cli(&["queue", "retry", &ids[0]]);
@@ -221,10 +284,17 @@ fn json_log_lines() {
         .spawn()
         .unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    assert!(wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok()));
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(addr).is_ok()
+    }));
     let mut c = Client::connect(addr).unwrap();
     c.ehlo().unwrap();
-    c.send("alice@example.org", &["bob@example-law.dk"], &common::message("json", "x")).unwrap();
+    c.send(
+        "alice@example.org",
+        &["bob@example-law.dk"],
+        &common::message("json", "x"),
+    )
+    .unwrap();
     assert!(wait_until(Duration::from_secs(10), || sink.count() == 1));
     let _ = child.kill();
     let _ = child.wait();

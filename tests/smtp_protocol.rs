@@ -51,7 +51,11 @@ fn smuggling_sequences_are_rejected_and_never_yield_a_second_message() {
         assert_eq!(r.code, 250, "sequence {seq:?} left replies behind: {r:?}");
         // The session still works for an honest message.
         let ok = c
-            .send("alice@example.org", &["bob@example-law.dk"], &common::message("honest", "fine"))
+            .send(
+                "alice@example.org",
+                &["bob@example-law.dk"],
+                &common::message("honest", "fine"),
+            )
             .unwrap();
         assert_eq!(ok.code, 250, "{ok:?}");
         c.cmd("QUIT").unwrap();
@@ -95,12 +99,15 @@ fn starttls_injection_is_discarded() {
     c.cmd("MAIL FROM:<alice@example.org>").unwrap();
     c.cmd("RSET").unwrap();
     // The injection: a command pipelined behind STARTTLS in one write.
-    c.write(b"STARTTLS\r\nMAIL FROM:<injected@example.org>\r\n").unwrap();
+    c.write(b"STARTTLS\r\nMAIL FROM:<injected@example.org>\r\n")
+        .unwrap();
     let r = c.read().unwrap();
     assert_eq!(r.code, 220, "{r:?}");
 
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(der)).unwrap();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(der))
+        .unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -112,7 +119,7 @@ fn starttls_injection_is_discarded() {
     let tcp: TcpStream = c.stream().try_clone().unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
 
-    let mut read_reply = |tls: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>| {
+    let read_reply = |tls: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>| {
         let mut buf = Vec::new();
         let mut byte = [0u8; 1];
         loop {
@@ -142,11 +149,13 @@ fn starttls_injection_is_discarded() {
     let r = read_reply(&mut tls);
     assert!(r.starts_with("250-gw.test"), "{r}");
     assert!(!r.contains("STARTTLS"), "STARTTLS offered twice: {r}");
-    tls.write_all(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example-law.dk>\r\nDATA\r\n").unwrap();
+    tls.write_all(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example-law.dk>\r\nDATA\r\n")
+        .unwrap();
     assert!(read_reply(&mut tls).starts_with("250"));
     assert!(read_reply(&mut tls).starts_with("250"));
     assert!(read_reply(&mut tls).starts_with("354"));
-    tls.write_all(&common::message("tls-1", "over TLS")).unwrap();
+    tls.write_all(&common::message("tls-1", "over TLS"))
+        .unwrap();
     tls.write_all(b".\r\n").unwrap();
     assert!(read_reply(&mut tls).starts_with("250 2.0.0 Ok: queued"));
     assert!(wait_until(Duration::from_secs(10), || sink.count() == 1));
@@ -187,19 +196,38 @@ fn limits_get_their_replies() {
     let gw = Gateway::start(opts);
     let mut c = Client::connect(gw.addr).unwrap();
     let ehlo = c.ehlo().unwrap();
-    for ext in ["PIPELINING", "SIZE 20000", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"] {
-        assert!(ehlo.text.contains(ext), "{ext} not advertised: {}", ehlo.text);
+    for ext in [
+        "PIPELINING",
+        "SIZE 20000",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+    ] {
+        assert!(
+            ehlo.text.contains(ext),
+            "{ext} not advertised: {}",
+            ehlo.text
+        );
     }
     // Command line over 512 octets.
     let r = c.cmd(&format!("NOOP {}", "a".repeat(600))).unwrap();
     assert_eq!(r.code, 500, "{r:?}");
     assert!(r.text.contains("5.5.2"));
-    assert_eq!(c.cmd("NOOP").unwrap().code, 250, "session lost step after a long line");
+    assert_eq!(
+        c.cmd("NOOP").unwrap().code,
+        250,
+        "session lost step after a long line"
+    );
 
     // Too many recipients.
     assert_eq!(c.cmd("MAIL FROM:<alice@example.org>").unwrap().code, 250);
     for i in 0..3 {
-        assert_eq!(c.cmd(&format!("RCPT TO:<u{i}@example-law.dk>")).unwrap().code, 250);
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:<u{i}@example-law.dk>"))
+                .unwrap()
+                .code,
+            250
+        );
     }
     let r = c.cmd("RCPT TO:<u4@example-law.dk>").unwrap();
     assert_eq!(r.code, 452, "{r:?}");
@@ -212,13 +240,17 @@ fn limits_get_their_replies() {
 
     // Too big while streaming, without SIZE.
     let big = common::message("big", &"0123456789abcdef\r\n".repeat(2000));
-    let r = c.send("alice@example.org", &["bob@example-law.dk"], &big).unwrap();
+    let r = c
+        .send("alice@example.org", &["bob@example-law.dk"], &big)
+        .unwrap();
     assert_eq!(r.code, 552, "{r:?}");
     assert!(r.text.contains("5.3.4"));
 
     // A text line over 1000 octets.
     let long = common::message("long", &"y".repeat(1500));
-    let r = c.send("alice@example.org", &["bob@example-law.dk"], &long).unwrap();
+    let r = c
+        .send("alice@example.org", &["bob@example-law.dk"], &long)
+        .unwrap();
     assert_eq!(r.code, 554, "{r:?}");
     assert!(r.text.contains("longer than 1000"), "{r:?}");
 
@@ -230,7 +262,11 @@ fn limits_get_their_replies() {
 
     // And an ordinary message still goes through.
     let ok = c
-        .send("alice@example.org", &["bob@example-law.dk"], &common::message("ok", "small"))
+        .send(
+            "alice@example.org",
+            &["bob@example-law.dk"],
+            &common::message("ok", "small"),
+        )
         .unwrap();
     assert_eq!(ok.code, 250, "{ok:?}");
     assert!(wait_until(Duration::from_secs(10), || sink.count() == 1));
@@ -265,10 +301,15 @@ fn connection_limit_per_ip_refuses_with_421() {
     let _a = Client::connect(gw.addr).unwrap();
     let _b = Client::connect(gw.addr).unwrap();
     let mut third = TcpStream::connect(gw.addr).unwrap();
-    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let mut buf = String::new();
     let _ = third.read_to_string(&mut buf);
     assert!(buf.starts_with("421 4.7.0"), "{buf:?}");
     drop(_a);
-    assert!(wait_until(Duration::from_secs(5), || Client::connect(gw.addr).is_ok()));
+    assert!(wait_until(Duration::from_secs(5), || Client::connect(
+        gw.addr
+    )
+    .is_ok()));
 }

@@ -11,8 +11,9 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
 
 /// Parses one duration, with an error that repeats the offending text.
 pub fn parse(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("invalid duration {text:?} ({e}); write e.g. \"30s\", \"5m\", \"1h\", \"5d\""))
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("invalid duration {text:?} ({e}); write e.g. \"30s\", \"5m\", \"1h\", \"5d\"")
+    })
 }
 
 pub mod list {

@@ -100,11 +100,7 @@ mod tests {
                 .map(|(_, a)| a)
                 .unwrap_or(raw)
                 .replace('"', "");
-            assert_eq!(
-                check_untrusted(raw, &parsed, internal).is_ok(),
-                ok,
-                "{raw}"
-            );
+            assert_eq!(check_untrusted(raw, &parsed, internal).is_ok(), ok, "{raw}");
         }
     }
 

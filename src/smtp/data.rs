@@ -61,7 +61,8 @@ impl DataDecoder {
     fn flag(&mut self, v: Violation) {
         // A smuggling pattern outranks size: it is the more serious reason.
         match (self.violation, v) {
-            (None, _) | (Some(Violation::TooBig), Violation::BareCr { .. })
+            (None, _)
+            | (Some(Violation::TooBig), Violation::BareCr { .. })
             | (Some(Violation::TooBig), Violation::BareLf { .. })
             | (Some(Violation::TooBig), Violation::Nul { .. }) => self.violation = Some(v),
             _ => {}

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use smtp_proto::{Error as ProtoError, Request, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8};
+use smtp_proto::{
+    Error as ProtoError, Request, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
@@ -165,7 +167,11 @@ impl Session {
                     if self.ctx.tls.is_none() || self.tls {
                         self.error(conn, 502, "5.5.1 STARTTLS not available");
                     } else if self.tx.is_some() {
-                        self.error(conn, 503, "5.5.1 STARTTLS not allowed during a mail transaction");
+                        self.error(
+                            conn,
+                            503,
+                            "5.5.1 STARTTLS not allowed during a mail transaction",
+                        );
                     } else {
                         conn.reply(220, &["2.0.0 Ready to start TLS"]);
                         if conn.flush().await.is_err() {
@@ -189,18 +195,31 @@ impl Session {
         }
     }
 
-    fn error<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>, code: u16, text: &str) {
+    fn error<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        code: u16,
+        text: &str,
+    ) {
         self.errors += 1;
         conn.reply(code, &[text]);
     }
 
-    async fn too_many_errors<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>) -> End {
+    async fn too_many_errors<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+    ) -> End {
         conn.reply(421, &["4.7.0 Too many errors, closing"]);
         let _ = conn.flush().await;
         End::Close
     }
 
-    fn hello<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>, host: &str, esmtp: bool) {
+    fn hello<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        host: &str,
+        esmtp: bool,
+    ) {
         self.tx = None;
         self.helo = Some(host.to_string());
         let name = &self.settings.server.hostname;
@@ -254,7 +273,12 @@ impl Session {
         conn.reply(250, &["2.1.0 Ok"]);
     }
 
-    fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>, line: &[u8], addr: &str) {
+    fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        line: &[u8],
+        addr: &str,
+    ) {
         let max = self.settings.server.max_recipients;
         let Some(tx) = self.tx.as_ref() else {
             return self.error(conn, 503, "5.5.1 Need MAIL before RCPT");
@@ -277,7 +301,9 @@ impl Session {
                       reason = denied.explain(), "relay attempt refused");
                 let reply = match denied {
                     RelayDenied::ExternalDomain => format!("5.7.1 <{addr}>: Relay access denied"),
-                    RelayDenied::Routing(why) => format!("5.7.1 <{addr}>: Relay access denied: {why}"),
+                    RelayDenied::Routing(why) => {
+                        format!("5.7.1 <{addr}>: Relay access denied: {why}")
+                    }
                 };
                 return self.error(conn, 554, &reply);
             }
@@ -289,7 +315,10 @@ impl Session {
     }
 
     /// The DATA command through to the reply to ".". `Err` closes the session.
-    async fn data<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>) -> Result<(), ()> {
+    async fn data<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+    ) -> Result<(), ()> {
         let Some(tx) = self.tx.as_ref() else {
             self.error(conn, 503, "5.5.1 Need MAIL before DATA");
             return Ok(());
@@ -446,4 +475,3 @@ fn parse_error_reply(e: &ProtoError) -> (u16, String) {
         _ => (500, "5.5.2 Syntax error".into()),
     }
 }
-

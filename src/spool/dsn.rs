@@ -30,7 +30,9 @@ impl Failure {
             let parts: Vec<&str> = w.split('.').collect();
             parts.len() == 3
                 && matches!(parts[0], "2" | "4" | "5")
-                && parts[1..].iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+                && parts[1..]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
         });
         match enhanced {
             Some(code) => code.to_string(),
@@ -76,7 +78,10 @@ pub fn build(
     ));
     for f in failures {
         let why = if f.expired {
-            format!("gave up after the maximum queue lifetime; last error: {}", one_line(&f.reply))
+            format!(
+                "gave up after the maximum queue lifetime; last error: {}",
+                one_line(&f.reply)
+            )
         } else {
             one_line(&f.reply)
         };
@@ -98,7 +103,10 @@ pub fn build(
         if let Some(hop) = &f.remote_mta {
             status.push_str(&format!("Remote-MTA: dns; {hop}\r\n"));
         }
-        status.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", one_line(&f.reply)));
+        status.push_str(&format!(
+            "Diagnostic-Code: smtp; {}\r\n",
+            one_line(&f.reply)
+        ));
     }
 
     let mut out = Vec::new();

@@ -28,10 +28,12 @@ impl IdGenerator {
         let mut prev = self.last.load(Ordering::Relaxed);
         loop {
             let candidate = now.max(prev + 1);
-            match self
-                .last
-                .compare_exchange_weak(prev, candidate, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match self.last.compare_exchange_weak(
+                prev,
+                candidate,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return format!("{candidate:014X}"),
                 Err(seen) => prev = seen,
             }

@@ -1,8 +1,8 @@
 //! The durable queue: accepted mail on disk until every recipient is
 //! delivered or bounced. Only this room writes the spool directory.
 
-mod durable;
 pub mod dsn;
+mod durable;
 pub mod envelope;
 pub mod id;
 pub mod retry;

@@ -191,7 +191,9 @@ impl Store {
         let path = self.state_path(id);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(QueueState::fresh(envelope)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(QueueState::fresh(envelope))
+            }
             Err(e) => return Err(SpoolError::io(&path)(e)),
         };
         let state: QueueState =
@@ -260,7 +262,10 @@ impl Store {
         let id = self.checked(id)?;
         let target = self.corrupt.join(format!("{id}.msg"));
         for (from, to) in [
-            (self.state_path(id), self.corrupt.join(format!("{id}.state"))),
+            (
+                self.state_path(id),
+                self.corrupt.join(format!("{id}.state")),
+            ),
             (self.msg_path(id), target.clone()),
         ] {
             match fs::rename(&from, &to) {

@@ -74,7 +74,11 @@ impl Gateway {
             .spool_dir
             .clone()
             .unwrap_or_else(|| dir.path().join("spool"));
-        let trusted = if opts.trusted { "[\"127.0.0.0/8\"]" } else { "[]" };
+        let trusted = if opts.trusted {
+            "[\"127.0.0.0/8\"]"
+        } else {
+            "[]"
+        };
         let text = format!(
             r#"
 [server]

@@ -63,7 +63,8 @@ impl Sink {
             while let Ok((stream, _)) = listener.accept().await {
                 let st = Arc::clone(&st);
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(60), session(stream, st)).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(60), session(stream, st)).await;
                 });
             }
         });

@@ -234,3 +234,37 @@ fn unreachable_next_hop_defers_and_keeps_the_message() {
         .contains("event=\"deferred\"")));
     assert_eq!(gw.queued(), 1);
 }
+
+#[test]
+fn message_past_its_lifetime_bounces_with_4_4_7() {
+    let sink = Sink::start(Script::default());
+    let down = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let mut opts = Options::new(sink.addr);
+    opts.internal_hop = down;
+    opts.extra = "max_lifetime = \"3s\"\n".into();
+    let gw = Gateway::start(opts);
+    let mut c = common::client::Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let r = c
+        .send(
+            "alice@example.org",
+            &["bob@example-law.dk"],
+            &common::message("old-1", "x"),
+        )
+        .unwrap();
+    assert_eq!(r.code, 250);
+    assert!(
+        wait_until(Duration::from_secs(20), || sink.count() == 1),
+        "no bounce after the lifetime"
+    );
+    let dsn = &sink.received()[0];
+    assert!(dsn.from.is_empty());
+    let text = dsn.text();
+    assert!(text.contains("Status: 4.4.7"), "{text}");
+    assert!(text.contains("maximum queue lifetime"), "{text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822; bob@example-law.dk"),
+        "{text}"
+    );
+    assert!(wait_until(Duration::from_secs(5), || gw.queued() == 0));
+}

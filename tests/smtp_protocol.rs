@@ -313,3 +313,19 @@ fn connection_limit_per_ip_refuses_with_421() {
     )
     .is_ok()));
 }
+
+#[test]
+fn idle_client_is_dropped_after_the_command_timeout() {
+    let sink = Sink::start(Script::default());
+    let mut opts = Options::new(sink.addr);
+    opts.extra_server = "command_timeout = \"1s\"\n".into();
+    let gw = Gateway::start(opts);
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let started = std::time::Instant::now();
+    let r = c.read().unwrap();
+    assert_eq!(r.code, 421, "{r:?}");
+    assert!(r.text.contains("4.4.2"));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(c.read().is_err(), "connection still open");
+}

@@ -101,7 +101,6 @@ timeout = "10s"
 
 [queue]
 retry_intervals = ["1s"]
-max_lifetime = "1h"
 scan_interval = "1s"
 {extra}
 "#,
@@ -157,9 +156,11 @@ scan_interval = "1s"
         self.child = Some(child);
         self.starts += 1;
         let addr = self.addr;
+        let child = self.child.as_mut().expect("just started");
         let up = wait_until(Duration::from_secs(20), || {
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        });
+            matches!(child.try_wait(), Ok(Some(_)))
+                || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        }) && matches!(child.try_wait(), Ok(None));
         assert!(up, "gateway did not start; log:\n{}", self.log());
     }
 

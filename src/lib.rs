@@ -14,3 +14,5 @@ pub mod pipeline;
 pub mod runner;
 pub mod smtp;
 pub mod spool;
+pub mod ossl;
+pub mod pki;

@@ -1,0 +1,253 @@
+//! The few OpenSSL calls the `openssl` crate does not wrap, in one place:
+//! RSASSA-PSS signatures on certificates and CRLs, CRL building,
+//! multi-valued RDNs, RSA-OAEP recipients in CMS, and the signers of a
+//! verified CMS structure. Every `unsafe` block of the project is here.
+
+use std::ffi::CString;
+use std::ptr;
+
+use foreign_types::{ForeignType, ForeignTypeRef};
+use libc::{c_int, c_uint, c_void};
+use openssl::asn1::Asn1Time;
+use openssl::bn::BigNum;
+use openssl::cms::{CMSOptions, CmsContentInfo, CmsContentInfoRef};
+use openssl::error::ErrorStack;
+use openssl::hash::MessageDigest;
+use openssl::pkey::{PKeyRef, Private};
+use openssl::symm::Cipher;
+use openssl::x509::{X509NameRef, X509Ref, X509};
+use openssl_sys as sys;
+
+#[allow(non_camel_case_types)]
+enum CMS_RecipientInfo {}
+
+extern "C" {
+    fn X509_sign_ctx(x: *mut sys::X509, ctx: *mut sys::EVP_MD_CTX) -> c_int;
+    fn X509_CRL_sign_ctx(x: *mut sys::X509_CRL, ctx: *mut sys::EVP_MD_CTX) -> c_int;
+    fn X509_CRL_set1_nextUpdate(crl: *mut sys::X509_CRL, tm: *const sys::ASN1_TIME) -> c_int;
+    fn CMS_add1_recipient_cert(
+        cms: *mut sys::CMS_ContentInfo,
+        recip: *mut sys::X509,
+        flags: c_uint,
+    ) -> *mut CMS_RecipientInfo;
+    fn CMS_RecipientInfo_get0_pkey_ctx(ri: *mut CMS_RecipientInfo) -> *mut sys::EVP_PKEY_CTX;
+    fn CMS_final(
+        cms: *mut sys::CMS_ContentInfo,
+        data: *mut sys::BIO,
+        dcont: *mut sys::BIO,
+        flags: c_uint,
+    ) -> c_int;
+    fn CMS_get0_signers(cms: *mut sys::CMS_ContentInfo) -> *mut sys::stack_st_X509;
+    fn EVP_PKEY_CTX_set_rsa_oaep_md(ctx: *mut sys::EVP_PKEY_CTX, md: *const sys::EVP_MD) -> c_int;
+}
+
+const RSA_PKCS1_PSS_PADDING: c_int = 6;
+const RSA_PKCS1_OAEP_PADDING: c_int = 4;
+
+/// How a certificate or CRL is signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signature {
+    /// sha256WithRSAEncryption (OCES2).
+    Pkcs1Sha256,
+    /// RSASSA-PSS, SHA-256, MGF1-SHA-256, salt 32 (OCES3 leaves and issuing CA).
+    PssSha256,
+    /// RSASSA-PSS, SHA-512, MGF1-SHA-512, salt 64 (OCES3 root).
+    PssSha512,
+}
+
+fn check(ret: c_int) -> Result<(), ErrorStack> {
+    if ret > 0 {
+        Ok(())
+    } else {
+        Err(ErrorStack::get())
+    }
+}
+
+fn check_ptr<T>(p: *mut T) -> Result<*mut T, ErrorStack> {
+    if p.is_null() {
+        Err(ErrorStack::get())
+    } else {
+        Ok(p)
+    }
+}
+
+/// An EVP_MD_CTX ready to sign with `key` under `scheme`; freed on drop.
+struct SignCtx(*mut sys::EVP_MD_CTX);
+
+impl Drop for SignCtx {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from EVP_MD_CTX_new and is freed once.
+        unsafe { sys::EVP_MD_CTX_free(self.0) }
+    }
+}
+
+fn sign_ctx(key: &PKeyRef<Private>, scheme: Signature) -> Result<SignCtx, ErrorStack> {
+    let (md, salt) = match scheme {
+        Signature::Pkcs1Sha256 => (MessageDigest::sha256(), 0),
+        Signature::PssSha256 => (MessageDigest::sha256(), 32),
+        Signature::PssSha512 => (MessageDigest::sha512(), 64),
+    };
+    // SAFETY: plain OpenSSL calls on objects we own; every result is checked
+    // and the context is freed by SignCtx's Drop.
+    unsafe {
+        let ctx = SignCtx(check_ptr(sys::EVP_MD_CTX_new())?);
+        let mut pctx: *mut sys::EVP_PKEY_CTX = ptr::null_mut();
+        check(sys::EVP_DigestSignInit(
+            ctx.0,
+            &mut pctx,
+            md.as_ptr(),
+            ptr::null_mut(),
+            key.as_ptr(),
+        ))?;
+        if scheme != Signature::Pkcs1Sha256 {
+            check(sys::EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING))?;
+            check(sys::EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, salt))?;
+            check(sys::EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, md.as_ptr()))?;
+        }
+        Ok(ctx)
+    }
+}
+
+/// Signs (or re-signs) `cert` with `key`.
+pub fn sign_certificate(
+    cert: &X509Ref,
+    key: &PKeyRef<Private>,
+    scheme: Signature,
+) -> Result<(), ErrorStack> {
+    let ctx = sign_ctx(key, scheme)?;
+    // SAFETY: cert is a valid X509 we own; signing replaces its signature.
+    check(unsafe { X509_sign_ctx(cert.as_ptr(), ctx.0) })
+}
+
+/// Appends `field=value` to the last RDN of `name`, making it multi-valued
+/// (as OCES2 subjects pair serialNumber and CN).
+pub fn add_to_last_rdn(name: &X509NameRef, field: &str, value: &str) -> Result<(), ErrorStack> {
+    let field = CString::new(field).map_err(|_| ErrorStack::get())?;
+    let len = c_int::try_from(value.len()).map_err(|_| ErrorStack::get())?;
+    // SAFETY: name is a valid X509_NAME; OpenSSL copies field and value.
+    check(unsafe {
+        sys::X509_NAME_add_entry_by_txt(
+            name.as_ptr(),
+            field.as_ptr(),
+            sys::MBSTRING_UTF8,
+            value.as_ptr(),
+            len,
+            -1,
+            -1,
+        )
+    })
+}
+
+/// Builds and signs a CRL of `issuer` listing `revoked` (serial, revocation
+/// time in Unix seconds). Returns its DER.
+pub fn make_crl(
+    issuer: &X509Ref,
+    key: &PKeyRef<Private>,
+    scheme: Signature,
+    this_update: i64,
+    next_update: i64,
+    revoked: &[(BigNum, i64)],
+) -> Result<Vec<u8>, ErrorStack> {
+    let last = Asn1Time::from_unix(this_update as libc::time_t)?;
+    let next = Asn1Time::from_unix(next_update as libc::time_t)?;
+    // SAFETY: the CRL is created, filled and freed here; X509_REVOKED
+    // entries are handed to the CRL (add0) only after they are complete,
+    // and serials/times are copied by OpenSSL.
+    unsafe {
+        let crl = check_ptr(sys::X509_CRL_new())?;
+        let result = (|| -> Result<Vec<u8>, ErrorStack> {
+            check(sys::X509_CRL_set_version(crl, 1))?;
+            check(sys::X509_CRL_set_issuer_name(crl, issuer.subject_name().as_ptr()))?;
+            check(sys::X509_CRL_set1_lastUpdate(crl, last.as_ptr()))?;
+            check(X509_CRL_set1_nextUpdate(crl, next.as_ptr()))?;
+            for (serial, when) in revoked {
+                let rev = check_ptr(sys::X509_REVOKED_new())?;
+                let serial = serial.to_asn1_integer()?;
+                let date = Asn1Time::from_unix(*when as libc::time_t)?;
+                if sys::X509_REVOKED_set_serialNumber(rev, serial.as_ptr()) <= 0
+                    || sys::X509_REVOKED_set_revocationDate(rev, date.as_ptr()) <= 0
+                    || sys::X509_CRL_add0_revoked(crl, rev) <= 0
+                {
+                    sys::X509_REVOKED_free(rev);
+                    return Err(ErrorStack::get());
+                }
+            }
+            check(sys::X509_CRL_sort(crl))?;
+            let ctx = sign_ctx(key, scheme)?;
+            check(X509_CRL_sign_ctx(crl, ctx.0))?;
+            let len = sys::i2d_X509_CRL(crl, ptr::null_mut());
+            if len <= 0 {
+                return Err(ErrorStack::get());
+            }
+            let mut out = vec![0u8; len as usize];
+            let mut p = out.as_mut_ptr();
+            if sys::i2d_X509_CRL(crl, &mut p) != len {
+                return Err(ErrorStack::get());
+            }
+            Ok(out)
+        })();
+        sys::X509_CRL_free(crl);
+        result
+    }
+}
+
+/// Envelopes `data` for `recipients` with `cipher`, using RSA-OAEP
+/// (SHA-256, MGF1-SHA-256) key transport.
+pub fn encrypt_oaep(
+    recipients: &[X509],
+    data: &[u8],
+    cipher: Cipher,
+) -> Result<CmsContentInfo, ErrorStack> {
+    let flags = (CMSOptions::BINARY | CMSOptions::PARTIAL).bits();
+    let len = c_int::try_from(data.len()).map_err(|_| ErrorStack::get())?;
+    // SAFETY: the CMS structure is owned by the returned CmsContentInfo (or
+    // freed on error); the BIO is freed here; certificates are copied by
+    // CMS_add1_recipient_cert; the pkey ctx belongs to the RecipientInfo.
+    unsafe {
+        let cms = check_ptr(sys::CMS_encrypt(
+            ptr::null_mut(),
+            ptr::null_mut(),
+            cipher.as_ptr(),
+            flags,
+        ))?;
+        let cms = CmsContentInfo::from_ptr(cms);
+        for cert in recipients {
+            let ri = CMS_add1_recipient_cert(cms.as_ptr(), cert.as_ptr(), sys::CMS_KEY_PARAM);
+            if ri.is_null() {
+                return Err(ErrorStack::get());
+            }
+            let pctx = check_ptr(CMS_RecipientInfo_get0_pkey_ctx(ri))?;
+            check(sys::EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_OAEP_PADDING))?;
+            check(EVP_PKEY_CTX_set_rsa_oaep_md(pctx, MessageDigest::sha256().as_ptr()))?;
+            check(sys::EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, MessageDigest::sha256().as_ptr()))?;
+        }
+        let bio = check_ptr(sys::BIO_new_mem_buf(data.as_ptr() as *const c_void, len))?;
+        let ok = CMS_final(cms.as_ptr(), bio, ptr::null_mut(), sys::CMS_BINARY);
+        sys::BIO_free_all(bio);
+        check(ok)?;
+        Ok(cms)
+    }
+}
+
+/// The signer certificates of a CMS SignedData after a successful verify.
+pub fn signers(cms: &CmsContentInfoRef) -> Vec<X509> {
+    // SAFETY: CMS_get0_signers returns a new stack whose certificates are
+    // borrowed from the CMS structure; each is up-ref'd into an owned X509
+    // before the stack (not its contents) is freed.
+    unsafe {
+        let stack = CMS_get0_signers(cms.as_ptr());
+        if stack.is_null() {
+            return Vec::new();
+        }
+        let n = sys::OPENSSL_sk_num(stack as *const sys::OPENSSL_STACK);
+        let mut out = Vec::new();
+        for i in 0..n {
+            let x = sys::OPENSSL_sk_value(stack as *const sys::OPENSSL_STACK, i) as *mut sys::X509;
+            if !x.is_null() && sys::X509_up_ref(x) > 0 {
+                out.push(X509::from_ptr(x));
+            }
+        }
+        sys::OPENSSL_sk_free(stack as *mut sys::OPENSSL_STACK);
+        out
+    }
+}

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
 use crate::config::{self, ConfigError, Settings};
+use crate::pki::{Keyring, KeyringError};
 use crate::runner::Runner;
 use crate::smtp;
 use crate::spool::{SpoolError, Store};
@@ -25,6 +26,13 @@ pub enum DaemonError {
     Tls(#[from] smtp::tls::TlsError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Keys(#[from] KeyringError),
+}
+
+/// Loads the identities and trust anchors the configuration names.
+pub fn load_keys(settings: &Settings) -> Result<Keyring, DaemonError> {
+    Ok(Keyring::load(settings)?)
 }
 
 /// Runs the gateway with the configuration at `path` until SIGTERM/SIGINT.

@@ -4,7 +4,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use smime_gateway::{admin, daemon, logging, spool::Store};
+use smime_gateway::{admin, daemon, logging, pki, spool::Store};
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
 
 #[derive(Parser)]
 #[command(
@@ -38,12 +45,45 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// The organisation's keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Test PKI tools.
+    Pki {
+        #[command(subcommand)]
+        action: PkiAction,
+    },
     /// Inspect and manage the mail queue.
     Queue {
         #[command(subcommand)]
         action: QueueAction,
         #[arg(long, global = true)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Every identity: generation, kind, CVR, e-mails, validity, what it may do.
+    List,
+}
+
+#[derive(Subcommand)]
+enum PkiAction {
+    /// Generate a look-alike OCES2/OCES3 test PKI (TEST ONLY).
+    Demo {
+        #[arg(long)]
+        out: PathBuf,
+        /// Base URL written as the CRL distribution point.
+        #[arg(long)]
+        crl_url: Option<String>,
+        /// URL written as the OCSP responder.
+        #[arg(long)]
+        ocsp_url: Option<String>,
     },
 }
 
@@ -92,6 +132,43 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Keys { action, config } => {
+            let Some(config) = config else {
+                eprintln!("smime-gateway keys: --config PATH is required");
+                return ExitCode::from(2);
+            };
+            let KeysAction::List = action;
+            match daemon::check(&config).and_then(|s| daemon::load_keys(&s)) {
+                Ok(keys) => {
+                    print!("{}", pki::listing::keys_table(&keys, unix_now()));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Pki { action } => {
+            let PkiAction::Demo { out, crl_url, ocsp_url } = action;
+            let mut urls = pki::demo::Urls::default();
+            if let Some(u) = crl_url {
+                urls.crl_base = u;
+            }
+            if let Some(u) = ocsp_url {
+                urls.ocsp = u;
+            }
+            match pki::demo::generate(&out, unix_now(), &urls) {
+                Ok(w) => {
+                    println!("demo PKI (TEST ONLY) written to {}: {} files", w.dir.display(), w.files.len());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("smime-gateway pki demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Queue { action, config } => {
             let Some(config) = config else {
                 eprintln!("smime-gateway queue: --config PATH is required");

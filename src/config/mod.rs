@@ -25,6 +25,96 @@ pub struct Settings {
     pub relay: RelaySettings,
     #[serde(default)]
     pub queue: QueueSettings,
+    /// `[[identity]]`: the organisation's private keys.
+    #[serde(default, rename = "identity")]
+    pub identities: Vec<IdentitySettings>,
+    /// `[[mailbox]]`: how mail for internal addresses is handed on.
+    #[serde(default, rename = "mailbox")]
+    pub mailboxes: Vec<MailboxSettings>,
+    #[serde(default)]
+    pub trust: TrustSettings,
+    #[serde(default)]
+    pub smime: SmimeSettings,
+}
+
+/// `[[identity]]`: one private key with its certificate.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IdentitySettings {
+    /// PKCS#12 file (certificate, key and chain).
+    pub pkcs12: Option<PathBuf>,
+    /// PEM certificate (chain after the leaf), with `key`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key, with `cert`.
+    pub key: Option<PathBuf>,
+    /// File holding the password (first line).
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// Addresses this key serves; empty means the whole organisation.
+    #[serde(default)]
+    pub mailboxes: Vec<String>,
+}
+
+/// `[[mailbox]]`: delivery of decrypted mail to an address or a domain.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MailboxSettings {
+    /// `user@domain` or `*@domain`.
+    pub address: String,
+    #[serde(default)]
+    pub deliver: Deliver,
+    #[serde(default)]
+    pub encryption: Encryption,
+}
+
+/// What the mailbox receives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Deliver {
+    /// Decrypted.
+    #[default]
+    Plain,
+    /// Decrypted, then encrypted again to the mailbox's current OCES3 key.
+    Reencrypt,
+}
+
+/// Content encryption and key transport for mail the gateway encrypts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encryption {
+    /// AES-256-CBC with RSA PKCS#1 v1.5: what every client reads.
+    #[default]
+    Aes256Cbc,
+    /// AES-256-GCM (AuthEnvelopedData) with RSA-OAEP.
+    Aes256GcmOaep,
+}
+
+/// `[trust]`: certificates that signatures must chain to.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TrustSettings {
+    /// Files or directories of PEM/DER CA certificates.
+    #[serde(default)]
+    pub anchors: Vec<PathBuf>,
+}
+
+/// `[smime]`: handling of S/MIME mail.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SmimeSettings {
+    #[serde(default)]
+    pub on_undecryptable: OnUndecryptable,
+    /// Refuse key files readable by group or others (otherwise a warning).
+    #[serde(default)]
+    pub strict_permissions: bool,
+}
+
+/// What happens to encrypted mail the gateway cannot open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUndecryptable {
+    /// Delivered unchanged, with a header saying why.
+    #[default]
+    Deliver,
+    /// Kept in the spool's quarantine until an operator releases it.
+    Quarantine,
 }
 
 /// `[server]`: the inbound ESMTP listener.
@@ -128,6 +218,24 @@ impl ServerSettings {
     pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
         let ip = canonical_ip(ip);
         self.trusted_networks.iter().any(|n| n.contains(&ip))
+    }
+}
+
+impl Settings {
+    /// The `[[mailbox]]` entry for `addr`: an exact address first, then
+    /// `*@domain`.
+    pub fn mailbox(&self, addr: &str) -> Option<&MailboxSettings> {
+        let domain = addr.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        self.mailboxes
+            .iter()
+            .find(|m| m.address.eq_ignore_ascii_case(addr))
+            .or_else(|| {
+                self.mailboxes.iter().find(|m| {
+                    m.address
+                        .strip_prefix("*@")
+                        .is_some_and(|d| d.eq_ignore_ascii_case(domain))
+                })
+            })
     }
 }
 

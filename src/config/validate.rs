@@ -93,6 +93,44 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
             );
         }
     }
+    for (i, id) in s.identities.iter().enumerate() {
+        let key = format!("identity[{i}]");
+        match (&id.pkcs12, &id.cert, &id.key) {
+            (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+            _ => bad(
+                &key,
+                "give either pkcs12 = \"file.p12\", or cert = \"file.pem\" with key = \"file.pem\"".into(),
+            ),
+        }
+        if id.pkcs12.is_some() && id.password_file.is_none() && id.password_env.is_none() {
+            bad(
+                &key,
+                "a PKCS#12 file needs password_file or password_env (never the password itself)".into(),
+            );
+        }
+        if id.password_file.is_some() && id.password_env.is_some() {
+            bad(&key, "give password_file or password_env, not both".into());
+        }
+        for (j, m) in id.mailboxes.iter().enumerate() {
+            if !m.contains('@') {
+                bad(&format!("{key}.mailboxes[{j}]"), format!("{m:?} is not an address"));
+            }
+        }
+    }
+    for (i, m) in s.mailboxes.iter().enumerate() {
+        let domain = m.address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        if !m.address.contains('@') || !is_domain(domain) {
+            bad(
+                &format!("mailbox[{i}].address"),
+                format!("{:?} is not an address or *@domain", m.address),
+            );
+        }
+    }
+    for (i, a) in s.trust.anchors.iter().enumerate() {
+        if !a.exists() {
+            bad(&format!("trust.anchors[{i}]"), format!("{}: no such file or directory", a.display()));
+        }
+    }
     out
 }
 

@@ -2,4 +2,78 @@
 //! both generations, expired and revoked ones included), trust anchors,
 //! OCES classification and the demo PKI generator.
 
+pub mod demo;
+pub mod identity;
+pub mod listing;
 pub mod oces;
+pub mod provider;
+pub mod trust;
+
+use openssl::x509::X509;
+
+pub use identity::Identity;
+
+use crate::config::Settings;
+
+/// Everything the pipeline needs of keys and certificates: one immutable
+/// snapshot, loaded with the configuration and swapped with it.
+#[derive(Debug, Default)]
+pub struct Keyring {
+    pub identities: Vec<Identity>,
+    pub anchors: Vec<X509>,
+}
+
+/// What went wrong loading keys and anchors; every problem is listed.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct KeyringError(pub Vec<String>);
+
+impl Keyring {
+    /// Loads the identities and trust anchors `settings` name.
+    pub fn load(settings: &Settings) -> Result<Self, KeyringError> {
+        let mut problems = Vec::new();
+        let mut identities = Vec::new();
+        for (i, cfg) in settings.identities.iter().enumerate() {
+            match identity::load(i, cfg, settings.smime.strict_permissions) {
+                Ok(id) => identities.push(id),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        let anchors = match trust::load_anchors(&settings.trust.anchors) {
+            Ok(a) => a,
+            Err(e) => {
+                problems.push(e.to_string());
+                Vec::new()
+            }
+        };
+        if problems.is_empty() {
+            Ok(Self { identities, anchors })
+        } else {
+            Err(KeyringError(problems))
+        }
+    }
+
+    /// Identities to try for mail to `rcpt`: those serving it first, then
+    /// the organisation-wide ones.
+    pub fn candidates<'a>(&'a self, rcpt: &'a str) -> impl Iterator<Item = &'a Identity> + 'a {
+        self.identities
+            .iter()
+            .filter(move |i| i.serves(rcpt))
+            .chain(self.identities.iter().filter(|i| i.is_organisation_wide()))
+    }
+
+    /// The current OCES3 identity for `rcpt` (valid at `now`, may receive
+    /// encrypted mail), newest first: what re-encryption targets.
+    pub fn current_oces3<'a>(&'a self, rcpt: &'a str, now: i64) -> Option<&'a Identity> {
+        let mut best: Option<&Identity> = None;
+        for id in self.candidates(rcpt) {
+            let ok = id.info.generation == oces::Generation::Oces3
+                && id.info.valid_at(now)
+                && id.info.can_encrypt();
+            if ok && best.is_none_or(|b| b.info.not_after < id.info.not_after) {
+                best = Some(id);
+            }
+        }
+        best
+    }
+}

@@ -1,0 +1,55 @@
+//! `smime-gateway keys list`: a table of the organisation's identities.
+
+use std::fmt::Write as _;
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::Keyring;
+
+fn day(secs: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+    httpdate::fmt_http_date(t)
+        .get(5..16)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// One line per identity: CN, generation, kind, CVR, e-mails, not-after,
+/// state at `now`, and what the key may do.
+pub fn keys_table(keys: &Keyring, now: i64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<40} {:<6} {:<12} {:<9} {:<28} {:<11} {:<13} may",
+        "SUBJECT CN", "GEN", "KIND", "CVR", "E-MAIL", "NOT AFTER", "STATE"
+    );
+    for id in &keys.identities {
+        let i = &id.info;
+        let state = if now < i.not_before {
+            "not yet valid"
+        } else if now > i.not_after {
+            "expired"
+        } else {
+            "valid"
+        };
+        let may = if state == "valid" && i.can_sign() {
+            "decrypt, sign"
+        } else {
+            "decrypt"
+        };
+        let cn: String = i.subject_cn.chars().take(40).collect();
+        let _ = writeln!(
+            out,
+            "{cn:<40} {:<6} {:<12} {:<9} {:<28} {:<11} {state:<13} {may}",
+            i.generation.to_string(),
+            i.kind.to_string(),
+            i.cvr.as_deref().unwrap_or("-"),
+            if i.emails.is_empty() { "-".to_string() } else { i.emails.join(",") },
+            day(i.not_after),
+        );
+        if !id.mailboxes.is_empty() {
+            let _ = writeln!(out, "{:<40} serves: {}", "", id.mailboxes.join(", "));
+        }
+    }
+    let _ = writeln!(out, "{} identit{}", keys.identities.len(), if keys.identities.len() == 1 { "y" } else { "ies" });
+    out
+}

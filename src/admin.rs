@@ -74,6 +74,7 @@ pub fn show(store: &Store, id: &str) -> Result<String, SpoolError> {
             RcptStatus::Pending => "pending",
             RcptStatus::Delivered => "delivered",
             RcptStatus::Failed => "failed",
+            RcptStatus::Quarantined => "quarantined",
         };
         let _ = write!(out, "Recipient:   <{}> {status}", r.addr);
         if let Some(reply) = &r.reply {
@@ -108,4 +109,29 @@ pub fn retry(store: &Store, id: &str) -> Result<String, SpoolError> {
 pub fn delete(store: &Store, id: &str) -> Result<String, SpoolError> {
     store.remove(id)?;
     Ok(format!("{id}: deleted"))
+}
+
+/// The quarantine: one line per message with its reason.
+pub fn quarantined(store: &Store) -> Result<String, SpoolError> {
+    let mut out = String::new();
+    let list = store.quarantined()?;
+    for (id, e, reason) in &list {
+        let _ = writeln!(
+            out,
+            "{id:<14}  {}  <{}> -> {}  {reason}",
+            date(e.received),
+            e.mail_from,
+            e.rcpts.join(",")
+        );
+    }
+    let _ = writeln!(out, "{} message(s) in quarantine", list.len());
+    Ok(out)
+}
+
+/// Releases a quarantined message into the queue.
+pub fn release(store: &Store, id: &str) -> Result<String, SpoolError> {
+    store.release(id)?;
+    Ok(format!(
+        "{id}: released into the queue (delivered unchanged, with the reason)"
+    ))
 }

@@ -38,6 +38,11 @@ pub fn load_keys(settings: &Settings) -> Result<Keyring, DaemonError> {
 /// Runs the gateway with the configuration at `path` until SIGTERM/SIGINT.
 pub async fn serve(path: &Path) -> Result<(), DaemonError> {
     let settings = config::load(path)?;
+    let keys = Keyring::load(&settings)?;
+    for id in &keys.identities {
+        info!(subject = %id.info.subject_cn, generation = %id.info.generation,
+              kind = %id.info.kind, source = %id.source.display(), "identity loaded");
+    }
     let store = Arc::new(Store::open(&settings.spool.dir)?);
     let tls = match &settings.server.tls {
         Some(t) => Some(smtp::tls::acceptor(t)?),
@@ -51,6 +56,7 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
     }
 
     let settings = Arc::new(ArcSwap::from_pointee(settings));
+    let keys = Arc::new(ArcSwap::from_pointee(keys));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (queued_tx, queued_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(smtp::Context::new(
@@ -62,6 +68,7 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
     ));
     let runner = Runner::new(
         Arc::clone(&settings),
+        Arc::clone(&keys),
         Arc::clone(&store),
         queued_rx,
         queued_tx,
@@ -78,7 +85,7 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { info!("SIGINT: stopping"); break; }
-            _ = hup.recv() => reload(path, &settings),
+            _ = hup.recv() => reload(path, &settings, &keys),
         }
     }
     let _ = stop_tx.send(true);
@@ -91,9 +98,13 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
 /// Loads the configuration again and swaps it in when valid; an invalid
 /// one is logged and the running one kept. Listen addresses and the spool
 /// directory take effect only at the next start.
-fn reload(path: &Path, settings: &ArcSwap<Settings>) {
-    match config::load(path) {
-        Ok(new) => {
+fn reload(path: &Path, settings: &ArcSwap<Settings>, keys: &ArcSwap<Keyring>) {
+    let loaded = config::load(path)
+        .map_err(DaemonError::from)
+        .and_then(|s| Ok((Keyring::load(&s)?, s)));
+    match loaded {
+        Ok((new_keys, new)) => {
+            keys.store(Arc::new(new_keys));
             settings.store(Arc::new(new));
             info!(config = %path.display(), "configuration reloaded");
         }
@@ -107,5 +118,6 @@ pub fn check(path: &Path) -> Result<Settings, DaemonError> {
     if let Some(t) = &settings.server.tls {
         smtp::tls::acceptor(t)?;
     }
+    Keyring::load(&settings)?;
     Ok(settings)
 }

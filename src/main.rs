@@ -97,6 +97,10 @@ enum QueueAction {
     Retry { id: String },
     /// Remove a message from the queue without delivering it.
     Delete { id: String },
+    /// Messages held in the quarantine (undecryptable mail).
+    Quarantined,
+    /// Deliver a quarantined message (unchanged, with the reason).
+    Release { id: String },
 }
 
 fn main() -> ExitCode {
@@ -150,7 +154,11 @@ fn main() -> ExitCode {
             }
         }
         Command::Pki { action } => {
-            let PkiAction::Demo { out, crl_url, ocsp_url } = action;
+            let PkiAction::Demo {
+                out,
+                crl_url,
+                ocsp_url,
+            } = action;
             let mut urls = pki::demo::Urls::default();
             if let Some(u) = crl_url {
                 urls.crl_base = u;
@@ -160,7 +168,11 @@ fn main() -> ExitCode {
             }
             match pki::demo::generate(&out, unix_now(), &urls) {
                 Ok(w) => {
-                    println!("demo PKI (TEST ONLY) written to {}: {} files", w.dir.display(), w.files.len());
+                    println!(
+                        "demo PKI (TEST ONLY) written to {}: {} files",
+                        w.dir.display(),
+                        w.files.len()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -183,6 +195,8 @@ fn main() -> ExitCode {
                         QueueAction::Show { id } => admin::show(&store, &id),
                         QueueAction::Retry { id } => admin::retry(&store, &id),
                         QueueAction::Delete { id } => admin::delete(&store, &id),
+                        QueueAction::Quarantined => admin::quarantined(&store),
+                        QueueAction::Release { id } => admin::release(&store, &id),
                     }
                     .map_err(|e| e.to_string())
                 });

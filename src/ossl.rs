@@ -20,6 +20,8 @@ use openssl_sys as sys;
 
 #[allow(non_camel_case_types)]
 enum CMS_RecipientInfo {}
+#[allow(non_camel_case_types)]
+enum CMS_SignerInfo {}
 
 extern "C" {
     fn X509_sign_ctx(x: *mut sys::X509, ctx: *mut sys::EVP_MD_CTX) -> c_int;
@@ -39,7 +41,28 @@ extern "C" {
     ) -> c_int;
     fn CMS_get0_signers(cms: *mut sys::CMS_ContentInfo) -> *mut sys::stack_st_X509;
     fn EVP_PKEY_CTX_set_rsa_oaep_md(ctx: *mut sys::EVP_PKEY_CTX, md: *const sys::EVP_MD) -> c_int;
+    fn CMS_get0_RecipientInfos(cms: *mut sys::CMS_ContentInfo) -> *mut sys::OPENSSL_STACK;
+    fn CMS_RecipientInfo_type(ri: *mut CMS_RecipientInfo) -> c_int;
+    fn CMS_RecipientInfo_ktri_cert_cmp(ri: *mut CMS_RecipientInfo, cert: *mut sys::X509) -> c_int;
+    fn CMS_RecipientInfo_ktri_get0_signer_id(
+        ri: *mut CMS_RecipientInfo,
+        keyid: *mut *mut sys::ASN1_OCTET_STRING,
+        issuer: *mut *mut sys::X509_NAME,
+        sno: *mut *mut sys::ASN1_INTEGER,
+    ) -> c_int;
+    fn CMS_get0_type(cms: *const sys::CMS_ContentInfo) -> *const sys::ASN1_OBJECT;
+    fn CMS_get0_SignerInfos(cms: *mut sys::CMS_ContentInfo) -> *mut sys::OPENSSL_STACK;
+    fn CMS_signed_get0_data_by_OBJ(
+        si: *mut CMS_SignerInfo,
+        oid: *const sys::ASN1_OBJECT,
+        lastpos: c_int,
+        typ: c_int,
+    ) -> *mut c_void;
 }
+
+const CMS_RECIPINFO_TRANS: c_int = 0;
+const V_ASN1_UTCTIME: c_int = 23;
+const V_ASN1_GENERALIZEDTIME: c_int = 24;
 
 const RSA_PKCS1_PSS_PADDING: c_int = 6;
 const RSA_PKCS1_OAEP_PADDING: c_int = 4;
@@ -100,7 +123,10 @@ fn sign_ctx(key: &PKeyRef<Private>, scheme: Signature) -> Result<SignCtx, ErrorS
             key.as_ptr(),
         ))?;
         if scheme != Signature::Pkcs1Sha256 {
-            check(sys::EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING))?;
+            check(sys::EVP_PKEY_CTX_set_rsa_padding(
+                pctx,
+                RSA_PKCS1_PSS_PADDING,
+            ))?;
             check(sys::EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, salt))?;
             check(sys::EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, md.as_ptr()))?;
         }
@@ -157,7 +183,10 @@ pub fn make_crl(
         let crl = check_ptr(sys::X509_CRL_new())?;
         let result = (|| -> Result<Vec<u8>, ErrorStack> {
             check(sys::X509_CRL_set_version(crl, 1))?;
-            check(sys::X509_CRL_set_issuer_name(crl, issuer.subject_name().as_ptr()))?;
+            check(sys::X509_CRL_set_issuer_name(
+                crl,
+                issuer.subject_name().as_ptr(),
+            ))?;
             check(sys::X509_CRL_set1_lastUpdate(crl, last.as_ptr()))?;
             check(X509_CRL_set1_nextUpdate(crl, next.as_ptr()))?;
             for (serial, when) in revoked {
@@ -217,9 +246,18 @@ pub fn encrypt_oaep(
                 return Err(ErrorStack::get());
             }
             let pctx = check_ptr(CMS_RecipientInfo_get0_pkey_ctx(ri))?;
-            check(sys::EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_OAEP_PADDING))?;
-            check(EVP_PKEY_CTX_set_rsa_oaep_md(pctx, MessageDigest::sha256().as_ptr()))?;
-            check(sys::EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, MessageDigest::sha256().as_ptr()))?;
+            check(sys::EVP_PKEY_CTX_set_rsa_padding(
+                pctx,
+                RSA_PKCS1_OAEP_PADDING,
+            ))?;
+            check(EVP_PKEY_CTX_set_rsa_oaep_md(
+                pctx,
+                MessageDigest::sha256().as_ptr(),
+            ))?;
+            check(sys::EVP_PKEY_CTX_set_rsa_mgf1_md(
+                pctx,
+                MessageDigest::sha256().as_ptr(),
+            ))?;
         }
         let bio = check_ptr(sys::BIO_new_mem_buf(data.as_ptr() as *const c_void, len))?;
         let ok = CMS_final(cms.as_ptr(), bio, ptr::null_mut(), sys::CMS_BINARY);
@@ -249,5 +287,146 @@ pub fn signers(cms: &CmsContentInfoRef) -> Vec<X509> {
         }
         sys::OPENSSL_sk_free(stack as *mut sys::OPENSSL_STACK);
         out
+    }
+}
+
+/// How a key-transport RecipientInfo names its recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientId {
+    IssuerSerial {
+        issuer: String,
+        serial_hex: String,
+    },
+    KeyId(String),
+    /// A recipient type other than key transport (key agreement, KEK...).
+    Other,
+}
+
+impl std::fmt::Display for RecipientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecipientId::IssuerSerial { issuer, serial_hex } => {
+                write!(f, "issuer=\"{issuer}\" serial={serial_hex}")
+            }
+            RecipientId::KeyId(k) => write!(f, "subjectKeyIdentifier={k}"),
+            RecipientId::Other => f.write_str("non-RSA recipient"),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// The recipients an enveloped CMS structure names.
+pub fn recipients(cms: &CmsContentInfoRef) -> Vec<RecipientId> {
+    // SAFETY: the stack and its entries belong to `cms`, which outlives
+    // this call; the ids returned by get0 are borrowed and copied out.
+    unsafe {
+        let stack = CMS_get0_RecipientInfos(cms.as_ptr());
+        if stack.is_null() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for i in 0..sys::OPENSSL_sk_num(stack) {
+            let ri = sys::OPENSSL_sk_value(stack, i) as *mut CMS_RecipientInfo;
+            if ri.is_null() || CMS_RecipientInfo_type(ri) != CMS_RECIPINFO_TRANS {
+                out.push(RecipientId::Other);
+                continue;
+            }
+            let mut keyid: *mut sys::ASN1_OCTET_STRING = ptr::null_mut();
+            let mut issuer: *mut sys::X509_NAME = ptr::null_mut();
+            let mut sno: *mut sys::ASN1_INTEGER = ptr::null_mut();
+            if CMS_RecipientInfo_ktri_get0_signer_id(ri, &mut keyid, &mut issuer, &mut sno) <= 0 {
+                out.push(RecipientId::Other);
+                continue;
+            }
+            if !keyid.is_null() {
+                let k = openssl::asn1::Asn1StringRef::from_ptr(keyid as *mut sys::ASN1_STRING);
+                out.push(RecipientId::KeyId(hex(k.as_slice())));
+            } else if !issuer.is_null() && !sno.is_null() {
+                let name = X509NameRef::from_ptr(issuer);
+                let serial = openssl::asn1::Asn1IntegerRef::from_ptr(sno)
+                    .to_bn()
+                    .map(|b| hex(&b.to_vec()))
+                    .unwrap_or_default();
+                out.push(RecipientId::IssuerSerial {
+                    issuer: name_text(name),
+                    serial_hex: serial,
+                });
+            } else {
+                out.push(RecipientId::Other);
+            }
+        }
+        out
+    }
+}
+
+/// True when one of the key-transport recipients of `cms` is `cert`
+/// (by issuer and serial or by subject key identifier).
+pub fn is_recipient(cms: &CmsContentInfoRef, cert: &X509Ref) -> bool {
+    // SAFETY: as in `recipients`; cert_cmp only reads both structures.
+    unsafe {
+        let stack = CMS_get0_RecipientInfos(cms.as_ptr());
+        if stack.is_null() {
+            return false;
+        }
+        (0..sys::OPENSSL_sk_num(stack)).any(|i| {
+            let ri = sys::OPENSSL_sk_value(stack, i) as *mut CMS_RecipientInfo;
+            !ri.is_null()
+                && CMS_RecipientInfo_type(ri) == CMS_RECIPINFO_TRANS
+                && CMS_RecipientInfo_ktri_cert_cmp(ri, cert.as_ptr()) == 0
+        })
+    }
+}
+
+/// A distinguished name as `CN=..., O=..., C=..` (most specific first).
+pub fn name_text(name: &X509NameRef) -> String {
+    let mut parts: Vec<String> = name
+        .entries()
+        .map(|e| {
+            let key = e.object().nid().short_name().unwrap_or("?").to_string();
+            let value = e.data().to_string().unwrap_or_default();
+            format!("{key}={value}")
+        })
+        .collect();
+    parts.reverse();
+    parts.join(", ")
+}
+
+/// The signingTime attribute of the first signer, in Unix seconds.
+pub fn signing_time(cms: &CmsContentInfoRef) -> Option<i64> {
+    let oid = openssl::asn1::Asn1Object::from_str("1.2.840.113549.1.9.5").ok()?;
+    let epoch = Asn1Time::from_unix(0).ok()?;
+    // SAFETY: signer infos and attribute values are borrowed from `cms` and
+    // only read; the returned time is converted before `cms` can change.
+    unsafe {
+        let stack = CMS_get0_SignerInfos(cms.as_ptr());
+        if stack.is_null() || sys::OPENSSL_sk_num(stack) < 1 {
+            return None;
+        }
+        let si = sys::OPENSSL_sk_value(stack, 0) as *mut CMS_SignerInfo;
+        for typ in [V_ASN1_UTCTIME, V_ASN1_GENERALIZEDTIME] {
+            let t = CMS_signed_get0_data_by_OBJ(si, oid.as_ptr(), -3, typ);
+            if !t.is_null() {
+                let t = openssl::asn1::Asn1TimeRef::from_ptr(t as *mut sys::ASN1_TIME);
+                let d = epoch.diff(t).ok()?;
+                return Some(i64::from(d.days) * 86_400 + i64::from(d.secs));
+            }
+        }
+        None
+    }
+}
+
+/// The content type of a CMS structure as a dotted OID.
+pub fn content_type(cms: &CmsContentInfoRef) -> Option<String> {
+    // SAFETY: the object is borrowed from `cms` and only read.
+    unsafe {
+        let obj = CMS_get0_type(cms.as_ptr());
+        if obj.is_null() {
+            return None;
+        }
+        let obj = openssl::asn1::Asn1ObjectRef::from_ptr(obj as *mut sys::ASN1_OBJECT);
+        Some(obj.to_string())
     }
 }

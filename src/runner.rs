@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Settings;
 use crate::delivery::{self, route, Outbound, RcptOutcome};
+use crate::pki::Keyring;
 use crate::spool::dsn::{self, Failure};
 use crate::spool::{retry, RcptStatus, SpoolError, Spooled, Store};
 use crate::{headers, pipeline};
@@ -28,6 +29,7 @@ enum JobEnd {
 
 pub struct Runner {
     settings: Arc<ArcSwap<Settings>>,
+    keys: Arc<ArcSwap<Keyring>>,
     store: Arc<Store>,
     rx: mpsc::UnboundedReceiver<String>,
     tx: mpsc::UnboundedSender<String>,
@@ -44,6 +46,7 @@ fn now_secs() -> u64 {
 impl Runner {
     pub fn new(
         settings: Arc<ArcSwap<Settings>>,
+        keys: Arc<ArcSwap<Keyring>>,
         store: Arc<Store>,
         rx: mpsc::UnboundedReceiver<String>,
         tx: mpsc::UnboundedSender<String>,
@@ -51,6 +54,7 @@ impl Runner {
     ) -> Self {
         Self {
             settings,
+            keys,
             store,
             rx,
             tx,
@@ -77,10 +81,11 @@ impl Runner {
                     continue;
                 }
                 let settings = self.settings.load_full();
+                let keys = self.keys.load_full();
                 let store = Arc::clone(&self.store);
                 let tx = self.tx.clone();
                 jobs.spawn(async move {
-                    let end = attempt(&id, &settings, &store, &tx).await;
+                    let end = attempt(&id, &settings, &keys, &store, &tx).await;
                     (id, end)
                 });
             }
@@ -133,6 +138,32 @@ impl Runner {
                 "deliveries still running at shutdown; they will be retried"
             );
             jobs.abort_all();
+        }
+    }
+}
+
+/// A pipeline action with owned bytes, to leave the blocking task.
+enum Owned {
+    Deliver {
+        rcpts: Vec<String>,
+        body: Vec<u8>,
+        note: Option<String>,
+    },
+    Quarantine {
+        rcpts: Vec<String>,
+        reason: String,
+    },
+}
+
+impl From<pipeline::Action<'_>> for Owned {
+    fn from(a: pipeline::Action<'_>) -> Self {
+        match a {
+            pipeline::Action::Deliver(c) => Owned::Deliver {
+                rcpts: c.rcpts,
+                body: c.body.into_owned(),
+                note: c.note,
+            },
+            pipeline::Action::Quarantine { rcpts, reason } => Owned::Quarantine { rcpts, reason },
         }
     }
 }
@@ -196,7 +227,8 @@ async fn blocking<T: Send + 'static>(
 /// One delivery attempt of message `id`.
 async fn attempt(
     id: &str,
-    settings: &Settings,
+    settings: &Arc<Settings>,
+    keys: &Arc<Keyring>,
     store: &Arc<Store>,
     notify: &mpsc::UnboundedSender<String>,
 ) -> JobEnd {
@@ -226,11 +258,67 @@ async fn attempt(
     let message_id = headers::message_id(&msg.body);
 
     let pending: Vec<String> = msg.state.pending().map(|r| r.addr.clone()).collect();
-    let copies = pipeline::process(&msg.envelope, &msg.body, pending);
+    let actions = {
+        let (envelope, body, settings, keys) = (
+            msg.envelope.clone(),
+            Arc::clone(&msg.body),
+            Arc::clone(settings),
+            Arc::clone(keys),
+        );
+        // Decryption and encryption are CPU work: off the async threads.
+        tokio::task::spawn_blocking(move || {
+            let ctx = pipeline::Context {
+                settings: &settings,
+                keys: &keys,
+                now: now_secs() as i64,
+            };
+            pipeline::process(&envelope, &body, pending, &ctx)
+                .into_iter()
+                .map(Owned::from)
+                .collect::<Vec<_>>()
+        })
+        .await
+    };
+    let actions = match actions {
+        Ok(a) => a,
+        Err(e) => {
+            error!(queue_id = %id, error = %e, "message processing failed; will retry");
+            return JobEnd::Retry(now_secs() + 60);
+        }
+    };
     let mut results: Vec<(String, String, RcptOutcome)> = Vec::new();
-    for copy in &copies {
+    for action in &actions {
+        let (rcpts_all, body, note) = match action {
+            Owned::Deliver { rcpts, body, note } => (rcpts, body, note),
+            Owned::Quarantine { rcpts, reason } => {
+                let mut env = msg.envelope.clone();
+                env.rcpts = rcpts.clone();
+                let (s, b, r) = (Arc::clone(store), Arc::clone(&msg.body), reason.clone());
+                match blocking(move || s.quarantine(&env, &b, &r)).await {
+                    Ok(qid) => {
+                        for rcpt in rcpts {
+                            warn!(event = "quarantined", queue_id = %id, quarantine_id = %qid,
+                                  message_id = %message_id, sender = %msg.envelope.mail_from,
+                                  recipient = %rcpt, reason = %reason, "undecryptable message quarantined");
+                            results.push((
+                                rcpt.clone(),
+                                "quarantine".into(),
+                                RcptOutcome::Quarantined,
+                            ));
+                        }
+                    }
+                    Err(e) => error!(queue_id = %id, error = %e, "cannot quarantine; will retry"),
+                }
+                continue;
+            }
+        };
+        if let Some(note) = note {
+            info!(event = "smime", queue_id = %id, message_id = %message_id,
+                  recipients = %rcpts_all.join(","), "{note}");
+        }
+        let eight_bit = msg.envelope.eight_bit || body.iter().any(|b| *b >= 0x80);
         let mut by_hop: Vec<(&str, Vec<String>)> = Vec::new();
-        for rcpt in &copy.rcpts {
+        for rcpt in rcpts_all {
             let hop = route::next_hop(settings, rcpt);
             match by_hop.iter_mut().find(|(h, _)| *h == hop) {
                 Some((_, list)) => list.push(rcpt.clone()),
@@ -242,9 +330,9 @@ async fn attempt(
                 hop,
                 mail_from: &msg.envelope.mail_from,
                 rcpts: &rcpts,
-                eight_bit: msg.envelope.eight_bit,
+                eight_bit,
                 smtputf8: msg.envelope.smtputf8,
-                body: &copy.body,
+                body,
             };
             let outcomes = delivery::send(&settings.relay, &settings.server.hostname, &out).await;
             for (rcpt, outcome) in rcpts.into_iter().zip(outcomes) {
@@ -278,6 +366,10 @@ async fn attempt(
                       sender = %msg.envelope.mail_from, recipient = %rcpt, hop = %hop,
                       reply = %reason, "deferred");
                 state.reply = Some(reason);
+            }
+            RcptOutcome::Quarantined => {
+                state.status = RcptStatus::Quarantined;
+                state.reply = Some("quarantined: undecryptable".into());
             }
             RcptOutcome::Failed(reply) => {
                 failures.push(Failure {

@@ -99,13 +99,15 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
             (Some(_), None, None) | (None, Some(_), Some(_)) => {}
             _ => bad(
                 &key,
-                "give either pkcs12 = \"file.p12\", or cert = \"file.pem\" with key = \"file.pem\"".into(),
+                "give either pkcs12 = \"file.p12\", or cert = \"file.pem\" with key = \"file.pem\""
+                    .into(),
             ),
         }
         if id.pkcs12.is_some() && id.password_file.is_none() && id.password_env.is_none() {
             bad(
                 &key,
-                "a PKCS#12 file needs password_file or password_env (never the password itself)".into(),
+                "a PKCS#12 file needs password_file or password_env (never the password itself)"
+                    .into(),
             );
         }
         if id.password_file.is_some() && id.password_env.is_some() {
@@ -113,7 +115,10 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
         }
         for (j, m) in id.mailboxes.iter().enumerate() {
             if !m.contains('@') {
-                bad(&format!("{key}.mailboxes[{j}]"), format!("{m:?} is not an address"));
+                bad(
+                    &format!("{key}.mailboxes[{j}]"),
+                    format!("{m:?} is not an address"),
+                );
             }
         }
     }
@@ -128,7 +133,10 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
     }
     for (i, a) in s.trust.anchors.iter().enumerate() {
         if !a.exists() {
-            bad(&format!("trust.anchors[{i}]"), format!("{}: no such file or directory", a.display()));
+            bad(
+                &format!("trust.anchors[{i}]"),
+                format!("{}: no such file or directory", a.display()),
+            );
         }
     }
     out

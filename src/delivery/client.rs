@@ -20,6 +20,8 @@ pub enum RcptOutcome {
     Deferred(String),
     /// Permanent failure: bounce (the reply).
     Failed(String),
+    /// Not delivered but kept in the quarantine (never from a next hop).
+    Quarantined,
 }
 
 /// One copy of a message for a group of recipients at one next hop.

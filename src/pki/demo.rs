@@ -103,16 +103,136 @@ struct Leaf {
 }
 
 const LEAVES: &[Leaf] = &[
-    Leaf { file: "org-oces2", gen: Gen::Oces2, cn: "Example Law ApS - sikkermail", org: "Example Law ApS", cvr: ORG_CVR, holder: "UID:20000001", email: "sikkermail@example-law.dk", from_days: -700, to_days: 400, revoked: false, with_key: true },
-    Leaf { file: "alice-oces2", gen: Gen::Oces2, cn: "Alice Andersen", org: "Example Law ApS", cvr: ORG_CVR, holder: "RID:10000001", email: "alice@example-law.dk", from_days: -700, to_days: 400, revoked: false, with_key: true },
-    Leaf { file: "alice-oces2-expired", gen: Gen::Oces2, cn: "Alice Andersen (expired)", org: "Example Law ApS", cvr: ORG_CVR, holder: "RID:10000002", email: "alice@example-law.dk", from_days: -1500, to_days: -400, revoked: false, with_key: true },
-    Leaf { file: "bob-oces2-revoked", gen: Gen::Oces2, cn: "Bob Bertelsen (revoked)", org: "Example Law ApS", cvr: ORG_CVR, holder: "RID:10000003", email: "bob@example-law.dk", from_days: -300, to_days: 700, revoked: true, with_key: true },
-    Leaf { file: "org-oces3", gen: Gen::Oces3, cn: "Example Law ApS - sikkermail", org: "Example Law ApS", cvr: ORG_CVR, holder: "O", email: "sikkermail@example-law.dk", from_days: -30, to_days: 1065, revoked: false, with_key: true },
-    Leaf { file: "alice-oces3", gen: Gen::Oces3, cn: "Alice Andersen", org: "Example Law ApS", cvr: ORG_CVR, holder: "E", email: "alice@example-law.dk", from_days: -30, to_days: 1065, revoked: false, with_key: true },
-    Leaf { file: "org-oces3-expired", gen: Gen::Oces3, cn: "Example Law ApS - sikkermail (expired)", org: "Example Law ApS", cvr: ORG_CVR, holder: "O", email: "sikkermail@example-law.dk", from_days: -1200, to_days: -100, revoked: false, with_key: true },
-    Leaf { file: "court-oces2", gen: Gen::Oces2, cn: "Demo Court - sikkermail", org: "Demo Court", cvr: COURT_CVR, holder: "UID:30000001", email: "post@domstol.dk", from_days: -700, to_days: 400, revoked: false, with_key: true },
-    Leaf { file: "court-oces3", gen: Gen::Oces3, cn: "Demo Court - sikkermail", org: "Demo Court", cvr: COURT_CVR, holder: "O", email: "post@domstol.dk", from_days: -30, to_days: 1065, revoked: false, with_key: true },
-    Leaf { file: "stranger", gen: Gen::Oces3, cn: "Unknown Sender", org: "Nobody ApS", cvr: "99999999", holder: "O", email: "stranger@example.org", from_days: -30, to_days: 1065, revoked: false, with_key: true },
+    Leaf {
+        file: "org-oces2",
+        gen: Gen::Oces2,
+        cn: "Example Law ApS - sikkermail",
+        org: "Example Law ApS",
+        cvr: ORG_CVR,
+        holder: "UID:20000001",
+        email: "sikkermail@example-law.dk",
+        from_days: -700,
+        to_days: 400,
+        revoked: false,
+        with_key: true,
+    },
+    Leaf {
+        file: "alice-oces2",
+        gen: Gen::Oces2,
+        cn: "Alice Andersen",
+        org: "Example Law ApS",
+        cvr: ORG_CVR,
+        holder: "RID:10000001",
+        email: "alice@example-law.dk",
+        from_days: -700,
+        to_days: 400,
+        revoked: false,
+        with_key: true,
+    },
+    Leaf {
+        file: "alice-oces2-expired",
+        gen: Gen::Oces2,
+        cn: "Alice Andersen (expired)",
+        org: "Example Law ApS",
+        cvr: ORG_CVR,
+        holder: "RID:10000002",
+        email: "alice@example-law.dk",
+        from_days: -1500,
+        to_days: -400,
+        revoked: false,
+        with_key: true,
+    },
+    Leaf {
+        file: "bob-oces2-revoked",
+        gen: Gen::Oces2,
+        cn: "Bob Bertelsen (revoked)",
+        org: "Example Law ApS",
+        cvr: ORG_CVR,
+        holder: "RID:10000003",
+        email: "bob@example-law.dk",
+        from_days: -300,
+        to_days: 700,
+        revoked: true,
+        with_key: true,
+    },
+    Leaf {
+        file: "org-oces3",
+        gen: Gen::Oces3,
+        cn: "Example Law ApS - sikkermail",
+        org: "Example Law ApS",
+        cvr: ORG_CVR,
+        holder: "O",
+        email: "sikkermail@example-law.dk",
+        from_days: -30,
+        to_days: 1065,
+        revoked: false,
+        with_key: true,
+    },
+    Leaf {
+        file: "alice-oces3",
+        gen: Gen::Oces3,
+        cn: "Alice Andersen",
+        org: "Example Law ApS",
+        cvr: ORG_CVR,
+        holder: "E",
+        email: "alice@example-law.dk",
+        from_days: -30,
+        to_days: 1065,
+        revoked: false,
+        with_key: true,
+    },
+    Leaf {
+        file: "org-oces3-expired",
+        gen: Gen::Oces3,
+        cn: "Example Law ApS - sikkermail (expired)",
+        org: "Example Law ApS",
+        cvr: ORG_CVR,
+        holder: "O",
+        email: "sikkermail@example-law.dk",
+        from_days: -1200,
+        to_days: -100,
+        revoked: false,
+        with_key: true,
+    },
+    Leaf {
+        file: "court-oces2",
+        gen: Gen::Oces2,
+        cn: "Demo Court - sikkermail",
+        org: "Demo Court",
+        cvr: COURT_CVR,
+        holder: "UID:30000001",
+        email: "post@domstol.dk",
+        from_days: -700,
+        to_days: 400,
+        revoked: false,
+        with_key: true,
+    },
+    Leaf {
+        file: "court-oces3",
+        gen: Gen::Oces3,
+        cn: "Demo Court - sikkermail",
+        org: "Demo Court",
+        cvr: COURT_CVR,
+        holder: "O",
+        email: "post@domstol.dk",
+        from_days: -30,
+        to_days: 1065,
+        revoked: false,
+        with_key: true,
+    },
+    Leaf {
+        file: "stranger",
+        gen: Gen::Oces3,
+        cn: "Unknown Sender",
+        org: "Nobody ApS",
+        cvr: "99999999",
+        holder: "O",
+        email: "stranger@example.org",
+        from_days: -30,
+        to_days: 1065,
+        revoked: false,
+        with_key: true,
+    },
 ];
 
 /// What `generate` wrote, for the command's report.
@@ -143,9 +263,30 @@ pub fn generate(out: &Path, now: i64, urls: &Urls) -> Result<Written, DemoError>
     let stranger_root = make_root(Gen::Oces3, now, "Stranger Root CA (TEST ONLY)")?;
     let oces2_root = make_root(Gen::Oces2, now, "TRUST2408 Demo Primary CA (TEST ONLY)")?;
     let oces3_root = make_root(Gen::Oces3, now, "Den Danske Stat OCES rod-CA")?;
-    let mut oces2_ca = make_issuing(&oces2_root, Gen::Oces2, now, "TRUST2408 Demo CA (TEST ONLY)", "oces2-ca", urls)?;
-    let mut oces3_ca = make_issuing(&oces3_root, Gen::Oces3, now, "Den Danske Stat OCES udstedende-CA 1", "oces3-ca", urls)?;
-    let mut stranger_ca = make_issuing(&stranger_root, Gen::Oces3, now, "Stranger Issuing CA (TEST ONLY)", "stranger-ca", urls)?;
+    let mut oces2_ca = make_issuing(
+        &oces2_root,
+        Gen::Oces2,
+        now,
+        "TRUST2408 Demo CA (TEST ONLY)",
+        "oces2-ca",
+        urls,
+    )?;
+    let mut oces3_ca = make_issuing(
+        &oces3_root,
+        Gen::Oces3,
+        now,
+        "Den Danske Stat OCES udstedende-CA 1",
+        "oces3-ca",
+        urls,
+    )?;
+    let mut stranger_ca = make_issuing(
+        &stranger_root,
+        Gen::Oces3,
+        now,
+        "Stranger Issuing CA (TEST ONLY)",
+        "stranger-ca",
+        urls,
+    )?;
 
     for (file, cert) in [
         ("trust/oces2-root.pem", &oces2_root.cert),
@@ -170,11 +311,26 @@ pub fn generate(out: &Path, now: i64, urls: &Urls) -> Result<Written, DemoError>
         }
         let mut chain_pem = cert.to_pem()?;
         chain_pem.extend_from_slice(&ca.cert.to_pem()?);
-        write(&mut written, &out.join(format!("certs/{}.pem", leaf.file)), &chain_pem, 0o644)?;
+        write(
+            &mut written,
+            &out.join(format!("certs/{}.pem", leaf.file)),
+            &chain_pem,
+            0o644,
+        )?;
         if leaf.with_key {
             let key_pem = key.private_key_to_pem_pkcs8()?;
-            write(&mut written, &out.join(format!("keys/{}.key.pem", leaf.file)), &key_pem, 0o600)?;
-            write(&mut written, &out.join(format!("keys/{}.crt.pem", leaf.file)), &chain_pem, 0o644)?;
+            write(
+                &mut written,
+                &out.join(format!("keys/{}.key.pem", leaf.file)),
+                &key_pem,
+                0o600,
+            )?;
+            write(
+                &mut written,
+                &out.join(format!("keys/{}.crt.pem", leaf.file)),
+                &chain_pem,
+                0o644,
+            )?;
             let mut ca_stack = Stack::new()?;
             ca_stack.push(ca.cert.clone())?;
             let p12 = Pkcs12::builder()
@@ -186,17 +342,49 @@ pub fn generate(out: &Path, now: i64, urls: &Urls) -> Result<Written, DemoError>
                 .cert_algorithm(Nid::PBE_WITHSHA1AND40BITRC2_CBC)
                 .mac_md(MessageDigest::sha1())
                 .build2(PASSWORD)?;
-            write(&mut written, &out.join(format!("keys/{}.p12", leaf.file)), &p12.to_der()?, 0o600)?;
-            write(&mut written, &out.join(format!("keys/{}.pass", leaf.file)), format!("{PASSWORD}\n").as_bytes(), 0o600)?;
+            write(
+                &mut written,
+                &out.join(format!("keys/{}.p12", leaf.file)),
+                &p12.to_der()?,
+                0o600,
+            )?;
+            write(
+                &mut written,
+                &out.join(format!("keys/{}.pass", leaf.file)),
+                format!("{PASSWORD}\n").as_bytes(),
+                0o600,
+            )?;
         }
     }
 
     for ca in [&oces2_ca, &oces3_ca, &stranger_ca] {
-        let crl = ossl::make_crl(&ca.cert, &ca.key, ca.scheme, now - DAY, now + 7 * DAY, &ca.revoked)?;
-        write(&mut written, &out.join(format!("crl/{}.crl", ca.name)), &crl, 0o644)?;
+        let crl = ossl::make_crl(
+            &ca.cert,
+            &ca.key,
+            ca.scheme,
+            now - DAY,
+            now + 7 * DAY,
+            &ca.revoked,
+        )?;
+        write(
+            &mut written,
+            &out.join(format!("crl/{}.crl", ca.name)),
+            &crl,
+            0o644,
+        )?;
         // The issuing CA's key signs OCSP responses in the demo responder.
-        write(&mut written, &out.join(format!("crl/{}.key.pem", ca.name)), &ca.key.private_key_to_pem_pkcs8()?, 0o600)?;
-        write(&mut written, &out.join(format!("crl/{}.pem", ca.name)), &ca.cert.to_pem()?, 0o644)?;
+        write(
+            &mut written,
+            &out.join(format!("crl/{}.key.pem", ca.name)),
+            &ca.key.private_key_to_pem_pkcs8()?,
+            0o600,
+        )?;
+        write(
+            &mut written,
+            &out.join(format!("crl/{}.pem", ca.name)),
+            &ca.cert.to_pem()?,
+            0o644,
+        )?;
     }
     Ok(written)
 }
@@ -236,7 +424,11 @@ fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     if len < 0x80 {
         out.push(len as u8);
     } else {
-        let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
         out.push(0x80 | bytes.len() as u8);
         out.extend_from_slice(&bytes);
     }
@@ -303,34 +495,78 @@ fn make_root(gen: Gen, now: i64, cn: &str) -> Result<Ca, DemoError> {
     let name = ca_name(gen, cn)?;
     let mut b = base(&name, &name, &key, now - 3650 * DAY, now + 7300 * DAY)?;
     b.append_extension(BasicConstraints::new().critical().ca().build()?)?;
-    b.append_extension(KeyUsage::new().critical().key_cert_sign().crl_sign().build()?)?;
+    b.append_extension(
+        KeyUsage::new()
+            .critical()
+            .key_cert_sign()
+            .crl_sign()
+            .build()?,
+    )?;
     let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(None, None))?;
     b.append_extension(ski)?;
     let cert = b.build();
     ossl::sign_certificate(&cert, &key, scheme)?;
-    Ok(Ca { cert, key, scheme, name: "root", revoked: Vec::new() })
+    Ok(Ca {
+        cert,
+        key,
+        scheme,
+        name: "root",
+        revoked: Vec::new(),
+    })
 }
 
-fn make_issuing(root: &Ca, gen: Gen, now: i64, cn: &str, file: &'static str, urls: &Urls) -> Result<Ca, DemoError> {
+fn make_issuing(
+    root: &Ca,
+    gen: Gen,
+    now: i64,
+    cn: &str,
+    file: &'static str,
+    urls: &Urls,
+) -> Result<Ca, DemoError> {
     let (key, scheme) = match gen {
         Gen::Oces2 => (rsa(2048)?, Signature::Pkcs1Sha256),
         Gen::Oces3 => (rsa(3072)?, Signature::PssSha256),
     };
     let name = ca_name(gen, cn)?;
-    let mut b = base(&name, root.cert.subject_name(), &key, now - 3000 * DAY, now + 5000 * DAY)?;
+    let mut b = base(
+        &name,
+        root.cert.subject_name(),
+        &key,
+        now - 3000 * DAY,
+        now + 5000 * DAY,
+    )?;
     b.append_extension(BasicConstraints::new().critical().ca().pathlen(0).build()?)?;
-    b.append_extension(KeyUsage::new().critical().key_cert_sign().crl_sign().build()?)?;
+    b.append_extension(
+        KeyUsage::new()
+            .critical()
+            .key_cert_sign()
+            .crl_sign()
+            .build()?,
+    )?;
     let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(Some(&root.cert), None))?;
     b.append_extension(ski)?;
-    let aki = AuthorityKeyIdentifier::new().keyid(true).build(&b.x509v3_context(Some(&root.cert), None))?;
+    let aki = AuthorityKeyIdentifier::new()
+        .keyid(true)
+        .build(&b.x509v3_context(Some(&root.cert), None))?;
     b.append_extension(aki)?;
     let _ = urls;
     let cert = b.build();
     ossl::sign_certificate(&cert, &root.key, root.scheme)?;
-    Ok(Ca { cert, key, scheme, name: file, revoked: Vec::new() })
+    Ok(Ca {
+        cert,
+        key,
+        scheme,
+        name: file,
+        revoked: Vec::new(),
+    })
 }
 
-fn issue_leaf(leaf: &Leaf, ca: &Ca, now: i64, urls: &Urls) -> Result<(X509, PKey<Private>), DemoError> {
+fn issue_leaf(
+    leaf: &Leaf,
+    ca: &Ca,
+    now: i64,
+    urls: &Urls,
+) -> Result<(X509, PKey<Private>), DemoError> {
     let key = match leaf.gen {
         Gen::Oces2 => rsa(2048)?,
         Gen::Oces3 => rsa(3072)?,
@@ -353,9 +589,19 @@ fn issue_leaf(leaf: &Leaf, ca: &Ca, now: i64, urls: &Urls) -> Result<(X509, PKey
     }
     let name = n.build();
     if leaf.gen == Gen::Oces2 {
-        ossl::add_to_last_rdn(&name, "serialNumber", &format!("CVR:{}-{}", leaf.cvr, leaf.holder))?;
+        ossl::add_to_last_rdn(
+            &name,
+            "serialNumber",
+            &format!("CVR:{}-{}", leaf.cvr, leaf.holder),
+        )?;
     }
-    let mut b = base(&name, ca.cert.subject_name(), &key, now + leaf.from_days * DAY, now + leaf.to_days * DAY)?;
+    let mut b = base(
+        &name,
+        ca.cert.subject_name(),
+        &key,
+        now + leaf.from_days * DAY,
+        now + leaf.to_days * DAY,
+    )?;
     b.append_extension(BasicConstraints::new().critical().build()?)?;
     let employee = leaf.holder.starts_with("RID:") || leaf.holder == "E";
     let mut ku = KeyUsage::new();
@@ -367,10 +613,16 @@ fn issue_leaf(leaf: &Leaf, ca: &Ca, now: i64, urls: &Urls) -> Result<(X509, PKey
         ku.data_encipherment().key_agreement();
     }
     b.append_extension(ku.build()?)?;
-    b.append_extension(SubjectAlternativeName::new().email(leaf.email).build(&b.x509v3_context(Some(&ca.cert), None))?)?;
+    b.append_extension(
+        SubjectAlternativeName::new()
+            .email(leaf.email)
+            .build(&b.x509v3_context(Some(&ca.cert), None))?,
+    )?;
     let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(Some(&ca.cert), None))?;
     b.append_extension(ski)?;
-    let aki = AuthorityKeyIdentifier::new().keyid(true).build(&b.x509v3_context(Some(&ca.cert), None))?;
+    let aki = AuthorityKeyIdentifier::new()
+        .keyid(true)
+        .build(&b.x509v3_context(Some(&ca.cert), None))?;
     b.append_extension(aki)?;
     let policy = match (leaf.gen, leaf.holder.split(':').next()) {
         (Gen::Oces2, Some("RID")) => "1.3.6.1.4.1.31313.2.4.6.2.5",
@@ -387,7 +639,12 @@ fn issue_leaf(leaf: &Leaf, ca: &Ca, now: i64, urls: &Urls) -> Result<(X509, PKey
     )?;
     b.append_extension(crl)?;
     #[allow(deprecated)]
-    let aia = X509Extension::new_nid(None, None, Nid::INFO_ACCESS, &format!("OCSP;URI:{}", urls.ocsp))?;
+    let aia = X509Extension::new_nid(
+        None,
+        None,
+        Nid::INFO_ACCESS,
+        &format!("OCSP;URI:{}", urls.ocsp),
+    )?;
     b.append_extension(aia)?;
     let cert = b.build();
     let scheme = match leaf.gen {

@@ -105,7 +105,10 @@ pub fn load(index: usize, cfg: &IdentitySettings, strict: bool) -> Result<Identi
         let key = parsed
             .pkey
             .ok_or_else(|| fail(p12, "holds no private key".into()))?;
-        let chain = parsed.ca.map(|s| s.into_iter().collect()).unwrap_or_default();
+        let chain = parsed
+            .ca
+            .map(|s| s.into_iter().collect())
+            .unwrap_or_default();
         (cert, key, chain)
     } else {
         let (cert_path, key_path) = match (&cfg.cert, &cfg.key) {
@@ -132,7 +135,10 @@ pub fn load(index: usize, cfg: &IdentitySettings, strict: bool) -> Result<Identi
         .public_key()
         .map_err(|e| fail(&main, format!("certificate key unreadable: {e}")))?;
     if !public.public_eq(&key) {
-        return Err(fail(&main, "the private key does not match the certificate".into()));
+        return Err(fail(
+            &main,
+            "the private key does not match the certificate".into(),
+        ));
     }
     let der = cert
         .to_der()
@@ -143,7 +149,11 @@ pub fn load(index: usize, cfg: &IdentitySettings, strict: bool) -> Result<Identi
         key,
         chain,
         info,
-        mailboxes: cfg.mailboxes.iter().map(|m| m.to_ascii_lowercase()).collect(),
+        mailboxes: cfg
+            .mailboxes
+            .iter()
+            .map(|m| m.to_ascii_lowercase())
+            .collect(),
         source: main,
     })
 }

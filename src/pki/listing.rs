@@ -43,13 +43,26 @@ pub fn keys_table(keys: &Keyring, now: i64) -> String {
             i.generation.to_string(),
             i.kind.to_string(),
             i.cvr.as_deref().unwrap_or("-"),
-            if i.emails.is_empty() { "-".to_string() } else { i.emails.join(",") },
+            if i.emails.is_empty() {
+                "-".to_string()
+            } else {
+                i.emails.join(",")
+            },
             day(i.not_after),
         );
         if !id.mailboxes.is_empty() {
             let _ = writeln!(out, "{:<40} serves: {}", "", id.mailboxes.join(", "));
         }
     }
-    let _ = writeln!(out, "{} identit{}", keys.identities.len(), if keys.identities.len() == 1 { "y" } else { "ies" });
+    let _ = writeln!(
+        out,
+        "{} identit{}",
+        keys.identities.len(),
+        if keys.identities.len() == 1 {
+            "y"
+        } else {
+            "ies"
+        }
+    );
     out
 }

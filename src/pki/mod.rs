@@ -47,7 +47,10 @@ impl Keyring {
             }
         };
         if problems.is_empty() {
-            Ok(Self { identities, anchors })
+            Ok(Self {
+                identities,
+                anchors,
+            })
         } else {
             Err(KeyringError(problems))
         }
@@ -60,6 +63,14 @@ impl Keyring {
             .iter()
             .filter(move |i| i.serves(rcpt))
             .chain(self.identities.iter().filter(|i| i.is_organisation_wide()))
+    }
+
+    /// Positions in `identities` of the candidates for `rcpt`, in order.
+    pub fn candidate_indices(&self, rcpt: &str) -> Vec<usize> {
+        let serving = (0..self.identities.len()).filter(|&i| self.identities[i].serves(rcpt));
+        let wide =
+            (0..self.identities.len()).filter(|&i| self.identities[i].is_organisation_wide());
+        serving.chain(wide).collect()
     }
 
     /// The current OCES3 identity for `rcpt` (valid at `now`, may receive

@@ -218,7 +218,10 @@ fn generation(
     if serial_number.starts_with("CVR:") || orgs.iter().any(|o| o.contains("// CVR:")) {
         return Generation::Oces2;
     }
-    if policies.iter().any(|p| OCES3_POLICIES.contains(&p.as_str())) {
+    if policies
+        .iter()
+        .any(|p| OCES3_POLICIES.contains(&p.as_str()))
+    {
         return Generation::Oces3;
     }
     if policies
@@ -283,6 +286,8 @@ fn cvr(serial_number: &str, org_id: &str, orgs: &[String]) -> Option<String> {
     if let Some(rest) = serial_number.strip_prefix("CVR:") {
         return digits(rest);
     }
-    orgs.iter()
-        .find_map(|o| o.split_once("// CVR:").and_then(|(_, rest)| digits(rest.trim())))
+    orgs.iter().find_map(|o| {
+        o.split_once("// CVR:")
+            .and_then(|(_, rest)| digits(rest.trim()))
+    })
 }

@@ -13,7 +13,9 @@ pub fn ensure_legacy() -> Result<(), String> {
     LEGACY
         .get_or_init(|| {
             Provider::try_load(None, "legacy", true).map_err(|e| {
-                format!("cannot load OpenSSL's legacy provider (needed for OCES PKCS#12 files): {e}")
+                format!(
+                    "cannot load OpenSSL's legacy provider (needed for OCES PKCS#12 files): {e}"
+                )
             })
         })
         .as_ref()

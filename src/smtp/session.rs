@@ -338,6 +338,7 @@ impl Session {
             helo: self.helo.clone().unwrap_or_default(),
             eight_bit: tx.eight_bit,
             smtputf8: tx.smtputf8,
+            released: false,
         };
         let mut incoming = match self.ctx.store.begin(&envelope).await {
             Ok(i) => Some(i),

@@ -160,6 +160,7 @@ pub fn build(
         helo: hostname.to_string(),
         eight_bit: envelope.eight_bit,
         smtputf8: envelope.smtputf8,
+        released: false,
     };
     (bounce, out)
 }
@@ -205,6 +206,7 @@ mod tests {
             helo: "c".into(),
             eight_bit: false,
             smtputf8: false,
+            released: false,
         };
         let failures = [Failure {
             rcpt: "bob@example.dk".into(),

@@ -24,6 +24,10 @@ pub struct Envelope {
     /// The client declared `SMTPUTF8`.
     #[serde(default)]
     pub smtputf8: bool,
+    /// Released from quarantine by an operator: deliver, never quarantine
+    /// again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
 }
 
 impl Envelope {
@@ -43,6 +47,8 @@ pub enum RcptStatus {
     Delivered,
     /// Failed for good; the sender has been told (or was the null sender).
     Failed,
+    /// Set aside in the quarantine for an operator (undecryptable mail).
+    Quarantined,
 }
 
 /// The delivery state of one recipient.

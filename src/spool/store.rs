@@ -59,7 +59,7 @@ impl SpoolError {
 pub struct Spooled {
     pub id: String,
     pub envelope: Envelope,
-    pub body: Vec<u8>,
+    pub body: std::sync::Arc<Vec<u8>>,
     pub state: QueueState,
 }
 
@@ -69,6 +69,7 @@ pub struct Store {
     queue: PathBuf,
     tmp: PathBuf,
     corrupt: PathBuf,
+    quarantine: PathBuf,
     ids: IdGenerator,
 }
 
@@ -80,7 +81,8 @@ impl Store {
         let queue = dir.join("queue");
         let tmp = dir.join("tmp");
         let corrupt = dir.join("corrupt");
-        for d in [dir, &queue, &tmp, &corrupt] {
+        let quarantine = dir.join("quarantine");
+        for d in [dir, &queue, &tmp, &corrupt, &quarantine] {
             DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -92,7 +94,7 @@ impl Store {
             let _ = fs::remove_file(entry.path());
         }
         let mut floor = 0;
-        for d in [&queue, &corrupt] {
+        for d in [&queue, &corrupt, &quarantine] {
             for name in ids_in(d)? {
                 floor = floor.max(id::parse(&name).unwrap_or(0));
             }
@@ -101,6 +103,7 @@ impl Store {
             queue,
             tmp,
             corrupt,
+            quarantine,
             ids: IdGenerator::starting_above(floor),
         })
     }
@@ -148,12 +151,67 @@ impl Store {
     /// Writes a whole message at once (bounces the gateway makes itself).
     pub fn enqueue(&self, envelope: &Envelope, body: &[u8]) -> Result<String, SpoolError> {
         let id = self.ids.next();
-        let mut bytes = encode_header(envelope);
-        bytes.extend_from_slice(body);
-        bytes.extend_from_slice(&trailer(body.len() as u64, crc32fast::hash(body)));
         let path = self.msg_path(&id);
-        durable::write_atomic(&path, &bytes).map_err(SpoolError::io(&path))?;
+        durable::write_atomic(&path, &encode(envelope, body)).map_err(SpoolError::io(&path))?;
         Ok(id)
+    }
+
+    /// Keeps a copy of a message for `envelope`'s recipients in the
+    /// quarantine, with the reason, until an operator releases it.
+    pub fn quarantine(
+        &self,
+        envelope: &Envelope,
+        body: &[u8],
+        reason: &str,
+    ) -> Result<String, SpoolError> {
+        let id = self.ids.next();
+        let why = self.quarantine.join(format!("{id}.reason"));
+        durable::write_atomic(&why, reason.as_bytes()).map_err(SpoolError::io(&why))?;
+        let path = self.quarantine.join(format!("{id}.msg"));
+        durable::write_atomic(&path, &encode(envelope, body)).map_err(SpoolError::io(&path))?;
+        Ok(id)
+    }
+
+    /// Quarantined messages: id, envelope and reason, oldest first.
+    pub fn quarantined(&self) -> Result<Vec<(String, Envelope, String)>, SpoolError> {
+        let mut ids = ids_in(&self.quarantine)?;
+        ids.sort();
+        let mut out = Vec::new();
+        for id in ids {
+            let path = self.quarantine.join(format!("{id}.msg"));
+            let bytes = fs::read(&path).map_err(SpoolError::io(&path))?;
+            let (envelope, _) =
+                decode(&bytes).map_err(|reason| SpoolError::Corrupt { path, reason })?;
+            let reason = fs::read_to_string(self.quarantine.join(format!("{id}.reason")))
+                .unwrap_or_default();
+            out.push((id, envelope, reason));
+        }
+        Ok(out)
+    }
+
+    /// Moves quarantined message `id` back into the queue, marked as
+    /// released so it is delivered (unchanged, with the reason) and never
+    /// quarantined again.
+    pub fn release(&self, id: &str) -> Result<(), SpoolError> {
+        let id = self.checked(id)?;
+        let path = self.quarantine.join(format!("{id}.msg"));
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SpoolError::NotFound(id.to_string()))
+            }
+            Err(e) => return Err(SpoolError::io(&path)(e)),
+        };
+        let (mut envelope, body) = decode(&bytes).map_err(|reason| SpoolError::Corrupt {
+            path: path.clone(),
+            reason,
+        })?;
+        envelope.released = true;
+        let dest = self.msg_path(id);
+        durable::write_atomic(&dest, &encode(&envelope, body)).map_err(SpoolError::io(&dest))?;
+        let why = self.quarantine.join(format!("{id}.reason"));
+        durable::remove(&why).map_err(SpoolError::io(&why))?;
+        durable::remove(&path).map_err(SpoolError::io(&path))
     }
 
     /// Ids of every message in the queue, oldest first.
@@ -182,7 +240,7 @@ impl Store {
         Ok(Spooled {
             id: id.to_string(),
             envelope,
-            body: body.to_vec(),
+            body: std::sync::Arc::new(body.to_vec()),
             state,
         })
     }
@@ -375,6 +433,14 @@ fn encode_header(envelope: &Envelope) -> Vec<u8> {
     out
 }
 
+/// A whole queue file: header, envelope, body, trailer.
+fn encode(envelope: &Envelope, body: &[u8]) -> Vec<u8> {
+    let mut bytes = encode_header(envelope);
+    bytes.extend_from_slice(body);
+    bytes.extend_from_slice(&trailer(body.len() as u64, crc32fast::hash(body)));
+    bytes
+}
+
 fn trailer(len: u64, crc: u32) -> Vec<u8> {
     let mut t = TRAILER_TAG.to_vec();
     t.extend_from_slice(format!("{len:016x} {crc:08x}\n").as_bytes());
@@ -451,6 +517,7 @@ mod tests {
             helo: "client".into(),
             eight_bit: false,
             smtputf8: false,
+            released: false,
         }
     }
 
@@ -462,7 +529,7 @@ mod tests {
         inc.write(b"Subject: x\r\n\r\nbody\r\n").await.unwrap();
         let id = inc.commit().await.unwrap();
         let got = store.load(&id).unwrap();
-        assert_eq!(got.body, b"Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(got.body.as_slice(), b"Subject: x\r\n\r\nbody\r\n");
         assert_eq!(got.envelope, envelope());
 
         let path = dir.path().join("queue").join(format!("{id}.msg"));

@@ -1,0 +1,212 @@
+//! CMS operations through OpenSSL: what a structure is, decrypting with a
+//! chosen key, encrypting to certificates, verifying signatures as of the
+//! signing time. Bytes, keys and certificates in; bytes and verdicts out.
+
+use openssl::cms::{CMSOptions, CmsContentInfo};
+use openssl::pkey::{PKeyRef, Private};
+use openssl::stack::Stack;
+use openssl::symm::Cipher;
+use openssl::x509::store::{X509Store, X509StoreBuilder};
+use openssl::x509::verify::X509VerifyParam;
+use openssl::x509::{X509Ref, X509};
+
+use super::SmimeError;
+use crate::config::Encryption;
+use crate::ossl;
+
+/// The content type of a CMS structure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Enveloped,
+    AuthEnveloped,
+    Signed,
+    Other,
+}
+
+const OID_ENVELOPED: &str = "1.2.840.113549.1.7.3";
+const OID_SIGNED: &str = "1.2.840.113549.1.7.2";
+const OID_AUTH_ENVELOPED: &str = "1.2.840.113549.1.9.16.1.23";
+
+/// Parses CMS bytes (DER or BER, definite or indefinite lengths).
+pub fn parse(der: &[u8]) -> Result<CmsContentInfo, SmimeError> {
+    CmsContentInfo::from_der(der).map_err(|e| SmimeError::Corrupt(short(&e)))
+}
+
+/// The content type of the CMS bytes, `None` when they are not CMS.
+pub fn kind(der: &[u8]) -> Option<Kind> {
+    let cms = CmsContentInfo::from_der(der).ok()?;
+    let oid = ossl::content_type(&cms)?;
+    Some(kind_of(&oid))
+}
+
+pub fn kind_of(oid: &str) -> Kind {
+    match oid {
+        OID_ENVELOPED => Kind::Enveloped,
+        OID_AUTH_ENVELOPED => Kind::AuthEnveloped,
+        OID_SIGNED => Kind::Signed,
+        _ => Kind::Other,
+    }
+}
+
+/// The first reason in an OpenSSL error stack, for messages.
+pub fn short(e: &openssl::error::ErrorStack) -> String {
+    e.errors()
+        .first()
+        .and_then(|x| x.reason().map(str::to_string))
+        .unwrap_or_else(|| "unknown OpenSSL error".into())
+}
+
+/// Decrypts with `key`, whose certificate `cert` must be a recipient.
+pub fn decrypt(
+    cms: &CmsContentInfo,
+    key: &PKeyRef<Private>,
+    cert: &X509,
+) -> Result<Vec<u8>, SmimeError> {
+    cms.decrypt(key, cert)
+        .map_err(|e| SmimeError::Decrypt(short(&e)))
+}
+
+/// Envelopes `data` for `recipients`.
+pub fn encrypt(data: &[u8], recipients: &[X509], how: Encryption) -> Result<Vec<u8>, SmimeError> {
+    let built = match how {
+        Encryption::Aes256Cbc => {
+            let mut stack = Stack::new().map_err(|e| SmimeError::Encrypt(short(&e)))?;
+            for c in recipients {
+                stack
+                    .push(c.clone())
+                    .map_err(|e| SmimeError::Encrypt(short(&e)))?;
+            }
+            CmsContentInfo::encrypt(&stack, data, Cipher::aes_256_cbc(), CMSOptions::BINARY)
+        }
+        Encryption::Aes256GcmOaep => ossl::encrypt_oaep(recipients, data, Cipher::aes_256_gcm()),
+    };
+    built
+        .and_then(|c| c.to_der())
+        .map_err(|e| SmimeError::Encrypt(short(&e)))
+}
+
+/// The verdict on a signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigStatus {
+    /// Mathematically valid and chained to a trust anchor.
+    Valid,
+    /// Mathematically valid, but the signer does not chain to an anchor
+    /// (or its certificate was not valid at signing time).
+    Untrusted,
+    /// The content does not match the signature.
+    Invalid,
+}
+
+impl std::fmt::Display for SigStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SigStatus::Valid => "valid",
+            SigStatus::Untrusted => "untrusted",
+            SigStatus::Invalid => "invalid",
+        })
+    }
+}
+
+/// What verification found.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub status: SigStatus,
+    pub signer: Option<X509>,
+    /// Why it is not valid.
+    pub detail: Option<String>,
+    /// The signed content (opaque signatures only).
+    pub content: Option<Vec<u8>>,
+    /// Signing time used for the chain check (Unix seconds).
+    pub at: i64,
+}
+
+/// A store of `anchors` checking validity as of `at` (Unix seconds).
+pub fn store_at(anchors: &[X509], at: i64) -> Result<X509Store, openssl::error::ErrorStack> {
+    let mut b = X509StoreBuilder::new()?;
+    for a in anchors {
+        // A duplicate anchor is reported as an error by OpenSSL; harmless.
+        let _ = b.add_cert(a.clone());
+    }
+    let mut param = X509VerifyParam::new()?;
+    param.set_time(at as libc::time_t);
+    b.set_param(&param)?;
+    Ok(b.build())
+}
+
+/// Verifies a signature: detached over `detached` (the exact signed bytes)
+/// or opaque (content inside). The chain is checked against `anchors` as of
+/// the signing time (`now` when the signature carries none).
+pub fn verify(sig: &[u8], detached: Option<&[u8]>, anchors: &[X509], now: i64) -> Verified {
+    let mut cms = match CmsContentInfo::from_der(sig) {
+        Ok(c) => c,
+        Err(e) => {
+            return Verified {
+                status: SigStatus::Invalid,
+                signer: None,
+                detail: Some(format!("signature is not CMS: {}", short(&e))),
+                content: None,
+                at: now,
+            }
+        }
+    };
+    let at = ossl::signing_time(&cms).unwrap_or(now);
+    let store = match store_at(anchors, at) {
+        Ok(s) => s,
+        Err(e) => {
+            return Verified {
+                status: SigStatus::Untrusted,
+                signer: None,
+                detail: Some(short(&e)),
+                content: None,
+                at,
+            }
+        }
+    };
+    let mut content = Vec::new();
+    let trusted = cms.verify(
+        None,
+        Some(&store),
+        detached,
+        Some(&mut content),
+        CMSOptions::BINARY,
+    );
+    let (status, detail) = match trusted {
+        Ok(()) => (SigStatus::Valid, None),
+        Err(chain_err) => {
+            content.clear();
+            let math = cms.verify(
+                None,
+                Some(&store),
+                detached,
+                Some(&mut content),
+                CMSOptions::BINARY | CMSOptions::NO_SIGNER_CERT_VERIFY,
+            );
+            match math {
+                Ok(()) => (SigStatus::Untrusted, Some(chain_reason(&chain_err))),
+                Err(e) => (SigStatus::Invalid, Some(short(&e))),
+            }
+        }
+    };
+    let signer = ossl::signers(&cms).into_iter().next();
+    Verified {
+        status,
+        signer,
+        detail,
+        content: (detached.is_none() && status != SigStatus::Invalid).then_some(content),
+        at,
+    }
+}
+
+fn chain_reason(e: &openssl::error::ErrorStack) -> String {
+    // The verify error text (e.g. "unable to get local issuer certificate")
+    // is in the error data.
+    e.errors()
+        .iter()
+        .find_map(|x| x.data().map(str::to_string))
+        .unwrap_or_else(|| short(e))
+}
+
+/// The subject of a certificate as text, for headers and logs.
+pub fn subject(cert: &X509Ref) -> String {
+    ossl::name_text(cert.subject_name())
+}

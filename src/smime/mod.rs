@@ -1,0 +1,22 @@
+//! CMS and S/MIME entities: recognise, decrypt, verify, encrypt. Bytes,
+//! keys, certificates and a time in; bytes and reports out. No I/O, no
+//! clock.
+
+pub mod cms;
+pub mod header;
+pub mod mime;
+pub mod unwrap;
+
+/// Why an S/MIME operation failed. The texts may reach the mailbox in the
+/// trace header, never the sender.
+#[derive(Debug, thiserror::Error)]
+pub enum SmimeError {
+    #[error("corrupt CMS structure: {0}")]
+    Corrupt(String),
+    #[error("no key held for the recipient(s): {0}")]
+    NoKey(String),
+    #[error("decryption failed {0}")]
+    Decrypt(String),
+    #[error("encryption failed: {0}")]
+    Encrypt(String),
+}

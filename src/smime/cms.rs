@@ -3,6 +3,7 @@
 //! signing time. Bytes, keys and certificates in; bytes and verdicts out.
 
 use openssl::cms::{CMSOptions, CmsContentInfo};
+use openssl::nid::Nid;
 use openssl::pkey::{PKeyRef, Private};
 use openssl::stack::Stack;
 use openssl::symm::Cipher;
@@ -206,7 +207,18 @@ fn chain_reason(e: &openssl::error::ErrorStack) -> String {
         .unwrap_or_else(|| short(e))
 }
 
-/// The subject of a certificate as text, for headers and logs.
+/// A certificate's subject as `CN=<cn>, O=<o>`: the parts a person
+/// recognises, in the same order whatever the certificate's RDN order.
 pub fn subject(cert: &X509Ref) -> String {
-    ossl::name_text(cert.subject_name())
+    let name = cert.subject_name();
+    let get = |nid: Nid| {
+        name.entries_by_nid(nid)
+            .next()
+            .and_then(|e| e.data().to_string().ok())
+    };
+    match (get(Nid::COMMONNAME), get(Nid::ORGANIZATIONNAME)) {
+        (Some(cn), Some(o)) => format!("CN={cn}, O={o}"),
+        (Some(cn), None) => format!("CN={cn}"),
+        _ => ossl::name_text(name),
+    }
 }

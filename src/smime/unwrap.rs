@@ -48,7 +48,10 @@ impl Report {
         match &self.key {
             Some(k) => {
                 parts.push("decrypted".to_string());
-                parts.push(format!("key={}", header::quote(&k.subject_cn)));
+                parts.push(format!(
+                    "key={}",
+                    header::quote(&format!("CN={}", k.subject_cn))
+                ));
                 parts.push(format!("generation={}", k.generation));
             }
             None if self.signature.is_some() => parts.push("signed".to_string()),

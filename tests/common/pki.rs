@@ -1,0 +1,259 @@
+//! Test PKI and S/MIME peers: the gateway's own demo PKI (generated once
+//! per test binary by the real `pki demo` command), `openssl cms` and
+//! `gpgsm` run as separate programs, and helpers that wrap CMS in MIME.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use base64::Engine;
+
+static DEMO: OnceLock<PathBuf> = OnceLock::new();
+
+/// The demo PKI directory (generated on first use, kept for the run).
+pub fn demo() -> &'static Path {
+    DEMO.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("smimegw-demo-pki")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        let out = Command::new(super::BIN)
+            .args(["pki", "demo", "--out"])
+            .arg(&dir)
+            .output()
+            .expect("run pki demo");
+        assert!(
+            out.status.success(),
+            "pki demo failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+pub fn key(name: &str) -> PathBuf {
+    demo().join(format!("keys/{name}.key.pem"))
+}
+
+pub fn cert(name: &str) -> PathBuf {
+    demo().join(format!("certs/{name}.pem"))
+}
+
+/// An `[[identity]]` table for demo key `name`.
+pub fn identity(name: &str, mailboxes: &[&str]) -> String {
+    let d = demo();
+    let m: Vec<String> = mailboxes.iter().map(|m| format!("\"{m}\"")).collect();
+    format!(
+        "[[identity]]\npkcs12 = \"{}\"\npassword_file = \"{}\"\nmailboxes = [{}]\n",
+        d.join(format!("keys/{name}.p12")).display(),
+        d.join(format!("keys/{name}.pass")).display(),
+        m.join(", ")
+    )
+}
+
+/// Runs `openssl` with `args`, feeding `input`; returns stdout or panics
+/// with stderr.
+pub fn openssl(args: &[&str], input: &[u8]) -> Vec<u8> {
+    run("openssl", args, input)
+}
+
+pub fn run(program: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} not available: {e}"));
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The inner MIME entity tests encrypt: a UTF-8 text part.
+pub fn inner(text: &str) -> Vec<u8> {
+    format!(
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{text}\r\n"
+    )
+    .into_bytes()
+}
+
+/// A message whose whole body is `cms` (DER/BER), as mail clients send it.
+pub fn enveloped_message(id: &str, to: &str, cms: &[u8], ctype: &str) -> Vec<u8> {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(cms);
+    let mut body = String::new();
+    for chunk in b64.as_bytes().chunks(64) {
+        body.push_str(std::str::from_utf8(chunk).expect("ascii"));
+        body.push_str("\r\n");
+    }
+    format!(
+        "From: Sender <sender@example.org>\r\nTo: <{to}>\r\nSubject: encrypted {id}\r\n\
+         Message-ID: <{id}@test>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: {ctype}; name=\"smime.p7m\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\
+         Content-Disposition: attachment; filename=\"smime.p7m\"\r\n\r\n{body}"
+    )
+    .into_bytes()
+}
+
+pub const P7M: &str = "application/pkcs7-mime; smime-type=enveloped-data";
+
+/// `openssl cms -encrypt` of `data` to the demo certificate `to`, DER out.
+pub fn cms_encrypt(data: &[u8], to: &str, extra: &[&str]) -> Vec<u8> {
+    let cert = cert(to);
+    let mut args = vec!["cms", "-encrypt", "-binary", "-outform", "DER"];
+    args.extend_from_slice(extra);
+    args.push(cert.to_str().expect("utf-8 path"));
+    openssl(&args, data)
+}
+
+/// `openssl cms -decrypt` with demo key `name`; the plaintext.
+pub fn cms_decrypt_smime(message: &[u8], name: &str) -> Vec<u8> {
+    let key = key(name);
+    let cert = cert(name);
+    openssl(
+        &[
+            "cms",
+            "-decrypt",
+            "-inkey",
+            key.to_str().unwrap(),
+            "-recip",
+            cert.to_str().unwrap(),
+        ],
+        message,
+    )
+}
+
+/// A detached `multipart/signed` entity of `content` signed by demo key
+/// `name` (with its issuing CA), as `openssl cms -sign` makes it.
+pub fn cms_sign(content: &[u8], name: &str) -> Vec<u8> {
+    let key = key(name);
+    let cert = cert(name);
+    let ca = demo().join(format!("crl/{}.pem", issuing_ca(name)));
+    openssl(
+        &[
+            "cms",
+            "-sign",
+            "-binary",
+            "-signer",
+            cert.to_str().unwrap(),
+            "-inkey",
+            key.to_str().unwrap(),
+            "-certfile",
+            ca.to_str().unwrap(),
+            "-md",
+            "sha256",
+        ],
+        content,
+    )
+}
+
+/// The demo issuing CA of demo certificate `name`.
+pub fn issuing_ca(name: &str) -> &'static str {
+    if name == "stranger" {
+        "stranger-ca"
+    } else if name.contains("oces2") {
+        "oces2-ca"
+    } else {
+        "oces3-ca"
+    }
+}
+
+/// A gpgsm home that trusts the demo roots and knows the demo certificates.
+pub fn gpgsm_home() -> tempfile::TempDir {
+    let home = tempfile::tempdir().expect("tempdir");
+    let d = demo();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for f in [
+        "trust/oces2-root.pem",
+        "trust/oces2-ca.pem",
+        "trust/oces3-root.pem",
+        "trust/oces3-ca.pem",
+    ] {
+        files.push(d.join(f));
+    }
+    for name in ["org-oces2", "org-oces3", "alice-oces2-expired"] {
+        files.push(cert(name));
+    }
+    let mut args = vec![
+        "--batch",
+        "--homedir",
+        home.path().to_str().unwrap(),
+        "--import",
+    ];
+    let paths: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    args.extend(paths.iter().map(String::as_str));
+    run("gpgsm", &args, b"");
+    let mut trust = String::new();
+    for root in ["trust/oces2-root.pem", "trust/oces3-root.pem"] {
+        let fp = openssl(
+            &[
+                "x509",
+                "-noout",
+                "-fingerprint",
+                "-sha1",
+                "-in",
+                d.join(root).to_str().unwrap(),
+            ],
+            b"",
+        );
+        let fp = String::from_utf8_lossy(&fp);
+        let hex: String = fp.split('=').nth(1).unwrap_or("").trim().replace(':', "");
+        trust.push_str(&format!("{hex} S relax\n"));
+    }
+    std::fs::write(home.path().join("trustlist.txt"), trust).expect("trustlist");
+    home
+}
+
+/// `gpgsm --encrypt` of `data` to the demo certificate `to`, BER out.
+pub fn gpgsm_encrypt(home: &Path, data: &[u8], to: &str) -> Vec<u8> {
+    let fp = openssl(
+        &[
+            "x509",
+            "-noout",
+            "-fingerprint",
+            "-sha1",
+            "-in",
+            cert(to).to_str().unwrap(),
+        ],
+        b"",
+    );
+    let fp = String::from_utf8_lossy(&fp);
+    let hex: String = fp.split('=').nth(1).unwrap_or("").trim().replace(':', "");
+    run(
+        "gpgsm",
+        &[
+            "--batch",
+            "--homedir",
+            home.to_str().unwrap(),
+            "--disable-crl-checks",
+            "--disable-policy-checks",
+            "-r",
+            &hex,
+            "--encrypt",
+        ],
+        data,
+    )
+}
+
+/// `bytes` with every line ending in CRLF (openssl writes LF).
+pub fn crlf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 40);
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\n' && (i == 0 || bytes[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}

@@ -1,0 +1,412 @@
+//! Inbound S/MIME through the running gateway: mail encrypted by
+//! `openssl cms`, `openssl smime` and `gpgsm` to OCES2-style and OCES3-style
+//! keys (an expired OCES2 employee key included) reaches the mailbox
+//! decrypted, or re-encrypted to its OCES3 key; signatures are reported;
+//! what cannot be opened is delivered unchanged with the reason, or
+//! quarantined; nothing decrypted ever goes to an external recipient.
+
+mod common;
+
+use std::time::Duration;
+
+use common::client::Client;
+use common::pki::{self, P7M};
+use common::sink::{Received, Script, Sink};
+use common::{wait_until, Gateway, Options};
+
+const SECRET: &str = "Fortroligt: sagsakter i sag 2023-117 (æøå)";
+
+fn gateway(sink: &Sink, extra: &str) -> Gateway {
+    let mut opts = Options::new(sink.addr);
+    opts.extra = format!(
+        "{extra}\n{}{}{}{}\
+         [trust]\nanchors = [\"{}\"]\n\n\
+         [[mailbox]]\naddress = \"sikkermail@example-law.dk\"\ndeliver = \"reencrypt\"\n\n\
+         [[mailbox]]\naddress = \"*@example-law.dk\"\ndeliver = \"plain\"\n",
+        pki::identity("org-oces2", &[]),
+        pki::identity("org-oces3", &[]),
+        pki::identity("alice-oces2-expired", &["alice@example-law.dk"]),
+        pki::identity("alice-oces3", &["alice@example-law.dk"]),
+        pki::demo().join("trust").display(),
+    );
+    Gateway::start(opts)
+}
+
+fn send(gw: &Gateway, to: &str, message: &[u8]) {
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let r = c.send("sender@example.org", &[to], message).unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+}
+
+fn received_for(sink: &Sink, rcpt: &str, id: &str) -> Received {
+    let needle = format!("<{id}@test>");
+    assert!(
+        wait_until(Duration::from_secs(20), || sink.received().iter().any(
+            |r| r.rcpts.iter().any(|x| x == rcpt) && r.text().contains(&needle)
+        )),
+        "nothing for {rcpt} ({id})"
+    );
+    sink.received()
+        .into_iter()
+        .find(|r| r.rcpts.iter().any(|x| x == rcpt) && r.text().contains(&needle))
+        .unwrap()
+}
+
+fn header<'a>(text: &'a str, name: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or("")
+}
+
+#[test]
+fn openssl_and_gpgsm_mail_to_oces2_and_oces3_keys_arrives_decrypted() {
+    let sink = Sink::start(Script::default());
+    let gw = gateway(&sink, "");
+    let inner = pki::inner(SECRET);
+    let home = pki::gpgsm_home();
+    let cases: Vec<(&str, &str, Vec<u8>, &str, &str)> = vec![
+        (
+            "cbc-oces2",
+            "bob@example-law.dk",
+            pki::cms_encrypt(&inner, "org-oces2", &["-aes-256-cbc"]),
+            P7M,
+            "OCES2",
+        ),
+        (
+            "cbc-oces3",
+            "bob@example-law.dk",
+            pki::cms_encrypt(&inner, "org-oces3", &["-aes-256-cbc"]),
+            P7M,
+            "OCES3",
+        ),
+        (
+            "gcm-oaep-oces3",
+            "bob@example-law.dk",
+            pki::cms_encrypt(
+                &inner,
+                "org-oces3",
+                &[
+                    "-aes-256-gcm",
+                    "-recip",
+                    pki::cert("org-oces3").to_str().unwrap(),
+                    "-keyopt",
+                    "rsa_padding_mode:oaep",
+                ],
+            ),
+            "application/pkcs7-mime; smime-type=authEnveloped-data",
+            "OCES3",
+        ),
+        (
+            "des3-oces2",
+            "bob@example-law.dk",
+            pki::cms_encrypt(&inner, "org-oces2", &["-des3"]),
+            "application/x-pkcs7-mime",
+            "OCES2",
+        ),
+        (
+            "expired-moces",
+            "alice@example-law.dk",
+            pki::cms_encrypt(&inner, "alice-oces2-expired", &["-aes-128-cbc"]),
+            P7M,
+            "OCES2",
+        ),
+        (
+            "gpgsm-oces2",
+            "bob@example-law.dk",
+            pki::gpgsm_encrypt(home.path(), &inner, "org-oces2"),
+            P7M,
+            "OCES2",
+        ),
+        (
+            "gpgsm-oces3",
+            "bob@example-law.dk",
+            pki::gpgsm_encrypt(home.path(), &inner, "org-oces3"),
+            P7M,
+            "OCES3",
+        ),
+    ];
+    for (id, to, cms, ctype, _) in &cases {
+        send(&gw, to, &pki::enveloped_message(id, to, cms, ctype));
+    }
+    // openssl smime writes the whole message itself.
+    let smime = pki::openssl(
+        &[
+            "smime",
+            "-encrypt",
+            "-aes256",
+            "-subject",
+            "encrypted smime",
+            "-from",
+            "sender@example.org",
+            pki::cert("org-oces3").to_str().unwrap(),
+        ],
+        &inner,
+    );
+    let mut smime_msg = b"Message-ID: <smime-oces3@test>\r\n".to_vec();
+    smime_msg.extend_from_slice(&common::pki::crlf(&smime));
+    send(&gw, "bob@example-law.dk", &smime_msg);
+
+    for (id, to, _, _, generation) in cases.iter().map(|c| (c.0, c.1, (), (), c.4)).chain([(
+        "smime-oces3",
+        "bob@example-law.dk",
+        (),
+        (),
+        "OCES3",
+    )]) {
+        let got = received_for(&sink, to, id);
+        let text = got.text();
+        assert!(text.contains(SECRET), "{id}: plaintext missing:\n{text}");
+        assert!(
+            !text.contains("pkcs7-mime"),
+            "{id}: still encrypted:\n{text}"
+        );
+        let trace = header(&text, "X-SMIME-Gateway");
+        assert!(trace.starts_with("decrypted; key="), "{id}: {trace}");
+        assert!(
+            trace.contains(&format!("generation={generation}")),
+            "{id}: {trace}"
+        );
+        assert!(
+            text.contains("Content-Type: text/plain; charset=utf-8"),
+            "{id}: {text}"
+        );
+        assert!(
+            text.contains(&format!("Message-ID: <{id}@test>")),
+            "{id}: outer headers lost"
+        );
+        assert!(
+            !text.contains('\n') || !text.replace("\r\n", "").contains('\n'),
+            "{id}: bare LF in output"
+        );
+    }
+}
+
+#[test]
+fn mailbox_with_reencrypt_gets_mail_its_oces3_key_opens() {
+    let sink = Sink::start(Script::default());
+    let gw = gateway(&sink, "");
+    let inner = pki::inner(SECRET);
+    // Sent to the old OCES2 key of the shared mailbox.
+    let cms = pki::cms_encrypt(&inner, "org-oces2", &["-aes-256-cbc"]);
+    send(
+        &gw,
+        "sikkermail@example-law.dk",
+        &pki::enveloped_message("re-1", "sikkermail@example-law.dk", &cms, P7M),
+    );
+    let got = received_for(&sink, "sikkermail@example-law.dk", "re-1");
+    let text = got.text();
+    assert!(
+        !text.contains(SECRET),
+        "re-encrypted mail must not carry plaintext"
+    );
+    assert!(text.contains("smime-type=enveloped-data"), "{text}");
+    let trace = header(&text, "X-SMIME-Gateway");
+    assert!(
+        trace.contains("generation=OCES2") && trace.contains("reencrypted-to="),
+        "{trace}"
+    );
+    let opened = pki::cms_decrypt_smime(&got.data, "org-oces3");
+    assert!(String::from_utf8_lossy(&opened).contains(SECRET));
+    // The old OCES2 key cannot open it.
+    let key = pki::key("org-oces2");
+    let cert = pki::cert("org-oces2");
+    let refused = std::process::Command::new("openssl")
+        .args([
+            "cms",
+            "-decrypt",
+            "-inkey",
+            key.to_str().unwrap(),
+            "-recip",
+            cert.to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(&got.data)?;
+            c.wait()
+        })
+        .unwrap();
+    assert!(!refused.success());
+
+    // Already encrypted to the mailbox's OCES3 key: passed unchanged.
+    let cms = pki::cms_encrypt(&inner, "org-oces3", &["-aes-256-cbc"]);
+    let original = pki::enveloped_message("re-2", "sikkermail@example-law.dk", &cms, P7M);
+    send(&gw, "sikkermail@example-law.dk", &original);
+    let got = received_for(&sink, "sikkermail@example-law.dk", "re-2");
+    assert!(
+        header(&got.text(), "X-SMIME-Gateway").starts_with("passed"),
+        "{}",
+        got.text()
+    );
+    assert!(
+        got.data.ends_with(&original[original.len() - 200..]),
+        "CMS body was changed"
+    );
+}
+
+#[test]
+fn signatures_valid_tampered_and_untrusted_are_reported() {
+    let sink = Sink::start(Script::default());
+    let gw = gateway(&sink, "");
+    let content = pki::inner("signed and sealed");
+    let cases = [
+        ("sig-valid", "alice-oces3", false, "signature=valid"),
+        ("sig-tampered", "alice-oces3", true, "signature=invalid"),
+        ("sig-stranger", "stranger", false, "signature=untrusted"),
+    ];
+    for (id, signer, tamper, _) in cases {
+        let mut signed = pki::crlf(&pki::cms_sign(&content, signer));
+        if tamper {
+            let text = String::from_utf8(signed).unwrap().replacen(
+                "signed and sealed",
+                "signed and SEALED",
+                1,
+            );
+            signed = text.into_bytes();
+        }
+        let cms = pki::cms_encrypt(&signed, "org-oces3", &["-aes-256-cbc"]);
+        send(
+            &gw,
+            "bob@example-law.dk",
+            &pki::enveloped_message(id, "bob@example-law.dk", &cms, P7M),
+        );
+    }
+    for (id, signer, tamper, expect) in cases {
+        let got = received_for(&sink, "bob@example-law.dk", id);
+        let text = got.text();
+        let trace = header(&text, "X-SMIME-Gateway");
+        assert!(trace.contains(expect), "{id}: {trace}");
+        if !tamper {
+            assert!(trace.contains("signer=\"CN="), "{id}: {trace}");
+        }
+        // The signature is kept for the mailbox: multipart/signed intact.
+        assert!(text.contains("multipart/signed"), "{id}: {text}");
+        if id == "sig-valid" {
+            let anchors = pki::demo().join("trust/oces3-root.pem");
+            pki::openssl(
+                &[
+                    "cms",
+                    "-verify",
+                    "-CAfile",
+                    anchors.to_str().unwrap(),
+                    "-purpose",
+                    "any",
+                ],
+                &got.data,
+            );
+            let _ = signer;
+        }
+    }
+}
+
+#[test]
+fn undecryptable_and_corrupt_mail_is_delivered_unchanged_with_the_reason() {
+    let sink = Sink::start(Script::default());
+    let gw = gateway(&sink, "");
+    let inner = pki::inner(SECRET);
+    let no_key = pki::cms_encrypt(&inner, "stranger", &["-aes-256-cbc"]);
+    let good = pki::cms_encrypt(&inner, "org-oces3", &["-aes-256-cbc"]);
+    let mut truncated = pki::enveloped_message("bad-trunc", "bob@example-law.dk", &good, P7M);
+    truncated.truncate(truncated.len() - 300);
+    truncated.extend_from_slice(b"\r\n");
+    let garbage = pki::enveloped_message(
+        "bad-garbage",
+        "bob@example-law.dk",
+        b"\x30\x82\x01\x00 this is not DER at all",
+        P7M,
+    );
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "bad-nokey",
+            pki::enveloped_message("bad-nokey", "bob@example-law.dk", &no_key, P7M),
+            "no key held for the recipient",
+        ),
+        ("bad-trunc", truncated, "undecryptable"),
+        ("bad-garbage", garbage, "corrupt CMS structure"),
+    ];
+    for (_, m, _) in &cases {
+        send(&gw, "bob@example-law.dk", m);
+    }
+    // A forged trace header from outside is replaced.
+    let mut forged =
+        b"X-SMIME-Gateway: decrypted; signature=valid; signer=\"CN=The Court\"\r\n".to_vec();
+    forged.extend_from_slice(&common::message("forged", "plain text"));
+    send(&gw, "bob@example-law.dk", &forged);
+
+    for (id, original, reason) in &cases {
+        let got = received_for(&sink, "bob@example-law.dk", id);
+        let text = got.text();
+        let trace = header(&text, "X-SMIME-Gateway");
+        assert!(trace.starts_with("undecryptable; reason="), "{id}: {trace}");
+        assert!(trace.contains(reason), "{id}: {trace}");
+        let (_, body) = text.split_once("\r\n\r\n").unwrap();
+        let orig = String::from_utf8_lossy(original);
+        assert!(orig.ends_with(body), "{id}: body changed");
+    }
+    let got = received_for(&sink, "bob@example-law.dk", "forged");
+    assert!(
+        !got.text().contains("X-SMIME-Gateway"),
+        "forged header kept: {}",
+        got.text()
+    );
+    assert!(!gw.log().contains("panicked"));
+}
+
+#[test]
+fn decrypted_content_never_goes_to_external_recipients() {
+    let sink = Sink::start(Script::default());
+    let gw = gateway(&sink, "");
+    let cms = pki::cms_encrypt(&pki::inner(SECRET), "org-oces3", &["-aes-256-cbc"]);
+    let m = pki::enveloped_message("ext-1", "partner@example.org", &cms, P7M);
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let r = c
+        .send(
+            "alice@example-law.dk",
+            &["partner@example.org", "bob@example-law.dk"],
+            &m,
+        )
+        .unwrap();
+    assert_eq!(r.code, 250);
+    let ext = received_for(&sink, "partner@example.org", "ext-1");
+    assert_eq!(ext.data, m, "external copy must be the original bytes");
+    assert_eq!(ext.rcpts, vec!["partner@example.org".to_string()]);
+    let int = received_for(&sink, "bob@example-law.dk", "ext-1");
+    assert!(int.text().contains(SECRET));
+}
+
+#[test]
+fn quarantine_holds_undecryptable_mail_until_released() {
+    let sink = Sink::start(Script::default());
+    let gw = gateway(&sink, "[smime]\non_undecryptable = \"quarantine\"\n");
+    let cms = pki::cms_encrypt(&pki::inner(SECRET), "stranger", &["-aes-256-cbc"]);
+    send(
+        &gw,
+        "bob@example-law.dk",
+        &pki::enveloped_message("q-1", "bob@example-law.dk", &cms, P7M),
+    );
+    assert!(wait_until(Duration::from_secs(15), || gw
+        .log()
+        .contains("event=\"quarantined\"")));
+    assert_eq!(sink.count(), 0);
+    assert!(wait_until(Duration::from_secs(5), || gw.queued() == 0));
+    let out = gw.cli(&["queue", "quarantined"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("bob@example-law.dk") && text.contains("no key held"),
+        "{text}"
+    );
+    let id = text.split_whitespace().next().unwrap().to_string();
+    let out = gw.cli(&["queue", "release", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = received_for(&sink, "bob@example-law.dk", "q-1");
+    assert!(header(&got.text(), "X-SMIME-Gateway").starts_with("undecryptable"));
+}

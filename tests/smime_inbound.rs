@@ -410,3 +410,155 @@ fn quarantine_holds_undecryptable_mail_until_released() {
     let got = received_for(&sink, "bob@example-law.dk", "q-1");
     assert!(header(&got.text(), "X-SMIME-Gateway").starts_with("undecryptable"));
 }
+
+#[test]
+fn real_oces_test_keys_decrypt_through_the_gateway() {
+    let f = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/oces");
+    if !f.is_dir() {
+        eprintln!("SKIPPED: ../shared/fixtures/oces is absent (only in the development workspace)");
+        return;
+    }
+    let sink = Sink::start(Script::default());
+    let fixture = |file: &str, mailboxes: &str| {
+        format!(
+            "[[identity]]\npkcs12 = \"{}\"\npassword_env = \"OCES_FIXTURE_PASSWORD\"\nmailboxes = [{mailboxes}]\n",
+            f.join(file).display()
+        )
+    };
+    let mut opts = Options::new(sink.addr);
+    opts.env
+        .push(("OCES_FIXTURE_PASSWORD".into(), "Test1234".into()));
+    opts.extra = format!(
+        "{}{}{}{}\n[[mailbox]]\naddress = \"sikkermail@example-law.dk\"\ndeliver = \"reencrypt\"\n",
+        fixture("oces2/MOCES_gyldig.p12", "\"alice@example-law.dk\""),
+        fixture("oces2/VOCES_gyldig.p12", ""),
+        fixture("oces3/TU-Test-organisation.p12", ""),
+        pki::identity("org-oces3", &[]),
+    );
+    let gw = Gateway::start(opts);
+    let cert_of = |file: &str| {
+        let pem = pki::run(
+            "openssl",
+            &[
+                "pkcs12",
+                "-legacy",
+                "-nokeys",
+                "-clcerts",
+                "-passin",
+                "pass:Test1234",
+                "-in",
+                f.join(file).to_str().unwrap(),
+            ],
+            b"",
+        );
+        let path = gw
+            .dir
+            .path()
+            .join(format!("{}.pem", file.replace('/', "_")));
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let inner = pki::inner(SECRET);
+    let cases = [
+        (
+            "fx-moces",
+            "alice@example-law.dk",
+            "oces2/MOCES_gyldig.p12",
+            "OCES2",
+        ),
+        (
+            "fx-voces",
+            "bob@example-law.dk",
+            "oces2/VOCES_gyldig.p12",
+            "OCES2",
+        ),
+        (
+            "fx-oces3",
+            "bob@example-law.dk",
+            "oces3/TU-Test-organisation.p12",
+            "OCES3",
+        ),
+    ];
+    for (id, to, file, _) in cases {
+        let cert = cert_of(file);
+        let cms = pki::openssl(
+            &[
+                "cms",
+                "-encrypt",
+                "-binary",
+                "-aes-256-cbc",
+                "-outform",
+                "DER",
+                cert.to_str().unwrap(),
+            ],
+            &inner,
+        );
+        send(&gw, to, &pki::enveloped_message(id, to, &cms, P7M));
+    }
+    for (id, to, _, generation) in cases {
+        let got = received_for(&sink, to, id);
+        let text = got.text();
+        assert!(text.contains(SECRET), "{id}: {text}");
+        assert!(
+            header(&text, "X-SMIME-Gateway").contains(&format!("generation={generation}")),
+            "{id}"
+        );
+    }
+    // Mail to the old VOCES key of the shared mailbox, re-encrypted to its
+    // current OCES3 key.
+    let cms = pki::openssl(
+        &[
+            "cms",
+            "-encrypt",
+            "-binary",
+            "-aes-256-cbc",
+            "-outform",
+            "DER",
+            cert_of("oces2/VOCES_gyldig.p12").to_str().unwrap(),
+        ],
+        &inner,
+    );
+    send(
+        &gw,
+        "sikkermail@example-law.dk",
+        &pki::enveloped_message("fx-re", "sikkermail@example-law.dk", &cms, P7M),
+    );
+    let got = received_for(&sink, "sikkermail@example-law.dk", "fx-re");
+    assert!(
+        String::from_utf8_lossy(&pki::cms_decrypt_smime(&got.data, "org-oces3")).contains(SECRET)
+    );
+}
+
+#[test]
+fn reencryption_with_aes_gcm_and_oaep_when_configured() {
+    let sink = Sink::start(Script::default());
+    let gw = gateway(
+        &sink,
+        "[[mailbox]]\naddress = \"gcm@example-law.dk\"\ndeliver = \"reencrypt\"\nencryption = \"aes256-gcm-oaep\"\n",
+    );
+    let cms = pki::cms_encrypt(&pki::inner(SECRET), "org-oces2", &["-aes-256-cbc"]);
+    send(
+        &gw,
+        "gcm@example-law.dk",
+        &pki::enveloped_message("gcm-1", "gcm@example-law.dk", &cms, P7M),
+    );
+    let got = received_for(&sink, "gcm@example-law.dk", "gcm-1");
+    let der = {
+        let text = got.text();
+        let (_, b64) = text.split_once("\r\n\r\n").unwrap();
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.replace("\r\n", ""))
+            .unwrap()
+    };
+    let printed = pki::openssl(&["cms", "-cmsout", "-print", "-inform", "DER"], &der);
+    let printed = String::from_utf8_lossy(&printed);
+    assert!(
+        printed.contains("id-smime-ct-authEnvelopedData"),
+        "{printed}"
+    );
+    assert!(printed.contains("rsaesOaep"), "{printed}");
+    assert!(
+        String::from_utf8_lossy(&pki::cms_decrypt_smime(&got.data, "org-oces3")).contains(SECRET)
+    );
+}

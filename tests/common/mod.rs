@@ -42,6 +42,7 @@ pub struct Gateway {
     pub addr: SocketAddr,
     child: Option<Child>,
     starts: u32,
+    env: Vec<(String, String)>,
 }
 
 /// Settings a test may change; the rest is fixed for speed.
@@ -52,6 +53,8 @@ pub struct Options {
     pub extra_server: String,
     pub extra: String,
     pub spool_dir: Option<PathBuf>,
+    /// Environment variables for the gateway process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Options {
@@ -63,6 +66,7 @@ impl Options {
             extra_server: String::new(),
             extra: String::new(),
             spool_dir: None,
+            env: Vec::new(),
         }
     }
 }
@@ -119,6 +123,7 @@ scan_interval = "1s"
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             child: None,
             starts: 0,
+            env: opts.env.clone(),
         };
         gw.spawn();
         gw
@@ -149,6 +154,7 @@ scan_interval = "1s"
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -82,6 +82,8 @@ impl Store {
         let tmp = dir.join("tmp");
         let corrupt = dir.join("corrupt");
         let quarantine = dir.join("quarantine");
+        // Parents get the usual mode; the spool itself is private.
+        fs::create_dir_all(dir).map_err(SpoolError::io(dir))?;
         for d in [dir, &queue, &tmp, &corrupt, &quarantine] {
             DirBuilder::new()
                 .recursive(true)

@@ -1,0 +1,83 @@
+//! Inbound S/MIME cost: decrypt a message sent to an OCES2-style key
+//! (RSA 2048) and re-encrypt it to an OCES3-style key (RSA 3072), the work
+//! the gateway does per message for a `reencrypt` mailbox. 10 KiB and
+//! 10 MiB bodies. `scripts/bench-smime` puts the figures next to
+//! `openssl speed`.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use openssl::asn1::Asn1Time;
+use openssl::bn::BigNum;
+use openssl::cms::{CMSOptions, CmsContentInfo};
+use openssl::hash::MessageDigest;
+use openssl::pkey::PKey;
+use openssl::rsa::Rsa;
+use openssl::stack::Stack;
+use openssl::symm::Cipher;
+use openssl::x509::{X509NameBuilder, X509};
+use smime_gateway::config::Encryption;
+use smime_gateway::pki::{oces, Identity};
+use smime_gateway::smime::unwrap::{self, Unwrapped};
+use smime_gateway::smime::{cms, mime};
+
+fn identity(bits: u32, cn: &str) -> Identity {
+    let key = PKey::from_rsa(Rsa::generate(bits).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", cn).unwrap();
+    let name = name.build();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_serial_number(&BigNum::from_u32(bits).unwrap().to_asn1_integer().unwrap()).unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(30).unwrap()).unwrap();
+    b.sign(&key, MessageDigest::sha256()).unwrap();
+    let cert = b.build();
+    let info = oces::classify(&cert.to_der().unwrap()).unwrap();
+    Identity { cert, key, chain: Vec::new(), info, mailboxes: Vec::new(), source: Default::default() }
+}
+
+fn message(to: &Identity, size: usize) -> Vec<u8> {
+    let mut inner = b"Content-Type: text/plain; charset=utf-8\r\n\r\n".to_vec();
+    while inner.len() < size {
+        inner.extend_from_slice(b"Lorem ipsum dolor sit amet, sagsakter og bilag til retten.\r\n");
+    }
+    let mut certs = Stack::new().unwrap();
+    certs.push(to.cert.clone()).unwrap();
+    let der = CmsContentInfo::encrypt(&certs, &inner, Cipher::aes_256_cbc(), CMSOptions::BINARY)
+        .unwrap()
+        .to_der()
+        .unwrap();
+    let mut m = b"From: a@example.org\r\nTo: sikkermail@example-law.dk\r\nSubject: bench\r\n\
+Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        .to_vec();
+    m.extend_from_slice(&mime::base64_lines(&der));
+    m
+}
+
+/// The per-message work of a `reencrypt` mailbox.
+fn reencrypt(m: &[u8], old: &Identity, new: &Identity) -> Vec<u8> {
+    let Unwrapped::Opened { message, .. } = unwrap::unwrap(m, &[old], &[], 0) else {
+        panic!("not opened")
+    };
+    let inner = unwrap::content_entity(&message);
+    let der = cms::encrypt(&inner, std::slice::from_ref(&new.cert), Encryption::Aes256Cbc).unwrap();
+    unwrap::enveloped_message(&message, &der)
+}
+
+fn bench(c: &mut Criterion) {
+    let old = identity(2048, "Old OCES2 key");
+    let new = identity(3072, "New OCES3 key");
+    let mut g = c.benchmark_group("decrypt+reencrypt");
+    for (label, size, samples) in [("10KiB", 10 * 1024, 100), ("10MiB", 10 * 1024 * 1024, 10)] {
+        let m = message(&old, size);
+        g.throughput(Throughput::Elements(1));
+        g.sample_size(samples);
+        g.bench_function(label, |b| b.iter(|| reencrypt(&m, &old, &new)));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -26,16 +26,26 @@ fn identity(bits: u32, cn: &str) -> Identity {
     let name = name.build();
     let mut b = X509::builder().unwrap();
     b.set_version(2).unwrap();
-    b.set_serial_number(&BigNum::from_u32(bits).unwrap().to_asn1_integer().unwrap()).unwrap();
+    b.set_serial_number(&BigNum::from_u32(bits).unwrap().to_asn1_integer().unwrap())
+        .unwrap();
     b.set_subject_name(&name).unwrap();
     b.set_issuer_name(&name).unwrap();
     b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(30).unwrap()).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
+        .unwrap();
     b.sign(&key, MessageDigest::sha256()).unwrap();
     let cert = b.build();
     let info = oces::classify(&cert.to_der().unwrap()).unwrap();
-    Identity { cert, key, chain: Vec::new(), info, mailboxes: Vec::new(), source: Default::default() }
+    Identity {
+        cert,
+        key,
+        chain: Vec::new(),
+        info,
+        mailboxes: Vec::new(),
+        source: Default::default(),
+    }
 }
 
 fn message(to: &Identity, size: usize) -> Vec<u8> {
@@ -62,7 +72,12 @@ fn reencrypt(m: &[u8], old: &Identity, new: &Identity) -> Vec<u8> {
         panic!("not opened")
     };
     let inner = unwrap::content_entity(&message);
-    let der = cms::encrypt(&inner, std::slice::from_ref(&new.cert), Encryption::Aes256Cbc).unwrap();
+    let der = cms::encrypt(
+        &inner,
+        std::slice::from_ref(&new.cert),
+        Encryption::Aes256Cbc,
+    )
+    .unwrap();
     unwrap::enveloped_message(&message, &der)
 }
 

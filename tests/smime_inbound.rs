@@ -562,3 +562,59 @@ fn reencryption_with_aes_gcm_and_oaep_when_configured() {
         String::from_utf8_lossy(&pki::cms_decrypt_smime(&got.data, "org-oces3")).contains(SECRET)
     );
 }
+
+#[test]
+fn encrypted_then_signed_and_opaque_signed_mail() {
+    let sink = Sink::start(Script::default());
+    let gw = gateway(&sink, "");
+    // Encrypt, then sign the encrypted entity (detached).
+    let cms = pki::cms_encrypt(&pki::inner(SECRET), "org-oces2", &["-aes-256-cbc"]);
+    let enveloped = pki::enveloped_message("unused", "bob@example-law.dk", &cms, P7M);
+    let entity_start = enveloped
+        .windows(19)
+        .position(|w| w == b"Content-Type: appli")
+        .unwrap();
+    let signed = pki::crlf(&pki::cms_sign(&enveloped[entity_start..], "alice-oces3"));
+    let mut m = b"From: Alice <alice@example.org>\r\nTo: <bob@example-law.dk>\r\nSubject: enc then sign\r\nMessage-ID: <encsign@test>\r\n".to_vec();
+    m.extend_from_slice(&signed);
+    send(&gw, "bob@example-law.dk", &m);
+    let got = received_for(&sink, "bob@example-law.dk", "encsign");
+    let text = got.text();
+    assert!(text.contains(SECRET), "{text}");
+    let trace = header(&text, "X-SMIME-Gateway");
+    assert!(
+        trace.contains("generation=OCES2") && trace.contains("signature=valid"),
+        "{trace}"
+    );
+
+    // Opaque signed-data over plain content: kept intact, signature reported.
+    let key = pki::key("alice-oces3");
+    let cert = pki::cert("alice-oces3");
+    let ca = pki::demo().join("crl/oces3-ca.pem");
+    let opaque = pki::crlf(&pki::openssl(
+        &[
+            "cms",
+            "-sign",
+            "-nodetach",
+            "-binary",
+            "-signer",
+            cert.to_str().unwrap(),
+            "-inkey",
+            key.to_str().unwrap(),
+            "-certfile",
+            ca.to_str().unwrap(),
+        ],
+        &pki::inner("opaque but readable"),
+    ));
+    let mut m = b"From: Alice <alice@example.org>\r\nTo: <bob@example-law.dk>\r\nSubject: opaque\r\nMessage-ID: <opaque@test>\r\n".to_vec();
+    m.extend_from_slice(&opaque);
+    send(&gw, "bob@example-law.dk", &m);
+    let got = received_for(&sink, "bob@example-law.dk", "opaque");
+    let text = got.text();
+    let trace = header(&text, "X-SMIME-Gateway");
+    assert!(trace.starts_with("signed; signature=valid"), "{trace}");
+    assert!(
+        text.contains("smime-type=signed-data"),
+        "opaque signature not kept: {text}"
+    );
+}

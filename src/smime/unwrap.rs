@@ -254,13 +254,18 @@ mod tests {
         let name = name.build();
         let mut b = X509::builder().unwrap();
         b.set_version(2).unwrap();
-        let serial = openssl::bn::BigNum::from_u32(4711).unwrap().to_asn1_integer().unwrap();
+        let serial = openssl::bn::BigNum::from_u32(4711)
+            .unwrap()
+            .to_asn1_integer()
+            .unwrap();
         b.set_serial_number(&serial).unwrap();
         b.set_subject_name(&name).unwrap();
         b.set_issuer_name(&name).unwrap();
         b.set_pubkey(&key).unwrap();
-        b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(1).unwrap()).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
         b.sign(&key, MessageDigest::sha256()).unwrap();
         let cert = b.build();
         let info = oces::classify(&cert.to_der().unwrap()).unwrap();

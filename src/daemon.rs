@@ -8,9 +8,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::{self, ConfigError, Settings};
+use crate::pki::resolve::Resolver;
 use crate::pki::{Keyring, KeyringError};
 use crate::runner::Runner;
 use crate::smtp;
@@ -69,6 +70,7 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
     let runner = Runner::new(
         Arc::clone(&settings),
         Arc::clone(&keys),
+        Arc::new(Resolver::new()),
         Arc::clone(&store),
         queued_rx,
         queued_tx,
@@ -80,12 +82,27 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let (changed_tx, mut changed) = mpsc::unbounded_channel();
+    let _watcher = match watch(path, changed_tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(error = %e, "cannot watch the configuration file; reload with SIGHUP");
+            None
+        }
+    };
     info!(config = %path.display(), "smime-gateway started");
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { info!("SIGINT: stopping"); break; }
-            _ = hup.recv() => reload(path, &settings, &keys),
+            _ = hup.recv() => { info!("SIGHUP: reloading"); reload(path, &settings, &keys) },
+            Some(()) = changed.recv() => {
+                // Editors and Kubernetes write in several steps: let them finish.
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                while changed.try_recv().is_ok() {}
+                info!(config = %path.display(), "configuration file changed: reloading");
+                reload(path, &settings, &keys);
+            }
         }
     }
     let _ = stop_tx.send(true);
@@ -93,6 +110,35 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
     let _ = runner.await;
     info!("stopped; the spool keeps every message not yet delivered");
     Ok(())
+}
+
+/// Watches the folder of the configuration file (files there are replaced
+/// by rename) and signals every change that touches the file.
+fn watch(path: &Path, tx: mpsc::UnboundedSender<()>) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_os_string());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if matches!(event.kind, EventKind::Access(_)) {
+            return;
+        }
+        // A Kubernetes ConfigMap swaps a "..data" symlink: any change in
+        // the folder may be the file's.
+        let ours = event.paths.iter().any(|p| {
+            p.file_name().map(|n| n.to_os_string()) == name
+                || p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(".."))
+        });
+        if ours {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
 }
 
 /// Loads the configuration again and swaps it in when valid; an invalid

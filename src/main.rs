@@ -52,6 +52,27 @@ enum Command {
         #[arg(long, global = true)]
         config: Option<PathBuf>,
     },
+    /// What the outbound rules would do with mail to a recipient, and why.
+    Explain {
+        #[arg(long)]
+        config: PathBuf,
+        /// The recipient address.
+        #[arg(long)]
+        rcpt: String,
+        /// The sender address (chooses a personal signing identity).
+        #[arg(long, default_value = "")]
+        from: String,
+        /// Evaluate at this instant (RFC 3339) instead of now.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Recipients' certificates.
+    Certs {
+        #[command(subcommand)]
+        action: CertsAction,
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Test PKI tools.
     Pki {
         #[command(subcommand)]
@@ -70,6 +91,16 @@ enum Command {
 enum KeysAction {
     /// Every identity: generation, kind, CVR, e-mails, validity, what it may do.
     List,
+}
+
+#[derive(Subcommand)]
+enum CertsAction {
+    /// Every certificate in the directory (configured folders and harvested).
+    List,
+    /// The certificates of one address, with the verdict on each now.
+    Show { address: String },
+    /// Copy certificates (PEM, DER, PKCS#7) into the first certificates folder.
+    Import { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -150,6 +181,101 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("{e}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Explain {
+            config,
+            rcpt,
+            from,
+            at,
+        } => {
+            let at = match at.as_deref().map(smime_gateway::config::Instant::parse) {
+                None => unix_now(),
+                Some(Ok(i)) => i.unix,
+                Some(Err(e)) => {
+                    eprintln!("smime-gateway explain: --at {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let loaded = daemon::check(&config).and_then(|s| Ok((daemon::load_keys(&s)?, s)));
+            let (keys, settings) = match loaded {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let Ok(runtime) = tokio::runtime::Runtime::new() else {
+                eprintln!("smime-gateway: cannot start the runtime");
+                return ExitCode::from(2);
+            };
+            let keys = std::sync::Arc::new(keys);
+            let resolver = pki::resolve::Resolver::new();
+            let (text, leaves) = runtime.block_on(smime_gateway::explain::explain(
+                &settings, &keys, &resolver, &from, &rcpt, at,
+            ));
+            print!("{text}");
+            if leaves {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Certs { action, config } => {
+            let Some(config) = config else {
+                eprintln!("smime-gateway certs: --config PATH is required");
+                return ExitCode::from(2);
+            };
+            let loaded = daemon::check(&config).and_then(|s| Ok((daemon::load_keys(&s)?, s)));
+            let (keys, settings) = match loaded {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match action {
+                CertsAction::List => {
+                    print!("{}", pki::listing::certs_table(&keys.directory));
+                    ExitCode::SUCCESS
+                }
+                CertsAction::Show { address } => {
+                    let Ok(runtime) = tokio::runtime::Runtime::new() else {
+                        return ExitCode::FAILURE;
+                    };
+                    let keys = std::sync::Arc::new(keys);
+                    let resolver = pki::resolve::Resolver::new();
+                    let (text, _) = runtime.block_on(smime_gateway::explain::explain(
+                        &settings,
+                        &keys,
+                        &resolver,
+                        "",
+                        &address,
+                        unix_now(),
+                    ));
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                CertsAction::Import { file } => {
+                    let Some(dir) = settings.certificates.dirs.first() else {
+                        eprintln!("smime-gateway certs import: no [certificates] dirs configured");
+                        return ExitCode::FAILURE;
+                    };
+                    match pki::listing::import(&file, dir) {
+                        Ok((n, new)) => {
+                            println!(
+                                "{}: {n} certificate(s), {new} new, written to {} (the daemon reads them at its next reload)",
+                                file.display(),
+                                dir.display()
+                            );
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("smime-gateway certs import: {e}");
+                            ExitCode::FAILURE
+                        }
+                    }
                 }
             }
         }

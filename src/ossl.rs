@@ -51,6 +51,14 @@ extern "C" {
         sno: *mut *mut sys::ASN1_INTEGER,
     ) -> c_int;
     fn CMS_get0_type(cms: *const sys::CMS_ContentInfo) -> *const sys::ASN1_OBJECT;
+    fn CMS_add1_signer(
+        cms: *mut sys::CMS_ContentInfo,
+        signer: *mut sys::X509,
+        pk: *mut sys::EVP_PKEY,
+        md: *const sys::EVP_MD,
+        flags: c_uint,
+    ) -> *mut CMS_SignerInfo;
+    fn CMS_SignerInfo_get0_pkey_ctx(si: *mut CMS_SignerInfo) -> *mut sys::EVP_PKEY_CTX;
     fn CMS_get0_SignerInfos(cms: *mut sys::CMS_ContentInfo) -> *mut sys::OPENSSL_STACK;
     fn CMS_signed_get0_data_by_OBJ(
         si: *mut CMS_SignerInfo,
@@ -428,5 +436,60 @@ pub fn content_type(cms: &CmsContentInfoRef) -> Option<String> {
         }
         let obj = openssl::asn1::Asn1ObjectRef::from_ptr(obj as *mut sys::ASN1_OBJECT);
         Some(obj.to_string())
+    }
+}
+
+/// A detached CMS signature over `data` with RSASSA-PSS (SHA-256, MGF1
+/// SHA-256, salt 32), the signer's `chain` included; SMIMECapabilities
+/// are announced as OpenSSL does by default.
+pub fn sign_pss(
+    cert: &X509Ref,
+    key: &PKeyRef<Private>,
+    chain: &[X509],
+    data: &[u8],
+) -> Result<Vec<u8>, ErrorStack> {
+    let flags = (CMSOptions::DETACHED | CMSOptions::BINARY | CMSOptions::PARTIAL).bits();
+    let len = c_int::try_from(data.len()).map_err(|_| ErrorStack::get())?;
+    let mut certs = openssl::stack::Stack::<X509>::new()?;
+    for c in chain {
+        certs.push(c.clone())?;
+    }
+    // SAFETY: the CMS structure is owned by a CmsContentInfo (freed on
+    // every path); certificates and key are copied/up-ref'd by OpenSSL; the
+    // signer's pkey ctx belongs to the SignerInfo; the BIO is freed here.
+    unsafe {
+        let cms = check_ptr(sys::CMS_sign(
+            ptr::null_mut(),
+            ptr::null_mut(),
+            certs.as_ptr(),
+            ptr::null_mut(),
+            flags,
+        ))?;
+        let cms = CmsContentInfo::from_ptr(cms);
+        let si = CMS_add1_signer(
+            cms.as_ptr(),
+            cert.as_ptr(),
+            key.as_ptr(),
+            MessageDigest::sha256().as_ptr(),
+            flags | sys::CMS_KEY_PARAM,
+        );
+        if si.is_null() {
+            return Err(ErrorStack::get());
+        }
+        let pctx = check_ptr(CMS_SignerInfo_get0_pkey_ctx(si))?;
+        check(sys::EVP_PKEY_CTX_set_rsa_padding(
+            pctx,
+            RSA_PKCS1_PSS_PADDING,
+        ))?;
+        check(sys::EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, 32))?;
+        check(sys::EVP_PKEY_CTX_set_rsa_mgf1_md(
+            pctx,
+            MessageDigest::sha256().as_ptr(),
+        ))?;
+        let bio = check_ptr(sys::BIO_new_mem_buf(data.as_ptr() as *const c_void, len))?;
+        let ok = CMS_final(cms.as_ptr(), bio, ptr::null_mut(), flags);
+        sys::BIO_free_all(bio);
+        check(ok)?;
+        cms.to_der()
     }
 }

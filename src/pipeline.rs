@@ -7,16 +7,27 @@
 //! first, then the organisation-wide ones), signatures verified, and
 //! delivered plain or re-encrypted to the mailbox's current OCES3 key, with
 //! an `X-SMIME-Gateway` header saying what was done. Mail that cannot be
-//! opened is delivered unchanged with the reason, or quarantined. Other
-//! recipients get the message unchanged. Pure: the caller supplies the
-//! keys and the time.
+//! opened is delivered unchanged with the reason, or quarantined; signer
+//! certificates of valid signatures are offered for harvesting.
+//!
+//! Other recipients get what the outbound rules decided (the policy's
+//! decisions come in with the context): signed and/or encrypted copies,
+//! bounced or held recipients, or the message unchanged when no rule
+//! applies or it arrived encrypted already. Pure: the caller supplies the
+//! keys, the decisions and the time.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use openssl::x509::X509;
+
 use crate::config::{Deliver, OnUndecryptable, Settings};
+use crate::pki::directory::fingerprint;
 use crate::pki::Keyring;
+use crate::policy::{Decision, Outcome};
+use crate::smime::cms::SigStatus;
 use crate::smime::mime::{self, Shape};
+use crate::smime::sign;
 use crate::smime::unwrap::{self, Report, Unwrapped};
 use crate::smime::{cms, header};
 use crate::smtp::address::domain_of;
@@ -28,6 +39,8 @@ pub struct Context<'a> {
     pub keys: &'a Keyring,
     /// Unix seconds.
     pub now: i64,
+    /// The outbound decision for each external recipient a rule covers.
+    pub decisions: &'a HashMap<String, Decision>,
 }
 
 /// One outgoing copy and the recipients it is for.
@@ -48,6 +61,19 @@ pub enum Action<'a> {
         rcpts: Vec<String>,
         reason: String,
     },
+    /// Bounce these recipients with the reason.
+    Fail {
+        rcpts: Vec<String>,
+        reason: String,
+    },
+    /// Try these recipients again later (held by a rule, or a lookup
+    /// failed for now).
+    Defer {
+        rcpts: Vec<String>,
+        reason: String,
+    },
+    /// A signer certificate from a valid signature, for the directory.
+    Harvest(X509),
 }
 
 /// The actions for the `pending` recipients of a message.
@@ -78,14 +104,12 @@ pub fn process<'a>(
     let (internal, external): (Vec<String>, Vec<String>) = pending
         .into_iter()
         .partition(|r| domain_of(r).is_some_and(|d| ctx.settings.server.is_internal_domain(&d)));
-    for rcpt in external {
-        deliver(rcpt, Cow::Borrowed(body), None, &mut out);
-    }
+    let shape = mime::shape(body);
+    outbound(external, body, &shape, ctx, &mut out, deliver);
     if internal.is_empty() {
         return out;
     }
 
-    let shape = mime::shape(body);
     let mut opened: HashMap<Vec<usize>, Unwrapped> = HashMap::new();
     for rcpt in internal {
         let mailbox = ctx.settings.mailbox(&rcpt);
@@ -116,6 +140,9 @@ pub fn process<'a>(
             let keys: Vec<_> = indices.iter().map(|&i| &ctx.keys.identities[i]).collect();
             unwrap::unwrap(body, &keys, &ctx.keys.anchors, ctx.now)
         });
+        if ctx.settings.certificates.harvest {
+            harvest(result, &mut out);
+        }
         match result {
             Unwrapped::Opened { message, report } => {
                 let value = report.header_value().unwrap_or_else(|| "decrypted".into());
@@ -226,4 +253,123 @@ fn note_for(report: &Report) -> String {
         ));
     }
     parts.join("; ")
+}
+
+/// Offers the signer certificate of a valid signature, once per message.
+fn harvest(result: &Unwrapped, out: &mut Vec<Action<'_>>) {
+    let report = match result {
+        Unwrapped::Opened { report, .. } | Unwrapped::Unchanged { report } => report,
+        Unwrapped::Failed { .. } => return,
+    };
+    let Some(sig) = &report.signature else { return };
+    let (SigStatus::Valid, Some(cert)) = (sig.status, &sig.cert) else {
+        return;
+    };
+    let fp = fingerprint(cert);
+    if !out
+        .iter()
+        .any(|a| matches!(a, Action::Harvest(c) if fingerprint(c) == fp))
+    {
+        out.push(Action::Harvest(cert.clone()));
+    }
+}
+
+/// External recipients: what the rules decided, grouped so that
+/// recipients with the same outcome share one copy.
+fn outbound<'a>(
+    rcpts: Vec<String>,
+    body: &'a [u8],
+    shape: &Shape,
+    ctx: &Context<'_>,
+    out: &mut Vec<Action<'a>>,
+    deliver: impl Fn(String, Cow<'a, [u8]>, Option<String>, &mut Vec<Action<'a>>),
+) {
+    // Groups of recipients protected the same way: (key, recipients, decision).
+    let mut groups: Vec<(String, Vec<String>, &Decision)> = Vec::new();
+    for rcpt in rcpts {
+        let decision = match (shape, ctx.decisions.get(&rcpt)) {
+            // Encrypted by the sender already: passed through unchanged.
+            (Shape::Enveloped { .. }, _) | (_, None) => None,
+            (_, Some(d)) => Some(d),
+        };
+        let Some(decision) = decision else {
+            deliver(rcpt, Cow::Borrowed(body), None, out);
+            continue;
+        };
+        match &decision.outcome {
+            Outcome::PassThrough(_) => deliver(rcpt, Cow::Borrowed(body), None, out),
+            Outcome::Send {
+                encrypt_to,
+                sign_with: None,
+                ..
+            } if encrypt_to.is_empty() => {
+                deliver(rcpt, Cow::Borrowed(body), Some(decision.summary()), out)
+            }
+            Outcome::Send {
+                encrypt_to,
+                sign_with,
+                encryption,
+            } => {
+                let mut fps: Vec<String> = encrypt_to.iter().map(fingerprint).collect();
+                fps.sort();
+                let key = format!("{}|{sign_with:?}|{encryption:?}", fps.join(","));
+                match groups.iter_mut().find(|(k, _, _)| *k == key) {
+                    Some((_, list, _)) => list.push(rcpt),
+                    None => groups.push((key, vec![rcpt], decision)),
+                }
+            }
+            Outcome::Bounce(reason) => push_group(out, rcpt, reason, true),
+            Outcome::Hold(reason) | Outcome::Defer(reason) => push_group(out, rcpt, reason, false),
+        }
+    }
+    for (_, rcpts, decision) in groups {
+        let Outcome::Send {
+            encrypt_to,
+            sign_with,
+            encryption,
+        } = &decision.outcome
+        else {
+            continue;
+        };
+        let signer = sign_with.map(|i| (&ctx.keys.identities[i], ctx.settings.policy.signature));
+        match sign::protect(body, signer, encrypt_to, *encryption) {
+            Ok(bytes) => out.push(Action::Deliver(Copy {
+                rcpts,
+                body: Cow::Owned(bytes),
+                note: Some(decision.summary()),
+            })),
+            Err(e) => {
+                for rcpt in rcpts {
+                    push_group(
+                        out,
+                        rcpt,
+                        &format!("cannot protect the message: {e}"),
+                        false,
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn push_group(out: &mut Vec<Action<'_>>, rcpt: String, reason: &str, fail: bool) {
+    for a in out.iter_mut() {
+        match a {
+            Action::Fail { rcpts, reason: r } if fail && r == reason => {
+                rcpts.push(rcpt);
+                return;
+            }
+            Action::Defer { rcpts, reason: r } if !fail && r == reason => {
+                rcpts.push(rcpt);
+                return;
+            }
+            _ => {}
+        }
+    }
+    let (rcpts, reason) = (vec![rcpt], reason.to_string());
+    out.push(if fail {
+        Action::Fail { rcpts, reason }
+    } else {
+        Action::Defer { rcpts, reason }
+    });
 }

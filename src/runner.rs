@@ -14,7 +14,11 @@ use tracing::{error, info, warn};
 
 use crate::config::Settings;
 use crate::delivery::{self, route, Outbound, RcptOutcome};
+use crate::pki::resolve::Resolver;
 use crate::pki::Keyring;
+use crate::policy::{self, Decision};
+use crate::smime::mime;
+use crate::smtp::address::domain_of;
 use crate::spool::dsn::{self, Failure};
 use crate::spool::{retry, RcptStatus, SpoolError, Spooled, Store};
 use crate::{headers, pipeline};
@@ -30,6 +34,7 @@ enum JobEnd {
 pub struct Runner {
     settings: Arc<ArcSwap<Settings>>,
     keys: Arc<ArcSwap<Keyring>>,
+    resolver: Arc<Resolver>,
     store: Arc<Store>,
     rx: mpsc::UnboundedReceiver<String>,
     tx: mpsc::UnboundedSender<String>,
@@ -47,6 +52,7 @@ impl Runner {
     pub fn new(
         settings: Arc<ArcSwap<Settings>>,
         keys: Arc<ArcSwap<Keyring>>,
+        resolver: Arc<Resolver>,
         store: Arc<Store>,
         rx: mpsc::UnboundedReceiver<String>,
         tx: mpsc::UnboundedSender<String>,
@@ -55,6 +61,7 @@ impl Runner {
         Self {
             settings,
             keys,
+            resolver,
             store,
             rx,
             tx,
@@ -82,10 +89,11 @@ impl Runner {
                 }
                 let settings = self.settings.load_full();
                 let keys = self.keys.load_full();
+                let resolver = Arc::clone(&self.resolver);
                 let store = Arc::clone(&self.store);
                 let tx = self.tx.clone();
                 jobs.spawn(async move {
-                    let end = attempt(&id, &settings, &keys, &store, &tx).await;
+                    let end = attempt(&id, &settings, &keys, &resolver, &store, &tx).await;
                     (id, end)
                 });
             }
@@ -153,6 +161,15 @@ enum Owned {
         rcpts: Vec<String>,
         reason: String,
     },
+    Fail {
+        rcpts: Vec<String>,
+        reason: String,
+    },
+    Defer {
+        rcpts: Vec<String>,
+        reason: String,
+    },
+    Harvest(openssl::x509::X509),
 }
 
 impl From<pipeline::Action<'_>> for Owned {
@@ -164,6 +181,9 @@ impl From<pipeline::Action<'_>> for Owned {
                 note: c.note,
             },
             pipeline::Action::Quarantine { rcpts, reason } => Owned::Quarantine { rcpts, reason },
+            pipeline::Action::Fail { rcpts, reason } => Owned::Fail { rcpts, reason },
+            pipeline::Action::Defer { rcpts, reason } => Owned::Defer { rcpts, reason },
+            pipeline::Action::Harvest(cert) => Owned::Harvest(cert),
         }
     }
 }
@@ -225,10 +245,60 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// One delivery attempt of message `id`.
+/// The "next hop" recorded for recipients the policy bounced or held.
+const POLICY: &str = "policy";
+
+/// Outbound decisions for the external recipients a rule covers (none when
+/// there are no rules or the message is encrypted already).
+async fn decide(
+    msg: &Spooled,
+    pending: &[String],
+    settings: &Settings,
+    keys: &Arc<Keyring>,
+    resolver: &Resolver,
+    id: &str,
+) -> HashMap<String, Decision> {
+    let mut out = HashMap::new();
+    if settings.rules.is_empty() {
+        return out;
+    }
+    let external: Vec<&String> = pending
+        .iter()
+        .filter(|r| !domain_of(r).is_some_and(|d| settings.server.is_internal_domain(&d)))
+        .collect();
+    if external.is_empty() || matches!(mime::shape(&msg.body), mime::Shape::Enveloped { .. }) {
+        return out;
+    }
+    let now = now_secs() as i64;
+    for rcpt in external {
+        let Some(rule) = policy::rule_for(settings, rcpt, now) else {
+            continue;
+        };
+        let (candidates, lookup_error) = resolver
+            .candidates(keys, settings, rcpt, now, |info| {
+                policy::wanted(settings, rule, info, now)
+            })
+            .await;
+        let d = policy::decide(
+            settings,
+            keys,
+            &msg.envelope.mail_from,
+            rcpt,
+            &candidates,
+            lookup_error.as_deref(),
+            now,
+        );
+        info!(event = "policy", queue_id = %id, recipient = %rcpt, signer = %d.signer, "{}", d.summary());
+        out.insert(rcpt.clone(), d);
+    }
+    out
+}
+
 async fn attempt(
     id: &str,
     settings: &Arc<Settings>,
     keys: &Arc<Keyring>,
+    resolver: &Resolver,
     store: &Arc<Store>,
     notify: &mpsc::UnboundedSender<String>,
 ) -> JobEnd {
@@ -258,6 +328,7 @@ async fn attempt(
     let message_id = headers::message_id(&msg.body);
 
     let pending: Vec<String> = msg.state.pending().map(|r| r.addr.clone()).collect();
+    let decisions = decide(&msg, &pending, settings, keys, resolver, id).await;
     let actions = {
         let (envelope, body, settings, keys) = (
             msg.envelope.clone(),
@@ -265,12 +336,13 @@ async fn attempt(
             Arc::clone(settings),
             Arc::clone(keys),
         );
-        // Decryption and encryption are CPU work: off the async threads.
+        // Decryption, signing and encryption are CPU work: off the async threads.
         tokio::task::spawn_blocking(move || {
             let ctx = pipeline::Context {
                 settings: &settings,
                 keys: &keys,
                 now: now_secs() as i64,
+                decisions: &decisions,
             };
             pipeline::process(&envelope, &body, pending, &ctx)
                 .into_iter()
@@ -290,6 +362,39 @@ async fn attempt(
     for action in &actions {
         let (rcpts_all, body, note) = match action {
             Owned::Deliver { rcpts, body, note } => (rcpts, body, note),
+            Owned::Fail { rcpts, reason } => {
+                for rcpt in rcpts {
+                    results.push((
+                        rcpt.clone(),
+                        POLICY.into(),
+                        RcptOutcome::Failed(format!("550 5.7.1 {reason}")),
+                    ));
+                }
+                continue;
+            }
+            Owned::Defer { rcpts, reason } => {
+                for rcpt in rcpts {
+                    results.push((
+                        rcpt.clone(),
+                        POLICY.into(),
+                        RcptOutcome::Deferred(reason.clone()),
+                    ));
+                }
+                continue;
+            }
+            Owned::Harvest(cert) => {
+                let (k, c) = (Arc::clone(keys), cert.clone());
+                match tokio::task::spawn_blocking(move || k.directory.harvest(&c)).await {
+                    Ok(Ok(true)) => info!(event = "harvested", queue_id = %id,
+                        subject = %crate::smime::cms::subject(cert), "signer certificate added to the directory"),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => {
+                        warn!(queue_id = %id, error = %e, "cannot keep a harvested certificate")
+                    }
+                    Err(e) => warn!(queue_id = %id, error = %e, "harvest failed"),
+                }
+                continue;
+            }
             Owned::Quarantine { rcpts, reason } => {
                 let mut env = msg.envelope.clone();
                 env.rcpts = rcpts.clone();
@@ -375,7 +480,7 @@ async fn attempt(
                 failures.push(Failure {
                     rcpt: rcpt.clone(),
                     reply: reply.clone(),
-                    remote_mta: Some(hop),
+                    remote_mta: (hop != POLICY).then_some(hop),
                     expired: false,
                 });
                 state.reply = Some(reply);
@@ -400,7 +505,7 @@ async fn attempt(
                     .reply
                     .clone()
                     .unwrap_or_else(|| "not delivered".into()),
-                remote_mta: state.hop.clone(),
+                remote_mta: state.hop.clone().filter(|h| h != POLICY),
                 expired: true,
             });
         }

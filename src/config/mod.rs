@@ -35,6 +35,178 @@ pub struct Settings {
     pub trust: TrustSettings,
     #[serde(default)]
     pub smime: SmimeSettings,
+    #[serde(default)]
+    pub certificates: CertificateSettings,
+    #[serde(default)]
+    pub policy: PolicySettings,
+    /// `[[rule]]`: per-recipient outbound rules, first match wins.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleSettings>,
+}
+
+/// `[certificates]`: where recipients' certificates come from.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CertificateSettings {
+    /// Folders (or files) of PEM, DER and PKCS#7 certificates.
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
+    /// Keep the signer certificates of validly signed incoming mail.
+    #[serde(default = "defaults::yes")]
+    pub harvest: bool,
+    #[serde(default)]
+    pub ldap: Vec<LdapSettings>,
+}
+
+impl Default for CertificateSettings {
+    fn default() -> Self {
+        Self {
+            dirs: Vec::new(),
+            harvest: true,
+            ldap: Vec::new(),
+        }
+    }
+}
+
+/// `[[certificates.ldap]]`: a directory asked when no local certificate
+/// is usable.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LdapSettings {
+    pub url: String,
+    pub base: String,
+    #[serde(default = "defaults::ldap_filter")]
+    pub filter: String,
+    #[serde(default = "defaults::ldap_attribute")]
+    pub attribute: String,
+    #[serde(default = "defaults::ldap_timeout", with = "duration")]
+    pub timeout: Duration,
+    #[serde(default = "defaults::ldap_cache_ttl", with = "duration")]
+    pub cache_ttl: Duration,
+}
+
+/// How certificate revocation is checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Revocation {
+    /// Check CRL and OCSP; accept when no source can be reached.
+    #[default]
+    SoftFail,
+    /// Check; when no source can be reached, defer the message.
+    HardFail,
+    Off,
+}
+
+/// An instant written in RFC 3339 (`2023-10-31T23:59:59+01:00`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Instant {
+    /// Unix seconds.
+    pub unix: i64,
+}
+
+impl Instant {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        chrono::DateTime::parse_from_rfc3339(text.trim())
+            .map(|t| Instant { unix: t.timestamp() })
+            .map_err(|e| format!("{text:?} is not an RFC 3339 time ({e}); write e.g. \"2023-10-31T23:59:59+01:00\""))
+    }
+}
+
+impl std::fmt::Display for Instant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match chrono::DateTime::from_timestamp(self.unix, 0) {
+            Some(t) => write!(f, "{}", t.format("%Y-%m-%dT%H:%M:%SZ")),
+            None => write!(f, "@{}", self.unix),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Instant {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Instant::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[policy]`: what holds for every outbound rule.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PolicySettings {
+    /// After this instant OCES2 certificates are not used for signing or
+    /// encryption, unless a rule asks for OCES2 explicitly.
+    pub oces2_cutoff: Option<Instant>,
+    /// Also encrypt to the organisation's own OCES3 certificate.
+    #[serde(default = "defaults::yes")]
+    pub encrypt_to_self: bool,
+    /// Signature scheme: "pkcs1" (RSASSA-PKCS1-v1_5) or "pss".
+    #[serde(default)]
+    pub signature: SignatureScheme,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        Self {
+            oces2_cutoff: None,
+            encrypt_to_self: true,
+            signature: SignatureScheme::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureScheme {
+    #[default]
+    Pkcs1,
+    Pss,
+}
+
+/// Which certificate generation a rule allows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GenerationChoice {
+    Oces2,
+    Oces3,
+    #[default]
+    Any,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EncryptMode {
+    Required,
+    #[default]
+    IfPossible,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnMissing {
+    Bounce,
+    Hold,
+    #[default]
+    SendPlain,
+}
+
+/// `[[rule]]`: what mail to matching recipients gets.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RuleSettings {
+    pub name: String,
+    /// `*`, `*@domain`, `*.domain` (subdomains) or an address.
+    #[serde(rename = "match")]
+    pub patterns: Vec<String>,
+    #[serde(default)]
+    pub generation: GenerationChoice,
+    /// The rule applies from this instant on (optional).
+    pub from: Option<Instant>,
+    /// ... and until this instant (optional).
+    pub until: Option<Instant>,
+    #[serde(default)]
+    pub encrypt: EncryptMode,
+    #[serde(default = "defaults::yes")]
+    pub sign: bool,
+    #[serde(default)]
+    pub on_missing_certificate: OnMissing,
+    /// Content encryption for this rule (default: `aes256-cbc`).
+    pub encryption: Option<Encryption>,
 }
 
 /// `[[identity]]`: one private key with its certificate.
@@ -88,12 +260,18 @@ pub enum Encryption {
     Aes256GcmOaep,
 }
 
-/// `[trust]`: certificates that signatures must chain to.
+/// `[trust]`: certificates that signatures and recipient certificates
+/// must chain to, and how revocation is checked.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct TrustSettings {
     /// Files or directories of PEM/DER CA certificates.
     #[serde(default)]
     pub anchors: Vec<PathBuf>,
+    #[serde(default)]
+    pub revocation: Revocation,
+    /// Time allowed for one CRL or OCSP request.
+    #[serde(default = "defaults::revocation_timeout", with = "duration")]
+    pub revocation_timeout: Duration,
 }
 
 /// `[smime]`: handling of S/MIME mail.
@@ -221,6 +399,31 @@ impl ServerSettings {
     }
 }
 
+impl RuleSettings {
+    /// True when `rcpt` matches one of the patterns.
+    pub fn matches(&self, rcpt: &str) -> bool {
+        let rcpt = rcpt.to_ascii_lowercase();
+        let domain = rcpt.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        self.patterns.iter().any(|p| {
+            let p = p.to_ascii_lowercase();
+            if p == "*" {
+                true
+            } else if let Some(d) = p.strip_prefix("*@") {
+                domain == d
+            } else if let Some(suffix) = p.strip_prefix("*.") {
+                domain.ends_with(&format!(".{suffix}"))
+            } else {
+                rcpt == p
+            }
+        })
+    }
+
+    /// True when the rule's window contains `at` (Unix seconds).
+    pub fn applies_at(&self, at: i64) -> bool {
+        self.from.is_none_or(|f| at >= f.unix) && self.until.is_none_or(|u| at < u.unix)
+    }
+}
+
 impl Settings {
     /// The `[[mailbox]]` entry for `addr`: an exact address first, then
     /// `*@domain`.
@@ -249,6 +452,25 @@ pub fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
 
 mod defaults {
     use std::time::Duration;
+
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn ldap_filter() -> String {
+        "(mail={address})".into()
+    }
+    pub fn ldap_attribute() -> String {
+        "userCertificate;binary".into()
+    }
+    pub fn ldap_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn ldap_cache_ttl() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub fn revocation_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
 
     pub fn max_message_size() -> u64 {
         50 * 1024 * 1024

@@ -131,6 +131,66 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
             );
         }
     }
+    for (i, r) in s.rules.iter().enumerate() {
+        let key = format!("rule[{i}]");
+        if r.name.trim().is_empty() {
+            bad(&format!("{key}.name"), "every rule needs a name".into());
+        }
+        if r.patterns.is_empty() {
+            bad(
+                &format!("{key}.match"),
+                "at least one pattern is needed, e.g. [\"*@domstol.dk\"]".into(),
+            );
+        }
+        for (j, p) in r.patterns.iter().enumerate() {
+            let ok = p == "*"
+                || p.strip_prefix("*@").is_some_and(is_domain)
+                || p.strip_prefix("*.").is_some_and(is_domain)
+                || (p.contains('@') && !p.contains('*'));
+            if !ok {
+                bad(
+                    &format!("{key}.match[{j}]"),
+                    format!("{p:?}: write \"*\", \"*@domain\", \"*.domain\" or an address"),
+                );
+            }
+        }
+        if r.encrypt == crate::config::EncryptMode::Required
+            && r.on_missing_certificate == crate::config::OnMissing::SendPlain
+        {
+            bad(
+                &format!("{key}.on_missing_certificate"),
+                "\"send-plain\" contradicts encrypt = \"required\"; use \"bounce\" or \"hold\""
+                    .into(),
+            );
+        }
+        if let (Some(f), Some(u)) = (r.from, r.until) {
+            if f >= u {
+                bad(&format!("{key}.until"), "must be later than from".into());
+            }
+        }
+    }
+    for (i, l) in s.certificates.ldap.iter().enumerate() {
+        if !(l.url.starts_with("ldap://") || l.url.starts_with("ldaps://")) {
+            bad(
+                &format!("certificates.ldap[{i}].url"),
+                format!("{:?} is not an ldap:// or ldaps:// URL", l.url),
+            );
+        }
+        if !l.filter.contains("{address}") {
+            bad(
+                &format!("certificates.ldap[{i}].filter"),
+                "must contain {address}".into(),
+            );
+        }
+    }
+    for (i, d) in s.certificates.dirs.iter().enumerate() {
+        if !d.exists() {
+            bad(
+                &format!("certificates.dirs[{i}]"),
+                format!("{}: no such file or directory", d.display()),
+            );
+        }
+    }
     for (i, a) in s.trust.anchors.iter().enumerate() {
         if !a.exists() {
             bad(

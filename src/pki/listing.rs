@@ -66,3 +66,52 @@ pub fn keys_table(keys: &Keyring, now: i64) -> String {
     );
     out
 }
+
+/// `certs list`: every certificate in the directory.
+pub fn certs_table(dir: &super::directory::Directory) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<40} {:<6} {:<12} {:<9} {:<30} {:<11} source",
+        "SUBJECT CN", "GEN", "KIND", "CVR", "E-MAIL", "NOT AFTER"
+    );
+    let all = dir.all();
+    for e in &all {
+        let i = &e.info;
+        let cn: String = i.subject_cn.chars().take(40).collect();
+        let _ = writeln!(
+            out,
+            "{cn:<40} {:<6} {:<12} {:<9} {:<30} {:<11} {}",
+            i.generation.to_string(),
+            i.kind.to_string(),
+            i.cvr.as_deref().unwrap_or("-"),
+            if i.emails.is_empty() {
+                "-".to_string()
+            } else {
+                i.emails.join(",")
+            },
+            day(i.not_after),
+            e.source
+        );
+    }
+    let _ = writeln!(out, "{} certificate(s)", all.len());
+    out
+}
+
+/// `certs import`: copies the certificates in `file` into `dir` (one PEM
+/// file each, named by fingerprint). Returns how many were new.
+pub fn import(file: &std::path::Path, dir: &std::path::Path) -> Result<(usize, usize), String> {
+    let certs = super::directory::read_any(file).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut new = 0;
+    for c in &certs {
+        let path = dir.join(format!("{}.pem", super::directory::fingerprint(c)));
+        if path.exists() {
+            continue;
+        }
+        let pem = c.to_pem().map_err(|e| e.to_string())?;
+        crate::spool::durable_write(&path, &pem).map_err(|e| format!("{}: {e}", path.display()))?;
+        new += 1;
+    }
+    Ok((certs.len(), new))
+}

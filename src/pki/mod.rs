@@ -3,11 +3,16 @@
 //! OCES classification and the demo PKI generator.
 
 pub mod demo;
+pub mod directory;
 pub mod identity;
+pub mod ldap;
 pub mod listing;
 pub mod oces;
 pub mod provider;
+pub mod resolve;
+pub mod revocation;
 pub mod trust;
+pub mod validate;
 
 use openssl::x509::X509;
 
@@ -21,6 +26,8 @@ use crate::config::Settings;
 pub struct Keyring {
     pub identities: Vec<Identity>,
     pub anchors: Vec<X509>,
+    /// Recipients' certificates.
+    pub directory: directory::Directory,
 }
 
 /// What went wrong loading keys and anchors; every problem is listed.
@@ -46,10 +53,20 @@ impl Keyring {
                 Vec::new()
             }
         };
+        let harvest = settings.spool.dir.join("harvested");
+        let directory =
+            match directory::Directory::load(&settings.certificates.dirs, Some(&harvest)) {
+                Ok(d) => d,
+                Err(e) => {
+                    problems.push(e.to_string());
+                    directory::Directory::default()
+                }
+            };
         if problems.is_empty() {
             Ok(Self {
                 identities,
                 anchors,
+                directory,
             })
         } else {
             Err(KeyringError(problems))

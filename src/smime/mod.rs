@@ -5,6 +5,7 @@
 pub mod cms;
 pub mod header;
 pub mod mime;
+pub mod sign;
 pub mod unwrap;
 
 /// Why an S/MIME operation failed. The texts may reach the mailbox in the
@@ -19,4 +20,6 @@ pub enum SmimeError {
     Decrypt(String),
     #[error("encryption failed: {0}")]
     Encrypt(String),
+    #[error("signing failed: {0}")]
+    Sign(String),
 }

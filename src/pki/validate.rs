@@ -1,0 +1,68 @@
+//! Is a recipient's certificate fit to encrypt to at a given time? Its
+//! validity period, its key usage (keyEncipherment), and its chain to the
+//! trust anchors (RSASSA-PSS included) as of that time. Revocation is
+//! `revocation`'s job; this module does no I/O.
+
+use openssl::stack::Stack;
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::verify::X509VerifyParam;
+use openssl::x509::{X509StoreContext, X509};
+
+use super::directory::Entry;
+
+fn day(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// Checks that need nothing but the certificate and the time.
+pub fn basic(entry: &Entry, at: i64) -> Result<(), String> {
+    let i = &entry.info;
+    if at > i.not_after {
+        return Err(format!("expired on {}", day(i.not_after)));
+    }
+    if at < i.not_before {
+        return Err(format!("not valid before {}", day(i.not_before)));
+    }
+    if !i.can_encrypt() {
+        return Err("key usage does not allow encryption (no keyEncipherment)".into());
+    }
+    Ok(())
+}
+
+/// Builds and verifies the chain of `cert` to `anchors` as of `at`, with
+/// `intermediates` as helpers. Returns the chain (leaf first).
+pub fn chain(
+    cert: &X509,
+    anchors: &[X509],
+    intermediates: &[X509],
+    at: i64,
+) -> Result<Vec<X509>, String> {
+    let build = || -> Result<Result<Vec<X509>, String>, openssl::error::ErrorStack> {
+        let mut b = X509StoreBuilder::new()?;
+        for a in anchors {
+            let _ = b.add_cert(a.clone());
+        }
+        let mut param = X509VerifyParam::new()?;
+        param.set_time(at as libc::time_t);
+        b.set_param(&param)?;
+        let store = b.build();
+        let mut untrusted = Stack::new()?;
+        for c in intermediates {
+            untrusted.push(c.clone())?;
+        }
+        let mut ctx = X509StoreContext::new()?;
+        ctx.init(&store, cert, &untrusted, |c| {
+            if c.verify_cert()? {
+                Ok(Ok(c
+                    .chain()
+                    .map(|s| s.iter().map(|x| x.to_owned()).collect())
+                    .unwrap_or_default()))
+            } else {
+                Ok(Err(format!("untrusted: {}", c.error().error_string())))
+            }
+        })
+    };
+    build().map_err(|e| format!("chain check failed: {e}"))?
+}

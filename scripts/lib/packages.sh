@@ -15,6 +15,8 @@ ensure_packages() {
     # Postfix is wanted for its tools and private test instances only: no
     # system-wide configuration, so the package starts no daemon.
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    # slapd likewise: no database, no daemon; the tests run their own.
+    echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}"

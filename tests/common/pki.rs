@@ -257,3 +257,110 @@ pub fn crlf(bytes: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// Imports the private key of demo identity `name` into a gpgsm home
+/// (through a 3DES PKCS#12, the only kind gpgsm 2.2 reads).
+pub fn gpgsm_import_key(home: &Path, name: &str) {
+    let p12 = home.join(format!("{name}.p12"));
+    openssl(
+        &[
+            "pkcs12",
+            "-export",
+            "-inkey",
+            key(name).to_str().unwrap(),
+            "-in",
+            demo()
+                .join(format!("keys/{name}.crt.pem"))
+                .to_str()
+                .unwrap(),
+            "-keypbe",
+            "PBE-SHA1-3DES",
+            "-certpbe",
+            "PBE-SHA1-3DES",
+            "-macalg",
+            "sha1",
+            "-passout",
+            "pass:demo-only",
+            "-out",
+            p12.to_str().unwrap(),
+        ],
+        b"",
+    );
+    std::fs::write(home.join("gpg-agent.conf"), "allow-loopback-pinentry\n").expect("agent conf");
+    run(
+        "gpgsm",
+        &[
+            "--batch",
+            "--homedir",
+            home.to_str().unwrap(),
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase-fd",
+            "0",
+            "--import",
+            p12.to_str().unwrap(),
+        ],
+        b"demo-only\n",
+    );
+}
+
+/// gpgsm decrypts `cms` (DER) with the keys in `home`.
+pub fn gpgsm_decrypt(home: &Path, cms: &[u8]) -> Vec<u8> {
+    let file = home.join("in.p7m");
+    std::fs::write(&file, cms).expect("write");
+    run(
+        "gpgsm",
+        &[
+            "--batch",
+            "--homedir",
+            home.to_str().unwrap(),
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase-fd",
+            "0",
+            "--disable-crl-checks",
+            "--decrypt",
+            file.to_str().unwrap(),
+        ],
+        b"demo-only\n",
+    )
+}
+
+/// gpgsm verifies a detached signature over `content`.
+pub fn gpgsm_verify(home: &Path, signature: &[u8], content: &[u8]) -> String {
+    let sig = home.join("sig.p7s");
+    let data = home.join("data");
+    std::fs::write(&sig, signature).expect("write");
+    std::fs::write(&data, content).expect("write");
+    let out = Command::new("gpgsm")
+        .args([
+            "--batch",
+            "--homedir",
+            home.to_str().unwrap(),
+            "--disable-crl-checks",
+            "--disable-policy-checks",
+            "--status-fd",
+            "1",
+            "--verify",
+        ])
+        .arg(&sig)
+        .arg(&data)
+        .output()
+        .expect("gpgsm");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "gpgsm --verify failed: {text}");
+    text
+}
+
+/// The base64 body of a single-part message, decoded.
+pub fn body_der(message: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(message);
+    let (_, b64) = text.split_once("\r\n\r\n").expect("header/body");
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.replace("\r\n", "").trim())
+        .expect("base64 body")
+}

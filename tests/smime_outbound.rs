@@ -1,0 +1,710 @@
+//! Outbound S/MIME by per-recipient rules through the running gateway:
+//! courts before and after the OCES2 cutoff, moving the cutoff in the file
+//! of a running daemon, revocation by CRL and OCSP, expired and
+//! wrong-key-usage certificates in `explain`, LDAP lookup against a real
+//! slapd, harvesting, and one message fanned out into three copies.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::client::Client;
+use common::pki;
+use common::sink::{Received, Script, Sink};
+use common::{wait_until, Gateway, Options, BIN};
+use smime_gateway::smime::mime::{self, Shape};
+
+const FUTURE: &str = "2099-01-01T00:00:00Z";
+const PAST: &str = "2023-10-31T23:59:59+01:00";
+
+const RULES: &str = r#"
+[[rule]]
+name = "courts"
+match = ["*@domstol.dk", "*.domstol.dk"]
+generation = "any"
+encrypt = "required"
+sign = true
+on_missing_certificate = "bounce"
+
+[[rule]]
+name = "default"
+match = ["*"]
+generation = "any"
+encrypt = "if-possible"
+sign = true
+on_missing_certificate = "send-plain"
+"#;
+
+/// A folder holding copies of the named demo certificates.
+fn recipients(names: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for n in names {
+        std::fs::copy(pki::cert(n), dir.path().join(format!("{n}.pem"))).unwrap();
+    }
+    dir
+}
+
+fn config_extra(recips: &Path, cutoff: &str, revocation: &str, more: &str) -> String {
+    format!(
+        "{}{}\n[trust]\nanchors = [\"{}\"]\nrevocation = \"{revocation}\"\nrevocation_timeout = \"2s\"\n\n\
+         [certificates]\ndirs = [\"{}\"]\n{more}\n\n[policy]\noces2_cutoff = \"{cutoff}\"\n{RULES}",
+        pki::identity("org-oces2", &[]),
+        pki::identity("org-oces3", &[]),
+        pki::demo().join("trust").display(),
+        recips.display(),
+    )
+}
+
+fn gateway(sink: &Sink, recips: &Path, cutoff: &str) -> Gateway {
+    let mut opts = Options::new(sink.addr);
+    opts.extra = config_extra(recips, cutoff, "off", "");
+    Gateway::start(opts)
+}
+
+fn send(gw: &Gateway, rcpts: &[&str], id: &str) -> Vec<u8> {
+    let body = common::message(id, "Til retten: bilag 1-3 vedlagt.");
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let r = c.send("alice@example-law.dk", rcpts, &body).unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    body
+}
+
+fn wait_for(sink: &Sink, pred: impl Fn(&Received) -> bool) -> Received {
+    assert!(
+        wait_until(Duration::from_secs(20), || sink
+            .received()
+            .iter()
+            .any(&pred)),
+        "expected message never arrived"
+    );
+    sink.received().into_iter().find(|r| pred(r)).unwrap()
+}
+
+fn for_rcpt<'a>(rcpt: &'a str, id: &'a str) -> impl Fn(&Received) -> bool + 'a {
+    move |r: &Received| {
+        r.rcpts.iter().any(|x| x == rcpt)
+            && (r.text().contains(id) || !r.text().contains("Message-ID: <"))
+    }
+}
+
+fn anchors_file() -> PathBuf {
+    let d = pki::demo();
+    let path = d.join("anchors-all.pem");
+    if !path.exists() {
+        let all: Vec<u8> = ["oces2-root", "oces2-ca", "oces3-root", "oces3-ca"]
+            .iter()
+            .flat_map(|n| std::fs::read(d.join(format!("trust/{n}.pem"))).unwrap())
+            .collect();
+        std::fs::write(&path, all).unwrap();
+    }
+    path
+}
+
+/// Decrypts a copy with the court's key and checks the signature inside.
+fn open_and_verify(copy: &[u8], key: &str) -> Vec<u8> {
+    let inner = pki::cms_decrypt_smime(copy, key);
+    let inner = pki::crlf(&inner);
+    assert!(
+        String::from_utf8_lossy(&inner).contains("multipart/signed"),
+        "not signed inside"
+    );
+    pki::openssl(
+        &[
+            "cms",
+            "-verify",
+            "-CAfile",
+            anchors_file().to_str().unwrap(),
+            "-purpose",
+            "any",
+        ],
+        &inner,
+    );
+    inner
+}
+
+fn write_config_by_rename(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn courts_before_and_after_the_cutoff_and_moving_it_live() {
+    let sink = Sink::start(Script::default());
+    let only_oces2 = recipients(&["court-oces2"]);
+    let gw = gateway(&sink, only_oces2.path(), FUTURE);
+
+    // Before the cutoff: the court's OCES2 certificate may be used.
+    send(&gw, &["post@domstol.dk"], "court-1");
+    let copy = wait_for(&sink, for_rcpt("post@domstol.dk", ""));
+    assert!(
+        copy.text().contains("application/pkcs7-mime"),
+        "not encrypted: {}",
+        copy.text()
+    );
+    open_and_verify(&copy.data, "court-oces2");
+    assert!(gw.log().contains("rule courts: encrypted"), "{}", gw.log());
+
+    // A broken edit is rejected; the old rules keep working.
+    let original = std::fs::read_to_string(&gw.config).unwrap();
+    write_config_by_rename(&gw.config, &original.replace(FUTURE, "next tuesday"));
+    assert!(
+        wait_until(Duration::from_secs(10), || gw
+            .log()
+            .contains("configuration not reloaded")),
+        "{}",
+        gw.log()
+    );
+    send(&gw, &["post@domstol.dk"], "court-2");
+    assert!(wait_until(Duration::from_secs(20), || sink.count() == 2));
+    let copy = sink.received()[1].clone();
+    open_and_verify(&copy.data, "court-oces2");
+
+    // Moving the cutoff into the past, without a restart: OCES2 is no
+    // longer used, and with no OCES3 certificate the court mail bounces.
+    write_config_by_rename(&gw.config, &original.replace(FUTURE, PAST));
+    assert!(
+        wait_until(Duration::from_secs(10), || gw
+            .log()
+            .contains("configuration reloaded")),
+        "{}",
+        gw.log()
+    );
+    send(&gw, &["post@domstol.dk"], "court-3");
+    let dsn = wait_for(&sink, |r| r.from.is_empty());
+    assert_eq!(dsn.rcpts, vec!["alice@example-law.dk".to_string()]);
+    let text = dsn.text();
+    assert!(
+        text.contains("Final-Recipient: rfc822; post@domstol.dk"),
+        "{text}"
+    );
+    assert!(
+        text.contains("no valid OCES3 certificate for post@domstol.dk after 2023-10-31"),
+        "{text}"
+    );
+    assert!(text.contains("courts"), "{text}");
+    assert_eq!(sink.count(), 3, "the court got a copy after the cutoff");
+}
+
+#[test]
+fn after_the_cutoff_only_oces3_is_used_and_gpgsm_reads_the_result() {
+    let sink = Sink::start(Script::default());
+    let both = recipients(&["court-oces2", "court-oces3"]);
+    let gw = gateway(&sink, both.path(), PAST);
+    send(&gw, &["post@domstol.dk"], "court-3a");
+    let copy = wait_for(&sink, for_rcpt("post@domstol.dk", ""));
+    // OCES3 key opens it, the old OCES2 key does not; the organisation's
+    // own OCES3 key does (encrypt_to_self).
+    let inner = open_and_verify(&copy.data, "court-oces3");
+    pki::cms_decrypt_smime(&copy.data, "org-oces3");
+    let key = pki::key("court-oces2");
+    let cert = pki::cert("court-oces2");
+    let refused = Command::new("openssl")
+        .args([
+            "cms",
+            "-decrypt",
+            "-inkey",
+            key.to_str().unwrap(),
+            "-recip",
+            cert.to_str().unwrap(),
+            "-in",
+            "/dev/stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(&copy.data)?;
+            c.wait()
+        })
+        .unwrap();
+    assert!(
+        !refused.success(),
+        "OCES2 key opened mail sent after the cutoff"
+    );
+    // Signed with the organisation's OCES3 identity.
+    let signer = pki::openssl(&["cms", "-cmsout", "-print", "-inform", "SMIME"], &inner);
+    assert!(String::from_utf8_lossy(&signer).contains("Example Law ApS"));
+
+    // gpgsm (CBC + PKCS#1 v1.5 is what it reads) decrypts and verifies.
+    let home = pki::gpgsm_home();
+    pki::gpgsm_import_key(home.path(), "court-oces3");
+    let plain = pki::gpgsm_decrypt(home.path(), &pki::body_der(&copy.data));
+    let plain = pki::crlf(&plain);
+    let Shape::DetachedSigned { content, signature } = mime::shape(&plain) else {
+        panic!(
+            "gpgsm output is not multipart/signed: {}",
+            String::from_utf8_lossy(&plain)
+        );
+    };
+    let status = pki::gpgsm_verify(home.path(), &signature, &content);
+    assert!(
+        status.contains("GOODSIG") || status.contains("Good signature"),
+        "{status}"
+    );
+    assert!(String::from_utf8_lossy(&content).contains("Til retten"));
+}
+
+#[test]
+fn one_message_to_a_court_an_unknown_external_and_an_internal_recipient() {
+    let sink = Sink::start(Script::default());
+    let both = recipients(&["court-oces3"]);
+    let gw = gateway(&sink, both.path(), PAST);
+    let original = send(
+        &gw,
+        &[
+            "post@domstol.dk",
+            "someone@unknown.example",
+            "bob@example-law.dk",
+        ],
+        "fan-1",
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || sink.count() == 3),
+        "expected three copies, got {}",
+        sink.count()
+    );
+    let got = sink.received();
+    let find = |rcpt: &str| {
+        got.iter()
+            .find(|r| r.rcpts == vec![rcpt.to_string()])
+            .cloned()
+            .unwrap_or_else(|| panic!("no copy for {rcpt} alone"))
+    };
+    let court = find("post@domstol.dk");
+    assert!(court.text().contains("smime-type=enveloped-data"));
+    open_and_verify(&court.data, "court-oces3");
+    let unknown = find("someone@unknown.example");
+    assert!(
+        unknown.text().contains("multipart/signed"),
+        "default rule signs: {}",
+        unknown.text()
+    );
+    pki::openssl(
+        &[
+            "cms",
+            "-verify",
+            "-CAfile",
+            anchors_file().to_str().unwrap(),
+            "-purpose",
+            "any",
+        ],
+        &unknown.data,
+    );
+    let internal = find("bob@example-law.dk");
+    assert_eq!(internal.data, original, "internal copy must be unchanged");
+}
+
+/// A demo PKI whose certificates point at this test's CRL and OCSP ports.
+fn pki_with_urls(crl_port: u16, ocsp_port: u16) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["pki", "demo", "--out"])
+        .arg(dir.path())
+        .arg("--crl-url")
+        .arg(format!("http://127.0.0.1:{crl_port}/crl"))
+        .arg("--ocsp-url")
+        .arg(format!("http://127.0.0.1:{ocsp_port}/ocsp"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    dir
+}
+
+fn explain(config: &Path, rcpt: &str) -> (String, bool) {
+    let out = Command::new(BIN)
+        .args(["explain", "--config"])
+        .arg(config)
+        .args(["--rcpt", rcpt])
+        .output()
+        .unwrap();
+    (
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        out.status.success(),
+    )
+}
+
+fn explain_config(dir: &Path, pki_dir: &Path, recips: &Path, revocation: &str) -> PathBuf {
+    let cfg = dir.join("explain.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nhostname=\"gw.test\"\nlisten=[\"127.0.0.1:1\"]\ninternal_domains=[\"example-law.dk\"]\n\
+             [spool]\ndir=\"{}\"\n[relay]\ninternal=\"127.0.0.1:2\"\nexternal=\"127.0.0.1:3\"\n\
+             [trust]\nanchors=[\"{}\"]\nrevocation=\"{revocation}\"\nrevocation_timeout=\"2s\"\n\
+             [certificates]\ndirs=[\"{}\"]\n\
+             [[rule]]\nname=\"strict\"\nmatch=[\"*\"]\nencrypt=\"required\"\non_missing_certificate=\"bounce\"\n",
+            dir.join("spool").display(),
+            pki_dir.join("trust").display(),
+            recips.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// An OCSP responder on 127.0.0.1:`port` for the demo OCES2 CA: the test's
+/// HTTP server hands each request to `openssl ocsp` (`-reqin`/`-respout`,
+/// the same responder logic as `openssl ocsp -port`, which cannot be bound
+/// to 127.0.0.1 only), with `revoked` certificates marked in its index.
+fn ocsp_responder(
+    pki_dir: &Path,
+    port: u16,
+    valid: &[&str],
+    revoked: &[&str],
+) -> common::http::FileServer {
+    let mut index = String::new();
+    for (names, state) in [(valid, "V"), (revoked, "R")] {
+        for n in names {
+            let serial = pki::openssl(
+                &[
+                    "x509",
+                    "-noout",
+                    "-serial",
+                    "-in",
+                    pki_dir.join(format!("certs/{n}.pem")).to_str().unwrap(),
+                ],
+                b"",
+            );
+            let serial = String::from_utf8_lossy(&serial)
+                .trim()
+                .trim_start_matches("serial=")
+                .to_string();
+            let revoked_at = if state == "R" { "240101000000Z" } else { "" };
+            index.push_str(&format!(
+                "{state}\t301231235959Z\t{revoked_at}\t{serial}\tunknown\t/CN={n}\n"
+            ));
+        }
+    }
+    let idx = pki_dir.join("ocsp-index.txt");
+    std::fs::write(&idx, index).unwrap();
+    let ca = pki_dir.join("crl/oces2-ca.pem");
+    let key = pki_dir.join("crl/oces2-ca.key.pem");
+    let work = pki_dir.to_path_buf();
+    let handler: common::http::OcspHandler = Box::new(move |req: &[u8]| {
+        let (reqin, respout) = (work.join("ocsp.req"), work.join("ocsp.resp"));
+        std::fs::write(&reqin, req).ok()?;
+        let status = Command::new("openssl")
+            .args([
+                "ocsp",
+                "-index",
+                idx.to_str()?,
+                "-rsigner",
+                ca.to_str()?,
+                "-rkey",
+                key.to_str()?,
+                "-CA",
+                ca.to_str()?,
+                "-ndays",
+                "1",
+                "-reqin",
+                reqin.to_str()?,
+                "-respout",
+                respout.to_str()?,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        status
+            .success()
+            .then(|| std::fs::read(&respout).ok())
+            .flatten()
+    });
+    let server =
+        common::http::FileServer::start_on(port, PathBuf::from("/nonexistent"), Some(handler));
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    server
+}
+
+#[test]
+fn expired_revoked_and_wrong_key_usage_certificates_are_refused_in_explain() {
+    let crl_server_dir = tempfile::tempdir().unwrap();
+    let crl_server = common::http::FileServer::start(crl_server_dir.path().to_path_buf());
+    let ocsp_port = common::free_port();
+    let pki_dir = pki_with_urls(crl_server.addr.port(), ocsp_port);
+    let p = pki_dir.path();
+    std::fs::copy(
+        p.join("crl/oces2-ca.crl"),
+        crl_server_dir.path().join("oces2-ca.crl"),
+    )
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let recips = work.path().join("recips");
+    std::fs::create_dir(&recips).unwrap();
+    for n in ["alice-oces2-expired", "bob-oces2-revoked", "alice-oces2"] {
+        std::fs::copy(
+            p.join(format!("certs/{n}.pem")),
+            recips.join(format!("{n}.pem")),
+        )
+        .unwrap();
+    }
+    // A certificate that may only sign.
+    let signonly_key = work.path().join("signonly.key");
+    let signonly = recips.join("signonly.pem");
+    pki::openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            signonly_key.to_str().unwrap(),
+            "-out",
+            signonly.to_str().unwrap(),
+            "-days",
+            "30",
+            "-subj",
+            "/CN=Sign Only",
+            "-addext",
+            "keyUsage=critical,digitalSignature",
+            "-addext",
+            "subjectAltName=email:signonly@partner.example",
+        ],
+        b"",
+    );
+    let cfg = explain_config(work.path(), p, &recips, "hard-fail");
+
+    // CRL served, OCSP down: the CRL says revoked.
+    let (text, ok) = explain(&cfg, "bob@example-law.dk");
+    assert!(!ok, "{text}");
+    assert!(text.contains("revoked (CRL http://127.0.0.1:"), "{text}");
+    let (text, ok) = explain(&cfg, "alice@example-law.dk");
+    assert!(ok, "{text}");
+    assert!(text.contains("expired on"), "{text}");
+    assert!(
+        text.contains("usable: valid, chain trusted, not revoked (CRL"),
+        "{text}"
+    );
+    let (text, ok) = explain(&cfg, "signonly@partner.example");
+    assert!(!ok);
+    assert!(
+        text.contains("key usage does not allow encryption"),
+        "{text}"
+    );
+
+    // CRL gone, OCSP answering: the responder says revoked / good.
+    std::fs::remove_file(crl_server_dir.path().join("oces2-ca.crl")).unwrap();
+    let _ocsp = ocsp_responder(p, ocsp_port, &["alice-oces2"], &["bob-oces2-revoked"]);
+    let (text, ok) = explain(&cfg, "bob@example-law.dk");
+    assert!(!ok, "{text}");
+    assert!(text.contains("revoked (OCSP http://127.0.0.1:"), "{text}");
+    let (text, ok) = explain(&cfg, "alice@example-law.dk");
+    assert!(ok, "{text}");
+    assert!(text.contains("not revoked (OCSP"), "{text}");
+    drop(_ocsp);
+
+    // Nothing answers: hard-fail defers, soft-fail accepts.
+    let (text, ok) = explain(&cfg, "alice@example-law.dk");
+    assert!(!ok && text.contains("defer (temporary)"), "{text}");
+    let soft = explain_config(work.path(), p, &recips, "soft-fail");
+    let (text, ok) = explain(&soft, "alice@example-law.dk");
+    assert!(ok && text.contains("accepted (soft-fail)"), "{text}");
+}
+
+#[test]
+fn harvest_keeps_validly_signed_senders_only() {
+    let sink = Sink::start(Script::default());
+    let empty = recipients(&[]);
+    let gw = gateway(&sink, empty.path(), PAST);
+    let content = pki::inner("signed by the court");
+    let mut good = b"From: Court <post@domstol.dk>\r\nTo: <bob@example-law.dk>\r\nSubject: signed\r\nMessage-ID: <hv-1@test>\r\n".to_vec();
+    good.extend_from_slice(&pki::crlf(&pki::cms_sign(&content, "court-oces3")));
+    let mut bad = b"From: Stranger <stranger@example.org>\r\nTo: <bob@example-law.dk>\r\nSubject: signed\r\nMessage-ID: <hv-2@test>\r\n".to_vec();
+    bad.extend_from_slice(&pki::crlf(&pki::cms_sign(&content, "stranger")));
+    let mut tampered = b"From: Court <post@domstol.dk>\r\nTo: <bob@example-law.dk>\r\nSubject: signed\r\nMessage-ID: <hv-3@test>\r\n".to_vec();
+    tampered.extend_from_slice(
+        String::from_utf8(pki::crlf(&pki::cms_sign(&content, "court-oces2")))
+            .unwrap()
+            .replacen("signed by the court", "signed by the COURT", 1)
+            .as_bytes(),
+    );
+    for m in [&bad, &tampered, &good] {
+        let mut c = Client::connect(gw.addr).unwrap();
+        c.ehlo().unwrap();
+        assert_eq!(
+            c.send("sender@example.org", &["bob@example-law.dk"], m)
+                .unwrap()
+                .code,
+            250
+        );
+    }
+    assert!(wait_until(Duration::from_secs(20), || sink.count() == 3));
+    assert!(wait_until(Duration::from_secs(5), || gw
+        .log()
+        .contains("event=\"harvested\"")));
+    let out = gw.cli(&["certs", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Demo Court - sikkermail") && text.contains("harvested"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Unknown Sender"),
+        "untrusted signer harvested: {text}"
+    );
+    assert!(
+        text.contains("1 certificate(s)"),
+        "only the valid signer is kept: {text}"
+    );
+    assert_eq!(
+        std::fs::read_dir(gw.spool().join("harvested"))
+            .unwrap()
+            .count(),
+        1
+    );
+    // The harvested certificate is now used for outbound mail to the court.
+    send(&gw, &["post@domstol.dk"], "hv-out");
+    let copy = wait_for(&sink, |r| r.rcpts == vec!["post@domstol.dk".to_string()]);
+    open_and_verify(&copy.data, "court-oces3");
+}
+
+struct Slapd {
+    child: Child,
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private slapd on 127.0.0.1 with one entry: `mail` and the court's
+/// OCES3 certificate as `userCertificate;binary`.
+fn slapd(mail: &str) -> Slapd {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    std::fs::create_dir(dir.path().join("db")).unwrap();
+    let conf = dir.path().join("slapd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "include /etc/ldap/schema/core.schema\ninclude /etc/ldap/schema/cosine.schema\n\
+             include /etc/ldap/schema/inetorgperson.schema\npidfile {d}/slapd.pid\n\
+             modulepath /usr/lib/ldap\nmoduleload back_mdb\ndatabase mdb\nsuffix \"c=DK\"\n\
+             rootdn \"cn=admin,c=DK\"\nrootpw secret\ndirectory {d}/db\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("slapd")
+        .args([
+            "-f",
+            conf.to_str().unwrap(),
+            "-h",
+            &format!("ldap://127.0.0.1:{port}/"),
+            "-d",
+            "0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("slapd (scripts/test installs it)");
+    let s = Slapd {
+        child,
+        _dir: dir,
+        port,
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "slapd did not start"
+    );
+    let der = pki::openssl(
+        &[
+            "x509",
+            "-outform",
+            "DER",
+            "-in",
+            pki::cert("court-oces3").to_str().unwrap(),
+        ],
+        b"",
+    );
+    use base64::Engine;
+    let ldif = format!(
+        "dn: c=DK\nobjectClass: country\nc: DK\n\n\
+         dn: cn=Partner,c=DK\nobjectClass: inetOrgPerson\nobjectClass: pkiUser\ncn: Partner\nsn: Partner\nmail: {mail}\n\
+         userCertificate;binary:: {}\n",
+        base64::engine::general_purpose::STANDARD.encode(der)
+    );
+    pki::run(
+        "ldapadd",
+        &[
+            "-x",
+            "-H",
+            &format!("ldap://127.0.0.1:{port}"),
+            "-D",
+            "cn=admin,c=DK",
+            "-w",
+            "secret",
+        ],
+        ldif.as_bytes(),
+    );
+    s
+}
+
+#[test]
+fn ldap_lookup_finds_certificates_and_ldap_down_defers() {
+    let ldap = slapd("advokat@partner.example");
+    let sink = Sink::start(Script::default());
+    let empty = recipients(&[]);
+    let mut opts = Options::new(sink.addr);
+    opts.extra = config_extra(
+        empty.path(),
+        PAST,
+        "off",
+        &format!(
+            "[[certificates.ldap]]\nurl = \"ldap://127.0.0.1:{}\"\nbase = \"c=DK\"\ntimeout = \"2s\"\ncache_ttl = \"1s\"\n",
+            ldap.port
+        ),
+    )
+    .replace("name = \"default\"\nmatch = [\"*\"]\ngeneration = \"any\"\nencrypt = \"if-possible\"", "name = \"default\"\nmatch = [\"*\"]\ngeneration = \"any\"\nencrypt = \"required\"")
+    .replace("on_missing_certificate = \"send-plain\"", "on_missing_certificate = \"bounce\"");
+    let gw = Gateway::start(opts);
+    send(&gw, &["advokat@partner.example"], "ldap-1");
+    let copy = wait_for(&sink, |r| {
+        r.rcpts == vec!["advokat@partner.example".to_string()]
+    });
+    open_and_verify(&copy.data, "court-oces3");
+
+    drop(ldap);
+    send(&gw, &["other@partner.example"], "ldap-2");
+    assert!(
+        wait_until(Duration::from_secs(15), || gw
+            .log()
+            .contains("event=\"ldap-error\"")),
+        "{}",
+        gw.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || gw
+            .log()
+            .contains("event=\"deferred\"")),
+        "{}",
+        gw.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !sink.received().iter().any(|r| r.from.is_empty()),
+        "LDAP down must not bounce"
+    );
+    assert_eq!(gw.queued(), 1, "the message waits in the queue");
+}

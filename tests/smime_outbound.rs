@@ -708,3 +708,120 @@ fn ldap_lookup_finds_certificates_and_ldap_down_defers() {
     );
     assert_eq!(gw.queued(), 1, "the message waits in the queue");
 }
+
+#[test]
+fn pss_signatures_capabilities_seven_bit_output_and_encrypted_mail_passes() {
+    let sink = Sink::start(Script::default());
+    let recips = recipients(&[]);
+    let mut opts = Options::new(sink.addr);
+    opts.extra = config_extra(recips.path(), PAST, "off", "")
+        .replace("[policy]\n", "[policy]\nsignature = \"pss\"\n");
+    let gw = Gateway::start(opts);
+    let body = "From: Alice <alice@example-law.dk>\r\nTo: <x@unknown.example>\r\nSubject: 8-bit\r\nMessage-ID: <pss-1@test>\r\n\
+                MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+                Blåbærgrød på Ærø\r\n";
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    assert_eq!(
+        c.send(
+            "alice@example-law.dk",
+            &["x@unknown.example"],
+            body.as_bytes()
+        )
+        .unwrap()
+        .code,
+        250
+    );
+    // Already encrypted by the sender: passed through unchanged.
+    let cms = pki::cms_encrypt(
+        &pki::inner("already sealed"),
+        "court-oces3",
+        &["-aes-256-cbc"],
+    );
+    let sealed = pki::enveloped_message("pss-2", "post@domstol.dk", &cms, pki::P7M);
+    assert_eq!(
+        c.send("alice@example-law.dk", &["post@domstol.dk"], &sealed)
+            .unwrap()
+            .code,
+        250
+    );
+
+    let copy = wait_for(&sink, |r| r.rcpts == vec!["x@unknown.example".to_string()]);
+    assert!(
+        copy.data.iter().all(|b| *b < 0x80),
+        "signed output is not 7-bit"
+    );
+    assert!(copy
+        .data
+        .windows(2)
+        .enumerate()
+        .all(|(i, w)| w[1] != b'\n' || w[0] == b'\r' || i == 0));
+    pki::openssl(
+        &[
+            "cms",
+            "-verify",
+            "-CAfile",
+            anchors_file().to_str().unwrap(),
+            "-purpose",
+            "any",
+        ],
+        &copy.data,
+    );
+    let printed = String::from_utf8_lossy(&pki::openssl(
+        &["cms", "-cmsout", "-print", "-inform", "SMIME"],
+        &copy.data,
+    ))
+    .to_string();
+    assert!(printed.contains("rsassaPss"), "not RSASSA-PSS: {printed}");
+    assert!(
+        printed.contains("S/MIME Capabilities") || printed.contains("1.2.840.113549.1.9.15"),
+        "no SMIMECapabilities"
+    );
+    let verified = pki::openssl(
+        &[
+            "cms",
+            "-verify",
+            "-CAfile",
+            anchors_file().to_str().unwrap(),
+            "-purpose",
+            "any",
+        ],
+        &copy.data,
+    );
+    let verified = pki::crlf(&verified);
+    assert!(String::from_utf8_lossy(&verified).contains("Content-Transfer-Encoding: base64"));
+    assert!(String::from_utf8_lossy(&pki::body_der(&verified)).contains("Blåbærgrød på Ærø"));
+
+    let passed = wait_for(&sink, |r| r.rcpts == vec!["post@domstol.dk".to_string()]);
+    assert_eq!(
+        passed.data, sealed,
+        "mail encrypted by the sender must pass unchanged"
+    );
+}
+
+#[test]
+fn certs_import_and_show() {
+    let sink = Sink::start(Script::default());
+    let recips = recipients(&[]);
+    let gw = gateway(&sink, recips.path(), PAST);
+    let out = gw.cli(&[
+        "certs",
+        "import",
+        pki::cert("court-oces3").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 certificate(s), 2 new"));
+    let out = gw.cli(&["certs", "show", "post@domstol.dk"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\"Demo Court - sikkermail\" (OCES3, organisation, directory"),
+        "{text}"
+    );
+    assert!(text.contains("usable"), "{text}");
+    let out = gw.cli(&["certs", "list"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 certificate(s)"));
+}

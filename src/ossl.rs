@@ -13,6 +13,7 @@ use openssl::bn::BigNum;
 use openssl::cms::{CMSOptions, CmsContentInfo, CmsContentInfoRef};
 use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
 use openssl::pkey::{PKeyRef, Private};
 use openssl::symm::Cipher;
 use openssl::x509::{X509NameRef, X509Ref, X509};
@@ -59,6 +60,9 @@ extern "C" {
         flags: c_uint,
     ) -> *mut CMS_SignerInfo;
     fn CMS_SignerInfo_get0_pkey_ctx(si: *mut CMS_SignerInfo) -> *mut sys::EVP_PKEY_CTX;
+    fn PKCS7_simple_smimecap(sk: *mut sys::OPENSSL_STACK, nid: c_int, arg: c_int) -> c_int;
+    fn CMS_add_smimecap(si: *mut CMS_SignerInfo, algs: *mut sys::OPENSSL_STACK) -> c_int;
+    fn X509_ALGOR_free(a: *mut sys::X509_ALGOR);
     fn CMS_get0_SignerInfos(cms: *mut sys::CMS_ContentInfo) -> *mut sys::OPENSSL_STACK;
     fn CMS_signed_get0_data_by_OBJ(
         si: *mut CMS_SignerInfo,
@@ -71,6 +75,7 @@ extern "C" {
 const CMS_RECIPINFO_TRANS: c_int = 0;
 const V_ASN1_UTCTIME: c_int = 23;
 const V_ASN1_GENERALIZEDTIME: c_int = 24;
+const V_ASN1_SEQUENCE: c_int = 16;
 
 const RSA_PKCS1_PSS_PADDING: c_int = 6;
 const RSA_PKCS1_OAEP_PADDING: c_int = 4;
@@ -439,16 +444,31 @@ pub fn content_type(cms: &CmsContentInfoRef) -> Option<String> {
     }
 }
 
-/// A detached CMS signature over `data` with RSASSA-PSS (SHA-256, MGF1
-/// SHA-256, salt 32), the signer's `chain` included; SMIMECapabilities
-/// are announced as OpenSSL does by default.
-pub fn sign_pss(
+/// The algorithms the gateway announces in SMIMECapabilities, strongest
+/// first: it decrypts all of them.
+const CAPABILITIES: &[Nid] = &[
+    Nid::AES_256_GCM,
+    Nid::AES_256_CBC,
+    Nid::AES_128_GCM,
+    Nid::AES_128_CBC,
+    Nid::DES_EDE3_CBC,
+    Nid::RSAESOAEP,
+    Nid::RSAENCRYPTION,
+];
+
+/// A detached CMS signature over `data` (SHA-256; RSASSA-PSS with MGF1
+/// SHA-256 and salt 32 when `pss`, else PKCS#1 v1.5), the signer's `chain`
+/// included, announcing the gateway's SMIMECapabilities.
+pub fn sign_detached(
     cert: &X509Ref,
     key: &PKeyRef<Private>,
     chain: &[X509],
     data: &[u8],
+    pss: bool,
 ) -> Result<Vec<u8>, ErrorStack> {
     let flags = (CMSOptions::DETACHED | CMSOptions::BINARY | CMSOptions::PARTIAL).bits();
+    let signer_flags =
+        flags | CMSOptions::NOSMIMECAP.bits() | if pss { sys::CMS_KEY_PARAM } else { 0 };
     let len = c_int::try_from(data.len()).map_err(|_| ErrorStack::get())?;
     let mut certs = openssl::stack::Stack::<X509>::new()?;
     for c in chain {
@@ -456,7 +476,8 @@ pub fn sign_pss(
     }
     // SAFETY: the CMS structure is owned by a CmsContentInfo (freed on
     // every path); certificates and key are copied/up-ref'd by OpenSSL; the
-    // signer's pkey ctx belongs to the SignerInfo; the BIO is freed here.
+    // signer's pkey ctx belongs to the SignerInfo; the capability stack is
+    // copied into the attribute and freed here, as is the BIO.
     unsafe {
         let cms = check_ptr(sys::CMS_sign(
             ptr::null_mut(),
@@ -471,25 +492,147 @@ pub fn sign_pss(
             cert.as_ptr(),
             key.as_ptr(),
             MessageDigest::sha256().as_ptr(),
-            flags | sys::CMS_KEY_PARAM,
+            signer_flags,
         );
         if si.is_null() {
             return Err(ErrorStack::get());
         }
-        let pctx = check_ptr(CMS_SignerInfo_get0_pkey_ctx(si))?;
-        check(sys::EVP_PKEY_CTX_set_rsa_padding(
-            pctx,
-            RSA_PKCS1_PSS_PADDING,
-        ))?;
-        check(sys::EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, 32))?;
-        check(sys::EVP_PKEY_CTX_set_rsa_mgf1_md(
-            pctx,
-            MessageDigest::sha256().as_ptr(),
-        ))?;
+        if pss {
+            let pctx = check_ptr(CMS_SignerInfo_get0_pkey_ctx(si))?;
+            check(sys::EVP_PKEY_CTX_set_rsa_padding(
+                pctx,
+                RSA_PKCS1_PSS_PADDING,
+            ))?;
+            check(sys::EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, 32))?;
+            check(sys::EVP_PKEY_CTX_set_rsa_mgf1_md(
+                pctx,
+                MessageDigest::sha256().as_ptr(),
+            ))?;
+        }
+        let caps = check_ptr(sys::OPENSSL_sk_new_null())?;
+        let mut ok = 1;
+        for nid in CAPABILITIES {
+            ok &= PKCS7_simple_smimecap(caps, nid.as_raw(), -1);
+        }
+        if ok > 0 {
+            ok = CMS_add_smimecap(si, caps);
+        }
+        sys::OPENSSL_sk_pop_free(caps, Some(free_algor));
+        check(ok)?;
         let bio = check_ptr(sys::BIO_new_mem_buf(data.as_ptr() as *const c_void, len))?;
         let ok = CMS_final(cms.as_ptr(), bio, ptr::null_mut(), flags);
         sys::BIO_free_all(bio);
         check(ok)?;
         cms.to_der()
+    }
+}
+
+unsafe extern "C" fn free_algor(p: *mut c_void) {
+    // SAFETY: the stack holds only X509_ALGORs made by PKCS7_simple_smimecap.
+    unsafe { X509_ALGOR_free(p as *mut sys::X509_ALGOR) }
+}
+
+/// The SMIMECapabilities the first signer of `cms` announced, as dotted
+/// OIDs (empty when it announced none).
+pub fn capabilities(cms: &CmsContentInfoRef) -> Vec<String> {
+    let Ok(oid) = openssl::asn1::Asn1Object::from_str("1.2.840.113549.1.9.15") else {
+        return Vec::new();
+    };
+    // SAFETY: signer infos and the attribute value are borrowed from `cms`
+    // and only read; the bytes are copied out before returning.
+    let der = unsafe {
+        let stack = CMS_get0_SignerInfos(cms.as_ptr());
+        if stack.is_null() || sys::OPENSSL_sk_num(stack) < 1 {
+            return Vec::new();
+        }
+        let si = sys::OPENSSL_sk_value(stack, 0) as *mut CMS_SignerInfo;
+        let v = CMS_signed_get0_data_by_OBJ(si, oid.as_ptr(), -3, V_ASN1_SEQUENCE);
+        if v.is_null() {
+            return Vec::new();
+        }
+        openssl::asn1::Asn1StringRef::from_ptr(v as *mut sys::ASN1_STRING)
+            .as_slice()
+            .to_vec()
+    };
+    capability_oids(&der)
+}
+
+/// Reads one DER TLV: (tag, content, rest).
+fn tlv(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = bytes.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |a, b| (a << 8) | *b as usize);
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// OIDs of `SEQUENCE OF SEQUENCE { OID, params }`, dotted.
+fn capability_oids(der: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some((0x30, mut list, _)) = tlv(der) else {
+        return out;
+    };
+    while let Some((tag, item, rest)) = tlv(list) {
+        list = rest;
+        if tag != 0x30 {
+            continue;
+        }
+        if let Some((0x06, oid, _)) = tlv(item) {
+            out.push(dotted(oid));
+        }
+    }
+    out
+}
+
+fn dotted(oid: &[u8]) -> String {
+    let mut parts: Vec<u64> = Vec::new();
+    let mut acc: u64 = 0;
+    for &b in oid {
+        acc = (acc << 7) | u64::from(b & 0x7f);
+        if b & 0x80 == 0 {
+            if parts.is_empty() {
+                let first = (acc / 40).min(2);
+                parts.push(first);
+                parts.push(acc - first * 40);
+            } else {
+                parts.push(acc);
+            }
+            acc = 0;
+        }
+    }
+    parts
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_list_is_read() {
+        // SEQUENCE { SEQUENCE { aes256-GCM }, SEQUENCE { rsaesOaep, NULL } }
+        let der = [
+            0x30, 0x1a, 0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01,
+            0x2e, 0x30, 0x0b, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x07,
+        ];
+        assert_eq!(
+            capability_oids(&der),
+            vec![
+                "2.16.840.1.101.3.4.1.46".to_string(),
+                "1.2.840.113549.1.1.7".to_string()
+            ]
+        );
+        assert!(capability_oids(&[0x30, 0x05, 0x01]).is_empty());
     }
 }

@@ -72,8 +72,9 @@ pub enum Action<'a> {
         rcpts: Vec<String>,
         reason: String,
     },
-    /// A signer certificate from a valid signature, for the directory.
-    Harvest(X509),
+    /// A signer certificate from a valid signature, for the directory,
+    /// with the SMIMECapabilities the signer announced.
+    Harvest(X509, Vec<String>),
 }
 
 /// The actions for the `pending` recipients of a message.
@@ -268,9 +269,9 @@ fn harvest(result: &Unwrapped, out: &mut Vec<Action<'_>>) {
     let fp = fingerprint(cert);
     if !out
         .iter()
-        .any(|a| matches!(a, Action::Harvest(c) if fingerprint(c) == fp))
+        .any(|a| matches!(a, Action::Harvest(c, _) if fingerprint(c) == fp))
     {
-        out.push(Action::Harvest(cert.clone()));
+        out.push(Action::Harvest(cert.clone(), sig.capabilities.clone()));
     }
 }
 

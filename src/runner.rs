@@ -169,7 +169,7 @@ enum Owned {
         rcpts: Vec<String>,
         reason: String,
     },
-    Harvest(openssl::x509::X509),
+    Harvest(openssl::x509::X509, Vec<String>),
 }
 
 impl From<pipeline::Action<'_>> for Owned {
@@ -183,7 +183,7 @@ impl From<pipeline::Action<'_>> for Owned {
             pipeline::Action::Quarantine { rcpts, reason } => Owned::Quarantine { rcpts, reason },
             pipeline::Action::Fail { rcpts, reason } => Owned::Fail { rcpts, reason },
             pipeline::Action::Defer { rcpts, reason } => Owned::Defer { rcpts, reason },
-            pipeline::Action::Harvest(cert) => Owned::Harvest(cert),
+            pipeline::Action::Harvest(cert, caps) => Owned::Harvest(cert, caps),
         }
     }
 }
@@ -382,9 +382,9 @@ async fn attempt(
                 }
                 continue;
             }
-            Owned::Harvest(cert) => {
-                let (k, c) = (Arc::clone(keys), cert.clone());
-                match tokio::task::spawn_blocking(move || k.directory.harvest(&c)).await {
+            Owned::Harvest(cert, caps) => {
+                let (k, c, caps) = (Arc::clone(keys), cert.clone(), caps.clone());
+                match tokio::task::spawn_blocking(move || k.directory.harvest(&c, &caps)).await {
                     Ok(Ok(true)) => info!(event = "harvested", queue_id = %id,
                         subject = %crate::smime::cms::subject(cert), "signer certificate added to the directory"),
                     Ok(Ok(false)) => {}

@@ -559,12 +559,12 @@ fn harvest_keeps_validly_signed_senders_only() {
         text.contains("1 certificate(s)"),
         "only the valid signer is kept: {text}"
     );
-    assert_eq!(
-        std::fs::read_dir(gw.spool().join("harvested"))
-            .unwrap()
-            .count(),
-        1
-    );
+    let pems = std::fs::read_dir(gw.spool().join("harvested"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pem"))
+        .count();
+    assert_eq!(pems, 1);
     // The harvested certificate is now used for outbound mail to the court.
     send(&gw, &["post@domstol.dk"], "hv-out");
     let copy = wait_for(&sink, |r| r.rcpts == vec!["post@domstol.dk".to_string()]);
@@ -824,4 +824,77 @@ fn certs_import_and_show() {
     assert!(text.contains("usable"), "{text}");
     let out = gw.cli(&["certs", "list"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 certificate(s)"));
+}
+
+#[test]
+fn aes_gcm_and_oaep_for_recipients_that_announced_them() {
+    let sink = Sink::start(Script::default());
+    let empty = recipients(&[]);
+    let gw = gateway(&sink, empty.path(), PAST);
+    // The court's own mail, signed by software that announces AES-256-GCM
+    // and RSA-OAEP in its SMIMECapabilities (this gateway's signer).
+    let d = pki::demo();
+    let court = smime_gateway::pki::identity::load(
+        0,
+        &smime_gateway::config::IdentitySettings {
+            pkcs12: Some(d.join("keys/court-oces3.p12")),
+            cert: None,
+            key: None,
+            password_file: Some(d.join("keys/court-oces3.pass")),
+            password_env: None,
+            mailboxes: Vec::new(),
+        },
+        false,
+    )
+    .unwrap();
+    let letter = common::message("caps-in", "from the court").to_vec();
+    let letter = String::from_utf8(letter).unwrap().replace(
+        "From: Alice <alice@example.org>",
+        "From: Court <post@domstol.dk>",
+    );
+    let signed = smime_gateway::smime::sign::sign(
+        letter.as_bytes(),
+        &court,
+        smime_gateway::config::SignatureScheme::Pkcs1,
+    )
+    .unwrap();
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    assert_eq!(
+        c.send("post@domstol.dk", &["bob@example-law.dk"], &signed)
+            .unwrap()
+            .code,
+        250
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || gw
+            .log()
+            .contains("event=\"harvested\"")),
+        "{}",
+        gw.log()
+    );
+    let caps = std::fs::read_dir(gw.spool().join("harvested"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.path().extension().is_some_and(|x| x == "caps"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .expect("capabilities kept with the harvested certificate");
+    assert!(
+        caps.contains("2.16.840.1.101.3.4.1.46") && caps.contains("1.2.840.113549.1.1.7"),
+        "{caps}"
+    );
+
+    send(&gw, &["post@domstol.dk"], "caps-out");
+    let copy = wait_for(&sink, |r| r.rcpts == vec!["post@domstol.dk".to_string()]);
+    let printed = String::from_utf8_lossy(&pki::openssl(
+        &["cms", "-cmsout", "-print", "-inform", "DER"],
+        &pki::body_der(&copy.data),
+    ))
+    .to_string();
+    assert!(
+        printed.contains("id-smime-ct-authEnvelopedData"),
+        "{printed}"
+    );
+    assert!(printed.contains("rsaesOaep"), "{printed}");
+    open_and_verify(&copy.data, "court-oces3");
 }

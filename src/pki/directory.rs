@@ -40,6 +40,20 @@ pub struct Entry {
     pub info: CertInfo,
     pub source: Source,
     pub fingerprint: String,
+    /// SMIMECapabilities the holder announced in signed mail (harvested).
+    pub capabilities: Vec<String>,
+}
+
+/// OIDs a recipient must announce for AES-256-GCM with RSA-OAEP.
+pub const AES_256_GCM: &str = "2.16.840.1.101.3.4.1.46";
+pub const RSAES_OAEP: &str = "1.2.840.113549.1.1.7";
+
+impl Entry {
+    /// The holder announced it reads AES-256-GCM with RSA-OAEP.
+    pub fn announces_gcm_oaep(&self) -> bool {
+        self.capabilities.iter().any(|c| c == AES_256_GCM)
+            && self.capabilities.iter().any(|c| c == RSAES_OAEP)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -51,13 +65,22 @@ struct Index {
 }
 
 impl Index {
-    fn add(&mut self, cert: X509, source: Source) -> bool {
+    fn add(&mut self, cert: X509, source: Source, capabilities: Vec<String>) -> bool {
         let Ok(der) = cert.to_der() else { return false };
         let Ok(info) = oces::classify(&der) else {
             return false;
         };
         let fingerprint = fingerprint(&cert);
         if !self.seen.insert(fingerprint.clone()) {
+            if !capabilities.is_empty() {
+                if let Some(e) = self
+                    .entries
+                    .iter_mut()
+                    .find(|e| e.fingerprint == fingerprint)
+                {
+                    e.capabilities = capabilities;
+                }
+            }
             return false;
         }
         let i = self.entries.len();
@@ -75,6 +98,7 @@ impl Index {
             info,
             source,
             fingerprint,
+            capabilities,
         });
         true
     }
@@ -109,14 +133,17 @@ impl Directory {
         for d in dirs {
             for file in files(d)? {
                 for cert in read_any(&file)? {
-                    index.add(cert, Source::Directory);
+                    index.add(cert, Source::Directory, Vec::new());
                 }
             }
         }
         if let Some(h) = harvest_dir.filter(|h| h.is_dir()) {
             for file in files(h)? {
+                let caps: Vec<String> = fs::read_to_string(file.with_extension("caps"))
+                    .map(|t| t.lines().map(str::to_string).collect())
+                    .unwrap_or_default();
                 for cert in read_any(&file)? {
-                    index.add(cert, Source::Harvested);
+                    index.add(cert, Source::Harvested, caps.clone());
                 }
             }
         }
@@ -162,13 +189,15 @@ impl Directory {
             .collect()
     }
 
-    /// Keeps `cert` (from a validly signed message) durably and indexes it.
-    /// Returns false when it was already known.
-    pub fn harvest(&self, cert: &X509) -> Result<bool, DirectoryError> {
+    /// Keeps `cert` (from a validly signed message) durably and indexes it,
+    /// with the capabilities its holder announced. Returns false when it
+    /// was already known (its capabilities are then brought up to date).
+    pub fn harvest(&self, cert: &X509, capabilities: &[String]) -> Result<bool, DirectoryError> {
         let fp = fingerprint(cert);
         {
             let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
-            if idx.seen.contains(&fp) {
+            let known = idx.entries.iter().find(|e| e.fingerprint == fp);
+            if known.is_some_and(|e| capabilities.is_empty() || e.capabilities == capabilities) {
                 return Ok(false);
             }
         }
@@ -186,16 +215,26 @@ impl Directory {
                 file: path.display().to_string(),
                 message: e.to_string(),
             })?;
+            if !capabilities.is_empty() {
+                let caps = dir.join(format!("{fp}.caps"));
+                let text = capabilities.join("\n") + "\n";
+                crate::spool::durable_write(&caps, text.as_bytes()).map_err(|e| {
+                    DirectoryError {
+                        file: caps.display().to_string(),
+                        message: e.to_string(),
+                    }
+                })?;
+            }
         }
         let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
-        Ok(idx.add(cert.clone(), Source::Harvested))
+        Ok(idx.add(cert.clone(), Source::Harvested, capabilities.to_vec()))
     }
 
     /// Adds certificates found elsewhere (LDAP) for this process's life.
     pub fn remember(&self, certs: &[X509], source: Source) {
         let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
         for c in certs {
-            idx.add(c.clone(), source);
+            idx.add(c.clone(), source, Vec::new());
         }
     }
 }

@@ -88,6 +88,7 @@ impl Resolver {
                         info,
                         source: Source::Ldap,
                         fingerprint,
+                        capabilities: Vec::new(),
                     })
                 })
                 .collect();

@@ -214,7 +214,15 @@ pub fn decide(
     } else {
         (None, format!("nobody (rule {:?} does not sign)", rule.name))
     };
-    let encryption = rule.encryption.unwrap_or_default();
+    // AES-256-GCM with RSA-OAEP where the rule asks, or where every
+    // recipient certificate's holder announced it reads them.
+    let encryption = rule.encryption.unwrap_or(
+        if !usable.is_empty() && usable.iter().all(|c| c.entry.announces_gcm_oaep()) {
+            Encryption::Aes256GcmOaep
+        } else {
+            Encryption::Aes256Cbc
+        },
+    );
 
     let outcome = if rule.encrypt == EncryptMode::Never {
         Outcome::Send {

@@ -119,6 +119,8 @@ pub struct Verified {
     pub content: Option<Vec<u8>>,
     /// Signing time used for the chain check (Unix seconds).
     pub at: i64,
+    /// SMIMECapabilities the signer announced (dotted OIDs).
+    pub capabilities: Vec<String>,
 }
 
 /// A store of `anchors` checking validity as of `at` (Unix seconds).
@@ -147,6 +149,7 @@ pub fn verify(sig: &[u8], detached: Option<&[u8]>, anchors: &[X509], now: i64) -
                 detail: Some(format!("signature is not CMS: {}", short(&e))),
                 content: None,
                 at: now,
+                capabilities: Vec::new(),
             }
         }
     };
@@ -160,6 +163,7 @@ pub fn verify(sig: &[u8], detached: Option<&[u8]>, anchors: &[X509], now: i64) -
                 detail: Some(short(&e)),
                 content: None,
                 at,
+                capabilities: Vec::new(),
             }
         }
     };
@@ -195,6 +199,7 @@ pub fn verify(sig: &[u8], detached: Option<&[u8]>, anchors: &[X509], now: i64) -
         detail,
         content: (detached.is_none() && status != SigStatus::Invalid).then_some(content),
         at,
+        capabilities: ossl::capabilities(&cms),
     }
 }
 

@@ -4,8 +4,6 @@
 //! data for the recipients. The signed entity is made 7-bit safe first, so
 //! no later hop has to re-encode it and break the signature.
 
-use openssl::cms::{CMSOptions, CmsContentInfo};
-use openssl::stack::Stack;
 use openssl::x509::X509;
 
 use super::cms::{self, short};
@@ -44,26 +42,9 @@ pub fn protect(
 /// `message` as a detached `multipart/signed` message signed by `id`.
 pub fn sign(message: &[u8], id: &Identity, scheme: SignatureScheme) -> Result<Vec<u8>, SmimeError> {
     let entity = seven_bit(&content_entity(message));
-    let der = match scheme {
-        SignatureScheme::Pkcs1 => {
-            let mut chain = Stack::new().map_err(|e| SmimeError::Sign(short(&e)))?;
-            for c in &id.chain {
-                chain
-                    .push(c.clone())
-                    .map_err(|e| SmimeError::Sign(short(&e)))?;
-            }
-            CmsContentInfo::sign(
-                Some(&id.cert),
-                Some(&id.key),
-                Some(&chain),
-                Some(&entity),
-                CMSOptions::DETACHED | CMSOptions::BINARY,
-            )
-            .and_then(|c| c.to_der())
-        }
-        SignatureScheme::Pss => ossl::sign_pss(&id.cert, &id.key, &id.chain, &entity),
-    }
-    .map_err(|e| SmimeError::Sign(short(&e)))?;
+    let pss = scheme == SignatureScheme::Pss;
+    let der = ossl::sign_detached(&id.cert, &id.key, &id.chain, &entity, pss)
+        .map_err(|e| SmimeError::Sign(short(&e)))?;
 
     let boundary = format!("----=_smimegw_{}", uuid::Uuid::new_v4().simple());
     let (headers, _) = mime::split(message);

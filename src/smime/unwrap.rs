@@ -33,6 +33,8 @@ pub struct SignatureReport {
     pub detail: Option<String>,
     /// The signer's certificate (harvested when the signature is valid).
     pub cert: Option<X509>,
+    /// The algorithms the signer announced it can decrypt.
+    pub capabilities: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -144,6 +146,7 @@ fn record(report: &mut Report, v: cms::Verified) {
             signer: v.signer.as_ref().map(|c| cms::subject(c)),
             detail: v.detail,
             cert: v.signer,
+            capabilities: v.capabilities,
         });
     }
 }

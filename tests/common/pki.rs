@@ -304,13 +304,14 @@ pub fn gpgsm_import_key(home: &Path, name: &str) {
     );
 }
 
-/// gpgsm decrypts `cms` (DER) with the keys in `home`.
+/// gpgsm decrypts `cms` (DER) with the keys in `home`. gpgsm exits 2
+/// when it also met recipients whose keys it lacks (the sender's own copy),
+/// even though it decrypted; the plaintext decides.
 pub fn gpgsm_decrypt(home: &Path, cms: &[u8]) -> Vec<u8> {
     let file = home.join("in.p7m");
     std::fs::write(&file, cms).expect("write");
-    run(
-        "gpgsm",
-        &[
+    let mut child = Command::new("gpgsm")
+        .args([
             "--batch",
             "--homedir",
             home.to_str().unwrap(),
@@ -321,9 +322,32 @@ pub fn gpgsm_decrypt(home: &Path, cms: &[u8]) -> Vec<u8> {
             "--disable-crl-checks",
             "--decrypt",
             file.to_str().unwrap(),
-        ],
-        b"demo-only\n",
-    )
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gpgsm");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"demo-only\n")
+            .expect("passphrase");
+    }
+    let out = child.wait_with_output().expect("gpgsm");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let only_missing_keys = err
+        .lines()
+        .filter(|l| l.contains("error") || l.contains("failed"))
+        .all(|l| l.contains("No secret key"));
+    assert!(
+        !out.stdout.is_empty() && (out.status.success() || only_missing_keys),
+        "gpgsm --decrypt failed: {err}"
+    );
+    out.stdout
 }
 
 /// gpgsm verifies a detached signature over `content`.

@@ -51,6 +51,8 @@ struct Session {
     tls: bool,
     tx: Option<Transaction>,
     errors: u32,
+    /// The original client a trusted MTA reported with XFORWARD.
+    xforward: Option<String>,
 }
 
 /// Serves one accepted connection until it ends.
@@ -66,6 +68,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
         tls: false,
         tx: None,
         errors: 0,
+        xforward: None,
     };
     let mut conn = Conn::new(tcp);
     let greeting = format!("{} ESMTP smime-gateway", session.settings.server.hostname);
@@ -134,6 +137,10 @@ impl Session {
                     continue;
                 }
             };
+            if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"XFORWARD ") {
+                self.xforward(conn, &line);
+                continue;
+            }
             let request = Request::parse(&mut line.iter());
             match request {
                 Ok(Request::Ehlo { host }) => self.hello(conn, &host, true),
@@ -239,7 +246,47 @@ impl Session {
         if self.ctx.tls.is_some() && !self.tls {
             lines.push("STARTTLS");
         }
+        if self.trusted {
+            lines.push("XFORWARD NAME ADDR PROTO HELO SOURCE");
+        }
         conn.reply(250, &lines);
+    }
+
+    /// XFORWARD (Postfix): the original client of the next transaction,
+    /// for the log. Accepted from trusted clients only.
+    fn xforward<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>, line: &[u8]) {
+        if !self.trusted {
+            return self.error(conn, 550, "5.7.0 XFORWARD is for trusted clients only");
+        }
+        let text = String::from_utf8_lossy(line);
+        let mut name = None;
+        let mut addr = None;
+        for attr in text.split_whitespace().skip(1) {
+            let Some((k, v)) = attr.split_once('=') else {
+                return self.error(conn, 501, "5.5.4 Syntax: XFORWARD attribute=value ...");
+            };
+            let v = v
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(255)
+                .collect::<String>();
+            if v.eq_ignore_ascii_case("[UNAVAILABLE]") || v.eq_ignore_ascii_case("[TEMPUNAVAIL]") {
+                continue;
+            }
+            match k.to_ascii_uppercase().as_str() {
+                "NAME" => name = Some(v),
+                "ADDR" => addr = Some(v),
+                _ => {}
+            }
+        }
+        let merged = match (name, addr, self.xforward.take()) {
+            (Some(n), Some(a), _) => Some(format!("{n}[{a}]")),
+            (None, Some(a), _) => Some(format!("[{a}]")),
+            (Some(n), None, _) => Some(n),
+            (None, None, old) => old,
+        };
+        self.xforward = merged;
+        conn.reply(250, &["2.0.0 Ok"]);
     }
 
     fn mail<S: AsyncRead + AsyncWrite + Unpin>(
@@ -418,6 +465,7 @@ impl Session {
                     sender = %tx.mail_from,
                     recipients = %tx.rcpts.join(","),
                     client = %self.peer,
+                    original_client = %self.xforward.take().unwrap_or_default(),
                     size = decoder.size(),
                     "message accepted"
                 );

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod http;
 pub mod pki;
+pub mod postfix;
 pub mod sink;
 
 use std::fs;

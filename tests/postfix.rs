@@ -1,0 +1,202 @@
+//! End to end behind a real Postfix (a private instance on loopback) with
+//! the lines from deploy/postfix: swaks -> Postfix -> gateway -> Postfix
+//! re-injection -> delivery. Plain mail passes, encrypted mail arrives
+//! decrypted, outbound mail leaves signed and encrypted, and while the
+//! gateway is down Postfix keeps the mail and delivers it once it is back.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use common::pki::{self, P7M};
+use common::postfix::{self, Postfix};
+use common::sink::{Script, Sink};
+use common::{free_port, wait_until, Gateway, Options};
+
+struct Setup {
+    sink: Sink,
+    gw: Gateway,
+    pf: Postfix,
+    front: u16,
+    _recips: tempfile::TempDir,
+}
+
+fn setup() -> Option<Setup> {
+    if let Some(why) = postfix::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return None;
+    }
+    let sink = Sink::start(Script::default());
+    let (front, reinject) = (free_port(), free_port());
+    let reinject_addr = SocketAddr::from(([127, 0, 0, 1], reinject));
+
+    let recips = tempfile::tempdir().unwrap();
+    std::fs::copy(pki::cert("court-oces3"), recips.path().join("court.pem")).unwrap();
+    let mut opts = Options::new(reinject_addr);
+    opts.extra = format!(
+        "{}{}\n[trust]\nanchors = [\"{}\"]\nrevocation = \"off\"\n[certificates]\ndirs = [\"{}\"]\n\
+         [[rule]]\nname = \"courts\"\nmatch = [\"*@domstol.dk\"]\ngeneration = \"oces3\"\nencrypt = \"required\"\n\
+         on_missing_certificate = \"bounce\"\n",
+        pki::identity("org-oces2", &[]),
+        pki::identity("org-oces3", &[]),
+        pki::demo().join("trust").display(),
+        recips.path().display()
+    );
+    let gw = Gateway::start(opts);
+
+    let root = env!("CARGO_MANIFEST_DIR");
+    let main = std::fs::read_to_string(format!("{root}/deploy/postfix/main.cf")).unwrap();
+    let master = std::fs::read_to_string(format!("{root}/deploy/postfix/master.cf")).unwrap();
+    let main = main.replace(
+        "[127.0.0.1]:10025",
+        &format!("[127.0.0.1]:{}", gw.addr.port()),
+    );
+    let master = master.replace("127.0.0.1:10026", &reinject_addr.to_string());
+    let pf = Postfix::start(
+        &format!("127.0.0.1:{front}"),
+        &format!("[127.0.0.1]:{}", sink.addr.port()),
+        &main,
+        &master,
+    );
+    Some(Setup {
+        sink,
+        gw,
+        pf,
+        front,
+        _recips: recips,
+    })
+}
+
+fn swaks(port: u16, from: &str, to: &str, data: &[u8]) -> String {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), data).unwrap();
+    let out = Command::new("swaks")
+        .args([
+            "--server",
+            &format!("127.0.0.1:{port}"),
+            "--from",
+            from,
+            "--to",
+            to,
+            "--timeout",
+            "20",
+        ])
+        .arg("--data")
+        .arg(format!("@{}", file.path().display()))
+        .output()
+        .expect("swaks");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "swaks: {text}");
+    text
+}
+
+#[test]
+fn mail_through_postfix_and_the_gateway() {
+    let Some(s) = setup() else { return };
+    // Plain mail passes; the gateway logs the original client (XFORWARD).
+    swaks(
+        s.front,
+        "alice@example.org",
+        "bob@example-law.dk",
+        &common::message("pf-plain", "plain through postfix"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || s.sink.count() == 1),
+        "{}",
+        s.pf.log()
+    );
+    let got = s.sink.received()[0].clone();
+    assert!(got.text().contains("plain through postfix"));
+    assert!(
+        got.text().matches("Received: ").count() >= 2,
+        "both Postfix hops recorded: {}",
+        got.text()
+    );
+    assert!(
+        s.gw.log().contains("original_client=localhost[127.0.0.1]"),
+        "{}",
+        s.gw.log()
+    );
+
+    // Encrypted inbound mail arrives decrypted.
+    let cms = pki::cms_encrypt(
+        &pki::inner("hemmelig via postfix"),
+        "org-oces2",
+        &["-aes-256-cbc"],
+    );
+    swaks(
+        s.front,
+        "sender@example.org",
+        "bob@example-law.dk",
+        &pki::enveloped_message("pf-enc", "bob@example-law.dk", &cms, P7M),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || s.sink.count() == 2),
+        "{}",
+        s.pf.log()
+    );
+    let got = s.sink.received()[1].clone();
+    assert!(
+        got.text().contains("hemmelig via postfix"),
+        "{}",
+        got.text()
+    );
+    assert!(got.text().contains("X-SMIME-Gateway: decrypted"));
+
+    // Outbound mail to the court leaves signed and encrypted.
+    swaks(
+        s.front,
+        "alice@example-law.dk",
+        "post@domstol.dk",
+        &common::message("pf-out", "til retten via postfix"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || s.sink.count() == 3),
+        "{}",
+        s.pf.log()
+    );
+    let got = s.sink.received()[2].clone();
+    assert!(
+        got.text().contains("smime-type=enveloped-data"),
+        "{}",
+        got.text()
+    );
+    let inner = pki::cms_decrypt_smime(&got.data, "court-oces3");
+    assert!(String::from_utf8_lossy(&inner).contains("multipart/signed"));
+}
+
+#[test]
+fn postfix_keeps_mail_while_the_gateway_is_down() {
+    let Some(mut s) = setup() else { return };
+    s.gw.kill9();
+    let transcript = swaks(
+        s.front,
+        "alice@example.org",
+        "bob@example-law.dk",
+        &common::message("pf-down", "waiting in postfix"),
+    );
+    assert!(transcript.contains("250 2.0.0 Ok: queued"), "{transcript}");
+    assert!(
+        wait_until(Duration::from_secs(20), || s
+            .pf
+            .log()
+            .contains("status=deferred")),
+        "postfix did not defer: {}",
+        s.pf.log()
+    );
+    assert_eq!(s.sink.count(), 0);
+    assert!(s.pf.queued() >= 1, "postfix must keep the message");
+    s.gw.spawn();
+    s.pf.flush();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            s.pf.flush();
+            s.sink.count() == 1
+        }),
+        "not delivered after the gateway came back: {}",
+        s.pf.log()
+    );
+    assert!(s.sink.received()[0].text().contains("waiting in postfix"));
+}

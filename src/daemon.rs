@@ -16,6 +16,7 @@ use crate::pki::{Keyring, KeyringError};
 use crate::runner::Runner;
 use crate::smtp;
 use crate::spool::{SpoolError, Store};
+use crate::systemd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -91,20 +92,29 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
         }
     };
     info!(config = %path.display(), "smime-gateway started");
+    systemd::ready();
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { info!("SIGINT: stopping"); break; }
-            _ = hup.recv() => { info!("SIGHUP: reloading"); reload(path, &settings, &keys) },
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading");
+                systemd::reloading();
+                reload(path, &settings, &keys);
+                systemd::ready();
+            }
             Some(()) = changed.recv() => {
                 // Editors and Kubernetes write in several steps: let them finish.
                 tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                 while changed.try_recv().is_ok() {}
                 info!(config = %path.display(), "configuration file changed: reloading");
+                systemd::reloading();
                 reload(path, &settings, &keys);
+                systemd::ready();
             }
         }
     }
+    systemd::stopping();
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = runner.await;

@@ -19,3 +19,4 @@ pub mod runner;
 pub mod smime;
 pub mod smtp;
 pub mod spool;
+pub mod systemd;

@@ -308,3 +308,66 @@ fn json_log_lines() {
     assert_eq!(delivered["recipient"], "bob@example-law.dk");
     assert!(delivered["queue_id"].is_string());
 }
+
+#[test]
+fn systemd_notify_protocol_and_unit_file() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let sink = Sink::start(Script::default());
+    let mut opts = Options::new(sink.addr);
+    opts.env
+        .push(("NOTIFY_SOCKET".into(), socket_path.display().to_string()));
+    let mut gw = Gateway::start(opts);
+    let mut next = || {
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    assert!(next().starts_with("READY=1"));
+    gw.signal("HUP");
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert!(next().starts_with("READY=1"));
+    gw.signal("TERM");
+    assert!(next().starts_with("STOPPING=1"));
+    assert!(gw
+        .wait_exit(Duration::from_secs(15))
+        .is_some_and(|s| s.success()));
+
+    // The unit file is valid for systemd (with this binary in ExecStart).
+    let analyze = Command::new("systemd-analyze").arg("--version").output();
+    if analyze.is_err() {
+        eprintln!("SKIPPED: systemd-analyze is not installed; unit file not verified");
+        return;
+    }
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/systemd/smime-gateway.service"
+    ))
+    .unwrap()
+    .replace("/usr/local/bin/smime-gateway", BIN);
+    let path = dir.path().join("smime-gateway.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && !text.contains("smime-gateway.service:"),
+        "systemd-analyze verify: {text}"
+    );
+}

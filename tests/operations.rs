@@ -323,7 +323,7 @@ fn systemd_notify_protocol_and_unit_file() {
     opts.env
         .push(("NOTIFY_SOCKET".into(), socket_path.display().to_string()));
     let mut gw = Gateway::start(opts);
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 512];
         let n = socket.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).to_string()

@@ -17,6 +17,7 @@ use crate::runner::Runner;
 use crate::smtp;
 use crate::spool::{SpoolError, Store};
 use crate::systemd;
+use crate::{metrics, observe};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -51,6 +52,10 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
         None => None,
     };
     let listeners = smtp::bind(&settings.server.listen).await?;
+    let metrics_listener = match settings.metrics.listen {
+        Some(addr) => Some(observe::bind(addr).await?),
+        None => None,
+    };
     for l in &listeners {
         if let Ok(addr) = l.local_addr() {
             info!(address = %addr, tls = tls.is_some(), "listening");
@@ -60,6 +65,7 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
     let settings = Arc::new(ArcSwap::from_pointee(settings));
     let keys = Arc::new(ArcSwap::from_pointee(keys));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_rx_metrics = stop_rx.clone();
     let (queued_tx, queued_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(smtp::Context::new(
         Arc::clone(&settings),
@@ -78,6 +84,14 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
         stop_rx,
     );
     let runner = tokio::spawn(runner.run());
+    let observer = match metrics_listener {
+        Some(listener) => {
+            let handle = metrics::install().map_err(std::io::Error::other)?;
+            let serve = observe::serve(listener, handle, Arc::clone(&settings), stop_rx_metrics);
+            Some(tokio::spawn(serve))
+        }
+        None => None,
+    };
     let server = tokio::spawn(smtp::serve(listeners, ctx));
 
     let mut term = signal(SignalKind::terminate())?;
@@ -118,6 +132,9 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = runner.await;
+    if let Some(o) = observer {
+        let _ = o.await;
+    }
     info!("stopped; the spool keeps every message not yet delivered");
     Ok(())
 }

@@ -11,6 +11,8 @@ pub mod delivery;
 pub mod explain;
 pub mod headers;
 pub mod logging;
+pub mod metrics;
+pub mod observe;
 pub mod ossl;
 pub mod pipeline;
 pub mod pki;

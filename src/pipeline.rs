@@ -23,6 +23,7 @@ use openssl::x509::X509;
 
 use crate::config::{Deliver, OnUndecryptable, Settings};
 use crate::pki::directory::fingerprint;
+use crate::pki::oces::{self, Generation};
 use crate::pki::Keyring;
 use crate::policy::{Decision, Outcome};
 use crate::smime::cms::SigStatus;
@@ -75,6 +76,18 @@ pub enum Action<'a> {
     /// A signer certificate from a valid signature, for the directory,
     /// with the SMIMECapabilities the signer announced.
     Harvest(X509, Vec<String>),
+    /// Something worth counting (metrics).
+    Observed(Event),
+}
+
+/// What the pipeline did, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Decrypted(Generation),
+    /// `no-key`, `corrupt` or `failed`.
+    Undecryptable(&'static str),
+    Signed(Generation),
+    Encrypted(Generation),
 }
 
 /// The actions for the `pending` recipients of a message.
@@ -137,12 +150,16 @@ pub fn process<'a>(
         }
 
         let indices = ctx.keys.candidate_indices(&rcpt);
+        let first = !opened.contains_key(&indices);
         let result = opened.entry(indices.clone()).or_insert_with(|| {
             let keys: Vec<_> = indices.iter().map(|&i| &ctx.keys.identities[i]).collect();
             unwrap::unwrap(body, &keys, &ctx.keys.anchors, ctx.now)
         });
         if ctx.settings.certificates.harvest {
             harvest(result, &mut out);
+        }
+        if first {
+            observe(result, &mut out);
         }
         match result {
             Unwrapped::Opened { message, report } => {
@@ -256,6 +273,25 @@ fn note_for(report: &Report) -> String {
     parts.join("; ")
 }
 
+/// Counts a decryption or a failure to decrypt, once per message and key set.
+fn observe(result: &Unwrapped, out: &mut Vec<Action<'_>>) {
+    let event = match result {
+        Unwrapped::Opened { report, .. } => match &report.key {
+            Some(k) => Event::Decrypted(k.generation),
+            None => return,
+        },
+        Unwrapped::Failed { reason } => Event::Undecryptable(if reason.starts_with("no key") {
+            "no-key"
+        } else if reason.starts_with("corrupt") {
+            "corrupt"
+        } else {
+            "failed"
+        }),
+        Unwrapped::Unchanged { .. } => return,
+    };
+    out.push(Action::Observed(event));
+}
+
 /// Offers the signer certificate of a valid signature, once per message.
 fn harvest(result: &Unwrapped, out: &mut Vec<Action<'_>>) {
     let report = match result {
@@ -334,11 +370,25 @@ fn outbound<'a>(
         };
         let signer = sign_with.map(|i| (&ctx.keys.identities[i], ctx.settings.policy.signature));
         match sign::protect(body, signer, encrypt_to, *encryption) {
-            Ok(bytes) => out.push(Action::Deliver(Copy {
-                rcpts,
-                body: Cow::Owned(bytes),
-                note: Some(decision.summary()),
-            })),
+            Ok(bytes) => {
+                if let Some((id, _)) = signer {
+                    out.push(Action::Observed(Event::Signed(id.info.generation)));
+                }
+                for cert in encrypt_to {
+                    let generation = cert
+                        .to_der()
+                        .ok()
+                        .and_then(|d| oces::classify(&d).ok())
+                        .map(|i| i.generation)
+                        .unwrap_or(Generation::Other);
+                    out.push(Action::Observed(Event::Encrypted(generation)));
+                }
+                out.push(Action::Deliver(Copy {
+                    rcpts,
+                    body: Cow::Owned(bytes),
+                    note: Some(decision.summary()),
+                }))
+            }
             Err(e) => {
                 for rcpt in rcpts {
                     push_group(

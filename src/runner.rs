@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Settings;
 use crate::delivery::{self, route, Outbound, RcptOutcome};
+use crate::metrics;
 use crate::pki::resolve::Resolver;
 use crate::pki::Keyring;
 use crate::policy::{self, Decision};
@@ -122,6 +123,8 @@ impl Runner {
                     let store = Arc::clone(&self.store);
                     match tokio::task::spawn_blocking(move || scan_queue(&store)).await {
                         Ok(Ok(found)) => {
+                            observe_queue(&found);
+                            observe_identities(&self.keys.load());
                             for (id, at) in found {
                                 if !busy.contains(&id) {
                                     due.set(id, at);
@@ -170,6 +173,7 @@ enum Owned {
         reason: String,
     },
     Harvest(openssl::x509::X509, Vec<String>),
+    Observed(pipeline::Event),
 }
 
 impl From<pipeline::Action<'_>> for Owned {
@@ -184,6 +188,7 @@ impl From<pipeline::Action<'_>> for Owned {
             pipeline::Action::Fail { rcpts, reason } => Owned::Fail { rcpts, reason },
             pipeline::Action::Defer { rcpts, reason } => Owned::Defer { rcpts, reason },
             pipeline::Action::Harvest(cert, caps) => Owned::Harvest(cert, caps),
+            pipeline::Action::Observed(e) => Owned::Observed(e),
         }
     }
 }
@@ -218,6 +223,29 @@ impl Schedule {
     fn next_time(&self) -> Option<u64> {
         self.order.first().map(|(when, _)| *when)
     }
+}
+
+/// Queue size and the age of its oldest message (ids are arrival times).
+fn observe_queue(found: &[(String, u64)]) {
+    let oldest = found
+        .iter()
+        .filter_map(|(id, _)| crate::spool::id::parse(id))
+        .min()
+        .map(|micros| now_secs().saturating_sub(micros / 1_000_000))
+        .unwrap_or(0);
+    metrics::queue(found.len(), oldest);
+}
+
+/// Days until the earliest expiry among the identities valid now.
+fn observe_identities(keys: &Keyring) {
+    let now = now_secs() as i64;
+    let days = keys
+        .identities
+        .iter()
+        .filter(|i| i.info.valid_at(now))
+        .map(|i| (i.info.not_after - now) as f64 / 86_400.0)
+        .min_by(|a, b| a.total_cmp(b));
+    metrics::identity_expiry(days);
 }
 
 /// Every queued message with the time of its next attempt.
@@ -289,6 +317,9 @@ async fn decide(
             now,
         );
         info!(event = "policy", queue_id = %id, recipient = %rcpt, signer = %d.signer, "{}", d.summary());
+        if let Some(rule) = &d.rule {
+            metrics::rule_hit(rule);
+        }
         out.insert(rcpt.clone(), d);
     }
     out
@@ -362,6 +393,10 @@ async fn attempt(
     for action in &actions {
         let (rcpts_all, body, note) = match action {
             Owned::Deliver { rcpts, body, note } => (rcpts, body, note),
+            Owned::Observed(event) => {
+                metrics::pipeline(event);
+                continue;
+            }
             Owned::Fail { rcpts, reason } => {
                 for rcpt in rcpts {
                     results.push((
@@ -439,7 +474,9 @@ async fn attempt(
                 smtputf8: msg.envelope.smtputf8,
                 body,
             };
+            let started = std::time::Instant::now();
             let outcomes = delivery::send(&settings.relay, &settings.server.hostname, &out).await;
+            metrics::delivery_time(hop, started.elapsed().as_secs_f64());
             for (rcpt, outcome) in rcpts.into_iter().zip(outcomes) {
                 results.push((rcpt, hop.to_string(), outcome));
             }
@@ -463,6 +500,7 @@ async fn attempt(
                 info!(event = "delivered", queue_id = %id, message_id = %message_id,
                       sender = %msg.envelope.mail_from, recipient = %rcpt, hop = %hop,
                       reply = %reply, "delivered");
+                metrics::delivered();
                 state.status = RcptStatus::Delivered;
                 state.reply = Some(reply);
             }
@@ -470,9 +508,11 @@ async fn attempt(
                 info!(event = "deferred", queue_id = %id, message_id = %message_id,
                       sender = %msg.envelope.mail_from, recipient = %rcpt, hop = %hop,
                       reply = %reason, "deferred");
+                metrics::deferred();
                 state.reply = Some(reason);
             }
             RcptOutcome::Quarantined => {
+                metrics::quarantined();
                 state.status = RcptStatus::Quarantined;
                 state.reply = Some("quarantined: undecryptable".into());
             }
@@ -561,6 +601,7 @@ async fn bounce(
               sender = %msg.envelope.mail_from, recipient = %f.rcpt,
               hop = %f.remote_mta.as_deref().unwrap_or("-"), reply = %f.reply,
               expired = f.expired, "bounced");
+        metrics::bounced();
     }
     if msg.envelope.is_null_sender() {
         info!(event = "bounce-discarded", queue_id = %id, "the failed message had the null sender: no bounce is sent");

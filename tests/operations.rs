@@ -371,3 +371,72 @@ fn systemd_notify_protocol_and_unit_file() {
         "systemd-analyze verify: {text}"
     );
 }
+
+fn http_get(url: &str) -> (u16, String) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .new_agent();
+    let mut resp = agent.get(url).call().expect("http get");
+    let status = resp.status().as_u16();
+    (status, resp.body_mut().read_to_string().unwrap_or_default())
+}
+
+#[test]
+fn metrics_health_and_readiness() {
+    use common::pki;
+    let sink = Sink::start(Script::default());
+    let port = common::free_port();
+    let down = down_hop();
+    let mut opts = Options::new(sink.addr);
+    opts.external_hop = down;
+    opts.extra = format!(
+        "{}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+        pki::identity("org-oces2", &[])
+    );
+    let gw = Gateway::start(opts);
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(http_get(&format!("{base}/healthz")).0, 200);
+    let (status, body) = http_get(&format!("{base}/readyz"));
+    assert_eq!(status, 503, "external next hop is down: {body}");
+    assert!(body.contains(&down.to_string()), "{body}");
+
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    c.send(
+        "alice@example.org",
+        &["bob@example-law.dk"],
+        &common::message("m-1", "plain"),
+    )
+    .unwrap();
+    let cms = pki::cms_encrypt(&pki::inner("secret"), "org-oces2", &["-aes-256-cbc"]);
+    c.send(
+        "alice@example.org",
+        &["bob@example-law.dk"],
+        &pki::enveloped_message("m-2", "bob@example-law.dk", &cms, pki::P7M),
+    )
+    .unwrap();
+    c.send(
+        "alice@example.org",
+        &["carol@far.example"],
+        &common::message("m-3", "to a dead hop"),
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(15), || sink.count() == 2));
+    assert!(wait_until(Duration::from_secs(15), || {
+        let (_, m) = http_get(&format!("{base}/metrics"));
+        m.contains("smimegw_recipients_deferred_total") && m.contains("smimegw_queue_messages 1")
+    }));
+    let (_, m) = http_get(&format!("{base}/metrics"));
+    for needle in [
+        "smimegw_messages_accepted_total 3",
+        "smimegw_recipients_delivered_total 2",
+        "smimegw_decrypted_total{generation=\"OCES2\"} 1",
+        "smimegw_delivery_seconds_bucket",
+        "smimegw_queue_oldest_seconds",
+        "smimegw_identity_expiry_days",
+    ] {
+        assert!(m.contains(needle), "missing {needle:?} in:\n{m}");
+    }
+}

@@ -42,6 +42,15 @@ pub struct Settings {
     /// `[[rule]]`: per-recipient outbound rules, first match wins.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleSettings>,
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+}
+
+/// `[metrics]`: the Prometheus and health listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MetricsSettings {
+    /// Address for /metrics, /healthz and /readyz; none: no listener.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[certificates]`: where recipients' certificates come from.

@@ -43,6 +43,12 @@ impl Resolver {
         wanted: impl Fn(&CertInfo) -> bool,
     ) -> (Vec<Candidate>, Option<String>) {
         let local = keys.directory.lookup(addr);
+        for e in &local {
+            crate::metrics::lookup(match e.source {
+                Source::Harvested => "harvested",
+                _ => "local",
+            });
+        }
         let mut out = self.evaluate(keys, settings, local, at).await;
         let satisfied = out
             .iter()
@@ -61,9 +67,13 @@ impl Resolver {
                 .filter(|(until, _)| *until > Instant::now())
                 .map(|(_, certs)| certs.clone());
             let certs = match cached {
-                Some(c) => c,
+                Some(c) => {
+                    crate::metrics::lookup("ldap-cache");
+                    c
+                }
                 None => match super::ldap::lookup(cfg, addr).await {
                     Ok(c) => {
+                        crate::metrics::lookup("ldap");
                         self.ldap_cache
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())

@@ -458,6 +458,7 @@ impl Session {
         match committed {
             Ok(id) => {
                 conn.reply(250, &[&format!("2.0.0 Ok: queued as {id}")]);
+                crate::metrics::accepted();
                 info!(
                     event = "accepted",
                     queue_id = %id,

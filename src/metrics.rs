@@ -1,0 +1,88 @@
+//! Every metric the gateway exports, named in one place, and the calls
+//! that record them (the `metrics` facade; Prometheus text format via
+//! `metrics-exporter-prometheus`, served by `observe`).
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::pipeline::Event;
+
+const DELIVERY_SECONDS: &str = "smimegw_delivery_seconds";
+
+/// Installs the Prometheus recorder (once per process).
+pub fn install() -> Result<PrometheusHandle, String> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(DELIVERY_SECONDS.into()),
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ],
+        )
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))
+}
+
+pub fn accepted() {
+    counter!("smimegw_messages_accepted_total").increment(1);
+}
+
+pub fn delivered() {
+    counter!("smimegw_recipients_delivered_total").increment(1);
+}
+
+pub fn deferred() {
+    counter!("smimegw_recipients_deferred_total").increment(1);
+}
+
+pub fn bounced() {
+    counter!("smimegw_recipients_bounced_total").increment(1);
+}
+
+pub fn quarantined() {
+    counter!("smimegw_recipients_quarantined_total").increment(1);
+}
+
+pub fn delivery_time(hop: &str, seconds: f64) {
+    histogram!(DELIVERY_SECONDS, "hop" => hop.to_string()).record(seconds);
+}
+
+pub fn rule_hit(rule: &str) {
+    counter!("smimegw_rule_hits_total", "rule" => rule.to_string()).increment(1);
+}
+
+/// A certificate lookup answered from `source`: `local`, `harvested`,
+/// `ldap`, `ldap-cache`.
+pub fn lookup(source: &'static str) {
+    counter!("smimegw_certificate_lookups_total", "source" => source).increment(1);
+}
+
+pub fn pipeline(event: &Event) {
+    match event {
+        Event::Decrypted(g) => {
+            counter!("smimegw_decrypted_total", "generation" => g.to_string()).increment(1)
+        }
+        Event::Undecryptable(reason) => {
+            counter!("smimegw_undecryptable_total", "reason" => *reason).increment(1)
+        }
+        Event::Signed(g) => {
+            counter!("smimegw_signed_total", "generation" => g.to_string()).increment(1)
+        }
+        Event::Encrypted(g) => {
+            counter!("smimegw_encrypted_total", "generation" => g.to_string()).increment(1)
+        }
+    }
+}
+
+/// Messages in the queue and the age of the oldest, in seconds.
+pub fn queue(size: usize, oldest_seconds: u64) {
+    gauge!("smimegw_queue_messages").set(size as f64);
+    gauge!("smimegw_queue_oldest_seconds").set(oldest_seconds as f64);
+}
+
+/// Days until the earliest expiry among the identities valid now.
+pub fn identity_expiry(days: Option<f64>) {
+    if let Some(d) = days {
+        gauge!("smimegw_identity_expiry_days").set(d);
+    }
+}

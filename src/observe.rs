@@ -1,0 +1,131 @@
+//! The metrics listener (`[metrics] listen`): `/metrics` in Prometheus text
+//! format, `/healthz` (the process answers) and `/readyz` (the spool is
+//! writable, the configuration is loaded, the next hops accept
+//! connections; checked at most every ten seconds).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::{validate::parse_host_port, Settings};
+
+struct Ready {
+    settings: Arc<ArcSwap<Settings>>,
+    last: Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+impl Ready {
+    async fn check(&self) -> Result<(), String> {
+        if let Some((at, r)) = self.last.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if at.elapsed() < Duration::from_secs(10) {
+                return r.clone();
+            }
+        }
+        let settings = self.settings.load_full();
+        let result = probe(&settings).await;
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), result.clone()));
+        result
+    }
+}
+
+async fn probe(settings: &Settings) -> Result<(), String> {
+    let mut problems = Vec::new();
+    let probe = settings.spool.dir.join("tmp").join(".readyz");
+    let writable = tokio::fs::write(&probe, b"ok").await;
+    let _ = tokio::fs::remove_file(&probe).await;
+    if let Err(e) = writable {
+        problems.push(format!("spool not writable: {e}"));
+    }
+    for hop in [&settings.relay.internal, &settings.relay.external] {
+        let Ok((host, port)) = parse_host_port(hop) else {
+            continue;
+        };
+        let connect = tokio::time::timeout(
+            Duration::from_secs(2),
+            TcpStream::connect((host.as_str(), port)),
+        )
+        .await;
+        if !matches!(connect, Ok(Ok(_))) {
+            problems.push(format!("next hop {hop} not reachable"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
+
+/// Binds the metrics listener (at start, so a taken port stops the daemon).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {addr} (metrics): {e}"))
+    })?;
+    info!(address = %addr, "metrics listening");
+    Ok(listener)
+}
+
+/// Serves until shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    settings: Arc<ArcSwap<Settings>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let ready = Arc::new(Ready {
+        settings,
+        last: Mutex::new(None),
+    });
+    loop {
+        let (stream, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => { warn!(error = %e, "metrics accept failed"); continue; }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let (handle, ready) = (handle.clone(), Arc::clone(&ready));
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (handle, ready) = (handle.clone(), Arc::clone(&ready));
+                async move {
+                    let resp = match req.uri().path() {
+                        "/metrics" => text(StatusCode::OK, handle.render()),
+                        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+                        "/readyz" => match ready.check().await {
+                            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+                            Err(why) => text(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                format!("not ready: {why}\n"),
+                            ),
+                        },
+                        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+        });
+    }
+}

@@ -5,47 +5,16 @@
 //! `openssl speed`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use openssl::asn1::Asn1Time;
-use openssl::bn::BigNum;
 use openssl::cms::{CMSOptions, CmsContentInfo};
-use openssl::hash::MessageDigest;
-use openssl::pkey::PKey;
-use openssl::rsa::Rsa;
 use openssl::stack::Stack;
 use openssl::symm::Cipher;
-use openssl::x509::{X509NameBuilder, X509};
 use smime_gateway::config::Encryption;
-use smime_gateway::pki::{oces, Identity};
+use smime_gateway::pki::Identity;
 use smime_gateway::smime::unwrap::{self, Unwrapped};
 use smime_gateway::smime::{cms, mime};
 
 fn identity(bits: u32, cn: &str) -> Identity {
-    let key = PKey::from_rsa(Rsa::generate(bits).unwrap()).unwrap();
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", cn).unwrap();
-    let name = name.build();
-    let mut b = X509::builder().unwrap();
-    b.set_version(2).unwrap();
-    b.set_serial_number(&BigNum::from_u32(bits).unwrap().to_asn1_integer().unwrap())
-        .unwrap();
-    b.set_subject_name(&name).unwrap();
-    b.set_issuer_name(&name).unwrap();
-    b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
-        .unwrap();
-    b.sign(&key, MessageDigest::sha256()).unwrap();
-    let cert = b.build();
-    let info = oces::classify(&cert.to_der().unwrap()).unwrap();
-    Identity {
-        cert,
-        key,
-        chain: Vec::new(),
-        info,
-        mailboxes: Vec::new(),
-        source: Default::default(),
-    }
+    smime_gateway::pki::testkit::identity(bits, cn).unwrap()
 }
 
 fn message(to: &Identity, size: usize) -> Vec<u8> {

@@ -11,6 +11,7 @@ pub mod oces;
 pub mod provider;
 pub mod resolve;
 pub mod revocation;
+pub mod testkit;
 pub mod trust;
 pub mod validate;
 

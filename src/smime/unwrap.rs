@@ -240,46 +240,12 @@ pub fn enveloped_message(message: &[u8], cms: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::oces;
-    use openssl::asn1::Asn1Time;
     use openssl::cms::{CMSOptions, CmsContentInfo};
-    use openssl::hash::MessageDigest;
-    use openssl::pkey::PKey;
-    use openssl::rsa::Rsa;
     use openssl::stack::Stack;
     use openssl::symm::Cipher;
-    use openssl::x509::{X509NameBuilder, X509};
 
     fn identity() -> Identity {
-        let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-        let mut name = X509NameBuilder::new().unwrap();
-        name.append_entry_by_text("CN", "Unit Test").unwrap();
-        let name = name.build();
-        let mut b = X509::builder().unwrap();
-        b.set_version(2).unwrap();
-        let serial = openssl::bn::BigNum::from_u32(4711)
-            .unwrap()
-            .to_asn1_integer()
-            .unwrap();
-        b.set_serial_number(&serial).unwrap();
-        b.set_subject_name(&name).unwrap();
-        b.set_issuer_name(&name).unwrap();
-        b.set_pubkey(&key).unwrap();
-        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
-            .unwrap();
-        b.sign(&key, MessageDigest::sha256()).unwrap();
-        let cert = b.build();
-        let info = oces::classify(&cert.to_der().unwrap()).unwrap();
-        Identity {
-            cert,
-            key,
-            chain: Vec::new(),
-            info,
-            mailboxes: Vec::new(),
-            source: Default::default(),
-        }
+        crate::pki::testkit::identity(2048, "Unit Test").unwrap()
     }
 
     fn message(id: &Identity) -> Vec<u8> {

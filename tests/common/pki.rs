@@ -388,3 +388,33 @@ pub fn body_der(message: &[u8]) -> Vec<u8> {
         .decode(b64.replace("\r\n", "").trim())
         .expect("base64 body")
 }
+
+/// True when `openssl cms -decrypt` with demo key `name` cannot open
+/// `message`.
+pub fn cms_decrypt_fails(message: &[u8], name: &str) -> bool {
+    let (key, cert) = (key(name), cert(name));
+    let mut child = Command::new("openssl")
+        .args([
+            "cms",
+            "-decrypt",
+            "-inkey",
+            key.to_str().unwrap(),
+            "-recip",
+            cert.to_str().unwrap(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(message)
+            .expect("write");
+    }
+    !child.wait().expect("wait").success()
+}

@@ -173,9 +173,11 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             let KeysAction::List = action;
-            match daemon::check(&config).and_then(|s| daemon::load_keys(&s)) {
-                Ok(keys) => {
-                    print!("{}", pki::listing::keys_table(&keys, unix_now()));
+            match daemon::check(&config).and_then(|s| Ok((daemon::load_keys(&s)?, s))) {
+                Ok((keys, settings)) => {
+                    let now = unix_now();
+                    let revoked = pki::listing::revoked_identities(&keys, &settings, now);
+                    print!("{}", pki::listing::keys_table(&keys, now, &revoked));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -308,3 +308,68 @@ fn real_oces_certificates_are_classified() {
         assert_eq!(info.kind, Kind::Authority, "{root}");
     }
 }
+
+#[test]
+fn keys_list_marks_revoked_identities() {
+    let crl_dir = tempfile::tempdir().unwrap();
+    let server = common::http::FileServer::start(crl_dir.path().to_path_buf());
+    let pki_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["pki", "demo", "--out"])
+        .arg(pki_dir.path())
+        .arg("--crl-url")
+        .arg(format!("http://127.0.0.1:{}/crl", server.addr.port()))
+        .arg("--ocsp-url")
+        .arg(format!("http://127.0.0.1:{}/none", server.addr.port()))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::copy(
+        pki_dir.path().join("crl/oces2-ca.crl"),
+        crl_dir.path().join("oces2-ca.crl"),
+    )
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let id = |name: &str| {
+        format!(
+            "[[identity]]\npkcs12 = \"{0}/keys/{name}.p12\"\npassword_file = \"{0}/keys/{name}.pass\"\n",
+            pki_dir.path().display()
+        )
+    };
+    let cfg = config_with(
+        work.path(),
+        &format!(
+            "[trust]\nanchors = [\"{}/trust\"]\nrevocation_timeout = \"2s\"\n{}{}",
+            pki_dir.path().display(),
+            id("bob-oces2-revoked"),
+            id("alice-oces2")
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["keys", "list", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bob = text
+        .lines()
+        .find(|l| l.contains("Bob Bertelsen"))
+        .unwrap_or("");
+    assert!(
+        bob.contains("revoked") && bob.trim_end().ends_with("decrypt"),
+        "{text}"
+    );
+    let alice = text
+        .lines()
+        .find(|l| l.starts_with("Alice Andersen "))
+        .unwrap_or("");
+    assert!(
+        alice.contains("valid") && alice.contains("decrypt, sign"),
+        "{text}"
+    );
+}

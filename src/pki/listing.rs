@@ -14,17 +14,20 @@ fn day(secs: i64) -> String {
 }
 
 /// One line per identity: CN, generation, kind, CVR, e-mails, not-after,
-/// state at `now`, and what the key may do.
-pub fn keys_table(keys: &Keyring, now: i64) -> String {
+/// state at `now` (revoked where `revoked` says so), and what the key may
+/// do: decrypt always, sign only while valid.
+pub fn keys_table(keys: &Keyring, now: i64, revoked: &[bool]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "{:<40} {:<6} {:<12} {:<9} {:<28} {:<11} {:<13} may",
         "SUBJECT CN", "GEN", "KIND", "CVR", "E-MAIL", "NOT AFTER", "STATE"
     );
-    for id in &keys.identities {
+    for (n, id) in keys.identities.iter().enumerate() {
         let i = &id.info;
-        let state = if now < i.not_before {
+        let state = if revoked.get(n).copied().unwrap_or(false) {
+            "revoked"
+        } else if now < i.not_before {
             "not yet valid"
         } else if now > i.not_after {
             "expired"
@@ -114,4 +117,40 @@ pub fn import(file: &std::path::Path, dir: &std::path::Path) -> Result<(usize, u
         new += 1;
     }
     Ok((certs.len(), new))
+}
+
+/// Which identities their CA says are revoked (CRL or OCSP), as far as the
+/// sources can be reached; `[trust] revocation = "off"` checks nothing.
+/// Blocking (HTTP).
+pub fn revoked_identities(
+    keys: &Keyring,
+    settings: &crate::config::Settings,
+    now: i64,
+) -> Vec<bool> {
+    if settings.trust.revocation == crate::config::Revocation::Off {
+        return vec![false; keys.identities.len()];
+    }
+    let checker = super::revocation::Checker::default();
+    keys.identities
+        .iter()
+        .map(|id| {
+            let issuer = id
+                .chain
+                .iter()
+                .find(|c| c.issued(&id.cert) == openssl::x509::X509VerifyResult::OK);
+            match issuer {
+                Some(issuer) => matches!(
+                    checker.check(
+                        &id.cert,
+                        issuer,
+                        &keys.anchors,
+                        now,
+                        settings.trust.revocation_timeout
+                    ),
+                    super::revocation::Status::Revoked(_)
+                ),
+                None => false,
+            }
+        })
+        .collect()
 }

@@ -316,7 +316,7 @@ fn main() -> ExitCode {
             };
             let result = daemon::check(&config)
                 .map_err(|e| e.to_string())
-                .and_then(|s| Store::open(&s.spool.dir).map_err(|e| e.to_string()))
+                .and_then(|s| Store::open_shared(&s.spool.dir).map_err(|e| e.to_string()))
                 .and_then(|store| {
                     match action {
                         QueueAction::List => admin::list(&store),

@@ -203,9 +203,9 @@ pub fn make_crl(
             check(sys::X509_CRL_set1_lastUpdate(crl, last.as_ptr()))?;
             check(X509_CRL_set1_nextUpdate(crl, next.as_ptr()))?;
             for (serial, when) in revoked {
-                let rev = check_ptr(sys::X509_REVOKED_new())?;
                 let serial = serial.to_asn1_integer()?;
                 let date = Asn1Time::from_unix(*when as libc::time_t)?;
+                let rev = check_ptr(sys::X509_REVOKED_new())?;
                 if sys::X509_REVOKED_set_serialNumber(rev, serial.as_ptr()) <= 0
                     || sys::X509_REVOKED_set_revocationDate(rev, date.as_ptr()) <= 0
                     || sys::X509_CRL_add0_revoked(crl, rev) <= 0

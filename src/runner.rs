@@ -75,6 +75,7 @@ impl Runner {
     pub async fn run(mut self) {
         let mut due = Schedule::default();
         let mut busy: HashSet<String> = HashSet::new();
+        let mut tasks: HashMap<tokio::task::Id, String> = HashMap::new();
         let mut jobs: JoinSet<(String, JobEnd)> = JoinSet::new();
         let scan_every = self.settings.load().queue.scan_interval;
         let mut scan = tokio::time::interval(scan_every);
@@ -93,10 +94,12 @@ impl Runner {
                 let resolver = Arc::clone(&self.resolver);
                 let store = Arc::clone(&self.store);
                 let tx = self.tx.clone();
-                jobs.spawn(async move {
+                let queue_id = id.clone();
+                let handle = jobs.spawn(async move {
                     let end = attempt(&id, &settings, &keys, &resolver, &store, &tx).await;
                     (id, end)
                 });
+                tasks.insert(handle.id(), queue_id);
             }
             let next_due = due.next_time();
             let sleep = match next_due {
@@ -111,11 +114,23 @@ impl Runner {
                         due.set(id, 0);
                     }
                 }
-                Some(done) = jobs.join_next(), if !jobs.is_empty() => {
-                    if let Ok((id, end)) = done {
-                        busy.remove(&id);
-                        if let JobEnd::Retry(at) = end {
-                            due.set(id, at);
+                Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
+                    match done {
+                        Ok((task, (id, end))) => {
+                            tasks.remove(&task);
+                            busy.remove(&id);
+                            if let JobEnd::Retry(at) = end {
+                                due.set(id, at);
+                            }
+                        }
+                        // A delivery job that panicked: the spool still has
+                        // the message; try it again later.
+                        Err(e) => {
+                            if let Some(id) = tasks.remove(&e.id()) {
+                                error!(queue_id = %id, error = %e, "delivery job failed; will retry");
+                                busy.remove(&id);
+                                due.set(id, now_secs() + 60);
+                            }
                         }
                     }
                 }
@@ -607,10 +622,61 @@ async fn bounce(
         info!(event = "bounce-discarded", queue_id = %id, "the failed message had the null sender: no bounce is sent");
         return true;
     }
+    // No decryption oracle: what happens to an encrypted message inside
+    // (delivered decrypted, quarantined, refused by the mailbox server) is
+    // never reported to its sender. Such failures go to the postmaster.
+    let encrypted = matches!(mime::shape(&msg.body), mime::Shape::Enveloped { .. });
+    let internal =
+        |rcpt: &str| domain_of(rcpt).is_some_and(|d| settings.server.is_internal_domain(&d));
+    let (hidden, visible): (Vec<Failure>, Vec<Failure>) = failures
+        .iter()
+        .cloned()
+        .partition(|f| encrypted && internal(&f.rcpt));
+    let mut ok = true;
+    if !visible.is_empty() {
+        ok &= queue_dsn(
+            id,
+            settings,
+            store,
+            notify,
+            msg,
+            &msg.envelope.mail_from,
+            &visible,
+        )
+        .await;
+    }
+    if !hidden.is_empty() {
+        match settings.server.internal_domains.first() {
+            Some(domain) => {
+                let postmaster = format!("postmaster@{domain}");
+                info!(event = "bounce-redirected", queue_id = %id, to = %postmaster,
+                      "encrypted mail failed for internal recipients: reported to the postmaster, not the sender");
+                ok &= queue_dsn(id, settings, store, notify, msg, &postmaster, &hidden).await;
+            }
+            None => {
+                info!(event = "bounce-discarded", queue_id = %id, "no internal domain for a postmaster report")
+            }
+        }
+    }
+    ok
+}
+
+/// Queues a delivery status notification about `failures` to `to`.
+async fn queue_dsn(
+    id: &str,
+    settings: &Settings,
+    store: &Arc<Store>,
+    notify: &mpsc::UnboundedSender<String>,
+    msg: &Spooled,
+    to: &str,
+    failures: &[Failure],
+) -> bool {
+    let mut about = msg.envelope.clone();
+    about.mail_from = to.to_string();
     let (envelope, body) = dsn::build(
         &settings.server.hostname,
         id,
-        &msg.envelope,
+        &about,
         &msg.body,
         failures,
         SystemTime::now(),
@@ -618,7 +684,7 @@ async fn bounce(
     let s = Arc::clone(store);
     match blocking(move || s.enqueue(&envelope, &body)).await {
         Ok(dsn_id) => {
-            info!(event = "dsn-queued", queue_id = %id, dsn_id = %dsn_id, to = %msg.envelope.mail_from, "bounce queued");
+            info!(event = "dsn-queued", queue_id = %id, dsn_id = %dsn_id, to = %to, "bounce queued");
             let _ = notify.send(dsn_id);
             true
         }

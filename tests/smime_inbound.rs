@@ -597,3 +597,35 @@ fn encrypted_then_signed_and_opaque_signed_mail() {
         "opaque signature not kept: {text}"
     );
 }
+
+#[test]
+fn failures_of_encrypted_mail_are_reported_to_the_postmaster_not_the_sender() {
+    let mut script = Script::default();
+    script.rcpt_replies.insert(
+        "nobody@example-law.dk".into(),
+        "550 5.1.1 <nobody@example-law.dk>: no such user".into(),
+    );
+    let sink = Sink::start(script);
+    let gw = gateway(&sink, "");
+    let cms = pki::cms_encrypt(&pki::inner(SECRET), "org-oces3", &["-aes-256-cbc"]);
+    send(
+        &gw,
+        "nobody@example-law.dk",
+        &pki::enveloped_message("oracle-1", "nobody@example-law.dk", &cms, P7M),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || sink.count() == 1),
+        "no report at all"
+    );
+    let report = &sink.received()[0];
+    assert!(report.from.is_empty());
+    assert_eq!(
+        report.rcpts,
+        vec!["postmaster@example-law.dk".to_string()],
+        "the sender must not learn it"
+    );
+    assert!(report
+        .text()
+        .contains("Final-Recipient: rfc822; nobody@example-law.dk"));
+    assert!(gw.log().contains("bounce-redirected"));
+}

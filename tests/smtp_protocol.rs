@@ -183,8 +183,32 @@ fn open_relay_attempts_are_refused() {
         assert_eq!(r.code, 554, "{rcpt} accepted: {r:?}");
         assert!(r.text.contains("5.7.1"), "{r:?}");
     }
-    let r = c.cmd("RCPT TO:<bob@Example-Law.DK>").unwrap();
+    let r = c.cmd("RCPT TO:<bob@Example-Law.DK.>").unwrap();
     assert_eq!(r.code, 250, "{r:?}");
+    // The bare postmaster is always accepted (RFC 5321 4.5.1); with a foreign
+    // domain it is relaying like any other address.
+    assert_eq!(c.cmd("RCPT TO:<Postmaster>").unwrap().code, 250);
+    assert_eq!(c.cmd("RCPT TO:<postmaster@ext.example>").unwrap().code, 554);
+    assert!(c.cmd("RCPT TO:postmaster@ext.example").unwrap().code >= 500);
+    assert_eq!(c.cmd("DATA").unwrap().code, 354);
+    c.write(b"Subject: x\r\n\r\nx\r\n.\r\n").unwrap();
+    assert_eq!(c.read().unwrap().code, 250);
+    assert!(wait_until(Duration::from_secs(10), || sink.count() == 1));
+    let mut rcpts = sink.received()[0].rcpts.clone();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        vec![
+            "bob@example-law.dk".to_string(),
+            "postmaster@example-law.dk".to_string()
+        ],
+        "addresses kept in normal form"
+    );
+    // Addresses that cannot be written back safely are refused.
+    assert_eq!(
+        c.cmd("MAIL FROM:<\"x> RET=FULL\"@z.example>").unwrap().code,
+        501
+    );
     assert!(gw.log().contains("relay attempt refused"));
 }
 

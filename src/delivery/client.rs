@@ -10,6 +10,7 @@ use lettre::transport::smtp::extension::{ClientId, Extension};
 use lettre::transport::smtp::Error as SmtpError;
 
 use crate::config::{validate::parse_host_port, RelaySettings, RelayTls};
+use crate::smtp::address::smtp_path;
 
 /// What happened to one recipient in one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +111,7 @@ async fn transact(
     if out.smtputf8 && info.supports_feature(Extension::SmtpUtfEight) {
         params.push_str(" SMTPUTF8");
     }
-    let mail = format!("MAIL FROM:<{}>{params}\r\n", out.mail_from);
+    let mail = format!("MAIL FROM:<{}>{params}\r\n", smtp_path(out.mail_from));
     if let Err(e) = conn.command(mail).await {
         conn.abort().await;
         let text = describe(&e);
@@ -129,7 +130,10 @@ async fn transact(
 
     let mut outcomes: Vec<Option<RcptOutcome>> = Vec::with_capacity(out.rcpts.len());
     for rcpt in out.rcpts {
-        match conn.command(format!("RCPT TO:<{rcpt}>\r\n")).await {
+        match conn
+            .command(format!("RCPT TO:<{}>\r\n", smtp_path(rcpt)))
+            .await
+        {
             Ok(_) => outcomes.push(None),
             Err(e) if e.is_permanent() => outcomes.push(Some(RcptOutcome::Failed(describe(&e)))),
             Err(e) if e.is_transient() => outcomes.push(Some(RcptOutcome::Deferred(describe(&e)))),

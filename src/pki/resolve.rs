@@ -122,6 +122,7 @@ impl Resolver {
         if entries.is_empty() {
             return Vec::new();
         }
+        let fallback = entries.clone();
         let keys = Arc::clone(keys);
         let checker = Arc::clone(&self.revocation);
         let mode = settings.trust.revocation;
@@ -152,7 +153,18 @@ impl Resolver {
                 })
                 .collect::<Vec<_>>()
         };
-        tokio::task::spawn_blocking(work).await.unwrap_or_default()
+        tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+            // Never "no certificate" on an internal error: that could bounce
+            // or send plain. Unknown defers the message instead.
+            tracing::error!(error = %e, "certificate check failed");
+            fallback
+                .into_iter()
+                .map(|entry| Candidate {
+                    entry,
+                    verdict: Verdict::Unknown("internal error while checking certificates".into()),
+                })
+                .collect()
+        })
     }
 }
 

@@ -200,7 +200,14 @@ pub fn decide(
     }
 
     let encrypting = rule.encrypt != EncryptMode::Never && !usable.is_empty();
-    let (sign_with, signer) = if rule.sign {
+    let sender_internal = crate::smtp::address::domain_of(sender)
+        .is_some_and(|d| settings.server.is_internal_domain(&d));
+    let (sign_with, signer) = if rule.sign && !sender_internal {
+        (
+            None,
+            "nobody: the sender is not in the internal domains (the organisation signs only its own mail)".into(),
+        )
+    } else if rule.sign {
         let prefer = if encrypting
             && usable
                 .iter()

@@ -96,6 +96,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
             session.tls = true;
             session.helo = None;
             session.tx = None;
+            session.xforward = None;
             let mut conn = Conn::new(tls);
             if let End::StartTls = session.run(&mut conn).await {
                 debug!(client = %peer, "second STARTTLS refused");
@@ -154,6 +155,7 @@ impl Session {
                 }
                 Ok(Request::Rset) => {
                     self.tx = None;
+                    self.xforward = None;
                     conn.reply(250, &["2.0.0 Ok"]);
                 }
                 Ok(Request::Noop { .. }) => conn.reply(250, &["2.0.0 Ok"]),
@@ -311,8 +313,15 @@ impl Session {
                 &format!("5.3.4 Message size exceeds the limit of {max} octets"),
             );
         }
+        if !address::is_clean(&from.address) {
+            return self.error(
+                conn,
+                501,
+                "5.1.7 Sender address contains spaces, angle brackets or control characters",
+            );
+        }
         self.tx = Some(Transaction {
-            mail_from: from.address.to_string(),
+            mail_from: address::normalize(&from.address),
             eight_bit: from.flags & MAIL_BODY_8BITMIME != 0,
             smtputf8: from.flags & MAIL_SMTPUTF8 != 0,
             rcpts: Vec::new(),
@@ -334,10 +343,32 @@ impl Session {
             conn.reply(452, &[&format!("4.5.3 Too many recipients (limit {max})")]);
             return;
         }
-        if addr.is_empty() {
-            return self.error(conn, 550, "5.1.3 Write postmaster with a domain");
+        if !address::is_clean(addr) {
+            return self.error(
+                conn,
+                501,
+                "5.1.3 Recipient address contains spaces, angle brackets or control characters",
+            );
         }
-        if !self.trusted {
+        // <postmaster> without a domain (RFC 5321 4.5.1): ours.
+        let postmaster = match self.settings.server.internal_domains.first() {
+            Some(d) if addr.is_empty() => format!("postmaster@{d}"),
+            _ => String::new(),
+        };
+        if addr.is_empty() && postmaster.is_empty() {
+            return self.error(
+                conn,
+                550,
+                "5.1.3 No postmaster here: write postmaster with a domain",
+            );
+        }
+        let normalized = if addr.is_empty() {
+            postmaster
+        } else {
+            address::normalize(addr)
+        };
+        let addr = normalized.as_str();
+        if !self.trusted && !is_bare_postmaster(line) {
             let text = String::from_utf8_lossy(line);
             let raw = address::raw_path(&text).unwrap_or(addr);
             let server = &self.settings.server;
@@ -404,12 +435,14 @@ impl Session {
         let mut spool_error = None;
         let data_timeout = self.settings.server.data_timeout;
         loop {
+            let before = out.len();
             let end = decoder.feed(conn.buffered(), &mut out);
             let used = end.unwrap_or(conn.buffered().len());
             conn.consume(used);
             if head.len() < HEAD_KEEP {
-                let take = (HEAD_KEEP - head.len()).min(out.len());
-                head.extend_from_slice(&out[..take]);
+                let fresh = &out[before..];
+                let take = (HEAD_KEEP - head.len()).min(fresh.len());
+                head.extend_from_slice(&fresh[..take]);
             }
             if decoder.violation().is_some() {
                 // The message will be refused: stop writing it.
@@ -483,6 +516,16 @@ impl Session {
 
 async fn commit(inc: Incoming) -> Result<String, crate::spool::SpoolError> {
     inc.commit().await
+}
+
+/// True for `RCPT TO:<postmaster>` (any case, no domain).
+fn is_bare_postmaster(line: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(line);
+    let path = address::raw_path(&text)
+        .map(str::to_string)
+        .or_else(|| text.split_once(':').map(|(_, a)| a.trim().to_string()))
+        .unwrap_or_default();
+    path.eq_ignore_ascii_case("postmaster")
 }
 
 fn violation_reply(v: Violation, max: u64) -> (u16, String) {

@@ -74,10 +74,30 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating when needed) the spool at `dir`. Temporary files of
-    /// transactions that never completed are removed: they were never
-    /// acknowledged.
+    /// Opens (creating when needed) the spool at `dir` for the daemon.
+    /// Temporary files of transactions that never completed are removed
+    /// (they were never acknowledged), and so are state files whose
+    /// message is gone.
     pub fn open(dir: &Path) -> Result<Self, SpoolError> {
+        let store = Self::open_shared(dir)?;
+        for entry in fs::read_dir(&store.tmp).map_err(SpoolError::io(&store.tmp))? {
+            let entry = entry.map_err(SpoolError::io(&store.tmp))?;
+            let _ = fs::remove_file(entry.path());
+        }
+        for entry in fs::read_dir(&store.queue).map_err(SpoolError::io(&store.queue))? {
+            let path = entry.map_err(SpoolError::io(&store.queue))?.path();
+            if path.extension().is_some_and(|x| x == "state")
+                && !path.with_extension("msg").exists()
+            {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        Ok(store)
+    }
+
+    /// Opens the spool beside a running daemon (operator commands): touches
+    /// nothing the daemon may be writing.
+    pub fn open_shared(dir: &Path) -> Result<Self, SpoolError> {
         let queue = dir.join("queue");
         let tmp = dir.join("tmp");
         let corrupt = dir.join("corrupt");
@@ -90,10 +110,6 @@ impl Store {
                 .mode(0o700)
                 .create(d)
                 .map_err(SpoolError::io(d))?;
-        }
-        for entry in fs::read_dir(&tmp).map_err(SpoolError::io(&tmp))? {
-            let entry = entry.map_err(SpoolError::io(&tmp))?;
-            let _ = fs::remove_file(entry.path());
         }
         let mut floor = 0;
         for d in [&queue, &corrupt, &quarantine] {
@@ -311,9 +327,12 @@ impl Store {
         if !msg.exists() {
             return Err(SpoolError::NotFound(id.to_string()));
         }
+        // The message first: a state file left behind by a crash is
+        // harmless (cleared at the next start), a message without its state
+        // would be sent to every recipient again.
+        durable::remove(&msg).map_err(SpoolError::io(&msg))?;
         let state = self.state_path(id);
-        durable::remove(&state).map_err(SpoolError::io(&state))?;
-        durable::remove(&msg).map_err(SpoolError::io(&msg))
+        durable::remove(&state).map_err(SpoolError::io(&state))
     }
 
     /// Moves message `id` and its state out of the queue into `corrupt/`,
@@ -461,7 +480,14 @@ fn decode(bytes: &[u8]) -> Result<(Envelope, &[u8]), String> {
         .and_then(|rest| rest.trim().parse().ok())
         .ok_or_else(|| format!("header line {first:?} is not a spool header"))?;
     let json_start = nl + 1;
-    let body_start = json_start + json_len + 1;
+    let body_start = json_start
+        .checked_add(json_len)
+        .and_then(|n| n.checked_add(1))
+        .filter(|n| {
+            n.checked_add(TRAILER_LEN)
+                .is_some_and(|end| end <= bytes.len())
+        })
+        .ok_or("file is shorter than its header says (torn write?)")?;
     if bytes.len() < body_start + TRAILER_LEN {
         return Err("file is shorter than its header says (torn write?)".into());
     }

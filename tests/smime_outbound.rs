@@ -875,3 +875,29 @@ fn aes_gcm_and_oaep_for_recipients_that_announced_them() {
     assert!(printed.contains("rsaesOaep"), "{printed}");
     open_and_verify(&copy.data, "court-oces3");
 }
+
+#[test]
+fn only_mail_from_internal_senders_is_signed() {
+    let sink = Sink::start(Script::default());
+    let recips = recipients(&["court-oces3"]);
+    let gw = gateway(&sink, recips.path(), PAST);
+    let run = |from: &str| {
+        let out = Command::new(BIN)
+            .args(["explain", "--config"])
+            .arg(&gw.config)
+            .args(["--rcpt", "post@domstol.dk", "--from", from])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let outsider = run("someone@example.org");
+    assert!(
+        outsider.contains("signing:     nobody: the sender is not in the internal domains"),
+        "{outsider}"
+    );
+    let insider = run("alice@example-law.dk");
+    assert!(
+        insider.contains("signing:     \"Example Law ApS - sikkermail\" (OCES3)"),
+        "{insider}"
+    );
+}

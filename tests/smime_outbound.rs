@@ -103,6 +103,23 @@ fn anchors_file() -> PathBuf {
     path
 }
 
+/// `openssl cms -verify` of an S/MIME message against the demo anchors;
+/// returns the signed content.
+fn verify_signed(message: &[u8]) -> Vec<u8> {
+    let anchors = anchors_file();
+    pki::openssl(
+        &[
+            "cms",
+            "-verify",
+            "-CAfile",
+            anchors.to_str().unwrap(),
+            "-purpose",
+            "any",
+        ],
+        message,
+    )
+}
+
 /// Decrypts a copy with the court's key and checks the signature inside.
 fn open_and_verify(copy: &[u8], key: &str) -> Vec<u8> {
     let inner = pki::cms_decrypt_smime(copy, key);
@@ -111,17 +128,7 @@ fn open_and_verify(copy: &[u8], key: &str) -> Vec<u8> {
         String::from_utf8_lossy(&inner).contains("multipart/signed"),
         "not signed inside"
     );
-    pki::openssl(
-        &[
-            "cms",
-            "-verify",
-            "-CAfile",
-            anchors_file().to_str().unwrap(),
-            "-purpose",
-            "any",
-        ],
-        &inner,
-    );
+    verify_signed(&inner);
     inner
 }
 
@@ -262,17 +269,7 @@ fn one_message_to_a_court_an_unknown_external_and_an_internal_recipient() {
         "default rule signs: {}",
         unknown.text()
     );
-    pki::openssl(
-        &[
-            "cms",
-            "-verify",
-            "-CAfile",
-            anchors_file().to_str().unwrap(),
-            "-purpose",
-            "any",
-        ],
-        &unknown.data,
-    );
+    verify_signed(&unknown.data);
     let internal = find("bob@example-law.dk");
     assert_eq!(internal.data, original, "internal copy must be unchanged");
 }
@@ -733,17 +730,7 @@ fn pss_signatures_capabilities_seven_bit_output_and_encrypted_mail_passes() {
         .windows(2)
         .enumerate()
         .all(|(i, w)| w[1] != b'\n' || w[0] == b'\r' || i == 0));
-    pki::openssl(
-        &[
-            "cms",
-            "-verify",
-            "-CAfile",
-            anchors_file().to_str().unwrap(),
-            "-purpose",
-            "any",
-        ],
-        &copy.data,
-    );
+    verify_signed(&copy.data);
     let printed = String::from_utf8_lossy(&pki::openssl(
         &["cms", "-cmsout", "-print", "-inform", "SMIME"],
         &copy.data,
@@ -754,17 +741,7 @@ fn pss_signatures_capabilities_seven_bit_output_and_encrypted_mail_passes() {
         printed.contains("S/MIME Capabilities") || printed.contains("1.2.840.113549.1.9.15"),
         "no SMIMECapabilities"
     );
-    let verified = pki::openssl(
-        &[
-            "cms",
-            "-verify",
-            "-CAfile",
-            anchors_file().to_str().unwrap(),
-            "-purpose",
-            "any",
-        ],
-        &copy.data,
-    );
+    let verified = verify_signed(&copy.data);
     let verified = pki::crlf(&verified);
     assert!(String::from_utf8_lossy(&verified).contains("Content-Transfer-Encoding: base64"));
     assert!(String::from_utf8_lossy(&pki::body_der(&verified)).contains("Blåbærgrød på Ærø"));

@@ -3,7 +3,7 @@
 //! be used whether or not the daemon runs.
 
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use crate::headers;
 use crate::spool::dsn::rfc5322_date;
@@ -96,13 +96,10 @@ pub fn show(store: &Store, id: &str) -> Result<String, SpoolError> {
 /// Makes message `id` due now; the daemon picks it up at its next queue
 /// scan (`queue.scan_interval`).
 pub fn retry(store: &Store, id: &str) -> Result<String, SpoolError> {
-    let mut m = store.load(id)?;
-    m.state.next_attempt = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    store.save_state(id, &m.state)?;
-    Ok(format!("{id}: due now"))
+    store.request_retry(id)?;
+    Ok(format!(
+        "{id}: will be tried at the daemon's next queue scan"
+    ))
 }
 
 /// Removes message `id` from the queue without delivering it.

@@ -296,6 +296,11 @@ impl Store {
     /// tried. Reads only the small state file.
     pub fn next_attempt(&self, id: &str) -> Result<u64, SpoolError> {
         let id = self.checked(id)?;
+        let marker = self.queue.join(format!("{id}.retry"));
+        if marker.exists() {
+            let _ = fs::remove_file(&marker);
+            return Ok(0);
+        }
         let path = self.state_path(id);
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice::<QueueState>(&bytes)
@@ -307,6 +312,17 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
             Err(e) => Err(SpoolError::io(&path)(e)),
         }
+    }
+
+    /// Asks the daemon to try message `id` at its next queue scan. A marker
+    /// file, so the operator never rewrites the state the daemon owns.
+    pub fn request_retry(&self, id: &str) -> Result<(), SpoolError> {
+        let id = self.checked(id)?;
+        if !self.msg_path(id).exists() {
+            return Err(SpoolError::NotFound(id.to_string()));
+        }
+        let marker = self.queue.join(format!("{id}.retry"));
+        fs::write(&marker, b"").map_err(SpoolError::io(&marker))
     }
 
     /// Records the state of message `id` durably.

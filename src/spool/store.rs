@@ -86,9 +86,10 @@ impl Store {
         }
         for entry in fs::read_dir(&store.queue).map_err(SpoolError::io(&store.queue))? {
             let path = entry.map_err(SpoolError::io(&store.queue))?.path();
-            if path.extension().is_some_and(|x| x == "state")
-                && !path.with_extension("msg").exists()
-            {
+            let leftover = path
+                .extension()
+                .is_some_and(|x| x == "state" || x == "retry");
+            if leftover && !path.with_extension("msg").exists() {
                 let _ = fs::remove_file(&path);
             }
         }
@@ -347,6 +348,7 @@ impl Store {
         // harmless (cleared at the next start), a message without its state
         // would be sent to every recipient again.
         durable::remove(&msg).map_err(SpoolError::io(&msg))?;
+        let _ = fs::remove_file(self.queue.join(format!("{id}.retry")));
         let state = self.state_path(id);
         durable::remove(&state).map_err(SpoolError::io(&state))
     }

@@ -76,6 +76,7 @@ impl Runner {
         let mut due = Schedule::default();
         let mut busy: HashSet<String> = HashSet::new();
         let mut tasks: HashMap<tokio::task::Id, String> = HashMap::new();
+        let mut last_revocation_check: Option<(std::time::Instant, usize)> = None;
         let mut jobs: JoinSet<(String, JobEnd)> = JoinSet::new();
         let scan_every = self.settings.load().queue.scan_interval;
         let mut scan = tokio::time::interval(scan_every);
@@ -135,6 +136,7 @@ impl Runner {
                     }
                 }
                 _ = scan.tick() => {
+                    self.check_own_revocation(&mut last_revocation_check);
                     let store = Arc::clone(&self.store);
                     match tokio::task::spawn_blocking(move || scan_queue(&store)).await {
                         Ok(Ok(found)) => {
@@ -237,6 +239,45 @@ impl Schedule {
 
     fn next_time(&self) -> Option<u64> {
         self.order.first().map(|(when, _)| *when)
+    }
+}
+
+impl Runner {
+    /// Every hour, and whenever the keys were reloaded, asks the CAs whether
+    /// the organisation's own identities are revoked (revoked ones no longer
+    /// sign).
+    fn check_own_revocation(&self, last: &mut Option<(std::time::Instant, usize)>) {
+        let keys = self.keys.load_full();
+        let ptr = Arc::as_ptr(&keys) as usize;
+        let due = last.is_none_or(|(at, p)| p != ptr || at.elapsed() >= Duration::from_secs(3600));
+        if !due || keys.identities.is_empty() {
+            return;
+        }
+        *last = Some((std::time::Instant::now(), ptr));
+        let settings = self.settings.load_full();
+        // In the background: CRL and OCSP sources may be slow to answer.
+        tokio::spawn(async move {
+            let k = Arc::clone(&keys);
+            let found = tokio::task::spawn_blocking(move || {
+                crate::pki::listing::revoked_identities(&k, &settings, now_secs() as i64)
+            })
+            .await
+            .unwrap_or_default();
+            let revoked: HashSet<usize> = found
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| **r)
+                .map(|(i, _)| i)
+                .collect();
+            for &i in &revoked {
+                warn!(event = "identity-revoked", subject = %keys.identities[i].info.subject_cn,
+                      "an identity of the organisation is revoked: it decrypts but no longer signs");
+            }
+            match keys.revoked.write() {
+                Ok(mut r) => *r = revoked,
+                Err(e) => error!(error = %e, "cannot record revoked identities"),
+            };
+        });
     }
 }
 

@@ -878,3 +878,61 @@ fn only_mail_from_internal_senders_is_signed() {
         "{insider}"
     );
 }
+
+#[test]
+fn a_revoked_own_identity_no_longer_signs() {
+    let crl_dir = tempfile::tempdir().unwrap();
+    let server = common::http::FileServer::start(crl_dir.path().to_path_buf());
+    let pki_dir = pki_with_urls(server.addr.port(), server.addr.port());
+    let p = pki_dir.path();
+    std::fs::copy(
+        p.join("crl/oces2-ca.crl"),
+        crl_dir.path().join("oces2-ca.crl"),
+    )
+    .unwrap();
+    let sink = Sink::start(Script::default());
+    let id = |name: &str, mailboxes: &str| {
+        format!(
+            "[[identity]]\npkcs12 = \"{0}/keys/{name}.p12\"\npassword_file = \"{0}/keys/{name}.pass\"\nmailboxes = [{mailboxes}]\n",
+            p.display()
+        )
+    };
+    let mut opts = Options::new(sink.addr);
+    opts.extra = format!(
+        "{}{}\n[trust]\nanchors = [\"{}/trust\"]\nrevocation_timeout = \"2s\"\n\n[policy]\noces2_cutoff = \"{FUTURE}\"\n{RULES}",
+        id("bob-oces2-revoked", "\"bob@example-law.dk\""),
+        id("org-oces2", ""),
+        p.display()
+    );
+    let gw = Gateway::start(opts);
+    assert!(
+        wait_until(Duration::from_secs(20), || gw
+            .log()
+            .contains("event=\"identity-revoked\"")),
+        "{}",
+        gw.log()
+    );
+    let body = common::message("rev-1", "from bob");
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    assert_eq!(
+        c.send("bob@example-law.dk", &["x@unknown.example"], &body)
+            .unwrap()
+            .code,
+        250
+    );
+    let copy = wait_for(&sink, |r| r.rcpts == vec!["x@unknown.example".to_string()]);
+    let printed = String::from_utf8_lossy(&pki::openssl(
+        &["cms", "-cmsout", "-print", "-inform", "SMIME"],
+        &copy.data,
+    ))
+    .to_string();
+    assert!(
+        printed.contains("Example Law ApS - sikkermail"),
+        "{printed}"
+    );
+    assert!(
+        !printed.contains("Bob Bertelsen"),
+        "signed with a revoked key"
+    );
+}

@@ -29,6 +29,9 @@ pub struct Keyring {
     pub anchors: Vec<X509>,
     /// Recipients' certificates.
     pub directory: directory::Directory,
+    /// Identities their CA says are revoked (positions in `identities`),
+    /// as last checked by the runner: they still decrypt, never sign.
+    pub revoked: std::sync::RwLock<std::collections::HashSet<usize>>,
 }
 
 /// What went wrong loading keys and anchors; every problem is listed.
@@ -68,6 +71,7 @@ impl Keyring {
                 identities,
                 anchors,
                 directory,
+                revoked: Default::default(),
             })
         } else {
             Err(KeyringError(problems))
@@ -81,6 +85,11 @@ impl Keyring {
             .iter()
             .filter(move |i| i.serves(rcpt))
             .chain(self.identities.iter().filter(|i| i.is_organisation_wide()))
+    }
+
+    /// True when identity `i` was found revoked.
+    pub fn is_revoked(&self, i: usize) -> bool {
+        self.revoked.read().map(|r| r.contains(&i)).unwrap_or(false)
     }
 
     /// Positions in `identities` of the candidates for `rcpt`, in order.

@@ -311,6 +311,7 @@ fn signing_identity(
         let id = &keys.identities[i];
         id.info.valid_at(at)
             && id.info.can_sign()
+            && !keys.is_revoked(i)
             && g.is_none_or(|g| id.info.generation == g)
             && !(cutoff_passed && id.info.generation != Generation::Oces3)
     };

@@ -269,7 +269,6 @@ pub fn generate(out: &Path, now: i64, urls: &Urls) -> Result<Written, DemoError>
         now,
         "TRUST2408 Demo CA (TEST ONLY)",
         "oces2-ca",
-        urls,
     )?;
     let mut oces3_ca = make_issuing(
         &oces3_root,
@@ -277,7 +276,6 @@ pub fn generate(out: &Path, now: i64, urls: &Urls) -> Result<Written, DemoError>
         now,
         "Den Danske Stat OCES udstedende-CA 1",
         "oces3-ca",
-        urls,
     )?;
     let mut stranger_ca = make_issuing(
         &stranger_root,
@@ -285,7 +283,6 @@ pub fn generate(out: &Path, now: i64, urls: &Urls) -> Result<Written, DemoError>
         now,
         "Stranger Issuing CA (TEST ONLY)",
         "stranger-ca",
-        urls,
     )?;
 
     for (file, cert) in [
@@ -521,7 +518,6 @@ fn make_issuing(
     now: i64,
     cn: &str,
     file: &'static str,
-    urls: &Urls,
 ) -> Result<Ca, DemoError> {
     let (key, scheme) = match gen {
         Gen::Oces2 => (rsa(2048)?, Signature::Pkcs1Sha256),
@@ -549,7 +545,6 @@ fn make_issuing(
         .keyid(true)
         .build(&b.x509v3_context(Some(&root.cert), None))?;
     b.append_extension(aki)?;
-    let _ = urls;
     let cert = b.build();
     ossl::sign_certificate(&cert, &root.key, root.scheme)?;
     Ok(Ca {

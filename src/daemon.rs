@@ -67,13 +67,19 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_rx_metrics = stop_rx.clone();
     let (queued_tx, queued_rx) = mpsc::unbounded_channel();
-    let ctx = Arc::new(smtp::Context::new(
-        Arc::clone(&settings),
-        Arc::clone(&store),
-        tls,
-        stop_rx.clone(),
-        queued_tx.clone(),
-    ));
+    let verifier = Arc::new(crate::delivery::verify::Verifier::new(Arc::clone(
+        &settings,
+    )));
+    let ctx = Arc::new(
+        smtp::Context::new(
+            Arc::clone(&settings),
+            Arc::clone(&store),
+            tls,
+            stop_rx.clone(),
+            queued_tx.clone(),
+        )
+        .with_verifier(verifier),
+    );
     let runner = Runner::new(
         Arc::clone(&settings),
         Arc::clone(&keys),

@@ -353,3 +353,37 @@ fn idle_client_is_dropped_after_the_command_timeout() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(c.read().is_err(), "connection still open");
 }
+
+#[test]
+fn unknown_internal_recipients_are_refused_at_rcpt_when_verification_is_on() {
+    let mut script = Script::default();
+    script.rcpt_replies.insert(
+        "nobody@example-law.dk".into(),
+        "550 5.1.1 <nobody@example-law.dk>: no such user".into(),
+    );
+    script.rcpt_replies.insert(
+        "busy@example-law.dk".into(),
+        "450 4.2.1 mailbox busy".into(),
+    );
+    let sink = Sink::start(script);
+    let mut opts = Options::new(sink.addr);
+    opts.trusted = false;
+    opts.extra_server = "verify_recipients = true\n".into();
+    let gw = Gateway::start(opts);
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    assert_eq!(c.cmd("MAIL FROM:<sender@example.org>").unwrap().code, 250);
+    let r = c.cmd("RCPT TO:<nobody@example-law.dk>").unwrap();
+    assert_eq!(r.code, 550, "{r:?}");
+    assert!(r.text.contains("5.1.1"));
+    assert_eq!(c.cmd("RCPT TO:<busy@example-law.dk>").unwrap().code, 450);
+    assert_eq!(c.cmd("RCPT TO:<bob@example-law.dk>").unwrap().code, 250);
+    // Answers are remembered: the second ask does not reach the server.
+    assert_eq!(c.cmd("RCPT TO:<bob@example-law.dk>").unwrap().code, 250);
+    assert_eq!(c.cmd("DATA").unwrap().code, 354);
+    c.write(b"Subject: verified\r\n\r\nx\r\n.\r\n").unwrap();
+    assert_eq!(c.read().unwrap().code, 250);
+    assert!(wait_until(Duration::from_secs(10), || sink.count() == 1));
+    // Nothing was sent by the probes themselves.
+    assert_eq!(sink.data_attempts(), 1);
+}

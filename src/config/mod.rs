@@ -327,6 +327,13 @@ pub struct ServerSettings {
     pub data_timeout: Duration,
     #[serde(default = "defaults::shutdown_timeout", with = "duration")]
     pub shutdown_timeout: Duration,
+    /// Ask `relay.internal` at RCPT time whether an internal recipient
+    /// exists (clients outside trusted_networks only).
+    #[serde(default)]
+    pub verify_recipients: bool,
+    /// How long an answer to such a question is remembered.
+    #[serde(default = "defaults::verify_cache_ttl", with = "duration")]
+    pub verify_cache_ttl: Duration,
     pub tls: Option<ServerTls>,
 }
 
@@ -464,6 +471,9 @@ mod defaults {
 
     pub fn yes() -> bool {
         true
+    }
+    pub fn verify_cache_ttl() -> Duration {
+        Duration::from_secs(600)
     }
     pub fn ldap_filter() -> String {
         "(mail={address})".into()

@@ -49,7 +49,7 @@ pub async fn send(relay: &RelaySettings, helo: &str, out: &Outbound<'_>) -> Vec<
 }
 
 /// The text of a failed command: the reply when there was one.
-fn describe(e: &SmtpError) -> String {
+pub(super) fn describe(e: &SmtpError) -> String {
     match (e.status(), e.source()) {
         (Some(code), Some(text)) => format!("{code} {text}"),
         (Some(code), None) => code.to_string(),
@@ -65,12 +65,13 @@ fn reply_text(r: &lettre::transport::smtp::response::Response) -> String {
 /// Error text for a failure that defers every recipient of the attempt.
 type AllDeferred = String;
 
-async fn transact(
+/// Connects to `hop`, greets it and starts TLS as `relay.tls` says.
+pub(super) async fn connect(
     relay: &RelaySettings,
     helo: &str,
-    out: &Outbound<'_>,
-) -> Result<Vec<RcptOutcome>, AllDeferred> {
-    let (host, port) = parse_host_port(out.hop)?;
+    hop: &str,
+) -> Result<AsyncSmtpConnection, String> {
+    let (host, port) = parse_host_port(hop)?;
     let client_id = ClientId::Domain(helo.to_string());
     let connect = AsyncSmtpConnection::connect_tokio1(
         (host.as_str(), port),
@@ -81,8 +82,8 @@ async fn transact(
     );
     let mut conn = tokio::time::timeout(relay.connect_timeout, connect)
         .await
-        .map_err(|_| format!("connect to {} timed out", out.hop))?
-        .map_err(|e| format!("connect to {} failed: {}", out.hop, describe(&e)))?;
+        .map_err(|_| format!("connect to {hop} timed out"))?
+        .map_err(|e| format!("connect to {hop} failed: {}", describe(&e)))?;
 
     if relay.tls != RelayTls::None {
         if conn.can_starttls() {
@@ -93,16 +94,23 @@ async fn transact(
                 .map_err(|e| format!("TLS setup failed: {e}"))?;
             conn.starttls(params, &client_id)
                 .await
-                .map_err(|e| format!("STARTTLS with {} failed: {}", out.hop, describe(&e)))?;
+                .map_err(|e| format!("STARTTLS with {hop} failed: {}", describe(&e)))?;
         } else if relay.tls == RelayTls::Required {
             conn.abort().await;
             return Err(format!(
-                "{} does not offer STARTTLS and relay.tls = \"required\"",
-                out.hop
+                "{hop} does not offer STARTTLS and relay.tls = \"required\""
             ));
         }
     }
+    Ok(conn)
+}
 
+async fn transact(
+    relay: &RelaySettings,
+    helo: &str,
+    out: &Outbound<'_>,
+) -> Result<Vec<RcptOutcome>, AllDeferred> {
+    let mut conn = connect(relay, helo, out.hop).await?;
     let info = conn.server_info();
     let mut params = String::new();
     if out.eight_bit && info.supports_feature(Extension::EightBitMime) {

@@ -4,5 +4,6 @@
 
 mod client;
 pub mod route;
+pub mod verify;
 
 pub use client::{send, Outbound, RcptOutcome};

@@ -20,6 +20,25 @@ use crate::spool::Store;
 
 pub use listener::{bind, serve};
 
+/// Whether an internal recipient exists, asked at RCPT time of untrusted
+/// clients when `server.verify_recipients` is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptCheck {
+    Exists,
+    /// The mailbox server refused it (its reply).
+    Unknown(String),
+    /// Could not tell now (its reply or why).
+    TryLater(String),
+}
+
+/// Answers recipient checks (the daemon plugs in the outbound side).
+pub trait RecipientVerifier: Send + Sync {
+    fn check<'a>(
+        &'a self,
+        rcpt: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = RcptCheck> + Send + 'a>>;
+}
+
 /// What every session shares.
 pub struct Context {
     settings: Arc<ArcSwap<Settings>>,
@@ -27,6 +46,7 @@ pub struct Context {
     pub tls: Option<TlsAcceptor>,
     pub shutdown: watch::Receiver<bool>,
     queued: mpsc::UnboundedSender<String>,
+    pub verifier: Option<Arc<dyn RecipientVerifier>>,
 }
 
 impl Context {
@@ -43,7 +63,14 @@ impl Context {
             tls,
             shutdown,
             queued,
+            verifier: None,
         }
+    }
+
+    /// Plugs in recipient verification.
+    pub fn with_verifier(mut self, verifier: Arc<dyn RecipientVerifier>) -> Self {
+        self.verifier = Some(verifier);
+        self
     }
 
     /// The configuration in force now (a session keeps the one it started with).

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use super::address::{self, RelayDenied};
 use super::conn::{Conn, Line, ReadError};
 use super::data::{DataDecoder, Violation};
-use super::Context;
+use super::{Context, RcptCheck};
 use crate::config::Settings;
 use crate::headers;
 use crate::spool::{Envelope, Incoming};
@@ -147,7 +147,7 @@ impl Session {
                 Ok(Request::Ehlo { host }) => self.hello(conn, &host, true),
                 Ok(Request::Helo { host }) => self.hello(conn, &host, false),
                 Ok(Request::Mail { from }) => self.mail(conn, from),
-                Ok(Request::Rcpt { to }) => self.rcpt(conn, &line, &to.address),
+                Ok(Request::Rcpt { to }) => self.rcpt(conn, &line, &to.address).await,
                 Ok(Request::Data) => {
                     if let Err(()) = self.data(conn).await {
                         return End::Close;
@@ -329,7 +329,7 @@ impl Session {
         conn.reply(250, &["2.1.0 Ok"]);
     }
 
-    fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
+    async fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         conn: &mut Conn<S>,
         line: &[u8],
@@ -384,6 +384,32 @@ impl Session {
                     }
                 };
                 return self.error(conn, 554, &reply);
+            }
+            if let (true, Some(verifier)) = (
+                self.settings.server.verify_recipients,
+                self.ctx.verifier.clone(),
+            ) {
+                match verifier.check(addr).await {
+                    RcptCheck::Exists => {}
+                    RcptCheck::Unknown(why) => {
+                        info!(event = "rejected", client = %self.peer, recipient = %addr,
+                              reason = %why, "unknown recipient");
+                        let reply =
+                            format!("5.1.1 <{addr}>: Recipient address rejected: unknown user");
+                        return self.error(conn, 550, &reply);
+                    }
+                    RcptCheck::TryLater(why) => {
+                        info!(event = "tempfail", client = %self.peer, recipient = %addr,
+                              reason = %why, "recipient could not be verified");
+                        conn.reply(
+                            450,
+                            &[&format!(
+                                "4.1.1 <{addr}>: Recipient address not verified, try again later"
+                            )],
+                        );
+                        return;
+                    }
+                }
             }
         }
         if let Some(tx) = self.tx.as_mut() {

@@ -4,6 +4,7 @@
 //! data for the recipients. The signed entity is made 7-bit safe first, so
 //! no later hop has to re-encode it and break the signature.
 
+use mail_parser::{MessageParser, MimeHeaders, PartType};
 use openssl::x509::X509;
 
 use super::cms::{self, short};
@@ -73,30 +74,81 @@ pub fn sign(message: &[u8], id: &Identity, scheme: SignatureScheme) -> Result<Ve
     Ok(out)
 }
 
-/// An entity whose body is 8-bit or has lines over 998 octets, re-encoded
-/// as base64 (single parts; a multipart is left as it is).
+/// `entity` with every leaf part whose body is 8-bit or has lines over
+/// 998 octets re-encoded as base64, so no later hop converts (and breaks)
+/// what was signed. Parts in base64 or quoted-printable, and everything
+/// already 7-bit, are left byte for byte.
 fn seven_bit(entity: &[u8]) -> Vec<u8> {
-    let (headers, body) = mime::split(entity);
-    let clean =
-        body.iter().all(|b| *b < 0x80) && body.split(|b| *b == b'\n').all(|l| l.len() <= 999);
-    let fields = mime::fields(headers);
-    let is_multipart = fields.iter().any(|(n, raw)| {
-        n == "content-type"
-            && String::from_utf8_lossy(raw)
-                .to_ascii_lowercase()
-                .contains("multipart/")
-    });
-    let encoded = fields.iter().any(|(n, raw)| {
-        n == "content-transfer-encoding" && {
-            let v = String::from_utf8_lossy(raw).to_ascii_lowercase();
-            v.contains("base64") || v.contains("quoted-printable")
-        }
-    });
-    if clean || is_multipart || encoded {
+    let Some(msg) = MessageParser::default().parse(entity) else {
         return entity.to_vec();
+    };
+    let clean = |body: &[u8]| {
+        body.iter().all(|b| *b < 0x80) && body.split(|b| *b == b'\n').all(|l| l.len() <= 999)
+    };
+    let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+    for part in &msg.parts {
+        if matches!(part.body, PartType::Multipart(_) | PartType::Message(_)) {
+            continue;
+        }
+        let (h, b, e) = (
+            part.offset_header as usize,
+            part.offset_body as usize,
+            part.offset_end as usize,
+        );
+        let (Some(headers), Some(body)) = (entity.get(h..b), entity.get(b..e)) else {
+            continue;
+        };
+        let encoded = part.content_transfer_encoding().is_some_and(|c| {
+            c.eq_ignore_ascii_case("base64") || c.eq_ignore_ascii_case("quoted-printable")
+        });
+        if encoded || clean(body) {
+            continue;
+        }
+        let (fields, _) = mime::split(headers);
+        let mut new = mime::without(fields, |n| n == "content-transfer-encoding");
+        new.extend_from_slice(b"Content-Transfer-Encoding: base64\r\n\r\n");
+        let mut b64 = mime::base64_lines(body);
+        if e < entity.len() {
+            // The CRLF before the next boundary belongs to the delimiter.
+            b64.truncate(b64.len().saturating_sub(2));
+        }
+        new.extend_from_slice(&b64);
+        edits.push((h, e, new));
     }
-    let mut out = mime::without(headers, |n| n == "content-transfer-encoding");
-    out.extend_from_slice(b"Content-Transfer-Encoding: base64\r\n\r\n");
-    out.extend_from_slice(&mime::base64_lines(body));
+    let mut out = entity.to_vec();
+    edits.sort_by(|a, b| b.0.cmp(&a.0));
+    for (start, end, new) in edits {
+        out.splice(start..end, new);
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eight_bit_parts_are_reencoded_inside_multiparts() {
+        let m = b"Content-Type: multipart/mixed; boundary=\"BB\"\r\n\r\n--BB\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nbl\xc3\xa5b\xc3\xa6r\r\n--BB\r\nContent-Type: text/plain\r\n\r\nascii\r\n--BB--\r\n";
+        let out = seven_bit(m);
+        assert!(
+            out.iter().all(|b| *b < 0x80),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.contains("Content-Transfer-Encoding: base64\r\n\r\nYmzDpWLDpnI=\r\n--BB"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Content-Type: text/plain\r\n\r\nascii\r\n--BB--"),
+            "{text}"
+        );
+        let parsed = MessageParser::default().parse(&out[..]).unwrap();
+        assert_eq!(parsed.body_text(0).unwrap(), "blåbær");
+        // Already 7-bit: untouched.
+        let plain = b"Content-Type: text/plain\r\n\r\nhello\r\n";
+        assert_eq!(seven_bit(plain), plain.to_vec());
+    }
 }

@@ -116,7 +116,7 @@ fn seven_bit(entity: &[u8]) -> Vec<u8> {
         edits.push((h, e, new));
     }
     let mut out = entity.to_vec();
-    edits.sort_by(|a, b| b.0.cmp(&a.0));
+    edits.sort_by_key(|e| std::cmp::Reverse(e.0));
     for (start, end, new) in edits {
         out.splice(start..end, new);
     }

@@ -80,6 +80,24 @@ pub enum Action<'a> {
     Observed(Event),
 }
 
+impl Action<'_> {
+    /// The same action owning its bytes (to leave a blocking task).
+    pub fn into_owned(self) -> Action<'static> {
+        match self {
+            Action::Deliver(c) => Action::Deliver(Copy {
+                rcpts: c.rcpts,
+                body: Cow::Owned(c.body.into_owned()),
+                note: c.note,
+            }),
+            Action::Quarantine { rcpts, reason } => Action::Quarantine { rcpts, reason },
+            Action::Fail { rcpts, reason } => Action::Fail { rcpts, reason },
+            Action::Defer { rcpts, reason } => Action::Defer { rcpts, reason },
+            Action::Harvest(cert, caps) => Action::Harvest(cert, caps),
+            Action::Observed(e) => Action::Observed(e),
+        }
+    }
+}
+
 /// What the pipeline did, for metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {

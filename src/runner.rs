@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 use crate::config::Settings;
 use crate::delivery::{self, route, Outbound, RcptOutcome};
 use crate::metrics;
+use crate::pipeline::{Action, Copy};
 use crate::pki::resolve::Resolver;
 use crate::pki::Keyring;
 use crate::policy::{self, Decision};
@@ -166,46 +167,6 @@ impl Runner {
                 "deliveries still running at shutdown; they will be retried"
             );
             jobs.abort_all();
-        }
-    }
-}
-
-/// A pipeline action with owned bytes, to leave the blocking task.
-enum Owned {
-    Deliver {
-        rcpts: Vec<String>,
-        body: Vec<u8>,
-        note: Option<String>,
-    },
-    Quarantine {
-        rcpts: Vec<String>,
-        reason: String,
-    },
-    Fail {
-        rcpts: Vec<String>,
-        reason: String,
-    },
-    Defer {
-        rcpts: Vec<String>,
-        reason: String,
-    },
-    Harvest(openssl::x509::X509, Vec<String>),
-    Observed(pipeline::Event),
-}
-
-impl From<pipeline::Action<'_>> for Owned {
-    fn from(a: pipeline::Action<'_>) -> Self {
-        match a {
-            pipeline::Action::Deliver(c) => Owned::Deliver {
-                rcpts: c.rcpts,
-                body: c.body.into_owned(),
-                note: c.note,
-            },
-            pipeline::Action::Quarantine { rcpts, reason } => Owned::Quarantine { rcpts, reason },
-            pipeline::Action::Fail { rcpts, reason } => Owned::Fail { rcpts, reason },
-            pipeline::Action::Defer { rcpts, reason } => Owned::Defer { rcpts, reason },
-            pipeline::Action::Harvest(cert, caps) => Owned::Harvest(cert, caps),
-            pipeline::Action::Observed(e) => Owned::Observed(e),
         }
     }
 }
@@ -433,7 +394,7 @@ async fn attempt(
             };
             pipeline::process(&envelope, &body, pending, &ctx)
                 .into_iter()
-                .map(Owned::from)
+                .map(pipeline::Action::into_owned)
                 .collect::<Vec<_>>()
         })
         .await
@@ -448,12 +409,12 @@ async fn attempt(
     let mut results: Vec<(String, String, RcptOutcome)> = Vec::new();
     for action in &actions {
         let (rcpts_all, body, note) = match action {
-            Owned::Deliver { rcpts, body, note } => (rcpts, body, note),
-            Owned::Observed(event) => {
+            Action::Deliver(Copy { rcpts, body, note }) => (rcpts, body, note),
+            Action::Observed(event) => {
                 metrics::pipeline(event);
                 continue;
             }
-            Owned::Fail { rcpts, reason } => {
+            Action::Fail { rcpts, reason } => {
                 for rcpt in rcpts {
                     results.push((
                         rcpt.clone(),
@@ -463,7 +424,7 @@ async fn attempt(
                 }
                 continue;
             }
-            Owned::Defer { rcpts, reason } => {
+            Action::Defer { rcpts, reason } => {
                 for rcpt in rcpts {
                     results.push((
                         rcpt.clone(),
@@ -473,7 +434,7 @@ async fn attempt(
                 }
                 continue;
             }
-            Owned::Harvest(cert, caps) => {
+            Action::Harvest(cert, caps) => {
                 let (k, c, caps) = (Arc::clone(keys), cert.clone(), caps.clone());
                 match tokio::task::spawn_blocking(move || k.directory.harvest(&c, &caps)).await {
                     Ok(Ok(true)) => info!(event = "harvested", queue_id = %id,
@@ -486,7 +447,7 @@ async fn attempt(
                 }
                 continue;
             }
-            Owned::Quarantine { rcpts, reason } => {
+            Action::Quarantine { rcpts, reason } => {
                 let mut env = msg.envelope.clone();
                 env.rcpts = rcpts.clone();
                 let (s, b, r) = (Arc::clone(store), Arc::clone(&msg.body), reason.clone());

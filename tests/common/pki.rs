@@ -169,8 +169,30 @@ pub fn issuing_ca(name: &str) -> &'static str {
     }
 }
 
+/// A gpgsm home folder; its gpg-agent is stopped with it.
+pub struct GpgHome(tempfile::TempDir);
+
+impl GpgHome {
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for GpgHome {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .args([
+                "--homedir",
+                self.0.path().to_str().unwrap_or(""),
+                "--kill",
+                "gpg-agent",
+            ])
+            .output();
+    }
+}
+
 /// A gpgsm home that trusts the demo roots and knows the demo certificates.
-pub fn gpgsm_home() -> tempfile::TempDir {
+pub fn gpgsm_home() -> GpgHome {
     let home = tempfile::tempdir().expect("tempdir");
     let d = demo();
     let mut files: Vec<PathBuf> = Vec::new();
@@ -212,7 +234,7 @@ pub fn gpgsm_home() -> tempfile::TempDir {
         trust.push_str(&format!("{hex} S relax\n"));
     }
     std::fs::write(home.path().join("trustlist.txt"), trust).expect("trustlist");
-    home
+    GpgHome(home)
 }
 
 /// `gpgsm --encrypt` of `data` to the demo certificate `to`, BER out.

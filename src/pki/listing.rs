@@ -13,6 +13,24 @@ fn day(secs: i64) -> String {
         .to_string()
 }
 
+/// The columns both tables share: CN, generation, kind, CVR, e-mails,
+/// not-after.
+fn columns(i: &super::oces::CertInfo) -> String {
+    let cn: String = i.subject_cn.chars().take(40).collect();
+    let emails = if i.emails.is_empty() {
+        "-".to_string()
+    } else {
+        i.emails.join(",")
+    };
+    format!(
+        "{cn:<40} {:<6} {:<12} {:<9} {emails:<28} {:<11}",
+        i.generation.to_string(),
+        i.kind.to_string(),
+        i.cvr.as_deref().unwrap_or("-"),
+        day(i.not_after),
+    )
+}
+
 /// One line per identity: CN, generation, kind, CVR, e-mails, not-after,
 /// state at `now` (revoked where `revoked` says so), and what the key may
 /// do: decrypt always, sign only while valid.
@@ -39,20 +57,7 @@ pub fn keys_table(keys: &Keyring, now: i64, revoked: &[bool]) -> String {
         } else {
             "decrypt"
         };
-        let cn: String = i.subject_cn.chars().take(40).collect();
-        let _ = writeln!(
-            out,
-            "{cn:<40} {:<6} {:<12} {:<9} {:<28} {:<11} {state:<13} {may}",
-            i.generation.to_string(),
-            i.kind.to_string(),
-            i.cvr.as_deref().unwrap_or("-"),
-            if i.emails.is_empty() {
-                "-".to_string()
-            } else {
-                i.emails.join(",")
-            },
-            day(i.not_after),
-        );
+        let _ = writeln!(out, "{} {state:<13} {may}", columns(i));
         if !id.mailboxes.is_empty() {
             let _ = writeln!(out, "{:<40} serves: {}", "", id.mailboxes.join(", "));
         }
@@ -75,27 +80,12 @@ pub fn certs_table(dir: &super::directory::Directory) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<40} {:<6} {:<12} {:<9} {:<30} {:<11} source",
+        "{:<40} {:<6} {:<12} {:<9} {:<28} {:<11} source",
         "SUBJECT CN", "GEN", "KIND", "CVR", "E-MAIL", "NOT AFTER"
     );
     let all = dir.all();
     for e in &all {
-        let i = &e.info;
-        let cn: String = i.subject_cn.chars().take(40).collect();
-        let _ = writeln!(
-            out,
-            "{cn:<40} {:<6} {:<12} {:<9} {:<30} {:<11} {}",
-            i.generation.to_string(),
-            i.kind.to_string(),
-            i.cvr.as_deref().unwrap_or("-"),
-            if i.emails.is_empty() {
-                "-".to_string()
-            } else {
-                i.emails.join(",")
-            },
-            day(i.not_after),
-            e.source
-        );
+        let _ = writeln!(out, "{} {}", columns(&e.info), e.source);
     }
     let _ = writeln!(out, "{} certificate(s)", all.len());
     out

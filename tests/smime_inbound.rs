@@ -19,14 +19,20 @@ const SECRET: &str = "Fortroligt: sagsakter i sag 2023-117 (æøå)";
 fn gateway(sink: &Sink, extra: &str) -> Gateway {
     let mut opts = Options::new(sink.addr);
     opts.extra = format!(
-        "{extra}\n{}{}{}{}\
+        "{extra}\n{}{}{}{}{}\
          [trust]\nanchors = [\"{}\"]\n\n\
          [[mailbox]]\naddress = \"sikkermail@example-law.dk\"\ndeliver = \"reencrypt\"\n\n\
          [[mailbox]]\naddress = \"*@example-law.dk\"\ndeliver = \"plain\"\n",
         pki::identity("org-oces2", &[]),
         pki::identity("org-oces3", &[]),
         pki::identity("alice-oces2-expired", &["alice@example-law.dk"]),
-        pki::identity("alice-oces3", &["alice@example-law.dk"]),
+        // Alice's OCES3 key as a PEM pair, Bob's revoked OCES2 key for Bob.
+        format!(
+            "[[identity]]\ncert = \"{}\"\nkey = \"{}\"\nmailboxes = [\"alice@example-law.dk\"]\n",
+            pki::demo().join("keys/alice-oces3.crt.pem").display(),
+            pki::demo().join("keys/alice-oces3.key.pem").display()
+        ),
+        pki::identity("bob-oces2-revoked", &["bob@example-law.dk"]),
         pki::demo().join("trust").display(),
     );
     Gateway::start(opts)
@@ -112,6 +118,27 @@ fn openssl_and_gpgsm_mail_to_oces2_and_oces3_keys_arrives_decrypted() {
             "OCES2",
         ),
         (
+            "revoked-moces",
+            "bob@example-law.dk",
+            pki::cms_encrypt(&inner, "bob-oces2-revoked", &["-aes-256-cbc"]),
+            P7M,
+            "OCES2",
+        ),
+        (
+            "pem-oces3-keyid",
+            "alice@example-law.dk",
+            pki::cms_encrypt(&inner, "alice-oces3", &["-aes-256-cbc", "-keyid"]),
+            P7M,
+            "OCES3",
+        ),
+        (
+            "no-smime-type",
+            "bob@example-law.dk",
+            pki::cms_encrypt(&inner, "org-oces3", &["-aes-256-cbc"]),
+            "application/pkcs7-mime",
+            "OCES3",
+        ),
+        (
             "gpgsm-oces2",
             "bob@example-law.dk",
             pki::gpgsm_encrypt(home.path(), &inner, "org-oces2"),
@@ -146,14 +173,28 @@ fn openssl_and_gpgsm_mail_to_oces2_and_oces3_keys_arrives_decrypted() {
     let mut smime_msg = b"Message-ID: <smime-oces3@test>\r\n".to_vec();
     smime_msg.extend_from_slice(&common::pki::crlf(&smime));
     send(&gw, "bob@example-law.dk", &smime_msg);
+    // The encrypted body as the one and only part of a multipart/mixed.
+    let part = pki::enveloped_message(
+        "unused",
+        "x",
+        &pki::cms_encrypt(&inner, "org-oces2", &[]),
+        P7M,
+    );
+    let entity_start = part
+        .windows(13)
+        .position(|w| w == b"Content-Type:")
+        .unwrap();
+    let mut single = b"From: Sender <sender@example.org>\r\nTo: <bob@example-law.dk>\r\nSubject: single part\r\n\
+Message-ID: <single-part@test>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"BB\"\r\n\r\n--BB\r\n"
+        .to_vec();
+    single.extend_from_slice(&part[entity_start..]);
+    single.extend_from_slice(b"\r\n--BB--\r\n");
+    send(&gw, "bob@example-law.dk", &single);
 
-    for (id, to, _, _, generation) in cases.iter().map(|c| (c.0, c.1, (), (), c.4)).chain([(
-        "smime-oces3",
-        "bob@example-law.dk",
-        (),
-        (),
-        "OCES3",
-    )]) {
+    for (id, to, _, _, generation) in cases.iter().map(|c| (c.0, c.1, (), (), c.4)).chain([
+        ("smime-oces3", "bob@example-law.dk", (), (), "OCES3"),
+        ("single-part", "bob@example-law.dk", (), (), "OCES2"),
+    ]) {
         let got = received_for(&sink, to, id);
         let text = got.text();
         assert!(text.contains(SECRET), "{id}: plaintext missing:\n{text}");

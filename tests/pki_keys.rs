@@ -28,6 +28,11 @@ fn demo_pki_has_both_generations_with_their_conventions() {
     assert_eq!(alice2.kind, Kind::Employee);
     assert_eq!(alice2.cvr.as_deref(), Some("12345678"));
     assert_eq!(alice2.emails, vec!["alice@example-law.dk".to_string()]);
+    let alice3 = oces::classify(&pem_der(&pki::cert("alice-oces3"))).unwrap();
+    assert_eq!(
+        (alice3.generation, alice3.kind),
+        (Generation::Oces3, Kind::User)
+    );
     let org3 = oces::classify(&pem_der(&pki::cert("org-oces3"))).unwrap();
     assert_eq!(org3.generation, Generation::Oces3);
     assert_eq!(org3.kind, Kind::Organisation);
@@ -299,6 +304,7 @@ fn real_oces_certificates_are_classified() {
     assert_eq!(org.cvr.as_deref(), Some("34051178"));
     let system = oces::classify(&pem_der(&f.join("oces3/skat-b2b-test-system-cert.pem"))).unwrap();
     assert_eq!(system.generation, Generation::Oces3);
+    assert_eq!(system.kind, Kind::System);
     assert_eq!(system.cvr.as_deref(), Some("19552101"));
     for root in [
         "trust/prod/oces2-trust2408-primary-root.pem",

@@ -35,14 +35,18 @@ impl fmt::Display for Generation {
 pub enum Kind {
     /// OCES2 POCES: a private person.
     Person,
-    /// OCES2 MOCES (medarbejdersignatur) or OCES3 employee certificate.
+    /// OCES2 MOCES (medarbejdersignatur).
     Employee,
+    /// OCES3 certificate of a person in an organisation (MitID Erhverv user).
+    User,
     /// OCES2 VOCES (virksomhedscertifikat).
     Company,
     /// OCES2 FOCES (funktionscertifikat).
     Function,
-    /// OCES3 organisation certificate (also used for systems).
+    /// OCES3 organisation certificate.
     Organisation,
+    /// OCES3 system certificate (held by an organisation for a system).
+    System,
     /// A CA certificate.
     Authority,
     Unknown,
@@ -56,6 +60,8 @@ impl fmt::Display for Kind {
             Kind::Company => "company",
             Kind::Function => "function",
             Kind::Organisation => "organisation",
+            Kind::User => "user",
+            Kind::System => "system",
             Kind::Authority => "CA",
             Kind::Unknown => "unknown",
         })
@@ -263,10 +269,19 @@ fn kind(generation: Generation, serial_number: &str, policies: &[String]) -> Kin
             }
         }
         Generation::Oces3 => {
-            if serial_number.starts_with("UI:DK-O:") {
+            // An organisation-held certificate whose MitID Erhverv policy has
+            // a further arc (1.2.208.169.1.1.1.3.7.x) is a system certificate;
+            // seen in the public test certificates, *unconfirmed* in general.
+            let system_policy = policies.iter().any(|p| {
+                p.strip_prefix("1.2.208.169.1.1.1.3.7.")
+                    .is_some_and(|rest| !rest.is_empty())
+            });
+            if serial_number.starts_with("UI:DK-O:") && system_policy {
+                Kind::System
+            } else if serial_number.starts_with("UI:DK-O:") {
                 Kind::Organisation
             } else if serial_number.starts_with("UI:DK-E:") {
-                Kind::Employee
+                Kind::User
             } else {
                 Kind::Unknown
             }

@@ -18,20 +18,20 @@ const SECRET: &str = "Fortroligt: sagsakter i sag 2023-117 (æøå)";
 
 fn gateway(sink: &Sink, extra: &str) -> Gateway {
     let mut opts = Options::new(sink.addr);
+    // Alice's OCES3 key as a PEM pair, Bob's revoked OCES2 key for Bob.
+    let alice_pem = format!(
+        "[[identity]]\ncert = \"{}\"\nkey = \"{}\"\nmailboxes = [\"alice@example-law.dk\"]\n",
+        pki::demo().join("keys/alice-oces3.crt.pem").display(),
+        pki::demo().join("keys/alice-oces3.key.pem").display()
+    );
     opts.extra = format!(
-        "{extra}\n{}{}{}{}{}\
+        "{extra}\n{}{}{}{alice_pem}{}\
          [trust]\nanchors = [\"{}\"]\n\n\
          [[mailbox]]\naddress = \"sikkermail@example-law.dk\"\ndeliver = \"reencrypt\"\n\n\
          [[mailbox]]\naddress = \"*@example-law.dk\"\ndeliver = \"plain\"\n",
         pki::identity("org-oces2", &[]),
         pki::identity("org-oces3", &[]),
         pki::identity("alice-oces2-expired", &["alice@example-law.dk"]),
-        // Alice's OCES3 key as a PEM pair, Bob's revoked OCES2 key for Bob.
-        format!(
-            "[[identity]]\ncert = \"{}\"\nkey = \"{}\"\nmailboxes = [\"alice@example-law.dk\"]\n",
-            pki::demo().join("keys/alice-oces3.crt.pem").display(),
-            pki::demo().join("keys/alice-oces3.key.pem").display()
-        ),
         pki::identity("bob-oces2-revoked", &["bob@example-law.dk"]),
         pki::demo().join("trust").display(),
     );

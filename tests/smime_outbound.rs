@@ -90,15 +90,18 @@ fn for_rcpt<'a>(rcpt: &'a str, id: &'a str) -> impl Fn(&Received) -> bool + 'a {
     }
 }
 
+/// The demo roots only: signatures must carry their intermediate CA.
 fn anchors_file() -> PathBuf {
     let d = pki::demo();
-    let path = d.join("anchors-all.pem");
+    let path = d.join("anchors-roots.pem");
     if !path.exists() {
-        let all: Vec<u8> = ["oces2-root", "oces2-ca", "oces3-root", "oces3-ca"]
+        let roots: Vec<u8> = ["oces2-root", "oces3-root"]
             .iter()
             .flat_map(|n| std::fs::read(d.join(format!("trust/{n}.pem"))).unwrap())
             .collect();
-        std::fs::write(&path, all).unwrap();
+        let tmp = d.join(format!("anchors-roots.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, roots).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
     }
     path
 }
@@ -934,5 +937,146 @@ fn a_revoked_own_identity_no_longer_signs() {
     assert!(
         !printed.contains("Bob Bertelsen"),
         "signed with a revoked key"
+    );
+}
+
+#[test]
+fn rules_generations_windows_and_preferences_in_explain() {
+    let recips = recipients(&["court-oces2", "court-oces3"]);
+    let work = tempfile::tempdir().unwrap();
+    let write = |name: &str, policy: &str, rules: &str| {
+        let cfg = work.path().join(name);
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nhostname=\"gw.test\"\nlisten=[\"127.0.0.1:1\"]\ninternal_domains=[\"example-law.dk\"]\n\
+                 [spool]\ndir=\"{}\"\n[relay]\ninternal=\"127.0.0.1:2\"\nexternal=\"127.0.0.1:3\"\n\
+                 {}{}[trust]\nanchors=[\"{}\"]\nrevocation=\"off\"\n[certificates]\ndirs=[\"{}\"]\n\
+                 [policy]\n{policy}\n{rules}",
+                work.path().join("spool").display(),
+                pki::identity("org-oces2", &[]),
+                pki::identity("org-oces3", &[]),
+                pki::demo().join("trust").display(),
+                recips.path().display()
+            ),
+        )
+        .unwrap();
+        cfg
+    };
+    let explain_at = |cfg: &Path, rcpt: &str, at: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["explain", "--config"]).arg(cfg).args([
+            "--rcpt",
+            rcpt,
+            "--from",
+            "alice@example-law.dk",
+        ]);
+        if let Some(at) = at {
+            cmd.args(["--at", at]);
+        }
+        let out = cmd.output().unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            out.status.success(),
+        )
+    };
+    let any = "[[rule]]\nname=\"courts\"\nmatch=[\"*@domstol.dk\"]\ngeneration=\"any\"\nencrypt=\"required\"\non_missing_certificate=\"bounce\"\n";
+
+    // "any" before the cutoff: both usable, OCES3 preferred; the address in
+    // any case and with a trailing dot finds the certificates.
+    let cfg = write("any.toml", &format!("oces2_cutoff=\"{FUTURE}\""), any);
+    let (text, ok) = explain_at(&cfg, "POST@Domstol.DK", None);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("OCES2 certificates set aside: the recipient has a usable OCES3 one"),
+        "{text}"
+    );
+    assert!(
+        text.contains("send encrypted (Aes256Cbc) to CN=Demo Court - sikkermail"),
+        "{text}"
+    );
+
+    // generation = "oces2" even after the cutoff: the rule says otherwise.
+    let oces2 = any.replace("generation=\"any\"", "generation=\"oces2\"");
+    let cfg = write("oces2.toml", &format!("oces2_cutoff=\"{PAST}\""), &oces2);
+    let (text, ok) = explain_at(&cfg, "post@domstol.dk", None);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("(OCES3, organisation, directory") && text.contains("allows Oces2 only"),
+        "{text}"
+    );
+    // ... but signs with OCES3: the cutoff has passed.
+    assert!(
+        text.contains("signing:     \"Example Law ApS - sikkermail\" (OCES3)"),
+        "{text}"
+    );
+
+    // A rule window: before `from` the courts rule does not apply, the
+    // next rule does (and asks for GCM with OAEP).
+    let windowed = format!(
+        "[[rule]]\nname=\"courts\"\nmatch=[\"*@domstol.dk\"]\ngeneration=\"oces3\"\nfrom=\"2030-01-01T00:00:00Z\"\n\
+         encrypt=\"required\"\non_missing_certificate=\"bounce\"\n\
+         [[rule]]\nname=\"default\"\nmatch=[\"*\"]\nencryption=\"aes256-gcm-oaep\"\n"
+    );
+    let cfg = write("window.toml", "", &windowed);
+    let (text, _) = explain_at(&cfg, "post@domstol.dk", None);
+    assert!(text.contains("rule:        \"default\""), "{text}");
+    assert!(text.contains("Aes256GcmOaep"), "{text}");
+    let (text, _) = explain_at(&cfg, "post@domstol.dk", Some("2030-06-01T00:00:00Z"));
+    assert!(
+        text.contains("rule:        \"courts\""),
+        "--at moves the evaluation time: {text}"
+    );
+    let (text, ok) = explain_at(&cfg, "post@domstol.dk", Some("2040-06-01T00:00:00Z"));
+    assert!(
+        !ok && text.contains("expired on"),
+        "certificates judged at --at: {text}"
+    );
+}
+
+#[test]
+fn hold_keeps_the_message_until_a_certificate_appears() {
+    let sink = Sink::start(Script::default());
+    let recips = recipients(&[]);
+    let mut opts = Options::new(sink.addr);
+    opts.extra = config_extra(recips.path(), PAST, "off", "").replace(
+        "on_missing_certificate = \"bounce\"",
+        "on_missing_certificate = \"hold\"",
+    );
+    let gw = Gateway::start(opts);
+    send(&gw, &["post@domstol.dk"], "hold-1");
+    assert!(
+        wait_until(Duration::from_secs(15), || gw
+            .log()
+            .contains("rule courts: hold")),
+        "{}",
+        gw.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(sink.count(), 0, "held mail must not leave");
+    assert_eq!(gw.queued(), 1);
+    let out = gw.cli(&[
+        "queue",
+        "show",
+        &std::fs::read_dir(gw.spool().join("queue"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .find_map(|e| {
+                e.path()
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().to_string())
+            })
+            .unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("no valid OCES3 certificate for post@domstol.dk"));
+    // The certificate arrives; after a reload the next attempt sends.
+    std::fs::copy(pki::cert("court-oces3"), recips.path().join("court.pem")).unwrap();
+    gw.signal("HUP");
+    let copy = wait_for(&sink, |r| r.rcpts == vec!["post@domstol.dk".to_string()]);
+    open_and_verify(&copy.data, "court-oces3");
+    assert!(
+        !sink.received().iter().any(|r| r.from.is_empty()),
+        "hold must not bounce"
     );
 }

@@ -194,6 +194,11 @@ impl Drop for GpgHome {
 /// A gpgsm home that trusts the demo roots and knows the demo certificates.
 pub fn gpgsm_home() -> GpgHome {
     let home = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        home.path().join("gpg-agent.conf"),
+        "allow-loopback-pinentry\n",
+    )
+    .expect("agent conf");
     let d = demo();
     let mut files: Vec<PathBuf> = Vec::new();
     for f in [
@@ -308,22 +313,45 @@ pub fn gpgsm_import_key(home: &Path, name: &str) {
         ],
         b"",
     );
-    std::fs::write(home.join("gpg-agent.conf"), "allow-loopback-pinentry\n").expect("agent conf");
-    run(
-        "gpgsm",
-        &[
-            "--batch",
-            "--homedir",
-            home.to_str().unwrap(),
-            "--pinentry-mode",
-            "loopback",
-            "--passphrase-fd",
-            "0",
-            "--import",
-            p12.to_str().unwrap(),
-        ],
-        b"demo-only\n",
-    );
+    // gpgsm's PKCS#12 import through gpg-agent now and then fails on a
+    // loaded machine; an agent restart and a second try settle it.
+    for attempt in 0..3 {
+        let mut child = Command::new("gpgsm")
+            .args([
+                "--batch",
+                "--homedir",
+                home.to_str().unwrap(),
+                "--pinentry-mode",
+                "loopback",
+            ])
+            .args(["--passphrase-fd", "0", "--import", p12.to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("gpgsm");
+        {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(b"demo-only\n")
+                .expect("passphrase");
+        }
+        let out = child.wait_with_output().expect("gpgsm");
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            attempt < 2,
+            "gpgsm --import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = Command::new("gpgconf")
+            .args(["--homedir", home.to_str().unwrap(), "--kill", "gpg-agent"])
+            .output();
+    }
 }
 
 /// gpgsm decrypts `cms` (DER) with the keys in `home`. gpgsm exits 2

@@ -1013,11 +1013,9 @@ fn rules_generations_windows_and_preferences_in_explain() {
 
     // A rule window: before `from` the courts rule does not apply, the
     // next rule does (and asks for GCM with OAEP).
-    let windowed = concat!(
-        "[[rule]]\nname=\"courts\"\nmatch=[\"*@domstol.dk\"]\ngeneration=\"oces3\"\nfrom=\"2030-01-01T00:00:00Z\"\n\
+    let windowed = "[[rule]]\nname=\"courts\"\nmatch=[\"*@domstol.dk\"]\ngeneration=\"oces3\"\nfrom=\"2030-01-01T00:00:00Z\"\n\
          encrypt=\"required\"\non_missing_certificate=\"bounce\"\n\
-         [[rule]]\nname=\"default\"\nmatch=[\"*\"]\nencryption=\"aes256-gcm-oaep\"\n"
-    );
+         [[rule]]\nname=\"default\"\nmatch=[\"*\"]\nencryption=\"aes256-gcm-oaep\"\n";
     let cfg = write("window.toml", "", windowed);
     let (text, _) = explain_at(&cfg, "post@domstol.dk", None);
     assert!(text.contains("rule:        \"default\""), "{text}");

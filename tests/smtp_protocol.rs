@@ -396,3 +396,78 @@ fn unknown_internal_recipients_are_refused_at_rcpt_when_verification_is_on() {
     // Nothing was sent by the probes themselves.
     assert_eq!(sink.data_attempts(), 1);
 }
+
+#[test]
+fn total_connection_limit_refuses_with_421() {
+    let sink = Sink::start(Script::default());
+    let mut opts = Options::new(sink.addr);
+    opts.extra_server = "max_connections = 2\n".into();
+    let gw = Gateway::start(opts);
+    let connect = || {
+        let mut got = None;
+        wait_until(Duration::from_secs(5), || {
+            got = Client::connect(gw.addr).ok();
+            got.is_some()
+        });
+        got.expect("a connection within the limit")
+    };
+    let _a = connect();
+    let _b = connect();
+    let mut third = TcpStream::connect(gw.addr).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = String::new();
+    let _ = third.read_to_string(&mut buf);
+    assert!(buf.starts_with("421 4.7.0 Too many connections"), "{buf:?}");
+}
+
+#[test]
+fn the_exact_starttls_rset_injection_is_not_executed() {
+    use tokio_rustls::rustls;
+    let sink = Sink::start(Script::default());
+    let certdir = tempfile::tempdir().unwrap();
+    let (_, der) = tls_files(certdir.path());
+    let mut opts = Options::new(sink.addr);
+    opts.extra_server = format!(
+        "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        certdir.path().join("tls.crt").display(),
+        certdir.path().join("tls.key").display()
+    );
+    let gw = Gateway::start(opts);
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    c.write(b"STARTTLS\r\nRSET\r\n").unwrap();
+    assert_eq!(c.read().unwrap().code, 220);
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(der))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(
+        Arc::new(config),
+        rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, c.stream().try_clone().unwrap());
+    // Had RSET run after the handshake, its "250 2.0.0 Ok" would come
+    // before the EHLO reply.
+    tls.write_all(b"EHLO client.test\r\n").unwrap();
+    let mut first = Vec::new();
+    let mut byte = [0u8; 1];
+    while !first.ends_with(b"\r\n") {
+        tls.read_exact(&mut byte).unwrap();
+        first.push(byte[0]);
+    }
+    assert!(
+        first.starts_with(b"250-gw.test"),
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
+}

@@ -142,3 +142,54 @@ fn message_id(data: &[u8]) -> String {
         .trim()
         .to_string()
 }
+
+#[test]
+fn after_a_restart_only_pending_recipients_are_tried_again() {
+    let mut script = Script::default();
+    script
+        .rcpt_replies
+        .insert("later@example-law.dk".into(), "451 4.2.1 try later".into());
+    let first = Sink::start(script);
+    let mut gw = Gateway::start(Options::new(first.addr));
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let body = common::message("partial-1", "one now, one later");
+    let r = c
+        .send(
+            "alice@example.org",
+            &["now@example-law.dk", "later@example-law.dk"],
+            &body,
+        )
+        .unwrap();
+    assert_eq!(r.code, 250);
+    assert!(wait_until(Duration::from_secs(10), || first.count() == 1));
+    assert!(wait_until(Duration::from_secs(10), || gw
+        .log()
+        .contains("event=\"deferred\"")));
+    gw.kill9();
+
+    // The next start finds the message half done: the delivered recipient
+    // is not sent again, the pending one is.
+    let second = Sink::start(Script::default());
+    let cfg = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(
+        &gw.config,
+        cfg.replace(&first.addr.to_string(), &second.addr.to_string()),
+    )
+    .unwrap();
+    gw.spawn();
+    assert!(
+        wait_until(Duration::from_secs(15), || second.count() == 1),
+        "pending recipient not retried"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let got = second.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].rcpts,
+        vec!["later@example-law.dk".to_string()],
+        "a delivered recipient was sent again"
+    );
+    assert_eq!(got[0].data, body);
+    assert!(wait_until(Duration::from_secs(5), || gw.queued() == 0));
+}

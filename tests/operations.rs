@@ -398,6 +398,15 @@ fn metrics_health_and_readiness() {
     let gw = Gateway::start(opts);
     let base = format!("http://127.0.0.1:{port}");
     assert_eq!(http_get(&format!("{base}/healthz")).0, 200);
+    {
+        // With every next hop up, ready.
+        let port2 = common::free_port();
+        let mut up = Options::new(sink.addr);
+        up.extra = format!("[metrics]\nlisten = \"127.0.0.1:{port2}\"\n");
+        let _ready = Gateway::start(up);
+        let (status, body) = http_get(&format!("http://127.0.0.1:{port2}/readyz"));
+        assert_eq!((status, body.as_str()), (200, "ready\n"));
+    }
     let (status, body) = http_get(&format!("{base}/readyz"));
     assert_eq!(status, 503, "external next hop is down: {body}");
     assert!(body.contains(&down.to_string()), "{body}");
@@ -439,4 +448,33 @@ fn metrics_health_and_readiness() {
     ] {
         assert!(m.contains(needle), "missing {needle:?} in:\n{m}");
     }
+}
+
+#[test]
+fn container_defaults_take_environment_overrides() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/container/gateway.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", file])
+        .env("SMIMEGW__SPOOL__DIR", dir.path())
+        .env(
+            "SMIMEGW__SERVER__INTERNAL_DOMAINS",
+            "example-law.dk,example.dk",
+        )
+        .env("SMIMEGW__SERVER__TRUSTED_NETWORKS", "10.0.0.0/8")
+        .env("SMIMEGW__RELAY__INTERNAL", "postfix.mail.svc:10026")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", file])
+        .env("SMIMEGW__RELAY__INTERNAL", "no port")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("relay.internal"));
 }

@@ -297,9 +297,9 @@ fn own_oces3(keys: &Keyring, at: i64) -> Option<&X509> {
         .map(|i| &i.cert)
 }
 
-/// The identity that signs: one serving the sender first, then an
-/// organisation-wide one; valid at `at`; OCES3 after the cutoff, otherwise
-/// `prefer` first.
+/// The identity that signs: the organisation's (an organisation-wide
+/// identity) first, then one serving the sender; valid at `at` and not
+/// revoked; OCES3 after the cutoff, otherwise `prefer` first.
 fn signing_identity(
     keys: &Keyring,
     sender: &str,
@@ -315,7 +315,9 @@ fn signing_identity(
             && g.is_none_or(|g| id.info.generation == g)
             && !(cutoff_passed && id.info.generation != Generation::Oces3)
     };
-    let order = keys.candidate_indices(sender);
+    let wide = (0..keys.identities.len()).filter(|&i| keys.identities[i].is_organisation_wide());
+    let own = (0..keys.identities.len()).filter(|&i| keys.identities[i].serves(sender));
+    let order: Vec<usize> = wide.chain(own).collect();
     let pick = order
         .iter()
         .copied()

@@ -372,17 +372,6 @@ fn systemd_notify_protocol_and_unit_file() {
     );
 }
 
-fn http_get(url: &str) -> (u16, String) {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .new_agent();
-    let mut resp = agent.get(url).call().expect("http get");
-    let status = resp.status().as_u16();
-    (status, resp.body_mut().read_to_string().unwrap_or_default())
-}
-
 #[test]
 fn metrics_health_and_readiness() {
     use common::pki;
@@ -397,17 +386,17 @@ fn metrics_health_and_readiness() {
     );
     let gw = Gateway::start(opts);
     let base = format!("http://127.0.0.1:{port}");
-    assert_eq!(http_get(&format!("{base}/healthz")).0, 200);
+    assert_eq!(common::http_get(&format!("{base}/healthz")).0, 200);
     {
         // With every next hop up, ready.
         let port2 = common::free_port();
         let mut up = Options::new(sink.addr);
         up.extra = format!("[metrics]\nlisten = \"127.0.0.1:{port2}\"\n");
         let _ready = Gateway::start(up);
-        let (status, body) = http_get(&format!("http://127.0.0.1:{port2}/readyz"));
+        let (status, body) = common::http_get(&format!("http://127.0.0.1:{port2}/readyz"));
         assert_eq!((status, body.as_str()), (200, "ready\n"));
     }
-    let (status, body) = http_get(&format!("{base}/readyz"));
+    let (status, body) = common::http_get(&format!("{base}/readyz"));
     assert_eq!(status, 503, "external next hop is down: {body}");
     assert!(body.contains(&down.to_string()), "{body}");
 
@@ -434,10 +423,10 @@ fn metrics_health_and_readiness() {
     .unwrap();
     assert!(wait_until(Duration::from_secs(15), || sink.count() == 2));
     assert!(wait_until(Duration::from_secs(15), || {
-        let (_, m) = http_get(&format!("{base}/metrics"));
+        let (_, m) = common::http_get(&format!("{base}/metrics"));
         m.contains("smimegw_recipients_deferred_total") && m.contains("smimegw_queue_messages 1")
     }));
-    let (_, m) = http_get(&format!("{base}/metrics"));
+    let (_, m) = common::http_get(&format!("{base}/metrics"));
     for needle in [
         "smimegw_messages_accepted_total 3",
         "smimegw_recipients_delivered_total 2",

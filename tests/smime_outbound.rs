@@ -241,7 +241,13 @@ fn after_the_cutoff_only_oces3_is_used_and_gpgsm_reads_the_result() {
 fn one_message_to_a_court_an_unknown_external_and_an_internal_recipient() {
     let sink = Sink::start(Script::default());
     let both = recipients(&["court-oces3"]);
-    let gw = gateway(&sink, both.path(), PAST);
+    let metrics_port = common::free_port();
+    let mut opts = Options::new(sink.addr);
+    opts.extra = format!(
+        "{}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+        config_extra(both.path(), PAST, "off", "")
+    );
+    let gw = Gateway::start(opts);
     let original = send(
         &gw,
         &[
@@ -275,6 +281,20 @@ fn one_message_to_a_court_an_unknown_external_and_an_internal_recipient() {
     verify_signed(&unknown.data);
     let internal = find("bob@example-law.dk");
     assert_eq!(internal.data, original, "internal copy must be unchanged");
+    // What happened is counted.
+    let (_, metrics) = common::http_get(&format!("http://127.0.0.1:{metrics_port}/metrics"));
+    for needle in [
+        "smimegw_rule_hits_total{rule=\"courts\"} 1",
+        "smimegw_rule_hits_total{rule=\"default\"} 1",
+        "smimegw_signed_total{generation=\"OCES3\"} 2",
+        "smimegw_encrypted_total{generation=\"OCES3\"} 2",
+        "smimegw_certificate_lookups_total{source=\"local\"} 1",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "missing {needle:?} in:\n{metrics}"
+        );
+    }
 }
 
 /// A demo PKI whose certificates point at this test's CRL and OCSP ports.

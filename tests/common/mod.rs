@@ -248,3 +248,15 @@ pub fn message(id: &str, body: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// GET `url` on loopback: status and body.
+pub fn http_get(url: &str) -> (u16, String) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .new_agent();
+    let mut resp = agent.get(url).call().expect("http get");
+    let status = resp.status().as_u16();
+    (status, resp.body_mut().read_to_string().unwrap_or_default())
+}

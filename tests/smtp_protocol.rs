@@ -316,29 +316,37 @@ fn pipelined_transaction_gets_every_reply_in_order() {
     assert!(wait_until(Duration::from_secs(10), || sink.count() >= 1));
 }
 
-#[test]
-fn connection_limit_per_ip_refuses_with_421() {
-    let sink = Sink::start(Script::default());
-    let mut opts = Options::new(sink.addr);
-    opts.extra_server = "max_connections_per_ip = 2\n".into();
-    let gw = Gateway::start(opts);
-    // The harness's own readiness probe may hold a slot for a moment.
-    let connect = || {
-        let mut got = None;
-        wait_until(Duration::from_secs(5), || {
-            got = Client::connect(gw.addr).ok();
-            got.is_some()
-        });
-        got.expect("a connection within the limit")
-    };
-    let _a = connect();
-    let _b = connect();
+/// A session within the connection limits (the harness's own readiness
+/// probe may hold a slot for a moment).
+fn connect_within_limit(gw: &Gateway) -> Client {
+    let mut got = None;
+    wait_until(Duration::from_secs(5), || {
+        got = Client::connect(gw.addr).ok();
+        got.is_some()
+    });
+    got.expect("a connection within the limit")
+}
+
+/// What a connection over the limit is told before it is closed.
+fn refused_greeting(gw: &Gateway) -> String {
     let mut third = TcpStream::connect(gw.addr).unwrap();
     third
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let mut buf = String::new();
     let _ = third.read_to_string(&mut buf);
+    buf
+}
+
+#[test]
+fn connection_limit_per_ip_refuses_with_421() {
+    let sink = Sink::start(Script::default());
+    let mut opts = Options::new(sink.addr);
+    opts.extra_server = "max_connections_per_ip = 2\n".into();
+    let gw = Gateway::start(opts);
+    let _a = connect_within_limit(&gw);
+    let _b = connect_within_limit(&gw);
+    let buf = refused_greeting(&gw);
     assert!(buf.starts_with("421 4.7.0"), "{buf:?}");
     drop(_a);
     assert!(wait_until(Duration::from_secs(5), || Client::connect(
@@ -403,22 +411,9 @@ fn total_connection_limit_refuses_with_421() {
     let mut opts = Options::new(sink.addr);
     opts.extra_server = "max_connections = 2\n".into();
     let gw = Gateway::start(opts);
-    let connect = || {
-        let mut got = None;
-        wait_until(Duration::from_secs(5), || {
-            got = Client::connect(gw.addr).ok();
-            got.is_some()
-        });
-        got.expect("a connection within the limit")
-    };
-    let _a = connect();
-    let _b = connect();
-    let mut third = TcpStream::connect(gw.addr).unwrap();
-    third
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut buf = String::new();
-    let _ = third.read_to_string(&mut buf);
+    let _a = connect_within_limit(&gw);
+    let _b = connect_within_limit(&gw);
+    let buf = refused_greeting(&gw);
     assert!(buf.starts_with("421 4.7.0 Too many connections"), "{buf:?}");
 }
 

@@ -58,7 +58,9 @@ pub fn openssl(args: &[&str], input: &[u8]) -> Vec<u8> {
     run("openssl", args, input)
 }
 
-pub fn run(program: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
+/// Runs `program` with `args`, feeding `input`; its output, whatever the
+/// exit status.
+pub fn run_output(program: &str, args: &[&str], input: &[u8]) -> std::process::Output {
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
@@ -71,7 +73,12 @@ pub fn run(program: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
         let mut stdin = child.stdin.take().expect("stdin");
         stdin.write_all(input).expect("write stdin");
     }
-    let out = child.wait_with_output().expect("wait");
+    child.wait_with_output().expect("wait")
+}
+
+/// Like [`run_output`], panicking with stderr unless it succeeds; stdout.
+pub fn run(program: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
+    let out = run_output(program, args, input);
     assert!(
         out.status.success(),
         "{program} {args:?} failed: {}",
@@ -316,30 +323,21 @@ pub fn gpgsm_import_key(home: &Path, name: &str) {
     // gpgsm's PKCS#12 import through gpg-agent now and then fails on a
     // loaded machine; an agent restart and a second try settle it.
     for attempt in 0..3 {
-        let mut child = Command::new("gpgsm")
-            .args([
+        let out = run_output(
+            "gpgsm",
+            &[
                 "--batch",
                 "--homedir",
                 home.to_str().unwrap(),
                 "--pinentry-mode",
                 "loopback",
-            ])
-            .args(["--passphrase-fd", "0", "--import", p12.to_str().unwrap()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("gpgsm");
-        {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(b"demo-only\n")
-                .expect("passphrase");
-        }
-        let out = child.wait_with_output().expect("gpgsm");
+                "--passphrase-fd",
+                "0",
+                "--import",
+                p12.to_str().unwrap(),
+            ],
+            b"demo-only\n",
+        );
         if out.status.success() {
             return;
         }
@@ -360,8 +358,9 @@ pub fn gpgsm_import_key(home: &Path, name: &str) {
 pub fn gpgsm_decrypt(home: &Path, cms: &[u8]) -> Vec<u8> {
     let file = home.join("in.p7m");
     std::fs::write(&file, cms).expect("write");
-    let mut child = Command::new("gpgsm")
-        .args([
+    let out = run_output(
+        "gpgsm",
+        &[
             "--batch",
             "--homedir",
             home.to_str().unwrap(),
@@ -372,22 +371,9 @@ pub fn gpgsm_decrypt(home: &Path, cms: &[u8]) -> Vec<u8> {
             "--disable-crl-checks",
             "--decrypt",
             file.to_str().unwrap(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("gpgsm");
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(b"demo-only\n")
-            .expect("passphrase");
-    }
-    let out = child.wait_with_output().expect("gpgsm");
+        ],
+        b"demo-only\n",
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     let only_missing_keys = err
         .lines()
@@ -443,28 +429,13 @@ pub fn body_der(message: &[u8]) -> Vec<u8> {
 /// `message`.
 pub fn cms_decrypt_fails(message: &[u8], name: &str) -> bool {
     let (key, cert) = (key(name), cert(name));
-    let mut child = Command::new("openssl")
-        .args([
-            "cms",
-            "-decrypt",
-            "-inkey",
-            key.to_str().unwrap(),
-            "-recip",
-            cert.to_str().unwrap(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("openssl");
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(message)
-            .expect("write");
-    }
-    !child.wait().expect("wait").success()
+    let args = [
+        "cms",
+        "-decrypt",
+        "-inkey",
+        key.to_str().unwrap(),
+        "-recip",
+        cert.to_str().unwrap(),
+    ];
+    !run_output("openssl", &args, message).status.success()
 }

@@ -219,15 +219,12 @@ fn rejected_data_bounces_and_null_sender_is_never_bounced() {
 fn unreachable_next_hop_defers_and_keeps_the_message() {
     let down = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
     let gw = Gateway::start(Options::new(down));
-    let mut c = common::client::Client::connect(gw.addr).unwrap();
-    c.ehlo().unwrap();
-    let r = c
-        .send(
-            "alice@example.org",
-            &["bob@example-law.dk"],
-            &common::message("down-1", "x"),
-        )
-        .unwrap();
+    let r = common::submit(
+        &gw,
+        "alice@example.org",
+        &["bob@example-law.dk"],
+        &common::message("down-1", "x"),
+    );
     assert_eq!(r.code, 250);
     assert!(wait_until(Duration::from_secs(10), || gw
         .log()
@@ -243,15 +240,12 @@ fn message_past_its_lifetime_bounces_with_4_4_7() {
     opts.internal_hop = down;
     opts.extra = "max_lifetime = \"3s\"\n".into();
     let gw = Gateway::start(opts);
-    let mut c = common::client::Client::connect(gw.addr).unwrap();
-    c.ehlo().unwrap();
-    let r = c
-        .send(
-            "alice@example.org",
-            &["bob@example-law.dk"],
-            &common::message("old-1", "x"),
-        )
-        .unwrap();
+    let r = common::submit(
+        &gw,
+        "alice@example.org",
+        &["bob@example-law.dk"],
+        &common::message("old-1", "x"),
+    );
     assert_eq!(r.code, 250);
     assert!(
         wait_until(Duration::from_secs(20), || sink.count() == 1),

@@ -260,3 +260,11 @@ pub fn http_get(url: &str) -> (u16, String) {
     let status = resp.status().as_u16();
     (status, resp.body_mut().read_to_string().unwrap_or_default())
 }
+
+/// One message through a fresh session (EHLO, MAIL, RCPT..., DATA); the
+/// reply to ".".
+pub fn submit(gw: &Gateway, from: &str, rcpts: &[&str], body: &[u8]) -> client::Reply {
+    let mut c = client::Client::connect(gw.addr).expect("connect");
+    c.ehlo().expect("EHLO");
+    c.send(from, rcpts, body).expect("transaction")
+}

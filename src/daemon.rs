@@ -33,11 +33,6 @@ pub enum DaemonError {
     Keys(#[from] KeyringError),
 }
 
-/// Loads the identities and trust anchors the configuration names.
-pub fn load_keys(settings: &Settings) -> Result<Keyring, DaemonError> {
-    Ok(Keyring::load(settings)?)
-}
-
 /// Runs the gateway with the configuration at `path` until SIGTERM/SIGINT.
 pub async fn serve(path: &Path) -> Result<(), DaemonError> {
     let settings = config::load(path)?;
@@ -192,11 +187,12 @@ fn reload(path: &Path, settings: &ArcSwap<Settings>, keys: &ArcSwap<Keyring>) {
 }
 
 /// Checks the configuration as `serve` would, without starting anything.
-pub fn check(path: &Path) -> Result<Settings, DaemonError> {
+/// Returns the settings and the keys it loaded.
+pub fn check(path: &Path) -> Result<(Settings, Keyring), DaemonError> {
     let settings = config::load(path)?;
     if let Some(t) = &settings.server.tls {
         smtp::tls::acceptor(t)?;
     }
-    Keyring::load(&settings)?;
-    Ok(settings)
+    let keys = Keyring::load(&settings)?;
+    Ok((settings, keys))
 }

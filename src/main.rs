@@ -173,8 +173,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             let KeysAction::List = action;
-            match daemon::check(&config).and_then(|s| Ok((daemon::load_keys(&s)?, s))) {
-                Ok((keys, settings)) => {
+            match daemon::check(&config) {
+                Ok((settings, keys)) => {
                     let now = unix_now();
                     let revoked = pki::listing::revoked_identities(&keys, &settings, now);
                     print!("{}", pki::listing::keys_table(&keys, now, &revoked));
@@ -200,8 +200,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let loaded = daemon::check(&config).and_then(|s| Ok((daemon::load_keys(&s)?, s)));
-            let (keys, settings) = match loaded {
+            let (settings, keys) = match daemon::check(&config) {
                 Ok(x) => x,
                 Err(e) => {
                     eprintln!("{e}");
@@ -229,8 +228,7 @@ fn main() -> ExitCode {
                 eprintln!("smime-gateway certs: --config PATH is required");
                 return ExitCode::from(2);
             };
-            let loaded = daemon::check(&config).and_then(|s| Ok((daemon::load_keys(&s)?, s)));
-            let (keys, settings) = match loaded {
+            let (settings, keys) = match daemon::check(&config) {
                 Ok(x) => x,
                 Err(e) => {
                     eprintln!("{e}");
@@ -314,7 +312,8 @@ fn main() -> ExitCode {
                 eprintln!("smime-gateway queue: --config PATH is required");
                 return ExitCode::from(2);
             };
-            let result = daemon::check(&config)
+            // Queue commands need the spool, not the keys.
+            let result = smime_gateway::config::load(&config)
                 .map_err(|e| e.to_string())
                 .and_then(|s| Store::open_shared(&s.spool.dir).map_err(|e| e.to_string()))
                 .and_then(|store| {

@@ -4,8 +4,6 @@
 //! `revocation`'s job; this module does no I/O.
 
 use openssl::stack::Stack;
-use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::verify::X509VerifyParam;
 use openssl::x509::{X509StoreContext, X509};
 
 use super::directory::Entry;
@@ -40,14 +38,7 @@ pub fn chain(
     at: i64,
 ) -> Result<Vec<X509>, String> {
     let build = || -> Result<Result<Vec<X509>, String>, openssl::error::ErrorStack> {
-        let mut b = X509StoreBuilder::new()?;
-        for a in anchors {
-            let _ = b.add_cert(a.clone());
-        }
-        let mut param = X509VerifyParam::new()?;
-        param.set_time(at as libc::time_t);
-        b.set_param(&param)?;
-        let store = b.build();
+        let store = crate::smime::cms::store_at(anchors, at)?;
         let mut untrusted = Stack::new()?;
         for c in intermediates {
             untrusted.push(c.clone())?;

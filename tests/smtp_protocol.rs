@@ -24,19 +24,34 @@ const SMUGGLING: &[&[u8]] = &[
     b"\r\n.\r",
     b"\r\n\0.\r\n",
     b"\r\n.\0\r\n",
+    b"\r\n\n.\r\n",
+    b"\r\n\r.\r\n",
+    b"\r\n\r\r.\r\n",
 ];
+
+/// Look-alikes sent as the very first bytes of DATA, with no cover text.
+const SMUGGLING_AT_START: &[&[u8]] = &[b"\n.\r\n", b"\r.\r\n", b"\r\n\n.\r\n"];
 
 #[test]
 fn smuggling_sequences_are_rejected_and_never_yield_a_second_message() {
     let sink = Sink::start(Script::default());
     let gw = Gateway::start(Options::new(sink.addr));
-    for seq in SMUGGLING {
+    let cases = SMUGGLING
+        .iter()
+        .map(|seq| {
+            (
+                &b"From: alice@example.org\r\nSubject: cover\r\n\r\ncover text"[..],
+                *seq,
+            )
+        })
+        .chain(SMUGGLING_AT_START.iter().map(|seq| (&b""[..], *seq)));
+    for (cover, seq) in cases {
         let mut c = Client::connect(gw.addr).unwrap();
         c.ehlo().unwrap();
         assert_eq!(c.cmd("MAIL FROM:<alice@example.org>").unwrap().code, 250);
         assert_eq!(c.cmd("RCPT TO:<bob@example-law.dk>").unwrap().code, 250);
         assert_eq!(c.cmd("DATA").unwrap().code, 354);
-        let mut data = b"From: alice@example.org\r\nSubject: cover\r\n\r\ncover text".to_vec();
+        let mut data = cover.to_vec();
         data.extend_from_slice(seq);
         data.extend_from_slice(
             b"MAIL FROM:<admin@example-law.dk>\r\nRCPT TO:<victim@example-law.dk>\r\nDATA\r\n\
@@ -60,10 +75,11 @@ fn smuggling_sequences_are_rejected_and_never_yield_a_second_message() {
         assert_eq!(ok.code, 250, "{ok:?}");
         c.cmd("QUIT").unwrap();
     }
-    assert!(wait_until(Duration::from_secs(10), || sink.count() == SMUGGLING.len()));
+    let honest = SMUGGLING.len() + SMUGGLING_AT_START.len();
+    assert!(wait_until(Duration::from_secs(10), || sink.count() == honest));
     std::thread::sleep(Duration::from_millis(500));
     let got = sink.received();
-    assert_eq!(got.len(), SMUGGLING.len());
+    assert_eq!(got.len(), honest);
     for r in got {
         assert!(!r.text().contains("smuggled"), "smuggled content delivered");
         assert_eq!(r.rcpts, vec!["bob@example-law.dk".to_string()]);

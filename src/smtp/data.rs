@@ -81,6 +81,15 @@ impl DataDecoder {
         out.extend_from_slice(bytes);
     }
 
+    /// A bare CR or LF is not a line break: whatever follows it is in the
+    /// middle of a line, so a `.` there can never start the end-of-data
+    /// line. Only a CRLF starts a line again.
+    fn broken_line(&mut self) {
+        self.at_line_start = false;
+        self.dot_line = false;
+        self.dot_only = false;
+    }
+
     /// Decodes `input`, appending message bytes to `out`. Returns
     /// `Some(consumed)` when the end of data was found after `consumed`
     /// bytes of `input` (the rest belongs to the next command), or `None`
@@ -101,7 +110,7 @@ impl DataDecoder {
                     continue;
                 }
                 self.flag(Violation::BareCr { line: self.line });
-                self.dot_only = false;
+                self.broken_line();
             }
             match b {
                 b'\r' => {
@@ -110,7 +119,7 @@ impl DataDecoder {
                 }
                 b'\n' => {
                     self.flag(Violation::BareLf { line: self.line });
-                    self.dot_only = false;
+                    self.broken_line();
                     continue;
                 }
                 0 => self.flag(Violation::Nul { line: self.line }),
@@ -198,6 +207,61 @@ mod tests {
             assert_eq!(end, Some(input.len()));
             assert!(v.is_some());
         }
+    }
+
+    /// Every look-alike of the end of data, at the very start of DATA and
+    /// after a line, in one piece and split across two reads at every
+    /// offset: none ends the data, each is flagged, and decoding ends only
+    /// at the real `<CRLF>.<CRLF>` that follows.
+    #[test]
+    fn look_alikes_never_end_data_at_any_split() {
+        let look_alikes: [&[u8]; 14] = [
+            b"\r\n\n.\r\n",
+            b"\r\n\r.\r\n",
+            b"\r\n\r\r.\r\n",
+            b"\n.\r\n",
+            b"\r.\r\n",
+            b"\n\n.\r\n",
+            b"\r\n.\n",
+            b"\r\n.\r",
+            b"\r\n.\r\r\n",
+            b"\n.\n",
+            b"\r.\r",
+            b"\r\n\n\r.\r\n",
+            b"\r\n\x00.\r\n",
+            b"\r\n.\x00\r\n",
+        ];
+        let smuggled = b"MAIL FROM:<ceo@example-law.dk>\r\nRCPT TO:<bob@example-law.dk>\r\nDATA\r\nSubject: smuggled\r\n";
+        for prefix in [&b""[..], b"Subject: x\r\n\r\nhello"] {
+            for seq in look_alikes {
+                let mut input = prefix.to_vec();
+                input.extend_from_slice(seq);
+                input.extend_from_slice(smuggled);
+                let body_len = input.len();
+                input.extend_from_slice(b"\r\n.\r\nQUIT\r\n");
+                let real_end = body_len + 5;
+                for cut in 0..=input.len() {
+                    let mut d = DataDecoder::new(1 << 20);
+                    let mut out = Vec::new();
+                    let end = match d.feed(&input[..cut], &mut out) {
+                        Some(n) => Some(n),
+                        None => d.feed(&input[cut..], &mut out).map(|n| n + cut),
+                    };
+                    assert_eq!(end, Some(real_end), "{seq:?} after {prefix:?}, cut {cut}");
+                    assert!(d.violation().is_some(), "{seq:?} not flagged, cut {cut}");
+                    assert!(out.is_empty() || !out.windows(4).any(|w| w == b"MAIL"));
+                }
+            }
+        }
+    }
+
+    /// A message that starts with an ordinary line after an early bare LF
+    /// is still refused, and a CRLF after the violation starts lines again.
+    #[test]
+    fn crlf_after_bare_lf_restores_line_start() {
+        let (end, _, v) = run(b"a\nb\r\n.\r\n");
+        assert_eq!(end, Some(8));
+        assert_eq!(v, Some(Violation::BareLf { line: 1 }));
     }
 
     #[test]

@@ -4,15 +4,15 @@
 //! `delivery`. `daemon` wires them together; `admin` holds the operator
 //! commands.
 
-pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
-pub mod explain;
-pub mod headers;
+pub mod durable;
 pub mod logging;
+pub mod mail;
 pub mod metrics;
 pub mod observe;
+pub mod ops;
 pub mod ossl;
 pub mod pipeline;
 pub mod pki;

@@ -4,14 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use smime_gateway::{admin, daemon, logging, pki, spool::Store};
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+use smime_gateway::logging;
+use smime_gateway::ops::{self, demo::Urls, CertsCommand, OpsError, QueueCommand};
 
 #[derive(Parser)]
 #[command(
@@ -140,206 +134,87 @@ fn main() -> ExitCode {
         LogFormat::Text => logging::Format::Text,
         LogFormat::Json => logging::Format::Json,
     });
-    match cli.command {
-        Command::Serve { config } => {
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("smime-gateway: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(daemon::serve(&config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("smime-gateway: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::CheckConfig { config } => match daemon::check(&config) {
-            Ok(_) => {
-                println!("{}: configuration is valid", config.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Keys { action, config } => {
-            let Some(config) = config else {
-                eprintln!("smime-gateway keys: --config PATH is required");
-                return ExitCode::from(2);
-            };
-            let KeysAction::List = action;
-            match daemon::check(&config) {
-                Ok((settings, keys)) => {
-                    let now = unix_now();
-                    let revoked = pki::listing::revoked_identities(&keys, &settings, now);
-                    print!("{}", pki::listing::keys_table(&keys, now, &revoked));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Explain {
-            config,
-            rcpt,
-            from,
-            at,
-        } => {
-            let at = match at.as_deref().map(smime_gateway::config::Instant::parse) {
-                None => unix_now(),
-                Some(Ok(i)) => i.unix,
-                Some(Err(e)) => {
-                    eprintln!("smime-gateway explain: --at {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let (settings, keys) = match daemon::check(&config) {
-                Ok(x) => x,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let Ok(runtime) = tokio::runtime::Runtime::new() else {
-                eprintln!("smime-gateway: cannot start the runtime");
-                return ExitCode::from(2);
-            };
-            let keys = std::sync::Arc::new(keys);
-            let resolver = pki::resolve::Resolver::new();
-            let (text, leaves) = runtime.block_on(smime_gateway::explain::explain(
-                &settings, &keys, &resolver, &from, &rcpt, at,
-            ));
+    match run(cli.command) {
+        Ok((text, success)) => {
             print!("{text}");
-            if leaves {
+            if success {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             }
         }
-        Command::Certs { action, config } => {
-            let Some(config) = config else {
-                eprintln!("smime-gateway certs: --config PATH is required");
-                return ExitCode::from(2);
-            };
-            let (settings, keys) = match daemon::check(&config) {
-                Ok(x) => x,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+        Err(e) => {
+            match e {
+                // Configuration problems name their file on every line.
+                OpsError::Daemon(_) | OpsError::Config(_) => eprintln!("{e}"),
+                _ => eprintln!("smime-gateway: {e}"),
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `--config PATH`, which every command of this group needs.
+fn required(config: Option<PathBuf>, command: &str) -> Result<PathBuf, OpsError> {
+    config.ok_or_else(|| OpsError::Usage(format!("{command}: --config PATH is required")))
+}
+
+/// Runs one command: the text to print and whether it succeeded.
+fn run(command: Command) -> Result<(String, bool), OpsError> {
+    let done = |text: String| Ok((text, true));
+    match command {
+        Command::Serve { config } => ops::serve(&config).map(|()| (String::new(), true)),
+        Command::CheckConfig { config } => done(ops::check_config(&config)?),
+        Command::Keys {
+            action: KeysAction::List,
+            config,
+        } => done(ops::keys_list(&required(config, "keys")?)?),
+        Command::Explain {
+            config,
+            rcpt,
+            from,
+            at,
+        } => ops::explain(&config, &rcpt, &from, at.as_deref()),
+        Command::Certs { action, config } => done(ops::certs(
+            &required(config, "certs")?,
             match action {
-                CertsAction::List => {
-                    print!("{}", pki::listing::certs_table(&keys.directory));
-                    ExitCode::SUCCESS
-                }
-                CertsAction::Show { address } => {
-                    let Ok(runtime) = tokio::runtime::Runtime::new() else {
-                        return ExitCode::FAILURE;
-                    };
-                    let keys = std::sync::Arc::new(keys);
-                    let resolver = pki::resolve::Resolver::new();
-                    let (text, _) = runtime.block_on(smime_gateway::explain::explain(
-                        &settings,
-                        &keys,
-                        &resolver,
-                        "",
-                        &address,
-                        unix_now(),
-                    ));
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                CertsAction::Import { file } => {
-                    let Some(dir) = settings.certificates.dirs.first() else {
-                        eprintln!("smime-gateway certs import: no [certificates] dirs configured");
-                        return ExitCode::FAILURE;
-                    };
-                    match pki::listing::import(&file, dir) {
-                        Ok((n, new)) => {
-                            println!(
-                                "{}: {n} certificate(s), {new} new, written to {} (the daemon reads them at its next reload)",
-                                file.display(),
-                                dir.display()
-                            );
-                            ExitCode::SUCCESS
-                        }
-                        Err(e) => {
-                            eprintln!("smime-gateway certs import: {e}");
-                            ExitCode::FAILURE
-                        }
-                    }
-                }
-            }
+                CertsAction::List => CertsCommand::List,
+                CertsAction::Show { address } => CertsCommand::Show(address),
+                CertsAction::Import { file } => CertsCommand::Import(file),
+            },
+        )?),
+        Command::Pki {
+            action:
+                PkiAction::Demo {
+                    out,
+                    crl_url,
+                    ocsp_url,
+                },
+        } => {
+            let mut urls = Urls::default();
+            urls.crl_base = crl_url.unwrap_or(urls.crl_base);
+            urls.ocsp = ocsp_url.unwrap_or(urls.ocsp);
+            done(ops::pki_demo(&out, &urls)?)
         }
-        Command::Pki { action } => {
-            let PkiAction::Demo {
-                out,
-                crl_url,
-                ocsp_url,
-            } = action;
-            let mut urls = pki::demo::Urls::default();
-            if let Some(u) = crl_url {
-                urls.crl_base = u;
-            }
-            if let Some(u) = ocsp_url {
-                urls.ocsp = u;
-            }
-            match pki::demo::generate(&out, unix_now(), &urls) {
-                Ok(w) => {
-                    println!(
-                        "demo PKI (TEST ONLY) written to {}: {} files",
-                        w.dir.display(),
-                        w.files.len()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("smime-gateway pki demo: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Queue { action, config } => {
-            let Some(config) = config else {
-                eprintln!("smime-gateway queue: --config PATH is required");
-                return ExitCode::from(2);
-            };
-            // Queue commands need the spool, not the keys.
-            let result = smime_gateway::config::load(&config)
-                .map_err(|e| e.to_string())
-                .and_then(|s| Store::open_shared(&s.spool.dir).map_err(|e| e.to_string()))
-                .and_then(|store| {
-                    match action {
-                        QueueAction::List => admin::list(&store),
-                        QueueAction::Show { id } => admin::show(&store, &id),
-                        QueueAction::Retry { id } => admin::retry(&store, &id),
-                        QueueAction::Delete { id } => admin::delete(&store, &id),
-                        QueueAction::Quarantined => admin::quarantined(&store),
-                        QueueAction::Release { id } => admin::release(&store, &id),
-                    }
-                    .map_err(|e| e.to_string())
-                });
-            match result {
-                Ok(text) => {
-                    print!("{text}");
-                    if !text.ends_with('\n') {
-                        println!();
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("smime-gateway: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Queue { action, config } => done(ops::queue(
+            &required(config, "queue")?,
+            match action {
+                QueueAction::List => QueueCommand::List,
+                QueueAction::Show { id } => QueueCommand::Show(id),
+                QueueAction::Retry { id } => QueueCommand::Retry(id),
+                QueueAction::Delete { id } => QueueCommand::Delete(id),
+                QueueAction::Quarantined => QueueCommand::Quarantined,
+                QueueAction::Release { id } => QueueCommand::Release(id),
+            },
+        )?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -5,8 +5,6 @@
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::pipeline::Event;
-
 const DELIVERY_SECONDS: &str = "smimegw_delivery_seconds";
 
 /// Installs the Prometheus recorder (once per process).
@@ -57,19 +55,30 @@ pub fn lookup(source: &'static str) {
     counter!("smimegw_certificate_lookups_total", "source" => source).increment(1);
 }
 
+/// What the pipeline did with a message, for counting. Generations are
+/// their labels (`OCES2`, `OCES3`, `other`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Decrypted(String),
+    /// `no-key`, `corrupt` or `failed`.
+    Undecryptable(&'static str),
+    Signed(String),
+    Encrypted(String),
+}
+
 pub fn pipeline(event: &Event) {
     match event {
         Event::Decrypted(g) => {
-            counter!("smimegw_decrypted_total", "generation" => g.to_string()).increment(1)
+            counter!("smimegw_decrypted_total", "generation" => g.clone()).increment(1)
         }
         Event::Undecryptable(reason) => {
             counter!("smimegw_undecryptable_total", "reason" => *reason).increment(1)
         }
         Event::Signed(g) => {
-            counter!("smimegw_signed_total", "generation" => g.to_string()).increment(1)
+            counter!("smimegw_signed_total", "generation" => g.clone()).increment(1)
         }
         Event::Encrypted(g) => {
-            counter!("smimegw_encrypted_total", "generation" => g.to_string()).increment(1)
+            counter!("smimegw_encrypted_total", "generation" => g.clone()).increment(1)
         }
     }
 }

@@ -22,6 +22,8 @@ use std::collections::HashMap;
 use openssl::x509::X509;
 
 use crate::config::{Deliver, OnUndecryptable, Settings};
+use crate::mail::address::domain_of;
+use crate::metrics::Event;
 use crate::pki::directory::fingerprint;
 use crate::pki::oces::{self, Generation};
 use crate::pki::Keyring;
@@ -31,7 +33,6 @@ use crate::smime::mime::{self, Shape};
 use crate::smime::sign;
 use crate::smime::unwrap::{self, Report, Unwrapped};
 use crate::smime::{cms, header};
-use crate::smtp::address::domain_of;
 use crate::spool::Envelope;
 
 /// What the pipeline needs besides the message.
@@ -96,16 +97,6 @@ impl Action<'_> {
             Action::Observed(e) => Action::Observed(e),
         }
     }
-}
-
-/// What the pipeline did, for metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    Decrypted(Generation),
-    /// `no-key`, `corrupt` or `failed`.
-    Undecryptable(&'static str),
-    Signed(Generation),
-    Encrypted(Generation),
 }
 
 /// The actions for the `pending` recipients of a message.
@@ -295,7 +286,7 @@ fn note_for(report: &Report) -> String {
 fn observe(result: &Unwrapped, out: &mut Vec<Action<'_>>) {
     let event = match result {
         Unwrapped::Opened { report, .. } => match &report.key {
-            Some(k) => Event::Decrypted(k.generation),
+            Some(k) => Event::Decrypted(k.generation.to_string()),
             None => return,
         },
         Unwrapped::Failed { reason } => Event::Undecryptable(if reason.starts_with("no key") {
@@ -390,7 +381,9 @@ fn outbound<'a>(
         match sign::protect(body, signer, encrypt_to, *encryption) {
             Ok(bytes) => {
                 if let Some((id, _)) = signer {
-                    out.push(Action::Observed(Event::Signed(id.info.generation)));
+                    out.push(Action::Observed(Event::Signed(
+                        id.info.generation.to_string(),
+                    )));
                 }
                 for cert in encrypt_to {
                     let generation = cert
@@ -399,7 +392,7 @@ fn outbound<'a>(
                         .and_then(|d| oces::classify(&d).ok())
                         .map(|i| i.generation)
                         .unwrap_or(Generation::Other);
-                    out.push(Action::Observed(Event::Encrypted(generation)));
+                    out.push(Action::Observed(Event::Encrypted(generation.to_string())));
                 }
                 out.push(Action::Deliver(Copy {
                     rcpts,

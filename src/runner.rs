@@ -14,16 +14,17 @@ use tracing::{error, info, warn};
 
 use crate::config::Settings;
 use crate::delivery::{self, route, Outbound, RcptOutcome};
+use crate::mail::address::domain_of;
+use crate::mail::headers;
 use crate::metrics;
+use crate::pipeline;
 use crate::pipeline::{Action, Copy};
 use crate::pki::resolve::Resolver;
 use crate::pki::Keyring;
 use crate::policy::{self, Decision};
 use crate::smime::mime;
-use crate::smtp::address::domain_of;
 use crate::spool::dsn::{self, Failure};
 use crate::spool::{retry, RcptStatus, SpoolError, Spooled, Store};
-use crate::{headers, pipeline};
 
 /// What a delivery attempt left behind.
 enum JobEnd {
@@ -220,7 +221,7 @@ impl Runner {
         tokio::spawn(async move {
             let k = Arc::clone(&keys);
             let found = tokio::task::spawn_blocking(move || {
-                crate::pki::listing::revoked_identities(&k, &settings, now_secs() as i64)
+                crate::pki::revocation::revoked_identities(&k, &settings, now_secs() as i64)
             })
             .await
             .unwrap_or_default();

@@ -10,7 +10,7 @@ use lettre::transport::smtp::extension::{ClientId, Extension};
 use lettre::transport::smtp::Error as SmtpError;
 
 use crate::config::{validate::parse_host_port, RelaySettings, RelayTls};
-use crate::smtp::address::smtp_path;
+use crate::mail::address::smtp_path;
 
 /// What happened to one recipient in one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! domains, `relay.external` for everything else.
 
 use crate::config::Settings;
-use crate::smtp::address::domain_of;
+use crate::mail::address::domain_of;
 
 /// The next hop (`host:port`) for `rcpt`.
 pub fn next_hop<'a>(settings: &'a Settings, rcpt: &str) -> &'a str {

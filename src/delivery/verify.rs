@@ -41,7 +41,7 @@ impl Verifier {
             conn.abort().await;
             return RcptCheck::TryLater(describe(&e));
         }
-        let path = crate::smtp::address::smtp_path(rcpt);
+        let path = crate::mail::address::smtp_path(rcpt);
         let answer = match conn.command(format!("RCPT TO:<{path}>\r\n")).await {
             Ok(_) => RcptCheck::Exists,
             Err(e) if e.is_permanent() => RcptCheck::Unknown(describe(&e)),

@@ -211,14 +211,14 @@ impl Directory {
                 file: path.display().to_string(),
                 message: e.to_string(),
             })?;
-            crate::spool::durable_write(&path, &pem).map_err(|e| DirectoryError {
+            crate::durable::write_atomic(&path, &pem).map_err(|e| DirectoryError {
                 file: path.display().to_string(),
                 message: e.to_string(),
             })?;
             if !capabilities.is_empty() {
                 let caps = dir.join(format!("{fp}.caps"));
                 let text = capabilities.join("\n") + "\n";
-                crate::spool::durable_write(&caps, text.as_bytes()).map_err(|e| {
+                crate::durable::write_atomic(&caps, text.as_bytes()).map_err(|e| {
                     DirectoryError {
                         file: caps.display().to_string(),
                         message: e.to_string(),

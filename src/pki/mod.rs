@@ -1,16 +1,16 @@
 //! Keys and certificates: the organisation's identities (private keys of
 //! both generations, expired and revoked ones included), trust anchors,
-//! OCES classification and the demo PKI generator.
+//! OCES classification, recipients' certificates (directory, harvest,
+//! LDAP) and their validation (chain, CRL, OCSP).
 
-pub mod demo;
 pub mod directory;
 pub mod identity;
 pub mod ldap;
-pub mod listing;
 pub mod oces;
 pub mod provider;
 pub mod resolve;
 pub mod revocation;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod trust;
 pub mod validate;

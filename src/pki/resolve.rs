@@ -14,10 +14,27 @@ use super::oces::{self, CertInfo};
 use super::revocation::{self, Checker};
 use super::{validate, Keyring};
 use crate::config::{Revocation, Settings};
-use crate::policy::{Candidate, Verdict};
 
 /// LDAP answers by (server URL, address), with the instant they expire.
 type LdapCache = HashMap<(String, String), (Instant, Vec<X509>)>;
+
+/// What checking a candidate certificate found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Fit for encryption (with a note, e.g. how revocation was checked).
+    Usable(String),
+    /// Not fit, for good.
+    Refused(String),
+    /// Not known now (revocation source down with hard-fail).
+    Unknown(String),
+}
+
+/// A recipient certificate and its verdict.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub entry: Entry,
+    pub verdict: Verdict,
+}
 
 /// Lookups shared across messages: LDAP answers and fetched CRLs.
 #[derive(Debug, Default)]

@@ -212,3 +212,39 @@ fn ocsp(
         .map_err(|_| "OCSP response is out of date".to_string())?;
     Ok(status.status)
 }
+
+/// Which identities their CA says are revoked (CRL or OCSP), as far as the
+/// sources can be reached; `[trust] revocation = "off"` checks nothing.
+/// Blocking (HTTP).
+pub fn revoked_identities(
+    keys: &super::Keyring,
+    settings: &crate::config::Settings,
+    now: i64,
+) -> Vec<bool> {
+    if settings.trust.revocation == crate::config::Revocation::Off {
+        return vec![false; keys.identities.len()];
+    }
+    let checker = Checker::default();
+    keys.identities
+        .iter()
+        .map(|id| {
+            let issuer = id
+                .chain
+                .iter()
+                .find(|c| c.issued(&id.cert) == openssl::x509::X509VerifyResult::OK);
+            match issuer {
+                Some(issuer) => matches!(
+                    checker.check(
+                        &id.cert,
+                        issuer,
+                        &keys.anchors,
+                        now,
+                        settings.trust.revocation_timeout
+                    ),
+                    Status::Revoked(_)
+                ),
+                None => false,
+            }
+        })
+        .collect()
+}

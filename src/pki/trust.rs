@@ -4,6 +4,8 @@
 use std::fs;
 use std::path::Path;
 
+use openssl::x509::store::{X509Store, X509StoreBuilder};
+use openssl::x509::verify::X509VerifyParam;
 use openssl::x509::X509;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,4 +59,17 @@ fn read_certs(file: &Path) -> Result<Vec<X509>, TrustError> {
             .map(|c| vec![c])
             .map_err(|e| fail(format!("not a DER certificate: {e}")))
     }
+}
+
+/// A store of `anchors` checking validity as of `at` (Unix seconds).
+pub fn store_at(anchors: &[X509], at: i64) -> Result<X509Store, openssl::error::ErrorStack> {
+    let mut b = X509StoreBuilder::new()?;
+    for a in anchors {
+        // A duplicate anchor is reported as an error by OpenSSL; harmless.
+        let _ = b.add_cert(a.clone());
+    }
+    let mut param = X509VerifyParam::new()?;
+    param.set_time(at as libc::time_t);
+    b.set_param(&param)?;
+    Ok(b.build())
 }

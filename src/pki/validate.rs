@@ -38,7 +38,7 @@ pub fn chain(
     at: i64,
 ) -> Result<Vec<X509>, String> {
     let build = || -> Result<Result<Vec<X509>, String>, openssl::error::ErrorStack> {
-        let store = crate::smime::cms::store_at(anchors, at)?;
+        let store = super::trust::store_at(anchors, at)?;
         let mut untrusted = Stack::new()?;
         for c in intermediates {
             untrusted.push(c.clone())?;

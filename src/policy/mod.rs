@@ -12,25 +12,8 @@ use crate::config::{
 };
 use crate::pki::directory::Entry;
 use crate::pki::oces::{CertInfo, Generation};
+use crate::pki::resolve::{Candidate, Verdict};
 use crate::pki::Keyring;
-
-/// What checking a candidate certificate found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Fit for encryption (with a note, e.g. how revocation was checked).
-    Usable(String),
-    /// Not fit, for good.
-    Refused(String),
-    /// Not known now (revocation source down with hard-fail).
-    Unknown(String),
-}
-
-/// A recipient certificate and its verdict.
-#[derive(Debug, Clone)]
-pub struct Candidate {
-    pub entry: Entry,
-    pub verdict: Verdict,
-}
 
 /// What happens to mail for the recipient.
 #[derive(Debug, Clone)]
@@ -200,7 +183,7 @@ pub fn decide(
     }
 
     let encrypting = rule.encrypt != EncryptMode::Never && !usable.is_empty();
-    let sender_internal = crate::smtp::address::domain_of(sender)
+    let sender_internal = crate::mail::address::domain_of(sender)
         .is_some_and(|d| settings.server.is_internal_domain(&d));
     let (sign_with, signer) = if rule.sign && !sender_internal {
         (

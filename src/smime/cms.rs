@@ -7,13 +7,12 @@ use openssl::nid::Nid;
 use openssl::pkey::{PKeyRef, Private};
 use openssl::stack::Stack;
 use openssl::symm::Cipher;
-use openssl::x509::store::{X509Store, X509StoreBuilder};
-use openssl::x509::verify::X509VerifyParam;
 use openssl::x509::{X509Ref, X509};
 
 use super::SmimeError;
 use crate::config::Encryption;
 use crate::ossl;
+use crate::pki::trust::store_at;
 
 /// The content type of a CMS structure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,19 +120,6 @@ pub struct Verified {
     pub at: i64,
     /// SMIMECapabilities the signer announced (dotted OIDs).
     pub capabilities: Vec<String>,
-}
-
-/// A store of `anchors` checking validity as of `at` (Unix seconds).
-pub fn store_at(anchors: &[X509], at: i64) -> Result<X509Store, openssl::error::ErrorStack> {
-    let mut b = X509StoreBuilder::new()?;
-    for a in anchors {
-        // A duplicate anchor is reported as an error by OpenSSL; harmless.
-        let _ = b.add_cert(a.clone());
-    }
-    let mut param = X509VerifyParam::new()?;
-    param.set_time(at as libc::time_t);
-    b.set_param(&param)?;
-    Ok(b.build())
 }
 
 /// Verifies a signature: detached over `detached` (the exact signed bytes)

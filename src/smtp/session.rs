@@ -14,12 +14,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::address::{self, RelayDenied};
+use super::address::{self as relay, RelayDenied};
 use super::conn::{Conn, Line, ReadError};
 use super::data::{DataDecoder, Violation};
 use super::{Context, RcptCheck};
 use crate::config::Settings;
-use crate::headers;
+use crate::mail::address;
+use crate::mail::headers;
 use crate::spool::{Envelope, Incoming};
 
 /// Errors after which the session is closed (a client in a loop).
@@ -372,8 +373,7 @@ impl Session {
             let text = String::from_utf8_lossy(line);
             let raw = address::raw_path(&text).unwrap_or(addr);
             let server = &self.settings.server;
-            if let Err(denied) =
-                address::check_untrusted(raw, addr, |d| server.is_internal_domain(d))
+            if let Err(denied) = relay::check_untrusted(raw, addr, |d| server.is_internal_domain(d))
             {
                 warn!(event = "rejected", client = %self.peer, recipient = %addr,
                       reason = denied.explain(), "relay attempt refused");

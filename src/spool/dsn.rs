@@ -138,7 +138,7 @@ pub fn build(
              Content-Type: text/rfc822-headers\r\n\
              Content-Description: Undelivered message headers\r\n\
              \r\n",
-            to = crate::smtp::address::smtp_path(&envelope.mail_from),
+            to = crate::mail::address::smtp_path(&envelope.mail_from),
         )
         .as_bytes(),
     );

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncWriteExt, BufWriter};
 
-use super::durable;
 use super::envelope::{Envelope, QueueState};
 use super::id::{self, IdGenerator};
+use crate::durable;
 
 const MAGIC: &str = "SMIMEGW-SPOOL 1";
 const TRAILER_TAG: &[u8] = b"\nSMIMEGW-END ";

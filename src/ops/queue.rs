@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::headers;
+use crate::mail::headers;
 use crate::spool::dsn::rfc5322_date;
 use crate::spool::{RcptStatus, SpoolError, Store};
 

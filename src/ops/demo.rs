@@ -26,8 +26,8 @@ use openssl::x509::extension::{
 };
 use openssl::x509::{X509Builder, X509Extension, X509NameBuilder, X509};
 
-use super::provider;
 use crate::ossl::{self, Signature};
+use crate::pki::provider;
 
 /// Password of every PKCS#12 file the demo writes.
 pub const PASSWORD: &str = "demo-only";

@@ -1,9 +1,11 @@
-//! `smime-gateway keys list`: a table of the organisation's identities.
+//! `smime-gateway keys list` and `certs list|import`: tables of the
+//! organisation's identities and of recipients' certificates, and copying
+//! certificates into the operator's folder.
 
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::Keyring;
+use crate::pki::{directory, oces, Keyring};
 
 fn day(secs: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
@@ -15,7 +17,7 @@ fn day(secs: i64) -> String {
 
 /// The columns both tables share: CN, generation, kind, CVR, e-mails,
 /// not-after.
-fn columns(i: &super::oces::CertInfo) -> String {
+fn columns(i: &oces::CertInfo) -> String {
     let cn: String = i.subject_cn.chars().take(40).collect();
     let emails = if i.emails.is_empty() {
         "-".to_string()
@@ -76,7 +78,7 @@ pub fn keys_table(keys: &Keyring, now: i64, revoked: &[bool]) -> String {
 }
 
 /// `certs list`: every certificate in the directory.
-pub fn certs_table(dir: &super::directory::Directory) -> String {
+pub fn certs_table(dir: &directory::Directory) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -91,56 +93,44 @@ pub fn certs_table(dir: &super::directory::Directory) -> String {
     out
 }
 
+/// Why `certs import` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("certs import: no [certificates] dirs configured")]
+    NoFolder,
+    #[error("certs import: {0}")]
+    Read(#[from] directory::DirectoryError),
+    #[error("certs import: {path}: {source}")]
+    Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("certs import: cannot write PEM: {0}")]
+    Pem(#[from] openssl::error::ErrorStack),
+}
+
 /// `certs import`: copies the certificates in `file` into `dir` (one PEM
-/// file each, named by fingerprint). Returns how many were new.
-pub fn import(file: &std::path::Path, dir: &std::path::Path) -> Result<(usize, usize), String> {
-    let certs = super::directory::read_any(file).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+/// file each, named by fingerprint). Returns how many there were and how
+/// many were new.
+pub fn import(
+    file: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<(usize, usize), ImportError> {
+    let certs = directory::read_any(file)?;
+    let write_error = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| ImportError::Write { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(write_error(dir))?;
     let mut new = 0;
     for c in &certs {
-        let path = dir.join(format!("{}.pem", super::directory::fingerprint(c)));
+        let path = dir.join(format!("{}.pem", directory::fingerprint(c)));
         if path.exists() {
             continue;
         }
-        let pem = c.to_pem().map_err(|e| e.to_string())?;
-        crate::spool::durable_write(&path, &pem).map_err(|e| format!("{}: {e}", path.display()))?;
+        let pem = c.to_pem()?;
+        crate::durable::write_atomic(&path, &pem).map_err(write_error(&path))?;
         new += 1;
     }
     Ok((certs.len(), new))
-}
-
-/// Which identities their CA says are revoked (CRL or OCSP), as far as the
-/// sources can be reached; `[trust] revocation = "off"` checks nothing.
-/// Blocking (HTTP).
-pub fn revoked_identities(
-    keys: &Keyring,
-    settings: &crate::config::Settings,
-    now: i64,
-) -> Vec<bool> {
-    if settings.trust.revocation == crate::config::Revocation::Off {
-        return vec![false; keys.identities.len()];
-    }
-    let checker = super::revocation::Checker::default();
-    keys.identities
-        .iter()
-        .map(|id| {
-            let issuer = id
-                .chain
-                .iter()
-                .find(|c| c.issued(&id.cert) == openssl::x509::X509VerifyResult::OK);
-            match issuer {
-                Some(issuer) => matches!(
-                    checker.check(
-                        &id.cert,
-                        issuer,
-                        &keys.anchors,
-                        now,
-                        settings.trust.revocation_timeout
-                    ),
-                    super::revocation::Status::Revoked(_)
-                ),
-                None => false,
-            }
-        })
-        .collect()
 }

@@ -1,0 +1,173 @@
+//! The operator's commands, apart from the running daemon: `check-config`,
+//! `keys list`, `explain`, `certs …`, `queue …` and the demo PKI generator
+//! (TEST ONLY). Each returns the text to print, or an [`OpsError`] that
+//! says what went wrong and which exit status it deserves.
+
+pub mod demo;
+pub mod explain;
+pub mod listing;
+pub mod queue;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{self, Instant};
+use crate::daemon::{self, DaemonError};
+use crate::pki::resolve::Resolver;
+use crate::pki::revocation;
+use crate::spool::{SpoolError, Store};
+
+/// Why an operator command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// The command line was wrong (exit status 2).
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Daemon(#[from] DaemonError),
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    #[error("{0}")]
+    Spool(#[from] SpoolError),
+    #[error("{0}")]
+    Demo(#[from] demo::DemoError),
+    #[error("{0}")]
+    Import(#[from] listing::ImportError),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+impl OpsError {
+    /// The process exit status for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            OpsError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// What `queue` does.
+pub enum QueueCommand {
+    List,
+    Show(String),
+    Retry(String),
+    Delete(String),
+    Quarantined,
+    Release(String),
+}
+
+/// What `certs` does.
+pub enum CertsCommand {
+    List,
+    Show(String),
+    Import(PathBuf),
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, OpsError> {
+    tokio::runtime::Runtime::new().map_err(OpsError::Runtime)
+}
+
+/// `serve`: runs the daemon until SIGTERM/SIGINT.
+pub fn serve(config: &Path) -> Result<(), OpsError> {
+    Ok(runtime()?.block_on(daemon::serve(config))?)
+}
+
+/// `check-config`: validates as `serve` would.
+pub fn check_config(config: &Path) -> Result<String, OpsError> {
+    daemon::check(config)?;
+    Ok(format!("{}: configuration is valid\n", config.display()))
+}
+
+/// `keys list`: the identities, with their revocation state now.
+pub fn keys_list(config: &Path) -> Result<String, OpsError> {
+    let (settings, keys) = daemon::check(config)?;
+    let now = unix_now();
+    let revoked = revocation::revoked_identities(&keys, &settings, now);
+    Ok(listing::keys_table(&keys, now, &revoked))
+}
+
+/// `explain`: the report, and whether mail would leave.
+pub fn explain(
+    config: &Path,
+    rcpt: &str,
+    from: &str,
+    at: Option<&str>,
+) -> Result<(String, bool), OpsError> {
+    let at = match at.map(Instant::parse) {
+        None => unix_now(),
+        Some(Ok(i)) => i.unix,
+        Some(Err(e)) => return Err(OpsError::Usage(format!("--at {e}"))),
+    };
+    let (settings, keys) = daemon::check(config).map_err(|e| OpsError::Usage(e.to_string()))?;
+    let keys = Arc::new(keys);
+    let resolver = Resolver::new();
+    Ok(runtime()?.block_on(explain::explain(
+        &settings, &keys, &resolver, from, rcpt, at,
+    )))
+}
+
+/// `certs list|show|import`.
+pub fn certs(config: &Path, command: CertsCommand) -> Result<String, OpsError> {
+    let (settings, keys) = daemon::check(config)?;
+    match command {
+        CertsCommand::List => Ok(listing::certs_table(&keys.directory)),
+        CertsCommand::Show(address) => {
+            let keys = Arc::new(keys);
+            let resolver = Resolver::new();
+            let (text, _) = runtime()?.block_on(explain::explain(
+                &settings,
+                &keys,
+                &resolver,
+                "",
+                &address,
+                unix_now(),
+            ));
+            Ok(text)
+        }
+        CertsCommand::Import(file) => {
+            let Some(dir) = settings.certificates.dirs.first() else {
+                return Err(listing::ImportError::NoFolder.into());
+            };
+            let (n, new) = listing::import(&file, dir)?;
+            Ok(format!(
+                "{}: {n} certificate(s), {new} new, written to {} (the daemon reads them at its next reload)\n",
+                file.display(),
+                dir.display()
+            ))
+        }
+    }
+}
+
+/// `pki demo`: writes the look-alike test PKI.
+pub fn pki_demo(out: &Path, urls: &demo::Urls) -> Result<String, OpsError> {
+    let w = demo::generate(out, unix_now(), urls)?;
+    Ok(format!(
+        "demo PKI (TEST ONLY) written to {}: {} files\n",
+        w.dir.display(),
+        w.files.len()
+    ))
+}
+
+/// `queue …`: works on the spool files, whether or not the daemon runs.
+/// It needs the configuration's spool folder, not the keys.
+pub fn queue(config: &Path, command: QueueCommand) -> Result<String, OpsError> {
+    let settings = config::load(config)?;
+    let store = Store::open_shared(&settings.spool.dir)?;
+    let text = match command {
+        QueueCommand::List => queue::list(&store),
+        QueueCommand::Show(id) => queue::show(&store, &id),
+        QueueCommand::Retry(id) => queue::retry(&store, &id),
+        QueueCommand::Delete(id) => queue::delete(&store, &id),
+        QueueCommand::Quarantined => queue::quarantined(&store),
+        QueueCommand::Release(id) => queue::release(&store, &id),
+    }?;
+    Ok(text)
+}

@@ -5,16 +5,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::config::{self, ConfigError, Settings};
-use crate::pki::resolve::Resolver;
-use crate::pki::{Keyring, KeyringError};
-use crate::runner::Runner;
+use crate::config::SettingsSource;
+use crate::queue::Runner;
 use crate::smtp;
+use crate::snapshot::{Live, Snapshot, SnapshotError};
 use crate::spool::{SpoolError, Store};
 use crate::systemd;
 use crate::{metrics, observe};
@@ -22,22 +20,20 @@ use crate::{metrics, observe};
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("{0}")]
-    Config(#[from] ConfigError),
-    #[error("{0}")]
     Spool(#[from] SpoolError),
     #[error("{0}")]
     Tls(#[from] smtp::tls::TlsError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
-    Keys(#[from] KeyringError),
+    Snapshot(#[from] SnapshotError),
 }
 
 /// Runs the gateway with the configuration at `path` until SIGTERM/SIGINT.
 pub async fn serve(path: &Path) -> Result<(), DaemonError> {
-    let settings = config::load(path)?;
-    let keys = Keyring::load(&settings)?;
-    for id in &keys.identities {
+    let snapshot = Snapshot::load(path)?;
+    let settings = Arc::clone(&snapshot.settings);
+    for id in &snapshot.keys.identities {
         info!(subject = %id.info.subject_cn, generation = %id.info.generation,
               kind = %id.info.kind, source = %id.source.display(), "identity loaded");
     }
@@ -57,8 +53,8 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
         }
     }
 
-    let settings = Arc::new(ArcSwap::from_pointee(settings));
-    let keys = Arc::new(ArcSwap::from_pointee(keys));
+    let live = Arc::new(Live::new(snapshot)?);
+    let settings: Arc<dyn SettingsSource> = live.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_rx_metrics = stop_rx.clone();
     let (queued_tx, queued_rx) = mpsc::unbounded_channel();
@@ -76,9 +72,7 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
         .with_verifier(verifier),
     );
     let runner = Runner::new(
-        Arc::clone(&settings),
-        Arc::clone(&keys),
-        Arc::new(Resolver::new()),
+        Arc::clone(&live),
         Arc::clone(&store),
         queued_rx,
         queued_tx,
@@ -115,7 +109,7 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
             _ = hup.recv() => {
                 info!("SIGHUP: reloading");
                 systemd::reloading();
-                reload(path, &settings, &keys);
+                reload(path, &live);
                 systemd::ready();
             }
             Some(()) = changed.recv() => {
@@ -124,7 +118,7 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
                 while changed.try_recv().is_ok() {}
                 info!(config = %path.display(), "configuration file changed: reloading");
                 systemd::reloading();
-                reload(path, &settings, &keys);
+                reload(path, &live);
                 systemd::ready();
             }
         }
@@ -172,27 +166,20 @@ fn watch(path: &Path, tx: mpsc::UnboundedSender<()>) -> notify::Result<notify::R
 /// Loads the configuration again and swaps it in when valid; an invalid
 /// one is logged and the running one kept. Listen addresses and the spool
 /// directory take effect only at the next start.
-fn reload(path: &Path, settings: &ArcSwap<Settings>, keys: &ArcSwap<Keyring>) {
-    let loaded = config::load(path)
-        .map_err(DaemonError::from)
-        .and_then(|s| Ok((Keyring::load(&s)?, s)));
-    match loaded {
-        Ok((new_keys, new)) => {
-            keys.store(Arc::new(new_keys));
-            settings.store(Arc::new(new));
-            info!(config = %path.display(), "configuration reloaded");
-        }
+fn reload(path: &Path, live: &Live) {
+    match Snapshot::load(path).and_then(|s| live.replace(s)) {
+        Ok(()) => info!(config = %path.display(), "configuration reloaded"),
         Err(e) => error!(error = %e, "configuration not reloaded; the previous one stays in force"),
     }
 }
 
 /// Checks the configuration as `serve` would, without starting anything.
-/// Returns the settings and the keys it loaded.
-pub fn check(path: &Path) -> Result<(Settings, Keyring), DaemonError> {
-    let settings = config::load(path)?;
-    if let Some(t) = &settings.server.tls {
+/// Returns the snapshot it loaded.
+pub fn check(path: &Path) -> Result<Snapshot, DaemonError> {
+    let snapshot = Snapshot::load(path)?;
+    if let Some(t) = &snapshot.settings.server.tls {
         smtp::tls::acceptor(t)?;
     }
-    let keys = Keyring::load(&settings)?;
-    Ok((settings, keys))
+    crate::pki::CertStore::load(&snapshot.settings).map_err(SnapshotError::from)?;
+    Ok(snapshot)
 }

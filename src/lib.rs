@@ -1,8 +1,9 @@
 //! smime-gateway: an SMTP-in / SMTP-out S/MIME gateway for the Danish
 //! OCES2 → OCES3 move. Mail is accepted by `smtp`, made durable by
-//! `spool`, taken through `pipeline` by the `runner`, and handed on by
-//! `delivery`. `daemon` wires them together; `admin` holds the operator
-//! commands.
+//! `spool`, taken through `pipeline` (unwrap → decide → wrap) by the
+//! `queue` manager, and handed on by `delivery`. `daemon` wires them
+//! together around one `snapshot` of settings and keys; `ops` holds the
+//! operator commands. docs/architecture.md has the map.
 
 pub mod config;
 pub mod daemon;
@@ -17,8 +18,9 @@ pub mod ossl;
 pub mod pipeline;
 pub mod pki;
 pub mod policy;
-pub mod runner;
+pub mod queue;
 pub mod smime;
 pub mod smtp;
+pub mod snapshot;
 pub mod spool;
 pub mod systemd;

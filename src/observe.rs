@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::server::conn::http1;
@@ -20,10 +19,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::{validate::parse_host_port, Settings};
+use crate::config::{validate::parse_host_port, Settings, SettingsSource};
 
 struct Ready {
-    settings: Arc<ArcSwap<Settings>>,
+    settings: Arc<dyn SettingsSource>,
     last: Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
@@ -34,7 +33,7 @@ impl Ready {
                 return r.clone();
             }
         }
-        let settings = self.settings.load_full();
+        let settings = self.settings.settings();
         let result = probe(&settings).await;
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((Instant::now(), result.clone()));
@@ -89,7 +88,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
-    settings: Arc<ArcSwap<Settings>>,
+    settings: Arc<dyn SettingsSource>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let ready = Arc::new(Ready {

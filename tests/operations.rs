@@ -296,9 +296,14 @@ fn json_log_lines() {
     )
     .unwrap();
     assert!(wait_until(Duration::from_secs(10), || sink.count() == 1));
+    // The outcome is logged once it is recorded, just after the next hop's reply.
+    let log = dir.path().join("log");
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("\"delivered\""))
+    }));
     let _ = child.kill();
     let _ = child.wait();
-    let text = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
     let delivered = text
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every line is JSON"))

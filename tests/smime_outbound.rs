@@ -330,12 +330,14 @@ fn explain(config: &Path, rcpt: &str) -> (String, bool) {
     )
 }
 
+/// A configuration for `explain` where the demo PKI's addresses
+/// (example-law.dk) are external counterparties under a strict rule.
 fn explain_config(dir: &Path, pki_dir: &Path, recips: &Path, revocation: &str) -> PathBuf {
     let cfg = dir.join("explain.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nhostname=\"gw.test\"\nlisten=[\"127.0.0.1:1\"]\ninternal_domains=[\"example-law.dk\"]\n\
+            "[server]\nhostname=\"gw.test\"\nlisten=[\"127.0.0.1:1\"]\ninternal_domains=[\"gw.test\"]\n\
              [spool]\ndir=\"{}\"\n[relay]\ninternal=\"127.0.0.1:2\"\nexternal=\"127.0.0.1:3\"\n\
              [trust]\nanchors=[\"{}\"]\nrevocation=\"{revocation}\"\nrevocation_timeout=\"2s\"\n\
              [certificates]\ndirs=[\"{}\"]\n\
@@ -473,6 +475,19 @@ fn expired_revoked_and_wrong_key_usage_certificates_are_refused_in_explain() {
         b"",
     );
     let cfg = explain_config(work.path(), p, &recips, "hard-fail");
+
+    // The same address as an internal mailbox: explain says what the
+    // daemon does with it (opened for the mailbox), not what a rule would.
+    let internal = work.path().join("internal.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "internal_domains=[\"gw.test\"]",
+        "internal_domains=[\"example-law.dk\"]",
+    );
+    std::fs::write(&internal, text).unwrap();
+    let (text, ok) = explain(&internal, "bob@example-law.dk");
+    assert!(ok, "{text}");
+    assert!(text.contains("mailbox:     internal"), "{text}");
+    assert!(!text.contains("rule:"), "{text}");
 
     // CRL served, OCSP down: the CRL says revoked.
     let (text, ok) = explain(&cfg, "bob@example-law.dk");

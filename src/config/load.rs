@@ -134,3 +134,40 @@ fn deserialize_problem(e: &config::ConfigError) -> Problem {
         message: text,
     }
 }
+
+/// Settings from TOML text, validated, with no environment overrides: for
+/// unit tests of the rooms that take settings.
+#[cfg(test)]
+pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+    let dir = tempfile::tempdir().map_err(|e| ConfigError {
+        file: "test.toml".into(),
+        problems: vec![Problem {
+            key: String::new(),
+            message: e.to_string(),
+        }],
+    })?;
+    let path = dir.path().join("test.toml");
+    std::fs::write(&path, text).map_err(|e| ConfigError {
+        file: path.clone(),
+        problems: vec![Problem {
+            key: String::new(),
+            message: e.to_string(),
+        }],
+    })?;
+    load_with_env(&path, Some(HashMap::new()))
+}
+
+/// Minimal valid settings (internal domain `example-law.dk`) followed by
+/// `extra` TOML: for unit tests.
+#[cfg(test)]
+pub fn test_settings(extra: &str) -> Settings {
+    let text = format!(
+        "[server]\nhostname = \"gw.example-law.dk\"\nlisten = [\"127.0.0.1:2525\"]\ninternal_domains = [\"example-law.dk\"]\n\
+         [relay]\ninternal = \"127.0.0.1:25\"\nexternal = \"127.0.0.1:26\"\n\
+         [spool]\ndir = \"/nonexistent\"\n{extra}"
+    );
+    match from_toml(&text) {
+        Ok(s) => s,
+        Err(e) => panic!("test settings: {e}"),
+    }
+}

@@ -5,7 +5,7 @@
 //! environment overrides) lives in `load`, semantic checks in `validate`.
 
 mod duration;
-mod load;
+pub mod load;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -16,6 +16,20 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use load::{load, ConfigError, Problem};
+
+/// Where a long-running part (the SMTP listener, the metrics probe, the
+/// recipient verifier) reads the settings in force: it sees a reload at
+/// its next read.
+pub trait SettingsSource: Send + Sync {
+    fn settings(&self) -> std::sync::Arc<Settings>;
+}
+
+/// Fixed settings, for tools and tests.
+impl SettingsSource for std::sync::Arc<Settings> {
+    fn settings(&self) -> std::sync::Arc<Settings> {
+        std::sync::Arc::clone(self)
+    }
+}
 
 /// The whole configuration, one immutable snapshot.
 #[derive(Debug, Clone, Deserialize)]

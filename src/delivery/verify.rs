@@ -8,22 +8,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
-
 use super::client::{connect, describe};
-use crate::config::Settings;
+use crate::config::SettingsSource;
 use crate::smtp::{RcptCheck, RecipientVerifier};
 
 /// Answers and when they were learnt, by address.
 type Cache = HashMap<String, (Instant, RcptCheck)>;
 
 pub struct Verifier {
-    settings: Arc<ArcSwap<Settings>>,
+    settings: Arc<dyn SettingsSource>,
     cache: Mutex<Cache>,
 }
 
 impl Verifier {
-    pub fn new(settings: Arc<ArcSwap<Settings>>) -> Self {
+    pub fn new(settings: Arc<dyn SettingsSource>) -> Self {
         Self {
             settings,
             cache: Mutex::new(HashMap::new()),
@@ -31,7 +29,7 @@ impl Verifier {
     }
 
     async fn probe(&self, rcpt: &str) -> RcptCheck {
-        let settings = self.settings.load_full();
+        let settings = self.settings.settings();
         let hop = settings.relay.internal.as_str();
         let mut conn = match connect(&settings.relay, &settings.server.hostname, hop).await {
             Ok(c) => c,
@@ -60,7 +58,7 @@ impl RecipientVerifier for Verifier {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = RcptCheck> + Send + 'a>> {
         Box::pin(async move {
             let key = rcpt.to_ascii_lowercase();
-            let ttl = self.settings.load().server.verify_cache_ttl;
+            let ttl = self.settings.settings().server.verify_cache_ttl;
             if let Some((at, answer)) = self
                 .cache
                 .lock()

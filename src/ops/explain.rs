@@ -1,25 +1,21 @@
 //! `smime-gateway explain`: what the outbound rules would do with mail to
 //! one recipient at a given time, and why: the rule, every certificate
 //! considered with the reason it was taken or refused, the signing
-//! identity and the outcome. `certs show` uses the same report.
+//! identity and the outcome. `certs show` uses the same report. It asks
+//! the same `decide` the queue does, so it cannot disagree with it.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 
-use crate::config::{Instant, Settings};
-use crate::pki::resolve::Resolver;
-use crate::pki::Keyring;
+use crate::config::{Deliver, Instant};
+use crate::pipeline::decide::{self, Treatment};
 use crate::policy::{self, Outcome};
+use crate::snapshot::Live;
 
 /// The report, and whether mail would leave (true) or bounce / be held.
-pub async fn explain(
-    settings: &Settings,
-    keys: &Arc<Keyring>,
-    resolver: &Resolver,
-    sender: &str,
-    rcpt: &str,
-    at: i64,
-) -> (String, bool) {
+/// The treatment comes from the same `decide` the queue uses.
+pub async fn explain(live: &Live, sender: &str, rcpt: &str, at: i64) -> (String, bool) {
+    let snapshot = live.current();
+    let settings = &snapshot.settings;
     let mut out = String::new();
     let _ = writeln!(out, "recipient:   {rcpt}");
     let _ = writeln!(
@@ -40,41 +36,47 @@ pub async fn explain(
         }
         None => {}
     }
-    let Some(rule) = policy::rule_for(settings, rcpt, at) else {
+    let revoked = live.revoked.current();
+    let treatment = decide::decide(&snapshot, live, &revoked, sender, rcpt, false, at).await;
+    let d = match treatment {
+        Treatment::Mailbox { deliver, .. } => {
+            let how = match (deliver, snapshot.keys.current_oces3(rcpt, at)) {
+                (Deliver::Plain, _) => "delivered decrypted".to_string(),
+                (Deliver::Reencrypt, Some(t)) => {
+                    format!("re-encrypted to \"{}\"", t.info.subject_cn)
+                }
+                (Deliver::Reencrypt, None) => {
+                    "delivered unchanged (no valid OCES3 key to re-encrypt to)".to_string()
+                }
+            };
+            let _ = writeln!(
+                out,
+                "mailbox:     internal; encrypted mail is opened and {how}"
+            );
+            return (out, true);
+        }
+        Treatment::Unchanged(why) => {
+            let _ = writeln!(
+                out,
+                "rule:        none applies ({why}); the message leaves unchanged"
+            );
+            return (out, true);
+        }
+        Treatment::Outbound(d) => d,
+    };
+    if let Some(rule) = policy::rule_for(settings, rcpt, at) {
         let _ = writeln!(
             out,
-            "rule:        none matches; the message leaves unchanged"
+            "rule:        {:?} (match {:?}; generation {:?}; encrypt {:?}; sign {}; missing certificate: {:?})",
+            rule.name, rule.patterns, rule.generation, rule.encrypt, rule.sign, rule.on_missing_certificate
         );
-        return (out, true);
-    };
-    let _ = writeln!(
-        out,
-        "rule:        {:?} (match {:?}; generation {:?}; encrypt {:?}; sign {}; missing certificate: {:?})",
-        rule.name, rule.patterns, rule.generation, rule.encrypt, rule.sign, rule.on_missing_certificate
-    );
-    let (candidates, lookup_error) = resolver
-        .candidates(keys, settings, rcpt, at, |info| {
-            policy::wanted(settings, rule, info, at)
-        })
-        .await;
-    let d = policy::decide(
-        settings,
-        keys,
-        sender,
-        rcpt,
-        &candidates,
-        lookup_error.as_deref(),
-        at,
-    );
+    }
     let _ = writeln!(out, "certificates considered:");
     if d.considered.is_empty() {
         let _ = writeln!(out, "  none found");
     }
     for line in &d.considered {
         let _ = writeln!(out, "  {line}");
-    }
-    if let Some(e) = &lookup_error {
-        let _ = writeln!(out, "  lookup failed: {e}");
     }
     let _ = writeln!(out, "signing:     {}", d.signer);
     let leaves = match &d.outcome {

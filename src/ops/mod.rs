@@ -8,14 +8,12 @@ pub mod explain;
 pub mod listing;
 pub mod queue;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
 use crate::config::{self, Instant};
 use crate::daemon::{self, DaemonError};
-use crate::pki::resolve::Resolver;
 use crate::pki::revocation;
+use crate::snapshot::Live;
 use crate::spool::{SpoolError, Store};
+use std::path::{Path, PathBuf};
 
 /// Why an operator command failed.
 #[derive(Debug, thiserror::Error)]
@@ -88,10 +86,10 @@ pub fn check_config(config: &Path) -> Result<String, OpsError> {
 
 /// `keys list`: the identities, with their revocation state now.
 pub fn keys_list(config: &Path) -> Result<String, OpsError> {
-    let (settings, keys) = daemon::check(config)?;
+    let snapshot = daemon::check(config)?;
     let now = unix_now();
-    let revoked = revocation::revoked_identities(&keys, &settings, now);
-    Ok(listing::keys_table(&keys, now, &revoked))
+    let revoked = revocation::revoked_identities(&snapshot.keys, &snapshot.settings, now);
+    Ok(listing::keys_table(&snapshot.keys, now, &revoked))
 }
 
 /// `explain`: the report, and whether mail would leave.
@@ -106,30 +104,19 @@ pub fn explain(
         Some(Ok(i)) => i.unix,
         Some(Err(e)) => return Err(OpsError::Usage(format!("--at {e}"))),
     };
-    let (settings, keys) = daemon::check(config).map_err(|e| OpsError::Usage(e.to_string()))?;
-    let keys = Arc::new(keys);
-    let resolver = Resolver::new();
-    Ok(runtime()?.block_on(explain::explain(
-        &settings, &keys, &resolver, from, rcpt, at,
-    )))
+    let snapshot = daemon::check(config).map_err(|e| OpsError::Usage(e.to_string()))?;
+    let live = Live::new(snapshot).map_err(|e| OpsError::Usage(e.to_string()))?;
+    Ok(runtime()?.block_on(explain::explain(&live, from, rcpt, at)))
 }
 
 /// `certs list|show|import`.
 pub fn certs(config: &Path, command: CertsCommand) -> Result<String, OpsError> {
-    let (settings, keys) = daemon::check(config)?;
+    let live = Live::new(daemon::check(config)?).map_err(DaemonError::from)?;
+    let settings = live.current().settings.clone();
     match command {
-        CertsCommand::List => Ok(listing::certs_table(&keys.directory)),
+        CertsCommand::List => Ok(listing::certs_table(&live.certs.directory())),
         CertsCommand::Show(address) => {
-            let keys = Arc::new(keys);
-            let resolver = Resolver::new();
-            let (text, _) = runtime()?.block_on(explain::explain(
-                &settings,
-                &keys,
-                &resolver,
-                "",
-                &address,
-                unix_now(),
-            ));
+            let (text, _) = runtime()?.block_on(explain::explain(&live, "", &address, unix_now()));
             Ok(text)
         }
         CertsCommand::Import(file) => {

@@ -46,6 +46,12 @@ impl Identity {
     pub fn is_organisation_wide(&self) -> bool {
         self.mailboxes.is_empty()
     }
+
+    /// The SHA-256 fingerprint of its certificate: how it is named across
+    /// reloads (positions in the keyring change).
+    pub fn fingerprint(&self) -> String {
+        super::directory::fingerprint(&self.cert)
+    }
 }
 
 /// A key that could not be loaded, with the file and the reason.

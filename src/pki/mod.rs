@@ -21,17 +21,51 @@ pub use identity::Identity;
 
 use crate::config::Settings;
 
-/// Everything the pipeline needs of keys and certificates: one immutable
-/// snapshot, loaded with the configuration and swapped with it.
+/// The organisation's keys and the trust anchors: immutable, loaded with
+/// the configuration and swapped with it in one snapshot. What changes
+/// while the daemon runs (harvested certificates, revocation found later)
+/// lives in the shared services [`CertStore`] and
+/// [`revocation::RevokedIdentities`].
 #[derive(Debug, Default)]
 pub struct Keyring {
     pub identities: Vec<Identity>,
     pub anchors: Vec<X509>,
-    /// Recipients' certificates.
-    pub directory: directory::Directory,
-    /// Identities their CA says are revoked (positions in `identities`),
-    /// as last checked by the runner: they still decrypt, never sign.
-    pub revoked: std::sync::RwLock<std::collections::HashSet<usize>>,
+}
+
+/// Recipients' certificates: the operator's folders, harvested signer
+/// certificates and LDAP answers. A service shared by every delivery: it
+/// grows as certificates are harvested, and is replaced as a whole when
+/// the configuration is reloaded.
+#[derive(Debug, Default)]
+pub struct CertStore {
+    current: arc_swap::ArcSwap<directory::Directory>,
+}
+
+impl CertStore {
+    /// Loads the folders `settings` name and the certificates harvested
+    /// earlier (kept under the spool folder).
+    pub fn load(settings: &Settings) -> Result<Self, directory::DirectoryError> {
+        Ok(Self {
+            current: arc_swap::ArcSwap::from_pointee(Self::read(settings)?),
+        })
+    }
+
+    fn read(settings: &Settings) -> Result<directory::Directory, directory::DirectoryError> {
+        let harvest = settings.spool.dir.join("harvested");
+        directory::Directory::load(&settings.certificates.dirs, Some(&harvest))
+    }
+
+    /// Reads the folders again (after a reload of the configuration).
+    pub fn reload(&self, settings: &Settings) -> Result<(), directory::DirectoryError> {
+        self.current
+            .store(std::sync::Arc::new(Self::read(settings)?));
+        Ok(())
+    }
+
+    /// The directory in force.
+    pub fn directory(&self) -> std::sync::Arc<directory::Directory> {
+        self.current.load_full()
+    }
 }
 
 /// What went wrong loading keys and anchors; every problem is listed.
@@ -40,7 +74,8 @@ pub struct Keyring {
 pub struct KeyringError(pub Vec<String>);
 
 impl Keyring {
-    /// Loads the identities and trust anchors `settings` name.
+    /// Loads the identities and trust anchors `settings` name; every
+    /// problem is reported, not only the first.
     pub fn load(settings: &Settings) -> Result<Self, KeyringError> {
         let mut problems = Vec::new();
         let mut identities = Vec::new();
@@ -57,21 +92,10 @@ impl Keyring {
                 Vec::new()
             }
         };
-        let harvest = settings.spool.dir.join("harvested");
-        let directory =
-            match directory::Directory::load(&settings.certificates.dirs, Some(&harvest)) {
-                Ok(d) => d,
-                Err(e) => {
-                    problems.push(e.to_string());
-                    directory::Directory::default()
-                }
-            };
         if problems.is_empty() {
             Ok(Self {
                 identities,
                 anchors,
-                directory,
-                revoked: Default::default(),
             })
         } else {
             Err(KeyringError(problems))
@@ -85,11 +109,6 @@ impl Keyring {
             .iter()
             .filter(move |i| i.serves(rcpt))
             .chain(self.identities.iter().filter(|i| i.is_organisation_wide()))
-    }
-
-    /// True when identity `i` was found revoked.
-    pub fn is_revoked(&self, i: usize) -> bool {
-        self.revoked.read().map(|r| r.contains(&i)).unwrap_or(false)
     }
 
     /// Positions in `identities` of the candidates for `rcpt`, in order.

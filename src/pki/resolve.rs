@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use openssl::x509::X509;
 
-use super::directory::{fingerprint, Entry, Source};
+use super::directory::{fingerprint, Directory, Entry, Source};
 use super::oces::{self, CertInfo};
 use super::revocation::{self, Checker};
 use super::{validate, Keyring};
@@ -54,19 +54,20 @@ impl Resolver {
     pub async fn candidates(
         &self,
         keys: &Arc<Keyring>,
+        directory: &Arc<Directory>,
         settings: &Settings,
         addr: &str,
         at: i64,
         wanted: impl Fn(&CertInfo) -> bool,
     ) -> (Vec<Candidate>, Option<String>) {
-        let local = keys.directory.lookup(addr);
+        let local = directory.lookup(addr);
         for e in &local {
             crate::metrics::lookup(match e.source {
                 Source::Harvested => "harvested",
                 _ => "local",
             });
         }
-        let mut out = self.evaluate(keys, settings, local, at).await;
+        let mut out = self.evaluate(keys, directory, settings, local, at).await;
         let satisfied = out
             .iter()
             .any(|c| matches!(c.verdict, Verdict::Usable(_)) && wanted(&c.entry.info));
@@ -119,7 +120,7 @@ impl Resolver {
                     })
                 })
                 .collect();
-            out.extend(self.evaluate(keys, settings, entries, at).await);
+            out.extend(self.evaluate(keys, directory, settings, entries, at).await);
         }
         let satisfied = out
             .iter()
@@ -132,6 +133,7 @@ impl Resolver {
     async fn evaluate(
         &self,
         keys: &Arc<Keyring>,
+        directory: &Arc<Directory>,
         settings: &Settings,
         entries: Vec<Entry>,
         at: i64,
@@ -141,6 +143,7 @@ impl Resolver {
         }
         let fallback = entries.clone();
         let keys = Arc::clone(keys);
+        let directory = Arc::clone(directory);
         let checker = Arc::clone(&self.revocation);
         let mode = settings.trust.revocation;
         let timeout = settings.trust.revocation_timeout;
@@ -149,7 +152,7 @@ impl Resolver {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(at);
         let work = move || {
-            let mut helpers = keys.directory.authorities();
+            let mut helpers = directory.authorities();
             for id in &keys.identities {
                 helpers.extend(id.chain.iter().cloned());
             }

@@ -213,6 +213,29 @@ fn ocsp(
     Ok(status.status)
 }
 
+/// The organisation's identities found revoked while the daemon runs, by
+/// certificate fingerprint: they still decrypt, never sign. A service
+/// shared by every delivery, filled by the periodic check.
+#[derive(Debug, Default)]
+pub struct RevokedIdentities {
+    fingerprints: std::sync::RwLock<std::collections::HashSet<String>>,
+}
+
+impl RevokedIdentities {
+    /// Replaces what is known with the result of a new check.
+    pub fn set(&self, fingerprints: std::collections::HashSet<String>) {
+        *self.fingerprints.write().unwrap_or_else(|p| p.into_inner()) = fingerprints;
+    }
+
+    /// The fingerprints known revoked now.
+    pub fn current(&self) -> std::collections::HashSet<String> {
+        self.fingerprints
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
 /// Which identities their CA says are revoked (CRL or OCSP), as far as the
 /// sources can be reached; `[trust] revocation = "off"` checks nothing.
 /// Blocking (HTTP).

@@ -5,6 +5,8 @@
 //! their verdicts, the keys and the time come in; a decision with the
 //! reasons for it goes out.
 
+use std::collections::HashSet;
+
 use openssl::x509::X509;
 
 use crate::config::{
@@ -118,11 +120,19 @@ fn label(e: &Entry) -> String {
     )
 }
 
+/// The organisation's keys as far as signing goes: the keyring and which
+/// of its identities were found revoked (certificate fingerprints).
+#[derive(Clone, Copy)]
+pub struct Signers<'a> {
+    pub keys: &'a Keyring,
+    pub revoked: &'a HashSet<String>,
+}
+
 /// Decides for `rcpt` (mail from `sender`) at `at`, given its certificates
 /// and whether looking them up failed for now.
 pub fn decide(
     settings: &Settings,
-    keys: &Keyring,
+    signers: Signers<'_>,
     sender: &str,
     rcpt: &str,
     candidates: &[Candidate],
@@ -200,7 +210,7 @@ pub fn decide(
         } else {
             Generation::Oces3
         };
-        signing_identity(keys, sender, at, cutoff_passed, prefer)
+        signing_identity(signers, sender, at, cutoff_passed, prefer)
     } else {
         (None, format!("nobody (rule {:?} does not sign)", rule.name))
     };
@@ -223,7 +233,7 @@ pub fn decide(
     } else if encrypting {
         let mut to: Vec<X509> = usable.iter().map(|c| c.entry.cert.clone()).collect();
         if settings.policy.encrypt_to_self {
-            if let Some(own) = own_oces3(keys, at) {
+            if let Some(own) = own_oces3(signers.keys, at) {
                 to.push(own.clone());
             }
         }
@@ -260,6 +270,9 @@ pub fn decide(
             },
         }
     };
+    if let Some(e) = lookup_error {
+        considered.push(format!("lookup failed: {e}"));
+    }
     Decision {
         rule: Some(rule.name.clone()),
         outcome,
@@ -284,17 +297,18 @@ fn own_oces3(keys: &Keyring, at: i64) -> Option<&X509> {
 /// identity) first, then one serving the sender; valid at `at` and not
 /// revoked; OCES3 after the cutoff, otherwise `prefer` first.
 fn signing_identity(
-    keys: &Keyring,
+    signers: Signers<'_>,
     sender: &str,
     at: i64,
     cutoff_passed: bool,
     prefer: Generation,
 ) -> (Option<usize>, String) {
+    let keys = signers.keys;
     let ok = |i: usize, g: Option<Generation>| {
         let id = &keys.identities[i];
         id.info.valid_at(at)
             && id.info.can_sign()
-            && !keys.is_revoked(i)
+            && !signers.revoked.contains(&id.fingerprint())
             && g.is_none_or(|g| id.info.generation == g)
             && !(cutoff_passed && id.info.generation != Generation::Oces3)
     };

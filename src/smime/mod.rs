@@ -10,7 +10,7 @@ pub mod unwrap;
 
 /// Why an S/MIME operation failed. The texts may reach the mailbox in the
 /// trace header, never the sender.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SmimeError {
     #[error("corrupt CMS structure: {0}")]
     Corrupt(String),
@@ -22,4 +22,15 @@ pub enum SmimeError {
     Encrypt(String),
     #[error("signing failed: {0}")]
     Sign(String),
+}
+
+impl SmimeError {
+    /// A short label for metrics: `no-key`, `corrupt` or `failed`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SmimeError::NoKey(_) => "no-key",
+            SmimeError::Corrupt(_) => "corrupt",
+            _ => "failed",
+        }
+    }
 }

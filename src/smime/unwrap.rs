@@ -79,9 +79,9 @@ pub enum Unwrapped {
     Opened { message: Vec<u8>, report: Report },
     /// Nothing to take off (plain, or signed only and kept intact).
     Unchanged { report: Report },
-    /// Encrypted, but it could not be opened; the reason is safe to show
+    /// Encrypted, but it could not be opened; the error is safe to show
     /// the mailbox (it never reaches the sender).
-    Failed { reason: String },
+    Failed { error: SmimeError },
 }
 
 /// Unwraps `message` for a recipient whose candidate keys are `keys`
@@ -99,11 +99,7 @@ pub fn unwrap(message: &[u8], keys: &[&Identity], anchors: &[X509], now: i64) ->
                     entity = mime::crlf(&inner).into_owned();
                     opened = true;
                 }
-                Err(e) => {
-                    return Unwrapped::Failed {
-                        reason: e.to_string(),
-                    }
-                }
+                Err(error) => return Unwrapped::Failed { error },
             },
             Shape::OpaqueSigned { cms } => {
                 let v = cms::verify(&cms, None, anchors, now);

@@ -11,11 +11,10 @@ pub mod tls;
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::Settings;
+use crate::config::{Settings, SettingsSource};
 use crate::spool::Store;
 
 pub use listener::{bind, serve};
@@ -41,7 +40,7 @@ pub trait RecipientVerifier: Send + Sync {
 
 /// What every session shares.
 pub struct Context {
-    settings: Arc<ArcSwap<Settings>>,
+    settings: Arc<dyn SettingsSource>,
     pub store: Arc<Store>,
     pub tls: Option<TlsAcceptor>,
     pub shutdown: watch::Receiver<bool>,
@@ -51,7 +50,7 @@ pub struct Context {
 
 impl Context {
     pub fn new(
-        settings: Arc<ArcSwap<Settings>>,
+        settings: Arc<dyn SettingsSource>,
         store: Arc<Store>,
         tls: Option<TlsAcceptor>,
         shutdown: watch::Receiver<bool>,
@@ -75,7 +74,7 @@ impl Context {
 
     /// The configuration in force now (a session keeps the one it started with).
     pub fn settings(&self) -> Arc<Settings> {
-        self.settings.load_full()
+        self.settings.settings()
     }
 
     /// Tells the queue runner a message is ready.

@@ -1,0 +1,196 @@
+//! The one place where a recipient's treatment is chosen: an internal
+//! mailbox is opened and delivered plain or re-encrypted; an external
+//! recipient gets what the outbound rules decide, or the message unchanged.
+//! The queue calls it for every pending recipient and `explain` calls it
+//! for one, so the two cannot disagree.
+//!
+//! [`first_look`] is pure (settings, the address, whether the message
+//! arrived encrypted, the time). Where a rule applies, the recipient's
+//! certificates are looked up (the certificate store, LDAP, revocation:
+//! I/O) and the pure [`policy::decide`] makes the decision.
+
+use std::collections::HashSet;
+
+use crate::config::{Deliver, Encryption, RuleSettings, Settings};
+use crate::mail::address::domain_of;
+use crate::policy::{self, Decision, Signers};
+use crate::smime::mime::{self, Shape};
+use crate::snapshot::{Live, Snapshot};
+
+/// What happens to one recipient.
+#[derive(Debug, Clone)]
+pub enum Treatment {
+    /// A mailbox in the internal domains: the message is opened and
+    /// delivered plain, or re-encrypted to the mailbox's current key.
+    Mailbox {
+        deliver: Deliver,
+        encryption: Encryption,
+    },
+    /// An external recipient a rule covers.
+    Outbound(Decision),
+    /// An external recipient that gets the message as it is, and why.
+    Unchanged(&'static str),
+}
+
+/// What decides a recipient's treatment before any certificate is looked
+/// at: done, or a rule that needs the recipient's certificates.
+#[derive(Debug)]
+pub enum FirstLook<'a> {
+    Done(Treatment),
+    Rule(&'a RuleSettings),
+}
+
+/// True for addresses in the internal domains.
+pub fn is_internal(settings: &Settings, rcpt: &str) -> bool {
+    domain_of(rcpt).is_some_and(|d| settings.server.is_internal_domain(&d))
+}
+
+/// True when the message arrived encrypted (its outer shape).
+pub fn arrived_encrypted(shape: &Shape) -> bool {
+    matches!(shape, Shape::Enveloped { .. })
+}
+
+/// Everything but the certificate lookup: pure.
+pub fn first_look<'a>(
+    settings: &'a Settings,
+    rcpt: &str,
+    encrypted: bool,
+    at: i64,
+) -> FirstLook<'a> {
+    if is_internal(settings, rcpt) {
+        let mailbox = settings.mailbox(rcpt);
+        return FirstLook::Done(Treatment::Mailbox {
+            deliver: mailbox.map(|m| m.deliver).unwrap_or_default(),
+            encryption: mailbox.map(|m| m.encryption).unwrap_or_default(),
+        });
+    }
+    if encrypted {
+        return FirstLook::Done(Treatment::Unchanged("encrypted by the sender already"));
+    }
+    match policy::rule_for(settings, rcpt, at) {
+        Some(rule) => FirstLook::Rule(rule),
+        None => FirstLook::Done(Treatment::Unchanged("no rule matches")),
+    }
+}
+
+/// The treatment of `rcpt` for mail from `sender` at `at`, with the
+/// snapshot's settings and keys and the live certificate store. The
+/// reasons for each certificate taken or refused are in the decision.
+pub async fn decide(
+    snapshot: &Snapshot,
+    live: &Live,
+    revoked: &HashSet<String>,
+    sender: &str,
+    rcpt: &str,
+    encrypted: bool,
+    at: i64,
+) -> Treatment {
+    let settings = &snapshot.settings;
+    let rule = match first_look(settings, rcpt, encrypted, at) {
+        FirstLook::Done(t) => return t,
+        FirstLook::Rule(rule) => rule,
+    };
+    let directory = live.certs.directory();
+    let (candidates, lookup_error) = live
+        .resolver
+        .candidates(&snapshot.keys, &directory, settings, rcpt, at, |info| {
+            policy::wanted(settings, rule, info, at)
+        })
+        .await;
+    let signers = Signers {
+        keys: &snapshot.keys,
+        revoked,
+    };
+    Treatment::Outbound(policy::decide(
+        settings,
+        signers,
+        sender,
+        rcpt,
+        &candidates,
+        lookup_error.as_deref(),
+        at,
+    ))
+}
+
+/// A message's plan: its shape, read once, and each pending recipient's
+/// treatment.
+#[derive(Debug)]
+pub struct Plan {
+    pub shape: Shape,
+    pub recipients: Vec<(String, Treatment)>,
+}
+
+/// Decides every pending recipient of a message.
+pub async fn plan(
+    snapshot: &Snapshot,
+    live: &Live,
+    sender: &str,
+    body: &[u8],
+    pending: Vec<String>,
+    at: i64,
+) -> Plan {
+    let shape = mime::shape(body);
+    let encrypted = arrived_encrypted(&shape);
+    let revoked = live.revoked.current();
+    let mut recipients = Vec::with_capacity(pending.len());
+    for rcpt in pending {
+        let t = decide(snapshot, live, &revoked, sender, &rcpt, encrypted, at).await;
+        recipients.push((rcpt, t));
+    }
+    Plan { shape, recipients }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::config::load::test_settings as settings;
+
+    const RULE: &str = "[[rule]]\nname = \"courts\"\nmatch = [\"*@domstol.dk\"]\n\
+                        generation = \"oces3\"\nencrypt = \"required\"\non_missing_certificate = \"bounce\"\n";
+
+    #[test]
+    fn internal_recipients_are_mailboxes_whatever_the_rules() {
+        let s = settings(&RULE.replace("*@domstol.dk", "*"));
+        for encrypted in [false, true] {
+            match first_look(&s, "bob@Example-Law.dk", encrypted, 0) {
+                FirstLook::Done(Treatment::Mailbox { deliver, .. }) => {
+                    assert_eq!(deliver, Deliver::default())
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn external_recipients_follow_rules_unless_encrypted_already() {
+        let s = settings(RULE);
+        assert!(matches!(
+            first_look(&s, "post@domstol.dk", false, 0),
+            FirstLook::Rule(r) if r.name == "courts"
+        ));
+        assert!(matches!(
+            first_look(&s, "post@domstol.dk", true, 0),
+            FirstLook::Done(Treatment::Unchanged(_))
+        ));
+        assert!(matches!(
+            first_look(&s, "someone@example.org", false, 0),
+            FirstLook::Done(Treatment::Unchanged("no rule matches"))
+        ));
+    }
+
+    #[test]
+    fn a_rule_window_is_honoured() {
+        let s = settings(&format!("{RULE}from = \"2023-07-01T00:00:00Z\"\n"));
+        let before = 1_688_083_200; // 2023-06-30
+        let after = 1_688_256_000; // 2023-07-02
+        assert!(matches!(
+            first_look(&s, "post@domstol.dk", false, before),
+            FirstLook::Done(Treatment::Unchanged(_))
+        ));
+        assert!(matches!(
+            first_look(&s, "post@domstol.dk", false, after),
+            FirstLook::Rule(_)
+        ));
+    }
+}

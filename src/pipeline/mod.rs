@@ -1,0 +1,206 @@
+//! unwrap → decide → wrap for one spooled message: turns the message and
+//! the plan for its pending recipients into actions, one copy per group of
+//! recipients that get the same bytes.
+//!
+//! - [`decide`]: the one place a recipient's treatment is chosen (mailbox,
+//!   outbound rule, or unchanged); the queue and `explain` both call it.
+//! - [`unwrap`]: internal mailboxes get the message opened, decrypted with
+//!   the key its RecipientInfo names, signatures verified, delivered plain
+//!   or re-encrypted, with an `X-SMIME-Gateway` header saying what was done.
+//! - [`wrap`]: external recipients get the copies the rules decided: signed
+//!   and/or encrypted, bounced or held.
+//!
+//! [`process`] is pure: the keys, the plan and the time come in, actions go
+//! out; the queue carries them out.
+
+pub mod decide;
+pub mod unwrap;
+pub mod wrap;
+
+use std::borrow::Cow;
+
+use openssl::x509::X509;
+
+pub use decide::{Plan, Treatment};
+
+use crate::config::Settings;
+use crate::metrics::Event;
+use crate::pki::Keyring;
+use crate::spool::Envelope;
+
+/// What the pipeline needs besides the message and its plan: one snapshot
+/// of settings and keys, and the time.
+pub struct Context<'a> {
+    pub settings: &'a Settings,
+    pub keys: &'a Keyring,
+    /// Unix seconds.
+    pub now: i64,
+}
+
+/// One outgoing copy and the recipients it is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copy<'a> {
+    pub rcpts: Vec<String>,
+    pub body: Cow<'a, [u8]>,
+    /// What was done, for the log (`None`: passed through).
+    pub note: Option<String>,
+}
+
+/// What to do with a group of recipients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action<'a> {
+    Deliver(Copy<'a>),
+    /// Keep the message in the quarantine for these recipients.
+    Quarantine {
+        rcpts: Vec<String>,
+        reason: String,
+    },
+    /// Bounce these recipients with the reason.
+    Fail {
+        rcpts: Vec<String>,
+        reason: String,
+    },
+    /// Try these recipients again later (held by a rule, or a lookup
+    /// failed for now).
+    Defer {
+        rcpts: Vec<String>,
+        reason: String,
+    },
+    /// A signer certificate from a valid signature, for the certificate
+    /// store, with the SMIMECapabilities the signer announced.
+    Harvest(X509, Vec<String>),
+    /// Something worth counting (metrics).
+    Observed(Event),
+}
+
+impl Action<'_> {
+    /// The same action owning its bytes (to leave a blocking task).
+    pub fn into_owned(self) -> Action<'static> {
+        match self {
+            Action::Deliver(c) => Action::Deliver(Copy {
+                rcpts: c.rcpts,
+                body: Cow::Owned(c.body.into_owned()),
+                note: c.note,
+            }),
+            Action::Quarantine { rcpts, reason } => Action::Quarantine { rcpts, reason },
+            Action::Fail { rcpts, reason } => Action::Fail { rcpts, reason },
+            Action::Defer { rcpts, reason } => Action::Defer { rcpts, reason },
+            Action::Harvest(cert, caps) => Action::Harvest(cert, caps),
+            Action::Observed(e) => Action::Observed(e),
+        }
+    }
+}
+
+/// The actions being gathered for one message: recipients that get the
+/// same bytes share a copy; recipients refused for the same reason share
+/// one action.
+#[derive(Debug, Default)]
+pub struct Actions<'a> {
+    list: Vec<Action<'a>>,
+}
+
+impl<'a> Actions<'a> {
+    /// `rcpt` gets `bytes` (joining a copy with the same bytes).
+    pub fn deliver(&mut self, rcpt: String, bytes: Cow<'a, [u8]>, note: Option<String>) {
+        for a in self.list.iter_mut() {
+            if let Action::Deliver(c) = a {
+                if c.body == bytes {
+                    c.rcpts.push(rcpt);
+                    return;
+                }
+            }
+        }
+        self.list.push(Action::Deliver(Copy {
+            rcpts: vec![rcpt],
+            body: bytes,
+            note,
+        }));
+    }
+
+    /// `rcpt`'s copy goes to the quarantine.
+    pub fn quarantine(&mut self, rcpt: String, reason: &str) {
+        for a in self.list.iter_mut() {
+            if let Action::Quarantine { rcpts, .. } = a {
+                rcpts.push(rcpt);
+                return;
+            }
+        }
+        self.list.push(Action::Quarantine {
+            rcpts: vec![rcpt],
+            reason: reason.to_string(),
+        });
+    }
+
+    /// `rcpt` bounces with `reason`.
+    pub fn fail(&mut self, rcpt: String, reason: &str) {
+        for a in self.list.iter_mut() {
+            if let Action::Fail { rcpts, reason: r } = a {
+                if r == reason {
+                    rcpts.push(rcpt);
+                    return;
+                }
+            }
+        }
+        self.list.push(Action::Fail {
+            rcpts: vec![rcpt],
+            reason: reason.to_string(),
+        });
+    }
+
+    /// `rcpt` is tried again later.
+    pub fn defer(&mut self, rcpt: String, reason: &str) {
+        for a in self.list.iter_mut() {
+            if let Action::Defer { rcpts, reason: r } = a {
+                if r == reason {
+                    rcpts.push(rcpt);
+                    return;
+                }
+            }
+        }
+        self.list.push(Action::Defer {
+            rcpts: vec![rcpt],
+            reason: reason.to_string(),
+        });
+    }
+
+    pub fn push(&mut self, action: Action<'a>) {
+        self.list.push(action);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Action<'a>> {
+        self.list.iter()
+    }
+
+    pub fn into_vec(self) -> Vec<Action<'a>> {
+        self.list
+    }
+}
+
+/// The actions for a message whose pending recipients `plan` decided.
+pub fn process<'a>(
+    envelope: &Envelope,
+    body: &'a [u8],
+    plan: &Plan,
+    ctx: &Context<'_>,
+) -> Vec<Action<'a>> {
+    let mut out = Actions::default();
+    let mut mailboxes = Vec::new();
+    let mut outbound = Vec::new();
+    for (rcpt, treatment) in &plan.recipients {
+        match treatment {
+            Treatment::Mailbox {
+                deliver,
+                encryption,
+            } => mailboxes.push(unwrap::Mailbox {
+                rcpt: rcpt.clone(),
+                deliver: *deliver,
+                encryption: *encryption,
+            }),
+            Treatment::Outbound(decision) => outbound.push((rcpt.clone(), decision)),
+            Treatment::Unchanged(_) => out.deliver(rcpt.clone(), Cow::Borrowed(body), None),
+        }
+    }
+    wrap::outbound(outbound, body, ctx, &mut out);
+    unwrap::mailboxes(envelope, mailboxes, body, &plan.shape, ctx, &mut out);
+    out.into_vec()
+}

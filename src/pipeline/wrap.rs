@@ -1,0 +1,91 @@
+//! External recipients: the copies the outbound rules decided, signed
+//! and/or encrypted, grouped so that recipients protected the same way
+//! share one copy; bounced and held recipients as actions.
+
+use std::borrow::Cow;
+
+use super::{Action, Actions, Context, Copy};
+use crate::metrics::Event;
+use crate::pki::directory::fingerprint;
+use crate::pki::oces::{self, Generation};
+use crate::policy::{Decision, Outcome};
+use crate::smime::sign;
+
+/// External recipients: what the rules decided, grouped so that
+/// recipients with the same outcome share one copy.
+pub fn outbound<'a>(
+    rcpts: Vec<(String, &Decision)>,
+    body: &'a [u8],
+    ctx: &Context<'_>,
+    out: &mut Actions<'a>,
+) {
+    // Groups of recipients protected the same way: (key, recipients, decision).
+    let mut groups: Vec<(String, Vec<String>, &Decision)> = Vec::new();
+    for (rcpt, decision) in rcpts {
+        match &decision.outcome {
+            Outcome::PassThrough(_) => out.deliver(rcpt, Cow::Borrowed(body), None),
+            Outcome::Send {
+                encrypt_to,
+                sign_with: None,
+                ..
+            } if encrypt_to.is_empty() => {
+                out.deliver(rcpt, Cow::Borrowed(body), Some(decision.summary()))
+            }
+            Outcome::Send {
+                encrypt_to,
+                sign_with,
+                encryption,
+            } => {
+                let mut fps: Vec<String> = encrypt_to.iter().map(fingerprint).collect();
+                fps.sort();
+                let key = format!("{}|{sign_with:?}|{encryption:?}", fps.join(","));
+                match groups.iter_mut().find(|(k, _, _)| *k == key) {
+                    Some((_, list, _)) => list.push(rcpt),
+                    None => groups.push((key, vec![rcpt], decision)),
+                }
+            }
+            Outcome::Bounce(reason) => out.fail(rcpt, reason),
+            Outcome::Hold(reason) | Outcome::Defer(reason) => out.defer(rcpt, reason),
+        }
+    }
+    for (_, rcpts, decision) in groups {
+        let Outcome::Send {
+            encrypt_to,
+            sign_with,
+            encryption,
+        } = &decision.outcome
+        else {
+            continue;
+        };
+        let signer = sign_with.map(|i| (&ctx.keys.identities[i], ctx.settings.policy.signature));
+        match sign::protect(body, signer, encrypt_to, *encryption) {
+            Ok(bytes) => {
+                if let Some((id, _)) = signer {
+                    out.push(Action::Observed(Event::Signed(
+                        id.info.generation.to_string(),
+                    )));
+                }
+                for cert in encrypt_to {
+                    let generation = cert
+                        .to_der()
+                        .ok()
+                        .and_then(|d| oces::classify(&d).ok())
+                        .map(|i| i.generation)
+                        .unwrap_or(Generation::Other);
+                    out.push(Action::Observed(Event::Encrypted(generation.to_string())));
+                }
+                out.push(Action::Deliver(Copy {
+                    rcpts,
+                    body: Cow::Owned(bytes),
+                    note: Some(decision.summary()),
+                }))
+            }
+            Err(e) => {
+                let reason = format!("cannot protect the message: {e}");
+                for rcpt in rcpts {
+                    out.defer(rcpt, &reason);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! One delivery attempt of one queued message: read it, decide every
+//! pending recipient, run the pipeline, hand the copies to their next
+//! hops, record the outcomes durably, queue the bounces, and only then log
+//! what happened. A crash at any point leaves the message in the spool
+//! with every recipient a next hop accepted marked delivered, or sends a
+//! copy twice; it never loses one.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use super::record::{self, Attempted, Logged, POLICY, QUARANTINE};
+use super::{blocking, bounce, now_secs, QueueError};
+use crate::delivery::{self, route, Outbound, RcptOutcome};
+use crate::mail::headers;
+use crate::metrics;
+use crate::pipeline::{self, decide, Action, Copy, Plan, Treatment};
+use crate::snapshot::{Live, Snapshot};
+use crate::spool::dsn::Failure;
+use crate::spool::{SpoolError, Spooled, Store};
+
+/// What an attempt left behind.
+#[derive(Debug)]
+pub enum JobEnd {
+    /// Nothing left to do for this id.
+    Gone,
+    /// Try again at this time (Unix seconds).
+    Retry(u64),
+}
+
+/// One delivery attempt of message `id`.
+pub async fn attempt(
+    id: &str,
+    live: &Arc<Live>,
+    store: &Arc<Store>,
+    notify: &mpsc::UnboundedSender<String>,
+) -> JobEnd {
+    let mut msg = match load(id, store).await {
+        Ok(m) => m,
+        Err(end) => return end,
+    };
+    // One snapshot for the whole attempt: keys and settings that belong together.
+    let snapshot = live.current();
+    let settings = &snapshot.settings;
+    let message_id = headers::message_id(&msg.body);
+    let now = now_secs();
+
+    let pending: Vec<String> = msg.state.pending().map(|r| r.addr.clone()).collect();
+    let plan = decide::plan(
+        &snapshot,
+        live,
+        &msg.envelope.mail_from,
+        &msg.body,
+        pending,
+        now as i64,
+    )
+    .await;
+    log_decisions(id, &plan);
+    let encrypted = decide::arrived_encrypted(&plan.shape);
+    let actions = match run_pipeline(&msg, &snapshot, plan).await {
+        Ok(a) => a,
+        Err(e) => {
+            error!(queue_id = %id, error = %e, "message processing failed; will retry");
+            return JobEnd::Retry(now_secs() + 60);
+        }
+    };
+
+    let mut attempted = Vec::new();
+    for action in &actions {
+        carry_out(
+            action,
+            &msg,
+            &snapshot,
+            live,
+            store,
+            &message_id,
+            &mut attempted,
+        )
+        .await;
+    }
+
+    let now = now_secs();
+    let recorded = record::apply(
+        &mut msg.state,
+        attempted,
+        msg.envelope.received,
+        now,
+        settings.queue.max_lifetime,
+    );
+    let bounced = !recorded.failures.is_empty()
+        && bounce::send(settings, store, notify, &msg, encrypted, &recorded.failures).await;
+    if bounced {
+        record::bounced(&mut msg.state, &recorded.failures);
+    }
+
+    let end = match record::next_attempt(&mut msg.state, now, &settings.queue.retry_intervals) {
+        None => {
+            let (s, i) = (Arc::clone(store), id.to_string());
+            match blocking(move || s.remove(&i)).await {
+                Ok(()) => JobEnd::Gone,
+                Err(e) => {
+                    error!(queue_id = %id, error = %e, "delivered message could not be removed from the queue");
+                    JobEnd::Retry(now + 60)
+                }
+            }
+        }
+        Some(next) => {
+            let (s, i, st) = (Arc::clone(store), id.to_string(), msg.state.clone());
+            if let Err(e) = blocking(move || s.save_state(&i, &st)).await {
+                error!(queue_id = %id, error = %e, "cannot record delivery state; recipients may be sent twice");
+            }
+            JobEnd::Retry(next)
+        }
+    };
+    // Only now, with the outcome on disk, does the log say what happened.
+    log_outcomes(&msg, &message_id, &recorded.logged);
+    if bounced {
+        log_bounced(&msg, &message_id, &recorded.failures);
+    }
+    end
+}
+
+/// Reads the message; a file that cannot be read is set aside, a task
+/// that failed is retried.
+async fn load(id: &str, store: &Arc<Store>) -> Result<Spooled, JobEnd> {
+    let (s, i) = (Arc::clone(store), id.to_string());
+    match blocking(move || s.load(&i)).await {
+        Ok(m) => Ok(m),
+        Err(QueueError::Spool(SpoolError::NotFound(_))) => Err(JobEnd::Gone),
+        Err(QueueError::Spool(SpoolError::Corrupt { path, reason })) => {
+            let (s, i) = (Arc::clone(store), id.to_string());
+            match blocking(move || s.set_aside(&i)).await {
+                Ok(to) => error!(event = "set-aside", queue_id = %id, file = %path.display(),
+                                 reason = %reason, moved_to = %to.display(),
+                                 "unreadable spool file moved aside, not delivered"),
+                Err(e) => error!(event = "set-aside", queue_id = %id, error = %e,
+                                 "unreadable spool file could not be moved aside"),
+            }
+            Err(JobEnd::Gone)
+        }
+        Err(e) => {
+            error!(queue_id = %id, error = %e, "cannot read queued message; will retry");
+            Err(JobEnd::Retry(now_secs() + 60))
+        }
+    }
+}
+
+/// One log line per outbound decision.
+fn log_decisions(id: &str, plan: &Plan) {
+    for (rcpt, t) in &plan.recipients {
+        if let Treatment::Outbound(d) = t {
+            info!(event = "policy", queue_id = %id, recipient = %rcpt, signer = %d.signer, "{}", d.summary());
+            if let Some(rule) = &d.rule {
+                metrics::rule_hit(rule);
+            }
+        }
+    }
+}
+
+/// Decryption, signing and encryption are CPU work: off the async threads.
+async fn run_pipeline(
+    msg: &Spooled,
+    snapshot: &Arc<Snapshot>,
+    plan: Plan,
+) -> Result<Vec<Action<'static>>, tokio::task::JoinError> {
+    let (envelope, body, snapshot) = (
+        msg.envelope.clone(),
+        Arc::clone(&msg.body),
+        Arc::clone(snapshot),
+    );
+    tokio::task::spawn_blocking(move || {
+        let ctx = pipeline::Context {
+            settings: &snapshot.settings,
+            keys: &snapshot.keys,
+            now: now_secs() as i64,
+        };
+        pipeline::process(&envelope, &body, &plan, &ctx)
+            .into_iter()
+            .map(Action::into_owned)
+            .collect()
+    })
+    .await
+}
+
+/// Carries out one action, adding what happened to each recipient.
+async fn carry_out(
+    action: &Action<'static>,
+    msg: &Spooled,
+    snapshot: &Snapshot,
+    live: &Arc<Live>,
+    store: &Arc<Store>,
+    message_id: &str,
+    attempted: &mut Vec<Attempted>,
+) {
+    let id = msg.id.as_str();
+    let refused = |rcpts: &[String], outcome: RcptOutcome, attempted: &mut Vec<Attempted>| {
+        for rcpt in rcpts {
+            attempted.push(Attempted {
+                rcpt: rcpt.clone(),
+                hop: POLICY.into(),
+                outcome: outcome.clone(),
+            });
+        }
+    };
+    match action {
+        Action::Deliver(copy) => deliver(copy, msg, snapshot, message_id, attempted).await,
+        Action::Observed(event) => metrics::pipeline(event),
+        Action::Fail { rcpts, reason } => refused(
+            rcpts,
+            RcptOutcome::Failed(format!("550 5.7.1 {reason}")),
+            attempted,
+        ),
+        Action::Defer { rcpts, reason } => {
+            refused(rcpts, RcptOutcome::Deferred(reason.clone()), attempted)
+        }
+        Action::Harvest(cert, caps) => {
+            let directory = live.certs.directory();
+            let (c, caps) = (cert.clone(), caps.clone());
+            match tokio::task::spawn_blocking(move || directory.harvest(&c, &caps)).await {
+                Ok(Ok(true)) => info!(event = "harvested", queue_id = %id,
+                    subject = %crate::smime::cms::subject(cert), "signer certificate added to the directory"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    warn!(queue_id = %id, error = %e, "cannot keep a harvested certificate")
+                }
+                Err(e) => warn!(queue_id = %id, error = %e, "harvest failed"),
+            }
+        }
+        Action::Quarantine { rcpts, reason } => {
+            let mut env = msg.envelope.clone();
+            env.rcpts = rcpts.clone();
+            let (s, b, r) = (Arc::clone(store), Arc::clone(&msg.body), reason.clone());
+            match blocking(move || s.quarantine(&env, &b, &r)).await {
+                Ok(qid) => {
+                    for rcpt in rcpts {
+                        warn!(event = "quarantined", queue_id = %id, quarantine_id = %qid,
+                              message_id = %message_id, sender = %msg.envelope.mail_from,
+                              recipient = %rcpt, reason = %reason, "undecryptable message quarantined");
+                        attempted.push(Attempted {
+                            rcpt: rcpt.clone(),
+                            hop: QUARANTINE.into(),
+                            outcome: RcptOutcome::Quarantined,
+                        });
+                    }
+                }
+                Err(e) => error!(queue_id = %id, error = %e, "cannot quarantine; will retry"),
+            }
+        }
+    }
+}
+
+/// Hands one copy to the next hop of each of its recipients.
+async fn deliver(
+    copy: &Copy<'static>,
+    msg: &Spooled,
+    snapshot: &Snapshot,
+    message_id: &str,
+    attempted: &mut Vec<Attempted>,
+) {
+    let settings = &snapshot.settings;
+    if let Some(note) = &copy.note {
+        info!(event = "smime", queue_id = %msg.id, message_id = %message_id,
+              recipients = %copy.rcpts.join(","), "{note}");
+    }
+    let eight_bit = msg.envelope.eight_bit || copy.body.iter().any(|b| *b >= 0x80);
+    let mut by_hop: Vec<(&str, Vec<String>)> = Vec::new();
+    for rcpt in &copy.rcpts {
+        let hop = route::next_hop(settings, rcpt);
+        match by_hop.iter_mut().find(|(h, _)| *h == hop) {
+            Some((_, list)) => list.push(rcpt.clone()),
+            None => by_hop.push((hop, vec![rcpt.clone()])),
+        }
+    }
+    for (hop, rcpts) in by_hop {
+        let out = Outbound {
+            hop,
+            mail_from: &msg.envelope.mail_from,
+            rcpts: &rcpts,
+            eight_bit,
+            smtputf8: msg.envelope.smtputf8,
+            body: &copy.body,
+        };
+        let started = std::time::Instant::now();
+        let outcomes = delivery::send(&settings.relay, &settings.server.hostname, &out).await;
+        metrics::delivery_time(hop, started.elapsed().as_secs_f64());
+        for (rcpt, outcome) in rcpts.into_iter().zip(outcomes) {
+            attempted.push(Attempted {
+                rcpt,
+                hop: hop.to_string(),
+                outcome,
+            });
+        }
+    }
+}
+
+fn log_outcomes(msg: &Spooled, message_id: &str, logged: &[Logged]) {
+    let (id, sender) = (&msg.id, &msg.envelope.mail_from);
+    for l in logged {
+        match l {
+            Logged::Delivered { rcpt, hop, reply } => {
+                info!(event = "delivered", queue_id = %id, message_id = %message_id,
+                      sender = %sender, recipient = %rcpt, hop = %hop, reply = %reply, "delivered");
+                metrics::delivered();
+            }
+            Logged::Deferred { rcpt, hop, reply } => {
+                info!(event = "deferred", queue_id = %id, message_id = %message_id,
+                      sender = %sender, recipient = %rcpt, hop = %hop, reply = %reply, "deferred");
+                metrics::deferred();
+            }
+            Logged::Quarantined { .. } => metrics::quarantined(),
+        }
+    }
+}
+
+fn log_bounced(msg: &Spooled, message_id: &str, failures: &[Failure]) {
+    for f in failures {
+        info!(event = "bounced", queue_id = %msg.id, message_id = %message_id,
+              sender = %msg.envelope.mail_from, recipient = %f.rcpt,
+              hop = %f.remote_mta.as_deref().unwrap_or("-"), reply = %f.reply,
+              expired = f.expired, "bounced");
+        metrics::bounced();
+    }
+}

@@ -1,0 +1,182 @@
+//! The queue manager (in the manner of Postfix's qmgr): takes messages
+//! from the spool when they are due, runs one delivery attempt for each
+//! (at most `queue.max_deliveries` at once), and schedules what is left.
+//!
+//! - [`schedule`]: due times per message.
+//! - [`attempt`]: one attempt: decide, pipeline, delivery, record, bounce.
+//! - [`record`]: outcomes applied to per-recipient state (pure).
+//! - [`bounce`]: who is told about failures (pure routing, then queued).
+//! - [`housekeeping`]: queue scans, gauges, own-revocation checks.
+
+pub mod attempt;
+pub mod bounce;
+pub mod housekeeping;
+pub mod record;
+pub mod schedule;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{error, warn};
+
+use attempt::JobEnd;
+use housekeeping::RevocationCheck;
+use schedule::Schedule;
+
+use crate::snapshot::Live;
+use crate::spool::{SpoolError, Store};
+
+/// What went wrong in a spool task run off the async threads.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("{0}")]
+    Spool(#[from] SpoolError),
+    /// The task itself failed (a panic): an internal error, retried later;
+    /// never a reason to call the message corrupt.
+    #[error("internal error in a spool task: {0}")]
+    Internal(#[from] tokio::task::JoinError),
+}
+
+/// Runs a blocking spool operation off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, QueueError> {
+    Ok(tokio::task::spawn_blocking(f).await??)
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The queue manager of a running daemon.
+pub struct Runner {
+    live: Arc<Live>,
+    store: Arc<Store>,
+    rx: mpsc::UnboundedReceiver<String>,
+    tx: mpsc::UnboundedSender<String>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Runner {
+    /// `rx` announces newly queued messages; `tx` is how bounces announce
+    /// themselves.
+    pub fn new(
+        live: Arc<Live>,
+        store: Arc<Store>,
+        rx: mpsc::UnboundedReceiver<String>,
+        tx: mpsc::UnboundedSender<String>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            live,
+            store,
+            rx,
+            tx,
+            shutdown,
+        }
+    }
+
+    /// Runs until shutdown; then waits up to `server.shutdown_timeout` for
+    /// deliveries in flight (the spool keeps whatever they did not finish).
+    pub async fn run(mut self) {
+        let mut due = Schedule::default();
+        let mut busy: HashSet<String> = HashSet::new();
+        let mut tasks: HashMap<tokio::task::Id, String> = HashMap::new();
+        let mut revocation = RevocationCheck::default();
+        let mut jobs: JoinSet<(String, JobEnd)> = JoinSet::new();
+        let scan_every = self.live.current().settings.queue.scan_interval;
+        let mut scan = tokio::time::interval(scan_every);
+        let mut shutdown = self.shutdown.clone();
+
+        loop {
+            let now = now_secs();
+            let max = self.live.current().settings.queue.max_deliveries;
+            while jobs.len() < max {
+                let Some(id) = due.pop_due(now) else { break };
+                if !busy.insert(id.clone()) {
+                    continue;
+                }
+                let (live, store, tx) = (
+                    Arc::clone(&self.live),
+                    Arc::clone(&self.store),
+                    self.tx.clone(),
+                );
+                let queue_id = id.clone();
+                let handle = jobs.spawn(async move {
+                    let end = attempt::attempt(&id, &live, &store, &tx).await;
+                    (id, end)
+                });
+                tasks.insert(handle.id(), queue_id);
+            }
+            let sleep = match due.next_time() {
+                Some(at) if jobs.len() < max => {
+                    Duration::from_secs(at.saturating_sub(now)).max(Duration::from_millis(200))
+                }
+                _ => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                Some(id) = self.rx.recv() => {
+                    if !busy.contains(&id) {
+                        due.set(id, 0);
+                    }
+                }
+                Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
+                    match done {
+                        Ok((task, (id, end))) => {
+                            tasks.remove(&task);
+                            busy.remove(&id);
+                            if let JobEnd::Retry(at) = end {
+                                due.set(id, at);
+                            }
+                        }
+                        // A delivery job that panicked: the spool still has
+                        // the message; try it again later.
+                        Err(e) => {
+                            if let Some(id) = tasks.remove(&e.id()) {
+                                error!(queue_id = %id, error = %e, "delivery job failed; will retry");
+                                busy.remove(&id);
+                                due.set(id, now_secs() + 60);
+                            }
+                        }
+                    }
+                }
+                _ = scan.tick() => {
+                    revocation.maybe_start(&self.live);
+                    let store = Arc::clone(&self.store);
+                    match tokio::task::spawn_blocking(move || housekeeping::scan_queue(&store)).await {
+                        Ok(Ok(found)) => {
+                            housekeeping::observe_queue(&found);
+                            housekeeping::observe_identities(&self.live.current().keys);
+                            for (id, at) in found {
+                                if !busy.contains(&id) {
+                                    due.set(id, at);
+                                }
+                            }
+                        }
+                        Ok(Err(e)) => error!(error = %e, "cannot scan the queue"),
+                        Err(e) => error!(error = %e, "queue scan failed"),
+                    }
+                }
+                _ = tokio::time::sleep(sleep) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+
+        let bound = self.live.current().settings.server.shutdown_timeout;
+        let finished =
+            tokio::time::timeout(bound, async { while jobs.join_next().await.is_some() {} }).await;
+        if finished.is_err() {
+            warn!(
+                jobs = jobs.len(),
+                "deliveries still running at shutdown; they will be retried"
+            );
+            jobs.abort_all();
+        }
+    }
+}

@@ -6,6 +6,7 @@ pub mod envelope;
 pub mod id;
 pub mod retry;
 pub mod store;
+pub mod time;
 
 pub use envelope::{Envelope, QueueState, RcptState, RcptStatus};
 

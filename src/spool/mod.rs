@@ -3,6 +3,7 @@
 
 pub mod dsn;
 pub mod envelope;
+pub mod format;
 pub mod id;
 pub mod retry;
 pub mod store;

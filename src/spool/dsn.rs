@@ -229,4 +229,36 @@ mod tests {
         assert!(text.contains("Subject: hi\r\n"));
         assert!(!text.contains("body"));
     }
+
+    #[test]
+    fn out_of_range_arrival_does_not_panic() {
+        for received in [super::time::MAX_SECS + 1, i64::MAX as u64 + 1, u64::MAX] {
+            let env = Envelope {
+                mail_from: "alice@example.org".into(),
+                rcpts: vec!["bob@example.dk".into()],
+                received,
+                client: "127.0.0.1".into(),
+                helo: "c".into(),
+                eight_bit: false,
+                smtputf8: false,
+                released: false,
+            };
+            let failures = [Failure {
+                rcpt: "bob@example.dk".into(),
+                reply: "550 5.1.1 no".into(),
+                remote_mta: None,
+                expired: false,
+            }];
+            let (_, bytes) = build("gw", "0001", &env, b"", &failures, SystemTime::now());
+            let text = String::from_utf8(bytes).unwrap();
+            assert!(
+                text.contains(&format!("Arrival-Date: (invalid time {received})\r\n")),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            rfc5322_date(UNIX_EPOCH - std::time::Duration::from_secs(1)),
+            "(invalid time before 1970)"
+        );
+    }
 }

@@ -576,4 +576,160 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert!(store.list().unwrap().is_empty());
     }
+
+    /// A spool directory holding the format 1 fixture (written by the
+    /// format 1 code; see tests/fixtures/spool-v1/README.md).
+    fn v1_spool() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spool-v1");
+        for sub in ["queue", "quarantine"] {
+            fs::create_dir_all(dir.path().join(sub)).unwrap();
+            for entry in fs::read_dir(fixture.join(sub)).unwrap() {
+                let entry = entry.unwrap();
+                fs::copy(entry.path(), dir.path().join(sub).join(entry.file_name())).unwrap();
+            }
+        }
+        dir
+    }
+
+    const PARTIAL: &str = "066170214BE607";
+    const FRESH: &str = "066170214BFB30";
+    const HELD: &str = "066170214BFDEC";
+
+    #[test]
+    fn a_format_1_spool_is_read_after_the_upgrade() {
+        let dir = v1_spool();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.list().unwrap(), vec![PARTIAL, FRESH]);
+
+        let m = store.load(PARTIAL).unwrap();
+        assert_eq!(m.envelope.received, 1_767_225_600);
+        assert_eq!(m.state.attempts, 1);
+        let pending: Vec<&str> = m.state.pending().map(|r| r.addr.as_str()).collect();
+        assert_eq!(pending, vec!["later@example-law.dk"]);
+        // The format 1 retry marker (an empty file) is honoured once.
+        assert_eq!(store.next_attempt(PARTIAL).unwrap(), 0);
+        assert_eq!(store.next_attempt(PARTIAL).unwrap(), 1_767_225_660);
+
+        let m = store.load(FRESH).unwrap();
+        assert_eq!(m.state, QueueState::fresh(&m.envelope));
+        assert_eq!(store.next_attempt(FRESH).unwrap(), 0);
+
+        let held = store.quarantined().unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].0, HELD);
+        assert_eq!(held[0].2, "cannot decrypt: no key for the RecipientInfo");
+
+        // The next attempt rewrites the state in format 2; the message file
+        // stays as it was, and both are still read together.
+        let mut st = store.load(PARTIAL).unwrap().state;
+        st.attempts = 2;
+        store.save_state(PARTIAL, &st).unwrap();
+        let on_disk = fs::read(dir.path().join(format!("queue/{PARTIAL}.state"))).unwrap();
+        assert!(on_disk.starts_with(b"SMIMEGW-STATE 2\n"));
+        let msg = fs::read(dir.path().join(format!("queue/{PARTIAL}.msg"))).unwrap();
+        assert!(msg.starts_with(b"SMIMEGW-SPOOL 1 "));
+        assert_eq!(store.load(PARTIAL).unwrap().state, st);
+
+        // Released from quarantine, it is written in format 2.
+        store.release(HELD).unwrap();
+        let m = store.load(HELD).unwrap();
+        assert!(m.envelope.released);
+        assert!(m.body.ends_with(b"held\r\n"));
+        let msg = fs::read(dir.path().join(format!("queue/{HELD}.msg"))).unwrap();
+        assert!(msg.starts_with(b"SMIMEGW-SPOOL 2 "));
+    }
+
+    #[tokio::test]
+    async fn streamed_and_whole_files_are_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut inc = store.begin(&envelope()).await.unwrap();
+        inc.write(b"Subject: x\r\n").await.unwrap();
+        inc.write(b"\r\nbody\r\n").await.unwrap();
+        let id = inc.commit().await.unwrap();
+        let written = fs::read(dir.path().join(format!("queue/{id}.msg"))).unwrap();
+        assert_eq!(
+            written,
+            format::encode_message(&envelope(), b"Subject: x\r\n\r\nbody\r\n").unwrap()
+        );
+    }
+
+    #[test]
+    fn out_of_range_times_are_corrupt_and_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store.enqueue(&envelope(), b"Subject: x\r\n\r\n").unwrap();
+        let mut st = QueueState::fresh(&envelope());
+        st.attempts = 1;
+        st.next_attempt = super::super::time::MAX_SECS;
+        store.save_state(&id, &st).unwrap();
+        assert!(store.load(&id).is_ok());
+
+        // A state naming the year 10000, with a correct checksum.
+        let json = format!(
+            "{{\"attempts\":1,\"next_attempt\":{},\"rcpts\":[{{\"addr\":\"b@example.dk\",\"status\":\"pending\"}}]}}",
+            super::super::time::MAX_SECS + 1
+        );
+        let body = format!("SMIMEGW-STATE 2\n{json}").into_bytes();
+        let mut sealed = body.clone();
+        sealed.extend_from_slice(&format::trailer(body.len() as u64, crc32fast::hash(&body)));
+        fs::write(dir.path().join(format!("queue/{id}.state")), &sealed).unwrap();
+        store.request_retry(&id).unwrap();
+        match store.load(&id) {
+            Err(SpoolError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("next_attempt"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // The retry marker is consumed, then the state is found corrupt.
+        assert_eq!(store.next_attempt(&id).unwrap(), 0);
+        assert!(matches!(
+            store.next_attempt(&id),
+            Err(SpoolError::Corrupt { .. })
+        ));
+        store.request_retry(&id).unwrap();
+        store.set_aside(&id).unwrap();
+        assert!(store.list().unwrap().is_empty());
+        for ext in ["msg", "state", "retry"] {
+            assert!(
+                dir.path().join(format!("corrupt/{id}.{ext}")).exists(),
+                "{ext}"
+            );
+        }
+
+        // An envelope naming u64::MAX is refused when written.
+        let mut late = envelope();
+        late.received = u64::MAX;
+        assert!(matches!(
+            store.enqueue(&late, b"x"),
+            Err(SpoolError::Unwritable { .. })
+        ));
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_retry_marker_is_set_aside_and_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store.enqueue(&envelope(), b"Subject: x\r\n\r\n").unwrap();
+        let mut st = QueueState::fresh(&envelope());
+        st.attempts = 1;
+        st.next_attempt = 1_900_000_000;
+        store.save_state(&id, &st).unwrap();
+
+        store.request_retry(&id).unwrap();
+        let marker = dir.path().join(format!("queue/{id}.retry"));
+        let mut bytes = fs::read(&marker).unwrap();
+        bytes[17] ^= 1;
+        fs::write(&marker, &bytes).unwrap();
+        assert_eq!(store.next_attempt(&id).unwrap(), 1_900_000_000);
+        assert!(!marker.exists());
+        assert!(dir.path().join(format!("corrupt/{id}.retry")).exists());
+        assert!(store.load(&id).is_ok(), "the message itself is fine");
+
+        // Another message's marker under this name.
+        fs::write(&marker, format::encode_retry("00000000000001")).unwrap();
+        assert_eq!(store.next_attempt(&id).unwrap(), 1_900_000_000);
+    }
 }

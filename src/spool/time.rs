@@ -19,7 +19,7 @@ pub enum TimeError {
     Overflow(u64),
     #[error("time {0} is beyond the calendar")]
     Unrepresentable(u64),
-    #[error("time {secs} is in the year {year}, at or after 10000")]
+    #[error("time {secs} is in the year {year}; spool times end with the year 9999")]
     TooLate { secs: u64, year: i32 },
     #[error("time is before 1970")]
     BeforeEpoch,

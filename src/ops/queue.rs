@@ -3,14 +3,13 @@
 //! be used whether or not the daemon runs.
 
 use std::fmt::Write as _;
-use std::time::{Duration, UNIX_EPOCH};
 
 use crate::mail::headers;
-use crate::spool::dsn::rfc5322_date;
 use crate::spool::{RcptStatus, SpoolError, Store};
 
+/// Never panics, whatever a spool file says.
 fn date(secs: u64) -> String {
-    rfc5322_date(UNIX_EPOCH + Duration::from_secs(secs))
+    crate::spool::time::rfc5322(secs)
 }
 
 /// One line per queued message.

@@ -2,9 +2,10 @@
 //! sender to a message's envelope sender, naming each recipient that failed
 //! and the reply that made it fail.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::envelope::Envelope;
+use super::time;
 
 /// One recipient that could not be delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,13 +43,10 @@ impl Failure {
     }
 }
 
-/// RFC 5322 date, e.g. `Sun, 29 Nov 2026 15:17:12 +0000`.
+/// RFC 5322 date, e.g. `Sun, 29 Nov 2026 15:17:12 +0000`. Never panics:
+/// a time before 1970 or after 9999 is shown as invalid.
 pub fn rfc5322_date(t: SystemTime) -> String {
-    let http = httpdate::fmt_http_date(t);
-    match http.strip_suffix(" GMT") {
-        Some(rest) => format!("{rest} +0000"),
-        None => http,
-    }
+    time::rfc5322_at(t)
 }
 
 /// Builds the bounce for `failures` of the message (`envelope`, `body`).
@@ -62,7 +60,7 @@ pub fn build(
     now: SystemTime,
 ) -> (Envelope, Vec<u8>) {
     let date = rfc5322_date(now);
-    let arrival = rfc5322_date(UNIX_EPOCH + Duration::from_secs(envelope.received));
+    let arrival = time::rfc5322(envelope.received);
     let boundary = format!("{queue_id}.dsn/{hostname}");
     let stamp = now
         .duration_since(UNIX_EPOCH)
@@ -230,5 +228,37 @@ mod tests {
         assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n"));
         assert!(text.contains("Subject: hi\r\n"));
         assert!(!text.contains("body"));
+    }
+
+    #[test]
+    fn out_of_range_arrival_does_not_panic() {
+        for received in [super::time::MAX_SECS + 1, i64::MAX as u64 + 1, u64::MAX] {
+            let env = Envelope {
+                mail_from: "alice@example.org".into(),
+                rcpts: vec!["bob@example.dk".into()],
+                received,
+                client: "127.0.0.1".into(),
+                helo: "c".into(),
+                eight_bit: false,
+                smtputf8: false,
+                released: false,
+            };
+            let failures = [Failure {
+                rcpt: "bob@example.dk".into(),
+                reply: "550 5.1.1 no".into(),
+                remote_mta: None,
+                expired: false,
+            }];
+            let (_, bytes) = build("gw", "0001", &env, b"", &failures, SystemTime::now());
+            let text = String::from_utf8(bytes).unwrap();
+            assert!(
+                text.contains(&format!("Arrival-Date: (invalid time {received})\r\n")),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            rfc5322_date(UNIX_EPOCH - std::time::Duration::from_secs(1)),
+            "(invalid time before 1970)"
+        );
     }
 }

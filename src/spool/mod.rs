@@ -3,9 +3,11 @@
 
 pub mod dsn;
 pub mod envelope;
+pub mod format;
 pub mod id;
 pub mod retry;
 pub mod store;
+pub mod time;
 
 pub use envelope::{Envelope, QueueState, RcptState, RcptStatus};
 

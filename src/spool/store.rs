@@ -1,10 +1,12 @@
 //! The spool's files. One accepted message is `queue/<id>.msg`: a header
 //! line, the envelope as JSON, the message bytes exactly as received, and a
-//! trailer with their length and CRC-32, so a torn or altered file is
-//! recognised and never delivered. Its per-recipient state is
-//! `queue/<id>.state`, replaced atomically after each attempt (absent until
-//! the first). Messages are written in `tmp/` and renamed into `queue/` only
-//! once fsynced; unreadable files are moved to `corrupt/`.
+//! trailer with the length and CRC-32 of the whole file, so a torn or
+//! altered file is recognised and never delivered. Its per-recipient state
+//! is `queue/<id>.state`, replaced atomically after each attempt (absent
+//! until the first); an operator's retry request is `queue/<id>.retry`.
+//! Every file carries its format version and is checked as a whole (see
+//! [`super::format`]). Messages are written in `tmp/` and renamed into
+//! `queue/` only once fsynced; unreadable files are moved to `corrupt/`.
 
 use std::fs::{self, DirBuilder};
 use std::io;
@@ -12,15 +14,12 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncWriteExt, BufWriter};
+use tracing::error;
 
 use super::envelope::{Envelope, QueueState};
+use super::format::{self, FormatError};
 use super::id::{self, IdGenerator};
 use crate::durable;
-
-const MAGIC: &str = "SMIMEGW-SPOOL 1";
-const TRAILER_TAG: &[u8] = b"\nSMIMEGW-END ";
-/// `\nSMIMEGW-END ` + 16 hex length + space + 8 hex CRC + `\n`.
-const TRAILER_LEN: usize = 13 + 16 + 1 + 8 + 1;
 
 /// Why the spool could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +32,12 @@ pub enum SpoolError {
     },
     #[error("spool file {path} is unreadable: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("cannot write spool file {path}: {source}")]
+    Unwritable {
+        path: PathBuf,
+        #[source]
+        source: FormatError,
+    },
     #[error("no message {0} in the queue")]
     NotFound(String),
     #[error("{0:?} is not a queue id")]
@@ -42,6 +47,20 @@ pub enum SpoolError {
 impl SpoolError {
     fn io(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
         move |source| SpoolError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn corrupt(path: &Path) -> impl FnOnce(FormatError) -> SpoolError + '_ {
+        move |e| SpoolError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn unwritable(path: &Path) -> impl FnOnce(FormatError) -> SpoolError + '_ {
+        move |source| SpoolError::Unwritable {
             path: path.to_path_buf(),
             source,
         }
@@ -135,6 +154,10 @@ impl Store {
         self.queue.join(format!("{id}.state"))
     }
 
+    fn retry_path(&self, id: &str) -> PathBuf {
+        self.queue.join(format!("{id}.retry"))
+    }
+
     fn checked<'a>(&self, id: &'a str) -> Result<&'a str, SpoolError> {
         if id::is_valid(id) {
             Ok(id)
@@ -147,6 +170,7 @@ impl Store {
     pub async fn begin(&self, envelope: &Envelope) -> Result<Incoming, SpoolError> {
         let id = self.ids.next();
         let tmp_path = self.tmp.join(&id);
+        let head = format::message_head(envelope).map_err(SpoolError::unwritable(&tmp_path))?;
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -162,8 +186,7 @@ impl Store {
             crc: crc32fast::Hasher::new(),
             len: 0,
         };
-        let header = encode_header(envelope);
-        incoming.write_raw(&header).await?;
+        incoming.write(&head).await?;
         Ok(incoming)
     }
 
@@ -171,7 +194,9 @@ impl Store {
     pub fn enqueue(&self, envelope: &Envelope, body: &[u8]) -> Result<String, SpoolError> {
         let id = self.ids.next();
         let path = self.msg_path(&id);
-        durable::write_atomic(&path, &encode(envelope, body)).map_err(SpoolError::io(&path))?;
+        let bytes =
+            format::encode_message(envelope, body).map_err(SpoolError::unwritable(&path))?;
+        durable::write_atomic(&path, &bytes).map_err(SpoolError::io(&path))?;
         Ok(id)
     }
 
@@ -184,10 +209,13 @@ impl Store {
         reason: &str,
     ) -> Result<String, SpoolError> {
         let id = self.ids.next();
-        let why = self.quarantine.join(format!("{id}.reason"));
-        durable::write_atomic(&why, reason.as_bytes()).map_err(SpoolError::io(&why))?;
         let path = self.quarantine.join(format!("{id}.msg"));
-        durable::write_atomic(&path, &encode(envelope, body)).map_err(SpoolError::io(&path))?;
+        let bytes =
+            format::encode_message(envelope, body).map_err(SpoolError::unwritable(&path))?;
+        let why = self.quarantine.join(format!("{id}.reason"));
+        durable::write_atomic(&why, &format::encode_reason(reason))
+            .map_err(SpoolError::io(&why))?;
+        durable::write_atomic(&path, &bytes).map_err(SpoolError::io(&path))?;
         Ok(id)
     }
 
@@ -200,9 +228,13 @@ impl Store {
             let path = self.quarantine.join(format!("{id}.msg"));
             let bytes = fs::read(&path).map_err(SpoolError::io(&path))?;
             let (envelope, _) =
-                decode(&bytes).map_err(|reason| SpoolError::Corrupt { path, reason })?;
-            let reason = fs::read_to_string(self.quarantine.join(format!("{id}.reason")))
-                .unwrap_or_default();
+                format::decode_message(&bytes).map_err(SpoolError::corrupt(&path))?;
+            let why = self.quarantine.join(format!("{id}.reason"));
+            let reason = match fs::read(&why).map(|b| format::decode_reason(&b)) {
+                Ok(Ok(reason)) => reason,
+                Ok(Err(e)) => format!("(reason unreadable: {e})"),
+                Err(_) => String::new(),
+            };
             out.push((id, envelope, reason));
         }
         Ok(out)
@@ -221,13 +253,13 @@ impl Store {
             }
             Err(e) => return Err(SpoolError::io(&path)(e)),
         };
-        let (mut envelope, body) = decode(&bytes).map_err(|reason| SpoolError::Corrupt {
-            path: path.clone(),
-            reason,
-        })?;
+        let (mut envelope, body) =
+            format::decode_message(&bytes).map_err(SpoolError::corrupt(&path))?;
         envelope.released = true;
         let dest = self.msg_path(id);
-        durable::write_atomic(&dest, &encode(&envelope, body)).map_err(SpoolError::io(&dest))?;
+        let bytes =
+            format::encode_message(&envelope, body).map_err(SpoolError::unwritable(&dest))?;
+        durable::write_atomic(&dest, &bytes).map_err(SpoolError::io(&dest))?;
         let why = self.quarantine.join(format!("{id}.reason"));
         durable::remove(&why).map_err(SpoolError::io(&why))?;
         durable::remove(&path).map_err(SpoolError::io(&path))
@@ -251,10 +283,8 @@ impl Store {
             }
             Err(e) => return Err(SpoolError::io(&path)(e)),
         };
-        let (envelope, body) = decode(&bytes).map_err(|reason| SpoolError::Corrupt {
-            path: path.clone(),
-            reason,
-        })?;
+        let (envelope, body) =
+            format::decode_message(&bytes).map_err(SpoolError::corrupt(&path))?;
         let state = self.load_state(id, &envelope)?;
         Ok(Spooled {
             id: id.to_string(),
@@ -273,11 +303,7 @@ impl Store {
             }
             Err(e) => return Err(SpoolError::io(&path)(e)),
         };
-        let state: QueueState =
-            serde_json::from_slice(&bytes).map_err(|e| SpoolError::Corrupt {
-                path: path.clone(),
-                reason: format!("state is not valid JSON: {e}"),
-            })?;
+        let state = format::decode_state(&bytes).map_err(SpoolError::corrupt(&path))?;
         if state.rcpts.len() != envelope.rcpts.len()
             || state
                 .rcpts
@@ -294,24 +320,46 @@ impl Store {
     }
 
     /// When message `id` is next due (Unix seconds); 0 for a message never
-    /// tried. Reads only the small state file.
+    /// tried or one an operator asked to retry. Reads only the small state
+    /// file and the retry marker; an unreadable marker is moved to
+    /// `corrupt/` (and logged) and does not count.
     pub fn next_attempt(&self, id: &str) -> Result<u64, SpoolError> {
         let id = self.checked(id)?;
-        let marker = self.queue.join(format!("{id}.retry"));
-        if marker.exists() {
-            let _ = fs::remove_file(&marker);
-            return Ok(0);
+        let marker = self.retry_path(id);
+        match fs::read(&marker) {
+            Ok(bytes) => match format::decode_retry(&bytes, id) {
+                Ok(()) => {
+                    let _ = fs::remove_file(&marker);
+                    return Ok(0);
+                }
+                Err(e) => self.set_aside_marker(id, &marker, &e),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(SpoolError::io(&marker)(e)),
         }
         let path = self.state_path(id);
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<QueueState>(&bytes)
+            Ok(bytes) => format::decode_state(&bytes)
                 .map(|s| s.next_attempt)
-                .map_err(|e| SpoolError::Corrupt {
-                    path,
-                    reason: format!("state is not valid JSON: {e}"),
-                }),
+                .map_err(SpoolError::corrupt(&path)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
             Err(e) => Err(SpoolError::io(&path)(e)),
+        }
+    }
+
+    /// Moves an unreadable retry marker to `corrupt/`, with a log line.
+    fn set_aside_marker(&self, id: &str, marker: &Path, why: &FormatError) {
+        let to = self.corrupt.join(format!("{id}.retry"));
+        let moved = fs::rename(marker, &to)
+            .and_then(|()| durable::sync_dir(&self.corrupt))
+            .and_then(|()| durable::sync_dir(&self.queue));
+        match moved {
+            Ok(()) => error!(event = "set-aside", queue_id = %id, file = %marker.display(),
+                             reason = %why, moved_to = %to.display(),
+                             "unreadable retry marker moved aside; the message keeps its schedule"),
+            Err(e) => error!(event = "set-aside", queue_id = %id, file = %marker.display(),
+                             reason = %why, error = %e,
+                             "unreadable retry marker could not be moved aside"),
         }
     }
 
@@ -322,18 +370,15 @@ impl Store {
         if !self.msg_path(id).exists() {
             return Err(SpoolError::NotFound(id.to_string()));
         }
-        let marker = self.queue.join(format!("{id}.retry"));
-        fs::write(&marker, b"").map_err(SpoolError::io(&marker))
+        let marker = self.retry_path(id);
+        durable::write_atomic(&marker, &format::encode_retry(id)).map_err(SpoolError::io(&marker))
     }
 
     /// Records the state of message `id` durably.
     pub fn save_state(&self, id: &str, state: &QueueState) -> Result<(), SpoolError> {
         let id = self.checked(id)?;
         let path = self.state_path(id);
-        let bytes = serde_json::to_vec_pretty(state).map_err(|e| SpoolError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let bytes = format::encode_state(state).map_err(SpoolError::unwritable(&path))?;
         durable::write_atomic(&path, &bytes).map_err(SpoolError::io(&path))
     }
 
@@ -348,17 +393,22 @@ impl Store {
         // harmless (cleared at the next start), a message without its state
         // would be sent to every recipient again.
         durable::remove(&msg).map_err(SpoolError::io(&msg))?;
-        let _ = fs::remove_file(self.queue.join(format!("{id}.retry")));
+        let _ = fs::remove_file(self.retry_path(id));
         let state = self.state_path(id);
         durable::remove(&state).map_err(SpoolError::io(&state))
     }
 
-    /// Moves message `id` and its state out of the queue into `corrupt/`,
-    /// where an operator can look at it. Returns the new path.
+    /// Moves message `id`, its state and retry marker out of the queue
+    /// into `corrupt/`, where an operator can look at them. Returns the new
+    /// path of the message.
     pub fn set_aside(&self, id: &str) -> Result<PathBuf, SpoolError> {
         let id = self.checked(id)?;
         let target = self.corrupt.join(format!("{id}.msg"));
         for (from, to) in [
+            (
+                self.retry_path(id),
+                self.corrupt.join(format!("{id}.retry")),
+            ),
             (
                 self.state_path(id),
                 self.corrupt.join(format!("{id}.state")),
@@ -406,7 +456,8 @@ impl Incoming {
             .map_err(SpoolError::io(&self.tmp_path))
     }
 
-    /// Appends message bytes.
+    /// Appends message bytes (and, first, the header), counted by the
+    /// trailer.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
         self.crc.update(bytes);
         self.len += bytes.len() as u64;
@@ -416,7 +467,7 @@ impl Incoming {
     /// Makes the message durable in the queue and returns its id. Only
     /// after this returns may the client be told 250.
     pub async fn commit(mut self) -> Result<String, SpoolError> {
-        let t = trailer(self.len, self.crc.clone().finalize());
+        let t = format::trailer(self.len, self.crc.clone().finalize());
         self.write_raw(&t).await?;
         let mut file = self.file.take().ok_or_else(|| SpoolError::Io {
             path: self.tmp_path.clone(),
@@ -461,77 +512,6 @@ impl Drop for Incoming {
             let _ = fs::remove_file(&self.tmp_path);
         }
     }
-}
-
-fn encode_header(envelope: &Envelope) -> Vec<u8> {
-    // Serializing a struct of strings, numbers and booleans cannot fail.
-    let json = serde_json::to_vec(envelope).unwrap_or_default();
-    let mut out = format!("{MAGIC} {}\n", json.len()).into_bytes();
-    out.extend_from_slice(&json);
-    out.push(b'\n');
-    out
-}
-
-/// A whole queue file: header, envelope, body, trailer.
-fn encode(envelope: &Envelope, body: &[u8]) -> Vec<u8> {
-    let mut bytes = encode_header(envelope);
-    bytes.extend_from_slice(body);
-    bytes.extend_from_slice(&trailer(body.len() as u64, crc32fast::hash(body)));
-    bytes
-}
-
-fn trailer(len: u64, crc: u32) -> Vec<u8> {
-    let mut t = TRAILER_TAG.to_vec();
-    t.extend_from_slice(format!("{len:016x} {crc:08x}\n").as_bytes());
-    t
-}
-
-/// Splits a queue file into envelope and body, checking every part.
-fn decode(bytes: &[u8]) -> Result<(Envelope, &[u8]), String> {
-    let nl = bytes
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or("no header line")?;
-    let first = std::str::from_utf8(&bytes[..nl]).map_err(|_| "header line is not text")?;
-    let json_len: usize = first
-        .strip_prefix(MAGIC)
-        .and_then(|rest| rest.trim().parse().ok())
-        .ok_or_else(|| format!("header line {first:?} is not a spool header"))?;
-    let json_start = nl + 1;
-    let body_start = json_start
-        .checked_add(json_len)
-        .and_then(|n| n.checked_add(1))
-        .filter(|n| {
-            n.checked_add(TRAILER_LEN)
-                .is_some_and(|end| end <= bytes.len())
-        })
-        .ok_or("file is shorter than its header says (torn write?)")?;
-    if bytes.len() < body_start + TRAILER_LEN {
-        return Err("file is shorter than its header says (torn write?)".into());
-    }
-    let envelope: Envelope = serde_json::from_slice(&bytes[json_start..json_start + json_len])
-        .map_err(|e| format!("envelope is not valid: {e}"))?;
-    let body_end = bytes.len() - TRAILER_LEN;
-    let t = &bytes[body_end..];
-    if !t.starts_with(TRAILER_TAG) || t.last() != Some(&b'\n') {
-        return Err("trailer missing (torn write?)".into());
-    }
-    let fields = std::str::from_utf8(&t[TRAILER_TAG.len()..TRAILER_LEN - 1])
-        .map_err(|_| "trailer is not text")?;
-    let (len, crc) = fields.split_once(' ').ok_or("trailer malformed")?;
-    let len = u64::from_str_radix(len, 16).map_err(|_| "trailer length malformed")?;
-    let crc = u32::from_str_radix(crc, 16).map_err(|_| "trailer checksum malformed")?;
-    let body = &bytes[body_start..body_end];
-    if body.len() as u64 != len {
-        return Err(format!(
-            "body is {} bytes, trailer says {len} (torn write?)",
-            body.len()
-        ));
-    }
-    if crc32fast::hash(body) != crc {
-        return Err("body checksum does not match".into());
-    }
-    Ok((envelope, body))
 }
 
 /// Queue ids of the `*.msg` files in `dir`.
@@ -595,5 +575,161 @@ mod tests {
         drop(inc);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert!(store.list().unwrap().is_empty());
+    }
+
+    /// A spool directory holding the format 1 fixture (written by the
+    /// format 1 code; see tests/fixtures/spool-v1/README.md).
+    fn v1_spool() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spool-v1");
+        for sub in ["queue", "quarantine"] {
+            fs::create_dir_all(dir.path().join(sub)).unwrap();
+            for entry in fs::read_dir(fixture.join(sub)).unwrap() {
+                let entry = entry.unwrap();
+                fs::copy(entry.path(), dir.path().join(sub).join(entry.file_name())).unwrap();
+            }
+        }
+        dir
+    }
+
+    const PARTIAL: &str = "066170214BE607";
+    const FRESH: &str = "066170214BFB30";
+    const HELD: &str = "066170214BFDEC";
+
+    #[test]
+    fn a_format_1_spool_is_read_after_the_upgrade() {
+        let dir = v1_spool();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.list().unwrap(), vec![PARTIAL, FRESH]);
+
+        let m = store.load(PARTIAL).unwrap();
+        assert_eq!(m.envelope.received, 1_767_225_600);
+        assert_eq!(m.state.attempts, 1);
+        let pending: Vec<&str> = m.state.pending().map(|r| r.addr.as_str()).collect();
+        assert_eq!(pending, vec!["later@example-law.dk"]);
+        // The format 1 retry marker (an empty file) is honoured once.
+        assert_eq!(store.next_attempt(PARTIAL).unwrap(), 0);
+        assert_eq!(store.next_attempt(PARTIAL).unwrap(), 1_767_225_660);
+
+        let m = store.load(FRESH).unwrap();
+        assert_eq!(m.state, QueueState::fresh(&m.envelope));
+        assert_eq!(store.next_attempt(FRESH).unwrap(), 0);
+
+        let held = store.quarantined().unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].0, HELD);
+        assert_eq!(held[0].2, "cannot decrypt: no key for the RecipientInfo");
+
+        // The next attempt rewrites the state in format 2; the message file
+        // stays as it was, and both are still read together.
+        let mut st = store.load(PARTIAL).unwrap().state;
+        st.attempts = 2;
+        store.save_state(PARTIAL, &st).unwrap();
+        let on_disk = fs::read(dir.path().join(format!("queue/{PARTIAL}.state"))).unwrap();
+        assert!(on_disk.starts_with(b"SMIMEGW-STATE 2\n"));
+        let msg = fs::read(dir.path().join(format!("queue/{PARTIAL}.msg"))).unwrap();
+        assert!(msg.starts_with(b"SMIMEGW-SPOOL 1 "));
+        assert_eq!(store.load(PARTIAL).unwrap().state, st);
+
+        // Released from quarantine, it is written in format 2.
+        store.release(HELD).unwrap();
+        let m = store.load(HELD).unwrap();
+        assert!(m.envelope.released);
+        assert!(m.body.ends_with(b"held\r\n"));
+        let msg = fs::read(dir.path().join(format!("queue/{HELD}.msg"))).unwrap();
+        assert!(msg.starts_with(b"SMIMEGW-SPOOL 2 "));
+    }
+
+    #[tokio::test]
+    async fn streamed_and_whole_files_are_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut inc = store.begin(&envelope()).await.unwrap();
+        inc.write(b"Subject: x\r\n").await.unwrap();
+        inc.write(b"\r\nbody\r\n").await.unwrap();
+        let id = inc.commit().await.unwrap();
+        let written = fs::read(dir.path().join(format!("queue/{id}.msg"))).unwrap();
+        assert_eq!(
+            written,
+            format::encode_message(&envelope(), b"Subject: x\r\n\r\nbody\r\n").unwrap()
+        );
+    }
+
+    #[test]
+    fn out_of_range_times_are_corrupt_and_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store.enqueue(&envelope(), b"Subject: x\r\n\r\n").unwrap();
+        let mut st = QueueState::fresh(&envelope());
+        st.attempts = 1;
+        st.next_attempt = super::super::time::MAX_SECS;
+        store.save_state(&id, &st).unwrap();
+        assert!(store.load(&id).is_ok());
+
+        // A state naming the year 10000, with a correct checksum.
+        let json = format!(
+            "{{\"attempts\":1,\"next_attempt\":{},\"rcpts\":[{{\"addr\":\"b@example.dk\",\"status\":\"pending\"}}]}}",
+            super::super::time::MAX_SECS + 1
+        );
+        let body = format!("SMIMEGW-STATE 2\n{json}").into_bytes();
+        let mut sealed = body.clone();
+        sealed.extend_from_slice(&format::trailer(body.len() as u64, crc32fast::hash(&body)));
+        fs::write(dir.path().join(format!("queue/{id}.state")), &sealed).unwrap();
+        store.request_retry(&id).unwrap();
+        match store.load(&id) {
+            Err(SpoolError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("next_attempt"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // The retry marker is consumed, then the state is found corrupt.
+        assert_eq!(store.next_attempt(&id).unwrap(), 0);
+        assert!(matches!(
+            store.next_attempt(&id),
+            Err(SpoolError::Corrupt { .. })
+        ));
+        store.request_retry(&id).unwrap();
+        store.set_aside(&id).unwrap();
+        assert!(store.list().unwrap().is_empty());
+        for ext in ["msg", "state", "retry"] {
+            assert!(
+                dir.path().join(format!("corrupt/{id}.{ext}")).exists(),
+                "{ext}"
+            );
+        }
+
+        // An envelope naming u64::MAX is refused when written.
+        let mut late = envelope();
+        late.received = u64::MAX;
+        assert!(matches!(
+            store.enqueue(&late, b"x"),
+            Err(SpoolError::Unwritable { .. })
+        ));
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_retry_marker_is_set_aside_and_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store.enqueue(&envelope(), b"Subject: x\r\n\r\n").unwrap();
+        let mut st = QueueState::fresh(&envelope());
+        st.attempts = 1;
+        st.next_attempt = 1_900_000_000;
+        store.save_state(&id, &st).unwrap();
+
+        store.request_retry(&id).unwrap();
+        let marker = dir.path().join(format!("queue/{id}.retry"));
+        let mut bytes = fs::read(&marker).unwrap();
+        bytes[17] ^= 1;
+        fs::write(&marker, &bytes).unwrap();
+        assert_eq!(store.next_attempt(&id).unwrap(), 1_900_000_000);
+        assert!(!marker.exists());
+        assert!(dir.path().join(format!("corrupt/{id}.retry")).exists());
+        assert!(store.load(&id).is_ok(), "the message itself is fine");
+
+        // Another message's marker under this name.
+        fs::write(&marker, format::encode_retry("00000000000001")).unwrap();
+        assert_eq!(store.next_attempt(&id).unwrap(), 1_900_000_000);
     }
 }

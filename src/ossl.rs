@@ -2,6 +2,9 @@
 //! RSASSA-PSS signatures on certificates and CRLs, CRL building,
 //! multi-valued RDNs, RSA-OAEP recipients in CMS, and the signers of a
 //! verified CMS structure. Every `unsafe` block of the project is here.
+//!
+//! Why one long file: keeping all foreign calls together keeps every
+//! `unsafe` block in one place to review.
 
 use std::ffi::CString;
 use std::ptr;

@@ -3,6 +3,9 @@
 //! The structs here are the public configuration interface; every key is
 //! documented in `config/gateway.toml`. Loading (file, then `SMIMEGW__`
 //! environment overrides) lives in `load`, semantic checks in `validate`.
+//!
+//! Why one long file: it mirrors `config/gateway.toml` section by
+//! section, with each key's meaning and default where a reader looks.
 
 mod duration;
 pub mod load;

@@ -7,6 +7,10 @@
 //! `organizationIdentifier=NTRDK-<n>`. Employees, organisations and a
 //! court, expired and revoked variants, a CRL per issuing CA, keys as PEM
 //! and as legacy-encrypted PKCS#12. TEST ONLY: every name says so.
+//!
+//! Why one long file: it is one test-only CA, and its certificate profiles
+//! (OCES2 and OCES3 look-alikes, each holder and variant) read best side by
+//! side. Nothing in the daemon uses it.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

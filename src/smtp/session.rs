@@ -2,6 +2,9 @@
 //! own handler; the answer to the final "." depends only on the envelope,
 //! the size, the content rules of `data` and whether the spool made the
 //! message durable, never on what the message says.
+//!
+//! Why one long file: the verbs share one transaction's state, and the
+//! state machine is easiest to check when every transition is in view.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

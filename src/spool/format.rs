@@ -24,6 +24,9 @@
 //!
 //! Times in envelopes and states must be usable spool times (see
 //! [`super::time`]); a file naming one after the year 9999 is corrupt.
+//!
+//! Why one long file: half of it is unit tests (every flipped byte, every
+//! cut, every version), which belong next to the formats they check.
 
 use super::envelope::{Envelope, QueueState};
 use super::time::{self, TimeError};

@@ -7,6 +7,9 @@
 //! Every file carries its format version and is checked as a whole (see
 //! [`super::format`]). Messages are written in `tmp/` and renamed into
 //! `queue/` only once fsynced; unreadable files are moved to `corrupt/`.
+//!
+//! Why one long file: about a third is unit tests of the crash and
+//! upgrade cases, which need the store's private paths.
 
 use std::fs::{self, DirBuilder};
 use std::io;

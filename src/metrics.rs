@@ -3,22 +3,20 @@
 //! `metrics-exporter-prometheus`, served by `observe`).
 
 use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 const DELIVERY_SECONDS: &str = "smimegw_delivery_seconds";
 
 /// Installs the Prometheus recorder (once per process).
-pub fn install() -> Result<PrometheusHandle, String> {
+pub fn install() -> Result<PrometheusHandle, BuildError> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(DELIVERY_SECONDS.into()),
             &[
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
             ],
-        )
-        .map_err(|e| e.to_string())?
+        )?
         .install_recorder()
-        .map_err(|e| format!("cannot install the metrics recorder: {e}"))
 }
 
 pub fn accepted() {

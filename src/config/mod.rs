@@ -121,6 +121,19 @@ pub enum Revocation {
     Off,
 }
 
+/// A configuration value that does not parse, with the text as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("invalid duration {text:?} ({reason}); write e.g. \"30s\", \"5m\", \"1h\", \"5d\"")]
+    Duration { text: String, reason: String },
+    #[error(
+        "{text:?} is not an RFC 3339 time ({reason}); write e.g. \"2023-10-31T23:59:59+01:00\""
+    )]
+    Instant { text: String, reason: String },
+    #[error("{text:?} {why}")]
+    HostPort { text: String, why: &'static str },
+}
+
 /// An instant written in RFC 3339 (`2023-10-31T23:59:59+01:00`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Instant {
@@ -129,10 +142,15 @@ pub struct Instant {
 }
 
 impl Instant {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ValueError> {
         chrono::DateTime::parse_from_rfc3339(text.trim())
-            .map(|t| Instant { unix: t.timestamp() })
-            .map_err(|e| format!("{text:?} is not an RFC 3339 time ({e}); write e.g. \"2023-10-31T23:59:59+01:00\""))
+            .map(|t| Instant {
+                unix: t.timestamp(),
+            })
+            .map_err(|e| ValueError::Instant {
+                text: text.to_string(),
+                reason: e.to_string(),
+            })
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Problem, Settings};
+use super::{Problem, Settings, ValueError};
 
 pub(super) fn check(s: &Settings) -> Vec<Problem> {
     let mut out = Vec::new();
@@ -76,7 +76,7 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
         ("relay.external", &s.relay.external),
     ] {
         if let Err(e) = parse_host_port(hop) {
-            bad(key, e);
+            bad(key, e.to_string());
         }
     }
     if s.queue.retry_intervals.is_empty() {
@@ -203,21 +203,23 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
 }
 
 /// Splits `host:port` (or `[v6]:port`) into its parts.
-pub fn parse_host_port(text: &str) -> Result<(String, u16), String> {
+pub fn parse_host_port(text: &str) -> Result<(String, u16), ValueError> {
+    let not = |why: &'static str| ValueError::HostPort {
+        text: text.to_string(),
+        why,
+    };
     let (host, port) = text
         .rsplit_once(':')
-        .ok_or_else(|| format!("{text:?} is not host:port (e.g. \"127.0.0.1:10026\")"))?;
+        .ok_or_else(|| not("is not host:port (e.g. \"127.0.0.1:10026\")"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
-        return Err(format!("{text:?} has no host"));
+        return Err(not("has no host"));
     }
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("{text:?}: {port:?} is not a port number"))?;
-    if port == 0 {
-        return Err(format!("{text:?}: port 0 is not a port"));
+    match port.parse::<u16>() {
+        Ok(0) => Err(not("has port 0, which is not a port")),
+        Ok(port) => Ok((host.to_string(), port)),
+        Err(_) => Err(not("has no valid port number")),
     }
-    Ok((host.to_string(), port))
 }
 
 fn is_domain(d: &str) -> bool {

@@ -71,7 +71,7 @@ pub(super) async fn connect(
     helo: &str,
     hop: &str,
 ) -> Result<AsyncSmtpConnection, String> {
-    let (host, port) = parse_host_port(hop)?;
+    let (host, port) = parse_host_port(hop).map_err(|e| e.to_string())?;
     let client_id = ClientId::Domain(helo.to_string());
     let connect = AsyncSmtpConnection::connect_tokio1(
         (host.as_str(), port),

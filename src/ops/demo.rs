@@ -52,7 +52,7 @@ pub enum DemoError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Provider(String),
+    Provider(#[from] provider::LegacyProviderError),
 }
 
 /// Where the demo's revocation information is published (written into the
@@ -249,7 +249,7 @@ pub struct Written {
 /// Generates the demo PKI into `out` (created when missing), valid from
 /// `now` (Unix seconds).
 pub fn generate(out: &Path, now: i64, urls: &Urls) -> Result<Written, DemoError> {
-    provider::ensure_legacy().map_err(DemoError::Provider)?;
+    provider::ensure_legacy()?;
     let mut written = Written {
         dir: out.to_path_buf(),
         files: Vec::new(),

@@ -99,7 +99,7 @@ pub fn load(index: usize, cfg: &IdentitySettings, strict: bool) -> Result<Identi
     let password = password(cfg).map_err(|m| fail(&main, m))?;
 
     let (cert, key, chain) = if let Some(p12) = &cfg.pkcs12 {
-        provider::ensure_legacy().map_err(|m| fail(p12, m))?;
+        provider::ensure_legacy().map_err(|e| fail(p12, e.to_string()))?;
         let der = fs::read(p12).map_err(|e| fail(p12, format!("cannot read: {e}")))?;
         let parsed = Pkcs12::from_der(&der)
             .map_err(|e| fail(p12, format!("not a PKCS#12 file: {e}")))?

@@ -5,18 +5,19 @@ use std::sync::OnceLock;
 
 use openssl::provider::Provider;
 
-static LEGACY: OnceLock<Result<Provider, String>> = OnceLock::new();
+/// OpenSSL's legacy provider could not be loaded (what OpenSSL said).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot load OpenSSL's legacy provider (needed for OCES PKCS#12 files): {0}")]
+pub struct LegacyProviderError(String);
+
+static LEGACY: OnceLock<Result<Provider, LegacyProviderError>> = OnceLock::new();
 
 /// Loads the legacy provider (the default one stays available). The error
 /// says what is missing on this system.
-pub fn ensure_legacy() -> Result<(), String> {
+pub fn ensure_legacy() -> Result<(), LegacyProviderError> {
     LEGACY
         .get_or_init(|| {
-            Provider::try_load(None, "legacy", true).map_err(|e| {
-                format!(
-                    "cannot load OpenSSL's legacy provider (needed for OCES PKCS#12 files): {e}"
-                )
-            })
+            Provider::try_load(None, "legacy", true).map_err(|e| LegacyProviderError(e.to_string()))
         })
         .as_ref()
         .map(|_| ())

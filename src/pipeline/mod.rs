@@ -133,33 +133,32 @@ impl<'a> Actions<'a> {
 
     /// `rcpt` bounces with `reason`.
     pub fn fail(&mut self, rcpt: String, reason: &str) {
-        for a in self.list.iter_mut() {
-            if let Action::Fail { rcpts, reason: r } = a {
-                if r == reason {
-                    rcpts.push(rcpt);
-                    return;
-                }
-            }
-        }
-        self.list.push(Action::Fail {
-            rcpts: vec![rcpt],
-            reason: reason.to_string(),
-        });
+        self.refuse(rcpt, reason, true);
     }
 
     /// `rcpt` is tried again later.
     pub fn defer(&mut self, rcpt: String, reason: &str) {
+        self.refuse(rcpt, reason, false);
+    }
+
+    /// Joins `rcpt` to the bounce (`fail`) or deferral with the same reason.
+    fn refuse(&mut self, rcpt: String, reason: &str, fail: bool) {
         for a in self.list.iter_mut() {
-            if let Action::Defer { rcpts, reason: r } = a {
-                if r == reason {
-                    rcpts.push(rcpt);
-                    return;
-                }
+            let (rcpts, r) = match a {
+                Action::Fail { rcpts, reason } if fail => (rcpts, reason),
+                Action::Defer { rcpts, reason } if !fail => (rcpts, reason),
+                _ => continue,
+            };
+            if r == reason {
+                rcpts.push(rcpt);
+                return;
             }
         }
-        self.list.push(Action::Defer {
-            rcpts: vec![rcpt],
-            reason: reason.to_string(),
+        let (rcpts, reason) = (vec![rcpt], reason.to_string());
+        self.list.push(if fail {
+            Action::Fail { rcpts, reason }
+        } else {
+            Action::Defer { rcpts, reason }
         });
     }
 
@@ -203,4 +202,48 @@ pub fn process<'a>(
     wrap::outbound(outbound, body, ctx, &mut out);
     unwrap::mailboxes(envelope, mailboxes, body, &plan.shape, ctx, &mut out);
     out.into_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipients_with_the_same_bytes_or_reason_share_one_action() {
+        let mut a = Actions::default();
+        a.deliver("a@x".into(), Cow::Borrowed(b"same"), None);
+        a.deliver("b@x".into(), Cow::Owned(b"same".to_vec()), None);
+        a.deliver("c@x".into(), Cow::Borrowed(b"other"), None);
+        a.fail("d@x".into(), "no certificate");
+        a.fail("e@x".into(), "no certificate");
+        a.defer("f@x".into(), "no certificate");
+        a.defer("g@x".into(), "held");
+        a.quarantine("h@x".into(), "no key");
+        a.quarantine("i@x".into(), "no key");
+        let list = a.into_vec();
+        let rcpts: Vec<Vec<String>> = list
+            .iter()
+            .map(|x| match x {
+                Action::Deliver(c) => c.rcpts.clone(),
+                Action::Fail { rcpts, .. }
+                | Action::Defer { rcpts, .. }
+                | Action::Quarantine { rcpts, .. } => rcpts.clone(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let want: Vec<Vec<String>> = [
+            &["a@x", "b@x"][..],
+            &["c@x"],
+            &["d@x", "e@x"],
+            &["f@x"],
+            &["g@x"],
+            &["h@x", "i@x"],
+        ]
+        .iter()
+        .map(|r| r.iter().map(|s| s.to_string()).collect())
+        .collect();
+        assert_eq!(rcpts, want);
+        assert!(matches!(list[2], Action::Fail { .. }));
+        assert!(matches!(list[3], Action::Defer { .. }));
+    }
 }

@@ -482,3 +482,85 @@ fn the_exact_starttls_rset_injection_is_not_executed() {
         String::from_utf8_lossy(&first)
     );
 }
+
+#[test]
+fn a_client_trickling_data_is_cut_off_and_nothing_of_it_is_kept() {
+    let sink = Sink::start(Script::default());
+    let mut opts = Options::new(sink.addr);
+    opts.extra_server = "min_data_rate = 1000\ndata_rate_grace = \"1s\"\n".into();
+    let gw = Gateway::start(opts);
+
+    // Positive control: a client at ordinary speed gets its mail through.
+    let mut fast = Client::connect(gw.addr).unwrap();
+    fast.ehlo().unwrap();
+    let ok = fast
+        .send(
+            "alice@example.org",
+            &["bob@example-law.dk"],
+            &common::message("fast", &"0123456789 abcdefghij\r\n".repeat(1_000)),
+        )
+        .unwrap();
+    assert_eq!(ok.code, 250, "{ok:?}");
+
+    // The attacker: one byte every 100 ms, far below 1000 octets/s.
+    let mut slow = Client::connect(gw.addr).unwrap();
+    slow.ehlo().unwrap();
+    assert_eq!(slow.cmd("MAIL FROM:<alice@example.org>").unwrap().code, 250);
+    assert_eq!(slow.cmd("RCPT TO:<bob@example-law.dk>").unwrap().code, 250);
+    assert_eq!(slow.cmd("DATA").unwrap().code, 354);
+    let body = b"Subject: slow\r\n\r\nslowly slowly slowly slowly slowly slowly slowly\r\n";
+    let mut cut = None;
+    for b in body.iter().cycle().take(600) {
+        if slow.write(&[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if let Ok(r) = slow.read_nonblocking() {
+            cut = Some(r);
+            break;
+        }
+    }
+    let r = cut.expect("the gateway closed the slow session");
+    assert_eq!(r.code, 421, "{r:?}");
+    assert!(r.text.contains("too slowly"), "{r:?}");
+    assert!(wait_until(Duration::from_secs(10), || sink.count() == 1));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        sink.count(),
+        1,
+        "only the fast client's message is delivered"
+    );
+    assert!(!sink.received()[0].text().contains("slowly"));
+    assert!(wait_until(Duration::from_secs(10), || common::count_files(
+        &gw.spool().join("tmp"),
+        ""
+    ) == 0));
+}
+
+#[test]
+fn a_session_ends_at_its_time_limit_however_busy() {
+    let sink = Sink::start(Script::default());
+    let mut opts = Options::new(sink.addr);
+    opts.extra_server = "session_timeout = \"2s\"\n".into();
+    let gw = Gateway::start(opts);
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let mut answered = 0;
+    let last = loop {
+        let r = match c.cmd("NOOP") {
+            Ok(r) => r,
+            Err(e) => panic!("connection closed without a reply: {e}"),
+        };
+        if r.code != 250 {
+            break r;
+        }
+        answered += 1;
+        assert!(answered < 200, "the session outlived its limit");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The client was served until the limit: NOOPs were answered.
+    assert!(answered > 0);
+    assert_eq!(last.code, 421, "{last:?}");
+    assert!(last.text.contains("Session time limit"), "{last:?}");
+    assert!(c.read().is_err(), "connection still open");
+}

@@ -356,10 +356,22 @@ pub struct ServerSettings {
     pub max_connections: usize,
     #[serde(default = "defaults::max_connections_per_ip")]
     pub max_connections_per_ip: usize,
+    /// IPv6 clients are counted per network of this prefix length.
+    #[serde(default = "defaults::ipv6_prefix")]
+    pub ipv6_prefix: u8,
     #[serde(default = "defaults::command_timeout", with = "duration")]
     pub command_timeout: Duration,
     #[serde(default = "defaults::data_timeout", with = "duration")]
     pub data_timeout: Duration,
+    /// The longest a whole session may last.
+    #[serde(default = "defaults::session_timeout", with = "duration")]
+    pub session_timeout: Duration,
+    /// Octets per second a client must average during DATA (0: no check),
+    /// measured once DATA has run for `data_rate_grace`.
+    #[serde(default = "defaults::min_data_rate")]
+    pub min_data_rate: u64,
+    #[serde(default = "defaults::data_rate_grace", with = "duration")]
+    pub data_rate_grace: Duration,
     #[serde(default = "defaults::shutdown_timeout", with = "duration")]
     pub shutdown_timeout: Duration,
     /// Ask `relay.internal` at RCPT time whether an internal recipient
@@ -494,6 +506,20 @@ impl Settings {
 }
 
 /// Maps IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) to plain IPv4.
+/// What per-client connection limits count: the address itself for IPv4,
+/// its network of `ipv6_prefix` bits for IPv6 (one client easily holds a
+/// whole /64).
+pub fn limit_key(ip: std::net::IpAddr, ipv6_prefix: u8) -> std::net::IpAddr {
+    match canonical_ip(ip) {
+        std::net::IpAddr::V6(v6) => {
+            let bits = u32::from(ipv6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            std::net::IpAddr::V6((u128::from(v6) & mask).into())
+        }
+        v4 => v4,
+    }
+}
+
 pub fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
     match ip {
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
@@ -538,6 +564,18 @@ mod defaults {
     pub fn max_connections_per_ip() -> usize {
         50
     }
+    pub fn ipv6_prefix() -> u8 {
+        64
+    }
+    pub fn session_timeout() -> Duration {
+        Duration::from_secs(30 * 60)
+    }
+    pub fn min_data_rate() -> u64 {
+        1024
+    }
+    pub fn data_rate_grace() -> Duration {
+        Duration::from_secs(30)
+    }
     pub fn command_timeout() -> Duration {
         Duration::from_secs(300)
     }
@@ -567,5 +605,26 @@ mod defaults {
     }
     pub fn scan_interval() -> Duration {
         Duration::from_secs(30)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    #[test]
+    fn ipv6_clients_are_counted_per_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(limit_key(a, 64), limit_key(b, 64));
+        assert_ne!(limit_key(a, 64), limit_key(c, 64));
+        assert_ne!(limit_key(a, 128), limit_key(b, 128));
+        assert_eq!(limit_key(a, 0), limit_key(c, 0));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(limit_key(v4, 64), v4);
+        assert_eq!(limit_key(mapped, 64), v4);
     }
 }

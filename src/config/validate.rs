@@ -52,6 +52,7 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
     for (key, value) in [
         ("server.command_timeout", s.server.command_timeout),
         ("server.data_timeout", s.server.data_timeout),
+        ("server.session_timeout", s.server.session_timeout),
         ("relay.connect_timeout", s.relay.connect_timeout),
         ("relay.timeout", s.relay.timeout),
         ("queue.max_lifetime", s.queue.max_lifetime),
@@ -60,6 +61,12 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
         if value == Duration::ZERO {
             bad(key, "must be longer than zero".into());
         }
+    }
+    if s.server.ipv6_prefix > 128 {
+        bad(
+            "server.ipv6_prefix",
+            format!("{} is not a prefix length (0 to 128)", s.server.ipv6_prefix),
+        );
     }
     if let Some(tls) = &s.server.tls {
         for (key, path) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::{session, Context};
-use crate::config::canonical_ip;
+use crate::config::limit_key;
 
 /// Binds every address; fails naming the first one that cannot be bound.
 pub async fn bind(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
@@ -122,7 +122,7 @@ async fn accept_loop(
             }
         };
         let settings = ctx.settings();
-        let ip = canonical_ip(peer.ip());
+        let ip = limit_key(peer.ip(), settings.server.ipv6_prefix);
         let Some(slot) = limits.take(
             ip,
             settings.server.max_connections,

@@ -57,12 +57,15 @@ struct Session {
     errors: u32,
     /// The original client a trusted MTA reported with XFORWARD.
     xforward: Option<String>,
+    /// When the session must end, whatever the client is doing.
+    deadline: tokio::time::Instant,
 }
 
 /// Serves one accepted connection until it ends.
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     let settings = ctx.settings();
     let trusted = settings.server.is_trusted(peer.ip());
+    let deadline = tokio::time::Instant::now() + settings.server.session_timeout;
     let mut session = Session {
         ctx,
         settings,
@@ -73,6 +76,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
         tx: None,
         errors: 0,
         xforward: None,
+        deadline,
     };
     let mut conn = Conn::new(tcp);
     let greeting = format!("{} ESMTP smime-gateway", session.settings.server.hostname);
@@ -110,14 +114,34 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
 }
 
 impl Session {
+    /// `timeout`, cut short where the session's lifetime ends sooner.
+    fn bounded(&self, timeout: std::time::Duration) -> std::time::Duration {
+        timeout.min(
+            self.deadline
+                .saturating_duration_since(tokio::time::Instant::now()),
+        )
+    }
+
+    /// The 421 text for a read that timed out: the session's lifetime, or
+    /// the wait for the client.
+    fn timeout_text(&self, waiting: &str) -> &'static str {
+        if tokio::time::Instant::now() >= self.deadline {
+            "4.4.2 Session time limit reached, closing"
+        } else if waiting == "data" {
+            "4.4.2 Timeout while receiving data, closing"
+        } else {
+            "4.4.2 Timeout waiting for a command, closing"
+        }
+    }
+
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>) -> End {
         let mut shutdown = self.ctx.shutdown.clone();
         loop {
-            let timeout = self.settings.server.command_timeout;
+            let timeout = self.bounded(self.settings.server.command_timeout);
             let line = match conn.next_line(timeout, &mut shutdown).await {
                 Ok(line) => line,
                 Err(ReadError::Timeout) => {
-                    conn.reply(421, &["4.4.2 Timeout waiting for a command, closing"]);
+                    conn.reply(421, &[self.timeout_text("waiting for a command")]);
                     let _ = conn.flush().await;
                     return End::Close;
                 }
@@ -463,11 +487,18 @@ impl Session {
         let mut head = Vec::new();
         let mut spool_error = None;
         let data_timeout = self.settings.server.data_timeout;
+        let (min_rate, grace) = (
+            self.settings.server.min_data_rate,
+            self.settings.server.data_rate_grace,
+        );
+        let started = tokio::time::Instant::now();
+        let mut received: u64 = 0;
         loop {
             let before = out.len();
             let end = decoder.feed(conn.buffered(), &mut out);
             let used = end.unwrap_or(conn.buffered().len());
             conn.consume(used);
+            received += used as u64;
             if head.len() < HEAD_KEEP {
                 let fresh = &out[before..];
                 let take = (HEAD_KEEP - head.len()).min(fresh.len());
@@ -490,10 +521,26 @@ impl Session {
             if end.is_some() {
                 break;
             }
-            match conn.fill(data_timeout, None).await {
+            // Wait no longer than the client's data rate allows.
+            let mut wait = self.bounded(data_timeout);
+            if min_rate > 0 {
+                let owed = std::time::Duration::from_secs_f64(received as f64 / min_rate as f64);
+                let due = started + grace.max(owed);
+                wait = wait.min(due.saturating_duration_since(tokio::time::Instant::now()));
+            }
+            match conn.fill(wait, None).await {
                 Ok(()) => {}
+                Err(ReadError::Timeout)
+                    if too_slow(received, started.elapsed(), min_rate, grace) =>
+                {
+                    warn!(event = "too-slow", client = %self.peer, octets = received,
+                          seconds = started.elapsed().as_secs(), "client sends data too slowly: closing");
+                    conn.reply(421, &["4.4.2 Data arriving too slowly, closing"]);
+                    let _ = conn.flush().await;
+                    return Err(());
+                }
                 Err(ReadError::Timeout) => {
-                    conn.reply(421, &["4.4.2 Timeout while receiving data, closing"]);
+                    conn.reply(421, &[self.timeout_text("data")]);
                     let _ = conn.flush().await;
                     return Err(());
                 }
@@ -547,6 +594,17 @@ async fn commit(inc: Incoming) -> Result<String, crate::spool::SpoolError> {
     inc.commit().await
 }
 
+/// True when a client that sent `received` octets of DATA in `elapsed`
+/// averages less than `min_rate` per second, once `grace` has passed.
+fn too_slow(
+    received: u64,
+    elapsed: std::time::Duration,
+    min_rate: u64,
+    grace: std::time::Duration,
+) -> bool {
+    min_rate > 0 && elapsed >= grace && (received as f64) < min_rate as f64 * elapsed.as_secs_f64()
+}
+
 /// True for `RCPT TO:<postmaster>` (any case, no domain).
 fn is_bare_postmaster(line: &[u8]) -> bool {
     let text = String::from_utf8_lossy(line);
@@ -595,5 +653,21 @@ fn parse_error_reply(e: &ProtoError) -> (u16, String) {
             (555, format!("5.5.4 Unsupported parameter {param}"))
         }
         _ => (500, "5.5.2 Syntax error".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::too_slow;
+    use std::time::Duration;
+
+    #[test]
+    fn data_rate_is_judged_only_after_the_grace() {
+        let grace = Duration::from_secs(30);
+        let s = Duration::from_secs;
+        assert!(!too_slow(0, s(29), 1024, grace), "inside the grace");
+        assert!(too_slow(1024 * 30 - 1, s(30), 1024, grace));
+        assert!(!too_slow(1024 * 30, s(30), 1024, grace));
+        assert!(!too_slow(0, s(3600), 0, grace), "0 turns the check off");
     }
 }

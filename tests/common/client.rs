@@ -52,6 +52,17 @@ impl Client {
         }
     }
 
+    /// A reply the server has already sent, if any, without waiting for
+    /// one (for clients that keep writing while the server may answer).
+    pub fn read_nonblocking(&mut self) -> std::io::Result<Reply> {
+        self.stream
+            .set_read_timeout(Some(Duration::from_millis(20)))?;
+        let r = self.read();
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(30)))?;
+        r
+    }
+
     /// Sends a command line (CRLF added) and reads its reply.
     pub fn cmd(&mut self, line: &str) -> std::io::Result<Reply> {
         self.write(format!("{line}\r\n").as_bytes())?;

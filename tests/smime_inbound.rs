@@ -670,3 +670,58 @@ fn failures_of_encrypted_mail_are_reported_to_the_postmaster_not_the_sender() {
         .contains("Final-Recipient: rfc822; nobody@example-law.dk"));
     assert!(gw.log().contains("bounce-redirected"));
 }
+
+#[test]
+fn a_recipient_info_bomb_is_refused_before_parsing_and_the_gateway_keeps_serving() {
+    let sink = Sink::start(Script::default());
+    let gw = gateway(&sink, "");
+    let inner = pki::inner(SECRET);
+    // 4 100 RecipientInfos (the org's key among them), more than any mail needs.
+    let org = pki::demo().join("certs/org-oces2.pem");
+    let org = org.to_str().unwrap();
+    let mut args = vec![
+        "cms",
+        "-encrypt",
+        "-binary",
+        "-outform",
+        "DER",
+        "-aes-256-cbc",
+    ];
+    args.extend(std::iter::repeat_n(org, 4_100));
+    let bomb = pki::openssl(&args, &inner);
+    send(
+        &gw,
+        "bob@example-law.dk",
+        &pki::enveloped_message("bomb", "bob@example-law.dk", &bomb, P7M),
+    );
+    // Positive control: the same message to three recipients opens.
+    let few = pki::openssl(
+        &[
+            "cms",
+            "-encrypt",
+            "-binary",
+            "-outform",
+            "DER",
+            "-aes-256-cbc",
+            org,
+            org,
+            org,
+        ],
+        &inner,
+    );
+    send(
+        &gw,
+        "bob@example-law.dk",
+        &pki::enveloped_message("few", "bob@example-law.dk", &few, P7M),
+    );
+
+    let got = received_for(&sink, "bob@example-law.dk", "bomb");
+    let text = got.text();
+    let trace = header(&text, "X-SMIME-Gateway");
+    assert!(trace.starts_with("undecryptable; reason="), "{trace}");
+    assert!(trace.contains("refused before parsing"), "{trace}");
+    assert!(!text.contains(SECRET));
+    let got = received_for(&sink, "bob@example-law.dk", "few");
+    assert!(got.text().contains(SECRET), "{}", got.text());
+    assert!(!gw.log().contains("panicked"));
+}

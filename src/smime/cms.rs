@@ -28,13 +28,20 @@ const OID_SIGNED: &str = "1.2.840.113549.1.7.2";
 const OID_AUTH_ENVELOPED: &str = "1.2.840.113549.1.9.16.1.23";
 
 /// Parses CMS bytes (DER or BER, definite or indefinite lengths).
+/// Input beyond the caps of [`super::limits`] is refused before OpenSSL
+/// builds anything from it; what the pre-scan cannot read is left to
+/// OpenSSL to judge.
 pub fn parse(der: &[u8]) -> Result<CmsContentInfo, SmimeError> {
+    match super::limits::check(der) {
+        Ok(()) | Err(super::limits::LimitError::Malformed(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
     CmsContentInfo::from_der(der).map_err(|e| SmimeError::Corrupt(short(&e)))
 }
 
 /// The content type of the CMS bytes, `None` when they are not CMS.
 pub fn kind(der: &[u8]) -> Option<Kind> {
-    let cms = CmsContentInfo::from_der(der).ok()?;
+    let cms = parse(der).ok()?;
     let oid = ossl::content_type(&cms)?;
     Some(kind_of(&oid))
 }
@@ -126,13 +133,13 @@ pub struct Verified {
 /// or opaque (content inside). The chain is checked against `anchors` as of
 /// the signing time (`now` when the signature carries none).
 pub fn verify(sig: &[u8], detached: Option<&[u8]>, anchors: &[X509], now: i64) -> Verified {
-    let mut cms = match CmsContentInfo::from_der(sig) {
+    let mut cms = match parse(sig) {
         Ok(c) => c,
         Err(e) => {
             return Verified {
                 status: SigStatus::Invalid,
                 signer: None,
-                detail: Some(format!("signature is not CMS: {}", short(&e))),
+                detail: Some(format!("signature is not usable CMS: {e}")),
                 content: None,
                 at: now,
                 capabilities: Vec::new(),

@@ -4,6 +4,7 @@
 
 pub mod cms;
 pub mod header;
+pub mod limits;
 pub mod mime;
 pub mod sign;
 pub mod unwrap;
@@ -22,6 +23,8 @@ pub enum SmimeError {
     Encrypt(String),
     #[error("signing failed: {0}")]
     Sign(String),
+    #[error("CMS structure refused before parsing: {0}")]
+    TooComplex(#[from] limits::LimitError),
 }
 
 impl SmimeError {
@@ -30,6 +33,7 @@ impl SmimeError {
         match self {
             SmimeError::NoKey(_) => "no-key",
             SmimeError::Corrupt(_) => "corrupt",
+            SmimeError::TooComplex(_) => "too-complex",
             _ => "failed",
         }
     }

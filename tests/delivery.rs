@@ -7,6 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::client::Client;
 use common::sink::{Script, Sink};
 use common::{wait_until, Gateway, Options};
 use lettre::address::Envelope;
@@ -261,4 +262,73 @@ fn message_past_its_lifetime_bounces_with_4_4_7() {
         "{text}"
     );
     assert!(wait_until(Duration::from_secs(5), || gw.queued() == 0));
+}
+
+/// A next hop that accepts connections and never answers: a delivery to
+/// it stays in progress. Returns its address and the connections taken.
+fn silent_hop() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let taken = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = std::sync::Arc::clone(&taken);
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    (addr, taken)
+}
+
+fn two_large_messages(gw: &Gateway) {
+    let body = "0123456789 abcdefghijklmnopqrstuvwxyz 0123456789\r\n".repeat(14_000);
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    for n in 0..2 {
+        let r = c
+            .send(
+                "alice@example.org",
+                &["bob@example-law.dk"],
+                &common::message(&format!("large{n}"), &body),
+            )
+            .unwrap();
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+}
+
+#[test]
+fn the_memory_budget_makes_the_second_large_message_wait() {
+    // 2 x 700 KiB against a 1 MiB budget: one delivery at a time.
+    let (hop, taken) = silent_hop();
+    let mut opts = Options::new(hop);
+    opts.extra = "memory_budget = 1048576\n".into();
+    // The silent hop must hold the first delivery for the whole test.
+    opts.env = vec![("SMIMEGW__RELAY__TIMEOUT".into(), "300s".into())];
+    let gw = Gateway::start(opts);
+    two_large_messages(&gw);
+    assert!(
+        wait_until(Duration::from_secs(20), || gw.log().contains("budget-wait")),
+        "{}",
+        gw.log()
+    );
+    assert!(wait_until(Duration::from_secs(10), || taken
+        .lock()
+        .unwrap()
+        .len()
+        == 1));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(taken.lock().unwrap().len(), 1, "the second did not wait");
+
+    // Positive control: with the default budget both are delivered at once.
+    let (hop, taken) = silent_hop();
+    let gw = Gateway::start(Options::new(hop));
+    two_large_messages(&gw);
+    assert!(wait_until(Duration::from_secs(20), || taken
+        .lock()
+        .unwrap()
+        .len()
+        == 2));
+    assert!(!gw.log().contains("budget-wait"));
 }

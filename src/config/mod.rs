@@ -432,6 +432,9 @@ pub struct QueueSettings {
     pub max_lifetime: Duration,
     #[serde(default = "defaults::max_deliveries")]
     pub max_deliveries: usize,
+    /// Octets of messages in the pipeline and delivery at once.
+    #[serde(default = "defaults::memory_budget")]
+    pub memory_budget: u64,
     #[serde(default = "defaults::scan_interval", with = "duration")]
     pub scan_interval: Duration,
 }
@@ -442,6 +445,7 @@ impl Default for QueueSettings {
             retry_intervals: defaults::retry_intervals(),
             max_lifetime: defaults::max_lifetime(),
             max_deliveries: defaults::max_deliveries(),
+            memory_budget: defaults::memory_budget(),
             scan_interval: defaults::scan_interval(),
         }
     }
@@ -563,6 +567,9 @@ mod defaults {
     }
     pub fn max_connections_per_ip() -> usize {
         50
+    }
+    pub fn memory_budget() -> u64 {
+        256 * 1024 * 1024
     }
     pub fn ipv6_prefix() -> u8 {
         64

@@ -44,6 +44,7 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
             s.server.max_connections_per_ip as u64,
         ),
         ("queue.max_deliveries", s.queue.max_deliveries as u64),
+        ("queue.memory_budget", s.queue.memory_budget),
     ] {
         if value == 0 {
             bad(key, "must be at least 1".into());

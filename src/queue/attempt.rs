@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use super::budget::Budget;
 use super::record::{self, Attempted, Logged, POLICY, QUARANTINE};
 use super::{blocking, bounce, now_secs, QueueError};
 use crate::delivery::{self, route, Outbound, RcptOutcome};
@@ -35,11 +36,19 @@ pub async fn attempt(
     live: &Arc<Live>,
     store: &Arc<Store>,
     notify: &mpsc::UnboundedSender<String>,
+    budget: &Budget,
 ) -> JobEnd {
     let mut msg = match load(id, store).await {
         Ok(m) => m,
         Err(end) => return end,
     };
+    let size = msg.body.len() as u64;
+    if budget.would_wait(size) {
+        info!(event = "budget-wait", queue_id = %id, size,
+              "waiting for the memory budget (queue.memory_budget)");
+    }
+    // Held until the attempt ends: the message's copies are in memory until then.
+    let _budget = budget.take(size).await;
     // One snapshot for the whole attempt: keys and settings that belong together.
     let snapshot = live.current();
     let settings = &snapshot.settings;

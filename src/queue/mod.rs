@@ -4,12 +4,14 @@
 //!
 //! - [`schedule`]: due times per message.
 //! - [`attempt`]: one attempt: decide, pipeline, delivery, record, bounce.
+//! - [`budget`]: octets of messages in the pipeline and delivery at once.
 //! - [`record`]: outcomes applied to per-recipient state (pure).
 //! - [`bounce`]: who is told about failures (pure routing, then queued).
 //! - [`housekeeping`]: queue scans, gauges, own-revocation checks.
 
 pub mod attempt;
 pub mod bounce;
+pub mod budget;
 pub mod housekeeping;
 pub mod record;
 pub mod schedule;
@@ -23,6 +25,7 @@ use tokio::task::JoinSet;
 use tracing::{error, warn};
 
 use attempt::JobEnd;
+use budget::Budget;
 use housekeeping::RevocationCheck;
 use schedule::Schedule;
 
@@ -90,6 +93,10 @@ impl Runner {
         let mut tasks: HashMap<tokio::task::Id, String> = HashMap::new();
         let mut revocation = RevocationCheck::default();
         let mut jobs: JoinSet<(String, JobEnd)> = JoinSet::new();
+        // Fixed at start: a reload does not resize it.
+        let budget = Arc::new(Budget::new(
+            self.live.current().settings.queue.memory_budget,
+        ));
         let scan_every = self.live.current().settings.queue.scan_interval;
         let mut scan = tokio::time::interval(scan_every);
         let mut shutdown = self.shutdown.clone();
@@ -102,14 +109,15 @@ impl Runner {
                 if !busy.insert(id.clone()) {
                     continue;
                 }
-                let (live, store, tx) = (
+                let (live, store, tx, budget) = (
                     Arc::clone(&self.live),
                     Arc::clone(&self.store),
                     self.tx.clone(),
+                    Arc::clone(&budget),
                 );
                 let queue_id = id.clone();
                 let handle = jobs.spawn(async move {
-                    let end = attempt::attempt(&id, &live, &store, &tx).await;
+                    let end = attempt::attempt(&id, &live, &store, &tx, &budget).await;
                     (id, end)
                 });
                 tasks.insert(handle.id(), queue_id);

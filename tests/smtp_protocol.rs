@@ -564,3 +564,37 @@ fn a_session_ends_at_its_time_limit_however_busy() {
     assert!(last.text.contains("Session time limit"), "{last:?}");
     assert!(c.read().is_err(), "connection still open");
 }
+
+#[test]
+fn recipient_probes_are_rate_limited() {
+    let sink = Sink::start(Script::default());
+    let mut opts = Options::new(sink.addr);
+    opts.trusted = false;
+    opts.extra_server = "verify_recipients = true\nverify_rate = 1\n".into();
+    let gw = Gateway::start(opts);
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    assert_eq!(c.cmd("MAIL FROM:<sender@example.org>").unwrap().code, 250);
+    let started = std::time::Instant::now();
+    let mut codes = Vec::new();
+    // An attacker inventing addresses, each one a new question.
+    for n in 0..30 {
+        codes.push(
+            c.cmd(&format!("RCPT TO:<made-up-{n}@example-law.dk>"))
+                .unwrap()
+                .code,
+        );
+    }
+    let seconds = started.elapsed().as_secs();
+    // Positive control: the first question was asked and answered.
+    assert_eq!(codes[0], 250, "{codes:?}");
+    assert!(sink.rcpt_attempts() >= 1);
+    // One question per second (plus the burst of one) reached the server.
+    assert!(
+        sink.rcpt_attempts() as u64 <= seconds + 2,
+        "{} probes in {seconds}s",
+        sink.rcpt_attempts()
+    );
+    assert!(codes.contains(&450), "{codes:?}");
+    assert!(gw.log().contains("verify-rate"));
+}

@@ -381,6 +381,12 @@ pub struct ServerSettings {
     /// How long an answer to such a question is remembered.
     #[serde(default = "defaults::verify_cache_ttl", with = "duration")]
     pub verify_cache_ttl: Duration,
+    /// How many answers are remembered at most.
+    #[serde(default = "defaults::verify_cache_size")]
+    pub verify_cache_size: usize,
+    /// Questions per second to the mailbox server at most.
+    #[serde(default = "defaults::verify_rate")]
+    pub verify_rate: u32,
     pub tls: Option<ServerTls>,
 }
 
@@ -567,6 +573,12 @@ mod defaults {
     }
     pub fn max_connections_per_ip() -> usize {
         50
+    }
+    pub fn verify_cache_size() -> usize {
+        100_000
+    }
+    pub fn verify_rate() -> u32 {
+        20
     }
     pub fn memory_budget() -> u64 {
         256 * 1024 * 1024

@@ -3,28 +3,44 @@
 //! exists, without sending anything, and remembers the answer for
 //! `server.verify_cache_ttl`. Lets the gateway refuse unknown users at RCPT
 //! time instead of accepting and bouncing (backscatter).
+//!
+//! Bounded: the cache keeps at most `server.verify_cache_size` answers
+//! (least recently used go first), and at most `server.verify_rate`
+//! questions per second reach the mailbox server; beyond that a recipient
+//! gets a temporary failure rather than a probe, so a client inventing
+//! addresses can neither grow the cache nor flood the mailbox server.
 
-use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use lru::LruCache;
 
 use super::client::{connect, describe};
 use crate::config::SettingsSource;
 use crate::smtp::{RcptCheck, RecipientVerifier};
 
 /// Answers and when they were learnt, by address.
-type Cache = HashMap<String, (Instant, RcptCheck)>;
+type Cache = LruCache<String, (Instant, RcptCheck)>;
 
 pub struct Verifier {
     settings: Arc<dyn SettingsSource>,
     cache: Mutex<Cache>,
+    probes: DefaultDirectRateLimiter,
 }
 
 impl Verifier {
+    /// Sized by the settings in force at start (a reload does not resize).
     pub fn new(settings: Arc<dyn SettingsSource>) -> Self {
+        let s = settings.settings();
+        let size = std::num::NonZeroUsize::new(s.server.verify_cache_size)
+            .unwrap_or(std::num::NonZeroUsize::MIN);
+        let rate = NonZeroU32::new(s.server.verify_rate).unwrap_or(NonZeroU32::MIN);
         Self {
             settings,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(LruCache::new(size)),
+            probes: RateLimiter::direct(Quota::per_second(rate)),
         }
     }
 
@@ -69,13 +85,18 @@ impl RecipientVerifier for Verifier {
                     return answer.clone();
                 }
             }
+            if self.probes.check().is_err() {
+                tracing::warn!(event = "verify-rate", recipient = %rcpt,
+                               "recipient verification rate exceeded: answered with a temporary failure");
+                return RcptCheck::TryLater("too many recipient checks, try again later".into());
+            }
             let answer = self.probe(rcpt).await;
             // Only definite answers are remembered.
             if !matches!(answer, RcptCheck::TryLater(_)) {
                 self.cache
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, (Instant::now(), answer.clone()));
+                    .put(key, (Instant::now(), answer.clone()));
             }
             answer
         })

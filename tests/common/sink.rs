@@ -35,6 +35,7 @@ struct State {
     script: Script,
     received: Vec<Received>,
     data_attempts: usize,
+    rcpt_attempts: usize,
 }
 
 pub struct Sink {
@@ -86,6 +87,11 @@ impl Sink {
     pub fn data_attempts(&self) -> usize {
         self.state.lock().unwrap().data_attempts
     }
+
+    /// RCPT commands received, probes included.
+    pub fn rcpt_attempts(&self) -> usize {
+        self.state.lock().unwrap().rcpt_attempts
+    }
 }
 
 async fn session(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
@@ -112,6 +118,7 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std
             "250 2.1.0 Ok".into()
         } else if upper.starts_with("RCPT TO:") {
             let addr = between(&text).to_string();
+            state.lock().unwrap().rcpt_attempts += 1;
             let scripted = state
                 .lock()
                 .unwrap()

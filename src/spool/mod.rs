@@ -4,6 +4,7 @@
 pub mod dsn;
 pub mod envelope;
 pub mod format;
+pub mod group;
 pub mod id;
 pub mod retry;
 pub mod store;

@@ -93,6 +93,8 @@ pub struct Store {
     corrupt: PathBuf,
     quarantine: PathBuf,
     ids: IdGenerator,
+    /// Directory fsyncs of `queue/`, shared by messages committed together.
+    queue_sync: std::sync::Arc<super::group::GroupSync>,
 }
 
 impl Store {
@@ -141,6 +143,7 @@ impl Store {
             }
         }
         Ok(Self {
+            queue_sync: std::sync::Arc::new(super::group::GroupSync::new(queue.clone())),
             queue,
             tmp,
             corrupt,
@@ -183,7 +186,7 @@ impl Store {
         let mut incoming = Incoming {
             file: Some(BufWriter::with_capacity(64 * 1024, file)),
             final_path: self.msg_path(&id),
-            queue_dir: self.queue.clone(),
+            queue_sync: std::sync::Arc::clone(&self.queue_sync),
             tmp_path,
             id,
             crc: crc32fast::Hasher::new(),
@@ -438,7 +441,7 @@ pub struct Incoming {
     file: Option<BufWriter<tokio::fs::File>>,
     tmp_path: PathBuf,
     final_path: PathBuf,
-    queue_dir: PathBuf,
+    queue_sync: std::sync::Arc<super::group::GroupSync>,
     id: String,
     crc: crc32fast::Hasher,
     len: u64,
@@ -484,11 +487,7 @@ impl Incoming {
         .await;
         res.map_err(io_err)?;
         drop(file);
-        let (tmp, dest, dir) = (
-            self.tmp_path.clone(),
-            self.final_path.clone(),
-            self.queue_dir.clone(),
-        );
+        let (tmp, dest) = (self.tmp_path.clone(), self.final_path.clone());
         tokio::task::spawn_blocking(move || -> io::Result<()> {
             if dest.exists() {
                 return Err(io::Error::new(
@@ -496,8 +495,7 @@ impl Incoming {
                     format!("{} already exists", dest.display()),
                 ));
             }
-            fs::rename(&tmp, &dest)?;
-            durable::sync_dir(&dir)
+            fs::rename(&tmp, &dest)
         })
         .await
         .map_err(|e| SpoolError::Io {
@@ -505,6 +503,12 @@ impl Incoming {
             source: io::Error::other(e),
         })?
         .map_err(SpoolError::io(&self.final_path))?;
+        // The rename is durable once a directory fsync begun after it ends;
+        // messages committed at the same moment share it.
+        self.queue_sync
+            .sync()
+            .await
+            .map_err(SpoolError::io(&self.final_path))?;
         Ok(std::mem::take(&mut self.id))
     }
 }

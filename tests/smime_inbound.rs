@@ -725,3 +725,34 @@ fn a_recipient_info_bomb_is_refused_before_parsing_and_the_gateway_keeps_serving
     assert!(got.text().contains(SECRET), "{}", got.text());
     assert!(!gw.log().contains("panicked"));
 }
+
+#[test]
+fn large_streamed_mail_passes_the_structure_caps() {
+    // 18 MiB of content (over 4096 chunks of 4 KiB), as `openssl cms -encrypt -stream` chunks it (BER,
+    // [0] IMPLICIT constructed content in many OCTET STRING pieces).
+    let mut inner = pki::inner("large");
+    inner.extend(std::iter::repeat_n(b'a', 18 << 20));
+    let org = pki::demo().join("certs/org-oces2.pem");
+    for extra in [&["-stream"][..], &[]] {
+        let mut args = vec![
+            "cms",
+            "-encrypt",
+            "-binary",
+            "-outform",
+            "DER",
+            "-aes-256-cbc",
+        ];
+        args.extend_from_slice(extra);
+        args.push(org.to_str().unwrap());
+        let der = pki::openssl(&args, &inner);
+        assert_eq!(
+            smime_gateway::smime::limits::check(&der),
+            Ok(()),
+            "{extra:?}"
+        );
+        assert_eq!(
+            smime_gateway::smime::cms::kind(&der),
+            Some(smime_gateway::smime::cms::Kind::Enveloped)
+        );
+    }
+}

@@ -28,22 +28,30 @@ const OID_SIGNED: &str = "1.2.840.113549.1.7.2";
 const OID_AUTH_ENVELOPED: &str = "1.2.840.113549.1.9.16.1.23";
 
 /// Parses CMS bytes (DER or BER, definite or indefinite lengths).
-/// Input beyond the caps of [`super::limits`] is refused before OpenSSL
-/// builds anything from it; what the pre-scan cannot read is left to
-/// OpenSSL to judge.
+/// Input beyond the caps of [`super::limits`], or that the pre-scan
+/// cannot read, is refused before OpenSSL builds anything from it.
 pub fn parse(der: &[u8]) -> Result<CmsContentInfo, SmimeError> {
     match super::limits::check(der) {
-        Ok(()) | Err(super::limits::LimitError::Malformed(_)) => {}
+        Ok(()) => {}
+        Err(super::limits::LimitError::Malformed(why)) => {
+            return Err(SmimeError::Corrupt(why.to_string()))
+        }
         Err(e) => return Err(e.into()),
     }
     CmsContentInfo::from_der(der).map_err(|e| SmimeError::Corrupt(short(&e)))
 }
 
-/// The content type of the CMS bytes, `None` when they are not CMS.
+/// The content type of the CMS bytes, `None` when they are not CMS. Reads
+/// only the outer ContentInfo's type: a structure the caps refuse is still
+/// recognised as what it claims to be (and refused when it is opened).
 pub fn kind(der: &[u8]) -> Option<Kind> {
-    let cms = parse(der).ok()?;
-    let oid = ossl::content_type(&cms)?;
-    Some(kind_of(&oid))
+    use asn1_rs::{FromBer, Header, Oid, Tag};
+    let (rest, outer) = Header::from_ber(der).ok()?;
+    if outer.tag() != Tag::Sequence || !outer.is_constructed() {
+        return None;
+    }
+    let (_, oid) = Oid::from_ber(rest).ok()?;
+    Some(kind_of(&oid.to_id_string()))
 }
 
 pub fn kind_of(oid: &str) -> Kind {

@@ -2,8 +2,11 @@
 //! structure too deep, a SET or SEQUENCE with too many elements (say a
 //! million RecipientInfos), or too many elements in all is refused at the
 //! cost of one pass over the bytes, before anything is built from them.
-//! The chunks of a constructed string (BER streaming of large content) are
-//! not counted: they cost OpenSSL no more than the content itself. Pure.
+//! Primitive OCTET STRING chunks inside a constructed element (BER
+//! streaming of large content, `[0] IMPLICIT` included) are not counted:
+//! they cost OpenSSL no more than the content itself. Input the walker
+//! cannot read is refused too, so that a quirk of encoding cannot slip a
+//! structure past the caps. Pure.
 
 use asn1_rs::{Class, FromBer, Header, Length, Tag};
 
@@ -29,30 +32,46 @@ pub enum LimitError {
 }
 
 /// Checks `ber` (one CMS ContentInfo, DER or BER) against the caps.
+/// Trailing bytes after the element are OpenSSL's to judge.
 pub fn check(ber: &[u8]) -> Result<(), LimitError> {
     let mut budget = MAX_ELEMENTS;
-    let (_, rest) = element(ber, 0, false, &mut budget)?;
-    let _ = rest; // Trailing bytes are OpenSSL's to judge.
-    Ok(())
+    match element(ber, 0, &mut budget)? {
+        Walked::EndOfContents(_) => Err(LimitError::Malformed("empty")),
+        Walked::Element { .. } => Ok(()),
+    }
 }
 
-/// Walks the element at the start of `input`; returns whether it was the
-/// end-of-contents marker, and the bytes after it.
+/// What the walk found at the start of some input.
+enum Walked<'a> {
+    /// The end-of-contents marker (exactly `00 00`).
+    EndOfContents(&'a [u8]),
+    /// An element, whether it counts against the caps, and what follows.
+    Element { counted: bool, rest: &'a [u8] },
+}
+
+/// A primitive universal OCTET STRING: how streamed content is chunked.
+fn is_octet_chunk(header: &Header<'_>) -> bool {
+    header.class() == Class::Universal
+        && header.tag() == Tag::OctetString
+        && !header.is_constructed()
+}
+
+/// Walks the element at the start of `input`.
 fn element<'a>(
     input: &'a [u8],
     depth: usize,
-    chunk: bool,
     budget: &mut usize,
-) -> Result<(bool, &'a [u8]), LimitError> {
+) -> Result<Walked<'a>, LimitError> {
+    if let Some(rest) = input.strip_prefix(&[0, 0]) {
+        return Ok(Walked::EndOfContents(rest));
+    }
     let (rest, header) =
         Header::from_ber(input).map_err(|_| LimitError::Malformed("bad header"))?;
-    if header.class() == Class::Universal
-        && header.tag() == Tag::EndOfContent
-        && !header.is_constructed()
-    {
-        return Ok((true, rest));
+    if header.class() == Class::Universal && header.tag() == Tag::EndOfContent {
+        return Err(LimitError::Malformed("tag 0 that is not end-of-contents"));
     }
-    if !chunk {
+    let counted = !is_octet_chunk(&header);
+    if counted {
         *budget = budget.checked_sub(1).ok_or(LimitError::TooManyElements)?;
     }
     let length = header.length();
@@ -61,23 +80,20 @@ fn element<'a>(
             return Err(LimitError::Malformed("indefinite primitive"));
         };
         let rest = rest.get(n..).ok_or(LimitError::Malformed("truncated"))?;
-        return Ok((false, rest));
+        return Ok(Walked::Element { counted, rest });
     }
     if depth + 1 > MAX_DEPTH {
         return Err(LimitError::TooDeep);
     }
-    // Chunks of a constructed string (OCTET STRING in BER streaming).
-    let string = header.class() == Class::Universal
-        && matches!(header.tag(), Tag::OctetString | Tag::BitString);
-    match length {
+    let rest = match length {
         Length::Definite(n) => {
             let content = rest.get(..n).ok_or(LimitError::Malformed("truncated"))?;
-            let end = children(content, depth + 1, string, false, budget)?;
-            debug_assert!(end.is_empty());
-            Ok((false, &rest[n..]))
+            children(content, depth + 1, false, budget)?;
+            &rest[n..]
         }
-        Length::Indefinite => Ok((false, children(rest, depth + 1, string, true, budget)?)),
-    }
+        Length::Indefinite => children(rest, depth + 1, true, budget)?,
+    };
+    Ok(Walked::Element { counted, rest })
 }
 
 /// Walks the elements of one constructed element: all of `input` when its
@@ -86,7 +102,6 @@ fn element<'a>(
 fn children<'a>(
     mut input: &'a [u8],
     depth: usize,
-    chunks: bool,
     indefinite: bool,
     budget: &mut usize,
 ) -> Result<&'a [u8], LimitError> {
@@ -99,21 +114,23 @@ fn children<'a>(
                 Ok(input)
             };
         }
-        let (end, rest) = element(input, depth, chunks, budget)?;
-        if end {
-            return if indefinite {
-                Ok(rest)
-            } else {
-                Err(LimitError::Malformed(
+        match element(input, depth, budget)? {
+            Walked::EndOfContents(rest) if indefinite => return Ok(rest),
+            Walked::EndOfContents(_) => {
+                return Err(LimitError::Malformed(
                     "end-of-contents in a definite length",
                 ))
-            };
+            }
+            Walked::Element { counted, rest } => {
+                if counted {
+                    count += 1;
+                    if count > MAX_ITEMS {
+                        return Err(LimitError::TooManyItems);
+                    }
+                }
+                input = rest;
+            }
         }
-        count += 1;
-        if !chunks && count > MAX_ITEMS {
-            return Err(LimitError::TooManyItems);
-        }
-        input = rest;
     }
 }
 
@@ -185,6 +202,22 @@ mod tests {
             w
         };
         assert_eq!(check(&whole), Ok(()));
+    }
+
+    #[test]
+    fn streamed_content_under_an_implicit_tag_may_have_many_chunks() {
+        // EnvelopedData's encryptedContent: [0] IMPLICIT, constructed,
+        // definite, as `openssl cms -encrypt -stream` writes large content.
+        let chunks = tlv(0x04, &[7u8; 16]).repeat(MAX_ITEMS * 3);
+        assert_eq!(check(&tlv(0x30, &tlv(0xA0, &chunks))), Ok(()));
+    }
+
+    #[test]
+    fn a_zero_tag_with_a_length_does_not_end_the_walk() {
+        // `00 01 00` inside an algorithm's parameters, then the bomb.
+        let mut seq = tlv(0x30, &[0x00, 0x01, 0x00]);
+        seq.extend(set_of(MAX_ITEMS + 1));
+        assert!(check(&tlv(0x30, &seq)).is_err());
     }
 
     #[test]

@@ -68,12 +68,17 @@ pub fn run_output(program: &str, args: &[&str], input: &[u8]) -> std::process::O
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{program} not available: {e}"));
-    {
+    // Written from a thread: a program that answers while it reads (large
+    // input, streaming output) would otherwise block on a full pipe.
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
         use std::io::Write;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(input).expect("write stdin");
-    }
-    child.wait_with_output().expect("wait")
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = writer.join();
+    out
 }
 
 /// Like [`run_output`], panicking with stderr unless it succeeds; stdout.

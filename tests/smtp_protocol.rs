@@ -598,3 +598,29 @@ fn recipient_probes_are_rate_limited() {
     assert!(codes.contains(&450), "{codes:?}");
     assert!(gw.log().contains("verify-rate"));
 }
+
+#[test]
+fn a_command_line_trickled_byte_by_byte_times_out() {
+    let sink = Sink::start(Script::default());
+    let mut opts = Options::new(sink.addr);
+    opts.extra_server = "command_timeout = \"2s\"\n".into();
+    let gw = Gateway::start(opts);
+    let mut c = Client::connect(gw.addr).unwrap();
+    // Positive control: a whole line in time is answered.
+    assert_eq!(c.cmd("NOOP").unwrap().code, 250);
+    // One byte every 300 ms and never a line end: each read arrives well
+    // within the timeout, the line as a whole does not.
+    let mut reply = None;
+    for _ in 0..100 {
+        if c.write(b"N").is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        if let Ok(r) = c.read_nonblocking() {
+            reply = Some(r);
+            break;
+        }
+    }
+    let r = reply.expect("the trickling client was cut off");
+    assert_eq!(r.code, 421, "{r:?}");
+}

@@ -112,12 +112,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
-    /// The next command line (LF or CRLF terminated, terminator included).
+    /// The next command line (LF or CRLF terminated, terminator included),
+    /// which must be complete within `timeout`, however it trickles in.
     pub async fn next_line(
         &mut self,
         timeout: Duration,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Line, ReadError> {
+        let until = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(pos) = self.rbuf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.rbuf.drain(..=pos).collect();
@@ -134,7 +136,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 self.rbuf.clear();
                 self.discarding = true;
             }
-            self.fill(timeout, Some(shutdown)).await?;
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(ReadError::Timeout);
+            }
+            self.fill(left, Some(shutdown)).await?;
         }
     }
 }

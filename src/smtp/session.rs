@@ -137,6 +137,13 @@ impl Session {
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>) -> End {
         let mut shutdown = self.ctx.shutdown.clone();
         loop {
+            // Checked before every command: a client that keeps its input
+            // buffered never waits on a read.
+            if tokio::time::Instant::now() >= self.deadline {
+                conn.reply(421, &[self.timeout_text("a command")]);
+                let _ = conn.flush().await;
+                return End::Close;
+            }
             let timeout = self.bounded(self.settings.server.command_timeout);
             let line = match conn.next_line(timeout, &mut shutdown).await {
                 Ok(line) => line,
@@ -520,6 +527,11 @@ impl Session {
             }
             if end.is_some() {
                 break;
+            }
+            if tokio::time::Instant::now() >= self.deadline {
+                conn.reply(421, &[self.timeout_text("data")]);
+                let _ = conn.flush().await;
+                return Err(());
             }
             // Wait no longer than the client's data rate allows.
             let mut wait = self.bounded(data_timeout);

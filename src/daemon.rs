@@ -53,7 +53,7 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
         }
     }
 
-    let live = Arc::new(Live::new(snapshot)?);
+    let live = Arc::new(Live::new(snapshot));
     let settings: Arc<dyn SettingsSource> = live.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_rx_metrics = stop_rx.clone();
@@ -167,7 +167,7 @@ fn watch(path: &Path, tx: mpsc::UnboundedSender<()>) -> notify::Result<notify::R
 /// one is logged and the running one kept. Listen addresses and the spool
 /// directory take effect only at the next start.
 fn reload(path: &Path, live: &Live) {
-    match Snapshot::load(path).and_then(|s| live.replace(s)) {
+    match Snapshot::load(path).map(|s| live.replace(s)) {
         Ok(()) => info!(config = %path.display(), "configuration reloaded"),
         Err(e) => error!(error = %e, "configuration not reloaded; the previous one stays in force"),
     }
@@ -180,6 +180,5 @@ pub fn check(path: &Path) -> Result<Snapshot, DaemonError> {
     if let Some(t) = &snapshot.settings.server.tls {
         smtp::tls::acceptor(t)?;
     }
-    crate::pki::CertStore::load(&snapshot.settings).map_err(SnapshotError::from)?;
     Ok(snapshot)
 }

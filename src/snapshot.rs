@@ -1,9 +1,11 @@
-//! The configuration in force, as one value: settings (rules included) and
-//! the organisation's keys, loaded and validated together and swapped in
-//! one slot, so a delivery never pairs new keys with old settings. Next to
-//! it, the services that change while the daemon runs and are shared by
-//! every delivery: recipients' certificates (harvest, reload), identities
-//! found revoked, and the lookup caches.
+//! The configuration in force, as one value: settings (rules included),
+//! the organisation's keys and the recipients' certificate directory,
+//! loaded and validated together and swapped in one slot, so a delivery
+//! never pairs new keys or certificates with old settings. The directory
+//! grows by harvest while it is in force (its own lock; harvested
+//! certificates are also written to disk and read again by the next
+//! snapshot). Next to the slot, the services that outlive a reload:
+//! identities found revoked, and the lookup caches.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,16 +13,17 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::{self, ConfigError, Settings, SettingsSource};
-use crate::pki::directory::DirectoryError;
+use crate::pki::directory::{Directory, DirectoryError};
 use crate::pki::resolve::Resolver;
 use crate::pki::revocation::RevokedIdentities;
-use crate::pki::{CertStore, Keyring, KeyringError};
+use crate::pki::{Keyring, KeyringError};
 
-/// Settings and keys that belong together.
+/// Settings, keys and recipients' certificates that belong together.
 #[derive(Debug)]
 pub struct Snapshot {
     pub settings: Arc<Settings>,
     pub keys: Arc<Keyring>,
+    pub certs: Arc<Directory>,
 }
 
 /// Why a configuration could not be taken into use.
@@ -35,13 +38,16 @@ pub enum SnapshotError {
 }
 
 impl Snapshot {
-    /// Loads and checks the configuration at `path` and the keys it names.
+    /// Loads and checks the configuration at `path`, the keys and the
+    /// certificate folders it names.
     pub fn load(path: &Path) -> Result<Self, SnapshotError> {
         let settings = config::load(path)?;
         let keys = Keyring::load(&settings)?;
+        let certs = Directory::for_settings(&settings)?;
         Ok(Self {
             settings: Arc::new(settings),
             keys: Arc::new(keys),
+            certs: Arc::new(certs),
         })
     }
 }
@@ -50,21 +56,17 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct Live {
     slot: ArcSwap<Snapshot>,
-    pub certs: CertStore,
     pub revoked: RevokedIdentities,
     pub resolver: Resolver,
 }
 
 impl Live {
-    /// Starts from `snapshot`, reading the certificate folders it names.
-    pub fn new(snapshot: Snapshot) -> Result<Self, SnapshotError> {
-        let certs = CertStore::load(&snapshot.settings)?;
-        Ok(Self {
+    pub fn new(snapshot: Snapshot) -> Self {
+        Self {
             slot: ArcSwap::from_pointee(snapshot),
-            certs,
             revoked: RevokedIdentities::default(),
             resolver: Resolver::new(),
-        })
+        }
     }
 
     /// The snapshot in force now; a caller keeps it for a whole job.
@@ -72,12 +74,9 @@ impl Live {
         self.slot.load_full()
     }
 
-    /// Puts `snapshot` in force and reads the certificate folders it names.
-    /// When those cannot be read, nothing changes.
-    pub fn replace(&self, snapshot: Snapshot) -> Result<(), SnapshotError> {
-        self.certs.reload(&snapshot.settings)?;
+    /// Puts `snapshot` in force, all of it at once.
+    pub fn replace(&self, snapshot: Snapshot) {
         self.slot.store(Arc::new(snapshot));
-        Ok(())
     }
 }
 

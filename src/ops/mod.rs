@@ -105,16 +105,16 @@ pub fn explain(
         Some(Err(e)) => return Err(OpsError::Usage(format!("--at {e}"))),
     };
     let snapshot = daemon::check(config).map_err(|e| OpsError::Usage(e.to_string()))?;
-    let live = Live::new(snapshot).map_err(|e| OpsError::Usage(e.to_string()))?;
+    let live = Live::new(snapshot);
     Ok(runtime()?.block_on(explain::explain(&live, from, rcpt, at)))
 }
 
 /// `certs list|show|import`.
 pub fn certs(config: &Path, command: CertsCommand) -> Result<String, OpsError> {
-    let live = Live::new(daemon::check(config)?).map_err(DaemonError::from)?;
+    let live = Live::new(daemon::check(config)?);
     let settings = live.current().settings.clone();
     match command {
-        CertsCommand::List => Ok(listing::certs_table(&live.certs.directory())),
+        CertsCommand::List => Ok(listing::certs_table(&live.current().certs)),
         CertsCommand::Show(address) => {
             let (text, _) = runtime()?.block_on(explain::explain(&live, "", &address, unix_now()));
             Ok(text)

@@ -90,12 +90,16 @@ pub async fn decide(
         FirstLook::Done(t) => return t,
         FirstLook::Rule(rule) => rule,
     };
-    let directory = live.certs.directory();
     let (candidates, lookup_error) = live
         .resolver
-        .candidates(&snapshot.keys, &directory, settings, rcpt, at, |info| {
-            policy::wanted(settings, rule, info, at)
-        })
+        .candidates(
+            &snapshot.keys,
+            &snapshot.certs,
+            settings,
+            rcpt,
+            at,
+            |info| policy::wanted(settings, rule, info, at),
+        )
         .await;
     let signers = Signers {
         keys: &snapshot.keys,

@@ -126,6 +126,13 @@ pub struct DirectoryError {
 }
 
 impl Directory {
+    /// The directory `settings` describe: the operator's folders and the
+    /// certificates harvested earlier (kept under the spool folder).
+    pub fn for_settings(settings: &crate::config::Settings) -> Result<Self, DirectoryError> {
+        let harvest = settings.spool.dir.join("harvested");
+        Self::load(&settings.certificates.dirs, Some(&harvest))
+    }
+
     /// Loads every certificate under `dirs`, and those harvested earlier in
     /// `harvest_dir` (created when missing).
     pub fn load(dirs: &[PathBuf], harvest_dir: Option<&Path>) -> Result<Self, DirectoryError> {

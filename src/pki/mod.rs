@@ -24,48 +24,12 @@ use crate::config::Settings;
 /// The organisation's keys and the trust anchors: immutable, loaded with
 /// the configuration and swapped with it in one snapshot. What changes
 /// while the daemon runs (harvested certificates, revocation found later)
-/// lives in the shared services [`CertStore`] and
+/// lives apart: the certificate directory (which grows by harvest) and
 /// [`revocation::RevokedIdentities`].
 #[derive(Debug, Default)]
 pub struct Keyring {
     pub identities: Vec<Identity>,
     pub anchors: Vec<X509>,
-}
-
-/// Recipients' certificates: the operator's folders, harvested signer
-/// certificates and LDAP answers. A service shared by every delivery: it
-/// grows as certificates are harvested, and is replaced as a whole when
-/// the configuration is reloaded.
-#[derive(Debug, Default)]
-pub struct CertStore {
-    current: arc_swap::ArcSwap<directory::Directory>,
-}
-
-impl CertStore {
-    /// Loads the folders `settings` name and the certificates harvested
-    /// earlier (kept under the spool folder).
-    pub fn load(settings: &Settings) -> Result<Self, directory::DirectoryError> {
-        Ok(Self {
-            current: arc_swap::ArcSwap::from_pointee(Self::read(settings)?),
-        })
-    }
-
-    fn read(settings: &Settings) -> Result<directory::Directory, directory::DirectoryError> {
-        let harvest = settings.spool.dir.join("harvested");
-        directory::Directory::load(&settings.certificates.dirs, Some(&harvest))
-    }
-
-    /// Reads the folders again (after a reload of the configuration).
-    pub fn reload(&self, settings: &Settings) -> Result<(), directory::DirectoryError> {
-        self.current
-            .store(std::sync::Arc::new(Self::read(settings)?));
-        Ok(())
-    }
-
-    /// The directory in force.
-    pub fn directory(&self) -> std::sync::Arc<directory::Directory> {
-        self.current.load_full()
-    }
 }
 
 /// What went wrong loading keys and anchors; every problem is listed.

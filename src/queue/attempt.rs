@@ -77,16 +77,7 @@ pub async fn attempt(
 
     let mut attempted = Vec::new();
     for action in &actions {
-        carry_out(
-            action,
-            &msg,
-            &snapshot,
-            live,
-            store,
-            &message_id,
-            &mut attempted,
-        )
-        .await;
+        carry_out(action, &msg, &snapshot, store, &message_id, &mut attempted).await;
     }
 
     let now = now_secs();
@@ -103,27 +94,43 @@ pub async fn attempt(
         record::bounced(&mut msg.state, &recorded.failures);
     }
 
-    let end = match record::next_attempt(&mut msg.state, now, &settings.queue.retry_intervals) {
+    let (end, on_disk) = match record::next_attempt(
+        &mut msg.state,
+        now,
+        &settings.queue.retry_intervals,
+    ) {
         None => {
             let (s, i) = (Arc::clone(store), id.to_string());
             match blocking(move || s.remove(&i)).await {
-                Ok(()) => JobEnd::Gone,
+                Ok(()) => (JobEnd::Gone, true),
                 Err(e) => {
                     error!(queue_id = %id, error = %e, "delivered message could not be removed from the queue");
-                    JobEnd::Retry(now + 60)
+                    (JobEnd::Retry(now + 60), false)
                 }
             }
         }
         Some(next) => {
             let (s, i, st) = (Arc::clone(store), id.to_string(), msg.state.clone());
-            if let Err(e) = blocking(move || s.save_state(&i, &st)).await {
-                error!(queue_id = %id, error = %e, "cannot record delivery state; recipients may be sent twice");
+            match blocking(move || s.save_state(&i, &st)).await {
+                Ok(()) => (JobEnd::Retry(next), true),
+                Err(e) => {
+                    error!(queue_id = %id, error = %e, "cannot record delivery state; recipients may be sent twice");
+                    (JobEnd::Retry(next), false)
+                }
             }
-            JobEnd::Retry(next)
         }
     };
-    // Only now, with the outcome on disk, does the log say what happened.
-    log_outcomes(&msg, &message_id, &recorded.logged);
+    // Only now, with the outcome on disk, does the log say what happened;
+    // an outcome that could not be recorded is logged as such.
+    if on_disk {
+        log_outcomes(&msg, &message_id, &recorded.logged);
+    } else {
+        for l in &recorded.logged {
+            error!(event = "unrecorded", queue_id = %msg.id, outcome = ?l,
+                   "outcome not recorded: it will be tried again");
+        }
+    }
+    // The bounce itself is queued (durable) either way.
     if bounced {
         log_bounced(&msg, &message_id, &recorded.failures);
     }
@@ -197,7 +204,6 @@ async fn carry_out(
     action: &Action<'static>,
     msg: &Spooled,
     snapshot: &Snapshot,
-    live: &Arc<Live>,
     store: &Arc<Store>,
     message_id: &str,
     attempted: &mut Vec<Attempted>,
@@ -224,7 +230,7 @@ async fn carry_out(
             refused(rcpts, RcptOutcome::Deferred(reason.clone()), attempted)
         }
         Action::Harvest(cert, caps) => {
-            let directory = live.certs.directory();
+            let directory = Arc::clone(&snapshot.certs);
             let (c, caps) = (cert.clone(), caps.clone());
             match tokio::task::spawn_blocking(move || directory.harvest(&c, &caps)).await {
                 Ok(Ok(true)) => info!(event = "harvested", queue_id = %id,

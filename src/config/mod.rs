@@ -410,6 +410,16 @@ pub struct RelaySettings {
     pub external: String,
     #[serde(default)]
     pub tls: RelayTls,
+    /// PEM CA certificates a next hop's certificate must chain to with
+    /// `tls = "required"` (instead of the system's roots), for both hops
+    /// unless a hop's own table names others.
+    pub tls_ca: Option<PathBuf>,
+    /// `[relay.internal_tls]`: what `relay.internal` must prove.
+    #[serde(default)]
+    pub internal_tls: HopTls,
+    /// `[relay.external_tls]`: what `relay.external` must prove.
+    #[serde(default)]
+    pub external_tls: HopTls,
     #[serde(default = "defaults::connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
     #[serde(default = "defaults::relay_timeout", with = "duration")]
@@ -420,13 +430,70 @@ pub struct RelaySettings {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RelayTls {
-    /// STARTTLS when the next hop offers it, plain otherwise.
+    /// STARTTLS when the next hop offers it, plain otherwise; the
+    /// certificate is not verified (protects against listening only).
     #[default]
     Opportunistic,
-    /// STARTTLS or no delivery (a temporary failure).
+    /// STARTTLS with a verified certificate, or no delivery (a temporary
+    /// failure).
     Required,
     /// Never STARTTLS.
     None,
+}
+
+/// What one next hop's certificate must be with `tls = "required"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct HopTls {
+    /// The name the certificate must carry; default: the hop's host.
+    pub name: Option<String>,
+    /// PEM CA certificates for this hop (instead of `relay.tls_ca` or the
+    /// system's roots).
+    pub ca: Option<PathBuf>,
+    /// SHA-256 of the hop's certificate (hex, colons allowed): this
+    /// certificate and no other, whoever issued it and whatever it names.
+    pub fingerprint: Option<String>,
+}
+
+impl HopTls {
+    /// The pinned fingerprint as 64 lower-case hex digits, when one is set
+    /// and well formed.
+    pub fn pin(&self) -> Option<String> {
+        self.fingerprint.as_deref().and_then(normal_fingerprint)
+    }
+}
+
+/// A SHA-256 fingerprint written in hex (any case, `:` or spaces between
+/// bytes allowed, optional `sha256:` prefix) as 64 lower-case hex digits.
+pub fn normal_fingerprint(text: &str) -> Option<String> {
+    let t = text.trim();
+    let t = t
+        .strip_prefix("sha256:")
+        .or_else(|| t.strip_prefix("SHA256:"))
+        .unwrap_or(t);
+    let hex: String = t
+        .chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    (hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit())).then_some(hex)
+}
+
+impl RelaySettings {
+    /// What `hop` must prove with `tls = "required"`: the internal hop's
+    /// table when `hop` is `relay.internal`, the external one's otherwise.
+    pub fn hop_tls(&self, hop: &str) -> &HopTls {
+        if hop == self.internal {
+            &self.internal_tls
+        } else {
+            &self.external_tls
+        }
+    }
+
+    /// The CA file for `hop`: its own, else `relay.tls_ca`; none means the
+    /// system's roots.
+    pub fn hop_ca(&self, hop: &str) -> Option<&PathBuf> {
+        self.hop_tls(hop).ca.as_ref().or(self.tls_ca.as_ref())
+    }
 }
 
 /// `[queue]`: retry schedule and lifetime of queued mail.

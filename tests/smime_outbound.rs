@@ -64,12 +64,25 @@ fn gateway(sink: &Sink, recips: &Path, cutoff: &str) -> Gateway {
 }
 
 fn send(gw: &Gateway, rcpts: &[&str], id: &str) -> Vec<u8> {
-    let body = common::message(id, "Til retten: bilag 1-3 vedlagt.");
+    // Alice as herself: mail the organisation may sign.
+    let body = internal_message(id, "alice", "Til retten: bilag 1-3 vedlagt.");
     let mut c = Client::connect(gw.addr).unwrap();
     c.ehlo().unwrap();
     let r = c.send("alice@example-law.dk", rcpts, &body).unwrap();
     assert_eq!(r.code, 250, "{r:?}");
     body
+}
+
+/// `common::message` with `who@example-law.dk` in the header From.
+fn internal_message(id: &str, who: &str, text: &str) -> Vec<u8> {
+    String::from_utf8(common::message(id, text))
+        .unwrap()
+        .replacen(
+            "From: Alice <alice@example.org>",
+            &format!("From: <{who}@example-law.dk>"),
+            1,
+        )
+        .into_bytes()
 }
 
 fn wait_for(sink: &Sink, pred: impl Fn(&Received) -> bool) -> Received {
@@ -907,7 +920,7 @@ fn only_mail_from_internal_senders_is_signed() {
     };
     let outsider = run("someone@example.org");
     assert!(
-        outsider.contains("signing:     nobody: the sender is not in the internal domains"),
+        outsider.contains("signing:     nobody: the header From <someone@example.org> is not in the internal domains"),
         "{outsider}"
     );
     let insider = run("alice@example-law.dk");
@@ -949,7 +962,7 @@ fn a_revoked_own_identity_no_longer_signs() {
         "{}",
         gw.log()
     );
-    let body = common::message("rev-1", "from bob");
+    let body = internal_message("rev-1", "bob", "from bob");
     let mut c = Client::connect(gw.addr).unwrap();
     c.ehlo().unwrap();
     assert_eq!(

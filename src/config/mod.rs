@@ -245,12 +245,62 @@ pub struct RuleSettings {
     pub until: Option<Instant>,
     #[serde(default)]
     pub encrypt: EncryptMode,
-    #[serde(default = "defaults::yes")]
-    pub sign: bool,
+    #[serde(default)]
+    pub sign: Sign,
     #[serde(default)]
     pub on_missing_certificate: OnMissing,
     /// Content encryption for this rule (default: `aes256-cbc`).
     pub encryption: Option<Encryption>,
+}
+
+/// Whether a rule signs: `true` (sign when the sender may have mail
+/// signed, else send unsigned and log it), `false`, or `"required"`
+/// (bounce to the sender when the mail may not be signed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Sign {
+    Never,
+    #[default]
+    WhenAllowed,
+    Required,
+}
+
+impl Sign {
+    pub fn wanted(self) -> bool {
+        self != Sign::Never
+    }
+}
+
+impl std::fmt::Display for Sign {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sign::Never => "false",
+            Sign::WhenAllowed => "true",
+            Sign::Required => "\"required\"",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Sign {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Flag(bool),
+            Word(String),
+        }
+        match Written::deserialize(d)? {
+            Written::Flag(true) => Ok(Sign::WhenAllowed),
+            Written::Flag(false) => Ok(Sign::Never),
+            Written::Word(w) => match w.as_str() {
+                "required" => Ok(Sign::Required),
+                "true" => Ok(Sign::WhenAllowed),
+                "false" => Ok(Sign::Never),
+                other => Err(serde::de::Error::custom(format!(
+                    "{other:?}: write true, false or \"required\""
+                ))),
+            },
+        }
+    }
 }
 
 /// `[[identity]]`: one private key with its certificate.
@@ -280,6 +330,23 @@ pub struct MailboxSettings {
     pub deliver: Deliver,
     #[serde(default)]
     pub encryption: Encryption,
+    /// Envelope senders (addresses or `*@domain`) allowed to send mail with
+    /// this address in the header From and have it signed (shared
+    /// mailboxes).
+    #[serde(default)]
+    pub send_as: Vec<String>,
+}
+
+impl MailboxSettings {
+    /// True when `send_as` lists `sender` (an address, any case) or its
+    /// domain.
+    pub fn lets_send_as(&self, sender: &str) -> bool {
+        let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        self.send_as.iter().any(|p| match p.strip_prefix("*@") {
+            Some(d) => !domain.is_empty() && d.eq_ignore_ascii_case(domain.trim_end_matches('.')),
+            None => p.eq_ignore_ascii_case(sender),
+        })
+    }
 }
 
 /// What the mailbox receives.
@@ -344,6 +411,9 @@ pub enum OnUndecryptable {
 pub struct ServerSettings {
     pub hostname: String,
     pub listen: Vec<SocketAddr>,
+    /// The submission path: when set, only mail taken here may be signed.
+    #[serde(default)]
+    pub submission_listen: Vec<SocketAddr>,
     #[serde(default)]
     pub internal_domains: Vec<String>,
     #[serde(default)]

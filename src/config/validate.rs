@@ -179,6 +179,22 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
                 format!("{:?} is not an address or *@domain", m.address),
             );
         }
+        if !m.send_as.is_empty() && m.address.starts_with("*@") {
+            bad(
+                &format!("mailbox[{i}].send_as"),
+                "send_as belongs to one address (a shared mailbox), not to *@domain".into(),
+            );
+        }
+        for (j, p) in m.send_as.iter().enumerate() {
+            let domain = p.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+            let local = p.rsplit_once('@').map(|(l, _)| l).unwrap_or("");
+            if !is_domain(domain) || local.is_empty() || (local.contains('*') && local != "*") {
+                bad(
+                    &format!("mailbox[{i}].send_as[{j}]"),
+                    format!("{p:?} is not an address or *@domain"),
+                );
+            }
+        }
     }
     for (i, r) in s.rules.iter().enumerate() {
         let key = format!("rule[{i}]");

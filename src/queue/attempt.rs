@@ -59,7 +59,7 @@ pub async fn attempt(
     let plan = decide::plan(
         &snapshot,
         live,
-        &msg.envelope.mail_from,
+        &msg.envelope,
         &msg.body,
         pending,
         now as i64,
@@ -160,6 +160,11 @@ fn log_decisions(id: &str, plan: &Plan) {
     for (rcpt, t) in &plan.recipients {
         if let Treatment::Outbound(d) = t {
             info!(event = "policy", queue_id = %id, recipient = %rcpt, signer = %d.signer, "{}", d.summary());
+            if let Some(why) = &d.unsigned {
+                // The sender is not told by DSN yet: the log is the record.
+                warn!(event = "unsigned", queue_id = %id, recipient = %rcpt, reason = %why,
+                      "the rule asks for a signature this message may not have");
+            }
             if let Some(rule) = &d.rule {
                 metrics::rule_hit(rule);
             }

@@ -159,6 +159,7 @@ pub fn build(
         eight_bit: envelope.eight_bit,
         smtputf8: envelope.smtputf8,
         released: false,
+        submission: false,
     };
     (bounce, out)
 }
@@ -205,6 +206,7 @@ mod tests {
             eight_bit: false,
             smtputf8: false,
             released: false,
+            submission: false,
         };
         let failures = [Failure {
             rcpt: "bob@example.dk".into(),
@@ -242,6 +244,7 @@ mod tests {
                 eight_bit: false,
                 smtputf8: false,
                 released: false,
+                submission: false,
             };
             let failures = [Failure {
                 rcpt: "bob@example.dk".into(),

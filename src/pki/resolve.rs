@@ -117,6 +117,7 @@ impl Resolver {
                         source: Source::Ldap,
                         fingerprint,
                         capabilities: Vec::new(),
+                        signed_at: None,
                     })
                 })
                 .collect();

@@ -228,12 +228,26 @@ async fn carry_out(
         Action::Defer { rcpts, reason } => {
             refused(rcpts, RcptOutcome::Deferred(reason.clone()), attempted)
         }
-        Action::Harvest(cert, caps) => {
+        Action::Harvest(offer) => {
+            let subject = crate::smime::cms::subject(&offer.cert);
+            let address = match &offer.bound {
+                Ok(a) => a.clone(),
+                Err(why) => {
+                    info!(event = "not-harvested", queue_id = %id, subject = %subject,
+                          reason = %why, "signer certificate not kept: not bound to its sender");
+                    return;
+                }
+            };
             let directory = live.certs.directory();
-            let (c, caps) = (cert.clone(), caps.clone());
-            match tokio::task::spawn_blocking(move || directory.harvest(&c, &caps)).await {
-                Ok(Ok(true)) => info!(event = "harvested", queue_id = %id,
-                    subject = %crate::smime::cms::subject(cert), "signer certificate added to the directory"),
+            let (c, caps, at, a) = (
+                offer.cert.clone(),
+                offer.capabilities.clone(),
+                offer.signed_at,
+                address.clone(),
+            );
+            match tokio::task::spawn_blocking(move || directory.harvest(&c, &a, &caps, at)).await {
+                Ok(Ok(true)) => info!(event = "harvested", queue_id = %id, subject = %subject,
+                    address = %address, "signer certificate kept as a fallback for its sender"),
                 Ok(Ok(false)) => {}
                 Ok(Err(e)) => {
                     warn!(queue_id = %id, error = %e, "cannot keep a harvested certificate")

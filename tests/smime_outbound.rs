@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::client::Client;
@@ -599,94 +599,8 @@ fn harvest_keeps_validly_signed_senders_only() {
     open_and_verify(&copy.data, "court-oces3");
 }
 
-struct Slapd {
-    child: Child,
-    _dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Drop for Slapd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A private slapd on 127.0.0.1 with one entry: `mail` and the court's
-/// OCES3 certificate as `userCertificate;binary`.
-fn slapd(mail: &str) -> Slapd {
-    let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    std::fs::create_dir(dir.path().join("db")).unwrap();
-    let conf = dir.path().join("slapd.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "include /etc/ldap/schema/core.schema\ninclude /etc/ldap/schema/cosine.schema\n\
-             include /etc/ldap/schema/inetorgperson.schema\npidfile {d}/slapd.pid\n\
-             modulepath /usr/lib/ldap\nmoduleload back_mdb\ndatabase mdb\nsuffix \"c=DK\"\n\
-             rootdn \"cn=admin,c=DK\"\nrootpw secret\ndirectory {d}/db\n",
-            d = dir.path().display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new("slapd")
-        .args([
-            "-f",
-            conf.to_str().unwrap(),
-            "-h",
-            &format!("ldap://127.0.0.1:{port}/"),
-            "-d",
-            "0",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("slapd (scripts/test installs it)");
-    let s = Slapd {
-        child,
-        _dir: dir,
-        port,
-    };
-    assert!(
-        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok()),
-        "slapd did not start"
-    );
-    let der = pki::openssl(
-        &[
-            "x509",
-            "-outform",
-            "DER",
-            "-in",
-            pki::cert("court-oces3").to_str().unwrap(),
-        ],
-        b"",
-    );
-    use base64::Engine;
-    let ldif = format!(
-        "dn: c=DK\nobjectClass: country\nc: DK\n\n\
-         dn: cn=Partner,c=DK\nobjectClass: inetOrgPerson\nobjectClass: pkiUser\ncn: Partner\nsn: Partner\nmail: {mail}\n\
-         userCertificate;binary:: {}\n",
-        base64::engine::general_purpose::STANDARD.encode(der)
-    );
-    pki::run(
-        "ldapadd",
-        &[
-            "-x",
-            "-H",
-            &format!("ldap://127.0.0.1:{port}"),
-            "-D",
-            "cn=admin,c=DK",
-            "-w",
-            "secret",
-        ],
-        ldif.as_bytes(),
-    );
-    s
+fn slapd(mail: &str) -> common::slapd::Slapd {
+    common::slapd::Slapd::start(mail, None)
 }
 
 #[test]

@@ -107,6 +107,12 @@ pub struct LdapSettings {
     pub timeout: Duration,
     #[serde(default = "defaults::ldap_cache_ttl", with = "duration")]
     pub cache_ttl: Duration,
+    /// StartTLS on an `ldap://` URL (verified like `ldaps://`).
+    #[serde(default)]
+    pub starttls: bool,
+    /// PEM CA certificates the server must chain to (`ldaps://` and
+    /// StartTLS), instead of the system's roots.
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// How certificate revocation is checked.

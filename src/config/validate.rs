@@ -241,6 +241,20 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
                 format!("{:?} is not an ldap:// or ldaps:// URL", l.url),
             );
         }
+        if l.starttls && l.url.starts_with("ldaps://") {
+            bad(
+                &format!("certificates.ldap[{i}].starttls"),
+                "ldaps:// is TLS already; StartTLS is for ldap:// URLs".into(),
+            );
+        }
+        if let Some(ca) = &l.tls_ca {
+            if !ca.is_file() {
+                bad(
+                    &format!("certificates.ldap[{i}].tls_ca"),
+                    format!("{}: no such file", ca.display()),
+                );
+            }
+        }
         if !l.filter.contains("{address}") {
             bad(
                 &format!("certificates.ldap[{i}].filter"),

@@ -241,8 +241,11 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
 pub struct NextHopCert {
     /// The issuing CA, PEM.
     pub ca_pem: String,
-    /// The next hop's certificate, DER.
+    /// The next hop's certificate, DER and PEM.
     pub cert_der: Vec<u8>,
+    pub cert_pem: String,
+    /// Its private key, PEM (PKCS#8).
+    pub key_pem: String,
     key_der: Vec<u8>,
 }
 
@@ -268,6 +271,8 @@ impl NextHopCert {
         NextHopCert {
             ca_pem: ca.pem(),
             cert_der: cert.der().to_vec(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
             key_der: key.serialize_der(),
         }
     }

@@ -388,6 +388,7 @@ mod tests {
                 info: id.info,
                 source: Source::Directory,
                 capabilities: Vec::new(),
+                signed_at: None,
             },
             verdict,
         }

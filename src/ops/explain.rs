@@ -20,7 +20,7 @@ pub async fn explain(live: &Live, sender: &str, rcpt: &str, at: i64) -> (String,
     let _ = writeln!(out, "recipient:   {rcpt}");
     let _ = writeln!(
         out,
-        "sender:      {}",
+        "sender:      {} (envelope and header From; as if submitted on the submission path)",
         if sender.is_empty() { "<>" } else { sender }
     );
     let _ = writeln!(out, "at:          {}", Instant { unix: at });

@@ -65,7 +65,8 @@ fn send_on(addr: std::net::SocketAddr, sender: &str, from: &str, to: &str, id: &
 }
 
 fn arrived(sink: &Sink, gw: &Gateway, id: &str) -> Received {
-    let has = |r: &Received| r.text().contains(&format!("<{id}@test>"));
+    // The copy itself, not a notice to the sender quoting its headers.
+    let has = |r: &Received| !r.from.is_empty() && r.text().contains(&format!("<{id}@test>"));
     assert!(
         wait_until(Duration::from_secs(20), || sink.received().iter().any(has)),
         "{id} never arrived; log:\n{}",
@@ -169,6 +170,33 @@ fn a_foreign_header_from_is_not_signed_by_anyone() {
         log.contains("event=\"unsigned\"") && log.contains("not in the internal domains"),
         "the unsigned mail is not logged:\n{log}"
     );
+    // The internal senders are told, by a notice from the null sender.
+    let notice_for = |who: &str| {
+        let who = who.to_string();
+        move |r: &Received| r.from.is_empty() && r.rcpts == vec![who.clone()]
+    };
+    for who in ["nobody@example-law.dk", "bob@example-law.dk"] {
+        assert!(
+            wait_until(Duration::from_secs(20), || sink
+                .received()
+                .iter()
+                .any(notice_for(who))),
+            "{who} not told; log:\n{}",
+            gw.log()
+        );
+        let notice = sink.received().into_iter().find(notice_for(who)).unwrap();
+        assert!(
+            notice.text().contains("WITHOUT the organisation's")
+                && notice.text().contains("Action: relayed"),
+            "{}",
+            notice.text()
+        );
+    }
+    // Positive control: nothing for the sender whose mail was signed.
+    assert!(!sink
+        .received()
+        .iter()
+        .any(notice_for("alice@example-law.dk")));
 }
 
 #[test]

@@ -66,6 +66,16 @@ pub async fn attempt(
     )
     .await;
     log_decisions(id, &plan);
+    // Recipients a rule wanted signed mail for that may not be signed:
+    // their internal sender is told once the copy is delivered.
+    let unsigned: Vec<(String, String)> = plan
+        .recipients
+        .iter()
+        .filter_map(|(rcpt, t)| match t {
+            Treatment::Outbound(d) => d.unsigned.clone().map(|why| (rcpt.clone(), why)),
+            _ => None,
+        })
+        .collect();
     let encrypted = decide::arrived_encrypted(&plan.shape);
     let actions = match run_pipeline(&msg, &snapshot, plan).await {
         Ok(a) => a,
@@ -126,6 +136,18 @@ pub async fn attempt(
     log_outcomes(&msg, &message_id, &recorded.logged);
     if bounced {
         log_bounced(&msg, &message_id, &recorded.failures);
+    }
+    let sent_unsigned: Vec<(String, String)> = unsigned
+        .into_iter()
+        .filter(|(r, _)| {
+            recorded
+                .logged
+                .iter()
+                .any(|l| matches!(l, Logged::Delivered { rcpt, .. } if rcpt == r))
+        })
+        .collect();
+    if !sent_unsigned.is_empty() {
+        bounce::tell_unsigned(settings, store, notify, &msg, &sent_unsigned).await;
     }
     end
 }

@@ -42,14 +42,30 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
         Some(t) => Some(smtp::tls::acceptor(t)?),
         None => None,
     };
-    let listeners = smtp::bind(&settings.server.listen).await?;
+    let mut listeners: Vec<smtp::Listener> = smtp::bind(&settings.server.listen)
+        .await?
+        .into_iter()
+        .map(|socket| smtp::Listener {
+            socket,
+            submission: false,
+        })
+        .collect();
+    listeners.extend(
+        smtp::bind(&settings.server.submission_listen)
+            .await?
+            .into_iter()
+            .map(|socket| smtp::Listener {
+                socket,
+                submission: true,
+            }),
+    );
     let metrics_listener = match settings.metrics.listen {
         Some(addr) => Some(observe::bind(addr).await?),
         None => None,
     };
     for l in &listeners {
-        if let Ok(addr) = l.local_addr() {
-            info!(address = %addr, tls = tls.is_some(), "listening");
+        if let Ok(addr) = l.socket.local_addr() {
+            info!(address = %addr, tls = tls.is_some(), submission = l.submission, "listening");
         }
     }
 

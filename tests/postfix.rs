@@ -1,8 +1,10 @@
 //! End to end behind a real Postfix (a private instance on loopback) with
 //! the lines from deploy/postfix: swaks -> Postfix -> gateway -> Postfix
 //! re-injection -> delivery. Plain mail passes, encrypted mail arrives
-//! decrypted, outbound mail leaves signed and encrypted, and while the
-//! gateway is down Postfix keeps the mail and delivers it once it is back.
+//! decrypted, outbound mail submitted on the submission service leaves
+//! signed and encrypted while the same mail on port 25 is not signed, and
+//! while the gateway is down
+//! Postfix keeps the mail and delivers it once it is back.
 
 mod common;
 
@@ -20,6 +22,8 @@ struct Setup {
     gw: Gateway,
     pf: Postfix,
     front: u16,
+    /// Postfix's submission service.
+    submission: u16,
     _recips: tempfile::TempDir,
 }
 
@@ -30,11 +34,13 @@ fn setup() -> Option<Setup> {
     }
     let sink = Sink::start(Script::default());
     let (front, reinject) = (free_port(), free_port());
+    let (submission, gw_submission) = (free_port(), free_port());
     let reinject_addr = SocketAddr::from(([127, 0, 0, 1], reinject));
 
     let recips = tempfile::tempdir().unwrap();
     std::fs::copy(pki::cert("court-oces3"), recips.path().join("court.pem")).unwrap();
     let mut opts = Options::new(reinject_addr);
+    opts.extra_server = format!("submission_listen = [\"127.0.0.1:{gw_submission}\"]\n");
     opts.extra = format!(
         "{}{}\n[trust]\nanchors = [\"{}\"]\nrevocation = \"off\"\n[certificates]\ndirs = [\"{}\"]\n\
          [[rule]]\nname = \"courts\"\nmatch = [\"*@domstol.dk\"]\ngeneration = \"oces3\"\nencrypt = \"required\"\n\
@@ -53,7 +59,24 @@ fn setup() -> Option<Setup> {
         "[127.0.0.1]:10025",
         &format!("[127.0.0.1]:{}", gw.addr.port()),
     );
-    let master = master.replace("127.0.0.1:10026", &reinject_addr.to_string());
+    // The lines as written, on test ports. The test instance has no SASL
+    // or TLS server, so "logged in" is played by "on loopback" and the
+    // sender map is inline (reject_sender_login_mismatch is inert without
+    // SASL; the submission routing is what is tested here).
+    let master = master
+        .replace("127.0.0.1:10026", &reinject_addr.to_string())
+        .replace("submission inet", &format!("127.0.0.1:{submission} inet"))
+        .replace("[127.0.0.1]:10028", &format!("[127.0.0.1]:{gw_submission}"))
+        .replace(
+            "smtpd_tls_security_level=encrypt",
+            "smtpd_tls_security_level=none",
+        )
+        .replace("smtpd_sasl_auth_enable=yes", "smtpd_sasl_auth_enable=no")
+        .replace("permit_sasl_authenticated", "permit_mynetworks")
+        .replace(
+            "hash:/etc/postfix/sender_login",
+            "inline:{alice@example-law.dk=alice}",
+        );
     let pf = Postfix::start(
         &format!("127.0.0.1:{front}"),
         &format!("[127.0.0.1]:{}", sink.addr.port()),
@@ -65,6 +88,7 @@ fn setup() -> Option<Setup> {
         gw,
         pf,
         front,
+        submission,
         _recips: recips,
     })
 }
@@ -145,12 +169,19 @@ fn mail_through_postfix_and_the_gateway() {
     );
     assert!(got.text().contains("X-SMIME-Gateway: decrypted"));
 
-    // Outbound mail to the court leaves signed and encrypted.
+    // Outbound mail submitted on the submission service, From the sender
+    // itself, leaves signed and encrypted.
+    let from_bob = String::from_utf8(common::message("pf-out", "til retten via postfix"))
+        .unwrap()
+        .replace(
+            "From: Alice <alice@example.org>",
+            "From: Bob <bob@example-law.dk>",
+        );
     swaks(
-        s.front,
-        "alice@example-law.dk",
+        s.submission,
+        "bob@example-law.dk",
         "post@domstol.dk",
-        &common::message("pf-out", "til retten via postfix"),
+        from_bob.as_bytes(),
     );
     assert!(
         wait_until(Duration::from_secs(30), || s.sink.count() == 3),
@@ -165,6 +196,34 @@ fn mail_through_postfix_and_the_gateway() {
     );
     let inner = pki::cms_decrypt_smime(&got.data, "court-oces3");
     assert!(String::from_utf8_lossy(&inner).contains("multipart/signed"));
+
+    // The same mail on port 25 (or re-sent by Postfix) is encrypted but
+    // not signed: it did not come on the submission path.
+    let from_bob_25 = from_bob.replace("pf-out@test", "pf-out-25@test");
+    swaks(
+        s.front,
+        "bob@example-law.dk",
+        "post@domstol.dk",
+        from_bob_25.as_bytes(),
+    );
+    // The copy (a notice to Bob that it went out unsigned follows too).
+    let copy_25 =
+        |r: &common::sink::Received| !r.from.is_empty() && r.text().contains("<pf-out-25@test>");
+    assert!(
+        wait_until(Duration::from_secs(30), || s
+            .sink
+            .received()
+            .iter()
+            .any(copy_25)),
+        "{}",
+        s.pf.log()
+    );
+    let got = s.sink.received().into_iter().find(copy_25).unwrap();
+    let inner = pki::cms_decrypt_smime(&got.data, "court-oces3");
+    assert!(
+        !String::from_utf8_lossy(&inner).contains("multipart/signed"),
+        "port 25 mail was signed"
+    );
 }
 
 #[test]

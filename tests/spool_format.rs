@@ -114,6 +114,7 @@ fn envelope(rcpt: &str) -> Envelope {
         eight_bit: false,
         smtputf8: false,
         released: false,
+        submission: false,
     }
 }
 

@@ -14,6 +14,7 @@ use super::{validate, Settings};
 /// Keys whose environment override is a comma-separated list.
 const LIST_KEYS: &[&str] = &[
     "server.listen",
+    "server.submission_listen",
     "server.internal_domains",
     "server.trusted_networks",
     "queue.retry_intervals",

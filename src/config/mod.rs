@@ -107,6 +107,12 @@ pub struct LdapSettings {
     pub timeout: Duration,
     #[serde(default = "defaults::ldap_cache_ttl", with = "duration")]
     pub cache_ttl: Duration,
+    /// StartTLS on an `ldap://` URL (verified like `ldaps://`).
+    #[serde(default)]
+    pub starttls: bool,
+    /// PEM CA certificates the server must chain to (`ldaps://` and
+    /// StartTLS), instead of the system's roots.
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// How certificate revocation is checked.
@@ -245,12 +251,62 @@ pub struct RuleSettings {
     pub until: Option<Instant>,
     #[serde(default)]
     pub encrypt: EncryptMode,
-    #[serde(default = "defaults::yes")]
-    pub sign: bool,
+    #[serde(default)]
+    pub sign: Sign,
     #[serde(default)]
     pub on_missing_certificate: OnMissing,
     /// Content encryption for this rule (default: `aes256-cbc`).
     pub encryption: Option<Encryption>,
+}
+
+/// Whether a rule signs: `true` (sign when the sender may have mail
+/// signed, else send unsigned and log it), `false`, or `"required"`
+/// (bounce to the sender when the mail may not be signed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Sign {
+    Never,
+    #[default]
+    WhenAllowed,
+    Required,
+}
+
+impl Sign {
+    pub fn wanted(self) -> bool {
+        self != Sign::Never
+    }
+}
+
+impl std::fmt::Display for Sign {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sign::Never => "false",
+            Sign::WhenAllowed => "true",
+            Sign::Required => "\"required\"",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Sign {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Flag(bool),
+            Word(String),
+        }
+        match Written::deserialize(d)? {
+            Written::Flag(true) => Ok(Sign::WhenAllowed),
+            Written::Flag(false) => Ok(Sign::Never),
+            Written::Word(w) => match w.as_str() {
+                "required" => Ok(Sign::Required),
+                "true" => Ok(Sign::WhenAllowed),
+                "false" => Ok(Sign::Never),
+                other => Err(serde::de::Error::custom(format!(
+                    "{other:?}: write true, false or \"required\""
+                ))),
+            },
+        }
+    }
 }
 
 /// `[[identity]]`: one private key with its certificate.
@@ -280,6 +336,23 @@ pub struct MailboxSettings {
     pub deliver: Deliver,
     #[serde(default)]
     pub encryption: Encryption,
+    /// Envelope senders (addresses or `*@domain`) allowed to send mail with
+    /// this address in the header From and have it signed (shared
+    /// mailboxes).
+    #[serde(default)]
+    pub send_as: Vec<String>,
+}
+
+impl MailboxSettings {
+    /// True when `send_as` lists `sender` (an address, any case) or its
+    /// domain.
+    pub fn lets_send_as(&self, sender: &str) -> bool {
+        let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        self.send_as.iter().any(|p| match p.strip_prefix("*@") {
+            Some(d) => !domain.is_empty() && d.eq_ignore_ascii_case(domain.trim_end_matches('.')),
+            None => p.eq_ignore_ascii_case(sender),
+        })
+    }
 }
 
 /// What the mailbox receives.
@@ -344,6 +417,9 @@ pub enum OnUndecryptable {
 pub struct ServerSettings {
     pub hostname: String,
     pub listen: Vec<SocketAddr>,
+    /// The submission path: when set, only mail taken here may be signed.
+    #[serde(default)]
+    pub submission_listen: Vec<SocketAddr>,
     #[serde(default)]
     pub internal_domains: Vec<String>,
     #[serde(default)]
@@ -410,6 +486,16 @@ pub struct RelaySettings {
     pub external: String,
     #[serde(default)]
     pub tls: RelayTls,
+    /// PEM CA certificates a next hop's certificate must chain to with
+    /// `tls = "required"` (instead of the system's roots), for both hops
+    /// unless a hop's own table names others.
+    pub tls_ca: Option<PathBuf>,
+    /// `[relay.internal_tls]`: what `relay.internal` must prove.
+    #[serde(default)]
+    pub internal_tls: HopTls,
+    /// `[relay.external_tls]`: what `relay.external` must prove.
+    #[serde(default)]
+    pub external_tls: HopTls,
     #[serde(default = "defaults::connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
     #[serde(default = "defaults::relay_timeout", with = "duration")]
@@ -420,13 +506,70 @@ pub struct RelaySettings {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RelayTls {
-    /// STARTTLS when the next hop offers it, plain otherwise.
+    /// STARTTLS when the next hop offers it, plain otherwise; the
+    /// certificate is not verified (protects against listening only).
     #[default]
     Opportunistic,
-    /// STARTTLS or no delivery (a temporary failure).
+    /// STARTTLS with a verified certificate, or no delivery (a temporary
+    /// failure).
     Required,
     /// Never STARTTLS.
     None,
+}
+
+/// What one next hop's certificate must be with `tls = "required"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct HopTls {
+    /// The name the certificate must carry; default: the hop's host.
+    pub name: Option<String>,
+    /// PEM CA certificates for this hop (instead of `relay.tls_ca` or the
+    /// system's roots).
+    pub ca: Option<PathBuf>,
+    /// SHA-256 of the hop's certificate (hex, colons allowed): this
+    /// certificate and no other, whoever issued it and whatever it names.
+    pub fingerprint: Option<String>,
+}
+
+impl HopTls {
+    /// The pinned fingerprint as 64 lower-case hex digits, when one is set
+    /// and well formed.
+    pub fn pin(&self) -> Option<String> {
+        self.fingerprint.as_deref().and_then(normal_fingerprint)
+    }
+}
+
+/// A SHA-256 fingerprint written in hex (any case, `:` or spaces between
+/// bytes allowed, optional `sha256:` prefix) as 64 lower-case hex digits.
+pub fn normal_fingerprint(text: &str) -> Option<String> {
+    let t = text.trim();
+    let t = t
+        .strip_prefix("sha256:")
+        .or_else(|| t.strip_prefix("SHA256:"))
+        .unwrap_or(t);
+    let hex: String = t
+        .chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    (hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit())).then_some(hex)
+}
+
+impl RelaySettings {
+    /// What `hop` must prove with `tls = "required"`: the internal hop's
+    /// table when `hop` is `relay.internal`, the external one's otherwise.
+    pub fn hop_tls(&self, hop: &str) -> &HopTls {
+        if hop == self.internal {
+            &self.internal_tls
+        } else {
+            &self.external_tls
+        }
+    }
+
+    /// The CA file for `hop`: its own, else `relay.tls_ca`; none means the
+    /// system's roots.
+    pub fn hop_ca(&self, hop: &str) -> Option<&PathBuf> {
+        self.hop_tls(hop).ca.as_ref().or(self.tls_ca.as_ref())
+    }
 }
 
 /// `[queue]`: retry schedule and lifetime of queued mail.

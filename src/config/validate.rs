@@ -87,6 +87,47 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
             bad(key, e.to_string());
         }
     }
+    if let Some(ca) = &s.relay.tls_ca {
+        if !ca.is_file() {
+            bad("relay.tls_ca", format!("{}: no such file", ca.display()));
+        }
+    }
+    for (key, hop) in [
+        ("relay.internal_tls", &s.relay.internal_tls),
+        ("relay.external_tls", &s.relay.external_tls),
+    ] {
+        if let Some(ca) = &hop.ca {
+            if !ca.is_file() {
+                bad(
+                    &format!("{key}.ca"),
+                    format!("{}: no such file", ca.display()),
+                );
+            }
+        }
+        if let Some(fp) = &hop.fingerprint {
+            if super::normal_fingerprint(fp).is_none() {
+                bad(
+                    &format!("{key}.fingerprint"),
+                    format!("{fp:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed)"),
+                );
+            }
+            if hop.ca.is_some() {
+                bad(
+                    &format!("{key}.fingerprint"),
+                    "give ca or fingerprint, not both (a pinned certificate needs no CA)".into(),
+                );
+            }
+        }
+        if hop.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            bad(&format!("{key}.name"), "must not be empty".into());
+        }
+    }
+    if s.relay.internal == s.relay.external && s.relay.internal_tls != s.relay.external_tls {
+        bad(
+            "relay.external_tls",
+            "relay.internal and relay.external are the same hop; give it one TLS table".into(),
+        );
+    }
     if s.queue.retry_intervals.is_empty() {
         bad(
             "queue.retry_intervals",
@@ -138,6 +179,22 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
                 format!("{:?} is not an address or *@domain", m.address),
             );
         }
+        if !m.send_as.is_empty() && m.address.starts_with("*@") {
+            bad(
+                &format!("mailbox[{i}].send_as"),
+                "send_as belongs to one address (a shared mailbox), not to *@domain".into(),
+            );
+        }
+        for (j, p) in m.send_as.iter().enumerate() {
+            let domain = p.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+            let local = p.rsplit_once('@').map(|(l, _)| l).unwrap_or("");
+            if !is_domain(domain) || local.is_empty() || (local.contains('*') && local != "*") {
+                bad(
+                    &format!("mailbox[{i}].send_as[{j}]"),
+                    format!("{p:?} is not an address or *@domain"),
+                );
+            }
+        }
     }
     for (i, r) in s.rules.iter().enumerate() {
         let key = format!("rule[{i}]");
@@ -183,6 +240,20 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
                 &format!("certificates.ldap[{i}].url"),
                 format!("{:?} is not an ldap:// or ldaps:// URL", l.url),
             );
+        }
+        if l.starttls && l.url.starts_with("ldaps://") {
+            bad(
+                &format!("certificates.ldap[{i}].starttls"),
+                "ldaps:// is TLS already; StartTLS is for ldap:// URLs".into(),
+            );
+        }
+        if let Some(ca) = &l.tls_ca {
+            if !ca.is_file() {
+                bad(
+                    &format!("certificates.ldap[{i}].tls_ca"),
+                    format!("{}: no such file", ca.display()),
+                );
+            }
         }
         if !l.filter.contains("{address}") {
             bad(
@@ -238,4 +309,69 @@ fn is_domain(d: &str) -> bool {
                 && label.len() <= 63
                 && label.chars().all(|c| c.is_alphanumeric() || c == '-')
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load::from_toml;
+    use crate::config::normal_fingerprint;
+
+    const BASE: &str = "[server]\nhostname = \"gw\"\nlisten = [\"127.0.0.1:2525\"]\n\
+                        [spool]\ndir = \"/nonexistent\"\n\
+                        [relay]\ninternal = \"127.0.0.1:25\"\nexternal = \"127.0.0.1:26\"\ntls = \"required\"\n";
+
+    #[test]
+    fn fingerprints_are_read_in_the_usual_spellings() {
+        let hex = "3f".repeat(32);
+        let colons = vec!["3F"; 32].join(":");
+        assert_eq!(normal_fingerprint(&hex), Some(hex.clone()));
+        assert_eq!(normal_fingerprint(&colons), Some(hex.clone()));
+        assert_eq!(
+            normal_fingerprint(&format!("sha256:{colons}")),
+            Some(hex.clone())
+        );
+        assert_eq!(normal_fingerprint(&"3f".repeat(31)), None);
+        assert_eq!(normal_fingerprint(&"zz".repeat(32)), None);
+    }
+
+    #[test]
+    fn hop_tables_are_checked() {
+        let problems = |extra: &str| match from_toml(&format!("{BASE}{extra}")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems.into_iter().map(|p| p.key).collect(),
+        };
+        assert!(problems(&format!(
+            "[relay.external_tls]\nfingerprint = \"{}\"\nname = \"mx.test\"\n",
+            "ab".repeat(32)
+        ))
+        .is_empty());
+        assert_eq!(
+            problems("[relay.external_tls]\nfingerprint = \"abc\"\n"),
+            vec!["relay.external_tls.fingerprint"]
+        );
+        assert_eq!(
+            problems("[relay.internal_tls]\nca = \"/nonexistent/ca.pem\"\n"),
+            vec!["relay.internal_tls.ca"]
+        );
+        assert_eq!(
+            problems("tls_ca = \"/nonexistent/ca.pem\"\n"),
+            vec!["relay.tls_ca"]
+        );
+    }
+
+    #[test]
+    fn one_hop_has_one_tls_table() {
+        let same = BASE.replace("127.0.0.1:26", "127.0.0.1:25");
+        let e = from_toml(&format!("{same}[relay.internal_tls]\nname = \"mx.test\"\n"));
+        assert!(e.is_err_and(|e| e.problems[0].key == "relay.external_tls"));
+        let ok = from_toml(&format!(
+            "{same}[relay.internal_tls]\nname = \"mx.test\"\n[relay.external_tls]\nname = \"mx.test\"\n"
+        ));
+        assert!(ok.is_ok());
+        let s = ok.unwrap();
+        assert_eq!(
+            s.relay.hop_tls("127.0.0.1:25").name.as_deref(),
+            Some("mx.test")
+        );
+    }
 }

@@ -5,7 +5,11 @@
 
 use std::error::Error as _;
 
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use std::path::PathBuf;
+
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, Certificate, CertificateStore, TlsParameters,
+};
 use lettre::transport::smtp::extension::{ClientId, Extension};
 use lettre::transport::smtp::Error as SmtpError;
 
@@ -65,7 +69,10 @@ fn reply_text(r: &lettre::transport::smtp::response::Response) -> String {
 /// Error text for a failure that defers every recipient of the attempt.
 type AllDeferred = String;
 
-/// Connects to `hop`, greets it and starts TLS as `relay.tls` says.
+/// Connects to `hop`, greets it and starts TLS as `relay.tls` says:
+/// "required" verifies the certificate (the hop's pinned fingerprint, or a
+/// chain to its CA file or the system's roots and the expected name),
+/// "opportunistic" takes any certificate.
 pub(super) async fn connect(
     relay: &RelaySettings,
     helo: &str,
@@ -85,24 +92,122 @@ pub(super) async fn connect(
         .map_err(|_| format!("connect to {hop} timed out"))?
         .map_err(|e| format!("connect to {hop} failed: {}", describe(&e)))?;
 
-    if relay.tls != RelayTls::None {
-        if conn.can_starttls() {
-            let params = TlsParameters::builder(host.clone())
-                .dangerous_accept_invalid_certs(true)
-                .dangerous_accept_invalid_hostnames(true)
-                .build_native()
-                .map_err(|e| format!("TLS setup failed: {e}"))?;
-            conn.starttls(params, &client_id)
-                .await
-                .map_err(|e| format!("STARTTLS with {hop} failed: {}", describe(&e)))?;
-        } else if relay.tls == RelayTls::Required {
+    if relay.tls == RelayTls::None {
+        return Ok(conn);
+    }
+    if !conn.can_starttls() {
+        if relay.tls == RelayTls::Required {
             conn.abort().await;
             return Err(format!(
                 "{hop} does not offer STARTTLS and relay.tls = \"required\""
             ));
         }
+        return Ok(conn);
+    }
+    let expect = match relay.tls {
+        RelayTls::Required => Expect::for_hop(relay, hop, &host),
+        _ => Expect::Nothing,
+    };
+    let params = match tls_parameters(&expect, &host) {
+        Ok(p) => p,
+        Err(e) => {
+            conn.abort().await;
+            return Err(format!("TLS towards {hop}: {e}"));
+        }
+    };
+    if let Err(e) = conn.starttls(params, &client_id).await {
+        // A failed handshake leaves lettre's stream unusable (even abort
+        // would panic): the connection is dropped, which closes it.
+        return Err(format!("STARTTLS with {hop} failed: {}", tls_error(&e)));
+    }
+    if let Expect::Pinned(pin) = &expect {
+        let seen = conn
+            .peer_certificate()
+            .map(|der| sha256_hex(&der))
+            .unwrap_or_default();
+        if seen != *pin {
+            conn.abort().await;
+            return Err(format!(
+                "STARTTLS with {hop} refused: its certificate has SHA-256 {seen}, not the pinned {pin}"
+            ));
+        }
     }
     Ok(conn)
+}
+
+/// What a next hop's certificate must be.
+enum Expect {
+    /// Anything ("opportunistic": encryption against listening only).
+    Nothing,
+    /// This SHA-256 fingerprint (checked after the handshake, before any
+    /// mail is sent; the handshake itself proves the key).
+    Pinned(String),
+    /// A chain to these CAs (PEM file) or, without one, the system's
+    /// roots, for this name.
+    Chain { ca: Option<PathBuf>, name: String },
+}
+
+impl Expect {
+    fn for_hop(relay: &RelaySettings, hop: &str, host: &str) -> Self {
+        let hop_tls = relay.hop_tls(hop);
+        if let Some(pin) = hop_tls.pin() {
+            return Expect::Pinned(pin);
+        }
+        Expect::Chain {
+            ca: relay.hop_ca(hop).cloned(),
+            name: hop_tls.name.clone().unwrap_or_else(|| host.to_string()),
+        }
+    }
+}
+
+/// Why TLS parameters could not be built.
+#[derive(Debug, thiserror::Error)]
+enum TlsSetupError {
+    #[error("cannot read the CA file {0}: {1}")]
+    CaFile(String, std::io::Error),
+    #[error("the CA file {0} holds no usable certificate: {1}")]
+    CaCerts(String, SmtpError),
+    #[error("TLS setup failed: {0}")]
+    Build(SmtpError),
+}
+
+fn tls_parameters(expect: &Expect, host: &str) -> Result<TlsParameters, TlsSetupError> {
+    let builder = match expect {
+        Expect::Nothing | Expect::Pinned(_) => TlsParameters::builder(host.to_string())
+            .dangerous_accept_invalid_certs(true)
+            .dangerous_accept_invalid_hostnames(true),
+        Expect::Chain { ca: None, name } => TlsParameters::builder(name.clone()),
+        Expect::Chain {
+            ca: Some(file),
+            name,
+        } => {
+            let shown = file.display().to_string();
+            let pem = std::fs::read(file).map_err(|e| TlsSetupError::CaFile(shown.clone(), e))?;
+            let certs =
+                Certificate::from_pem(&pem).map_err(|e| TlsSetupError::CaCerts(shown, e))?;
+            TlsParameters::builder(name.clone())
+                .certificate_store(CertificateStore::None)
+                .add_root_certificate(certs)
+        }
+    };
+    builder.build_rustls().map_err(TlsSetupError::Build)
+}
+
+/// The innermost cause of a TLS failure (e.g. "invalid peer certificate:
+/// UnknownIssuer"), which says what was wrong with the certificate.
+fn tls_error(e: &SmtpError) -> String {
+    let mut deepest: Option<&dyn std::error::Error> = e.source();
+    while let Some(next) = deepest.and_then(|d| d.source()) {
+        deepest = Some(next);
+    }
+    deepest.map_or_else(|| describe(e), |d| d.to_string())
+}
+
+fn sha256_hex(der: &[u8]) -> String {
+    openssl::sha::sha256(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 async fn transact(

@@ -1,4 +1,5 @@
-//! Small reads of a message's header section, for log lines.
+//! Small reads of a message's header section: the Message-ID for log
+//! lines, the From addresses for the signing decision.
 
 /// The Message-ID of a message (`<id>`), or an empty string.
 pub fn message_id(message: &[u8]) -> String {
@@ -6,4 +7,49 @@ pub fn message_id(message: &[u8]) -> String {
         .parse_headers(message)
         .and_then(|m| m.message_id().map(|id| format!("<{id}>")))
         .unwrap_or_default()
+}
+
+/// Every address in every `From:` field of the header section, as written
+/// (a field or mailbox without a readable address adds an empty entry, so
+/// a message with two From fields, or an unreadable one, never looks like
+/// it names exactly one address).
+pub fn from_addresses(message: &[u8]) -> Vec<String> {
+    let Some(parsed) = mail_parser::MessageParser::new().parse_headers(message) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for value in parsed.header_values(mail_parser::HeaderName::From) {
+        match value.as_address() {
+            Some(list) => {
+                let before = out.len();
+                out.extend(
+                    list.iter()
+                        .map(|a| a.address.as_deref().unwrap_or_default().to_string()),
+                );
+                if out.len() == before {
+                    out.push(String::new());
+                }
+            }
+            None => out.push(String::new()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::from_addresses;
+
+    #[test]
+    fn from_addresses_are_all_found() {
+        let one = b"From: Alice <alice@example-law.dk>\r\nTo: x@y\r\n\r\nbody\r\n";
+        assert_eq!(from_addresses(one), vec!["alice@example-law.dk"]);
+        let two_fields = b"From: alice@example-law.dk\r\nFrom: dommer@domstol.dk\r\n\r\nbody\r\n";
+        assert_eq!(from_addresses(two_fields).len(), 2);
+        let list = b"From: a@example-law.dk, b@example-law.dk\r\n\r\nbody\r\n";
+        assert_eq!(from_addresses(list).len(), 2);
+        let group = b"From: staff: a@example-law.dk;\r\n\r\nbody\r\n";
+        assert_eq!(from_addresses(group), vec!["a@example-law.dk"]);
+        assert!(from_addresses(b"Subject: none\r\n\r\nbody\r\n").is_empty());
+    }
 }

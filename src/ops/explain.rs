@@ -20,7 +20,7 @@ pub async fn explain(live: &Live, sender: &str, rcpt: &str, at: i64) -> (String,
     let _ = writeln!(out, "recipient:   {rcpt}");
     let _ = writeln!(
         out,
-        "sender:      {}",
+        "sender:      {} (envelope and header From; as if submitted on the submission path)",
         if sender.is_empty() { "<>" } else { sender }
     );
     let _ = writeln!(out, "at:          {}", Instant { unix: at });
@@ -37,7 +37,14 @@ pub async fn explain(live: &Live, sender: &str, rcpt: &str, at: i64) -> (String,
         None => {}
     }
     let revoked = live.revoked.current();
-    let treatment = decide::decide(&snapshot, live, &revoked, sender, rcpt, false, at).await;
+    // As if `sender` sent it with itself in the header From, on the
+    // submission path: the case in which it may be signed at all.
+    let origin = policy::Origin {
+        envelope_sender: sender.to_string(),
+        header_from: vec![sender.to_string()],
+        submission: true,
+    };
+    let treatment = decide::decide(&snapshot, live, &revoked, &origin, rcpt, false, at).await;
     let d = match treatment {
         Treatment::Mailbox { deliver, .. } => {
             let how = match (deliver, snapshot.keys.current_oces3(rcpt, at)) {

@@ -13,9 +13,10 @@ use std::collections::HashSet;
 
 use crate::config::{Deliver, Encryption, RuleSettings, Settings};
 use crate::mail::address::domain_of;
-use crate::policy::{self, Decision, Signers};
+use crate::policy::{self, Decision, Origin, Signers};
 use crate::smime::mime::{self, Shape};
 use crate::snapshot::{Live, Snapshot};
+use crate::spool::Envelope;
 
 /// What happens to one recipient.
 #[derive(Debug, Clone)]
@@ -73,14 +74,24 @@ pub fn first_look<'a>(
     }
 }
 
-/// The treatment of `rcpt` for mail from `sender` at `at`, with the
+/// Who a message says it is from, for the signing decision: its envelope
+/// sender, the addresses in its header From, and the listener that took it.
+pub fn origin(envelope: &Envelope, body: &[u8]) -> Origin {
+    Origin {
+        envelope_sender: envelope.mail_from.clone(),
+        header_from: crate::mail::headers::from_addresses(body),
+        submission: envelope.submission,
+    }
+}
+
+/// The treatment of `rcpt` for mail from `origin` at `at`, with the
 /// snapshot's settings and keys and the live certificate store. The
 /// reasons for each certificate taken or refused are in the decision.
 pub async fn decide(
     snapshot: &Snapshot,
     live: &Live,
     revoked: &HashSet<String>,
-    sender: &str,
+    origin: &Origin,
     rcpt: &str,
     encrypted: bool,
     at: i64,
@@ -108,7 +119,7 @@ pub async fn decide(
     Treatment::Outbound(policy::decide(
         settings,
         signers,
-        sender,
+        origin,
         rcpt,
         &candidates,
         lookup_error.as_deref(),
@@ -128,17 +139,18 @@ pub struct Plan {
 pub async fn plan(
     snapshot: &Snapshot,
     live: &Live,
-    sender: &str,
+    envelope: &Envelope,
     body: &[u8],
     pending: Vec<String>,
     at: i64,
 ) -> Plan {
+    let origin = origin(envelope, body);
     let shape = mime::shape(body);
     let encrypted = arrived_encrypted(&shape);
     let revoked = live.revoked.current();
     let mut recipients = Vec::with_capacity(pending.len());
     for rcpt in pending {
-        let t = decide(snapshot, live, &revoked, sender, &rcpt, encrypted, at).await;
+        let t = decide(snapshot, live, &revoked, &origin, &rcpt, encrypted, at).await;
         recipients.push((rcpt, t));
     }
     Plan { shape, recipients }

@@ -46,6 +46,20 @@ pub struct Copy<'a> {
     pub note: Option<String>,
 }
 
+/// A signer certificate from a valid signature on an incoming message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HarvestOffer {
+    pub cert: X509,
+    /// The SMIMECapabilities the signer announced.
+    pub capabilities: Vec<String>,
+    /// The signing time the signature claims (Unix seconds).
+    pub signed_at: Option<i64>,
+    /// The address the certificate is bound to (header From and envelope
+    /// sender both equal it, and the certificate names it), or why the
+    /// message does not bind it to anyone.
+    pub bound: Result<String, String>,
+}
+
 /// What to do with a group of recipients.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action<'a> {
@@ -66,9 +80,9 @@ pub enum Action<'a> {
         rcpts: Vec<String>,
         reason: String,
     },
-    /// A signer certificate from a valid signature, for the certificate
-    /// store, with the SMIMECapabilities the signer announced.
-    Harvest(X509, Vec<String>),
+    /// A signer certificate from a valid signature, offered to the
+    /// certificate store (kept only when bound to its sender).
+    Harvest(HarvestOffer),
     /// Something worth counting (metrics).
     Observed(Event),
 }
@@ -85,7 +99,7 @@ impl Action<'_> {
             Action::Quarantine { rcpts, reason } => Action::Quarantine { rcpts, reason },
             Action::Fail { rcpts, reason } => Action::Fail { rcpts, reason },
             Action::Defer { rcpts, reason } => Action::Defer { rcpts, reason },
-            Action::Harvest(cert, caps) => Action::Harvest(cert, caps),
+            Action::Harvest(offer) => Action::Harvest(offer),
             Action::Observed(e) => Action::Observed(e),
         }
     }

@@ -9,10 +9,12 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use super::{Action, Actions, Context};
+use super::{Action, Actions, Context, HarvestOffer};
 use crate::config::{Deliver, Encryption, OnUndecryptable};
+use crate::mail::address::normalize;
 use crate::metrics::Event;
 use crate::pki::directory::fingerprint;
+use crate::pki::oces;
 use crate::smime::cms::SigStatus;
 use crate::smime::mime::Shape;
 use crate::smime::unwrap::{self, Report, Unwrapped};
@@ -71,7 +73,7 @@ pub fn mailboxes<'a>(
             unwrap::unwrap(body, &keys, &ctx.keys.anchors, ctx.now)
         });
         if ctx.settings.certificates.harvest {
-            harvest(result, out);
+            harvest(result, envelope, body, out);
         }
         if first {
             observe(result, out);
@@ -176,8 +178,9 @@ fn observe(result: &Unwrapped, out: &mut Actions<'_>) {
     out.push(Action::Observed(event));
 }
 
-/// Offers the signer certificate of a valid signature, once per message.
-fn harvest(result: &Unwrapped, out: &mut Actions<'_>) {
+/// Offers the signer certificate of a valid signature, once per message,
+/// with the address it is bound to (or why it is bound to none).
+fn harvest(result: &Unwrapped, envelope: &Envelope, body: &[u8], out: &mut Actions<'_>) {
     let report = match result {
         Unwrapped::Opened { report, .. } | Unwrapped::Unchanged { report } => report,
         Unwrapped::Failed { .. } => return,
@@ -187,10 +190,86 @@ fn harvest(result: &Unwrapped, out: &mut Actions<'_>) {
         return;
     };
     let fp = fingerprint(cert);
-    if !out
+    if out
         .iter()
-        .any(|a| matches!(a, Action::Harvest(c, _) if fingerprint(c) == fp))
+        .any(|a| matches!(a, Action::Harvest(o) if fingerprint(&o.cert) == fp))
     {
-        out.push(Action::Harvest(cert.clone(), sig.capabilities.clone()));
+        return;
+    }
+    let names: Vec<String> = cert
+        .to_der()
+        .ok()
+        .and_then(|d| oces::classify(&d).ok())
+        .map(|i| i.emails)
+        .unwrap_or_default();
+    let from = crate::mail::headers::from_addresses(body);
+    out.push(Action::Harvest(HarvestOffer {
+        cert: cert.clone(),
+        capabilities: sig.capabilities.clone(),
+        signed_at: sig.signing_time,
+        bound: binding(&envelope.mail_from, &from, &names),
+    }));
+}
+
+/// The address a signer certificate is bound to by a message: its header
+/// From (one address) and its envelope sender are that address, and the
+/// certificate names it. Anything else proves nothing about who holds the
+/// certificate: a certificate naming `post@domstol.dk` sent by
+/// `random@evil.example` must not become the court's.
+pub fn binding(
+    envelope_sender: &str,
+    header_from: &[String],
+    cert_emails: &[String],
+) -> Result<String, String> {
+    let from = match header_from {
+        [one] => normalize(one),
+        [] => return Err("the message has no readable header From".into()),
+        _ => return Err("the header From names more than one address".into()),
+    };
+    let sender = normalize(envelope_sender);
+    if !sender.eq_ignore_ascii_case(&from) {
+        return Err(format!(
+            "the envelope sender <{sender}> is not the header From <{from}>"
+        ));
+    }
+    if !cert_emails.iter().any(|e| e.eq_ignore_ascii_case(&from)) {
+        return Err(format!("the certificate does not name <{from}>"));
+    }
+    Ok(from.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::binding;
+
+    fn v(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_certificate_is_bound_only_to_its_own_sender() {
+        let court = v(&["post@domstol.dk"]);
+        assert_eq!(
+            binding("post@Domstol.dk", &v(&["Post@domstol.dk"]), &court).as_deref(),
+            Ok("post@domstol.dk")
+        );
+        // The poisoning mail, every way round.
+        for (sender, from) in [
+            ("random@evil.example", "random@evil.example"),
+            ("random@evil.example", "post@domstol.dk"),
+            ("post@domstol.dk", "random@evil.example"),
+        ] {
+            assert!(
+                binding(sender, &v(&[from]), &court).is_err(),
+                "{sender} {from}"
+            );
+        }
+        assert!(binding(
+            "post@domstol.dk",
+            &v(&["post@domstol.dk", "post@domstol.dk"]),
+            &court
+        )
+        .is_err());
+        assert!(binding("post@domstol.dk", &[], &court).is_err());
     }
 }

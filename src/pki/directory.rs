@@ -3,6 +3,13 @@
 //! harvested from validly signed incoming mail (kept durably in
 //! `<spool>/harvested/`). Indexed by e-mail address (case-insensitive) and
 //! by CVR number.
+//!
+//! A harvested certificate is indexed only under the addresses a message
+//! bound it to (its header From and envelope sender were that address),
+//! and only as a fallback: where the folders hold a certificate for an
+//! address, harvested ones are not offered for it. Its capabilities change
+//! only with a signature newer than the one they came from, so a replayed
+//! old message cannot downgrade them.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -12,6 +19,7 @@ use std::sync::RwLock;
 use openssl::hash::MessageDigest;
 use openssl::pkcs7::Pkcs7;
 use openssl::x509::X509;
+use serde::{Deserialize, Serialize};
 
 use super::oces::{self, CertInfo};
 
@@ -27,7 +35,7 @@ impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Source::Directory => "directory",
-            Source::Harvested => "harvested",
+            Source::Harvested => "harvested (fallback)",
             Source::Ldap => "LDAP",
         })
     }
@@ -42,6 +50,48 @@ pub struct Entry {
     pub fingerprint: String,
     /// SMIMECapabilities the holder announced in signed mail (harvested).
     pub capabilities: Vec<String>,
+    /// The signing time of the signature they came from (harvested).
+    pub signed_at: Option<i64>,
+}
+
+/// What is kept beside a harvested certificate (`<fingerprint>.json`):
+/// whom it was bound to and what its holder last announced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Harvest {
+    /// Addresses (lower case) messages bound it to.
+    addresses: Vec<String>,
+    #[serde(default)]
+    capabilities: Vec<String>,
+    /// Signing time of the signature the capabilities came from.
+    #[serde(default)]
+    signed_at: Option<i64>,
+}
+
+/// True when a signature made at `new` is newer than one made at `old`.
+fn newer(new: Option<i64>, old: Option<i64>) -> bool {
+    match (new, old) {
+        (Some(n), Some(o)) => n > o,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+impl Harvest {
+    /// This record after another bound, valid signature: the address added,
+    /// capabilities replaced only by a newer signature that announces some.
+    fn merged(&self, address: &str, capabilities: &[String], signed_at: Option<i64>) -> Self {
+        let mut next = self.clone();
+        if !next.addresses.iter().any(|a| a == address) {
+            next.addresses.push(address.to_string());
+        }
+        if newer(signed_at, self.signed_at) {
+            if !capabilities.is_empty() {
+                next.capabilities = capabilities.to_vec();
+            }
+            next.signed_at = signed_at;
+        }
+        next
+    }
 }
 
 /// OIDs a recipient must announce for AES-256-GCM with RSA-OAEP.
@@ -65,32 +115,45 @@ struct Index {
 }
 
 impl Index {
-    fn add(&mut self, cert: X509, source: Source, capabilities: Vec<String>) -> bool {
+    /// Adds a certificate: from the folders or LDAP (`harvest` none:
+    /// indexed under every address it names) or harvested (indexed under
+    /// the addresses it was bound to only). A harvested certificate already
+    /// known takes the new record.
+    fn add(&mut self, cert: X509, source: Source, harvest: Option<&Harvest>) -> bool {
         let Ok(der) = cert.to_der() else { return false };
         let Ok(info) = oces::classify(&der) else {
             return false;
         };
         let fingerprint = fingerprint(&cert);
+        let addresses: Vec<String> = match harvest {
+            Some(h) => h.addresses.clone(),
+            None => info.emails.iter().map(|e| e.to_ascii_lowercase()).collect(),
+        };
         if !self.seen.insert(fingerprint.clone()) {
-            if !capabilities.is_empty() {
-                if let Some(e) = self
-                    .entries
-                    .iter_mut()
-                    .find(|e| e.fingerprint == fingerprint)
-                {
-                    e.capabilities = capabilities;
+            let Some(i) = self
+                .entries
+                .iter()
+                .position(|e| e.fingerprint == fingerprint)
+            else {
+                return false;
+            };
+            if let (Some(h), Source::Harvested) = (harvest, self.entries[i].source) {
+                self.entries[i].capabilities = h.capabilities.clone();
+                self.entries[i].signed_at = h.signed_at;
+                for a in addresses {
+                    let list = self.by_email.entry(a).or_default();
+                    if !list.contains(&i) {
+                        list.push(i);
+                    }
                 }
             }
             return false;
         }
         let i = self.entries.len();
-        for e in &info.emails {
-            self.by_email
-                .entry(e.to_ascii_lowercase())
-                .or_default()
-                .push(i);
+        for a in addresses {
+            self.by_email.entry(a).or_default().push(i);
         }
-        if let Some(cvr) = &info.cvr {
+        if let (Some(cvr), None) = (&info.cvr, harvest) {
             self.by_cvr.entry(cvr.clone()).or_default().push(i);
         }
         self.entries.push(Entry {
@@ -98,7 +161,8 @@ impl Index {
             info,
             source,
             fingerprint,
-            capabilities,
+            capabilities: harvest.map(|h| h.capabilities.clone()).unwrap_or_default(),
+            signed_at: harvest.and_then(|h| h.signed_at),
         });
         true
     }
@@ -140,17 +204,24 @@ impl Directory {
         for d in dirs {
             for file in files(d)? {
                 for cert in read_any(&file)? {
-                    index.add(cert, Source::Directory, Vec::new());
+                    index.add(cert, Source::Directory, None);
                 }
             }
         }
         if let Some(h) = harvest_dir.filter(|h| h.is_dir()) {
             for file in files(h)? {
-                let caps: Vec<String> = fs::read_to_string(file.with_extension("caps"))
-                    .map(|t| t.lines().map(str::to_string).collect())
-                    .unwrap_or_default();
+                let record = fs::read(file.with_extension("json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Harvest>(&b).ok());
+                let Some(record) = record else {
+                    // Kept before certificates were bound to their senders
+                    // (or its record is damaged): nothing says whose it is.
+                    tracing::warn!(event = "harvest-unbound", file = %file.display(),
+                        "harvested certificate without a binding record: not used");
+                    continue;
+                };
                 for cert in read_any(&file)? {
-                    index.add(cert, Source::Harvested, caps.clone());
+                    index.add(cert, Source::Harvested, Some(&record));
                 }
             }
         }
@@ -162,7 +233,8 @@ impl Directory {
 
     /// Certificates for `address`: those naming it, and certificates of the
     /// same organisation (CVR) that name no address at all (OCES3
-    /// organisation certificates may carry none).
+    /// organisation certificates may carry none). Harvested certificates
+    /// only when the folders hold none for the address: the directory wins.
     pub fn lookup(&self, address: &str) -> Vec<Entry> {
         let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
         let addr = address.to_ascii_lowercase();
@@ -177,6 +249,12 @@ impl Directory {
                     out.push(i);
                 }
             }
+        }
+        if out
+            .iter()
+            .any(|&i| idx.entries[i].source == Source::Directory)
+        {
+            out.retain(|&i| idx.entries[i].source != Source::Harvested);
         }
         out.into_iter().map(|i| idx.entries[i].clone()).collect()
     }
@@ -196,52 +274,78 @@ impl Directory {
             .collect()
     }
 
-    /// Keeps `cert` (from a validly signed message) durably and indexes it,
-    /// with the capabilities its holder announced. Returns false when it
-    /// was already known (its capabilities are then brought up to date).
-    pub fn harvest(&self, cert: &X509, capabilities: &[String]) -> Result<bool, DirectoryError> {
+    /// Keeps `cert` from a valid signature on a message that bound it to
+    /// `address` (lower case), durably, with the capabilities its holder
+    /// announced at `signed_at`. Returns false when nothing changed: known
+    /// from the folders or LDAP (which win), or harvested already for this
+    /// address with capabilities at least as recent.
+    pub fn harvest(
+        &self,
+        cert: &X509,
+        address: &str,
+        capabilities: &[String],
+        signed_at: Option<i64>,
+    ) -> Result<bool, DirectoryError> {
         let fp = fingerprint(cert);
-        {
+        let record = {
             let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
-            let known = idx.entries.iter().find(|e| e.fingerprint == fp);
-            if known.is_some_and(|e| capabilities.is_empty() || e.capabilities == capabilities) {
-                return Ok(false);
-            }
-        }
-        if let Some(dir) = &self.harvest_dir {
-            fs::create_dir_all(dir).map_err(|e| DirectoryError {
-                file: dir.display().to_string(),
-                message: e.to_string(),
-            })?;
-            let path = dir.join(format!("{fp}.pem"));
-            let pem = cert.to_pem().map_err(|e| DirectoryError {
-                file: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-            crate::durable::write_atomic(&path, &pem).map_err(|e| DirectoryError {
-                file: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-            if !capabilities.is_empty() {
-                let caps = dir.join(format!("{fp}.caps"));
-                let text = capabilities.join("\n") + "\n";
-                crate::durable::write_atomic(&caps, text.as_bytes()).map_err(|e| {
-                    DirectoryError {
-                        file: caps.display().to_string(),
-                        message: e.to_string(),
+            match idx.entries.iter().find(|e| e.fingerprint == fp) {
+                Some(e) if e.source != Source::Harvested => return Ok(false),
+                Some(e) => {
+                    let known = Harvest {
+                        addresses: idx
+                            .by_email
+                            .iter()
+                            .filter(|(_, list)| {
+                                list.iter().any(|&i| idx.entries[i].fingerprint == fp)
+                            })
+                            .map(|(a, _)| a.clone())
+                            .collect(),
+                        capabilities: e.capabilities.clone(),
+                        signed_at: e.signed_at,
+                    };
+                    let next = known.merged(address, capabilities, signed_at);
+                    if next.addresses.len() == known.addresses.len()
+                        && next.capabilities == known.capabilities
+                        && next.signed_at == known.signed_at
+                    {
+                        return Ok(false);
                     }
-                })?;
+                    next
+                }
+                None => Harvest {
+                    addresses: vec![address.to_string()],
+                    capabilities: capabilities.to_vec(),
+                    signed_at,
+                },
             }
+        };
+        if let Some(dir) = &self.harvest_dir {
+            let fail = |path: &Path, message: String| DirectoryError {
+                file: path.display().to_string(),
+                message,
+            };
+            fs::create_dir_all(dir).map_err(|e| fail(dir, e.to_string()))?;
+            let pem_path = dir.join(format!("{fp}.pem"));
+            let json_path = dir.join(format!("{fp}.json"));
+            let pem = cert.to_pem().map_err(|e| fail(&pem_path, e.to_string()))?;
+            let json = serde_json::to_vec(&record).map_err(|e| fail(&json_path, e.to_string()))?;
+            // The record first: a certificate file without one is never used.
+            crate::durable::write_atomic(&json_path, &json)
+                .map_err(|e| fail(&json_path, e.to_string()))?;
+            crate::durable::write_atomic(&pem_path, &pem)
+                .map_err(|e| fail(&pem_path, e.to_string()))?;
         }
         let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
-        Ok(idx.add(cert.clone(), Source::Harvested, capabilities.to_vec()))
+        idx.add(cert.clone(), Source::Harvested, Some(&record));
+        Ok(true)
     }
 
     /// Adds certificates found elsewhere (LDAP) for this process's life.
     pub fn remember(&self, certs: &[X509], source: Source) {
         let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
         for c in certs {
-            idx.add(c.clone(), source, Vec::new());
+            idx.add(c.clone(), source, None);
         }
     }
 }
@@ -304,4 +408,119 @@ pub fn parse_any(bytes: &[u8]) -> Option<Vec<X509>> {
         return Some(vec![c]);
     }
     Pkcs7::from_der(bytes).ok().and_then(p7_certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openssl::asn1::Asn1Time;
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+    use openssl::x509::extension::SubjectAlternativeName;
+    use openssl::x509::X509NameBuilder;
+
+    /// A self-signed certificate naming `emails`.
+    fn cert(cn: &str, emails: &[&str]) -> X509 {
+        let key = PKey::from_rsa(Rsa::generate(1024).unwrap()).unwrap();
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", cn).unwrap();
+        let name = name.build();
+        let mut b = X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
+            .unwrap();
+        let mut san = SubjectAlternativeName::new();
+        for e in emails {
+            san.email(e);
+        }
+        let ext = san.build(&b.x509v3_context(None, None)).unwrap();
+        b.append_extension(ext).unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        b.build()
+    }
+
+    fn caps(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn harvested_certificates_are_found_only_under_the_bound_address() {
+        let spool = tempfile::tempdir().unwrap();
+        let dir = Directory::load(&[], Some(&spool.path().join("h"))).unwrap();
+        let c = cert("Two Names", &["post@domstol.dk", "other@domstol.dk"]);
+        assert!(dir.harvest(&c, "post@domstol.dk", &[], Some(10)).unwrap());
+        assert_eq!(dir.lookup("post@domstol.dk").len(), 1);
+        assert!(dir.lookup("other@domstol.dk").is_empty());
+        // Survives a restart with its binding.
+        let again = Directory::load(&[], Some(&spool.path().join("h"))).unwrap();
+        assert_eq!(again.lookup("POST@domstol.dk").len(), 1);
+        assert!(again.lookup("other@domstol.dk").is_empty());
+        assert_eq!(again.lookup("post@domstol.dk")[0].source, Source::Harvested);
+    }
+
+    #[test]
+    fn the_directory_wins_over_harvest() {
+        let spool = tempfile::tempdir().unwrap();
+        let folder = tempfile::tempdir().unwrap();
+        let genuine = cert("Court", &["post@domstol.dk"]);
+        fs::write(folder.path().join("court.pem"), genuine.to_pem().unwrap()).unwrap();
+        let dir = Directory::load(
+            &[folder.path().to_path_buf()],
+            Some(&spool.path().join("h")),
+        )
+        .unwrap();
+        let other = cert("Also Court", &["post@domstol.dk"]);
+        assert!(dir
+            .harvest(&other, "post@domstol.dk", &[], Some(1))
+            .unwrap());
+        let found = dir.lookup("post@domstol.dk");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].fingerprint, fingerprint(&genuine));
+        // Harvesting the directory's own certificate changes nothing.
+        assert!(!dir
+            .harvest(&genuine, "post@domstol.dk", &[], Some(1))
+            .unwrap());
+    }
+
+    #[test]
+    fn only_a_newer_signature_changes_capabilities() {
+        let spool = tempfile::tempdir().unwrap();
+        let h = spool.path().join("h");
+        let dir = Directory::load(&[], Some(&h)).unwrap();
+        let c = cert("Court", &["post@domstol.dk"]);
+        let gcm = caps(&[AES_256_GCM, RSAES_OAEP]);
+        let cbc = caps(&["2.16.840.1.101.3.4.1.42"]);
+        assert!(dir.harvest(&c, "post@domstol.dk", &gcm, Some(200)).unwrap());
+        // A replayed older signature: no downgrade.
+        assert!(!dir.harvest(&c, "post@domstol.dk", &cbc, Some(100)).unwrap());
+        assert!(!dir.harvest(&c, "post@domstol.dk", &cbc, None).unwrap());
+        assert!(dir.lookup("post@domstol.dk")[0].announces_gcm_oaep());
+        // Not after a restart either.
+        let again = Directory::load(&[], Some(&h)).unwrap();
+        assert!(!again
+            .harvest(&c, "post@domstol.dk", &cbc, Some(200))
+            .unwrap());
+        assert!(again.lookup("post@domstol.dk")[0].announces_gcm_oaep());
+        // A newer one does change them.
+        assert!(again
+            .harvest(&c, "post@domstol.dk", &cbc, Some(300))
+            .unwrap());
+        assert!(!again.lookup("post@domstol.dk")[0].announces_gcm_oaep());
+    }
+
+    #[test]
+    fn a_harvested_file_without_its_binding_record_is_not_used() {
+        let spool = tempfile::tempdir().unwrap();
+        let h = spool.path().join("h");
+        fs::create_dir_all(&h).unwrap();
+        let c = cert("Court", &["post@domstol.dk"]);
+        fs::write(h.join("old.pem"), c.to_pem().unwrap()).unwrap();
+        let dir = Directory::load(&[], Some(&h)).unwrap();
+        assert!(dir.lookup("post@domstol.dk").is_empty());
+    }
 }

@@ -1,52 +1,140 @@
 //! Certificate lookup in an LDAP directory (e.g. the OCES2 public
 //! directory): `(mail=<address>)` under a base, the certificate attribute
 //! in binary. A server that cannot be reached is a temporary failure.
+//!
+//! An answer counts only for the address asked: a certificate is taken
+//! when its entry's `mail` or the certificate itself names that address;
+//! anything else the server returns is ignored and logged. `ldaps://` and
+//! StartTLS (`starttls = true`) verify the server against `tls_ca` or the
+//! system's roots; plain `ldap://` is unauthenticated.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ldap3::{ldap_escape, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 use openssl::x509::X509;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 use crate::config::LdapSettings;
 
+/// Why a directory could not be asked.
+#[derive(Debug, thiserror::Error)]
+pub enum LdapError {
+    #[error("LDAP {url}: cannot connect: {message}")]
+    Connect { url: String, message: String },
+    #[error("LDAP {url}: search failed: {message}")]
+    Search { url: String, message: String },
+    #[error("LDAP {url}: timed out")]
+    Timeout { url: String },
+    #[error("LDAP {url}: tls_ca {file}: {message}")]
+    Ca {
+        url: String,
+        file: String,
+        message: String,
+    },
+}
+
 /// Certificates the directory holds for `address`.
-pub async fn lookup(cfg: &LdapSettings, address: &str) -> Result<Vec<X509>, String> {
+pub async fn lookup(cfg: &LdapSettings, address: &str) -> Result<Vec<X509>, LdapError> {
+    let url = cfg.url.clone();
     let filter = cfg.filter.replace("{address}", &ldap_escape(address));
+    let mut settings = LdapConnSettings::new()
+        .set_conn_timeout(cfg.timeout)
+        .set_starttls(cfg.starttls);
+    if let Some(config) = tls_config(cfg)? {
+        settings = settings.set_config(config);
+    }
     let work = async {
-        let settings = LdapConnSettings::new().set_conn_timeout(cfg.timeout);
         let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &cfg.url)
             .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
+            .map_err(|e| LdapError::Connect {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
         ldap3::drive!(conn);
+        let search = |e: ldap3::LdapError| LdapError::Search {
+            url: url.clone(),
+            message: e.to_string(),
+        };
         let result = ldap
             .with_timeout(cfg.timeout)
             .search(
                 &cfg.base,
                 Scope::Subtree,
                 &filter,
-                vec![cfg.attribute.as_str()],
+                vec![cfg.attribute.as_str(), "mail"],
             )
             .await
-            .map_err(|e| format!("search failed: {e}"))?
-            .success()
-            .map_err(|e| format!("search failed: {e}"));
+            .map_err(search)
+            .and_then(|r| r.success().map_err(search));
         let _ = ldap.unbind().await;
         let (entries, _) = result?;
         let mut certs = Vec::new();
         for entry in entries {
             let entry = SearchEntry::construct(entry);
-            for values in entry.bin_attrs.values().chain(std::iter::empty()) {
-                for der in values {
-                    if let Ok(c) = X509::from_der(der) {
-                        certs.push(c);
-                    }
+            let listed = entry
+                .attrs
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("mail"))
+                .flat_map(|(_, v)| v)
+                .any(|m| m.trim().eq_ignore_ascii_case(address));
+            for der in entry.bin_attrs.values().flatten() {
+                let Ok(cert) = X509::from_der(der) else {
+                    continue;
+                };
+                if listed || names(&cert, address) {
+                    certs.push(cert);
+                } else {
+                    tracing::warn!(event = "ldap-mismatch", url = %url, dn = %entry.dn,
+                        address = %address,
+                        "LDAP answer is for another address: certificate ignored");
                 }
             }
         }
         Ok(certs)
     };
     match tokio::time::timeout(cfg.timeout + Duration::from_secs(1), work).await {
-        Ok(r) => r.map_err(|e: String| format!("LDAP {}: {e}", cfg.url)),
-        Err(_) => Err(format!("LDAP {}: timed out", cfg.url)),
+        Ok(r) => r,
+        Err(_) => Err(LdapError::Timeout { url }),
     }
+}
+
+/// True when `cert` names `address` (subjectAltName or emailAddress).
+fn names(cert: &X509, address: &str) -> bool {
+    cert.to_der()
+        .ok()
+        .and_then(|d| super::oces::classify(&d).ok())
+        .is_some_and(|i| i.emails.iter().any(|e| e.eq_ignore_ascii_case(address)))
+}
+
+/// The TLS configuration for `ldaps://` and StartTLS with `tls_ca`; none:
+/// ldap3's default (the system's roots).
+fn tls_config(cfg: &LdapSettings) -> Result<Option<Arc<ClientConfig>>, LdapError> {
+    let Some(file) = &cfg.tls_ca else {
+        return Ok(None);
+    };
+    let fail = |message: String| LdapError::Ca {
+        url: cfg.url.clone(),
+        file: file.display().to_string(),
+        message,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| fail(e.to_string()))?;
+    let mut roots = RootCertStore::empty();
+    for c in certs {
+        roots.add(c).map_err(|e| fail(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(fail("no certificate in the file".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Some(Arc::new(config)))
 }

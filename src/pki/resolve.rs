@@ -100,7 +100,7 @@ impl Resolver {
                     }
                     Err(e) => {
                         tracing::warn!(event = "ldap-error", address = %addr, error = %e, "certificate lookup failed");
-                        error = Some(e);
+                        error = Some(e.to_string());
                         continue;
                     }
                 },
@@ -117,6 +117,7 @@ impl Resolver {
                         source: Source::Ldap,
                         fingerprint,
                         capabilities: Vec::new(),
+                        signed_at: None,
                     })
                 })
                 .collect();

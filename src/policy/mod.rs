@@ -5,17 +5,20 @@
 //! their verdicts, the keys and the time come in; a decision with the
 //! reasons for it goes out.
 
+pub mod signing;
+
 use std::collections::HashSet;
 
 use openssl::x509::X509;
 
 use crate::config::{
-    EncryptMode, Encryption, GenerationChoice, Instant, OnMissing, RuleSettings, Settings,
+    EncryptMode, Encryption, GenerationChoice, Instant, OnMissing, RuleSettings, Settings, Sign,
 };
 use crate::pki::directory::Entry;
 use crate::pki::oces::{CertInfo, Generation};
 use crate::pki::resolve::{Candidate, Verdict};
 use crate::pki::Keyring;
+pub use signing::Origin;
 
 /// What happens to mail for the recipient.
 #[derive(Debug, Clone)]
@@ -44,6 +47,9 @@ pub struct Decision {
     pub considered: Vec<String>,
     /// Who signs, or why nobody does.
     pub signer: String,
+    /// The rule asks for a signature that this mail may not have (the
+    /// reason): it leaves unsigned, or bounces with `sign = "required"`.
+    pub unsigned: Option<String>,
 }
 
 impl Decision {
@@ -128,12 +134,12 @@ pub struct Signers<'a> {
     pub revoked: &'a HashSet<String>,
 }
 
-/// Decides for `rcpt` (mail from `sender`) at `at`, given its certificates
-/// and whether looking them up failed for now.
+/// Decides for `rcpt` (mail from `origin`) at `at`, given its
+/// certificates and whether looking them up failed for now.
 pub fn decide(
     settings: &Settings,
     signers: Signers<'_>,
-    sender: &str,
+    origin: &Origin,
     rcpt: &str,
     candidates: &[Candidate],
     lookup_error: Option<&str>,
@@ -145,6 +151,7 @@ pub fn decide(
             outcome: Outcome::PassThrough("no rule matches".into()),
             considered: Vec::new(),
             signer: "nobody (no rule)".into(),
+            unsigned: None,
         };
     };
     let cutoff_passed = after_cutoff(settings, at);
@@ -193,26 +200,30 @@ pub fn decide(
     }
 
     let encrypting = rule.encrypt != EncryptMode::Never && !usable.is_empty();
-    let sender_internal = crate::mail::address::domain_of(sender)
-        .is_some_and(|d| settings.server.is_internal_domain(&d));
-    let (sign_with, signer) = if rule.sign && !sender_internal {
+    let prefer = if encrypting
+        && usable
+            .iter()
+            .all(|c| c.entry.info.generation == Generation::Oces2)
+    {
+        Generation::Oces2
+    } else {
+        Generation::Oces3
+    };
+    let (sign_with, signer, unsigned) = if !rule.sign.wanted() {
         (
             None,
-            "nobody: the sender is not in the internal domains (the organisation signs only its own mail)".into(),
+            format!("nobody (rule {:?} does not sign)", rule.name),
+            None,
         )
-    } else if rule.sign {
-        let prefer = if encrypting
-            && usable
-                .iter()
-                .all(|c| c.entry.info.generation == Generation::Oces2)
-        {
-            Generation::Oces2
-        } else {
-            Generation::Oces3
-        };
-        signing_identity(signers, sender, at, cutoff_passed, prefer)
     } else {
-        (None, format!("nobody (rule {:?} does not sign)", rule.name))
+        match signing::signable_address(settings, origin) {
+            Err(why) => (None, format!("nobody: {why}"), Some(why)),
+            Ok(address) => {
+                let (pick, who) = signing_identity(signers, &address, at, cutoff_passed, prefer);
+                let unsigned = pick.is_none().then(|| who.clone());
+                (pick, who, unsigned)
+            }
+        }
     };
     // AES-256-GCM with RSA-OAEP where the rule asks, or where every
     // recipient certificate's holder announced it reads them.
@@ -224,7 +235,12 @@ pub fn decide(
         },
     );
 
-    let outcome = if rule.encrypt == EncryptMode::Never {
+    let outcome = if let (Sign::Required, Some(why)) = (rule.sign, &unsigned) {
+        Outcome::Bounce(format!(
+            "rule \"{}\" requires a signature and this message may not be signed: {why}",
+            rule.name
+        ))
+    } else if rule.encrypt == EncryptMode::Never {
         Outcome::Send {
             encrypt_to: Vec::new(),
             sign_with,
@@ -278,6 +294,7 @@ pub fn decide(
         outcome,
         considered,
         signer,
+        unsigned,
     }
 }
 
@@ -293,12 +310,14 @@ fn own_oces3(keys: &Keyring, at: i64) -> Option<&X509> {
         .map(|i| &i.cert)
 }
 
-/// The identity that signs: the organisation's (an organisation-wide
-/// identity) first, then one serving the sender; valid at `at` and not
-/// revoked; OCES3 after the cutoff, otherwise `prefer` first.
+/// The identity that signs for `address` (an internal address the sender
+/// may sign for): the organisation's (an organisation-wide identity)
+/// first, then a personal one whose certificate names the address; valid
+/// at `at` and not revoked; OCES3 after the cutoff, otherwise `prefer`
+/// first.
 fn signing_identity(
     signers: Signers<'_>,
-    sender: &str,
+    address: &str,
     at: i64,
     cutoff_passed: bool,
     prefer: Generation,
@@ -313,7 +332,9 @@ fn signing_identity(
             && !(cutoff_passed && id.info.generation != Generation::Oces3)
     };
     let wide = (0..keys.identities.len()).filter(|&i| keys.identities[i].is_organisation_wide());
-    let own = (0..keys.identities.len()).filter(|&i| keys.identities[i].serves(sender));
+    let own = (0..keys.identities.len()).filter(|&i| {
+        !keys.identities[i].is_organisation_wide() && signing::covers(&keys.identities[i], address)
+    });
     let order: Vec<usize> = wide.chain(own).collect();
     let pick = order
         .iter()
@@ -331,10 +352,9 @@ fn signing_identity(
         None => (
             None,
             if cutoff_passed {
-                "nobody: no valid OCES3 signing identity (OCES2 is not used after the cutoff)"
-                    .into()
+                format!("nobody: no valid OCES3 identity covers <{address}> (OCES2 is not used after the cutoff)")
             } else {
-                "nobody: no valid signing identity".into()
+                format!("nobody: no valid identity covers <{address}>")
             },
         ),
     }
@@ -368,6 +388,7 @@ mod tests {
                 info: id.info,
                 source: Source::Directory,
                 capabilities: Vec::new(),
+                signed_at: None,
             },
             verdict,
         }
@@ -394,10 +415,16 @@ mod tests {
         at: i64,
     ) -> Decision {
         let signers = Signers { keys, revoked };
+        // The sender as itself in the header From, on the submission path.
+        let origin = Origin {
+            envelope_sender: sender.into(),
+            header_from: vec![sender.into()],
+            submission: true,
+        };
         decide(
             settings,
             signers,
-            sender,
+            &origin,
             "post@domstol.dk",
             candidates,
             None,
@@ -414,7 +441,7 @@ mod tests {
                 keys: &Keyring::default(),
                 revoked: &HashSet::new(),
             },
-            "a@example-law.dk",
+            &Origin::default(),
             "someone@example.org",
             &[],
             None,
@@ -608,5 +635,178 @@ mod tests {
             NOW,
         );
         assert_eq!(enc(&d), Encryption::Aes256Cbc);
+    }
+}
+
+#[cfg(test)]
+mod signing_tests {
+    use super::*;
+    use crate::config::load::test_settings;
+
+    fn keyring() -> Keyring {
+        let id = crate::pki::testkit::identity(1024, "Example Law ApS")
+            .unwrap_or_else(|e| panic!("{e}"));
+        Keyring {
+            identities: vec![id],
+            anchors: Vec::new(),
+        }
+    }
+
+    fn rule(sign: &str) -> Settings {
+        test_settings(&format!(
+            "[[rule]]\nname = \"r\"\nmatch = [\"*\"]\nencrypt = \"never\"\nsign = {sign}\n"
+        ))
+    }
+
+    fn origin(sender: &str, from: &str) -> Origin {
+        Origin {
+            envelope_sender: sender.into(),
+            header_from: vec![from.into()],
+            submission: false,
+        }
+    }
+
+    fn run(settings: &Settings, keys: &Keyring, o: &Origin) -> Decision {
+        let revoked = HashSet::new();
+        let signers = Signers {
+            keys,
+            revoked: &revoked,
+        };
+        decide(settings, signers, o, "post@domstol.dk", &[], None, 0)
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_organisation_signs_its_senders_own_mail() {
+        let keys = keyring();
+        let revoked = HashSet::new();
+        let signers = Signers {
+            keys: &keys,
+            revoked: &revoked,
+        };
+        let o = origin("alice@example-law.dk", "alice@example-law.dk");
+        let d = decide(
+            &rule("true"),
+            signers,
+            &o,
+            "post@domstol.dk",
+            &[],
+            None,
+            now(),
+        );
+        assert!(
+            matches!(
+                d.outcome,
+                Outcome::Send {
+                    sign_with: Some(0),
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        assert!(d.unsigned.is_none());
+    }
+
+    #[test]
+    fn a_foreign_from_goes_unsigned_or_bounces_when_required() {
+        let keys = keyring();
+        let o = origin("nobody@example-law.dk", "dommer@domstol.dk");
+        let d = run(&rule("true"), &keys, &o);
+        assert!(
+            matches!(
+                d.outcome,
+                Outcome::Send {
+                    sign_with: None,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        assert!(d
+            .unsigned
+            .as_deref()
+            .is_some_and(|w| w.contains("not in the internal")));
+        let d = run(&rule("\"required\""), &keys, &o);
+        assert!(matches!(&d.outcome, Outcome::Bounce(w) if w.contains("requires a signature")));
+        // A rule that does not sign has nothing to refuse.
+        let d = run(&rule("false"), &keys, &o);
+        assert!(d.unsigned.is_none());
+    }
+
+    #[test]
+    fn a_personal_identity_signs_only_addresses_in_its_certificate() {
+        let mut keys = keyring();
+        keys.identities[0].mailboxes = vec!["alice@example-law.dk".into()];
+        let revoked = HashSet::new();
+        let signers = Signers {
+            keys: &keys,
+            revoked: &revoked,
+        };
+        let o = origin("alice@example-law.dk", "alice@example-law.dk");
+        // Configured for alice, but the certificate names no address.
+        let d = decide(
+            &rule("true"),
+            signers,
+            &o,
+            "post@domstol.dk",
+            &[],
+            None,
+            now(),
+        );
+        assert!(matches!(
+            d.outcome,
+            Outcome::Send {
+                sign_with: None,
+                ..
+            }
+        ));
+        keys.identities[0].info.emails = vec!["alice@example-law.dk".into()];
+        let signers = Signers {
+            keys: &keys,
+            revoked: &revoked,
+        };
+        let d = decide(
+            &rule("true"),
+            signers,
+            &o,
+            "post@domstol.dk",
+            &[],
+            None,
+            now(),
+        );
+        assert!(
+            matches!(
+                d.outcome,
+                Outcome::Send {
+                    sign_with: Some(0),
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        // Bob may not borrow Alice's key, even as himself.
+        let o = origin("bob@example-law.dk", "bob@example-law.dk");
+        let d = decide(
+            &rule("true"),
+            signers,
+            &o,
+            "post@domstol.dk",
+            &[],
+            None,
+            now(),
+        );
+        assert!(matches!(
+            d.outcome,
+            Outcome::Send {
+                sign_with: None,
+                ..
+            }
+        ));
     }
 }

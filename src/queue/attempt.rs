@@ -59,13 +59,23 @@ pub async fn attempt(
     let plan = decide::plan(
         &snapshot,
         live,
-        &msg.envelope.mail_from,
+        &msg.envelope,
         &msg.body,
         pending,
         now as i64,
     )
     .await;
     log_decisions(id, &plan);
+    // Recipients a rule wanted signed mail for that may not be signed:
+    // their internal sender is told once the copy is delivered.
+    let unsigned: Vec<(String, String)> = plan
+        .recipients
+        .iter()
+        .filter_map(|(rcpt, t)| match t {
+            Treatment::Outbound(d) => d.unsigned.clone().map(|why| (rcpt.clone(), why)),
+            _ => None,
+        })
+        .collect();
     let encrypted = decide::arrived_encrypted(&plan.shape);
     let actions = match run_pipeline(&msg, &snapshot, plan).await {
         Ok(a) => a,
@@ -134,6 +144,18 @@ pub async fn attempt(
     if bounced {
         log_bounced(&msg, &message_id, &recorded.failures);
     }
+    let sent_unsigned: Vec<(String, String)> = unsigned
+        .into_iter()
+        .filter(|(r, _)| {
+            recorded
+                .logged
+                .iter()
+                .any(|l| matches!(l, Logged::Delivered { rcpt, .. } if rcpt == r))
+        })
+        .collect();
+    if !sent_unsigned.is_empty() {
+        bounce::tell_unsigned(settings, store, notify, &msg, &sent_unsigned).await;
+    }
     end
 }
 
@@ -167,6 +189,11 @@ fn log_decisions(id: &str, plan: &Plan) {
     for (rcpt, t) in &plan.recipients {
         if let Treatment::Outbound(d) = t {
             info!(event = "policy", queue_id = %id, recipient = %rcpt, signer = %d.signer, "{}", d.summary());
+            if let Some(why) = &d.unsigned {
+                // The sender is not told by DSN yet: the log is the record.
+                warn!(event = "unsigned", queue_id = %id, recipient = %rcpt, reason = %why,
+                      "the rule asks for a signature this message may not have");
+            }
             if let Some(rule) = &d.rule {
                 metrics::rule_hit(rule);
             }
@@ -229,12 +256,26 @@ async fn carry_out(
         Action::Defer { rcpts, reason } => {
             refused(rcpts, RcptOutcome::Deferred(reason.clone()), attempted)
         }
-        Action::Harvest(cert, caps) => {
+        Action::Harvest(offer) => {
+            let subject = crate::smime::cms::subject(&offer.cert);
+            let address = match &offer.bound {
+                Ok(a) => a.clone(),
+                Err(why) => {
+                    info!(event = "not-harvested", queue_id = %id, subject = %subject,
+                          reason = %why, "signer certificate not kept: not bound to its sender");
+                    return;
+                }
+            };
             let directory = Arc::clone(&snapshot.certs);
-            let (c, caps) = (cert.clone(), caps.clone());
-            match tokio::task::spawn_blocking(move || directory.harvest(&c, &caps)).await {
-                Ok(Ok(true)) => info!(event = "harvested", queue_id = %id,
-                    subject = %crate::smime::cms::subject(cert), "signer certificate added to the directory"),
+            let (c, caps, at, a) = (
+                offer.cert.clone(),
+                offer.capabilities.clone(),
+                offer.signed_at,
+                address.clone(),
+            );
+            match tokio::task::spawn_blocking(move || directory.harvest(&c, &a, &caps, at)).await {
+                Ok(Ok(true)) => info!(event = "harvested", queue_id = %id, subject = %subject,
+                    address = %address, "signer certificate kept as a fallback for its sender"),
                 Ok(Ok(false)) => {}
                 Ok(Err(e)) => {
                     warn!(queue_id = %id, error = %e, "cannot keep a harvested certificate")

@@ -97,6 +97,41 @@ pub async fn send(
     ok
 }
 
+/// Tells the internal envelope sender of `msg` that it went out unsigned
+/// to `unsigned` (recipient, reason). Nobody else is told: an outside or
+/// null sender has no standing to ask for the organisation's signature.
+/// Sent after the delivery is recorded, so at most once (a crash in
+/// between loses the notice, never mail).
+pub async fn tell_unsigned(
+    settings: &Settings,
+    store: &Arc<Store>,
+    notify: &tokio::sync::mpsc::UnboundedSender<String>,
+    msg: &Spooled,
+    unsigned: &[(String, String)],
+) {
+    let sender = &msg.envelope.mail_from;
+    if msg.envelope.is_null_sender() || !crate::pipeline::decide::is_internal(settings, sender) {
+        return;
+    }
+    let (envelope, body) = dsn::build_unsigned(
+        &settings.server.hostname,
+        &msg.id,
+        &msg.envelope,
+        &msg.body,
+        unsigned,
+        SystemTime::now(),
+    );
+    let s = Arc::clone(store);
+    match blocking(move || s.enqueue(&envelope, &body)).await {
+        Ok(dsn_id) => {
+            info!(event = "unsigned-notice", queue_id = %msg.id, dsn_id = %dsn_id, to = %sender,
+                  "sender told the message went out unsigned");
+            let _ = notify.send(dsn_id);
+        }
+        Err(e) => error!(queue_id = %msg.id, error = %e, "cannot queue the unsigned notice"),
+    }
+}
+
 /// Queues a delivery status notification about `failures` to `to`.
 async fn queue_dsn(
     settings: &Settings,

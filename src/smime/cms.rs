@@ -135,6 +135,8 @@ pub struct Verified {
     pub at: i64,
     /// SMIMECapabilities the signer announced (dotted OIDs).
     pub capabilities: Vec<String>,
+    /// The signing time the signature claims (Unix seconds), if any.
+    pub signing_time: Option<i64>,
 }
 
 /// Verifies a signature: detached over `detached` (the exact signed bytes)
@@ -151,10 +153,12 @@ pub fn verify(sig: &[u8], detached: Option<&[u8]>, anchors: &[X509], now: i64) -
                 content: None,
                 at: now,
                 capabilities: Vec::new(),
+                signing_time: None,
             }
         }
     };
-    let at = ossl::signing_time(&cms).unwrap_or(now);
+    let signing_time = ossl::signing_time(&cms);
+    let at = signing_time.unwrap_or(now);
     let store = match store_at(anchors, at) {
         Ok(s) => s,
         Err(e) => {
@@ -165,6 +169,7 @@ pub fn verify(sig: &[u8], detached: Option<&[u8]>, anchors: &[X509], now: i64) -
                 content: None,
                 at,
                 capabilities: Vec::new(),
+                signing_time,
             }
         }
     };
@@ -201,6 +206,7 @@ pub fn verify(sig: &[u8], detached: Option<&[u8]>, anchors: &[X509], now: i64) -
         content: (detached.is_none() && status != SigStatus::Invalid).then_some(content),
         at,
         capabilities: ossl::capabilities(&cms),
+        signing_time,
     }
 }
 

@@ -35,6 +35,8 @@ pub struct SignatureReport {
     pub cert: Option<X509>,
     /// The algorithms the signer announced it can decrypt.
     pub capabilities: Vec<String>,
+    /// The signing time the signature claims (Unix seconds), if any.
+    pub signing_time: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -143,6 +145,7 @@ fn record(report: &mut Report, v: cms::Verified) {
             detail: v.detail,
             cert: v.signer,
             capabilities: v.capabilities,
+            signing_time: v.signing_time,
         });
     }
 }

@@ -71,9 +71,17 @@ impl Drop for Slot {
     }
 }
 
+/// A bound listener and whether it is the submission path
+/// (`server.submission_listen`), whose mail alone may be signed when one
+/// is configured.
+pub struct Listener {
+    pub socket: TcpListener,
+    pub submission: bool,
+}
+
 /// Accepts on every listener until shutdown, then waits up to
 /// `server.shutdown_timeout` for sessions in flight.
-pub async fn serve(listeners: Vec<TcpListener>, ctx: Arc<Context>) {
+pub async fn serve(listeners: Vec<Listener>, ctx: Arc<Context>) {
     let tracker = TaskTracker::new();
     let limits = Arc::new(Limits::default());
     let mut loops = Vec::new();
@@ -98,11 +106,15 @@ pub async fn serve(listeners: Vec<TcpListener>, ctx: Arc<Context>) {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Listener,
     ctx: Arc<Context>,
     tracker: TaskTracker,
     limits: Arc<Limits>,
 ) {
+    let Listener {
+        socket: listener,
+        submission,
+    } = listener;
     let mut shutdown = ctx.shutdown.clone();
     loop {
         if *shutdown.borrow() {
@@ -134,7 +146,7 @@ async fn accept_loop(
         };
         let ctx = Arc::clone(&ctx);
         tracker.spawn(async move {
-            session::serve(stream, peer, ctx).await;
+            session::serve(stream, peer, ctx, submission).await;
             drop(slot);
         });
     }

@@ -17,7 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{Settings, SettingsSource};
 use crate::spool::Store;
 
-pub use listener::{bind, serve};
+pub use listener::{bind, serve, Listener};
 
 /// Whether an internal recipient exists, asked at RCPT time of untrusted
 /// clients when `server.verify_recipients` is on.

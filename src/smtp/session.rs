@@ -59,10 +59,12 @@ struct Session {
     xforward: Option<String>,
     /// When the session must end, whatever the client is doing.
     deadline: tokio::time::Instant,
+    /// Accepted on a `server.submission_listen` listener.
+    submission: bool,
 }
 
 /// Serves one accepted connection until it ends.
-pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, submission: bool) {
     let settings = ctx.settings();
     let trusted = settings.server.is_trusted(peer.ip());
     let deadline = tokio::time::Instant::now() + settings.server.session_timeout;
@@ -77,6 +79,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
         errors: 0,
         xforward: None,
         deadline,
+        submission,
     };
     let mut conn = Conn::new(tcp);
     let greeting = format!("{} ESMTP smime-gateway", session.settings.server.hostname);
@@ -477,6 +480,7 @@ impl Session {
             eight_bit: tx.eight_bit,
             smtputf8: tx.smtputf8,
             released: false,
+            submission: self.submission,
         };
         let mut incoming = match self.ctx.store.begin(&envelope).await {
             Ok(i) => Some(i),

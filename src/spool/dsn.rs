@@ -1,6 +1,7 @@
-//! Delivery status notifications (RFC 3464): the bounce sent from the null
-//! sender to a message's envelope sender, naming each recipient that failed
-//! and the reply that made it fail.
+//! Delivery status notifications (RFC 3464) from the null sender to a
+//! message's envelope sender: the bounce, naming each recipient that failed
+//! and the reply that made it fail; and the notice that a message went out
+//! unsigned because it could not be signed.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -59,14 +60,7 @@ pub fn build(
     failures: &[Failure],
     now: SystemTime,
 ) -> (Envelope, Vec<u8>) {
-    let date = rfc5322_date(now);
     let arrival = time::rfc5322(envelope.received);
-    let boundary = format!("{queue_id}.dsn/{hostname}");
-    let stamp = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0);
-
     let mut human = String::new();
     human.push_str(&format!(
         "This is the mail gateway at {hostname}.\r\n\r\n\
@@ -107,60 +101,145 @@ pub fn build(
         ));
     }
 
-    let mut out = Vec::new();
-    out.extend_from_slice(
-        format!(
-            "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
-             To: <{to}>\r\n\
-             Subject: Undelivered Mail Returned to Sender\r\n\
-             Date: {date}\r\n\
-             Message-ID: <{stamp}.{queue_id}.dsn@{hostname}>\r\n\
-             Auto-Submitted: auto-replied\r\n\
-             MIME-Version: 1.0\r\n\
-             Content-Type: multipart/report; report-type=delivery-status;\r\n\
-             \tboundary=\"{boundary}\"\r\n\
-             \r\n\
-             This is a MIME-encapsulated message.\r\n\
-             \r\n\
-             --{boundary}\r\n\
-             Content-Type: text/plain; charset=utf-8\r\n\
-             Content-Description: Notification\r\n\
-             \r\n\
-             {human}\r\n\
-             --{boundary}\r\n\
-             Content-Type: message/delivery-status\r\n\
-             Content-Description: Delivery report\r\n\
-             \r\n\
-             {status}\r\n\
-             --{boundary}\r\n\
-             Content-Type: text/rfc822-headers\r\n\
-             Content-Description: Undelivered message headers\r\n\
-             \r\n",
-            to = crate::mail::address::smtp_path(&envelope.mail_from),
-        )
-        .as_bytes(),
-    );
-    let headers = header_block(body);
-    out.extend_from_slice(headers);
-    if !headers.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-
-    let bounce = Envelope {
-        mail_from: String::new(),
-        rcpts: vec![envelope.mail_from.clone()],
-        received: now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        client: "127.0.0.1".into(),
-        helo: hostname.to_string(),
-        eight_bit: envelope.eight_bit,
-        smtputf8: envelope.smtputf8,
-        released: false,
+    let report = Report {
+        hostname,
+        queue_id,
+        subject: "Undelivered Mail Returned to Sender",
+        human: &human,
+        status: &status,
+        headers_title: "Undelivered message headers",
     };
-    (bounce, out)
+    report.assemble(envelope, body, now)
+}
+
+/// A multipart/report (RFC 3464) from the null sender to a message's
+/// envelope sender: a text part, the delivery status, the message's
+/// header section.
+struct Report<'a> {
+    hostname: &'a str,
+    queue_id: &'a str,
+    subject: &'a str,
+    human: &'a str,
+    status: &'a str,
+    headers_title: &'a str,
+}
+
+impl Report<'_> {
+    fn assemble(&self, envelope: &Envelope, body: &[u8], now: SystemTime) -> (Envelope, Vec<u8>) {
+        let Report {
+            hostname,
+            queue_id,
+            subject,
+            human,
+            status,
+            headers_title,
+        } = self;
+        let date = rfc5322_date(now);
+        let boundary = format!("{queue_id}.dsn/{hostname}");
+        let stamp = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        let mut out = Vec::new();
+        out.extend_from_slice(
+            format!(
+                "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
+                 To: <{to}>\r\n\
+                 Subject: {subject}\r\n\
+                 Date: {date}\r\n\
+                 Message-ID: <{stamp}.{queue_id}.dsn@{hostname}>\r\n\
+                 Auto-Submitted: auto-replied\r\n\
+                 MIME-Version: 1.0\r\n\
+                 Content-Type: multipart/report; report-type=delivery-status;\r\n\
+                 \tboundary=\"{boundary}\"\r\n\
+                 \r\n\
+                 This is a MIME-encapsulated message.\r\n\
+                 \r\n\
+                 --{boundary}\r\n\
+                 Content-Type: text/plain; charset=utf-8\r\n\
+                 Content-Description: Notification\r\n\
+                 \r\n\
+                 {human}\r\n\
+                 --{boundary}\r\n\
+                 Content-Type: message/delivery-status\r\n\
+                 Content-Description: Delivery report\r\n\
+                 \r\n\
+                 {status}\r\n\
+                 --{boundary}\r\n\
+                 Content-Type: text/rfc822-headers\r\n\
+                 Content-Description: {headers_title}\r\n\
+                 \r\n",
+                to = crate::mail::address::smtp_path(&envelope.mail_from),
+            )
+            .as_bytes(),
+        );
+        let headers = header_block(body);
+        out.extend_from_slice(headers);
+        if !headers.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+
+        let report = Envelope {
+            mail_from: String::new(),
+            rcpts: vec![envelope.mail_from.clone()],
+            received: now
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            client: "127.0.0.1".into(),
+            helo: hostname.to_string(),
+            eight_bit: envelope.eight_bit,
+            smtputf8: envelope.smtputf8,
+            released: false,
+            submission: false,
+        };
+        (report, out)
+    }
+}
+
+/// The notice to an internal sender that their message went out without
+/// the organisation's signature (a rule's `sign = true` when the message
+/// may not be signed): each recipient with the reason, as a DSN whose
+/// action is "relayed".
+pub fn build_unsigned(
+    hostname: &str,
+    queue_id: &str,
+    envelope: &Envelope,
+    body: &[u8],
+    unsigned: &[(String, String)],
+    now: SystemTime,
+) -> (Envelope, Vec<u8>) {
+    let arrival = time::rfc5322(envelope.received);
+    let mut human = format!(
+        "This is the mail gateway at {hostname}.\r\n\r\n\
+         Your message (queue id {queue_id}) was sent WITHOUT the organisation's\r\n\
+         signature to the recipients below, because it may not be signed:\r\n\r\n"
+    );
+    let mut status = format!(
+        "Reporting-MTA: dns; {hostname}\r\nX-Queue-ID: {queue_id}\r\nArrival-Date: {arrival}\r\n"
+    );
+    for (rcpt, why) in unsigned {
+        human.push_str(&format!("<{rcpt}>: sent unsigned: {}\r\n", one_line(why)));
+        status.push_str(&format!(
+            "\r\nFinal-Recipient: rfc822; {rcpt}\r\nAction: relayed\r\nStatus: 2.0.0\r\n\
+             Diagnostic-Code: x-smime-gateway; sent unsigned: {}\r\n",
+            one_line(why)
+        ));
+    }
+    human.push_str(
+        "\r\nSend it from your own address (header From equal to your login) on the\r\n\
+         submission service, or ask for send_as on a shared mailbox, to have it signed.\r\n",
+    );
+    let report = Report {
+        hostname,
+        queue_id,
+        subject: "Message sent without signature",
+        human: &human,
+        status: &status,
+        headers_title: "Headers of the message sent unsigned",
+    };
+    report.assemble(envelope, body, now)
 }
 
 /// The header section of a message, without the blank line after it.
@@ -205,6 +284,7 @@ mod tests {
             eight_bit: false,
             smtputf8: false,
             released: false,
+            submission: false,
         };
         let failures = [Failure {
             rcpt: "bob@example.dk".into(),
@@ -242,6 +322,7 @@ mod tests {
                 eight_bit: false,
                 smtputf8: false,
                 released: false,
+                submission: false,
             };
             let failures = [Failure {
                 rcpt: "bob@example.dk".into(),
@@ -260,5 +341,40 @@ mod tests {
             rfc5322_date(UNIX_EPOCH - std::time::Duration::from_secs(1)),
             "(invalid time before 1970)"
         );
+    }
+
+    #[test]
+    fn the_unsigned_notice_names_recipient_and_reason() {
+        let env = Envelope {
+            mail_from: "bob@example-law.dk".into(),
+            rcpts: vec!["x@example.org".into()],
+            received: 1_700_000_000,
+            client: "127.0.0.1".into(),
+            helo: "c".into(),
+            eight_bit: false,
+            smtputf8: false,
+            released: false,
+            submission: false,
+        };
+        let (e, b) = build_unsigned(
+            "gw.test",
+            "Q1",
+            &env,
+            b"Subject: hi\r\n\r\nbody\r\n",
+            &[(
+                "x@example.org".into(),
+                "the header From <d@court.dk> is not internal".into(),
+            )],
+            UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_100),
+        );
+        assert_eq!(e.rcpts, vec!["bob@example-law.dk".to_string()]);
+        assert!(e.is_null_sender());
+        let t = String::from_utf8(b).unwrap();
+        assert!(t.contains(
+            "Final-Recipient: rfc822; x@example.org\r\nAction: relayed\r\nStatus: 2.0.0"
+        ));
+        assert!(t.contains("<d@court.dk> is not internal"));
+        assert!(t.contains("Subject: hi"));
+        assert!(!t.contains("body"), "only the headers are returned");
     }
 }

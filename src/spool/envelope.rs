@@ -28,6 +28,11 @@ pub struct Envelope {
     /// again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub released: bool,
+    /// Taken by a `server.submission_listen` listener: the only mail that
+    /// may be signed when such listeners are configured. Spools written
+    /// before the field existed read as not submitted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub submission: bool,
 }
 
 impl Envelope {

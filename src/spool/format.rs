@@ -366,6 +366,7 @@ mod tests {
             eight_bit: true,
             smtputf8: false,
             released: false,
+            submission: false,
         }
     }
 
@@ -519,6 +520,8 @@ mod tests {
         assert_eq!(env.client, "192.0.2.10");
         assert_eq!(env.helo, "client.example.org");
         assert!(!env.eight_bit && !env.smtputf8 && !env.released);
+        // Written before the submission path existed: not submitted.
+        assert!(!env.submission);
         assert!(body.starts_with(b"From: Alice <alice@example.org>\r\n"));
         assert!(body.ends_with(b"\r\n\r\none delivered, one pending\r\n"));
         assert_eq!(body.len(), 0xb4);

@@ -551,6 +551,7 @@ mod tests {
             eight_bit: false,
             smtputf8: false,
             released: false,
+            submission: false,
         }
     }
 

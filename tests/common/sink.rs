@@ -1,19 +1,24 @@
 //! A scriptable SMTP next hop for tests: records what it receives and
-//! answers RCPT and "." as the test says.
+//! answers RCPT and "." as the test says; optionally offers STARTTLS with
+//! a certificate of the test's choosing ([`NextHopCert`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
 
 #[derive(Debug, Clone)]
 pub struct Received {
     pub from: String,
     pub rcpts: Vec<String>,
     pub data: Vec<u8>,
+    /// The message came over STARTTLS.
+    pub tls: bool,
 }
 
 impl Received {
@@ -46,6 +51,15 @@ pub struct Sink {
 
 impl Sink {
     pub fn start(script: Script) -> Self {
+        Self::start_with(script, None)
+    }
+
+    /// A next hop that offers STARTTLS with `cert`.
+    pub fn start_tls(script: Script, cert: &NextHopCert) -> Self {
+        Self::start_with(script, Some(cert.acceptor()))
+    }
+
+    fn start_with(script: Script, tls: Option<TlsAcceptor>) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -63,9 +77,10 @@ impl Sink {
         runtime.spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let st = Arc::clone(&st);
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(60), session(stream, st)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(60), session(stream, st, tls))
+                        .await;
                 });
             }
         });
@@ -94,22 +109,60 @@ impl Sink {
     }
 }
 
-async fn session(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    w.write_all(b"220 sink ESMTP\r\n").await?;
+/// Where a dialogue ended.
+enum Next {
+    Closed,
+    /// The client asked for STARTTLS and was told to go ahead.
+    StartTls,
+}
+
+async fn session(
+    stream: tokio::net::TcpStream,
+    state: Arc<Mutex<State>>,
+    tls: Option<TlsAcceptor>,
+) -> std::io::Result<()> {
+    let mut plain = BufReader::new(stream);
+    plain.write_all(b"220 sink ESMTP\r\n").await?;
+    match dialogue(&mut plain, &state, tls.is_some(), false).await? {
+        Next::Closed => Ok(()),
+        Next::StartTls => {
+            let Some(acceptor) = tls else { return Ok(()) };
+            // Whatever was pipelined behind STARTTLS is dropped with the buffer.
+            let secured = acceptor.accept(plain.into_inner()).await?;
+            let mut secured = BufReader::new(secured);
+            dialogue(&mut secured, &state, false, true)
+                .await
+                .map(|_| ())
+        }
+    }
+}
+
+async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
+    w: &mut BufReader<S>,
+    state: &Arc<Mutex<State>>,
+    offer_tls: bool,
+    tls: bool,
+) -> std::io::Result<Next> {
     let mut from = String::new();
     let mut rcpts: Vec<String> = Vec::new();
     let mut line = Vec::new();
     loop {
         line.clear();
-        if r.read_until(b'\n', &mut line).await? == 0 {
-            return Ok(());
+        if w.read_until(b'\n', &mut line).await? == 0 {
+            return Ok(Next::Closed);
         }
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         let upper = text.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {
-            "250-sink\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING".into()
+            if offer_tls {
+                "250-sink\r\n250-STARTTLS\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING".into()
+            } else {
+                "250-sink\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING".into()
+            }
+        } else if upper == "STARTTLS" && offer_tls {
+            w.write_all(b"220 2.0.0 go ahead\r\n").await?;
+            w.flush().await?;
+            return Ok(Next::StartTls);
         } else if upper.starts_with("HELO") {
             "250 sink".into()
         } else if upper.starts_with("MAIL FROM:") {
@@ -135,11 +188,12 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std
             }
         } else if upper == "DATA" {
             w.write_all(b"354 go ahead\r\n").await?;
+            w.flush().await?;
             let mut data = Vec::new();
             loop {
                 line.clear();
-                if r.read_until(b'\n', &mut line).await? == 0 {
-                    return Ok(());
+                if w.read_until(b'\n', &mut line).await? == 0 {
+                    return Ok(Next::Closed);
                 }
                 if line == b".\r\n" {
                     break;
@@ -163,6 +217,7 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std
                         from: from.clone(),
                         rcpts: rcpts.clone(),
                         data,
+                        tls,
                     });
                 }
                 reply
@@ -170,13 +225,79 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std
             reply
         } else if upper == "QUIT" {
             w.write_all(b"221 bye\r\n").await?;
-            return Ok(());
+            w.flush().await?;
+            return Ok(Next::Closed);
         } else if upper == "RSET" || upper == "NOOP" {
             "250 Ok".into()
         } else {
             "502 5.5.1 unknown".into()
         };
         w.write_all(format!("{reply}\r\n").as_bytes()).await?;
+        w.flush().await?;
+    }
+}
+
+/// A test CA and a next hop certificate it issued for some names.
+pub struct NextHopCert {
+    /// The issuing CA, PEM.
+    pub ca_pem: String,
+    /// The next hop's certificate, DER and PEM.
+    pub cert_der: Vec<u8>,
+    pub cert_pem: String,
+    /// Its private key, PEM (PKCS#8).
+    pub key_pem: String,
+    key_der: Vec<u8>,
+}
+
+impl NextHopCert {
+    /// A fresh CA and a certificate for `names` signed by it.
+    pub fn issue(names: &[&str]) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // A name of its own, so two test CAs are told apart by name.
+        let serial = openssl::sha::sha256(&ca_key.serialize_der());
+        ca_params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("Test next hop CA {:02x}{:02x}", serial[0], serial[1]),
+        );
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        NextHopCert {
+            ca_pem: ca.pem(),
+            cert_der: cert.der().to_vec(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            key_der: key.serialize_der(),
+        }
+    }
+
+    /// SHA-256 of the certificate, hex.
+    pub fn fingerprint(&self) -> String {
+        openssl::sha::sha256(&self.cert_der)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from(self.cert_der.clone())],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone())),
+            )
+            .unwrap();
+        TlsAcceptor::from(Arc::new(config))
     }
 }
 

@@ -1,0 +1,158 @@
+//! Who may have mail signed with the organisation's keys. A signature is
+//! the organisation vouching for the header `From:`, so it is made only
+//! when: the mail came in on the submission path (when one is configured);
+//! the header From is one address in the internal domains; and it is the
+//! envelope sender (which the mail server ties to the logged-in user), or
+//! a `[[mailbox]]` lets the envelope sender send as it (`send_as`). Which
+//! identity may then sign is `covers`. Pure.
+
+use crate::config::Settings;
+use crate::mail::address::{domain_of, normalize};
+use crate::pki::identity::Identity;
+
+/// What the message and its envelope say about who sends it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// `MAIL FROM` (empty for the null sender).
+    pub envelope_sender: String,
+    /// The addresses in the header `From:` (none when it is missing or
+    /// unreadable).
+    pub header_from: Vec<String>,
+    /// Taken by a `server.submission_listen` listener.
+    pub submission: bool,
+}
+
+/// The internal address the organisation may sign for, or why it may not.
+pub fn signable_address(settings: &Settings, origin: &Origin) -> Result<String, String> {
+    if !settings.server.submission_listen.is_empty() && !origin.submission {
+        return Err(
+            "the message did not come in on the submission path (server.submission_listen)".into(),
+        );
+    }
+    let from = match origin.header_from.as_slice() {
+        [one] => normalize(one),
+        [] => return Err("the message has no readable header From".into()),
+        many => {
+            return Err(format!(
+                "the header From names {} addresses; only one can be vouched for",
+                many.len()
+            ))
+        }
+    };
+    if !domain_of(&from).is_some_and(|d| settings.server.is_internal_domain(&d)) {
+        return Err(format!(
+            "the header From <{from}> is not in the internal domains"
+        ));
+    }
+    let sender = normalize(&origin.envelope_sender);
+    if sender.eq_ignore_ascii_case(&from) {
+        return Ok(from);
+    }
+    let shared = settings
+        .mailboxes
+        .iter()
+        .find(|m| m.address.eq_ignore_ascii_case(&from));
+    if shared.is_some_and(|m| m.lets_send_as(&sender)) {
+        return Ok(from);
+    }
+    Err(format!(
+        "the envelope sender <{sender}> is not the header From <{from}> and may not send as it \
+         ([[mailbox]] send_as)"
+    ))
+}
+
+/// True when `identity` may sign for `address` (an internal address): an
+/// organisation-wide identity covers every internal address; one that
+/// serves particular mailboxes covers only those of them its certificate
+/// names.
+pub fn covers(identity: &Identity, address: &str) -> bool {
+    identity.is_organisation_wide()
+        || (identity.serves(address)
+            && identity
+                .info
+                .emails
+                .iter()
+                .any(|e| e.eq_ignore_ascii_case(address)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load::test_settings;
+
+    fn origin(sender: &str, from: &[&str], submission: bool) -> Origin {
+        Origin {
+            envelope_sender: sender.into(),
+            header_from: from.iter().map(|s| s.to_string()).collect(),
+            submission,
+        }
+    }
+
+    const SHARED: &str = "[[mailbox]]\naddress = \"sikkermail@example-law.dk\"\n\
+                          send_as = [\"alice@example-law.dk\", \"*@staff.example-law.dk\"]\n";
+
+    #[test]
+    fn the_sender_signs_for_its_own_address() {
+        let s = test_settings("");
+        let o = origin("alice@Example-Law.dk", &["Alice@example-law.dk"], false);
+        assert_eq!(
+            signable_address(&s, &o).as_deref(),
+            Ok("Alice@example-law.dk")
+        );
+    }
+
+    #[test]
+    fn an_external_or_foreign_header_from_is_never_signed() {
+        let s = test_settings(SHARED);
+        // The signing-oracle attack: internal envelope, someone else's From.
+        for (sender, from) in [
+            ("nobody@example-law.dk", "dommer@domstol.dk"),
+            ("alice@example-law.dk", "bob@example-law.dk"),
+            ("bob@example-law.dk", "sikkermail@example-law.dk"),
+            ("dommer@domstol.dk", "dommer@domstol.dk"),
+            ("", "alice@example-law.dk"),
+        ] {
+            let o = origin(sender, &[from], true);
+            assert!(signable_address(&s, &o).is_err(), "{sender} as {from}");
+        }
+    }
+
+    #[test]
+    fn one_from_address_only() {
+        let s = test_settings("");
+        let o = origin(
+            "alice@example-law.dk",
+            &["alice@example-law.dk", "bob@example-law.dk"],
+            false,
+        );
+        assert!(signable_address(&s, &o).is_err());
+        assert!(signable_address(&s, &origin("alice@example-law.dk", &[], false)).is_err());
+    }
+
+    #[test]
+    fn send_as_lets_listed_senders_sign_as_the_shared_mailbox() {
+        let s = test_settings(SHARED);
+        for sender in ["alice@example-law.dk", "carl@staff.example-law.dk"] {
+            let o = origin(sender, &["sikkermail@example-law.dk"], false);
+            assert_eq!(
+                signable_address(&s, &o).as_deref(),
+                Ok("sikkermail@example-law.dk"),
+                "{sender}"
+            );
+        }
+        let o = origin("eve@example-law.dk", &["sikkermail@example-law.dk"], false);
+        assert!(signable_address(&s, &o).is_err());
+    }
+
+    #[test]
+    fn with_a_submission_path_only_its_mail_is_signed() {
+        let s = test_settings("");
+        let mut s = s;
+        s.server.submission_listen =
+            vec!["127.0.0.1:10027".parse().unwrap_or_else(|e| panic!("{e}"))];
+        let o = origin("alice@example-law.dk", &["alice@example-law.dk"], false);
+        assert!(signable_address(&s, &o).is_err());
+        let o = origin("alice@example-law.dk", &["alice@example-law.dk"], true);
+        assert!(signable_address(&s, &o).is_ok());
+    }
+}

@@ -1,0 +1,309 @@
+//! Certificates are bound to their owner, played against the real binary.
+//! The attacker holds a certificate that chains to the trust anchors and
+//! names the court's address (`post@domstol.dk`), signs mail with it and
+//! sends it to the firm, hoping the gateway then encrypts the firm's mail
+//! to the court for them too. What they would gain shows in `explain
+//! --rcpt post@domstol.dk` (the certificates outbound mail is encrypted
+//! to): it must not list theirs. Positive controls: the court's own signed
+//! mail is harvested, and without a directory certificate a bound attacker
+//! certificate would be listed. A replayed old signature must not change
+//! the capabilities a newer one announced.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::client::Client;
+use common::pki;
+use common::sink::{Script, Sink};
+use common::{wait_until, Gateway, Options};
+
+const RULES: &str = r#"
+[[rule]]
+name = "courts"
+match = ["*@domstol.dk"]
+generation = "any"
+encrypt = "if-possible"
+sign = true
+on_missing_certificate = "send-plain"
+"#;
+
+fn gateway(sink: &Sink, dirs: &Path) -> Gateway {
+    let mut opts = Options::new(sink.addr);
+    opts.extra = format!(
+        "{}\n[trust]\nanchors = [\"{}\"]\nrevocation = \"off\"\n\n[certificates]\ndirs = [\"{}\"]\n{RULES}",
+        pki::identity("org-oces3", &[]),
+        pki::demo().join("trust").display(),
+        dirs.display(),
+    );
+    Gateway::start(opts)
+}
+
+/// A certificate for "Mallory Poison" naming `post@domstol.dk`, issued by
+/// the demo OCES3 CA (chains to the anchors): key and certificate files.
+fn mallory(dir: &Path) -> (PathBuf, PathBuf) {
+    let d = pki::demo();
+    let key = dir.join("mallory.key");
+    let csr = dir.join("mallory.csr");
+    let cert = dir.join("mallory.pem");
+    let ext = dir.join("ext.cnf");
+    std::fs::write(
+        &ext,
+        "[v3]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature,keyEncipherment\n\
+         subjectAltName = email:post@domstol.dk\ncertificatePolicies = 0.4.0.2042.1.1\n",
+    )
+    .unwrap();
+    pki::openssl(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-subj",
+            "/CN=Mallory Poison",
+            "-out",
+            csr.to_str().unwrap(),
+        ],
+        b"",
+    );
+    pki::openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            csr.to_str().unwrap(),
+            "-CA",
+            d.join("crl/oces3-ca.pem").to_str().unwrap(),
+            "-CAkey",
+            d.join("crl/oces3-ca.key.pem").to_str().unwrap(),
+            "-set_serial",
+            "4242",
+            "-days",
+            "30",
+            "-sha256",
+            "-extfile",
+            ext.to_str().unwrap(),
+            "-extensions",
+            "v3",
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+        b"",
+    );
+    (key, cert)
+}
+
+/// A message with `from` in the header, its body signed by `cert`/`key`.
+fn signed_by(from: &str, id: &str, cert: &Path, key: &Path) -> Vec<u8> {
+    let ca = pki::demo().join("crl/oces3-ca.pem");
+    let content = pki::inner(&format!("signed content {id}"));
+    let smime = pki::openssl(
+        &[
+            "cms",
+            "-sign",
+            "-binary",
+            "-signer",
+            cert.to_str().unwrap(),
+            "-inkey",
+            key.to_str().unwrap(),
+            "-certfile",
+            ca.to_str().unwrap(),
+            "-md",
+            "sha256",
+        ],
+        &content,
+    );
+    let mut m = format!(
+        "From: {from}\r\nTo: <bob@example-law.dk>\r\nSubject: {id}\r\nMessage-ID: <{id}@test>\r\n"
+    )
+    .into_bytes();
+    m.extend_from_slice(&pki::crlf(&smime));
+    m
+}
+
+fn court_signed(id: &str) -> Vec<u8> {
+    signed_by(
+        "Domstol <post@domstol.dk>",
+        id,
+        &pki::cert("court-oces3"),
+        &pki::key("court-oces3"),
+    )
+}
+
+fn send(gw: &Gateway, sender: &str, message: &[u8]) {
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let r = c.send(sender, &["bob@example-law.dk"], message).unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+}
+
+fn explain(gw: &Gateway) -> String {
+    let out = gw.cli(&[
+        "explain",
+        "--rcpt",
+        "post@domstol.dk",
+        "--from",
+        "alice@example-law.dk",
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn delivered(sink: &Sink, n: usize) {
+    assert!(
+        wait_until(Duration::from_secs(20), || sink.count() >= n),
+        "only {} of {n} messages delivered",
+        sink.count()
+    );
+}
+
+#[test]
+fn a_certificate_sent_by_someone_else_is_not_harvested() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, cert) = mallory(tmp.path());
+    let empty = tempfile::tempdir().unwrap();
+    let sink = Sink::start(Script::default());
+    let gw = gateway(&sink, empty.path());
+    // From and envelope the attacker's own; then the court's name in From.
+    send(
+        &gw,
+        "random@evil.example",
+        &signed_by("<random@evil.example>", "poison-1", &cert, &key),
+    );
+    send(
+        &gw,
+        "random@evil.example",
+        &signed_by("Domstol <post@domstol.dk>", "poison-2", &cert, &key),
+    );
+    delivered(&sink, 2);
+    let log = gw.log();
+    assert_eq!(log.matches("event=\"not-harvested\"").count(), 2, "{log}");
+    let report = explain(&gw);
+    assert!(
+        !report.contains("Mallory"),
+        "attacker certificate offered:\n{report}"
+    );
+    let listed = String::from_utf8_lossy(&gw.cli(&["certs", "list"]).stdout).into_owned();
+    assert!(!listed.contains("Mallory"), "{listed}");
+
+    // Positive control: the court's own signed mail is harvested and used.
+    send(&gw, "post@domstol.dk", &court_signed("genuine-1"));
+    delivered(&sink, 3);
+    assert!(wait_until(Duration::from_secs(10), || explain(&gw)
+        .contains("Demo Court")));
+    let report = explain(&gw);
+    assert!(report.contains("harvested (fallback)"), "{report}");
+    assert!(!report.contains("Mallory"), "{report}");
+}
+
+#[test]
+fn the_directory_certificate_wins_over_a_harvested_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, cert) = mallory(tmp.path());
+    // The attacker forges the court's address as envelope sender too, so
+    // the message binds their certificate to it.
+    let forged = signed_by("Domstol <post@domstol.dk>", "forged-1", &cert, &key);
+
+    // Positive control: with no directory certificate for the court, the
+    // bound certificate is harvested and offered (what the directory
+    // prevents below).
+    let empty = tempfile::tempdir().unwrap();
+    let sink = Sink::start(Script::default());
+    let gw = gateway(&sink, empty.path());
+    send(&gw, "post@domstol.dk", &forged);
+    delivered(&sink, 1);
+    assert!(
+        wait_until(Duration::from_secs(10), || explain(&gw).contains("Mallory")),
+        "{}",
+        explain(&gw)
+    );
+    drop(gw);
+
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::copy(pki::cert("court-oces3"), folder.path().join("court.pem")).unwrap();
+    let sink = Sink::start(Script::default());
+    let gw = gateway(&sink, folder.path());
+    send(&gw, "post@domstol.dk", &forged);
+    delivered(&sink, 1);
+    assert!(wait_until(Duration::from_secs(10), || gw
+        .log()
+        .contains("event=\"harvested\"")));
+    let report = explain(&gw);
+    assert!(report.contains("Demo Court"), "{report}");
+    assert!(report.contains(", directory, "), "{report}");
+    assert!(!report.contains("harvested"), "{report}");
+    assert!(
+        !report.contains("Mallory"),
+        "harvested one joined the directory's:\n{report}"
+    );
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A message from the court signed by the gateway's own signing code with
+/// the court's identity: it announces AES-256-GCM and RSA-OAEP.
+fn court_signed_announcing_gcm(id: &str) -> Vec<u8> {
+    let d = pki::demo();
+    let settings = smime_gateway::config::IdentitySettings {
+        pkcs12: Some(d.join("keys/court-oces3.p12")),
+        cert: None,
+        key: None,
+        password_file: Some(d.join("keys/court-oces3.pass")),
+        password_env: None,
+        mailboxes: Vec::new(),
+    };
+    let court = smime_gateway::pki::identity::load(0, &settings, false).unwrap();
+    let message = format!(
+        "From: Domstol <post@domstol.dk>\r\nTo: <bob@example-law.dk>\r\nSubject: {id}\r\n\
+         Message-ID: <{id}@test>\r\nContent-Type: text/plain\r\n\r\nnew capabilities\r\n"
+    );
+    smime_gateway::smime::sign::protect(
+        message.as_bytes(),
+        Some((&court, smime_gateway::config::SignatureScheme::Pkcs1)),
+        &[],
+        smime_gateway::config::Encryption::Aes256Cbc,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_replayed_older_signature_does_not_change_capabilities() {
+    let old = court_signed("caps-old");
+    let signed_old = unix_now();
+    // Signing times have one-second resolution: the new one must be later.
+    assert!(wait_until(Duration::from_secs(5), || unix_now() > signed_old));
+    let new = court_signed_announcing_gcm("caps-new");
+
+    let empty = tempfile::tempdir().unwrap();
+    let sink = Sink::start(Script::default());
+    let gw = gateway(&sink, empty.path());
+    send(&gw, "post@domstol.dk", &old);
+    delivered(&sink, 1);
+    assert!(wait_until(Duration::from_secs(10), || explain(&gw)
+        .contains("send encrypted (Aes256Cbc)")));
+    // Positive control: a newer signature does change them.
+    send(&gw, "post@domstol.dk", &new);
+    delivered(&sink, 2);
+    assert!(
+        wait_until(Duration::from_secs(10), || explain(&gw)
+            .contains("send encrypted (Aes256GcmOaep)")),
+        "{}",
+        explain(&gw)
+    );
+    // The replay: the old message again.
+    send(&gw, "post@domstol.dk", &old);
+    delivered(&sink, 3);
+    let report = explain(&gw);
+    assert!(
+        report.contains("send encrypted (Aes256GcmOaep)"),
+        "downgraded by a replay:\n{report}"
+    );
+}

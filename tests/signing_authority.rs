@@ -1,0 +1,310 @@
+//! Who can get mail signed by the organisation, played against the real
+//! binary. The attacker is an internal client (or anyone a mail server in
+//! front lets through) who wants the organisation's signature on a message
+//! whose header From names someone else. What they observe is the copy at
+//! the external next hop: it must carry no signature. Each refusal has a
+//! positive control that is signed and verifies.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::client::Client;
+use common::pki;
+use common::sink::{Received, Script, Sink};
+use common::{free_port, wait_until, Gateway, Options};
+
+/// Sign everything, encrypt nothing: what arrives is the signed message
+/// itself, easy to inspect.
+const RULES: &str = r#"
+[[rule]]
+name = "everyone"
+match = ["*@example.org"]
+encrypt = "never"
+sign = true
+
+[[rule]]
+name = "courts"
+match = ["*@domstol.dk"]
+encrypt = "never"
+sign = "required"
+"#;
+
+const SHARED: &str = r#"
+[[mailbox]]
+address = "sikkermail@example-law.dk"
+send_as = ["alice@example-law.dk"]
+"#;
+
+fn options(sink: &Sink, extra_server: &str) -> Options {
+    let mut opts = Options::new(sink.addr);
+    opts.extra_server = extra_server.to_string();
+    opts.extra = format!(
+        "{}{}{SHARED}{RULES}",
+        pki::identity("org-oces3", &[]),
+        pki::identity("alice-oces3", &["alice@example-law.dk"]),
+    );
+    opts
+}
+
+fn message(from: &str, to: &str, id: &str) -> Vec<u8> {
+    format!(
+        "From: {from}\r\nTo: <{to}>\r\nSubject: {id}\r\nMessage-ID: <{id}@test>\r\n\
+         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+         Retten bedes notere at sagen er forligt.\r\n"
+    )
+    .into_bytes()
+}
+
+fn send_on(addr: std::net::SocketAddr, sender: &str, from: &str, to: &str, id: &str) {
+    let mut c = Client::connect(addr).unwrap();
+    c.ehlo().unwrap();
+    let r = c.send(sender, &[to], &message(from, to, id)).unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+}
+
+fn arrived(sink: &Sink, gw: &Gateway, id: &str) -> Received {
+    // The copy itself, not a notice to the sender quoting its headers.
+    let has = |r: &Received| !r.from.is_empty() && r.text().contains(&format!("<{id}@test>"));
+    assert!(
+        wait_until(Duration::from_secs(20), || sink.received().iter().any(has)),
+        "{id} never arrived; log:\n{}",
+        gw.log()
+    );
+    sink.received().into_iter().find(|r| has(r)).unwrap()
+}
+
+fn is_signed(r: &Received) -> bool {
+    let t = r.text().to_ascii_lowercase();
+    t.contains("multipart/signed") || t.contains("pkcs7-signature") || t.contains("signed-data")
+}
+
+/// The demo roots, for `openssl cms -verify`.
+fn roots() -> PathBuf {
+    let d = pki::demo();
+    let path = d.join(format!("roots-{}.pem", std::process::id()));
+    if !path.exists() {
+        let roots: Vec<u8> = ["oces2-root", "oces3-root"]
+            .iter()
+            .flat_map(|n| std::fs::read(d.join(format!("trust/{n}.pem"))).unwrap())
+            .collect();
+        std::fs::write(&path, roots).unwrap();
+    }
+    path
+}
+
+/// Verifies the signature of a signed copy; returns the signer's
+/// certificate (PEM text).
+fn signer_of(r: &Received) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = dir.path().join("signer.pem");
+    let roots = roots();
+    pki::openssl(
+        &[
+            "cms",
+            "-verify",
+            "-CAfile",
+            roots.to_str().unwrap(),
+            "-purpose",
+            "any",
+            "-signer",
+            signer.to_str().unwrap(),
+        ],
+        &pki::crlf(&r.data),
+    );
+    let text = pki::openssl(
+        &[
+            "x509",
+            "-noout",
+            "-subject",
+            "-in",
+            signer.to_str().unwrap(),
+        ],
+        b"",
+    );
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+#[test]
+fn a_foreign_header_from_is_not_signed_by_anyone() {
+    let sink = Sink::start(Script::default());
+    let gw = Gateway::start(options(&sink, ""));
+    // The attack: an internal envelope sender, the court's name in From.
+    send_on(
+        gw.addr,
+        "nobody@example-law.dk",
+        "Dommer <dommer@domstol.dk>",
+        "someone@example.org",
+        "spoof-1",
+    );
+    // A colleague's address in From, sent by someone else: not Alice's key.
+    send_on(
+        gw.addr,
+        "bob@example-law.dk",
+        "Alice <alice@example-law.dk>",
+        "someone@example.org",
+        "spoof-2",
+    );
+    // Positive control: Alice as herself is signed, and it verifies.
+    send_on(
+        gw.addr,
+        "alice@example-law.dk",
+        "Alice <alice@example-law.dk>",
+        "someone@example.org",
+        "own-1",
+    );
+    for id in ["spoof-1", "spoof-2"] {
+        let copy = arrived(&sink, &gw, id);
+        assert!(!is_signed(&copy), "{id} was signed:\n{}", copy.text());
+    }
+    let own = arrived(&sink, &gw, "own-1");
+    assert!(is_signed(&own), "the sender's own mail was not signed");
+    assert!(
+        signer_of(&own).contains("Example Law"),
+        "{}",
+        signer_of(&own)
+    );
+    let log = gw.log();
+    assert!(
+        log.contains("event=\"unsigned\"") && log.contains("not in the internal domains"),
+        "the unsigned mail is not logged:\n{log}"
+    );
+    // The internal senders are told, by a notice from the null sender.
+    let notice_for = |who: &str| {
+        let who = who.to_string();
+        move |r: &Received| r.from.is_empty() && r.rcpts == vec![who.clone()]
+    };
+    for who in ["nobody@example-law.dk", "bob@example-law.dk"] {
+        assert!(
+            wait_until(Duration::from_secs(20), || sink
+                .received()
+                .iter()
+                .any(notice_for(who))),
+            "{who} not told; log:\n{}",
+            gw.log()
+        );
+        let notice = sink.received().into_iter().find(notice_for(who)).unwrap();
+        assert!(
+            notice.text().contains("WITHOUT the organisation's")
+                && notice.text().contains("Action: relayed"),
+            "{}",
+            notice.text()
+        );
+    }
+    // Positive control: nothing for the sender whose mail was signed.
+    assert!(!sink
+        .received()
+        .iter()
+        .any(notice_for("alice@example-law.dk")));
+}
+
+#[test]
+fn send_as_lets_listed_senders_sign_as_a_shared_mailbox() {
+    let sink = Sink::start(Script::default());
+    let gw = Gateway::start(options(&sink, ""));
+    send_on(
+        gw.addr,
+        "alice@example-law.dk",
+        "Sikker mail <sikkermail@example-law.dk>",
+        "someone@example.org",
+        "shared-alice",
+    );
+    send_on(
+        gw.addr,
+        "eve@example-law.dk",
+        "Sikker mail <sikkermail@example-law.dk>",
+        "someone@example.org",
+        "shared-eve",
+    );
+    let listed = arrived(&sink, &gw, "shared-alice");
+    assert!(is_signed(&listed), "a listed send_as sender was not signed");
+    signer_of(&listed);
+    let unlisted = arrived(&sink, &gw, "shared-eve");
+    assert!(!is_signed(&unlisted), "an unlisted sender was signed");
+}
+
+#[test]
+fn with_a_submission_listener_only_its_mail_is_signed() {
+    let sink = Sink::start(Script::default());
+    let port = free_port();
+    let gw = Gateway::start(options(
+        &sink,
+        &format!("submission_listen = [\"127.0.0.1:{port}\"]\n"),
+    ));
+    let submission: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(submission).is_ok()
+    }));
+    // The same legitimate mail on the ordinary listener (re-injected,
+    // forwarded, from port 25): not signed.
+    send_on(
+        gw.addr,
+        "alice@example-law.dk",
+        "Alice <alice@example-law.dk>",
+        "someone@example.org",
+        "relay-path",
+    );
+    send_on(
+        submission,
+        "alice@example-law.dk",
+        "Alice <alice@example-law.dk>",
+        "someone@example.org",
+        "submission-path",
+    );
+    let relayed = arrived(&sink, &gw, "relay-path");
+    assert!(
+        !is_signed(&relayed),
+        "mail off the submission path was signed"
+    );
+    let submitted = arrived(&sink, &gw, "submission-path");
+    assert!(is_signed(&submitted), "submitted mail was not signed");
+    signer_of(&submitted);
+}
+
+#[test]
+fn sign_required_bounces_to_the_sender_instead_of_sending_unsigned() {
+    let sink = Sink::start(Script::default());
+    let gw = Gateway::start(options(&sink, ""));
+    send_on(
+        gw.addr,
+        "nobody@example-law.dk",
+        "Someone <someone@example.org>",
+        "post@domstol.dk",
+        "required-1",
+    );
+    // Positive control: the same rule signs the sender's own mail.
+    send_on(
+        gw.addr,
+        "alice@example-law.dk",
+        "Alice <alice@example-law.dk>",
+        "post@domstol.dk",
+        "required-2",
+    );
+    let good = arrived(&sink, &gw, "required-2");
+    assert!(is_signed(&good));
+    assert!(
+        wait_until(Duration::from_secs(20), || sink
+            .received()
+            .iter()
+            .any(|r| r.rcpts == vec!["nobody@example-law.dk".to_string()])),
+        "no bounce; log:\n{}",
+        gw.log()
+    );
+    let bounce = sink
+        .received()
+        .into_iter()
+        .find(|r| r.rcpts == vec!["nobody@example-law.dk".to_string()])
+        .unwrap();
+    assert!(
+        bounce.text().contains("requires a signature"),
+        "{}",
+        bounce.text()
+    );
+    // Nothing of the refused message reached the court.
+    assert!(!sink
+        .received()
+        .iter()
+        .any(|r| r.rcpts.contains(&"post@domstol.dk".to_string())
+            && r.text().contains("<required-1@test>")));
+}

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use smime_gateway::smime::cms::SigStatus;
+use smime_gateway::smime::mime::{self, Shape};
 use smime_gateway::smime::unwrap::{Report, Unwrapped};
 use smime_gateway_fuzz::unwrap_input;
 
@@ -24,7 +25,14 @@ fn main() {
     for f in &files {
         let bytes = std::fs::read(f).expect("seed readable");
         let (what, report) = match unwrap_input(&bytes) {
-            Unwrapped::Opened { report, .. } => ("opened", Some(report)),
+            Unwrapped::Opened { report, message } => {
+                // More layers than the gateway takes off: still encrypted.
+                if matches!(mime::shape(&message), Shape::Enveloped { .. }) {
+                    ("opened, still enveloped", Some(report))
+                } else {
+                    ("opened", Some(report))
+                }
+            }
             Unwrapped::Unchanged { report } => ("unchanged", Some(report)),
             Unwrapped::Failed { reason } => {
                 println!("{:<42} failed: {reason}", name(f));

@@ -20,6 +20,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
+use mail_parser::{MessageParser, PartType};
 use smime_gateway::config::{Encryption, SignatureScheme};
 use smime_gateway::headers;
 use smime_gateway::smime::cms::SigStatus;
@@ -101,7 +102,11 @@ fn data_decoder(input: &[u8]) {
 
     // What a clean message decodes to: its lines with one leading dot
     // taken off. Anything unclean is flagged.
-    let body = &stream[..whole_end.map_or(stream.len(), |e| e - 3)];
+    let body = match whole_end {
+        Some(e) => &stream[..e - 3],
+        // A CR at the very end may yet be followed by its LF.
+        None => stream.strip_suffix(b"\r").unwrap_or(stream),
+    };
     let bad = body.contains(&0) || has_bare_cr_or_lf(body);
     if bad {
         assert!(whole.violation().is_some(), "bare CR/LF or NUL not flagged");
@@ -213,10 +218,33 @@ fn mime_and_headers(m: &[u8]) {
     let cms = b"\x30\x03\x02\x01\x00";
     let wrapped = unwrap::enveloped_message(&clean, cms);
     let _ = unwrap::content_entity(&clean);
-    match mime::shape(&wrapped) {
-        Shape::Enveloped { cms: got } => assert_eq!(got, cms),
-        other => panic!("re-encrypted message seen as {other:?}"),
+    if !fields_hidden(&clean) {
+        match mime::shape(&wrapped) {
+            Shape::Enveloped { cms: got } => assert_eq!(got, cms),
+            other => panic!("re-encrypted message seen as {other:?}"),
+        }
     }
+}
+
+/// Known finding: mime::split ends the header section only at an empty
+/// line, mail-parser (and mail readers) also at some lines of white space
+/// (a form feed, a tab, a space as the first line). Header fields the
+/// gateway appends to such a header section are read as body, so its own
+/// signed or encrypted output is not recognised (docs/fuzzing.md). True
+/// when `m` is such a message.
+fn fields_hidden(m: &[u8]) -> bool {
+    if cfg!(feature = "known-bugs") {
+        return false;
+    }
+    let (head, _) = mime::split(m);
+    let mut probe = mime::without(head, mime::is_content_field);
+    if !probe.is_empty() && !probe.ends_with(b"\r\n") {
+        probe.extend_from_slice(b"\r\n");
+    }
+    probe.extend_from_slice(b"X-Fuzz-Probe: 1\r\n\r\n");
+    !MessageParser::default()
+        .parse_headers(&probe[..])
+        .is_some_and(|p| p.header_raw("X-Fuzz-Probe").is_some())
 }
 
 // --- 2: sign and sign+encrypt round trip ------------------------------------
@@ -239,7 +267,15 @@ fn sign_round_trip(input: &[u8]) {
     } else {
         &f.org_oces3
     };
-    let m = mime::crlf(m);
+    // What the gateway signs comes from the DATA decoder: CRLF line ends,
+    // and a CRLF at the end unless empty.
+    let mut m = mime::crlf(m).into_owned();
+    if !m.is_empty() && !m.ends_with(b"\r\n") {
+        m.extend_from_slice(b"\r\n");
+    }
+    if fields_hidden(&m) || swallows_boundary(&unwrap::content_entity(&m)) {
+        return;
+    }
 
     let signed = sign::sign(&m, signer, scheme).expect("signing never fails");
     let Shape::DetachedSigned { content, .. } = mime::shape(&signed) else {
@@ -295,6 +331,25 @@ fn sign_round_trip(input: &[u8]) {
         other if !already_signed && plain_inside => panic!("own encrypted message: {other:?}"),
         _ => {}
     }
+}
+
+/// Known finding: mail-parser reads a multipart whose closing delimiter is
+/// missing to the end of the whole message, past the enclosing multipart's
+/// boundary, so the gateway's own multipart/signed around such an entity
+/// has one part, not two, and is not recognised as signed
+/// (docs/fuzzing.md). True when `entity` is such an entity.
+fn swallows_boundary(entity: &[u8]) -> bool {
+    if cfg!(feature = "known-bugs") {
+        return false;
+    }
+    let mut probe =
+        b"Content-Type: multipart/mixed; boundary=\"fuzz-probe\"\r\n\r\n--fuzz-probe\r\n".to_vec();
+    probe.extend_from_slice(entity);
+    probe.extend_from_slice(b"\r\n--fuzz-probe\r\n\r\nx\r\n--fuzz-probe--\r\n");
+    let Some(msg) = MessageParser::default().parse(&probe[..]) else {
+        return true;
+    };
+    !matches!(msg.parts.first().map(|p| &p.body), Some(PartType::Multipart(c)) if c.len() == 2)
 }
 
 // --- 3: SMTP commands and addresses -------------------------------------------
@@ -444,6 +499,7 @@ fn spool_files(input: &[u8]) {
         }
     }
     let _ = std::fs::remove_file(&state_path);
+    let _ = std::fs::remove_file(queue.join(format!("{ID}.msg")));
 }
 
 #[derive(Arbitrary, Debug)]

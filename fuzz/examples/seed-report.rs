@@ -34,8 +34,8 @@ fn main() {
                 }
             }
             Unwrapped::Unchanged { report } => ("unchanged", Some(report)),
-            Unwrapped::Failed { reason } => {
-                println!("{:<42} failed: {reason}", name(f));
+            Unwrapped::Failed { error } => {
+                println!("{:<42} failed: {error}", name(f));
                 continue;
             }
         };

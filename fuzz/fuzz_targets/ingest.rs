@@ -22,12 +22,12 @@ use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use mail_parser::{MessageParser, PartType};
 use smime_gateway::config::{Encryption, SignatureScheme};
-use smime_gateway::headers;
+use smime_gateway::mail::{address, headers};
 use smime_gateway::smime::cms::SigStatus;
 use smime_gateway::smime::mime::{self, Shape};
 use smime_gateway::smime::unwrap::{self, Unwrapped};
 use smime_gateway::smime::{header, sign};
-use smime_gateway::smtp::address;
+use smime_gateway::smtp::address::check_untrusted;
 use smime_gateway::smtp::data::{DataDecoder, MAX_LINE};
 use smime_gateway::spool::dsn::{self, Failure};
 use smime_gateway::spool::{Envelope, QueueState, RcptState, RcptStatus, Store};
@@ -403,7 +403,7 @@ fn check_address(line: &[u8], addr: &str, rcpt: bool) {
     if rcpt {
         let text = String::from_utf8_lossy(line);
         let raw = address::raw_path(&text).unwrap_or(&n);
-        if address::check_untrusted(raw, &n, internal).is_ok() {
+        if check_untrusted(raw, &n, internal).is_ok() {
             // Accepted from an untrusted client: what the client wrote is
             // an address in our domain too.
             assert_eq!(
@@ -476,9 +476,9 @@ fn spool_files(input: &[u8]) {
             || (m.state.attempts > 0 && date_panics(m.state.next_attempt))
     });
     if !risky {
-        let list = smime_gateway::admin::list(store).expect("queue list");
+        let list = smime_gateway::ops::queue::list(store).expect("queue list");
         assert!(list.contains(ID));
-        let show = smime_gateway::admin::show(store, ID);
+        let show = smime_gateway::ops::queue::show(store, ID);
         assert_eq!(show.is_ok(), loaded.is_ok());
     }
     if let Ok(m) = &loaded {
@@ -572,9 +572,9 @@ fn spool_round_trip(input: &[u8]) {
     let risky =
         date_panics(envelope.received) || (state.attempts > 0 && date_panics(state.next_attempt));
     if !risky {
-        let list = smime_gateway::admin::list(store).expect("queue list");
+        let list = smime_gateway::ops::queue::list(store).expect("queue list");
         assert!(list.contains(&id));
-        let show = smime_gateway::admin::show(store, &id).expect("queue show");
+        let show = smime_gateway::ops::queue::show(store, &id).expect("queue show");
         assert!(show.contains(&format!("Queue-ID:    {id}")));
     }
     if !date_panics(envelope.received) {

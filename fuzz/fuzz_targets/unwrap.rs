@@ -25,8 +25,8 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!value.contains(['\r', '\n']), "line break in {value:?}");
             }
         }
-        Unwrapped::Failed { reason } => {
-            let value = header::quote(&reason);
+        Unwrapped::Failed { error } => {
+            let value = header::quote(&error.to_string());
             assert!(!value.contains(['\r', '\n']));
         }
     }

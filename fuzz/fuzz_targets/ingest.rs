@@ -7,8 +7,9 @@
 //!      verifies and the signed content comes back
 //!   3  SMTP command lines (smtp-proto, as the session uses it) and the
 //!      address checks
-//!   4  spool files as found on disk: load, `queue list`, `queue show`,
-//!      next attempt, rewrite round trip, DSN
+//!   4  spool files as found on disk (message, state, retry marker): the
+//!      format decoders, load, `queue list`, `queue show`, next attempt,
+//!      rewrite round trip, DSN
 //!   5  spool round trip of a structured envelope and state, `queue
 //!      list`/`show` and the DSN built for it
 //! Run with `scripts/fuzz ingest`; seeds in fuzz/seeds/ingest/.
@@ -23,6 +24,7 @@ use libfuzzer_sys::fuzz_target;
 use mail_parser::{MessageParser, PartType};
 use smime_gateway::config::{Encryption, SignatureScheme};
 use smime_gateway::mail::{address, headers};
+use smime_gateway::ops::queue;
 use smime_gateway::smime::cms::SigStatus;
 use smime_gateway::smime::mime::{self, Shape};
 use smime_gateway::smime::unwrap::{self, Unwrapped};
@@ -30,6 +32,7 @@ use smime_gateway::smime::{header, sign};
 use smime_gateway::smtp::address::check_untrusted;
 use smime_gateway::smtp::data::{DataDecoder, MAX_LINE};
 use smime_gateway::spool::dsn::{self, Failure};
+use smime_gateway::spool::format;
 use smime_gateway::spool::{Envelope, QueueState, RcptState, RcptStatus, Store};
 use smime_gateway_fuzz::{fixtures, NOW};
 use smtp_proto::Request;
@@ -440,47 +443,56 @@ fn store() -> &'static (PathBuf, Store) {
     })
 }
 
-/// The last second the date formatting handles (9999-12-31T23:59:59Z).
-const LAST_DATE: u64 = 253_402_300_799;
-
-/// Known finding (issue 9, part 2): times after year 9999 panic in the
-/// date formatting of `queue list`, `queue show` and DSNs. Skipped until
-/// the spool work makes them corrupt input.
-fn date_panics(secs: u64) -> bool {
-    !cfg!(feature = "known-bugs") && secs > LAST_DATE
-}
+/// The last second a spool time may name; later times are refused when
+/// written and read as corrupt (issue 9; formatting never panics).
+const LAST_DATE: u64 = smime_gateway::spool::time::MAX_SECS;
 
 const ID: &str = "0000000000000A";
 
-/// Input: the `.msg` file, then (after a 0xFF byte, when there is one) the
-/// `.state` file of one queued message.
+/// Input: the `.msg` file, then (each after a 0xFF byte, when there is
+/// one) the `.state` file and the `.retry` marker of one queued message.
 fn spool_files(input: &[u8]) {
     let (dir, store) = store();
     let queue = dir.join("queue");
-    let (msg, state) = match input.iter().position(|b| *b == 0xFF) {
-        Some(i) => (&input[..i], Some(&input[i + 1..])),
-        None => (input, None),
-    };
-    std::fs::write(queue.join(format!("{ID}.msg")), msg).expect("write");
-    let state_path = queue.join(format!("{ID}.state"));
-    match state {
-        Some(s) => std::fs::write(&state_path, s).expect("write"),
-        None => {
-            let _ = std::fs::remove_file(&state_path);
+    let mut parts = input.splitn(3, |b| *b == 0xFF);
+    let msg = parts.next().unwrap_or_default();
+    let state = parts.next();
+    let retry = parts.next();
+
+    // The decoders directly; what decodes is written again the same.
+    if let Ok((envelope, body)) = format::decode_message(msg) {
+        let again = format::encode_message(&envelope, body).expect("encode a decoded message");
+        let (e2, b2) = format::decode_message(&again).expect("own file readable");
+        assert_eq!((e2, b2), (envelope, body));
+    }
+    for part in [state, retry].into_iter().flatten() {
+        if let Ok(s) = format::decode_state(part) {
+            let again = format::encode_state(&s).expect("encode a decoded state");
+            assert_eq!(format::decode_state(&again).expect("own state readable"), s);
+        }
+        let _ = format::decode_retry(part, ID);
+        let _ = format::decode_reason(part);
+    }
+
+    let paths = [
+        (queue.join(format!("{ID}.msg")), Some(msg)),
+        (queue.join(format!("{ID}.state")), state),
+        (queue.join(format!("{ID}.retry")), retry),
+    ];
+    for (path, bytes) in &paths {
+        match bytes {
+            Some(b) => std::fs::write(path, b).expect("write"),
+            None => {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
     let loaded = store.load(ID);
     let _ = store.next_attempt(ID);
-    let risky = loaded.as_ref().is_ok_and(|m| {
-        date_panics(m.envelope.received)
-            || (m.state.attempts > 0 && date_panics(m.state.next_attempt))
-    });
-    if !risky {
-        let list = smime_gateway::ops::queue::list(store).expect("queue list");
-        assert!(list.contains(ID));
-        let show = smime_gateway::ops::queue::show(store, ID);
-        assert_eq!(show.is_ok(), loaded.is_ok());
-    }
+    let list = queue::list(store).expect("queue list");
+    assert!(list.contains(ID));
+    let show = queue::show(store, ID);
+    assert_eq!(show.is_ok(), loaded.is_ok());
     if let Ok(m) = &loaded {
         // Written again by today's code, it reads back the same.
         let id = store.enqueue(&m.envelope, &m.body).expect("enqueue");
@@ -488,23 +500,22 @@ fn spool_files(input: &[u8]) {
         assert_eq!(back.envelope, m.envelope);
         assert_eq!(back.body, m.body);
         store.remove(&id).expect("remove");
-        if !date_panics(m.envelope.received) {
-            let failures: Vec<Failure> = m
-                .state
-                .rcpts
-                .iter()
-                .map(|r| Failure {
-                    rcpt: r.addr.clone(),
-                    reply: r.reply.clone().unwrap_or_default(),
-                    remote_mta: r.hop.clone(),
-                    expired: r.status == RcptStatus::Pending,
-                })
-                .collect();
-            check_dsn(ID, &m.envelope, &m.body, &failures);
-        }
+        let failures: Vec<Failure> = m
+            .state
+            .rcpts
+            .iter()
+            .map(|r| Failure {
+                rcpt: r.addr.clone(),
+                reply: r.reply.clone().unwrap_or_default(),
+                remote_mta: r.hop.clone(),
+                expired: r.status == RcptStatus::Pending,
+            })
+            .collect();
+        check_dsn(ID, &m.envelope, &m.body, &failures);
     }
-    let _ = std::fs::remove_file(&state_path);
-    let _ = std::fs::remove_file(queue.join(format!("{ID}.msg")));
+    for (path, _) in &paths {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 #[derive(Arbitrary, Debug)]
@@ -557,39 +568,45 @@ fn spool_round_trip(input: &[u8]) {
             })
             .collect(),
     };
-    let id = store.enqueue(&envelope, &spec.body).expect("enqueue");
+    let id = match store.enqueue(&envelope, &spec.body) {
+        Ok(id) => {
+            assert!(envelope.received <= LAST_DATE, "time after 9999 written");
+            id
+        }
+        Err(e) => {
+            assert!(envelope.received > LAST_DATE, "enqueue: {e:?}");
+            return;
+        }
+    };
     let fresh = store.load(&id).expect("own file readable");
     assert_eq!(fresh.envelope, envelope);
     assert_eq!(*fresh.body, spec.body);
     assert_eq!(fresh.state, QueueState::fresh(&envelope));
     store.save_state(&id, &state).expect("save state");
+    // A next attempt after the calendar is kept as its last second.
+    let mut expected = state.clone();
+    expected.next_attempt = expected.next_attempt.min(LAST_DATE);
     let m = store.load(&id).expect("own file readable");
-    assert_eq!(m.state, state);
+    assert_eq!(m.state, expected);
     assert_eq!(
         store.next_attempt(&id).expect("next attempt"),
-        state.next_attempt
+        expected.next_attempt
     );
-    let risky =
-        date_panics(envelope.received) || (state.attempts > 0 && date_panics(state.next_attempt));
-    if !risky {
-        let list = smime_gateway::ops::queue::list(store).expect("queue list");
-        assert!(list.contains(&id));
-        let show = smime_gateway::ops::queue::show(store, &id).expect("queue show");
-        assert!(show.contains(&format!("Queue-ID:    {id}")));
-    }
-    if !date_panics(envelope.received) {
-        let failures: Vec<Failure> = state
-            .rcpts
-            .iter()
-            .map(|r| Failure {
-                rcpt: r.addr.clone(),
-                reply: r.reply.clone().unwrap_or_default(),
-                remote_mta: r.hop.clone(),
-                expired: r.status == RcptStatus::Pending,
-            })
-            .collect();
-        check_dsn(&id, &envelope, &spec.body, &failures);
-    }
+    let list = queue::list(store).expect("queue list");
+    assert!(list.contains(&id));
+    let show = queue::show(store, &id).expect("queue show");
+    assert!(show.contains(&format!("Queue-ID:    {id}")));
+    let failures: Vec<Failure> = state
+        .rcpts
+        .iter()
+        .map(|r| Failure {
+            rcpt: r.addr.clone(),
+            reply: r.reply.clone().unwrap_or_default(),
+            remote_mta: r.hop.clone(),
+            expired: r.status == RcptStatus::Pending,
+        })
+        .collect();
+    check_dsn(&id, &envelope, &spec.body, &failures);
     store.remove(&id).expect("remove");
 }
 

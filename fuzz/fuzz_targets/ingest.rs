@@ -1,0 +1,647 @@
+//! Everything else untrusted bytes reach, one sub-target per first byte
+//! (value modulo 6):
+//!   0  the DATA decoder, in one piece and in chunks cut at fuzz-chosen
+//!      offsets: both agree, and data ends only at `<CRLF>.<CRLF>`
+//!   1  MIME shape, header sections, CRLF, trace header, Message-ID
+//!   2  signing and sign+encrypt, each unwrapped again: the signature
+//!      verifies and the signed content comes back
+//!   3  SMTP command lines (smtp-proto, as the session uses it) and the
+//!      address checks
+//!   4  spool files as found on disk (message, state, retry marker): the
+//!      format decoders, load, `queue list`, `queue show`, next attempt,
+//!      rewrite round trip, DSN
+//!   5  spool round trip of a structured envelope and state, `queue
+//!      list`/`show` and the DSN built for it
+//! Run with `scripts/fuzz ingest`; seeds in fuzz/seeds/ingest/.
+#![no_main]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, UNIX_EPOCH};
+
+use arbitrary::{Arbitrary, Unstructured};
+use libfuzzer_sys::fuzz_target;
+use mail_parser::{MessageParser, PartType};
+use smime_gateway::config::{Encryption, SignatureScheme};
+use smime_gateway::mail::{address, headers};
+use smime_gateway::ops::queue;
+use smime_gateway::smime::cms::SigStatus;
+use smime_gateway::smime::mime::{self, Shape};
+use smime_gateway::smime::unwrap::{self, Unwrapped};
+use smime_gateway::smime::{header, sign};
+use smime_gateway::smtp::address::check_untrusted;
+use smime_gateway::smtp::data::{DataDecoder, MAX_LINE};
+use smime_gateway::spool::dsn::{self, Failure};
+use smime_gateway::spool::format;
+use smime_gateway::spool::{Envelope, QueueState, RcptState, RcptStatus, Store};
+use smime_gateway_fuzz::{fixtures, NOW};
+use smtp_proto::Request;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    match which % 6 {
+        0 => data_decoder(rest),
+        1 => mime_and_headers(rest),
+        2 => sign_round_trip(rest),
+        3 => smtp_commands(rest),
+        4 => spool_files(rest),
+        _ => spool_round_trip(rest),
+    }
+});
+
+// --- 0: DATA ---------------------------------------------------------------
+
+/// Input: a control byte (low 3 bits: number of cuts; top bit: a 64-octet
+/// size limit instead of 1 MiB), that many cut distances, then the bytes
+/// the client sends after DATA.
+fn data_decoder(input: &[u8]) {
+    let Some((&ctl, rest)) = input.split_first() else {
+        return;
+    };
+    let cuts = (ctl & 7) as usize;
+    if rest.len() < cuts {
+        return;
+    }
+    let (gaps, stream) = rest.split_at(cuts);
+    let max: u64 = if ctl & 0x80 != 0 { 64 } else { 1 << 20 };
+
+    let mut whole = DataDecoder::new(max);
+    let mut whole_out = Vec::new();
+    let whole_end = whole.feed(stream, &mut whole_out);
+
+    let mut bounds = vec![0];
+    for g in gaps {
+        let next = (bounds[bounds.len() - 1] + *g as usize).min(stream.len());
+        bounds.push(next);
+    }
+    bounds.push(stream.len());
+    let mut chunked = DataDecoder::new(max);
+    let mut chunked_out = Vec::new();
+    let mut chunked_end = None;
+    for w in bounds.windows(2) {
+        if let Some(n) = chunked.feed(&stream[w[0]..w[1]], &mut chunked_out) {
+            chunked_end = Some(w[0] + n);
+            break;
+        }
+    }
+    assert_eq!(whole_end, chunked_end, "end differs when cut at {bounds:?}");
+    assert_eq!(
+        whole_out, chunked_out,
+        "output differs when cut at {bounds:?}"
+    );
+    assert_eq!(whole.violation(), chunked.violation());
+    assert_eq!(whole.size(), chunked.size());
+
+    // Only <CRLF>.<CRLF> ends the data (or .<CRLF> as its very first line):
+    // the first one in the stream, whatever precedes it.
+    let expected_end = if stream.starts_with(b".\r\n") {
+        Some(3)
+    } else {
+        find(stream, b"\r\n.\r\n").map(|i| i + 5)
+    };
+    assert_eq!(whole_end, expected_end, "data ended elsewhere");
+
+    // What a clean message decodes to: its lines with one leading dot
+    // taken off. Anything unclean is flagged.
+    let body = match whole_end {
+        Some(e) => &stream[..e - 3],
+        // A CR at the very end may yet be followed by its LF.
+        None => stream.strip_suffix(b"\r").unwrap_or(stream),
+    };
+    let bad = body.contains(&0) || has_bare_cr_or_lf(body);
+    if bad {
+        assert!(whole.violation().is_some(), "bare CR/LF or NUL not flagged");
+        return;
+    }
+    if whole_end.is_none() {
+        return;
+    }
+    let unstuffed: Vec<&[u8]> = split_crlf(body)
+        .into_iter()
+        .map(|l| l.strip_prefix(b".").unwrap_or(l))
+        .collect();
+    let expected = unstuffed.join(&b"\r\n"[..]);
+    let long = split_crlf(body).iter().any(|l| l.len() > MAX_LINE);
+    let too_big = expected.len() as u64 > max;
+    assert_eq!(
+        whole.violation().is_some(),
+        long || too_big,
+        "{:?}",
+        whole.violation()
+    );
+    if whole.violation().is_none() {
+        assert_eq!(whole_out, expected);
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn has_bare_cr_or_lf(b: &[u8]) -> bool {
+    b.iter().enumerate().any(|(i, &c)| match c {
+        b'\r' => b.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || b[i - 1] != b'\r',
+        _ => false,
+    })
+}
+
+fn split_crlf(b: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while let Some(i) = find(&b[start..], b"\r\n") {
+        out.push(&b[start..start + i]);
+        start += i + 2;
+    }
+    out.push(&b[start..]);
+    out
+}
+
+// --- 1: MIME and header readers ---------------------------------------------
+
+fn mime_and_headers(m: &[u8]) {
+    if let Shape::DetachedSigned { content, .. } = mime::shape(m) {
+        assert!(content.is_empty() || find(m, &content).is_some());
+    }
+
+    let (head, body) = mime::split(m);
+    let mut joined = head.to_vec();
+    if head.len() < m.len() {
+        joined.extend_from_slice(b"\r\n");
+    }
+    joined.extend_from_slice(body);
+    assert_eq!(joined, m, "split loses bytes");
+    let rejoined: Vec<u8> = mime::fields(head)
+        .into_iter()
+        .flat_map(|(_, raw)| raw.iter().copied())
+        .collect();
+    assert_eq!(rejoined, head, "fields lose bytes");
+    assert_eq!(mime::without(head, |_| false), head);
+    let _ = mime::looks_like_headers(m);
+
+    let clean = mime::crlf(m);
+    assert!(!has_bare_cr_or_lf(&clean));
+    assert!(matches!(mime::crlf(&clean), std::borrow::Cow::Borrowed(_)));
+
+    // Known finding: the Message-ID read for the log line and `queue show`
+    // keeps folded line breaks and control characters (docs/fuzzing.md).
+    let id = headers::message_id(m);
+    if cfg!(feature = "known-bugs") {
+        assert!(
+            !id.chars().any(char::is_control),
+            "control character in Message-ID {id:?}"
+        );
+    }
+
+    let stripped = header::strip(m);
+    assert!(!header::present(&stripped), "strip left a trace header");
+    let value = header::quote(&String::from_utf8_lossy(&body[..body.len().min(80)]));
+    assert!(!value.contains(['\r', '\n']));
+    let set = header::set(m, &value);
+    assert!(header::present(&set));
+    let (new_head, _) = mime::split(&set);
+    let ours = format!("{}: {value}\r\n", header::NAME);
+    let first = mime::fields(new_head)
+        .into_iter()
+        .next()
+        .map(|(_, raw)| raw);
+    // Known finding: a message whose first line starts with white space
+    // extends the gateway's own trace header (docs/fuzzing.md).
+    let known = !cfg!(feature = "known-bugs")
+        && (stripped.starts_with(b" ") || stripped.starts_with(b"\t"));
+    if !known {
+        assert_eq!(first, Some(ours.as_bytes()), "trace header not ours alone");
+    }
+    let named = mime::fields(new_head)
+        .iter()
+        .filter(|(n, _)| n == "x-smime-gateway")
+        .count();
+    assert_eq!(named, 1);
+
+    // A re-encrypted message is recognised as encrypted again, with the
+    // very CMS bytes inside.
+    let cms = b"\x30\x03\x02\x01\x00";
+    let wrapped = unwrap::enveloped_message(&clean, cms);
+    let _ = unwrap::content_entity(&clean);
+    if !fields_hidden(&clean) {
+        match mime::shape(&wrapped) {
+            Shape::Enveloped { cms: got } => assert_eq!(got, cms),
+            other => panic!("re-encrypted message seen as {other:?}"),
+        }
+    }
+}
+
+/// Known finding: mime::split ends the header section only at an empty
+/// line, mail-parser (and mail readers) also at some lines of white space
+/// (a form feed, a tab, a space as the first line). Header fields the
+/// gateway appends to such a header section are read as body, so its own
+/// signed or encrypted output is not recognised (docs/fuzzing.md). True
+/// when `m` is such a message.
+fn fields_hidden(m: &[u8]) -> bool {
+    if cfg!(feature = "known-bugs") {
+        return false;
+    }
+    let (head, _) = mime::split(m);
+    let mut probe = mime::without(head, mime::is_content_field);
+    if !probe.is_empty() && !probe.ends_with(b"\r\n") {
+        probe.extend_from_slice(b"\r\n");
+    }
+    probe.extend_from_slice(b"X-Fuzz-Probe: 1\r\n\r\n");
+    MessageParser::default()
+        .parse_headers(&probe[..])
+        .is_none_or(|p| p.header_raw("X-Fuzz-Probe").is_none())
+}
+
+// --- 2: sign and sign+encrypt round trip ------------------------------------
+
+/// Input: an options byte (bit 0: RSASSA-PSS; bit 1: also encrypt; bit 2:
+/// AES-GCM with RSA-OAEP; bit 3: sign with the court's key instead of the
+/// organisation's; bit 4: encrypt to the OCES2 key), then the message.
+fn sign_round_trip(input: &[u8]) {
+    let Some((&opt, m)) = input.split_first() else {
+        return;
+    };
+    let f = fixtures();
+    let scheme = if opt & 1 != 0 {
+        SignatureScheme::Pss
+    } else {
+        SignatureScheme::Pkcs1
+    };
+    let signer = if opt & 8 != 0 {
+        &f.court_oces3
+    } else {
+        &f.org_oces3
+    };
+    // What the gateway signs comes from the DATA decoder: CRLF line ends,
+    // and a CRLF at the end unless empty.
+    let mut m = mime::crlf(m).into_owned();
+    if !m.is_empty() && !m.ends_with(b"\r\n") {
+        m.extend_from_slice(b"\r\n");
+    }
+    if fields_hidden(&m) || swallows_boundary(&unwrap::content_entity(&m)) {
+        return;
+    }
+
+    let signed = sign::sign(&m, signer, scheme).expect("signing never fails");
+    let Shape::DetachedSigned { content, .. } = mime::shape(&signed) else {
+        panic!("own signed message not recognised as signed");
+    };
+    // Content that is itself S/MIME is opened further; only plain content
+    // must come back as a valid signature on the unchanged message.
+    // Content that is itself S/MIME is left to the unwrap target (the
+    // signatures inside are not the gateway's own).
+    if !matches!(mime::shape(&content), Shape::Plain | Shape::Mixed) {
+        return;
+    }
+    match unwrap::unwrap(&signed, &f.keys(), &f.anchors, NOW) {
+        Unwrapped::Unchanged { report } => {
+            let s = report.signature.expect("signature reported");
+            assert_eq!(s.status, SigStatus::Valid, "own signature: {:?}", s.detail);
+        }
+        other => panic!("own signed message: {other:?}"),
+    }
+
+    if opt & 2 == 0 {
+        return;
+    }
+    let enc = if opt & 4 != 0 {
+        Encryption::Aes256GcmOaep
+    } else {
+        Encryption::Aes256Cbc
+    };
+    let (to, generation) = if opt & 16 != 0 {
+        (&f.org_oces2, f.org_oces2.info.generation)
+    } else {
+        (&f.org_oces3, f.org_oces3.info.generation)
+    };
+    let out = sign::protect(
+        &m,
+        Some((signer, scheme)),
+        std::slice::from_ref(&to.cert),
+        enc,
+    )
+    .expect("sign+encrypt never fails");
+    match unwrap::unwrap(&out, &f.keys(), &f.anchors, NOW) {
+        Unwrapped::Opened { message, report } => {
+            let key = report.key.expect("decrypted");
+            assert_eq!(key.generation, generation);
+            assert_eq!(key.subject_cn, to.info.subject_cn);
+            let s = report.signature.expect("signature reported");
+            assert_eq!(s.status, SigStatus::Valid, "{:?}", s.detail);
+            match mime::shape(&message) {
+                Shape::DetachedSigned { content: got, .. } => {
+                    assert_eq!(got, content, "signed content changed")
+                }
+                other => panic!("decrypted message seen as {other:?}"),
+            }
+        }
+        other => panic!("own encrypted message: {other:?}"),
+    }
+}
+
+/// Known finding: mail-parser reads a multipart whose closing delimiter is
+/// missing to the end of the whole message, past the enclosing multipart's
+/// boundary, so the gateway's own multipart/signed around such an entity
+/// has one part, not two, and is not recognised as signed
+/// (docs/fuzzing.md). True when `entity` is such an entity.
+fn swallows_boundary(entity: &[u8]) -> bool {
+    if cfg!(feature = "known-bugs") {
+        return false;
+    }
+    let mut probe =
+        b"Content-Type: multipart/mixed; boundary=\"fuzz-probe\"\r\n\r\n--fuzz-probe\r\n".to_vec();
+    probe.extend_from_slice(entity);
+    probe.extend_from_slice(b"\r\n--fuzz-probe\r\n\r\nx\r\n--fuzz-probe--\r\n");
+    let Some(msg) = MessageParser::default().parse(&probe[..]) else {
+        return true;
+    };
+    !matches!(msg.parts.first().map(|p| &p.body), Some(PartType::Multipart(c)) if c.len() == 2)
+}
+
+// --- 3: SMTP commands and addresses -------------------------------------------
+
+fn internal(domain: &str) -> bool {
+    domain == "example-law.dk"
+}
+
+fn smtp_commands(input: &[u8]) {
+    // Command lines as the connection reads them: LF-terminated, at most
+    // 512 octets.
+    for line in input.split_inclusive(|b| *b == b'\n') {
+        if line.len() > 512 {
+            continue;
+        }
+        match Request::parse(&mut line.iter()) {
+            Ok(Request::Mail { from }) => check_address(line, &from.address, false),
+            Ok(Request::Rcpt { to }) => check_address(line, &to.address, true),
+            _ => {}
+        }
+    }
+}
+
+fn check_address(line: &[u8], addr: &str, rcpt: bool) {
+    if !address::is_clean(addr) {
+        return;
+    }
+    let n = address::normalize(addr);
+    assert_eq!(address::normalize(&n), n);
+    assert_eq!(address::domain_of(&n), address::domain_of(addr));
+
+    // What the gateway writes back into MAIL/RCPT for the next hop reads
+    // as the same address.
+    let path = address::smtp_path(&n);
+    let cmd = if rcpt { "RCPT TO" } else { "MAIL FROM" };
+    let again = format!("{cmd}:<{path}>\r\n");
+    let parsed = match Request::parse(&mut again.as_bytes().iter()) {
+        Ok(Request::Mail { from }) => Some(from.address.into_owned()),
+        Ok(Request::Rcpt { to }) => Some(to.address.into_owned()),
+        _ => None,
+    };
+    if !n.is_empty() {
+        assert_eq!(parsed.as_deref(), Some(n.as_str()), "{again:?}");
+    }
+
+    if rcpt {
+        let text = String::from_utf8_lossy(line);
+        let raw = address::raw_path(&text).unwrap_or(&n);
+        if check_untrusted(raw, &n, internal).is_ok() {
+            // Accepted from an untrusted client: what the client wrote is
+            // an address in our domain too.
+            assert_eq!(
+                address::domain_of(raw).as_deref(),
+                Some("example-law.dk"),
+                "relayed {raw:?} (parsed {n:?})"
+            );
+        }
+    }
+}
+
+// --- 4 and 5: spool -------------------------------------------------------------
+
+/// A spool directory for this process, on tmpfs when there is one.
+fn store() -> &'static (PathBuf, Store) {
+    static S: OnceLock<(PathBuf, Store)> = OnceLock::new();
+    S.get_or_init(|| {
+        let base = std::env::var_os("SMIMEGW_FUZZ_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let shm = PathBuf::from("/dev/shm");
+                if shm.is_dir() {
+                    shm
+                } else {
+                    std::env::temp_dir()
+                }
+            });
+        let dir = base
+            .join("smimegw-fuzz")
+            .join(std::process::id().to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open_shared(&dir).expect("spool directory");
+        (dir, store)
+    })
+}
+
+/// The last second a spool time may name; later times are refused when
+/// written and read as corrupt (issue 9; formatting never panics).
+const LAST_DATE: u64 = smime_gateway::spool::time::MAX_SECS;
+
+const ID: &str = "0000000000000A";
+
+/// Input: the `.msg` file, then (each after a 0xFF byte, when there is
+/// one) the `.state` file and the `.retry` marker of one queued message.
+fn spool_files(input: &[u8]) {
+    let (dir, store) = store();
+    let queue = dir.join("queue");
+    let mut parts = input.splitn(3, |b| *b == 0xFF);
+    let msg = parts.next().unwrap_or_default();
+    let state = parts.next();
+    let retry = parts.next();
+
+    // The decoders directly; what decodes is written again the same.
+    if let Ok((envelope, body)) = format::decode_message(msg) {
+        let again = format::encode_message(&envelope, body).expect("encode a decoded message");
+        let (e2, b2) = format::decode_message(&again).expect("own file readable");
+        assert_eq!((e2, b2), (envelope, body));
+    }
+    for part in [state, retry].into_iter().flatten() {
+        if let Ok(s) = format::decode_state(part) {
+            let again = format::encode_state(&s).expect("encode a decoded state");
+            assert_eq!(format::decode_state(&again).expect("own state readable"), s);
+        }
+        let _ = format::decode_retry(part, ID);
+        let _ = format::decode_reason(part);
+    }
+
+    let paths = [
+        (queue.join(format!("{ID}.msg")), Some(msg)),
+        (queue.join(format!("{ID}.state")), state),
+        (queue.join(format!("{ID}.retry")), retry),
+    ];
+    for (path, bytes) in &paths {
+        match bytes {
+            Some(b) => std::fs::write(path, b).expect("write"),
+            None => {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+    let loaded = store.load(ID);
+    let _ = store.next_attempt(ID);
+    let list = queue::list(store).expect("queue list");
+    assert!(list.contains(ID));
+    let show = queue::show(store, ID);
+    assert_eq!(show.is_ok(), loaded.is_ok());
+    if let Ok(m) = &loaded {
+        // Written again by today's code, it reads back the same.
+        let id = store.enqueue(&m.envelope, &m.body).expect("enqueue");
+        let back = store.load(&id).expect("own file readable");
+        assert_eq!(back.envelope, m.envelope);
+        assert_eq!(back.body, m.body);
+        store.remove(&id).expect("remove");
+        let failures: Vec<Failure> = m
+            .state
+            .rcpts
+            .iter()
+            .map(|r| Failure {
+                rcpt: r.addr.clone(),
+                reply: r.reply.clone().unwrap_or_default(),
+                remote_mta: r.hop.clone(),
+                expired: r.status == RcptStatus::Pending,
+            })
+            .collect();
+        check_dsn(ID, &m.envelope, &m.body, &failures);
+    }
+    for (path, _) in &paths {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+struct Spec {
+    mail_from: String,
+    rcpts: Vec<(String, u8, Option<String>, Option<String>)>,
+    received: u64,
+    client: String,
+    helo: String,
+    flags: u8,
+    attempts: u32,
+    next_attempt: u64,
+    body: Vec<u8>,
+}
+
+fn spool_round_trip(input: &[u8]) {
+    let Ok(spec) = Spec::arbitrary_take_rest(Unstructured::new(input)) else {
+        return;
+    };
+    if spec.rcpts.is_empty() {
+        return;
+    }
+    let (_, store) = store();
+    let envelope = Envelope {
+        mail_from: spec.mail_from,
+        rcpts: spec.rcpts.iter().map(|r| r.0.clone()).collect(),
+        received: spec.received,
+        client: spec.client,
+        helo: spec.helo,
+        eight_bit: spec.flags & 1 != 0,
+        smtputf8: spec.flags & 2 != 0,
+        released: spec.flags & 4 != 0,
+    };
+    let state = QueueState {
+        attempts: spec.attempts,
+        next_attempt: spec.next_attempt,
+        rcpts: spec
+            .rcpts
+            .iter()
+            .map(|(addr, s, reply, hop)| RcptState {
+                addr: addr.clone(),
+                status: match s % 4 {
+                    0 => RcptStatus::Pending,
+                    1 => RcptStatus::Delivered,
+                    2 => RcptStatus::Failed,
+                    _ => RcptStatus::Quarantined,
+                },
+                reply: reply.clone(),
+                hop: hop.clone(),
+            })
+            .collect(),
+    };
+    let id = match store.enqueue(&envelope, &spec.body) {
+        Ok(id) => {
+            assert!(envelope.received <= LAST_DATE, "time after 9999 written");
+            id
+        }
+        Err(e) => {
+            assert!(envelope.received > LAST_DATE, "enqueue: {e:?}");
+            return;
+        }
+    };
+    let fresh = store.load(&id).expect("own file readable");
+    assert_eq!(fresh.envelope, envelope);
+    assert_eq!(*fresh.body, spec.body);
+    assert_eq!(fresh.state, QueueState::fresh(&envelope));
+    store.save_state(&id, &state).expect("save state");
+    // A next attempt after the calendar is kept as its last second.
+    let mut expected = state.clone();
+    expected.next_attempt = expected.next_attempt.min(LAST_DATE);
+    let m = store.load(&id).expect("own file readable");
+    assert_eq!(m.state, expected);
+    assert_eq!(
+        store.next_attempt(&id).expect("next attempt"),
+        expected.next_attempt
+    );
+    let list = queue::list(store).expect("queue list");
+    assert!(list.contains(&id));
+    let show = queue::show(store, &id).expect("queue show");
+    assert!(show.contains(&format!("Queue-ID:    {id}")));
+    let failures: Vec<Failure> = state
+        .rcpts
+        .iter()
+        .map(|r| Failure {
+            rcpt: r.addr.clone(),
+            reply: r.reply.clone().unwrap_or_default(),
+            remote_mta: r.hop.clone(),
+            expired: r.status == RcptStatus::Pending,
+        })
+        .collect();
+    check_dsn(&id, &envelope, &spec.body, &failures);
+    store.remove(&id).expect("remove");
+}
+
+/// Builds the bounce and checks what can be checked of any input: it goes
+/// from the null sender to the sender, each status is an RFC 3463 code,
+/// and for a sender that passed the SMTP checks its header section is the
+/// gateway's own.
+fn check_dsn(id: &str, envelope: &Envelope, body: &[u8], failures: &[Failure]) {
+    let now = UNIX_EPOCH + Duration::from_secs(NOW as u64);
+    let (bounce, bytes) = dsn::build("gw.example-law.dk", id, envelope, body, failures, now);
+    assert!(bounce.mail_from.is_empty());
+    assert_eq!(bounce.rcpts, vec![envelope.mail_from.clone()]);
+    for f in failures {
+        let status = f.status();
+        let parts: Vec<&str> = status.split('.').collect();
+        assert_eq!(parts.len(), 3, "{status}");
+        assert!(matches!(parts[0], "2" | "4" | "5"), "{status}");
+    }
+    if address::is_clean(&envelope.mail_from) {
+        let (head, _) = mime::split(&bytes);
+        let names: Vec<String> = mime::fields(head).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "from",
+                "to",
+                "subject",
+                "date",
+                "message-id",
+                "auto-submitted",
+                "mime-version",
+                "content-type"
+            ],
+            "{}",
+            String::from_utf8_lossy(head)
+        );
+    }
+}

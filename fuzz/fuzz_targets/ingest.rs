@@ -548,6 +548,7 @@ fn spool_round_trip(input: &[u8]) {
         eight_bit: spec.flags & 1 != 0,
         smtputf8: spec.flags & 2 != 0,
         released: spec.flags & 4 != 0,
+        submission: spec.flags & 8 != 0,
     };
     let state = QueueState {
         attempts: spec.attempts,

@@ -19,12 +19,15 @@ pub mod wrap;
 
 use std::borrow::Cow;
 
+use std::collections::HashMap;
+
 use openssl::x509::X509;
 
 pub use decide::{Plan, Treatment};
 
 use crate::config::Settings;
 use crate::metrics::Event;
+use crate::pki::signer::SignerRevocation;
 use crate::pki::Keyring;
 use crate::spool::Envelope;
 
@@ -35,6 +38,11 @@ pub struct Context<'a> {
     pub keys: &'a Keyring,
     /// Unix seconds.
     pub now: i64,
+    /// Certificates a signature may name without carrying them
+    /// ([`crate::pki::signer::known_certificates`]).
+    pub known: &'a [X509],
+    /// Revocation answers for signer certificates, by fingerprint.
+    pub signer_revocation: &'a HashMap<String, SignerRevocation>,
 }
 
 /// One outgoing copy and the recipients it is for.
@@ -69,6 +77,12 @@ pub enum Action<'a> {
     /// A signer certificate from a valid signature, for the certificate
     /// store, with the SMIMECapabilities the signer announced.
     Harvest(X509, Vec<String>),
+    /// The revocation of this signer certificate (issued by `issuer`) is
+    /// not known: the queue asks its sources and runs the pipeline again.
+    CheckSigner {
+        cert: X509,
+        issuer: X509,
+    },
     /// Something worth counting (metrics).
     Observed(Event),
 }
@@ -86,6 +100,7 @@ impl Action<'_> {
             Action::Fail { rcpts, reason } => Action::Fail { rcpts, reason },
             Action::Defer { rcpts, reason } => Action::Defer { rcpts, reason },
             Action::Harvest(cert, caps) => Action::Harvest(cert, caps),
+            Action::CheckSigner { cert, issuer } => Action::CheckSigner { cert, issuer },
             Action::Observed(e) => Action::Observed(e),
         }
     }

@@ -2,20 +2,28 @@
 //! (the mailbox's own identities first, then the organisation-wide ones;
 //! expired and revoked keys too), its signatures verified, and delivered
 //! plain or re-encrypted to the mailbox's current OCES3 key with an
-//! `X-SMIME-Gateway` header saying what was done. Mail that cannot be
-//! opened is delivered unchanged with the reason, or quarantined; signer
-//! certificates of valid signatures are offered for harvesting.
+//! `X-SMIME-Gateway` header saying what was done, layer by layer. Each
+//! signature's verdict is formed here from what `smime` verified, how the
+//! signer relates to the header From, and the signer certificate's
+//! revocation as the queue found it: a signer whose revocation is not
+//! known yet is asked for ([`Action::CheckSigner`]) and the queue runs the
+//! pipeline again with the answer. Mail that cannot be opened is delivered
+//! unchanged with the reason, or quarantined; signer certificates of valid
+//! signatures are offered for harvesting.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::{Action, Actions, Context};
+use crate::config::Revocation;
 use crate::config::{Deliver, Encryption, OnUndecryptable};
+use crate::mail::headers;
 use crate::metrics::Event;
 use crate::pki::directory::fingerprint;
-use crate::smime::cms::SigStatus;
+use crate::pki::signer::{self, SignerRevocation, Ties};
+use crate::smime::cms::Chain;
 use crate::smime::mime::Shape;
-use crate::smime::unwrap::{self, Report, Unwrapped};
+use crate::smime::unwrap::{self, Report, Unwrapped, Verdict, Verifier};
 use crate::smime::{cms, header};
 use crate::spool::Envelope;
 
@@ -68,8 +76,17 @@ pub fn mailboxes<'a>(
         let first = !opened.contains_key(&indices);
         let result = opened.entry(indices.clone()).or_insert_with(|| {
             let keys: Vec<_> = indices.iter().map(|&i| &ctx.keys.identities[i]).collect();
-            unwrap::unwrap(body, &keys, &ctx.keys.anchors, ctx.now)
+            let verifier = Verifier {
+                anchors: &ctx.keys.anchors,
+                known: ctx.known,
+            };
+            let mut result = unwrap::unwrap_with(body, &keys, verifier, ctx.now);
+            judge(&mut result, body, ctx);
+            result
         });
+        if first {
+            ask_revocation(result, ctx, out);
+        }
         if ctx.settings.certificates.harvest {
             harvest(result, out);
         }
@@ -129,14 +146,14 @@ pub fn mailboxes<'a>(
                 }
                 None => out.deliver(rcpt, Cow::Borrowed(body), None),
             },
-            Unwrapped::Failed { error } => {
+            Unwrapped::Failed { error, report } => {
                 let reason = error.to_string();
                 if ctx.settings.smime.on_undecryptable == OnUndecryptable::Quarantine
                     && !envelope.released
                 {
                     out.quarantine(rcpt, &reason);
                 } else {
-                    let value = format!("undecryptable; reason={}", header::quote(&reason));
+                    let value = report.failure_value(&reason);
                     let note = Some(format!("undecryptable: {reason}"));
                     out.deliver(rcpt, Cow::Owned(header::set(body, &value)), note);
                 }
@@ -145,52 +162,104 @@ pub fn mailboxes<'a>(
     }
 }
 
+/// Adds to every signature of `result` how its signer relates to the
+/// header From of `body` and its revocation as far as known.
+fn judge(result: &mut Unwrapped, body: &[u8], ctx: &Context<'_>) {
+    let report = match result {
+        Unwrapped::Opened { report, .. }
+        | Unwrapped::Unchanged { report }
+        | Unwrapped::Failed { report, .. } => report,
+    };
+    let from = headers::from_address(body);
+    let ties = Ties::new(ctx.settings, ctx.keys);
+    let off = ctx.settings.trust.revocation == Revocation::Off;
+    for sig in report.signatures_mut() {
+        let Some(cert) = sig.verified.signer.clone() else {
+            continue;
+        };
+        sig.relation = Some(signer::relation(&cert, from.as_deref(), &ties));
+        if sig.verified.chain != Chain::Trusted {
+            continue;
+        }
+        sig.revocation = Some(if off {
+            SignerRevocation::NotChecked
+        } else {
+            ctx.signer_revocation
+                .get(&fingerprint(&cert))
+                .cloned()
+                .unwrap_or_else(|| SignerRevocation::Unknown("not asked yet".into()))
+        });
+    }
+}
+
+/// Asks for the revocation of trusted signers not known yet (once per
+/// message and key set).
+fn ask_revocation(result: &Unwrapped, ctx: &Context<'_>, out: &mut Actions<'_>) {
+    if ctx.settings.trust.revocation == Revocation::Off {
+        return;
+    }
+    let report = match result {
+        Unwrapped::Opened { report, .. }
+        | Unwrapped::Unchanged { report }
+        | Unwrapped::Failed { report, .. } => report,
+    };
+    for sig in report.signatures() {
+        let (Some(cert), Some(issuer), Chain::Trusted) = (
+            &sig.verified.signer,
+            &sig.verified.issuer,
+            &sig.verified.chain,
+        ) else {
+            continue;
+        };
+        let fp = fingerprint(cert);
+        let asked = out
+            .iter()
+            .any(|a| matches!(a, Action::CheckSigner { cert: c, .. } if fingerprint(c) == fp));
+        if !ctx.signer_revocation.contains_key(&fp) && !asked {
+            out.push(Action::CheckSigner {
+                cert: cert.clone(),
+                issuer: issuer.clone(),
+            });
+        }
+    }
+}
+
 fn note_for(report: &Report) -> String {
-    let mut parts = Vec::new();
-    if let Some(k) = &report.key {
-        parts.push(format!(
-            "decrypted with {} key {:?}",
-            k.generation, k.subject_cn
-        ));
-    }
-    if let Some(s) = &report.signature {
-        parts.push(format!(
-            "signature {} ({})",
-            s.status,
-            s.signer.as_deref().unwrap_or("unknown signer")
-        ));
-    }
-    parts.join("; ")
+    report.header_value().unwrap_or_default()
 }
 
 /// Counts a decryption or a failure to decrypt, once per message and key set.
 fn observe(result: &Unwrapped, out: &mut Actions<'_>) {
     let event = match result {
-        Unwrapped::Opened { report, .. } => match &report.key {
+        Unwrapped::Opened { report, .. } => match report.key() {
             Some(k) => Event::Decrypted(k.generation.to_string()),
             None => return,
         },
-        Unwrapped::Failed { error } => Event::Undecryptable(error.label()),
+        Unwrapped::Failed { error, .. } => Event::Undecryptable(error.label()),
         Unwrapped::Unchanged { .. } => return,
     };
     out.push(Action::Observed(event));
 }
 
-/// Offers the signer certificate of a valid signature, once per message.
+/// Offers the signer certificates of valid signatures, once per message.
 fn harvest(result: &Unwrapped, out: &mut Actions<'_>) {
     let report = match result {
         Unwrapped::Opened { report, .. } | Unwrapped::Unchanged { report } => report,
         Unwrapped::Failed { .. } => return,
     };
-    let Some(sig) = &report.signature else { return };
-    let (SigStatus::Valid, Some(cert)) = (sig.status, &sig.cert) else {
-        return;
-    };
-    let fp = fingerprint(cert);
-    if !out
-        .iter()
-        .any(|a| matches!(a, Action::Harvest(c, _) if fingerprint(c) == fp))
-    {
-        out.push(Action::Harvest(cert.clone(), sig.capabilities.clone()));
+    for sig in report.signatures() {
+        let (Verdict::Valid, Some(cert)) = (sig.verdict(), sig.cert()) else {
+            continue;
+        };
+        let fp = fingerprint(cert);
+        if !out
+            .iter()
+            .any(|a| matches!(a, Action::Harvest(c, _) if fingerprint(c) == fp))
+        {
+            out.push(Action::Harvest(
+                cert.clone(),
+                sig.verified.capabilities.clone(),
+            ));
+        }
     }
 }

@@ -5,7 +5,10 @@
 //! with every recipient a next hop accepted marked delivered, or sends a
 //! copy twice; it never loses one.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use openssl::x509::X509;
 
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -17,6 +20,7 @@ use crate::delivery::{self, route, Outbound, RcptOutcome};
 use crate::mail::headers;
 use crate::metrics;
 use crate::pipeline::{self, decide, Action, Copy, Plan, Treatment};
+use crate::pki::signer::{self, SignerRevocation};
 use crate::snapshot::{Live, Snapshot};
 use crate::spool::dsn::Failure;
 use crate::spool::{SpoolError, Spooled, Store};
@@ -67,7 +71,7 @@ pub async fn attempt(
     .await;
     log_decisions(id, &plan);
     let encrypted = decide::arrived_encrypted(&plan.shape);
-    let actions = match run_pipeline(&msg, &snapshot, plan).await {
+    let actions = match inbound_pipeline(&msg, &snapshot, live, plan).await {
         Ok(a) => a,
         Err(e) => {
             error!(queue_id = %id, error = %e, "message processing failed; will retry");
@@ -174,22 +178,78 @@ fn log_decisions(id: &str, plan: &Plan) {
     }
 }
 
+/// The pipeline, run a second time when it asked for the revocation of
+/// signer certificates not known yet (the answers are cached, so a known
+/// signer costs one run). A source that does not answer within
+/// `[trust] revocation_timeout` leaves the status unknown: it never
+/// defers the message.
+async fn inbound_pipeline(
+    msg: &Spooled,
+    snapshot: &Arc<Snapshot>,
+    live: &Arc<Live>,
+    plan: Plan,
+) -> Result<Vec<Action<'static>>, tokio::task::JoinError> {
+    let has_mailboxes = plan
+        .recipients
+        .iter()
+        .any(|(_, t)| matches!(t, Treatment::Mailbox { .. }));
+    let known = Arc::new(if has_mailboxes {
+        signer::known_certificates(&snapshot.keys, &snapshot.certs)
+    } else {
+        Vec::new()
+    });
+    let answers = live.signers.known(now_secs() as i64);
+    let actions = run_pipeline(msg, snapshot, plan.clone(), &known, answers).await?;
+    let wanted: Vec<(X509, X509)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CheckSigner { cert, issuer } => Some((cert.clone(), issuer.clone())),
+            _ => None,
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(actions);
+    }
+    let (l, s) = (Arc::clone(live), Arc::clone(snapshot));
+    tokio::task::spawn_blocking(move || {
+        let trust = &s.settings.trust;
+        for (cert, issuer) in &wanted {
+            l.signers.check(
+                cert,
+                issuer,
+                &s.keys.anchors,
+                trust.revocation,
+                trust.revocation_timeout,
+                now_secs() as i64,
+            );
+        }
+    })
+    .await?;
+    let answers = live.signers.known(now_secs() as i64);
+    run_pipeline(msg, snapshot, plan, &known, answers).await
+}
+
 /// Decryption, signing and encryption are CPU work: off the async threads.
 async fn run_pipeline(
     msg: &Spooled,
     snapshot: &Arc<Snapshot>,
     plan: Plan,
+    known: &Arc<Vec<X509>>,
+    answers: HashMap<String, SignerRevocation>,
 ) -> Result<Vec<Action<'static>>, tokio::task::JoinError> {
-    let (envelope, body, snapshot) = (
+    let (envelope, body, snapshot, known) = (
         msg.envelope.clone(),
         Arc::clone(&msg.body),
         Arc::clone(snapshot),
+        Arc::clone(known),
     );
     tokio::task::spawn_blocking(move || {
         let ctx = pipeline::Context {
             settings: &snapshot.settings,
             keys: &snapshot.keys,
             now: now_secs() as i64,
+            known: &known,
+            signer_revocation: &answers,
         };
         pipeline::process(&envelope, &body, &plan, &ctx)
             .into_iter()
@@ -221,6 +281,8 @@ async fn carry_out(
     match action {
         Action::Deliver(copy) => deliver(copy, msg, snapshot, message_id, attempted).await,
         Action::Observed(event) => metrics::pipeline(event),
+        // Asked for and answered before the final run of the pipeline.
+        Action::CheckSigner { .. } => {}
         Action::Fail { rcpts, reason } => refused(
             rcpts,
             RcptOutcome::Failed(format!("550 5.7.1 {reason}")),

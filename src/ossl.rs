@@ -538,7 +538,7 @@ pub fn signing_time(cms: &CmsContentInfoRef) -> Option<i64> {
     }
 }
 
-/// The content type of a CMS structure as a dotted OID.
+/// The content type of a CMS structure as a dotted OID (never a name).
 pub fn content_type(cms: &CmsContentInfoRef) -> Option<String> {
     // SAFETY: the object is borrowed from `cms` and only read.
     unsafe {
@@ -546,8 +546,19 @@ pub fn content_type(cms: &CmsContentInfoRef) -> Option<String> {
         if obj.is_null() {
             return None;
         }
-        let obj = openssl::asn1::Asn1ObjectRef::from_ptr(obj as *mut sys::ASN1_OBJECT);
-        Some(obj.to_string())
+        let mut buf = [0u8; 128];
+        let n = sys::OBJ_obj2txt(
+            buf.as_mut_ptr() as *mut libc::c_char,
+            buf.len() as c_int,
+            obj,
+            1,
+        );
+        if n <= 0 || n as usize >= buf.len() {
+            return None;
+        }
+        std::str::from_utf8(&buf[..n as usize])
+            .ok()
+            .map(str::to_string)
     }
 }
 

@@ -295,7 +295,7 @@ fn signatures_valid_tampered_and_untrusted_are_reported() {
             .replace("sender@example.org", "alice@example-law.dk");
         send(&gw, "bob@example-law.dk", m.as_bytes());
     }
-    for (id, signer, tamper, expect) in cases {
+    for (id, signer, _, expect) in cases {
         let got = received_for(&sink, "bob@example-law.dk", id);
         let text = got.text();
         let trace = header(&text, "X-SMIME-Gateway");

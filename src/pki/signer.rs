@@ -108,7 +108,7 @@ pub fn relation_of(info: &CertInfo, from: Option<&str>, ties: &Ties) -> Relation
         return Relation::Differs;
     };
     let emails: Vec<String> = info.emails.iter().map(|e| e.to_ascii_lowercase()).collect();
-    if emails.iter().any(|e| *e == from) {
+    if emails.contains(&from) {
         return Relation::Exact;
     }
     if emails.iter().any(|e| domain(e) == Some(from_domain)) {

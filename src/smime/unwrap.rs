@@ -129,7 +129,7 @@ impl SignatureReport {
 #[derive(Debug, Clone)]
 pub enum Layer {
     Decrypted(KeyUsed),
-    Signature(SignatureReport),
+    Signature(Box<SignatureReport>),
 }
 
 /// Everything unwrapping found, layer by layer.
@@ -161,7 +161,7 @@ impl Report {
     /// The signatures, outermost first.
     pub fn signatures(&self) -> impl Iterator<Item = &SignatureReport> {
         self.layers.iter().filter_map(|l| match l {
-            Layer::Signature(s) => Some(s),
+            Layer::Signature(s) => Some(s.as_ref()),
             Layer::Decrypted(_) => None,
         })
     }
@@ -169,7 +169,7 @@ impl Report {
     /// The signatures, for the caller to add revocation and relation.
     pub fn signatures_mut(&mut self) -> impl Iterator<Item = &mut SignatureReport> {
         self.layers.iter_mut().filter_map(|l| match l {
-            Layer::Signature(s) => Some(s),
+            Layer::Signature(s) => Some(s.as_mut()),
             Layer::Decrypted(_) => None,
         })
     }
@@ -390,12 +390,12 @@ pub fn unwrap_with(
 }
 
 fn record(report: &mut Report, v: cms::Verified) {
-    report.layers.push(Layer::Signature(SignatureReport {
+    report.layers.push(Layer::Signature(Box::new(SignatureReport {
         signer: v.signer.as_ref().map(|c| cms::subject(c)),
         verified: v,
         relation: None,
         revocation: None,
-    }));
+    })));
 }
 
 /// Decrypts with the first candidate the CMS names as a recipient.

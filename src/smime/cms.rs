@@ -338,3 +338,81 @@ pub fn subject(cert: &X509Ref) -> String {
         _ => ossl::name_text(name),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::testkit;
+
+    fn signed_detached(id: &crate::pki::Identity, data: &[u8]) -> Vec<u8> {
+        CmsContentInfo::sign(
+            Some(&id.cert),
+            Some(&id.key),
+            None,
+            Some(data),
+            CMSOptions::BINARY | CMSOptions::DETACHED,
+        )
+        .unwrap()
+        .to_der()
+        .unwrap()
+    }
+
+    #[test]
+    fn content_types_are_known() {
+        let id = testkit::identity(1024, "Kind Test").unwrap();
+        let sig = signed_detached(&id, b"x");
+        assert_eq!(kind(&sig), Some(Kind::Signed));
+        assert!(!signed_content_inside(&sig));
+        assert_eq!(kind(b"not cms"), None);
+        let enveloped =
+            encrypt(b"x", std::slice::from_ref(&id.cert), Encryption::Aes256Cbc).unwrap();
+        assert_eq!(kind(&enveloped), Some(Kind::Enveloped));
+    }
+
+    #[test]
+    fn lf_and_crlf_forms_of_signed_content_verify_and_changes_do_not() {
+        let id = testkit::identity(1024, "Line Ends").unwrap();
+        let now = 1_000_000_000_i64.max(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64,
+        );
+        let anchors = [id.cert.clone()];
+        // Signed over LF, arriving with CRLF (and the other way round).
+        for (signed_form, arrived) in [
+            (&b"a\nb\n"[..], &b"a\r\nb\r\n"[..]),
+            (&b"a\r\nb\r\n"[..], &b"a\nb\n"[..]),
+        ] {
+            let sig = signed_detached(&id, signed_form);
+            let v = verify(&sig, Some(arrived), &anchors, &[], now);
+            assert_eq!(v.math, Math::Valid);
+            assert_eq!(v.chain, Chain::Trusted);
+            let v = verify(&sig, Some(b"a\r\nB\r\n"), &anchors, &[], now);
+            assert!(matches!(v.math, Math::Invalid(_)), "{:?}", v.math);
+        }
+        // Without the certificate inside or held: unknown, not invalid;
+        // held: valid.
+        let bare = CmsContentInfo::sign(
+            Some(&id.cert),
+            Some(&id.key),
+            None,
+            Some(b"z"),
+            CMSOptions::BINARY | CMSOptions::DETACHED | CMSOptions::CMS_NOCERTS,
+        )
+        .unwrap()
+        .to_der()
+        .unwrap();
+        let v = verify(&bare, Some(b"z"), &[], &[], now);
+        assert_eq!(v.math, Math::UnknownSigner);
+        assert!(v.signer_id.unwrap().starts_with("issuer="));
+        let v = verify(&bare, Some(b"z"), &anchors, &anchors, now);
+        assert_eq!((v.math, v.chain), (Math::Valid, Chain::Trusted));
+        // Checked at the time of verification: after the certificate's
+        // end it is expired, whatever the signature claims.
+        let later = now + 60 * 86_400;
+        let v = verify(&bare, Some(b"z"), &anchors, &anchors, later);
+        assert!(matches!(v.chain, Chain::Expired(_)), "{:?}", v.chain);
+        assert_eq!(v.checked_at, later);
+    }
+}

@@ -402,4 +402,100 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    fn enveloped_der() -> Vec<u8> {
+        use openssl::cms::{CMSOptions, CmsContentInfo};
+        let id = crate::pki::testkit::identity(1024, "Mime Test").unwrap();
+        let mut certs = openssl::stack::Stack::new().unwrap();
+        certs.push(id.cert.clone()).unwrap();
+        CmsContentInfo::encrypt(
+            &certs,
+            b"Content-Type: text/plain\r\n\r\nx\r\n",
+            openssl::symm::Cipher::aes_128_cbc(),
+            CMSOptions::BINARY,
+        )
+        .unwrap()
+        .to_der()
+        .unwrap()
+    }
+
+    #[test]
+    fn octet_stream_is_smime_by_name_only() {
+        let der = enveloped_der();
+        let b64 = String::from_utf8(base64_lines(&der)).unwrap();
+        let with = |ct: &str, cte: &str, body: &[u8]| {
+            let mut m = format!("Subject: x\r\nContent-Type: {ct}\r\n{cte}\r\n").into_bytes();
+            m.extend_from_slice(body);
+            shape(&m)
+        };
+        let b64cte = "Content-Transfer-Encoding: base64\r\n";
+        for ct in [
+            "application/octet-stream; name=\"smime.p7m\"",
+            "application/octet-stream; name=\"SMIME.P7M\"",
+            "Application/Octet-Stream; name=smime.p7m",
+        ] {
+            assert!(
+                matches!(with(ct, b64cte, b64.as_bytes()), Shape::Enveloped { .. }),
+                "{ct}"
+            );
+        }
+        // Named in Content-Disposition only.
+        let m = with(
+            "application/octet-stream",
+            &format!("{b64cte}Content-Disposition: attachment; filename=\"mail.p7m\"\r\n"),
+            b64.as_bytes(),
+        );
+        assert!(matches!(m, Shape::Enveloped { .. }), "{m:?}");
+        // base64 labelled 7bit; raw DER labelled binary.
+        let m = with(
+            "application/octet-stream; name=smime.p7m",
+            "Content-Transfer-Encoding: 7bit\r\n",
+            b64.as_bytes(),
+        );
+        assert!(matches!(m, Shape::Enveloped { .. }), "{m:?}");
+        let m = with(
+            "application/octet-stream; name=smime.p7m",
+            "Content-Transfer-Encoding: binary\r\n",
+            &der,
+        );
+        assert_eq!(m, Shape::Enveloped { cms: der.clone() });
+        // Other names, and a .p7m that is not CMS, are plain.
+        for ct in [
+            "application/octet-stream; name=\"report.pdf\"",
+            "application/octet-stream; name=\"smime.p7m.pdf\"",
+            "application/octet-stream",
+        ] {
+            assert_eq!(with(ct, b64cte, b64.as_bytes()), Shape::Plain, "{ct}");
+        }
+        assert_eq!(
+            with(
+                "application/octet-stream; name=smime.p7m",
+                b64cte,
+                b"bm90IENNUw==\r\n"
+            ),
+            Shape::Plain
+        );
+    }
+
+    #[test]
+    fn signature_part_named_p7s_makes_multipart_signed() {
+        let m = b"Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; boundary=\"BB\"\r\n\r\n--BB\r\nContent-Type: text/plain\r\n\r\nhello\r\n\r\n--BB\r\nContent-Type: application/octet-stream; name=\"smime.p7s\"\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--BB--\r\n";
+        assert!(matches!(shape(m), Shape::DetachedSigned { .. }));
+        let other = String::from_utf8_lossy(m).replace("smime.p7s", "notes.txt");
+        assert_eq!(shape(other.as_bytes()), Shape::Plain);
+    }
+
+    #[test]
+    fn nested_smime_is_counted_wherever_it_sits() {
+        let m = b"Content-Type: multipart/mixed; boundary=X\r\n\r\n--X\r\nContent-Type: text/plain\r\n\r\nhi\r\n--X\r\nContent-Type: multipart/alternative; boundary=Y\r\n\r\n--Y\r\nContent-Type: text/html\r\n\r\n<b>\r\n--Y\r\nContent-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; boundary=Z\r\n\r\n--Z\r\nContent-Type: text/plain\r\n\r\ns\r\n--Z\r\nContent-Type: application/pkcs7-signature\r\n\r\nAAEC\r\n--Z--\r\n--Y--\r\n--X--\r\n";
+        match shape(m) {
+            Shape::Mixed(n) => assert_eq!((n.encrypted, n.signed), (0, 1)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn lf_form() {
+        assert_eq!(lf(b"a\r\nb\nc\r"), b"a\nb\nc\r");
+    }
 }

@@ -390,12 +390,14 @@ pub fn unwrap_with(
 }
 
 fn record(report: &mut Report, v: cms::Verified) {
-    report.layers.push(Layer::Signature(Box::new(SignatureReport {
-        signer: v.signer.as_ref().map(|c| cms::subject(c)),
-        verified: v,
-        relation: None,
-        revocation: None,
-    })));
+    report
+        .layers
+        .push(Layer::Signature(Box::new(SignatureReport {
+            signer: v.signer.as_ref().map(|c| cms::subject(c)),
+            verified: v,
+            relation: None,
+            revocation: None,
+        })));
 }
 
 /// Decrypts with the first candidate the CMS names as a recipient.
@@ -564,5 +566,144 @@ mod tests {
         }
         // Some mutations hit only padding or line breaks: the key path ran.
         assert!(opened > 0);
+    }
+
+    fn sig(
+        math: Math,
+        chain: Chain,
+        relation: Option<Relation>,
+        revocation: Option<SignerRevocation>,
+    ) -> SignatureReport {
+        SignatureReport {
+            verified: cms::Verified {
+                math,
+                chain,
+                signer: Some(identity().cert),
+                signer_id: None,
+                issuer: None,
+                claimed_time: Some(0),
+                checked_at: 86_400,
+                content: None,
+                capabilities: Vec::new(),
+            },
+            signer: Some("CN=Signer".into()),
+            relation,
+            revocation,
+        }
+    }
+
+    #[test]
+    fn verdicts_follow_the_facts_in_order() {
+        use Relation::*;
+        let good = Some(SignerRevocation::Good);
+        let revoked = Some(SignerRevocation::Revoked("CRL".into()));
+        let cases = [
+            (
+                sig(
+                    Math::Invalid("x".into()),
+                    Chain::NotChecked,
+                    Some(Exact),
+                    None,
+                ),
+                Verdict::Invalid,
+            ),
+            (
+                sig(Math::UnknownSigner, Chain::NotChecked, None, None),
+                Verdict::UnknownSigner,
+            ),
+            (
+                sig(Math::Valid, Chain::Untrusted("x".into()), Some(Exact), None),
+                Verdict::Untrusted,
+            ),
+            (
+                sig(
+                    Math::Valid,
+                    Chain::Expired("x".into()),
+                    Some(Exact),
+                    good.clone(),
+                ),
+                Verdict::Expired,
+            ),
+            (
+                sig(Math::Valid, Chain::Trusted, Some(Exact), revoked),
+                Verdict::Revoked,
+            ),
+            (
+                sig(Math::Valid, Chain::Trusted, Some(Differs), good.clone()),
+                Verdict::SignerDiffers,
+            ),
+            (
+                sig(Math::Valid, Chain::Trusted, None, good.clone()),
+                Verdict::SignerDiffers,
+            ),
+            (
+                sig(Math::Valid, Chain::Trusted, Some(Organisation), None),
+                Verdict::Valid,
+            ),
+            (
+                sig(
+                    Math::Valid,
+                    Chain::Trusted,
+                    Some(SameDomain),
+                    Some(SignerRevocation::Unknown("down".into())),
+                ),
+                Verdict::Valid,
+            ),
+        ];
+        for (s, want) in cases {
+            assert_eq!(s.verdict(), want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn header_lists_layers_outermost_first() {
+        let report = Report {
+            layers: vec![
+                Layer::Signature(Box::new(sig(
+                    Math::Valid,
+                    Chain::Trusted,
+                    Some(Relation::Differs),
+                    Some(SignerRevocation::Unknown("down".into())),
+                ))),
+                Layer::Decrypted(KeyUsed {
+                    subject_cn: "Org".into(),
+                    generation: Generation::Oces2,
+                }),
+                Layer::Signature(Box::new(sig(
+                    Math::Valid,
+                    Chain::Trusted,
+                    Some(Relation::Exact),
+                    Some(SignerRevocation::Good),
+                ))),
+            ],
+            nested: Some(Nested {
+                encrypted: 1,
+                signed: 0,
+                container: "multipart/mixed".into(),
+            }),
+            too_deep: false,
+        };
+        assert_eq!(
+            report.header_value().unwrap(),
+            "signature[1]=signer-differs; signer=\"CN=Signer\"; from=differs; revocation=unknown; \
+             checked-at=1970-01-02T00:00:00Z; claimed-signing-time=1970-01-01T00:00:00Z; over=ciphertext; \
+             decrypted; key=\"CN=Org\"; generation=OCES2; \
+             signature[2]=valid; signer=\"CN=Signer\"; from=exact; revocation=good; \
+             checked-at=1970-01-02T00:00:00Z; claimed-signing-time=1970-01-01T00:00:00Z; \
+             encrypted-parts=not-opened; reason=\"inside multipart/mixed next to other parts\""
+        );
+        let failed = Report {
+            layers: vec![Layer::Signature(Box::new(sig(
+                Math::UnknownSigner,
+                Chain::NotChecked,
+                None,
+                None,
+            )))],
+            ..Report::default()
+        };
+        assert!(failed
+            .failure_value("no key")
+            .ends_with("over=ciphertext; undecryptable; reason=\"no key\""));
+        assert_eq!(Report::default().header_value(), None);
     }
 }

@@ -276,7 +276,10 @@ fn smime_named_by_file_name_is_opened_and_other_attachments_are_not() {
     // carries it with CRLF.
     let lf_content = b"Content-Type: text/plain\n\nline one\nline two\n";
     let lf_signed = signed(dir, lf_content, "alice-oces3", &[]);
-    send(&gw, &message("lf-signed", "alice@example-law.dk", &lf_signed));
+    send(
+        &gw,
+        &message("lf-signed", "alice@example-law.dk", &lf_signed),
+    );
     let controls = [
         ("pdf", message("pdf", "sender@example.org", pdf.as_bytes())),
         (
@@ -304,7 +307,10 @@ fn smime_named_by_file_name_is_opened_and_other_attachments_are_not() {
         "{t}"
     );
     let t = trace(&received_for(&sink, "lf-signed"));
-    assert!(t.starts_with("signature[1]=valid; signer=\"CN=Alice"), "{t}");
+    assert!(
+        t.starts_with("signature[1]=valid; signer=\"CN=Alice"),
+        "{t}"
+    );
     for (id, original) in &controls {
         let got = received_for(&sink, id);
         assert_eq!(&got.data, original, "{id}: a report.pdf was changed");

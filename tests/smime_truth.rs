@@ -441,6 +441,12 @@ fn signatures_without_certificates_are_checked_with_the_certificates_held() {
             "sikkermail@example-law.dk",
             multipart_signed(&content, &gpg_sig),
         ),
+        // No signed attributes at all: no signing time to claim.
+        (
+            "nc-noattr",
+            "alice@example-law.dk",
+            signed(dir, &content, "alice-oces3", &["-nocerts", "-noattr"]),
+        ),
         (
             "nc-stranger",
             "stranger@example.org",
@@ -480,6 +486,13 @@ fn signatures_without_certificates_are_checked_with_the_certificates_held() {
     assert!(
         g.starts_with("signature[1]=valid; signer=\"CN=Example Law ApS - sikkermail"),
         "{g}"
+    );
+    let n = t("nc-noattr");
+    assert!(
+        n.starts_with("signature[1]=valid; signer=\"CN=Alice Andersen")
+            && n.contains("checked-at=")
+            && !n.contains("claimed-signing-time"),
+        "{n}"
     );
     let s = t("nc-stranger");
     assert!(

@@ -174,6 +174,23 @@ impl Report {
         })
     }
 
+    /// True when the content below the innermost decryption carries a
+    /// signature whose mathematics hold (whoever signed): its bytes are
+    /// the ones signed, not malleated ciphertext (what an EFAIL defence
+    /// asks). False when nothing was decrypted.
+    pub fn decrypted_content_signed(&self) -> bool {
+        let Some(last) = self
+            .layers
+            .iter()
+            .rposition(|l| matches!(l, Layer::Decrypted(_)))
+        else {
+            return false;
+        };
+        self.layers[last + 1..]
+            .iter()
+            .any(|l| matches!(l, Layer::Signature(s) if s.verified.math == Math::Valid))
+    }
+
     /// The trace header value for a message this report describes; `None`
     /// when there is nothing to say (plain mail).
     pub fn header_value(&self) -> Option<String> {
@@ -701,6 +718,11 @@ mod tests {
             )))],
             ..Report::default()
         };
+        // The signature below the decryption covers the delivered content.
+        assert!(report.decrypted_content_signed());
+        let mut outer_only = report.clone();
+        outer_only.layers.truncate(2);
+        assert!(!outer_only.decrypted_content_signed());
         assert!(failed
             .failure_value("no key")
             .ends_with("over=ciphertext; undecryptable; reason=\"no key\""));

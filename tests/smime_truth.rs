@@ -520,7 +520,10 @@ fn the_signer_is_compared_with_from_and_differs_never_reads_valid() {
     let gw = gateway_in(
         &sink,
         dir,
-        "[[trust.organisation]]\ncvr = \"87654321\"\ndomains = [\"domstol.dk\", \"courts.example\"]\n",
+        // hard-fail: even so, a signer whose revocation no source answers
+        // is reported, never deferred.
+        "revocation = \"hard-fail\"\n\
+         [[trust.organisation]]\ncvr = \"87654321\"\ndomains = [\"domstol.dk\", \"courts.example\"]\n",
         "",
     );
     let content = pki::inner("court order");

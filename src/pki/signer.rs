@@ -284,4 +284,25 @@ mod tests {
         let stranger = info(Kind::Organisation, "99999999", "it@court-it.example");
         assert_eq!(r(&stranger, "clerk@domstol.dk"), Relation::Differs);
     }
+
+    #[test]
+    fn organisation_ties_are_checked() {
+        let base = "[server]\nhostname = \"gw\"\nlisten = [\"127.0.0.1:2525\"]\n\
+                    [relay]\ninternal = \"127.0.0.1:25\"\nexternal = \"127.0.0.1:26\"\n\
+                    [spool]\ndir = \"/nonexistent\"\n";
+        let bad = format!(
+            "{base}[[trust.organisation]]\ncvr = \"12AB\"\ndomains = []\n\
+             [[trust.organisation]]\ndomains = [\"not a domain\"]\n"
+        );
+        let e = crate::config::load::from_toml(&bad)
+            .unwrap_err()
+            .to_string();
+        for key in [
+            "trust.organisation[0].cvr",
+            "trust.organisation[0].domains",
+            "trust.organisation[1].domains",
+        ] {
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
 }

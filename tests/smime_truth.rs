@@ -514,6 +514,44 @@ fn signatures_without_certificates_are_checked_with_the_certificates_held() {
 }
 
 #[test]
+fn a_signer_certificate_nobody_holds_is_asked_of_ldap() {
+    let dir = pki::demo();
+    let ldap =
+        common::slapd::Slapd::start(&[("post@domstol.dk", &dir.join("certs/court-oces3.pem"))]);
+    let sink = Sink::start(Script::default());
+    let gw = gateway_in(
+        &sink,
+        dir,
+        "",
+        &format!(
+            // Not harvested, so each message needs LDAP again.
+            "[certificates]\nharvest = false\n\
+             [[certificates.ldap]]\nurl = \"ldap://127.0.0.1:{}\"\nbase = \"c=DK\"\ntimeout = \"2s\"\ncache_ttl = \"1s\"\n",
+            ldap.port
+        ),
+    );
+    let content = pki::inner("order without certificates");
+    let bare = signed(dir, &content, "court-oces3", &["-nocerts"]);
+    send(&gw, &message("ldap-found", "post@domstol.dk", &bare));
+    // Control: LDAP has nothing for this From, so the signer stays unknown.
+    send(&gw, &message("ldap-none", "registry@domstol.dk", &bare));
+    let t = trace(&received_for(&sink, "ldap-found"));
+    assert!(
+        t.starts_with("signature[1]=valid; signer=\"CN=Demo Court - sikkermail")
+            && t.contains("from=exact"),
+        "{t}"
+    );
+    let t = trace(&received_for(&sink, "ldap-none"));
+    assert!(t.starts_with("signature[1]=unknown-signer"), "{t}");
+    // LDAP down: the mail still arrives, the signer unknown, nothing deferred.
+    drop(ldap);
+    send(&gw, &message("ldap-down", "judge@domstol.dk", &bare));
+    let t = trace(&received_for(&sink, "ldap-down"));
+    assert!(t.starts_with("signature[1]=unknown-signer"), "{t}");
+    assert!(!gw.log().contains("event=\"deferred\""), "{}", gw.log());
+}
+
+#[test]
 fn the_signer_is_compared_with_from_and_differs_never_reads_valid() {
     let sink = Sink::start(Script::default());
     let dir = pki::demo();

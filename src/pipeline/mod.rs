@@ -43,6 +43,9 @@ pub struct Context<'a> {
     pub known: &'a [X509],
     /// Revocation answers for signer certificates, by fingerprint.
     pub signer_revocation: &'a HashMap<String, SignerRevocation>,
+    /// LDAP was asked already for the certificates of this message's
+    /// signers (their answers are in `known`).
+    pub ldap_asked: bool,
 }
 
 /// One outgoing copy and the recipients it is for.
@@ -83,6 +86,12 @@ pub enum Action<'a> {
         cert: X509,
         issuer: X509,
     },
+    /// A signature names a certificate neither it nor the gateway holds:
+    /// the queue asks LDAP for the certificates of this (From) address and
+    /// runs the pipeline again.
+    FindSigner {
+        address: String,
+    },
     /// Something worth counting (metrics).
     Observed(Event),
 }
@@ -101,6 +110,7 @@ impl Action<'_> {
             Action::Defer { rcpts, reason } => Action::Defer { rcpts, reason },
             Action::Harvest(cert, caps) => Action::Harvest(cert, caps),
             Action::CheckSigner { cert, issuer } => Action::CheckSigner { cert, issuer },
+            Action::FindSigner { address } => Action::FindSigner { address },
             Action::Observed(e) => Action::Observed(e),
         }
     }

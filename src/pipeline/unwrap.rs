@@ -7,7 +7,8 @@
 //! signer relates to the header From, and the signer certificate's
 //! revocation as the queue found it: a signer whose revocation is not
 //! known yet is asked for ([`Action::CheckSigner`]) and the queue runs the
-//! pipeline again with the answer. Mail that cannot be opened is delivered
+//! pipeline again with the answer; a signature naming a certificate
+//! nobody holds makes it ask LDAP for From's certificates the same way. Mail that cannot be opened is delivered
 //! unchanged with the reason, or quarantined; signer certificates of valid
 //! signatures are offered for harvesting.
 
@@ -86,6 +87,7 @@ pub fn mailboxes<'a>(
         });
         if first {
             ask_revocation(result, ctx, out);
+            ask_ldap(result, body, ctx, out);
         }
         if ctx.settings.certificates.harvest {
             harvest(result, out);
@@ -221,6 +223,26 @@ fn ask_revocation(result: &Unwrapped, ctx: &Context<'_>, out: &mut Actions<'_>) 
                 issuer: issuer.clone(),
             });
         }
+    }
+}
+
+/// Asks LDAP for the certificates of From when a signature names one
+/// nobody holds (once per message).
+fn ask_ldap(result: &Unwrapped, body: &[u8], ctx: &Context<'_>, out: &mut Actions<'_>) {
+    if ctx.ldap_asked || ctx.settings.certificates.ldap.is_empty() {
+        return;
+    }
+    let report = match result {
+        Unwrapped::Opened { report, .. }
+        | Unwrapped::Unchanged { report }
+        | Unwrapped::Failed { report, .. } => report,
+    };
+    let unknown = report
+        .signatures()
+        .any(|s| s.verified.math == crate::smime::cms::Math::UnknownSigner);
+    let asked = out.iter().any(|a| matches!(a, Action::FindSigner { .. }));
+    if let (true, false, Some(address)) = (unknown, asked, headers::from_address(body)) {
+        out.push(Action::FindSigner { address });
     }
 }
 

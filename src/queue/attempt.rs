@@ -178,10 +178,11 @@ fn log_decisions(id: &str, plan: &Plan) {
     }
 }
 
-/// The pipeline, run a second time when it asked for the revocation of
-/// signer certificates not known yet (the answers are cached, so a known
-/// signer costs one run). A source that does not answer within
-/// `[trust] revocation_timeout` leaves the status unknown: it never
+/// The pipeline, run again (at most twice) when it asked for what needs
+/// the world: the revocation of signer certificates not known yet (the
+/// answers are cached, so a known signer costs one run), or LDAP's
+/// certificates for a signer no certificate held names. A source that
+/// does not answer within its timeout leaves the status unknown: it never
 /// defers the message.
 async fn inbound_pipeline(
     msg: &Spooled,
@@ -193,40 +194,72 @@ async fn inbound_pipeline(
         .recipients
         .iter()
         .any(|(_, t)| matches!(t, Treatment::Mailbox { .. }));
-    let known = Arc::new(if has_mailboxes {
+    let mut known = if has_mailboxes {
         signer::known_certificates(&snapshot.keys, &snapshot.certs)
     } else {
         Vec::new()
-    });
+    };
+    let mut ldap_asked = false;
     let answers = live.signers.known(now_secs() as i64);
-    let actions = run_pipeline(msg, snapshot, plan.clone(), &known, answers).await?;
-    let wanted: Vec<(X509, X509)> = actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::CheckSigner { cert, issuer } => Some((cert.clone(), issuer.clone())),
-            _ => None,
-        })
-        .collect();
-    if wanted.is_empty() {
-        return Ok(actions);
-    }
-    let (l, s) = (Arc::clone(live), Arc::clone(snapshot));
-    tokio::task::spawn_blocking(move || {
-        let trust = &s.settings.trust;
-        for (cert, issuer) in &wanted {
-            l.signers.check(
-                cert,
-                issuer,
-                &s.keys.anchors,
-                trust.revocation,
-                trust.revocation_timeout,
-                now_secs() as i64,
-            );
-        }
-    })
+    let mut actions = run_pipeline(
+        msg,
+        snapshot,
+        plan.clone(),
+        &Arc::new(known.clone()),
+        answers,
+        ldap_asked,
+    )
     .await?;
-    let answers = live.signers.known(now_secs() as i64);
-    run_pipeline(msg, snapshot, plan, &known, answers).await
+    for _ in 0..2 {
+        let mut wanted: Vec<(X509, X509)> = Vec::new();
+        let mut addresses: Vec<String> = Vec::new();
+        for a in &actions {
+            match a {
+                Action::CheckSigner { cert, issuer } => wanted.push((cert.clone(), issuer.clone())),
+                Action::FindSigner { address } => addresses.push(address.clone()),
+                _ => {}
+            }
+        }
+        if wanted.is_empty() && addresses.is_empty() {
+            break;
+        }
+        for address in &addresses {
+            known.extend(
+                live.resolver
+                    .ldap_certificates(&snapshot.settings, address)
+                    .await,
+            );
+            ldap_asked = true;
+        }
+        if !wanted.is_empty() {
+            let (l, s) = (Arc::clone(live), Arc::clone(snapshot));
+            tokio::task::spawn_blocking(move || {
+                let trust = &s.settings.trust;
+                for (cert, issuer) in &wanted {
+                    l.signers.check(
+                        cert,
+                        issuer,
+                        &s.keys.anchors,
+                        trust.revocation,
+                        trust.revocation_timeout,
+                        now_secs() as i64,
+                    );
+                }
+            })
+            .await?;
+        }
+        let answers = live.signers.known(now_secs() as i64);
+        actions = run_pipeline(
+            msg,
+            snapshot,
+            plan.clone(),
+            &Arc::new(known.clone()),
+            answers,
+            ldap_asked,
+        )
+        .await?;
+    }
+    Ok(actions)
 }
 
 /// Decryption, signing and encryption are CPU work: off the async threads.
@@ -236,6 +269,7 @@ async fn run_pipeline(
     plan: Plan,
     known: &Arc<Vec<X509>>,
     answers: HashMap<String, SignerRevocation>,
+    ldap_asked: bool,
 ) -> Result<Vec<Action<'static>>, tokio::task::JoinError> {
     let (envelope, body, snapshot, known) = (
         msg.envelope.clone(),
@@ -250,6 +284,7 @@ async fn run_pipeline(
             now: now_secs() as i64,
             known: &known,
             signer_revocation: &answers,
+            ldap_asked,
         };
         pipeline::process(&envelope, &body, &plan, &ctx)
             .into_iter()
@@ -282,7 +317,7 @@ async fn carry_out(
         Action::Deliver(copy) => deliver(copy, msg, snapshot, message_id, attempted).await,
         Action::Observed(event) => metrics::pipeline(event),
         // Asked for and answered before the final run of the pipeline.
-        Action::CheckSigner { .. } => {}
+        Action::CheckSigner { .. } | Action::FindSigner { .. } => {}
         Action::Fail { rcpts, reason } => refused(
             rcpts,
             RcptOutcome::Failed(format!("550 5.7.1 {reason}")),

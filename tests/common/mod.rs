@@ -8,6 +8,7 @@ pub mod http;
 pub mod pki;
 pub mod postfix;
 pub mod sink;
+pub mod slapd;
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};

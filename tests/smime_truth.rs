@@ -351,6 +351,20 @@ fn every_layer_comes_off_in_any_order_and_each_is_reported() {
     let double = p7m(dir, outer_sig.as_bytes(), "org-oces3");
     send(&gw, &message("Ess", "alice@example-law.dk", &double));
 
+    // Two signatures side by side in one SignedData (not layers).
+    let parallel = signed(
+        dir,
+        &inner,
+        "alice-oces3",
+        &[
+            "-signer",
+            dir.join("certs/court-oces3.pem").to_str().unwrap(),
+            "-inkey",
+            dir.join("keys/court-oces3.key.pem").to_str().unwrap(),
+        ],
+    );
+    send(&gw, &message("parallel", "alice@example-law.dk", &parallel));
+
     // More layers than the bound: seven signatures over plain text.
     let mut deep = inner.clone();
     for _ in 0..7 {
@@ -392,6 +406,14 @@ fn every_layer_comes_off_in_any_order_and_each_is_reported() {
         "{t}"
     );
     assert!(got.text().contains(SECRET));
+
+    let t = trace(&received_for(&sink, "parallel"));
+    assert!(
+        t.starts_with("signature[1]=valid; signer=\"CN=Alice")
+            && t.contains("parallel-signers=2")
+            && !t.contains("signature[2]"),
+        "{t}"
+    );
 
     let got = received_for(&sink, "deep");
     let t = trace(&got);

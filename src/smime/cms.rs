@@ -149,6 +149,9 @@ pub struct Verified {
     pub content: Option<Vec<u8>>,
     /// SMIMECapabilities the signer announced (dotted OIDs).
     pub capabilities: Vec<String>,
+    /// SignerInfos in this SignedData: more than one are verified together
+    /// (all must hold) and the first is named.
+    pub signer_count: usize,
 }
 
 /// OpenSSL's CMS library code and its "signer certificate not found".
@@ -191,6 +194,7 @@ pub fn verify(
         checked_at: now,
         content: None,
         capabilities: Vec::new(),
+        signer_count: 0,
     };
     let mut cms = match parse(sig) {
         Ok(c) => c,
@@ -201,6 +205,7 @@ pub fn verify(
     };
     let info = ossl::signed_info(&cms);
     out.signer_id = info.signers.first().map(|s| s.to_string());
+    out.signer_count = info.signers.len();
     out.claimed_time = ossl::signing_time(&cms);
     out.capabilities = ossl::capabilities(&cms);
     if detached.is_none() {

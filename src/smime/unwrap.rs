@@ -281,6 +281,10 @@ fn signature_fields(parts: &mut Vec<String>, n: usize, s: &SignatureReport, over
     if over_ciphertext {
         parts.push("over=ciphertext".into());
     }
+    if s.verified.signer_count > 1 {
+        // One verdict for all of them (OpenSSL verifies them together).
+        parts.push(format!("parallel-signers={}", s.verified.signer_count));
+    }
     if let Some(d) = s.detail() {
         parts.push(format!("detail={}", header::quote(&d)));
     }
@@ -602,6 +606,7 @@ mod tests {
                 checked_at: 86_400,
                 content: None,
                 capabilities: Vec::new(),
+                signer_count: 1,
             },
             signer: Some("CN=Signer".into()),
             relation,

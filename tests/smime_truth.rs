@@ -577,6 +577,7 @@ fn a_signer_certificate_nobody_holds_is_asked_of_ldap() {
 fn the_signer_is_compared_with_from_and_differs_never_reads_valid() {
     let sink = Sink::start(Script::default());
     let dir = pki::demo();
+    let metrics_port = common::free_port();
     let gw = gateway_in(
         &sink,
         dir,
@@ -584,7 +585,7 @@ fn the_signer_is_compared_with_from_and_differs_never_reads_valid() {
         // is reported, never deferred.
         "revocation = \"hard-fail\"\n\
          [[trust.organisation]]\ncvr = \"87654321\"\ndomains = [\"domstol.dk\", \"courts.example\"]\n",
-        "",
+        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
     );
     let content = pki::inner("court order");
     let by_court = signed(dir, &content, "court-oces3", &[]);
@@ -629,6 +630,13 @@ fn the_signer_is_compared_with_from_and_differs_never_reads_valid() {
         "{t}"
     );
     assert!(!gw.log().contains("event=\"deferred\""), "{}", gw.log());
+    let (_, metrics) = common::http_get(&format!("http://127.0.0.1:{metrics_port}/metrics"));
+    for line in [
+        "smimegw_signatures_total{verdict=\"signer-differs\"} 2",
+        "smimegw_signatures_total{verdict=\"valid\"} 3",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in:\n{metrics}");
+    }
 }
 
 #[test]

@@ -250,8 +250,17 @@ fn note_for(report: &Report) -> String {
     report.header_value().unwrap_or_default()
 }
 
-/// Counts a decryption or a failure to decrypt, once per message and key set.
+/// Counts a decryption or a failure to decrypt, and each signature's
+/// verdict, once per message and key set.
 fn observe(result: &Unwrapped, out: &mut Actions<'_>) {
+    let report = match result {
+        Unwrapped::Opened { report, .. }
+        | Unwrapped::Unchanged { report }
+        | Unwrapped::Failed { report, .. } => report,
+    };
+    for sig in report.signatures() {
+        out.push(Action::Observed(Event::Verified(sig.verdict().token())));
+    }
     let event = match result {
         Unwrapped::Opened { report, .. } => match report.key() {
             Some(k) => Event::Decrypted(k.generation.to_string()),

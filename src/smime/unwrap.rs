@@ -59,9 +59,10 @@ pub enum Verdict {
     Expired,
 }
 
-impl std::fmt::Display for Verdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Verdict {
+    /// The token in the trace header (and the metric label).
+    pub fn token(self) -> &'static str {
+        match self {
             Verdict::Valid => "valid",
             Verdict::SignerDiffers => "signer-differs",
             Verdict::Invalid => "invalid",
@@ -69,7 +70,13 @@ impl std::fmt::Display for Verdict {
             Verdict::Untrusted => "untrusted",
             Verdict::Revoked => "revoked",
             Verdict::Expired => "expired",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.token())
     }
 }
 

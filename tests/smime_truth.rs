@@ -773,3 +773,29 @@ fn smime_parts_inside_a_larger_multipart_are_not_opened_and_the_mailbox_is_told(
     assert!(got.text().contains(SECRET), "{}", got.text());
     assert!(trace(&got).starts_with("decrypted; key="));
 }
+
+#[test]
+fn a_certificate_is_harvested_only_from_mail_its_own_address_signed() {
+    let sink = Sink::start(Script::default());
+    let dir = pki::demo();
+    let gw = gateway_in(&sink, dir, "", "");
+    let by_court = signed(dir, &pki::inner("court order"), "court-oces3", &[]);
+    // Valid, same domain: reported valid, but not kept for post@domstol.dk.
+    send(&gw, &message("judge-hv", "judge@domstol.dk", &by_court));
+    let t = trace(&received_for(&sink, "judge-hv"));
+    assert!(
+        t.starts_with("signature[1]=valid") && t.contains("from=same-domain"),
+        "{t}"
+    );
+    assert!(!gw.log().contains("event=\"harvested\""), "{}", gw.log());
+    // Control: signed by the From address itself, it is kept.
+    send(&gw, &message("post-hv", "post@domstol.dk", &by_court));
+    received_for(&sink, "post-hv");
+    assert!(
+        wait_until(Duration::from_secs(10), || gw
+            .log()
+            .contains("event=\"harvested\"")),
+        "{}",
+        gw.log()
+    );
+}

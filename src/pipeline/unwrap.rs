@@ -21,7 +21,7 @@ use crate::config::{Deliver, Encryption, OnUndecryptable};
 use crate::mail::headers;
 use crate::metrics::Event;
 use crate::pki::directory::fingerprint;
-use crate::pki::signer::{self, SignerRevocation, Ties};
+use crate::pki::signer::{self, Relation, SignerRevocation, Ties};
 use crate::smime::cms::Chain;
 use crate::smime::mime::Shape;
 use crate::smime::unwrap::{self, Report, Unwrapped, Verdict, Verifier};
@@ -272,14 +272,18 @@ fn observe(result: &Unwrapped, out: &mut Actions<'_>) {
     out.push(Action::Observed(event));
 }
 
-/// Offers the signer certificates of valid signatures, once per message.
+/// Offers the signer certificates of valid signatures whose signer is the
+/// From address itself (`exact`: a certificate is kept for an address
+/// only from mail that address signed), once per message.
 fn harvest(result: &Unwrapped, out: &mut Actions<'_>) {
     let report = match result {
         Unwrapped::Opened { report, .. } | Unwrapped::Unchanged { report } => report,
         Unwrapped::Failed { .. } => return,
     };
     for sig in report.signatures() {
-        let (Verdict::Valid, Some(cert)) = (sig.verdict(), sig.cert()) else {
+        let (Verdict::Valid, Some(Relation::Exact), Some(cert)) =
+            (sig.verdict(), sig.relation, sig.cert())
+        else {
             continue;
         };
         let fp = fingerprint(cert);

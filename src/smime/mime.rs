@@ -119,11 +119,15 @@ pub fn shape(raw: &[u8]) -> Shape {
     if msg.parts.is_empty() {
         return Shape::Plain;
     }
-    shape_of(&msg, raw, 0)
+    shape_of(&msg, raw, 0, 0)
 }
 
-/// The shape of part `index` of `msg` (parsed from `raw`).
-fn shape_of(msg: &Message<'_>, raw: &[u8], index: usize) -> Shape {
+/// Most multiparts with a single part looked through.
+const MAX_WRAPPERS: usize = 16;
+
+/// The shape of part `index` of `msg` (parsed from `raw`), `depth`
+/// single-part multiparts down.
+fn shape_of(msg: &Message<'_>, raw: &[u8], index: usize, depth: usize) -> Shape {
     let Some(part) = msg.parts.get(index) else {
         return Shape::Plain;
     };
@@ -147,8 +151,8 @@ fn shape_of(msg: &Message<'_>, raw: &[u8], index: usize) -> Shape {
     }
     // Any other multipart: S/MIME inside is used only when it is the one
     // and only part (the body carried as a single attachment).
-    if let [only] = children.as_slice() {
-        let inner = shape_of(msg, raw, *only as usize);
+    if let ([only], true) = (children.as_slice(), depth < MAX_WRAPPERS) {
+        let inner = shape_of(msg, raw, *only as usize, depth + 1);
         if !matches!(inner, Shape::Plain) {
             return inner;
         }
@@ -184,7 +188,7 @@ fn count_nested(msg: &Message<'_>, index: usize, out: &mut Nested, depth: usize)
         out.signed += 1;
         return;
     }
-    if let (PartType::Multipart(children), true) = (&part.body, depth < 16) {
+    if let (PartType::Multipart(children), true) = (&part.body, depth < MAX_WRAPPERS) {
         for &c in children {
             count_nested(msg, c as usize, out, depth + 1);
         }

@@ -364,6 +364,10 @@ fn every_layer_comes_off_in_any_order_and_each_is_reported() {
         ],
     );
     send(&gw, &message("parallel", "alice@example-law.dk", &parallel));
+    send(
+        &gw,
+        &message("parallel-court", "post@domstol.dk", &parallel),
+    );
 
     // More layers than the bound: seven signatures over plain text.
     let mut deep = inner.clone();
@@ -412,6 +416,15 @@ fn every_layer_comes_off_in_any_order_and_each_is_reported() {
         t.starts_with("signature[1]=valid; signer=\"CN=Alice")
             && t.contains("parallel-signers=2")
             && !t.contains("signature[2]"),
+        "{t}"
+    );
+    // Whichever comes first in the structure, the signer nearest to From
+    // is named.
+    let t = trace(&received_for(&sink, "parallel-court"));
+    assert!(
+        t.starts_with("signature[1]=valid; signer=\"CN=Demo Court")
+            && t.contains("from=exact; ")
+            && t.contains("parallel-signers=2"),
         "{t}"
     );
 

@@ -176,10 +176,31 @@ fn judge(result: &mut Unwrapped, body: &[u8], ctx: &Context<'_>) {
     let ties = Ties::new(ctx.settings, ctx.keys);
     let off = ctx.settings.trust.revocation == Revocation::Off;
     for sig in report.signatures_mut() {
+        let Some(first) = sig.verified.signer.clone() else {
+            continue;
+        };
+        // Of parallel signers, the one nearest to From is named.
+        let rank = |r: Relation| match r {
+            Relation::Exact => 0,
+            Relation::SameDomain => 1,
+            Relation::Organisation => 2,
+            Relation::Differs => 3,
+        };
+        let mut best = signer::relation(&first, from.as_deref(), &ties);
+        let mut best_at = None;
+        for (i, (c, _)) in sig.verified.co_signers.iter().enumerate() {
+            let r = signer::relation(c, from.as_deref(), &ties);
+            if rank(r) < rank(best) {
+                (best, best_at) = (r, Some(i));
+            }
+        }
+        if let Some(i) = best_at {
+            sig.name_co_signer(i);
+        }
         let Some(cert) = sig.verified.signer.clone() else {
             continue;
         };
-        sig.relation = Some(signer::relation(&cert, from.as_deref(), &ties));
+        sig.relation = Some(best);
         if sig.verified.chain != Chain::Trusted {
             continue;
         }

@@ -150,8 +150,11 @@ pub struct Verified {
     /// SMIMECapabilities the signer announced (dotted OIDs).
     pub capabilities: Vec<String>,
     /// SignerInfos in this SignedData: more than one are verified together
-    /// (all must hold) and the first is named.
+    /// (all must hold).
     pub signer_count: usize,
+    /// The other signers' certificates with their issuers, when there are
+    /// parallel signatures (the caller may name one of them instead).
+    pub co_signers: Vec<(X509, Option<X509>)>,
 }
 
 /// OpenSSL's CMS library code and its "signer certificate not found".
@@ -195,6 +198,7 @@ pub fn verify(
         content: None,
         capabilities: Vec::new(),
         signer_count: 0,
+        co_signers: Vec::new(),
     };
     let mut cms = match parse(sig) {
         Ok(c) => c,
@@ -274,7 +278,9 @@ pub fn verify(
             }
         }
     }
-    out.signer = ossl::signers(&cms).into_iter().next();
+    let mut signers = ossl::signers(&cms).into_iter();
+    out.signer = signers.next();
+    let co_signers: Vec<X509> = signers.collect();
     let Some(data) = matched else {
         out.math = Math::Invalid(failure.map(|e| short(&e)).unwrap_or_default());
         return out;
@@ -287,14 +293,23 @@ pub fn verify(
             Err(_) => Chain::Untrusted(chain_reason(&now_err)),
         },
     };
-    if let Some(signer) = &out.signer {
-        let mut helpers = ossl::embedded_certs(&cms);
-        helpers.extend(known.iter().cloned());
-        helpers.extend(anchors.iter().cloned());
-        out.issuer = helpers
-            .into_iter()
-            .find(|c| c.issued(signer) == openssl::x509::X509VerifyResult::OK);
-    }
+    let mut helpers = ossl::embedded_certs(&cms);
+    helpers.extend(known.iter().cloned());
+    helpers.extend(anchors.iter().cloned());
+    let issuer_of = |cert: &X509| {
+        helpers
+            .iter()
+            .find(|c| c.issued(cert) == openssl::x509::X509VerifyResult::OK)
+            .cloned()
+    };
+    out.issuer = out.signer.as_ref().and_then(issuer_of);
+    out.co_signers = co_signers
+        .into_iter()
+        .map(|c| {
+            let issuer = issuer_of(&c);
+            (c, issuer)
+        })
+        .collect();
     out
 }
 

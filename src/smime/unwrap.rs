@@ -118,6 +118,21 @@ impl SignatureReport {
         self.verified.signer.as_ref()
     }
 
+    /// Names the parallel signer `i` (of `verified.co_signers`) instead of
+    /// the one named now.
+    pub fn name_co_signer(&mut self, i: usize) {
+        if i >= self.verified.co_signers.len() {
+            return;
+        }
+        let (cert, issuer) = self.verified.co_signers.remove(i);
+        let old_cert = self.verified.signer.replace(cert);
+        let old_issuer = std::mem::replace(&mut self.verified.issuer, issuer);
+        if let Some(c) = old_cert {
+            self.verified.co_signers.push((c, old_issuer));
+        }
+        self.signer = self.verified.signer.as_ref().map(|c| cms::subject(c));
+    }
+
     /// Why the verdict is not valid, when there is something to say.
     fn detail(&self) -> Option<String> {
         match (&self.verified.math, &self.verified.chain) {
@@ -614,6 +629,7 @@ mod tests {
                 content: None,
                 capabilities: Vec::new(),
                 signer_count: 1,
+                co_signers: Vec::new(),
             },
             signer: Some("CN=Signer".into()),
             relation,

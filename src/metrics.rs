@@ -62,6 +62,9 @@ pub enum Event {
     Undecryptable(&'static str),
     Signed(String),
     Encrypted(String),
+    /// An incoming signature, by verdict (`valid`, `signer-differs`,
+    /// `invalid`, `unknown-signer`, `untrusted`, `revoked`, `expired`).
+    Verified(&'static str),
 }
 
 pub fn pipeline(event: &Event) {
@@ -74,6 +77,9 @@ pub fn pipeline(event: &Event) {
         }
         Event::Signed(g) => {
             counter!("smimegw_signed_total", "generation" => g.clone()).increment(1)
+        }
+        Event::Verified(verdict) => {
+            counter!("smimegw_signatures_total", "verdict" => *verdict).increment(1)
         }
         Event::Encrypted(g) => {
             counter!("smimegw_encrypted_total", "generation" => g.clone()).increment(1)

@@ -67,6 +67,14 @@ extern "C" {
     fn CMS_add_smimecap(si: *mut CMS_SignerInfo, algs: *mut sys::OPENSSL_STACK) -> c_int;
     fn X509_ALGOR_free(a: *mut sys::X509_ALGOR);
     fn CMS_get0_SignerInfos(cms: *mut sys::CMS_ContentInfo) -> *mut sys::OPENSSL_STACK;
+    fn CMS_SignerInfo_get0_signer_id(
+        si: *mut CMS_SignerInfo,
+        keyid: *mut *mut sys::ASN1_OCTET_STRING,
+        issuer: *mut *mut sys::X509_NAME,
+        sno: *mut *mut sys::ASN1_INTEGER,
+    ) -> c_int;
+    fn CMS_get0_content(cms: *mut sys::CMS_ContentInfo) -> *mut *mut sys::ASN1_OCTET_STRING;
+    fn CMS_get1_certs(cms: *mut sys::CMS_ContentInfo) -> *mut sys::stack_st_X509;
     fn CMS_signed_get0_data_by_OBJ(
         si: *mut CMS_SignerInfo,
         oid: *const sys::ASN1_OBJECT,
@@ -306,7 +314,118 @@ pub fn signers(cms: &CmsContentInfoRef) -> Vec<X509> {
     }
 }
 
-/// How a key-transport RecipientInfo names its recipient.
+/// What a SignedData structure holds: how each SignerInfo names its
+/// signer, and whether the signed content is inside (opaque) or not
+/// (detached signature, or certificates only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedInfo {
+    pub signers: Vec<RecipientId>,
+    pub has_content: bool,
+}
+
+/// The signer identifiers and content presence of a SignedData `cms`.
+pub fn signed_info(cms: &CmsContentInfoRef) -> SignedInfo {
+    // SAFETY: the signer infos, their identifiers and the content pointer
+    // are borrowed from `cms`, which outlives this call; they are read and
+    // copied out, never freed here.
+    unsafe {
+        let content = CMS_get0_content(cms.as_ptr());
+        let has_content = !content.is_null() && !(*content).is_null();
+        let mut signers = Vec::new();
+        let stack = CMS_get0_SignerInfos(cms.as_ptr());
+        if !stack.is_null() {
+            for i in 0..sys::OPENSSL_sk_num(stack) {
+                let si = sys::OPENSSL_sk_value(stack, i) as *mut CMS_SignerInfo;
+                let mut keyid: *mut sys::ASN1_OCTET_STRING = ptr::null_mut();
+                let mut issuer: *mut sys::X509_NAME = ptr::null_mut();
+                let mut sno: *mut sys::ASN1_INTEGER = ptr::null_mut();
+                if si.is_null()
+                    || CMS_SignerInfo_get0_signer_id(si, &mut keyid, &mut issuer, &mut sno) <= 0
+                {
+                    signers.push(RecipientId::Other);
+                    continue;
+                }
+                signers.push(cert_id(keyid, issuer, sno));
+            }
+        }
+        SignedInfo {
+            signers,
+            has_content,
+        }
+    }
+}
+
+/// The content inside an opaque SignedData, as signed.
+pub fn signed_content(cms: &CmsContentInfoRef) -> Option<Vec<u8>> {
+    // SAFETY: the content pointer and the octet string it points to are
+    // borrowed from `cms` and copied out.
+    unsafe {
+        let content = CMS_get0_content(cms.as_ptr());
+        if content.is_null() || (*content).is_null() {
+            return None;
+        }
+        let s = openssl::asn1::Asn1StringRef::from_ptr(*content as *mut sys::ASN1_STRING);
+        Some(s.as_slice().to_vec())
+    }
+}
+
+/// The certificates a SignedData `cms` carries.
+pub fn embedded_certs(cms: &CmsContentInfoRef) -> Vec<X509> {
+    // SAFETY: CMS_get1_certs returns a new stack holding a reference to
+    // each certificate; each is taken over as an owned X509 and the stack
+    // itself is freed.
+    unsafe {
+        let stack = CMS_get1_certs(cms.as_ptr());
+        if stack.is_null() {
+            return Vec::new();
+        }
+        let n = sys::OPENSSL_sk_num(stack as *const sys::OPENSSL_STACK);
+        let mut out = Vec::new();
+        for i in 0..n {
+            let x = sys::OPENSSL_sk_value(stack as *const sys::OPENSSL_STACK, i) as *mut sys::X509;
+            if !x.is_null() {
+                out.push(X509::from_ptr(x));
+            }
+        }
+        sys::OPENSSL_sk_free(stack as *mut sys::OPENSSL_STACK);
+        out
+    }
+}
+
+/// A certificate identifier (subject key identifier, or issuer and
+/// serial) as OpenSSL hands it out.
+///
+/// # Safety
+/// The pointers are null or valid for the duration of the call.
+unsafe fn cert_id(
+    keyid: *mut sys::ASN1_OCTET_STRING,
+    issuer: *mut sys::X509_NAME,
+    sno: *mut sys::ASN1_INTEGER,
+) -> RecipientId {
+    // SAFETY: the caller passes null or valid borrowed pointers; they are
+    // only read.
+    unsafe {
+        if !keyid.is_null() {
+            let k = openssl::asn1::Asn1StringRef::from_ptr(keyid as *mut sys::ASN1_STRING);
+            RecipientId::KeyId(hex(k.as_slice()))
+        } else if !issuer.is_null() && !sno.is_null() {
+            let name = X509NameRef::from_ptr(issuer);
+            let serial = openssl::asn1::Asn1IntegerRef::from_ptr(sno)
+                .to_bn()
+                .map(|b| hex(&b.to_vec()))
+                .unwrap_or_default();
+            RecipientId::IssuerSerial {
+                issuer: name_text(name),
+                serial_hex: serial,
+            }
+        } else {
+            RecipientId::Other
+        }
+    }
+}
+
+/// How a key-transport RecipientInfo (or a SignerInfo) names its
+/// certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecipientId {
     IssuerSerial {
@@ -357,22 +476,7 @@ pub fn recipients(cms: &CmsContentInfoRef) -> Vec<RecipientId> {
                 out.push(RecipientId::Other);
                 continue;
             }
-            if !keyid.is_null() {
-                let k = openssl::asn1::Asn1StringRef::from_ptr(keyid as *mut sys::ASN1_STRING);
-                out.push(RecipientId::KeyId(hex(k.as_slice())));
-            } else if !issuer.is_null() && !sno.is_null() {
-                let name = X509NameRef::from_ptr(issuer);
-                let serial = openssl::asn1::Asn1IntegerRef::from_ptr(sno)
-                    .to_bn()
-                    .map(|b| hex(&b.to_vec()))
-                    .unwrap_or_default();
-                out.push(RecipientId::IssuerSerial {
-                    issuer: name_text(name),
-                    serial_hex: serial,
-                });
-            } else {
-                out.push(RecipientId::Other);
-            }
+            out.push(cert_id(keyid, issuer, sno));
         }
         out
     }
@@ -434,7 +538,7 @@ pub fn signing_time(cms: &CmsContentInfoRef) -> Option<i64> {
     }
 }
 
-/// The content type of a CMS structure as a dotted OID.
+/// The content type of a CMS structure as a dotted OID (never a name).
 pub fn content_type(cms: &CmsContentInfoRef) -> Option<String> {
     // SAFETY: the object is borrowed from `cms` and only read.
     unsafe {
@@ -442,8 +546,19 @@ pub fn content_type(cms: &CmsContentInfoRef) -> Option<String> {
         if obj.is_null() {
             return None;
         }
-        let obj = openssl::asn1::Asn1ObjectRef::from_ptr(obj as *mut sys::ASN1_OBJECT);
-        Some(obj.to_string())
+        let mut buf = [0u8; 128];
+        let n = sys::OBJ_obj2txt(
+            buf.as_mut_ptr() as *mut libc::c_char,
+            buf.len() as c_int,
+            obj,
+            1,
+        );
+        if n <= 0 || n as usize >= buf.len() {
+            return None;
+        }
+        std::str::from_utf8(&buf[..n as usize])
+            .ok()
+            .map(str::to_string)
     }
 }
 

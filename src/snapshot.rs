@@ -5,7 +5,8 @@
 //! grows by harvest while it is in force (its own lock; harvested
 //! certificates are also written to disk and read again by the next
 //! snapshot). Next to the slot, the services that outlive a reload:
-//! identities found revoked, and the lookup caches.
+//! identities found revoked, the lookup caches and signers' revocation
+//! answers.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::config::{self, ConfigError, Settings, SettingsSource};
 use crate::pki::directory::{Directory, DirectoryError};
 use crate::pki::resolve::Resolver;
 use crate::pki::revocation::RevokedIdentities;
+use crate::pki::signer::SignerChecks;
 use crate::pki::{Keyring, KeyringError};
 
 /// Settings, keys and recipients' certificates that belong together.
@@ -58,6 +60,8 @@ pub struct Live {
     slot: ArcSwap<Snapshot>,
     pub revoked: RevokedIdentities,
     pub resolver: Resolver,
+    /// Revocation answers for the signers of incoming mail.
+    pub signers: SignerChecks,
 }
 
 impl Live {
@@ -66,6 +70,7 @@ impl Live {
             slot: ArcSwap::from_pointee(snapshot),
             revoked: RevokedIdentities::default(),
             resolver: Resolver::new(),
+            signers: SignerChecks::default(),
         }
     }
 

@@ -274,9 +274,9 @@ fn signatures_valid_tampered_and_untrusted_are_reported() {
     let gw = gateway(&sink, "");
     let content = pki::inner("signed and sealed");
     let cases = [
-        ("sig-valid", "alice-oces3", false, "signature=valid"),
-        ("sig-tampered", "alice-oces3", true, "signature=invalid"),
-        ("sig-stranger", "stranger", false, "signature=untrusted"),
+        ("sig-valid", "alice-oces3", false, "signature[1]=valid"),
+        ("sig-tampered", "alice-oces3", true, "signature[1]=invalid"),
+        ("sig-stranger", "stranger", false, "signature[1]=untrusted"),
     ];
     for (id, signer, tamper, _) in cases {
         let mut signed = pki::crlf(&pki::cms_sign(&content, signer));
@@ -289,19 +289,20 @@ fn signatures_valid_tampered_and_untrusted_are_reported() {
             signed = text.into_bytes();
         }
         let cms = pki::cms_encrypt(&signed, "org-oces3", &["-aes-256-cbc"]);
-        send(
-            &gw,
-            "bob@example-law.dk",
-            &pki::enveloped_message(id, "bob@example-law.dk", &cms, P7M),
-        );
+        // From the signer's own address: the relation is exact.
+        let m = String::from_utf8(pki::enveloped_message(id, "bob@example-law.dk", &cms, P7M))
+            .unwrap()
+            .replace("sender@example.org", "alice@example-law.dk");
+        send(&gw, "bob@example-law.dk", m.as_bytes());
     }
-    for (id, signer, tamper, expect) in cases {
+    for (id, signer, _, expect) in cases {
         let got = received_for(&sink, "bob@example-law.dk", id);
         let text = got.text();
         let trace = header(&text, "X-SMIME-Gateway");
         assert!(trace.contains(expect), "{id}: {trace}");
-        if !tamper {
-            assert!(trace.contains("signer=\"CN="), "{id}: {trace}");
+        assert!(trace.contains("signer=\"CN="), "{id}: {trace}");
+        if id == "sig-valid" {
+            assert!(trace.contains("from=exact"), "{id}: {trace}");
         }
         // The signature is kept for the mailbox: multipart/signed intact.
         assert!(text.contains("multipart/signed"), "{id}: {text}");
@@ -602,8 +603,13 @@ fn encrypted_then_signed_and_opaque_signed_mail() {
     let text = got.text();
     assert!(text.contains(SECRET), "{text}");
     let trace = header(&text, "X-SMIME-Gateway");
+    // Alice's certificate is not alice@example.org's: a valid signature
+    // by someone else, over the ciphertext only.
     assert!(
-        trace.contains("generation=OCES2") && trace.contains("signature=valid"),
+        trace.starts_with("signature[1]=signer-differs; signer=\"CN=Alice Andersen")
+            && trace.contains("from=differs")
+            && trace.contains("over=ciphertext; decrypted; key=")
+            && trace.contains("generation=OCES2"),
         "{trace}"
     );
 
@@ -626,13 +632,17 @@ fn encrypted_then_signed_and_opaque_signed_mail() {
         ],
         &pki::inner("opaque but readable"),
     ));
-    let mut m = b"From: Alice <alice@example.org>\r\nTo: <bob@example-law.dk>\r\nSubject: opaque\r\nMessage-ID: <opaque@test>\r\n".to_vec();
+    let mut m = b"From: Alice <alice@example-law.dk>\r\nTo: <bob@example-law.dk>\r\nSubject: opaque\r\nMessage-ID: <opaque@test>\r\n".to_vec();
     m.extend_from_slice(&opaque);
     send(&gw, "bob@example-law.dk", &m);
     let got = received_for(&sink, "bob@example-law.dk", "opaque");
     let text = got.text();
     let trace = header(&text, "X-SMIME-Gateway");
-    assert!(trace.starts_with("signed; signature=valid"), "{trace}");
+    assert!(
+        trace.starts_with("signature[1]=valid; signer=\"CN=Alice Andersen")
+            && trace.contains("from=exact"),
+        "{trace}"
+    );
     assert!(
         text.contains("smime-type=signed-data"),
         "opaque signature not kept: {text}"

@@ -389,6 +389,21 @@ pub struct TrustSettings {
     /// Time allowed for one CRL or OCSP request.
     #[serde(default = "defaults::revocation_timeout", with = "duration")]
     pub revocation_timeout: Duration,
+    /// `[[trust.organisation]]`: organisation certificates that sign for
+    /// the staff of the domains named (inbound signatures: `from=organisation`).
+    #[serde(default, rename = "organisation")]
+    pub organisations: Vec<OrganisationTie>,
+}
+
+/// One organisation whose organisation certificates (by CVR number, or by
+/// an address in one of the domains) sign mail for all its domains.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct OrganisationTie {
+    /// The organisation's CVR number.
+    #[serde(default)]
+    pub cvr: Option<String>,
+    /// The From domains its organisation certificates sign for.
+    pub domains: Vec<String>,
 }
 
 /// `[smime]`: handling of S/MIME mail.

@@ -278,6 +278,28 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
             );
         }
     }
+    for (i, t) in s.trust.organisations.iter().enumerate() {
+        if t.domains.is_empty() {
+            bad(
+                &format!("trust.organisation[{i}].domains"),
+                "names no domain".into(),
+            );
+        }
+        for d in t.domains.iter().filter(|d| !is_domain(d)) {
+            bad(
+                &format!("trust.organisation[{i}].domains"),
+                format!("{d:?} is not a domain"),
+            );
+        }
+        if let Some(cvr) = &t.cvr {
+            if cvr.len() != 8 || !cvr.chars().all(|c| c.is_ascii_digit()) {
+                bad(
+                    &format!("trust.organisation[{i}].cvr"),
+                    format!("{cvr:?} is not a CVR number (8 digits)"),
+                );
+            }
+        }
+    }
     out
 }
 

@@ -1,5 +1,6 @@
 //! Small reads of a message's header section: the Message-ID for log
-//! lines, the From addresses for the signing decision.
+//! lines, the From addresses for the signing decision and the From
+//! address signers are compared with.
 
 /// The Message-ID of a message (`<id>`), or an empty string.
 pub fn message_id(message: &[u8]) -> String {
@@ -36,9 +37,21 @@ pub fn from_addresses(message: &[u8]) -> Vec<String> {
     out
 }
 
+/// The address of the first mailbox in the From field, lower-cased.
+pub fn from_address(message: &[u8]) -> Option<String> {
+    let parsed = mail_parser::MessageParser::new().parse_headers(message)?;
+    let addr = parsed
+        .from()?
+        .first()?
+        .address()?
+        .trim()
+        .to_ascii_lowercase();
+    (!addr.is_empty()).then_some(addr)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::from_addresses;
+    use super::*;
 
     #[test]
     fn from_addresses_are_all_found() {
@@ -51,5 +64,12 @@ mod tests {
         let group = b"From: staff: a@example-law.dk;\r\n\r\nbody\r\n";
         assert_eq!(from_addresses(group), vec!["a@example-law.dk"]);
         assert!(from_addresses(b"Subject: none\r\n\r\nbody\r\n").is_empty());
+    }
+
+    #[test]
+    fn from_address_is_read() {
+        let m = b"To: x@y\r\nFrom: \"Court\" <Post@Domstol.DK>\r\n\r\nbody\r\n";
+        assert_eq!(from_address(m).as_deref(), Some("post@domstol.dk"));
+        assert_eq!(from_address(b"Subject: none\r\n\r\n"), None);
     }
 }

@@ -129,7 +129,7 @@ pub async fn decide(
 
 /// A message's plan: its shape, read once, and each pending recipient's
 /// treatment.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     pub shape: Shape,
     pub recipients: Vec<(String, Treatment)>,

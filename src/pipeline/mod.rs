@@ -19,12 +19,15 @@ pub mod wrap;
 
 use std::borrow::Cow;
 
+use std::collections::HashMap;
+
 use openssl::x509::X509;
 
 pub use decide::{Plan, Treatment};
 
 use crate::config::Settings;
 use crate::metrics::Event;
+use crate::pki::signer::SignerRevocation;
 use crate::pki::Keyring;
 use crate::spool::Envelope;
 
@@ -35,6 +38,14 @@ pub struct Context<'a> {
     pub keys: &'a Keyring,
     /// Unix seconds.
     pub now: i64,
+    /// Certificates a signature may name without carrying them
+    /// ([`crate::pki::signer::known_certificates`]).
+    pub known: &'a [X509],
+    /// Revocation answers for signer certificates, by fingerprint.
+    pub signer_revocation: &'a HashMap<String, SignerRevocation>,
+    /// LDAP was asked already for the certificates of this message's
+    /// signers (their answers are in `known`).
+    pub ldap_asked: bool,
 }
 
 /// One outgoing copy and the recipients it is for.
@@ -83,6 +94,18 @@ pub enum Action<'a> {
     /// A signer certificate from a valid signature, offered to the
     /// certificate store (kept only when bound to its sender).
     Harvest(HarvestOffer),
+    /// The revocation of this signer certificate (issued by `issuer`) is
+    /// not known: the queue asks its sources and runs the pipeline again.
+    CheckSigner {
+        cert: X509,
+        issuer: X509,
+    },
+    /// A signature names a certificate neither it nor the gateway holds:
+    /// the queue asks LDAP for the certificates of this (From) address and
+    /// runs the pipeline again.
+    FindSigner {
+        address: String,
+    },
     /// Something worth counting (metrics).
     Observed(Event),
 }
@@ -100,6 +123,8 @@ impl Action<'_> {
             Action::Fail { rcpts, reason } => Action::Fail { rcpts, reason },
             Action::Defer { rcpts, reason } => Action::Defer { rcpts, reason },
             Action::Harvest(offer) => Action::Harvest(offer),
+            Action::CheckSigner { cert, issuer } => Action::CheckSigner { cert, issuer },
+            Action::FindSigner { address } => Action::FindSigner { address },
             Action::Observed(e) => Action::Observed(e),
         }
     }

@@ -2,22 +2,31 @@
 //! (the mailbox's own identities first, then the organisation-wide ones;
 //! expired and revoked keys too), its signatures verified, and delivered
 //! plain or re-encrypted to the mailbox's current OCES3 key with an
-//! `X-SMIME-Gateway` header saying what was done. Mail that cannot be
-//! opened is delivered unchanged with the reason, or quarantined; signer
-//! certificates of valid signatures are offered for harvesting.
+//! `X-SMIME-Gateway` header saying what was done, layer by layer. Each
+//! signature's verdict is formed here from what `smime` verified, how the
+//! signer relates to the header From, and the signer certificate's
+//! revocation as the queue found it: a signer whose revocation is not
+//! known yet is asked for ([`Action::CheckSigner`]) and the queue runs the
+//! pipeline again with the answer; a signature naming a certificate
+//! nobody holds makes it ask LDAP for From's certificates the same way. Mail that cannot be opened is delivered
+//! unchanged with the reason, or quarantined; signer certificates of valid
+//! signatures are offered for harvesting.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::{Action, Actions, Context, HarvestOffer};
+use crate::config::Revocation;
 use crate::config::{Deliver, Encryption, OnUndecryptable};
 use crate::mail::address::normalize;
+use crate::mail::headers;
 use crate::metrics::Event;
 use crate::pki::directory::fingerprint;
 use crate::pki::oces;
-use crate::smime::cms::SigStatus;
+use crate::pki::signer::{self, Relation, SignerRevocation, Ties};
+use crate::smime::cms::Chain;
 use crate::smime::mime::Shape;
-use crate::smime::unwrap::{self, Report, Unwrapped};
+use crate::smime::unwrap::{self, Report, Unwrapped, Verdict, Verifier};
 use crate::smime::{cms, header};
 use crate::spool::Envelope;
 
@@ -70,8 +79,18 @@ pub fn mailboxes<'a>(
         let first = !opened.contains_key(&indices);
         let result = opened.entry(indices.clone()).or_insert_with(|| {
             let keys: Vec<_> = indices.iter().map(|&i| &ctx.keys.identities[i]).collect();
-            unwrap::unwrap(body, &keys, &ctx.keys.anchors, ctx.now)
+            let verifier = Verifier {
+                anchors: &ctx.keys.anchors,
+                known: ctx.known,
+            };
+            let mut result = unwrap::unwrap_with(body, &keys, verifier, ctx.now);
+            judge(&mut result, body, ctx);
+            result
         });
+        if first {
+            ask_revocation(result, ctx, out);
+            ask_ldap(result, body, ctx, out);
+        }
         if ctx.settings.certificates.harvest {
             harvest(result, envelope, body, out);
         }
@@ -131,14 +150,14 @@ pub fn mailboxes<'a>(
                 }
                 None => out.deliver(rcpt, Cow::Borrowed(body), None),
             },
-            Unwrapped::Failed { error } => {
+            Unwrapped::Failed { error, report } => {
                 let reason = error.to_string();
                 if ctx.settings.smime.on_undecryptable == OnUndecryptable::Quarantine
                     && !envelope.released
                 {
                     out.quarantine(rcpt, &reason);
                 } else {
-                    let value = format!("undecryptable; reason={}", header::quote(&reason));
+                    let value = report.failure_value(&reason);
                     let note = Some(format!("undecryptable: {reason}"));
                     out.deliver(rcpt, Cow::Owned(header::set(body, &value)), note);
                 }
@@ -147,68 +166,171 @@ pub fn mailboxes<'a>(
     }
 }
 
-fn note_for(report: &Report) -> String {
-    let mut parts = Vec::new();
-    if let Some(k) = &report.key {
-        parts.push(format!(
-            "decrypted with {} key {:?}",
-            k.generation, k.subject_cn
-        ));
+/// Adds to every signature of `result` how its signer relates to the
+/// header From of `body` and its revocation as far as known.
+fn judge(result: &mut Unwrapped, body: &[u8], ctx: &Context<'_>) {
+    let report = match result {
+        Unwrapped::Opened { report, .. }
+        | Unwrapped::Unchanged { report }
+        | Unwrapped::Failed { report, .. } => report,
+    };
+    let from = headers::from_address(body);
+    let ties = Ties::new(ctx.settings, ctx.keys);
+    let off = ctx.settings.trust.revocation == Revocation::Off;
+    for sig in report.signatures_mut() {
+        let Some(first) = sig.verified.signer.clone() else {
+            continue;
+        };
+        // Of parallel signers, the one nearest to From is named.
+        let rank = |r: Relation| match r {
+            Relation::Exact => 0,
+            Relation::SameDomain => 1,
+            Relation::Organisation => 2,
+            Relation::Differs => 3,
+        };
+        let mut best = signer::relation(&first, from.as_deref(), &ties);
+        let mut best_at = None;
+        for (i, (c, _)) in sig.verified.co_signers.iter().enumerate() {
+            let r = signer::relation(c, from.as_deref(), &ties);
+            if rank(r) < rank(best) {
+                (best, best_at) = (r, Some(i));
+            }
+        }
+        if let Some(i) = best_at {
+            sig.name_co_signer(i);
+        }
+        let Some(cert) = sig.verified.signer.clone() else {
+            continue;
+        };
+        sig.relation = Some(best);
+        if sig.verified.chain != Chain::Trusted {
+            continue;
+        }
+        sig.revocation = Some(if off {
+            SignerRevocation::NotChecked
+        } else {
+            ctx.signer_revocation
+                .get(&fingerprint(&cert))
+                .cloned()
+                .unwrap_or_else(|| SignerRevocation::Unknown("not asked yet".into()))
+        });
     }
-    if let Some(s) = &report.signature {
-        parts.push(format!(
-            "signature {} ({})",
-            s.status,
-            s.signer.as_deref().unwrap_or("unknown signer")
-        ));
-    }
-    parts.join("; ")
 }
 
-/// Counts a decryption or a failure to decrypt, once per message and key set.
+/// Asks for the revocation of trusted signers not known yet (once per
+/// message and key set).
+fn ask_revocation(result: &Unwrapped, ctx: &Context<'_>, out: &mut Actions<'_>) {
+    if ctx.settings.trust.revocation == Revocation::Off {
+        return;
+    }
+    let report = match result {
+        Unwrapped::Opened { report, .. }
+        | Unwrapped::Unchanged { report }
+        | Unwrapped::Failed { report, .. } => report,
+    };
+    for sig in report.signatures() {
+        let (Some(cert), Some(issuer), Chain::Trusted) = (
+            &sig.verified.signer,
+            &sig.verified.issuer,
+            &sig.verified.chain,
+        ) else {
+            continue;
+        };
+        let fp = fingerprint(cert);
+        let asked = out
+            .iter()
+            .any(|a| matches!(a, Action::CheckSigner { cert: c, .. } if fingerprint(c) == fp));
+        if !ctx.signer_revocation.contains_key(&fp) && !asked {
+            out.push(Action::CheckSigner {
+                cert: cert.clone(),
+                issuer: issuer.clone(),
+            });
+        }
+    }
+}
+
+/// Asks LDAP for the certificates of From when a signature names one
+/// nobody holds (once per message).
+fn ask_ldap(result: &Unwrapped, body: &[u8], ctx: &Context<'_>, out: &mut Actions<'_>) {
+    if ctx.ldap_asked || ctx.settings.certificates.ldap.is_empty() {
+        return;
+    }
+    let report = match result {
+        Unwrapped::Opened { report, .. }
+        | Unwrapped::Unchanged { report }
+        | Unwrapped::Failed { report, .. } => report,
+    };
+    let unknown = report
+        .signatures()
+        .any(|s| s.verified.math == crate::smime::cms::Math::UnknownSigner);
+    let asked = out.iter().any(|a| matches!(a, Action::FindSigner { .. }));
+    if let (true, false, Some(address)) = (unknown, asked, headers::from_address(body)) {
+        out.push(Action::FindSigner { address });
+    }
+}
+
+fn note_for(report: &Report) -> String {
+    report.header_value().unwrap_or_default()
+}
+
+/// Counts a decryption or a failure to decrypt, and each signature's
+/// verdict, once per message and key set.
 fn observe(result: &Unwrapped, out: &mut Actions<'_>) {
+    let report = match result {
+        Unwrapped::Opened { report, .. }
+        | Unwrapped::Unchanged { report }
+        | Unwrapped::Failed { report, .. } => report,
+    };
+    for sig in report.signatures() {
+        out.push(Action::Observed(Event::Verified(sig.verdict().token())));
+    }
     let event = match result {
-        Unwrapped::Opened { report, .. } => match &report.key {
+        Unwrapped::Opened { report, .. } => match report.key() {
             Some(k) => Event::Decrypted(k.generation.to_string()),
             None => return,
         },
-        Unwrapped::Failed { error } => Event::Undecryptable(error.label()),
+        Unwrapped::Failed { error, .. } => Event::Undecryptable(error.label()),
         Unwrapped::Unchanged { .. } => return,
     };
     out.push(Action::Observed(event));
 }
 
-/// Offers the signer certificate of a valid signature, once per message,
-/// with the address it is bound to (or why it is bound to none).
+/// Offers the signer certificates of valid signatures whose signer is the
+/// From address itself (`exact`: a certificate is kept for an address
+/// only from mail that address signed), once per message, each with the
+/// address it is bound to (or why the message binds it to nobody).
 fn harvest(result: &Unwrapped, envelope: &Envelope, body: &[u8], out: &mut Actions<'_>) {
     let report = match result {
         Unwrapped::Opened { report, .. } | Unwrapped::Unchanged { report } => report,
         Unwrapped::Failed { .. } => return,
     };
-    let Some(sig) = &report.signature else { return };
-    let (SigStatus::Valid, Some(cert)) = (sig.status, &sig.cert) else {
-        return;
-    };
-    let fp = fingerprint(cert);
-    if out
-        .iter()
-        .any(|a| matches!(a, Action::Harvest(o) if fingerprint(&o.cert) == fp))
-    {
-        return;
+    let from = headers::from_addresses(body);
+    for sig in report.signatures() {
+        let (Verdict::Valid, Some(Relation::Exact), Some(cert)) =
+            (sig.verdict(), sig.relation, sig.cert())
+        else {
+            continue;
+        };
+        let fp = fingerprint(cert);
+        if out
+            .iter()
+            .any(|a| matches!(a, Action::Harvest(o) if fingerprint(&o.cert) == fp))
+        {
+            continue;
+        }
+        let names: Vec<String> = cert
+            .to_der()
+            .ok()
+            .and_then(|d| oces::classify(&d).ok())
+            .map(|i| i.emails)
+            .unwrap_or_default();
+        out.push(Action::Harvest(HarvestOffer {
+            cert: cert.clone(),
+            capabilities: sig.verified.capabilities.clone(),
+            signed_at: sig.verified.claimed_time,
+            bound: binding(&envelope.mail_from, &from, &names),
+        }));
     }
-    let names: Vec<String> = cert
-        .to_der()
-        .ok()
-        .and_then(|d| oces::classify(&d).ok())
-        .map(|i| i.emails)
-        .unwrap_or_default();
-    let from = crate::mail::headers::from_addresses(body);
-    out.push(Action::Harvest(HarvestOffer {
-        cert: cert.clone(),
-        capabilities: sig.capabilities.clone(),
-        signed_at: sig.signing_time,
-        bound: binding(&envelope.mail_from, &from, &names),
-    }));
 }
 
 /// The address a signer certificate is bound to by a message: its header
@@ -240,7 +362,128 @@ pub fn binding(
 
 #[cfg(test)]
 mod tests {
-    use super::binding;
+    use super::*;
+    use crate::config::load::test_settings;
+    use crate::pki::Keyring;
+    use crate::smime::mime;
+    use openssl::cms::{CMSOptions, CmsContentInfo};
+
+    fn envelope() -> Envelope {
+        Envelope {
+            mail_from: "a@example.org".into(),
+            rcpts: vec!["bob@example-law.dk".into()],
+            received: 0,
+            client: "127.0.0.1".into(),
+            helo: "x".into(),
+            eight_bit: false,
+            smtputf8: false,
+            released: false,
+            submission: false,
+        }
+    }
+
+    /// A message signed (opaque) by a self-signed identity that is also
+    /// the trust anchor.
+    fn signed_message(id: &crate::pki::Identity) -> Vec<u8> {
+        let der = CmsContentInfo::sign(
+            Some(&id.cert),
+            Some(&id.key),
+            None,
+            Some(b"Content-Type: text/plain\r\n\r\nhello\r\n"),
+            CMSOptions::BINARY,
+        )
+        .unwrap()
+        .to_der()
+        .unwrap();
+        let mut m = b"From: <a@example.org>\r\nSubject: s\r\nContent-Type: application/pkcs7-mime; smime-type=signed-data\r\nContent-Transfer-Encoding: base64\r\n\r\n".to_vec();
+        m.extend_from_slice(&mime::base64_lines(&der));
+        m
+    }
+
+    fn run(
+        settings: &crate::config::Settings,
+        keys: &Keyring,
+        body: &[u8],
+        answers: &HashMap<String, SignerRevocation>,
+    ) -> Vec<String> {
+        let ctx = Context {
+            settings,
+            keys,
+            now: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64,
+            known: &[],
+            signer_revocation: answers,
+            ldap_asked: false,
+        };
+        let mut out = Actions::default();
+        let mailbox = Mailbox {
+            rcpt: "bob@example-law.dk".into(),
+            deliver: Deliver::Plain,
+            encryption: Encryption::default(),
+        };
+        mailboxes(
+            &envelope(),
+            vec![mailbox],
+            body,
+            &mime::shape(body),
+            &ctx,
+            &mut out,
+        );
+        out.into_vec()
+            .into_iter()
+            .map(|a| match a {
+                Action::Deliver(c) => String::from_utf8_lossy(&c.body)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+                Action::CheckSigner { .. } => "check-signer".into(),
+                other => format!("{other:?}").chars().take(20).collect(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_unknown_revocation_is_asked_for_and_the_answer_decides() {
+        let id = crate::pki::testkit::identity(1024, "Signer").unwrap();
+        let keys = Keyring {
+            identities: Vec::new(),
+            anchors: vec![id.cert.clone()],
+        };
+        let body = signed_message(&id);
+        let soft = test_settings("");
+        // First run: not known yet, so asked for; the copy says unknown.
+        let first = run(&soft, &keys, &body, &HashMap::new());
+        assert!(first.iter().any(|a| a == "check-signer"), "{first:?}");
+        assert!(
+            first.iter().any(|a| a.contains("revocation=unknown")),
+            "{first:?}"
+        );
+        // With the answer: revoked, and not asked again.
+        let mut answers = HashMap::new();
+        answers.insert(
+            fingerprint(&id.cert),
+            SignerRevocation::Revoked("CRL".into()),
+        );
+        let second = run(&soft, &keys, &body, &answers);
+        assert!(!second.iter().any(|a| a == "check-signer"), "{second:?}");
+        assert!(
+            second
+                .iter()
+                .any(|a| a.starts_with("X-SMIME-Gateway: signature[1]=revoked")),
+            "{second:?}"
+        );
+        // Revocation off: nothing asked, said so.
+        let off = test_settings("[trust]\nrevocation = \"off\"\n");
+        let third = run(&off, &keys, &body, &HashMap::new());
+        assert!(!third.iter().any(|a| a == "check-signer"), "{third:?}");
+        assert!(
+            third.iter().any(|a| a.contains("revocation=not-checked")),
+            "{third:?}"
+        );
+    }
 
     fn v(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()

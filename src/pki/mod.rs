@@ -10,6 +10,7 @@ pub mod oces;
 pub mod provider;
 pub mod resolve;
 pub mod revocation;
+pub mod signer;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod trust;

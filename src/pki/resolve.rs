@@ -76,34 +76,12 @@ impl Resolver {
         }
         let mut error = None;
         for cfg in &settings.certificates.ldap {
-            let key = (cfg.url.clone(), addr.to_ascii_lowercase());
-            let cached = self
-                .ldap_cache
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&key)
-                .filter(|(until, _)| *until > Instant::now())
-                .map(|(_, certs)| certs.clone());
-            let certs = match cached {
-                Some(c) => {
-                    crate::metrics::lookup("ldap-cache");
-                    c
+            let certs = match self.ldap_cached(cfg, addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    error = Some(e);
+                    continue;
                 }
-                None => match super::ldap::lookup(cfg, addr).await {
-                    Ok(c) => {
-                        crate::metrics::lookup("ldap");
-                        self.ldap_cache
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(key, (Instant::now() + cfg.cache_ttl, c.clone()));
-                        c
-                    }
-                    Err(e) => {
-                        tracing::warn!(event = "ldap-error", address = %addr, error = %e, "certificate lookup failed");
-                        error = Some(e.to_string());
-                        continue;
-                    }
-                },
             };
             let known: Vec<String> = out.iter().map(|c| c.entry.fingerprint.clone()).collect();
             let entries: Vec<Entry> = certs
@@ -127,6 +105,53 @@ impl Resolver {
             .iter()
             .any(|c| matches!(c.verdict, Verdict::Usable(_)) && wanted(&c.entry.info));
         (out, if satisfied { None } else { error })
+    }
+
+    /// The certificates every configured LDAP server holds for `addr`
+    /// (cached answers first); servers that cannot be asked are skipped
+    /// (logged). For signatures that name a certificate they do not carry.
+    pub async fn ldap_certificates(&self, settings: &Settings, addr: &str) -> Vec<X509> {
+        let mut out = Vec::new();
+        for cfg in &settings.certificates.ldap {
+            if let Ok(certs) = self.ldap_cached(cfg, addr).await {
+                out.extend(certs);
+            }
+        }
+        out
+    }
+
+    /// One LDAP server's answer for `addr`, from the cache while fresh.
+    async fn ldap_cached(
+        &self,
+        cfg: &crate::config::LdapSettings,
+        addr: &str,
+    ) -> Result<Vec<X509>, String> {
+        let key = (cfg.url.clone(), addr.to_ascii_lowercase());
+        let cached = self
+            .ldap_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .filter(|(until, _)| *until > Instant::now())
+            .map(|(_, certs)| certs.clone());
+        if let Some(c) = cached {
+            crate::metrics::lookup("ldap-cache");
+            return Ok(c);
+        }
+        match super::ldap::lookup(cfg, addr).await {
+            Ok(c) => {
+                crate::metrics::lookup("ldap");
+                self.ldap_cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, (Instant::now() + cfg.cache_ttl, c.clone()));
+                Ok(c)
+            }
+            Err(e) => {
+                tracing::warn!(event = "ldap-error", address = %addr, error = %e, "certificate lookup failed");
+                Err(e.to_string())
+            }
+        }
     }
 
     /// Checks each entry (validity, key usage, chain, revocation) off the

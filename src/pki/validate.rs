@@ -8,7 +8,8 @@ use openssl::x509::{X509StoreContext, X509};
 
 use super::directory::Entry;
 
-fn day(unix: i64) -> String {
+/// A Unix time as its UTC day, `YYYY-MM-DD`.
+pub fn day(unix: i64) -> String {
     chrono::DateTime::from_timestamp(unix, 0)
         .map(|t| t.format("%Y-%m-%d").to_string())
         .unwrap_or_else(|| unix.to_string())

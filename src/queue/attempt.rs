@@ -5,7 +5,10 @@
 //! with every recipient a next hop accepted marked delivered, or sends a
 //! copy twice; it never loses one.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use openssl::x509::X509;
 
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -17,6 +20,7 @@ use crate::delivery::{self, route, Outbound, RcptOutcome};
 use crate::mail::headers;
 use crate::metrics;
 use crate::pipeline::{self, decide, Action, Copy, Plan, Treatment};
+use crate::pki::signer::{self, SignerRevocation};
 use crate::snapshot::{Live, Snapshot};
 use crate::spool::dsn::Failure;
 use crate::spool::{SpoolError, Spooled, Store};
@@ -77,7 +81,7 @@ pub async fn attempt(
         })
         .collect();
     let encrypted = decide::arrived_encrypted(&plan.shape);
-    let actions = match run_pipeline(&msg, &snapshot, plan).await {
+    let actions = match inbound_pipeline(&msg, &snapshot, live, plan).await {
         Ok(a) => a,
         Err(e) => {
             error!(queue_id = %id, error = %e, "message processing failed; will retry");
@@ -201,22 +205,113 @@ fn log_decisions(id: &str, plan: &Plan) {
     }
 }
 
+/// The pipeline, run again (at most twice) when it asked for what needs
+/// the world: the revocation of signer certificates not known yet (the
+/// answers are cached, so a known signer costs one run), or LDAP's
+/// certificates for a signer no certificate held names. A source that
+/// does not answer within its timeout leaves the status unknown: it never
+/// defers the message.
+async fn inbound_pipeline(
+    msg: &Spooled,
+    snapshot: &Arc<Snapshot>,
+    live: &Arc<Live>,
+    plan: Plan,
+) -> Result<Vec<Action<'static>>, tokio::task::JoinError> {
+    let has_mailboxes = plan
+        .recipients
+        .iter()
+        .any(|(_, t)| matches!(t, Treatment::Mailbox { .. }));
+    let mut known = if has_mailboxes {
+        signer::known_certificates(&snapshot.keys, &snapshot.certs)
+    } else {
+        Vec::new()
+    };
+    let mut ldap_asked = false;
+    let answers = live.signers.known(now_secs() as i64);
+    let mut actions = run_pipeline(
+        msg,
+        snapshot,
+        plan.clone(),
+        &Arc::new(known.clone()),
+        answers,
+        ldap_asked,
+    )
+    .await?;
+    for _ in 0..2 {
+        let mut wanted: Vec<(X509, X509)> = Vec::new();
+        let mut addresses: Vec<String> = Vec::new();
+        for a in &actions {
+            match a {
+                Action::CheckSigner { cert, issuer } => wanted.push((cert.clone(), issuer.clone())),
+                Action::FindSigner { address } => addresses.push(address.clone()),
+                _ => {}
+            }
+        }
+        if wanted.is_empty() && addresses.is_empty() {
+            break;
+        }
+        for address in &addresses {
+            known.extend(
+                live.resolver
+                    .ldap_certificates(&snapshot.settings, address)
+                    .await,
+            );
+            ldap_asked = true;
+        }
+        if !wanted.is_empty() {
+            let (l, s) = (Arc::clone(live), Arc::clone(snapshot));
+            tokio::task::spawn_blocking(move || {
+                let trust = &s.settings.trust;
+                for (cert, issuer) in &wanted {
+                    l.signers.check(
+                        cert,
+                        issuer,
+                        &s.keys.anchors,
+                        trust.revocation,
+                        trust.revocation_timeout,
+                        now_secs() as i64,
+                    );
+                }
+            })
+            .await?;
+        }
+        let answers = live.signers.known(now_secs() as i64);
+        actions = run_pipeline(
+            msg,
+            snapshot,
+            plan.clone(),
+            &Arc::new(known.clone()),
+            answers,
+            ldap_asked,
+        )
+        .await?;
+    }
+    Ok(actions)
+}
+
 /// Decryption, signing and encryption are CPU work: off the async threads.
 async fn run_pipeline(
     msg: &Spooled,
     snapshot: &Arc<Snapshot>,
     plan: Plan,
+    known: &Arc<Vec<X509>>,
+    answers: HashMap<String, SignerRevocation>,
+    ldap_asked: bool,
 ) -> Result<Vec<Action<'static>>, tokio::task::JoinError> {
-    let (envelope, body, snapshot) = (
+    let (envelope, body, snapshot, known) = (
         msg.envelope.clone(),
         Arc::clone(&msg.body),
         Arc::clone(snapshot),
+        Arc::clone(known),
     );
     tokio::task::spawn_blocking(move || {
         let ctx = pipeline::Context {
             settings: &snapshot.settings,
             keys: &snapshot.keys,
             now: now_secs() as i64,
+            known: &known,
+            signer_revocation: &answers,
+            ldap_asked,
         };
         pipeline::process(&envelope, &body, &plan, &ctx)
             .into_iter()
@@ -248,6 +343,8 @@ async fn carry_out(
     match action {
         Action::Deliver(copy) => deliver(copy, msg, snapshot, message_id, attempted).await,
         Action::Observed(event) => metrics::pipeline(event),
+        // Asked for and answered before the final run of the pipeline.
+        Action::CheckSigner { .. } | Action::FindSigner { .. } => {}
         Action::Fail { rcpts, reason } => refused(
             rcpts,
             RcptOutcome::Failed(format!("550 5.7.1 {reason}")),

@@ -100,113 +100,237 @@ pub fn encrypt(data: &[u8], recipients: &[X509], how: Encryption) -> Result<Vec<
         .map_err(|e| SmimeError::Encrypt(short(&e)))
 }
 
-/// The verdict on a signature.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SigStatus {
-    /// Mathematically valid and chained to a trust anchor.
+/// What the mathematics of a signature say, before any question of
+/// trust: the content matches, it does not, or the signer's certificate
+/// is neither in the signature nor among the certificates the gateway
+/// holds (so nothing can be said about the content).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Math {
     Valid,
-    /// Mathematically valid, but the signer does not chain to an anchor
-    /// (or its certificate was not valid at signing time).
-    Untrusted,
-    /// The content does not match the signature.
-    Invalid,
+    /// The content does not match the signature (or the signature is
+    /// broken); why.
+    Invalid(String),
+    UnknownSigner,
 }
 
-impl std::fmt::Display for SigStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SigStatus::Valid => "valid",
-            SigStatus::Untrusted => "untrusted",
-            SigStatus::Invalid => "invalid",
-        })
-    }
+/// Whether the signer's certificate chains to a trust anchor at the time
+/// of verification (not at the signing time the signature claims).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chain {
+    /// Chains to an anchor now.
+    Trusted,
+    /// Would chain, but the certificate (or one above it) is past its
+    /// validity now; why.
+    Expired(String),
+    /// No chain to an anchor (or not valid yet); why.
+    Untrusted(String),
+    /// Not looked at: the mathematics already failed.
+    NotChecked,
 }
 
-/// What verification found.
+/// What verification found: facts, not yet a verdict (revocation and the
+/// relation to the header From are added by the caller).
 #[derive(Debug, Clone)]
 pub struct Verified {
-    pub status: SigStatus,
+    pub math: Math,
+    pub chain: Chain,
+    /// The signer's certificate, embedded or found among those held.
     pub signer: Option<X509>,
-    /// Why it is not valid.
-    pub detail: Option<String>,
+    /// How the signature names its signer (issuer and serial, or subject
+    /// key identifier).
+    pub signer_id: Option<String>,
+    /// The certificate that issued the signer's (for revocation checks).
+    pub issuer: Option<X509>,
+    /// The signing time the signature claims (Unix seconds): a claim.
+    pub claimed_time: Option<i64>,
+    /// The time the chain was checked against (Unix seconds).
+    pub checked_at: i64,
     /// The signed content (opaque signatures only).
     pub content: Option<Vec<u8>>,
-    /// Signing time used for the chain check (Unix seconds).
-    pub at: i64,
     /// SMIMECapabilities the signer announced (dotted OIDs).
     pub capabilities: Vec<String>,
-    /// The signing time the signature claims (Unix seconds), if any.
-    pub signing_time: Option<i64>,
+    /// SignerInfos in this SignedData: more than one are verified together
+    /// (all must hold).
+    pub signer_count: usize,
+    /// The other signers' certificates with their issuers, when there are
+    /// parallel signatures (the caller may name one of them instead).
+    pub co_signers: Vec<(X509, Option<X509>)>,
 }
 
-/// Verifies a signature: detached over `detached` (the exact signed bytes)
-/// or opaque (content inside). The chain is checked against `anchors` as of
-/// the signing time (`now` when the signature carries none).
-pub fn verify(sig: &[u8], detached: Option<&[u8]>, anchors: &[X509], now: i64) -> Verified {
+/// OpenSSL's CMS library code and its "signer certificate not found".
+const ERR_LIB_CMS: libc::c_int = 46;
+const CMS_R_SIGNER_CERTIFICATE_NOT_FOUND: libc::c_int = 138;
+
+fn signer_not_found(e: &openssl::error::ErrorStack) -> bool {
+    e.errors().iter().any(|x| {
+        x.library_code() == ERR_LIB_CMS && x.reason_code() == CMS_R_SIGNER_CERTIFICATE_NOT_FOUND
+    })
+}
+
+/// The opaque content of SignedData, if it carries any.
+pub fn signed_content_inside(der: &[u8]) -> bool {
+    parse(der)
+        .map(|c| ossl::signed_info(&c).has_content)
+        .unwrap_or(false)
+}
+
+/// Verifies a signature: detached over `detached` (the exact signed bytes;
+/// the CRLF and LF forms are tried too, as clients differ in what they
+/// canonicalise) or opaque (content inside). The signer's certificate is
+/// the one embedded, else the one among `known` the signature names. The
+/// chain is checked against `anchors` as of `now`, the time of
+/// verification: a signing time inside the signature is only reported.
+pub fn verify(
+    sig: &[u8],
+    detached: Option<&[u8]>,
+    anchors: &[X509],
+    known: &[X509],
+    now: i64,
+) -> Verified {
+    let mut out = Verified {
+        math: Math::Invalid(String::new()),
+        chain: Chain::NotChecked,
+        signer: None,
+        signer_id: None,
+        issuer: None,
+        claimed_time: None,
+        checked_at: now,
+        content: None,
+        capabilities: Vec::new(),
+        signer_count: 0,
+        co_signers: Vec::new(),
+    };
     let mut cms = match parse(sig) {
         Ok(c) => c,
         Err(e) => {
-            return Verified {
-                status: SigStatus::Invalid,
-                signer: None,
-                detail: Some(format!("signature is not usable CMS: {e}")),
-                content: None,
-                at: now,
-                capabilities: Vec::new(),
-                signing_time: None,
-            }
+            out.math = Math::Invalid(format!("signature is not usable CMS: {e}"));
+            return out;
         }
     };
-    let signing_time = ossl::signing_time(&cms);
-    let at = signing_time.unwrap_or(now);
-    let store = match store_at(anchors, at) {
-        Ok(s) => s,
+    let info = ossl::signed_info(&cms);
+    out.signer_id = info.signers.first().map(|s| s.to_string());
+    out.signer_count = info.signers.len();
+    out.claimed_time = ossl::signing_time(&cms);
+    out.capabilities = ossl::capabilities(&cms);
+    if detached.is_none() {
+        out.content = ossl::signed_content(&cms);
+    }
+    let prepared = (|| {
+        let mut pool = Stack::new()?;
+        for c in known {
+            pool.push(c.clone())?;
+        }
+        Ok::<_, openssl::error::ErrorStack>((
+            pool,
+            store_at(anchors, now)?,
+            crate::pki::trust::store_any_time(anchors)?,
+        ))
+    })();
+    let (pool, store, timeless) = match prepared {
+        Ok(p) => p,
         Err(e) => {
-            return Verified {
-                status: SigStatus::Untrusted,
-                signer: None,
-                detail: Some(short(&e)),
-                content: None,
-                at,
-                capabilities: Vec::new(),
-                signing_time,
-            }
+            out.math = Math::Invalid(format!("cannot verify: {}", short(&e)));
+            return out;
         }
     };
-    let mut content = Vec::new();
-    let trusted = cms.verify(
-        None,
-        Some(&store),
-        detached,
-        Some(&mut content),
-        CMSOptions::BINARY,
-    );
-    let (status, detail) = match trusted {
-        Ok(()) => (SigStatus::Valid, None),
-        Err(chain_err) => {
-            content.clear();
-            let math = cms.verify(
-                None,
-                Some(&store),
-                detached,
-                Some(&mut content),
-                CMSOptions::BINARY | CMSOptions::NO_SIGNER_CERT_VERIFY,
-            );
-            match math {
-                Ok(()) => (SigStatus::Untrusted, Some(chain_reason(&chain_err))),
-                Err(e) => (SigStatus::Invalid, Some(short(&e))),
+    // The forms of the detached content to try: exact first.
+    let mut forms: Vec<Vec<u8>> = Vec::new();
+    if let Some(d) = detached {
+        forms.push(d.to_vec());
+        for f in [super::mime::crlf(d).into_owned(), super::mime::lf(d)] {
+            if !forms.contains(&f) {
+                forms.push(f);
             }
         }
+    }
+    let attempt = |cms: &mut CmsContentInfo,
+                   data: Option<&[u8]>,
+                   store: &openssl::x509::store::X509Store,
+                   flags: CMSOptions| {
+        cms.verify(
+            Some(&pool),
+            Some(store),
+            data,
+            None,
+            CMSOptions::BINARY | flags,
+        )
     };
-    let signer = ossl::signers(&cms).into_iter().next();
-    Verified {
-        status,
-        signer,
-        detail,
-        content: (detached.is_none() && status != SigStatus::Invalid).then_some(content),
-        at,
-        capabilities: ossl::capabilities(&cms),
-        signing_time,
+    let math_only = CMSOptions::NO_SIGNER_CERT_VERIFY;
+    let mut matched: Option<Option<&[u8]>> = None;
+    let mut failure = None;
+    let tries: Vec<Option<&[u8]>> = if forms.is_empty() {
+        vec![None]
+    } else {
+        forms.iter().map(|f| Some(f.as_slice())).collect()
+    };
+    for data in tries {
+        match attempt(&mut cms, data, &store, math_only) {
+            Ok(()) => {
+                matched = Some(data);
+                break;
+            }
+            Err(e) if signer_not_found(&e) => {
+                out.math = Math::UnknownSigner;
+                return out;
+            }
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    let mut signers = ossl::signers(&cms).into_iter();
+    out.signer = signers.next();
+    let co_signers: Vec<X509> = signers.collect();
+    let Some(data) = matched else {
+        out.math = Math::Invalid(failure.map(|e| short(&e)).unwrap_or_default());
+        return out;
+    };
+    out.math = Math::Valid;
+    out.chain = match attempt(&mut cms, data, &store, CMSOptions::empty()) {
+        Ok(()) => Chain::Trusted,
+        Err(now_err) => match attempt(&mut cms, data, &timeless, CMSOptions::empty()) {
+            Ok(()) => time_problem(out.signer.as_ref(), now),
+            Err(_) => Chain::Untrusted(chain_reason(&now_err)),
+        },
+    };
+    let mut helpers = ossl::embedded_certs(&cms);
+    helpers.extend(known.iter().cloned());
+    helpers.extend(anchors.iter().cloned());
+    let issuer_of = |cert: &X509| {
+        helpers
+            .iter()
+            .find(|c| c.issued(cert) == openssl::x509::X509VerifyResult::OK)
+            .cloned()
+    };
+    out.issuer = out.signer.as_ref().and_then(issuer_of);
+    out.co_signers = co_signers
+        .into_iter()
+        .map(|c| {
+            let issuer = issuer_of(&c);
+            (c, issuer)
+        })
+        .collect();
+    out
+}
+
+/// Why a chain that holds apart from validity periods does not hold now.
+fn time_problem(signer: Option<&X509>, now: i64) -> Chain {
+    let Some(cert) = signer else {
+        return Chain::Expired("a certificate in the chain is outside its validity".into());
+    };
+    let Ok(info) = cert.to_der().map(|d| crate::pki::oces::classify(&d)) else {
+        return Chain::Expired("a certificate in the chain is outside its validity".into());
+    };
+    match info {
+        Ok(i) if now > i.not_after => Chain::Expired(format!(
+            "certificate expired {}",
+            crate::pki::validate::day(i.not_after)
+        )),
+        Ok(i) if now < i.not_before => Chain::Untrusted(format!(
+            "certificate not valid before {}",
+            crate::pki::validate::day(i.not_before)
+        )),
+        _ => Chain::Expired("a CA certificate in the chain is outside its validity".into()),
     }
 }
 
@@ -232,5 +356,83 @@ pub fn subject(cert: &X509Ref) -> String {
         (Some(cn), Some(o)) => format!("CN={cn}, O={o}"),
         (Some(cn), None) => format!("CN={cn}"),
         _ => ossl::name_text(name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::testkit;
+
+    fn signed_detached(id: &crate::pki::Identity, data: &[u8]) -> Vec<u8> {
+        CmsContentInfo::sign(
+            Some(&id.cert),
+            Some(&id.key),
+            None,
+            Some(data),
+            CMSOptions::BINARY | CMSOptions::DETACHED,
+        )
+        .unwrap()
+        .to_der()
+        .unwrap()
+    }
+
+    #[test]
+    fn content_types_are_known() {
+        let id = testkit::identity(1024, "Kind Test").unwrap();
+        let sig = signed_detached(&id, b"x");
+        assert_eq!(kind(&sig), Some(Kind::Signed));
+        assert!(!signed_content_inside(&sig));
+        assert_eq!(kind(b"not cms"), None);
+        let enveloped =
+            encrypt(b"x", std::slice::from_ref(&id.cert), Encryption::Aes256Cbc).unwrap();
+        assert_eq!(kind(&enveloped), Some(Kind::Enveloped));
+    }
+
+    #[test]
+    fn lf_and_crlf_forms_of_signed_content_verify_and_changes_do_not() {
+        let id = testkit::identity(1024, "Line Ends").unwrap();
+        let now = 1_000_000_000_i64.max(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64,
+        );
+        let anchors = [id.cert.clone()];
+        // Signed over LF, arriving with CRLF (and the other way round).
+        for (signed_form, arrived) in [
+            (&b"a\nb\n"[..], &b"a\r\nb\r\n"[..]),
+            (&b"a\r\nb\r\n"[..], &b"a\nb\n"[..]),
+        ] {
+            let sig = signed_detached(&id, signed_form);
+            let v = verify(&sig, Some(arrived), &anchors, &[], now);
+            assert_eq!(v.math, Math::Valid);
+            assert_eq!(v.chain, Chain::Trusted);
+            let v = verify(&sig, Some(b"a\r\nB\r\n"), &anchors, &[], now);
+            assert!(matches!(v.math, Math::Invalid(_)), "{:?}", v.math);
+        }
+        // Without the certificate inside or held: unknown, not invalid;
+        // held: valid.
+        let bare = CmsContentInfo::sign(
+            Some(&id.cert),
+            Some(&id.key),
+            None,
+            Some(b"z"),
+            CMSOptions::BINARY | CMSOptions::DETACHED | CMSOptions::CMS_NOCERTS,
+        )
+        .unwrap()
+        .to_der()
+        .unwrap();
+        let v = verify(&bare, Some(b"z"), &[], &[], now);
+        assert_eq!(v.math, Math::UnknownSigner);
+        assert!(v.signer_id.unwrap().starts_with("issuer="));
+        let v = verify(&bare, Some(b"z"), &anchors, &anchors, now);
+        assert_eq!((v.math, v.chain), (Math::Valid, Chain::Trusted));
+        // Checked at the time of verification: after the certificate's
+        // end it is expired, whatever the signature claims.
+        let later = now + 60 * 86_400;
+        let v = verify(&bare, Some(b"z"), &anchors, &anchors, later);
+        assert!(matches!(v.chain, Chain::Expired(_)), "{:?}", v.chain);
+        assert_eq!(v.checked_at, later);
     }
 }

@@ -3,11 +3,14 @@
 //! header sections taken apart and put together, CRLF normalisation and
 //! base64 for output. Parsing is mail-parser's; this module only asks it
 //! the questions S/MIME needs answered.
+//!
+//! Why long: recognition covers every form clients send (by type and by
+//! file name, nested or alone), and its unit tests are the list of them.
 
 use std::borrow::Cow;
 
 use base64::Engine;
-use mail_parser::{MessageParser, MimeHeaders, PartType};
+use mail_parser::{Message, MessageParser, MessagePart, MimeHeaders, PartType};
 
 /// What a message (or entity) is, as far as S/MIME goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +20,8 @@ pub enum Shape {
     Enveloped {
         cms: Vec<u8>,
     },
-    /// `application/(x-)pkcs7-mime; smime-type=signed-data`.
+    /// `application/(x-)pkcs7-mime; smime-type=signed-data` (or a `.p7m`
+    /// whose CMS is SignedData with its content inside).
     OpaqueSigned {
         cms: Vec<u8>,
     },
@@ -28,10 +32,25 @@ pub enum Shape {
         signature: Vec<u8>,
     },
     /// Encrypted or signed data sits inside a multipart next to other parts:
-    /// never spliced back together with them.
-    Mixed,
+    /// never spliced back together with them, never opened.
+    Mixed(Nested),
     Plain,
 }
+
+/// S/MIME parts found inside a multipart next to other parts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Nested {
+    /// Encrypted parts (enveloped data).
+    pub encrypted: usize,
+    /// Signed parts (multipart/signed, signed data, lone signatures).
+    pub signed: usize,
+    /// The multipart type they sit in, e.g. `multipart/alternative`.
+    pub container: String,
+}
+
+/// The file name endings MS-OXOSMIME says mark S/MIME in an
+/// `application/octet-stream` part.
+const SMIME_NAMES: [&str; 3] = [".p7m", ".p7s", ".p7c"];
 
 fn is_pkcs7_mime(ctype: &str, subtype: Option<&str>) -> bool {
     ctype.eq_ignore_ascii_case("application")
@@ -47,77 +66,175 @@ fn is_pkcs7_signature(ctype: &str, subtype: Option<&str>) -> bool {
         })
 }
 
+/// The S/MIME ending (`.p7m`, `.p7s`, `.p7c`) of an
+/// `application/octet-stream` part's name or filename.
+fn smime_name(part: &MessagePart<'_>) -> Option<&'static str> {
+    let ct = part.content_type()?;
+    let octet = ct.ctype().eq_ignore_ascii_case("application")
+        && ct
+            .subtype()
+            .is_some_and(|s| s.eq_ignore_ascii_case("octet-stream"));
+    if !octet {
+        return None;
+    }
+    let names = [
+        part.content_disposition()
+            .and_then(|d| d.attribute("filename")),
+        ct.attribute("name"),
+    ];
+    names.into_iter().flatten().find_map(|n| {
+        let n = n.trim().to_ascii_lowercase();
+        SMIME_NAMES.into_iter().find(|e| n.ends_with(e))
+    })
+}
+
+/// An `application/(x-)pkcs7-mime` part, or an octet-stream named `.p7m`
+/// or `.p7c`.
+fn is_smime_entity(part: &MessagePart<'_>) -> bool {
+    part.content_type()
+        .is_some_and(|c| is_pkcs7_mime(c.ctype(), c.subtype()))
+        || matches!(smime_name(part), Some(".p7m") | Some(".p7c"))
+}
+
+/// A detached signature part: `application/(x-)pkcs7-signature` or an
+/// octet-stream named `.p7s`.
+fn is_signature_part(part: &MessagePart<'_>) -> bool {
+    part.content_type()
+        .is_some_and(|c| is_pkcs7_signature(c.ctype(), c.subtype()))
+        || smime_name(part) == Some(".p7s")
+}
+
+fn is_multipart(part: &MessagePart<'_>, sub: &str) -> bool {
+    part.content_type().is_some_and(|c| {
+        c.ctype().eq_ignore_ascii_case("multipart")
+            && c.subtype().is_some_and(|s| s.eq_ignore_ascii_case(sub))
+    })
+}
+
 /// Classifies the message or entity in `raw`.
 pub fn shape(raw: &[u8]) -> Shape {
     let Some(msg) = MessageParser::default().parse(raw) else {
         return Shape::Plain;
     };
-    let Some(root) = msg.parts.first() else {
-        return Shape::Plain;
-    };
-    let Some(ct) = root.content_type() else {
-        return Shape::Plain;
-    };
-    if is_pkcs7_mime(ct.ctype(), ct.subtype()) {
-        return pkcs7_mime_shape(root);
-    }
-    if !ct.ctype().eq_ignore_ascii_case("multipart") {
+    if msg.parts.is_empty() {
         return Shape::Plain;
     }
-    let PartType::Multipart(children) = &root.body else {
+    shape_of(&msg, raw, 0, 0)
+}
+
+/// Most multiparts with a single part looked through.
+const MAX_WRAPPERS: usize = 16;
+
+/// The shape of part `index` of `msg` (parsed from `raw`), `depth`
+/// single-part multiparts down.
+fn shape_of(msg: &Message<'_>, raw: &[u8], index: usize, depth: usize) -> Shape {
+    let Some(part) = msg.parts.get(index) else {
         return Shape::Plain;
     };
-    if ct
-        .subtype()
-        .is_some_and(|s| s.eq_ignore_ascii_case("signed"))
-        && children.len() == 2
-    {
+    if is_smime_entity(part) {
+        return pkcs7_mime_shape(part);
+    }
+    let PartType::Multipart(children) = &part.body else {
+        return Shape::Plain;
+    };
+    if is_multipart(part, "signed") && children.len() == 2 {
         let first = &msg.parts[children[0] as usize];
         let second = &msg.parts[children[1] as usize];
-        let sig_ok = second
-            .content_type()
-            .is_some_and(|c| is_pkcs7_signature(c.ctype(), c.subtype()));
         let content = raw.get(first.offset_header as usize..first.offset_end as usize);
-        if let (true, Some(content)) = (sig_ok, content) {
+        if let (true, Some(content)) = (is_signature_part(second), content) {
             return Shape::DetachedSigned {
                 content: content.to_vec(),
-                signature: second.contents().to_vec(),
+                signature: cms_bytes(second),
             };
         }
         return Shape::Plain;
     }
     // Any other multipart: S/MIME inside is used only when it is the one
     // and only part (the body carried as a single attachment).
-    let smime_parts: Vec<u32> = children
-        .iter()
-        .copied()
-        .filter(|&i| {
-            msg.parts[i as usize]
-                .content_type()
-                .is_some_and(|c| is_pkcs7_mime(c.ctype(), c.subtype()))
-        })
-        .collect();
-    match (children.len(), smime_parts.len()) {
-        (_, 0) => Shape::Plain,
-        (1, 1) => pkcs7_mime_shape(&msg.parts[smime_parts[0] as usize]),
-        _ => Shape::Mixed,
+    if let ([only], true) = (children.as_slice(), depth < MAX_WRAPPERS) {
+        let inner = shape_of(msg, raw, *only as usize, depth + 1);
+        if !matches!(inner, Shape::Plain) {
+            return inner;
+        }
+    }
+    let mut nested = Nested::default();
+    for &c in children {
+        count_nested(msg, c as usize, &mut nested, 0);
+    }
+    if nested.encrypted + nested.signed == 0 {
+        return Shape::Plain;
+    }
+    nested.container = part
+        .content_type()
+        .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or("")).to_ascii_lowercase())
+        .unwrap_or_default();
+    Shape::Mixed(nested)
+}
+
+/// Counts the S/MIME parts at and under part `index`.
+fn count_nested(msg: &Message<'_>, index: usize, out: &mut Nested, depth: usize) {
+    let Some(part) = msg.parts.get(index) else {
+        return;
+    };
+    if is_smime_entity(part) {
+        match pkcs7_mime_shape(part) {
+            Shape::Enveloped { .. } => out.encrypted += 1,
+            Shape::OpaqueSigned { .. } => out.signed += 1,
+            _ => {}
+        }
+        return;
+    }
+    if is_multipart(part, "signed") || is_signature_part(part) {
+        out.signed += 1;
+        return;
+    }
+    if let (PartType::Multipart(children), true) = (&part.body, depth < MAX_WRAPPERS) {
+        for &c in children {
+            count_nested(msg, c as usize, out, depth + 1);
+        }
     }
 }
 
-fn pkcs7_mime_shape(part: &mail_parser::MessagePart<'_>) -> Shape {
+/// The decoded body of a part holding CMS. mail-parser undoes base64
+/// and quoted-printable; a base64 body labelled 7bit (or not labelled)
+/// is decoded here.
+fn cms_bytes(part: &MessagePart<'_>) -> Vec<u8> {
+    let body = part.contents();
+    if body.first() == Some(&0x30) {
+        return body.to_vec();
+    }
+    let text: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    match base64::engine::general_purpose::STANDARD.decode(&text) {
+        Ok(der) if der.first() == Some(&0x30) => der,
+        _ => body.to_vec(),
+    }
+}
+
+fn pkcs7_mime_shape(part: &MessagePart<'_>) -> Shape {
     let ct = part.content_type();
     let smime_type = ct
         .and_then(|c| c.attribute("smime-type"))
         .map(|s| s.to_ascii_lowercase());
-    let cms = part.contents().to_vec();
+    let cms = cms_bytes(part);
     match smime_type.as_deref() {
-        Some("signed-data") => Shape::OpaqueSigned { cms },
         Some("enveloped-data") | Some("authenveloped-data") => Shape::Enveloped { cms },
-        // No smime-type (or an unknown one): the CMS content type decides.
+        // Labelled signed data that is not CMS is reported as a broken
+        // signature, not passed over in silence.
+        Some("signed-data") if super::cms::kind(&cms).is_none() => Shape::OpaqueSigned { cms },
+        // Otherwise the CMS content type decides: a signed-data label on
+        // something else, a .p7m without a label, certificates only.
         _ => match super::cms::kind(&cms) {
-            Some(super::cms::Kind::Signed) => Shape::OpaqueSigned { cms },
-            Some(_) => Shape::Enveloped { cms },
-            None => Shape::Plain,
+            Some(super::cms::Kind::Signed) if super::cms::signed_content_inside(&cms) => {
+                Shape::OpaqueSigned { cms }
+            }
+            Some(super::cms::Kind::Enveloped) | Some(super::cms::Kind::AuthEnveloped) => {
+                Shape::Enveloped { cms }
+            }
+            _ => Shape::Plain,
         },
     }
 }
@@ -212,6 +329,21 @@ pub fn crlf(bytes: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
+/// CRLF line ends made LF (what some signers sign over).
+pub fn lf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+            i += 1;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
 /// base64 in lines of 76 characters, each ending in CRLF.
 pub fn base64_lines(bytes: &[u8]) -> Vec<u8> {
     let text = base64::engine::general_purpose::STANDARD.encode(bytes);
@@ -269,6 +401,108 @@ mod tests {
     #[test]
     fn mixed_multipart_is_not_spliced() {
         let m = b"Content-Type: multipart/mixed; boundary=X\r\n\r\n--X\r\nContent-Type: text/plain\r\n\r\nattacker text\r\n--X\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--X--\r\n";
-        assert_eq!(shape(m), Shape::Mixed);
+        match shape(m) {
+            Shape::Mixed(n) => {
+                assert_eq!((n.encrypted, n.signed), (1, 0));
+                assert_eq!(n.container, "multipart/mixed");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn enveloped_der() -> Vec<u8> {
+        use openssl::cms::{CMSOptions, CmsContentInfo};
+        let id = crate::pki::testkit::identity(1024, "Mime Test").unwrap();
+        let mut certs = openssl::stack::Stack::new().unwrap();
+        certs.push(id.cert.clone()).unwrap();
+        CmsContentInfo::encrypt(
+            &certs,
+            b"Content-Type: text/plain\r\n\r\nx\r\n",
+            openssl::symm::Cipher::aes_128_cbc(),
+            CMSOptions::BINARY,
+        )
+        .unwrap()
+        .to_der()
+        .unwrap()
+    }
+
+    #[test]
+    fn octet_stream_is_smime_by_name_only() {
+        let der = enveloped_der();
+        let b64 = String::from_utf8(base64_lines(&der)).unwrap();
+        let with = |ct: &str, cte: &str, body: &[u8]| {
+            let mut m = format!("Subject: x\r\nContent-Type: {ct}\r\n{cte}\r\n").into_bytes();
+            m.extend_from_slice(body);
+            shape(&m)
+        };
+        let b64cte = "Content-Transfer-Encoding: base64\r\n";
+        for ct in [
+            "application/octet-stream; name=\"smime.p7m\"",
+            "application/octet-stream; name=\"SMIME.P7M\"",
+            "Application/Octet-Stream; name=smime.p7m",
+        ] {
+            assert!(
+                matches!(with(ct, b64cte, b64.as_bytes()), Shape::Enveloped { .. }),
+                "{ct}"
+            );
+        }
+        // Named in Content-Disposition only.
+        let m = with(
+            "application/octet-stream",
+            &format!("{b64cte}Content-Disposition: attachment; filename=\"mail.p7m\"\r\n"),
+            b64.as_bytes(),
+        );
+        assert!(matches!(m, Shape::Enveloped { .. }), "{m:?}");
+        // base64 labelled 7bit; raw DER labelled binary.
+        let m = with(
+            "application/octet-stream; name=smime.p7m",
+            "Content-Transfer-Encoding: 7bit\r\n",
+            b64.as_bytes(),
+        );
+        assert!(matches!(m, Shape::Enveloped { .. }), "{m:?}");
+        let m = with(
+            "application/octet-stream; name=smime.p7m",
+            "Content-Transfer-Encoding: binary\r\n",
+            &der,
+        );
+        assert_eq!(m, Shape::Enveloped { cms: der.clone() });
+        // Other names, and a .p7m that is not CMS, are plain.
+        for ct in [
+            "application/octet-stream; name=\"report.pdf\"",
+            "application/octet-stream; name=\"smime.p7m.pdf\"",
+            "application/octet-stream",
+        ] {
+            assert_eq!(with(ct, b64cte, b64.as_bytes()), Shape::Plain, "{ct}");
+        }
+        assert_eq!(
+            with(
+                "application/octet-stream; name=smime.p7m",
+                b64cte,
+                b"bm90IENNUw==\r\n"
+            ),
+            Shape::Plain
+        );
+    }
+
+    #[test]
+    fn signature_part_named_p7s_makes_multipart_signed() {
+        let m = b"Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; boundary=\"BB\"\r\n\r\n--BB\r\nContent-Type: text/plain\r\n\r\nhello\r\n\r\n--BB\r\nContent-Type: application/octet-stream; name=\"smime.p7s\"\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--BB--\r\n";
+        assert!(matches!(shape(m), Shape::DetachedSigned { .. }));
+        let other = String::from_utf8_lossy(m).replace("smime.p7s", "notes.txt");
+        assert_eq!(shape(other.as_bytes()), Shape::Plain);
+    }
+
+    #[test]
+    fn nested_smime_is_counted_wherever_it_sits() {
+        let m = b"Content-Type: multipart/mixed; boundary=X\r\n\r\n--X\r\nContent-Type: text/plain\r\n\r\nhi\r\n--X\r\nContent-Type: multipart/alternative; boundary=Y\r\n\r\n--Y\r\nContent-Type: text/html\r\n\r\n<b>\r\n--Y\r\nContent-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; boundary=Z\r\n\r\n--Z\r\nContent-Type: text/plain\r\n\r\ns\r\n--Z\r\nContent-Type: application/pkcs7-signature\r\n\r\nAAEC\r\n--Z--\r\n--Y--\r\n--X--\r\n";
+        match shape(m) {
+            Shape::Mixed(n) => assert_eq!((n.encrypted, n.signed), (0, 1)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn lf_form() {
+        assert_eq!(lf(b"a\r\nb\nc\r"), b"a\nb\nc\r");
     }
 }

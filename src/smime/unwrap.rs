@@ -1,76 +1,314 @@
-//! Taking S/MIME layers off a message: decrypt with the identity the
-//! RecipientInfo names (among the candidates given, in order), verify
-//! signatures, and go on until plain content, a signature that should stay
-//! intact for the mailbox, or a failure. The result is a clean message: the
-//! outer header fields (From, To, Subject, Date, Message-ID...) with the
-//! decrypted entity's own Content-* fields and body, never spliced into
-//! anything the sender wrapped around it.
+//! Taking S/MIME layers off a message, whatever their order (signed over
+//! signed over encrypted, encrypted then signed, ...), to a bounded depth:
+//! decrypt with the identity the RecipientInfo names (among the candidates
+//! given, in order), verify every signature on the way, and stop at plain
+//! content. Every layer is reported, outermost first. The mailbox gets the
+//! content below the innermost encryption (signatures inside it stay
+//! intact for the mail client), as a clean message: the outer header
+//! fields (From, To, Subject, Date, Message-ID...) with the decrypted
+//! entity's own Content-* fields and body, never spliced into anything the
+//! sender wrapped around it.
+//!
+//! The report holds facts (signer identifiers and certificates, chains,
+//! claimed times); the caller adds what needs the world (revocation, the
+//! relation to From) and [`Report::header_value`] states the verdicts in
+//! the grammar the README documents under "Inbound S/MIME".
+//!
+//! Why long: the layer walk, the report with its header grammar, and the
+//! rebuild of the clean message belong together; their tests follow.
 
 use openssl::x509::X509;
 
-use super::cms::{self, SigStatus};
-use super::mime::{self, Shape};
+use super::cms::{self, Chain, Math};
+use super::mime::{self, Nested, Shape};
 use super::{header, SmimeError};
 use crate::ossl;
 use crate::pki::oces::Generation;
+use crate::pki::signer::{Relation, SignerRevocation};
 use crate::pki::Identity;
 
 /// Most layers taken off one message.
-const MAX_LAYERS: usize = 6;
+pub const MAX_LAYERS: usize = 6;
 
-/// The key that decrypted a message.
+/// The key that decrypted a layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyUsed {
     pub subject_cn: String,
     pub generation: Generation,
 }
 
-/// What verification of the (first) signature found.
-#[derive(Debug, Clone)]
-pub struct SignatureReport {
-    pub status: SigStatus,
-    pub signer: Option<String>,
-    pub detail: Option<String>,
-    /// The signer's certificate (harvested when the signature is valid).
-    pub cert: Option<X509>,
-    /// The algorithms the signer announced it can decrypt.
-    pub capabilities: Vec<String>,
-    /// The signing time the signature claims (Unix seconds), if any.
-    pub signing_time: Option<i64>,
+/// The verdict on one signature, as the mailbox is told it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Content matches, chain to an anchor now, not revoked, and the
+    /// signer is From (or its domain, or its organisation).
+    Valid,
+    /// All of that, but the signer is someone other than From.
+    SignerDiffers,
+    /// The content does not match the signature.
+    Invalid,
+    /// The signer's certificate is neither in the signature nor held by
+    /// the gateway: nothing is known about the content.
+    UnknownSigner,
+    /// No chain to a trust anchor.
+    Untrusted,
+    /// The signer's certificate is revoked.
+    Revoked,
+    /// The signer's certificate (or its CA's) is past its validity now,
+    /// whatever signing time the signature claims.
+    Expired,
 }
 
+impl Verdict {
+    /// The token in the trace header (and the metric label).
+    pub fn token(self) -> &'static str {
+        match self {
+            Verdict::Valid => "valid",
+            Verdict::SignerDiffers => "signer-differs",
+            Verdict::Invalid => "invalid",
+            Verdict::UnknownSigner => "unknown-signer",
+            Verdict::Untrusted => "untrusted",
+            Verdict::Revoked => "revoked",
+            Verdict::Expired => "expired",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.token())
+    }
+}
+
+/// One signature: what verification found, and what the caller added.
+#[derive(Debug, Clone)]
+pub struct SignatureReport {
+    pub verified: cms::Verified,
+    /// The signer's certificate subject, for people.
+    pub signer: Option<String>,
+    /// How the signer relates to the header From (set by the caller).
+    pub relation: Option<Relation>,
+    /// The signer certificate's revocation (set by the caller).
+    pub revocation: Option<SignerRevocation>,
+}
+
+impl SignatureReport {
+    /// The verdict from the facts: the mathematics, the chain now, the
+    /// revocation and the relation to From, in that order.
+    pub fn verdict(&self) -> Verdict {
+        match (&self.verified.math, &self.verified.chain) {
+            (Math::Invalid(_), _) => Verdict::Invalid,
+            (Math::UnknownSigner, _) => Verdict::UnknownSigner,
+            (Math::Valid, Chain::Expired(_)) => Verdict::Expired,
+            (Math::Valid, Chain::Untrusted(_) | Chain::NotChecked) => Verdict::Untrusted,
+            (Math::Valid, Chain::Trusted) => {
+                if matches!(self.revocation, Some(SignerRevocation::Revoked(_))) {
+                    Verdict::Revoked
+                } else if matches!(self.relation, Some(Relation::Differs) | None) {
+                    Verdict::SignerDiffers
+                } else {
+                    Verdict::Valid
+                }
+            }
+        }
+    }
+
+    /// The signer's certificate (embedded or held).
+    pub fn cert(&self) -> Option<&X509> {
+        self.verified.signer.as_ref()
+    }
+
+    /// Names the parallel signer `i` (of `verified.co_signers`) instead of
+    /// the one named now.
+    pub fn name_co_signer(&mut self, i: usize) {
+        if i >= self.verified.co_signers.len() {
+            return;
+        }
+        let (cert, issuer) = self.verified.co_signers.remove(i);
+        let old_cert = self.verified.signer.replace(cert);
+        let old_issuer = std::mem::replace(&mut self.verified.issuer, issuer);
+        if let Some(c) = old_cert {
+            self.verified.co_signers.push((c, old_issuer));
+        }
+        self.signer = self.verified.signer.as_ref().map(|c| cms::subject(c));
+    }
+
+    /// Why the verdict is not valid, when there is something to say.
+    fn detail(&self) -> Option<String> {
+        match (&self.verified.math, &self.verified.chain) {
+            (Math::Invalid(why), _) => Some(why.clone()),
+            (Math::UnknownSigner, _) => None,
+            (_, Chain::Expired(why) | Chain::Untrusted(why)) => Some(why.clone()),
+            _ => match &self.revocation {
+                Some(SignerRevocation::Revoked(why)) => Some(why.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// One layer taken off (or looked at), outermost first.
+#[derive(Debug, Clone)]
+pub enum Layer {
+    Decrypted(KeyUsed),
+    Signature(Box<SignatureReport>),
+}
+
+/// Everything unwrapping found, layer by layer.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
-    pub key: Option<KeyUsed>,
-    pub signature: Option<SignatureReport>,
+    pub layers: Vec<Layer>,
+    /// S/MIME parts left unopened: inside a multipart next to other
+    /// parts, or below the depth bound.
+    pub nested: Option<Nested>,
+    /// More than [`MAX_LAYERS`] layers: the rest was left as it was.
+    pub too_deep: bool,
+}
+
+fn rfc3339(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| unix.to_string())
 }
 
 impl Report {
-    /// The trace header value for a message this report describes.
+    /// The key of the first (outermost) decryption.
+    pub fn key(&self) -> Option<&KeyUsed> {
+        self.layers.iter().find_map(|l| match l {
+            Layer::Decrypted(k) => Some(k),
+            Layer::Signature(_) => None,
+        })
+    }
+
+    /// The signatures, outermost first.
+    pub fn signatures(&self) -> impl Iterator<Item = &SignatureReport> {
+        self.layers.iter().filter_map(|l| match l {
+            Layer::Signature(s) => Some(s.as_ref()),
+            Layer::Decrypted(_) => None,
+        })
+    }
+
+    /// The signatures, for the caller to add revocation and relation.
+    pub fn signatures_mut(&mut self) -> impl Iterator<Item = &mut SignatureReport> {
+        self.layers.iter_mut().filter_map(|l| match l {
+            Layer::Signature(s) => Some(s.as_mut()),
+            Layer::Decrypted(_) => None,
+        })
+    }
+
+    /// True when the content below the innermost decryption carries a
+    /// signature whose mathematics hold (whoever signed): its bytes are
+    /// the ones signed, not malleated ciphertext (what an EFAIL defence
+    /// asks). False when nothing was decrypted.
+    pub fn decrypted_content_signed(&self) -> bool {
+        let Some(last) = self
+            .layers
+            .iter()
+            .rposition(|l| matches!(l, Layer::Decrypted(_)))
+        else {
+            return false;
+        };
+        self.layers[last + 1..]
+            .iter()
+            .any(|l| matches!(l, Layer::Signature(s) if s.verified.math == Math::Valid))
+    }
+
+    /// The trace header value for a message this report describes; `None`
+    /// when there is nothing to say (plain mail).
     pub fn header_value(&self) -> Option<String> {
+        let parts = self.fields(false);
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+
+    /// The trace header value when a layer could not be opened: the
+    /// layers above it, then `undecryptable; reason="…"`.
+    pub fn failure_value(&self, reason: &str) -> String {
+        let mut parts = self.fields(true);
+        parts.push("undecryptable".into());
+        parts.push(format!("reason={}", header::quote(reason)));
+        parts.join("; ")
+    }
+
+    fn fields(&self, failed_below: bool) -> Vec<String> {
         let mut parts = Vec::new();
-        match &self.key {
-            Some(k) => {
-                parts.push("decrypted".to_string());
-                parts.push(format!(
-                    "key={}",
-                    header::quote(&format!("CN={}", k.subject_cn))
-                ));
-                parts.push(format!("generation={}", k.generation));
+        let mut n = 0;
+        for (i, layer) in self.layers.iter().enumerate() {
+            match layer {
+                Layer::Decrypted(k) => {
+                    parts.push("decrypted".to_string());
+                    parts.push(format!(
+                        "key={}",
+                        header::quote(&format!("CN={}", k.subject_cn))
+                    ));
+                    parts.push(format!("generation={}", k.generation));
+                }
+                Layer::Signature(s) => {
+                    n += 1;
+                    let over_ciphertext = failed_below
+                        || self.layers[i + 1..]
+                            .iter()
+                            .any(|l| matches!(l, Layer::Decrypted(_)));
+                    signature_fields(&mut parts, n, s, over_ciphertext);
+                }
             }
-            None if self.signature.is_some() => parts.push("signed".to_string()),
-            None => return None,
         }
-        if let Some(s) = &self.signature {
-            parts.push(format!("signature={}", s.status));
-            if let Some(signer) = &s.signer {
-                parts.push(format!("signer={}", header::quote(signer)));
+        if let Some(nested) = &self.nested {
+            if nested.encrypted > 0 {
+                parts.push("encrypted-parts=not-opened".into());
             }
-            if let Some(detail) = &s.detail {
-                parts.push(format!("detail={}", header::quote(detail)));
+            if nested.signed > 0 {
+                parts.push("signed-parts=not-verified".into());
             }
+            let reason = if self.too_deep {
+                format!("more than {MAX_LAYERS} S/MIME layers")
+            } else {
+                format!(
+                    "inside {} next to other parts",
+                    if nested.container.is_empty() {
+                        "a multipart"
+                    } else {
+                        &nested.container
+                    }
+                )
+            };
+            parts.push(format!("reason={}", header::quote(&reason)));
         }
-        Some(parts.join("; "))
+        parts
+    }
+}
+
+fn signature_fields(parts: &mut Vec<String>, n: usize, s: &SignatureReport, over_ciphertext: bool) {
+    parts.push(format!("signature[{n}]={}", s.verdict()));
+    if let Some(signer) = &s.signer {
+        parts.push(format!("signer={}", header::quote(signer)));
+    } else if let Some(id) = &s.verified.signer_id {
+        parts.push(format!("signer-id={}", header::quote(id)));
+    }
+    parts.push(format!(
+        "from={}",
+        match (s.cert(), s.relation) {
+            (Some(_), Some(r)) => r.to_string(),
+            _ => "unknown".into(),
+        }
+    ));
+    if let Some(r) = &s.revocation {
+        parts.push(format!("revocation={}", r.token()));
+    }
+    if !matches!(s.verified.math, Math::UnknownSigner) {
+        parts.push(format!("checked-at={}", rfc3339(s.verified.checked_at)));
+    }
+    if let Some(t) = s.verified.claimed_time {
+        parts.push(format!("claimed-signing-time={}", rfc3339(t)));
+    }
+    if over_ciphertext {
+        parts.push("over=ciphertext".into());
+    }
+    if s.verified.signer_count > 1 {
+        // One verdict for all of them (OpenSSL verifies them together).
+        parts.push(format!("parallel-signers={}", s.verified.signer_count));
+    }
+    if let Some(d) = s.detail() {
+        parts.push(format!("detail={}", header::quote(&d)));
     }
 }
 
@@ -81,73 +319,128 @@ pub enum Unwrapped {
     Opened { message: Vec<u8>, report: Report },
     /// Nothing to take off (plain, or signed only and kept intact).
     Unchanged { report: Report },
-    /// Encrypted, but it could not be opened; the error is safe to show
-    /// the mailbox (it never reaches the sender).
-    Failed { error: SmimeError },
+    /// An encrypted layer could not be opened; the error is safe to show
+    /// the mailbox (it never reaches the sender). The report holds the
+    /// layers above it.
+    Failed { error: SmimeError, report: Report },
+}
+
+/// Certificates that verification may use.
+#[derive(Debug, Clone, Copy)]
+pub struct Verifier<'a> {
+    /// Trust anchors.
+    pub anchors: &'a [X509],
+    /// Certificates a signature may name without carrying them.
+    pub known: &'a [X509],
 }
 
 /// Unwraps `message` for a recipient whose candidate keys are `keys`
 /// (most specific first), verifying signatures against `anchors` as of
-/// their signing time (or `now`).
+/// `now`, with no certificates held besides the anchors.
 pub fn unwrap(message: &[u8], keys: &[&Identity], anchors: &[X509], now: i64) -> Unwrapped {
+    unwrap_with(
+        message,
+        keys,
+        Verifier {
+            anchors,
+            known: anchors,
+        },
+        now,
+    )
+}
+
+/// Unwraps `message` for a recipient whose candidate keys are `keys`
+/// (most specific first): every layer off to plain content, at most
+/// [`MAX_LAYERS`], each reported.
+pub fn unwrap_with(
+    message: &[u8],
+    keys: &[&Identity],
+    verifier: Verifier<'_>,
+    now: i64,
+) -> Unwrapped {
     let mut report = Report::default();
     let mut entity: Vec<u8> = message.to_vec();
-    let mut opened = false;
+    // The content below the innermost encryption taken off so far.
+    let mut opened: Option<Vec<u8>> = None;
+    let mut done = false;
     for _ in 0..MAX_LAYERS {
         match mime::shape(&entity) {
             Shape::Enveloped { cms } => match open(&cms, keys) {
                 Ok((inner, key)) => {
-                    report.key.get_or_insert(key);
-                    entity = mime::crlf(&inner).into_owned();
-                    opened = true;
+                    report.layers.push(Layer::Decrypted(key));
+                    entity = inner;
+                    opened = Some(entity.clone());
                 }
-                Err(error) => return Unwrapped::Failed { error },
+                Err(error) => return Unwrapped::Failed { error, report },
             },
             Shape::OpaqueSigned { cms } => {
-                let v = cms::verify(&cms, None, anchors, now);
-                let content = v.content.clone();
+                let mut v = cms::verify(&cms, None, verifier.anchors, verifier.known, now);
+                let content = v.content.take();
                 record(&mut report, v);
                 match content {
-                    Some(c) if matches!(mime::shape(&c), Shape::Enveloped { .. }) => {
-                        entity = mime::crlf(&c).into_owned();
-                        opened = true;
+                    Some(c) => entity = c,
+                    None => {
+                        done = true;
+                        break;
                     }
-                    _ => break,
                 }
             }
             Shape::DetachedSigned { content, signature } => {
-                let v = cms::verify(&signature, Some(&content), anchors, now);
+                let v = cms::verify(
+                    &signature,
+                    Some(&content),
+                    verifier.anchors,
+                    verifier.known,
+                    now,
+                );
                 record(&mut report, v);
-                if matches!(mime::shape(&content), Shape::Enveloped { .. }) {
-                    entity = content;
-                    opened = true;
-                } else {
-                    break;
-                }
+                entity = content;
             }
-            Shape::Mixed | Shape::Plain => break,
+            Shape::Mixed(nested) => {
+                report.nested = Some(nested);
+                done = true;
+                break;
+            }
+            Shape::Plain => {
+                done = true;
+                break;
+            }
         }
     }
-    if !opened {
-        return Unwrapped::Unchanged { report };
+    if !done {
+        let left = match mime::shape(&entity) {
+            Shape::Enveloped { .. } => Some((1, 0)),
+            Shape::OpaqueSigned { .. } | Shape::DetachedSigned { .. } => Some((0, 1)),
+            Shape::Mixed(n) => Some((n.encrypted, n.signed)),
+            Shape::Plain => None,
+        };
+        if let Some((encrypted, signed)) = left {
+            report.too_deep = true;
+            report.nested = Some(Nested {
+                encrypted,
+                signed,
+                container: String::new(),
+            });
+        }
     }
-    Unwrapped::Opened {
-        message: rebuild(message, &entity),
-        report,
+    match opened {
+        None => Unwrapped::Unchanged { report },
+        Some(inner) => Unwrapped::Opened {
+            message: rebuild(message, &mime::crlf(&inner)),
+            report,
+        },
     }
 }
 
 fn record(report: &mut Report, v: cms::Verified) {
-    if report.signature.is_none() {
-        report.signature = Some(SignatureReport {
-            status: v.status,
+    report
+        .layers
+        .push(Layer::Signature(Box::new(SignatureReport {
             signer: v.signer.as_ref().map(|c| cms::subject(c)),
-            detail: v.detail,
-            cert: v.signer,
-            capabilities: v.capabilities,
-            signing_time: v.signing_time,
-        });
-    }
+            verified: v,
+            relation: None,
+            revocation: None,
+        })));
 }
 
 /// Decrypts with the first candidate the CMS names as a recipient.
@@ -270,7 +563,7 @@ mod tests {
                     message,
                     b"From: a@b\r\nSubject: s\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nsecret\r\n"
                 );
-                assert_eq!(report.key.unwrap().subject_cn, "Unit Test");
+                assert_eq!(report.key().unwrap().subject_cn, "Unit Test");
             }
             other => panic!("{other:?}"),
         }
@@ -316,5 +609,151 @@ mod tests {
         }
         // Some mutations hit only padding or line breaks: the key path ran.
         assert!(opened > 0);
+    }
+
+    fn sig(
+        math: Math,
+        chain: Chain,
+        relation: Option<Relation>,
+        revocation: Option<SignerRevocation>,
+    ) -> SignatureReport {
+        SignatureReport {
+            verified: cms::Verified {
+                math,
+                chain,
+                signer: Some(identity().cert),
+                signer_id: None,
+                issuer: None,
+                claimed_time: Some(0),
+                checked_at: 86_400,
+                content: None,
+                capabilities: Vec::new(),
+                signer_count: 1,
+                co_signers: Vec::new(),
+            },
+            signer: Some("CN=Signer".into()),
+            relation,
+            revocation,
+        }
+    }
+
+    #[test]
+    fn verdicts_follow_the_facts_in_order() {
+        use Relation::*;
+        let good = Some(SignerRevocation::Good);
+        let revoked = Some(SignerRevocation::Revoked("CRL".into()));
+        let cases = [
+            (
+                sig(
+                    Math::Invalid("x".into()),
+                    Chain::NotChecked,
+                    Some(Exact),
+                    None,
+                ),
+                Verdict::Invalid,
+            ),
+            (
+                sig(Math::UnknownSigner, Chain::NotChecked, None, None),
+                Verdict::UnknownSigner,
+            ),
+            (
+                sig(Math::Valid, Chain::Untrusted("x".into()), Some(Exact), None),
+                Verdict::Untrusted,
+            ),
+            (
+                sig(
+                    Math::Valid,
+                    Chain::Expired("x".into()),
+                    Some(Exact),
+                    good.clone(),
+                ),
+                Verdict::Expired,
+            ),
+            (
+                sig(Math::Valid, Chain::Trusted, Some(Exact), revoked),
+                Verdict::Revoked,
+            ),
+            (
+                sig(Math::Valid, Chain::Trusted, Some(Differs), good.clone()),
+                Verdict::SignerDiffers,
+            ),
+            (
+                sig(Math::Valid, Chain::Trusted, None, good.clone()),
+                Verdict::SignerDiffers,
+            ),
+            (
+                sig(Math::Valid, Chain::Trusted, Some(Organisation), None),
+                Verdict::Valid,
+            ),
+            (
+                sig(
+                    Math::Valid,
+                    Chain::Trusted,
+                    Some(SameDomain),
+                    Some(SignerRevocation::Unknown("down".into())),
+                ),
+                Verdict::Valid,
+            ),
+        ];
+        for (s, want) in cases {
+            assert_eq!(s.verdict(), want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn header_lists_layers_outermost_first() {
+        let report = Report {
+            layers: vec![
+                Layer::Signature(Box::new(sig(
+                    Math::Valid,
+                    Chain::Trusted,
+                    Some(Relation::Differs),
+                    Some(SignerRevocation::Unknown("down".into())),
+                ))),
+                Layer::Decrypted(KeyUsed {
+                    subject_cn: "Org".into(),
+                    generation: Generation::Oces2,
+                }),
+                Layer::Signature(Box::new(sig(
+                    Math::Valid,
+                    Chain::Trusted,
+                    Some(Relation::Exact),
+                    Some(SignerRevocation::Good),
+                ))),
+            ],
+            nested: Some(Nested {
+                encrypted: 1,
+                signed: 0,
+                container: "multipart/mixed".into(),
+            }),
+            too_deep: false,
+        };
+        assert_eq!(
+            report.header_value().unwrap(),
+            "signature[1]=signer-differs; signer=\"CN=Signer\"; from=differs; revocation=unknown; \
+             checked-at=1970-01-02T00:00:00Z; claimed-signing-time=1970-01-01T00:00:00Z; over=ciphertext; \
+             decrypted; key=\"CN=Org\"; generation=OCES2; \
+             signature[2]=valid; signer=\"CN=Signer\"; from=exact; revocation=good; \
+             checked-at=1970-01-02T00:00:00Z; claimed-signing-time=1970-01-01T00:00:00Z; \
+             encrypted-parts=not-opened; reason=\"inside multipart/mixed next to other parts\""
+        );
+        let failed = Report {
+            layers: vec![Layer::Signature(Box::new(sig(
+                Math::UnknownSigner,
+                Chain::NotChecked,
+                None,
+                None,
+            )))],
+            ..Report::default()
+        };
+        // The signature below the decryption covers the delivered content.
+        assert!(report.decrypted_content_signed());
+        let mut outer_only = report.clone();
+        outer_only.layers.truncate(2);
+        assert!(!outer_only.decrypted_content_signed());
+        assert!(failed
+            .failure_value("no key")
+            .ends_with("over=ciphertext; undecryptable; reason=\"no key\""));
+        assert_eq!(Report::default().header_value(), None);
     }
 }

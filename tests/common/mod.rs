@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod http;
+pub mod ldap_entries;
 pub mod pki;
 pub mod postfix;
 pub mod sink;

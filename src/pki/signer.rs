@@ -1,0 +1,308 @@
+//! Who signed incoming mail, as far as the mailbox should be told: how a
+//! signer's certificate relates to the header `From:` (the same address,
+//! the same domain, an organisation certificate the operator tied to that
+//! domain, or someone else), the certificates a signature may name
+//! without carrying them, and whether a signer's certificate is revoked
+//! (CRL and OCSP as for recipients, per `[trust] revocation`, cached).
+//! A revocation source that does not answer gives "unknown"; it never
+//! defers inbound mail.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openssl::x509::X509;
+
+use super::directory::{fingerprint, Directory};
+use super::oces::{self, CertInfo, Kind};
+use super::revocation::{Checker, Status};
+use super::Keyring;
+use crate::config::{Revocation, Settings};
+
+/// How the signer's certificate relates to the header From.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relation {
+    /// An address in the certificate is the From address.
+    Exact,
+    /// An address in the certificate is in From's domain.
+    SameDomain,
+    /// An organisation certificate of the organisation the operator tied
+    /// to From's domain (one certificate signing for many staff).
+    Organisation,
+    /// None of these: someone else signed.
+    Differs,
+}
+
+impl std::fmt::Display for Relation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Relation::Exact => "exact",
+            Relation::SameDomain => "same-domain",
+            Relation::Organisation => "organisation",
+            Relation::Differs => "differs",
+        })
+    }
+}
+
+/// Organisations tied to From domains: `[[trust.organisation]]`, and the
+/// organisation's own identities (their CVR numbers) tied to the
+/// internal domains.
+#[derive(Debug, Clone, Default)]
+pub struct Ties {
+    /// (CVR number or none, domains in lower case).
+    list: Vec<(Option<String>, Vec<String>)>,
+}
+
+impl Ties {
+    pub fn new(settings: &Settings, keys: &Keyring) -> Self {
+        let mut list: Vec<(Option<String>, Vec<String>)> = settings
+            .trust
+            .organisations
+            .iter()
+            .map(|t| {
+                (
+                    t.cvr.clone(),
+                    t.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+                )
+            })
+            .collect();
+        let internal: Vec<String> = settings
+            .server
+            .internal_domains
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect();
+        let mut own: Vec<String> = keys
+            .identities
+            .iter()
+            .filter_map(|i| i.info.cvr.clone())
+            .collect();
+        own.sort();
+        own.dedup();
+        for cvr in own {
+            list.push((Some(cvr), internal.clone()));
+        }
+        Self { list }
+    }
+}
+
+fn domain(addr: &str) -> Option<&str> {
+    addr.rsplit_once('@').map(|(_, d)| d)
+}
+
+/// How the certificate `cert` relates to the header From address `from`.
+pub fn relation(cert: &X509, from: Option<&str>, ties: &Ties) -> Relation {
+    match cert.to_der().map(|d| oces::classify(&d)) {
+        Ok(Ok(info)) => relation_of(&info, from, ties),
+        _ => Relation::Differs,
+    }
+}
+
+/// How a certificate saying `info` relates to the From address `from`.
+pub fn relation_of(info: &CertInfo, from: Option<&str>, ties: &Ties) -> Relation {
+    let Some(from) = from else {
+        return Relation::Differs;
+    };
+    let from = from.to_ascii_lowercase();
+    let Some(from_domain) = domain(&from) else {
+        return Relation::Differs;
+    };
+    let emails: Vec<String> = info.emails.iter().map(|e| e.to_ascii_lowercase()).collect();
+    if emails.contains(&from) {
+        return Relation::Exact;
+    }
+    if emails.iter().any(|e| domain(e) == Some(from_domain)) {
+        return Relation::SameDomain;
+    }
+    let organisational = matches!(
+        info.kind,
+        Kind::Company | Kind::Function | Kind::Organisation | Kind::System
+    );
+    if organisational {
+        for (cvr, domains) in &ties.list {
+            if !domains.iter().any(|d| d == from_domain) {
+                continue;
+            }
+            let by_cvr = cvr.is_some() && *cvr == info.cvr;
+            let by_domain = emails
+                .iter()
+                .filter_map(|e| domain(e))
+                .any(|d| domains.iter().any(|x| x == d));
+            if by_cvr || by_domain {
+                return Relation::Organisation;
+            }
+        }
+    }
+    Relation::Differs
+}
+
+/// The certificates a signature may name without carrying them: the
+/// organisation's identities and their chains, the trust anchors, the
+/// directory and the harvested certificates.
+pub fn known_certificates(keys: &Keyring, directory: &Directory) -> Vec<X509> {
+    let mut out = Vec::new();
+    for id in &keys.identities {
+        out.push(id.cert.clone());
+        out.extend(id.chain.iter().cloned());
+    }
+    out.extend(keys.anchors.iter().cloned());
+    out.extend(directory.all().into_iter().map(|e| e.cert));
+    out.extend(directory.authorities());
+    out
+}
+
+/// What is known of a signer certificate's revocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignerRevocation {
+    /// `[trust] revocation = "off"`.
+    NotChecked,
+    /// A source answered and did not list it.
+    Good,
+    /// The certificate names no CRL and no OCSP responder.
+    NoSource,
+    /// No source answered (why).
+    Unknown(String),
+    Revoked(String),
+}
+
+impl SignerRevocation {
+    /// The token in the trace header.
+    pub fn token(&self) -> &'static str {
+        match self {
+            SignerRevocation::NotChecked => "not-checked",
+            SignerRevocation::Good => "good",
+            SignerRevocation::NoSource => "no-source",
+            SignerRevocation::Unknown(_) => "unknown",
+            SignerRevocation::Revoked(_) => "revoked",
+        }
+    }
+}
+
+/// How long an answer is kept (seconds): a definite one for an hour, "no
+/// source answered" for five minutes so a dead source is not asked for
+/// every message.
+const KEEP_ANSWER: i64 = 3600;
+const KEEP_UNKNOWN: i64 = 300;
+
+/// Revocation answers for signer certificates, by fingerprint, shared by
+/// every delivery.
+#[derive(Debug, Default)]
+pub struct SignerChecks {
+    answers: Mutex<HashMap<String, (SignerRevocation, i64)>>,
+    checker: Arc<Checker>,
+}
+
+impl SignerChecks {
+    /// The answers still fresh at `now`.
+    pub fn known(&self, now: i64) -> HashMap<String, SignerRevocation> {
+        self.answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, (_, until))| *until > now)
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Asks the sources named in `cert` (issued by `issuer`). Blocking
+    /// (HTTP, each request bounded by `timeout`).
+    pub fn check(
+        &self,
+        cert: &X509,
+        issuer: &X509,
+        anchors: &[X509],
+        mode: Revocation,
+        timeout: Duration,
+        now: i64,
+    ) -> SignerRevocation {
+        let answer = if mode == Revocation::Off {
+            SignerRevocation::NotChecked
+        } else {
+            match self.checker.check(cert, issuer, anchors, now, timeout) {
+                Status::Good(_) => SignerRevocation::Good,
+                Status::Revoked(why) => SignerRevocation::Revoked(why),
+                Status::Unknown(why) => SignerRevocation::Unknown(why),
+                Status::NoSources => SignerRevocation::NoSource,
+            }
+        };
+        let keep = match answer {
+            SignerRevocation::Unknown(_) => KEEP_UNKNOWN,
+            _ => KEEP_ANSWER,
+        };
+        self.answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fingerprint(cert), (answer.clone(), now + keep));
+        answer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load::test_settings;
+    use crate::pki::oces::Generation;
+
+    fn info(kind: Kind, cvr: &str, email: &str) -> CertInfo {
+        CertInfo {
+            subject: String::new(),
+            subject_cn: "x".into(),
+            issuer: String::new(),
+            serial_hex: "01".into(),
+            generation: Generation::Oces3,
+            kind,
+            cvr: Some(cvr.into()),
+            emails: vec![email.into()],
+            not_before: 0,
+            not_after: i64::MAX,
+            policies: Vec::new(),
+            key_encipherment: None,
+            digital_signature: None,
+        }
+    }
+
+    #[test]
+    fn relations_to_from() {
+        let s = test_settings(
+            "[[trust.organisation]]\ncvr = \"87654321\"\ndomains = [\"domstol.dk\", \"courts.example\"]\n",
+        );
+        let ties = Ties::new(&s, &Keyring::default());
+        let court = info(Kind::Organisation, "87654321", "post@domstol.dk");
+        let alice = info(Kind::User, "87654321", "alice@example-law.dk");
+        let r = |i: &CertInfo, from: &str| relation_of(i, Some(from), &ties);
+        assert_eq!(r(&court, "Post@Domstol.dk"), Relation::Exact);
+        assert_eq!(r(&court, "judge@domstol.dk"), Relation::SameDomain);
+        assert_eq!(r(&court, "clerk@courts.example"), Relation::Organisation);
+        assert_eq!(r(&court, "ceo@example-law.dk"), Relation::Differs);
+        // A person's certificate is never an organisation's.
+        assert_eq!(r(&alice, "x@courts.example"), Relation::Differs);
+        assert_eq!(relation_of(&alice, None, &ties), Relation::Differs);
+        // Tied by CVR alone (an OCES3 organisation certificate without an
+        // address in that domain).
+        let other = info(Kind::Organisation, "87654321", "it@court-it.example");
+        assert_eq!(r(&other, "clerk@domstol.dk"), Relation::Organisation);
+        let stranger = info(Kind::Organisation, "99999999", "it@court-it.example");
+        assert_eq!(r(&stranger, "clerk@domstol.dk"), Relation::Differs);
+    }
+
+    #[test]
+    fn organisation_ties_are_checked() {
+        let base = "[server]\nhostname = \"gw\"\nlisten = [\"127.0.0.1:2525\"]\n\
+                    [relay]\ninternal = \"127.0.0.1:25\"\nexternal = \"127.0.0.1:26\"\n\
+                    [spool]\ndir = \"/nonexistent\"\n";
+        let bad = format!(
+            "{base}[[trust.organisation]]\ncvr = \"12AB\"\ndomains = []\n\
+             [[trust.organisation]]\ndomains = [\"not a domain\"]\n"
+        );
+        let e = crate::config::load::from_toml(&bad)
+            .unwrap_err()
+            .to_string();
+        for key in [
+            "trust.organisation[0].cvr",
+            "trust.organisation[0].domains",
+            "trust.organisation[1].domains",
+        ] {
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+}

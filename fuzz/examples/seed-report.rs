@@ -5,9 +5,8 @@
 
 use std::path::PathBuf;
 
-use smime_gateway::smime::cms::SigStatus;
 use smime_gateway::smime::mime::{self, Shape};
-use smime_gateway::smime::unwrap::{Report, Unwrapped};
+use smime_gateway::smime::unwrap::{Report, Unwrapped, Verdict};
 use smime_gateway_fuzz::unwrap_input;
 
 fn main() {
@@ -34,22 +33,23 @@ fn main() {
                 }
             }
             Unwrapped::Unchanged { report } => ("unchanged", Some(report)),
-            Unwrapped::Failed { error } => {
+            Unwrapped::Failed { error, .. } => {
                 println!("{:<42} failed: {error}", name(f));
                 continue;
             }
         };
         let report = report.unwrap_or_else(Report::default);
-        let key = report.key.as_ref().map(|k| {
+        let key = report.key().map(|k| {
             decrypted += 1;
             format!("key {} ({})", k.subject_cn, k.generation)
         });
-        let sig = report.signature.as_ref().map(|s| {
+        let sig = report.signatures().next().map(|s| {
             signed += 1;
-            if s.status == SigStatus::Valid {
+            // Pure verification (no From, no revocation): as unwrap sees it.
+            if matches!(s.verdict(), Verdict::Valid | Verdict::SignerDiffers) {
                 valid += 1;
             }
-            format!("signature {}", s.status)
+            format!("signature {:?}", s.verdict())
         });
         let parts: Vec<String> = [key, sig].into_iter().flatten().collect();
         let parts = if parts.is_empty() {

@@ -25,7 +25,7 @@ use mail_parser::{MessageParser, PartType};
 use smime_gateway::config::{Encryption, SignatureScheme};
 use smime_gateway::mail::{address, headers};
 use smime_gateway::ops::queue;
-use smime_gateway::smime::cms::SigStatus;
+use smime_gateway::smime::cms::{Chain, Math};
 use smime_gateway::smime::mime::{self, Shape};
 use smime_gateway::smime::unwrap::{self, Unwrapped};
 use smime_gateway::smime::{header, sign};
@@ -292,13 +292,20 @@ fn sign_round_trip(input: &[u8]) {
     // must come back as a valid signature on the unchanged message.
     // Content that is itself S/MIME is left to the unwrap target (the
     // signatures inside are not the gateway's own).
-    if !matches!(mime::shape(&content), Shape::Plain | Shape::Mixed) {
+    if !matches!(mime::shape(&content), Shape::Plain | Shape::Mixed(_)) {
         return;
     }
     match unwrap::unwrap(&signed, &f.keys(), &f.anchors, NOW) {
         Unwrapped::Unchanged { report } => {
-            let s = report.signature.expect("signature reported");
-            assert_eq!(s.status, SigStatus::Valid, "own signature: {:?}", s.detail);
+            let s = report.signatures().next().expect("signature reported");
+            // The mathematics and the chain hold (the relation to From is
+            // the pipeline's to judge).
+            assert!(
+                matches!(s.verified.math, Math::Valid)
+                    && matches!(s.verified.chain, Chain::Trusted),
+                "own signature: {:?}",
+                s.verified
+            );
         }
         other => panic!("own signed message: {other:?}"),
     }
@@ -325,11 +332,16 @@ fn sign_round_trip(input: &[u8]) {
     .expect("sign+encrypt never fails");
     match unwrap::unwrap(&out, &f.keys(), &f.anchors, NOW) {
         Unwrapped::Opened { message, report } => {
-            let key = report.key.expect("decrypted");
+            let key = report.key().expect("decrypted");
             assert_eq!(key.generation, generation);
             assert_eq!(key.subject_cn, to.info.subject_cn);
-            let s = report.signature.expect("signature reported");
-            assert_eq!(s.status, SigStatus::Valid, "{:?}", s.detail);
+            let s = report.signatures().next().expect("signature reported");
+            assert!(
+                matches!(s.verified.math, Math::Valid)
+                    && matches!(s.verified.chain, Chain::Trusted),
+                "{:?}",
+                s.verified
+            );
             match mime::shape(&message) {
                 Shape::DetachedSigned { content: got, .. } => {
                     assert_eq!(got, content, "signed content changed")

@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!value.contains(['\r', '\n']), "line break in {value:?}");
             }
         }
-        Unwrapped::Failed { error } => {
+        Unwrapped::Failed { error, .. } => {
             let value = header::quote(&error.to_string());
             assert!(!value.contains(['\r', '\n']));
         }

@@ -237,7 +237,10 @@ pub fn verify(
     let mut forms: Vec<Vec<u8>> = Vec::new();
     if let Some(d) = detached {
         forms.push(d.to_vec());
-        for f in [super::mime::crlf(d).into_owned(), super::mime::lf(d)] {
+        for f in [
+            crate::mail::lines::crlf(d).into_owned(),
+            crate::mail::lines::lf(d),
+        ] {
             if !forms.contains(&f) {
                 forms.push(f);
             }

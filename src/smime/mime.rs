@@ -7,8 +7,6 @@
 //! Why long: recognition covers every form clients send (by type and by
 //! file name, nested or alone), and its unit tests are the list of them.
 
-use std::borrow::Cow;
-
 use base64::Engine;
 use mail_parser::{Message, MessageParser, MessagePart, MimeHeaders, PartType};
 
@@ -301,48 +299,7 @@ pub fn without(headers: &[u8], drop: impl Fn(&str) -> bool) -> Vec<u8> {
     out
 }
 
-/// Makes every line end in CRLF (bare LF and bare CR become CRLF).
-pub fn crlf(bytes: &[u8]) -> Cow<'_, [u8]> {
-    let clean = bytes.iter().enumerate().all(|(i, &b)| match b {
-        b'\r' => bytes.get(i + 1) == Some(&b'\n'),
-        b'\n' => i > 0 && bytes[i - 1] == b'\r',
-        _ => true,
-    });
-    if clean {
-        return Cow::Borrowed(bytes);
-    }
-    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\r' => {
-                out.extend_from_slice(b"\r\n");
-                if bytes.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-            }
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    Cow::Owned(out)
-}
-
-/// CRLF line ends made LF (what some signers sign over).
-pub fn lf(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
-            i += 1;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    out
-}
+pub use crate::mail::lines::{crlf, lf};
 
 /// base64 in lines of 76 characters, each ending in CRLF.
 pub fn base64_lines(bytes: &[u8]) -> Vec<u8> {
@@ -390,12 +347,6 @@ mod tests {
             without(h, is_content_field),
             b"From: a\r\nSubject: x\r\n y\r\n"
         );
-    }
-
-    #[test]
-    fn crlf_normalisation() {
-        assert_eq!(&*crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd");
-        assert!(matches!(crlf(b"a\r\nb"), Cow::Borrowed(_)));
     }
 
     #[test]

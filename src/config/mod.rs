@@ -407,13 +407,27 @@ pub struct OrganisationTie {
 }
 
 /// `[smime]`: handling of S/MIME mail.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct SmimeSettings {
     #[serde(default)]
     pub on_undecryptable: OnUndecryptable,
     /// Refuse key files readable by group or others (otherwise a warning).
     #[serde(default)]
     pub strict_permissions: bool,
+    /// Local part of the gateway's own envelope sender for S/MIME mail to
+    /// internal mailboxes: `<return_path>+<queue id>@<server.hostname>`.
+    #[serde(default = "defaults::return_path")]
+    pub return_path: String,
+}
+
+impl Default for SmimeSettings {
+    fn default() -> Self {
+        Self {
+            on_undecryptable: OnUndecryptable::default(),
+            strict_permissions: false,
+            return_path: defaults::return_path(),
+        }
+    }
 }
 
 /// What happens to encrypted mail the gateway cannot open.
@@ -656,6 +670,16 @@ impl RuleSettings {
 }
 
 impl Settings {
+    /// The gateway's return path for S/MIME mail with queue id `id`.
+    pub fn return_path(&self, id: &str) -> String {
+        crate::mail::return_path::tagged(&self.smime.return_path, &self.server.hostname, id)
+    }
+
+    /// When `addr` is one of the gateway's return paths: its tag.
+    pub fn return_path_tag<'a>(&self, addr: &'a str) -> Option<&'a str> {
+        crate::mail::return_path::tag_of(&self.smime.return_path, &self.server.hostname, addr)
+    }
+
     /// The `[[mailbox]]` entry for `addr`: an exact address first, then
     /// `*@domain`.
     pub fn mailbox(&self, addr: &str) -> Option<&MailboxSettings> {
@@ -700,6 +724,9 @@ mod defaults {
 
     pub fn yes() -> bool {
         true
+    }
+    pub fn return_path() -> String {
+        "smimegw-bounce".into()
     }
     pub fn verify_cache_ttl() -> Duration {
         Duration::from_secs(600)

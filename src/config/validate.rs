@@ -76,6 +76,21 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
             }
         }
     }
+    let rp = &s.smime.return_path;
+    if rp.is_empty()
+        || rp.starts_with('.')
+        || rp.ends_with('.')
+        || !rp
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        bad(
+            "smime.return_path",
+            format!(
+                "{rp:?} is not a local part (letters, digits, '-', '_' and '.'; no '+' or '@')"
+            ),
+        );
+    }
     if s.spool.dir.as_os_str().is_empty() {
         bad("spool.dir", "must name a directory".into());
     }

@@ -1,7 +1,10 @@
-//! The ground floor for mail: addresses (normal form, quoting), line ends
-//! and small reads of a message's header section. Every room may use it; it uses no
+//! The ground floor for mail: addresses (normal form, quoting), line ends,
+//! small reads of a message's header section, the gateway's return path and
+//! reading delivery status notifications. Every room may use it; it uses no
 //! other room of the gateway.
 
 pub mod address;
+pub mod dsn;
 pub mod headers;
 pub mod lines;
+pub mod return_path;

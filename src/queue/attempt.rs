@@ -15,12 +15,13 @@ use tracing::{error, info, warn};
 
 use super::budget::Budget;
 use super::record::{self, Attempted, Logged, POLICY, QUARANTINE};
-use super::{blocking, bounce, now_secs, QueueError};
+use super::{blocking, bounce, now_secs, returned, QueueError};
 use crate::delivery::{self, route, Outbound, RcptOutcome};
 use crate::mail::headers;
 use crate::metrics;
 use crate::pipeline::{self, decide, Action, Copy, Plan, Treatment};
 use crate::pki::signer::{self, SignerRevocation};
+use crate::smime::scan;
 use crate::snapshot::{Live, Snapshot};
 use crate::spool::dsn::Failure;
 use crate::spool::{SpoolError, Spooled, Store};
@@ -59,7 +60,17 @@ pub async fn attempt(
     let message_id = headers::message_id(&msg.body);
     let now = now_secs();
 
-    let pending: Vec<String> = msg.state.pending().map(|r| r.addr.clone()).collect();
+    // Mail to the gateway's own return path is taken here, never delivered.
+    let (returns, pending): (Vec<String>, Vec<String>) = msg
+        .state
+        .pending()
+        .map(|r| r.addr.clone())
+        .partition(|r| settings.return_path_tag(r).is_some());
+    let mut attempted = if returns.is_empty() {
+        Vec::new()
+    } else {
+        returned::take(settings, store, notify, &msg, &returns).await
+    };
     let plan = decide::plan(
         &snapshot,
         live,
@@ -80,18 +91,30 @@ pub async fn attempt(
             _ => None,
         })
         .collect();
-    let encrypted = decide::arrived_encrypted(&plan.shape);
-    let actions = match inbound_pipeline(&msg, &snapshot, live, plan).await {
-        Ok(a) => a,
-        Err(e) => {
+    // S/MIME mail (encrypted anywhere inside, opened or not): what becomes
+    // of it inside must not be observable outside.
+    let body = Arc::clone(&msg.body);
+    let (seen, actions) = tokio::join!(
+        tokio::task::spawn_blocking(move || scan::scan(&body)),
+        inbound_pipeline(&msg, &snapshot, live, plan)
+    );
+    let (seen, actions) = match (seen, actions) {
+        (Ok(seen), Ok(actions)) => (seen, actions),
+        (Err(e), _) | (_, Err(e)) => {
             error!(queue_id = %id, error = %e, "message processing failed; will retry");
             return JobEnd::Retry(now_secs() + 60);
         }
     };
+    let smime = seen.encrypted;
 
-    let mut attempted = Vec::new();
     for action in &actions {
-        carry_out(action, &msg, &snapshot, store, &message_id, &mut attempted).await;
+        let sending = Sending {
+            msg: &msg,
+            snapshot: &snapshot,
+            message_id: &message_id,
+            smime,
+        };
+        carry_out(action, &sending, store, &mut attempted).await;
     }
 
     let now = now_secs();
@@ -103,7 +126,7 @@ pub async fn attempt(
         settings.queue.max_lifetime,
     );
     let bounced = !recorded.failures.is_empty()
-        && bounce::send(settings, store, notify, &msg, encrypted, &recorded.failures).await;
+        && bounce::send(settings, store, notify, &msg, smime, &recorded.failures).await;
     if bounced {
         record::bounced(&mut msg.state, &recorded.failures);
     }
@@ -321,15 +344,23 @@ async fn run_pipeline(
     .await
 }
 
+/// The message being sent and what holds for all its copies.
+struct Sending<'a> {
+    msg: &'a Spooled,
+    snapshot: &'a Snapshot,
+    message_id: &'a str,
+    /// It holds encrypted content at any depth.
+    smime: bool,
+}
+
 /// Carries out one action, adding what happened to each recipient.
 async fn carry_out(
     action: &Action<'static>,
-    msg: &Spooled,
-    snapshot: &Snapshot,
+    sending: &Sending<'_>,
     store: &Arc<Store>,
-    message_id: &str,
     attempted: &mut Vec<Attempted>,
 ) {
+    let (msg, message_id) = (sending.msg, sending.message_id);
     let id = msg.id.as_str();
     let refused = |rcpts: &[String], outcome: RcptOutcome, attempted: &mut Vec<Attempted>| {
         for rcpt in rcpts {
@@ -341,7 +372,7 @@ async fn carry_out(
         }
     };
     match action {
-        Action::Deliver(copy) => deliver(copy, msg, snapshot, message_id, attempted).await,
+        Action::Deliver(copy) => deliver(copy, sending, attempted).await,
         Action::Observed(event) => metrics::pipeline(event),
         // Asked for and answered before the final run of the pipeline.
         Action::CheckSigner { .. } | Action::FindSigner { .. } => {}
@@ -363,7 +394,7 @@ async fn carry_out(
                     return;
                 }
             };
-            let directory = Arc::clone(&snapshot.certs);
+            let directory = Arc::clone(&sending.snapshot.certs);
             let (c, caps, at, a) = (
                 offer.cert.clone(),
                 offer.capabilities.clone(),
@@ -403,32 +434,39 @@ async fn carry_out(
     }
 }
 
-/// Hands one copy to the next hop of each of its recipients.
-async fn deliver(
-    copy: &Copy<'static>,
-    msg: &Spooled,
-    snapshot: &Snapshot,
-    message_id: &str,
-    attempted: &mut Vec<Attempted>,
-) {
-    let settings = &snapshot.settings;
+/// Hands one copy to the next hop of each of its recipients. S/MIME mail
+/// (`smime`) for internal recipients goes under the gateway's own return
+/// path, so that whatever the mailbox server sends back comes to the
+/// gateway and never to the outside sender.
+async fn deliver(copy: &Copy<'static>, sending: &Sending<'_>, attempted: &mut Vec<Attempted>) {
+    let (msg, message_id, smime) = (sending.msg, sending.message_id, sending.smime);
+    let settings = &sending.snapshot.settings;
     if let Some(note) = &copy.note {
         info!(event = "smime", queue_id = %msg.id, message_id = %message_id,
               recipients = %copy.rcpts.join(","), "{note}");
     }
     let eight_bit = msg.envelope.eight_bit || copy.body.iter().any(|b| *b >= 0x80);
-    let mut by_hop: Vec<(&str, Vec<String>)> = Vec::new();
+    let own = settings.return_path(&msg.id);
+    let mut by_hop: Vec<(&str, &str, Vec<String>)> = Vec::new();
     for rcpt in &copy.rcpts {
         let hop = route::next_hop(settings, rcpt);
-        match by_hop.iter_mut().find(|(h, _)| *h == hop) {
-            Some((_, list)) => list.push(rcpt.clone()),
-            None => by_hop.push((hop, vec![rcpt.clone()])),
+        let sender = if smime && decide::is_internal(settings, rcpt) {
+            own.as_str()
+        } else {
+            msg.envelope.mail_from.as_str()
+        };
+        match by_hop
+            .iter_mut()
+            .find(|(h, s, _)| *h == hop && *s == sender)
+        {
+            Some((_, _, list)) => list.push(rcpt.clone()),
+            None => by_hop.push((hop, sender, vec![rcpt.clone()])),
         }
     }
-    for (hop, rcpts) in by_hop {
+    for (hop, sender, rcpts) in by_hop {
         let out = Outbound {
             hop,
-            mail_from: &msg.envelope.mail_from,
+            mail_from: sender,
             rcpts: &rcpts,
             eight_bit,
             smtputf8: msg.envelope.smtputf8,

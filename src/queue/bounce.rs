@@ -1,10 +1,12 @@
 //! Where the report about failed recipients goes. Mail from the null
-//! sender is never bounced. Failures of mail that arrived encrypted, for
-//! internal recipients, go to the postmaster of the first internal domain,
-//! never to the sender: what happens to encrypted mail inside (delivered
-//! decrypted, quarantined, refused by the mailbox server) must not be
-//! observable outside (no decryption oracle). Everything else goes to the
-//! envelope sender, as RFC 3464 bounces from the null sender.
+//! sender is never bounced. Failures of S/MIME mail (encrypted content at
+//! any depth: opened or not, quarantined or refused by the mailbox server)
+//! for internal recipients go to the postmaster of the first internal
+//! domain, never to the sender: what happens to encrypted mail inside must
+//! not be observable outside (no decryption oracle). Everything else goes
+//! to the envelope sender, as RFC 3464 bounces from the null sender.
+//! (What the mailbox server itself sends back comes to the gateway's
+//! return path: `returned`.)
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -27,12 +29,13 @@ pub struct Routes {
     pub discarded: Option<(&'static str, Vec<Failure>)>,
 }
 
-/// Routes `failures` of a message from `sender`; `encrypted` says whether
-/// it arrived encrypted, `internal` which recipients are internal. Pure.
+/// Routes `failures` of a message from `sender`; `smime` says whether it
+/// holds encrypted content at any depth, `internal` which recipients are
+/// internal. Pure.
 pub fn route(
     settings: &Settings,
     sender_is_null: bool,
-    encrypted: bool,
+    smime: bool,
     internal: impl Fn(&str) -> bool,
     failures: &[Failure],
 ) -> Routes {
@@ -48,7 +51,7 @@ pub fn route(
     let (hidden, visible): (Vec<Failure>, Vec<Failure>) = failures
         .iter()
         .cloned()
-        .partition(|f| encrypted && internal(&f.rcpt));
+        .partition(|f| smime && internal(&f.rcpt));
     let mut routes = Routes {
         sender: visible,
         ..Routes::default()
@@ -70,14 +73,14 @@ pub async fn send(
     store: &Arc<Store>,
     notify: &tokio::sync::mpsc::UnboundedSender<String>,
     msg: &Spooled,
-    encrypted: bool,
+    smime: bool,
     failures: &[Failure],
 ) -> bool {
     let internal = |rcpt: &str| crate::pipeline::decide::is_internal(settings, rcpt);
     let routes = route(
         settings,
         msg.envelope.is_null_sender(),
-        encrypted,
+        smime,
         internal,
         failures,
     );
@@ -88,7 +91,7 @@ pub async fn send(
     }
     if let Some((postmaster, hidden)) = &routes.postmaster {
         info!(event = "bounce-redirected", queue_id = %msg.id, to = %postmaster,
-              "encrypted mail failed for internal recipients: reported to the postmaster, not the sender");
+              "S/MIME mail failed for internal recipients: reported to the postmaster, not the sender");
         ok &= queue_dsn(settings, store, notify, msg, postmaster, hidden).await;
     }
     if let Some((why, _)) = &routes.discarded {

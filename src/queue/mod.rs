@@ -7,6 +7,7 @@
 //! - [`budget`]: octets of messages in the pipeline and delivery at once.
 //! - [`record`]: outcomes applied to per-recipient state (pure).
 //! - [`bounce`]: who is told about failures (pure routing, then queued).
+//! - [`returned`]: mail back at the gateway's return path (postmaster only).
 //! - [`housekeeping`]: queue scans, gauges, own-revocation checks.
 
 pub mod attempt;
@@ -14,6 +15,7 @@ pub mod bounce;
 pub mod budget;
 pub mod housekeeping;
 pub mod record;
+pub mod returned;
 pub mod schedule;
 
 use std::collections::{HashMap, HashSet};

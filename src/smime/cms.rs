@@ -54,11 +54,13 @@ pub fn kind(der: &[u8]) -> Option<Kind> {
     Some(kind_of(&oid.to_id_string()))
 }
 
+/// The kind for a content type, dotted or as OpenSSL names it (what
+/// `ossl::content_type` returns).
 pub fn kind_of(oid: &str) -> Kind {
     match oid {
-        OID_ENVELOPED => Kind::Enveloped,
-        OID_AUTH_ENVELOPED => Kind::AuthEnveloped,
-        OID_SIGNED => Kind::Signed,
+        OID_ENVELOPED | "pkcs7-envelopedData" => Kind::Enveloped,
+        OID_AUTH_ENVELOPED | "id-smime-ct-authEnvelopedData" => Kind::AuthEnveloped,
+        OID_SIGNED | "pkcs7-signedData" => Kind::Signed,
         _ => Kind::Other,
     }
 }

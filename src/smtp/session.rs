@@ -406,7 +406,10 @@ impl Session {
             address::normalize(addr)
         };
         let addr = normalized.as_str();
-        if !self.trusted && !is_bare_postmaster(line) {
+        // The gateway's own return path: bounces of S/MIME mail it handed
+        // to the mailbox server come back here, from whoever sends them.
+        let own = self.settings.return_path_tag(addr).is_some();
+        if !self.trusted && !own && !is_bare_postmaster(line) {
             let text = String::from_utf8_lossy(line);
             let raw = address::raw_path(&text).unwrap_or(addr);
             let server = &self.settings.server;

@@ -33,6 +33,33 @@ pub struct Script {
     pub data_replies: VecDeque<String>,
     /// Recipient (lower case) → reply to its RCPT.
     pub rcpt_replies: HashMap<String, String>,
+    /// Recipient (lower case) → reply to "." of a transaction that has it
+    /// (before `data_replies`).
+    pub data_replies_for: HashMap<String, String>,
+    /// Recipients (lower case) that are accepted and then bounced, as a
+    /// mailbox server does for a full or disabled mailbox: an RFC 3464
+    /// report quoting the whole message, sent from <> to the envelope
+    /// sender along the routes of [`Sink::route_bounces`].
+    pub bounce_after_accept: Vec<String>,
+}
+
+/// Where the sink's own bounces go: mail for `domain` to `local`, the
+/// rest to `elsewhere` (the outside world).
+#[derive(Clone)]
+struct BounceRoutes {
+    domain: String,
+    local: SocketAddr,
+    elsewhere: SocketAddr,
+}
+
+/// A bounce the sink sent.
+#[derive(Debug, Clone)]
+pub struct SentBounce {
+    pub to: String,
+    pub via: SocketAddr,
+    pub data: Vec<u8>,
+    /// The reply to "." (or why it was not sent).
+    pub reply: String,
 }
 
 #[derive(Default)]
@@ -41,6 +68,8 @@ struct State {
     received: Vec<Received>,
     data_attempts: usize,
     rcpt_attempts: usize,
+    routes: Option<BounceRoutes>,
+    bounces: Vec<SentBounce>,
 }
 
 pub struct Sink {
@@ -106,6 +135,99 @@ impl Sink {
     /// RCPT commands received, probes included.
     pub fn rcpt_attempts(&self) -> usize {
         self.state.lock().unwrap().rcpt_attempts
+    }
+
+    /// Bounces to addresses in `domain` go to `local`, all others to
+    /// `elsewhere`.
+    pub fn route_bounces(&self, domain: &str, local: SocketAddr, elsewhere: SocketAddr) {
+        self.state.lock().unwrap().routes = Some(BounceRoutes {
+            domain: domain.to_ascii_lowercase(),
+            local,
+            elsewhere,
+        });
+    }
+
+    /// The bounces sent so far.
+    pub fn bounces(&self) -> Vec<SentBounce> {
+        self.state.lock().unwrap().bounces.clone()
+    }
+}
+
+/// A mailbox server's bounce: the report and the whole returned message.
+fn bounce_text(to: &str, rcpt: &str, original: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "From: MAILER-DAEMON@sink.test\r\nTo: <{to}>\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\nAuto-Submitted: auto-replied\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=\"SINKDSN\"\r\n\r\n\
+         --SINKDSN\r\nContent-Type: text/plain\r\n\r\nThe mailbox is over quota.\r\n\r\n\
+         --SINKDSN\r\nContent-Type: message/delivery-status\r\n\r\n\
+         Reporting-MTA: dns; sink.test\r\n\r\n\
+         Final-Recipient: rfc822; {rcpt}\r\nAction: failed\r\nStatus: 5.2.2\r\n\
+         Diagnostic-Code: smtp; 552 5.2.2 mailbox full\r\n\r\n\
+         --SINKDSN\r\nContent-Type: message/rfc822\r\n\r\n"
+    )
+    .into_bytes();
+    out.extend_from_slice(original);
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"--SINKDSN--\r\n");
+    out
+}
+
+/// Sends `data` from <> to `to` at `addr`; the reply to "." or the error.
+async fn send_bounce(addr: SocketAddr, to: &str, data: &[u8]) -> String {
+    async fn go(addr: SocketAddr, to: &str, data: &[u8]) -> std::io::Result<String> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let (r, mut w) = stream.into_split();
+        let mut r = BufReader::new(r);
+        async fn reply(
+            r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+        ) -> std::io::Result<String> {
+            let mut all = String::new();
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).await? == 0 {
+                    return Err(std::io::Error::other("closed"));
+                }
+                all.push_str(&line);
+                if line.as_bytes().get(3) != Some(&b'-') {
+                    return Ok(all.trim_end().to_string());
+                }
+            }
+        }
+        reply(&mut r).await?;
+        for cmd in [
+            "EHLO sink.test".to_string(),
+            "MAIL FROM:<>".to_string(),
+            format!("RCPT TO:<{to}>"),
+            "DATA".to_string(),
+        ] {
+            w.write_all(format!("{cmd}\r\n").as_bytes()).await?;
+            let answer = reply(&mut r).await?;
+            if !(answer.starts_with('2') || answer.starts_with('3')) {
+                return Ok(answer);
+            }
+        }
+        let mut stuffed = Vec::with_capacity(data.len() + 16);
+        let mut at_start = true;
+        for &b in data {
+            if at_start && b == b'.' {
+                stuffed.push(b'.');
+            }
+            stuffed.push(b);
+            at_start = b == b'\n';
+        }
+        stuffed.extend_from_slice(b".\r\n");
+        w.write_all(&stuffed).await?;
+        let answer = reply(&mut r).await?;
+        let _ = w.write_all(b"QUIT\r\n").await;
+        Ok(answer)
+    }
+    match go(addr, to, data).await {
+        Ok(r) => r,
+        Err(e) => format!("not sent: {e}"),
     }
 }
 
@@ -204,15 +326,39 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                     data.extend_from_slice(&line);
                 }
             }
-            let reply = {
+            let (reply, bounce) = {
                 let mut st = state.lock().unwrap();
                 st.data_attempts += 1;
-                let reply = st
-                    .script
-                    .data_replies
-                    .pop_front()
-                    .unwrap_or_else(|| "250 2.0.0 Ok: queued".into());
+                let scripted = rcpts
+                    .iter()
+                    .find_map(|r| st.script.data_replies_for.get(&r.to_ascii_lowercase()))
+                    .cloned();
+                let reply = scripted.unwrap_or_else(|| {
+                    st.script
+                        .data_replies
+                        .pop_front()
+                        .unwrap_or_else(|| "250 2.0.0 Ok: queued".into())
+                });
+                let mut bounce = None;
                 if reply.starts_with('2') {
+                    let bounced = rcpts.iter().find(|r| {
+                        st.script
+                            .bounce_after_accept
+                            .contains(&r.to_ascii_lowercase())
+                    });
+                    if let (Some(rcpt), false) = (bounced, from.is_empty()) {
+                        let domain = from.rsplit('@').next().unwrap_or("").to_ascii_lowercase();
+                        let via = st.routes.as_ref().map(|routes| {
+                            if domain == routes.domain {
+                                routes.local
+                            } else {
+                                routes.elsewhere
+                            }
+                        });
+                        if let Some(via) = via {
+                            bounce = Some((via, from.clone(), bounce_text(&from, rcpt, &data)));
+                        }
+                    }
                     st.received.push(Received {
                         from: from.clone(),
                         rcpts: rcpts.clone(),
@@ -220,8 +366,20 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                         tls,
                     });
                 }
-                reply
+                (reply, bounce)
             };
+            if let Some((via, to, text)) = bounce {
+                let st = Arc::clone(&state);
+                tokio::spawn(async move {
+                    let answer = send_bounce(via, &to, &text).await;
+                    st.lock().unwrap().bounces.push(SentBounce {
+                        to,
+                        via,
+                        data: text,
+                        reply: answer,
+                    });
+                });
+            }
             reply
         } else if upper == "QUIT" {
             w.write_all(b"221 bye\r\n").await?;

@@ -1,0 +1,253 @@
+//! What a message holds, at any depth, that decides how its failures may
+//! be reported and whether its decrypted HTML can be trusted: encrypted
+//! content anywhere inside (also inside an opaque signature, a signed part
+//! or an attached message), and whether any of it was encrypted without
+//! integrity (CBC or 3DES rather than AuthEnvelopedData).
+//!
+//! The scan never decrypts and never checks a signature: it looks only at
+//! what the sender can see too, so its answer cannot depend on a key or on
+//! whether a ciphertext is intact. It is deliberately broader than what
+//! unwrap opens: anything that claims to be S/MIME and is not plainly a
+//! signature over plain content counts as encrypted.
+
+use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
+use openssl::cms::{CMSOptions, CmsContentInfo};
+
+use super::cms::{kind, Kind};
+
+/// How deep signatures and attached messages are followed.
+const MAX_DEPTH: usize = 8;
+/// How many MIME parts are looked at in all (bounded cost).
+const MAX_PARTS: usize = 2000;
+
+/// What the scan found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// Some content is (or claims to be) encrypted.
+    pub encrypted: bool,
+    /// Some encrypted content has no integrity protection (EnvelopedData:
+    /// CBC or 3DES), or cannot be told apart from such content.
+    pub without_integrity: bool,
+}
+
+impl Seen {
+    fn add(&mut self, other: Seen) {
+        self.encrypted |= other.encrypted;
+        self.without_integrity |= other.without_integrity;
+    }
+}
+
+/// Scans the message or entity in `raw`.
+pub fn scan(raw: &[u8]) -> Seen {
+    let mut budget = MAX_PARTS;
+    scan_at(raw, 0, &mut budget)
+}
+
+fn scan_at(raw: &[u8], depth: usize, budget: &mut usize) -> Seen {
+    let mut seen = Seen::default();
+    if depth > MAX_DEPTH {
+        // Too deep to follow: assume the worst.
+        return Seen {
+            encrypted: true,
+            without_integrity: true,
+        };
+    }
+    let Some(msg) = MessageParser::default().parse(raw) else {
+        return seen;
+    };
+    scan_message(&msg, depth, budget, &mut seen);
+    seen
+}
+
+fn scan_message(msg: &Message<'_>, depth: usize, budget: &mut usize, seen: &mut Seen) {
+    for part in &msg.parts {
+        if *budget == 0 {
+            seen.add(Seen {
+                encrypted: true,
+                without_integrity: true,
+            });
+            return;
+        }
+        *budget -= 1;
+        if let PartType::Message(inner) = &part.body {
+            if depth < MAX_DEPTH {
+                scan_message(inner, depth + 1, budget, seen);
+            } else {
+                seen.add(Seen {
+                    encrypted: true,
+                    without_integrity: true,
+                });
+            }
+            continue;
+        }
+        if claims_smime_content(part) {
+            seen.add(cms_content(part.contents(), depth, budget));
+        }
+    }
+}
+
+/// `application/(x-)pkcs7-mime` of any smime-type, or a part named like
+/// one (`*.p7m`, as some clients send it).
+fn claims_smime_content(part: &mail_parser::MessagePart<'_>) -> bool {
+    let by_type = part.content_type().is_some_and(|ct| {
+        ct.ctype().eq_ignore_ascii_case("application")
+            && ct.subtype().is_some_and(|s| {
+                s.eq_ignore_ascii_case("pkcs7-mime") || s.eq_ignore_ascii_case("x-pkcs7-mime")
+            })
+    });
+    let by_name = part
+        .attachment_name()
+        .is_some_and(|n| n.trim().to_ascii_lowercase().ends_with(".p7m"));
+    by_type || by_name
+}
+
+/// What CMS bytes hold: encrypted data, or a signature whose content is
+/// scanned in turn. Anything unreadable counts as encrypted without
+/// integrity (unwrap would try it, or fail on it, like a ciphertext).
+fn cms_content(der: &[u8], depth: usize, budget: &mut usize) -> Seen {
+    let worst = Seen {
+        encrypted: true,
+        without_integrity: true,
+    };
+    match kind(der) {
+        Some(Kind::AuthEnveloped) => Seen {
+            encrypted: true,
+            without_integrity: false,
+        },
+        Some(Kind::Signed) => match signed_content(der) {
+            Some(content) => scan_at(&content, depth + 1, budget),
+            None => worst,
+        },
+        _ => worst,
+    }
+}
+
+/// The content of an opaque signature, taken out without checking the
+/// signature (the scan must not depend on whether it holds).
+fn signed_content(der: &[u8]) -> Option<Vec<u8>> {
+    let mut cms = CmsContentInfo::from_der(der).ok()?;
+    let mut out = Vec::new();
+    let flags = CMSOptions::BINARY | CMSOptions::NOVERIFY | CMSOptions::NOSIGS;
+    cms.verify(None, None, None, Some(&mut out), flags).ok()?;
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smime::mime::base64_lines;
+    use openssl::stack::Stack;
+    use openssl::symm::Cipher;
+
+    fn enveloped(id: &crate::pki::Identity, cipher: Cipher) -> Vec<u8> {
+        let mut certs = Stack::new().unwrap();
+        certs.push(id.cert.clone()).unwrap();
+        let inner = b"Content-Type: text/plain\r\n\r\nsecret\r\n";
+        if cipher == Cipher::aes_256_gcm() {
+            crate::ossl::encrypt_oaep(std::slice::from_ref(&id.cert), inner, cipher)
+                .unwrap()
+                .to_der()
+                .unwrap()
+        } else {
+            CmsContentInfo::encrypt(&certs, inner, cipher, CMSOptions::BINARY)
+                .unwrap()
+                .to_der()
+                .unwrap()
+        }
+    }
+
+    fn entity(ctype: &str, der: &[u8]) -> Vec<u8> {
+        let mut m = format!("Content-Type: {ctype}\r\nContent-Transfer-Encoding: base64\r\n\r\n")
+            .into_bytes();
+        m.extend_from_slice(&base64_lines(der));
+        m
+    }
+
+    #[test]
+    fn plain_and_signed_plain_mail_hold_no_encryption() {
+        assert_eq!(
+            scan(b"Subject: x\r\nContent-Type: text/plain\r\n\r\nhello\r\n"),
+            Seen::default()
+        );
+        let m = b"Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nhi\r\n--B\r\nContent-Type: application/pkcs7-signature\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--B--\r\n";
+        assert_eq!(scan(m), Seen::default());
+    }
+
+    #[test]
+    fn encryption_is_found_at_any_depth() {
+        let id = crate::pki::testkit::identity(2048, "Scan").unwrap();
+        let cbc = entity(
+            "application/pkcs7-mime; smime-type=enveloped-data",
+            &enveloped(&id, Cipher::aes_256_cbc()),
+        );
+        let gcm = entity(
+            "application/pkcs7-mime; smime-type=authEnveloped-data",
+            &enveloped(&id, Cipher::aes_256_gcm()),
+        );
+        assert_eq!(
+            scan(&cbc),
+            Seen {
+                encrypted: true,
+                without_integrity: true
+            }
+        );
+        assert_eq!(
+            scan(&gcm),
+            Seen {
+                encrypted: true,
+                without_integrity: false
+            }
+        );
+        // Inside a signed part, inside a mixed multipart.
+        let mut signed = b"Content-Type: multipart/mixed; boundary=O\r\n\r\n--O\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--O\r\nContent-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; boundary=B\r\n\r\n--B\r\n".to_vec();
+        signed.extend_from_slice(&cbc);
+        signed.extend_from_slice(b"\r\n--B\r\nContent-Type: application/pkcs7-signature\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--B--\r\n\r\n--O--\r\n");
+        assert!(scan(&signed).encrypted);
+        // As an attached message.
+        let mut attached =
+            b"Content-Type: multipart/mixed; boundary=O\r\n\r\n--O\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n"
+                .to_vec();
+        attached.extend_from_slice(&gcm);
+        attached.extend_from_slice(b"\r\n--O--\r\n");
+        assert!(scan(&attached).encrypted);
+        // Named like one, typed as anything.
+        let named = entity(
+            "application/octet-stream; name=\"smime.p7m\"",
+            &enveloped(&id, Cipher::des_ede3_cbc()),
+        );
+        assert!(scan(&named).without_integrity);
+        // Unreadable "S/MIME" counts as encrypted.
+        assert!(scan(&entity("application/pkcs7-mime", b"\x30\x03junk")).encrypted);
+    }
+
+    #[test]
+    fn opaque_signature_around_encryption_is_followed() {
+        let id = crate::pki::testkit::identity(2048, "Scan").unwrap();
+        let cbc = entity(
+            "application/pkcs7-mime; smime-type=enveloped-data",
+            &enveloped(&id, Cipher::aes_256_cbc()),
+        );
+        let sign = |content: &[u8]| {
+            CmsContentInfo::sign(
+                Some(&id.cert),
+                Some(&id.key),
+                None,
+                Some(content),
+                CMSOptions::BINARY,
+            )
+            .unwrap()
+            .to_der()
+            .unwrap()
+        };
+        let opaque = entity(
+            "application/pkcs7-mime; smime-type=signed-data",
+            &sign(&cbc),
+        );
+        assert!(scan(&opaque).encrypted);
+        let plain = entity(
+            "application/pkcs7-mime; smime-type=signed-data",
+            &sign(b"Content-Type: text/plain\r\n\r\nhello\r\n"),
+        );
+        assert!(!scan(&plain).encrypted);
+    }
+}

@@ -1,0 +1,213 @@
+//! The gateway is no decryption oracle: an outsider who re-sends captured
+//! S/MIME mail to internal addresses learns nothing about the plaintext.
+//! Each test plays the attacker against the real binary, with a scripted
+//! mailbox server as `relay.internal` and a separate sink as the outside
+//! world (`relay.external`: where DSNs to the outside sender and anything
+//! else that leaves would go), and asserts what the attacker can observe
+//! (SMTP replies, the outside world, the log) carries nothing that depends
+//! on the secret; a positive control shows each test can fail.
+
+mod common;
+
+use std::time::Duration;
+
+use common::client::Client;
+use common::pki::{self, P7M};
+use common::sink::{Script, Sink};
+use common::{wait_until, Gateway, Options};
+
+const SECRET: &str = "Fortroligt: forligstilbud 4,2 mio. kr. i sag 2024-881";
+const ATTACKER: &str = "attacker@example.org";
+
+/// A gateway between the mailbox server `mailbox` and the outside world
+/// `outside`, with the demo organisation keys.
+fn gateway(mailbox: &Sink, outside: &Sink, extra: &str) -> Gateway {
+    let mut opts = Options::new(mailbox.addr);
+    opts.external_hop = outside.addr;
+    opts.extra = format!(
+        "{extra}\n{}{}[trust]\nanchors = [\"{}\"]\n",
+        pki::identity("org-oces2", &[]),
+        pki::identity("org-oces3", &[]),
+        pki::demo().join("trust").display(),
+    );
+    let gw = Gateway::start(opts);
+    mailbox.route_bounces("gw.test", gw.addr, outside.addr);
+    gw
+}
+
+/// Sends `message` from the attacker; the reply to ".".
+fn send(gw: &Gateway, to: &str, message: &[u8]) -> common::client::Reply {
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    c.send(ATTACKER, &[to], message).unwrap()
+}
+
+/// The captured ciphertext: `inner` encrypted to the organisation's OCES3
+/// key with `cipher`.
+fn captured(inner: &[u8], cipher: &str) -> Vec<u8> {
+    pki::cms_encrypt(inner, "org-oces3", &[cipher])
+}
+
+/// `cms` as the whole body of a message with Message-ID `<id@test>`.
+fn enveloped(id: &str, to: &str, cms: &[u8]) -> Vec<u8> {
+    pki::enveloped_message(id, to, cms, P7M)
+}
+
+/// `cms` wrapped in a detached signature by a self-made certificate that
+/// chains to nothing the gateway trusts.
+fn wrapped_in_untrusted_signature(id: &str, to: &str, cms: &[u8]) -> Vec<u8> {
+    let m = enveloped(id, to, cms);
+    let start = m
+        .windows(13)
+        .position(|w| w == b"Content-Type:")
+        .expect("entity");
+    let signed = pki::crlf(&pki::cms_sign(&m[start..], "stranger"));
+    let mut out = format!(
+        "From: Sender <{ATTACKER}>\r\nTo: <{to}>\r\nSubject: signed {id}\r\nMessage-ID: <{id}@test>\r\n"
+    )
+    .into_bytes();
+    out.extend_from_slice(&signed);
+    out
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn bounces_of_decrypted_mail_never_reach_the_outside_sender() {
+    let mut script = Script::default();
+    script.rcpt_replies.insert(
+        "gone@example-law.dk".into(),
+        "550 5.1.1 <gone@example-law.dk>: Recipient address rejected: no such user".into(),
+    );
+    script.data_replies_for.insert(
+        "refused@example-law.dk".into(),
+        "554 5.7.1 <refused@example-law.dk>: mailbox disabled".into(),
+    );
+    script
+        .bounce_after_accept
+        .push("full@example-law.dk".into());
+    let mailbox = Sink::start(script);
+    let outside = Sink::start(Script::default());
+    let gw = gateway(&mailbox, &outside, "");
+
+    let inner = pki::inner(SECRET);
+    let cms = captured(&inner, "-aes-256-cbc");
+    let mut ids = Vec::new();
+    for to in ["gone", "refused", "full"] {
+        let addr = format!("{to}@example-law.dk");
+        for (kind, m) in [
+            ("bare", enveloped(&format!("{to}-bare"), &addr, &cms)),
+            (
+                "signed",
+                wrapped_in_untrusted_signature(&format!("{to}-signed"), &addr, &cms),
+            ),
+        ] {
+            let r = send(&gw, &addr, &m);
+            assert_eq!(r.code, 250, "{to} {kind}: {r:?}");
+            ids.push(format!("{to}-{kind}"));
+        }
+    }
+    // Positive controls: the plaintext reaches a working mailbox, and a
+    // plain message's bounce does reach the outside (the capture works).
+    assert_eq!(
+        send(
+            &gw,
+            "bob@example-law.dk",
+            &enveloped("bob-ok", "bob@example-law.dk", &cms)
+        )
+        .code,
+        250
+    );
+    assert_eq!(
+        send(
+            &gw,
+            "gone@example-law.dk",
+            &common::message("plain-ctl", "nothing secret")
+        )
+        .code,
+        250
+    );
+
+    // Four refusals reported by the gateway and two returned bounces, all
+    // to the postmaster; the control's DSN to the outside.
+    let to_postmaster = || {
+        mailbox
+            .received()
+            .into_iter()
+            .filter(|r| r.rcpts == ["postmaster@example-law.dk"])
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(40), || to_postmaster().len() == 6
+            && outside.count() >= 1
+            && mailbox.bounces().len() == 2),
+        "postmaster: {}, outside: {}, bounces: {:?}",
+        to_postmaster().len(),
+        outside.count(),
+        mailbox.bounces()
+    );
+    assert!(wait_until(Duration::from_secs(20), || gw.queued() == 0));
+
+    // The mailbox server did get the plaintext for the accepted-then-
+    // bounced mailbox and for bob, under the gateway's return path.
+    for id in ["full-bare", "full-signed", "bob-ok"] {
+        let got = mailbox
+            .received()
+            .into_iter()
+            .find(|r| {
+                r.text().contains(&format!("<{id}@test>"))
+                    && !r.rcpts.iter().any(|x| x.starts_with("postmaster"))
+            })
+            .unwrap_or_else(|| panic!("{id} not delivered"));
+        assert!(contains(&got.data, SECRET), "{id}: no plaintext delivered");
+        assert!(
+            got.from.starts_with("smimegw-bounce+") && got.from.ends_with("@gw.test"),
+            "{id}: envelope sender {:?}",
+            got.from
+        );
+    }
+    // The mailbox server's bounces quoted the plaintext, and went to the
+    // gateway (which took them), not to the attacker.
+    for b in mailbox.bounces() {
+        assert!(
+            contains(&b.data, SECRET),
+            "the bounce should quote the plaintext"
+        );
+        assert_eq!(b.via, gw.addr, "bounce to {} went elsewhere", b.to);
+        assert!(b.reply.starts_with("250"), "{}", b.reply);
+    }
+
+    // What the attacker sees: only the control's bounce; no plaintext.
+    let seen = outside.received();
+    assert_eq!(seen.len(), 1, "the outside got more than the control's DSN");
+    assert!(seen[0].rcpts == [ATTACKER] && seen[0].text().contains("plain-ctl@test"));
+    for r in &seen {
+        assert!(!contains(&r.data, SECRET), "plaintext reached the outside");
+    }
+    for id in &ids {
+        assert!(
+            !seen
+                .iter()
+                .any(|r| r.text().contains(&format!("{id}@test"))),
+            "the outside heard about {id}"
+        );
+    }
+    // The postmaster learns which mailbox failed, without the content.
+    let notices: Vec<_> = to_postmaster()
+        .into_iter()
+        .filter(|r| r.text().contains("returned by the mailbox server"))
+        .collect();
+    assert_eq!(notices.len(), 2);
+    for n in &notices {
+        assert!(
+            n.text().contains("Recipient: full@example-law.dk"),
+            "{}",
+            n.text()
+        );
+        assert!(!contains(&n.data, SECRET));
+    }
+    assert!(!gw.log().contains(SECRET));
+    assert!(gw.log().contains("event=\"returned\""));
+}

@@ -211,3 +211,106 @@ fn bounces_of_decrypted_mail_never_reach_the_outside_sender() {
     assert!(!gw.log().contains(SECRET));
     assert!(gw.log().contains("event=\"returned\""));
 }
+
+/// The reply to "." without the queue id.
+fn reply_shape(r: &common::client::Reply) -> String {
+    match r.text.split_once("queued as") {
+        Some((head, _)) => head.to_string(),
+        None => r.text.clone(),
+    }
+}
+
+#[test]
+fn quarantine_mode_shows_no_difference_between_intact_and_padding_corrupted_ciphertext() {
+    let mut script = Script::default();
+    script.rcpt_replies.insert(
+        "gone@example-law.dk".into(),
+        "550 5.1.1 <gone@example-law.dk>: no such user".into(),
+    );
+    let mailbox = Sink::start(script);
+    let outside = Sink::start(Script::default());
+    let gw = gateway(
+        &mailbox,
+        &outside,
+        "[smime]\non_undecryptable = \"quarantine\"\n",
+    );
+    let cms = captured(&pki::inner(SECRET), "-aes-256-cbc");
+    // The last plaintext byte is the padding length: flipping the top bit
+    // of the byte above it in the previous ciphertext block makes the
+    // padding wrong, always.
+    let mut corrupt = cms.clone();
+    let at = corrupt.len() - 17;
+    corrupt[at] ^= 0x80;
+
+    let mut replies = Vec::new();
+    for to in ["bob", "gone"] {
+        let addr = format!("{to}@example-law.dk");
+        for (kind, c) in [("intact", &cms), ("corrupt", &corrupt)] {
+            for (wrap, m) in [
+                ("bare", enveloped(&format!("{to}-{kind}-bare"), &addr, c)),
+                (
+                    "signed",
+                    wrapped_in_untrusted_signature(&format!("{to}-{kind}-signed"), &addr, c),
+                ),
+            ] {
+                let r = send(&gw, &addr, &m);
+                replies.push((format!("{to}-{kind}-{wrap}"), r));
+            }
+        }
+    }
+    assert_eq!(
+        send(
+            &gw,
+            "gone@example-law.dk",
+            &common::message("plain-ctl", "nothing")
+        )
+        .code,
+        250
+    );
+
+    // Inside, the two differ: intact mail is opened (delivered to bob, or
+    // refused for gone and reported to the postmaster), corrupt mail is
+    // quarantined.
+    assert!(
+        wait_until(Duration::from_secs(40), || {
+            let log = gw.log();
+            log.matches("event=\"quarantined\"").count() == 4
+                && mailbox
+                    .received()
+                    .iter()
+                    .filter(|r| r.rcpts == ["postmaster@example-law.dk"])
+                    .count()
+                    == 2
+                && outside.count() == 1
+        }),
+        "log:\n{}",
+        gw.log()
+    );
+    assert!(wait_until(Duration::from_secs(20), || gw.queued() == 0));
+    for wrap in ["bare", "signed"] {
+        let id = format!("bob-intact-{wrap}@test");
+        assert!(
+            mailbox
+                .received()
+                .iter()
+                .any(|r| r.text().contains(&id) && contains(&r.data, SECRET)),
+            "{id} not delivered decrypted"
+        );
+        assert!(
+            !mailbox
+                .received()
+                .iter()
+                .any(|r| r.text().contains(&format!("bob-corrupt-{wrap}@test"))),
+            "corrupt mail should be quarantined"
+        );
+    }
+    // Outside, they are the same: one reply, no DSN for any of them.
+    let first = reply_shape(&replies[0].1);
+    for (id, r) in &replies {
+        assert_eq!(r.code, 250, "{id}: {r:?}");
+        assert_eq!(reply_shape(r), first, "{id}: reply differs");
+    }
+    let seen = outside.received();
+    assert_eq!(seen.len(), 1, "only the control's DSN may leave");
+    assert!(seen[0].text().contains("plain-ctl@test"));
+}

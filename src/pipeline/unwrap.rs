@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use super::{Action, Actions, Context, HarvestOffer};
+use super::{efail, Action, Actions, Context, HarvestOffer};
 use crate::config::Revocation;
 use crate::config::{Deliver, Encryption, OnUndecryptable};
 use crate::mail::address::normalize;
@@ -26,6 +26,7 @@ use crate::pki::oces;
 use crate::pki::signer::{self, Relation, SignerRevocation, Ties};
 use crate::smime::cms::Chain;
 use crate::smime::mime::Shape;
+use crate::smime::scan::{self, Seen};
 use crate::smime::unwrap::{self, Report, Unwrapped, Verdict, Verifier};
 use crate::smime::{cms, header};
 use crate::spool::Envelope;
@@ -49,6 +50,7 @@ pub fn mailboxes<'a>(
     out: &mut Actions<'a>,
 ) {
     let mut opened: HashMap<Vec<usize>, Unwrapped> = HashMap::new();
+    let mut seen: Option<Seen> = None;
     for Mailbox {
         rcpt,
         deliver: mode,
@@ -99,8 +101,20 @@ pub fn mailboxes<'a>(
         }
         match result {
             Unwrapped::Opened { message, report } => {
-                let value = report.header_value().unwrap_or_else(|| "decrypted".into());
-                let note = Some(note_for(report));
+                let seen = *seen.get_or_insert_with(|| scan::scan(body));
+                let protected = efail::protect(message, seen, report.decrypted_content_signed());
+                let message: &[u8] = &protected.message;
+                let mut value = report.header_value().unwrap_or_else(|| "decrypted".into());
+                let mut note = Some(note_for(report));
+                if protected.integrity_none {
+                    value.push_str("; integrity=none");
+                    if protected.neutralised {
+                        value.push_str("; html=neutralised");
+                        note = note.map(|n| {
+                            format!("{n}; no integrity: remote references in HTML removed")
+                        });
+                    }
+                }
                 match (mode, target) {
                     (Deliver::Plain, _) => {
                         out.deliver(rcpt, Cow::Owned(header::set(message, &value)), note);

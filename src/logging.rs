@@ -1,5 +1,11 @@
 //! Log output: one line per event, as text or JSON, to standard error.
-//! `RUST_LOG` picks the level (default `info`).
+//! `RUST_LOG` picks the level (default `info`). Control characters in
+//! anything logged (names from certificates, replies, header values) are
+//! escaped, so no value can start a forged line or reach the terminal as
+//! an escape sequence; `escape_controls` does the same for CLI output.
+
+use std::borrow::Cow;
+use std::io::{self, Write};
 
 use tracing_subscriber::EnvFilter;
 
@@ -13,9 +19,74 @@ pub fn init(format: Format) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| Escaping(io::stderr()));
     match format {
         Format::Text => builder.with_ansi(false).init(),
         Format::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// `text` with control characters (C0, DEL, C1; line breaks too unless
+/// `keep_newlines`) written as visible escapes: `\r`, `\n`, `\t`, `\x1b`,
+/// `\u{9b}`. Text without any comes back borrowed.
+pub fn escape_controls(text: &str, keep_newlines: bool) -> Cow<'_, str> {
+    let bad = |c: char| c.is_control() && !(keep_newlines && c == '\n');
+    if !text.chars().any(bad) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            c if !bad(c) => out.push(c),
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A writer that gets one whole event per write (as tracing-subscriber's
+/// fmt layer writes them) and escapes every control character in it but
+/// the newline that ends it.
+struct Escaping<W>(W);
+
+impl<W: Write> Write for Escaping<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let (line, newline) = match text.strip_suffix('\n') {
+            Some(l) => (l, true),
+            None => (&*text, false),
+        };
+        let mut out = escape_controls(line, false).into_owned();
+        if newline {
+            out.push('\n');
+        }
+        self.0.write_all(out.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controls_are_escaped() {
+        assert_eq!(escape_controls("plain æøå", false), "plain æøå");
+        assert_eq!(
+            escape_controls("a\r\nb\x1b[2J\u{9b}c\x7f", false),
+            "a\\r\\nb\\x1b[2J\\x9bc\\x7f"
+        );
+        assert_eq!(escape_controls("a\nb\r", true), "a\nb\\r");
+        let mut w = Escaping(Vec::new());
+        w.write_all(b"line one\nforged\x1b]0;x\x07\n").unwrap();
+        assert_eq!(w.0, b"line one\\nforged\\x1b]0;x\\x07\n");
     }
 }

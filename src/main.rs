@@ -136,7 +136,9 @@ fn main() -> ExitCode {
     });
     match run(cli.command) {
         Ok((text, success)) => {
-            print!("{text}");
+            // Names and values from mail and certificates never reach the
+            // terminal as control sequences.
+            print!("{}", logging::escape_controls(&text, true));
             if success {
                 ExitCode::SUCCESS
             } else {
@@ -144,10 +146,12 @@ fn main() -> ExitCode {
             }
         }
         Err(e) => {
+            let text = e.to_string();
+            let text = logging::escape_controls(&text, true);
             match e {
                 // Configuration problems name their file on every line.
-                OpsError::Daemon(_) | OpsError::Config(_) => eprintln!("{e}"),
-                _ => eprintln!("smime-gateway: {e}"),
+                OpsError::Daemon(_) | OpsError::Config(_) => eprintln!("{text}"),
+                _ => eprintln!("smime-gateway: {text}"),
             }
             ExitCode::from(e.exit_code())
         }

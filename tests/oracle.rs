@@ -582,3 +582,211 @@ fn efail_gadget_in_cbc_mail_is_not_live_in_the_mailbox() {
     assert!(got.text().contains("https://example.org/logo.png"));
     assert_eq!(outside.count(), 0);
 }
+
+/// A self-signed certificate whose subject has CR/LF and terminal escape
+/// sequences in its CN and fifty 60-character OUs (over 3,000 characters
+/// of DN): (key, cert) paths in `dir`.
+fn hostile_certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut subject =
+        "/CN=Evil\r\nFORGED-LINE event=\"delivered\"\u{1b}[2J\u{1b}]0;pwned\u{7}".to_string();
+    for i in 0..50 {
+        subject.push_str(&format!("/OU={i:02}{}", "o".repeat(58)));
+    }
+    let (key, cert) = (dir.join("evil.key"), dir.join("evil.crt"));
+    pki::run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "30",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+            "-subj",
+            &subject,
+        ],
+        b"",
+    );
+    (key, cert)
+}
+
+fn assert_no_raw_controls(what: &str, text: &str) {
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "{what} has raw control characters: {text:?}"
+    );
+}
+
+#[test]
+fn hostile_names_forge_no_log_line_reach_no_terminal_and_stay_within_line_limits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, cert) = hostile_certificate(tmp.path());
+    let inner = pki::inner("hello");
+    let to_evil = pki::openssl(
+        &[
+            "cms",
+            "-encrypt",
+            "-binary",
+            "-outform",
+            "DER",
+            "-aes-256-cbc",
+            cert.to_str().unwrap(),
+        ],
+        &inner,
+    );
+    let signed_by_evil = pki::crlf(&pki::openssl(
+        &[
+            "cms",
+            "-sign",
+            "-binary",
+            "-signer",
+            cert.to_str().unwrap(),
+            "-inkey",
+            key.to_str().unwrap(),
+        ],
+        &inner,
+    ));
+    let signed = |id: &str| {
+        let mut m = format!(
+            "From: <{ATTACKER}>\r\nTo: <bob@example-law.dk>\r\nSubject: signed\r\nMessage-ID: <{id}@test>\r\n"
+        )
+        .into_bytes();
+        m.extend_from_slice(&signed_by_evil);
+        m
+    };
+    let mut script = Script::default();
+    script
+        .rcpt_replies
+        .insert("held@example-law.dk".into(), "450 4.2.0 try later".into());
+
+    // Text log, quarantine mode.
+    let mailbox = Sink::start(script);
+    let outside = Sink::start(Script::default());
+    let gw = gateway(
+        &mailbox,
+        &outside,
+        "[smime]\non_undecryptable = \"quarantine\"\n",
+    );
+    assert_eq!(
+        send(
+            &gw,
+            "bob@example-law.dk",
+            &enveloped("evil-q", "bob@example-law.dk", &to_evil)
+        )
+        .code,
+        250
+    );
+    assert_eq!(send(&gw, "bob@example-law.dk", &signed("evil-s")).code, 250);
+    let mut held = common::message("evil-held", "held").to_vec();
+    held.splice(
+        0..0,
+        b"Subject: \x1b[31mred\x1b]0;title\x07\r\n".iter().copied(),
+    );
+    assert_eq!(send(&gw, "held@example-law.dk", &held).code, 250);
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let log = gw.log();
+            log.contains("event=\"quarantined\"")
+                && log.contains("signature untrusted")
+                && log.contains("event=\"deferred\"")
+        }),
+        "{}",
+        gw.log()
+    );
+    let log = gw.log();
+    // The hostile name was logged (the test can fail) ...
+    assert!(log.contains("FORGED-LINE"));
+    // ... but every line is one event, nothing raw.
+    assert_no_raw_controls("text log", &log);
+    for line in log.lines() {
+        assert!(
+            line.len() > 20
+                && line.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+                && &line[4..5] == "-",
+            "a log line that is not an event: {line:?}"
+        );
+    }
+    let out = gw.cli(&["queue", "quarantined"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("FORGED-LINE"), "{text}");
+    assert_no_raw_controls("queue quarantined", &text);
+    assert_eq!(
+        text.lines().count(),
+        2,
+        "one line per message, then the count: {text}"
+    );
+    let list = String::from_utf8_lossy(&gw.cli(&["queue", "list"]).stdout).into_owned();
+    let id = list
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .expect("queued")
+        .to_string();
+    let out = gw.cli(&["queue", "show", &id]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("\\x1b[31mred"), "{text}");
+    assert_no_raw_controls("queue show", &text);
+
+    // JSON log, delivered with the reason.
+    let mailbox = Sink::start(Script::default());
+    let outside = Sink::start(Script::default());
+    let mut opts = Options::new(mailbox.addr);
+    opts.external_hop = outside.addr;
+    opts.args = vec!["--log-format".into(), "json".into()];
+    opts.extra = format!(
+        "{}[trust]\nanchors = [\"{}\"]\n",
+        pki::identity("org-oces3", &[]),
+        pki::demo().join("trust").display()
+    );
+    let gw = Gateway::start(opts);
+    assert_eq!(
+        send(
+            &gw,
+            "bob@example-law.dk",
+            &enveloped("evil-d", "bob@example-law.dk", &to_evil)
+        )
+        .code,
+        250
+    );
+    assert_eq!(
+        send(&gw, "bob@example-law.dk", &signed("evil-s2")).code,
+        250
+    );
+    let undecryptable = delivered(&mailbox, "evil-d");
+    let signed = delivered(&mailbox, "evil-s2");
+    let log = gw.log();
+    assert!(log.contains("FORGED-LINE"));
+    assert_no_raw_controls("JSON log", &log);
+    for line in log.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not one JSON event ({e}): {line:?}"));
+    }
+    for (got, expect) in [(undecryptable, "...[truncated]\""), (signed, "FORGED-LINE")] {
+        let text = got.text();
+        let head = text.split("\r\n\r\n").next().unwrap();
+        let t = trace(&text);
+        assert!(t.contains(expect), "{t}");
+        assert_no_raw_controls("header", &head.replace("\r\n", "\n"));
+        for line in head.split("\r\n") {
+            assert!(line.len() <= 998, "header line of {} octets", line.len());
+            assert!(!line.starts_with("FORGED"), "forged header line: {line}");
+        }
+        // The trace header is folded to 78 (its words are short enough).
+        let mut in_trace = false;
+        for line in head.split("\r\n") {
+            if line.starts_with("X-SMIME-Gateway:") {
+                in_trace = true;
+            } else if !line.starts_with(' ') {
+                in_trace = false;
+            }
+            if in_trace {
+                assert!(line.len() <= 78, "trace line of {}: {line}", line.len());
+            }
+        }
+    }
+}

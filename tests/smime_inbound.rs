@@ -59,10 +59,15 @@ fn received_for(sink: &Sink, rcpt: &str, id: &str) -> Received {
         .unwrap()
 }
 
-fn header<'a>(text: &'a str, name: &str) -> &'a str {
-    text.lines()
+/// The (unfolded) value of header field `name`.
+fn header(text: &str, name: &str) -> String {
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
+    unfolded
+        .lines()
         .find_map(|l| l.strip_prefix(&format!("{name}: ")))
         .unwrap_or("")
+        .to_string()
 }
 
 #[test]

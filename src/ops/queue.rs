@@ -4,7 +4,13 @@
 
 use std::fmt::Write as _;
 
+use crate::logging::escape_controls;
 use crate::mail::headers;
+
+/// A value from a message or a peer, on one line with nothing raw.
+fn one(text: &str) -> std::borrow::Cow<'_, str> {
+    escape_controls(text, false)
+}
 use crate::spool::{RcptStatus, SpoolError, Store};
 
 /// Never panics, whatever a spool file says.
@@ -31,9 +37,9 @@ pub fn list(store: &Store) -> Result<String, SpoolError> {
                     date(m.state.next_attempt)
                 };
                 let sender = if m.envelope.mail_from.is_empty() {
-                    "<>"
+                    "<>".into()
                 } else {
-                    &m.envelope.mail_from
+                    one(&m.envelope.mail_from)
                 };
                 let _ = writeln!(
                     out,
@@ -59,10 +65,10 @@ pub fn show(store: &Store, id: &str) -> Result<String, SpoolError> {
     let mut out = String::new();
     let e = &m.envelope;
     let _ = writeln!(out, "Queue-ID:    {id}");
-    let _ = writeln!(out, "Message-ID:  {}", headers::message_id(&m.body));
+    let _ = writeln!(out, "Message-ID:  {}", one(&headers::message_id(&m.body)));
     let _ = writeln!(out, "Arrived:     {}", date(e.received));
-    let _ = writeln!(out, "Client:      {} ({})", e.client, e.helo);
-    let _ = writeln!(out, "Sender:      <{}>", e.mail_from);
+    let _ = writeln!(out, "Client:      {} ({})", one(&e.client), one(&e.helo));
+    let _ = writeln!(out, "Sender:      <{}>", one(&e.mail_from));
     let _ = writeln!(out, "Size:        {} octets", m.body.len());
     let _ = writeln!(out, "Attempts:    {}", m.state.attempts);
     if m.state.attempts > 0 {
@@ -75,9 +81,10 @@ pub fn show(store: &Store, id: &str) -> Result<String, SpoolError> {
             RcptStatus::Failed => "failed",
             RcptStatus::Quarantined => "quarantined",
         };
-        let _ = write!(out, "Recipient:   <{}> {status}", r.addr);
+        let _ = write!(out, "Recipient:   <{}> {status}", one(&r.addr));
         if let Some(reply) = &r.reply {
-            let _ = write!(out, " ({}: {reply})", r.hop.as_deref().unwrap_or("-"));
+            let hop = r.hop.as_deref().unwrap_or("-");
+            let _ = write!(out, " ({}: {})", one(hop), one(reply));
         }
         out.push('\n');
     }
@@ -88,7 +95,8 @@ pub fn show(store: &Store, id: &str) -> Result<String, SpoolError> {
         .map(|i| i + 2)
         .unwrap_or(m.body.len());
     out.push('\n');
-    out.push_str(&String::from_utf8_lossy(&m.body[..head_end]).replace("\r\n", "\n"));
+    let head = String::from_utf8_lossy(&m.body[..head_end]).replace("\r\n", "\n");
+    out.push_str(&escape_controls(&head, true));
     Ok(out)
 }
 
@@ -114,10 +122,11 @@ pub fn quarantined(store: &Store) -> Result<String, SpoolError> {
     for (id, e, reason) in &list {
         let _ = writeln!(
             out,
-            "{id:<14}  {}  <{}> -> {}  {reason}",
+            "{id:<14}  {}  <{}> -> {}  {}",
             date(e.received),
-            e.mail_from,
-            e.rcpts.join(",")
+            one(&e.mail_from),
+            one(&e.rcpts.join(",")),
+            one(reason)
         );
     }
     let _ = writeln!(out, "{} message(s) in quarantine", list.len());

@@ -8,11 +8,27 @@ use super::mime;
 pub const NAME: &str = "X-SMIME-Gateway";
 const NAME_LOWER: &str = "x-smime-gateway";
 
-/// A quoted parameter value: no CR/LF, quotes and backslashes escaped.
+/// Longest value `quote` keeps, in characters (a longer one is cut and
+/// marked), so that no parameter can push a header line past 998 octets.
+const MAX_QUOTED: usize = 200;
+/// Marks a value `quote` cut.
+pub const TRUNCATED: &str = "...[truncated]";
+/// Lines are folded to this many octets where a space allows it.
+const FOLD_AT: usize = 78;
+/// The hard limit of RFC 5322 for a line, without its CRLF.
+const MAX_LINE: usize = 998;
+
+/// A quoted parameter value: no control characters (each becomes a
+/// space), quotes and backslashes escaped, at most 200 characters of the
+/// value (then `...[truncated]`).
 pub fn quote(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
+    let mut out = String::with_capacity(value.len().min(MAX_QUOTED * 2) + 2);
     out.push('"');
-    for c in value.chars() {
+    for (i, c) in value.chars().enumerate() {
+        if i == MAX_QUOTED {
+            out.push_str(TRUNCATED);
+            break;
+        }
         match c {
             '"' | '\\' => {
                 out.push('\\');
@@ -23,6 +39,42 @@ pub fn quote(value: &str) -> String {
         }
     }
     out.push('"');
+    out
+}
+
+/// `NAME: value` folded at spaces so that lines stay within 78 octets
+/// where the words allow and never exceed 998 (a word that would is cut).
+/// Control characters in `value` become spaces. Ends with CRLF.
+pub fn field(value: &str) -> String {
+    let clean: String = value
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut out = String::with_capacity(clean.len() + 32);
+    let mut line = format!("{NAME}:");
+    for word in clean.split(' ') {
+        let mut word = word.to_string();
+        // Room on any line, the first (after the name) included.
+        let room = MAX_LINE - NAME.len() - 2;
+        if word.len() > room {
+            let mut cut = room - TRUNCATED.len();
+            while !word.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            word.truncate(cut);
+            word.push_str(TRUNCATED);
+        }
+        if !word.is_empty() && line.len() + 1 + word.len() > FOLD_AT && line.len() > NAME.len() + 1
+        {
+            out.push_str(&line);
+            out.push_str("\r\n");
+            line.clear();
+        }
+        line.push(' ');
+        line.push_str(&word);
+    }
+    out.push_str(&line);
+    out.push_str("\r\n");
     out
 }
 
@@ -41,7 +93,7 @@ pub fn strip(message: &[u8]) -> Vec<u8> {
 pub fn set(message: &[u8], value: &str) -> Vec<u8> {
     let stripped = strip(message);
     let mut out = Vec::with_capacity(stripped.len() + value.len() + 24);
-    out.extend_from_slice(format!("{NAME}: {value}\r\n").as_bytes());
+    out.extend_from_slice(field(value).as_bytes());
     out.extend_from_slice(&stripped);
     out
 }
@@ -65,5 +117,32 @@ mod tests {
         assert!(text.starts_with("X-SMIME-Gateway: undecryptable"));
         assert!(text.ends_with("Subject: x\r\n\r\nbody\r\n"));
         assert_eq!(quote("a\"b\r\n"), "\"a\\\"b  \"");
+    }
+
+    #[test]
+    fn long_values_are_folded_and_bounded() {
+        let dn = format!(
+            "CN=Evil\r\nX-Forged: yes, {}",
+            "OU=abcdefghij, ".repeat(300)
+        );
+        let value = format!("undecryptable; reason={}", quote(&format!("no key: {dn}")));
+        let m = set(b"Subject: x\r\n\r\nbody\r\n", &value);
+        let text = String::from_utf8(m).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert_eq!(body, "body\r\n");
+        for line in head.split("\r\n") {
+            assert!(line.len() <= 78, "{line:?}");
+            assert!(!line.starts_with("X-Forged"));
+        }
+        assert!(head.contains(TRUNCATED));
+        // Unfolding gives the value back.
+        let unfolded = head.replace("\r\n ", " ");
+        assert!(unfolded.starts_with(
+            "X-SMIME-Gateway: undecryptable; reason=\"no key: CN=Evil  X-Forged: yes, OU="
+        ));
+        // A word longer than a line is cut below 998.
+        let long = "x".repeat(3000);
+        let f = field(&long);
+        assert!(f.split("\r\n").all(|l| l.len() <= 998), "{}", f.len());
     }
 }

@@ -47,6 +47,7 @@ pub struct Gateway {
     child: Option<Child>,
     starts: u32,
     env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 /// Settings a test may change; the rest is fixed for speed.
@@ -59,6 +60,8 @@ pub struct Options {
     pub spool_dir: Option<PathBuf>,
     /// Environment variables for the gateway process.
     pub env: Vec<(String, String)>,
+    /// Extra arguments after `serve --config PATH` (e.g. `--log-format json`).
+    pub args: Vec<String>,
 }
 
 impl Options {
@@ -71,6 +74,7 @@ impl Options {
             extra: String::new(),
             spool_dir: None,
             env: Vec::new(),
+            args: Vec::new(),
         }
     }
 }
@@ -128,6 +132,7 @@ scan_interval = "1s"
             child: None,
             starts: 0,
             env: opts.env.clone(),
+            args: opts.args.clone(),
         };
         gw.spawn();
         gw
@@ -157,6 +162,7 @@ scan_interval = "1s"
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
+            .args(&self.args)
             .env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

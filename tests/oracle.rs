@@ -790,3 +790,55 @@ fn hostile_names_forge_no_log_line_reach_no_terminal_and_stay_within_line_limits
         }
     }
 }
+
+#[test]
+fn a_key_opens_only_the_mail_decrypt_for_allows() {
+    let mailbox = Sink::start(Script::default());
+    let outside = Sink::start(Script::default());
+    let mut opts = Options::new(mailbox.addr);
+    opts.external_hop = outside.addr;
+    // The organisation key (still the organisation's: no mailboxes) opens
+    // only the shared mailbox's mail.
+    opts.extra = format!(
+        "{}decrypt_for = [\"sikkermail@example-law.dk\"]\n[trust]\nanchors = [\"{}\"]\n\
+         [smime]\non_undecryptable = \"quarantine\"\n",
+        pki::identity("org-oces3", &[]),
+        pki::demo().join("trust").display(),
+    );
+    let gw = Gateway::start(opts);
+    let cms = captured(&pki::inner(SECRET), "-aes-256-cbc");
+    for to in ["bob", "sikkermail"] {
+        let addr = format!("{to}@example-law.dk");
+        assert_eq!(
+            send(&gw, &addr, &enveloped(&format!("df-{to}"), &addr, &cms)).code,
+            250
+        );
+    }
+    let shared = delivered(&mailbox, "df-sikkermail");
+    assert!(
+        contains(&shared.data, SECRET),
+        "the allowed mailbox gets it decrypted"
+    );
+    let bob = delivered(&mailbox, "df-bob");
+    assert!(
+        !contains(&bob.data, SECRET),
+        "bob's mail must not be opened"
+    );
+    let t = trace(&bob.text());
+    assert!(
+        t.starts_with("undecryptable;")
+            && t.contains("may not decrypt mail for bob@example-law.dk"),
+        "{t}"
+    );
+    let original = enveloped("df-bob", "bob@example-law.dk", &cms);
+    let (_, body) = bob
+        .text()
+        .split_once("\r\n\r\n")
+        .map(|(h, b)| (h.to_string(), b.to_string()))
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&original).ends_with(&body),
+        "passed unchanged"
+    );
+    assert_eq!(outside.count(), 0);
+}

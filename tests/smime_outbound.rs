@@ -765,6 +765,7 @@ fn aes_gcm_and_oaep_for_recipients_that_announced_them() {
             password_file: Some(d.join("keys/court-oces3.pass")),
             password_env: None,
             mailboxes: Vec::new(),
+            decrypt_for: None,
         },
         false,
     )

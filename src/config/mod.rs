@@ -322,9 +322,15 @@ pub struct IdentitySettings {
     pub password_file: Option<PathBuf>,
     /// Environment variable holding the password.
     pub password_env: Option<String>,
-    /// Addresses this key serves; empty means the whole organisation.
+    /// What the key is: the personal key of these addresses; empty means
+    /// an organisation key (it signs and is encrypted to for the whole
+    /// organisation).
     #[serde(default)]
     pub mailboxes: Vec<String>,
+    /// Whose mail the key opens: addresses, `*@domain`, or `*` (every
+    /// internal address). Default: every internal address for an
+    /// organisation key, its own `mailboxes` for a personal key.
+    pub decrypt_for: Option<Vec<String>>,
 }
 
 /// `[[mailbox]]`: delivery of decrypted mail to an address or a domain.

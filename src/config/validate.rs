@@ -185,6 +185,17 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
                 );
             }
         }
+        for (j, m) in id.decrypt_for.iter().flatten().enumerate() {
+            let ok = m == "*"
+                || m.strip_prefix("*@").is_some_and(is_domain)
+                || (m.contains('@') && !m.contains('*'));
+            if !ok {
+                bad(
+                    &format!("{key}.decrypt_for[{j}]"),
+                    format!("{m:?} is not an address, \"*@domain\" or \"*\""),
+                );
+            }
+        }
     }
     for (i, m) in s.mailboxes.iter().enumerate() {
         let domain = m.address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");

@@ -28,7 +28,7 @@ use crate::smime::cms::Chain;
 use crate::smime::mime::Shape;
 use crate::smime::scan::{self, Seen};
 use crate::smime::unwrap::{self, Report, Unwrapped, Verdict, Verifier};
-use crate::smime::{cms, header};
+use crate::smime::{cms, header, SmimeError};
 use crate::spool::Envelope;
 
 /// An internal recipient and how its mailbox takes mail.
@@ -165,6 +165,20 @@ pub fn mailboxes<'a>(
                 None => out.deliver(rcpt, Cow::Borrowed(body), None),
             },
             Unwrapped::Failed { error, report } => {
+                let not_allowed = matches!(error, SmimeError::NoKey(_))
+                    .then(|| held_but_not_allowed(shape, ctx, &rcpt))
+                    .flatten();
+                if let Some(cn) = not_allowed {
+                    // The organisation holds the key, but it is not one
+                    // that opens this recipient's mail: passed unchanged.
+                    let reason = format!(
+                        "the key that opens it ({cn}) may not decrypt mail for {rcpt} (decrypt_for)"
+                    );
+                    let value = report.failure_value(&reason);
+                    let note = Some(format!("not decrypted: {reason}"));
+                    out.deliver(rcpt, Cow::Owned(header::set(body, &value)), note);
+                    continue;
+                }
                 let reason = error.to_string();
                 if ctx.settings.smime.on_undecryptable == OnUndecryptable::Quarantine
                     && !envelope.released
@@ -229,6 +243,21 @@ fn judge(result: &mut Unwrapped, body: &[u8], ctx: &Context<'_>) {
                 .unwrap_or_else(|| SignerRevocation::Unknown("not asked yet".into()))
         });
     }
+}
+
+/// When the message's (outer) enveloped data names a key the
+/// organisation holds that `decrypt_for` does not allow for `rcpt`: that
+/// key's name.
+fn held_but_not_allowed(shape: &Shape, ctx: &Context<'_>, rcpt: &str) -> Option<String> {
+    let Shape::Enveloped { cms: der } = shape else {
+        return None;
+    };
+    let parsed = cms::parse(der).ok()?;
+    ctx.keys
+        .identities
+        .iter()
+        .find(|id| !id.may_open(rcpt) && crate::ossl::is_recipient(&parsed, &id.cert))
+        .map(|id| id.info.subject_cn.clone())
 }
 
 /// Asks for the revocation of trusted signers not known yet (once per

@@ -22,8 +22,12 @@ pub struct Identity {
     /// CA certificates that came with it (PKCS#12 bag or PEM file).
     pub chain: Vec<X509>,
     pub info: CertInfo,
-    /// Lower-case addresses served; empty = the whole organisation.
+    /// What the key is: lower-case addresses it is the personal key of;
+    /// empty = an organisation key.
     pub mailboxes: Vec<String>,
+    /// Whose mail it opens (lower case: addresses, `*@domain`, `*`);
+    /// `None`: the default for what it is (see [`Identity::may_open`]).
+    pub decrypt_for: Option<Vec<String>>,
     /// The file it was loaded from.
     pub source: PathBuf,
 }
@@ -45,6 +49,22 @@ impl Identity {
 
     pub fn is_organisation_wide(&self) -> bool {
         self.mailboxes.is_empty()
+    }
+
+    /// True when this key may open mail for the internal address `addr`:
+    /// its `decrypt_for`, or by default every internal address for an
+    /// organisation key and its own addresses for a personal key.
+    pub fn may_open(&self, addr: &str) -> bool {
+        match &self.decrypt_for {
+            None => self.is_organisation_wide() || self.serves(addr),
+            Some(patterns) => {
+                let addr = addr.to_ascii_lowercase();
+                let domain = addr.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+                patterns.iter().any(|p| {
+                    p == "*" || p.strip_prefix("*@").is_some_and(|d| d == domain) || *p == addr
+                })
+            }
+        }
     }
 
     /// The SHA-256 fingerprint of its certificate: how it is named across
@@ -160,6 +180,10 @@ pub fn load(index: usize, cfg: &IdentitySettings, strict: bool) -> Result<Identi
             .iter()
             .map(|m| m.to_ascii_lowercase())
             .collect(),
+        decrypt_for: cfg
+            .decrypt_for
+            .as_ref()
+            .map(|list| list.iter().map(|m| m.to_ascii_lowercase()).collect()),
         source: main,
     })
 }

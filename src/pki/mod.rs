@@ -67,21 +67,20 @@ impl Keyring {
         }
     }
 
-    /// Identities to try for mail to `rcpt`: those serving it first, then
-    /// the organisation-wide ones.
+    /// Identities that may open mail for `rcpt` (`decrypt_for`): its own
+    /// personal keys first, then the others, in configuration order.
     pub fn candidates<'a>(&'a self, rcpt: &'a str) -> impl Iterator<Item = &'a Identity> + 'a {
-        self.identities
-            .iter()
-            .filter(move |i| i.serves(rcpt))
-            .chain(self.identities.iter().filter(|i| i.is_organisation_wide()))
+        self.candidate_indices(rcpt)
+            .into_iter()
+            .map(move |i| &self.identities[i])
     }
 
     /// Positions in `identities` of the candidates for `rcpt`, in order.
     pub fn candidate_indices(&self, rcpt: &str) -> Vec<usize> {
-        let serving = (0..self.identities.len()).filter(|&i| self.identities[i].serves(rcpt));
-        let wide =
-            (0..self.identities.len()).filter(|&i| self.identities[i].is_organisation_wide());
-        serving.chain(wide).collect()
+        let ids = &self.identities;
+        let own = (0..ids.len()).filter(|&i| ids[i].serves(rcpt) && ids[i].may_open(rcpt));
+        let others = (0..ids.len()).filter(|&i| !ids[i].serves(rcpt) && ids[i].may_open(rcpt));
+        own.chain(others).collect()
     }
 
     /// The current OCES3 identity for `rcpt` (valid at `now`, may receive
@@ -97,5 +96,47 @@ impl Keyring {
             }
         }
         best
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(cn: &str, mailboxes: &[&str], decrypt_for: Option<&[&str]>) -> Identity {
+        let mut i = testkit::identity(1024, cn).unwrap();
+        i.mailboxes = mailboxes.iter().map(|m| m.to_string()).collect();
+        i.decrypt_for = decrypt_for.map(|d| d.iter().map(|m| m.to_string()).collect());
+        i
+    }
+
+    #[test]
+    fn what_a_key_is_and_whose_mail_it_opens_are_separate() {
+        let keys = Keyring {
+            identities: vec![
+                // An organisation key that opens only the shared mailbox.
+                id("org", &[], Some(&["sikkermail@example-law.dk"])),
+                // A personal key, by default for its own address.
+                id("alice", &["alice@example-law.dk"], None),
+                // A personal key that also opens a team's mail.
+                id("bob", &["bob@example-law.dk"], Some(&["*@example-law.dk"])),
+                // An organisation key with the default: everyone.
+                id("org2", &[], None),
+            ],
+            anchors: Vec::new(),
+        };
+        assert!(keys.identities[0].is_organisation_wide());
+        assert_eq!(
+            keys.candidate_indices("sikkermail@example-law.dk"),
+            vec![0, 2, 3]
+        );
+        assert_eq!(
+            keys.candidate_indices("Alice@Example-Law.dk"),
+            vec![1, 2, 3]
+        );
+        assert_eq!(keys.candidate_indices("bob@example-law.dk"), vec![2, 3]);
+        assert_eq!(keys.candidate_indices("carol@example-law.dk"), vec![2, 3]);
+        assert!(!keys.identities[0].may_open("carol@example-law.dk"));
+        assert!(!keys.identities[1].may_open("carol@example-law.dk"));
     }
 }

@@ -42,6 +42,7 @@ pub fn identity(bits: u32, cn: &str) -> Result<Identity, String> {
         chain: Vec::new(),
         info,
         mailboxes: Vec::new(),
+        decrypt_for: None,
         source: Default::default(),
     })
 }

@@ -28,11 +28,21 @@ struct Setup {
 }
 
 fn setup() -> Option<Setup> {
+    setup_with("")
+}
+
+/// As [`setup`], with extra main.cf lines for the Postfix instance.
+fn setup_with(main_extra: &str) -> Option<Setup> {
+    setup_full(main_extra, Script::default())
+}
+
+/// As [`setup_with`], with a scripted next hop behind Postfix.
+fn setup_full(main_extra: &str, script: Script) -> Option<Setup> {
     if let Some(why) = postfix::unavailable() {
         eprintln!("SKIPPED: {why}");
         return None;
     }
-    let sink = Sink::start(Script::default());
+    let sink = Sink::start(script);
     let (front, reinject) = (free_port(), free_port());
     let (submission, gw_submission) = (free_port(), free_port());
     let reinject_addr = SocketAddr::from(([127, 0, 0, 1], reinject));
@@ -80,7 +90,13 @@ fn setup() -> Option<Setup> {
     let pf = Postfix::start(
         &format!("127.0.0.1:{front}"),
         &format!("[127.0.0.1]:{}", sink.addr.port()),
-        &main,
+        &format!(
+            "{main}\n{}\n",
+            main_extra.replace(
+                "[127.0.0.1]:10025",
+                &format!("[127.0.0.1]:{}", gw.addr.port())
+            )
+        ),
         &master,
     );
     Some(Setup {
@@ -258,4 +274,110 @@ fn postfix_keeps_mail_while_the_gateway_is_down() {
         s.pf.log()
     );
     assert!(s.sink.received()[0].text().contains("waiting in postfix"));
+}
+
+#[test]
+fn a_virtual_alias_to_an_outside_address_receives_no_plaintext() {
+    let secret = "hemmelig: bilag til sag 2024-117";
+    let Some(s) = setup_with(
+        "virtual_alias_maps = inline:{ { alias@example-law.dk = friend@example.org, bob@example-law.dk } }",
+    ) else {
+        return;
+    };
+    let cms = pki::cms_encrypt(&pki::inner(secret), "org-oces3", &["-aes-256-cbc"]);
+    swaks(
+        s.front,
+        "sender@example.org",
+        "alias@example-law.dk",
+        &pki::enveloped_message("pf-alias", "alias@example-law.dk", &cms, P7M),
+    );
+    // One copy each: bob's decrypted, the outside friend's as it came.
+    let has = |rcpt: &str| {
+        s.sink
+            .received()
+            .iter()
+            .any(|r| r.rcpts.iter().any(|x| x == rcpt))
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || has("friend@example.org")
+            && has("bob@example-law.dk")),
+        "{}\n{}",
+        s.pf.log(),
+        s.gw.log()
+    );
+    let got = s.sink.received();
+    let friend = got
+        .iter()
+        .find(|r| r.rcpts.iter().any(|x| x == "friend@example.org"))
+        .expect("the outside address got nothing");
+    let bob = got
+        .iter()
+        .find(|r| r.rcpts.iter().any(|x| x == "bob@example-law.dk"))
+        .expect("bob got nothing");
+    assert!(
+        bob.text().contains(secret),
+        "the internal copy is decrypted (the test can fail)"
+    );
+    assert!(
+        !friend.text().contains(secret),
+        "plaintext reached an outside address: {}",
+        friend.text()
+    );
+    assert!(friend.text().contains("smime-type=enveloped-data"));
+    // The gateway saw the final recipients (mapping before the filter),
+    // and Postfix did not map again after it.
+    assert!(s.gw.log().contains("friend@example.org"), "{}", s.gw.log());
+    let deliveries: usize = s.sink.received().iter().map(|r| r.rcpts.len()).sum();
+    assert_eq!(deliveries, 2, "mapped twice?");
+}
+
+#[test]
+fn a_mailbox_failure_after_the_gateway_is_reported_to_the_postmaster_not_the_sender() {
+    let secret = "hemmelig: retur til afsender?";
+    let mut script = Script::default();
+    script.rcpt_replies.insert(
+        "gone@example-law.dk".into(),
+        "550 5.1.1 <gone@example-law.dk>: no such mailbox".into(),
+    );
+    // The gateway's hostname in the harness is gw.test: its return path.
+    let Some(s) = setup_full(
+        "transport_maps = inline:{gw.test=smime-gateway:[127.0.0.1]:10025}",
+        script,
+    ) else {
+        return;
+    };
+    let cms = pki::cms_encrypt(&pki::inner(secret), "org-oces3", &["-aes-256-cbc"]);
+    swaks(
+        s.front,
+        "sender@example.org",
+        "gone@example-law.dk",
+        &pki::enveloped_message("pf-gone", "gone@example-law.dk", &cms, P7M),
+    );
+    // Postfix's bounce goes to the gateway's return path; the gateway
+    // tells the postmaster.
+    assert!(
+        wait_until(Duration::from_secs(40), || s
+            .sink
+            .received()
+            .iter()
+            .any(|r| r.rcpts == ["postmaster@example-law.dk"])),
+        "{}\n{}",
+        s.pf.log(),
+        s.gw.log()
+    );
+    assert!(s.gw.log().contains("event=\"returned\""), "{}", s.gw.log());
+    let got = s.sink.received();
+    assert!(
+        !got.iter()
+            .any(|r| r.rcpts.iter().any(|x| x == "sender@example.org")),
+        "the outside sender heard of it"
+    );
+    for r in &got {
+        assert!(!r.text().contains(secret), "plaintext left: {:?}", r.rcpts);
+    }
+    assert!(
+        s.pf.log().contains("smimegw-bounce+"),
+        "Postfix bounced to the return path: {}",
+        s.pf.log()
+    );
 }

@@ -11,7 +11,7 @@
 //! signature over plain content counts as encrypted.
 
 use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
-use openssl::cms::{CMSOptions, CmsContentInfo};
+use openssl::cms::CMSOptions;
 
 use super::cms::{kind, Kind};
 
@@ -125,7 +125,7 @@ fn cms_content(der: &[u8], depth: usize, budget: &mut usize) -> Seen {
 /// The content of an opaque signature, taken out without checking the
 /// signature (the scan must not depend on whether it holds).
 fn signed_content(der: &[u8]) -> Option<Vec<u8>> {
-    let mut cms = CmsContentInfo::from_der(der).ok()?;
+    let mut cms = super::cms::parse(der).ok()?;
     let mut out = Vec::new();
     let flags = CMSOptions::BINARY | CMSOptions::NOVERIFY | CMSOptions::NOSIGS;
     cms.verify(None, None, None, Some(&mut out), flags).ok()?;
@@ -136,6 +136,7 @@ fn signed_content(der: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::smime::mime::base64_lines;
+    use openssl::cms::CmsContentInfo;
     use openssl::stack::Stack;
     use openssl::symm::Cipher;
 

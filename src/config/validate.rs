@@ -361,7 +361,7 @@ fn is_domain(d: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::load::from_toml;
+    use crate::config::load::{from_toml, test_settings};
     use crate::config::normal_fingerprint;
 
     const BASE: &str = "[server]\nhostname = \"gw\"\nlisten = [\"127.0.0.1:2525\"]\n\
@@ -420,6 +420,50 @@ mod tests {
         assert_eq!(
             s.relay.hop_tls("127.0.0.1:25").name.as_deref(),
             Some("mx.test")
+        );
+    }
+
+    fn problems(extra: &str) -> Vec<String> {
+        let text = format!(
+            "[server]\nhostname = \"gw.example-law.dk\"\nlisten = [\"127.0.0.1:2525\"]\n\
+             [relay]\ninternal = \"127.0.0.1:25\"\nexternal = \"127.0.0.1:26\"\n\
+             [spool]\ndir = \"/nonexistent\"\n{extra}"
+        );
+        match from_toml(&text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems.into_iter().map(|p| p.key).collect(),
+        }
+    }
+
+    #[test]
+    fn return_path_and_decrypt_for_are_checked() {
+        let s = test_settings("");
+        assert_eq!(
+            s.return_path("0001"),
+            "smimegw-bounce+0001@gw.example-law.dk"
+        );
+        assert_eq!(
+            s.return_path_tag("SMIMEGW-BOUNCE+0001@gw.example-law.dk"),
+            Some("0001")
+        );
+        assert!(problems("[smime]\nreturn_path = \"bounce+x\"\n")
+            .contains(&"smime.return_path".to_string()));
+        assert!(problems("[smime]\nreturn_path = \"gw-bounce\"\n").is_empty());
+        let id = "[[identity]]\ncert = \"/nonexistent.pem\"\nkey = \"/nonexistent.key\"\n";
+        let p = problems(&format!(
+            "{id}decrypt_for = [\"*@example-law.dk\", \"bob\", \"*x@y\"]\n"
+        ));
+        assert!(
+            p.contains(&"identity[0].decrypt_for[1]".to_string()),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(&"identity[0].decrypt_for[2]".to_string()),
+            "{p:?}"
+        );
+        assert!(
+            !p.contains(&"identity[0].decrypt_for[0]".to_string()),
+            "{p:?}"
         );
     }
 }

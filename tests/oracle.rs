@@ -842,3 +842,41 @@ fn a_key_opens_only_the_mail_decrypt_for_allows() {
     );
     assert_eq!(outside.count(), 0);
 }
+
+#[test]
+fn the_return_path_takes_bounces_from_untrusted_mailbox_servers_and_relays_nothing() {
+    let mailbox = Sink::start(Script::default());
+    let outside = Sink::start(Script::default());
+    let mut opts = Options::new(mailbox.addr);
+    opts.external_hop = outside.addr;
+    opts.trusted = false;
+    let gw = Gateway::start(opts);
+    let dsn = format!(
+        "From: MAILER-DAEMON@mx.test\r\nTo: <smimegw-bounce+0661ABC@gw.test>\r\nSubject: Undelivered\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"R\"\r\n\r\n\
+         --R\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.test\r\n\r\n\
+         Final-Recipient: rfc822; full@example-law.dk\r\nAction: failed\r\nStatus: 5.2.2\r\n\r\n\
+         --R\r\nContent-Type: message/rfc822\r\n\r\nSubject: x\r\n\r\n{SECRET}\r\n--R--\r\n"
+    );
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let r = c
+        .send("", &["smimegw-bounce+0661ABC@gw.test"], dsn.as_bytes())
+        .unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    // Control: the same client may not relay to an outside address.
+    let r = c.cmd("MAIL FROM:<>").unwrap();
+    assert_eq!(r.code, 250);
+    let r = c.cmd("RCPT TO:<someone@example.org>").unwrap();
+    assert_eq!(r.code, 554, "{r:?}");
+    assert!(
+        wait_until(Duration::from_secs(20), || mailbox.count() == 1),
+        "no postmaster notice"
+    );
+    let notice = &mailbox.received()[0];
+    assert_eq!(notice.rcpts, ["postmaster@example-law.dk"]);
+    assert!(notice.text().contains("Recipient: full@example-law.dk"));
+    assert!(notice.text().contains("0661ABC"));
+    assert!(!contains(&notice.data, SECRET));
+    assert_eq!(outside.count(), 0);
+}

@@ -262,6 +262,7 @@ fn court_signed_announcing_gcm(id: &str) -> Vec<u8> {
         password_file: Some(d.join("keys/court-oces3.pass")),
         password_env: None,
         mailboxes: Vec::new(),
+        decrypt_for: None,
     };
     let court = smime_gateway::pki::identity::load(0, &settings, false).unwrap();
     let message = format!(

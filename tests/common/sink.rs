@@ -369,7 +369,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 (reply, bounce)
             };
             if let Some((via, to, text)) = bounce {
-                let st = Arc::clone(&state);
+                let st = Arc::clone(state);
                 tokio::spawn(async move {
                     let answer = send_bounce(via, &to, &text).await;
                     st.lock().unwrap().bounces.push(SentBounce {

@@ -45,6 +45,7 @@ fn identity(chain_pem: &[u8], key_pem: &[u8]) -> Identity {
         chain,
         info,
         mailboxes: Vec::new(),
+        decrypt_for: None,
         source: Default::default(),
     }
 }

@@ -477,7 +477,9 @@ mod tests {
         out.into_vec()
             .into_iter()
             .map(|a| match a {
+                // The trace header, unfolded.
                 Action::Deliver(c) => String::from_utf8_lossy(&c.body)
+                    .replace("\r\n ", " ")
                     .lines()
                     .next()
                     .unwrap_or("")

@@ -576,7 +576,7 @@ fn efail_gadget_in_cbc_mail_is_not_live_in_the_mailbox() {
     let got = delivered(&mailbox, "signed-cbc");
     let t = trace(&got.text());
     assert!(
-        t.contains("signature=valid") && !t.contains("integrity"),
+        t.contains("signature[1]=") && !t.contains("over=ciphertext") && !t.contains("integrity"),
         "{t}"
     );
     assert!(got.text().contains("https://example.org/logo.png"));
@@ -692,7 +692,7 @@ fn hostile_names_forge_no_log_line_reach_no_terminal_and_stay_within_line_limits
         wait_until(Duration::from_secs(30), || {
             let log = gw.log();
             log.contains("event=\"quarantined\"")
-                && log.contains("signature untrusted")
+                && log.contains("signature[1]=untrusted")
                 && log.contains("event=\"deferred\"")
         }),
         "{}",

@@ -4,6 +4,7 @@
 //!
 //! - [`schedule`]: due times per message.
 //! - [`attempt`]: one attempt: decide, pipeline, delivery, record, bounce.
+//! - [`dispatch`]: an attempt's actions carried out (delivery, harvest, quarantine).
 //! - [`budget`]: octets of messages in the pipeline and delivery at once.
 //! - [`record`]: outcomes applied to per-recipient state (pure).
 //! - [`bounce`]: who is told about failures (pure routing, then queued).
@@ -13,6 +14,7 @@
 pub mod attempt;
 pub mod bounce;
 pub mod budget;
+pub mod dispatch;
 pub mod housekeeping;
 pub mod record;
 pub mod returned;

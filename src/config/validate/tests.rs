@@ -1,0 +1,107 @@
+//! Unit tests of the configuration checks.
+
+use crate::config::load::{from_toml, test_settings};
+use crate::config::normal_fingerprint;
+
+const BASE: &str = "[server]\nhostname = \"gw\"\nlisten = [\"127.0.0.1:2525\"]\n\
+                    [spool]\ndir = \"/nonexistent\"\n\
+                    [relay]\ninternal = \"127.0.0.1:25\"\nexternal = \"127.0.0.1:26\"\ntls = \"required\"\n";
+
+#[test]
+fn fingerprints_are_read_in_the_usual_spellings() {
+    let hex = "3f".repeat(32);
+    let colons = vec!["3F"; 32].join(":");
+    assert_eq!(normal_fingerprint(&hex), Some(hex.clone()));
+    assert_eq!(normal_fingerprint(&colons), Some(hex.clone()));
+    assert_eq!(
+        normal_fingerprint(&format!("sha256:{colons}")),
+        Some(hex.clone())
+    );
+    assert_eq!(normal_fingerprint(&"3f".repeat(31)), None);
+    assert_eq!(normal_fingerprint(&"zz".repeat(32)), None);
+}
+
+#[test]
+fn hop_tables_are_checked() {
+    let problems = |extra: &str| match from_toml(&format!("{BASE}{extra}")) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems.into_iter().map(|p| p.key).collect(),
+    };
+    assert!(problems(&format!(
+        "[relay.external_tls]\nfingerprint = \"{}\"\nname = \"mx.test\"\n",
+        "ab".repeat(32)
+    ))
+    .is_empty());
+    assert_eq!(
+        problems("[relay.external_tls]\nfingerprint = \"abc\"\n"),
+        vec!["relay.external_tls.fingerprint"]
+    );
+    assert_eq!(
+        problems("[relay.internal_tls]\nca = \"/nonexistent/ca.pem\"\n"),
+        vec!["relay.internal_tls.ca"]
+    );
+    assert_eq!(
+        problems("tls_ca = \"/nonexistent/ca.pem\"\n"),
+        vec!["relay.tls_ca"]
+    );
+}
+
+#[test]
+fn one_hop_has_one_tls_table() {
+    let same = BASE.replace("127.0.0.1:26", "127.0.0.1:25");
+    let e = from_toml(&format!("{same}[relay.internal_tls]\nname = \"mx.test\"\n"));
+    assert!(e.is_err_and(|e| e.problems[0].key == "relay.external_tls"));
+    let ok = from_toml(&format!(
+        "{same}[relay.internal_tls]\nname = \"mx.test\"\n[relay.external_tls]\nname = \"mx.test\"\n"
+    ));
+    assert!(ok.is_ok());
+    let s = ok.unwrap();
+    assert_eq!(
+        s.relay.hop_tls("127.0.0.1:25").name.as_deref(),
+        Some("mx.test")
+    );
+}
+
+fn problems(extra: &str) -> Vec<String> {
+    let text = format!(
+        "[server]\nhostname = \"gw.example-law.dk\"\nlisten = [\"127.0.0.1:2525\"]\n\
+         [relay]\ninternal = \"127.0.0.1:25\"\nexternal = \"127.0.0.1:26\"\n\
+         [spool]\ndir = \"/nonexistent\"\n{extra}"
+    );
+    match from_toml(&text) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems.into_iter().map(|p| p.key).collect(),
+    }
+}
+
+#[test]
+fn return_path_and_decrypt_for_are_checked() {
+    let s = test_settings("");
+    assert_eq!(
+        s.return_path("0001"),
+        "smimegw-bounce+0001@gw.example-law.dk"
+    );
+    assert_eq!(
+        s.return_path_tag("SMIMEGW-BOUNCE+0001@gw.example-law.dk"),
+        Some("0001")
+    );
+    assert!(problems("[smime]\nreturn_path = \"bounce+x\"\n")
+        .contains(&"smime.return_path".to_string()));
+    assert!(problems("[smime]\nreturn_path = \"gw-bounce\"\n").is_empty());
+    let id = "[[identity]]\ncert = \"/nonexistent.pem\"\nkey = \"/nonexistent.key\"\n";
+    let p = problems(&format!(
+        "{id}decrypt_for = [\"*@example-law.dk\", \"bob\", \"*x@y\"]\n"
+    ));
+    assert!(
+        p.contains(&"identity[0].decrypt_for[1]".to_string()),
+        "{p:?}"
+    );
+    assert!(
+        p.contains(&"identity[0].decrypt_for[2]".to_string()),
+        "{p:?}"
+    );
+    assert!(
+        !p.contains(&"identity[0].decrypt_for[0]".to_string()),
+        "{p:?}"
+    );
+}

@@ -92,9 +92,19 @@ pub fn strip(message: &[u8]) -> Vec<u8> {
 /// `message` with its own `X-SMIME-Gateway: value` on top and none other.
 pub fn set(message: &[u8], value: &str) -> Vec<u8> {
     let stripped = strip(message);
-    let mut out = Vec::with_capacity(stripped.len() + value.len() + 24);
+    // Lines folded onto nothing at the very start would become part of
+    // the field put in front of them: a sender could extend what the
+    // mailbox is told. They belong to no field; they are dropped.
+    let mut rest: &[u8] = &stripped;
+    while rest.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+        rest = match rest.iter().position(|b| *b == b'\n') {
+            Some(i) => &rest[i + 1..],
+            None => &[],
+        };
+    }
+    let mut out = Vec::with_capacity(rest.len() + value.len() + 24);
     out.extend_from_slice(field(value).as_bytes());
-    out.extend_from_slice(&stripped);
+    out.extend_from_slice(rest);
     out
 }
 
@@ -107,6 +117,18 @@ pub fn present(message: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leading_folded_line_cannot_extend_the_field() {
+        let m =
+            b" ; signature=valid; signer=\"CN=The Court\"\r\n\tmore\r\nSubject: x\r\n\r\nbody\r\n";
+        let out = set(m, "undecryptable");
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "X-SMIME-Gateway: undecryptable\r\nSubject: x\r\n\r\nbody\r\n"
+        );
+    }
 
     #[test]
     fn forged_header_is_replaced() {

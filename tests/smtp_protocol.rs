@@ -570,7 +570,8 @@ fn recipient_probes_are_rate_limited() {
     let sink = Sink::start(Script::default());
     let mut opts = Options::new(sink.addr);
     opts.trusted = false;
-    opts.extra_server = "verify_recipients = true\nverify_rate = 1\n".into();
+    opts.extra_server =
+        "verify_recipients = true\nverify_rate = 20\nverify_rate_per_client = 1\n".into();
     let gw = Gateway::start(opts);
     let mut c = Client::connect(gw.addr).unwrap();
     c.ehlo().unwrap();
@@ -586,12 +587,26 @@ fn recipient_probes_are_rate_limited() {
         );
     }
     let seconds = started.elapsed().as_secs();
+    // Another client (127.0.0.2) is not starved by the first one: its own
+    // questions still reach the mailbox server.
+    let mut other = Client::connect_from(gw.addr, "127.0.0.2".parse().unwrap()).unwrap();
+    other.ehlo().unwrap();
+    assert_eq!(
+        other.cmd("MAIL FROM:<friend@example.org>").unwrap().code,
+        250
+    );
+    assert_eq!(
+        other.cmd("RCPT TO:<bob@example-law.dk>").unwrap().code,
+        250,
+        "the other client was refused because of the first"
+    );
     // Positive control: the first question was asked and answered.
     assert_eq!(codes[0], 250, "{codes:?}");
     assert!(sink.rcpt_attempts() >= 1);
-    // One question per second (plus the burst of one) reached the server.
+    // One question per second for the first client (plus the burst of
+    // one), and one for the other client, reached the server.
     assert!(
-        sink.rcpt_attempts() as u64 <= seconds + 2,
+        sink.rcpt_attempts() as u64 <= seconds + 3,
         "{} probes in {seconds}s",
         sink.rcpt_attempts()
     );

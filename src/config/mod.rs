@@ -498,6 +498,9 @@ pub struct ServerSettings {
     /// Questions per second to the mailbox server at most.
     #[serde(default = "defaults::verify_rate")]
     pub verify_rate: u32,
+    /// Of those, per client (network of `ipv6_prefix` for IPv6).
+    #[serde(default = "defaults::verify_rate_per_client")]
+    pub verify_rate_per_client: u32,
     pub tls: Option<ServerTls>,
 }
 
@@ -770,6 +773,9 @@ mod defaults {
     }
     pub fn verify_rate() -> u32 {
         20
+    }
+    pub fn verify_rate_per_client() -> u32 {
+        5
     }
     pub fn memory_budget() -> u64 {
         256 * 1024 * 1024

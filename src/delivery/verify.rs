@@ -6,15 +6,17 @@
 //!
 //! Bounded: the cache keeps at most `server.verify_cache_size` answers
 //! (least recently used go first), and at most `server.verify_rate`
-//! questions per second reach the mailbox server; beyond that a recipient
-//! gets a temporary failure rather than a probe, so a client inventing
-//! addresses can neither grow the cache nor flood the mailbox server.
+//! questions per second reach the mailbox server, of which at most
+//! `server.verify_rate_per_client` for one client (network); beyond that a
+//! recipient gets a temporary failure rather than a probe, so a client
+//! inventing addresses can neither grow the cache, nor flood the mailbox
+//! server, nor use up the questions of every other client.
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use lru::LruCache;
 
 use super::client::{connect, describe};
@@ -28,6 +30,7 @@ pub struct Verifier {
     settings: Arc<dyn SettingsSource>,
     cache: Mutex<Cache>,
     probes: DefaultDirectRateLimiter,
+    per_client: DefaultKeyedRateLimiter<std::net::IpAddr>,
 }
 
 impl Verifier {
@@ -37,10 +40,13 @@ impl Verifier {
         let size = std::num::NonZeroUsize::new(s.server.verify_cache_size)
             .unwrap_or(std::num::NonZeroUsize::MIN);
         let rate = NonZeroU32::new(s.server.verify_rate).unwrap_or(NonZeroU32::MIN);
+        let per_client =
+            NonZeroU32::new(s.server.verify_rate_per_client).unwrap_or(NonZeroU32::MIN);
         Self {
             settings,
             cache: Mutex::new(LruCache::new(size)),
             probes: RateLimiter::direct(Quota::per_second(rate)),
+            per_client: RateLimiter::keyed(Quota::per_second(per_client)),
         }
     }
 
@@ -70,6 +76,7 @@ impl Verifier {
 impl RecipientVerifier for Verifier {
     fn check<'a>(
         &'a self,
+        client: std::net::IpAddr,
         rcpt: &'a str,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = RcptCheck> + Send + 'a>> {
         Box::pin(async move {
@@ -85,7 +92,13 @@ impl RecipientVerifier for Verifier {
                     return answer.clone();
                 }
             }
-            if self.probes.check().is_err() {
+            let settings = self.settings.settings();
+            let network = crate::config::limit_key(client, settings.server.ipv6_prefix);
+            // Clients seen long ago are forgotten, so the table stays small.
+            if self.per_client.len() > 10_000 {
+                self.per_client.retain_recent();
+            }
+            if self.per_client.check_key(&network).is_err() || self.probes.check().is_err() {
                 tracing::warn!(event = "verify-rate", recipient = %rcpt,
                                "recipient verification rate exceeded: answered with a temporary failure");
                 return RcptCheck::TryLater("too many recipient checks, try again later".into());

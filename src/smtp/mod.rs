@@ -32,8 +32,10 @@ pub enum RcptCheck {
 
 /// Answers recipient checks (the daemon plugs in the outbound side).
 pub trait RecipientVerifier: Send + Sync {
+    /// Whether `rcpt` exists, asked on behalf of the client at `client`.
     fn check<'a>(
         &'a self,
+        client: std::net::IpAddr,
         rcpt: &'a str,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = RcptCheck> + Send + 'a>>;
 }

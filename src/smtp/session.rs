@@ -429,7 +429,7 @@ impl Session {
                 self.settings.server.verify_recipients,
                 self.ctx.verifier.clone(),
             ) {
-                match verifier.check(addr).await {
+                match verifier.check(self.peer.ip(), addr).await {
                     RcptCheck::Exists => {}
                     RcptCheck::Unknown(why) => {
                         info!(event = "rejected", client = %self.peer, recipient = %addr,

@@ -30,6 +30,27 @@ impl Client {
         Ok(c)
     }
 
+    /// Like [`connect`](Self::connect), from the local address `from`
+    /// (e.g. 127.0.0.2: a second client address on loopback).
+    pub fn connect_from(addr: SocketAddr, from: std::net::IpAddr) -> std::io::Result<Self> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.bind(&SocketAddr::new(from, 0).into())?;
+        socket.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        let mut c = Client { reader, stream };
+        let greeting = c.read()?;
+        if greeting.code != 220 {
+            return Err(std::io::Error::other(format!("greeting: {greeting:?}")));
+        }
+        Ok(c)
+    }
+
     pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes)
     }

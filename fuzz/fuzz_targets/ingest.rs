@@ -41,15 +41,44 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else {
         return;
     };
-    match which % 6 {
+    match which % 7 {
         0 => data_decoder(rest),
         1 => mime_and_headers(rest),
         2 => sign_round_trip(rest),
         3 => smtp_commands(rest),
         4 => spool_files(rest),
-        _ => spool_round_trip(rest),
+        5 => spool_round_trip(rest),
+        _ => returned_and_scanned(rest),
     }
 });
+
+// --- 6: returned mail, the depth scan, inert HTML ---------------------------
+
+/// Input: a message. What comes back to the return path is read as an
+/// RFC 3464 report; the depth scan must find encryption the gateway itself
+/// wraps around the message; making HTML inert must be idempotent.
+fn returned_and_scanned(input: &[u8]) {
+    let _ = smime_gateway::mail::dsn::parse(input);
+    let _ = smime_gateway::mail::dsn::parse_status(input);
+    let _ = smime_gateway::smime::scan::scan(input);
+    let clean = mime::crlf(input).into_owned();
+    let wrapped = unwrap::enveloped_message(&clean, b"\x30\x03\x02\x01\x00");
+    if !fields_hidden(&clean) {
+        assert!(
+            smime_gateway::smime::scan::scan(&wrapped).encrypted,
+            "the gateway's own enveloped message not seen as encrypted"
+        );
+    }
+    if let Ok(html) = std::str::from_utf8(input) {
+        if let Some(once) = smime_gateway::pipeline::efail::inert_html(html) {
+            let twice = smime_gateway::pipeline::efail::inert_html(&once);
+            assert!(
+                twice.as_deref().is_none_or(|t| t == once),
+                "inert HTML changed again"
+            );
+        }
+    }
+}
 
 // --- 0: DATA ---------------------------------------------------------------
 

@@ -101,22 +101,7 @@ fn mallory(dir: &Path) -> (PathBuf, PathBuf) {
 fn signed_by(from: &str, id: &str, cert: &Path, key: &Path) -> Vec<u8> {
     let ca = pki::demo().join("crl/oces3-ca.pem");
     let content = pki::inner(&format!("signed content {id}"));
-    let smime = pki::openssl(
-        &[
-            "cms",
-            "-sign",
-            "-binary",
-            "-signer",
-            cert.to_str().unwrap(),
-            "-inkey",
-            key.to_str().unwrap(),
-            "-certfile",
-            ca.to_str().unwrap(),
-            "-md",
-            "sha256",
-        ],
-        &content,
-    );
+    let smime = pki::cms_sign_with(&content, cert, key, &ca);
     let mut m = format!(
         "From: {from}\r\nTo: <bob@example-law.dk>\r\nSubject: {id}\r\nMessage-ID: <{id}@test>\r\n"
     )

@@ -149,9 +149,13 @@ pub fn cms_decrypt_smime(message: &[u8], name: &str) -> Vec<u8> {
 /// A detached `multipart/signed` entity of `content` signed by demo key
 /// `name` (with its issuing CA), as `openssl cms -sign` makes it.
 pub fn cms_sign(content: &[u8], name: &str) -> Vec<u8> {
-    let key = key(name);
-    let cert = cert(name);
     let ca = demo().join(format!("crl/{}.pem", issuing_ca(name)));
+    cms_sign_with(content, &cert(name), &key(name), &ca)
+}
+
+/// A detached `multipart/signed` entity of `content` signed by the
+/// certificate and key at `cert`/`key`, with the CA certificate `ca`.
+pub fn cms_sign_with(content: &[u8], cert: &Path, key: &Path, ca: &Path) -> Vec<u8> {
     openssl(
         &[
             "cms",

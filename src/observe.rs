@@ -1,9 +1,11 @@
 //! The metrics listener (`[metrics] listen`): `/metrics` in Prometheus text
 //! format, `/healthz` (the process answers) and `/readyz` (the spool is
 //! writable, the configuration is loaded, the next hops accept
-//! connections; checked at most every ten seconds).
+//! connections; checked at most every ten seconds). Its HTTP stack
+//! ([`serve_http`]) serves the status page too.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -77,54 +79,78 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 /// Binds the metrics listener (at start, so a taken port stops the daemon).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    bind_named(addr, "metrics").await
+}
+
+/// Binds an HTTP listener of the gateway (`what` names it in the log and
+/// in the error).
+pub async fn bind_named(addr: SocketAddr, what: &'static str) -> std::io::Result<TcpListener> {
     let listener = TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {addr} (metrics): {e}"))
+        std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}"))
     })?;
-    info!(address = %addr, "metrics listening");
+    info!(address = %addr, "{what} listening");
     Ok(listener)
 }
 
-/// Serves until shutdown.
-pub async fn serve(
+/// The gateway's one HTTP stack (hyper, HTTP/1.1): accepts on `listener`
+/// until shutdown and answers each request with `answer`; a connection
+/// lasts at most 30 seconds.
+pub async fn serve_http<F, Fut>(
     listener: TcpListener,
-    handle: PrometheusHandle,
-    settings: Arc<dyn SettingsSource>,
+    what: &'static str,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let ready = Arc::new(Ready {
-        settings,
-        last: Mutex::new(None),
-    });
+    answer: F,
+) where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     loop {
         let (stream, _) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
-                Err(e) => { warn!(error = %e, "metrics accept failed"); continue; }
+                Err(e) => { warn!(error = %e, "{what} accept failed"); continue; }
             },
             _ = shutdown.changed() => return,
         };
-        let (handle, ready) = (handle.clone(), Arc::clone(&ready));
+        let answer = answer.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (handle, ready) = (handle.clone(), Arc::clone(&ready));
-                async move {
-                    let resp = match req.uri().path() {
-                        "/metrics" => text(StatusCode::OK, handle.render()),
-                        "/healthz" => text(StatusCode::OK, "ok\n".into()),
-                        "/readyz" => match ready.check().await {
-                            Ok(()) => text(StatusCode::OK, "ready\n".into()),
-                            Err(why) => text(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                format!("not ready: {why}\n"),
-                            ),
-                        },
-                        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
-                    };
-                    Ok::<_, Infallible>(resp)
-                }
+                let reply = answer(req);
+                async move { Ok::<_, Infallible>(reply.await) }
             });
             let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
         });
     }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    settings: Arc<dyn SettingsSource>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let ready = Arc::new(Ready {
+        settings,
+        last: Mutex::new(None),
+    });
+    serve_http(listener, "metrics", shutdown, move |req| {
+        let (handle, ready) = (handle.clone(), Arc::clone(&ready));
+        async move {
+            match req.uri().path() {
+                "/metrics" => text(StatusCode::OK, handle.render()),
+                "/healthz" => text(StatusCode::OK, "ok\n".into()),
+                "/readyz" => match ready.check().await {
+                    Ok(()) => text(StatusCode::OK, "ready\n".into()),
+                    Err(why) => text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {why}\n"),
+                    ),
+                },
+                _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+            }
+        }
+    })
+    .await
 }

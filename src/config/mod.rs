@@ -61,6 +61,8 @@ pub struct Settings {
     pub rules: Vec<RuleSettings>,
     #[serde(default)]
     pub metrics: MetricsSettings,
+    #[serde(default)]
+    pub status: StatusSettings,
 }
 
 /// `[metrics]`: the Prometheus and health listener.
@@ -68,6 +70,52 @@ pub struct Settings {
 pub struct MetricsSettings {
     /// Address for /metrics, /healthz and /readyz; none: no listener.
     pub listen: Option<SocketAddr>,
+}
+
+/// `[status]`: the read-only status page (identities, queue, cutoff
+/// readiness). It shows addresses: only operators should reach it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StatusSettings {
+    /// Address of the page; a bare port means 127.0.0.1; none: no page.
+    #[serde(default, deserialize_with = "listen_address")]
+    pub listen: Option<SocketAddr>,
+    /// How often the readiness at the configured cutoff (the page's
+    /// default table and the readiness gauges) is computed again; a
+    /// reload recomputes it at once.
+    #[serde(default = "defaults::status_refresh", with = "duration")]
+    pub refresh: Duration,
+}
+
+impl Default for StatusSettings {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            refresh: defaults::status_refresh(),
+        }
+    }
+}
+
+/// `"HOST:PORT"`, or a bare port (`9326` or `"9326"`) on 127.0.0.1.
+fn listen_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Port(u16),
+        Text(String),
+    }
+    let text = match Written::deserialize(d)? {
+        Written::Port(p) => return Ok(Some(SocketAddr::from(([127, 0, 0, 1], p)))),
+        Written::Text(t) => t,
+    };
+    let text = text.trim();
+    if let Ok(p) = text.parse::<u16>() {
+        return Ok(Some(SocketAddr::from(([127, 0, 0, 1], p))));
+    }
+    text.parse::<SocketAddr>().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an address; write \"127.0.0.1:9326\" or a port alone (loopback)"
+        ))
+    })
 }
 
 /// `[certificates]`: where recipients' certificates come from.
@@ -754,6 +802,9 @@ mod defaults {
     }
     pub fn revocation_timeout() -> Duration {
         Duration::from_secs(10)
+    }
+    pub fn status_refresh() -> Duration {
+        Duration::from_secs(300)
     }
 
     pub fn max_message_size() -> u64 {

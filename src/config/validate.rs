@@ -58,6 +58,7 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
         ("relay.timeout", s.relay.timeout),
         ("queue.max_lifetime", s.queue.max_lifetime),
         ("queue.scan_interval", s.queue.scan_interval),
+        ("status.refresh", s.status.refresh),
     ] {
         if value == Duration::ZERO {
             bad(key, "must be longer than zero".into());

@@ -105,3 +105,28 @@ fn return_path_and_decrypt_for_are_checked() {
         "{p:?}"
     );
 }
+
+#[test]
+fn the_status_page_listens_on_loopback_unless_told_otherwise() {
+    assert_eq!(test_settings("").status.listen, None);
+    for written in ["9326", "\"9326\""] {
+        let s = test_settings(&format!("[status]\nlisten = {written}\n"));
+        assert_eq!(s.status.listen, Some("127.0.0.1:9326".parse().unwrap()));
+    }
+    let s = test_settings("[status]\nlisten = \"[::1]:9326\"\n");
+    assert_eq!(s.status.listen, Some("[::1]:9326".parse().unwrap()));
+    assert_eq!(s.status.refresh, std::time::Duration::from_secs(300));
+    let problems = |extra: &str| match from_toml(&format!("{BASE}{extra}")) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems.into_iter().map(|p| p.key).collect(),
+    };
+    assert!(problems("[status]\nlisten = \"127.0.0.1:9326\"\n").is_empty());
+    assert_eq!(
+        problems("[status]\nlisten = \"localhost\"\n"),
+        vec!["status.listen"]
+    );
+    assert_eq!(
+        problems("[status]\nrefresh = \"0s\"\n"),
+        vec!["status.refresh"]
+    );
+}

@@ -99,3 +99,11 @@ pub fn identity_expiry(days: Option<f64>) {
         gauge!("smimegw_identity_expiry_days").set(d);
     }
 }
+
+/// Counterparties by readiness (`oces3`, `oces2-only`, `none`) at the
+/// configured cutoff.
+pub fn readiness(census: &[(&'static str, usize)]) {
+    for (class, n) in census {
+        gauge!("smimegw_cutoff_readiness_counterparties", "readiness" => *class).set(*n as f64);
+    }
+}

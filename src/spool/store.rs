@@ -246,6 +246,11 @@ impl Store {
         Ok(out)
     }
 
+    /// How many messages the quarantine holds (their files are not read).
+    pub fn quarantine_count(&self) -> Result<usize, SpoolError> {
+        Ok(ids_in(&self.quarantine)?.len())
+    }
+
     /// Moves quarantined message `id` back into the queue, marked as
     /// released so it is delivered (unchanged, with the reason) and never
     /// quarantined again.

@@ -15,7 +15,7 @@ use crate::smtp;
 use crate::snapshot::{Live, Snapshot, SnapshotError};
 use crate::spool::{SpoolError, Store};
 use crate::systemd;
-use crate::{metrics, observe};
+use crate::{metrics, observe, status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -63,6 +63,15 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
         Some(addr) => Some(observe::bind(addr).await?),
         None => None,
     };
+    let status_listener = match settings.status.listen {
+        Some(addr) => {
+            if !addr.ip().is_loopback() {
+                warn!(address = %addr, "the status page shows addresses and is reachable beyond this host: let only operators reach it");
+            }
+            Some(observe::bind_named(addr, "status page").await?)
+        }
+        None => None,
+    };
     for l in &listeners {
         if let Ok(addr) = l.socket.local_addr() {
             info!(address = %addr, tls = tls.is_some(), submission = l.submission, "listening");
@@ -73,6 +82,9 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
     let settings: Arc<dyn SettingsSource> = live.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_rx_metrics = stop_rx.clone();
+    let stop_rx_status = stop_rx.clone();
+    // Counts reloads, for what is computed from the configuration in force.
+    let (reloaded_tx, reloaded_rx) = watch::channel(0u64);
     let (queued_tx, queued_rx) = mpsc::unbounded_channel();
     let verifier = Arc::new(crate::delivery::verify::Verifier::new(Arc::clone(
         &settings,
@@ -103,6 +115,22 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
         }
         None => None,
     };
+    // The readiness table (status page, gauges): kept when either shows it.
+    let readiness = if status_listener.is_some() || observer.is_some() {
+        let board = Arc::new(status::board::Board::new(Arc::clone(&live)));
+        let refresher = tokio::spawn(Arc::clone(&board).run(reloaded_rx, stop_rx_status.clone()));
+        let page = status_listener.map(|listener| {
+            tokio::spawn(status::server::serve(
+                listener,
+                Arc::clone(&board),
+                Arc::clone(&store),
+                stop_rx_status,
+            ))
+        });
+        Some((refresher, page))
+    } else {
+        None
+    };
     let server = tokio::spawn(smtp::serve(listeners, ctx));
 
     let mut term = signal(SignalKind::terminate())?;
@@ -126,6 +154,7 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
                 info!("SIGHUP: reloading");
                 systemd::reloading();
                 reload(path, &live);
+                reloaded_tx.send_modify(|n| *n += 1);
                 systemd::ready();
             }
             Some(()) = changed.recv() => {
@@ -135,6 +164,7 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
                 info!(config = %path.display(), "configuration file changed: reloading");
                 systemd::reloading();
                 reload(path, &live);
+                reloaded_tx.send_modify(|n| *n += 1);
                 systemd::ready();
             }
         }
@@ -145,6 +175,12 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
     let _ = runner.await;
     if let Some(o) = observer {
         let _ = o.await;
+    }
+    if let Some((refresher, page)) = readiness {
+        let _ = refresher.await;
+        if let Some(p) = page {
+            let _ = p.await;
+        }
     }
     info!("stopped; the spool keeps every message not yet delivered");
     Ok(())

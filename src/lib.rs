@@ -23,4 +23,5 @@ pub mod smime;
 pub mod smtp;
 pub mod snapshot;
 pub mod spool;
+pub mod status;
 pub mod systemd;

@@ -3,6 +3,7 @@
 //! minimal SMTP client for protocol-level tests.
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod client;
 pub mod http;
 pub mod ldap_entries;

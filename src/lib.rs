@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod pki;
 pub mod policy;
 pub mod queue;
+pub mod readiness;
 pub mod smime;
 pub mod smtp;
 pub mod snapshot;

@@ -30,32 +30,25 @@ fn rows(dom: &str, selector: &str) -> Vec<Row> {
     let out: Rc<RefCell<Vec<Row>>> = Rc::new(RefCell::new(Vec::new()));
     let (o1, o2, o3) = (Rc::clone(&out), Rc::clone(&out), Rc::clone(&out));
     let cells = format!("{selector} td");
-    rewrite_str(
-        dom,
-        RewriteStrSettings {
-            element_content_handlers: vec![
-                element!(selector, move |_| {
-                    o1.borrow_mut().push(Vec::new());
-                    Ok(())
-                }),
-                element!(cells, move |el| {
-                    let class = el.get_attribute("class").unwrap_or_default();
-                    if let Some(row) = o2.borrow_mut().last_mut() {
-                        row.push((class, String::new()));
-                    }
-                    Ok(())
-                }),
-                text!(cells, move |t| {
-                    if let Some((_, text)) = o3.borrow_mut().last_mut().and_then(|r| r.last_mut()) {
-                        text.push_str(t.as_str());
-                    }
-                    Ok(())
-                }),
-            ],
-            ..RewriteStrSettings::new()
-        },
-    )
-    .expect("parse the DOM");
+    let settings = RewriteStrSettings::new()
+        .append_element_content_handler(element!(selector, move |_| {
+            o1.borrow_mut().push(Vec::new());
+            Ok(())
+        }))
+        .append_element_content_handler(element!(cells, move |el| {
+            let class = el.get_attribute("class").unwrap_or_default();
+            if let Some(row) = o2.borrow_mut().last_mut() {
+                row.push((class, String::new()));
+            }
+            Ok(())
+        }))
+        .append_element_content_handler(text!(cells, move |t| {
+            if let Some((_, text)) = o3.borrow_mut().last_mut().and_then(|r| r.last_mut()) {
+                text.push_str(t.as_str());
+            }
+            Ok(())
+        }));
+    rewrite_str(dom, settings).expect("parse the DOM");
     let v = out.borrow().clone();
     v
 }
@@ -174,7 +167,10 @@ fn the_status_page_in_a_browser() {
             .unwrap_or_else(|| panic!("no {generation} identity in {ids:?}"));
         assert_eq!(cell(row, "subject"), "Example Law ApS - sikkermail");
         let left: i64 = cell(row, "days").parse().unwrap();
-        assert!((days - 2..=days).contains(&left), "{generation}: {left} days");
+        assert!(
+            (days - 2..=days).contains(&left),
+            "{generation}: {left} days"
+        );
         assert_eq!(cell(row, "state"), "valid");
     }
     assert!(dom.contains("<dd id=\"queue-count\">0</dd>"), "{dom}");
@@ -230,7 +226,10 @@ fn the_status_page_in_a_browser() {
     assert_eq!(cell(sydhavn, "today"), "encrypted-oces3");
     assert_eq!(cell(sydhavn, "at-date"), "bounce");
     assert_eq!(
-        cell(counterparty(&table, "post@vestkyst-revision.dk"), "readiness"),
+        cell(
+            counterparty(&table, "post@vestkyst-revision.dk"),
+            "readiness"
+        ),
         "oces3"
     );
 
@@ -262,11 +261,7 @@ fn the_status_page_in_a_browser() {
     });
     assert!(counted, "readiness gauges:\n{last}");
     // A reload (a new certificate in the directory) counts again at once.
-    std::fs::copy(
-        pki::cert("stranger"),
-        certs.path().join("stranger.pem"),
-    )
-    .unwrap();
+    std::fs::copy(pki::cert("stranger"), certs.path().join("stranger.pem")).unwrap();
     gw.signal("HUP");
     let recounted = wait_until(Duration::from_secs(30), || {
         last = http_get(&url).1;
@@ -321,7 +316,10 @@ fn addresses_from_certificates_are_text() {
     // Nothing of the address became an element, nor ran.
     assert!(!dom.contains("<script"), "{dom}");
     assert!(!dom.contains("<img"), "{dom}");
-    assert!(dom.contains("<title>smime-gateway status: gw.test</title>"), "{dom}");
+    assert!(
+        dom.contains("<title>smime-gateway status: gw.test</title>"),
+        "{dom}"
+    );
     // Positive control: the row is there, the address shown as text.
     let table = rows(&dom, "tr.counterparty");
     let row = counterparty(
@@ -331,7 +329,10 @@ fn addresses_from_certificates_are_text() {
     assert_eq!(cell(row, "readiness"), "none", "{row:?}");
     assert_eq!(cell(row, "at-date"), "bounce", "{row:?}");
     assert_eq!(
-        cell(counterparty(&table, "post@vestkyst-revision.dk"), "readiness"),
+        cell(
+            counterparty(&table, "post@vestkyst-revision.dk"),
+            "readiness"
+        ),
         "oces3"
     );
     drop(gw);
@@ -369,7 +370,10 @@ fn no_page_unless_configured() {
     // The HTTP stack is up (metrics answer, readiness counted) ...
     let url = format!("http://127.0.0.1:{metrics}/metrics");
     assert!(
-        wait_until(Duration::from_secs(30), || metric(&http_get(&url).1, "oces3") == Some(1)),
+        wait_until(Duration::from_secs(30), || metric(
+            &http_get(&url).1,
+            "oces3"
+        ) == Some(1)),
         "{}",
         gw.log()
     );

@@ -186,6 +186,10 @@ pub enum ValueError {
     Instant { text: String, reason: String },
     #[error("{text:?} {why}")]
     HostPort { text: String, why: &'static str },
+    #[error(
+        "{text:?} is neither a date nor an RFC 3339 time; write e.g. \"2027-03-01\" (the start of that day in Danish time) or \"2027-03-01T12:00:00+01:00\""
+    )]
+    When { text: String },
 }
 
 /// An instant written in RFC 3339 (`2023-10-31T23:59:59+01:00`).
@@ -205,6 +209,35 @@ impl Instant {
                 text: text.to_string(),
                 reason: e.to_string(),
             })
+    }
+}
+
+impl Instant {
+    /// A time as operators write it on the command line (`explain --at`,
+    /// `cutoff report --at`): an RFC 3339 time, or a bare date
+    /// (`YYYY-MM-DD`), which means the start of that day in Danish time
+    /// (Europe/Copenhagen, summer time included).
+    pub fn parse_when(text: &str) -> Result<Self, ValueError> {
+        use chrono::TimeZone;
+        let t = text.trim();
+        if let Ok(day) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+            return day
+                .and_hms_opt(0, 0, 0)
+                .and_then(|m| {
+                    chrono_tz::Europe::Copenhagen
+                        .from_local_datetime(&m)
+                        .earliest()
+                })
+                .map(|d| Instant {
+                    unix: d.timestamp(),
+                })
+                .ok_or_else(|| ValueError::When {
+                    text: text.to_string(),
+                });
+        }
+        Self::parse(t).map_err(|_| ValueError::When {
+            text: text.to_string(),
+        })
     }
 }
 
@@ -893,5 +926,25 @@ mod tests {
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(limit_key(v4, 64), v4);
         assert_eq!(limit_key(mapped, 64), v4);
+    }
+
+    #[test]
+    fn a_bare_date_is_the_start_of_that_day_in_danish_time() {
+        // Winter: UTC+1; summer: UTC+2.
+        let winter = Instant::parse_when("2027-03-01").unwrap();
+        assert_eq!(winter, Instant::parse("2027-02-28T23:00:00Z").unwrap());
+        let summer = Instant::parse_when(" 2026-07-01 ").unwrap();
+        assert_eq!(summer, Instant::parse("2026-06-30T22:00:00Z").unwrap());
+        // The day summer time starts begins in winter time.
+        let spring = Instant::parse_when("2027-03-28").unwrap();
+        assert_eq!(spring, Instant::parse("2027-03-27T23:00:00Z").unwrap());
+        let time = Instant::parse_when("2027-03-01T12:00:00+01:00").unwrap();
+        assert_eq!(time.unix, winter.unix + 12 * 3600);
+        for bad in ["2027-02-30", "tomorrow", "01-03-2027", ""] {
+            assert!(
+                matches!(Instant::parse_when(bad), Err(ValueError::When { .. })),
+                "{bad}"
+            );
+        }
     }
 }

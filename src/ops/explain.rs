@@ -39,11 +39,7 @@ pub async fn explain(live: &Live, sender: &str, rcpt: &str, at: i64) -> (String,
     let revoked = live.revoked.current();
     // As if `sender` sent it with itself in the header From, on the
     // submission path: the case in which it may be signed at all.
-    let origin = policy::Origin {
-        envelope_sender: sender.to_string(),
-        header_from: vec![sender.to_string()],
-        submission: true,
-    };
+    let origin = decide::as_submitted(sender);
     let treatment = decide::decide(&snapshot, live, &revoked, &origin, rcpt, false, at).await;
     let d = match treatment {
         Treatment::Mailbox { deliver, .. } => {

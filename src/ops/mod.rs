@@ -99,7 +99,7 @@ pub fn explain(
     from: &str,
     at: Option<&str>,
 ) -> Result<(String, bool), OpsError> {
-    let at = match at.map(Instant::parse) {
+    let at = match at.map(Instant::parse_when) {
         None => unix_now(),
         Some(Ok(i)) => i.unix,
         Some(Err(e)) => return Err(OpsError::Usage(format!("--at {e}"))),

@@ -84,6 +84,17 @@ pub fn origin(envelope: &Envelope, body: &[u8]) -> Origin {
     }
 }
 
+/// Mail as `sender` would submit it on the submission path with itself in
+/// the header From: the case in which it may be signed at all. What
+/// `explain` and the cutoff report ask `decide` about.
+pub fn as_submitted(sender: &str) -> Origin {
+    Origin {
+        envelope_sender: sender.to_string(),
+        header_from: vec![sender.to_string()],
+        submission: true,
+    }
+}
+
 /// The treatment of `rcpt` for mail from `origin` at `at`, with the
 /// snapshot's settings and keys and the live certificate store. The
 /// reasons for each certificate taken or refused are in the decision.

@@ -75,7 +75,14 @@ pub fn census(table: &Table) -> Vec<(&'static str, usize)> {
         .iter()
         .map(|r| {
             let token = r.token();
-            (token, table.rows.iter().filter(|row| row.readiness == token).count())
+            (
+                token,
+                table
+                    .rows
+                    .iter()
+                    .filter(|row| row.readiness == token)
+                    .count(),
+            )
         })
         .collect()
 }
@@ -139,7 +146,11 @@ impl Board {
                 t = self.refresh() => t,
                 _ = shutdown.changed() => return,
             };
-            info!(at = t.at, counterparties = t.rows.len(), "cutoff readiness computed");
+            info!(
+                at = t.at,
+                counterparties = t.rows.len(),
+                "cutoff readiness computed"
+            );
             let every = self.live.current().settings.status.refresh;
             tokio::select! {
                 _ = tokio::time::sleep(every.max(Duration::from_secs(1))) => {}

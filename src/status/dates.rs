@@ -4,9 +4,11 @@
 //! numeric form Danish readers expect; the date picker sends ISO dates
 //! (`2027-06-30`), which mean the start of that day in Danish time.
 
-use chrono::{DateTime, NaiveDate, TimeZone, Timelike};
+use chrono::{DateTime, Timelike};
 use chrono_tz::Europe::Copenhagen;
 use chrono_tz::Tz;
+
+use crate::config::Instant;
 
 const DAY: i64 = 86_400;
 
@@ -51,22 +53,15 @@ pub fn days_until(now: i64, then: i64) -> i64 {
     (then - now).div_euclid(DAY)
 }
 
-/// The start, in Danish time, of the day the picker sent (`YYYY-MM-DD`).
+/// The moment the picker sent: a day (`YYYY-MM-DD`, the start of that day
+/// in Danish time) or an RFC 3339 time, read as `explain --at` and
+/// `cutoff report --at` read it.
 pub fn parse_day(text: &str) -> Result<i64, BadDate> {
-    let bad = || BadDate {
-        text: text.chars().take(100).collect(),
-    };
-    let t = text.trim();
-    if t.len() != 10 {
-        return Err(bad());
-    }
-    let date = NaiveDate::parse_from_str(t, "%Y-%m-%d").map_err(|_| bad())?;
-    let midnight = date.and_hms_opt(0, 0, 0).ok_or_else(bad)?;
-    Copenhagen
-        .from_local_datetime(&midnight)
-        .earliest()
-        .map(|d| d.timestamp())
-        .ok_or_else(bad)
+    Instant::parse_when(text)
+        .map(|i| i.unix)
+        .map_err(|_| BadDate {
+            text: text.chars().take(100).collect(),
+        })
 }
 
 #[cfg(test)]
@@ -89,7 +84,8 @@ mod tests {
         assert_eq!(parse_day("2027-06-30"), Ok(1_814_306_400));
         // Winter: UTC+1.
         assert_eq!(parse_day("2027-01-15"), Ok(1_799_971_200 - 3600));
-        for bad in ["", "2027-02-30", "30.06.2027", "2027-6-30", "tomorrow", "<b>"] {
+        assert_eq!(parse_day("2027-06-29T22:00:00Z"), Ok(1_814_306_400));
+        for bad in ["", "2027-02-30", "30.06.2027", "tomorrow", "<b>"] {
             assert!(parse_day(bad).is_err(), "{bad}");
         }
         let long = "9".repeat(5000);

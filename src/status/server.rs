@@ -52,9 +52,14 @@ fn html(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         "content-security-policy",
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+        ),
     );
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     r
 }
 
@@ -116,7 +121,11 @@ async fn view(board: &Board, store: &Arc<Store>, table: page::Table, picked: boo
     }
 }
 
-async fn answer(board: &Board, store: &Arc<Store>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+async fn answer(
+    board: &Board,
+    store: &Arc<Store>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
     if req.uri().path() != "/" {
         return html(
             StatusCode::NOT_FOUND,
@@ -126,9 +135,13 @@ async fn answer(board: &Board, store: &Arc<Store>, req: Request<hyper::body::Inc
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = html(
             StatusCode::METHOD_NOT_ALLOWED,
-            page::problem("Method not allowed", "The status page is read-only: GET only."),
+            page::problem(
+                "Method not allowed",
+                "The status page is read-only: GET only.",
+            ),
         );
-        r.headers_mut().insert("allow", HeaderValue::from_static("GET, HEAD"));
+        r.headers_mut()
+            .insert("allow", HeaderValue::from_static("GET, HEAD"));
         return r;
     }
     match ask(req.uri().query()) {
@@ -138,11 +151,17 @@ async fn answer(board: &Board, store: &Arc<Store>, req: Request<hyper::body::Inc
         ),
         Ok(Ask::Default) => {
             let table = (*board.current().await).clone();
-            html(StatusCode::OK, page::render(&view(board, store, table, false).await))
+            html(
+                StatusCode::OK,
+                page::render(&view(board, store, table, false).await),
+            )
         }
         Ok(Ask::At(at)) => {
             let table = board.at(at).await;
-            html(StatusCode::OK, page::render(&view(board, store, table, true).await))
+            html(
+                StatusCode::OK,
+                page::render(&view(board, store, table, true).await),
+            )
         }
     }
 }
@@ -172,8 +191,16 @@ mod tests {
         assert_eq!(ask(Some("at=")), Ok(Ask::Default));
         assert_eq!(ask(Some("x=1")), Ok(Ask::Default));
         assert_eq!(ask(Some("at=2027-06-30")), Ok(Ask::At(1_814_306_400)));
-        assert_eq!(ask(Some("x=1&at=2027%2D06%2D30")), Ok(Ask::At(1_814_306_400)));
-        for bad in ["at=30.06.2027", "at=%3Cscript%3E", "at=2027-13-01", "at=%FF%FE"] {
+        assert_eq!(
+            ask(Some("x=1&at=2027%2D06%2D30")),
+            Ok(Ask::At(1_814_306_400))
+        );
+        for bad in [
+            "at=30.06.2027",
+            "at=%3Cscript%3E",
+            "at=2027-13-01",
+            "at=%FF%FE",
+        ] {
             assert!(ask(Some(bad)).is_err(), "{bad}");
         }
     }

@@ -2,7 +2,8 @@
 //! every counterparty assessed by `readiness::assess` (the one readiness
 //! computation, through `pipeline::decide`) at the configured cutoff,
 //! kept, and made again every `status.refresh` and after each reload;
-//! tables at other dates are made on request, one at a time.
+//! tables at other dates are made on request, one at a time, and the last
+//! few kept until the next refresh (a page reloaded costs nothing).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -27,9 +28,9 @@ fn now() -> i64 {
 /// The moment the default table is at: the first second after the
 /// configured cutoff (when OCES2 stops being used), or now once it has
 /// passed or when none is configured.
-pub fn default_at(snapshot: &Snapshot, now: i64) -> i64 {
-    match snapshot.settings.policy.oces2_cutoff {
-        Some(c) => (c.unix + 1).max(now),
+pub fn default_at(cutoff: Option<i64>, now: i64) -> i64 {
+    match cutoff {
+        Some(c) => (c + 1).max(now),
         None => now,
     }
 }
@@ -87,10 +88,14 @@ pub fn census(table: &Table) -> Vec<(&'static str, usize)> {
         .collect()
 }
 
-/// The kept table and the gate that lets one table be made at a time.
+/// Tables at picked dates kept until the next refresh.
+const PICKED_KEPT: usize = 8;
+
+/// The kept tables and the gate that lets one table be made at a time.
 pub struct Board {
     live: Arc<Live>,
     kept: Mutex<Option<Arc<Table>>>,
+    picked: Mutex<Vec<Arc<Table>>>,
     making: Semaphore,
 }
 
@@ -99,6 +104,7 @@ impl Board {
         Self {
             live,
             kept: Mutex::new(None),
+            picked: Mutex::new(Vec::new()),
             making: Semaphore::new(1),
         }
     }
@@ -112,9 +118,21 @@ impl Board {
         let _turn = self.making.acquire().await;
         let snapshot = self.live.current();
         let now = now();
-        let t = Arc::new(table(&snapshot, &self.live, now, default_at(&snapshot, now)).await);
+        let t = Arc::new(
+            table(
+                &snapshot,
+                &self.live,
+                now,
+                default_at(snapshot.settings.policy.oces2_cutoff.map(|c| c.unix), now),
+            )
+            .await,
+        );
         metrics::readiness(&census(&t));
         *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&t));
+        self.picked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         t
     }
 
@@ -127,11 +145,30 @@ impl Board {
         }
     }
 
-    /// A table at `at` (someone picked a date); made now, one at a time.
-    pub async fn at(&self, at: i64) -> Table {
+    fn picked(&self, at: i64) -> Option<Arc<Table>> {
+        let picked = self.picked.lock().unwrap_or_else(|p| p.into_inner());
+        picked.iter().find(|t| t.at == at).cloned()
+    }
+
+    /// A table at `at` (someone picked a date): one kept since the last
+    /// refresh, or made now, one at a time.
+    pub async fn at(&self, at: i64) -> Arc<Table> {
+        if let Some(t) = self.picked(at) {
+            return t;
+        }
         let _turn = self.making.acquire().await;
+        // Someone may have made it while this request waited its turn.
+        if let Some(t) = self.picked(at) {
+            return t;
+        }
         let snapshot = self.live.current();
-        table(&snapshot, &self.live, now(), at).await
+        let t = Arc::new(table(&snapshot, &self.live, now(), at).await);
+        let mut picked = self.picked.lock().unwrap_or_else(|p| p.into_inner());
+        if picked.len() >= PICKED_KEPT {
+            picked.remove(0);
+        }
+        picked.push(Arc::clone(&t));
+        t
     }
 
     /// Refreshes every `refresh` and whenever `reloaded` changes, until
@@ -166,5 +203,38 @@ impl Board {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_table_is_just_after_the_cutoff_or_now() {
+        assert_eq!(default_at(Some(1_000), 10), 1_001);
+        assert_eq!(default_at(Some(1_000), 5_000), 5_000);
+        assert_eq!(default_at(None, 5_000), 5_000);
+    }
+
+    #[test]
+    fn every_class_is_counted_even_when_empty() {
+        let row = |class: &'static str| ReadinessRow {
+            address: "a@b.dk".into(),
+            readiness: class,
+            today: String::new(),
+            at_date: String::new(),
+            reason: None,
+            turns_plain: false,
+        };
+        let t = Table {
+            at: 0,
+            computed: 0,
+            rows: vec![row("oces3"), row("oces2-only"), row("oces3")],
+        };
+        assert_eq!(
+            census(&t),
+            vec![("oces3", 2), ("oces2-only", 1), ("none", 0)]
+        );
     }
 }

@@ -157,7 +157,7 @@ async fn answer(
             )
         }
         Ok(Ask::At(at)) => {
-            let table = board.at(at).await;
+            let table = (*board.at(at).await).clone();
             html(
                 StatusCode::OK,
                 page::render(&view(board, store, table, true).await),

@@ -105,3 +105,20 @@ fn return_path_and_decrypt_for_are_checked() {
         "{p:?}"
     );
 }
+
+#[test]
+fn journal_database_and_keep_are_checked() {
+    let s = test_settings("");
+    assert!(s.journal.enabled && s.journal.database.is_none());
+    assert_eq!(s.journal.keep, std::time::Duration::from_secs(400 * 86_400));
+    let pg = test_settings(
+        "[journal]\ndatabase = \"postgres://gw@127.0.0.1:5432/journal\"\nkeep = \"90d\"\n",
+    );
+    assert!(pg.journal.is_postgres());
+    assert!(
+        problems("[journal]\ndatabase = \"mysql://x\"\n").contains(&"journal.database".to_string())
+    );
+    assert!(problems("[journal]\ndatabase = \" \"\n").contains(&"journal.database".to_string()));
+    assert!(problems("[journal]\nkeep = \"0s\"\n").contains(&"journal.keep".to_string()));
+    assert!(problems("[journal]\ndatabase = \"/var/lib/gw/journal.db\"\n").is_empty());
+}

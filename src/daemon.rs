@@ -99,13 +99,21 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
         )
         .with_verifier(verifier),
     );
+    // The journal is fixed at start (like the spool): a reload does not
+    // move it.
+    let first = live.current();
+    let (journal, journal_writer) = crate::journal::Journal::start(&first.settings);
+    if let Some(target) = crate::journal::Target::of(&first.settings) {
+        info!(journal = %target.describe(), "journal of decisions and key use");
+    }
     let runner = Runner::new(
         Arc::clone(&live),
         Arc::clone(&store),
         queued_rx,
         queued_tx,
         stop_rx,
-    );
+    )
+    .with_journal(journal);
     let runner = tokio::spawn(runner.run());
     let observer = match metrics_listener {
         Some(listener) => {
@@ -173,6 +181,17 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = runner.await;
+    // What the journal still holds gets a moment to be written; a
+    // database that does not answer does not hold up the stop.
+    if let Some(mut w) = journal_writer {
+        if tokio::time::timeout(std::time::Duration::from_secs(2), &mut w)
+            .await
+            .is_err()
+        {
+            warn!("journal records not yet written are dropped at stop");
+            w.abort();
+        }
+    }
     if let Some(o) = observer {
         let _ = o.await;
     }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod durable;
+pub mod journal;
 pub mod logging;
 pub mod mail;
 pub mod metrics;

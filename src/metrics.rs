@@ -107,3 +107,17 @@ pub fn readiness(census: &[(&'static str, usize)]) {
         gauge!("smimegw_cutoff_readiness_counterparties", "readiness" => *class).set(*n as f64);
     }
 }
+
+/// Journal records written, dropped (the writer was behind) and failed
+/// writes (retried).
+pub fn journal_written(n: usize) {
+    counter!("smimegw_journal_records_written_total").increment(n as u64);
+}
+
+pub fn journal_dropped() {
+    counter!("smimegw_journal_records_dropped_total").increment(1);
+}
+
+pub fn journal_error() {
+    counter!("smimegw_journal_write_errors_total").increment(1);
+}

@@ -63,6 +63,42 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     #[serde(default)]
     pub status: StatusSettings,
+    #[serde(default)]
+    pub journal: JournalSettings,
+}
+
+/// `[journal]`: the record of outbound decisions and inbound key use that
+/// `cutoff report` and `keys usage` read.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JournalSettings {
+    /// Keep a journal at all.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// `postgres://…` (shared by several gateways), or the path of an
+    /// SQLite file; none: `<spool>/journal/journal.db`.
+    pub database: Option<String>,
+    /// Records older than this are deleted.
+    #[serde(default = "defaults::journal_keep", with = "duration")]
+    pub keep: Duration,
+}
+
+impl Default for JournalSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            database: None,
+            keep: defaults::journal_keep(),
+        }
+    }
+}
+
+impl JournalSettings {
+    /// True when the journal lives in PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.database
+            .as_deref()
+            .is_some_and(|d| d.starts_with("postgres://") || d.starts_with("postgresql://"))
+    }
 }
 
 /// `[metrics]`: the Prometheus and health listener.
@@ -814,6 +850,9 @@ mod defaults {
 
     pub fn yes() -> bool {
         true
+    }
+    pub fn journal_keep() -> Duration {
+        Duration::from_secs(400 * 86_400)
     }
     pub fn return_path() -> String {
         "smimegw-bounce".into()

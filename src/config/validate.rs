@@ -59,6 +59,7 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
         ("queue.max_lifetime", s.queue.max_lifetime),
         ("queue.scan_interval", s.queue.scan_interval),
         ("status.refresh", s.status.refresh),
+        ("journal.keep", s.journal.keep),
     ] {
         if value == Duration::ZERO {
             bad(key, "must be longer than zero".into());
@@ -325,6 +326,19 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
                     format!("{cvr:?} is not a CVR number (8 digits)"),
                 );
             }
+        }
+    }
+    if let Some(db) = &s.journal.database {
+        if db.trim().is_empty() {
+            bad(
+                "journal.database",
+                "empty; write \"postgres://user@host/db\" or the path of an SQLite file, or leave it out".into(),
+            );
+        } else if db.contains("://") && !s.journal.is_postgres() {
+            bad(
+                "journal.database",
+                format!("{db:?}: only postgres:// (or postgresql://) URLs and SQLite file paths are understood"),
+            );
         }
     }
     out

@@ -31,6 +31,7 @@ use crate::config::Settings;
 use crate::metrics::Event;
 use crate::pki::signer::SignerRevocation;
 use crate::pki::Keyring;
+use crate::smime::unwrap::KeyUsed;
 use crate::spool::Envelope;
 
 /// What the pipeline needs besides the message and its plan: one snapshot
@@ -110,6 +111,9 @@ pub enum Action<'a> {
     },
     /// Something worth counting (metrics).
     Observed(Event),
+    /// The message was encrypted to this key of the organisation's (the
+    /// journal records who still uses which key).
+    Opened(KeyUsed),
 }
 
 impl Action<'_> {
@@ -128,6 +132,7 @@ impl Action<'_> {
             Action::CheckSigner { cert, issuer } => Action::CheckSigner { cert, issuer },
             Action::FindSigner { address } => Action::FindSigner { address },
             Action::Observed(e) => Action::Observed(e),
+            Action::Opened(k) => Action::Opened(k),
         }
     }
 }

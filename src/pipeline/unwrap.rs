@@ -329,7 +329,10 @@ fn observe(result: &Unwrapped, out: &mut Actions<'_>) {
     }
     let event = match result {
         Unwrapped::Opened { report, .. } => match report.key() {
-            Some(k) => Event::Decrypted(k.generation.to_string()),
+            Some(k) => {
+                out.push(Action::Opened(k.clone()));
+                Event::Decrypted(k.generation.to_string())
+            }
             None => return,
         },
         Unwrapped::Failed { error, .. } => Event::Undecryptable(error.label()),

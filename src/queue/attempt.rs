@@ -17,10 +17,12 @@ use super::budget::Budget;
 use super::dispatch::{carry_out, Sending};
 use super::record::{self, Logged};
 use super::{blocking, bounce, now_secs, returned, QueueError};
+use crate::journal::{self, Journal, Record};
 use crate::mail::headers;
 use crate::metrics;
 use crate::pipeline::{self, decide, Action, Plan, Treatment};
 use crate::pki::signer::{self, SignerRevocation};
+use crate::readiness;
 use crate::smime::scan;
 use crate::snapshot::{Live, Snapshot};
 use crate::spool::dsn::Failure;
@@ -42,6 +44,7 @@ pub async fn attempt(
     store: &Arc<Store>,
     notify: &mpsc::UnboundedSender<String>,
     budget: &Budget,
+    journal: &Journal,
 ) -> JobEnd {
     let mut msg = match load(id, store).await {
         Ok(m) => m,
@@ -81,6 +84,7 @@ pub async fn attempt(
     )
     .await;
     log_decisions(id, &plan);
+    journal_decisions(journal, id, &plan, &snapshot, now as i64);
     // Recipients a rule wanted signed mail for that may not be signed:
     // their internal sender is told once the copy is delivered.
     let unsigned: Vec<(String, String)> = plan
@@ -106,6 +110,7 @@ pub async fn attempt(
         }
     };
     let smime = seen.encrypted;
+    journal_keys(journal, &msg, &actions, now_secs() as i64);
 
     for action in &actions {
         let sending = Sending {
@@ -225,6 +230,52 @@ fn log_decisions(id: &str, plan: &Plan) {
                 metrics::rule_hit(rule);
             }
         }
+    }
+}
+
+/// Hands each outside recipient's decision to the journal (off the
+/// delivery path; a retry of the same message replaces, not adds).
+fn journal_decisions(journal: &Journal, id: &str, plan: &Plan, snapshot: &Snapshot, at: i64) {
+    for (rcpt, t) in &plan.recipients {
+        if matches!(t, Treatment::Mailbox { .. }) {
+            continue;
+        }
+        let seen = readiness::seen(t, &snapshot.keys);
+        let generation = match seen.outcome {
+            readiness::Outcome::Encrypted(g) => g.to_string(),
+            _ => String::new(),
+        };
+        journal.record(Record::Outbound(journal::Outbound {
+            message: id.to_string(),
+            recipient: rcpt.to_ascii_lowercase(),
+            rule: seen.rule.unwrap_or_default(),
+            outcome: seen.outcome.token().to_string(),
+            generation,
+            certificates: seen.certificates.join(","),
+            at,
+        }));
+    }
+}
+
+/// Hands the organisation's keys this message was encrypted to, and its
+/// sender (header From, else the envelope sender), to the journal.
+fn journal_keys(journal: &Journal, msg: &Spooled, actions: &[Action<'static>], at: i64) {
+    let mut sender = None;
+    for a in actions {
+        let Action::Opened(key) = a else { continue };
+        let who = sender.get_or_insert_with(|| {
+            headers::from_address(&msg.body)
+                .unwrap_or_else(|| msg.envelope.mail_from.clone())
+                .to_ascii_lowercase()
+        });
+        journal.record(Record::Inbound(journal::Inbound {
+            message: msg.id.clone(),
+            sender: who.clone(),
+            identity: key.fingerprint.clone(),
+            subject: key.subject_cn.clone(),
+            generation: key.generation.to_string(),
+            at,
+        }));
     }
 }
 

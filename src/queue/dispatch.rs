@@ -47,6 +47,8 @@ pub(super) async fn carry_out(
     match action {
         Action::Deliver(copy) => deliver(copy, sending, attempted).await,
         Action::Observed(event) => metrics::pipeline(event),
+        // Recorded in the journal by the attempt.
+        Action::Opened(_) => {}
         // Asked for and answered before the final run of the pipeline.
         Action::CheckSigner { .. } | Action::FindSigner { .. } => {}
         Action::Fail { rcpts, reason } => refused(

@@ -33,6 +33,7 @@ use budget::Budget;
 use housekeeping::RevocationCheck;
 use schedule::Schedule;
 
+use crate::journal::Journal;
 use crate::snapshot::Live;
 use crate::spool::{SpoolError, Store};
 
@@ -68,6 +69,7 @@ pub struct Runner {
     rx: mpsc::UnboundedReceiver<String>,
     tx: mpsc::UnboundedSender<String>,
     shutdown: watch::Receiver<bool>,
+    journal: Journal,
 }
 
 impl Runner {
@@ -86,7 +88,14 @@ impl Runner {
             rx,
             tx,
             shutdown,
+            journal: Journal::disabled(),
         }
+    }
+
+    /// Decisions and key use go to `journal` (off the delivery path).
+    pub fn with_journal(mut self, journal: Journal) -> Self {
+        self.journal = journal;
+        self
     }
 
     /// Runs until shutdown; then waits up to `server.shutdown_timeout` for
@@ -113,15 +122,16 @@ impl Runner {
                 if !busy.insert(id.clone()) {
                     continue;
                 }
-                let (live, store, tx, budget) = (
+                let (live, store, tx, budget, journal) = (
                     Arc::clone(&self.live),
                     Arc::clone(&self.store),
                     self.tx.clone(),
                     Arc::clone(&budget),
+                    self.journal.clone(),
                 );
                 let queue_id = id.clone();
                 let handle = jobs.spawn(async move {
-                    let end = attempt::attempt(&id, &live, &store, &tx, &budget).await;
+                    let end = attempt::attempt(&id, &live, &store, &tx, &budget, &journal).await;
                     (id, end)
                 });
                 tasks.insert(handle.id(), queue_id);

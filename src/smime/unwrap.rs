@@ -35,6 +35,9 @@ pub const MAX_LAYERS: usize = 6;
 pub struct KeyUsed {
     pub subject_cn: String,
     pub generation: Generation,
+    /// SHA-256 fingerprint of the identity's certificate (the journal
+    /// records which key incoming mail was encrypted to).
+    pub fingerprint: String,
 }
 
 /// The verdict on one signature, as the mailbox is told it.
@@ -470,6 +473,7 @@ fn open(der: &[u8], keys: &[&Identity]) -> Result<(Vec<u8>, KeyUsed), SmimeError
         KeyUsed {
             subject_cn: id.info.subject_cn.clone(),
             generation: id.info.generation,
+            fingerprint: id.fingerprint(),
         },
     ))
 }
@@ -713,6 +717,7 @@ mod tests {
                 Layer::Decrypted(KeyUsed {
                     subject_cn: "Org".into(),
                     generation: Generation::Oces2,
+                    fingerprint: "AB".into(),
                 }),
                 Layer::Signature(Box::new(sig(
                     Math::Valid,

@@ -130,3 +130,20 @@ fn the_status_page_listens_on_loopback_unless_told_otherwise() {
         vec!["status.refresh"]
     );
 }
+
+#[test]
+fn journal_database_and_keep_are_checked() {
+    let s = test_settings("");
+    assert!(s.journal.enabled && s.journal.database.is_none());
+    assert_eq!(s.journal.keep, std::time::Duration::from_secs(400 * 86_400));
+    let pg = test_settings(
+        "[journal]\ndatabase = \"postgres://gw@127.0.0.1:5432/journal\"\nkeep = \"90d\"\n",
+    );
+    assert!(pg.journal.is_postgres());
+    assert!(
+        problems("[journal]\ndatabase = \"mysql://x\"\n").contains(&"journal.database".to_string())
+    );
+    assert!(problems("[journal]\ndatabase = \" \"\n").contains(&"journal.database".to_string()));
+    assert!(problems("[journal]\nkeep = \"0s\"\n").contains(&"journal.keep".to_string()));
+    assert!(problems("[journal]\ndatabase = \"/var/lib/gw/journal.db\"\n").is_empty());
+}

@@ -1,0 +1,140 @@
+//! The journal in PostgreSQL (`tokio-postgres`), for several gateways that
+//! share one record: `[journal] database = "postgres://user@host/db"`.
+//! The same tables and SQL as the SQLite journal; the tables are created
+//! under an advisory lock, so gateways starting together do not race.
+//!
+//! The connection is not encrypted (no TLS connector is built in): use it
+//! on the host, over a Unix socket, or inside a private network.
+
+use tokio_postgres::{Client, NoTls};
+use tracing::warn;
+
+use super::{
+    day, InboundUse, JournalError, OutboundUse, Record, PRUNE, SCHEMA, SELECT_INBOUND,
+    SELECT_OUTBOUND, UPSERT_INBOUND, UPSERT_OUTBOUND,
+};
+
+/// Any constant both gateways agree on: the advisory lock for the schema.
+const SCHEMA_LOCK: i64 = 0x0073_6d69_6d65_6777;
+
+/// An open PostgreSQL journal.
+pub struct Postgres {
+    client: Client,
+}
+
+impl Postgres {
+    /// Connects to `url` and creates the tables when missing.
+    pub async fn open(url: &str) -> Result<Self, JournalError> {
+        let mut p = Self::connect(url).await?;
+        let tx = p.client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+            .await?;
+        for statement in SCHEMA {
+            tx.batch_execute(statement).await?;
+        }
+        tx.commit().await?;
+        Ok(p)
+    }
+
+    /// Connects to `url` without touching the tables (reports).
+    pub async fn connect(url: &str) -> Result<Self, JournalError> {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                warn!(event = "journal-error", error = %e, "PostgreSQL journal connection ended");
+            }
+        });
+        Ok(Self { client })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    pub async fn write(&mut self, gateway: &str, records: &[Record]) -> Result<(), JournalError> {
+        let tx = self.client.transaction().await?;
+        let out = tx.prepare(UPSERT_OUTBOUND).await?;
+        let inb = tx.prepare(UPSERT_INBOUND).await?;
+        for r in records {
+            match r {
+                Record::Outbound(o) => {
+                    tx.execute(
+                        &out,
+                        &[
+                            &gateway,
+                            &o.message,
+                            &o.recipient,
+                            &day(o.at),
+                            &o.rule,
+                            &o.outcome,
+                            &o.generation,
+                            &o.certificates,
+                            &o.at,
+                        ],
+                    )
+                    .await?;
+                }
+                Record::Inbound(i) => {
+                    tx.execute(
+                        &inb,
+                        &[
+                            &gateway,
+                            &i.message,
+                            &i.identity,
+                            &i.sender,
+                            &i.subject,
+                            &i.generation,
+                            &day(i.at),
+                            &i.at,
+                        ],
+                    )
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn prune(&mut self, before: i64) -> Result<u64, JournalError> {
+        let mut n = 0;
+        for statement in PRUNE {
+            n += self.client.execute(*statement, &[&before]).await?;
+        }
+        Ok(n)
+    }
+
+    pub async fn outbound(&self, since: i64) -> Result<Vec<OutboundUse>, JournalError> {
+        let rows = self.client.query(SELECT_OUTBOUND, &[&since]).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OutboundUse {
+                    recipient: r.try_get(0)?,
+                    rule: r.try_get(1)?,
+                    outcome: r.try_get(2)?,
+                    generation: r.try_get(3)?,
+                    certificates: r.try_get(4)?,
+                    day: r.try_get(5)?,
+                    count: r.try_get::<_, i64>(6)?.max(0) as u64,
+                    last_seen: r.try_get(7)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn inbound(&self, since: i64) -> Result<Vec<InboundUse>, JournalError> {
+        let rows = self.client.query(SELECT_INBOUND, &[&since]).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(InboundUse {
+                    sender: r.try_get(0)?,
+                    identity: r.try_get(1)?,
+                    subject: r.try_get(2)?,
+                    generation: r.try_get(3)?,
+                    count: r.try_get::<_, i64>(4)?.max(0) as u64,
+                    last_seen: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+}

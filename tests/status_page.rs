@@ -260,17 +260,61 @@ fn the_status_page_in_a_browser() {
             && metric(&last, "none") == Some(0)
     });
     assert!(counted, "readiness gauges:\n{last}");
-    // A reload (a new certificate in the directory, from a CA the gateway
-    // does not trust: no usable certificate) counts again at once.
+    // Mail to an OCES2-only counterparty and to one without any
+    // certificate (bounced by the rule) goes into the journal ...
+    let r = common::submit(
+        &gw,
+        "alice@example-law.dk",
+        &["sikkermail@nordby-advokater.dk", "nobody@plain-partner.dk"],
+        &common::message("journal-1", "Bilag vedlagt."),
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    let journal = gw.spool().join("journal/journal.db");
+    assert!(
+        wait_until(Duration::from_secs(60), || journal_rows(&journal) == 2),
+        "journal rows: {}; log:\n{}",
+        journal_rows(&journal),
+        gw.log()
+    );
+    // ... and a new certificate in the directory, from a CA the gateway
+    // does not trust (no usable certificate). A reload counts again at
+    // once (the timer is an hour).
     std::fs::copy(pki::cert("stranger"), certs.path().join("stranger.pem")).unwrap();
     gw.signal("HUP");
     let recounted = wait_until(Duration::from_secs(30), || {
         last = http_get(&url).1;
-        metric(&last, "none") == Some(1)
+        metric(&last, "none") == Some(2)
     });
     assert!(recounted, "after the reload:\n{last}");
     assert_eq!(metric(&last, "oces2-only"), Some(1));
     assert_eq!(metric(&last, "oces3"), Some(3));
+    let dom = chromium::dump_dom(&page);
+    let table = rows(&dom, "tr.counterparty");
+    let nobody = counterparty(&table, "nobody@plain-partner.dk");
+    assert_eq!(cell(nobody, "readiness"), "none", "{nobody:?}");
+    assert_eq!(cell(nobody, "messages"), "1", "{nobody:?}");
+    assert_eq!(cell(nobody, "at-date"), "bounce", "{nobody:?}");
+    let nordby = counterparty(&table, "sikkermail@nordby-advokater.dk");
+    assert_eq!(cell(nordby, "messages"), "1", "{nordby:?}");
+    assert_eq!(cell(nordby, "readiness"), "oces2-only");
+    let court = counterparty(&table, "post@domstol.dk");
+    assert_eq!(cell(court, "messages"), "0", "{court:?}");
+    assert_eq!(
+        cell(counterparty(&table, "stranger@example.org"), "readiness"),
+        "none"
+    );
+}
+
+/// Outbound rows in the journal's SQLite file (0 while there is none).
+fn journal_rows(path: &Path) -> i64 {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return 0;
+    };
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    conn.query_row("SELECT count(*) FROM outbound", [], |r| r.get(0))
+        .unwrap_or(0)
 }
 
 /// Addresses and names from a certificate anyone can make are text on

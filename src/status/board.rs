@@ -1,11 +1,14 @@
 //! The readiness table behind the status page and the readiness gauges:
-//! every counterparty assessed by `readiness::assess` (the one readiness
-//! computation, through `pipeline::decide`) at the configured cutoff,
+//! every counterparty (each external address in the certificate
+//! directory, and each outside recipient the journal saw in the last 90
+//! days, with its message count) assessed by `readiness::assess` (the one
+//! readiness computation, through `pipeline::decide`) at the configured
+//! cutoff,
 //! kept, and made again every `status.refresh` and after each reload;
 //! tables at other dates are made on request, one at a time, and the last
 //! few kept until the next refresh (a page reloaded costs nothing).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +16,8 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
 use super::page::{ReadinessRow, Table};
+use crate::config::Settings;
+use crate::journal::{self, JournalError};
 use crate::metrics;
 use crate::pipeline::decide::is_internal;
 use crate::readiness::{self, Readiness};
@@ -35,26 +40,61 @@ pub fn default_at(cutoff: Option<i64>, now: i64) -> i64 {
     }
 }
 
-/// Every external address in the certificate directory, once, sorted.
-pub fn counterparties(snapshot: &Snapshot) -> Vec<String> {
-    let mut out = BTreeSet::new();
+/// How far back the journal's counterparties and their mail are counted.
+pub const JOURNAL_WINDOW: i64 = 90 * 86_400;
+
+/// Messages per outside recipient in the journal since `since`. A journal
+/// not written yet is empty; one switched off or unreadable says why.
+pub async fn seen_in_journal(
+    settings: &Settings,
+    since: i64,
+) -> Result<BTreeMap<String, u64>, String> {
+    let Some(target) = journal::Target::of(settings) else {
+        return Err("the journal is switched off ([journal] enabled = false)".into());
+    };
+    let store = match journal::Store::open_for_reading(&target).await {
+        Ok(s) => s,
+        Err(JournalError::Missing(_)) => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut out = BTreeMap::new();
+    for u in store.outbound(since).await.map_err(|e| e.to_string())? {
+        *out.entry(u.recipient.to_ascii_lowercase()).or_insert(0) += u.count;
+    }
+    Ok(out)
+}
+
+/// Every external address in the certificate directory and in `seen`,
+/// once, sorted, with its messages in the journal (`None`: not known).
+pub fn counterparties(
+    snapshot: &Snapshot,
+    seen: Option<&BTreeMap<String, u64>>,
+) -> Vec<(String, Option<u64>)> {
+    let mut out: BTreeMap<String, Option<u64>> = BTreeMap::new();
     for entry in snapshot.certs.all() {
         for address in &entry.info.emails {
-            let address = address.to_ascii_lowercase();
-            if !is_internal(&snapshot.settings, &address) {
-                out.insert(address);
-            }
+            out.insert(address.to_ascii_lowercase(), seen.map(|_| 0));
         }
     }
-    out.into_iter().collect()
+    for (address, n) in seen.into_iter().flatten() {
+        out.insert(address.clone(), Some(*n));
+    }
+    out.into_iter()
+        .filter(|(a, _)| !is_internal(&snapshot.settings, a))
+        .collect()
 }
 
 /// The table of every counterparty at `at`.
 pub async fn table(snapshot: &Snapshot, live: &Live, now: i64, at: i64) -> Table {
+    let seen = seen_in_journal(&snapshot.settings, now - JOURNAL_WINDOW).await;
+    if let Err(why) = &seen {
+        warn!(error = %why, "status page: the journal's counterparties are left out");
+    }
     let mut rows = Vec::new();
-    for address in counterparties(snapshot) {
+    for (address, messages) in counterparties(snapshot, seen.as_ref().ok()) {
         let a = readiness::assess(snapshot, live, &address, now, at).await;
         rows.push(ReadinessRow {
+            messages,
             address: a.address,
             readiness: a.readiness.token(),
             today: a.today.outcome.token().to_string(),
@@ -67,6 +107,7 @@ pub async fn table(snapshot: &Snapshot, live: &Live, now: i64, at: i64) -> Table
         at,
         computed: now,
         rows,
+        journal: seen.err(),
     }
 }
 
@@ -226,11 +267,13 @@ mod tests {
             at_date: String::new(),
             reason: None,
             turns_plain: false,
+            messages: None,
         };
         let t = Table {
             at: 0,
             computed: 0,
             rows: vec![row("oces3"), row("oces2-only"), row("oces3")],
+            journal: None,
         };
         assert_eq!(
             census(&t),

@@ -33,6 +33,8 @@ pub struct ReadinessRow {
     pub reason: Option<String>,
     /// Encrypted today, plain at the date.
     pub turns_plain: bool,
+    /// Messages to it in the journal's window; `None`: not known.
+    pub messages: Option<u64>,
 }
 
 /// The readiness table at one moment.
@@ -43,6 +45,8 @@ pub struct Table {
     /// When it was computed.
     pub computed: i64,
     pub rows: Vec<ReadinessRow>,
+    /// Why the journal's counterparties are missing, when they are.
+    pub journal: Option<String>,
 }
 
 /// A count, or why it could not be made.
@@ -140,10 +144,13 @@ pub fn render(v: &View) -> String {
                         Some(c) => { "OCES2 cutoff: " strong #cutoff { (dates::moment(c)) } ". " }
                         None => { "No OCES2 cutoff is configured. " }
                     }
-                    "Outcomes of mail to each counterparty (every address in the certificate directory) "
-                    "today and at " strong #table-at { (dates::moment(v.table.at)) }
+                    "Outcomes of mail to each counterparty (every address in the certificate directory "
+                    "and every outside recipient in the journal of the last 90 days) today and at " strong #table-at { (dates::moment(v.table.at)) }
                     @if !v.picked { " (the configured cutoff, or now once it has passed)" }
                     "; computed " (dates::moment(v.table.computed)) "."
+                }
+                @if let Some(why) = &v.table.journal {
+                    p #journal-note { "Only the certificate directory is listed: " (why) }
                 }
                 form method="get" action="/" {
                     label { "Show the table at " input type="date" name="at" value=(dates::iso_day(v.table.at)) required; }
@@ -157,13 +164,14 @@ pub fn render(v: &View) -> String {
                 }
                 table #readiness {
                     thead { tr {
-                        th { "Counterparty" } th { "Readiness" } th { "Today" }
+                        th { "Counterparty" } th { "Mail (90 days)" } th { "Readiness" } th { "Today" }
                         th { "At " (dates::day(v.table.at)) } th { "Why it changes" }
                     } }
                     tbody {
                         @for r in &v.table.rows {
                             tr.counterparty.(r.readiness) data-readiness=(r.readiness) {
                                 td.address { (r.address) }
+                                td.messages { @if let Some(n) = r.messages { (n) } @else { "?" } }
                                 td.readiness { (r.readiness) }
                                 td.today { (r.today) }
                                 td.at-date.plain[r.turns_plain] { (r.at_date) }
@@ -223,7 +231,9 @@ mod tests {
                     at_date: "plain".into(),
                     reason: Some("only OCES2 certificate".into()),
                     turns_plain: true,
+                    messages: Some(7),
                 }],
+                journal: Some("<no journal>".into()),
             },
             picked: false,
         }
@@ -253,6 +263,8 @@ mod tests {
         assert!(html.contains("name=\"at\" value=\"2027-06-30\""));
         assert!(html.contains("<span id=\"count-oces2-only\">1</span>"));
         assert!(html.contains("<td class=\"at-date plain\">plain</td>"));
+        assert!(html.contains("<td class=\"messages\">7</td>"));
+        assert!(html.contains("listed: &lt;no journal&gt;"));
         assert!(!html.contains("<script"));
     }
 

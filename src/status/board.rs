@@ -131,12 +131,23 @@ pub fn census(table: &Table) -> Vec<(&'static str, usize)> {
 
 /// Tables at picked dates kept until the next refresh.
 const PICKED_KEPT: usize = 8;
+/// Picked dates waiting to be made at most.
+pub const PICKED_PENDING: usize = 4;
+
+/// Too many picked dates are being made already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("other dates are being computed; try again in a moment")]
+pub struct Busy;
 
 /// The kept tables and the gate that lets one table be made at a time.
 pub struct Board {
     live: Arc<Live>,
     kept: Mutex<Option<Arc<Table>>>,
     picked: Mutex<Vec<Arc<Table>>>,
+    /// Picked dates being made.
+    pending: Mutex<Vec<i64>>,
+    /// Counts tables made at picked dates (wakes their requests).
+    made: watch::Sender<u64>,
     making: Semaphore,
 }
 
@@ -146,6 +157,8 @@ impl Board {
             live,
             kept: Mutex::new(None),
             picked: Mutex::new(Vec::new()),
+            pending: Mutex::new(Vec::new()),
+            made: watch::Sender::new(0),
             making: Semaphore::new(1),
         }
     }
@@ -192,24 +205,62 @@ impl Board {
     }
 
     /// A table at `at` (someone picked a date): one kept since the last
-    /// refresh, or made now, one at a time.
-    pub async fn at(&self, at: i64) -> Arc<Table> {
+    /// refresh, or made now, one at a time. It is made by a task of its
+    /// own, so a request that gives up (the 30-second limit of a
+    /// connection) still leaves it kept for the next one; at most
+    /// [`PICKED_PENDING`] dates wait their turn, further ones are [`Busy`].
+    pub async fn at(self: &Arc<Self>, at: i64) -> Result<Arc<Table>, Busy> {
         if let Some(t) = self.picked(at) {
-            return t;
+            return Ok(t);
         }
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if !pending.contains(&at) {
+                if pending.len() >= PICKED_PENDING {
+                    return Err(Busy);
+                }
+                pending.push(at);
+                let board = Arc::clone(self);
+                tokio::spawn(async move { board.make_picked(at).await });
+            }
+        }
+        let mut made = self.made.subscribe();
+        loop {
+            if let Some(t) = self.picked(at) {
+                return Ok(t);
+            }
+            if !self
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&at)
+            {
+                // Made and already pushed out by newer ones, or cleared
+                // by a refresh: make it again.
+                return Box::pin(self.at(at)).await;
+            }
+            if made.changed().await.is_err() {
+                return Err(Busy);
+            }
+        }
+    }
+
+    async fn make_picked(&self, at: i64) {
         let _turn = self.making.acquire().await;
-        // Someone may have made it while this request waited its turn.
-        if let Some(t) = self.picked(at) {
-            return t;
-        }
         let snapshot = self.live.current();
         let t = Arc::new(table(&snapshot, &self.live, now(), at).await);
-        let mut picked = self.picked.lock().unwrap_or_else(|p| p.into_inner());
-        if picked.len() >= PICKED_KEPT {
-            picked.remove(0);
+        {
+            let mut picked = self.picked.lock().unwrap_or_else(|p| p.into_inner());
+            if picked.len() >= PICKED_KEPT {
+                picked.remove(0);
+            }
+            picked.push(t);
         }
-        picked.push(Arc::clone(&t));
-        t
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|&p| p != at);
+        self.made.send_modify(|n| *n += 1);
     }
 
     /// Refreshes every `refresh` and whenever `reloaded` changes, until

@@ -122,7 +122,7 @@ async fn view(board: &Board, store: &Arc<Store>, table: page::Table, picked: boo
 }
 
 async fn answer(
-    board: &Board,
+    board: &Arc<Board>,
     store: &Arc<Store>,
     req: Request<hyper::body::Incoming>,
 ) -> Response<Full<Bytes>> {
@@ -156,13 +156,21 @@ async fn answer(
                 page::render(&view(board, store, table, false).await),
             )
         }
-        Ok(Ask::At(at)) => {
-            let table = (*board.at(at).await).clone();
-            html(
+        Ok(Ask::At(at)) => match board.at(at).await {
+            Ok(table) => html(
                 StatusCode::OK,
-                page::render(&view(board, store, table, true).await),
-            )
-        }
+                page::render(&view(board, store, (*table).clone(), true).await),
+            ),
+            Err(busy) => {
+                let mut r = html(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    page::problem("Busy", &busy.to_string()),
+                );
+                r.headers_mut()
+                    .insert("retry-after", HeaderValue::from_static("10"));
+                r
+            }
+        },
     }
 }
 

@@ -249,6 +249,8 @@ fn the_status_page_in_a_browser() {
     }
     let (code, _) = http_get(&page);
     assert_eq!(code, 200);
+    let (code, body) = http_get(&format!("{page}queue"));
+    assert_eq!(code, 404, "{body}");
 
     // The gauges: one OCES2-only, three OCES3, none without.
     let url = format!("http://127.0.0.1:{metrics}/metrics");

@@ -271,6 +271,7 @@ impl Board {
         mut shutdown: watch::Receiver<bool>,
     ) {
         loop {
+            let started = std::time::Instant::now();
             let t = tokio::select! {
                 t = self.refresh() => t,
                 _ = shutdown.changed() => return,
@@ -278,6 +279,7 @@ impl Board {
             info!(
                 at = t.at,
                 counterparties = t.rows.len(),
+                ms = started.elapsed().as_millis() as u64,
                 "cutoff readiness computed"
             );
             let every = self.live.current().settings.status.refresh;

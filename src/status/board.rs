@@ -3,8 +3,7 @@
 //! directory, and each outside recipient the journal saw in the last 90
 //! days, with its message count) assessed by `readiness::assess` (the one
 //! readiness computation, through `pipeline::decide`) at the configured
-//! cutoff,
-//! kept, and made again every `status.refresh` and after each reload;
+//! cutoff, kept, and made again every `status.refresh` and after each reload;
 //! tables at other dates are made on request, one at a time, and the last
 //! few kept until the next refresh (a page reloaded costs nothing).
 
@@ -43,22 +42,41 @@ pub fn default_at(cutoff: Option<i64>, now: i64) -> i64 {
 /// How far back the journal's counterparties and their mail are counted.
 pub const JOURNAL_WINDOW: i64 = 90 * 86_400;
 
+/// How long the journal may take to answer for one table.
+const JOURNAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the journal's counterparties are not in a table.
+#[derive(Debug, thiserror::Error)]
+pub enum SeenError {
+    #[error("{0}")]
+    Journal(#[from] JournalError),
+    #[error("the journal did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// Messages per outside recipient in the journal since `since`. A journal
-/// not written yet is empty; one switched off or unreadable says why.
+/// not written yet is empty; one switched off, unreadable or slow is an
+/// error.
 pub async fn seen_in_journal(
     settings: &Settings,
     since: i64,
-) -> Result<BTreeMap<String, u64>, String> {
+) -> Result<BTreeMap<String, u64>, SeenError> {
     let Some(target) = journal::Target::of(settings) else {
-        return Err("the journal is switched off ([journal] enabled = false)".into());
+        return Err(JournalError::Disabled.into());
     };
-    let store = match journal::Store::open_for_reading(&target).await {
-        Ok(s) => s,
-        Err(JournalError::Missing(_)) => return Ok(BTreeMap::new()),
-        Err(e) => return Err(e.to_string()),
+    let read = async {
+        let store = match journal::Store::open_for_reading(&target).await {
+            Ok(s) => s,
+            Err(JournalError::Missing(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        store.outbound(since).await
     };
+    let used = tokio::time::timeout(JOURNAL_TIMEOUT, read)
+        .await
+        .map_err(|_| SeenError::Timeout(JOURNAL_TIMEOUT))??;
     let mut out = BTreeMap::new();
-    for u in store.outbound(since).await.map_err(|e| e.to_string())? {
+    for u in used {
         *out.entry(u.recipient.to_ascii_lowercase()).or_insert(0) += u.count;
     }
     Ok(out)
@@ -107,7 +125,7 @@ pub async fn table(snapshot: &Snapshot, live: &Live, now: i64, at: i64) -> Table
         at,
         computed: now,
         rows,
-        journal: seen.err(),
+        journal: seen.err().map(|e| e.to_string()),
     }
 }
 
@@ -190,10 +208,18 @@ impl Board {
         t
     }
 
+    fn kept(&self) -> Option<Arc<Table>> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// The kept default table (made now when there is none yet).
     pub async fn current(&self) -> Arc<Table> {
-        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match kept {
+        if let Some(t) = self.kept() {
+            return t;
+        }
+        // The first refresh may be under way: wait for it, not redo it.
+        drop(self.making.acquire().await);
+        match self.kept() {
             Some(t) => t,
             None => self.refresh().await,
         }

@@ -47,9 +47,23 @@ pub fn rule_hit(rule: &str) {
     counter!("smimegw_rule_hits_total", "rule" => rule.to_string()).increment(1);
 }
 
+tokio::task_local! {
+    /// Set while the gateway asks questions for its own reports.
+    static UNCOUNTED: ();
+}
+
+/// Runs `work` with certificate lookups not counted: what the gateway
+/// asks for its own reports (the readiness table) is not mail traffic.
+pub async fn uncounted<F: std::future::Future>(work: F) -> F::Output {
+    UNCOUNTED.scope((), work).await
+}
+
 /// A certificate lookup answered from `source`: `local`, `harvested`,
-/// `ldap`, `ldap-cache`.
+/// `ldap`, `ldap-cache` (not counted inside [`uncounted`]).
 pub fn lookup(source: &'static str) {
+    if UNCOUNTED.try_with(|_| ()).is_ok() {
+        return;
+    }
     counter!("smimegw_certificate_lookups_total", "source" => source).increment(1);
 }
 

@@ -262,6 +262,11 @@ fn the_status_page_in_a_browser() {
             && metric(&last, "none") == Some(0)
     });
     assert!(counted, "readiness gauges:\n{last}");
+    // Making the tables looked up certificates; those are not traffic.
+    assert!(
+        !last.contains("smimegw_certificate_lookups_total"),
+        "{last}"
+    );
     // Mail to an OCES2-only counterparty and to one without any
     // certificate (bounced by the rule) goes into the journal ...
     let r = common::submit(
@@ -290,6 +295,12 @@ fn the_status_page_in_a_browser() {
     assert!(recounted, "after the reload:\n{last}");
     assert_eq!(metric(&last, "oces2-only"), Some(1));
     assert_eq!(metric(&last, "oces3"), Some(3));
+    // The one lookup the delivery made is counted (the OCES2-only
+    // counterparty's certificate); the tables' lookups are not.
+    assert!(
+        last.contains("smimegw_certificate_lookups_total{source=\"local\"} 1\n"),
+        "{last}"
+    );
     let dom = chromium::dump_dom(&page);
     let table = rows(&dom, "tr.counterparty");
     let nobody = counterparty(&table, "nobody@plain-partner.dk");

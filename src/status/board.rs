@@ -4,6 +4,7 @@
 //! days, with its message count) assessed by `readiness::assess` (the one
 //! readiness computation, through `pipeline::decide`) at the configured
 //! cutoff, kept, and made again every `status.refresh` and after each reload;
+//! its certificate lookups are not counted as mail traffic;
 //! tables at other dates are made on request, one at a time, and the last
 //! few kept until the next refresh (a page reloaded costs nothing).
 
@@ -190,15 +191,8 @@ impl Board {
         let _turn = self.making.acquire().await;
         let snapshot = self.live.current();
         let now = now();
-        let t = Arc::new(
-            table(
-                &snapshot,
-                &self.live,
-                now,
-                default_at(snapshot.settings.policy.oces2_cutoff.map(|c| c.unix), now),
-            )
-            .await,
-        );
+        let at = default_at(snapshot.settings.policy.oces2_cutoff.map(|c| c.unix), now);
+        let t = Arc::new(metrics::uncounted(table(&snapshot, &self.live, now, at)).await);
         metrics::readiness(&census(&t));
         *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&t));
         self.picked
@@ -274,7 +268,7 @@ impl Board {
     async fn make_picked(&self, at: i64) {
         let _turn = self.making.acquire().await;
         let snapshot = self.live.current();
-        let t = Arc::new(table(&snapshot, &self.live, now(), at).await);
+        let t = Arc::new(metrics::uncounted(table(&snapshot, &self.live, now(), at)).await);
         {
             let mut picked = self.picked.lock().unwrap_or_else(|p| p.into_inner());
             if picked.len() >= PICKED_KEPT {

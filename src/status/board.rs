@@ -23,7 +23,8 @@ use crate::pipeline::decide::is_internal;
 use crate::readiness::{self, Readiness};
 use crate::snapshot::{Live, Snapshot};
 
-fn now() -> i64 {
+/// Unix seconds now.
+pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

@@ -12,7 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::board::Board;
+use super::board::{now, Board};
 use super::dates;
 use super::page::{self, IdentityRow, View};
 use crate::observe;
@@ -61,13 +61,6 @@ fn html(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         HeaderValue::from_static("nosniff"),
     );
     r
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Everything but the table, read now.

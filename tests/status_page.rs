@@ -398,7 +398,8 @@ fn addresses_from_certificates_are_text() {
 }
 
 /// Without `[status] listen` nothing listens for the page; the same
-/// configuration with it serves the page on that port (the control).
+/// configuration with it serves the page on that port (the control). The
+/// readiness gauges are kept all the same, refreshed on the timer.
 #[test]
 fn no_page_unless_configured() {
     let sink = Sink::start(Script::default());
@@ -423,7 +424,7 @@ fn no_page_unless_configured() {
     without.extra = extra(
         certs.path(),
         cutoff,
-        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"),
+        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\n[status]\nrefresh = \"1s\"\n"),
     );
     let gw = Gateway::start(without);
     // The HTTP stack is up (metrics answer, readiness counted) ...
@@ -440,4 +441,24 @@ fn no_page_unless_configured() {
     let refused = TcpStream::connect(("127.0.0.1", status)).unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
     assert!(!gw.log().contains("status page listening"), "{}", gw.log());
+
+    // The gauges follow the journal on the timer, without a reload: mail
+    // to a counterparty without a certificate makes it counted.
+    assert_eq!(metric(&http_get(&url).1, "none"), Some(0));
+    let r = common::submit(
+        &gw,
+        "alice@example-law.dk",
+        &["nobody@plain-partner.dk"],
+        &common::message("timer-1", "Hej."),
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    let mut last = String::new();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            last = http_get(&url).1;
+            metric(&last, "none") == Some(1)
+        }),
+        "{last}"
+    );
+    assert!(!gw.log().contains("reloading"), "{}", gw.log());
 }

@@ -424,3 +424,63 @@ fn without_a_journal_the_report_says_so_and_fails_with_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("switched off"));
     assert!(!gw.spool().join("journal").exists());
 }
+
+#[test]
+fn two_gateways_share_one_postgresql_journal_and_one_report_sees_both() {
+    if let Some(why) = common::postgres::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let pg = common::postgres::Postgres::start();
+    let url = pg.database("journal");
+    let journal = format!("[journal]\ndatabase = \"{url}\"\n");
+    let sink = Sink::start(Script::default());
+    let recips = recipients();
+    let a = gateway(&sink, recips.path(), &journal);
+    let b = gateway(&sink, recips.path(), &journal);
+    send_out(&a, "pg-a", &[NORDBY, VESTKYST]);
+    send_out(&b, "pg-b", &[NORDBY]);
+    send_in(&b, "pg-in", COURT, "org-oces2");
+    assert!(
+        wait_until(Duration::from_secs(60), || sink.count() == 4),
+        "delivered: {}",
+        sink.count()
+    );
+    // Gateway A's report sees B's mail too.
+    let both = || {
+        let out = report(&a, &["--at", &date(150), "--format", "json"]);
+        let r = rows(&out);
+        (r.get(NORDBY).is_some_and(|r| r["mail"] == 2)
+            && r.get(VESTKYST).is_some_and(|r| r["mail"] == 1))
+        .then_some((out, r))
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || both().is_some()),
+        "A: {}\nB: {}\nPostgreSQL: {}",
+        a.log(),
+        b.log(),
+        pg.log()
+    );
+    let (out, r) = both().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(changed(&r), [NORDBY]);
+    assert_eq!(r[NORDBY]["reason"], "only OCES2 certificate");
+    // Nothing went to a local SQLite file instead.
+    assert!(!a.spool().join("journal").exists() && !b.spool().join("journal").exists());
+    let out = a.cli(&["keys", "usage"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(COURT) && text.contains("1 sender still encrypts to an OCES2 key"),
+        "{text}"
+    );
+
+    // PostgreSQL gone: mail still flows, and the report cannot be made.
+    drop(pg);
+    send_out(&a, "pg-down", &[VESTKYST]);
+    assert!(wait_until(Duration::from_secs(30), || sink.count() == 5));
+    assert!(wait_until(Duration::from_secs(30), || a
+        .log()
+        .contains("event=\"journal-error\"")));
+    let out = report(&a, &["--at", &date(150)]);
+    assert_eq!(out.status.code(), Some(2));
+}

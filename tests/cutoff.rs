@@ -431,9 +431,18 @@ fn two_gateways_share_one_postgresql_journal_and_one_report_sees_both() {
         eprintln!("SKIPPED: {why}");
         return;
     }
-    let pg = common::postgres::Postgres::start();
+    // Over TLS, required, to a server whose certificate chains to a CA of
+    // the test's own.
+    let server = common::sink::NextHopCert::issue(&["127.0.0.1"]);
+    let pg = common::postgres::Postgres::start_tls(&server);
     let url = pg.database("journal");
-    let journal = format!("[journal]\ndatabase = \"{url}\"\n");
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = ca_dir.path().join("ca.pem");
+    std::fs::write(&ca, &server.ca_pem).unwrap();
+    let journal = format!(
+        "[journal]\ndatabase = \"{url}?sslmode=require\"\ntls_ca = \"{}\"\n",
+        ca.display()
+    );
     let sink = Sink::start(Script::default());
     let recips = recipients();
     let a = gateway(&sink, recips.path(), &journal);
@@ -473,6 +482,30 @@ fn two_gateways_share_one_postgresql_journal_and_one_report_sees_both() {
         text.contains(COURT) && text.contains("1 sender still encrypts to an OCES2 key"),
         "{text}"
     );
+
+    // A server whose certificate does not chain to tls_ca is not spoken to.
+    let other = common::sink::NextHopCert::issue(&["127.0.0.1"]);
+    let wrong_ca = ca_dir.path().join("other-ca.pem");
+    std::fs::write(&wrong_ca, &other.ca_pem).unwrap();
+    let wrong = ca_dir.path().join("wrong-ca.toml");
+    std::fs::write(
+        &wrong,
+        std::fs::read_to_string(&a.config)
+            .unwrap()
+            .replace(ca.to_str().unwrap(), wrong_ca.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = cli(&[
+        "cutoff",
+        "report",
+        "--config",
+        wrong.to_str().unwrap(),
+        "--at",
+        &date(150),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("certificate verify failed"), "{err}");
 
     // PostgreSQL gone: mail still flows, and the report cannot be made.
     drop(pg);

@@ -79,6 +79,9 @@ pub struct JournalSettings {
     /// Records older than this are deleted.
     #[serde(default = "defaults::journal_keep", with = "duration")]
     pub keep: Duration,
+    /// CA certificates (PEM file) that PostgreSQL's TLS certificate must
+    /// chain to, besides the system's roots.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for JournalSettings {
@@ -87,6 +90,7 @@ impl Default for JournalSettings {
             enabled: true,
             database: None,
             keep: defaults::journal_keep(),
+            tls_ca: None,
         }
     }
 }

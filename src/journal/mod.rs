@@ -50,14 +50,32 @@ pub enum JournalError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("PostgreSQL journal: {0}")]
+    #[error("PostgreSQL journal: {}", causes(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    #[error("PostgreSQL journal TLS: {0}")]
+    Tls(#[from] openssl::error::ErrorStack),
     #[error("no journal at {0} yet (the daemon writes it once it has delivered mail with [journal] enabled)")]
     Missing(PathBuf),
     #[error("the journal is switched off ([journal] enabled = false)")]
     Disabled,
     #[error("journal task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+/// An error with its causes ("error performing TLS handshake: …
+/// certificate verify failed").
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+        next = cause.source();
+    }
+    text
 }
 
 /// One outside recipient of one message, as decided.
@@ -130,7 +148,8 @@ pub struct InboundUse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Sqlite(PathBuf),
-    Postgres(String),
+    /// The URL, and CA certificates its TLS certificate may chain to.
+    Postgres(String, Option<PathBuf>),
 }
 
 impl Target {
@@ -141,7 +160,7 @@ impl Target {
             return None;
         }
         Some(match &j.database {
-            Some(url) if j.is_postgres() => Target::Postgres(url.clone()),
+            Some(url) if j.is_postgres() => Target::Postgres(url.clone(), j.tls_ca.clone()),
             Some(path) => Target::Sqlite(PathBuf::from(path)),
             None => Target::Sqlite(settings.spool.dir.join("journal").join("journal.db")),
         })
@@ -151,7 +170,7 @@ impl Target {
     pub fn describe(&self) -> String {
         match self {
             Target::Sqlite(p) => p.display().to_string(),
-            Target::Postgres(url) => {
+            Target::Postgres(url, _) => {
                 let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
                 let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
                 format!("postgres://{host}")
@@ -172,7 +191,9 @@ impl Store {
     pub async fn open(target: &Target) -> Result<Store, JournalError> {
         Ok(match target {
             Target::Sqlite(path) => Store::Sqlite(sqlite::Sqlite::open(path.clone()).await?),
-            Target::Postgres(url) => Store::Postgres(postgres::Postgres::open(url).await?),
+            Target::Postgres(url, ca) => {
+                Store::Postgres(postgres::Postgres::open(url, ca.as_deref()).await?)
+            }
         })
     }
 
@@ -186,7 +207,9 @@ impl Store {
                 }
                 Store::Sqlite(sqlite::Sqlite::open_existing(path.clone()).await?)
             }
-            Target::Postgres(url) => Store::Postgres(postgres::Postgres::connect(url).await?),
+            Target::Postgres(url, ca) => {
+                Store::Postgres(postgres::Postgres::connect(url, ca.as_deref()).await?)
+            }
         })
     }
 

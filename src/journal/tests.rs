@@ -177,7 +177,7 @@ fn targets_and_their_names() {
     );
     let s = crate::config::load::test_settings("[journal]\nenabled = false\n");
     assert_eq!(Target::of(&s), None);
-    let t = Target::Postgres("postgres://gw:secret@db.example:5432/journal".into());
+    let t = Target::Postgres("postgres://gw:secret@db.example:5432/journal".into(), None);
     assert_eq!(t.describe(), "postgres://db.example:5432/journal");
 }
 

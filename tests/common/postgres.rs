@@ -1,6 +1,7 @@
 //! A private PostgreSQL cluster for one test: `initdb` in a temporary
 //! folder, `pg_ctl start` on 127.0.0.1 at a free port (socket in the same
-//! folder), trust authentication for the user `gw`; stopped when dropped.
+//! folder), trust authentication for the user `gw`, TLS on when asked;
+//! stopped when dropped.
 //! PostgreSQL refuses to run as root: as root the cluster belongs to the
 //! unprivileged `nobody`, and every server command runs through
 //! `runuser -u nobody`. Each command is bounded by `timeout`.
@@ -57,12 +58,36 @@ pub fn unavailable() -> Option<String> {
 
 impl Postgres {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// As [`start`], with TLS on (the server's certificate and key from
+    /// `tls`).
+    pub fn start_tls(tls: &super::sink::NextHopCert) -> Self {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&super::sink::NextHopCert>) -> Self {
         let bin = bin_dir().expect("PostgreSQL binaries");
         let dir = tempfile::Builder::new()
             .prefix("smimegw-pg")
             .tempdir()
             .expect("tempdir");
         let as_user = is_root().then_some("nobody");
+        let mut ssl = String::new();
+        if let Some(t) = tls {
+            let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::write(&cert, &t.cert_pem).expect("write server certificate");
+            std::fs::write(&key, &t.key_pem).expect("write server key");
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .expect("key mode");
+            ssl = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            );
+        }
         if as_user.is_some() {
             let status = Command::new("chown")
                 .args(["-R", "nobody:nogroup"])
@@ -94,7 +119,7 @@ impl Postgres {
             ],
         );
         let options = format!(
-            "-k {} -c listen_addresses=127.0.0.1 -p {port} -c fsync=off",
+            "-k {} -c listen_addresses=127.0.0.1 -p {port} -c fsync=off{ssl}",
             pg.dir.path().display()
         );
         let log = pg.dir.path().join("server.log");

@@ -16,10 +16,8 @@ use postgres_openssl::MakeTlsConnector;
 use tokio_postgres::Client;
 use tracing::warn;
 
-use super::{
-    day, InboundUse, JournalError, OutboundUse, Record, PRUNE, SCHEMA, SELECT_INBOUND,
-    SELECT_OUTBOUND, UPSERT_INBOUND, UPSERT_OUTBOUND,
-};
+use super::sql::{PRUNE, SCHEMA, SELECT_INBOUND, SELECT_OUTBOUND, UPSERT_INBOUND, UPSERT_OUTBOUND};
+use super::{day, InboundUse, JournalError, OutboundUse, Record};
 
 /// Any constant both gateways agree on: the advisory lock for the schema.
 const SCHEMA_LOCK: i64 = 0x0073_6d69_6d65_6777;

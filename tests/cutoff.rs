@@ -6,7 +6,11 @@
 //! that change and why, `--set` and `--proposed` answer "what if" without
 //! touching the live file, exit codes say what they promise, and `keys
 //! usage` lists who still encrypts to the OCES2 key. A locked journal or
-//! one that cannot be opened does not stop mail.
+//! one that cannot be opened does not stop mail. Two gateways share one
+//! PostgreSQL journal (a private cluster, TLS required).
+//!
+//! Why one long file: the SQLite and PostgreSQL tests share one scenario
+//! (the counterparties, the rules, the senders and the report readers).
 
 mod common;
 

@@ -101,11 +101,13 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
     );
     // The journal is fixed at start (like the spool): a reload does not
     // move it.
-    let first = live.current();
-    let (journal, journal_writer) = crate::journal::Journal::start(&first.settings);
-    if let Some(target) = crate::journal::Target::of(&first.settings) {
-        info!(journal = %target.describe(), "journal of decisions and key use");
-    }
+    let (journal, journal_writer) = {
+        let first = live.current();
+        if let Some(target) = crate::journal::Target::of(&first.settings) {
+            info!(journal = %target.describe(), "journal of decisions and key use");
+        }
+        crate::journal::Journal::start(&first.settings)
+    };
     let runner = Runner::new(
         Arc::clone(&live),
         Arc::clone(&store),

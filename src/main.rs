@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use smime_gateway::logging;
-use smime_gateway::ops::{self, demo::Urls, CertsCommand, OpsError, QueueCommand};
+use smime_gateway::ops::{self, cutoff, demo::Urls, CertsCommand, OpsError, QueueCommand};
 
 #[derive(Parser)]
 #[command(
@@ -56,9 +56,15 @@ enum Command {
         /// The sender address (chooses a personal signing identity).
         #[arg(long, default_value = "")]
         from: String,
-        /// Evaluate at this instant (RFC 3339) instead of now.
+        /// Evaluate at this instant (RFC 3339, or a date: the start of
+        /// that day in Danish time) instead of now.
         #[arg(long)]
         at: Option<String>,
+    },
+    /// Before moving the OCES2 cutoff: who would break.
+    Cutoff {
+        #[command(subcommand)]
+        action: CutoffAction,
     },
     /// Recipients' certificates.
     Certs {
@@ -85,6 +91,49 @@ enum Command {
 enum KeysAction {
     /// Every identity: generation, kind, CVR, e-mails, validity, what it may do.
     List,
+    /// Per key (OCES2 first): the senders whose mail arrived encrypted to it.
+    Usage {
+        /// The window: mail seen this long ago or later.
+        #[arg(long, default_value = "90d")]
+        since: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CutoffAction {
+    /// Every counterparty (journal and certificate directory): today and at
+    /// WHEN, why it changes, readiness and mail volume. Exit 1 when one that
+    /// received encrypted mail would be bounced, held or sent plain at WHEN,
+    /// 2 when the report could not be made.
+    Report {
+        #[arg(long)]
+        config: PathBuf,
+        /// A date (the start of that day in Danish time) or an RFC 3339 time.
+        #[arg(long)]
+        at: String,
+        /// The window of mail counted.
+        #[arg(long, default_value = "90d")]
+        since: String,
+        /// Only counterparties this rule decides (today or at WHEN).
+        #[arg(long)]
+        rule: Option<String>,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+        /// Decide with KEY=VALUE changed (repeatable); the file is only read.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Decide with this configuration instead of the live one (the
+        /// live one still names the journal).
+        #[arg(long, value_name = "NEW.toml")]
+        proposed: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Table,
+    Csv,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -173,6 +222,34 @@ fn run(command: Command) -> Result<(String, bool), OpsError> {
             action: KeysAction::List,
             config,
         } => done(ops::keys_list(&required(config, "keys")?)?),
+        Command::Keys {
+            action: KeysAction::Usage { since },
+            config,
+        } => done(ops::keys_usage(&required(config, "keys")?, &since)?),
+        Command::Cutoff {
+            action:
+                CutoffAction::Report {
+                    config,
+                    at,
+                    since,
+                    rule,
+                    format,
+                    set,
+                    proposed,
+                },
+        } => ops::cutoff_report(&cutoff::Request {
+            config,
+            at,
+            since,
+            rule,
+            format: match format {
+                ReportFormat::Table => cutoff::Format::Table,
+                ReportFormat::Csv => cutoff::Format::Csv,
+                ReportFormat::Json => cutoff::Format::Json,
+            },
+            set,
+            proposed,
+        }),
         Command::Explain {
             config,
             rcpt,

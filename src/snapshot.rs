@@ -43,7 +43,11 @@ impl Snapshot {
     /// Loads and checks the configuration at `path`, the keys and the
     /// certificate folders it names.
     pub fn load(path: &Path) -> Result<Self, SnapshotError> {
-        let settings = config::load(path)?;
+        Self::from_settings(config::load(path)?)
+    }
+
+    /// The keys and certificate folders `settings` names, with them.
+    pub fn from_settings(settings: Settings) -> Result<Self, SnapshotError> {
         let keys = Keyring::load(&settings)?;
         let certs = Directory::for_settings(&settings)?;
         Ok(Self {

@@ -63,6 +63,24 @@ pub fn load_with_env(
     path: &Path,
     env: Option<HashMap<String, String>>,
 ) -> Result<Settings, ConfigError> {
+    load_inner(path, env, &[])
+}
+
+/// Like [`load`], with `overrides` (`("policy.oces2_cutoff", "2027-03-01")`)
+/// applied over the file and the environment, as if written there: for
+/// "what if" questions. The file is only read.
+pub fn load_with_overrides(
+    path: &Path,
+    overrides: &[(String, String)],
+) -> Result<Settings, ConfigError> {
+    load_inner(path, None, overrides)
+}
+
+fn load_inner(
+    path: &Path,
+    env: Option<HashMap<String, String>>,
+    overrides: &[(String, String)],
+) -> Result<Settings, ConfigError> {
     let fail = |problems: Vec<Problem>| ConfigError {
         file: path.to_path_buf(),
         problems,
@@ -82,16 +100,25 @@ pub fn load_with_env(
     for key in LIST_KEYS {
         environment = environment.with_list_parse_key(key);
     }
-    let built = Config::builder()
+    let mut builder = Config::builder()
         .add_source(File::from(path).format(FileFormat::Toml).required(true))
-        .add_source(environment)
-        .build()
-        .map_err(|e| {
-            fail(vec![Problem {
-                key: String::new(),
-                message: e.to_string(),
-            }])
-        })?;
+        .add_source(environment);
+    for (key, value) in overrides {
+        builder = builder
+            .set_override(key.as_str(), value.as_str())
+            .map_err(|e| {
+                fail(vec![Problem {
+                    key: key.clone(),
+                    message: e.to_string(),
+                }])
+            })?;
+    }
+    let built = builder.build().map_err(|e| {
+        fail(vec![Problem {
+            key: String::new(),
+            message: e.to_string(),
+        }])
+    })?;
 
     let mut unknown = Vec::new();
     let parsed: Result<Settings, _> =

@@ -18,6 +18,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub use duration::parse as parse_duration;
 pub use load::{load, ConfigError, Problem};
 
 /// Where a long-running part (the SMTP listener, the metrics probe, the
@@ -80,6 +81,9 @@ pub struct JournalSettings {
     /// Records older than this are deleted.
     #[serde(default = "defaults::journal_keep", with = "duration")]
     pub keep: Duration,
+    /// CA certificates (PEM file) that PostgreSQL's TLS certificate must
+    /// chain to, besides the system's roots.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for JournalSettings {
@@ -88,6 +92,7 @@ impl Default for JournalSettings {
             enabled: true,
             database: None,
             keep: defaults::journal_keep(),
+            tls_ca: None,
         }
     }
 }
@@ -228,7 +233,8 @@ pub enum ValueError {
     When { text: String },
 }
 
-/// An instant written in RFC 3339 (`2023-10-31T23:59:59+01:00`).
+/// An instant written in RFC 3339 (`2023-10-31T23:59:59+01:00`), or a
+/// bare date (`2027-03-01`: the start of that day in Danish time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Instant {
     /// Unix seconds.
@@ -289,7 +295,7 @@ impl std::fmt::Display for Instant {
 impl<'de> Deserialize<'de> for Instant {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        Instant::parse(&text).map_err(serde::de::Error::custom)
+        Instant::parse_when(&text).map_err(serde::de::Error::custom)
     }
 }
 

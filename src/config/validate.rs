@@ -328,6 +328,16 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
             }
         }
     }
+    if let Some(ca) = &s.journal.tls_ca {
+        if !s.journal.is_postgres() {
+            bad(
+                "journal.tls_ca",
+                "only for a PostgreSQL journal (journal.database = \"postgres://…\")".into(),
+            );
+        } else if !ca.is_file() {
+            bad("journal.tls_ca", format!("{}: no such file", ca.display()));
+        }
+    }
     if let Some(db) = &s.journal.database {
         if db.trim().is_empty() {
             bad(

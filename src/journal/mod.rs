@@ -18,6 +18,7 @@
 //! Both speak the same SQL through [`Store`].
 
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use std::path::PathBuf;
@@ -50,14 +51,32 @@ pub enum JournalError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("PostgreSQL journal: {0}")]
+    #[error("PostgreSQL journal: {}", causes(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    #[error("PostgreSQL journal TLS: {0}")]
+    Tls(#[from] openssl::error::ErrorStack),
     #[error("no journal at {0} yet (the daemon writes it once it has delivered mail with [journal] enabled)")]
     Missing(PathBuf),
     #[error("the journal is switched off ([journal] enabled = false)")]
     Disabled,
     #[error("journal task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+/// An error with its causes ("error performing TLS handshake: …
+/// certificate verify failed").
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+        next = cause.source();
+    }
+    text
 }
 
 /// One outside recipient of one message, as decided.
@@ -130,7 +149,8 @@ pub struct InboundUse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Sqlite(PathBuf),
-    Postgres(String),
+    /// The URL, and CA certificates its TLS certificate may chain to.
+    Postgres(String, Option<PathBuf>),
 }
 
 impl Target {
@@ -141,7 +161,7 @@ impl Target {
             return None;
         }
         Some(match &j.database {
-            Some(url) if j.is_postgres() => Target::Postgres(url.clone()),
+            Some(url) if j.is_postgres() => Target::Postgres(url.clone(), j.tls_ca.clone()),
             Some(path) => Target::Sqlite(PathBuf::from(path)),
             None => Target::Sqlite(settings.spool.dir.join("journal").join("journal.db")),
         })
@@ -151,7 +171,7 @@ impl Target {
     pub fn describe(&self) -> String {
         match self {
             Target::Sqlite(p) => p.display().to_string(),
-            Target::Postgres(url) => {
+            Target::Postgres(url, _) => {
                 let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
                 let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
                 format!("postgres://{host}")
@@ -172,7 +192,9 @@ impl Store {
     pub async fn open(target: &Target) -> Result<Store, JournalError> {
         Ok(match target {
             Target::Sqlite(path) => Store::Sqlite(sqlite::Sqlite::open(path.clone()).await?),
-            Target::Postgres(url) => Store::Postgres(postgres::Postgres::open(url).await?),
+            Target::Postgres(url, ca) => {
+                Store::Postgres(postgres::Postgres::open(url, ca.as_deref()).await?)
+            }
         })
     }
 
@@ -186,7 +208,9 @@ impl Store {
                 }
                 Store::Sqlite(sqlite::Sqlite::open_existing(path.clone()).await?)
             }
-            Target::Postgres(url) => Store::Postgres(postgres::Postgres::connect(url).await?),
+            Target::Postgres(url, ca) => {
+                Store::Postgres(postgres::Postgres::connect(url, ca.as_deref()).await?)
+            }
         })
     }
 
@@ -232,65 +256,6 @@ impl Store {
         }
     }
 }
-
-/// The tables, in SQL both databases read. One row per message and
-/// recipient (outbound) or message and key (inbound).
-pub(crate) const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS outbound (
-        gateway TEXT NOT NULL,
-        message TEXT NOT NULL,
-        recipient TEXT NOT NULL,
-        day TEXT NOT NULL,
-        rule TEXT NOT NULL,
-        outcome TEXT NOT NULL,
-        generation TEXT NOT NULL,
-        certificates TEXT NOT NULL,
-        first_seen BIGINT NOT NULL,
-        last_seen BIGINT NOT NULL,
-        PRIMARY KEY (gateway, message, recipient))",
-    "CREATE INDEX IF NOT EXISTS outbound_last_seen ON outbound (last_seen)",
-    "CREATE TABLE IF NOT EXISTS inbound (
-        gateway TEXT NOT NULL,
-        message TEXT NOT NULL,
-        identity TEXT NOT NULL,
-        sender TEXT NOT NULL,
-        subject TEXT NOT NULL,
-        generation TEXT NOT NULL,
-        day TEXT NOT NULL,
-        first_seen BIGINT NOT NULL,
-        last_seen BIGINT NOT NULL,
-        PRIMARY KEY (gateway, message, identity))",
-    "CREATE INDEX IF NOT EXISTS inbound_last_seen ON inbound (last_seen)",
-];
-
-/// A second decision for the same message and recipient (a retry)
-/// replaces the first; it is not counted again.
-pub(crate) const UPSERT_OUTBOUND: &str = "INSERT INTO outbound
-    (gateway, message, recipient, day, rule, outcome, generation, certificates, first_seen, last_seen)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
-    ON CONFLICT (gateway, message, recipient) DO UPDATE SET
-    rule = excluded.rule, outcome = excluded.outcome, generation = excluded.generation,
-    certificates = excluded.certificates, last_seen = excluded.last_seen";
-
-pub(crate) const UPSERT_INBOUND: &str = "INSERT INTO inbound
-    (gateway, message, identity, sender, subject, generation, day, first_seen, last_seen)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
-    ON CONFLICT (gateway, message, identity) DO UPDATE SET last_seen = excluded.last_seen";
-
-pub(crate) const SELECT_OUTBOUND: &str =
-    "SELECT recipient, rule, outcome, generation, certificates, day,
-    COUNT(*), MAX(last_seen) FROM outbound WHERE last_seen >= $1
-    GROUP BY recipient, rule, outcome, generation, certificates, day
-    ORDER BY recipient, day";
-
-pub(crate) const SELECT_INBOUND: &str = "SELECT sender, identity, subject, generation,
-    COUNT(*), MAX(last_seen) FROM inbound WHERE last_seen >= $1
-    GROUP BY sender, identity, subject, generation ORDER BY sender, identity";
-
-pub(crate) const PRUNE: &[&str] = &[
-    "DELETE FROM outbound WHERE last_seen < $1",
-    "DELETE FROM inbound WHERE last_seen < $1",
-];
 
 fn now() -> i64 {
     std::time::SystemTime::now()

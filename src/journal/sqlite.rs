@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
-use super::{
-    day, InboundUse, JournalError, OutboundUse, Record, PRUNE, SCHEMA, SELECT_INBOUND,
-    SELECT_OUTBOUND, UPSERT_INBOUND, UPSERT_OUTBOUND,
-};
+use super::sql::{PRUNE, SCHEMA, SELECT_INBOUND, SELECT_OUTBOUND, UPSERT_INBOUND, UPSERT_OUTBOUND};
+use super::{day, InboundUse, JournalError, OutboundUse, Record};
 
 /// How long one statement waits for a lock held by another connection.
 const BUSY: Duration = Duration::from_millis(500);

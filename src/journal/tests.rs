@@ -177,6 +177,42 @@ fn targets_and_their_names() {
     );
     let s = crate::config::load::test_settings("[journal]\nenabled = false\n");
     assert_eq!(Target::of(&s), None);
-    let t = Target::Postgres("postgres://gw:secret@db.example:5432/journal".into());
+    let t = Target::Postgres("postgres://gw:secret@db.example:5432/journal".into(), None);
     assert_eq!(t.describe(), "postgres://db.example:5432/journal");
+}
+
+#[tokio::test]
+async fn the_writer_deletes_rows_older_than_keep() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let now = now();
+    let mut s = Store::open(&Target::Sqlite(path.clone())).await.unwrap();
+    s.write(
+        "gw",
+        &[
+            out("OLD", "a@x.dk", "plain", now - 10 * 86_400),
+            inb("OLD", "FP2", now - 10 * 86_400),
+            out("RECENT", "a@x.dk", "plain", now - 86_400),
+        ],
+    )
+    .await
+    .unwrap();
+    drop(s);
+    let settings = crate::config::load::test_settings(&format!(
+        "[journal]\ndatabase = \"{}\"\nkeep = \"5d\"\n",
+        path.display()
+    ));
+    let (journal, writer) = Journal::start(&settings);
+    journal.record(out("NEW", "b@x.dk", "plain", now));
+    drop(journal);
+    tokio::time::timeout(Duration::from_secs(60), writer.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let s = Store::open_for_reading(&Target::Sqlite(path))
+        .await
+        .unwrap();
+    let rows = s.outbound(0).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.count).sum::<u64>(), 2, "{rows:?}");
+    assert!(s.inbound(0).await.unwrap().is_empty());
 }

@@ -1,12 +1,15 @@
 //! The operator's commands, apart from the running daemon: `check-config`,
-//! `keys list`, `explain`, `certs …`, `queue …` and the demo PKI generator
+//! `keys list|usage`, `explain`, `cutoff report`, `certs …`, `queue …` and
+//! the demo PKI generator
 //! (TEST ONLY). Each returns the text to print, or an [`OpsError`] that
 //! says what went wrong and which exit status it deserves.
 
+pub mod cutoff;
 pub mod demo;
 pub mod explain;
 pub mod listing;
 pub mod queue;
+pub mod usage;
 
 use crate::config::{self, Instant};
 use crate::daemon::{self, DaemonError};
@@ -33,13 +36,18 @@ pub enum OpsError {
     Import(#[from] listing::ImportError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    /// The cutoff report could not be made (exit status 2).
+    #[error("{0}")]
+    Cutoff(#[from] cutoff::CutoffError),
+    #[error("{0}")]
+    Journal(#[from] crate::journal::JournalError),
 }
 
 impl OpsError {
     /// The process exit status for this failure.
     pub fn exit_code(&self) -> u8 {
         match self {
-            OpsError::Usage(_) => 2,
+            OpsError::Usage(_) | OpsError::Cutoff(_) => 2,
             _ => 1,
         }
     }
@@ -90,6 +98,27 @@ pub fn keys_list(config: &Path) -> Result<String, OpsError> {
     let now = unix_now();
     let revoked = revocation::revoked_identities(&snapshot.keys, &snapshot.settings, now);
     Ok(listing::keys_table(&snapshot.keys, now, &revoked))
+}
+
+/// `keys usage`: who still encrypts to which of the organisation's keys,
+/// from the journal.
+pub fn keys_usage(config: &Path, since: &str) -> Result<String, OpsError> {
+    let window =
+        config::parse_duration(since).map_err(|e| OpsError::Usage(format!("--since {e}")))?;
+    let snapshot = daemon::check(config)?;
+    let target = crate::journal::Target::of(&snapshot.settings)
+        .ok_or(crate::journal::JournalError::Disabled)?;
+    let since = unix_now() - window.as_secs() as i64;
+    let rows = runtime()?.block_on(async {
+        let store = crate::journal::Store::open_for_reading(&target).await?;
+        store.inbound(since).await
+    })?;
+    Ok(usage::table(&snapshot.keys, &rows, since))
+}
+
+/// `cutoff report`: the text, and whether nothing is at risk.
+pub fn cutoff_report(request: &cutoff::Request) -> Result<(String, bool), OpsError> {
+    Ok(cutoff::run(request)?)
 }
 
 /// `explain`: the report, and whether mail would leave.

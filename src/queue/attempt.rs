@@ -263,10 +263,15 @@ fn journal_keys(journal: &Journal, msg: &Spooled, actions: &[Action<'static>], a
     let mut sender = None;
     for a in actions {
         let Action::Opened(key) = a else { continue };
+        // At most an address's length (RFC 5321): the header is the
+        // sender's to write.
         let who = sender.get_or_insert_with(|| {
             headers::from_address(&msg.body)
                 .unwrap_or_else(|| msg.envelope.mail_from.clone())
                 .to_ascii_lowercase()
+                .chars()
+                .take(254)
+                .collect::<String>()
         });
         journal.record(Record::Inbound(journal::Inbound {
             message: msg.id.clone(),

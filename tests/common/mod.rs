@@ -9,6 +9,7 @@ pub mod http;
 pub mod ldap_entries;
 pub mod pki;
 pub mod postfix;
+pub mod postgres;
 pub mod sink;
 pub mod slapd;
 

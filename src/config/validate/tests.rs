@@ -146,4 +146,13 @@ fn journal_database_and_keep_are_checked() {
     assert!(problems("[journal]\ndatabase = \" \"\n").contains(&"journal.database".to_string()));
     assert!(problems("[journal]\nkeep = \"0s\"\n").contains(&"journal.keep".to_string()));
     assert!(problems("[journal]\ndatabase = \"/var/lib/gw/journal.db\"\n").is_empty());
+    // A CA file only for PostgreSQL, and one that exists.
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    let ca = ca.path().display();
+    assert!(problems(&format!("[journal]\ntls_ca = \"{ca}\"\n"))
+        .contains(&"journal.tls_ca".to_string()));
+    let pg = "[journal]\ndatabase = \"postgres://gw@db/j?sslmode=require\"\n";
+    assert!(problems(&format!("{pg}tls_ca = \"/nonexistent.pem\"\n"))
+        .contains(&"journal.tls_ca".to_string()));
+    assert!(problems(&format!("{pg}tls_ca = \"{ca}\"\n")).is_empty());
 }

@@ -131,7 +131,8 @@ pub async fn decide(
 /// treatment.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub shape: Shape,
+    /// Shared by the runs of the pipeline (it may hold a large CMS).
+    pub shape: std::sync::Arc<Shape>,
     pub recipients: Vec<(String, Treatment)>,
 }
 
@@ -153,7 +154,10 @@ pub async fn plan(
         let t = decide(snapshot, live, &revoked, &origin, &rcpt, encrypted, at).await;
         recipients.push((rcpt, t));
     }
-    Plan { shape, recipients }
+    Plan {
+        shape: std::sync::Arc::new(shape),
+        recipients,
+    }
 }
 
 #[cfg(test)]

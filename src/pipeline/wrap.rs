@@ -58,7 +58,7 @@ pub fn outbound<'a>(
             continue;
         };
         let signer = sign_with.map(|i| (&ctx.keys.identities[i], ctx.settings.policy.signature));
-        match sign::protect(body, signer, encrypt_to, *encryption) {
+        match sign::protect_into(body, signer, encrypt_to, *encryption, ctx.spill) {
             Ok(bytes) => {
                 if let Some((id, _)) = signer {
                     out.push(Action::Observed(Event::Signed(
@@ -76,7 +76,7 @@ pub fn outbound<'a>(
                 }
                 out.push(Action::Deliver(Copy {
                     rcpts,
-                    body: Cow::Owned(bytes),
+                    body: bytes.into(),
                     note: Some(decision.summary()),
                 }))
             }

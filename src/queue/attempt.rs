@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use super::budget::Budget;
+use crate::blob::{InMemory, Spill};
 use super::dispatch::{carry_out, Sending};
 use super::record::{self, Logged};
 use super::{blocking, bounce, now_secs, returned, QueueError};
@@ -48,6 +49,28 @@ pub async fn attempt(
         Err(end) => return end,
     };
     let size = msg.body.len() as u64;
+    let outcome = attempt_loaded(id, &mut msg, live, store, notify, budget).await;
+    drop(msg);
+    // A large message's heap is given back once nothing else runs.
+    if size >= RELEASE_AFTER && budget.idle() {
+        let _ = tokio::task::spawn_blocking(crate::ossl::release_free_memory).await;
+    }
+    outcome
+}
+
+/// Messages from this size on give their freed heap back to the system
+/// when the queue falls idle after them.
+const RELEASE_AFTER: u64 = 1024 * 1024;
+
+async fn attempt_loaded(
+    id: &str,
+    msg: &mut Spooled,
+    live: &Arc<Live>,
+    store: &Arc<Store>,
+    notify: &mpsc::UnboundedSender<String>,
+    budget: &Budget,
+) -> JobEnd {
+    let size = msg.body.len() as u64;
     if budget.would_wait(size) {
         info!(event = "budget-wait", queue_id = %id, size,
               "waiting for the memory budget (queue.memory_budget)");
@@ -59,6 +82,25 @@ pub async fn attempt(
     let settings = &snapshot.settings;
     let message_id = headers::message_id(&msg.body);
     let now = now_secs();
+    // A large message is transformed through its work folder (removed
+    // when the attempt ends), a small one in memory.
+    let large = size >= settings.queue.stream_threshold;
+    let work = if large {
+        let (s, i) = (Arc::clone(store), id.to_string());
+        match blocking(move || s.work(&i)).await {
+            Ok(w) => Some(Arc::new(w)),
+            Err(e) => {
+                error!(queue_id = %id, error = %e, "cannot make the work folder; will retry");
+                return JobEnd::Retry(now_secs() + 60);
+            }
+        }
+    } else {
+        None
+    };
+    let spill: Arc<dyn Spill> = match &work {
+        Some(w) => Arc::clone(w) as Arc<dyn Spill>,
+        None => Arc::new(InMemory),
+    };
 
     // Mail to the gateway's own return path is taken here, never delivered.
     let (returns, pending): (Vec<String>, Vec<String>) = msg
@@ -69,7 +111,7 @@ pub async fn attempt(
     let mut attempted = if returns.is_empty() {
         Vec::new()
     } else {
-        returned::take(settings, store, notify, &msg, &returns).await
+        returned::take(settings, store, notify, msg, &returns).await
     };
     let plan = decide::plan(
         &snapshot,
@@ -92,12 +134,17 @@ pub async fn attempt(
         })
         .collect();
     // S/MIME mail (encrypted anywhere inside, opened or not): what becomes
-    // of it inside must not be observable outside.
+    // of it inside must not be observable outside. The scan runs beside
+    // the pipeline, but after it for a large message (each holds a
+    // decoded copy while it runs).
     let body = Arc::clone(&msg.body);
-    let (seen, actions) = tokio::join!(
-        tokio::task::spawn_blocking(move || scan::scan(&body)),
-        inbound_pipeline(&msg, &snapshot, live, plan)
-    );
+    let scan_task = tokio::task::spawn_blocking(move || scan::scan(&body));
+    let (seen, actions) = if large {
+        let seen = scan_task.await;
+        (seen, inbound_pipeline(msg, &snapshot, live, plan, &spill).await)
+    } else {
+        tokio::join!(scan_task, inbound_pipeline(msg, &snapshot, live, plan, &spill))
+    };
     let (seen, actions) = match (seen, actions) {
         (Ok(seen), Ok(actions)) => (seen, actions),
         (Err(e), _) | (_, Err(e)) => {
@@ -107,15 +154,17 @@ pub async fn attempt(
     };
     let smime = seen.encrypted;
 
-    for action in &actions {
+    // Each copy is let go once handed on.
+    for action in actions {
         let sending = Sending {
-            msg: &msg,
+            msg,
             snapshot: &snapshot,
             message_id: &message_id,
             smime,
         };
-        carry_out(action, &sending, store, &mut attempted).await;
+        carry_out(&action, &sending, store, &mut attempted).await;
     }
+    drop(work);
 
     let now = now_secs();
     let recorded = record::apply(
@@ -126,7 +175,7 @@ pub async fn attempt(
         settings.queue.max_lifetime,
     );
     let bounced = !recorded.failures.is_empty()
-        && bounce::send(settings, store, notify, &msg, smime, &recorded.failures).await;
+        && bounce::send(settings, store, notify, msg, smime, &recorded.failures).await;
     if bounced {
         record::bounced(&mut msg.state, &recorded.failures);
     }
@@ -160,7 +209,7 @@ pub async fn attempt(
     // Only now, with the outcome on disk, does the log say what happened;
     // an outcome that could not be recorded is logged as such.
     if on_disk {
-        log_outcomes(&msg, &message_id, &recorded.logged);
+        log_outcomes(msg, &message_id, &recorded.logged);
     } else {
         for l in &recorded.logged {
             error!(event = "unrecorded", queue_id = %msg.id, outcome = ?l,
@@ -169,7 +218,7 @@ pub async fn attempt(
     }
     // The bounce itself is queued (durable) either way.
     if bounced {
-        log_bounced(&msg, &message_id, &recorded.failures);
+        log_bounced(msg, &message_id, &recorded.failures);
     }
     let sent_unsigned: Vec<(String, String)> = unsigned
         .into_iter()
@@ -181,7 +230,7 @@ pub async fn attempt(
         })
         .collect();
     if !sent_unsigned.is_empty() {
-        bounce::tell_unsigned(settings, store, notify, &msg, &sent_unsigned).await;
+        bounce::tell_unsigned(settings, store, notify, msg, &sent_unsigned).await;
     }
     end
 }
@@ -239,6 +288,7 @@ async fn inbound_pipeline(
     snapshot: &Arc<Snapshot>,
     live: &Arc<Live>,
     plan: Plan,
+    spill: &Arc<dyn Spill>,
 ) -> Result<Vec<Action<'static>>, tokio::task::JoinError> {
     let has_mailboxes = plan
         .recipients
@@ -258,6 +308,7 @@ async fn inbound_pipeline(
         &Arc::new(known.clone()),
         answers,
         ldap_asked,
+        spill,
     )
     .await?;
     for _ in 0..2 {
@@ -306,6 +357,7 @@ async fn inbound_pipeline(
             &Arc::new(known.clone()),
             answers,
             ldap_asked,
+            spill,
         )
         .await?;
     }
@@ -320,12 +372,14 @@ async fn run_pipeline(
     known: &Arc<Vec<X509>>,
     answers: HashMap<String, SignerRevocation>,
     ldap_asked: bool,
+    spill: &Arc<dyn Spill>,
 ) -> Result<Vec<Action<'static>>, tokio::task::JoinError> {
-    let (envelope, body, snapshot, known) = (
+    let (envelope, body, snapshot, known, spill) = (
         msg.envelope.clone(),
         Arc::clone(&msg.body),
         Arc::clone(snapshot),
         Arc::clone(known),
+        Arc::clone(spill),
     );
     tokio::task::spawn_blocking(move || {
         let ctx = pipeline::Context {
@@ -335,6 +389,7 @@ async fn run_pipeline(
             known: &known,
             signer_revocation: &answers,
             ldap_asked,
+            spill: &*spill,
         };
         pipeline::process(&envelope, &body, &plan, &ctx)
             .into_iter()

@@ -2,6 +2,7 @@
 //! offers and binding, revocation and LDAP asks, the trace header.
 
 use super::*;
+use std::collections::HashMap;
 use crate::config::load::test_settings;
 use crate::pki::Keyring;
 use crate::smime::mime;
@@ -55,6 +56,7 @@ fn run(
         known: &[],
         signer_revocation: answers,
         ldap_asked: false,
+        spill: &crate::blob::InMemory,
     };
     let mut out = Actions::default();
     let mailbox = Mailbox {

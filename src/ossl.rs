@@ -368,8 +368,7 @@ pub fn decrypt_to(
                 }
                 // The top of the chain is the cipher BIO: its status says
                 // whether the last block (padding, GCM tag) was right.
-                if n < 0 || sys::BIO_ctrl(bio, BIO_C_GET_CIPHER_STATUS, 0, ptr::null_mut()) <= 0
-                {
+                if n < 0 || sys::BIO_ctrl(bio, BIO_C_GET_CIPHER_STATUS, 0, ptr::null_mut()) <= 0 {
                     return Err(StreamError::Ssl(ErrorStack::get()));
                 }
                 return Ok(());

@@ -14,10 +14,10 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use super::budget::Budget;
-use crate::blob::{InMemory, Spill};
 use super::dispatch::{carry_out, Sending};
 use super::record::{self, Logged};
 use super::{blocking, bounce, now_secs, returned, QueueError};
+use crate::blob::{InMemory, Spill};
 use crate::mail::headers;
 use crate::metrics;
 use crate::pipeline::{self, decide, Action, Plan, Treatment};
@@ -88,7 +88,11 @@ async fn attempt_loaded(
     let work = if large {
         let (s, i) = (Arc::clone(store), id.to_string());
         match blocking(move || s.work(&i)).await {
-            Ok(w) => Some(Arc::new(w)),
+            Ok(w) => {
+                info!(event = "streamed", queue_id = %id, size,
+                      "large message: transformed through its work folder");
+                Some(Arc::new(w))
+            }
             Err(e) => {
                 error!(queue_id = %id, error = %e, "cannot make the work folder; will retry");
                 return JobEnd::Retry(now_secs() + 60);
@@ -141,9 +145,15 @@ async fn attempt_loaded(
     let scan_task = tokio::task::spawn_blocking(move || scan::scan(&body));
     let (seen, actions) = if large {
         let seen = scan_task.await;
-        (seen, inbound_pipeline(msg, &snapshot, live, plan, &spill).await)
+        (
+            seen,
+            inbound_pipeline(msg, &snapshot, live, plan, &spill).await,
+        )
     } else {
-        tokio::join!(scan_task, inbound_pipeline(msg, &snapshot, live, plan, &spill))
+        tokio::join!(
+            scan_task,
+            inbound_pipeline(msg, &snapshot, live, plan, &spill)
+        )
     };
     let (seen, actions) = match (seen, actions) {
         (Ok(seen), Ok(actions)) => (seen, actions),

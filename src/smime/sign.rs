@@ -14,8 +14,8 @@ use super::mime::{self, Shape};
 use super::unwrap::{content_parts, spill_enveloped};
 use super::SmimeError;
 use crate::blob::{write_all, Blob, InMemory, Spill};
-use crate::mail::lines;
 use crate::config::{Encryption, SignatureScheme};
+use crate::mail::lines;
 use crate::ossl;
 use crate::pki::Identity;
 
@@ -63,9 +63,7 @@ pub fn protect_into(
         _ => message,
     };
     if recipients.is_empty() {
-        return spill
-            .spill(&mut |w| w.write_all(signed))
-            .map_err(scratch);
+        return spill.spill(&mut |w| w.write_all(signed)).map_err(scratch);
     }
     spill_enveloped(signed, None, recipients, encryption, spill)
 }

@@ -22,9 +22,9 @@ use std::io::Write;
 use openssl::x509::X509;
 
 use super::cms::{self, Chain, Math};
-use crate::blob::{write_all, Blob, InMemory, Spill};
 use super::mime::{self, Nested, Shape};
 use super::{header, SmimeError};
+use crate::blob::{write_all, Blob, InMemory, Spill};
 use crate::ossl;
 use crate::pki::oces::Generation;
 use crate::pki::signer::{Relation, SignerRevocation};
@@ -520,7 +520,10 @@ fn rebuild_into(original: &[u8], entity: &[u8], w: &mut dyn Write) -> std::io::R
     let content = mime::without(inner_headers, |n| {
         !mime::is_content_field(n) || n == "mime-version"
     });
-    write_all(w, &[&outer, b"MIME-Version: 1.0\r\n", &content, b"\r\n", body])?;
+    write_all(
+        w,
+        &[&outer, b"MIME-Version: 1.0\r\n", &content, b"\r\n", body],
+    )?;
     // Ends with CRLF (an empty body after the blank line does).
     if !body.is_empty() && !body.ends_with(b"\r\n") {
         w.write_all(b"\r\n")?;

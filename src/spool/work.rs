@@ -86,7 +86,9 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("work").join("m1");
         let work = WorkDir::create(dir.clone()).unwrap();
-        let a = work.spill(&mut |w| write_all(w, &[b"hello ", b"world"])).unwrap();
+        let a = work
+            .spill(&mut |w| write_all(w, &[b"hello ", b"world"]))
+            .unwrap();
         let empty = work.spill(&mut |_| Ok(())).unwrap();
         let failed = work.spill(&mut |w| {
             w.write_all(b"half")?;

@@ -2,11 +2,11 @@
 //! offers and binding, revocation and LDAP asks, the trace header.
 
 use super::*;
-use std::collections::HashMap;
 use crate::config::load::test_settings;
 use crate::pki::Keyring;
 use crate::smime::mime;
 use openssl::cms::{CMSOptions, CmsContentInfo};
+use std::collections::HashMap;
 
 fn envelope() -> Envelope {
     Envelope {

@@ -53,6 +53,9 @@ pub struct Context<'a> {
     /// for small messages, the message's work folder for large ones (the
     /// queue decides by size).
     pub spill: &'a dyn Spill,
+    /// What `smime::scan` found in the message, when the caller scanned
+    /// it already (else the pipeline scans it when it needs to).
+    pub seen: Option<crate::smime::scan::Seen>,
 }
 
 /// The bytes of an outgoing copy: the spooled message itself, or a copy

@@ -57,7 +57,7 @@ pub fn mailboxes<'a>(
     mailboxes.sort_by(|a, b| a.0.cmp(&b.0));
     // The message opened with the current key set.
     let mut opened: Option<(Vec<usize>, Unwrapped)> = None;
-    let mut seen: Option<Seen> = None;
+    let mut seen: Option<Seen> = ctx.seen;
     for (
         indices,
         Mailbox {

@@ -22,7 +22,7 @@ use crate::mail::headers;
 use crate::metrics;
 use crate::pipeline::{self, decide, Action, Plan, Treatment};
 use crate::pki::signer::{self, SignerRevocation};
-use crate::smime::scan;
+use crate::smime::scan::{self, Seen};
 use crate::snapshot::{Live, Snapshot};
 use crate::spool::dsn::Failure;
 use crate::spool::{SpoolError, Spooled, Store};
@@ -138,26 +138,19 @@ async fn attempt_loaded(
         })
         .collect();
     // S/MIME mail (encrypted anywhere inside, opened or not): what becomes
-    // of it inside must not be observable outside. The scan runs beside
-    // the pipeline, but after it for a large message (each holds a
-    // decoded copy while it runs).
+    // of it inside must not be observable outside. Scanned once, first:
+    // the pipeline's EFAIL defence uses the same answer.
     let body = Arc::clone(&msg.body);
-    let scan_task = tokio::task::spawn_blocking(move || scan::scan(&body));
-    let (seen, actions) = if large {
-        let seen = scan_task.await;
-        (
-            seen,
-            inbound_pipeline(msg, &snapshot, live, plan, &spill).await,
-        )
-    } else {
-        tokio::join!(
-            scan_task,
-            inbound_pipeline(msg, &snapshot, live, plan, &spill)
-        )
+    let seen = match tokio::task::spawn_blocking(move || scan::scan(&body)).await {
+        Ok(seen) => seen,
+        Err(e) => {
+            error!(queue_id = %id, error = %e, "message processing failed; will retry");
+            return JobEnd::Retry(now_secs() + 60);
+        }
     };
-    let (seen, actions) = match (seen, actions) {
-        (Ok(seen), Ok(actions)) => (seen, actions),
-        (Err(e), _) | (_, Err(e)) => {
+    let actions = match inbound_pipeline(msg, &snapshot, live, plan, &spill, seen).await {
+        Ok(actions) => actions,
+        Err(e) => {
             error!(queue_id = %id, error = %e, "message processing failed; will retry");
             return JobEnd::Retry(now_secs() + 60);
         }
@@ -299,6 +292,7 @@ async fn inbound_pipeline(
     live: &Arc<Live>,
     plan: Plan,
     spill: &Arc<dyn Spill>,
+    seen: Seen,
 ) -> Result<Vec<Action<'static>>, tokio::task::JoinError> {
     let has_mailboxes = plan
         .recipients
@@ -319,6 +313,7 @@ async fn inbound_pipeline(
         answers,
         ldap_asked,
         spill,
+        seen,
     )
     .await?;
     for _ in 0..2 {
@@ -368,6 +363,7 @@ async fn inbound_pipeline(
             answers,
             ldap_asked,
             spill,
+            seen,
         )
         .await?;
     }
@@ -383,6 +379,7 @@ async fn run_pipeline(
     answers: HashMap<String, SignerRevocation>,
     ldap_asked: bool,
     spill: &Arc<dyn Spill>,
+    seen: Seen,
 ) -> Result<Vec<Action<'static>>, tokio::task::JoinError> {
     let (envelope, body, snapshot, known, spill) = (
         msg.envelope.clone(),
@@ -400,6 +397,7 @@ async fn run_pipeline(
             signer_revocation: &answers,
             ldap_asked,
             spill: &*spill,
+            seen: Some(seen),
         };
         pipeline::process(&envelope, &body, &plan, &ctx)
             .into_iter()

@@ -57,6 +57,7 @@ fn run(
         signer_revocation: answers,
         ldap_asked: false,
         spill: &crate::blob::InMemory,
+        seen: None,
     };
     let mut out = Actions::default();
     let mailbox = Mailbox {

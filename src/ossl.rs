@@ -469,6 +469,24 @@ pub fn map_file(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(file) }
 }
 
+/// Allocations from this size on get their own memory map, given back to
+/// the system when freed.
+const MMAP_THRESHOLD: c_int = 4 * 1024 * 1024;
+
+/// Makes glibc's allocator give large buffers back when they are freed.
+/// By default it raises its map threshold to the largest buffer freed so
+/// far (up to 32 MiB), after which the buffers of a large message stay in
+/// the heap, fragmented, at the daemon's peak; a fixed threshold keeps the
+/// buffers of large messages (which are at least this size) out of it.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called once at
+    // start, before the worker threads allocate.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
 /// Gives the heap memory freed since the last call back to the system
 /// (glibc keeps it otherwise, so a burst of large messages would leave the
 /// daemon's resident size at its peak).

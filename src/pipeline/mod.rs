@@ -276,17 +276,18 @@ impl<'a> Actions<'a> {
     }
 }
 
-/// The actions for a message whose pending recipients `plan` decided.
+/// The actions for a message whose pending recipients `plan` decided
+/// (taken, so that the CMS its shape may hold is let go once used).
 pub fn process<'a>(
     envelope: &Envelope,
     body: &'a [u8],
-    plan: &Plan,
+    plan: Plan,
     ctx: &Context<'_>,
 ) -> Vec<Action<'a>> {
     let mut out = Actions::default();
     let mut mailboxes = Vec::new();
     let mut outbound = Vec::new();
-    for (rcpt, treatment) in &plan.recipients {
+    for (rcpt, treatment) in plan.recipients.iter() {
         match treatment {
             Treatment::Mailbox {
                 deliver,
@@ -301,7 +302,7 @@ pub fn process<'a>(
         }
     }
     wrap::outbound(outbound, body, ctx, &mut out);
-    unwrap::mailboxes(envelope, mailboxes, body, &plan.shape, ctx, &mut out);
+    unwrap::mailboxes(envelope, mailboxes, body, plan.shape, ctx, &mut out);
     out.into_vec()
 }
 

@@ -13,6 +13,7 @@
 //! signatures are offered for harvesting.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use super::{efail, Action, Actions, Context, HarvestOffer};
 use crate::config::Revocation;
@@ -24,7 +25,7 @@ use crate::pki::directory::fingerprint;
 use crate::pki::oces;
 use crate::pki::signer::{self, Relation, SignerRevocation, Ties};
 use crate::smime::cms::Chain;
-use crate::smime::mime::Shape;
+use crate::smime::mime::{self, Shape};
 use crate::smime::scan::{self, Seen};
 use crate::smime::unwrap::{self, Report, Unwrapped, Verdict, Verifier};
 use crate::smime::{cms, header, SmimeError};
@@ -41,18 +42,44 @@ pub struct Mailbox {
 /// The actions for internal mailboxes. The message is opened once per set
 /// of candidate keys, not once per recipient; the recipients are taken key
 /// set by key set, so one decrypted copy exists at a time however many
-/// key sets the message fans out to.
+/// key sets the message fans out to. The message's `shape` (which may hold
+/// its whole CMS) is let go once the first key set has opened it.
 pub fn mailboxes<'a>(
     envelope: &Envelope,
     mailboxes: Vec<Mailbox>,
     body: &'a [u8],
-    shape: &Shape,
+    shape: Arc<Shape>,
     ctx: &Context<'_>,
     out: &mut Actions<'a>,
 ) {
-    let mut mailboxes: Vec<(Vec<usize>, Mailbox)> = mailboxes
+    // Which re-encrypting mailboxes it is encrypted to already: the CMS
+    // parsed once for all of them.
+    let already: Vec<bool> = {
+        let parsed = match &*shape {
+            Shape::Enveloped { cms: der }
+                if mailboxes.iter().any(|m| m.deliver == Deliver::Reencrypt) =>
+            {
+                cms::parse(der).ok()
+            }
+            _ => None,
+        };
+        mailboxes
+            .iter()
+            .map(|m| {
+                let target = ctx.keys.current_oces3(&m.rcpt, ctx.now);
+                match (&parsed, target, m.deliver) {
+                    (Some(c), Some(t), Deliver::Reencrypt) => crate::ossl::is_recipient(c, &t.cert),
+                    _ => false,
+                }
+            })
+            .collect()
+    };
+    let encrypted = matches!(&*shape, Shape::Enveloped { .. });
+    let mut shape = Some(shape);
+    let mut mailboxes: Vec<(Vec<usize>, bool, Mailbox)> = mailboxes
         .into_iter()
-        .map(|m| (ctx.keys.candidate_indices(&m.rcpt), m))
+        .zip(already)
+        .map(|(m, already)| (ctx.keys.candidate_indices(&m.rcpt), already, m))
         .collect();
     mailboxes.sort_by(|a, b| a.0.cmp(&b.0));
     // The message opened with the current key set.
@@ -60,6 +87,7 @@ pub fn mailboxes<'a>(
     let mut seen: Option<Seen> = ctx.seen;
     for (
         indices,
+        already,
         Mailbox {
             rcpt,
             deliver: mode,
@@ -69,22 +97,14 @@ pub fn mailboxes<'a>(
     {
         let target = ctx.keys.current_oces3(&rcpt, ctx.now);
 
-        if mode == Deliver::Reencrypt {
-            if let (Some(t), Shape::Enveloped { cms: der }) = (target, shape) {
-                let already = cms::parse(der)
-                    .map(|c| crate::ossl::is_recipient(&c, &t.cert))
-                    .unwrap_or(false);
-                if already {
-                    let value = format!(
-                        "passed; reason=\"already encrypted to the mailbox key\"; key={}",
-                        header::quote(&t.info.subject_cn)
-                    );
-                    let note =
-                        Some("already encrypted to the mailbox key: passed unchanged".into());
-                    deliver_traced(out, rcpt, ctx, body, &value, note);
-                    continue;
-                }
-            }
+        if let (true, Some(t)) = (already, target) {
+            let value = format!(
+                "passed; reason=\"already encrypted to the mailbox key\"; key={}",
+                header::quote(&t.info.subject_cn)
+            );
+            let note = Some("already encrypted to the mailbox key: passed unchanged".into());
+            deliver_traced(out, rcpt, ctx, body, &value, note);
+            continue;
         }
 
         let first = opened.as_ref().is_none_or(|(k, _)| *k != indices);
@@ -96,8 +116,12 @@ pub fn mailboxes<'a>(
                 anchors: &ctx.keys.anchors,
                 known: ctx.known,
             };
+            // The shape read for the plan serves the first opening; later
+            // key sets read the message again (rare: keys per mailbox).
+            let known = shape.take();
             let mut result =
-                unwrap::unwrap_into(body, Some(shape), &keys, verifier, ctx.now, ctx.spill);
+                unwrap::unwrap_into(body, known.as_deref(), &keys, verifier, ctx.now, ctx.spill);
+            drop(known);
             judge(&mut result, body, ctx);
             opened = Some((indices, result));
         }
@@ -184,8 +208,8 @@ pub fn mailboxes<'a>(
                 ..
             } => out.defer(rcpt, &error.to_string()),
             Unwrapped::Failed { error, report } => {
-                let not_allowed = matches!(error, SmimeError::NoKey(_))
-                    .then(|| held_but_not_allowed(shape, ctx, &rcpt))
+                let not_allowed = (encrypted && matches!(error, SmimeError::NoKey(_)))
+                    .then(|| held_but_not_allowed(&mime::shape(body), ctx, &rcpt))
                     .flatten();
                 if let Some(cn) = not_allowed {
                     // The organisation holds the key, but it is not one

@@ -22,6 +22,7 @@ use crate::mail::headers;
 use crate::metrics;
 use crate::pipeline::{self, decide, Action, Plan, Treatment};
 use crate::pki::signer::{self, SignerRevocation};
+use crate::smime::mime;
 use crate::smime::scan::{self, Seen};
 use crate::snapshot::{Live, Snapshot};
 use crate::spool::dsn::Failure;
@@ -305,10 +306,13 @@ async fn inbound_pipeline(
     };
     let mut ldap_asked = false;
     let answers = live.signers.known(now_secs() as i64);
+    // The first run takes the plan (its shape may hold the whole CMS, let
+    // go once opened); a second run reads the shape again.
+    let recipients = plan.recipients.clone();
     let mut actions = run_pipeline(
         msg,
         snapshot,
-        plan.clone(),
+        plan,
         &Arc::new(known.clone()),
         answers,
         ldap_asked,
@@ -355,10 +359,16 @@ async fn inbound_pipeline(
             .await?;
         }
         let answers = live.signers.known(now_secs() as i64);
+        let body = Arc::clone(&msg.body);
+        let shape = tokio::task::spawn_blocking(move || mime::shape(&body)).await?;
+        let plan = Plan {
+            shape: Arc::new(shape),
+            recipients: recipients.clone(),
+        };
         actions = run_pipeline(
             msg,
             snapshot,
-            plan.clone(),
+            plan,
             &Arc::new(known.clone()),
             answers,
             ldap_asked,
@@ -399,7 +409,7 @@ async fn run_pipeline(
             spill: &*spill,
             seen: Some(seen),
         };
-        pipeline::process(&envelope, &body, &plan, &ctx)
+        pipeline::process(&envelope, &body, plan, &ctx)
             .into_iter()
             .map(Action::into_owned)
             .collect()

@@ -380,13 +380,21 @@ pub fn unwrap_into(
     let mut current: Option<Blob> = None;
     // The content below the innermost encryption taken off so far.
     let mut opened: Option<Blob> = None;
-    let mut known = shape.cloned();
+    // The caller's shape serves the first layer, borrowed (it may hold
+    // the whole CMS: never copied).
+    let mut known = shape;
     let mut done = false;
     for _ in 0..MAX_LAYERS {
-        let entity: &[u8] = current.as_deref().unwrap_or(message);
-        let here = known.take().unwrap_or_else(|| mime::shape(entity));
+        let computed;
+        let here: &Shape = match known.take() {
+            Some(s) => s,
+            None => {
+                computed = mime::shape(current.as_deref().unwrap_or(message));
+                &computed
+            }
+        };
         match here {
-            Shape::Enveloped { cms } => match open(&cms, keys, spill) {
+            Shape::Enveloped { cms } => match open(cms, keys, spill) {
                 Ok((inner, key)) => {
                     report.layers.push(Layer::Decrypted(key));
                     opened = Some(inner.clone());
@@ -395,7 +403,7 @@ pub fn unwrap_into(
                 Err(error) => return Unwrapped::Failed { error, report },
             },
             Shape::OpaqueSigned { cms } => {
-                let mut v = cms::verify(&cms, None, verifier.anchors, verifier.known, now);
+                let mut v = cms::verify(cms, None, verifier.anchors, verifier.known, now);
                 let content = v.content.take();
                 record(&mut report, v);
                 match content {
@@ -408,17 +416,17 @@ pub fn unwrap_into(
             }
             Shape::DetachedSigned { content, signature } => {
                 let v = cms::verify(
-                    &signature,
-                    Some(&content),
+                    signature,
+                    Some(content),
                     verifier.anchors,
                     verifier.known,
                     now,
                 );
                 record(&mut report, v);
-                current = Some(Blob::from(content));
+                current = Some(Blob::from(content.clone()));
             }
             Shape::Mixed(nested) => {
-                report.nested = Some(nested);
+                report.nested = Some(nested.clone());
                 done = true;
                 break;
             }

@@ -69,7 +69,7 @@ fn run(
         &envelope(),
         vec![mailbox],
         body,
-        &mime::shape(body),
+        Arc::new(mime::shape(body)),
         &ctx,
         &mut out,
     );

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 /// True when every line of `bytes` ends in CRLF (no bare CR or LF).
 pub fn is_crlf(bytes: &[u8]) -> bool {
     let mut i = 0;
-    while let Some(at) = bytes[i..].iter().position(|b| *b == b'\r' || *b == b'\n') {
+    while let Some(at) = memchr::memchr2(b'\r', b'\n', &bytes[i..]) {
         let at = i + at;
         if bytes[at] == b'\n' || bytes.get(at + 1) != Some(&b'\n') {
             return false;
@@ -20,7 +20,7 @@ pub fn is_crlf(bytes: &[u8]) -> bool {
 /// as [`crlf`], without building them in memory.
 pub fn write_crlf(bytes: &[u8], w: &mut dyn std::io::Write) -> std::io::Result<()> {
     let (mut start, mut i) = (0, 0);
-    while let Some(at) = bytes[i..].iter().position(|b| *b == b'\r' || *b == b'\n') {
+    while let Some(at) = memchr::memchr2(b'\r', b'\n', &bytes[i..]) {
         let at = i + at;
         if bytes[at] == b'\r' && bytes.get(at + 1) == Some(&b'\n') {
             i = at + 2;

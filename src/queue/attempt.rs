@@ -118,11 +118,25 @@ async fn attempt_loaded(
     } else {
         returned::take(settings, store, notify, msg, &returns).await
     };
+    // S/MIME mail (encrypted anywhere inside, opened or not): what becomes
+    // of it inside must not be observable outside. The scan and the
+    // message's shape come from one parse, before anything else: the
+    // pipeline's EFAIL defence uses the same answer.
+    let body = Arc::clone(&msg.body);
+    let (seen, shape) = match tokio::task::spawn_blocking(move || scan::scan_and_shape(&body)).await
+    {
+        Ok(found) => found,
+        Err(e) => {
+            error!(queue_id = %id, error = %e, "message processing failed; will retry");
+            return JobEnd::Retry(now_secs() + 60);
+        }
+    };
     let plan = decide::plan(
         &snapshot,
         live,
         &msg.envelope,
         &msg.body,
+        shape,
         pending,
         now as i64,
     )
@@ -138,17 +152,6 @@ async fn attempt_loaded(
             _ => None,
         })
         .collect();
-    // S/MIME mail (encrypted anywhere inside, opened or not): what becomes
-    // of it inside must not be observable outside. Scanned once, first:
-    // the pipeline's EFAIL defence uses the same answer.
-    let body = Arc::clone(&msg.body);
-    let seen = match tokio::task::spawn_blocking(move || scan::scan(&body)).await {
-        Ok(seen) => seen,
-        Err(e) => {
-            error!(queue_id = %id, error = %e, "message processing failed; will retry");
-            return JobEnd::Retry(now_secs() + 60);
-        }
-    };
     let actions = match inbound_pipeline(msg, &snapshot, live, plan, &spill, seen).await {
         Ok(actions) => actions,
         Err(e) => {

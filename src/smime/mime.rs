@@ -120,6 +120,14 @@ pub fn shape(raw: &[u8]) -> Shape {
     shape_of(&msg, raw, 0, 0)
 }
 
+/// The shape of a message mail-parser has parsed already from `raw`.
+pub fn shape_parsed(msg: &Message<'_>, raw: &[u8]) -> Shape {
+    if msg.parts.is_empty() {
+        return Shape::Plain;
+    }
+    shape_of(msg, raw, 0, 0)
+}
+
 /// Most multiparts with a single part looked through.
 const MAX_WRAPPERS: usize = 16;
 

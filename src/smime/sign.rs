@@ -28,13 +28,15 @@ pub fn protect(
     recipients: &[X509],
     encryption: Encryption,
 ) -> Result<Vec<u8>, SmimeError> {
-    protect_into(message, signer, recipients, encryption, &InMemory).map(|b| b.to_vec())
+    protect_into(message, None, signer, recipients, encryption, &InMemory).map(|b| b.to_vec())
 }
 
 /// As [`protect`], the steps' products written to `spill` (scratch files
-/// for a large message, where the encryption is streamed).
+/// for a large message, where the encryption is streamed); `shape` is the
+/// message's shape when the caller read it already.
 pub fn protect_into(
     message: &[u8],
+    shape: Option<&Shape>,
     signer: Option<(&Identity, SignatureScheme)>,
     recipients: &[X509],
     encryption: Encryption,
@@ -50,10 +52,12 @@ pub fn protect_into(
             .map_err(scratch)?;
         &converted
     };
-    let already_signed = matches!(
-        mime::shape(message),
-        Shape::DetachedSigned { .. } | Shape::OpaqueSigned { .. }
-    );
+    let signed_shape =
+        |s: &Shape| matches!(s, Shape::DetachedSigned { .. } | Shape::OpaqueSigned { .. });
+    let already_signed = match shape {
+        Some(s) => signed_shape(s),
+        None => signed_shape(&mime::shape(message)),
+    };
     let signed_blob;
     let signed: &[u8] = match signer {
         Some((id, scheme)) if !already_signed => {
@@ -133,7 +137,16 @@ fn seven_bit(entity: &[u8]) -> Cow<'_, [u8]> {
         return Cow::Borrowed(entity);
     };
     let clean = |body: &[u8]| {
-        body.iter().all(|b| *b < 0x80) && body.split(|b| *b == b'\n').all(|l| l.len() <= 999)
+        body.is_ascii() && {
+            let mut start = 0;
+            memchr::memchr_iter(b'\n', body)
+                .chain(std::iter::once(body.len()))
+                .all(|end| {
+                    let short = end - start <= 999;
+                    start = end + 1;
+                    short
+                })
+        }
     };
     let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
     for part in &msg.parts {

@@ -152,7 +152,7 @@ async fn attempt_loaded(
             _ => None,
         })
         .collect();
-    let actions = match inbound_pipeline(msg, &snapshot, live, plan, &spill, seen).await {
+    let actions = match inbound_pipeline(msg, &snapshot, live, plan, &Given { spill, seen }).await {
         Ok(actions) => actions,
         Err(e) => {
             error!(queue_id = %id, error = %e, "message processing failed; will retry");
@@ -295,8 +295,7 @@ async fn inbound_pipeline(
     snapshot: &Arc<Snapshot>,
     live: &Arc<Live>,
     plan: Plan,
-    spill: &Arc<dyn Spill>,
-    seen: Seen,
+    given: &Given,
 ) -> Result<Vec<Action<'static>>, tokio::task::JoinError> {
     let has_mailboxes = plan
         .recipients
@@ -319,8 +318,7 @@ async fn inbound_pipeline(
         &Arc::new(known.clone()),
         answers,
         ldap_asked,
-        spill,
-        seen,
+        given,
     )
     .await?;
     for _ in 0..2 {
@@ -375,12 +373,18 @@ async fn inbound_pipeline(
             &Arc::new(known.clone()),
             answers,
             ldap_asked,
-            spill,
-            seen,
+            given,
         )
         .await?;
     }
     Ok(actions)
+}
+
+/// What every run of the pipeline for one attempt is given: where its
+/// products go, and what the scan found.
+struct Given {
+    spill: Arc<dyn Spill>,
+    seen: Seen,
 }
 
 /// Decryption, signing and encryption are CPU work: off the async threads.
@@ -391,15 +395,15 @@ async fn run_pipeline(
     known: &Arc<Vec<X509>>,
     answers: HashMap<String, SignerRevocation>,
     ldap_asked: bool,
-    spill: &Arc<dyn Spill>,
-    seen: Seen,
+    given: &Given,
 ) -> Result<Vec<Action<'static>>, tokio::task::JoinError> {
-    let (envelope, body, snapshot, known, spill) = (
+    let (envelope, body, snapshot, known, spill, seen) = (
         msg.envelope.clone(),
         Arc::clone(&msg.body),
         Arc::clone(snapshot),
         Arc::clone(known),
-        Arc::clone(spill),
+        Arc::clone(&given.spill),
+        given.seen,
     );
     tokio::task::spawn_blocking(move || {
         let ctx = pipeline::Context {

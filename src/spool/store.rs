@@ -762,4 +762,22 @@ mod tests {
         fs::write(&marker, format::encode_retry("00000000000001")).unwrap();
         assert_eq!(store.next_attempt(&id).unwrap(), 1_900_000_000);
     }
+
+    #[test]
+    fn work_folders_left_by_a_crash_are_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let work = store.work("0661729839930A").unwrap();
+        std::fs::write(work.path().join("0.part"), b"half written").unwrap();
+        let left = work.path().to_path_buf();
+        std::mem::forget(work); // a crash: the attempt never ends
+        // Positive control: an operator command beside the daemon leaves it.
+        Store::open_shared(dir.path()).unwrap();
+        assert!(left.join("0.part").exists());
+        // The daemon's start removes it.
+        Store::open(dir.path()).unwrap();
+        assert!(!left.exists());
+        assert!(dir.path().join("work").is_dir());
+        assert!(store.work("../x").is_err(), "only queue ids name work folders");
+    }
 }

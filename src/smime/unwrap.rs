@@ -574,12 +574,7 @@ pub fn write_enveloped(
     how: crate::config::Encryption,
     w: &mut dyn Write,
 ) -> Result<(), SmimeError> {
-    let head = enveloped_message(mime::split(message).0, &[]);
-    let head = match trace {
-        Some(value) => header::set(&head, value),
-        None => head,
-    };
-    w.write_all(&head)
+    w.write_all(&enveloped_head(message, trace))
         .map_err(|e| SmimeError::Scratch(e.to_string()))?;
     let mut b64 = mime::Base64Lines::new(w);
     cms::encrypt_into(input, recipients, how, &mut b64)?;
@@ -601,11 +596,17 @@ pub fn spill_enveloped(
 ) -> Result<Blob, SmimeError> {
     if !spill.large() {
         let der = cms::encrypt(&content_entity(message), recipients, how)?;
-        let wrapped = enveloped_message(message, &der);
-        return Ok(Blob::from(match trace {
-            Some(value) => header::set(&wrapped, value),
-            None => wrapped,
-        }));
+        let head = enveloped_head(message, trace);
+        // The base64 written behind the header section, not built apart.
+        let mut out = Vec::with_capacity(head.len() + der.len() / 57 * 78 + 80);
+        out.extend_from_slice(&head);
+        let mut b64 = mime::Base64Lines::new(out);
+        b64.write_all(&der)
+            .map_err(|e| SmimeError::Scratch(e.to_string()))?;
+        let out = b64
+            .finish()
+            .map_err(|e| SmimeError::Scratch(e.to_string()))?;
+        return Ok(Blob::from(out));
     }
     let (head, body) = content_parts(message);
     let mut failure = None;
@@ -621,6 +622,17 @@ pub fn spill_enveloped(
         (Ok(b), _) => Ok(b),
         (Err(_), Some(e)) => Err(e),
         (Err(e), None) => Err(SmimeError::Scratch(e.to_string())),
+    }
+}
+
+/// The header section (with the blank line) of the enveloped message made
+/// from `message` (only its header section is read), with `trace` on top
+/// when given.
+fn enveloped_head(message: &[u8], trace: Option<&str>) -> Vec<u8> {
+    let head = enveloped_message(mime::split(message).0, &[]);
+    match trace {
+        Some(value) => header::set(&head, value),
+        None => head,
     }
 }
 
@@ -662,6 +674,33 @@ mod tests {
         let mut m = b"From: a@b\r\nSubject: s\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data\r\nContent-Transfer-Encoding: base64\r\n\r\n".to_vec();
         m.extend_from_slice(&mime::base64_lines(&cms));
         m
+    }
+
+    #[test]
+    fn the_enveloped_copy_is_the_same_bytes_on_both_paths_up_to_the_cms() {
+        let id = identity();
+        let m = b"From: a@b\r\nSubject: s\r\nX-SMIME-Gateway: forged\r\nContent-Type: text/plain\r\n\r\nsecret\r\n";
+        let small = spill_enveloped(
+            m,
+            Some("decrypted"),
+            std::slice::from_ref(&id.cert),
+            crate::config::Encryption::Aes256Cbc,
+            &InMemory,
+        )
+        .unwrap();
+        // What it was built as before: the whole message, then the header.
+        let (head, _) = mime::split(&small);
+        let old_head = {
+            let w = enveloped_message(m, b"x");
+            let w = header::set(&w, "decrypted");
+            mime::split(&w).0.to_vec()
+        };
+        assert_eq!(head, &old_head[..]);
+        assert_eq!(
+            head.windows(15).filter(|w| w == b"X-SMIME-Gateway").count(),
+            1
+        );
+        assert!(small.ends_with(b"\r\n"));
     }
 
     #[test]

@@ -771,13 +771,16 @@ mod tests {
         std::fs::write(work.path().join("0.part"), b"half written").unwrap();
         let left = work.path().to_path_buf();
         std::mem::forget(work); // a crash: the attempt never ends
-        // Positive control: an operator command beside the daemon leaves it.
+                                // Positive control: an operator command beside the daemon leaves it.
         Store::open_shared(dir.path()).unwrap();
         assert!(left.join("0.part").exists());
         // The daemon's start removes it.
         Store::open(dir.path()).unwrap();
         assert!(!left.exists());
         assert!(dir.path().join("work").is_dir());
-        assert!(store.work("../x").is_err(), "only queue ids name work folders");
+        assert!(
+            store.work("../x").is_err(),
+            "only queue ids name work folders"
+        );
     }
 }

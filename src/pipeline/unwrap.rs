@@ -11,6 +11,9 @@
 //! nobody holds makes it ask LDAP for From's certificates the same way. Mail that cannot be opened is delivered
 //! unchanged with the reason, or quarantined; signer certificates of valid
 //! signatures are offered for harvesting.
+//!
+//! Why long: the mailbox actions, the verdicts and the harvest binding
+//! share the report they read; their tests are in `unwrap/tests.rs`.
 
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -4,6 +4,9 @@
 //! what happened. A crash at any point leaves the message in the spool
 //! with every recipient a next hop accepted marked delivered, or sends a
 //! copy twice; it never loses one.
+//!
+//! Why long: the attempt's steps in order (work folder, scan, plan, the
+//! pipeline with its re-runs, dispatch, record, log) read best in one file.
 
 use std::collections::HashMap;
 use std::sync::Arc;

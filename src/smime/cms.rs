@@ -1,6 +1,9 @@
 //! CMS operations through OpenSSL: what a structure is, decrypting with a
 //! chosen key, encrypting to certificates, verifying signatures as of the
 //! signing time. Bytes, keys and certificates in; bytes and verdicts out.
+//!
+//! Why long: the whole and the streamed forms of decryption and
+//! encryption sit side by side, with verification and their tests.
 
 use openssl::cms::{CMSOptions, CmsContentInfo};
 use openssl::nid::Nid;

@@ -31,6 +31,7 @@ pub enum DaemonError {
 
 /// Runs the gateway with the configuration at `path` until SIGTERM/SIGINT.
 pub async fn serve(path: &Path) -> Result<(), DaemonError> {
+    crate::ossl::tune_allocator();
     let snapshot = Snapshot::load(path)?;
     let settings = Arc::clone(&snapshot.settings);
     for id in &snapshot.keys.identities {

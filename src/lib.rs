@@ -5,6 +5,7 @@
 //! together around one `snapshot` of settings and keys; `ops` holds the
 //! operator commands. docs/architecture.md has the map.
 
+pub mod blob;
 pub mod config;
 pub mod daemon;
 pub mod delivery;

@@ -1,12 +1,15 @@
 //! The few OpenSSL calls the `openssl` crate does not wrap, in one place:
 //! RSASSA-PSS signatures on certificates and CRLs, CRL building,
-//! multi-valued RDNs, RSA-OAEP recipients in CMS, and the signers of a
-//! verified CMS structure. Every `unsafe` block of the project is here.
+//! multi-valued RDNs, RSA-OAEP recipients in CMS, the signers of a
+//! verified CMS structure, CMS decryption and encryption streamed through
+//! a Rust reader and writer, and giving freed heap back to the system.
+//! Every `unsafe` block of the project is here.
 //!
 //! Why one long file: keeping all foreign calls together keeps every
 //! `unsafe` block in one place to review.
 
 use std::ffi::CString;
+use std::io::{Read, Write};
 use std::ptr;
 
 use foreign_types::{ForeignType, ForeignTypeRef};
@@ -81,7 +84,21 @@ extern "C" {
         lastpos: c_int,
         typ: c_int,
     ) -> *mut c_void;
+    fn CMS_decrypt_set1_pkey(
+        cms: *mut sys::CMS_ContentInfo,
+        pk: *mut sys::EVP_PKEY,
+        cert: *mut sys::X509,
+    ) -> c_int;
+    fn CMS_dataInit(cms: *mut sys::CMS_ContentInfo, icont: *mut sys::BIO) -> *mut sys::BIO;
+    fn BIO_new_CMS(out: *mut sys::BIO, cms: *mut sys::CMS_ContentInfo) -> *mut sys::BIO;
+    fn BIO_pop(b: *mut sys::BIO) -> *mut sys::BIO;
+    fn BIO_free(b: *mut sys::BIO) -> c_int;
 }
+
+const BIO_CTRL_RESET: c_int = 1;
+const BIO_C_GET_CIPHER_STATUS: c_int = 113;
+/// Chunks passed between OpenSSL and Rust readers and writers.
+const STREAM_CHUNK: usize = 64 * 1024;
 
 const CMS_RECIPINFO_TRANS: c_int = 0;
 const V_ASN1_UTCTIME: c_int = 23;
@@ -288,6 +305,197 @@ pub fn encrypt_oaep(
         sys::BIO_free_all(bio);
         check(ok)?;
         Ok(cms)
+    }
+}
+
+/// Why a streamed CMS operation failed: OpenSSL, or the reader or writer
+/// the caller gave.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("{0}")]
+    Ssl(#[from] ErrorStack),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Writes what a memory BIO holds to `out` and empties it.
+///
+/// # Safety
+/// `mem` is a valid, writable memory BIO.
+unsafe fn drain(mem: *mut sys::BIO, out: &mut dyn Write) -> Result<(), StreamError> {
+    // SAFETY: the caller passes a valid memory BIO; the pointer and length
+    // it reports stay valid until the BIO is written or reset, which
+    // happens only after the bytes are copied out.
+    unsafe {
+        let mut data: *mut libc::c_char = ptr::null_mut();
+        let len = sys::BIO_get_mem_data(mem, &mut data);
+        if len > 0 && !data.is_null() {
+            out.write_all(std::slice::from_raw_parts(data as *const u8, len as usize))?;
+            sys::BIO_ctrl(mem, BIO_CTRL_RESET, 0, ptr::null_mut());
+        }
+        Ok(())
+    }
+}
+
+/// Decrypts the enveloped (or authEnveloped) `cms` with `key`, whose
+/// certificate `cert` is a recipient, writing the content to `out` as it
+/// is decrypted. An error (a wrong key, bad padding, an AES-GCM tag that
+/// does not verify) can come after some of it was written: the caller
+/// throws away what `out` got.
+pub fn decrypt_to(
+    cms: &CmsContentInfoRef,
+    key: &PKeyRef<Private>,
+    cert: &X509Ref,
+    out: &mut dyn Write,
+) -> Result<(), StreamError> {
+    // SAFETY: the key and certificate are only read; the BIO chain from
+    // CMS_dataInit reads the content held by `cms` (which outlives it) and
+    // is freed here on every path; `buf` outlives each BIO_read into it.
+    unsafe {
+        check(CMS_decrypt_set1_pkey(
+            cms.as_ptr(),
+            key.as_ptr(),
+            cert.as_ptr(),
+        ))?;
+        let bio = check_ptr(CMS_dataInit(cms.as_ptr(), ptr::null_mut()))?;
+        let result = (|| -> Result<(), StreamError> {
+            let mut buf = vec![0u8; STREAM_CHUNK];
+            loop {
+                let n = sys::BIO_read(bio, buf.as_mut_ptr() as *mut c_void, buf.len() as c_int);
+                if n > 0 {
+                    out.write_all(&buf[..n as usize])?;
+                    continue;
+                }
+                // The top of the chain is the cipher BIO: its status says
+                // whether the last block (padding, GCM tag) was right.
+                if n < 0 || sys::BIO_ctrl(bio, BIO_C_GET_CIPHER_STATUS, 0, ptr::null_mut()) <= 0 {
+                    return Err(StreamError::Ssl(ErrorStack::get()));
+                }
+                return Ok(());
+            }
+        })();
+        sys::BIO_free_all(bio);
+        result
+    }
+}
+
+/// Envelopes what `input` holds for `recipients` with `cipher` (RSA-OAEP
+/// with SHA-256 key transport when `oaep`, else PKCS#1 v1.5), writing the
+/// CMS structure to `out` as it is made: BER with indefinite lengths, as
+/// `openssl cms -stream` writes it. Memory use does not grow with the
+/// content.
+pub fn encrypt_stream(
+    recipients: &[X509],
+    cipher: Cipher,
+    oaep: bool,
+    input: &mut dyn Read,
+    out: &mut dyn Write,
+) -> Result<(), StreamError> {
+    let flags = (CMSOptions::BINARY | CMSOptions::PARTIAL | CMSOptions::STREAM).bits();
+    // SAFETY: as in `encrypt_oaep` for the structure and its recipients;
+    // the memory BIO and the streaming chain above it are freed here on
+    // every path (the chain first, then the memory BIO it wrote to);
+    // `buf` outlives each BIO_write from it.
+    unsafe {
+        let cms = check_ptr(sys::CMS_encrypt(
+            ptr::null_mut(),
+            ptr::null_mut(),
+            cipher.as_ptr(),
+            flags,
+        ))?;
+        let cms = CmsContentInfo::from_ptr(cms);
+        for cert in recipients {
+            let ri_flags = if oaep { sys::CMS_KEY_PARAM } else { 0 };
+            let ri = CMS_add1_recipient_cert(cms.as_ptr(), cert.as_ptr(), ri_flags);
+            if ri.is_null() {
+                return Err(ErrorStack::get().into());
+            }
+            if oaep {
+                let pctx = check_ptr(CMS_RecipientInfo_get0_pkey_ctx(ri))?;
+                check(sys::EVP_PKEY_CTX_set_rsa_padding(
+                    pctx,
+                    RSA_PKCS1_OAEP_PADDING,
+                ))?;
+                check(EVP_PKEY_CTX_set_rsa_oaep_md(
+                    pctx,
+                    MessageDigest::sha256().as_ptr(),
+                ))?;
+                check(sys::EVP_PKEY_CTX_set_rsa_mgf1_md(
+                    pctx,
+                    MessageDigest::sha256().as_ptr(),
+                ))?;
+            }
+        }
+        let mem = check_ptr(sys::BIO_new(sys::BIO_s_mem()))?;
+        let chain = BIO_new_CMS(mem, cms.as_ptr());
+        if chain.is_null() {
+            BIO_free(mem);
+            return Err(ErrorStack::get().into());
+        }
+        let result = (|| -> Result<(), StreamError> {
+            let mut buf = vec![0u8; STREAM_CHUNK];
+            loop {
+                let n = input.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                if sys::BIO_write(chain, buf.as_ptr() as *const c_void, n as c_int) != n as c_int {
+                    return Err(ErrorStack::get().into());
+                }
+                drain(mem, out)?;
+            }
+            if sys::BIO_ctrl(chain, sys::BIO_CTRL_FLUSH, 0, ptr::null_mut()) <= 0 {
+                return Err(ErrorStack::get().into());
+            }
+            drain(mem, out)
+        })();
+        let mut b = chain;
+        while !b.is_null() && b != mem {
+            let next = BIO_pop(b);
+            BIO_free(b);
+            b = next;
+        }
+        BIO_free(mem);
+        result
+    }
+}
+
+/// `file` mapped read-only. The caller must be the only writer of the
+/// file and must not change it while the map lives (a work file: created
+/// by the daemon, private, written completely before it is mapped).
+pub fn map_file(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: mapping is undefined behaviour only if the file changes
+    // underneath; the caller guarantees nobody writes it any more.
+    unsafe { memmap2::Mmap::map(file) }
+}
+
+/// Allocations from this size on get their own memory map, given back to
+/// the system when freed.
+const MMAP_THRESHOLD: c_int = 4 * 1024 * 1024;
+
+/// Makes glibc's allocator give large buffers back when they are freed.
+/// By default it raises its map threshold to the largest buffer freed so
+/// far (up to 32 MiB), after which the buffers of a large message stay in
+/// the heap, fragmented, at the daemon's peak; a fixed threshold keeps the
+/// buffers of large messages (which are at least this size) out of it.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called once at
+    // start, before the worker threads allocate.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
+/// Gives the heap memory freed since the last call back to the system
+/// (glibc keeps it otherwise, so a burst of large messages would leave the
+/// daemon's resident size at its peak).
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns unused heap pages; it is safe to
+    // call at any time from any thread.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -745,6 +745,10 @@ pub struct QueueSettings {
     /// Octets of messages in the pipeline and delivery at once.
     #[serde(default = "defaults::memory_budget")]
     pub memory_budget: u64,
+    /// Messages of at least this many octets are transformed through
+    /// files in the spool's work folder instead of memory.
+    #[serde(default = "defaults::stream_threshold")]
+    pub stream_threshold: u64,
     #[serde(default = "defaults::scan_interval", with = "duration")]
     pub scan_interval: Duration,
 }
@@ -756,6 +760,7 @@ impl Default for QueueSettings {
             max_lifetime: defaults::max_lifetime(),
             max_deliveries: defaults::max_deliveries(),
             memory_budget: defaults::memory_budget(),
+            stream_threshold: defaults::stream_threshold(),
             scan_interval: defaults::scan_interval(),
         }
     }
@@ -908,6 +913,9 @@ mod defaults {
     }
     pub fn memory_budget() -> u64 {
         256 * 1024 * 1024
+    }
+    pub fn stream_threshold() -> u64 {
+        4 * 1024 * 1024
     }
     pub fn ipv6_prefix() -> u8 {
         64

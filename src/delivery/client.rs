@@ -16,6 +16,9 @@ use lettre::transport::smtp::Error as SmtpError;
 use crate::config::{validate::parse_host_port, RelaySettings, RelayTls};
 use crate::mail::address::smtp_path;
 
+/// Octets of the message handed to the connection at a time.
+const DATA_PIECE: usize = 256 * 1024;
+
 /// What happened to one recipient in one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RcptOutcome {
@@ -264,8 +267,10 @@ async fn transact(
     // lettre ends the data with CRLF "." CRLF of its own, so the CRLF that
     // ends the message's last line is left to it: the bytes arrive as kept.
     let body = out.body.strip_suffix(b"\r\n").unwrap_or(out.body);
+    // Handed over in pieces, so lettre's dot-stuffed copy is one piece
+    // at a time, not the whole message.
     let data_result = match conn.command("DATA\r\n").await {
-        Ok(_) => conn.message(body).await,
+        Ok(_) => conn.message_iter(body.chunks(DATA_PIECE)).await,
         Err(e) => Err(e),
     };
     let for_accepted = match &data_result {

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use crate::config::{Deliver, Encryption, RuleSettings, Settings};
 use crate::mail::address::domain_of;
 use crate::policy::{self, Decision, Origin, Signers};
-use crate::smime::mime::{self, Shape};
+use crate::smime::mime::Shape;
 use crate::snapshot::{Live, Snapshot};
 use crate::spool::Envelope;
 
@@ -142,21 +142,23 @@ pub async fn decide(
 /// treatment.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub shape: Shape,
+    /// Shared by the runs of the pipeline (it may hold a large CMS).
+    pub shape: std::sync::Arc<Shape>,
     pub recipients: Vec<(String, Treatment)>,
 }
 
-/// Decides every pending recipient of a message.
+/// Decides every pending recipient of a message whose shape (read by
+/// `smime::mime::shape`) is `shape`.
 pub async fn plan(
     snapshot: &Snapshot,
     live: &Live,
     envelope: &Envelope,
     body: &[u8],
+    shape: Shape,
     pending: Vec<String>,
     at: i64,
 ) -> Plan {
     let origin = origin(envelope, body);
-    let shape = mime::shape(body);
     let encrypted = arrived_encrypted(&shape);
     let revoked = live.revoked.current();
     let mut recipients = Vec::with_capacity(pending.len());
@@ -164,7 +166,10 @@ pub async fn plan(
         let t = decide(snapshot, live, &revoked, &origin, &rcpt, encrypted, at).await;
         recipients.push((rcpt, t));
     }
-    Plan { shape, recipients }
+    Plan {
+        shape: std::sync::Arc::new(shape),
+        recipients,
+    }
 }
 
 #[cfg(test)]

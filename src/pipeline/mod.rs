@@ -20,13 +20,14 @@ pub mod unwrap;
 pub mod wrap;
 
 use std::borrow::Cow;
-
 use std::collections::HashMap;
+use std::ops::Deref;
 
 use openssl::x509::X509;
 
 pub use decide::{Plan, Treatment};
 
+use crate::blob::{Blob, Spill};
 use crate::config::Settings;
 use crate::metrics::Event;
 use crate::pki::signer::SignerRevocation;
@@ -49,13 +50,71 @@ pub struct Context<'a> {
     /// LDAP was asked already for the certificates of this message's
     /// signers (their answers are in `known`).
     pub ldap_asked: bool,
+    /// Where decrypted, rebuilt and encrypted copies are written: memory
+    /// for small messages, the message's work folder for large ones (the
+    /// queue decides by size).
+    pub spill: &'a dyn Spill,
+    /// What `smime::scan` found in the message, when the caller scanned
+    /// it already (else the pipeline scans it when it needs to).
+    pub seen: Option<crate::smime::scan::Seen>,
+}
+
+/// The bytes of an outgoing copy: the spooled message itself, or a copy
+/// made for it (in memory, or a mapped work file).
+#[derive(Debug, Clone)]
+pub enum Body<'a> {
+    Borrowed(&'a [u8]),
+    Made(Blob),
+}
+
+impl Deref for Body<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Body::Borrowed(b) => b,
+            Body::Made(b) => b,
+        }
+    }
+}
+
+impl PartialEq for Body<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Body<'_> {}
+
+impl<'a> From<Cow<'a, [u8]>> for Body<'a> {
+    fn from(c: Cow<'a, [u8]>) -> Self {
+        match c {
+            Cow::Borrowed(b) => Body::Borrowed(b),
+            Cow::Owned(v) => Body::Made(Blob::from(v)),
+        }
+    }
+}
+
+impl From<Blob> for Body<'_> {
+    fn from(b: Blob) -> Self {
+        Body::Made(b)
+    }
+}
+
+impl Body<'_> {
+    /// The same bytes, owning them (to leave a blocking task).
+    pub fn into_owned(self) -> Body<'static> {
+        match self {
+            Body::Borrowed(b) => Body::Made(Blob::from(b.to_vec())),
+            Body::Made(b) => Body::Made(b),
+        }
+    }
 }
 
 /// One outgoing copy and the recipients it is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Copy<'a> {
     pub rcpts: Vec<String>,
-    pub body: Cow<'a, [u8]>,
+    pub body: Body<'a>,
     /// What was done, for the log (`None`: passed through).
     pub note: Option<String>,
 }
@@ -122,7 +181,7 @@ impl Action<'_> {
         match self {
             Action::Deliver(c) => Action::Deliver(Copy {
                 rcpts: c.rcpts,
-                body: Cow::Owned(c.body.into_owned()),
+                body: c.body.into_owned(),
                 note: c.note,
             }),
             Action::Quarantine { rcpts, reason } => Action::Quarantine { rcpts, reason },
@@ -147,7 +206,8 @@ pub struct Actions<'a> {
 
 impl<'a> Actions<'a> {
     /// `rcpt` gets `bytes` (joining a copy with the same bytes).
-    pub fn deliver(&mut self, rcpt: String, bytes: Cow<'a, [u8]>, note: Option<String>) {
+    pub fn deliver(&mut self, rcpt: String, bytes: impl Into<Body<'a>>, note: Option<String>) {
+        let bytes = bytes.into();
         for a in self.list.iter_mut() {
             if let Action::Deliver(c) = a {
                 if c.body == bytes {
@@ -221,17 +281,18 @@ impl<'a> Actions<'a> {
     }
 }
 
-/// The actions for a message whose pending recipients `plan` decided.
+/// The actions for a message whose pending recipients `plan` decided
+/// (taken, so that the CMS its shape may hold is let go once used).
 pub fn process<'a>(
     envelope: &Envelope,
     body: &'a [u8],
-    plan: &Plan,
+    plan: Plan,
     ctx: &Context<'_>,
 ) -> Vec<Action<'a>> {
     let mut out = Actions::default();
     let mut mailboxes = Vec::new();
     let mut outbound = Vec::new();
-    for (rcpt, treatment) in &plan.recipients {
+    for (rcpt, treatment) in plan.recipients.iter() {
         match treatment {
             Treatment::Mailbox {
                 deliver,
@@ -245,8 +306,8 @@ pub fn process<'a>(
             Treatment::Unchanged(_) => out.deliver(rcpt.clone(), Cow::Borrowed(body), None),
         }
     }
-    wrap::outbound(outbound, body, ctx, &mut out);
-    unwrap::mailboxes(envelope, mailboxes, body, &plan.shape, ctx, &mut out);
+    wrap::outbound(outbound, body, &plan.shape, ctx, &mut out);
+    unwrap::mailboxes(envelope, mailboxes, body, plan.shape, ctx, &mut out);
     out.into_vec()
 }
 
@@ -257,9 +318,9 @@ mod tests {
     #[test]
     fn recipients_with_the_same_bytes_or_reason_share_one_action() {
         let mut a = Actions::default();
-        a.deliver("a@x".into(), Cow::Borrowed(b"same"), None);
+        a.deliver("a@x".into(), Cow::Borrowed(&b"same"[..]), None);
         a.deliver("b@x".into(), Cow::Owned(b"same".to_vec()), None);
-        a.deliver("c@x".into(), Cow::Borrowed(b"other"), None);
+        a.deliver("c@x".into(), Cow::Borrowed(&b"other"[..]), None);
         a.fail("d@x".into(), "no certificate");
         a.fail("e@x".into(), "no certificate");
         a.defer("f@x".into(), "no certificate");

@@ -11,9 +11,12 @@
 //! nobody holds makes it ask LDAP for From's certificates the same way. Mail that cannot be opened is delivered
 //! unchanged with the reason, or quarantined; signer certificates of valid
 //! signatures are offered for harvesting.
+//!
+//! Why long: the mailbox actions, the verdicts and the harvest binding
+//! share the report they read; their tests are in `unwrap/tests.rs`.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::{efail, Action, Actions, Context, HarvestOffer};
 use crate::config::Revocation;
@@ -25,7 +28,7 @@ use crate::pki::directory::fingerprint;
 use crate::pki::oces;
 use crate::pki::signer::{self, Relation, SignerRevocation, Ties};
 use crate::smime::cms::Chain;
-use crate::smime::mime::Shape;
+use crate::smime::mime::{self, Shape};
 use crate::smime::scan::{self, Seen};
 use crate::smime::unwrap::{self, Report, Unwrapped, Verdict, Verifier};
 use crate::smime::{cms, header, SmimeError};
@@ -40,55 +43,94 @@ pub struct Mailbox {
 }
 
 /// The actions for internal mailboxes. The message is opened once per set
-/// of candidate keys, not once per recipient.
+/// of candidate keys, not once per recipient; the recipients are taken key
+/// set by key set, so one decrypted copy exists at a time however many
+/// key sets the message fans out to. The message's `shape` (which may hold
+/// its whole CMS) is let go once the first key set has opened it.
 pub fn mailboxes<'a>(
     envelope: &Envelope,
     mailboxes: Vec<Mailbox>,
     body: &'a [u8],
-    shape: &Shape,
+    shape: Arc<Shape>,
     ctx: &Context<'_>,
     out: &mut Actions<'a>,
 ) {
-    let mut opened: HashMap<Vec<usize>, Unwrapped> = HashMap::new();
-    let mut seen: Option<Seen> = None;
-    for Mailbox {
-        rcpt,
-        deliver: mode,
-        encryption,
-    } in mailboxes
+    // Which re-encrypting mailboxes it is encrypted to already: the CMS
+    // parsed once for all of them.
+    let already: Vec<bool> = {
+        let parsed = match &*shape {
+            Shape::Enveloped { cms: der }
+                if mailboxes.iter().any(|m| m.deliver == Deliver::Reencrypt) =>
+            {
+                cms::parse(der).ok()
+            }
+            _ => None,
+        };
+        mailboxes
+            .iter()
+            .map(|m| {
+                let target = ctx.keys.current_oces3(&m.rcpt, ctx.now);
+                match (&parsed, target, m.deliver) {
+                    (Some(c), Some(t), Deliver::Reencrypt) => crate::ossl::is_recipient(c, &t.cert),
+                    _ => false,
+                }
+            })
+            .collect()
+    };
+    let encrypted = matches!(&*shape, Shape::Enveloped { .. });
+    let mut shape = Some(shape);
+    let mut mailboxes: Vec<(Vec<usize>, bool, Mailbox)> = mailboxes
+        .into_iter()
+        .zip(already)
+        .map(|(m, already)| (ctx.keys.candidate_indices(&m.rcpt), already, m))
+        .collect();
+    mailboxes.sort_by(|a, b| a.0.cmp(&b.0));
+    // The message opened with the current key set.
+    let mut opened: Option<(Vec<usize>, Unwrapped)> = None;
+    let mut seen: Option<Seen> = ctx.seen;
+    for (
+        indices,
+        already,
+        Mailbox {
+            rcpt,
+            deliver: mode,
+            encryption,
+        },
+    ) in mailboxes
     {
         let target = ctx.keys.current_oces3(&rcpt, ctx.now);
 
-        if mode == Deliver::Reencrypt {
-            if let (Some(t), Shape::Enveloped { cms: der }) = (target, shape) {
-                let already = cms::parse(der)
-                    .map(|c| crate::ossl::is_recipient(&c, &t.cert))
-                    .unwrap_or(false);
-                if already {
-                    let value = format!(
-                        "passed; reason=\"already encrypted to the mailbox key\"; key={}",
-                        header::quote(&t.info.subject_cn)
-                    );
-                    let note =
-                        Some("already encrypted to the mailbox key: passed unchanged".into());
-                    out.deliver(rcpt, Cow::Owned(header::set(body, &value)), note);
-                    continue;
-                }
-            }
+        if let (true, Some(t)) = (already, target) {
+            let value = format!(
+                "passed; reason=\"already encrypted to the mailbox key\"; key={}",
+                header::quote(&t.info.subject_cn)
+            );
+            let note = Some("already encrypted to the mailbox key: passed unchanged".into());
+            deliver_traced(out, rcpt, ctx, body, &value, note);
+            continue;
         }
 
-        let indices = ctx.keys.candidate_indices(&rcpt);
-        let first = !opened.contains_key(&indices);
-        let result = opened.entry(indices.clone()).or_insert_with(|| {
+        let first = opened.as_ref().is_none_or(|(k, _)| *k != indices);
+        if first {
+            // The previous key set's copy is dropped before this one is made.
+            drop(opened.take());
             let keys: Vec<_> = indices.iter().map(|&i| &ctx.keys.identities[i]).collect();
             let verifier = Verifier {
                 anchors: &ctx.keys.anchors,
                 known: ctx.known,
             };
-            let mut result = unwrap::unwrap_with(body, &keys, verifier, ctx.now);
+            // The shape read for the plan serves the first opening; later
+            // key sets read the message again (rare: keys per mailbox).
+            let known = shape.take();
+            let mut result =
+                unwrap::unwrap_into(body, known.as_deref(), &keys, verifier, ctx.now, ctx.spill);
+            drop(known);
             judge(&mut result, body, ctx);
-            result
-        });
+            opened = Some((indices, result));
+        }
+        let Some((_, result)) = opened.as_ref() else {
+            continue;
+        };
         if first {
             ask_revocation(result, ctx, out);
             ask_ldap(result, body, ctx, out);
@@ -116,22 +158,26 @@ pub fn mailboxes<'a>(
                     }
                 }
                 match (mode, target) {
-                    (Deliver::Plain, _) => {
-                        out.deliver(rcpt, Cow::Owned(header::set(message, &value)), note);
-                    }
+                    (Deliver::Plain, _) => deliver_traced(out, rcpt, ctx, message, &value, note),
                     (Deliver::Reencrypt, Some(t)) => {
-                        let inner = unwrap::content_entity(message);
-                        match cms::encrypt(&inner, std::slice::from_ref(&t.cert), encryption) {
-                            Ok(der) => {
-                                let value = format!(
-                                    "{value}; reencrypted-to={}",
-                                    header::quote(&t.info.subject_cn)
-                                );
-                                let wrapped = unwrap::enveloped_message(message, &der);
+                        let traced = format!(
+                            "{value}; reencrypted-to={}",
+                            header::quote(&t.info.subject_cn)
+                        );
+                        let certs = std::slice::from_ref(&t.cert);
+                        match unwrap::spill_enveloped(
+                            message,
+                            Some(&traced),
+                            certs,
+                            encryption,
+                            ctx.spill,
+                        ) {
+                            Ok(wrapped) => {
                                 let note = note
                                     .map(|n| format!("{n}; re-encrypted to {}", t.info.subject_cn));
-                                out.deliver(rcpt, Cow::Owned(header::set(&wrapped, &value)), note);
+                                out.deliver(rcpt, wrapped, note);
                             }
+                            Err(e @ SmimeError::Scratch(_)) => out.defer(rcpt, &e.to_string()),
                             Err(e) => {
                                 let value = format!(
                                     "not-reencrypted; reason={}",
@@ -140,7 +186,7 @@ pub fn mailboxes<'a>(
                                 let note = Some(format!(
                                     "re-encryption failed ({e}): delivered unchanged"
                                 ));
-                                out.deliver(rcpt, Cow::Owned(header::set(body, &value)), note);
+                                deliver_traced(out, rcpt, ctx, body, &value, note);
                             }
                         }
                     }
@@ -149,24 +195,24 @@ pub fn mailboxes<'a>(
                             "not-reencrypted; reason=\"no valid OCES3 key for this mailbox\"";
                         let note =
                             Some("no valid OCES3 key to re-encrypt to: delivered unchanged".into());
-                        out.deliver(rcpt, Cow::Owned(header::set(body, value)), note);
+                        deliver_traced(out, rcpt, ctx, body, value, note);
                     }
                 }
             }
             Unwrapped::Unchanged { report } => match report.header_value() {
-                Some(v) => out.deliver(
-                    rcpt,
-                    Cow::Owned(header::set(body, &v)),
-                    Some(note_for(report)),
-                ),
+                Some(v) => deliver_traced(out, rcpt, ctx, body, &v, Some(note_for(report))),
                 None if header::present(body) => {
                     out.deliver(rcpt, Cow::Owned(header::strip(body)), None)
                 }
                 None => out.deliver(rcpt, Cow::Borrowed(body), None),
             },
+            Unwrapped::Failed {
+                error: error @ SmimeError::Scratch(_),
+                ..
+            } => out.defer(rcpt, &error.to_string()),
             Unwrapped::Failed { error, report } => {
-                let not_allowed = matches!(error, SmimeError::NoKey(_))
-                    .then(|| held_but_not_allowed(shape, ctx, &rcpt))
+                let not_allowed = (encrypted && matches!(error, SmimeError::NoKey(_)))
+                    .then(|| held_but_not_allowed(&mime::shape(body), ctx, &rcpt))
                     .flatten();
                 if let Some(cn) = not_allowed {
                     // The organisation holds the key, but it is not one
@@ -176,7 +222,7 @@ pub fn mailboxes<'a>(
                     );
                     let value = report.failure_value(&reason);
                     let note = Some(format!("not decrypted: {reason}"));
-                    out.deliver(rcpt, Cow::Owned(header::set(body, &value)), note);
+                    deliver_traced(out, rcpt, ctx, body, &value, note);
                     continue;
                 }
                 let reason = error.to_string();
@@ -187,10 +233,29 @@ pub fn mailboxes<'a>(
                 } else {
                     let value = report.failure_value(&reason);
                     let note = Some(format!("undecryptable: {reason}"));
-                    out.deliver(rcpt, Cow::Owned(header::set(body, &value)), note);
+                    deliver_traced(out, rcpt, ctx, body, &value, note);
                 }
             }
         }
+    }
+}
+
+/// `rcpt` gets `message` with the trace header `value`, written to the
+/// spill; when the spill fails (a full disk), it is tried again later.
+fn deliver_traced<'a>(
+    out: &mut Actions<'a>,
+    rcpt: String,
+    ctx: &Context<'_>,
+    message: &[u8],
+    value: &str,
+    note: Option<String>,
+) {
+    match ctx
+        .spill
+        .spill(&mut |w| header::write_set(message, value, w))
+    {
+        Ok(traced) => out.deliver(rcpt, traced, note),
+        Err(e) => out.defer(rcpt, &SmimeError::Scratch(e.to_string()).to_string()),
     }
 }
 

@@ -9,6 +9,7 @@ use crate::metrics::Event;
 use crate::pki::directory::fingerprint;
 use crate::pki::oces::{self, Generation};
 use crate::policy::{Decision, Outcome};
+use crate::smime::mime::Shape;
 use crate::smime::sign;
 
 /// External recipients: what the rules decided, grouped so that
@@ -16,6 +17,7 @@ use crate::smime::sign;
 pub fn outbound<'a>(
     rcpts: Vec<(String, &Decision)>,
     body: &'a [u8],
+    shape: &Shape,
     ctx: &Context<'_>,
     out: &mut Actions<'a>,
 ) {
@@ -58,7 +60,14 @@ pub fn outbound<'a>(
             continue;
         };
         let signer = sign_with.map(|i| (&ctx.keys.identities[i], ctx.settings.policy.signature));
-        match sign::protect(body, signer, encrypt_to, *encryption) {
+        match sign::protect_into(
+            body,
+            Some(shape),
+            signer,
+            encrypt_to,
+            *encryption,
+            ctx.spill,
+        ) {
             Ok(bytes) => {
                 if let Some((id, _)) = signer {
                     out.push(Action::Observed(Event::Signed(
@@ -76,7 +85,7 @@ pub fn outbound<'a>(
                 }
                 out.push(Action::Deliver(Copy {
                     rcpts,
-                    body: Cow::Owned(bytes),
+                    body: bytes.into(),
                     note: Some(decision.summary()),
                 }))
             }

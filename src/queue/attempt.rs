@@ -4,6 +4,9 @@
 //! what happened. A crash at any point leaves the message in the spool
 //! with every recipient a next hop accepted marked delivered, or sends a
 //! copy twice; it never loses one.
+//!
+//! Why long: the attempt's steps in order (work folder, scan, plan, the
+//! pipeline with its re-runs, dispatch, record, log) read best in one file.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,13 +20,15 @@ use super::budget::Budget;
 use super::dispatch::{carry_out, Sending};
 use super::record::{self, Logged};
 use super::{blocking, bounce, now_secs, returned, QueueError};
+use crate::blob::{InMemory, Spill};
 use crate::journal::{self, Journal, Record};
 use crate::mail::headers;
 use crate::metrics;
 use crate::pipeline::{self, decide, Action, Plan, Treatment};
 use crate::pki::signer::{self, SignerRevocation};
 use crate::readiness;
-use crate::smime::scan;
+use crate::smime::mime;
+use crate::smime::scan::{self, Seen};
 use crate::snapshot::{Live, Snapshot};
 use crate::spool::dsn::Failure;
 use crate::spool::{SpoolError, Spooled, Store};
@@ -51,6 +56,29 @@ pub async fn attempt(
         Err(end) => return end,
     };
     let size = msg.body.len() as u64;
+    let outcome = attempt_loaded(id, &mut msg, live, store, notify, budget, journal).await;
+    drop(msg);
+    // A large message's heap is given back once nothing else runs.
+    if size >= RELEASE_AFTER && budget.idle() {
+        let _ = tokio::task::spawn_blocking(crate::ossl::release_free_memory).await;
+    }
+    outcome
+}
+
+/// Messages from this size on give their freed heap back to the system
+/// when the queue falls idle after them.
+const RELEASE_AFTER: u64 = 1024 * 1024;
+
+async fn attempt_loaded(
+    id: &str,
+    msg: &mut Spooled,
+    live: &Arc<Live>,
+    store: &Arc<Store>,
+    notify: &mpsc::UnboundedSender<String>,
+    budget: &Budget,
+    journal: &Journal,
+) -> JobEnd {
+    let size = msg.body.len() as u64;
     if budget.would_wait(size) {
         info!(event = "budget-wait", queue_id = %id, size,
               "waiting for the memory budget (queue.memory_budget)");
@@ -62,6 +90,29 @@ pub async fn attempt(
     let settings = &snapshot.settings;
     let message_id = headers::message_id(&msg.body);
     let now = now_secs();
+    // A large message is transformed through its work folder (removed
+    // when the attempt ends), a small one in memory.
+    let large = size >= settings.queue.stream_threshold;
+    let work = if large {
+        let (s, i) = (Arc::clone(store), id.to_string());
+        match blocking(move || s.work(&i)).await {
+            Ok(w) => {
+                info!(event = "streamed", queue_id = %id, size,
+                      "large message: transformed through its work folder");
+                Some(Arc::new(w))
+            }
+            Err(e) => {
+                error!(queue_id = %id, error = %e, "cannot make the work folder; will retry");
+                return JobEnd::Retry(now_secs() + 60);
+            }
+        }
+    } else {
+        None
+    };
+    let spill: Arc<dyn Spill> = match &work {
+        Some(w) => Arc::clone(w) as Arc<dyn Spill>,
+        None => Arc::new(InMemory),
+    };
 
     // Mail to the gateway's own return path is taken here, never delivered.
     let (returns, pending): (Vec<String>, Vec<String>) = msg
@@ -72,13 +123,27 @@ pub async fn attempt(
     let mut attempted = if returns.is_empty() {
         Vec::new()
     } else {
-        returned::take(settings, store, notify, &msg, &returns).await
+        returned::take(settings, store, notify, msg, &returns).await
+    };
+    // S/MIME mail (encrypted anywhere inside, opened or not): what becomes
+    // of it inside must not be observable outside. The scan and the
+    // message's shape come from one parse, before anything else: the
+    // pipeline's EFAIL defence uses the same answer.
+    let body = Arc::clone(&msg.body);
+    let (seen, shape) = match tokio::task::spawn_blocking(move || scan::scan_and_shape(&body)).await
+    {
+        Ok(found) => found,
+        Err(e) => {
+            error!(queue_id = %id, error = %e, "message processing failed; will retry");
+            return JobEnd::Retry(now_secs() + 60);
+        }
     };
     let plan = decide::plan(
         &snapshot,
         live,
         &msg.envelope,
         &msg.body,
+        shape,
         pending,
         now as i64,
     )
@@ -95,32 +160,27 @@ pub async fn attempt(
             _ => None,
         })
         .collect();
-    // S/MIME mail (encrypted anywhere inside, opened or not): what becomes
-    // of it inside must not be observable outside.
-    let body = Arc::clone(&msg.body);
-    let (seen, actions) = tokio::join!(
-        tokio::task::spawn_blocking(move || scan::scan(&body)),
-        inbound_pipeline(&msg, &snapshot, live, plan)
-    );
-    let (seen, actions) = match (seen, actions) {
-        (Ok(seen), Ok(actions)) => (seen, actions),
-        (Err(e), _) | (_, Err(e)) => {
+    let actions = match inbound_pipeline(msg, &snapshot, live, plan, &Given { spill, seen }).await {
+        Ok(actions) => actions,
+        Err(e) => {
             error!(queue_id = %id, error = %e, "message processing failed; will retry");
             return JobEnd::Retry(now_secs() + 60);
         }
     };
     let smime = seen.encrypted;
-    journal_keys(journal, &msg, &actions, now_secs() as i64);
+    journal_keys(journal, msg, &actions, now_secs() as i64);
 
-    for action in &actions {
+    // Each copy is let go once handed on.
+    for action in actions {
         let sending = Sending {
-            msg: &msg,
+            msg,
             snapshot: &snapshot,
             message_id: &message_id,
             smime,
         };
-        carry_out(action, &sending, store, &mut attempted).await;
+        carry_out(&action, &sending, store, &mut attempted).await;
     }
+    drop(work);
 
     let now = now_secs();
     let recorded = record::apply(
@@ -131,7 +191,7 @@ pub async fn attempt(
         settings.queue.max_lifetime,
     );
     let bounced = !recorded.failures.is_empty()
-        && bounce::send(settings, store, notify, &msg, smime, &recorded.failures).await;
+        && bounce::send(settings, store, notify, msg, smime, &recorded.failures).await;
     if bounced {
         record::bounced(&mut msg.state, &recorded.failures);
     }
@@ -165,7 +225,7 @@ pub async fn attempt(
     // Only now, with the outcome on disk, does the log say what happened;
     // an outcome that could not be recorded is logged as such.
     if on_disk {
-        log_outcomes(&msg, &message_id, &recorded.logged);
+        log_outcomes(msg, &message_id, &recorded.logged);
     } else {
         for l in &recorded.logged {
             error!(event = "unrecorded", queue_id = %msg.id, outcome = ?l,
@@ -174,7 +234,7 @@ pub async fn attempt(
     }
     // The bounce itself is queued (durable) either way.
     if bounced {
-        log_bounced(&msg, &message_id, &recorded.failures);
+        log_bounced(msg, &message_id, &recorded.failures);
     }
     let sent_unsigned: Vec<(String, String)> = unsigned
         .into_iter()
@@ -186,7 +246,7 @@ pub async fn attempt(
         })
         .collect();
     if !sent_unsigned.is_empty() {
-        bounce::tell_unsigned(settings, store, notify, &msg, &sent_unsigned).await;
+        bounce::tell_unsigned(settings, store, notify, msg, &sent_unsigned).await;
     }
     end
 }
@@ -295,6 +355,7 @@ async fn inbound_pipeline(
     snapshot: &Arc<Snapshot>,
     live: &Arc<Live>,
     plan: Plan,
+    given: &Given,
 ) -> Result<Vec<Action<'static>>, tokio::task::JoinError> {
     let has_mailboxes = plan
         .recipients
@@ -307,13 +368,17 @@ async fn inbound_pipeline(
     };
     let mut ldap_asked = false;
     let answers = live.signers.known(now_secs() as i64);
+    // The first run takes the plan (its shape may hold the whole CMS, let
+    // go once opened); a second run reads the shape again.
+    let recipients = plan.recipients.clone();
     let mut actions = run_pipeline(
         msg,
         snapshot,
-        plan.clone(),
+        plan,
         &Arc::new(known.clone()),
         answers,
         ldap_asked,
+        given,
     )
     .await?;
     for _ in 0..2 {
@@ -355,17 +420,31 @@ async fn inbound_pipeline(
             .await?;
         }
         let answers = live.signers.known(now_secs() as i64);
+        let body = Arc::clone(&msg.body);
+        let shape = tokio::task::spawn_blocking(move || mime::shape(&body)).await?;
+        let plan = Plan {
+            shape: Arc::new(shape),
+            recipients: recipients.clone(),
+        };
         actions = run_pipeline(
             msg,
             snapshot,
-            plan.clone(),
+            plan,
             &Arc::new(known.clone()),
             answers,
             ldap_asked,
+            given,
         )
         .await?;
     }
     Ok(actions)
+}
+
+/// What every run of the pipeline for one attempt is given: where its
+/// products go, and what the scan found.
+struct Given {
+    spill: Arc<dyn Spill>,
+    seen: Seen,
 }
 
 /// Decryption, signing and encryption are CPU work: off the async threads.
@@ -376,12 +455,15 @@ async fn run_pipeline(
     known: &Arc<Vec<X509>>,
     answers: HashMap<String, SignerRevocation>,
     ldap_asked: bool,
+    given: &Given,
 ) -> Result<Vec<Action<'static>>, tokio::task::JoinError> {
-    let (envelope, body, snapshot, known) = (
+    let (envelope, body, snapshot, known, spill, seen) = (
         msg.envelope.clone(),
         Arc::clone(&msg.body),
         Arc::clone(snapshot),
         Arc::clone(known),
+        Arc::clone(&given.spill),
+        given.seen,
     );
     tokio::task::spawn_blocking(move || {
         let ctx = pipeline::Context {
@@ -391,8 +473,10 @@ async fn run_pipeline(
             known: &known,
             signer_revocation: &answers,
             ldap_asked,
+            spill: &*spill,
+            seen: Some(seen),
         };
-        pipeline::process(&envelope, &body, &plan, &ctx)
+        pipeline::process(&envelope, &body, plan, &ctx)
             .into_iter()
             .map(Action::into_owned)
             .collect()

@@ -38,6 +38,11 @@ impl Budget {
         self.units.available_permits() < self.units_for(size) as usize
     }
 
+    /// True when no message holds any of the budget.
+    pub fn idle(&self) -> bool {
+        self.units.available_permits() >= self.total as usize
+    }
+
     /// Waits until a message of `size` octets fits; the budget is given
     /// back when the permit is dropped.
     pub async fn take(&self, size: u64) -> Option<OwnedSemaphorePermit> {
@@ -61,8 +66,10 @@ mod tests {
             1024,
             "capped at the whole budget"
         );
+        assert!(b.idle());
         let first = b.take(700 * 1024).await;
         assert!(first.is_some());
+        assert!(!b.idle());
         assert!(b.would_wait(700 * 1024), "the second large one waits");
         assert!(!b.would_wait(100 * 1024), "a small one still fits");
         drop(first);

@@ -120,7 +120,7 @@ async fn deliver(copy: &Copy<'static>, sending: &Sending<'_>, attempted: &mut Ve
         info!(event = "smime", queue_id = %msg.id, message_id = %message_id,
               recipients = %copy.rcpts.join(","), "{note}");
     }
-    let eight_bit = msg.envelope.eight_bit || copy.body.iter().any(|b| *b >= 0x80);
+    let eight_bit = msg.envelope.eight_bit || !copy.body.is_ascii();
     let own = settings.return_path(&msg.id);
     let mut by_hop: Vec<(&str, &str, Vec<String>)> = Vec::new();
     for rcpt in &copy.rcpts {

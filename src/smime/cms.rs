@@ -1,6 +1,9 @@
 //! CMS operations through OpenSSL: what a structure is, decrypting with a
 //! chosen key, encrypting to certificates, verifying signatures as of the
 //! signing time. Bytes, keys and certificates in; bytes and verdicts out.
+//!
+//! Why long: the whole and the streamed forms of decryption and
+//! encryption sit side by side, with verification and their tests.
 
 use openssl::cms::{CMSOptions, CmsContentInfo};
 use openssl::nid::Nid;
@@ -10,6 +13,7 @@ use openssl::symm::Cipher;
 use openssl::x509::{X509Ref, X509};
 
 use super::SmimeError;
+use crate::blob::{Blob, Spill};
 use crate::config::Encryption;
 use crate::ossl;
 use crate::pki::trust::store_at;
@@ -81,6 +85,50 @@ pub fn decrypt(
 ) -> Result<Vec<u8>, SmimeError> {
     cms.decrypt(key, cert)
         .map_err(|e| SmimeError::Decrypt(short(&e)))
+}
+
+/// Decrypts with `key` (whose certificate `cert` must be a recipient)
+/// into a blob of `spill`, the content streamed out as it is decrypted:
+/// nothing of it is kept when the last block or the AES-GCM tag fails.
+pub fn decrypt_into(
+    cms: &CmsContentInfo,
+    key: &PKeyRef<Private>,
+    cert: &X509,
+    spill: &dyn Spill,
+) -> Result<Blob, SmimeError> {
+    let mut failure = None;
+    let blob = spill.spill(&mut |w| match ossl::decrypt_to(cms, key, cert, w) {
+        Ok(()) => Ok(()),
+        Err(ossl::StreamError::Io(e)) => Err(e),
+        Err(ossl::StreamError::Ssl(e)) => {
+            failure = Some(short(&e));
+            Err(std::io::Error::other("decryption failed"))
+        }
+    });
+    match (blob, failure) {
+        (Ok(b), _) => Ok(b),
+        (Err(_), Some(why)) => Err(SmimeError::Decrypt(why)),
+        (Err(e), None) => Err(SmimeError::Scratch(e.to_string())),
+    }
+}
+
+/// Envelopes what `input` holds for `recipients`, writing the structure to
+/// `out` as it is made (BER, indefinite lengths): the content is never
+/// held whole.
+pub fn encrypt_into(
+    input: &mut dyn std::io::Read,
+    recipients: &[X509],
+    how: Encryption,
+    out: &mut dyn std::io::Write,
+) -> Result<(), SmimeError> {
+    let (cipher, oaep) = match how {
+        Encryption::Aes256Cbc => (Cipher::aes_256_cbc(), false),
+        Encryption::Aes256GcmOaep => (Cipher::aes_256_gcm(), true),
+    };
+    ossl::encrypt_stream(recipients, cipher, oaep, input, out).map_err(|e| match e {
+        ossl::StreamError::Ssl(e) => SmimeError::Encrypt(short(&e)),
+        ossl::StreamError::Io(e) => SmimeError::Scratch(e.to_string()),
+    })
 }
 
 /// Envelopes `data` for `recipients`.
@@ -439,5 +487,40 @@ mod tests {
         let v = verify(&bare, Some(b"z"), &anchors, &anchors, later);
         assert!(matches!(v.chain, Chain::Expired(_)), "{:?}", v.chain);
         assert_eq!(v.checked_at, later);
+    }
+
+    #[test]
+    fn streamed_encryption_opens_and_a_broken_tag_gives_nothing() {
+        use crate::blob::InMemory;
+        let id = testkit::identity(2048, "Stream Test").unwrap();
+        let content: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        for how in [Encryption::Aes256Cbc, Encryption::Aes256GcmOaep] {
+            let mut der = Vec::new();
+            encrypt_into(
+                &mut &content[..],
+                std::slice::from_ref(&id.cert),
+                how,
+                &mut der,
+            )
+            .unwrap();
+            let cms = parse(&der).unwrap();
+            let kind_seen = kind(&der);
+            let plain = decrypt_into(&cms, &id.key, &id.cert, &InMemory).unwrap();
+            assert_eq!(&*plain, &content[..], "{how:?}");
+            // The in-memory decryption agrees.
+            assert_eq!(decrypt(&cms, &id.key, &id.cert).unwrap(), content);
+            if how == Encryption::Aes256GcmOaep {
+                assert_eq!(kind_seen, Some(Kind::AuthEnveloped));
+                // One ciphertext octet changed: the tag fails, nothing comes out.
+                let mut bad = der.clone();
+                let at = bad.len() / 2;
+                bad[at] ^= 1;
+                let cms = parse(&bad).unwrap();
+                let err = decrypt_into(&cms, &id.key, &id.cert, &InMemory).unwrap_err();
+                assert!(matches!(err, SmimeError::Decrypt(_)), "{err:?}");
+            } else {
+                assert_eq!(kind_seen, Some(Kind::Enveloped));
+            }
+        }
     }
 }

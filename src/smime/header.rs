@@ -91,21 +91,31 @@ pub fn strip(message: &[u8]) -> Vec<u8> {
 
 /// `message` with its own `X-SMIME-Gateway: value` on top and none other.
 pub fn set(message: &[u8], value: &str) -> Vec<u8> {
-    let stripped = strip(message);
+    let mut out = Vec::with_capacity(message.len() + value.len() + 24);
+    // Writing to a vector cannot fail.
+    let _ = write_set(message, value, &mut out);
+    out
+}
+
+/// Writes `message` with its own `X-SMIME-Gateway: value` on top and none
+/// other to `w`, its body not copied.
+pub fn write_set(message: &[u8], value: &str, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let (headers, body) = mime::split(message);
+    let kept = mime::without(headers, |n| n == NAME_LOWER);
     // Lines folded onto nothing at the very start would become part of
     // the field put in front of them: a sender could extend what the
     // mailbox is told. They belong to no field; they are dropped.
-    let mut rest: &[u8] = &stripped;
+    let mut rest: &[u8] = &kept;
     while rest.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
         rest = match rest.iter().position(|b| *b == b'\n') {
             Some(i) => &rest[i + 1..],
             None => &[],
         };
     }
-    let mut out = Vec::with_capacity(rest.len() + value.len() + 24);
-    out.extend_from_slice(field(value).as_bytes());
-    out.extend_from_slice(rest);
-    out
+    w.write_all(field(value).as_bytes())?;
+    w.write_all(rest)?;
+    w.write_all(b"\r\n")?;
+    w.write_all(body)
 }
 
 /// True when `message` carries an `X-SMIME-Gateway` field.

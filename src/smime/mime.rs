@@ -120,6 +120,14 @@ pub fn shape(raw: &[u8]) -> Shape {
     shape_of(&msg, raw, 0, 0)
 }
 
+/// The shape of a message mail-parser has parsed already from `raw`.
+pub fn shape_parsed(msg: &Message<'_>, raw: &[u8]) -> Shape {
+    if msg.parts.is_empty() {
+        return Shape::Plain;
+    }
+    shape_of(msg, raw, 0, 0)
+}
+
 /// Most multiparts with a single part looked through.
 const MAX_WRAPPERS: usize = 16;
 
@@ -312,6 +320,79 @@ pub fn base64_lines(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A writer that base64-encodes what it is given into `inner`, in lines of
+/// 76 characters each ending in CRLF: the same bytes as
+/// [`base64_lines`] of everything written, without holding it.
+/// [`Base64Lines::finish`] writes the last line.
+pub struct Base64Lines<W: std::io::Write> {
+    inner: W,
+    /// Input not encoded yet (less than one line's 57 octets).
+    pending: Vec<u8>,
+}
+
+/// Octets that make one 76-character line.
+const LINE_OCTETS: usize = 57;
+
+impl<W: std::io::Write> Base64Lines<W> {
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            pending: Vec::with_capacity(LINE_OCTETS),
+        }
+    }
+
+    fn lines(&mut self, octets: &[u8]) -> std::io::Result<()> {
+        let mut out = Vec::with_capacity(octets.len() / LINE_OCTETS * 78 + 80);
+        let engine = &base64::engine::general_purpose::STANDARD;
+        let mut line = [0u8; 76];
+        for chunk in octets.chunks(LINE_OCTETS) {
+            let n = engine
+                .encode_slice(chunk, &mut line)
+                .map_err(std::io::Error::other)?;
+            out.extend_from_slice(&line[..n]);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.inner.write_all(&out)
+    }
+
+    /// Writes the last (short) line and gives the inner writer back.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        let rest = std::mem::take(&mut self.pending);
+        if !rest.is_empty() {
+            self.lines(&rest)?;
+        }
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Base64Lines<W> {
+    fn write(&mut self, mut buf: &[u8]) -> std::io::Result<usize> {
+        let taken = buf.len();
+        if !self.pending.is_empty() {
+            let need = LINE_OCTETS - self.pending.len();
+            let (head, tail) = buf.split_at(need.min(buf.len()));
+            self.pending.extend_from_slice(head);
+            buf = tail;
+            if self.pending.len() < LINE_OCTETS {
+                return Ok(taken);
+            }
+            let line = std::mem::take(&mut self.pending);
+            self.lines(&line)?;
+        }
+        let whole = buf.len() - buf.len() % LINE_OCTETS;
+        if whole > 0 {
+            self.lines(&buf[..whole])?;
+        }
+        self.pending.extend_from_slice(&buf[whole..]);
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// True when a header section looks like one (first line is a field).
 pub fn looks_like_headers(raw: &[u8]) -> bool {
     let first = raw.split(|b| *b == b'\n').next().unwrap_or(&[]);
@@ -324,6 +405,23 @@ pub fn looks_like_headers(raw: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streamed_base64_lines_are_the_same_bytes() {
+        use std::io::Write;
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for split in [0, 1, 56, 57, 58, 300, 999, 1000] {
+            let mut w = Base64Lines::new(Vec::new());
+            let mid = split.max(990);
+            w.write_all(&data[..split]).unwrap();
+            for b in &data[split..mid] {
+                w.write_all(std::slice::from_ref(b)).unwrap();
+            }
+            w.write_all(&data[mid..]).unwrap();
+            assert_eq!(w.finish().unwrap(), base64_lines(&data), "split at {split}");
+        }
+        assert!(Base64Lines::new(Vec::new()).finish().unwrap().is_empty());
+    }
 
     #[test]
     fn detached_signed_content_is_exact() {

@@ -1,6 +1,7 @@
 //! CMS and S/MIME entities: recognise, decrypt, verify, encrypt. Bytes,
 //! keys, certificates and a time in; bytes and reports out. No I/O, no
-//! clock.
+//! clock: large products go to the [`crate::blob::Spill`] the caller
+//! gives (memory, or its scratch files).
 
 pub mod cms;
 pub mod header;
@@ -24,6 +25,10 @@ pub enum SmimeError {
     Encrypt(String),
     #[error("signing failed: {0}")]
     Sign(String),
+    /// The scratch space for a large message failed (a full disk): a
+    /// temporary condition, never the message's fault.
+    #[error("cannot write the work file: {0}")]
+    Scratch(String),
     #[error("CMS structure refused before parsing: {0}")]
     TooComplex(#[from] limits::LimitError),
 }
@@ -35,6 +40,7 @@ impl SmimeError {
             SmimeError::NoKey(_) => "no-key",
             SmimeError::Corrupt(_) => "corrupt",
             SmimeError::TooComplex(_) => "too-complex",
+            SmimeError::Scratch(_) => "scratch",
             _ => "failed",
         }
     }

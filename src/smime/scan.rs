@@ -43,6 +43,18 @@ pub fn scan(raw: &[u8]) -> Seen {
     scan_at(raw, 0, &mut budget)
 }
 
+/// Scans the message in `raw` and reads its shape
+/// ([`super::mime::shape`]), from one parse.
+pub fn scan_and_shape(raw: &[u8]) -> (Seen, super::mime::Shape) {
+    let Some(msg) = MessageParser::default().parse(raw) else {
+        return (Seen::default(), super::mime::Shape::Plain);
+    };
+    let mut budget = MAX_PARTS;
+    let mut seen = Seen::default();
+    scan_message(&msg, 0, &mut budget, &mut seen);
+    (seen, super::mime::shape_parsed(&msg, raw))
+}
+
 fn scan_at(raw: &[u8], depth: usize, budget: &mut usize) -> Seen {
     let mut seen = Seen::default();
     if depth > MAX_DEPTH {
@@ -162,6 +174,22 @@ mod tests {
             .into_bytes();
         m.extend_from_slice(&base64_lines(der));
         m
+    }
+
+    #[test]
+    fn one_parse_gives_the_same_scan_and_shape() {
+        let id = crate::pki::testkit::identity(1024, "Scan Shape").unwrap();
+        let env = entity(
+            "application/pkcs7-mime; smime-type=enveloped-data",
+            &enveloped(&id, Cipher::aes_256_cbc()),
+        );
+        for raw in [&env[..], b"Subject: x\r\n\r\nplain\r\n", b""] {
+            let (seen, shape) = scan_and_shape(raw);
+            assert_eq!(seen, scan(raw));
+            assert_eq!(shape, crate::smime::mime::shape(raw));
+        }
+        // Positive control: the enveloped entity is seen and shaped as such.
+        assert!(scan_and_shape(&env).0.encrypted);
     }
 
     #[test]

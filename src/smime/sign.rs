@@ -4,14 +4,18 @@
 //! data for the recipients. The signed entity is made 7-bit safe first, so
 //! no later hop has to re-encode it and break the signature.
 
+use std::borrow::Cow;
+
 use mail_parser::{MessageParser, MimeHeaders, PartType};
 use openssl::x509::X509;
 
-use super::cms::{self, short};
+use super::cms::short;
 use super::mime::{self, Shape};
-use super::unwrap::{content_entity, enveloped_message};
+use super::unwrap::{content_parts, spill_enveloped};
 use super::SmimeError;
+use crate::blob::{write_all, Blob, InMemory, Spill};
 use crate::config::{Encryption, SignatureScheme};
+use crate::mail::lines;
 use crate::ossl;
 use crate::pki::Identity;
 
@@ -24,66 +28,125 @@ pub fn protect(
     recipients: &[X509],
     encryption: Encryption,
 ) -> Result<Vec<u8>, SmimeError> {
-    let message = mime::crlf(message);
-    let already_signed = matches!(
-        mime::shape(&message),
-        Shape::DetachedSigned { .. } | Shape::OpaqueSigned { .. }
-    );
-    let signed = match signer {
-        Some((id, scheme)) if !already_signed => sign(&message, id, scheme)?,
-        _ => message.into_owned(),
+    protect_into(message, None, signer, recipients, encryption, &InMemory).map(|b| b.to_vec())
+}
+
+/// As [`protect`], the steps' products written to `spill` (scratch files
+/// for a large message, where the encryption is streamed); `shape` is the
+/// message's shape when the caller read it already.
+pub fn protect_into(
+    message: &[u8],
+    shape: Option<&Shape>,
+    signer: Option<(&Identity, SignatureScheme)>,
+    recipients: &[X509],
+    encryption: Encryption,
+    spill: &dyn Spill,
+) -> Result<Blob, SmimeError> {
+    let scratch = |e: std::io::Error| SmimeError::Scratch(e.to_string());
+    let converted;
+    let message: &[u8] = if lines::is_crlf(message) {
+        message
+    } else {
+        converted = spill
+            .spill(&mut |w| lines::write_crlf(message, w))
+            .map_err(scratch)?;
+        &converted
+    };
+    let signed_shape =
+        |s: &Shape| matches!(s, Shape::DetachedSigned { .. } | Shape::OpaqueSigned { .. });
+    let already_signed = match shape {
+        Some(s) => signed_shape(s),
+        None => signed_shape(&mime::shape(message)),
+    };
+    let signed_blob;
+    let signed: &[u8] = match signer {
+        Some((id, scheme)) if !already_signed => {
+            signed_blob = sign_into(message, id, scheme, spill)?;
+            &signed_blob
+        }
+        _ => message,
     };
     if recipients.is_empty() {
-        return Ok(signed);
+        return spill.spill(&mut |w| w.write_all(signed)).map_err(scratch);
     }
-    let der = cms::encrypt(&content_entity(&signed), recipients, encryption)?;
-    Ok(enveloped_message(&signed, &der))
+    spill_enveloped(signed, None, recipients, encryption, spill)
 }
 
 /// `message` as a detached `multipart/signed` message signed by `id`.
 pub fn sign(message: &[u8], id: &Identity, scheme: SignatureScheme) -> Result<Vec<u8>, SmimeError> {
-    let entity = seven_bit(&content_entity(message));
+    sign_into(message, id, scheme, &InMemory).map(|b| b.to_vec())
+}
+
+/// As [`sign`], the entity and the signed message written to `spill`.
+fn sign_into(
+    message: &[u8],
+    id: &Identity,
+    scheme: SignatureScheme,
+    spill: &dyn Spill,
+) -> Result<Blob, SmimeError> {
+    let scratch = |e: std::io::Error| SmimeError::Scratch(e.to_string());
+    let (head, body) = content_parts(message);
+    let content = spill
+        .spill(&mut |w| write_all(w, &[&head, body]))
+        .map_err(scratch)?;
+    let entity = seven_bit(&content);
     let pss = scheme == SignatureScheme::Pss;
     let der = ossl::sign_detached(&id.cert, &id.key, &id.chain, &entity, pss)
         .map_err(|e| SmimeError::Sign(short(&e)))?;
 
     let boundary = format!("----=_smimegw_{}", uuid::Uuid::new_v4().simple());
     let (headers, _) = mime::split(message);
-    let mut out = mime::without(headers, mime::is_content_field);
-    out.extend_from_slice(
-        format!(
-            "MIME-Version: 1.0\r\n\
-             Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\";\r\n\
-             \tmicalg=sha-256; boundary=\"{boundary}\"\r\n\r\n\
-             This is an S/MIME signed message.\r\n\r\n--{boundary}\r\n"
-        )
-        .as_bytes(),
+    let outer = mime::without(headers, mime::is_content_field);
+    let top = format!(
+        "MIME-Version: 1.0\r\n\
+         Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\";\r\n\
+         \tmicalg=sha-256; boundary=\"{boundary}\"\r\n\r\n\
+         This is an S/MIME signed message.\r\n\r\n--{boundary}\r\n"
     );
-    out.extend_from_slice(&entity);
-    out.extend_from_slice(
-        format!(
-            "\r\n--{boundary}\r\n\
-             Content-Type: application/pkcs7-signature; name=\"smime.p7s\"\r\n\
-             Content-Transfer-Encoding: base64\r\n\
-             Content-Disposition: attachment; filename=\"smime.p7s\"\r\n\r\n"
-        )
-        .as_bytes(),
+    let signature = format!(
+        "\r\n--{boundary}\r\n\
+         Content-Type: application/pkcs7-signature; name=\"smime.p7s\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\
+         Content-Disposition: attachment; filename=\"smime.p7s\"\r\n\r\n"
     );
-    out.extend_from_slice(&mime::base64_lines(&der));
-    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    Ok(out)
+    let end = format!("\r\n--{boundary}--\r\n");
+    let sig_lines = mime::base64_lines(&der);
+    spill
+        .spill(&mut |w| {
+            write_all(
+                w,
+                &[
+                    &outer,
+                    top.as_bytes(),
+                    &entity,
+                    signature.as_bytes(),
+                    &sig_lines,
+                    end.as_bytes(),
+                ],
+            )
+        })
+        .map_err(scratch)
 }
 
 /// `entity` with every leaf part whose body is 8-bit or has lines over
 /// 998 octets re-encoded as base64, so no later hop converts (and breaks)
 /// what was signed. Parts in base64 or quoted-printable, and everything
 /// already 7-bit, are left byte for byte.
-fn seven_bit(entity: &[u8]) -> Vec<u8> {
+fn seven_bit(entity: &[u8]) -> Cow<'_, [u8]> {
     let Some(msg) = MessageParser::default().parse(entity) else {
-        return entity.to_vec();
+        return Cow::Borrowed(entity);
     };
     let clean = |body: &[u8]| {
-        body.iter().all(|b| *b < 0x80) && body.split(|b| *b == b'\n').all(|l| l.len() <= 999)
+        body.is_ascii() && {
+            let mut start = 0;
+            memchr::memchr_iter(b'\n', body)
+                .chain(std::iter::once(body.len()))
+                .all(|end| {
+                    let short = end - start <= 999;
+                    start = end + 1;
+                    short
+                })
+        }
     };
     let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
     for part in &msg.parts {
@@ -115,12 +178,15 @@ fn seven_bit(entity: &[u8]) -> Vec<u8> {
         new.extend_from_slice(&b64);
         edits.push((h, e, new));
     }
+    if edits.is_empty() {
+        return Cow::Borrowed(entity);
+    }
     let mut out = entity.to_vec();
     edits.sort_by_key(|e| std::cmp::Reverse(e.0));
     for (start, end, new) in edits {
         out.splice(start..end, new);
     }
-    out
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -149,6 +215,6 @@ mod tests {
         assert_eq!(parsed.body_text(0).unwrap(), "blåbær");
         // Already 7-bit: untouched.
         let plain = b"Content-Type: text/plain\r\n\r\nhello\r\n";
-        assert_eq!(seven_bit(plain), plain.to_vec());
+        assert_eq!(&*seven_bit(plain), &plain[..]);
     }
 }

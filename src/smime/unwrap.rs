@@ -17,11 +17,14 @@
 //! Why long: the layer walk, the report with its header grammar, and the
 //! rebuild of the clean message belong together; their tests follow.
 
+use std::io::Write;
+
 use openssl::x509::X509;
 
 use super::cms::{self, Chain, Math};
 use super::mime::{self, Nested, Shape};
 use super::{header, SmimeError};
+use crate::blob::{write_all, Blob, InMemory, Spill};
 use crate::ossl;
 use crate::pki::oces::Generation;
 use crate::pki::signer::{Relation, SignerRevocation};
@@ -319,7 +322,7 @@ fn signature_fields(parts: &mut Vec<String>, n: usize, s: &SignatureReport, over
 #[derive(Debug)]
 pub enum Unwrapped {
     /// Layers were taken off: the clean message.
-    Opened { message: Vec<u8>, report: Report },
+    Opened { message: Blob, report: Report },
     /// Nothing to take off (plain, or signed only and kept intact).
     Unchanged { report: Report },
     /// An encrypted layer could not be opened; the error is safe to show
@@ -354,34 +357,60 @@ pub fn unwrap(message: &[u8], keys: &[&Identity], anchors: &[X509], now: i64) ->
 
 /// Unwraps `message` for a recipient whose candidate keys are `keys`
 /// (most specific first): every layer off to plain content, at most
-/// [`MAX_LAYERS`], each reported.
+/// [`MAX_LAYERS`], each reported. Everything is held in memory.
 pub fn unwrap_with(
     message: &[u8],
     keys: &[&Identity],
     verifier: Verifier<'_>,
     now: i64,
 ) -> Unwrapped {
+    unwrap_into(message, None, keys, verifier, now, &InMemory)
+}
+
+/// As [`unwrap_with`], with the decrypted content and the clean message
+/// written to `spill` (scratch files for a large message), and the
+/// message's `shape` when the caller knows it already (read once).
+pub fn unwrap_into(
+    message: &[u8],
+    shape: Option<&Shape>,
+    keys: &[&Identity],
+    verifier: Verifier<'_>,
+    now: i64,
+    spill: &dyn Spill,
+) -> Unwrapped {
     let mut report = Report::default();
-    let mut entity: Vec<u8> = message.to_vec();
+    // The entity being looked at: the message itself until a layer is off.
+    let mut current: Option<Blob> = None;
     // The content below the innermost encryption taken off so far.
-    let mut opened: Option<Vec<u8>> = None;
+    let mut opened: Option<Blob> = None;
+    // The caller's shape serves the first layer, borrowed (it may hold
+    // the whole CMS: never copied).
+    let mut known = shape;
     let mut done = false;
     for _ in 0..MAX_LAYERS {
-        match mime::shape(&entity) {
-            Shape::Enveloped { cms } => match open(&cms, keys) {
+        let computed;
+        let here: &Shape = match known.take() {
+            Some(s) => s,
+            None => {
+                computed = mime::shape(current.as_deref().unwrap_or(message));
+                &computed
+            }
+        };
+        match here {
+            Shape::Enveloped { cms } => match open(cms, keys, spill) {
                 Ok((inner, key)) => {
                     report.layers.push(Layer::Decrypted(key));
-                    entity = inner;
-                    opened = Some(entity.clone());
+                    opened = Some(inner.clone());
+                    current = Some(inner);
                 }
                 Err(error) => return Unwrapped::Failed { error, report },
             },
             Shape::OpaqueSigned { cms } => {
-                let mut v = cms::verify(&cms, None, verifier.anchors, verifier.known, now);
+                let mut v = cms::verify(cms, None, verifier.anchors, verifier.known, now);
                 let content = v.content.take();
                 record(&mut report, v);
                 match content {
-                    Some(c) => entity = c,
+                    Some(c) => current = Some(Blob::from(c)),
                     None => {
                         done = true;
                         break;
@@ -390,17 +419,17 @@ pub fn unwrap_with(
             }
             Shape::DetachedSigned { content, signature } => {
                 let v = cms::verify(
-                    &signature,
-                    Some(&content),
+                    signature,
+                    Some(content),
                     verifier.anchors,
                     verifier.known,
                     now,
                 );
                 record(&mut report, v);
-                entity = content;
+                current = Some(Blob::from(content.clone()));
             }
             Shape::Mixed(nested) => {
-                report.nested = Some(nested);
+                report.nested = Some(nested.clone());
                 done = true;
                 break;
             }
@@ -411,7 +440,8 @@ pub fn unwrap_with(
         }
     }
     if !done {
-        let left = match mime::shape(&entity) {
+        let entity: &[u8] = current.as_deref().unwrap_or(message);
+        let left = match mime::shape(entity) {
             Shape::Enveloped { .. } => Some((1, 0)),
             Shape::OpaqueSigned { .. } | Shape::DetachedSigned { .. } => Some((0, 1)),
             Shape::Mixed(n) => Some((n.encrypted, n.signed)),
@@ -426,12 +456,19 @@ pub fn unwrap_with(
             });
         }
     }
+    drop(current);
     match opened {
         None => Unwrapped::Unchanged { report },
-        Some(inner) => Unwrapped::Opened {
-            message: rebuild(message, &mime::crlf(&inner)),
-            report,
-        },
+        Some(inner) => {
+            let inner = mime::crlf(&inner);
+            match spill.spill(&mut |w| rebuild_into(message, &inner, w)) {
+                Ok(message) => Unwrapped::Opened { message, report },
+                Err(e) => Unwrapped::Failed {
+                    error: SmimeError::Scratch(e.to_string()),
+                    report,
+                },
+            }
+        }
     }
 }
 
@@ -446,8 +483,9 @@ fn record(report: &mut Report, v: cms::Verified) {
         })));
 }
 
-/// Decrypts with the first candidate the CMS names as a recipient.
-fn open(der: &[u8], keys: &[&Identity]) -> Result<(Vec<u8>, KeyUsed), SmimeError> {
+/// Decrypts with the first candidate the CMS names as a recipient, into
+/// a blob of `spill`.
+fn open(der: &[u8], keys: &[&Identity], spill: &dyn Spill) -> Result<(Blob, KeyUsed), SmimeError> {
     let cms = cms::parse(der)?;
     let Some(id) = keys.iter().find(|id| ossl::is_recipient(&cms, &id.cert)) else {
         let named: Vec<String> = ossl::recipients(&cms)
@@ -461,7 +499,7 @@ fn open(der: &[u8], keys: &[&Identity]) -> Result<(Vec<u8>, KeyUsed), SmimeError
             named.join("; ")
         }));
     };
-    let inner = cms::decrypt(&cms, &id.key, &id.cert).map_err(|e| match e {
+    let inner = cms::decrypt_into(&cms, &id.key, &id.cert, spill).map_err(|e| match e {
         SmimeError::Decrypt(why) => SmimeError::Decrypt(format!(
             "with key {}: {why}",
             header::quote(&id.info.subject_cn)
@@ -479,8 +517,9 @@ fn open(der: &[u8], keys: &[&Identity]) -> Result<(Vec<u8>, KeyUsed), SmimeError
 }
 
 /// The outer header fields of `original` (without Content-*, MIME-Version
-/// and any trace header) followed by `entity`'s Content-* fields and body.
-fn rebuild(original: &[u8], entity: &[u8]) -> Vec<u8> {
+/// and any trace header) followed by `entity`'s Content-* fields and body,
+/// written to `w`.
+fn rebuild_into(original: &[u8], entity: &[u8], w: &mut dyn Write) -> std::io::Result<()> {
     let (outer, _) = mime::split(original);
     let outer = mime::without(outer, |n| {
         mime::is_content_field(n) || n == "x-smime-gateway"
@@ -493,16 +532,26 @@ fn rebuild(original: &[u8], entity: &[u8]) -> Vec<u8> {
     let content = mime::without(inner_headers, |n| {
         !mime::is_content_field(n) || n == "mime-version"
     });
-    let mut out = Vec::with_capacity(outer.len() + entity.len() + 32);
-    out.extend_from_slice(&outer);
-    out.extend_from_slice(b"MIME-Version: 1.0\r\n");
-    out.extend_from_slice(&content);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    if !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
+    write_all(
+        w,
+        &[&outer, b"MIME-Version: 1.0\r\n", &content, b"\r\n", body],
+    )?;
+    // Ends with CRLF (an empty body after the blank line does).
+    if !body.is_empty() && !body.ends_with(b"\r\n") {
+        w.write_all(b"\r\n")?;
     }
-    out
+    Ok(())
+}
+
+/// The Content-* entity of a clean message (what re-encryption wraps), as
+/// its header section (with the blank line) and its body, not copied.
+pub fn content_parts(message: &[u8]) -> (Vec<u8>, &[u8]) {
+    let (headers, body) = mime::split(message);
+    let mut head = mime::without(headers, |n| {
+        !mime::is_content_field(n) || n == "mime-version"
+    });
+    head.extend_from_slice(b"\r\n");
+    (head, body)
 }
 
 /// The Content-* entity of a clean message (what re-encryption wraps).
@@ -515,6 +564,80 @@ pub fn content_entity(message: &[u8]) -> Vec<u8> {
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     out
+}
+
+/// Writes the message whose body is the enveloped data `input` is
+/// encrypted into, with the outer fields of `message` (only its header
+/// section is read) and `trace` on top when given: the CMS streamed
+/// through base64 as it is made.
+pub fn write_enveloped(
+    message: &[u8],
+    trace: Option<&str>,
+    input: &mut dyn std::io::Read,
+    recipients: &[X509],
+    how: crate::config::Encryption,
+    w: &mut dyn Write,
+) -> Result<(), SmimeError> {
+    w.write_all(&enveloped_head(message, trace))
+        .map_err(|e| SmimeError::Scratch(e.to_string()))?;
+    let mut b64 = mime::Base64Lines::new(w);
+    cms::encrypt_into(input, recipients, how, &mut b64)?;
+    b64.finish()
+        .map_err(|e| SmimeError::Scratch(e.to_string()))?;
+    Ok(())
+}
+
+/// `message` encrypted for `recipients` as a blob of `spill`, its outer
+/// fields kept and `trace` set on top when given. A large spill streams
+/// the CMS (BER) from the message into base64; a small one builds it
+/// whole (DER).
+pub fn spill_enveloped(
+    message: &[u8],
+    trace: Option<&str>,
+    recipients: &[X509],
+    how: crate::config::Encryption,
+    spill: &dyn Spill,
+) -> Result<Blob, SmimeError> {
+    if !spill.large() {
+        let der = cms::encrypt(&content_entity(message), recipients, how)?;
+        let head = enveloped_head(message, trace);
+        // The base64 written behind the header section, not built apart.
+        let mut out = Vec::with_capacity(head.len() + der.len() / 57 * 78 + 80);
+        out.extend_from_slice(&head);
+        let mut b64 = mime::Base64Lines::new(out);
+        b64.write_all(&der)
+            .map_err(|e| SmimeError::Scratch(e.to_string()))?;
+        let out = b64
+            .finish()
+            .map_err(|e| SmimeError::Scratch(e.to_string()))?;
+        return Ok(Blob::from(out));
+    }
+    let (head, body) = content_parts(message);
+    let mut failure = None;
+    let blob = spill.spill(&mut |w| {
+        let mut input = std::io::Read::chain(head.as_slice(), body);
+        write_enveloped(message, trace, &mut input, recipients, how, w).map_err(|e| {
+            let io = std::io::Error::other(e.to_string());
+            failure = Some(e);
+            io
+        })
+    });
+    match (blob, failure) {
+        (Ok(b), _) => Ok(b),
+        (Err(_), Some(e)) => Err(e),
+        (Err(e), None) => Err(SmimeError::Scratch(e.to_string())),
+    }
+}
+
+/// The header section (with the blank line) of the enveloped message made
+/// from `message` (only its header section is read), with `trace` on top
+/// when given.
+fn enveloped_head(message: &[u8], trace: Option<&str>) -> Vec<u8> {
+    let head = enveloped_message(mime::split(message).0, &[]);
+    match trace {
+        Some(value) => header::set(&head, value),
+        None => head,
+    }
 }
 
 /// A message whose body is `cms` (enveloped data), with the outer fields
@@ -558,13 +681,40 @@ mod tests {
     }
 
     #[test]
+    fn the_enveloped_copy_is_the_same_bytes_on_both_paths_up_to_the_cms() {
+        let id = identity();
+        let m = b"From: a@b\r\nSubject: s\r\nX-SMIME-Gateway: forged\r\nContent-Type: text/plain\r\n\r\nsecret\r\n";
+        let small = spill_enveloped(
+            m,
+            Some("decrypted"),
+            std::slice::from_ref(&id.cert),
+            crate::config::Encryption::Aes256Cbc,
+            &InMemory,
+        )
+        .unwrap();
+        // What it was built as before: the whole message, then the header.
+        let (head, _) = mime::split(&small);
+        let old_head = {
+            let w = enveloped_message(m, b"x");
+            let w = header::set(&w, "decrypted");
+            mime::split(&w).0.to_vec()
+        };
+        assert_eq!(head, &old_head[..]);
+        assert_eq!(
+            head.windows(15).filter(|w| w == b"X-SMIME-Gateway").count(),
+            1
+        );
+        assert!(small.ends_with(b"\r\n"));
+    }
+
+    #[test]
     fn opens_and_rebuilds_cleanly() {
         let id = identity();
         let m = message(&id);
         match unwrap(&m, &[&id], &[], 0) {
             Unwrapped::Opened { message, report } => {
                 assert_eq!(
-                    message,
+                    &*message,
                     b"From: a@b\r\nSubject: s\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nsecret\r\n"
                 );
                 assert_eq!(report.key().unwrap().subject_cn, "Unit Test");

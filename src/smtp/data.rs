@@ -95,7 +95,31 @@ impl DataDecoder {
     /// bytes of `input` (the rest belongs to the next command), or `None`
     /// when all of `input` was used and more is needed.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Option<usize> {
-        for (i, &b) in input.iter().enumerate() {
+        let mut next = 0;
+        while next < input.len() {
+            let (i, b) = (next, input[next]);
+            next += 1;
+            if !self.cr_pending && !self.at_line_start && !matches!(b, b'\r' | b'\n' | 0) {
+                // The rest of a line up to its next CR, LF or NUL at once:
+                // the same as byte by byte, a long line flagged where it
+                // passes the limit.
+                let run = memchr::memchr3(b'\r', b'\n', 0, &input[i..]).unwrap_or(input.len() - i);
+                let bytes = &input[i..i + run];
+                let over = (self.line_len + run > MAX_LINE)
+                    .then(|| MAX_LINE.saturating_sub(self.line_len).min(run));
+                match over {
+                    Some(at) => {
+                        self.emit(out, &bytes[..at]);
+                        self.flag(Violation::LineTooLong { line: self.line });
+                        self.emit(out, &bytes[at..]);
+                    }
+                    None => self.emit(out, bytes),
+                }
+                self.line_len += run;
+                self.dot_only = false;
+                next = i + run;
+                continue;
+            }
             if self.cr_pending {
                 self.cr_pending = false;
                 if b == b'\n' {

@@ -1,5 +1,6 @@
 //! The durable queue: accepted mail on disk until every recipient is
-//! delivered or bounced. Only this room writes the spool directory.
+//! delivered or bounced, and the work folders of large messages being
+//! transformed (`work`). Only this room writes the spool directory.
 
 pub mod dsn;
 pub mod envelope;
@@ -9,6 +10,7 @@ pub mod id;
 pub mod retry;
 pub mod store;
 pub mod time;
+pub mod work;
 
 pub use envelope::{Envelope, QueueState, RcptState, RcptStatus};
 

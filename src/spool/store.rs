@@ -92,6 +92,7 @@ pub struct Store {
     tmp: PathBuf,
     corrupt: PathBuf,
     quarantine: PathBuf,
+    work: PathBuf,
     ids: IdGenerator,
     /// Directory fsyncs of `queue/`, shared by messages committed together.
     queue_sync: std::sync::Arc<super::group::GroupSync>,
@@ -107,6 +108,11 @@ impl Store {
         for entry in fs::read_dir(&store.tmp).map_err(SpoolError::io(&store.tmp))? {
             let entry = entry.map_err(SpoolError::io(&store.tmp))?;
             let _ = fs::remove_file(entry.path());
+        }
+        // Work folders of attempts a crash interrupted.
+        for entry in fs::read_dir(&store.work).map_err(SpoolError::io(&store.work))? {
+            let entry = entry.map_err(SpoolError::io(&store.work))?;
+            let _ = fs::remove_dir_all(entry.path());
         }
         for entry in fs::read_dir(&store.queue).map_err(SpoolError::io(&store.queue))? {
             let path = entry.map_err(SpoolError::io(&store.queue))?.path();
@@ -127,9 +133,10 @@ impl Store {
         let tmp = dir.join("tmp");
         let corrupt = dir.join("corrupt");
         let quarantine = dir.join("quarantine");
+        let work = dir.join("work");
         // Parents get the usual mode; the spool itself is private.
         fs::create_dir_all(dir).map_err(SpoolError::io(dir))?;
-        for d in [dir, &queue, &tmp, &corrupt, &quarantine] {
+        for d in [dir, &queue, &tmp, &corrupt, &quarantine, &work] {
             DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -148,6 +155,7 @@ impl Store {
             tmp,
             corrupt,
             quarantine,
+            work,
             ids: IdGenerator::starting_above(floor),
         })
     }
@@ -283,6 +291,13 @@ impl Store {
         Ok(ids)
     }
 
+    /// The work folder for an attempt at message `id` (see [`super::work`]).
+    pub fn work(&self, id: &str) -> Result<super::work::WorkDir, SpoolError> {
+        let id = self.checked(id)?;
+        let dir = self.work.join(id);
+        super::work::WorkDir::create(dir.clone()).map_err(SpoolError::io(&dir))
+    }
+
     /// Reads message `id` with its state, checking the file's integrity.
     pub fn load(&self, id: &str) -> Result<Spooled, SpoolError> {
         let id = self.checked(id)?;
@@ -296,11 +311,18 @@ impl Store {
         };
         let (envelope, body) =
             format::decode_message(&bytes).map_err(SpoolError::corrupt(&path))?;
+        // The body is cut out of the file's bytes in place: a large
+        // message is not held twice.
+        let range = body.as_ptr() as usize - bytes.as_ptr() as usize;
+        let range = range..range + body.len();
+        let mut bytes = bytes;
+        bytes.truncate(range.end);
+        bytes.drain(..range.start);
         let state = self.load_state(id, &envelope)?;
         Ok(Spooled {
             id: id.to_string(),
             envelope,
-            body: std::sync::Arc::new(body.to_vec()),
+            body: std::sync::Arc::new(bytes),
             state,
         })
     }
@@ -744,5 +766,26 @@ mod tests {
         // Another message's marker under this name.
         fs::write(&marker, format::encode_retry("00000000000001")).unwrap();
         assert_eq!(store.next_attempt(&id).unwrap(), 1_900_000_000);
+    }
+
+    #[test]
+    fn work_folders_left_by_a_crash_are_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let work = store.work("0661729839930A").unwrap();
+        std::fs::write(work.path().join("0.part"), b"half written").unwrap();
+        let left = work.path().to_path_buf();
+        std::mem::forget(work); // a crash: the attempt never ends
+                                // Positive control: an operator command beside the daemon leaves it.
+        Store::open_shared(dir.path()).unwrap();
+        assert!(left.join("0.part").exists());
+        // The daemon's start removes it.
+        Store::open(dir.path()).unwrap();
+        assert!(!left.exists());
+        assert!(dir.path().join("work").is_dir());
+        assert!(
+            store.work("../x").is_err(),
+            "only queue ids name work folders"
+        );
     }
 }

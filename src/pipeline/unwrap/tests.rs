@@ -6,6 +6,7 @@ use crate::config::load::test_settings;
 use crate::pki::Keyring;
 use crate::smime::mime;
 use openssl::cms::{CMSOptions, CmsContentInfo};
+use std::collections::HashMap;
 
 fn envelope() -> Envelope {
     Envelope {
@@ -55,6 +56,8 @@ fn run(
         known: &[],
         signer_revocation: answers,
         ldap_asked: false,
+        spill: &crate::blob::InMemory,
+        seen: None,
     };
     let mut out = Actions::default();
     let mailbox = Mailbox {
@@ -66,7 +69,7 @@ fn run(
         &envelope(),
         vec![mailbox],
         body,
-        &mime::shape(body),
+        Arc::new(mime::shape(body)),
         &ctx,
         &mut out,
     );
@@ -155,4 +158,81 @@ fn a_certificate_is_bound_only_to_its_own_sender() {
     )
     .is_err());
     assert!(binding("post@domstol.dk", &[], &court).is_err());
+}
+
+/// A work folder on a full disk.
+struct Full;
+
+impl crate::blob::Spill for Full {
+    fn spill(
+        &self,
+        _: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> std::io::Result<crate::blob::Blob> {
+        Err(std::io::Error::other("no space left on device"))
+    }
+    fn large(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_full_work_folder_defers_and_never_quarantines_or_passes_ciphertext_on() {
+    let id = crate::pki::testkit::identity(2048, "Org Key").unwrap();
+    let inner = b"Content-Type: text/plain\r\n\r\nfortroligt\r\n";
+    let der =
+        crate::smime::cms::encrypt(inner, std::slice::from_ref(&id.cert), Encryption::Aes256Cbc)
+            .unwrap();
+    let mut body = b"From: <a@example.org>\r\nSubject: s\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data\r\nContent-Transfer-Encoding: base64\r\n\r\n".to_vec();
+    body.extend_from_slice(&mime::base64_lines(&der));
+    let keys = Keyring {
+        identities: vec![id],
+        anchors: Vec::new(),
+    };
+    let settings = test_settings("[smime]\non_undecryptable = \"quarantine\"\n");
+    let answers = HashMap::new();
+    let actions = |spill: &dyn crate::blob::Spill| {
+        let ctx = Context {
+            settings: &settings,
+            keys: &keys,
+            now: 0,
+            known: &[],
+            signer_revocation: &answers,
+            ldap_asked: false,
+            spill,
+            seen: None,
+        };
+        let mut out = Actions::default();
+        let mailbox = Mailbox {
+            rcpt: "bob@example-law.dk".into(),
+            deliver: Deliver::Plain,
+            encryption: Encryption::default(),
+        };
+        mailboxes(
+            &envelope(),
+            vec![mailbox],
+            &body,
+            Arc::new(mime::shape(&body)),
+            &ctx,
+            &mut out,
+        );
+        out.into_vec()
+    };
+    // Positive control: with room to write, it is opened and delivered.
+    let opened = actions(&crate::blob::InMemory);
+    assert!(
+        opened.iter().any(
+            |a| matches!(a, Action::Deliver(c) if String::from_utf8_lossy(&c.body).contains("fortroligt"))
+        ),
+        "{opened:?}"
+    );
+    // A full disk: tried again later, never quarantined or delivered.
+    let full = actions(&Full);
+    assert!(
+        full.iter()
+            .any(|a| matches!(a, Action::Defer { reason, .. } if reason.contains("work file"))),
+        "{full:?}"
+    );
+    assert!(!full
+        .iter()
+        .any(|a| matches!(a, Action::Deliver(_) | Action::Quarantine { .. })));
 }

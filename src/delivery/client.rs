@@ -1,11 +1,12 @@
 //! One SMTP transaction towards a next hop with lettre's connection API,
 //! driven command by command so each recipient gets its own outcome: a
 //! refused RCPT fails that recipient only, and a reply to DATA applies to
-//! the recipients that were accepted.
+//! the recipients that were accepted. Connections are kept for further
+//! messages to the same hop in a [`Pool`].
 
 use std::error::Error as _;
-
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use lettre::transport::smtp::client::{
     AsyncSmtpConnection, Certificate, CertificateStore, TlsParameters,
@@ -13,7 +14,8 @@ use lettre::transport::smtp::client::{
 use lettre::transport::smtp::extension::{ClientId, Extension};
 use lettre::transport::smtp::Error as SmtpError;
 
-use crate::config::{validate::parse_host_port, RelaySettings, RelayTls};
+use super::pool::{Connection, Pool};
+use crate::config::{validate::parse_host_port, RelaySettings, RelayTls, Settings};
 use crate::mail::address::smtp_path;
 
 /// What happened to one recipient in one attempt.
@@ -39,10 +41,12 @@ pub struct Outbound<'a> {
     pub body: &'a [u8],
 }
 
-/// Sends `out` and returns one outcome per recipient, in order. Never
-/// fails as a whole: a failure to connect defers every recipient.
-pub async fn send(relay: &RelaySettings, helo: &str, out: &Outbound<'_>) -> Vec<RcptOutcome> {
-    match transact(relay, helo, out).await {
+/// Sends `out` under `settings` (its `relay` and `server.hostname`) and
+/// returns one outcome per recipient, in order, on a connection kept in
+/// `pool` for the hop when there is one. Never fails as a whole: a
+/// failure to connect defers every recipient.
+pub async fn send(pool: &Pool, settings: &Arc<Settings>, out: &Outbound<'_>) -> Vec<RcptOutcome> {
+    match transact(pool, settings, out).await {
         Ok(outcomes) => outcomes,
         Err(reason) => out
             .rcpts
@@ -210,12 +214,22 @@ fn sha256_hex(der: &[u8]) -> String {
         .collect()
 }
 
-async fn transact(
-    relay: &RelaySettings,
-    helo: &str,
-    out: &Outbound<'_>,
-) -> Result<Vec<RcptOutcome>, AllDeferred> {
-    let mut conn = connect(relay, helo, out.hop).await?;
+/// A connection for `hop`: a kept one that answers RSET, else a new one.
+/// A kept connection that has been closed by the hop or refuses RSET is
+/// closed here; no transaction was started on it, so nothing is lost.
+async fn open(pool: &Pool, settings: &Arc<Settings>, hop: &str) -> Result<Connection, AllDeferred> {
+    while let Some(mut c) = pool.take(settings, hop) {
+        match c.smtp.command("RSET\r\n").await {
+            Ok(_) => return Ok(c),
+            Err(_) => c.smtp.abort().await,
+        }
+    }
+    let conn = connect(&settings.relay, &settings.server.hostname, hop).await?;
+    Ok(Connection::fresh(conn))
+}
+
+/// MAIL FROM with the parameters the hop supports.
+async fn mail_from(conn: &mut AsyncSmtpConnection, out: &Outbound<'_>) -> Result<(), SmtpError> {
     let info = conn.server_info();
     let mut params = String::new();
     if out.eight_bit && info.supports_feature(Extension::EightBitMime) {
@@ -225,8 +239,28 @@ async fn transact(
         params.push_str(" SMTPUTF8");
     }
     let mail = format!("MAIL FROM:<{}>{params}\r\n", smtp_path(out.mail_from));
-    if let Err(e) = conn.command(mail).await {
-        conn.abort().await;
+    conn.command(mail).await.map(|_| ())
+}
+
+async fn transact(
+    pool: &Pool,
+    settings: &Arc<Settings>,
+    out: &Outbound<'_>,
+) -> Result<Vec<RcptOutcome>, AllDeferred> {
+    let mut conn = open(pool, settings, out.hop).await?;
+    let mut started = mail_from(&mut conn.smtp, out).await;
+    if let Err(e) = &started {
+        // A kept connection that died between RSET and MAIL (no reply at
+        // all): nothing was sent, so once more on a new connection.
+        if conn.reused && e.status().is_none() {
+            conn.smtp.abort().await;
+            let fresh = connect(&settings.relay, &settings.server.hostname, out.hop).await?;
+            conn = Connection::fresh(fresh);
+            started = mail_from(&mut conn.smtp, out).await;
+        }
+    }
+    if let Err(e) = started {
+        conn.smtp.abort().await;
         let text = describe(&e);
         return Ok(out
             .rcpts
@@ -240,10 +274,12 @@ async fn transact(
             })
             .collect());
     }
+    conn.transactions += 1;
 
     let mut outcomes: Vec<Option<RcptOutcome>> = Vec::with_capacity(out.rcpts.len());
     for rcpt in out.rcpts {
         match conn
+            .smtp
             .command(format!("RCPT TO:<{}>\r\n", smtp_path(rcpt)))
             .await
         {
@@ -251,21 +287,22 @@ async fn transact(
             Err(e) if e.is_permanent() => outcomes.push(Some(RcptOutcome::Failed(describe(&e)))),
             Err(e) if e.is_transient() => outcomes.push(Some(RcptOutcome::Deferred(describe(&e)))),
             Err(e) => {
-                conn.abort().await;
+                conn.smtp.abort().await;
                 return Err(format!("{} during RCPT: {}", out.hop, describe(&e)));
             }
         }
     }
     if outcomes.iter().all(Option::is_some) {
-        let _ = conn.quit().await;
+        // No DATA: the next user of the connection resets it with RSET.
+        pool.put(settings, out.hop, conn).await;
         return Ok(outcomes.into_iter().flatten().collect());
     }
 
     // lettre ends the data with CRLF "." CRLF of its own, so the CRLF that
     // ends the message's last line is left to it: the bytes arrive as kept.
     let body = out.body.strip_suffix(b"\r\n").unwrap_or(out.body);
-    let data_result = match conn.command("DATA\r\n").await {
-        Ok(_) => conn.message(body).await,
+    let data_result = match conn.smtp.command("DATA\r\n").await {
+        Ok(_) => conn.smtp.message(body).await,
         Err(e) => Err(e),
     };
     let for_accepted = match &data_result {
@@ -274,9 +311,9 @@ async fn transact(
         Err(e) => RcptOutcome::Deferred(describe(e)),
     };
     if data_result.is_ok() {
-        let _ = conn.quit().await;
+        pool.put(settings, out.hop, conn).await;
     } else {
-        conn.abort().await;
+        conn.smtp.abort().await;
     }
     Ok(outcomes
         .into_iter()

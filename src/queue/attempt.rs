@@ -17,6 +17,7 @@ use super::budget::Budget;
 use super::dispatch::{carry_out, Sending};
 use super::record::{self, Logged};
 use super::{blocking, bounce, now_secs, returned, QueueError};
+use crate::delivery::Pool;
 use crate::mail::headers;
 use crate::metrics;
 use crate::pipeline::{self, decide, Action, Plan, Treatment};
@@ -42,6 +43,7 @@ pub async fn attempt(
     store: &Arc<Store>,
     notify: &mpsc::UnboundedSender<String>,
     budget: &Budget,
+    pool: &Pool,
 ) -> JobEnd {
     let mut msg = match load(id, store).await {
         Ok(m) => m,
@@ -113,6 +115,7 @@ pub async fn attempt(
             snapshot: &snapshot,
             message_id: &message_id,
             smime,
+            pool,
         };
         carry_out(action, &sending, store, &mut attempted).await;
     }

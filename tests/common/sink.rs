@@ -41,6 +41,12 @@ pub struct Script {
     /// report quoting the whole message, sent from <> to the envelope
     /// sender along the routes of [`Sink::route_bounces`].
     pub bounce_after_accept: Vec<String>,
+    /// Close the connection, without a word, once it has carried this many
+    /// transactions (the reply to "." sent): a hop that does not let a
+    /// connection be reused.
+    pub close_after_transactions: Option<usize>,
+    /// The reply to RSET; "250 Ok" when none.
+    pub rset_reply: Option<String>,
 }
 
 /// Where the sink's own bounces go: mail for `domain` to `local`, the
@@ -68,6 +74,8 @@ struct State {
     received: Vec<Received>,
     data_attempts: usize,
     rcpt_attempts: usize,
+    connections: usize,
+    rsets: usize,
     routes: Option<BounceRoutes>,
     bounces: Vec<SentBounce>,
 }
@@ -105,6 +113,7 @@ impl Sink {
         let st = Arc::clone(&state);
         runtime.spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                st.lock().unwrap().connections += 1;
                 let st = Arc::clone(&st);
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -130,6 +139,16 @@ impl Sink {
 
     pub fn data_attempts(&self) -> usize {
         self.state.lock().unwrap().data_attempts
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
+    }
+
+    /// RSET commands received so far.
+    pub fn rsets(&self) -> usize {
+        self.state.lock().unwrap().rsets
     }
 
     /// RCPT commands received, probes included.
@@ -268,6 +287,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
     let mut from = String::new();
     let mut rcpts: Vec<String> = Vec::new();
     let mut line = Vec::new();
+    let mut transactions = 0usize;
     loop {
         line.clear();
         if w.read_until(b'\n', &mut line).await? == 0 {
@@ -380,12 +400,28 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                     });
                 });
             }
+            transactions += 1;
+            let close_after = state.lock().unwrap().script.close_after_transactions;
+            if close_after.is_some_and(|n| transactions >= n) {
+                w.write_all(format!("{reply}\r\n").as_bytes()).await?;
+                w.flush().await?;
+                return Ok(Next::Closed);
+            }
             reply
         } else if upper == "QUIT" {
             w.write_all(b"221 bye\r\n").await?;
             w.flush().await?;
             return Ok(Next::Closed);
-        } else if upper == "RSET" || upper == "NOOP" {
+        } else if upper == "RSET" {
+            let mut st = state.lock().unwrap();
+            st.rsets += 1;
+            from.clear();
+            rcpts.clear();
+            st.script
+                .rset_reply
+                .clone()
+                .unwrap_or_else(|| "250 Ok".into())
+        } else if upper == "NOOP" {
             "250 Ok".into()
         } else {
             "502 5.5.1 unknown".into()

@@ -139,26 +139,20 @@ pub async fn attempt(
         now,
         &settings.queue.retry_intervals,
     ) {
-        None => {
-            let (s, i) = (Arc::clone(store), id.to_string());
-            match blocking(move || s.remove(&i)).await {
-                Ok(()) => (JobEnd::Gone, true),
-                Err(e) => {
-                    error!(queue_id = %id, error = %e, "delivered message could not be removed from the queue");
-                    (JobEnd::Retry(now + 60), false)
-                }
+        None => match store.remove_grouped(id).await {
+            Ok(()) => (JobEnd::Gone, true),
+            Err(e) => {
+                error!(queue_id = %id, error = %e, "delivered message could not be removed from the queue");
+                (JobEnd::Retry(now + 60), false)
             }
-        }
-        Some(next) => {
-            let (s, i, st) = (Arc::clone(store), id.to_string(), msg.state.clone());
-            match blocking(move || s.save_state(&i, &st)).await {
-                Ok(()) => (JobEnd::Retry(next), true),
-                Err(e) => {
-                    error!(queue_id = %id, error = %e, "cannot record delivery state; recipients may be sent twice");
-                    (JobEnd::Retry(next), false)
-                }
+        },
+        Some(next) => match store.save_state_grouped(id, &msg.state).await {
+            Ok(()) => (JobEnd::Retry(next), true),
+            Err(e) => {
+                error!(queue_id = %id, error = %e, "cannot record delivery state; recipients may be sent twice");
+                (JobEnd::Retry(next), false)
             }
-        }
+        },
     };
     // Only now, with the outcome on disk, does the log say what happened;
     // an outcome that could not be recorded is logged as such.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::{self, ConfigError, Settings, SettingsSource};
+use crate::pki::checked::Checked;
 use crate::pki::directory::{Directory, DirectoryError};
 use crate::pki::resolve::Resolver;
 use crate::pki::revocation::RevokedIdentities;
@@ -26,6 +27,9 @@ pub struct Snapshot {
     pub settings: Arc<Settings>,
     pub keys: Arc<Keyring>,
     pub certs: Arc<Directory>,
+    /// Chain and revocation verdicts on recipients' certificates, kept
+    /// while this snapshot is in force (a reload starts afresh).
+    pub checked: Arc<Checked>,
 }
 
 /// Why a configuration could not be taken into use.
@@ -50,6 +54,7 @@ impl Snapshot {
             settings: Arc::new(settings),
             keys: Arc::new(keys),
             certs: Arc::new(certs),
+            checked: Arc::new(Checked::new()),
         })
     }
 }

@@ -84,17 +84,22 @@ pub(super) async fn connect(
 ) -> Result<AsyncSmtpConnection, String> {
     let (host, port) = parse_host_port(hop).map_err(|e| e.to_string())?;
     let client_id = ClientId::Domain(helo.to_string());
-    let connect = AsyncSmtpConnection::connect_tokio1(
-        (host.as_str(), port),
-        Some(relay.timeout),
-        &client_id,
-        None,
-        None,
-    );
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("connect to {hop} failed: {e}"))?;
+        // Commands are written whole and answered before the next: without
+        // this, the "." after a message waits for the hop's delayed ACK on
+        // a connection that carries more than one transaction (Nagle).
+        tcp.set_nodelay(true)
+            .map_err(|e| format!("connect to {hop} failed: {e}"))?;
+        AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &client_id)
+            .await
+            .map_err(|e| format!("connect to {hop} failed: {}", describe(&e)))
+    };
     let mut conn = tokio::time::timeout(relay.connect_timeout, connect)
         .await
-        .map_err(|_| format!("connect to {hop} timed out"))?
-        .map_err(|e| format!("connect to {hop} failed: {}", describe(&e)))?;
+        .map_err(|_| format!("connect to {hop} timed out"))??;
 
     if relay.tls == RelayTls::None {
         return Ok(conn);

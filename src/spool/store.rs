@@ -522,29 +522,41 @@ impl Incoming {
             path: self.tmp_path.clone(),
             source: io::Error::other("spool file already closed"),
         })?;
-        let io_err = SpoolError::io(&self.tmp_path);
-        let res = async {
-            file.flush().await?;
-            file.get_mut().sync_all().await
-        }
-        .await;
-        res.map_err(io_err)?;
-        drop(file);
+        // What is still buffered, the fsync and the rename in one trip to a
+        // blocking thread: a small message is written here whole. Writes
+        // made earlier (a message larger than the buffer) are finished
+        // first, and their errors seen, by flushing the file itself.
+        let pending = file.buffer().to_vec();
+        file.get_mut()
+            .flush()
+            .await
+            .map_err(SpoolError::io(&self.tmp_path))?;
+        let mut std_file = file.into_inner().into_std().await;
         let (tmp, dest) = (self.tmp_path.clone(), self.final_path.clone());
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
-            if dest.exists() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("{} already exists", dest.display()),
-                ));
+        let tmp_err = SpoolError::io(&self.tmp_path);
+        tokio::task::spawn_blocking(move || -> Result<io::Result<()>, io::Error> {
+            {
+                use std::io::Write as _;
+                std_file.write_all(&pending)?;
+                std_file.sync_all()?;
             }
-            fs::rename(&tmp, &dest)
+            drop(std_file);
+            Ok((|| {
+                if dest.exists() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!("{} already exists", dest.display()),
+                    ));
+                }
+                fs::rename(&tmp, &dest)
+            })())
         })
         .await
         .map_err(|e| SpoolError::Io {
             path: self.final_path.clone(),
             source: io::Error::other(e),
         })?
+        .map_err(tmp_err)?
         .map_err(SpoolError::io(&self.final_path))?;
         // The rename is durable once a directory fsync begun after it ends;
         // messages committed at the same moment share it.

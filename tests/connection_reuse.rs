@@ -121,3 +121,47 @@ fn a_refused_transaction_is_not_continued_on_its_connection() {
     assert_eq!(sink.connections(), 2, "the refused connection was reused");
     assert_eq!(sink.rsets(), 0);
 }
+
+#[test]
+fn a_reload_closes_kept_connections() {
+    let sink = Sink::start(Script::default());
+    let gw = Gateway::start(options(&sink, "4"));
+    send_one_by_one(&gw, &sink, 2);
+    assert_eq!(sink.connections(), 1, "kept and reused before the reload");
+    gw.signal("HUP");
+    assert!(wait_until(Duration::from_secs(30), || gw
+        .log()
+        .contains("configuration reloaded")));
+    // The kept connection is closed with QUIT; the next message opens a
+    // new one, verified under the settings now in force.
+    assert!(
+        wait_until(Duration::from_secs(30), || sink.quits() >= 1),
+        "the kept connection was not closed"
+    );
+    let body = common::message("after-reload", "after the reload");
+    let r = common::submit(&gw, "alice@example.org", &["bob@example-law.dk"], &body);
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(wait_until(Duration::from_secs(30), || sink.count() == 3));
+    assert_eq!(sink.connections(), 2);
+}
+
+#[test]
+fn an_idle_kept_connection_is_closed() {
+    let sink = Sink::start(Script::default());
+    let mut o = Options::new(sink.addr);
+    o.env = vec![("SMIMEGW__RELAY__REUSE_IDLE".into(), "1s".into())];
+    let gw = Gateway::start(o);
+    send_one_by_one(&gw, &sink, 1);
+    // Kept after the message, then closed with QUIT once idle for 1 s
+    // (the control for "kept" is messages_to_one_hop_share_one_connection).
+    assert!(
+        wait_until(Duration::from_secs(30), || sink.quits() == 1),
+        "the idle connection was not closed"
+    );
+    // The next message needs a new connection.
+    let body = common::message("after-idle", "after the idle close");
+    let r = common::submit(&gw, "alice@example.org", &["bob@example-law.dk"], &body);
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(wait_until(Duration::from_secs(30), || sink.count() == 2));
+    assert_eq!(sink.connections(), 2);
+}

@@ -76,6 +76,7 @@ struct State {
     rcpt_attempts: usize,
     connections: usize,
     rsets: usize,
+    quits: usize,
     routes: Option<BounceRoutes>,
     bounces: Vec<SentBounce>,
 }
@@ -144,6 +145,11 @@ impl Sink {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.state.lock().unwrap().connections
+    }
+
+    /// QUIT commands received so far.
+    pub fn quits(&self) -> usize {
+        self.state.lock().unwrap().quits
     }
 
     /// RSET commands received so far.
@@ -409,6 +415,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
             }
             reply
         } else if upper == "QUIT" {
+            state.lock().unwrap().quits += 1;
             w.write_all(b"221 bye\r\n").await?;
             w.flush().await?;
             return Ok(Next::Closed);

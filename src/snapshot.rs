@@ -84,9 +84,11 @@ impl Live {
         self.slot.load_full()
     }
 
-    /// Puts `snapshot` in force, all of it at once.
+    /// Puts `snapshot` in force, all of it at once. Signers' revocation
+    /// answers are asked again under it (its anchors may differ).
     pub fn replace(&self, snapshot: Snapshot) {
         self.slot.store(Arc::new(snapshot));
+        self.signers.clear();
     }
 }
 

@@ -165,3 +165,29 @@ fn an_idle_kept_connection_is_closed() {
     assert!(wait_until(Duration::from_secs(30), || sink.count() == 2));
     assert_eq!(sink.connections(), 2);
 }
+
+#[test]
+fn a_hop_that_falls_silent_is_given_up_after_relay_timeout() {
+    let sink = Sink::start(Script {
+        silent_after_data: true,
+        ..Script::default()
+    });
+    let mut o = options(&sink, "4");
+    o.env.push(("SMIMEGW__RELAY__TIMEOUT".into(), "2s".into()));
+    let gw = Gateway::start(o);
+    let body = common::message("silent-1", "never answered");
+    let r = common::submit(&gw, "alice@example.org", &["bob@example-law.dk"], &body);
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(
+        wait_until(Duration::from_secs(60), || gw
+            .log()
+            .contains("no reply within 2s (relay.timeout)")),
+        "{}",
+        gw.log()
+    );
+    // Deferred, kept, and tried again on a new connection.
+    assert_eq!(gw.queued(), 1);
+    assert!(wait_until(Duration::from_secs(60), || sink.data_attempts() >= 2));
+    assert!(sink.connections() >= 2);
+    assert_eq!(sink.count(), 0);
+}

@@ -7,6 +7,7 @@
 use std::error::Error as _;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use lettre::transport::smtp::client::{
     AsyncSmtpConnection, Certificate, CertificateStore, TlsParameters,
@@ -219,14 +220,62 @@ fn sha256_hex(der: &[u8]) -> String {
         .collect()
 }
 
+/// Why a step of a transaction failed: the hop's reply or a broken
+/// connection, or no reply within `relay.timeout`.
+enum Failed {
+    Smtp(SmtpError),
+    TimedOut,
+}
+
+impl Failed {
+    fn permanent(&self) -> bool {
+        matches!(self, Failed::Smtp(e) if e.is_permanent())
+    }
+
+    /// No reply at all (the connection broke or the hop fell silent).
+    fn no_reply(&self) -> bool {
+        match self {
+            Failed::Smtp(e) => e.status().is_none(),
+            Failed::TimedOut => true,
+        }
+    }
+
+    fn text(&self, limit: Duration) -> String {
+        match self {
+            Failed::Smtp(e) => describe(e),
+            Failed::TimedOut => format!("no reply within {}s (relay.timeout)", limit.as_secs()),
+        }
+    }
+}
+
+/// One command (or the message) and its reply, within `limit`.
+async fn step<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, SmtpError>>,
+) -> Result<T, Failed> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r.map_err(Failed::Smtp),
+        Err(_) => Err(Failed::TimedOut),
+    }
+}
+
+/// Closes a connection after a failed step: with QUIT when the hop still
+/// answers, by dropping it when it fell silent (QUIT would wait as well).
+async fn close(mut conn: Connection, why: &Failed) {
+    if let Failed::Smtp(_) = why {
+        conn.smtp.abort().await;
+    }
+}
+
 /// A connection for `hop`: a kept one that answers RSET, else a new one.
-/// A kept connection that has been closed by the hop or refuses RSET is
-/// closed here; no transaction was started on it, so nothing is lost.
+/// A kept connection that has been closed by the hop, refuses RSET or
+/// does not answer it within `relay.connect_timeout` is closed here; no
+/// transaction was started on it, so nothing is lost.
 async fn open(pool: &Pool, settings: &Arc<Settings>, hop: &str) -> Result<Connection, AllDeferred> {
     while let Some(mut c) = pool.take(settings, hop) {
-        match c.smtp.command("RSET\r\n").await {
+        match step(settings.relay.connect_timeout, c.smtp.command("RSET\r\n")).await {
             Ok(_) => return Ok(c),
-            Err(_) => c.smtp.abort().await,
+            Err(why) => close(c, &why).await,
         }
     }
     let conn = connect(&settings.relay, &settings.server.hostname, hop).await?;
@@ -252,26 +301,28 @@ async fn transact(
     settings: &Arc<Settings>,
     out: &Outbound<'_>,
 ) -> Result<Vec<RcptOutcome>, AllDeferred> {
+    let limit = settings.relay.timeout;
     let mut conn = open(pool, settings, out.hop).await?;
-    let mut started = mail_from(&mut conn.smtp, out).await;
+    let mut started = step(limit, mail_from(&mut conn.smtp, out)).await;
     if let Err(e) = &started {
         // A kept connection that died between RSET and MAIL (no reply at
         // all): nothing was sent, so once more on a new connection.
-        if conn.reused && e.status().is_none() {
-            conn.smtp.abort().await;
+        if conn.reused && e.no_reply() {
+            close(conn, e).await;
             let fresh = connect(&settings.relay, &settings.server.hostname, out.hop).await?;
             conn = Connection::fresh(fresh);
-            started = mail_from(&mut conn.smtp, out).await;
+            started = step(limit, mail_from(&mut conn.smtp, out)).await;
         }
     }
     if let Err(e) = started {
-        conn.smtp.abort().await;
-        let text = describe(&e);
+        let text = e.text(limit);
+        let permanent = e.permanent();
+        close(conn, &e).await;
         return Ok(out
             .rcpts
             .iter()
             .map(|_| {
-                if e.is_permanent() {
+                if permanent {
                     RcptOutcome::Failed(text.clone())
                 } else {
                     RcptOutcome::Deferred(text.clone())
@@ -283,17 +334,21 @@ async fn transact(
 
     let mut outcomes: Vec<Option<RcptOutcome>> = Vec::with_capacity(out.rcpts.len());
     for rcpt in out.rcpts {
-        match conn
+        let rcpt_to = conn
             .smtp
-            .command(format!("RCPT TO:<{}>\r\n", smtp_path(rcpt)))
-            .await
-        {
+            .command(format!("RCPT TO:<{}>\r\n", smtp_path(rcpt)));
+        match step(limit, rcpt_to).await {
             Ok(_) => outcomes.push(None),
-            Err(e) if e.is_permanent() => outcomes.push(Some(RcptOutcome::Failed(describe(&e)))),
-            Err(e) if e.is_transient() => outcomes.push(Some(RcptOutcome::Deferred(describe(&e)))),
+            Err(Failed::Smtp(e)) if e.is_permanent() => {
+                outcomes.push(Some(RcptOutcome::Failed(describe(&e))))
+            }
+            Err(Failed::Smtp(e)) if e.is_transient() => {
+                outcomes.push(Some(RcptOutcome::Deferred(describe(&e))))
+            }
             Err(e) => {
-                conn.smtp.abort().await;
-                return Err(format!("{} during RCPT: {}", out.hop, describe(&e)));
+                let text = e.text(limit);
+                close(conn, &e).await;
+                return Err(format!("{} during RCPT: {text}", out.hop));
             }
         }
     }
@@ -306,19 +361,18 @@ async fn transact(
     // lettre ends the data with CRLF "." CRLF of its own, so the CRLF that
     // ends the message's last line is left to it: the bytes arrive as kept.
     let body = out.body.strip_suffix(b"\r\n").unwrap_or(out.body);
-    let data_result = match conn.smtp.command("DATA\r\n").await {
-        Ok(_) => conn.smtp.message(body).await,
+    let data_result = match step(limit, conn.smtp.command("DATA\r\n")).await {
+        Ok(_) => step(limit, conn.smtp.message(body)).await,
         Err(e) => Err(e),
     };
     let for_accepted = match &data_result {
         Ok(r) => RcptOutcome::Delivered(reply_text(r)),
-        Err(e) if e.is_permanent() => RcptOutcome::Failed(describe(e)),
-        Err(e) => RcptOutcome::Deferred(describe(e)),
+        Err(e) if e.permanent() => RcptOutcome::Failed(e.text(limit)),
+        Err(e) => RcptOutcome::Deferred(e.text(limit)),
     };
-    if data_result.is_ok() {
-        pool.put(settings, out.hop, conn).await;
-    } else {
-        conn.smtp.abort().await;
+    match data_result {
+        Ok(_) => pool.put(settings, out.hop, conn).await,
+        Err(e) => close(conn, &e).await,
     }
     Ok(outcomes
         .into_iter()

@@ -47,6 +47,9 @@ pub struct Script {
     pub close_after_transactions: Option<usize>,
     /// The reply to RSET; "250 Ok" when none.
     pub rset_reply: Option<String>,
+    /// Never answer "." (the message is read, then nothing is said until
+    /// the client hangs up; nothing is recorded).
+    pub silent_after_data: bool,
 }
 
 /// Where the sink's own bounces go: mail for `domain` to `local`, the
@@ -351,6 +354,13 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 } else {
                     data.extend_from_slice(&line);
                 }
+            }
+            if state.lock().unwrap().script.silent_after_data {
+                state.lock().unwrap().data_attempts += 1;
+                while w.read_until(b'\n', &mut line).await? > 0 {
+                    line.clear();
+                }
+                return Ok(Next::Closed);
             }
             let (reply, bounce) = {
                 let mut st = state.lock().unwrap();

@@ -109,8 +109,12 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
         }
         crate::journal::Journal::start(&first.settings)
     };
+    // Connections kept to next hops: closed on reload, so none outlives
+    // the TLS settings it was verified under.
+    let pool = Arc::new(crate::delivery::Pool::new());
     let runner = Runner::new(
         Arc::clone(&live),
+        Arc::clone(&pool),
         Arc::clone(&store),
         queued_rx,
         queued_tx,
@@ -164,7 +168,7 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
             _ = hup.recv() => {
                 info!("SIGHUP: reloading");
                 systemd::reloading();
-                reload(path, &live);
+                reload(path, &live, &pool);
                 reloaded_tx.send_modify(|n| *n += 1);
                 systemd::ready();
             }
@@ -174,7 +178,7 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
                 while changed.try_recv().is_ok() {}
                 info!(config = %path.display(), "configuration file changed: reloading");
                 systemd::reloading();
-                reload(path, &live);
+                reload(path, &live, &pool);
                 reloaded_tx.send_modify(|n| *n += 1);
                 systemd::ready();
             }
@@ -240,9 +244,12 @@ fn watch(path: &Path, tx: mpsc::UnboundedSender<()>) -> notify::Result<notify::R
 /// Loads the configuration again and swaps it in when valid; an invalid
 /// one is logged and the running one kept. Listen addresses and the spool
 /// directory take effect only at the next start.
-fn reload(path: &Path, live: &Live) {
+fn reload(path: &Path, live: &Live, pool: &crate::delivery::Pool) {
     match Snapshot::load(path).map(|s| live.replace(s)) {
-        Ok(()) => info!(config = %path.display(), "configuration reloaded"),
+        Ok(()) => {
+            pool.clear();
+            info!(config = %path.display(), "configuration reloaded")
+        }
         Err(e) => error!(error = %e, "configuration not reloaded; the previous one stays in force"),
     }
 }

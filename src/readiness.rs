@@ -275,6 +275,7 @@ pub async fn assess(
         .candidates(
             &snapshot.keys,
             &snapshot.certs,
+            &snapshot.checked,
             settings,
             address,
             at,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::{self, ConfigError, Settings, SettingsSource};
+use crate::pki::checked::Checked;
 use crate::pki::directory::{Directory, DirectoryError};
 use crate::pki::resolve::Resolver;
 use crate::pki::revocation::RevokedIdentities;
@@ -26,6 +27,9 @@ pub struct Snapshot {
     pub settings: Arc<Settings>,
     pub keys: Arc<Keyring>,
     pub certs: Arc<Directory>,
+    /// Chain and revocation verdicts on recipients' certificates, kept
+    /// while this snapshot is in force (a reload starts afresh).
+    pub checked: Arc<Checked>,
 }
 
 /// Why a configuration could not be taken into use.
@@ -54,6 +58,7 @@ impl Snapshot {
             settings: Arc::new(settings),
             keys: Arc::new(keys),
             certs: Arc::new(certs),
+            checked: Arc::new(Checked::new()),
         })
     }
 }
@@ -83,9 +88,11 @@ impl Live {
         self.slot.load_full()
     }
 
-    /// Puts `snapshot` in force, all of it at once.
+    /// Puts `snapshot` in force, all of it at once. Signers' revocation
+    /// answers are asked again under it (its anchors may differ).
     pub fn replace(&self, snapshot: Snapshot) {
         self.slot.store(Arc::new(snapshot));
+        self.signers.clear();
     }
 }
 

@@ -661,6 +661,13 @@ pub struct RelaySettings {
     pub connect_timeout: Duration,
     #[serde(default = "defaults::relay_timeout", with = "duration")]
     pub timeout: Duration,
+    /// Idle connections kept per next hop for further messages (RSET
+    /// between transactions); 0: one connection per message.
+    #[serde(default = "defaults::reuse_connections")]
+    pub reuse_connections: usize,
+    /// A kept connection idle this long is closed.
+    #[serde(default = "defaults::reuse_idle", with = "duration")]
+    pub reuse_idle: Duration,
 }
 
 /// How the gateway uses STARTTLS towards a next hop.
@@ -943,6 +950,12 @@ mod defaults {
     }
     pub fn relay_timeout() -> Duration {
         Duration::from_secs(600)
+    }
+    pub fn reuse_connections() -> usize {
+        20
+    }
+    pub fn reuse_idle() -> Duration {
+        Duration::from_secs(5)
     }
     pub fn retry_intervals() -> Vec<Duration> {
         [60, 300, 900, 3600]

@@ -56,6 +56,7 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
         ("server.session_timeout", s.server.session_timeout),
         ("relay.connect_timeout", s.relay.connect_timeout),
         ("relay.timeout", s.relay.timeout),
+        ("relay.reuse_idle", s.relay.reuse_idle),
         ("queue.max_lifetime", s.queue.max_lifetime),
         ("queue.scan_interval", s.queue.scan_interval),
         ("status.refresh", s.status.refresh),

@@ -1,11 +1,13 @@
 //! One SMTP transaction towards a next hop with lettre's connection API,
 //! driven command by command so each recipient gets its own outcome: a
 //! refused RCPT fails that recipient only, and a reply to DATA applies to
-//! the recipients that were accepted.
+//! the recipients that were accepted. Connections are kept for further
+//! messages to the same hop in a [`Pool`].
 
 use std::error::Error as _;
-
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use lettre::transport::smtp::client::{
     AsyncSmtpConnection, Certificate, CertificateStore, TlsParameters,
@@ -13,7 +15,8 @@ use lettre::transport::smtp::client::{
 use lettre::transport::smtp::extension::{ClientId, Extension};
 use lettre::transport::smtp::Error as SmtpError;
 
-use crate::config::{validate::parse_host_port, RelaySettings, RelayTls};
+use super::pool::{Connection, Pool};
+use crate::config::{validate::parse_host_port, RelaySettings, RelayTls, Settings};
 use crate::mail::address::smtp_path;
 
 /// Octets of the message handed to the connection at a time.
@@ -42,10 +45,12 @@ pub struct Outbound<'a> {
     pub body: &'a [u8],
 }
 
-/// Sends `out` and returns one outcome per recipient, in order. Never
-/// fails as a whole: a failure to connect defers every recipient.
-pub async fn send(relay: &RelaySettings, helo: &str, out: &Outbound<'_>) -> Vec<RcptOutcome> {
-    match transact(relay, helo, out).await {
+/// Sends `out` under `settings` (its `relay` and `server.hostname`) and
+/// returns one outcome per recipient, in order, on a connection kept in
+/// `pool` for the hop when there is one. Never fails as a whole: a
+/// failure to connect defers every recipient.
+pub async fn send(pool: &Pool, settings: &Arc<Settings>, out: &Outbound<'_>) -> Vec<RcptOutcome> {
+    match transact(pool, settings, out).await {
         Ok(outcomes) => outcomes,
         Err(reason) => out
             .rcpts
@@ -83,17 +88,22 @@ pub(super) async fn connect(
 ) -> Result<AsyncSmtpConnection, String> {
     let (host, port) = parse_host_port(hop).map_err(|e| e.to_string())?;
     let client_id = ClientId::Domain(helo.to_string());
-    let connect = AsyncSmtpConnection::connect_tokio1(
-        (host.as_str(), port),
-        Some(relay.timeout),
-        &client_id,
-        None,
-        None,
-    );
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("connect to {hop} failed: {e}"))?;
+        // Commands are written whole and answered before the next: without
+        // this, the "." after a message waits for the hop's delayed ACK on
+        // a connection that carries more than one transaction (Nagle).
+        tcp.set_nodelay(true)
+            .map_err(|e| format!("connect to {hop} failed: {e}"))?;
+        AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &client_id)
+            .await
+            .map_err(|e| format!("connect to {hop} failed: {}", describe(&e)))
+    };
     let mut conn = tokio::time::timeout(relay.connect_timeout, connect)
         .await
-        .map_err(|_| format!("connect to {hop} timed out"))?
-        .map_err(|e| format!("connect to {hop} failed: {}", describe(&e)))?;
+        .map_err(|_| format!("connect to {hop} timed out"))??;
 
     if relay.tls == RelayTls::None {
         return Ok(conn);
@@ -213,12 +223,70 @@ fn sha256_hex(der: &[u8]) -> String {
         .collect()
 }
 
-async fn transact(
-    relay: &RelaySettings,
-    helo: &str,
-    out: &Outbound<'_>,
-) -> Result<Vec<RcptOutcome>, AllDeferred> {
-    let mut conn = connect(relay, helo, out.hop).await?;
+/// Why a step of a transaction failed: the hop's reply or a broken
+/// connection, or no reply within `relay.timeout`.
+enum Failed {
+    Smtp(SmtpError),
+    TimedOut,
+}
+
+impl Failed {
+    fn permanent(&self) -> bool {
+        matches!(self, Failed::Smtp(e) if e.is_permanent())
+    }
+
+    /// No reply at all (the connection broke or the hop fell silent).
+    fn no_reply(&self) -> bool {
+        match self {
+            Failed::Smtp(e) => e.status().is_none(),
+            Failed::TimedOut => true,
+        }
+    }
+
+    fn text(&self, limit: Duration) -> String {
+        match self {
+            Failed::Smtp(e) => describe(e),
+            Failed::TimedOut => format!("no reply within {}s (relay.timeout)", limit.as_secs()),
+        }
+    }
+}
+
+/// One command (or the message) and its reply, within `limit`.
+async fn step<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, SmtpError>>,
+) -> Result<T, Failed> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r.map_err(Failed::Smtp),
+        Err(_) => Err(Failed::TimedOut),
+    }
+}
+
+/// Closes a connection after a failed step: with QUIT when the hop still
+/// answers, by dropping it when it fell silent (QUIT would wait as well).
+async fn close(mut conn: Connection, why: &Failed) {
+    if let Failed::Smtp(_) = why {
+        conn.smtp.abort().await;
+    }
+}
+
+/// A connection for `hop`: a kept one that answers RSET, else a new one.
+/// A kept connection that has been closed by the hop, refuses RSET or
+/// does not answer it within `relay.connect_timeout` is closed here; no
+/// transaction was started on it, so nothing is lost.
+async fn open(pool: &Pool, settings: &Arc<Settings>, hop: &str) -> Result<Connection, AllDeferred> {
+    while let Some(mut c) = pool.take(settings, hop) {
+        match step(settings.relay.connect_timeout, c.smtp.command("RSET\r\n")).await {
+            Ok(_) => return Ok(c),
+            Err(why) => close(c, &why).await,
+        }
+    }
+    let conn = connect(&settings.relay, &settings.server.hostname, hop).await?;
+    Ok(Connection::fresh(conn))
+}
+
+/// MAIL FROM with the parameters the hop supports.
+async fn mail_from(conn: &mut AsyncSmtpConnection, out: &Outbound<'_>) -> Result<(), SmtpError> {
     let info = conn.server_info();
     let mut params = String::new();
     if out.eight_bit && info.supports_feature(Extension::EightBitMime) {
@@ -228,14 +296,36 @@ async fn transact(
         params.push_str(" SMTPUTF8");
     }
     let mail = format!("MAIL FROM:<{}>{params}\r\n", smtp_path(out.mail_from));
-    if let Err(e) = conn.command(mail).await {
-        conn.abort().await;
-        let text = describe(&e);
+    conn.command(mail).await.map(|_| ())
+}
+
+async fn transact(
+    pool: &Pool,
+    settings: &Arc<Settings>,
+    out: &Outbound<'_>,
+) -> Result<Vec<RcptOutcome>, AllDeferred> {
+    let limit = settings.relay.timeout;
+    let mut conn = open(pool, settings, out.hop).await?;
+    let mut started = step(limit, mail_from(&mut conn.smtp, out)).await;
+    if let Err(e) = &started {
+        // A kept connection that died between RSET and MAIL (no reply at
+        // all): nothing was sent, so once more on a new connection.
+        if conn.reused && e.no_reply() {
+            close(conn, e).await;
+            let fresh = connect(&settings.relay, &settings.server.hostname, out.hop).await?;
+            conn = Connection::fresh(fresh);
+            started = step(limit, mail_from(&mut conn.smtp, out)).await;
+        }
+    }
+    if let Err(e) = started {
+        let text = e.text(limit);
+        let permanent = e.permanent();
+        close(conn, &e).await;
         return Ok(out
             .rcpts
             .iter()
             .map(|_| {
-                if e.is_permanent() {
+                if permanent {
                     RcptOutcome::Failed(text.clone())
                 } else {
                     RcptOutcome::Deferred(text.clone())
@@ -243,24 +333,31 @@ async fn transact(
             })
             .collect());
     }
+    conn.transactions += 1;
 
     let mut outcomes: Vec<Option<RcptOutcome>> = Vec::with_capacity(out.rcpts.len());
     for rcpt in out.rcpts {
-        match conn
-            .command(format!("RCPT TO:<{}>\r\n", smtp_path(rcpt)))
-            .await
-        {
+        let rcpt_to = conn
+            .smtp
+            .command(format!("RCPT TO:<{}>\r\n", smtp_path(rcpt)));
+        match step(limit, rcpt_to).await {
             Ok(_) => outcomes.push(None),
-            Err(e) if e.is_permanent() => outcomes.push(Some(RcptOutcome::Failed(describe(&e)))),
-            Err(e) if e.is_transient() => outcomes.push(Some(RcptOutcome::Deferred(describe(&e)))),
+            Err(Failed::Smtp(e)) if e.is_permanent() => {
+                outcomes.push(Some(RcptOutcome::Failed(describe(&e))))
+            }
+            Err(Failed::Smtp(e)) if e.is_transient() => {
+                outcomes.push(Some(RcptOutcome::Deferred(describe(&e))))
+            }
             Err(e) => {
-                conn.abort().await;
-                return Err(format!("{} during RCPT: {}", out.hop, describe(&e)));
+                let text = e.text(limit);
+                close(conn, &e).await;
+                return Err(format!("{} during RCPT: {text}", out.hop));
             }
         }
     }
     if outcomes.iter().all(Option::is_some) {
-        let _ = conn.quit().await;
+        // No DATA: the next user of the connection resets it with RSET.
+        pool.put(settings, out.hop, conn).await;
         return Ok(outcomes.into_iter().flatten().collect());
     }
 
@@ -269,19 +366,18 @@ async fn transact(
     let body = out.body.strip_suffix(b"\r\n").unwrap_or(out.body);
     // Handed over in pieces, so lettre's dot-stuffed copy is one piece
     // at a time, not the whole message.
-    let data_result = match conn.command("DATA\r\n").await {
-        Ok(_) => conn.message_iter(body.chunks(DATA_PIECE)).await,
+    let data_result = match step(limit, conn.smtp.command("DATA\r\n")).await {
+        Ok(_) => step(limit, conn.smtp.message_iter(body.chunks(DATA_PIECE))).await,
         Err(e) => Err(e),
     };
     let for_accepted = match &data_result {
         Ok(r) => RcptOutcome::Delivered(reply_text(r)),
-        Err(e) if e.is_permanent() => RcptOutcome::Failed(describe(e)),
-        Err(e) => RcptOutcome::Deferred(describe(e)),
+        Err(e) if e.permanent() => RcptOutcome::Failed(e.text(limit)),
+        Err(e) => RcptOutcome::Deferred(e.text(limit)),
     };
-    if data_result.is_ok() {
-        let _ = conn.quit().await;
-    } else {
-        conn.abort().await;
+    match data_result {
+        Ok(_) => pool.put(settings, out.hop, conn).await,
+        Err(e) => close(conn, &e).await,
     }
     Ok(outcomes
         .into_iter()

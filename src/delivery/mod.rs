@@ -3,7 +3,9 @@
 //! SMTP to other servers.
 
 mod client;
+pub mod pool;
 pub mod route;
 pub mod verify;
 
 pub use client::{send, Outbound, RcptOutcome};
+pub use pool::Pool;

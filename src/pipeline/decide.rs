@@ -117,6 +117,7 @@ pub async fn decide(
         .candidates(
             &snapshot.keys,
             &snapshot.certs,
+            &snapshot.checked,
             settings,
             rcpt,
             at,

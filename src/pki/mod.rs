@@ -3,6 +3,7 @@
 //! OCES classification, recipients' certificates (directory, harvest,
 //! LDAP) and their validation (chain, CRL, OCSP).
 
+pub mod checked;
 pub mod directory;
 pub mod identity;
 pub mod ldap;

@@ -1,7 +1,8 @@
 //! Finding and checking a recipient's certificates: the local directory
 //! first, LDAP when nothing usable is there (answers cached for the
 //! configured TTL), then each certificate's validity, key usage, chain and
-//! revocation at the evaluation time. The result feeds the pure policy.
+//! revocation at the evaluation time (chain and revocation verdicts kept
+//! in the snapshot's [`Checked`]). The result feeds the pure policy.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use openssl::x509::X509;
 
+use super::checked::{self, Checked};
 use super::directory::{fingerprint, Directory, Entry, Source};
 use super::oces::{self, CertInfo};
 use super::revocation::{self, Checker};
@@ -51,10 +53,12 @@ impl Resolver {
     /// The certificates of `addr` with their verdicts at `at`, and the
     /// reason when a lookup failed for now. `wanted` says which
     /// certificates would serve; LDAP is asked only when no local one does.
+    #[allow(clippy::too_many_arguments)]
     pub async fn candidates(
         &self,
         keys: &Arc<Keyring>,
         directory: &Arc<Directory>,
+        checked: &Arc<Checked>,
         settings: &Settings,
         addr: &str,
         at: i64,
@@ -67,7 +71,9 @@ impl Resolver {
                 _ => "local",
             });
         }
-        let mut out = self.evaluate(keys, directory, settings, local, at).await;
+        let mut out = self
+            .evaluate(keys, directory, checked, settings, local, at)
+            .await;
         let satisfied = out
             .iter()
             .any(|c| matches!(c.verdict, Verdict::Usable(_)) && wanted(&c.entry.info));
@@ -99,7 +105,10 @@ impl Resolver {
                     })
                 })
                 .collect();
-            out.extend(self.evaluate(keys, directory, settings, entries, at).await);
+            out.extend(
+                self.evaluate(keys, directory, checked, settings, entries, at)
+                    .await,
+            );
         }
         let satisfied = out
             .iter()
@@ -155,11 +164,13 @@ impl Resolver {
     }
 
     /// Checks each entry (validity, key usage, chain, revocation) off the
-    /// async threads.
+    /// async threads; chain and revocation verdicts come from `checked`
+    /// while they hold there.
     async fn evaluate(
         &self,
         keys: &Arc<Keyring>,
         directory: &Arc<Directory>,
+        checked: &Arc<Checked>,
         settings: &Settings,
         entries: Vec<Entry>,
         at: i64,
@@ -177,24 +188,50 @@ impl Resolver {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(at);
+        let checked = Arc::clone(checked);
         let work = move || {
-            let mut helpers = directory.authorities();
-            for id in &keys.identities {
-                helpers.extend(id.chain.iter().cloned());
-            }
+            // Read before checking: a CRL fetched meanwhile makes what is
+            // kept now stale rather than fresh.
+            let generation = checker.generation();
+            let mut helpers: Option<Vec<X509>> = None;
             entries
                 .into_iter()
                 .map(|entry| {
-                    let verdict = verdict(
+                    if let Err(why) = validate::basic(&entry, at) {
+                        return Candidate {
+                            entry,
+                            verdict: Verdict::Refused(why),
+                        };
+                    }
+                    if let Some(verdict) = checked.get(&entry.fingerprint, generation, at, now) {
+                        return Candidate { entry, verdict };
+                    }
+                    let helpers = helpers.get_or_insert_with(|| {
+                        let mut h = directory.authorities();
+                        for id in &keys.identities {
+                            h.extend(id.chain.iter().cloned());
+                        }
+                        h
+                    });
+                    let (verdict, keep) = verdict(
                         &entry,
                         &keys.anchors,
-                        &helpers,
+                        helpers,
                         at,
                         now,
                         mode,
                         timeout,
                         &checker,
                     );
+                    if let Some((window, expires)) = keep {
+                        checked.put(
+                            &entry.fingerprint,
+                            verdict.clone(),
+                            generation,
+                            window,
+                            expires,
+                        );
+                    }
                     Candidate { entry, verdict }
                 })
                 .collect::<Vec<_>>()
@@ -214,6 +251,13 @@ impl Resolver {
     }
 }
 
+/// How long a verdict may be kept: the evaluation times its chain holds
+/// for, and until when.
+type Keep = Option<((i64, i64), i64)>;
+
+/// The verdict on `entry` (its validity and key usage already checked),
+/// and how long it may be kept; verdicts that depend on a source that did
+/// not answer with hard-fail, and chains that do not verify, are not kept.
 #[allow(clippy::too_many_arguments)]
 fn verdict(
     entry: &Entry,
@@ -224,31 +268,48 @@ fn verdict(
     mode: Revocation,
     timeout: Duration,
     checker: &Checker,
-) -> Verdict {
-    if let Err(why) = validate::basic(entry, at) {
-        return Verdict::Refused(why);
-    }
+) -> (Verdict, Keep) {
     let chain = match validate::chain(&entry.cert, anchors, helpers, at) {
         Ok(c) => c,
-        Err(why) => return Verdict::Refused(why),
+        Err(why) => return (Verdict::Refused(why), None),
     };
+    // The chain holds while every certificate in it is valid.
+    let mut window = (i64::MIN, i64::MAX);
+    for c in &chain {
+        match validate::period(c) {
+            Some((from, until)) => window = (window.0.max(from), window.1.min(until)),
+            None => window = (1, 0),
+        }
+    }
+    let keep = |secs: i64| (window.0 <= window.1).then_some((window, now.saturating_add(secs)));
     if mode == Revocation::Off {
-        return Verdict::Usable("valid, chain trusted, revocation not checked (off)".into());
+        return (
+            Verdict::Usable("valid, chain trusted, revocation not checked (off)".into()),
+            keep(checked::KEEP),
+        );
     }
     let issuer = chain.get(1).unwrap_or(&entry.cert);
     match checker.check(&entry.cert, issuer, anchors, now, timeout) {
-        revocation::Status::Good(src) => {
-            Verdict::Usable(format!("valid, chain trusted, not revoked ({src})"))
-        }
-        revocation::Status::NoSources => {
-            Verdict::Usable("valid, chain trusted, no revocation source named".into())
-        }
-        revocation::Status::Revoked(why) => Verdict::Refused(why),
+        revocation::Status::Good(src) => (
+            Verdict::Usable(format!("valid, chain trusted, not revoked ({src})")),
+            keep(checked::KEEP),
+        ),
+        revocation::Status::NoSources => (
+            Verdict::Usable("valid, chain trusted, no revocation source named".into()),
+            keep(checked::KEEP),
+        ),
+        revocation::Status::Revoked(why) => (Verdict::Refused(why), keep(checked::KEEP)),
         revocation::Status::Unknown(why) => match mode {
-            Revocation::HardFail => Verdict::Unknown(format!("revocation status unknown: {why}")),
-            _ => Verdict::Usable(format!(
-                "valid, chain trusted, revocation unknown, accepted (soft-fail): {why}"
-            )),
+            Revocation::HardFail => (
+                Verdict::Unknown(format!("revocation status unknown: {why}")),
+                None,
+            ),
+            _ => (
+                Verdict::Usable(format!(
+                    "valid, chain trusted, revocation unknown, accepted (soft-fail): {why}"
+                )),
+                keep(checked::KEEP_UNKNOWN),
+            ),
         },
     }
 }

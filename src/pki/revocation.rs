@@ -33,6 +33,9 @@ pub enum Status {
 #[derive(Default)]
 pub struct Checker {
     crls: Mutex<HashMap<String, (Arc<X509Crl>, i64)>>,
+    /// Counts the CRLs fetched: answers derived from older revocation data
+    /// are stale once it moves.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Checker {
@@ -56,6 +59,12 @@ fn agent(timeout: Duration) -> ureq::Agent {
 }
 
 impl Checker {
+    /// The revocation data's generation: changes whenever a CRL is
+    /// fetched (for the first time or again after its nextUpdate).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Checks `cert` (issued by `issuer`) at `now` (Unix seconds).
     pub fn check(
         &self,
@@ -135,6 +144,8 @@ impl Checker {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(url.to_string(), (Arc::clone(&crl), next));
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(crl)
     }
 }

@@ -184,24 +184,46 @@ impl SignerRevocation {
 const KEEP_ANSWER: i64 = 3600;
 const KEEP_UNKNOWN: i64 = 300;
 
-/// Revocation answers for signer certificates, by fingerprint, shared by
-/// every delivery.
+/// One kept answer: what, until when, and the revocation data's
+/// generation it was formed with.
+type KeptAnswer = (SignerRevocation, i64, u64);
+
+/// Whether a kept answer still holds at `now` with revocation data of
+/// `generation`: not expired, and no CRL fetched since it was formed.
+fn holds(kept: &KeptAnswer, now: i64, generation: u64) -> bool {
+    kept.1 > now && kept.2 == generation
+}
+
+/// Revocation answers for signer certificates, by fingerprint and the
+/// revocation data's generation, shared by every delivery: an answer
+/// holds until it expires, a CRL is fetched anew (the signer is then
+/// asked about again, from the fresh data) or the configuration is
+/// reloaded.
 #[derive(Debug, Default)]
 pub struct SignerChecks {
-    answers: Mutex<HashMap<String, (SignerRevocation, i64)>>,
+    answers: Mutex<HashMap<String, KeptAnswer>>,
     checker: Arc<Checker>,
 }
 
 impl SignerChecks {
     /// The answers still fresh at `now`.
     pub fn known(&self, now: i64) -> HashMap<String, SignerRevocation> {
+        let generation = self.checker.generation();
         self.answers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|(_, (_, until))| *until > now)
-            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .filter(|(_, kept)| holds(kept, now, generation))
+            .map(|(k, (v, _, _))| (k.clone(), v.clone()))
             .collect()
+    }
+
+    /// Forgets every answer (a reload: other anchors, other settings).
+    pub fn clear(&self) {
+        self.answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Asks the sources named in `cert` (issued by `issuer`). Blocking
@@ -232,7 +254,12 @@ impl SignerChecks {
         self.answers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(fingerprint(cert), (answer.clone(), now + keep));
+            // The generation after asking: the answer was formed with the
+            // CRLs this check fetched.
+            .insert(
+                fingerprint(cert),
+                (answer.clone(), now + keep, self.checker.generation()),
+            );
         answer
     }
 }
@@ -283,6 +310,23 @@ mod tests {
         assert_eq!(r(&other, "clerk@domstol.dk"), Relation::Organisation);
         let stranger = info(Kind::Organisation, "99999999", "it@court-it.example");
         assert_eq!(r(&stranger, "clerk@domstol.dk"), Relation::Differs);
+    }
+
+    #[test]
+    fn a_kept_answer_holds_until_it_expires_or_the_revocation_data_moves() {
+        let kept: KeptAnswer = (SignerRevocation::Good, 1000, 3);
+        assert!(holds(&kept, 999, 3));
+        assert!(!holds(&kept, 1000, 3), "expired");
+        assert!(!holds(&kept, 999, 4), "a CRL fetched since");
+        let checks = SignerChecks::default();
+        checks
+            .answers
+            .lock()
+            .unwrap()
+            .insert("aa".into(), (SignerRevocation::Good, 1000, 0));
+        assert_eq!(checks.known(999).len(), 1);
+        checks.clear();
+        assert!(checks.known(999).is_empty(), "a reload forgets");
     }
 
     #[test]

@@ -15,6 +15,16 @@ pub fn day(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
+/// The validity period of `cert` (Unix seconds, both ends included).
+pub fn period(cert: &X509) -> Option<(i64, i64)> {
+    let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
+    let secs = |t: &openssl::asn1::Asn1TimeRef| -> Option<i64> {
+        let d = epoch.diff(t).ok()?;
+        Some(i64::from(d.days) * 86_400 + i64::from(d.secs))
+    };
+    Some((secs(cert.not_before())?, secs(cert.not_after())?))
+}
+
 /// Checks that need nothing but the certificate and the time.
 pub fn basic(entry: &Entry, at: i64) -> Result<(), String> {
     let i = &entry.info;

@@ -21,6 +21,7 @@ use super::dispatch::{carry_out, Sending};
 use super::record::{self, Logged};
 use super::{blocking, bounce, now_secs, returned, QueueError};
 use crate::blob::{InMemory, Spill};
+use crate::delivery::Pool;
 use crate::journal::{self, Journal, Record};
 use crate::mail::headers;
 use crate::metrics;
@@ -50,13 +51,14 @@ pub async fn attempt(
     notify: &mpsc::UnboundedSender<String>,
     budget: &Budget,
     journal: &Journal,
+    pool: &Pool,
 ) -> JobEnd {
     let mut msg = match load(id, store).await {
         Ok(m) => m,
         Err(end) => return end,
     };
     let size = msg.body.len() as u64;
-    let outcome = attempt_loaded(id, &mut msg, live, store, notify, budget, journal).await;
+    let outcome = attempt_loaded(id, &mut msg, live, store, notify, budget, journal, pool).await;
     drop(msg);
     // A large message's heap is given back once nothing else runs.
     if size >= RELEASE_AFTER && budget.idle() {
@@ -77,6 +79,7 @@ async fn attempt_loaded(
     notify: &mpsc::UnboundedSender<String>,
     budget: &Budget,
     journal: &Journal,
+    pool: &Pool,
 ) -> JobEnd {
     let size = msg.body.len() as u64;
     if budget.would_wait(size) {
@@ -177,6 +180,7 @@ async fn attempt_loaded(
             snapshot: &snapshot,
             message_id: &message_id,
             smime,
+            pool,
         };
         carry_out(&action, &sending, store, &mut attempted).await;
     }
@@ -201,26 +205,20 @@ async fn attempt_loaded(
         now,
         &settings.queue.retry_intervals,
     ) {
-        None => {
-            let (s, i) = (Arc::clone(store), id.to_string());
-            match blocking(move || s.remove(&i)).await {
-                Ok(()) => (JobEnd::Gone, true),
-                Err(e) => {
-                    error!(queue_id = %id, error = %e, "delivered message could not be removed from the queue");
-                    (JobEnd::Retry(now + 60), false)
-                }
+        None => match store.remove_grouped(id).await {
+            Ok(()) => (JobEnd::Gone, true),
+            Err(e) => {
+                error!(queue_id = %id, error = %e, "delivered message could not be removed from the queue");
+                (JobEnd::Retry(now + 60), false)
             }
-        }
-        Some(next) => {
-            let (s, i, st) = (Arc::clone(store), id.to_string(), msg.state.clone());
-            match blocking(move || s.save_state(&i, &st)).await {
-                Ok(()) => (JobEnd::Retry(next), true),
-                Err(e) => {
-                    error!(queue_id = %id, error = %e, "cannot record delivery state; recipients may be sent twice");
-                    (JobEnd::Retry(next), false)
-                }
+        },
+        Some(next) => match store.save_state_grouped(id, &msg.state).await {
+            Ok(()) => (JobEnd::Retry(next), true),
+            Err(e) => {
+                error!(queue_id = %id, error = %e, "cannot record delivery state; recipients may be sent twice");
+                (JobEnd::Retry(next), false)
             }
-        }
+        },
     };
     // Only now, with the outcome on disk, does the log say what happened;
     // an outcome that could not be recorded is logged as such.

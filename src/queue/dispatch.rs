@@ -24,6 +24,8 @@ pub(super) struct Sending<'a> {
     pub message_id: &'a str,
     /// It holds encrypted content at any depth.
     pub smime: bool,
+    /// Connections kept to the next hops.
+    pub pool: &'a delivery::Pool,
 }
 
 /// Carries out one action, adding what happened to each recipient.
@@ -148,7 +150,7 @@ async fn deliver(copy: &Copy<'static>, sending: &Sending<'_>, attempted: &mut Ve
             body: &copy.body,
         };
         let started = std::time::Instant::now();
-        let outcomes = delivery::send(&settings.relay, &settings.server.hostname, &out).await;
+        let outcomes = delivery::send(sending.pool, settings, &out).await;
         metrics::delivery_time(hop, started.elapsed().as_secs_f64());
         for (rcpt, outcome) in rcpts.into_iter().zip(outcomes) {
             attempted.push(Attempted {

@@ -33,6 +33,7 @@ use budget::Budget;
 use housekeeping::RevocationCheck;
 use schedule::Schedule;
 
+use crate::delivery::Pool;
 use crate::journal::Journal;
 use crate::snapshot::Live;
 use crate::spool::{SpoolError, Store};
@@ -65,6 +66,7 @@ pub(crate) fn now_secs() -> u64 {
 /// The queue manager of a running daemon.
 pub struct Runner {
     live: Arc<Live>,
+    pool: Arc<Pool>,
     store: Arc<Store>,
     rx: mpsc::UnboundedReceiver<String>,
     tx: mpsc::UnboundedSender<String>,
@@ -77,6 +79,7 @@ impl Runner {
     /// themselves.
     pub fn new(
         live: Arc<Live>,
+        pool: Arc<Pool>,
         store: Arc<Store>,
         rx: mpsc::UnboundedReceiver<String>,
         tx: mpsc::UnboundedSender<String>,
@@ -84,6 +87,7 @@ impl Runner {
     ) -> Self {
         Self {
             live,
+            pool,
             store,
             rx,
             tx,
@@ -113,6 +117,7 @@ impl Runner {
         let scan_every = self.live.current().settings.queue.scan_interval;
         let mut scan = tokio::time::interval(scan_every);
         let mut shutdown = self.shutdown.clone();
+        let reaper = tokio::spawn(close_idle(Arc::clone(&self.pool), self.shutdown.clone()));
 
         loop {
             let now = now_secs();
@@ -122,16 +127,18 @@ impl Runner {
                 if !busy.insert(id.clone()) {
                     continue;
                 }
-                let (live, store, tx, budget, journal) = (
+                let (live, store, tx, budget, journal, pool) = (
                     Arc::clone(&self.live),
                     Arc::clone(&self.store),
                     self.tx.clone(),
                     Arc::clone(&budget),
                     self.journal.clone(),
+                    Arc::clone(&self.pool),
                 );
                 let queue_id = id.clone();
                 let handle = jobs.spawn(async move {
-                    let end = attempt::attempt(&id, &live, &store, &tx, &budget, &journal).await;
+                    let end =
+                        attempt::attempt(&id, &live, &store, &tx, &budget, &journal, &pool).await;
                     (id, end)
                 });
                 tasks.insert(handle.id(), queue_id);
@@ -199,6 +206,20 @@ impl Runner {
                 "deliveries still running at shutdown; they will be retried"
             );
             jobs.abort_all();
+        }
+        let _ = reaper.await;
+        self.pool.close_all().await;
+    }
+}
+
+/// Closes kept next-hop connections once they have been idle for
+/// `relay.reuse_idle`, until shutdown.
+async fn close_idle(pool: Arc<Pool>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => pool.close_idle().await,
+            _ = shutdown.changed() => return,
         }
     }
 }

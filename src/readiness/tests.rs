@@ -75,6 +75,7 @@ fn snapshot() -> Snapshot {
         settings: Arc::new(settings),
         keys: Arc::new(keys),
         certs: Arc::new(certs),
+        checked: Arc::new(crate::pki::checked::Checked::new()),
     }
 }
 

@@ -415,6 +415,49 @@ impl Store {
         durable::write_atomic(&path, &bytes).map_err(SpoolError::io(&path))
     }
 
+    /// Records the state of message `id` durably, sharing the directory
+    /// fsync with the other state writes, removals and arrivals of the
+    /// same moment (group commit): the state file is written and fsynced
+    /// on its own and renamed into `queue/`; the call returns once a
+    /// directory fsync that began after the rename has finished.
+    pub async fn save_state_grouped(&self, id: &str, state: &QueueState) -> Result<(), SpoolError> {
+        let id = self.checked(id)?;
+        let path = self.state_path(id);
+        let bytes = format::encode_state(state).map_err(SpoolError::unwritable(&path))?;
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || durable::write_replace(&p, &bytes))
+            .await
+            .map_err(|e| SpoolError::io(&path)(io::Error::other(e)))?
+            .map_err(SpoolError::io(&path))?;
+        self.queue_sync.sync().await.map_err(SpoolError::io(&path))
+    }
+
+    /// Removes message `id` like [`Store::remove`], sharing the directory
+    /// fsync of the message's removal with the other writers of the same
+    /// moment. The state and retry files go after that fsync, without one
+    /// of their own: left behind by a crash they are cleared at the next
+    /// start, while the message's removal is already durable.
+    pub async fn remove_grouped(&self, id: &str) -> Result<(), SpoolError> {
+        let id = self.checked(id)?;
+        let msg = self.msg_path(id);
+        let m = msg.clone();
+        let gone = tokio::task::spawn_blocking(move || match fs::remove_file(&m) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        })
+        .await
+        .map_err(|e| SpoolError::io(&msg)(io::Error::other(e)))?
+        .map_err(SpoolError::io(&msg))?;
+        if !gone {
+            return Err(SpoolError::NotFound(id.to_string()));
+        }
+        self.queue_sync.sync().await.map_err(SpoolError::io(&msg))?;
+        let _ = fs::remove_file(self.retry_path(id));
+        let _ = fs::remove_file(self.state_path(id));
+        Ok(())
+    }
+
     /// Removes message `id` (delivered, bounced or deleted by an operator).
     pub fn remove(&self, id: &str) -> Result<(), SpoolError> {
         let id = self.checked(id)?;
@@ -506,29 +549,41 @@ impl Incoming {
             path: self.tmp_path.clone(),
             source: io::Error::other("spool file already closed"),
         })?;
-        let io_err = SpoolError::io(&self.tmp_path);
-        let res = async {
-            file.flush().await?;
-            file.get_mut().sync_all().await
-        }
-        .await;
-        res.map_err(io_err)?;
-        drop(file);
+        // What is still buffered, the fsync and the rename in one trip to a
+        // blocking thread: a small message is written here whole. Writes
+        // made earlier (a message larger than the buffer) are finished
+        // first, and their errors seen, by flushing the file itself.
+        let pending = file.buffer().to_vec();
+        file.get_mut()
+            .flush()
+            .await
+            .map_err(SpoolError::io(&self.tmp_path))?;
+        let mut std_file = file.into_inner().into_std().await;
         let (tmp, dest) = (self.tmp_path.clone(), self.final_path.clone());
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
-            if dest.exists() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("{} already exists", dest.display()),
-                ));
+        let tmp_err = SpoolError::io(&self.tmp_path);
+        tokio::task::spawn_blocking(move || -> Result<io::Result<()>, io::Error> {
+            {
+                use std::io::Write as _;
+                std_file.write_all(&pending)?;
+                std_file.sync_all()?;
             }
-            fs::rename(&tmp, &dest)
+            drop(std_file);
+            Ok((|| {
+                if dest.exists() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!("{} already exists", dest.display()),
+                    ));
+                }
+                fs::rename(&tmp, &dest)
+            })())
         })
         .await
         .map_err(|e| SpoolError::Io {
             path: self.final_path.clone(),
             source: io::Error::other(e),
         })?
+        .map_err(tmp_err)?
         .map_err(SpoolError::io(&self.final_path))?;
         // The rename is durable once a directory fsync begun after it ends;
         // messages committed at the same moment share it.
@@ -599,6 +654,49 @@ mod tests {
         assert!(matches!(store.load(&id), Err(SpoolError::Corrupt { .. })));
         store.set_aside(&id).unwrap();
         assert!(store.list().unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grouped_state_writes_and_removals_land_and_share_directory_fsyncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+        let mut ids = Vec::new();
+        for _ in 0..8 {
+            let mut inc = store.begin(&envelope()).await.unwrap();
+            inc.write(b"Subject: x\r\n\r\nbody\r\n").await.unwrap();
+            ids.push(inc.commit().await.unwrap());
+        }
+        let before = store.queue_sync.tickets();
+        let mut tasks = Vec::new();
+        for (n, id) in ids.iter().enumerate() {
+            let (store, id) = (std::sync::Arc::clone(&store), id.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut st = QueueState::fresh(&envelope());
+                st.attempts = n as u32 + 1;
+                store.save_state_grouped(&id, &st).await.unwrap();
+                st
+            }));
+        }
+        for (id, t) in ids.iter().zip(tasks) {
+            let st = t.await.unwrap();
+            assert_eq!(store.load(id).unwrap().state, st, "state written");
+        }
+        // Every write asked the group for its directory fsync.
+        assert_eq!(store.queue_sync.tickets(), before + 8);
+
+        store.request_retry(&ids[0]).unwrap();
+        store.remove_grouped(&ids[0]).await.unwrap();
+        for ext in ["msg", "state", "retry"] {
+            let p = dir.path().join("queue").join(format!("{}.{ext}", ids[0]));
+            assert!(!p.exists(), "{} left behind", p.display());
+        }
+        assert!(matches!(
+            store.remove_grouped(&ids[0]).await,
+            Err(SpoolError::NotFound(_))
+        ));
+        // The control: the others are still there with their state.
+        assert_eq!(store.list().unwrap().len(), 7);
+        assert_eq!(store.load(&ids[1]).unwrap().state.attempts, 2);
     }
 
     #[tokio::test]

@@ -41,6 +41,15 @@ pub struct Script {
     /// report quoting the whole message, sent from <> to the envelope
     /// sender along the routes of [`Sink::route_bounces`].
     pub bounce_after_accept: Vec<String>,
+    /// Close the connection, without a word, once it has carried this many
+    /// transactions (the reply to "." sent): a hop that does not let a
+    /// connection be reused.
+    pub close_after_transactions: Option<usize>,
+    /// The reply to RSET; "250 Ok" when none.
+    pub rset_reply: Option<String>,
+    /// Never answer "." (the message is read, then nothing is said until
+    /// the client hangs up; nothing is recorded).
+    pub silent_after_data: bool,
 }
 
 /// Where the sink's own bounces go: mail for `domain` to `local`, the
@@ -68,6 +77,9 @@ struct State {
     received: Vec<Received>,
     data_attempts: usize,
     rcpt_attempts: usize,
+    connections: usize,
+    rsets: usize,
+    quits: usize,
     routes: Option<BounceRoutes>,
     bounces: Vec<SentBounce>,
 }
@@ -105,6 +117,7 @@ impl Sink {
         let st = Arc::clone(&state);
         runtime.spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                st.lock().unwrap().connections += 1;
                 let st = Arc::clone(&st);
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -130,6 +143,21 @@ impl Sink {
 
     pub fn data_attempts(&self) -> usize {
         self.state.lock().unwrap().data_attempts
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
+    }
+
+    /// QUIT commands received so far.
+    pub fn quits(&self) -> usize {
+        self.state.lock().unwrap().quits
+    }
+
+    /// RSET commands received so far.
+    pub fn rsets(&self) -> usize {
+        self.state.lock().unwrap().rsets
     }
 
     /// RCPT commands received, probes included.
@@ -268,6 +296,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
     let mut from = String::new();
     let mut rcpts: Vec<String> = Vec::new();
     let mut line = Vec::new();
+    let mut transactions = 0usize;
     loop {
         line.clear();
         if w.read_until(b'\n', &mut line).await? == 0 {
@@ -326,6 +355,13 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                     data.extend_from_slice(&line);
                 }
             }
+            if state.lock().unwrap().script.silent_after_data {
+                state.lock().unwrap().data_attempts += 1;
+                while w.read_until(b'\n', &mut line).await? > 0 {
+                    line.clear();
+                }
+                return Ok(Next::Closed);
+            }
             let (reply, bounce) = {
                 let mut st = state.lock().unwrap();
                 st.data_attempts += 1;
@@ -380,12 +416,29 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                     });
                 });
             }
+            transactions += 1;
+            let close_after = state.lock().unwrap().script.close_after_transactions;
+            if close_after.is_some_and(|n| transactions >= n) {
+                w.write_all(format!("{reply}\r\n").as_bytes()).await?;
+                w.flush().await?;
+                return Ok(Next::Closed);
+            }
             reply
         } else if upper == "QUIT" {
+            state.lock().unwrap().quits += 1;
             w.write_all(b"221 bye\r\n").await?;
             w.flush().await?;
             return Ok(Next::Closed);
-        } else if upper == "RSET" || upper == "NOOP" {
+        } else if upper == "RSET" {
+            let mut st = state.lock().unwrap();
+            st.rsets += 1;
+            from.clear();
+            rcpts.clear();
+            st.script
+                .rset_reply
+                .clone()
+                .unwrap_or_else(|| "250 Ok".into())
+        } else if upper == "NOOP" {
             "250 Ok".into()
         } else {
             "502 5.5.1 unknown".into()

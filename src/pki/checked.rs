@@ -1,0 +1,139 @@
+//! Verdicts of recipient certificates already checked (chain to the trust
+//! anchors and revocation), so a certificate is not verified again for
+//! every message and attempt. A verdict is kept by the certificate's
+//! fingerprint together with the revocation data's generation it was
+//! formed with, and holds only
+//! - while that generation is current (a CRL fetched since makes it stale),
+//! - for evaluation times inside the validity of every certificate in the
+//!   chain it was formed with,
+//! - until it expires (an hour; five minutes when no revocation source
+//!   answered), like the answers kept for signers.
+//!
+//! The cache belongs to one [`crate::snapshot::Snapshot`]: a reload (new
+//! anchors, settings or folders) starts with an empty one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use super::resolve::Verdict;
+
+/// How long a verdict is kept (seconds).
+pub const KEEP: i64 = 3600;
+/// How long a verdict formed without a revocation answer is kept.
+pub const KEEP_UNKNOWN: i64 = 300;
+/// Certificates remembered at most; beyond, the cache starts again.
+const MAX_ENTRIES: usize = 10_000;
+
+#[derive(Debug, Clone)]
+struct Kept {
+    verdict: Verdict,
+    generation: u64,
+    /// Evaluation times the chain holds for (both ends included).
+    window: (i64, i64),
+    /// Kept until this time (Unix seconds, the clock of the check).
+    expires: i64,
+}
+
+/// The verdicts of one snapshot.
+#[derive(Debug, Default)]
+pub struct Checked {
+    kept: Mutex<HashMap<String, Kept>>,
+    hits: AtomicU64,
+}
+
+impl Checked {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The verdict kept for `fingerprint`, if it holds for evaluation time
+    /// `at`, with revocation data of `generation`, at clock time `now`.
+    pub fn get(&self, fingerprint: &str, generation: u64, at: i64, now: i64) -> Option<Verdict> {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let k = kept.get(fingerprint)?;
+        let holds =
+            k.generation == generation && k.window.0 <= at && at <= k.window.1 && now < k.expires;
+        if holds {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            Some(k.verdict.clone())
+        } else {
+            None
+        }
+    }
+
+    /// Keeps `verdict` for `fingerprint`: formed with revocation data of
+    /// `generation`, holding for evaluation times in `window`, until
+    /// `expires`.
+    pub fn put(
+        &self,
+        fingerprint: &str,
+        verdict: Verdict,
+        generation: u64,
+        window: (i64, i64),
+        expires: i64,
+    ) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() >= MAX_ENTRIES && !kept.contains_key(fingerprint) {
+            kept.clear();
+        }
+        kept.insert(
+            fingerprint.to_string(),
+            Kept {
+                verdict,
+                generation,
+                window,
+                expires,
+            },
+        );
+    }
+
+    /// How many verdicts were served from the cache.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usable() -> Verdict {
+        Verdict::Usable("valid, chain trusted".into())
+    }
+
+    #[test]
+    fn a_kept_verdict_holds_only_for_its_generation_window_and_time() {
+        let c = Checked::new();
+        c.put("aa", usable(), 7, (100, 200), 1000);
+        assert_eq!(c.get("aa", 7, 150, 500), Some(usable()));
+        assert_eq!(c.hits(), 1);
+        // A CRL fetched since: the revocation data moved on.
+        assert_eq!(c.get("aa", 8, 150, 500), None);
+        // Evaluated outside the chain's validity (explain --at, or later).
+        assert_eq!(c.get("aa", 7, 99, 500), None);
+        assert_eq!(c.get("aa", 7, 201, 500), None);
+        assert_eq!(c.get("aa", 7, 200, 500), Some(usable()));
+        // Expired.
+        assert_eq!(c.get("aa", 7, 150, 1000), None);
+        // Another certificate.
+        assert_eq!(c.get("bb", 7, 150, 500), None);
+        assert_eq!(c.hits(), 2);
+        // Checked again with new data: the new verdict replaces the old.
+        let revoked = Verdict::Refused("revoked (CRL http://x)".into());
+        c.put("aa", revoked.clone(), 8, (100, 200), 1000);
+        assert_eq!(c.get("aa", 8, 150, 500), Some(revoked));
+        assert_eq!(c.get("aa", 7, 150, 500), None);
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let c = Checked::new();
+        for i in 0..MAX_ENTRIES + 5 {
+            c.put(&format!("{i:x}"), usable(), 0, (0, 10), 10);
+        }
+        assert!(c.kept.lock().unwrap().len() <= MAX_ENTRIES);
+        let last = format!("{:x}", MAX_ENTRIES + 4);
+        assert_eq!(c.get(&last, 0, 5, 5), Some(usable()));
+    }
+}

@@ -1,0 +1,193 @@
+//! Connections to a next hop are kept and reused (RSET between
+//! transactions), against the scripted sink: messages to one hop share a
+//! connection, a hop that closes connections or refuses RSET still gets
+//! every message exactly once, on fresh connections.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::sink::{Script, Sink};
+use common::{wait_until, Gateway, Options};
+
+/// Sends `n` messages one after another, each once the previous one is
+/// logged as delivered (so its connection is back in the pool), and
+/// checks that every one arrived exactly once.
+fn send_one_by_one(gw: &Gateway, sink: &Sink, n: usize) {
+    for i in 1..=n {
+        let body = common::message(&format!("reuse-{i}"), "one of several");
+        let r = common::submit(gw, "alice@example.org", &["bob@example-law.dk"], &body);
+        assert_eq!(r.code, 250, "{r:?}");
+        assert!(
+            wait_until(Duration::from_secs(30), || gw
+                .log()
+                .matches("event=\"delivered\"")
+                .count()
+                >= i),
+            "message {i} not delivered: {}",
+            gw.log()
+        );
+    }
+    assert!(wait_until(Duration::from_secs(10), || gw.queued() == 0));
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for r in sink.received() {
+        let text = r.text();
+        let id = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Message-ID: "))
+            .unwrap_or_default()
+            .to_string();
+        *seen.entry(id).or_default() += 1;
+    }
+    assert_eq!(seen.len(), n, "messages missing: {seen:?}");
+    assert!(seen.values().all(|c| *c == 1), "sent twice: {seen:?}");
+}
+
+fn options(sink: &Sink, reuse: &str) -> Options {
+    let mut o = Options::new(sink.addr);
+    o.env = vec![
+        ("SMIMEGW__RELAY__REUSE_CONNECTIONS".into(), reuse.into()),
+        // Long enough that no connection times out between two messages
+        // on a busy machine.
+        ("SMIMEGW__RELAY__REUSE_IDLE".into(), "120s".into()),
+    ];
+    o
+}
+
+#[test]
+fn messages_to_one_hop_share_one_connection() {
+    let sink = Sink::start(Script::default());
+    let gw = Gateway::start(options(&sink, "4"));
+    send_one_by_one(&gw, &sink, 6);
+    assert_eq!(sink.connections(), 1, "a new connection per message");
+    assert_eq!(sink.rsets(), 5, "RSET before each reuse");
+}
+
+#[test]
+fn without_reuse_every_message_has_its_own_connection() {
+    // The control of the test above: the sink counts connections.
+    let sink = Sink::start(Script::default());
+    let gw = Gateway::start(options(&sink, "0"));
+    send_one_by_one(&gw, &sink, 4);
+    assert_eq!(sink.connections(), 4);
+    assert_eq!(sink.rsets(), 0);
+}
+
+#[test]
+fn a_hop_that_closes_connections_still_gets_every_message_once() {
+    // The hop hangs up after every second transaction, without a word.
+    let sink = Sink::start(Script {
+        close_after_transactions: Some(2),
+        ..Script::default()
+    });
+    let gw = Gateway::start(options(&sink, "4"));
+    send_one_by_one(&gw, &sink, 6);
+    assert_eq!(sink.connections(), 3, "reused, then replaced when closed");
+    let log = gw.log();
+    assert!(!log.contains("event=\"deferred\""), "{log}");
+}
+
+#[test]
+fn a_hop_that_refuses_rset_gets_a_fresh_connection() {
+    let sink = Sink::start(Script {
+        rset_reply: Some("502 5.5.1 no RSET here".into()),
+        ..Script::default()
+    });
+    let gw = Gateway::start(options(&sink, "4"));
+    send_one_by_one(&gw, &sink, 4);
+    // Each kept connection was asked RSET once, refused, and replaced.
+    assert_eq!(sink.rsets(), 3);
+    assert_eq!(sink.connections(), 4);
+    let log = gw.log();
+    assert!(!log.contains("event=\"deferred\""), "{log}");
+}
+
+#[test]
+fn a_refused_transaction_is_not_continued_on_its_connection() {
+    // The first "." is answered 451: that message is deferred, the
+    // connection closed; the retry and the next message get fresh ones
+    // (then share).
+    let mut script = Script::default();
+    script.data_replies.push_back("451 4.3.0 try again".into());
+    let sink = Sink::start(script);
+    let gw = Gateway::start(options(&sink, "4"));
+    let body = common::message("refused-1", "deferred once");
+    let r = common::submit(&gw, "alice@example.org", &["bob@example-law.dk"], &body);
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(wait_until(Duration::from_secs(30), || sink.count() == 1));
+    assert!(wait_until(Duration::from_secs(10), || gw.queued() == 0));
+    assert_eq!(sink.data_attempts(), 2);
+    assert_eq!(sink.connections(), 2, "the refused connection was reused");
+    assert_eq!(sink.rsets(), 0);
+}
+
+#[test]
+fn a_reload_closes_kept_connections() {
+    let sink = Sink::start(Script::default());
+    let gw = Gateway::start(options(&sink, "4"));
+    send_one_by_one(&gw, &sink, 2);
+    assert_eq!(sink.connections(), 1, "kept and reused before the reload");
+    gw.signal("HUP");
+    assert!(wait_until(Duration::from_secs(30), || gw
+        .log()
+        .contains("configuration reloaded")));
+    // The kept connection is closed with QUIT; the next message opens a
+    // new one, verified under the settings now in force.
+    assert!(
+        wait_until(Duration::from_secs(30), || sink.quits() >= 1),
+        "the kept connection was not closed"
+    );
+    let body = common::message("after-reload", "after the reload");
+    let r = common::submit(&gw, "alice@example.org", &["bob@example-law.dk"], &body);
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(wait_until(Duration::from_secs(30), || sink.count() == 3));
+    assert_eq!(sink.connections(), 2);
+}
+
+#[test]
+fn an_idle_kept_connection_is_closed() {
+    let sink = Sink::start(Script::default());
+    let mut o = Options::new(sink.addr);
+    o.env = vec![("SMIMEGW__RELAY__REUSE_IDLE".into(), "1s".into())];
+    let gw = Gateway::start(o);
+    send_one_by_one(&gw, &sink, 1);
+    // Kept after the message, then closed with QUIT once idle for 1 s
+    // (the control for "kept" is messages_to_one_hop_share_one_connection).
+    assert!(
+        wait_until(Duration::from_secs(30), || sink.quits() == 1),
+        "the idle connection was not closed"
+    );
+    // The next message needs a new connection.
+    let body = common::message("after-idle", "after the idle close");
+    let r = common::submit(&gw, "alice@example.org", &["bob@example-law.dk"], &body);
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(wait_until(Duration::from_secs(30), || sink.count() == 2));
+    assert_eq!(sink.connections(), 2);
+}
+
+#[test]
+fn a_hop_that_falls_silent_is_given_up_after_relay_timeout() {
+    let sink = Sink::start(Script {
+        silent_after_data: true,
+        ..Script::default()
+    });
+    let mut o = options(&sink, "4");
+    o.env.push(("SMIMEGW__RELAY__TIMEOUT".into(), "2s".into()));
+    let gw = Gateway::start(o);
+    let body = common::message("silent-1", "never answered");
+    let r = common::submit(&gw, "alice@example.org", &["bob@example-law.dk"], &body);
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(
+        wait_until(Duration::from_secs(60), || gw
+            .log()
+            .contains("no reply within 2s (relay.timeout)")),
+        "{}",
+        gw.log()
+    );
+    // Deferred, kept, and tried again on a new connection.
+    assert_eq!(gw.queued(), 1);
+    assert!(wait_until(Duration::from_secs(60), || sink.data_attempts() >= 2));
+    assert!(sink.connections() >= 2);
+    assert_eq!(sink.count(), 0);
+}

@@ -43,22 +43,28 @@ pub enum JobEnd {
     Retry(u64),
 }
 
+/// What every attempt works with: the settings in force, the spool, the
+/// queue's wake-up channel, the memory budget, the journal and the kept
+/// next-hop connections.
+#[derive(Clone, Copy)]
+pub struct Services<'a> {
+    pub live: &'a Arc<Live>,
+    pub store: &'a Arc<Store>,
+    pub notify: &'a mpsc::UnboundedSender<String>,
+    pub budget: &'a Budget,
+    pub journal: &'a Journal,
+    pub pool: &'a Pool,
+}
+
 /// One delivery attempt of message `id`.
-pub async fn attempt(
-    id: &str,
-    live: &Arc<Live>,
-    store: &Arc<Store>,
-    notify: &mpsc::UnboundedSender<String>,
-    budget: &Budget,
-    journal: &Journal,
-    pool: &Pool,
-) -> JobEnd {
+pub async fn attempt(id: &str, services: &Services<'_>) -> JobEnd {
+    let Services { store, budget, .. } = *services;
     let mut msg = match load(id, store).await {
         Ok(m) => m,
         Err(end) => return end,
     };
     let size = msg.body.len() as u64;
-    let outcome = attempt_loaded(id, &mut msg, live, store, notify, budget, journal, pool).await;
+    let outcome = attempt_loaded(id, &mut msg, services).await;
     drop(msg);
     // A large message's heap is given back once nothing else runs.
     if size >= RELEASE_AFTER && budget.idle() {
@@ -71,16 +77,15 @@ pub async fn attempt(
 /// when the queue falls idle after them.
 const RELEASE_AFTER: u64 = 1024 * 1024;
 
-async fn attempt_loaded(
-    id: &str,
-    msg: &mut Spooled,
-    live: &Arc<Live>,
-    store: &Arc<Store>,
-    notify: &mpsc::UnboundedSender<String>,
-    budget: &Budget,
-    journal: &Journal,
-    pool: &Pool,
-) -> JobEnd {
+async fn attempt_loaded(id: &str, msg: &mut Spooled, services: &Services<'_>) -> JobEnd {
+    let Services {
+        live,
+        store,
+        notify,
+        budget,
+        journal,
+        pool,
+    } = *services;
     let size = msg.body.len() as u64;
     if budget.would_wait(size) {
         info!(event = "budget-wait", queue_id = %id, size,

@@ -137,8 +137,18 @@ impl Runner {
                 );
                 let queue_id = id.clone();
                 let handle = jobs.spawn(async move {
-                    let end =
-                        attempt::attempt(&id, &live, &store, &tx, &budget, &journal, &pool).await;
+                    let end = attempt::attempt(
+                        &id,
+                        &attempt::Services {
+                            live: &live,
+                            store: &store,
+                            notify: &tx,
+                            budget: &budget,
+                            journal: &journal,
+                            pool: &pool,
+                        },
+                    )
+                    .await;
                     (id, end)
                 });
                 tasks.insert(handle.id(), queue_id);

@@ -12,6 +12,7 @@ pub mod durable;
 pub mod logging;
 pub mod mail;
 pub mod metrics;
+pub mod migrate;
 pub mod observe;
 pub mod ops;
 pub mod ossl;

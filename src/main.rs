@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use smime_gateway::logging;
+use smime_gateway::ops::migrate::{MigrateArgs, Where};
 use smime_gateway::ops::{self, demo::Urls, CertsCommand, OpsError, QueueCommand};
 
 #[derive(Parser)]
@@ -72,6 +73,43 @@ enum Command {
         #[command(subcommand)]
         action: PkiAction,
     },
+    /// Re-key stored mail (Maildir, mbox, a folder of .eml files) from old
+    /// keys to each mailbox's current OCES3 certificate.
+    Migrate {
+        #[arg(long)]
+        config: PathBuf,
+        /// A Maildir (Maildir++ folders).
+        #[arg(long, group = "source")]
+        maildir: Option<PathBuf>,
+        /// An mbox file (locked with a dot-lock and fcntl).
+        #[arg(long, group = "source")]
+        mbox: Option<PathBuf>,
+        /// A folder of .eml files.
+        #[arg(long, group = "source")]
+        eml: Option<PathBuf>,
+        /// Only these folders (default: all but the originals folder).
+        #[arg(long)]
+        folder: Vec<String>,
+        /// NAME=ADDRESS: the source (path or file name) whose mail is
+        /// re-encrypted to ADDRESS's current certificate.
+        #[arg(long)]
+        mailbox: Vec<String>,
+        /// keep, delete or move:FOLDER.
+        #[arg(long, default_value = "move:OCES2-originals")]
+        originals: String,
+        /// Keys whose mail is re-keyed: oces2, oces3, other, older.
+        #[arg(long, default_value = "oces2")]
+        rekey: String,
+        /// Change nothing; report what would be done.
+        #[arg(long)]
+        dry_run: bool,
+        /// Report format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+        /// Messages opened and re-encrypted at once (default: the cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
     /// Inspect and manage the mail queue.
     Queue {
         #[command(subcommand)]
@@ -79,6 +117,12 @@ enum Command {
         #[arg(long, global = true)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Table,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -199,6 +243,41 @@ fn run(command: Command) -> Result<(String, bool), OpsError> {
             urls.crl_base = crl_url.unwrap_or(urls.crl_base);
             urls.ocsp = ocsp_url.unwrap_or(urls.ocsp);
             done(ops::pki_demo(&out, &urls)?)
+        }
+        Command::Migrate {
+            config,
+            maildir,
+            mbox,
+            eml,
+            folder,
+            mailbox,
+            originals,
+            rekey,
+            dry_run,
+            format,
+            jobs,
+        } => {
+            let source = match (maildir, mbox, eml) {
+                (Some(p), _, _) => Where::Maildir(p),
+                (_, Some(p), _) => Where::Mbox(p),
+                (_, _, Some(p)) => Where::Eml(p),
+                _ => {
+                    return Err(OpsError::Usage(
+                        "migrate: give --maildir, --mbox or --eml".into(),
+                    ))
+                }
+            };
+            ops::migrate::migrate(&MigrateArgs {
+                config,
+                source,
+                folders: folder,
+                mailboxes: mailbox,
+                originals,
+                rekey,
+                dry_run,
+                json: matches!(format, ReportFormat::Json),
+                jobs,
+            })
         }
         Command::Queue { action, config } => done(ops::queue(
             &required(config, "queue")?,

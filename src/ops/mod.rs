@@ -6,6 +6,7 @@
 pub mod demo;
 pub mod explain;
 pub mod listing;
+pub mod migrate;
 pub mod queue;
 
 use crate::config::{self, Instant};
@@ -31,6 +32,8 @@ pub enum OpsError {
     Demo(#[from] demo::DemoError),
     #[error("{0}")]
     Import(#[from] listing::ImportError),
+    #[error("{0}")]
+    Migrate(#[from] migrate::MigrateCommandError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -62,7 +65,7 @@ pub enum CertsCommand {
     Import(PathBuf),
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

@@ -24,6 +24,7 @@ use crate::metrics::Event;
 use crate::pki::directory::fingerprint;
 use crate::pki::oces;
 use crate::pki::signer::{self, Relation, SignerRevocation, Ties};
+use crate::pki::Identity;
 use crate::smime::cms::Chain;
 use crate::smime::mime::Shape;
 use crate::smime::scan::{self, Seen};
@@ -47,6 +48,22 @@ pub fn mailboxes<'a>(
     body: &'a [u8],
     shape: &Shape,
     ctx: &Context<'_>,
+    out: &mut Actions<'a>,
+) {
+    mailboxes_at(envelope, mailboxes, body, shape, ctx, ctx.now, out);
+}
+
+/// [`mailboxes`] with signatures verified as of `verify_at` (Unix
+/// seconds) instead of `ctx.now`: archive migration verifies stored mail
+/// as of its arrival, while the key it re-encrypts to is the one current
+/// at `ctx.now`.
+pub fn mailboxes_at<'a>(
+    envelope: &Envelope,
+    mailboxes: Vec<Mailbox>,
+    body: &'a [u8],
+    shape: &Shape,
+    ctx: &Context<'_>,
+    verify_at: i64,
     out: &mut Actions<'a>,
 ) {
     let mut opened: HashMap<Vec<usize>, Unwrapped> = HashMap::new();
@@ -85,7 +102,7 @@ pub fn mailboxes<'a>(
                 anchors: &ctx.keys.anchors,
                 known: ctx.known,
             };
-            let mut result = unwrap::unwrap_with(body, &keys, verifier, ctx.now);
+            let mut result = unwrap::unwrap_with(body, &keys, verifier, verify_at);
             judge(&mut result, body, ctx);
             result
         });
@@ -120,17 +137,11 @@ pub fn mailboxes<'a>(
                         out.deliver(rcpt, Cow::Owned(header::set(message, &value)), note);
                     }
                     (Deliver::Reencrypt, Some(t)) => {
-                        let inner = unwrap::content_entity(message);
-                        match cms::encrypt(&inner, std::slice::from_ref(&t.cert), encryption) {
-                            Ok(der) => {
-                                let value = format!(
-                                    "{value}; reencrypted-to={}",
-                                    header::quote(&t.info.subject_cn)
-                                );
-                                let wrapped = unwrap::enveloped_message(message, &der);
+                        match reencrypt(message, &value, t, encryption) {
+                            Ok(wrapped) => {
                                 let note = note
                                     .map(|n| format!("{n}; re-encrypted to {}", t.info.subject_cn));
-                                out.deliver(rcpt, Cow::Owned(header::set(&wrapped, &value)), note);
+                                out.deliver(rcpt, Cow::Owned(wrapped), note);
                             }
                             Err(e) => {
                                 let value = format!(
@@ -192,6 +203,25 @@ pub fn mailboxes<'a>(
             }
         }
     }
+}
+
+/// The clean (decrypted) `message` re-encrypted to `target`, with the
+/// trace header `value; reencrypted-to="…"`: what a `reencrypt` mailbox
+/// gets, and what archive migration writes.
+pub fn reencrypt(
+    message: &[u8],
+    value: &str,
+    target: &Identity,
+    encryption: Encryption,
+) -> Result<Vec<u8>, SmimeError> {
+    let inner = unwrap::content_entity(message);
+    let der = cms::encrypt(&inner, std::slice::from_ref(&target.cert), encryption)?;
+    let value = format!(
+        "{value}; reencrypted-to={}",
+        header::quote(&target.info.subject_cn)
+    );
+    let wrapped = unwrap::enveloped_message(message, &der);
+    Ok(header::set(&wrapped, &value))
 }
 
 /// Adds to every signature of `result` how its signer relates to the

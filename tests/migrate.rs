@@ -1,0 +1,607 @@
+//! Archive migration through the real binary (`smime-gateway migrate`) on
+//! a Maildir, an mbox file and a folder of `.eml` files holding mail
+//! encrypted by `openssl cms` to the demo OCES2 organisation key (and the
+//! real VOCES test certificate when `../shared/fixtures/oces/` is
+//! present), OCES3 mail, plain mail, mail for a key nobody holds and a
+//! file that is not a message: the dry run reports exactly and changes
+//! nothing; the run re-keys exactly the OCES2 mail (flags and dates kept,
+//! `openssl cms` opens each new copy with the OCES3 key to the original
+//! plaintext) and moves the originals; `kill -9` between a new copy and
+//! its original's move, then a re-run, leaves every message exactly once
+//! plus its original; bad input gives a clear error.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, UNIX_EPOCH};
+
+use common::pki::{self, P7M};
+use common::{wait_until, BIN};
+
+const ADDRESS: &str = "sikkermail@example-law.dk";
+
+fn fixtures() -> Option<PathBuf> {
+    let f = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/oces");
+    if f.is_dir() {
+        Some(f)
+    } else {
+        eprintln!("NOTE: ../shared/fixtures/oces is absent: the demo PKI only");
+        None
+    }
+}
+
+/// The gateway's configuration: the demo organisation's OCES2 and OCES3
+/// keys (and the real VOCES test key when present).
+fn config(dir: &Path, extra: &str) -> PathBuf {
+    let real = fixtures()
+        .map(|f| {
+            format!(
+                "[[identity]]\npkcs12 = \"{}\"\npassword_env = \"OCES_FIXTURE_PASSWORD\"\nmailboxes = []\n",
+                f.join("oces2/VOCES_gyldig.p12").display()
+            )
+        })
+        .unwrap_or_default();
+    let text = format!(
+        "[server]\nhostname = \"gw.test\"\nlisten = [\"127.0.0.1:{port}\"]\n\
+         internal_domains = [\"example-law.dk\"]\n\n[spool]\ndir = \"{spool}\"\n\n\
+         [relay]\ninternal = \"127.0.0.1:9\"\nexternal = \"127.0.0.1:9\"\ntls = \"none\"\n\n\
+         {o2}{o3}{real}{extra}\n[trust]\nanchors = [\"{anchors}\"]\nrevocation = \"off\"\n\n\
+         [[mailbox]]\naddress = \"*@example-law.dk\"\ndeliver = \"plain\"\n",
+        port = common::free_port(),
+        spool = dir.join("spool").display(),
+        o2 = pki::identity("org-oces2", &[]),
+        o3 = pki::identity("org-oces3", &[]),
+        anchors = pki::demo().join("trust").display(),
+    );
+    let path = dir.join("gateway.toml");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+/// One stored message of the corpus.
+struct Msg {
+    name: &'static str,
+    folder: &'static str,
+    /// As stored (LF line ends).
+    bytes: Vec<u8>,
+    /// Maildir info letters.
+    flags: &'static str,
+    date: i64,
+    /// The outcome the report must give.
+    outcome: &'static str,
+    /// The entity a re-keyed copy must decrypt to.
+    plaintext: Option<Vec<u8>>,
+}
+
+fn lf(b: &[u8]) -> Vec<u8> {
+    String::from_utf8_lossy(b)
+        .replace("\r\n", "\n")
+        .into_bytes()
+}
+
+fn crlf(b: &[u8]) -> Vec<u8> {
+    pki::crlf(b)
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    openssl::sha::sha256(&crlf(b))
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+fn encrypted(id: &str, cert: &Path, inner: &[u8]) -> Vec<u8> {
+    let cms = pki::openssl(
+        &[
+            "cms",
+            "-encrypt",
+            "-binary",
+            "-aes-256-cbc",
+            "-outform",
+            "DER",
+            cert.to_str().unwrap(),
+        ],
+        inner,
+    );
+    lf(&pki::enveloped_message(id, ADDRESS, &cms, P7M))
+}
+
+fn real_voces_cert(dir: &Path) -> Option<PathBuf> {
+    let f = fixtures()?;
+    let pem = pki::run(
+        "openssl",
+        &[
+            "pkcs12",
+            "-legacy",
+            "-nokeys",
+            "-clcerts",
+            "-passin",
+            "pass:Test1234",
+            "-in",
+            f.join("oces2/VOCES_gyldig.p12").to_str().unwrap(),
+        ],
+        b"",
+    );
+    let p = dir.join("voces.pem");
+    fs::write(&p, pem).unwrap();
+    Some(p)
+}
+
+/// The corpus: two OCES2 messages in INBOX (one signed inside), one in
+/// folder Sager, OCES3 mail, plain mail, mail for a stranger's key, a
+/// file that is not a message, and real VOCES mail when present.
+fn corpus(dir: &Path) -> Vec<Msg> {
+    let secret = |n: &str| pki::inner(&format!("Fortroligt: sag {n} (æøå)"));
+    let o2 = pki::cert("org-oces2");
+    let mut out = Vec::new();
+    let p = secret("1");
+    out.push(Msg {
+        name: "o2-inbox",
+        folder: "INBOX",
+        bytes: encrypted("o2-inbox", &o2, &p),
+        flags: "S",
+        date: 1_600_000_000,
+        outcome: "migrate",
+        plaintext: Some(p),
+    });
+    let signed = pki::cms_sign(&secret("2"), "alice-oces3");
+    out.push(Msg {
+        name: "o2-signed",
+        folder: "INBOX",
+        bytes: encrypted("o2-signed", &o2, &signed),
+        flags: "",
+        date: 1_650_000_000,
+        outcome: "migrate",
+        plaintext: Some(signed),
+    });
+    let p = secret("3");
+    out.push(Msg {
+        name: "o2-sager",
+        folder: "Sager",
+        bytes: encrypted("o2-sager", &o2, &p),
+        flags: "FRS",
+        date: 1_610_000_000,
+        outcome: "migrate",
+        plaintext: Some(p),
+    });
+    out.push(Msg {
+        name: "o3",
+        folder: "INBOX",
+        bytes: encrypted("o3", &pki::cert("org-oces3"), &secret("4")),
+        flags: "S",
+        date: 1_700_000_000,
+        outcome: "current",
+        plaintext: None,
+    });
+    out.push(Msg {
+        name: "plain",
+        folder: "INBOX",
+        bytes: b"From: a@example.org\nTo: sikkermail@example-law.dk\nSubject: plain\nMessage-ID: <plain@test>\n\nHej\n".to_vec(),
+        flags: "S",
+        date: 1_600_000_500,
+        outcome: "plain",
+        plaintext: None,
+    });
+    out.push(Msg {
+        name: "stranger",
+        folder: "Sager",
+        bytes: encrypted("stranger", &pki::cert("stranger"), &secret("5")),
+        flags: "",
+        date: 1_600_000_600,
+        outcome: "unopenable",
+        plaintext: None,
+    });
+    out.push(Msg {
+        name: "garbage",
+        folder: "INBOX",
+        bytes: b"\x01\x02 this is no mail message at all\n\x00\xff\n".to_vec(),
+        flags: "",
+        date: 1_600_000_700,
+        outcome: "not-a-message",
+        plaintext: None,
+    });
+    if let Some(cert) = real_voces_cert(dir) {
+        let p = secret("6");
+        out.push(Msg {
+            name: "voces",
+            folder: "Sager",
+            bytes: encrypted("voces", &cert, &p),
+            flags: "S",
+            date: 1_620_000_000,
+            outcome: "migrate",
+            plaintext: Some(p),
+        });
+    }
+    out
+}
+
+fn set_mtime(path: &Path, date: i64) {
+    let f = fs::File::options().write(true).open(path).unwrap();
+    let t = UNIX_EPOCH + Duration::from_secs(date as u64);
+    f.set_times(fs::FileTimes::new().set_modified(t)).unwrap();
+}
+
+fn mtime(path: &Path) -> i64 {
+    fs::metadata(path)
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn folder_dir(root: &Path, folder: &str) -> PathBuf {
+    if folder == "INBOX" {
+        root.to_path_buf()
+    } else {
+        root.join(format!(".{folder}"))
+    }
+}
+
+fn make_maildir(root: &Path, msgs: &[Msg]) {
+    for f in ["INBOX", "Sager"] {
+        for s in ["cur", "new", "tmp"] {
+            fs::create_dir_all(folder_dir(root, f).join(s)).unwrap();
+        }
+    }
+    for m in msgs {
+        let p = folder_dir(root, m.folder)
+            .join("cur")
+            .join(format!("{}.{}.host:2,{}", m.date, m.name, m.flags));
+        fs::write(&p, &m.bytes).unwrap();
+        set_mtime(&p, m.date);
+    }
+}
+
+/// Every file under `root`: relative path → bytes.
+fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                out.insert(rel, fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn migrate_cmd(config: &Path, source: &[&str], extra: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("migrate")
+        .arg("--config")
+        .arg(config)
+        .args(source)
+        .args(["--mailbox", ADDRESS])
+        .args(extra)
+        .env("OCES_FIXTURE_PASSWORD", "Test1234")
+        .stdin(Stdio::null());
+    c
+}
+
+fn migrate(config: &Path, source: &[&str], extra: &[&str]) -> Output {
+    let out = migrate_cmd(config, source, extra).output().unwrap();
+    eprintln!(
+        "migrate {source:?} {extra:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The `folder` lines of a JSON report, by folder.
+fn folder_lines(out: &Output) -> BTreeMap<String, serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "folder")
+        .map(|v| (v["folder"].as_str().unwrap().to_string(), v))
+        .collect()
+}
+
+fn expected_outcomes(msgs: &[Msg], folder: &str) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for x in msgs.iter().filter(|x| x.folder == folder) {
+        *m.entry(x.outcome.to_string()).or_default() += 1;
+    }
+    m
+}
+
+fn outcomes(v: &serde_json::Value) -> BTreeMap<String, u64> {
+    v["outcomes"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+        .collect()
+}
+
+/// `openssl cms -decrypt` with the demo OCES3 organisation key (the
+/// entity's MIME-Version field aside: a message has it in its header).
+fn open_with_oces3(copy: &[u8]) -> Vec<u8> {
+    without_mime_version(&pki::cms_decrypt_smime(&crlf(copy), "org-oces3"))
+}
+
+fn without_mime_version(b: &[u8]) -> Vec<u8> {
+    crlf(b)
+        .split_inclusive(|c| *c == b'\n')
+        .filter(|l| !l.to_ascii_lowercase().starts_with(b"mime-version:"))
+        .flatten()
+        .copied()
+        .collect()
+}
+
+/// The final state after a complete run with `--originals move`: every
+/// OCES2 message exactly once as a checked copy (flags and date kept)
+/// and its original once in OCES2-originals; the rest untouched.
+fn assert_migrated_maildir(root: &Path, msgs: &[Msg]) {
+    for m in msgs {
+        let dir = folder_dir(root, m.folder).join("cur");
+        let marker = format!("original-sha256={}", sha256_hex(&m.bytes));
+        let files: Vec<PathBuf> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        let original = files
+            .iter()
+            .find(|p| fs::read(p).unwrap() == m.bytes)
+            .cloned();
+        let copies: Vec<&PathBuf> = files
+            .iter()
+            .filter(|p| String::from_utf8_lossy(&fs::read(p).unwrap()).contains(&marker))
+            .collect();
+        match &m.plaintext {
+            None => {
+                assert!(original.is_some(), "{}: left in place", m.name);
+                assert!(copies.is_empty(), "{}: no copy", m.name);
+            }
+            Some(plain) => {
+                assert!(original.is_none(), "{}: original moved away", m.name);
+                assert_eq!(copies.len(), 1, "{}: exactly one copy", m.name);
+                let copy = copies[0];
+                let name = copy.file_name().unwrap().to_string_lossy().to_string();
+                assert!(
+                    name.ends_with(&format!(":2,{}", m.flags)),
+                    "{}: flags {name}",
+                    m.name
+                );
+                assert_eq!(mtime(copy), m.date, "{}: date", m.name);
+                let bytes = fs::read(copy).unwrap();
+                let text = String::from_utf8_lossy(&bytes).to_string();
+                let trace = text.split("\n\n").next().unwrap().replace("\n ", " ");
+                assert!(trace.contains("generation=OCES2"), "{trace}");
+                assert!(trace.contains("reencrypted-to=\"Example Law"), "{trace}");
+                assert!(trace.contains("migrated-at="), "{trace}");
+                assert!(text.contains(&format!("Message-ID: <{}@test>", m.name)));
+                // The copy does not open with the old key; it opens with
+                // the OCES3 key to the original plaintext.
+                assert!(
+                    pki::cms_decrypt_fails(&crlf(&bytes), "org-oces2"),
+                    "{}",
+                    m.name
+                );
+                assert_eq!(
+                    open_with_oces3(&bytes),
+                    without_mime_version(plain),
+                    "{}: plaintext",
+                    m.name
+                );
+                // The original is in the originals folder, unchanged, once.
+                let moved = fs::read_dir(root.join(".OCES2-originals/cur"))
+                    .unwrap()
+                    .flatten()
+                    .filter(|e| fs::read(e.path()).unwrap() == m.bytes)
+                    .count();
+                assert_eq!(moved, 1, "{}: original kept once", m.name);
+            }
+        }
+    }
+    let signed = msgs.iter().find(|m| m.name == "o2-signed").unwrap();
+    let marker = format!("original-sha256={}", sha256_hex(&signed.bytes));
+    let copy = fs::read_dir(root.join("cur"))
+        .unwrap()
+        .flatten()
+        .map(|e| String::from_utf8_lossy(&fs::read(e.path()).unwrap()).replace("\n ", " "))
+        .find(|t| t.contains(&marker))
+        .unwrap();
+    // Verified as of the message's arrival, not now.
+    assert!(copy.contains("checked-at=2022-04-15T05:20:00Z"), "{copy}");
+}
+
+#[test]
+fn maildir_dry_run_migration_kill_and_rerun() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let root = dir.path().join("Maildir");
+    let msgs = corpus(dir.path());
+    make_maildir(&root, &msgs);
+    let src = ["--maildir", root.to_str().unwrap()];
+    let before = tree(&root);
+
+    // The dry run reports exactly and changes nothing.
+    let out = migrate(&cfg, &src, &["--dry-run", "--format", "json"]);
+    assert!(out.status.success());
+    let folders = folder_lines(&out);
+    assert_eq!(folders.keys().collect::<Vec<_>>(), ["INBOX", "Sager"]);
+    for f in ["INBOX", "Sager"] {
+        assert_eq!(outcomes(&folders[f]), expected_outcomes(&msgs, f), "{f}");
+        let n = msgs.iter().filter(|m| m.folder == f).count() as u64;
+        assert_eq!(folders[f]["messages"], n);
+    }
+    assert!(folders["Sager"]["unopenable"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .any(|r| r.contains("no key")));
+    assert!(folders["INBOX"]["encrypted_per_key"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .any(|k| k.contains("(OCES2, expires")));
+    assert_eq!(tree(&root), before, "the dry run changed nothing");
+    let table = migrate(&cfg, &src, &["--dry-run"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("DRY RUN") && text.contains("re-encrypted to Example Law"),
+        "{text}"
+    );
+
+    // A run killed between a new copy and its original's move.
+    let mut child = migrate_cmd(&cfg, &src, &["--jobs", "1"])
+        .env("SMIMEGW_MIGRATE_TEST_PAUSE_MS", "20000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A copy in place (renamed into cur/, not still in tmp/).
+    let copies = || {
+        tree(&root)
+            .iter()
+            .filter(|(p, b)| {
+                !p.contains("tmp/") && String::from_utf8_lossy(b).contains("original-sha256=")
+            })
+            .count()
+    };
+    let seen = wait_until(Duration::from_secs(120), || copies() >= 1);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(seen, "no copy was written before the kill");
+    // In the gap: the copy is there and so is its original.
+    let now = tree(&root);
+    let still = msgs
+        .iter()
+        .filter(|m| m.plaintext.is_some())
+        .filter(|m| now.values().any(|b| b == &m.bytes))
+        .count();
+    assert_eq!(still, msgs.iter().filter(|m| m.plaintext.is_some()).count());
+
+    // The re-run finishes the job without a second copy.
+    let out = migrate(&cfg, &src, &["--format", "json"]);
+    assert!(out.status.success());
+    let folders = folder_lines(&out);
+    let found: u64 = folders
+        .values()
+        .map(|f| f["copies_found"].as_u64().unwrap())
+        .sum();
+    assert_eq!(found, 1, "the killed run's copy was found and checked");
+    assert_migrated_maildir(&root, &msgs);
+
+    // A third run changes nothing.
+    let after = tree(&root);
+    let out = migrate(&cfg, &src, &["--format", "json"]);
+    assert!(out.status.success());
+    let folders = folder_lines(&out);
+    for f in folders.values() {
+        assert_eq!(f["migrated"], 0);
+        assert_eq!(f["to_migrate"], 0);
+    }
+    assert_eq!(tree(&root), after);
+}
+
+#[test]
+fn eml_folder_with_originals_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let root = dir.path().join("eml");
+    fs::create_dir_all(&root).unwrap();
+    let msgs = corpus(dir.path());
+    for m in &msgs {
+        let p = root.join(format!("{}.eml", m.name));
+        fs::write(&p, crlf(&m.bytes)).unwrap();
+        set_mtime(&p, m.date);
+    }
+    let src = ["--eml", root.to_str().unwrap()];
+    let out = migrate(&cfg, &src, &["--originals", "keep", "--format", "json"]);
+    assert!(out.status.success());
+    let f = &folder_lines(&out)["."];
+    let want = msgs.iter().filter(|m| m.plaintext.is_some()).count() as u64;
+    assert_eq!(f["migrated"], want);
+    // Twice: nothing new.
+    let before = tree(&root);
+    let out = migrate(&cfg, &src, &["--originals", "keep", "--format", "json"]);
+    assert!(out.status.success());
+    let f = &folder_lines(&out)["."];
+    assert_eq!(
+        (f["migrated"].as_u64(), f["copies_found"].as_u64()),
+        (Some(0), Some(want))
+    );
+    assert_eq!(tree(&root), before);
+    for m in &msgs {
+        // Every original is kept, unchanged.
+        assert_eq!(
+            fs::read(root.join(format!("{}.eml", m.name))).unwrap(),
+            crlf(&m.bytes)
+        );
+        let marker = format!("original-sha256={}", sha256_hex(&m.bytes));
+        let copies: Vec<Vec<u8>> = before
+            .values()
+            .filter(|b| String::from_utf8_lossy(b).contains(&marker))
+            .cloned()
+            .collect();
+        match &m.plaintext {
+            Some(p) => {
+                assert_eq!(copies.len(), 1, "{}", m.name);
+                assert_eq!(
+                    open_with_oces3(&copies[0]),
+                    without_mime_version(p),
+                    "{}",
+                    m.name
+                );
+            }
+            None => assert!(copies.is_empty(), "{}", m.name),
+        }
+    }
+    assert_eq!(before.len(), msgs.len() + want as usize);
+}
+
+#[test]
+fn bad_input_gives_a_clear_error_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("Maildir");
+    let msgs = corpus(dir.path());
+    make_maildir(&root, &msgs);
+    let before = tree(&root);
+    let src = ["--maildir", root.to_str().unwrap()];
+    // Control: the good configuration works on this Maildir.
+    let good = config(dir.path(), "");
+    assert!(migrate(&good, &src, &["--dry-run"]).status.success());
+    // A folder that does not exist.
+    let out = migrate(&good, &src, &["--folder", "Nowhere"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("folder \"Nowhere\" does not exist"));
+    // A key file that does not open (wrong password).
+    let bad_dir = dir.path().join("bad");
+    fs::create_dir_all(&bad_dir).unwrap();
+    let pass = bad_dir.join("wrong.pass");
+    fs::write(&pass, "not the password\n").unwrap();
+    let bad_id = format!(
+        "[[identity]]\npkcs12 = \"{}\"\npassword_file = \"{}\"\nmailboxes = []\n",
+        pki::demo().join("keys/alice-oces2.p12").display(),
+        pass.display()
+    );
+    let bad = config(&bad_dir, &bad_id);
+    let out = migrate(&bad, &src, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("alice-oces2.p12"), "{err}");
+    // Whose mailbox, when the source does not say.
+    let out = Command::new(BIN)
+        .args(["migrate", "--config", good.to_str().unwrap()])
+        .args(src)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--mailbox"));
+    assert_eq!(tree(&root), before, "nothing changed");
+}

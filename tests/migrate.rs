@@ -605,3 +605,186 @@ fn bad_input_gives_a_clear_error_and_loses_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--mailbox"));
     assert_eq!(tree(&root), before, "nothing changed");
 }
+
+/// An mbox entry for `m` (mboxrd quoting, the date in the From line).
+fn mbox_entry(m: &Msg) -> Vec<u8> {
+    let when = chrono::DateTime::from_timestamp(m.date, 0)
+        .unwrap()
+        .format("%a %b %e %H:%M:%S %Y");
+    let mut out = format!("From sender@example.org {when}\n").into_bytes();
+    for line in m.bytes.split_inclusive(|b| *b == b'\n') {
+        let q = line.iter().take_while(|b| **b == b'>').count();
+        if line[q..].starts_with(b"From ") {
+            out.push(b'>');
+        }
+        out.extend_from_slice(line);
+    }
+    out.extend_from_slice(b"\n");
+    out
+}
+
+/// The messages of an mbox file as a reader sees them (From line, mbox
+/// status fields and quoting taken off).
+fn mbox_messages(path: &Path) -> Vec<Vec<u8>> {
+    let bytes = fs::read(path).unwrap_or_default();
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut prev_blank = true;
+    let mut in_head = false;
+    for line in bytes.split_inclusive(|b| *b == b'\n') {
+        if prev_blank && line.starts_with(b"From ") {
+            if let Some(last) = out.last_mut() {
+                last.pop(); // the blank line before the separator
+            }
+            out.push(Vec::new());
+            in_head = true;
+            prev_blank = false;
+            continue;
+        }
+        prev_blank = line == b"\n";
+        let Some(cur) = out.last_mut() else { continue };
+        if in_head && line == b"\n" {
+            in_head = false;
+        }
+        if in_head && (line.starts_with(b"Status:") || line.starts_with(b"X-Status:")) {
+            continue;
+        }
+        let q = line.iter().take_while(|b| **b == b'>').count();
+        if q > 0 && line[q..].starts_with(b"From ") {
+            cur.extend_from_slice(&line[1..]);
+        } else {
+            cur.extend_from_slice(line);
+        }
+    }
+    if let Some(last) = out.last_mut() {
+        if last.ends_with(b"\n\n") {
+            last.pop();
+        }
+    }
+    out
+}
+
+#[test]
+fn mbox_locked_migrated_killed_and_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let mut msgs: Vec<Msg> = corpus(dir.path())
+        .into_iter()
+        .filter(|m| m.name != "garbage")
+        .collect();
+    // A body line that looks like a separator survives.
+    msgs.push(Msg {
+        name: "from-line",
+        folder: "INBOX",
+        bytes: b"From: a@example.org\nSubject: quoting\nMessage-ID: <from-line@test>\n\nFrom the court:\n>From the clerk\n".to_vec(),
+        flags: "",
+        date: 1_600_000_800,
+        outcome: "plain",
+        plaintext: None,
+    });
+    let path = dir.path().join("inbox");
+    let file: Vec<u8> = msgs.iter().flat_map(mbox_entry).collect();
+    fs::write(&path, &file).unwrap();
+    assert_eq!(mbox_messages(&path).len(), msgs.len());
+    let src = ["--mbox", path.to_str().unwrap()];
+
+    // Dry run: exact counts, nothing changed.
+    let out = migrate(&cfg, &src, &["--dry-run", "--format", "json"]);
+    assert!(out.status.success());
+    let folders = folder_lines(&out);
+    let mut want = BTreeMap::new();
+    for m in &msgs {
+        *want.entry(m.outcome.to_string()).or_insert(0u64) += 1;
+    }
+    assert_eq!(outcomes(&folders["inbox"]), want);
+    assert_eq!(fs::read(&path).unwrap(), file);
+
+    // Locked by another program (fcntl, as Dovecot and Postfix lock):
+    // refused, nothing changed.
+    {
+        let holder = fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        rustix::fs::fcntl_lock(&holder, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let out = migrate(&cfg, &src, &[]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("locked by another program"), "{err}");
+    }
+    assert_eq!(fs::read(&path).unwrap(), file);
+
+    // Killed between a copy and its original's removal.
+    let mut child = migrate_cmd(&cfg, &src, &["--jobs", "1"])
+        .env("SMIMEGW_MIGRATE_TEST_PAUSE_MS", "20000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = wait_until(Duration::from_secs(120), || {
+        String::from_utf8_lossy(&fs::read(&path).unwrap()).contains("original-sha256=")
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen, "no copy was appended before the kill");
+    assert!(
+        dir.path().join("inbox.lock").exists(),
+        "the dead run's dot-lock is left"
+    );
+    // Every original is still there.
+    let now = mbox_messages(&path);
+    for m in &msgs {
+        assert!(now.contains(&m.bytes), "{}", m.name);
+    }
+
+    // The re-run takes over the dead run's lock and finishes.
+    let out = migrate(&cfg, &src, &["--format", "json"]);
+    assert!(out.status.success());
+    let f = &folder_lines(&out)["inbox"];
+    assert_eq!(f["copies_found"], 1);
+    let inbox = mbox_messages(&path);
+    let originals = mbox_messages(&dir.path().join("OCES2-originals"));
+    for m in &msgs {
+        let marker = format!("original-sha256={}", sha256_hex(&m.bytes));
+        let copies: Vec<&Vec<u8>> = inbox
+            .iter()
+            .filter(|b| {
+                String::from_utf8_lossy(b)
+                    .replace("\n ", " ")
+                    .contains(&marker)
+            })
+            .collect();
+        match &m.plaintext {
+            None => {
+                assert!(inbox.contains(&m.bytes), "{}: left in place", m.name);
+                assert!(
+                    copies.is_empty() && !originals.contains(&m.bytes),
+                    "{}",
+                    m.name
+                );
+            }
+            Some(p) => {
+                assert!(!inbox.contains(&m.bytes), "{}: original moved", m.name);
+                assert_eq!(copies.len(), 1, "{}: one copy", m.name);
+                assert_eq!(
+                    open_with_oces3(copies[0]),
+                    without_mime_version(p),
+                    "{}",
+                    m.name
+                );
+                let n = originals.iter().filter(|o| **o == m.bytes).count();
+                assert_eq!(n, 1, "{}: original kept once", m.name);
+            }
+        }
+    }
+    let migrated = msgs.iter().filter(|m| m.plaintext.is_some()).count();
+    assert_eq!(inbox.len(), msgs.len());
+    assert_eq!(originals.len(), migrated);
+    // Flags and date of a copy: Status R (\Seen) and the From line date.
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("From MAILER-DAEMON Sun Sep 13 12:26:40 2020\n"),
+        "{text}"
+    );
+    assert!(!dir.path().join("inbox.lock").exists());
+}

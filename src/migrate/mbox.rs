@@ -56,11 +56,12 @@ impl Locked {
                     break;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let stale = fs::metadata(&dotlock)
+                    let old = fs::metadata(&dotlock)
                         .and_then(|m| m.modified())
                         .ok()
                         .and_then(|t| SystemTime::now().duration_since(t).ok())
                         .is_some_and(|age| age > STALE);
+                    let stale = old || holder_is_gone(&dotlock);
                     if stale {
                         let _ = fs::remove_file(&dotlock);
                         continue;
@@ -152,6 +153,26 @@ impl Locked {
             .map_err(|e| SourceError::io(&self.path, e))?;
         Ok((start, end + out.len() as u64 - start))
     }
+}
+
+/// True when a dot-lock names a process (its first line, as mutt,
+/// procmail and this program write it) that no longer runs here.
+fn holder_is_gone(dotlock: &Path) -> bool {
+    let Ok(text) = fs::read_to_string(dotlock) else {
+        return false;
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    matches!(
+        rustix::process::test_kill_process(pid),
+        Err(rustix::io::Errno::SRCH)
+    )
 }
 
 impl Drop for Locked {

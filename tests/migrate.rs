@@ -341,18 +341,22 @@ fn without_mime_version(b: &[u8]) -> Vec<u8> {
         .collect()
 }
 
+/// The message files of a Maildir folder (cur/ and new/).
+fn messages_in(folder: &Path) -> Vec<PathBuf> {
+    ["cur", "new"]
+        .iter()
+        .flat_map(|s| fs::read_dir(folder.join(s)).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .collect()
+}
+
 /// The final state after a complete run with `--originals move`: every
 /// OCES2 message exactly once as a checked copy (flags and date kept)
 /// and its original once in OCES2-originals; the rest untouched.
 fn assert_migrated_maildir(root: &Path, msgs: &[Msg]) {
     for m in msgs {
-        let dir = folder_dir(root, m.folder).join("cur");
         let marker = format!("original-sha256={}", sha256_hex(&m.bytes));
-        let files: Vec<PathBuf> = fs::read_dir(&dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
+        let files = messages_in(&folder_dir(root, m.folder));
         let original = files
             .iter()
             .find(|p| fs::read(p).unwrap() == m.bytes)
@@ -371,11 +375,8 @@ fn assert_migrated_maildir(root: &Path, msgs: &[Msg]) {
                 assert_eq!(copies.len(), 1, "{}: exactly one copy", m.name);
                 let copy = copies[0];
                 let name = copy.file_name().unwrap().to_string_lossy().to_string();
-                assert!(
-                    name.ends_with(&format!(":2,{}", m.flags)),
-                    "{}: flags {name}",
-                    m.name
-                );
+                let flags = name.rsplit_once(":2,").map(|(_, f)| f).unwrap_or("");
+                assert_eq!(flags, m.flags, "{}: flags {name}", m.name);
                 assert_eq!(mtime(copy), m.date, "{}: date", m.name);
                 let bytes = fs::read(copy).unwrap();
                 let text = String::from_utf8_lossy(&bytes).to_string();
@@ -398,10 +399,9 @@ fn assert_migrated_maildir(root: &Path, msgs: &[Msg]) {
                     m.name
                 );
                 // The original is in the originals folder, unchanged, once.
-                let moved = fs::read_dir(root.join(".OCES2-originals/cur"))
-                    .unwrap()
-                    .flatten()
-                    .filter(|e| fs::read(e.path()).unwrap() == m.bytes)
+                let moved = messages_in(&root.join(".OCES2-originals"))
+                    .iter()
+                    .filter(|p| fs::read(p).unwrap() == m.bytes)
                     .count();
                 assert_eq!(moved, 1, "{}: original kept once", m.name);
             }
@@ -409,10 +409,9 @@ fn assert_migrated_maildir(root: &Path, msgs: &[Msg]) {
     }
     let signed = msgs.iter().find(|m| m.name == "o2-signed").unwrap();
     let marker = format!("original-sha256={}", sha256_hex(&signed.bytes));
-    let copy = fs::read_dir(root.join("cur"))
-        .unwrap()
-        .flatten()
-        .map(|e| String::from_utf8_lossy(&fs::read(e.path()).unwrap()).replace("\n ", " "))
+    let copy = messages_in(root)
+        .iter()
+        .map(|p| String::from_utf8_lossy(&fs::read(p).unwrap()).replace("\n ", " "))
         .find(|t| t.contains(&marker))
         .unwrap();
     // Verified as of the message's arrival, not now.
@@ -787,4 +786,102 @@ fn mbox_locked_migrated_killed_and_finished() {
         "{text}"
     );
     assert!(!dir.path().join("inbox.lock").exists());
+}
+
+#[test]
+fn imap_against_a_private_dovecot() {
+    if let Some(why) = common::dovecot::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let msgs = corpus(dir.path());
+    let mut dv = common::dovecot::Dovecot::start(&[(ADDRESS, "hemmelig")]);
+    let root = dv.maildir(ADDRESS);
+    make_maildir(&root, &msgs);
+    dv.own_mail();
+    let pw = dir.path().join("imap.pass");
+    fs::write(&pw, "hemmelig\n").unwrap();
+    let bad_pw = dir.path().join("wrong.pass");
+    fs::write(&bad_pw, "forkert\n").unwrap();
+    let server = format!("127.0.0.1:{}", dv.port);
+    let imap = |pw: &Path| -> Vec<String> {
+        [
+            "--imap",
+            &server,
+            "--imap-security",
+            "plain",
+            "--user",
+            ADDRESS,
+            "--password-file",
+            pw.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let good = imap(&pw);
+    let src: Vec<&str> = good.iter().map(String::as_str).collect();
+    let messages = |root: &Path| -> Vec<Vec<u8>> {
+        let mut v: Vec<Vec<u8>> = ["INBOX", "Sager"]
+            .iter()
+            .flat_map(|f| messages_in(&folder_dir(root, f)))
+            .map(|p| fs::read(p).unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = messages(&root);
+    assert_eq!(before.len(), msgs.len());
+
+    // Dry run: exact, per folder; nothing changed.
+    let out = migrate(&cfg, &src, &["--dry-run", "--format", "json"]);
+    assert!(out.status.success(), "{}", dv.log());
+    let folders = folder_lines(&out);
+    assert_eq!(folders.keys().collect::<Vec<_>>(), ["INBOX", "Sager"]);
+    for f in ["INBOX", "Sager"] {
+        assert_eq!(outcomes(&folders[f]), expected_outcomes(&msgs, f), "{f}");
+    }
+
+    // Bad input: a wrong password, a folder that does not exist.
+    let wrong = imap(&bad_pw);
+    let wrong: Vec<&str> = wrong.iter().map(String::as_str).collect();
+    let out = migrate(&cfg, &wrong, &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("login refused"));
+    let out = migrate(&cfg, &src, &["--folder", "Nowhere"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("folder \"Nowhere\" does not exist"));
+    assert_eq!(messages(&root), before, "nothing changed");
+
+    // Killed between APPEND and MOVE.
+    let mut child = migrate_cmd(&cfg, &src, &["--jobs", "1"])
+        .env("SMIMEGW_MIGRATE_TEST_PAUSE_MS", "20000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = wait_until(Duration::from_secs(120), || {
+        messages(&root)
+            .iter()
+            .any(|b| String::from_utf8_lossy(b).contains("original-sha256="))
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen, "no copy was appended before the kill: {}", dv.log());
+
+    // The re-run searches for the marker, finds the copy, moves the original.
+    let out = migrate(&cfg, &src, &["--format", "json"]);
+    assert!(out.status.success(), "{}", dv.log());
+    let folders = folder_lines(&out);
+    let found: u64 = folders
+        .values()
+        .map(|f| f["copies_found"].as_u64().unwrap())
+        .sum();
+    assert_eq!(found, 1);
+    let log = dv.log();
+    dv.stop();
+    assert!(!log.contains("Error"), "{log}");
+    assert_migrated_maildir(&root, &msgs);
 }

@@ -18,6 +18,7 @@
 //! threads, and writes (look, append, read back, remove) on the caller's.
 
 pub mod eml;
+pub mod imap;
 pub mod maildir;
 pub mod mbox;
 pub mod plan;

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{unix_now, OpsError};
 use crate::daemon;
+use crate::migrate::imap::{Account, ImapSource};
 use crate::migrate::plan::Chosen;
 use crate::migrate::rekey::{rfc3339, Rekeyer};
 use crate::migrate::report::{self, MessageLine};
@@ -24,6 +25,7 @@ pub enum Where {
     Maildir(PathBuf),
     Mbox(PathBuf),
     Eml(PathBuf),
+    Imap(Account),
 }
 
 /// The `migrate` command line.
@@ -99,17 +101,22 @@ pub fn migrate(args: &MigrateArgs) -> Result<(String, bool), OpsError> {
             args.rekey
         ))
     })?;
-    let path: &Path = match &args.source {
-        Where::Maildir(p) | Where::Eml(p) | Where::Mbox(p) => p,
+    let (name, path): (String, Option<&Path>) = match &args.source {
+        Where::Maildir(p) | Where::Eml(p) | Where::Mbox(p) => (p.display().to_string(), Some(p)),
+        // A master user's login (`user*master`) names the user's mailbox.
+        Where::Imap(a) => (
+            a.user.split('*').next().unwrap_or(&a.user).to_string(),
+            None,
+        ),
     };
-    let name = path.display().to_string();
-    let address = address_for(&name, Some(path), &args.mailboxes)?;
+    let address = address_for(&name, path, &args.mailboxes)?;
     let snapshot = daemon::check(&args.config)?;
     let now = unix_now();
     let mut source: Box<dyn Source> = match &args.source {
         Where::Maildir(p) => Box::new(Maildir::open(p).map_err(cmd)?),
         Where::Eml(p) => Box::new(EmlDir::open(p).map_err(cmd)?),
         Where::Mbox(p) => Box::new(migrate::mbox::Mbox::open(p).map_err(cmd)?),
+        Where::Imap(a) => Box::new(ImapSource::open(a).map_err(cmd)?),
     };
     let known = signer::known_certificates(&snapshot.keys, &snapshot.certs);
     let live = Live::new(snapshot);

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod dovecot;
 pub mod http;
 pub mod ldap_entries;
 pub mod pki;

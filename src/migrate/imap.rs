@@ -65,6 +65,12 @@ pub struct ImapSource {
     session: Option<Imap>,
     name: String,
     selected: Option<String>,
+    /// Per folder: marker → the copy carrying it (one `UID SEARCH HEADER`
+    /// for every marked message when the folder is first asked about,
+    /// kept up to date as copies are appended).
+    markers: std::collections::HashMap<String, std::collections::HashMap<String, Entry>>,
+    /// Per folder: the highest UID listed (new copies come after it).
+    last_uid: std::collections::HashMap<String, u32>,
     can_move: bool,
     uidplus: bool,
 }
@@ -198,6 +204,8 @@ impl ImapSource {
             session: Some(session),
             name: account.user.clone(),
             selected: None,
+            markers: Default::default(),
+            last_uid: Default::default(),
             can_move,
             uidplus,
         })
@@ -252,16 +260,52 @@ impl ImapSource {
         })
     }
 
-    fn search_marker(&mut self, marker: &str) -> Result<Vec<u32>, SourceError> {
-        let query = format!("HEADER X-SMIME-Gateway {}", quoted(marker));
+    /// UIDs (from `from` on) whose trace header contains `marker`.
+    fn search_marker(&mut self, marker: &str, from: u32) -> Result<Vec<u32>, SourceError> {
+        let query = format!("UID {from}:* HEADER X-SMIME-Gateway {}", quoted(marker));
         self.run(move |s| {
             Box::pin(async move {
                 let found = s.uid_search(&query).await.map_err(imap_err)?;
-                let mut uids: Vec<u32> = found.into_iter().collect();
+                let mut uids: Vec<u32> = found.into_iter().filter(|u| *u >= from).collect();
                 uids.sort_unstable();
                 Ok(uids)
             })
         })
+    }
+
+    /// Every marked copy in the selected `folder`, by marker.
+    fn index(&mut self, folder: &str) -> Result<(), SourceError> {
+        if self.markers.contains_key(folder) {
+            return Ok(());
+        }
+        let uids = self.search_marker(super::rekey::MARKER_FIELD, 1)?;
+        let mut map = std::collections::HashMap::new();
+        for chunk in uids.chunks(500) {
+            let set: Vec<String> = chunk.iter().map(u32::to_string).collect();
+            let set = set.join(",");
+            let found = self.run(move |s| {
+                Box::pin(async move {
+                    let stream = s
+                        .uid_fetch(
+                            &set,
+                            "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER])",
+                        )
+                        .await
+                        .map_err(imap_err)?;
+                    let all: Vec<Fetch> = stream.try_collect().await.map_err(imap_err)?;
+                    Ok(all
+                        .iter()
+                        .filter_map(|f| {
+                            let m = super::maildir::marker_in(f.header()?)?;
+                            Some((m, entry_of(f)?))
+                        })
+                        .collect::<Vec<_>>())
+                })
+            })?;
+            map.extend(found);
+        }
+        self.markers.insert(folder.to_string(), map);
+        Ok(())
     }
 
     fn exists(&mut self, folder: &str) -> Result<bool, SourceError> {
@@ -304,6 +348,12 @@ impl Source for ImapSource {
         self.select(folder)?;
         let mut list = self.fetch_meta("1:*")?;
         list.sort_by_key(|e| e.id.parse::<u32>().unwrap_or(0));
+        let last = list
+            .iter()
+            .filter_map(|e| e.id.parse::<u32>().ok())
+            .max()
+            .unwrap_or(0);
+        self.last_uid.insert(folder.to_string(), last);
         Ok(list)
     }
 
@@ -322,11 +372,12 @@ impl Source for ImapSource {
 
     fn find_marker(&mut self, folder: &str, marker: &str) -> Result<Option<Entry>, SourceError> {
         self.select(folder)?;
-        let uids = self.search_marker(marker)?;
-        match uids.first() {
-            None => Ok(None),
-            Some(uid) => Ok(self.fetch_meta(&uid.to_string())?.into_iter().next()),
-        }
+        self.index(folder)?;
+        Ok(self
+            .markers
+            .get(folder)
+            .and_then(|m| m.get(marker))
+            .cloned())
     }
 
     fn append(
@@ -355,15 +406,21 @@ impl Source for ImapSource {
         let marker = super::maildir::marker_in(message).unwrap_or_default();
         self.selected = None;
         self.select(folder)?;
+        let after = self.last_uid.get(folder).copied().unwrap_or(0) + 1;
         let uid = self
-            .search_marker(&marker)?
+            .search_marker(&marker, after)?
             .last()
             .copied()
             .ok_or_else(|| SourceError::Imap("the appended copy cannot be found".into()))?;
-        self.fetch_meta(&uid.to_string())?
+        let entry = self
+            .fetch_meta(&uid.to_string())?
             .into_iter()
             .next()
-            .ok_or_else(|| SourceError::Imap("the appended copy cannot be read".into()))
+            .ok_or_else(|| SourceError::Imap("the appended copy cannot be read".into()))?;
+        if let Some(m) = self.markers.get_mut(folder) {
+            m.insert(marker, entry.clone());
+        }
+        Ok(entry)
     }
 
     fn remove(&mut self, folder: &str, entry: &Entry, to: Option<&str>) -> Result<(), SourceError> {

@@ -385,6 +385,8 @@ pub struct Mbox {
     folder: String,
     lock: Locked,
     slots: Vec<(Slot, Entry)>,
+    /// Marker → the copy carrying it (read once, kept up to date).
+    markers: Option<std::collections::HashMap<String, Entry>>,
     /// Messages to leave out when the file is rewritten at the end.
     removed: HashSet<u64>,
     /// Originals mboxes opened so far, with the SHA-256 markers of what
@@ -428,6 +430,7 @@ impl Mbox {
             folder,
             lock,
             slots,
+            markers: None,
             removed: HashSet::new(),
             targets: Vec::new(),
         })
@@ -534,18 +537,21 @@ impl Source for Mbox {
 
     fn find_marker(&mut self, folder: &str, marker: &str) -> Result<Option<Entry>, SourceError> {
         self.check(folder)?;
-        let slots: Vec<(Slot, Entry)> = self.slots.clone();
-        for (slot, e) in slots {
-            let raw = self.raw(&slot)?;
-            let head_end = raw
-                .windows(2)
-                .position(|w| w == b"\n\n")
-                .unwrap_or(raw.len());
-            if marker_in(&decode(&raw[..head_end.min(raw.len())])).as_deref() == Some(marker) {
-                return Ok(Some(e));
+        if self.markers.is_none() {
+            let mut map = std::collections::HashMap::new();
+            for (slot, e) in self.slots.clone() {
+                let raw = self.raw(&slot)?;
+                let head_end = raw
+                    .windows(2)
+                    .position(|w| w == b"\n\n")
+                    .unwrap_or(raw.len());
+                if let Some(m) = marker_in(&decode(&raw[..head_end])) {
+                    map.insert(m, e);
+                }
             }
+            self.markers = Some(map);
         }
-        Ok(None)
+        Ok(self.markers.as_ref().and_then(|m| m.get(marker)).cloned())
     }
 
     fn append(
@@ -564,6 +570,9 @@ impl Source for Mbox {
             size: len,
         };
         self.slots.push((Slot { start, len }, entry.clone()));
+        if let (Some(map), Some(m)) = (self.markers.as_mut(), marker_in(message)) {
+            map.insert(m, entry.clone());
+        }
         Ok(entry)
     }
 

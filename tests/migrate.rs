@@ -885,3 +885,119 @@ fn imap_against_a_private_dovecot() {
     assert!(!log.contains("Error"), "{log}");
     assert_migrated_maildir(&root, &msgs);
 }
+
+#[test]
+fn imap_tls_is_verified_and_a_master_user_logs_in() {
+    if let Some(why) = common::dovecot::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let msgs: Vec<Msg> = corpus(dir.path())
+        .into_iter()
+        .filter(|m| m.folder == "INBOX" && (m.name == "o2-inbox" || m.name == "plain"))
+        .collect();
+    let cert = common::sink::NextHopCert::issue(&["localhost"]);
+    let other = common::sink::NextHopCert::issue(&["localhost"]);
+    let mut dv = common::dovecot::Dovecot::start_with(
+        &[(ADDRESS, "brugerens")],
+        Some((&cert.cert_pem, &cert.key_pem)),
+        &[("admin", "master-hemmelig")],
+    );
+    let root = dv.maildir(ADDRESS);
+    make_maildir(&root, &msgs);
+    dv.own_mail();
+    let (ca, wrong_ca, pw) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("other-ca.pem"),
+        dir.path().join("master.pass"),
+    );
+    fs::write(&ca, &cert.ca_pem).unwrap();
+    fs::write(&wrong_ca, &other.ca_pem).unwrap();
+    fs::write(&pw, "master-hemmelig\n").unwrap();
+    let login = format!("{ADDRESS}*admin");
+    let args = |port: u16, security: &str, ca: &Path| -> Vec<String> {
+        vec![
+            "--imap".into(),
+            format!("localhost:{port}"),
+            "--imap-security".into(),
+            security.into(),
+            "--imap-ca".into(),
+            ca.display().to_string(),
+            "--user".into(),
+            login.clone(),
+            "--password-file".into(),
+            pw.display().to_string(),
+        ]
+    };
+    let run = |a: &[String], extra: &[&str]| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let mut c = Command::new(BIN);
+        c.arg("migrate")
+            .arg("--config")
+            .arg(&cfg)
+            .args(&a)
+            .args(extra)
+            .env("OCES_FIXTURE_PASSWORD", "Test1234");
+        let out = c.output().unwrap();
+        eprintln!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    // STARTTLS and IMAPS with the server's CA: the master user logs in to
+    // the user's mailbox, whose address is the login before `*`.
+    for (port, security) in [(dv.port, "starttls"), (dv.imaps_port, "imaps")] {
+        let out = run(
+            &args(port, security, &ca),
+            &["--dry-run", "--format", "json"],
+        );
+        assert!(out.status.success(), "{security}: {}", dv.log());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("\"mailbox\":\"{ADDRESS}\"")),
+            "{text}"
+        );
+        assert_eq!(folder_lines(&out)["INBOX"]["to_migrate"], 1);
+    }
+    // Another CA: the certificate is refused, nothing is read.
+    for (port, security) in [(dv.port, "starttls"), (dv.imaps_port, "imaps")] {
+        let out = run(&args(port, security, &wrong_ca), &["--dry-run"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("TLS with localhost") && err.contains("certificate"),
+            "{err}"
+        );
+    }
+    // The real run over IMAPS as the master user.
+    let out = run(&args(dv.imaps_port, "imaps", &ca), &["--format", "json"]);
+    assert!(out.status.success(), "{}", dv.log());
+    assert_eq!(folder_lines(&out)["INBOX"]["migrated"], 1);
+    dv.stop();
+    assert_migrated_maildir_inbox_only(&root, &msgs);
+}
+
+/// [`assert_migrated_maildir`] for a corpus without the signed message.
+fn assert_migrated_maildir_inbox_only(root: &Path, msgs: &[Msg]) {
+    for m in msgs {
+        let marker = format!("original-sha256={}", sha256_hex(&m.bytes));
+        let files = messages_in(root);
+        let copies: Vec<&PathBuf> = files
+            .iter()
+            .filter(|p| String::from_utf8_lossy(&fs::read(p).unwrap()).contains(&marker))
+            .collect();
+        let original = files.iter().any(|p| fs::read(p).unwrap() == m.bytes);
+        match &m.plaintext {
+            Some(p) => {
+                assert!(!original && copies.len() == 1, "{}", m.name);
+                let bytes = fs::read(copies[0]).unwrap();
+                assert_eq!(open_with_oces3(&bytes), without_mime_version(p));
+            }
+            None => assert!(original && copies.is_empty(), "{}", m.name),
+        }
+    }
+}

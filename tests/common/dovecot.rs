@@ -15,6 +15,8 @@ use super::{free_port, wait_until};
 pub struct Dovecot {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// IMAPS (only with a certificate).
+    pub imaps_port: u16,
     child: Option<Child>,
     uid: u32,
     gid: u32,
@@ -34,8 +36,18 @@ fn id(flag: &str) -> String {
 }
 
 impl Dovecot {
-    /// Starts Dovecot with `users` (login, password).
+    /// Starts Dovecot with `users` (login, password), plain IMAP only.
     pub fn start(users: &[(&str, &str)]) -> Self {
+        Self::start_with(users, None, &[])
+    }
+
+    /// Starts Dovecot with `users`, with a TLS certificate and key (PEM:
+    /// STARTTLS on the IMAP port, and IMAPS) and master users (`login*master`).
+    pub fn start_with(
+        users: &[(&str, &str)],
+        tls: Option<(&str, &str)>,
+        masters: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("smimegw-dovecot")
             .tempdir()
@@ -63,16 +75,40 @@ impl Dovecot {
             .collect();
         fs::write(d.join("passwd"), passwd).unwrap();
         let port = free_port();
+        let imaps_port = if tls.is_some() { free_port() } else { 0 };
+        let mut extra = String::new();
+        if let Some((cert, key)) = tls {
+            fs::write(d.join("cert.pem"), cert).unwrap();
+            fs::write(d.join("key.pem"), key).unwrap();
+            extra.push_str(&format!(
+                "ssl = yes\nssl_cert = <{d}/cert.pem\nssl_key = <{d}/key.pem\n",
+                d = d.display()
+            ));
+        } else {
+            extra.push_str("ssl = no\n");
+        }
+        if !masters.is_empty() {
+            let m: String = masters
+                .iter()
+                .map(|(u, p)| format!("{u}:{{PLAIN}}{p}::::::\n"))
+                .collect();
+            fs::write(d.join("masters"), m).unwrap();
+            extra.push_str(&format!(
+                "auth_master_user_separator = *\n\
+                 passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%u {d}/masters\n  master = yes\n}}\n",
+                d = d.display()
+            ));
+        }
         let conf = format!(
             "base_dir = {d}/run\nstate_dir = {d}/state\ninstance_name = smimegw-test-{port}\n\
-             log_path = {d}/dovecot.log\nprotocols = imap\nlisten = 127.0.0.1\nssl = no\n\
+             log_path = {d}/dovecot.log\nprotocols = imap\nlisten = 127.0.0.1\n{extra}\
              disable_plaintext_auth = no\nauth_mechanisms = plain\n\
              default_internal_user = {internal}\ndefault_login_user = {login}\n\
              first_valid_uid = 0\nmail_location = maildir:{d}/mail/%u\n\
              passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%u {d}/passwd\n}}\n\
              userdb {{\n  driver = static\n  args = uid={uid} gid={gid} home={d}/mail/%u\n}}\n\
              service imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n\
-               inet_listener imaps {{\n    port = 0\n  }}\n  chroot =\n}}\n\
+               inet_listener imaps {{\n    address = 127.0.0.1\n    port = {imaps_port}\n  }}\n  chroot =\n}}\n\
              service anvil {{\n  chroot =\n}}\n",
             d = d.display()
         );
@@ -80,6 +116,7 @@ impl Dovecot {
         let mut dv = Dovecot {
             dir,
             port,
+            imaps_port,
             child: None,
             uid,
             gid,

@@ -404,8 +404,9 @@ impl Source for ImapSource {
         })?;
         // The new message, found by its marker (the highest UID carrying it).
         let marker = super::maildir::marker_in(message).unwrap_or_default();
-        self.selected = None;
         self.select(folder)?;
+        // The selected folder takes in the new message.
+        self.run(|s| Box::pin(async move { s.noop().await.map_err(imap_err) }))?;
         let after = self.last_uid.get(folder).copied().unwrap_or(0) + 1;
         let uid = self
             .search_marker(&marker, after)?

@@ -59,13 +59,18 @@ impl Maildir {
     /// Creates folder `name` (cur/, new/, tmp/) when missing.
     fn create(&self, name: &str) -> Result<PathBuf, SourceError> {
         let d = self.dir(name);
+        let mut created = false;
         for sub in ["tmp", "new", "cur"] {
             let p = d.join(sub);
             if !p.is_dir() {
                 fs::create_dir_all(&p).map_err(|e| SourceError::io(&p, e))?;
+                sync_dir(&d).map_err(|e| SourceError::io(&d, e))?;
+                created = true;
             }
         }
-        sync_dir(&self.root).map_err(|e| SourceError::io(&self.root, e))?;
+        if created {
+            sync_dir(&self.root).map_err(|e| SourceError::io(&self.root, e))?;
+        }
         Ok(d)
     }
 

@@ -370,6 +370,34 @@ impl Source for ImapSource {
         body.ok_or_else(|| SourceError::Gone(entry.id.clone()))
     }
 
+    fn fetch_many(&mut self, folder: &str, entries: &[Entry]) -> Vec<Result<Vec<u8>, SourceError>> {
+        if let Err(e) = self.select(folder) {
+            return entries.iter().map(|_| Err(imap_err(&e))).collect();
+        }
+        let set: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+        let set = set.join(",");
+        let got = self.run(move |s| {
+            Box::pin(async move {
+                let stream = s.uid_fetch(&set, "BODY.PEEK[]").await.map_err(imap_err)?;
+                let all: Vec<Fetch> = stream.try_collect().await.map_err(imap_err)?;
+                Ok(all
+                    .iter()
+                    .filter_map(|f| Some((f.uid?.to_string(), f.body()?.to_vec())))
+                    .collect::<std::collections::HashMap<String, Vec<u8>>>())
+            })
+        });
+        match got {
+            Ok(mut map) => entries
+                .iter()
+                .map(|e| {
+                    map.remove(&e.id)
+                        .ok_or_else(|| SourceError::Gone(e.id.clone()))
+                })
+                .collect(),
+            Err(e) => entries.iter().map(|_| Err(imap_err(&e))).collect(),
+        }
+    }
+
     fn find_marker(&mut self, folder: &str, marker: &str) -> Result<Option<Entry>, SourceError> {
         self.select(folder)?;
         self.index(folder)?;

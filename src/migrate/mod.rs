@@ -94,6 +94,9 @@ fn folders_to_do(
     Ok(out)
 }
 
+/// Messages read in one go (one IMAP FETCH).
+const FETCH_BATCH: usize = 16;
+
 enum Job {
     Fetched(Entry, Vec<u8>),
     Unreadable(Entry, SourceError),
@@ -162,17 +165,19 @@ fn folder_run(
     std::thread::scope(|s| -> Result<(), MigrateError> {
         // The reader: one message at a time from the source.
         let reader = s.spawn(move || {
-            for e in entries {
+            for chunk in entries.chunks(FETCH_BATCH) {
                 let got = match source.lock() {
-                    Ok(mut src) => src.fetch(folder, &e),
+                    Ok(mut src) => src.fetch_many(folder, chunk),
                     Err(_) => return,
                 };
-                let job = match got {
-                    Ok(bytes) => Job::Fetched(e, bytes),
-                    Err(err) => Job::Unreadable(e, err),
-                };
-                if job_tx.send(job).is_err() {
-                    return;
+                for (e, got) in chunk.iter().zip(got) {
+                    let job = match got {
+                        Ok(bytes) => Job::Fetched(e.clone(), bytes),
+                        Err(err) => Job::Unreadable(e.clone(), err),
+                    };
+                    if job_tx.send(job).is_err() {
+                        return;
+                    }
                 }
             }
         });

@@ -105,6 +105,11 @@ pub trait Source: Send {
     fn list(&mut self, folder: &str) -> Result<Vec<Entry>, SourceError>;
     /// The bytes of one message, as stored.
     fn fetch(&mut self, folder: &str, entry: &Entry) -> Result<Vec<u8>, SourceError>;
+    /// The bytes of several messages (one round trip where the source
+    /// allows), in the order asked.
+    fn fetch_many(&mut self, folder: &str, entries: &[Entry]) -> Vec<Result<Vec<u8>, SourceError>> {
+        entries.iter().map(|e| self.fetch(folder, e)).collect()
+    }
     /// The identifier of a message in `folder` whose `X-SMIME-Gateway`
     /// field contains `marker`, if any.
     fn find_marker(&mut self, folder: &str, marker: &str) -> Result<Option<Entry>, SourceError>;

@@ -420,6 +420,7 @@ impl Source for ImapSource {
             .map(String::as_str)
             .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
             .collect();
+        let flags_given: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
         let flags = format!("({})", flags.join(" "));
         let date = imap_date(internal_date);
         let (name, content) = (folder.to_string(), message.to_vec());
@@ -441,11 +442,13 @@ impl Source for ImapSource {
             .last()
             .copied()
             .ok_or_else(|| SourceError::Imap("the appended copy cannot be found".into()))?;
-        let entry = self
-            .fetch_meta(&uid.to_string())?
-            .into_iter()
-            .next()
-            .ok_or_else(|| SourceError::Imap("the appended copy cannot be read".into()))?;
+        // Its flags and date are the ones just given (read back with it).
+        let entry = Entry {
+            id: uid.to_string(),
+            flags: flags_given,
+            internal_date,
+            size: message.len() as u64,
+        };
         if let Some(m) = self.markers.get_mut(folder) {
             m.insert(marker, entry.clone());
         }

@@ -64,6 +64,7 @@ pub struct ImapSource {
     rt: tokio::runtime::Runtime,
     session: Option<Imap>,
     name: String,
+    account: Account,
     selected: Option<String>,
     /// Per folder: marker → the copy carrying it (one `UID SEARCH HEADER`
     /// for every marked message when the folder is first asked about,
@@ -203,6 +204,7 @@ impl ImapSource {
             rt,
             session: Some(session),
             name: account.user.clone(),
+            account: account.clone(),
             selected: None,
             markers: Default::default(),
             last_uid: Default::default(),
@@ -495,6 +497,10 @@ impl Source for ImapSource {
                 Ok(())
             })
         })
+    }
+
+    fn reader(&mut self) -> Result<Option<Box<dyn Source>>, SourceError> {
+        Ok(Some(Box::new(ImapSource::open(&self.account)?)))
     }
 
     fn close(&mut self) -> Result<(), SourceError> {

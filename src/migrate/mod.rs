@@ -121,11 +121,18 @@ pub fn run(
         .fold((0, 0), |(c, b), e| (c + 1, b + e.size));
     progress.total(count, bytes);
     let mut reports = Vec::new();
-    let source = Mutex::new(source);
+    let mut second = source.reader()?;
+    let main: &mut dyn Source = &mut *source;
+    let source = Mutex::new(main);
+    let second = second
+        .as_mut()
+        .map(|b| Mutex::new(b.as_mut() as &mut dyn Source));
+    let reader = second.as_ref().unwrap_or(&source);
     for (folder, entries) in todo {
         let mut report = FolderReport::new(address, &folder);
         folder_run(
             &source,
+            reader,
             rekeyer,
             &mailbox,
             &folder,
@@ -139,6 +146,9 @@ pub fn run(
         )?;
         reports.push(report);
     }
+    if let Some(Ok(r)) = second.map(Mutex::into_inner) {
+        r.close()?;
+    }
     if let Ok(s) = source.into_inner() {
         s.close()?;
     }
@@ -150,6 +160,7 @@ type Sink<'a> = dyn FnMut(&MessageLine, Option<&plan::KeyFacts>, u64) + 'a;
 #[allow(clippy::too_many_arguments)]
 fn folder_run(
     source: &Mutex<&mut dyn Source>,
+    reader_source: &Mutex<&mut dyn Source>,
     rekeyer: &Rekeyer<'_>,
     mailbox: &Mailbox<'_>,
     folder: &str,
@@ -166,7 +177,7 @@ fn folder_run(
         // The reader: one message at a time from the source.
         let reader = s.spawn(move || {
             for chunk in entries.chunks(FETCH_BATCH) {
-                let got = match source.lock() {
+                let got = match reader_source.lock() {
                     Ok(mut src) => src.fetch_many(folder, chunk),
                     Err(_) => return,
                 };

@@ -125,6 +125,11 @@ pub trait Source: Send {
     /// Moves `entry` out of `folder` into `to` (created when missing), or
     /// removes it (`to` = `None`), touching no other message.
     fn remove(&mut self, folder: &str, entry: &Entry, to: Option<&str>) -> Result<(), SourceError>;
+    /// A second connection to the same store that only reads, so reading
+    /// ahead overlaps with writing (IMAP); `None` where it would not help.
+    fn reader(&mut self) -> Result<Option<Box<dyn Source>>, SourceError> {
+        Ok(None)
+    }
     /// Ends the session (IMAP LOGOUT, locks released).
     fn close(&mut self) -> Result<(), SourceError> {
         Ok(())

@@ -4,6 +4,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -52,14 +53,19 @@ pub enum MigrateCommandError {
     Source(#[from] migrate::source::SourceError),
 }
 
-struct Bar(ProgressBar);
+/// Messages done of all, and octets (with rate and ETA) on the bar.
+struct Bar(ProgressBar, AtomicU64, AtomicU64);
 
 impl Progress for Bar {
     fn total(&self, messages: u64, bytes: u64) {
         self.0.set_length(bytes);
-        self.0.set_message(format!("{messages} messages"));
+        self.2.store(messages, Ordering::Relaxed);
+        self.0.set_message(format!("0/{messages} messages"));
     }
     fn done(&self, bytes: u64) {
+        let n = self.1.fetch_add(1, Ordering::Relaxed) + 1;
+        self.0
+            .set_message(format!("{n}/{} messages", self.2.load(Ordering::Relaxed)));
         self.0.inc(bytes);
     }
 }
@@ -157,7 +163,7 @@ pub fn migrate(args: &MigrateArgs) -> Result<(String, bool), OpsError> {
     ) {
         bar.set_style(style);
     }
-    let progress = Bar(bar);
+    let progress = Bar(bar, AtomicU64::new(0), AtomicU64::new(0));
     let mut text = String::new();
     let target = rekeyer.mailbox(&address).target.map(|t| {
         format!(

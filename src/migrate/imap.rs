@@ -74,7 +74,14 @@ pub struct ImapSource {
     last_uid: std::collections::HashMap<String, u32>,
     can_move: bool,
     uidplus: bool,
+    /// Messages appended in this session.
+    appended: usize,
 }
+
+/// A fresh session after this many APPENDs: Dovecot's imap process grows
+/// with every APPEND to a Maildir in one session (seen: out of memory at
+/// its default 256 MB after a few thousand).
+const APPENDS_PER_SESSION: usize = 500;
 
 fn imap_err(e: impl std::fmt::Display) -> SourceError {
     SourceError::Imap(e.to_string())
@@ -210,7 +217,21 @@ impl ImapSource {
             last_uid: Default::default(),
             can_move,
             uidplus,
+            appended: 0,
         })
+    }
+
+    /// Logs out and in again (what was learnt of the folders is kept).
+    fn reconnect(&mut self) -> Result<(), SourceError> {
+        if let Some(mut old) = self.session.take() {
+            let _ = self.rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), old.logout()).await
+            });
+        }
+        self.session = Some(self.rt.block_on(connect(&self.account))?);
+        self.selected = None;
+        self.appended = 0;
+        Ok(())
     }
 
     /// Runs `f` on the session within the time bound.
@@ -417,6 +438,10 @@ impl Source for ImapSource {
         flags: &[String],
         internal_date: i64,
     ) -> Result<Entry, SourceError> {
+        if self.appended >= APPENDS_PER_SESSION {
+            self.reconnect()?;
+        }
+        self.appended += 1;
         let flags: Vec<&str> = flags
             .iter()
             .map(String::as_str)

@@ -172,7 +172,9 @@ fn folder_run(
     let jobs = opts.jobs.max(1);
     let (job_tx, job_rx) = mpsc::sync_channel::<Job>(jobs * 2);
     let job_rx = Mutex::new(job_rx);
-    let (res_tx, res_rx) = mpsc::channel::<(Entry, Result<Prepared, String>)>();
+    // Bounded both ways: a slow writer holds the workers back, so new
+    // copies never pile up in memory.
+    let (res_tx, res_rx) = mpsc::sync_channel::<(Entry, Result<Prepared, String>)>(jobs * 2);
     std::thread::scope(|s| -> Result<(), MigrateError> {
         // The reader: one message at a time from the source.
         let reader = s.spawn(move || {

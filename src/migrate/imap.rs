@@ -76,7 +76,14 @@ pub struct ImapSource {
     uidplus: bool,
     /// Messages appended in this session.
     appended: usize,
+    /// Originals to move or remove (folder, target, UID), done in batches.
+    pending: Vec<(String, Option<String>, String)>,
+    /// Folders known to exist (created or listed).
+    created: std::collections::HashSet<String>,
 }
+
+/// Originals moved or removed per command.
+const REMOVE_BATCH: usize = 100;
 
 /// A fresh session after this many APPENDs: Dovecot's imap process grows
 /// with every APPEND to a Maildir in one session (seen: out of memory at
@@ -222,6 +229,65 @@ impl ImapSource {
             can_move,
             uidplus,
             appended: 0,
+            pending: Vec::new(),
+            created: Default::default(),
+        })
+    }
+
+    /// Moves or removes the originals waiting, one command per folder and
+    /// target for all their UIDs (`UID MOVE`, or `UID COPY` + `UID
+    /// EXPUNGE` of exactly those UIDs).
+    fn flush(&mut self) -> Result<(), SourceError> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut groups: Vec<((String, Option<String>), Vec<String>)> = Vec::new();
+        for (folder, to, uid) in pending {
+            let key = (folder, to);
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, uids)) => uids.push(uid),
+                None => groups.push((key, vec![uid])),
+            }
+        }
+        for ((folder, to), uids) in groups {
+            self.remove_now(&folder, &uids.join(","), to.as_deref())?;
+        }
+        Ok(())
+    }
+
+    fn remove_now(
+        &mut self,
+        folder: &str,
+        uids: &str,
+        to: Option<&str>,
+    ) -> Result<(), SourceError> {
+        let uid = uids.to_string();
+        if let Some(target) = to {
+            if !self.created.contains(target) && !self.exists(target)? {
+                let t = target.to_string();
+                self.run(move |s| Box::pin(async move { s.create(&t).await.map_err(imap_err) }))?;
+            }
+            self.created.insert(target.to_string());
+            self.select(folder)?;
+            let t = target.to_string();
+            if self.can_move {
+                return self.run(move |s| {
+                    Box::pin(async move { s.uid_mv(&uid, &t).await.map_err(imap_err) })
+                });
+            }
+            let u = uid.clone();
+            self.run(move |s| Box::pin(async move { s.uid_copy(&u, &t).await.map_err(imap_err) }))?;
+        }
+        self.select(folder)?;
+        self.run(move |s| {
+            Box::pin(async move {
+                let stored = s
+                    .uid_store(&uid, "+FLAGS.SILENT (\\Deleted)")
+                    .await
+                    .map_err(imap_err)?;
+                let _: Vec<Fetch> = stored.try_collect().await.map_err(imap_err)?;
+                let gone = s.uid_expunge(&uid).await.map_err(imap_err)?;
+                let _: Vec<u32> = gone.try_collect().await.map_err(imap_err)?;
+                Ok(())
+            })
         })
     }
 
@@ -371,6 +437,7 @@ impl Source for ImapSource {
     }
 
     fn list(&mut self, folder: &str) -> Result<Vec<Entry>, SourceError> {
+        self.flush()?;
         self.selected = None;
         self.select(folder)?;
         let mut list = self.fetch_meta("1:*")?;
@@ -487,45 +554,23 @@ impl Source for ImapSource {
     }
 
     fn remove(&mut self, folder: &str, entry: &Entry, to: Option<&str>) -> Result<(), SourceError> {
-        let uid = entry.id.clone();
-        if let Some(target) = to {
-            if !self.exists(target)? {
-                let t = target.to_string();
-                self.run(move |s| Box::pin(async move { s.create(&t).await.map_err(imap_err) }))?;
-            }
-            self.select(folder)?;
-            let t = target.to_string();
-            if self.can_move {
-                return self.run(move |s| {
-                    Box::pin(async move { s.uid_mv(&uid, &t).await.map_err(imap_err) })
-                });
-            }
-            if !self.uidplus {
-                return Err(SourceError::Unsupported(
-                    "the server offers neither MOVE nor UIDPLUS: use --originals keep".into(),
-                ));
-            }
-            let u = uid.clone();
-            self.run(move |s| Box::pin(async move { s.uid_copy(&u, &t).await.map_err(imap_err) }))?;
-        } else if !self.uidplus {
+        if to.is_some() && !self.can_move && !self.uidplus {
+            return Err(SourceError::Unsupported(
+                "the server offers neither MOVE nor UIDPLUS: use --originals keep".into(),
+            ));
+        }
+        if to.is_none() && !self.uidplus {
             return Err(SourceError::Unsupported(
                 "the server does not offer UIDPLUS (UID EXPUNGE): use --originals keep or move"
                     .into(),
             ));
         }
-        self.select(folder)?;
-        self.run(move |s| {
-            Box::pin(async move {
-                let stored = s
-                    .uid_store(&uid, "+FLAGS.SILENT (\\Deleted)")
-                    .await
-                    .map_err(imap_err)?;
-                let _: Vec<Fetch> = stored.try_collect().await.map_err(imap_err)?;
-                let gone = s.uid_expunge(&uid).await.map_err(imap_err)?;
-                let _: Vec<u32> = gone.try_collect().await.map_err(imap_err)?;
-                Ok(())
-            })
-        })
+        self.pending
+            .push((folder.to_string(), to.map(str::to_string), entry.id.clone()));
+        if self.pending.len() >= REMOVE_BATCH {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     fn reader(&mut self) -> Result<Option<Box<dyn Source>>, SourceError> {
@@ -533,6 +578,7 @@ impl Source for ImapSource {
     }
 
     fn close(&mut self) -> Result<(), SourceError> {
+        self.flush()?;
         if self.session.is_some() {
             let r = self.run(|s| Box::pin(async move { s.logout().await.map_err(imap_err) }));
             self.session = None;

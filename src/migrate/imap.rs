@@ -82,6 +82,9 @@ pub struct ImapSource {
     created: std::collections::HashSet<String>,
 }
 
+/// A folder and where its originals go (`None`: removed).
+type Batch = (String, Option<String>);
+
 /// Originals moved or removed per command.
 const REMOVE_BATCH: usize = 100;
 
@@ -239,7 +242,7 @@ impl ImapSource {
     /// EXPUNGE` of exactly those UIDs).
     fn flush(&mut self) -> Result<(), SourceError> {
         let pending = std::mem::take(&mut self.pending);
-        let mut groups: Vec<((String, Option<String>), Vec<String>)> = Vec::new();
+        let mut groups: Vec<(Batch, Vec<String>)> = Vec::new();
         for (folder, to, uid) in pending {
             let key = (folder, to);
             match groups.iter_mut().find(|(k, _)| *k == key) {

@@ -14,6 +14,7 @@ pub mod journal;
 pub mod logging;
 pub mod mail;
 pub mod metrics;
+pub mod migrate;
 pub mod observe;
 pub mod ops;
 pub mod ossl;

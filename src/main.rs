@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use smime_gateway::logging;
+use smime_gateway::migrate::imap::{Account, Security};
+use smime_gateway::ops::migrate::{MigrateArgs, Where};
 use smime_gateway::ops::{self, cutoff, demo::Urls, CertsCommand, OpsError, QueueCommand};
 
 #[derive(Parser)]
@@ -78,6 +80,9 @@ enum Command {
         #[command(subcommand)]
         action: PkiAction,
     },
+    /// Re-key stored mail (Maildir, mbox, .eml files, IMAP) from old keys
+    /// to each mailbox's current OCES3 certificate.
+    Migrate(Box<MigrateCli>),
     /// Inspect and manage the mail queue.
     Queue {
         #[command(subcommand)]
@@ -85,6 +90,72 @@ enum Command {
         #[arg(long, global = true)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct MigrateCli {
+    #[arg(long)]
+    config: PathBuf,
+    /// A Maildir (Maildir++ folders).
+    #[arg(long, group = "source")]
+    maildir: Option<PathBuf>,
+    /// An mbox file (locked with a dot-lock and fcntl).
+    #[arg(long, group = "source")]
+    mbox: Option<PathBuf>,
+    /// A folder of .eml files.
+    #[arg(long, group = "source")]
+    eml: Option<PathBuf>,
+    /// An IMAP server, HOST:PORT.
+    #[arg(long, group = "source")]
+    imap: Option<String>,
+    /// How the IMAP connection is protected (plain only where asked).
+    #[arg(long, value_enum, default_value_t = ImapSecurity::Imaps)]
+    imap_security: ImapSecurity,
+    /// CA certificates (PEM) the IMAP server's certificate must chain
+    /// to (default: the system's roots).
+    #[arg(long)]
+    imap_ca: Option<PathBuf>,
+    /// IMAP login (a master user as `user*master`).
+    #[arg(long)]
+    user: Option<String>,
+    /// File holding the IMAP password (else $SMIMEGW_IMAP_PASSWORD).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Only these folders (default: all but the originals folder).
+    #[arg(long)]
+    folder: Vec<String>,
+    /// NAME=ADDRESS: the source (path or file name) whose mail is
+    /// re-encrypted to ADDRESS's current certificate.
+    #[arg(long)]
+    mailbox: Vec<String>,
+    /// keep, delete or move:FOLDER.
+    #[arg(long, default_value = "move:OCES2-originals")]
+    originals: String,
+    /// Keys whose mail is re-keyed: oces2, oces3, other, older.
+    #[arg(long, default_value = "oces2")]
+    rekey: String,
+    /// Change nothing; report what would be done.
+    #[arg(long)]
+    dry_run: bool,
+    /// Report format.
+    #[arg(long, value_enum, default_value_t = MigrateFormat::Table)]
+    format: MigrateFormat,
+    /// Messages opened and re-encrypted at once (default: the cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ImapSecurity {
+    Imaps,
+    Starttls,
+    Plain,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MigrateFormat {
+    Table,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -212,6 +283,53 @@ fn required(config: Option<PathBuf>, command: &str) -> Result<PathBuf, OpsError>
     config.ok_or_else(|| OpsError::Usage(format!("{command}: --config PATH is required")))
 }
 
+/// The IMAP account from the command line.
+fn imap_account(
+    server: &str,
+    security: ImapSecurity,
+    ca: Option<PathBuf>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+) -> Result<Account, OpsError> {
+    let (host, port) = match server.rsplit_once(':') {
+        Some((h, p)) => (
+            h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            p.parse::<u16>()
+                .map_err(|_| OpsError::Usage(format!("--imap {server}: bad port")))?,
+        ),
+        None => (
+            server.to_string(),
+            if matches!(security, ImapSecurity::Imaps) {
+                993
+            } else {
+                143
+            },
+        ),
+    };
+    let user = user.ok_or_else(|| OpsError::Usage("migrate --imap: --user is required".into()))?;
+    let password = match password_file {
+        Some(f) => std::fs::read_to_string(&f)
+            .map_err(|e| OpsError::Usage(format!("--password-file {}: {e}", f.display())))?
+            .trim_end_matches(['\r', '\n'])
+            .to_string(),
+        None => std::env::var("SMIMEGW_IMAP_PASSWORD").map_err(|_| {
+            OpsError::Usage("migrate --imap: give --password-file or $SMIMEGW_IMAP_PASSWORD".into())
+        })?,
+    };
+    Ok(Account {
+        host,
+        port,
+        security: match security {
+            ImapSecurity::Imaps => Security::Imaps,
+            ImapSecurity::Starttls => Security::Starttls,
+            ImapSecurity::Plain => Security::Plain,
+        },
+        ca,
+        user,
+        password,
+    })
+}
+
 /// Runs one command: the text to print and whether it succeeded.
 fn run(command: Command) -> Result<(String, bool), OpsError> {
     let done = |text: String| Ok((text, true));
@@ -276,6 +394,54 @@ fn run(command: Command) -> Result<(String, bool), OpsError> {
             urls.crl_base = crl_url.unwrap_or(urls.crl_base);
             urls.ocsp = ocsp_url.unwrap_or(urls.ocsp);
             done(ops::pki_demo(&out, &urls)?)
+        }
+        Command::Migrate(m) => {
+            let MigrateCli {
+                config,
+                maildir,
+                mbox,
+                eml,
+                imap,
+                imap_security,
+                imap_ca,
+                user,
+                password_file,
+                folder,
+                mailbox,
+                originals,
+                rekey,
+                dry_run,
+                format,
+                jobs,
+            } = *m;
+            let source = match (maildir, mbox, eml, imap) {
+                (Some(p), ..) => Where::Maildir(p),
+                (_, Some(p), ..) => Where::Mbox(p),
+                (_, _, Some(p), _) => Where::Eml(p),
+                (_, _, _, Some(server)) => Where::Imap(imap_account(
+                    &server,
+                    imap_security,
+                    imap_ca,
+                    user,
+                    password_file,
+                )?),
+                _ => {
+                    return Err(OpsError::Usage(
+                        "migrate: give --maildir, --mbox, --eml or --imap".into(),
+                    ))
+                }
+            };
+            ops::migrate::migrate(&MigrateArgs {
+                config,
+                source,
+                folders: folder,
+                mailboxes: mailbox,
+                originals,
+                rekey,
+                dry_run,
+                json: matches!(format, MigrateFormat::Json),
+                jobs,
+            })
         }
         Command::Queue { action, config } => done(ops::queue(
             &required(config, "queue")?,

@@ -8,6 +8,7 @@ pub mod cutoff;
 pub mod demo;
 pub mod explain;
 pub mod listing;
+pub mod migrate;
 pub mod queue;
 pub mod usage;
 
@@ -34,6 +35,8 @@ pub enum OpsError {
     Demo(#[from] demo::DemoError),
     #[error("{0}")]
     Import(#[from] listing::ImportError),
+    #[error("{0}")]
+    Migrate(#[from] migrate::MigrateCommandError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     /// The cutoff report could not be made (exit status 2).
@@ -70,7 +73,7 @@ pub enum CertsCommand {
     Import(PathBuf),
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

@@ -19,6 +19,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::{efail, Action, Actions, Context, HarvestOffer};
+use crate::blob::{Blob, InMemory, Spill};
 use crate::config::Revocation;
 use crate::config::{Deliver, Encryption, OnUndecryptable};
 use crate::mail::address::normalize;
@@ -27,6 +28,7 @@ use crate::metrics::Event;
 use crate::pki::directory::fingerprint;
 use crate::pki::oces;
 use crate::pki::signer::{self, Relation, SignerRevocation, Ties};
+use crate::pki::Identity;
 use crate::smime::cms::Chain;
 use crate::smime::mime::{self, Shape};
 use crate::smime::scan::{self, Seen};
@@ -53,6 +55,22 @@ pub fn mailboxes<'a>(
     body: &'a [u8],
     shape: Arc<Shape>,
     ctx: &Context<'_>,
+    out: &mut Actions<'a>,
+) {
+    mailboxes_at(envelope, mailboxes, body, shape, ctx, ctx.now, out);
+}
+
+/// [`mailboxes`] with signatures verified as of `verify_at` (Unix
+/// seconds) instead of `ctx.now`: archive migration verifies stored mail
+/// as of its arrival, while the key it re-encrypts to is the one current
+/// at `ctx.now`.
+pub fn mailboxes_at<'a>(
+    envelope: &Envelope,
+    mailboxes: Vec<Mailbox>,
+    body: &'a [u8],
+    shape: Arc<Shape>,
+    ctx: &Context<'_>,
+    verify_at: i64,
     out: &mut Actions<'a>,
 ) {
     // Which re-encrypting mailboxes it is encrypted to already: the CMS
@@ -122,8 +140,14 @@ pub fn mailboxes<'a>(
             // The shape read for the plan serves the first opening; later
             // key sets read the message again (rare: keys per mailbox).
             let known = shape.take();
-            let mut result =
-                unwrap::unwrap_into(body, known.as_deref(), &keys, verifier, ctx.now, ctx.spill);
+            let mut result = unwrap::unwrap_into(
+                body,
+                known.as_deref(),
+                &keys,
+                verifier,
+                verify_at,
+                ctx.spill,
+            );
             drop(known);
             judge(&mut result, body, ctx);
             opened = Some((indices, result));
@@ -160,18 +184,7 @@ pub fn mailboxes<'a>(
                 match (mode, target) {
                     (Deliver::Plain, _) => deliver_traced(out, rcpt, ctx, message, &value, note),
                     (Deliver::Reencrypt, Some(t)) => {
-                        let traced = format!(
-                            "{value}; reencrypted-to={}",
-                            header::quote(&t.info.subject_cn)
-                        );
-                        let certs = std::slice::from_ref(&t.cert);
-                        match unwrap::spill_enveloped(
-                            message,
-                            Some(&traced),
-                            certs,
-                            encryption,
-                            ctx.spill,
-                        ) {
+                        match reencrypt_into(message, &value, t, encryption, ctx.spill) {
                             Ok(wrapped) => {
                                 let note = note
                                     .map(|n| format!("{n}; re-encrypted to {}", t.info.subject_cn));
@@ -257,6 +270,35 @@ fn deliver_traced<'a>(
         Ok(traced) => out.deliver(rcpt, traced, note),
         Err(e) => out.defer(rcpt, &SmimeError::Scratch(e.to_string()).to_string()),
     }
+}
+
+/// The clean (decrypted) `message` re-encrypted to `target`, with the
+/// trace header `value; reencrypted-to="…"`, written to `spill`: what a
+/// `reencrypt` mailbox gets.
+fn reencrypt_into(
+    message: &[u8],
+    value: &str,
+    target: &Identity,
+    encryption: Encryption,
+    spill: &dyn Spill,
+) -> Result<Blob, SmimeError> {
+    let traced = format!(
+        "{value}; reencrypted-to={}",
+        header::quote(&target.info.subject_cn)
+    );
+    let certs = std::slice::from_ref(&target.cert);
+    unwrap::spill_enveloped(message, Some(&traced), certs, encryption, spill)
+}
+
+/// [`reencrypt_into`] in memory: what archive migration writes, the same
+/// bytes a `reencrypt` mailbox gets.
+pub fn reencrypt(
+    message: &[u8],
+    value: &str,
+    target: &Identity,
+    encryption: Encryption,
+) -> Result<Vec<u8>, SmimeError> {
+    reencrypt_into(message, value, target, encryption, &InMemory).map(|b| b.to_vec())
 }
 
 /// Adds to every signature of `result` how its signer relates to the

@@ -1,0 +1,603 @@
+//! An IMAP account as a migration source (async-imap on a private tokio
+//! runtime, driven through the synchronous [`Source`] trait). IMAPS and
+//! STARTTLS verify the server's certificate (rustls: the given CA file,
+//! else the system's roots) for its host name; plain IMAP only when the
+//! operator asks for it. A new copy is appended with the original's
+//! flags and INTERNALDATE, found again by `UID SEARCH HEADER` for its
+//! marker and read back; a re-run searches for the marker before it
+//! appends. Originals are moved with `UID MOVE` (RFC 6851) or removed
+//! with `UID EXPUNGE` of that one UID (UIDPLUS), never a bare `EXPUNGE`
+//! that would take every message marked deleted.
+
+use std::fmt::Debug;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_imap::types::{Fetch, Flag};
+use async_imap::{Client, Session};
+use futures_util::TryStreamExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
+
+use super::source::{Entry, Source, SourceError};
+
+/// How the connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// TLS from the first byte (port 993).
+    Imaps,
+    /// STARTTLS before login (port 143).
+    Starttls,
+    /// No TLS: only where the operator asks (a server on the same host).
+    Plain,
+}
+
+/// Where and as whom.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    /// CA certificates (PEM) the server's certificate must chain to;
+    /// `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// The login (a master user login such as `alice*admin` included).
+    pub user: String,
+    pub password: String,
+}
+
+/// Bound on connecting and on each command.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+trait Conn: AsyncRead + AsyncWrite + Unpin + Send + Debug {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Debug> Conn for T {}
+
+type Imap = Session<Box<dyn Conn>>;
+
+/// A logged-in IMAP session.
+pub struct ImapSource {
+    rt: tokio::runtime::Runtime,
+    session: Option<Imap>,
+    name: String,
+    account: Account,
+    selected: Option<String>,
+    /// Per folder: marker → the copy carrying it (one `UID SEARCH HEADER`
+    /// for every marked message when the folder is first asked about,
+    /// kept up to date as copies are appended).
+    markers: std::collections::HashMap<String, std::collections::HashMap<String, Entry>>,
+    /// Per folder: the highest UID listed (new copies come after it).
+    last_uid: std::collections::HashMap<String, u32>,
+    can_move: bool,
+    uidplus: bool,
+    /// Messages appended in this session.
+    appended: usize,
+    /// Originals to move or remove (folder, target, UID), done in batches.
+    pending: Vec<(String, Option<String>, String)>,
+    /// Folders known to exist (created or listed).
+    created: std::collections::HashSet<String>,
+}
+
+/// A folder and where its originals go (`None`: removed).
+type Batch = (String, Option<String>);
+
+/// Originals moved or removed per command.
+const REMOVE_BATCH: usize = 100;
+
+/// A fresh session after this many APPENDs: Dovecot's imap process grows
+/// with every APPEND to a Maildir in one session (seen: out of memory at
+/// its default 256 MB after a few thousand).
+const APPENDS_PER_SESSION: usize = 500;
+
+fn imap_err(e: impl std::fmt::Display) -> SourceError {
+    SourceError::Imap(e.to_string())
+}
+
+fn tls_config(ca: Option<&PathBuf>) -> Result<Arc<ClientConfig>, SourceError> {
+    let mut roots = RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| SourceError::Imap(format!("{}: {e}", path.display())))?;
+            for c in certs {
+                let c = c.map_err(|e| SourceError::Imap(format!("{}: {e}", path.display())))?;
+                roots
+                    .add(c)
+                    .map_err(|e| SourceError::Imap(format!("{}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(imap_err)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+async fn tls(
+    account: &Account,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, SourceError> {
+    let config = tls_config(account.ca.as_ref())?;
+    let name = ServerName::try_from(account.host.clone())
+        .map_err(|e| SourceError::Imap(format!("{}: {e}", account.host)))?;
+    TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| SourceError::Imap(format!("TLS with {}: {e}", account.host)))
+}
+
+async fn connect(account: &Account) -> Result<Imap, SourceError> {
+    let addr = format!("{}:{}", account.host, account.port);
+    let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect(&addr))
+        .await
+        .map_err(|_| SourceError::Imap(format!("{addr}: no answer")))?
+        .map_err(|e| SourceError::Imap(format!("{addr}: {e}")))?;
+    // Commands and literals are small writes that wait for answers:
+    // Nagle's algorithm with delayed ACKs would add ~40 ms to each.
+    tcp.set_nodelay(true)
+        .map_err(|e| SourceError::Imap(format!("{addr}: {e}")))?;
+    let client: Client<Box<dyn Conn>> = match account.security {
+        Security::Imaps => {
+            let mut c = Client::new(Box::new(tls(account, tcp).await?) as Box<dyn Conn>);
+            c.read_response().await.map_err(imap_err)?;
+            c
+        }
+        Security::Plain => {
+            let mut c = Client::new(Box::new(tcp) as Box<dyn Conn>);
+            c.read_response().await.map_err(imap_err)?;
+            c
+        }
+        Security::Starttls => {
+            let mut c = Client::new(tcp);
+            c.read_response().await.map_err(imap_err)?;
+            c.run_command_and_check_ok("STARTTLS", None)
+                .await
+                .map_err(|e| SourceError::Imap(format!("STARTTLS refused: {e}")))?;
+            let tcp = c.into_inner();
+            Client::new(Box::new(tls(account, tcp).await?) as Box<dyn Conn>)
+        }
+    };
+    client
+        .login(&account.user, &account.password)
+        .await
+        .map_err(|(e, _)| SourceError::Login(format!("{} as {}: {e}", addr, account.user)))
+}
+
+/// An IMAP date-time for APPEND (`"29-Nov-2026 23:04:18 +0000"`).
+pub fn imap_date(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| t.format("\"%d-%b-%Y %H:%M:%S +0000\"").to_string())
+        .unwrap_or_else(|| "\"01-Jan-1970 00:00:00 +0000\"".into())
+}
+
+/// A flag as IMAP writes it.
+fn flag_text(f: &Flag<'_>) -> Option<String> {
+    Some(match f {
+        Flag::Seen => "\\Seen".into(),
+        Flag::Answered => "\\Answered".into(),
+        Flag::Flagged => "\\Flagged".into(),
+        Flag::Deleted => "\\Deleted".into(),
+        Flag::Draft => "\\Draft".into(),
+        Flag::Recent | Flag::MayCreate => return None,
+        Flag::Custom(c) => c.to_string(),
+    })
+}
+
+fn entry_of(f: &Fetch) -> Option<Entry> {
+    Some(Entry {
+        id: f.uid?.to_string(),
+        flags: f.flags().filter_map(|x| flag_text(&x)).collect(),
+        internal_date: f.internal_date().map(|d| d.timestamp()).unwrap_or(0),
+        size: f.size.map(u64::from).unwrap_or(0),
+    })
+}
+
+/// A quoted IMAP string (the marker and folder names are plain ASCII).
+fn quoted(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+impl ImapSource {
+    pub fn open(account: &Account) -> Result<Self, SourceError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| SourceError::io("tokio runtime", e))?;
+        let mut session = rt.block_on(connect(account))?;
+        let caps = rt
+            .block_on(async { tokio::time::timeout(TIMEOUT, session.capabilities()).await })
+            .map_err(|_| SourceError::Imap("no answer to CAPABILITY".into()))?
+            .map_err(imap_err)?;
+        let (can_move, uidplus) = (caps.has_str("MOVE"), caps.has_str("UIDPLUS"));
+        Ok(Self {
+            rt,
+            session: Some(session),
+            name: account.user.clone(),
+            account: account.clone(),
+            selected: None,
+            markers: Default::default(),
+            last_uid: Default::default(),
+            can_move,
+            uidplus,
+            appended: 0,
+            pending: Vec::new(),
+            created: Default::default(),
+        })
+    }
+
+    /// Moves or removes the originals waiting, one command per folder and
+    /// target for all their UIDs (`UID MOVE`, or `UID COPY` + `UID
+    /// EXPUNGE` of exactly those UIDs).
+    fn flush(&mut self) -> Result<(), SourceError> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut groups: Vec<(Batch, Vec<String>)> = Vec::new();
+        for (folder, to, uid) in pending {
+            let key = (folder, to);
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, uids)) => uids.push(uid),
+                None => groups.push((key, vec![uid])),
+            }
+        }
+        for ((folder, to), uids) in groups {
+            self.remove_now(&folder, &uids.join(","), to.as_deref())?;
+        }
+        Ok(())
+    }
+
+    fn remove_now(
+        &mut self,
+        folder: &str,
+        uids: &str,
+        to: Option<&str>,
+    ) -> Result<(), SourceError> {
+        let uid = uids.to_string();
+        if let Some(target) = to {
+            if !self.created.contains(target) && !self.exists(target)? {
+                let t = target.to_string();
+                self.run(move |s| Box::pin(async move { s.create(&t).await.map_err(imap_err) }))?;
+            }
+            self.created.insert(target.to_string());
+            self.select(folder)?;
+            let t = target.to_string();
+            if self.can_move {
+                return self.run(move |s| {
+                    Box::pin(async move { s.uid_mv(&uid, &t).await.map_err(imap_err) })
+                });
+            }
+            let u = uid.clone();
+            self.run(move |s| Box::pin(async move { s.uid_copy(&u, &t).await.map_err(imap_err) }))?;
+        }
+        self.select(folder)?;
+        self.run(move |s| {
+            Box::pin(async move {
+                let stored = s
+                    .uid_store(&uid, "+FLAGS.SILENT (\\Deleted)")
+                    .await
+                    .map_err(imap_err)?;
+                let _: Vec<Fetch> = stored.try_collect().await.map_err(imap_err)?;
+                let gone = s.uid_expunge(&uid).await.map_err(imap_err)?;
+                let _: Vec<u32> = gone.try_collect().await.map_err(imap_err)?;
+                Ok(())
+            })
+        })
+    }
+
+    /// Logs out and in again (what was learnt of the folders is kept).
+    fn reconnect(&mut self) -> Result<(), SourceError> {
+        if let Some(mut old) = self.session.take() {
+            let _ = self.rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), old.logout()).await
+            });
+        }
+        self.session = Some(self.rt.block_on(connect(&self.account))?);
+        self.selected = None;
+        self.appended = 0;
+        Ok(())
+    }
+
+    /// Runs `f` on the session within the time bound.
+    fn run<T>(
+        &mut self,
+        f: impl for<'a> FnOnce(
+            &'a mut Imap,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, SourceError>> + Send + 'a>,
+        >,
+    ) -> Result<T, SourceError> {
+        let rt = &self.rt;
+        let session = self
+            .session
+            .as_mut()
+            .ok_or_else(|| SourceError::Imap("the session is closed".into()))?;
+        rt.block_on(async { tokio::time::timeout(TIMEOUT, f(session)).await })
+            .map_err(|_| SourceError::Imap("the server did not answer in time".into()))?
+    }
+
+    fn select(&mut self, folder: &str) -> Result<(), SourceError> {
+        if self.selected.as_deref() == Some(folder) {
+            return Ok(());
+        }
+        let name = folder.to_string();
+        self.run(move |s| {
+            Box::pin(async move {
+                s.select(&name).await.map(|_| ()).map_err(|e| match e {
+                    async_imap::error::Error::No(_) => SourceError::NoFolder(name.clone()),
+                    other => imap_err(other),
+                })
+            })
+        })?;
+        self.selected = Some(folder.to_string());
+        Ok(())
+    }
+
+    fn fetch_meta(&mut self, set: &str) -> Result<Vec<Entry>, SourceError> {
+        let set = set.to_string();
+        self.run(move |s| {
+            Box::pin(async move {
+                let stream = s
+                    .uid_fetch(&set, "(UID FLAGS INTERNALDATE RFC822.SIZE)")
+                    .await
+                    .map_err(imap_err)?;
+                let all: Vec<Fetch> = stream.try_collect().await.map_err(imap_err)?;
+                Ok(all.iter().filter_map(entry_of).collect())
+            })
+        })
+    }
+
+    /// UIDs (from `from` on) whose trace header contains `marker`.
+    fn search_marker(&mut self, marker: &str, from: u32) -> Result<Vec<u32>, SourceError> {
+        let query = format!("UID {from}:* HEADER X-SMIME-Gateway {}", quoted(marker));
+        self.run(move |s| {
+            Box::pin(async move {
+                let found = s.uid_search(&query).await.map_err(imap_err)?;
+                let mut uids: Vec<u32> = found.into_iter().filter(|u| *u >= from).collect();
+                uids.sort_unstable();
+                Ok(uids)
+            })
+        })
+    }
+
+    /// Every marked copy in the selected `folder`, by marker.
+    fn index(&mut self, folder: &str) -> Result<(), SourceError> {
+        if self.markers.contains_key(folder) {
+            return Ok(());
+        }
+        let uids = self.search_marker(super::rekey::MARKER_FIELD, 1)?;
+        let mut map = std::collections::HashMap::new();
+        for chunk in uids.chunks(500) {
+            let set: Vec<String> = chunk.iter().map(u32::to_string).collect();
+            let set = set.join(",");
+            let found = self.run(move |s| {
+                Box::pin(async move {
+                    let stream = s
+                        .uid_fetch(
+                            &set,
+                            "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER])",
+                        )
+                        .await
+                        .map_err(imap_err)?;
+                    let all: Vec<Fetch> = stream.try_collect().await.map_err(imap_err)?;
+                    Ok(all
+                        .iter()
+                        .filter_map(|f| {
+                            let m = super::maildir::marker_in(f.header()?)?;
+                            Some((m, entry_of(f)?))
+                        })
+                        .collect::<Vec<_>>())
+                })
+            })?;
+            map.extend(found);
+        }
+        self.markers.insert(folder.to_string(), map);
+        Ok(())
+    }
+
+    fn exists(&mut self, folder: &str) -> Result<bool, SourceError> {
+        Ok(self.folders()?.iter().any(|f| f == folder))
+    }
+}
+
+impl Source for ImapSource {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn folders(&mut self) -> Result<Vec<String>, SourceError> {
+        self.run(|s| {
+            Box::pin(async move {
+                let stream = s.list(None, Some("*")).await.map_err(imap_err)?;
+                let names: Vec<async_imap::types::Name> =
+                    stream.try_collect().await.map_err(imap_err)?;
+                let mut out: Vec<String> = names
+                    .iter()
+                    .filter(|n| {
+                        !n.attributes()
+                            .iter()
+                            .any(|a| matches!(a, async_imap::types::NameAttribute::NoSelect))
+                    })
+                    .map(|n| n.name().to_string())
+                    .collect();
+                out.sort();
+                if let Some(i) = out.iter().position(|n| n.eq_ignore_ascii_case("INBOX")) {
+                    let inbox = out.remove(i);
+                    out.insert(0, inbox);
+                }
+                Ok(out)
+            })
+        })
+    }
+
+    fn list(&mut self, folder: &str) -> Result<Vec<Entry>, SourceError> {
+        self.flush()?;
+        self.selected = None;
+        self.select(folder)?;
+        let mut list = self.fetch_meta("1:*")?;
+        list.sort_by_key(|e| e.id.parse::<u32>().unwrap_or(0));
+        let last = list
+            .iter()
+            .filter_map(|e| e.id.parse::<u32>().ok())
+            .max()
+            .unwrap_or(0);
+        self.last_uid.insert(folder.to_string(), last);
+        Ok(list)
+    }
+
+    fn fetch(&mut self, folder: &str, entry: &Entry) -> Result<Vec<u8>, SourceError> {
+        self.select(folder)?;
+        let uid = entry.id.clone();
+        let body = self.run(move |s| {
+            Box::pin(async move {
+                let stream = s.uid_fetch(&uid, "BODY.PEEK[]").await.map_err(imap_err)?;
+                let all: Vec<Fetch> = stream.try_collect().await.map_err(imap_err)?;
+                Ok(all.iter().find_map(|f| f.body().map(<[u8]>::to_vec)))
+            })
+        })?;
+        body.ok_or_else(|| SourceError::Gone(entry.id.clone()))
+    }
+
+    fn fetch_many(&mut self, folder: &str, entries: &[Entry]) -> Vec<Result<Vec<u8>, SourceError>> {
+        if let Err(e) = self.select(folder) {
+            return entries.iter().map(|_| Err(imap_err(&e))).collect();
+        }
+        let set: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+        let set = set.join(",");
+        let got = self.run(move |s| {
+            Box::pin(async move {
+                let stream = s.uid_fetch(&set, "BODY.PEEK[]").await.map_err(imap_err)?;
+                let all: Vec<Fetch> = stream.try_collect().await.map_err(imap_err)?;
+                Ok(all
+                    .iter()
+                    .filter_map(|f| Some((f.uid?.to_string(), f.body()?.to_vec())))
+                    .collect::<std::collections::HashMap<String, Vec<u8>>>())
+            })
+        });
+        match got {
+            Ok(mut map) => entries
+                .iter()
+                .map(|e| {
+                    map.remove(&e.id)
+                        .ok_or_else(|| SourceError::Gone(e.id.clone()))
+                })
+                .collect(),
+            Err(e) => entries.iter().map(|_| Err(imap_err(&e))).collect(),
+        }
+    }
+
+    fn find_marker(&mut self, folder: &str, marker: &str) -> Result<Option<Entry>, SourceError> {
+        self.select(folder)?;
+        self.index(folder)?;
+        Ok(self
+            .markers
+            .get(folder)
+            .and_then(|m| m.get(marker))
+            .cloned())
+    }
+
+    fn append(
+        &mut self,
+        folder: &str,
+        message: &[u8],
+        flags: &[String],
+        internal_date: i64,
+    ) -> Result<Entry, SourceError> {
+        if self.appended >= APPENDS_PER_SESSION {
+            self.reconnect()?;
+        }
+        self.appended += 1;
+        let flags: Vec<&str> = flags
+            .iter()
+            .map(String::as_str)
+            .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
+            .collect();
+        let flags_given: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        let flags = format!("({})", flags.join(" "));
+        let date = imap_date(internal_date);
+        let (name, content) = (folder.to_string(), message.to_vec());
+        self.run(move |s| {
+            Box::pin(async move {
+                s.append(&name, Some(&flags), Some(&date), &content)
+                    .await
+                    .map_err(imap_err)
+            })
+        })?;
+        // The new message, found by its marker (the highest UID carrying it).
+        let marker = super::maildir::marker_in(message).unwrap_or_default();
+        self.select(folder)?;
+        // The selected folder takes in the new message.
+        self.run(|s| Box::pin(async move { s.noop().await.map_err(imap_err) }))?;
+        let after = self.last_uid.get(folder).copied().unwrap_or(0) + 1;
+        let uid = self
+            .search_marker(&marker, after)?
+            .last()
+            .copied()
+            .ok_or_else(|| SourceError::Imap("the appended copy cannot be found".into()))?;
+        // Its flags and date are the ones just given (read back with it).
+        let entry = Entry {
+            id: uid.to_string(),
+            flags: flags_given,
+            internal_date,
+            size: message.len() as u64,
+        };
+        if let Some(m) = self.markers.get_mut(folder) {
+            m.insert(marker, entry.clone());
+        }
+        Ok(entry)
+    }
+
+    fn remove(&mut self, folder: &str, entry: &Entry, to: Option<&str>) -> Result<(), SourceError> {
+        if to.is_some() && !self.can_move && !self.uidplus {
+            return Err(SourceError::Unsupported(
+                "the server offers neither MOVE nor UIDPLUS: use --originals keep".into(),
+            ));
+        }
+        if to.is_none() && !self.uidplus {
+            return Err(SourceError::Unsupported(
+                "the server does not offer UIDPLUS (UID EXPUNGE): use --originals keep or move"
+                    .into(),
+            ));
+        }
+        self.pending
+            .push((folder.to_string(), to.map(str::to_string), entry.id.clone()));
+        if self.pending.len() >= REMOVE_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn reader(&mut self) -> Result<Option<Box<dyn Source>>, SourceError> {
+        Ok(Some(Box::new(ImapSource::open(&self.account)?)))
+    }
+
+    fn close(&mut self) -> Result<(), SourceError> {
+        self.flush()?;
+        if self.session.is_some() {
+            let r = self.run(|s| Box::pin(async move { s.logout().await.map_err(imap_err) }));
+            self.session = None;
+            r?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_strings_are_written_as_imap_wants() {
+        assert_eq!(imap_date(1_600_000_000), "\"13-Sep-2020 12:26:40 +0000\"");
+        assert_eq!(quoted("a\"b\\c"), "\"a\\\"b\\\\c\"");
+    }
+}

@@ -1,0 +1,359 @@
+//! One stored message through the inbound path: opened exactly as mail
+//! for the mailbox is opened (`pipeline::unwrap`, signatures verified as
+//! of the message's arrival), decided by [`super::plan`], and when it is
+//! to be re-keyed, re-encrypted by the inbound path's own
+//! [`pipeline::unwrap::reencrypt`] to the mailbox's current certificate
+//! with a trace header that names the original (its SHA-256, the marker
+//! a re-run looks for) and the time. The new copy is opened again with
+//! the new key and its content compared with the original's plaintext
+//! before anyone may write it.
+
+use std::collections::HashMap;
+
+use openssl::cms::CmsContentInfo;
+use openssl::x509::X509;
+
+use super::plan::{self, Before, Chosen, Decision, KeyFacts, Leave, Trace};
+use super::source::{trace_value, Entry};
+use crate::config::{Deliver, Encryption};
+use crate::mail::lines;
+use crate::pipeline::{self, unwrap, Action};
+use crate::pki::directory::fingerprint;
+use crate::pki::Identity;
+use crate::smime::mime::{self, Shape};
+use crate::smime::{cms, scan, unwrap as smime_unwrap};
+use crate::snapshot::{Live, Snapshot};
+use crate::spool::Envelope;
+
+/// The trace field that carries the original's SHA-256 (the marker).
+pub const MARKER_FIELD: &str = "original-sha256=";
+
+/// The marker of an original: the SHA-256 of its bytes with CRLF line
+/// ends (the same whether it is stored with LF or CRLF).
+pub fn marker(raw: &[u8]) -> String {
+    let crlf = lines::crlf(raw);
+    let digest = openssl::sha::sha256(&crlf);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{MARKER_FIELD}{hex}")
+}
+
+/// What was prepared for one message.
+#[derive(Debug)]
+pub struct Prepared {
+    pub decision: Decision,
+    /// `original-sha256=…` of the original.
+    pub marker: String,
+    pub subject: String,
+    /// The key that opened it (the outermost decryption), when one did.
+    pub used: Option<KeyFacts>,
+    /// The new copy (CRLF), checked, when the message is re-keyed.
+    pub copy: Option<Vec<u8>>,
+    /// The plaintext entity the copy must open to (to check a copy an
+    /// earlier run wrote).
+    pub plaintext: Option<Vec<u8>>,
+}
+
+/// The mailbox a folder's mail is re-keyed for.
+pub struct Mailbox<'a> {
+    pub address: String,
+    pub target: Option<&'a Identity>,
+    pub encryption: Encryption,
+}
+
+/// Everything one run shares between its workers.
+pub struct Rekeyer<'a> {
+    pub snapshot: &'a Snapshot,
+    pub live: &'a Live,
+    pub known: Vec<X509>,
+    pub chosen: Chosen,
+    /// Unix seconds: the key re-encrypted to is the one current now.
+    pub now: i64,
+}
+
+/// Why a message could not be re-keyed even though it was chosen.
+#[derive(Debug, thiserror::Error)]
+pub enum RekeyError {
+    #[error("re-encryption failed: {0}")]
+    Encrypt(String),
+    #[error("the new copy does not check: {0}")]
+    Check(String),
+}
+
+impl<'a> Rekeyer<'a> {
+    /// The mailbox settings for `address`.
+    pub fn mailbox(&self, address: &str) -> Mailbox<'a> {
+        let keys: &'a crate::pki::Keyring = &self.snapshot.keys;
+        let settings = &self.snapshot.settings;
+        // The same identity, borrowed for the run rather than the address.
+        let target = keys
+            .current_oces3(address, self.now)
+            .and_then(|t| keys.identities.iter().find(|x| std::ptr::eq(*x, t)));
+        Mailbox {
+            address: address.to_string(),
+            target,
+            encryption: settings
+                .mailbox(address)
+                .map(|m| m.encryption)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The facts the report shows of an identity.
+    pub fn facts(id: &Identity) -> KeyFacts {
+        KeyFacts {
+            subject_cn: id.info.subject_cn.clone(),
+            generation: id.info.generation,
+            not_after: id.info.not_after,
+            fingerprint: fingerprint(&id.cert),
+        }
+    }
+
+    /// Decides `raw` (as stored) for `mailbox` and, when it is re-keyed,
+    /// makes and checks the new copy.
+    pub fn prepare(
+        &self,
+        raw: &[u8],
+        entry: &Entry,
+        mailbox: &Mailbox<'_>,
+    ) -> Result<Prepared, RekeyError> {
+        let message = lines::crlf(raw).into_owned();
+        let marker = marker(&message);
+        let subject = subject(&message);
+        let mut prepared = Prepared {
+            decision: Decision::Leave(Leave::Plain),
+            marker,
+            subject,
+            used: None,
+            copy: None,
+            plaintext: None,
+        };
+        let before = Before {
+            is_message: mime::looks_like_headers(&message),
+            marked: trace_value(&message).is_some_and(|v| v.contains(MARKER_FIELD)),
+            encrypted: scan::scan(&message).encrypted,
+        };
+        if let Some(d) = plan::before_opening(before) {
+            prepared.decision = d;
+            return Ok(prepared);
+        }
+        let opened = match self.open(&message, entry, mailbox) {
+            Opened::Left(leave) => {
+                prepared.decision = Decision::Leave(leave);
+                return Ok(prepared);
+            }
+            Opened::Plain(p) => p,
+        };
+        let trace = trace_value(&opened)
+            .map(|v| Trace::parse(&v))
+            .unwrap_or_default();
+        let used = self.used_key(&message, &trace, mailbox);
+        let target = mailbox.target.map(Self::facts);
+        prepared.decision =
+            plan::after_opening(&trace, used.as_ref(), target.as_ref(), &self.chosen);
+        prepared.used = used;
+        // Encrypted to the current certificate as well as an old one.
+        if let (Decision::Migrate { .. }, Some(t)) = (&prepared.decision, mailbox.target) {
+            if outer_cms(&message).is_some_and(|c| crate::ossl::is_recipient(&c, &t.cert)) {
+                prepared.decision = Decision::Leave(Leave::Current);
+            }
+        }
+        let (Decision::Migrate { .. }, Some(target)) = (&prepared.decision, mailbox.target) else {
+            return Ok(prepared);
+        };
+        let value = format!(
+            "{}; {}; migrated-at={}",
+            trace_value(&opened).unwrap_or_else(|| "decrypted".into()),
+            prepared.marker,
+            rfc3339(self.now)
+        );
+        let copy = unwrap::reencrypt(&opened, &value, target, mailbox.encryption)
+            .map_err(|e| RekeyError::Encrypt(e.to_string()))?;
+        let plaintext = smime_unwrap::content_entity(&opened);
+        self.check(&copy, &plaintext, target)?;
+        prepared.copy = Some(copy);
+        prepared.plaintext = Some(plaintext);
+        Ok(prepared)
+    }
+
+    /// True when `copy` opens with `target` alone and its content is
+    /// `plaintext`.
+    pub fn check(
+        &self,
+        copy: &[u8],
+        plaintext: &[u8],
+        target: &Identity,
+    ) -> Result<(), RekeyError> {
+        let copy = lines::crlf(copy);
+        match smime_unwrap::unwrap(&copy, &[target], &[], self.now) {
+            smime_unwrap::Unwrapped::Opened { message, .. } => {
+                if smime_unwrap::content_entity(&message) == plaintext {
+                    Ok(())
+                } else {
+                    Err(RekeyError::Check(
+                        "its content differs from the original's".into(),
+                    ))
+                }
+            }
+            smime_unwrap::Unwrapped::Failed { error, .. } => Err(RekeyError::Check(format!(
+                "it does not open with {}: {error}",
+                target.info.subject_cn
+            ))),
+            smime_unwrap::Unwrapped::Unchanged { .. } => {
+                Err(RekeyError::Check("it is not encrypted".into()))
+            }
+        }
+    }
+
+    /// The message opened for the mailbox (delivered plain, as a `plain`
+    /// mailbox would get it), signatures verified as of its arrival.
+    fn open(&self, message: &[u8], entry: &Entry, mailbox: &Mailbox<'_>) -> Opened {
+        let settings = &self.snapshot.settings;
+        let envelope = Envelope {
+            mail_from: String::new(),
+            rcpts: vec![mailbox.address.clone()],
+            received: entry.internal_date.max(0) as u64,
+            client: "migrate".into(),
+            helo: String::new(),
+            eight_bit: true,
+            smtputf8: false,
+            released: false,
+            submission: false,
+        };
+        let shape = std::sync::Arc::new(mime::shape(message));
+        let mut answers: HashMap<String, crate::pki::signer::SignerRevocation> =
+            self.live.signers.known(self.now);
+        for round in 0..2 {
+            let ctx = pipeline::Context {
+                settings,
+                keys: &self.snapshot.keys,
+                now: self.now,
+                known: &self.known,
+                signer_revocation: &answers,
+                ldap_asked: true,
+                spill: &crate::blob::InMemory,
+                seen: None,
+            };
+            let mut out = pipeline::Actions::default();
+            let mb = unwrap::Mailbox {
+                rcpt: mailbox.address.clone(),
+                deliver: Deliver::Plain,
+                encryption: mailbox.encryption,
+            };
+            unwrap::mailboxes_at(
+                &envelope,
+                vec![mb],
+                message,
+                std::sync::Arc::clone(&shape),
+                &ctx,
+                entry.internal_date,
+                &mut out,
+            );
+            let actions = out.into_vec();
+            let wanted: Vec<(X509, X509)> = actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::CheckSigner { cert, issuer } => Some((cert.clone(), issuer.clone())),
+                    _ => None,
+                })
+                .collect();
+            if round == 0 && !wanted.is_empty() {
+                let trust = &settings.trust;
+                for (cert, issuer) in &wanted {
+                    self.live.signers.check(
+                        cert,
+                        issuer,
+                        &self.snapshot.keys.anchors,
+                        trust.revocation,
+                        trust.revocation_timeout,
+                        self.now,
+                    );
+                }
+                answers = self.live.signers.known(self.now);
+                continue;
+            }
+            for a in actions {
+                match a {
+                    Action::Deliver(c) => return Opened::Plain(c.body.to_vec()),
+                    Action::Quarantine { reason, .. } => {
+                        return Opened::Left(Leave::Unopenable(reason))
+                    }
+                    _ => {}
+                }
+            }
+            break;
+        }
+        Opened::Left(Leave::Unopenable(
+            "the inbound path delivered nothing".into(),
+        ))
+    }
+
+    /// The key the trace names first, among the mailbox's candidates: the
+    /// one the outer encryption names when several share the name.
+    fn used_key(&self, message: &[u8], trace: &Trace, mailbox: &Mailbox<'_>) -> Option<KeyFacts> {
+        let cn = trace.decrypted.first()?;
+        let keys = &self.snapshot.keys;
+        let named: Vec<&Identity> = keys
+            .candidates(&mailbox.address)
+            .filter(|id| &id.info.subject_cn == cn)
+            .collect();
+        let outer = outer_cms(message);
+        let pick = outer
+            .as_ref()
+            .and_then(|c| {
+                named
+                    .iter()
+                    .find(|id| crate::ossl::is_recipient(c, &id.cert))
+            })
+            .or(named.first())?;
+        Some(Self::facts(pick))
+    }
+}
+
+enum Opened {
+    Plain(Vec<u8>),
+    Left(Leave),
+}
+
+/// The outermost EnvelopedData of `message`: its body, or the content of
+/// a detached signature around it.
+fn outer_cms(message: &[u8]) -> Option<CmsContentInfo> {
+    let der = match mime::shape(message) {
+        Shape::Enveloped { cms } => cms,
+        Shape::DetachedSigned { content, .. } => match mime::shape(&content) {
+            Shape::Enveloped { cms } => cms,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    cms::parse(&der).ok()
+}
+
+/// The Subject of `message`, for the report.
+pub fn subject(message: &[u8]) -> String {
+    mail_parser::MessageParser::new()
+        .parse_headers(message)
+        .and_then(|m| m.subject().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// RFC 3339 in UTC.
+pub fn rfc3339(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marker_does_not_depend_on_line_ends() {
+        let lf = b"Subject: x\n\nbody\n";
+        let crlf = b"Subject: x\r\n\r\nbody\r\n";
+        assert_eq!(marker(lf), marker(crlf));
+        assert!(marker(lf).starts_with(MARKER_FIELD));
+        assert_eq!(marker(lf).len(), MARKER_FIELD.len() + 64);
+        assert_ne!(marker(lf), marker(b"Subject: y\n\nbody\n"));
+    }
+}

@@ -1,0 +1,1003 @@
+//! Archive migration through the real binary (`smime-gateway migrate`) on
+//! a Maildir, an mbox file and a folder of `.eml` files holding mail
+//! encrypted by `openssl cms` to the demo OCES2 organisation key (and the
+//! real VOCES test certificate when `../shared/fixtures/oces/` is
+//! present), OCES3 mail, plain mail, mail for a key nobody holds and a
+//! file that is not a message: the dry run reports exactly and changes
+//! nothing; the run re-keys exactly the OCES2 mail (flags and dates kept,
+//! `openssl cms` opens each new copy with the OCES3 key to the original
+//! plaintext) and moves the originals; `kill -9` between a new copy and
+//! its original's move, then a re-run, leaves every message exactly once
+//! plus its original; bad input gives a clear error.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, UNIX_EPOCH};
+
+use common::pki::{self, P7M};
+use common::{wait_until, BIN};
+
+const ADDRESS: &str = "sikkermail@example-law.dk";
+
+fn fixtures() -> Option<PathBuf> {
+    let f = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/oces");
+    if f.is_dir() {
+        Some(f)
+    } else {
+        eprintln!("NOTE: ../shared/fixtures/oces is absent: the demo PKI only");
+        None
+    }
+}
+
+/// The gateway's configuration: the demo organisation's OCES2 and OCES3
+/// keys (and the real VOCES test key when present).
+fn config(dir: &Path, extra: &str) -> PathBuf {
+    let real = fixtures()
+        .map(|f| {
+            format!(
+                "[[identity]]\npkcs12 = \"{}\"\npassword_env = \"OCES_FIXTURE_PASSWORD\"\nmailboxes = []\n",
+                f.join("oces2/VOCES_gyldig.p12").display()
+            )
+        })
+        .unwrap_or_default();
+    let text = format!(
+        "[server]\nhostname = \"gw.test\"\nlisten = [\"127.0.0.1:{port}\"]\n\
+         internal_domains = [\"example-law.dk\"]\n\n[spool]\ndir = \"{spool}\"\n\n\
+         [relay]\ninternal = \"127.0.0.1:9\"\nexternal = \"127.0.0.1:9\"\ntls = \"none\"\n\n\
+         {o2}{o3}{real}{extra}\n[trust]\nanchors = [\"{anchors}\"]\nrevocation = \"off\"\n\n\
+         [[mailbox]]\naddress = \"*@example-law.dk\"\ndeliver = \"plain\"\n",
+        port = common::free_port(),
+        spool = dir.join("spool").display(),
+        o2 = pki::identity("org-oces2", &[]),
+        o3 = pki::identity("org-oces3", &[]),
+        anchors = pki::demo().join("trust").display(),
+    );
+    let path = dir.join("gateway.toml");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+/// One stored message of the corpus.
+struct Msg {
+    name: &'static str,
+    folder: &'static str,
+    /// As stored (LF line ends).
+    bytes: Vec<u8>,
+    /// Maildir info letters.
+    flags: &'static str,
+    date: i64,
+    /// The outcome the report must give.
+    outcome: &'static str,
+    /// The entity a re-keyed copy must decrypt to.
+    plaintext: Option<Vec<u8>>,
+}
+
+fn lf(b: &[u8]) -> Vec<u8> {
+    String::from_utf8_lossy(b)
+        .replace("\r\n", "\n")
+        .into_bytes()
+}
+
+fn crlf(b: &[u8]) -> Vec<u8> {
+    pki::crlf(b)
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    openssl::sha::sha256(&crlf(b))
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+fn encrypted(id: &str, cert: &Path, inner: &[u8]) -> Vec<u8> {
+    let cms = pki::openssl(
+        &[
+            "cms",
+            "-encrypt",
+            "-binary",
+            "-aes-256-cbc",
+            "-outform",
+            "DER",
+            cert.to_str().unwrap(),
+        ],
+        inner,
+    );
+    lf(&pki::enveloped_message(id, ADDRESS, &cms, P7M))
+}
+
+fn real_voces_cert(dir: &Path) -> Option<PathBuf> {
+    let f = fixtures()?;
+    let pem = pki::run(
+        "openssl",
+        &[
+            "pkcs12",
+            "-legacy",
+            "-nokeys",
+            "-clcerts",
+            "-passin",
+            "pass:Test1234",
+            "-in",
+            f.join("oces2/VOCES_gyldig.p12").to_str().unwrap(),
+        ],
+        b"",
+    );
+    let p = dir.join("voces.pem");
+    fs::write(&p, pem).unwrap();
+    Some(p)
+}
+
+/// The corpus: two OCES2 messages in INBOX (one signed inside), one in
+/// folder Sager, OCES3 mail, plain mail, mail for a stranger's key, a
+/// file that is not a message, and real VOCES mail when present.
+fn corpus(dir: &Path) -> Vec<Msg> {
+    let secret = |n: &str| pki::inner(&format!("Fortroligt: sag {n} (æøå)"));
+    let o2 = pki::cert("org-oces2");
+    let mut out = Vec::new();
+    let p = secret("1");
+    out.push(Msg {
+        name: "o2-inbox",
+        folder: "INBOX",
+        bytes: encrypted("o2-inbox", &o2, &p),
+        flags: "S",
+        date: 1_600_000_000,
+        outcome: "migrate",
+        plaintext: Some(p),
+    });
+    let signed = pki::cms_sign(&secret("2"), "alice-oces3");
+    out.push(Msg {
+        name: "o2-signed",
+        folder: "INBOX",
+        bytes: encrypted("o2-signed", &o2, &signed),
+        flags: "",
+        date: 1_650_000_000,
+        outcome: "migrate",
+        plaintext: Some(signed),
+    });
+    let p = secret("3");
+    out.push(Msg {
+        name: "o2-sager",
+        folder: "Sager",
+        bytes: encrypted("o2-sager", &o2, &p),
+        flags: "FRS",
+        date: 1_610_000_000,
+        outcome: "migrate",
+        plaintext: Some(p),
+    });
+    out.push(Msg {
+        name: "o3",
+        folder: "INBOX",
+        bytes: encrypted("o3", &pki::cert("org-oces3"), &secret("4")),
+        flags: "S",
+        date: 1_700_000_000,
+        outcome: "current",
+        plaintext: None,
+    });
+    out.push(Msg {
+        name: "plain",
+        folder: "INBOX",
+        bytes: b"From: a@example.org\nTo: sikkermail@example-law.dk\nSubject: plain\nMessage-ID: <plain@test>\n\nHej\n".to_vec(),
+        flags: "S",
+        date: 1_600_000_500,
+        outcome: "plain",
+        plaintext: None,
+    });
+    out.push(Msg {
+        name: "stranger",
+        folder: "Sager",
+        bytes: encrypted("stranger", &pki::cert("stranger"), &secret("5")),
+        flags: "",
+        date: 1_600_000_600,
+        outcome: "unopenable",
+        plaintext: None,
+    });
+    out.push(Msg {
+        name: "garbage",
+        folder: "INBOX",
+        bytes: b"\x01\x02 this is no mail message at all\n\x00\xff\n".to_vec(),
+        flags: "",
+        date: 1_600_000_700,
+        outcome: "not-a-message",
+        plaintext: None,
+    });
+    if let Some(cert) = real_voces_cert(dir) {
+        let p = secret("6");
+        out.push(Msg {
+            name: "voces",
+            folder: "Sager",
+            bytes: encrypted("voces", &cert, &p),
+            flags: "S",
+            date: 1_620_000_000,
+            outcome: "migrate",
+            plaintext: Some(p),
+        });
+    }
+    out
+}
+
+fn set_mtime(path: &Path, date: i64) {
+    let f = fs::File::options().write(true).open(path).unwrap();
+    let t = UNIX_EPOCH + Duration::from_secs(date as u64);
+    f.set_times(fs::FileTimes::new().set_modified(t)).unwrap();
+}
+
+fn mtime(path: &Path) -> i64 {
+    fs::metadata(path)
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn folder_dir(root: &Path, folder: &str) -> PathBuf {
+    if folder == "INBOX" {
+        root.to_path_buf()
+    } else {
+        root.join(format!(".{folder}"))
+    }
+}
+
+fn make_maildir(root: &Path, msgs: &[Msg]) {
+    for f in ["INBOX", "Sager"] {
+        for s in ["cur", "new", "tmp"] {
+            fs::create_dir_all(folder_dir(root, f).join(s)).unwrap();
+        }
+    }
+    for m in msgs {
+        let p = folder_dir(root, m.folder)
+            .join("cur")
+            .join(format!("{}.{}.host:2,{}", m.date, m.name, m.flags));
+        fs::write(&p, &m.bytes).unwrap();
+        set_mtime(&p, m.date);
+    }
+}
+
+/// Every file under `root`: relative path → bytes.
+fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                out.insert(rel, fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn migrate_cmd(config: &Path, source: &[&str], extra: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("migrate")
+        .arg("--config")
+        .arg(config)
+        .args(source)
+        .args(["--mailbox", ADDRESS])
+        .args(extra)
+        .env("OCES_FIXTURE_PASSWORD", "Test1234")
+        .stdin(Stdio::null());
+    c
+}
+
+fn migrate(config: &Path, source: &[&str], extra: &[&str]) -> Output {
+    let out = migrate_cmd(config, source, extra).output().unwrap();
+    eprintln!(
+        "migrate {source:?} {extra:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The `folder` lines of a JSON report, by folder.
+fn folder_lines(out: &Output) -> BTreeMap<String, serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "folder")
+        .map(|v| (v["folder"].as_str().unwrap().to_string(), v))
+        .collect()
+}
+
+fn expected_outcomes(msgs: &[Msg], folder: &str) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for x in msgs.iter().filter(|x| x.folder == folder) {
+        *m.entry(x.outcome.to_string()).or_default() += 1;
+    }
+    m
+}
+
+fn outcomes(v: &serde_json::Value) -> BTreeMap<String, u64> {
+    v["outcomes"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+        .collect()
+}
+
+/// `openssl cms -decrypt` with the demo OCES3 organisation key (the
+/// entity's MIME-Version field aside: a message has it in its header).
+fn open_with_oces3(copy: &[u8]) -> Vec<u8> {
+    without_mime_version(&pki::cms_decrypt_smime(&crlf(copy), "org-oces3"))
+}
+
+fn without_mime_version(b: &[u8]) -> Vec<u8> {
+    crlf(b)
+        .split_inclusive(|c| *c == b'\n')
+        .filter(|l| !l.to_ascii_lowercase().starts_with(b"mime-version:"))
+        .flatten()
+        .copied()
+        .collect()
+}
+
+/// The message files of a Maildir folder (cur/ and new/).
+fn messages_in(folder: &Path) -> Vec<PathBuf> {
+    ["cur", "new"]
+        .iter()
+        .flat_map(|s| fs::read_dir(folder.join(s)).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .collect()
+}
+
+/// The final state after a complete run with `--originals move`: every
+/// OCES2 message exactly once as a checked copy (flags and date kept)
+/// and its original once in OCES2-originals; the rest untouched.
+fn assert_migrated_maildir(root: &Path, msgs: &[Msg]) {
+    for m in msgs {
+        let marker = format!("original-sha256={}", sha256_hex(&m.bytes));
+        let files = messages_in(&folder_dir(root, m.folder));
+        let original = files
+            .iter()
+            .find(|p| fs::read(p).unwrap() == m.bytes)
+            .cloned();
+        let copies: Vec<&PathBuf> = files
+            .iter()
+            .filter(|p| String::from_utf8_lossy(&fs::read(p).unwrap()).contains(&marker))
+            .collect();
+        match &m.plaintext {
+            None => {
+                assert!(original.is_some(), "{}: left in place", m.name);
+                assert!(copies.is_empty(), "{}: no copy", m.name);
+            }
+            Some(plain) => {
+                assert!(original.is_none(), "{}: original moved away", m.name);
+                assert_eq!(copies.len(), 1, "{}: exactly one copy", m.name);
+                let copy = copies[0];
+                let name = copy.file_name().unwrap().to_string_lossy().to_string();
+                let flags = name.rsplit_once(":2,").map(|(_, f)| f).unwrap_or("");
+                assert_eq!(flags, m.flags, "{}: flags {name}", m.name);
+                assert_eq!(mtime(copy), m.date, "{}: date", m.name);
+                let bytes = fs::read(copy).unwrap();
+                let text = String::from_utf8_lossy(&bytes).to_string();
+                let trace = text.split("\n\n").next().unwrap().replace("\n ", " ");
+                assert!(trace.contains("generation=OCES2"), "{trace}");
+                assert!(trace.contains("reencrypted-to=\"Example Law"), "{trace}");
+                assert!(trace.contains("migrated-at="), "{trace}");
+                assert!(text.contains(&format!("Message-ID: <{}@test>", m.name)));
+                // The copy does not open with the old key; it opens with
+                // the OCES3 key to the original plaintext.
+                assert!(
+                    pki::cms_decrypt_fails(&crlf(&bytes), "org-oces2"),
+                    "{}",
+                    m.name
+                );
+                assert_eq!(
+                    open_with_oces3(&bytes),
+                    without_mime_version(plain),
+                    "{}: plaintext",
+                    m.name
+                );
+                // The original is in the originals folder, unchanged, once.
+                let moved = messages_in(&root.join(".OCES2-originals"))
+                    .iter()
+                    .filter(|p| fs::read(p).unwrap() == m.bytes)
+                    .count();
+                assert_eq!(moved, 1, "{}: original kept once", m.name);
+            }
+        }
+    }
+    let signed = msgs.iter().find(|m| m.name == "o2-signed").unwrap();
+    let marker = format!("original-sha256={}", sha256_hex(&signed.bytes));
+    let copy = messages_in(root)
+        .iter()
+        .map(|p| String::from_utf8_lossy(&fs::read(p).unwrap()).replace("\n ", " "))
+        .find(|t| t.contains(&marker))
+        .unwrap();
+    // Verified as of the message's arrival, not now.
+    assert!(copy.contains("checked-at=2022-04-15T05:20:00Z"), "{copy}");
+}
+
+#[test]
+fn maildir_dry_run_migration_kill_and_rerun() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let root = dir.path().join("Maildir");
+    let msgs = corpus(dir.path());
+    make_maildir(&root, &msgs);
+    let src = ["--maildir", root.to_str().unwrap()];
+    let before = tree(&root);
+
+    // The dry run reports exactly and changes nothing.
+    let out = migrate(&cfg, &src, &["--dry-run", "--format", "json"]);
+    assert!(out.status.success());
+    let folders = folder_lines(&out);
+    assert_eq!(folders.keys().collect::<Vec<_>>(), ["INBOX", "Sager"]);
+    for f in ["INBOX", "Sager"] {
+        assert_eq!(outcomes(&folders[f]), expected_outcomes(&msgs, f), "{f}");
+        let n = msgs.iter().filter(|m| m.folder == f).count() as u64;
+        assert_eq!(folders[f]["messages"], n);
+    }
+    assert!(folders["Sager"]["unopenable"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .any(|r| r.contains("no key")));
+    assert!(folders["INBOX"]["encrypted_per_key"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .any(|k| k.contains("(OCES2, expires")));
+    assert_eq!(tree(&root), before, "the dry run changed nothing");
+    let table = migrate(&cfg, &src, &["--dry-run"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("DRY RUN") && text.contains("re-encrypted to Example Law"),
+        "{text}"
+    );
+
+    // A run killed between a new copy and its original's move.
+    let mut child = migrate_cmd(&cfg, &src, &["--jobs", "1"])
+        .env("SMIMEGW_MIGRATE_TEST_PAUSE_MS", "20000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A copy in place (renamed into cur/, not still in tmp/).
+    let copies = || {
+        tree(&root)
+            .iter()
+            .filter(|(p, b)| {
+                !p.contains("tmp/") && String::from_utf8_lossy(b).contains("original-sha256=")
+            })
+            .count()
+    };
+    let seen = wait_until(Duration::from_secs(120), || copies() >= 1);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(seen, "no copy was written before the kill");
+    // In the gap: the copy is there and so is its original.
+    let now = tree(&root);
+    let still = msgs
+        .iter()
+        .filter(|m| m.plaintext.is_some())
+        .filter(|m| now.values().any(|b| b == &m.bytes))
+        .count();
+    assert_eq!(still, msgs.iter().filter(|m| m.plaintext.is_some()).count());
+
+    // The re-run finishes the job without a second copy.
+    let out = migrate(&cfg, &src, &["--format", "json"]);
+    assert!(out.status.success());
+    let folders = folder_lines(&out);
+    let found: u64 = folders
+        .values()
+        .map(|f| f["copies_found"].as_u64().unwrap())
+        .sum();
+    assert_eq!(found, 1, "the killed run's copy was found and checked");
+    assert_migrated_maildir(&root, &msgs);
+
+    // A third run changes nothing.
+    let after = tree(&root);
+    let out = migrate(&cfg, &src, &["--format", "json"]);
+    assert!(out.status.success());
+    let folders = folder_lines(&out);
+    for f in folders.values() {
+        assert_eq!(f["migrated"], 0);
+        assert_eq!(f["to_migrate"], 0);
+    }
+    assert_eq!(tree(&root), after);
+}
+
+#[test]
+fn eml_folder_with_originals_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let root = dir.path().join("eml");
+    fs::create_dir_all(&root).unwrap();
+    let msgs = corpus(dir.path());
+    for m in &msgs {
+        let p = root.join(format!("{}.eml", m.name));
+        fs::write(&p, crlf(&m.bytes)).unwrap();
+        set_mtime(&p, m.date);
+    }
+    let src = ["--eml", root.to_str().unwrap()];
+    let out = migrate(&cfg, &src, &["--originals", "keep", "--format", "json"]);
+    assert!(out.status.success());
+    let f = &folder_lines(&out)["."];
+    let want = msgs.iter().filter(|m| m.plaintext.is_some()).count() as u64;
+    assert_eq!(f["migrated"], want);
+    // Twice: nothing new.
+    let before = tree(&root);
+    let out = migrate(&cfg, &src, &["--originals", "keep", "--format", "json"]);
+    assert!(out.status.success());
+    let f = &folder_lines(&out)["."];
+    assert_eq!(
+        (f["migrated"].as_u64(), f["copies_found"].as_u64()),
+        (Some(0), Some(want))
+    );
+    assert_eq!(tree(&root), before);
+    for m in &msgs {
+        // Every original is kept, unchanged.
+        assert_eq!(
+            fs::read(root.join(format!("{}.eml", m.name))).unwrap(),
+            crlf(&m.bytes)
+        );
+        let marker = format!("original-sha256={}", sha256_hex(&m.bytes));
+        let copies: Vec<Vec<u8>> = before
+            .values()
+            .filter(|b| String::from_utf8_lossy(b).contains(&marker))
+            .cloned()
+            .collect();
+        match &m.plaintext {
+            Some(p) => {
+                assert_eq!(copies.len(), 1, "{}", m.name);
+                assert_eq!(
+                    open_with_oces3(&copies[0]),
+                    without_mime_version(p),
+                    "{}",
+                    m.name
+                );
+            }
+            None => assert!(copies.is_empty(), "{}", m.name),
+        }
+    }
+    assert_eq!(before.len(), msgs.len() + want as usize);
+}
+
+#[test]
+fn bad_input_gives_a_clear_error_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("Maildir");
+    let msgs = corpus(dir.path());
+    make_maildir(&root, &msgs);
+    let before = tree(&root);
+    let src = ["--maildir", root.to_str().unwrap()];
+    // Control: the good configuration works on this Maildir.
+    let good = config(dir.path(), "");
+    assert!(migrate(&good, &src, &["--dry-run"]).status.success());
+    // A folder that does not exist.
+    let out = migrate(&good, &src, &["--folder", "Nowhere"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("folder \"Nowhere\" does not exist"));
+    // A key file that does not open (wrong password).
+    let bad_dir = dir.path().join("bad");
+    fs::create_dir_all(&bad_dir).unwrap();
+    let pass = bad_dir.join("wrong.pass");
+    fs::write(&pass, "not the password\n").unwrap();
+    let bad_id = format!(
+        "[[identity]]\npkcs12 = \"{}\"\npassword_file = \"{}\"\nmailboxes = []\n",
+        pki::demo().join("keys/alice-oces2.p12").display(),
+        pass.display()
+    );
+    let bad = config(&bad_dir, &bad_id);
+    let out = migrate(&bad, &src, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("alice-oces2.p12"), "{err}");
+    // Whose mailbox, when the source does not say.
+    let out = Command::new(BIN)
+        .args(["migrate", "--config", good.to_str().unwrap()])
+        .args(src)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--mailbox"));
+    assert_eq!(tree(&root), before, "nothing changed");
+}
+
+/// An mbox entry for `m` (mboxrd quoting, the date in the From line).
+fn mbox_entry(m: &Msg) -> Vec<u8> {
+    let when = chrono::DateTime::from_timestamp(m.date, 0)
+        .unwrap()
+        .format("%a %b %e %H:%M:%S %Y");
+    let mut out = format!("From sender@example.org {when}\n").into_bytes();
+    for line in m.bytes.split_inclusive(|b| *b == b'\n') {
+        let q = line.iter().take_while(|b| **b == b'>').count();
+        if line[q..].starts_with(b"From ") {
+            out.push(b'>');
+        }
+        out.extend_from_slice(line);
+    }
+    out.extend_from_slice(b"\n");
+    out
+}
+
+/// The messages of an mbox file as a reader sees them (From line, mbox
+/// status fields and quoting taken off).
+fn mbox_messages(path: &Path) -> Vec<Vec<u8>> {
+    let bytes = fs::read(path).unwrap_or_default();
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut prev_blank = true;
+    let mut in_head = false;
+    for line in bytes.split_inclusive(|b| *b == b'\n') {
+        if prev_blank && line.starts_with(b"From ") {
+            if let Some(last) = out.last_mut() {
+                last.pop(); // the blank line before the separator
+            }
+            out.push(Vec::new());
+            in_head = true;
+            prev_blank = false;
+            continue;
+        }
+        prev_blank = line == b"\n";
+        let Some(cur) = out.last_mut() else { continue };
+        if in_head && line == b"\n" {
+            in_head = false;
+        }
+        if in_head && (line.starts_with(b"Status:") || line.starts_with(b"X-Status:")) {
+            continue;
+        }
+        let q = line.iter().take_while(|b| **b == b'>').count();
+        if q > 0 && line[q..].starts_with(b"From ") {
+            cur.extend_from_slice(&line[1..]);
+        } else {
+            cur.extend_from_slice(line);
+        }
+    }
+    if let Some(last) = out.last_mut() {
+        if last.ends_with(b"\n\n") {
+            last.pop();
+        }
+    }
+    out
+}
+
+#[test]
+fn mbox_locked_migrated_killed_and_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let mut msgs: Vec<Msg> = corpus(dir.path())
+        .into_iter()
+        .filter(|m| m.name != "garbage")
+        .collect();
+    // A body line that looks like a separator survives.
+    msgs.push(Msg {
+        name: "from-line",
+        folder: "INBOX",
+        bytes: b"From: a@example.org\nSubject: quoting\nMessage-ID: <from-line@test>\n\nFrom the court:\n>From the clerk\n".to_vec(),
+        flags: "",
+        date: 1_600_000_800,
+        outcome: "plain",
+        plaintext: None,
+    });
+    let path = dir.path().join("inbox");
+    let file: Vec<u8> = msgs.iter().flat_map(mbox_entry).collect();
+    fs::write(&path, &file).unwrap();
+    assert_eq!(mbox_messages(&path).len(), msgs.len());
+    let src = ["--mbox", path.to_str().unwrap()];
+
+    // Dry run: exact counts, nothing changed.
+    let out = migrate(&cfg, &src, &["--dry-run", "--format", "json"]);
+    assert!(out.status.success());
+    let folders = folder_lines(&out);
+    let mut want = BTreeMap::new();
+    for m in &msgs {
+        *want.entry(m.outcome.to_string()).or_insert(0u64) += 1;
+    }
+    assert_eq!(outcomes(&folders["inbox"]), want);
+    assert_eq!(fs::read(&path).unwrap(), file);
+
+    // Locked by another program (fcntl, as Dovecot and Postfix lock):
+    // refused, nothing changed.
+    {
+        let holder = fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        rustix::fs::fcntl_lock(&holder, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let out = migrate(&cfg, &src, &[]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("locked by another program"), "{err}");
+    }
+    assert_eq!(fs::read(&path).unwrap(), file);
+
+    // Killed between a copy and its original's removal.
+    let mut child = migrate_cmd(&cfg, &src, &["--jobs", "1"])
+        .env("SMIMEGW_MIGRATE_TEST_PAUSE_MS", "20000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = wait_until(Duration::from_secs(120), || {
+        String::from_utf8_lossy(&fs::read(&path).unwrap()).contains("original-sha256=")
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen, "no copy was appended before the kill");
+    assert!(
+        dir.path().join("inbox.lock").exists(),
+        "the dead run's dot-lock is left"
+    );
+    // Every original is still there.
+    let now = mbox_messages(&path);
+    for m in &msgs {
+        assert!(now.contains(&m.bytes), "{}", m.name);
+    }
+
+    // The re-run takes over the dead run's lock and finishes.
+    let out = migrate(&cfg, &src, &["--format", "json"]);
+    assert!(out.status.success());
+    let f = &folder_lines(&out)["inbox"];
+    assert_eq!(f["copies_found"], 1);
+    let inbox = mbox_messages(&path);
+    let originals = mbox_messages(&dir.path().join("OCES2-originals"));
+    for m in &msgs {
+        let marker = format!("original-sha256={}", sha256_hex(&m.bytes));
+        let copies: Vec<&Vec<u8>> = inbox
+            .iter()
+            .filter(|b| {
+                String::from_utf8_lossy(b)
+                    .replace("\n ", " ")
+                    .contains(&marker)
+            })
+            .collect();
+        match &m.plaintext {
+            None => {
+                assert!(inbox.contains(&m.bytes), "{}: left in place", m.name);
+                assert!(
+                    copies.is_empty() && !originals.contains(&m.bytes),
+                    "{}",
+                    m.name
+                );
+            }
+            Some(p) => {
+                assert!(!inbox.contains(&m.bytes), "{}: original moved", m.name);
+                assert_eq!(copies.len(), 1, "{}: one copy", m.name);
+                assert_eq!(
+                    open_with_oces3(copies[0]),
+                    without_mime_version(p),
+                    "{}",
+                    m.name
+                );
+                let n = originals.iter().filter(|o| **o == m.bytes).count();
+                assert_eq!(n, 1, "{}: original kept once", m.name);
+            }
+        }
+    }
+    let migrated = msgs.iter().filter(|m| m.plaintext.is_some()).count();
+    assert_eq!(inbox.len(), msgs.len());
+    assert_eq!(originals.len(), migrated);
+    // Flags and date of a copy: Status R (\Seen) and the From line date.
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("From MAILER-DAEMON Sun Sep 13 12:26:40 2020\n"),
+        "{text}"
+    );
+    assert!(!dir.path().join("inbox.lock").exists());
+}
+
+#[test]
+fn imap_against_a_private_dovecot() {
+    if let Some(why) = common::dovecot::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let msgs = corpus(dir.path());
+    let mut dv = common::dovecot::Dovecot::start(&[(ADDRESS, "hemmelig")]);
+    let root = dv.maildir(ADDRESS);
+    make_maildir(&root, &msgs);
+    dv.own_mail();
+    let pw = dir.path().join("imap.pass");
+    fs::write(&pw, "hemmelig\n").unwrap();
+    let bad_pw = dir.path().join("wrong.pass");
+    fs::write(&bad_pw, "forkert\n").unwrap();
+    let server = format!("127.0.0.1:{}", dv.port);
+    let imap = |pw: &Path| -> Vec<String> {
+        [
+            "--imap",
+            &server,
+            "--imap-security",
+            "plain",
+            "--user",
+            ADDRESS,
+            "--password-file",
+            pw.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let good = imap(&pw);
+    let src: Vec<&str> = good.iter().map(String::as_str).collect();
+    let messages = |root: &Path| -> Vec<Vec<u8>> {
+        let mut v: Vec<Vec<u8>> = ["INBOX", "Sager"]
+            .iter()
+            .flat_map(|f| messages_in(&folder_dir(root, f)))
+            .map(|p| fs::read(p).unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = messages(&root);
+    assert_eq!(before.len(), msgs.len());
+
+    // Dry run: exact, per folder; nothing changed.
+    let out = migrate(&cfg, &src, &["--dry-run", "--format", "json"]);
+    assert!(out.status.success(), "{}", dv.log());
+    let folders = folder_lines(&out);
+    assert_eq!(folders.keys().collect::<Vec<_>>(), ["INBOX", "Sager"]);
+    for f in ["INBOX", "Sager"] {
+        assert_eq!(outcomes(&folders[f]), expected_outcomes(&msgs, f), "{f}");
+    }
+
+    // Bad input: a wrong password, a folder that does not exist.
+    let wrong = imap(&bad_pw);
+    let wrong: Vec<&str> = wrong.iter().map(String::as_str).collect();
+    let out = migrate(&cfg, &wrong, &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("login refused"));
+    let out = migrate(&cfg, &src, &["--folder", "Nowhere"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("folder \"Nowhere\" does not exist"));
+    assert_eq!(messages(&root), before, "nothing changed");
+
+    // Killed between APPEND and MOVE.
+    let mut child = migrate_cmd(&cfg, &src, &["--jobs", "1"])
+        .env("SMIMEGW_MIGRATE_TEST_PAUSE_MS", "20000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = wait_until(Duration::from_secs(120), || {
+        messages(&root)
+            .iter()
+            .any(|b| String::from_utf8_lossy(b).contains("original-sha256="))
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen, "no copy was appended before the kill: {}", dv.log());
+
+    // The re-run searches for the marker, finds the copy, moves the original.
+    let out = migrate(&cfg, &src, &["--format", "json"]);
+    assert!(out.status.success(), "{}", dv.log());
+    let folders = folder_lines(&out);
+    let found: u64 = folders
+        .values()
+        .map(|f| f["copies_found"].as_u64().unwrap())
+        .sum();
+    assert_eq!(found, 1);
+    let log = dv.log();
+    dv.stop();
+    assert!(!log.contains("Error"), "{log}");
+    assert_migrated_maildir(&root, &msgs);
+}
+
+#[test]
+fn imap_tls_is_verified_and_a_master_user_logs_in() {
+    if let Some(why) = common::dovecot::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let msgs: Vec<Msg> = corpus(dir.path())
+        .into_iter()
+        .filter(|m| m.folder == "INBOX" && (m.name == "o2-inbox" || m.name == "plain"))
+        .collect();
+    let cert = common::sink::NextHopCert::issue(&["localhost"]);
+    let other = common::sink::NextHopCert::issue(&["localhost"]);
+    let mut dv = common::dovecot::Dovecot::start_with(
+        &[(ADDRESS, "brugerens")],
+        Some((&cert.cert_pem, &cert.key_pem)),
+        &[("admin", "master-hemmelig")],
+    );
+    let root = dv.maildir(ADDRESS);
+    make_maildir(&root, &msgs);
+    dv.own_mail();
+    let (ca, wrong_ca, pw) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("other-ca.pem"),
+        dir.path().join("master.pass"),
+    );
+    fs::write(&ca, &cert.ca_pem).unwrap();
+    fs::write(&wrong_ca, &other.ca_pem).unwrap();
+    fs::write(&pw, "master-hemmelig\n").unwrap();
+    let login = format!("{ADDRESS}*admin");
+    let args = |port: u16, security: &str, ca: &Path| -> Vec<String> {
+        vec![
+            "--imap".into(),
+            format!("localhost:{port}"),
+            "--imap-security".into(),
+            security.into(),
+            "--imap-ca".into(),
+            ca.display().to_string(),
+            "--user".into(),
+            login.clone(),
+            "--password-file".into(),
+            pw.display().to_string(),
+        ]
+    };
+    let run = |a: &[String], extra: &[&str]| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let mut c = Command::new(BIN);
+        c.arg("migrate")
+            .arg("--config")
+            .arg(&cfg)
+            .args(&a)
+            .args(extra)
+            .env("OCES_FIXTURE_PASSWORD", "Test1234");
+        let out = c.output().unwrap();
+        eprintln!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    // STARTTLS and IMAPS with the server's CA: the master user logs in to
+    // the user's mailbox, whose address is the login before `*`.
+    for (port, security) in [(dv.port, "starttls"), (dv.imaps_port, "imaps")] {
+        let out = run(
+            &args(port, security, &ca),
+            &["--dry-run", "--format", "json"],
+        );
+        assert!(out.status.success(), "{security}: {}", dv.log());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("\"mailbox\":\"{ADDRESS}\"")),
+            "{text}"
+        );
+        assert_eq!(folder_lines(&out)["INBOX"]["to_migrate"], 1);
+    }
+    // Another CA: the certificate is refused, nothing is read.
+    for (port, security) in [(dv.port, "starttls"), (dv.imaps_port, "imaps")] {
+        let out = run(&args(port, security, &wrong_ca), &["--dry-run"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("TLS with localhost") && err.contains("certificate"),
+            "{err}"
+        );
+    }
+    // The real run over IMAPS as the master user.
+    let out = run(&args(dv.imaps_port, "imaps", &ca), &["--format", "json"]);
+    assert!(out.status.success(), "{}", dv.log());
+    assert_eq!(folder_lines(&out)["INBOX"]["migrated"], 1);
+    dv.stop();
+    assert_migrated_maildir_inbox_only(&root, &msgs);
+}
+
+/// [`assert_migrated_maildir`] for a corpus without the signed message.
+fn assert_migrated_maildir_inbox_only(root: &Path, msgs: &[Msg]) {
+    for m in msgs {
+        let marker = format!("original-sha256={}", sha256_hex(&m.bytes));
+        let files = messages_in(root);
+        let copies: Vec<&PathBuf> = files
+            .iter()
+            .filter(|p| String::from_utf8_lossy(&fs::read(p).unwrap()).contains(&marker))
+            .collect();
+        let original = files.iter().any(|p| fs::read(p).unwrap() == m.bytes);
+        match &m.plaintext {
+            Some(p) => {
+                assert!(!original && copies.len() == 1, "{}", m.name);
+                let bytes = fs::read(copies[0]).unwrap();
+                assert_eq!(open_with_oces3(&bytes), without_mime_version(p));
+            }
+            None => assert!(original && copies.is_empty(), "{}", m.name),
+        }
+    }
+}

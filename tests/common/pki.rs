@@ -313,31 +313,33 @@ pub fn gpgsm_import_key(home: &Path, name: &str) {
 
 /// Like [`gpgsm_import_key`], for the demo PKI in `d`.
 pub fn gpgsm_import_key_in(home: &Path, d: &Path, name: &str) {
-    let p12 = home.join(format!("{name}.p12"));
-    openssl(
-        &[
-            "pkcs12",
-            "-export",
-            "-inkey",
-            d.join(format!("keys/{name}.key.pem")).to_str().unwrap(),
-            "-in",
-            d.join(format!("keys/{name}.crt.pem")).to_str().unwrap(),
-            "-keypbe",
-            "PBE-SHA1-3DES",
-            "-certpbe",
-            "PBE-SHA1-3DES",
-            "-macalg",
-            "sha1",
-            "-passout",
-            "pass:demo-only",
-            "-out",
-            p12.to_str().unwrap(),
-        ],
-        b"",
-    );
-    // gpgsm's PKCS#12 import through gpg-agent now and then fails on a
-    // loaded machine; an agent restart and a second try settle it.
-    for attempt in 0..3 {
+    // gpgsm's PKCS#12 import now and then fails to decrypt the key bag
+    // of one particular export (a fresh salt and IV make the next export
+    // import), and through gpg-agent on a loaded machine; a new export, an
+    // agent restart and another try settle both.
+    for attempt in 0..4 {
+        let p12 = home.join(format!("{name}.p12"));
+        openssl(
+            &[
+                "pkcs12",
+                "-export",
+                "-inkey",
+                d.join(format!("keys/{name}.key.pem")).to_str().unwrap(),
+                "-in",
+                d.join(format!("keys/{name}.crt.pem")).to_str().unwrap(),
+                "-keypbe",
+                "PBE-SHA1-3DES",
+                "-certpbe",
+                "PBE-SHA1-3DES",
+                "-macalg",
+                "sha1",
+                "-passout",
+                "pass:demo-only",
+                "-out",
+                p12.to_str().unwrap(),
+            ],
+            b"",
+        );
         let out = run_output(
             "gpgsm",
             &[
@@ -357,7 +359,7 @@ pub fn gpgsm_import_key_in(home: &Path, d: &Path, name: &str) {
             return;
         }
         assert!(
-            attempt < 2,
+            attempt < 3,
             "gpgsm --import failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );

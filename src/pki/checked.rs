@@ -16,7 +16,16 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use super::resolve::Verdict;
+/// What checking a candidate certificate found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Fit for encryption (with a note, e.g. how revocation was checked).
+    Usable(String),
+    /// Not fit, for good.
+    Refused(String),
+    /// Not known now (revocation source down with hard-fail).
+    Unknown(String),
+}
 
 /// How long a verdict is kept (seconds).
 pub const KEEP: i64 = 3600;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use openssl::x509::X509;
 
+pub use super::checked::Verdict;
 use super::checked::{self, Checked};
 use super::directory::{fingerprint, Directory, Entry, Source};
 use super::oces::{self, CertInfo};
@@ -19,17 +20,6 @@ use crate::config::{Revocation, Settings};
 
 /// LDAP answers by (server URL, address), with the instant they expire.
 type LdapCache = HashMap<(String, String), (Instant, Vec<X509>)>;
-
-/// What checking a candidate certificate found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Fit for encryption (with a note, e.g. how revocation was checked).
-    Usable(String),
-    /// Not fit, for good.
-    Refused(String),
-    /// Not known now (revocation source down with hard-fail).
-    Unknown(String),
-}
 
 /// A recipient certificate and its verdict.
 #[derive(Debug, Clone)]

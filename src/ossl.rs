@@ -127,6 +127,31 @@ fn check(ret: c_int) -> Result<(), ErrorStack> {
     }
 }
 
+/// Sets RSA-OAEP with SHA-256 (digest and MGF1) on recipient `ri`.
+///
+/// # Safety
+/// `ri` must be a key-transport RecipientInfo of a CMS structure that is
+/// alive, added with `CMS_KEY_PARAM` so its key context exists.
+unsafe fn oaep_sha256(ri: *mut CMS_RecipientInfo) -> Result<(), ErrorStack> {
+    // SAFETY: the caller hands a live RecipientInfo; the context it owns
+    // is checked for null before use.
+    unsafe {
+        let pctx = check_ptr(CMS_RecipientInfo_get0_pkey_ctx(ri))?;
+        check(sys::EVP_PKEY_CTX_set_rsa_padding(
+            pctx,
+            RSA_PKCS1_OAEP_PADDING,
+        ))?;
+        check(EVP_PKEY_CTX_set_rsa_oaep_md(
+            pctx,
+            MessageDigest::sha256().as_ptr(),
+        ))?;
+        check(sys::EVP_PKEY_CTX_set_rsa_mgf1_md(
+            pctx,
+            MessageDigest::sha256().as_ptr(),
+        ))
+    }
+}
+
 fn check_ptr<T>(p: *mut T) -> Result<*mut T, ErrorStack> {
     if p.is_null() {
         Err(ErrorStack::get())
@@ -286,19 +311,7 @@ pub fn encrypt_oaep(
             if ri.is_null() {
                 return Err(ErrorStack::get());
             }
-            let pctx = check_ptr(CMS_RecipientInfo_get0_pkey_ctx(ri))?;
-            check(sys::EVP_PKEY_CTX_set_rsa_padding(
-                pctx,
-                RSA_PKCS1_OAEP_PADDING,
-            ))?;
-            check(EVP_PKEY_CTX_set_rsa_oaep_md(
-                pctx,
-                MessageDigest::sha256().as_ptr(),
-            ))?;
-            check(sys::EVP_PKEY_CTX_set_rsa_mgf1_md(
-                pctx,
-                MessageDigest::sha256().as_ptr(),
-            ))?;
+            oaep_sha256(ri)?;
         }
         let bio = check_ptr(sys::BIO_new_mem_buf(data.as_ptr() as *const c_void, len))?;
         let ok = CMS_final(cms.as_ptr(), bio, ptr::null_mut(), sys::CMS_BINARY);
@@ -411,19 +424,7 @@ pub fn encrypt_stream(
                 return Err(ErrorStack::get().into());
             }
             if oaep {
-                let pctx = check_ptr(CMS_RecipientInfo_get0_pkey_ctx(ri))?;
-                check(sys::EVP_PKEY_CTX_set_rsa_padding(
-                    pctx,
-                    RSA_PKCS1_OAEP_PADDING,
-                ))?;
-                check(EVP_PKEY_CTX_set_rsa_oaep_md(
-                    pctx,
-                    MessageDigest::sha256().as_ptr(),
-                ))?;
-                check(sys::EVP_PKEY_CTX_set_rsa_mgf1_md(
-                    pctx,
-                    MessageDigest::sha256().as_ptr(),
-                ))?;
+                oaep_sha256(ri)?;
             }
         }
         let mem = check_ptr(sys::BIO_new(sys::BIO_s_mem()))?;

@@ -470,6 +470,11 @@ pub struct MailboxSettings {
     /// mailboxes).
     #[serde(default)]
     pub send_as: Vec<String>,
+    /// For `migrate`: IMAP logins and archive folder names (a Maildir,
+    /// mbox or `.eml` folder's own name) whose stored mail is this
+    /// mailbox's; `--mailbox` on the command line wins.
+    #[serde(default)]
+    pub migrate_from: Vec<String>,
 }
 
 impl MailboxSettings {

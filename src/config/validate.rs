@@ -214,6 +214,12 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
                 "send_as belongs to one address (a shared mailbox), not to *@domain".into(),
             );
         }
+        if !m.migrate_from.is_empty() && m.address.starts_with("*@") {
+            bad(
+                &format!("mailbox[{i}].migrate_from"),
+                "migrate_from names one mailbox's stored mail: an address, not *@domain".into(),
+            );
+        }
         for (j, p) in m.send_as.iter().enumerate() {
             let domain = p.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
             let local = p.rsplit_once('@').map(|(l, _)| l).unwrap_or("");

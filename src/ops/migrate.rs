@@ -10,6 +10,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{unix_now, OpsError};
+use crate::config::MailboxSettings;
 use crate::daemon;
 use crate::migrate::imap::{Account, ImapSource};
 use crate::migrate::plan::Chosen;
@@ -71,7 +72,15 @@ impl Progress for Bar {
 }
 
 /// The address whose certificate `name`'s mail is re-keyed to.
-fn address_for(name: &str, path: Option<&Path>, mailboxes: &[String]) -> Result<String, OpsError> {
+/// In order: `--mailbox NAME=ADDRESS` (or a lone `--mailbox ADDRESS`),
+/// a `[[mailbox]]` whose `migrate_from` names the login or the folder, the
+/// login itself when it is an address.
+fn address_for(
+    name: &str,
+    path: Option<&Path>,
+    mailboxes: &[String],
+    configured: &[MailboxSettings],
+) -> Result<String, OpsError> {
     let file = path
         .and_then(|p| p.file_name())
         .map(|f| f.to_string_lossy().to_string());
@@ -83,6 +92,13 @@ fn address_for(name: &str, path: Option<&Path>, mailboxes: &[String]) -> Result<
             None if mailboxes.len() == 1 && m.contains('@') => return Ok(m.trim().to_string()),
             _ => {}
         }
+    }
+    let named = |k: &String| k == name || Some(k.as_str()) == file.as_deref();
+    if let Some(m) = configured
+        .iter()
+        .find(|m| !m.address.starts_with("*@") && m.migrate_from.iter().any(named))
+    {
+        return Ok(m.address.clone());
     }
     if name.contains('@') && !name.contains('/') {
         return Ok(name.to_string());
@@ -115,8 +131,8 @@ pub fn migrate(args: &MigrateArgs) -> Result<(String, bool), OpsError> {
             None,
         ),
     };
-    let address = address_for(&name, path, &args.mailboxes)?;
     let snapshot = daemon::check(&args.config)?;
+    let address = address_for(&name, path, &args.mailboxes, &snapshot.settings.mailboxes)?;
     let now = unix_now();
     let mut source: Box<dyn Source> = match &args.source {
         Where::Maildir(p) => Box::new(Maildir::open(p).map_err(cmd)?),
@@ -228,4 +244,57 @@ pub fn migrate(args: &MigrateArgs) -> Result<(String, bool), OpsError> {
 
 fn cmd(e: migrate::source::SourceError) -> OpsError {
     OpsError::Migrate(e.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mailbox(address: &str, from: &[&str]) -> MailboxSettings {
+        MailboxSettings {
+            address: address.into(),
+            deliver: Default::default(),
+            encryption: Default::default(),
+            send_as: Vec::new(),
+            migrate_from: from.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn whose_mailbox_command_line_then_configuration_then_the_login() {
+        let configured = [
+            mailbox("*@example-law.dk", &["everyone"]),
+            mailbox("sikkermail@example-law.dk", &["sikkermail", "archive-2019"]),
+        ];
+        let path = Path::new("/srv/old/archive-2019");
+        // The configuration names the login, and the folder by its own name.
+        assert_eq!(
+            address_for("sikkermail", None, &[], &configured).unwrap(),
+            "sikkermail@example-law.dk"
+        );
+        assert_eq!(
+            address_for("/srv/old/archive-2019", Some(path), &[], &configured).unwrap(),
+            "sikkermail@example-law.dk"
+        );
+        // The command line wins over the configuration.
+        let cli = ["archive-2019=alice@example-law.dk".to_string()];
+        assert_eq!(
+            address_for("/srv/old/archive-2019", Some(path), &cli, &configured).unwrap(),
+            "alice@example-law.dk"
+        );
+        // A login that is an address names itself; a *@domain entry never
+        // claims stored mail.
+        assert_eq!(
+            address_for("bob@example-law.dk", None, &[], &configured).unwrap(),
+            "bob@example-law.dk"
+        );
+        assert!(matches!(
+            address_for("everyone", None, &[], &configured),
+            Err(OpsError::Usage(_))
+        ));
+        assert!(matches!(
+            address_for("unknown", None, &[], &configured),
+            Err(OpsError::Usage(_))
+        ));
+    }
 }

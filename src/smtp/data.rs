@@ -73,12 +73,15 @@ impl DataDecoder {
         if self.violation.is_some() {
             return;
         }
-        if self.size + bytes.len() as u64 > self.max_size {
+        // What fits is kept and the rest flagged, so a run handed over at
+        // once ends exactly where the same bytes one by one would.
+        let room = self.max_size.saturating_sub(self.size);
+        let fits = bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        self.size += fits as u64;
+        out.extend_from_slice(&bytes[..fits]);
+        if fits < bytes.len() {
             self.flag(Violation::TooBig);
-            return;
         }
-        self.size += bytes.len() as u64;
-        out.extend_from_slice(bytes);
     }
 
     /// A bare CR or LF is not a line break: whatever follows it is in the
@@ -185,6 +188,36 @@ mod tests {
         assert_eq!(out, b"Subject: a\r\n\r\n.dot\r\nx\r\n");
         assert_eq!(end, Some(b"Subject: a\r\n\r\n..dot\r\nx\r\n.\r\n".len()));
         assert_eq!(v, None);
+    }
+
+    #[test]
+    fn a_run_over_the_size_limit_ends_where_byte_by_byte_would() {
+        // Fuzz finding: a line handed over at once used to be dropped whole
+        // at the size limit, one byte at a time kept what fitted.
+        let input = b"Subject: x\r\n\r\nabcdefghijklmnopqrstuvwxyz0123456789\r\n.\r\n";
+        for max in [0u64, 5, 12, 13, 14, 20, 40, 60] {
+            let mut whole = DataDecoder::new(max);
+            let mut whole_out = Vec::new();
+            let whole_end = whole.feed(input, &mut whole_out);
+            let mut single = DataDecoder::new(max);
+            let mut single_out = Vec::new();
+            let mut single_end = None;
+            for (i, b) in input.iter().enumerate() {
+                if let Some(n) = single.feed(std::slice::from_ref(b), &mut single_out) {
+                    single_end = Some(i + n);
+                    break;
+                }
+            }
+            assert_eq!(whole_end, single_end, "max {max}");
+            assert_eq!(whole_out, single_out, "max {max}");
+            assert_eq!(whole.size(), single.size(), "max {max}");
+            assert_eq!(whole.violation(), single.violation(), "max {max}");
+        }
+        // Positive control: under the limit nothing is flagged.
+        let mut d = DataDecoder::new(1000);
+        let mut out = Vec::new();
+        assert!(d.feed(input, &mut out).is_some());
+        assert_eq!(d.violation(), None);
     }
 
     #[test]

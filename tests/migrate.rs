@@ -594,10 +594,12 @@ fn bad_input_gives_a_clear_error_and_loses_nothing() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("alice-oces2.p12"), "{err}");
-    // Whose mailbox, when the source does not say.
+    // Whose mailbox, when the source does not say (and the configuration,
+    // which loads, names no mailbox for it).
     let out = Command::new(BIN)
         .args(["migrate", "--config", good.to_str().unwrap()])
         .args(src)
+        .env("OCES_FIXTURE_PASSWORD", "Test1234")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

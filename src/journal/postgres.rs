@@ -16,7 +16,10 @@ use postgres_openssl::MakeTlsConnector;
 use tokio_postgres::Client;
 use tracing::warn;
 
-use super::sql::{PRUNE, SCHEMA, SELECT_INBOUND, SELECT_OUTBOUND, UPSERT_INBOUND, UPSERT_OUTBOUND};
+use super::sql::{
+    inbound_use, outbound_use, Columns, PRUNE, SCHEMA, SELECT_INBOUND, SELECT_OUTBOUND,
+    UPSERT_INBOUND, UPSERT_OUTBOUND,
+};
 use super::{day, InboundUse, JournalError, OutboundUse, Record};
 
 /// Any constant both gateways agree on: the advisory lock for the schema.
@@ -119,35 +122,21 @@ impl Postgres {
 
     pub async fn outbound(&self, since: i64) -> Result<Vec<OutboundUse>, JournalError> {
         let rows = self.client.query(SELECT_OUTBOUND, &[&since]).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(OutboundUse {
-                    recipient: r.try_get(0)?,
-                    rule: r.try_get(1)?,
-                    outcome: r.try_get(2)?,
-                    generation: r.try_get(3)?,
-                    certificates: r.try_get(4)?,
-                    day: r.try_get(5)?,
-                    count: r.try_get::<_, i64>(6)?.max(0) as u64,
-                    last_seen: r.try_get(7)?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| Ok(outbound_use(r)?)).collect()
     }
 
     pub async fn inbound(&self, since: i64) -> Result<Vec<InboundUse>, JournalError> {
         let rows = self.client.query(SELECT_INBOUND, &[&since]).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(InboundUse {
-                    sender: r.try_get(0)?,
-                    identity: r.try_get(1)?,
-                    subject: r.try_get(2)?,
-                    generation: r.try_get(3)?,
-                    count: r.try_get::<_, i64>(4)?.max(0) as u64,
-                    last_seen: r.try_get(5)?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| Ok(inbound_use(r)?)).collect()
+    }
+}
+
+impl Columns for tokio_postgres::Row {
+    type Error = tokio_postgres::Error;
+    fn text(&self, i: usize) -> Result<String, tokio_postgres::Error> {
+        self.try_get(i)
+    }
+    fn int(&self, i: usize) -> Result<i64, tokio_postgres::Error> {
+        self.try_get(i)
     }
 }

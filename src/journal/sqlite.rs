@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
-use super::sql::{PRUNE, SCHEMA, SELECT_INBOUND, SELECT_OUTBOUND, UPSERT_INBOUND, UPSERT_OUTBOUND};
+use super::sql::{
+    inbound_use, outbound_use, Columns, PRUNE, SCHEMA, SELECT_INBOUND, SELECT_OUTBOUND,
+    UPSERT_INBOUND, UPSERT_OUTBOUND,
+};
 use super::{day, InboundUse, JournalError, OutboundUse, Record};
 
 /// How long one statement waits for a lock held by another connection.
@@ -151,18 +154,7 @@ impl Sqlite {
     pub async fn outbound(&self, since: i64) -> Result<Vec<OutboundUse>, JournalError> {
         self.with(move |c| {
             let mut s = c.prepare(&sql(SELECT_OUTBOUND))?;
-            let rows = s.query_map(params![since], |r| {
-                Ok(OutboundUse {
-                    recipient: r.get(0)?,
-                    rule: r.get(1)?,
-                    outcome: r.get(2)?,
-                    generation: r.get(3)?,
-                    certificates: r.get(4)?,
-                    day: r.get(5)?,
-                    count: r.get::<_, i64>(6)?.max(0) as u64,
-                    last_seen: r.get(7)?,
-                })
-            })?;
+            let rows = s.query_map(params![since], |r| outbound_use(r))?;
             rows.collect()
         })
         .await
@@ -171,18 +163,19 @@ impl Sqlite {
     pub async fn inbound(&self, since: i64) -> Result<Vec<InboundUse>, JournalError> {
         self.with(move |c| {
             let mut s = c.prepare(&sql(SELECT_INBOUND))?;
-            let rows = s.query_map(params![since], |r| {
-                Ok(InboundUse {
-                    sender: r.get(0)?,
-                    identity: r.get(1)?,
-                    subject: r.get(2)?,
-                    generation: r.get(3)?,
-                    count: r.get::<_, i64>(4)?.max(0) as u64,
-                    last_seen: r.get(5)?,
-                })
-            })?;
+            let rows = s.query_map(params![since], |r| inbound_use(r))?;
             rows.collect()
         })
         .await
+    }
+}
+
+impl Columns for rusqlite::Row<'_> {
+    type Error = rusqlite::Error;
+    fn text(&self, i: usize) -> rusqlite::Result<String> {
+        self.get(i)
+    }
+    fn int(&self, i: usize) -> rusqlite::Result<i64> {
+        self.get(i)
     }
 }

@@ -76,6 +76,27 @@ pub fn load_with_overrides(
     load_inner(path, None, overrides)
 }
 
+/// An override's value as the configuration takes it: `[a, b]` (items
+/// optionally quoted) is a list, as is `a,b` for a key that is always a
+/// list (`server.internal_domains`); anything else is one value, parsed
+/// like the file's (a date, a number, a string).
+fn override_value(key: &str, value: &str) -> config::Value {
+    let trimmed = value.trim();
+    let items = if let Some(inner) = trimmed.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
+        inner
+    } else if LIST_KEYS.contains(&key) {
+        trimmed
+    } else {
+        return config::Value::from(value);
+    };
+    let list: Vec<String> = items
+        .split(',')
+        .map(|item| item.trim().trim_matches('"').to_string())
+        .filter(|item| !item.is_empty())
+        .collect();
+    config::Value::from(list)
+}
+
 fn load_inner(
     path: &Path,
     env: Option<HashMap<String, String>>,
@@ -105,7 +126,7 @@ fn load_inner(
         .add_source(environment);
     for (key, value) in overrides {
         builder = builder
-            .set_override(key.as_str(), value.as_str())
+            .set_override(key.as_str(), override_value(key, value))
             .map_err(|e| {
                 fail(vec![Problem {
                     key: key.clone(),
@@ -197,5 +218,42 @@ pub fn test_settings(extra: &str) -> Settings {
     match from_toml(&text) {
         Ok(s) => s,
         Err(e) => panic!("test settings: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod override_tests {
+    use super::*;
+
+    fn settings_with(sets: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(
+            &path,
+            "[server]\nhostname = \"gw\"\nlisten = [\"127.0.0.1:2525\"]\n\
+             internal_domains = [\"example-law.dk\"]\n\
+             [spool]\ndir = \"/nonexistent\"\n\
+             [relay]\ninternal = \"127.0.0.1:25\"\nexternal = \"127.0.0.1:26\"\n",
+        )
+        .expect("write");
+        let sets: Vec<(String, String)> = sets
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        load_with_overrides(&path, &sets)
+    }
+
+    #[test]
+    fn a_list_key_can_be_set_from_the_command_line() {
+        let plain = settings_with(&[]).expect("loads");
+        assert_eq!(plain.server.internal_domains, vec!["example-law.dk"]);
+        for value in ["[a.dk, \"b.dk\"]", "a.dk,b.dk", " [ a.dk ,b.dk ] "] {
+            let s = settings_with(&[("server.internal_domains", value)]).expect(value);
+            assert_eq!(s.server.internal_domains, vec!["a.dk", "b.dk"], "{value}");
+        }
+        // One value stays one value, commas and all, for a key that is
+        // not a list.
+        let s = settings_with(&[("server.hostname", "gw,2")]).expect("loads");
+        assert_eq!(s.server.hostname, "gw,2");
     }
 }

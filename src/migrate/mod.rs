@@ -447,6 +447,18 @@ fn write_batch(
             done[i] = Some(Done::Failed(why));
         }
     }
+    if let Err(e) = src.sync() {
+        // The copies are durable; an original's removal may come undone.
+        for &(i, _, _) in &todo {
+            if matches!(done[i], Some(Done::Migrated | Done::CopyFound))
+                && opts.originals != Originals::Keep
+            {
+                done[i] = Some(Done::Failed(format!(
+                    "the original's removal is not known to be durable ({e}); the checked copy is there"
+                )));
+            }
+        }
+    }
     done.into_iter()
         .map(|d| d.unwrap_or_else(|| Done::Failed("not written".into())))
         .collect()

@@ -93,6 +93,9 @@ pub enum SourceError {
     Imap(String),
     #[error("{0}")]
     Unsupported(String),
+    /// One failure shared by every message of a batch.
+    #[error("{0}")]
+    Batch(String),
 }
 
 impl SourceError {
@@ -147,6 +150,13 @@ pub trait Source: Send {
     /// Moves `entry` out of `folder` into `to` (created when missing), or
     /// removes it (`to` = `None`), touching no other message.
     fn remove(&mut self, folder: &str, entry: &Entry, to: Option<&str>) -> Result<(), SourceError>;
+    /// Makes the moves and removals done so far durable (Maildir: the
+    /// directories' fsyncs, once per batch rather than per message). A
+    /// removal not yet durable can only come back after a crash, next to
+    /// its checked copy, which a re-run finds.
+    fn sync(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
     /// A second connection to the same store that only reads, so reading
     /// ahead overlaps with writing (IMAP); `None` where it would not help.
     fn reader(&mut self) -> Result<Option<Box<dyn Source>>, SourceError> {

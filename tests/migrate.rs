@@ -931,13 +931,16 @@ fn imap_tls_is_verified_and_a_master_user_logs_in() {
         .collect();
     let cert = common::sink::NextHopCert::issue(&["localhost"]);
     let other = common::sink::NextHopCert::issue(&["localhost"]);
+    const ALICE: &str = "alice@example-law.dk";
     let mut dv = common::dovecot::Dovecot::start_with(
-        &[(ADDRESS, "brugerens")],
+        &[(ADDRESS, "brugerens"), (ALICE, "alices")],
         Some((&cert.cert_pem, &cert.key_pem)),
         &[("admin", "master-hemmelig")],
     );
     let root = dv.maildir(ADDRESS);
     make_maildir(&root, &msgs);
+    let alice_root = dv.maildir(ALICE);
+    make_maildir(&alice_root, &msgs);
     dv.own_mail();
     let (ca, wrong_ca, pw) = (
         dir.path().join("ca.pem"),
@@ -1004,12 +1007,34 @@ fn imap_tls_is_verified_and_a_master_user_logs_in() {
             "{err}"
         );
     }
-    // The real run over IMAPS as the master user.
-    let out = run(&args(dv.imaps_port, "imaps", &ca), &["--format", "json"]);
+    // The real run over IMAPS as the master user, two mailboxes in one
+    // run: each login is mapped to its own address.
+    let alice_login = format!("{ALICE}*admin");
+    let out = run(
+        &args(dv.imaps_port, "imaps", &ca),
+        &["--user", &alice_login, "--format", "json"],
+    );
     assert!(out.status.success(), "{}", dv.log());
-    assert_eq!(folder_lines(&out)["INBOX"]["migrated"], 1);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let heads: Vec<&str> = lines
+        .iter()
+        .filter(|v| v["type"] == "mailbox")
+        .map(|v| v["mailbox"].as_str().unwrap())
+        .collect();
+    assert_eq!(heads, [ADDRESS, ALICE]);
+    for mailbox in [ADDRESS, ALICE] {
+        let inbox = lines
+            .iter()
+            .find(|v| v["type"] == "folder" && v["mailbox"] == mailbox && v["folder"] == "INBOX")
+            .unwrap();
+        assert_eq!(inbox["migrated"], 1, "{mailbox}");
+    }
     dv.stop();
     assert_migrated_maildir_inbox_only(&root, &msgs);
+    assert_migrated_maildir_inbox_only(&alice_root, &msgs);
 }
 
 /// [`assert_migrated_maildir`] for a corpus without the signed message.

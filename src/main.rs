@@ -96,17 +96,17 @@ enum Command {
 struct MigrateCli {
     #[arg(long)]
     config: PathBuf,
-    /// A Maildir (Maildir++ folders).
-    #[arg(long, group = "source")]
-    maildir: Option<PathBuf>,
-    /// An mbox file (locked with a dot-lock and fcntl).
-    #[arg(long, group = "source")]
-    mbox: Option<PathBuf>,
-    /// A folder of .eml files.
-    #[arg(long, group = "source")]
-    eml: Option<PathBuf>,
-    /// An IMAP server, HOST:PORT.
-    #[arg(long, group = "source")]
+    /// A Maildir (Maildir++ folders); repeat for several.
+    #[arg(long)]
+    maildir: Vec<PathBuf>,
+    /// An mbox file (locked with a dot-lock and fcntl); repeat for several.
+    #[arg(long)]
+    mbox: Vec<PathBuf>,
+    /// A folder of .eml files; repeat for several.
+    #[arg(long)]
+    eml: Vec<PathBuf>,
+    /// An IMAP server, HOST:PORT (each --user's mailbox on it).
+    #[arg(long)]
     imap: Option<String>,
     /// How the IMAP connection is protected (plain only where asked).
     #[arg(long, value_enum, default_value_t = ImapSecurity::Imaps)]
@@ -115,9 +115,10 @@ struct MigrateCli {
     /// to (default: the system's roots).
     #[arg(long)]
     imap_ca: Option<PathBuf>,
-    /// IMAP login (a master user as `user*master`).
+    /// IMAP login (a master user as `user*master`); repeat for several
+    /// mailboxes (one password: a master user's).
     #[arg(long)]
-    user: Option<String>,
+    user: Vec<String>,
     /// File holding the IMAP password (else $SMIMEGW_IMAP_PASSWORD).
     #[arg(long)]
     password_file: Option<PathBuf>,
@@ -288,8 +289,8 @@ fn imap_account(
     server: &str,
     security: ImapSecurity,
     ca: Option<PathBuf>,
-    user: Option<String>,
-    password_file: Option<PathBuf>,
+    user: String,
+    password: &str,
 ) -> Result<Account, OpsError> {
     let (host, port) = match server.rsplit_once(':') {
         Some((h, p)) => (
@@ -306,16 +307,6 @@ fn imap_account(
             },
         ),
     };
-    let user = user.ok_or_else(|| OpsError::Usage("migrate --imap: --user is required".into()))?;
-    let password = match password_file {
-        Some(f) => std::fs::read_to_string(&f)
-            .map_err(|e| OpsError::Usage(format!("--password-file {}: {e}", f.display())))?
-            .trim_end_matches(['\r', '\n'])
-            .to_string(),
-        None => std::env::var("SMIMEGW_IMAP_PASSWORD").map_err(|_| {
-            OpsError::Usage("migrate --imap: give --password-file or $SMIMEGW_IMAP_PASSWORD".into())
-        })?,
-    };
     Ok(Account {
         host,
         port,
@@ -326,8 +317,21 @@ fn imap_account(
         },
         ca,
         user,
-        password,
+        password: password.to_string(),
     })
+}
+
+/// The IMAP password: the file's first line, else $SMIMEGW_IMAP_PASSWORD.
+fn imap_password(file: Option<PathBuf>) -> Result<String, OpsError> {
+    match file {
+        Some(f) => Ok(std::fs::read_to_string(&f)
+            .map_err(|e| OpsError::Usage(format!("--password-file {}: {e}", f.display())))?
+            .trim_end_matches(['\r', '\n'])
+            .to_string()),
+        None => std::env::var("SMIMEGW_IMAP_PASSWORD").map_err(|_| {
+            OpsError::Usage("migrate --imap: give --password-file or $SMIMEGW_IMAP_PASSWORD".into())
+        }),
+    }
 }
 
 /// Runs one command: the text to print and whether it succeeded.
@@ -414,26 +418,27 @@ fn run(command: Command) -> Result<(String, bool), OpsError> {
                 format,
                 jobs,
             } = *m;
-            let source = match (maildir, mbox, eml, imap) {
-                (Some(p), ..) => Where::Maildir(p),
-                (_, Some(p), ..) => Where::Mbox(p),
-                (_, _, Some(p), _) => Where::Eml(p),
-                (_, _, _, Some(server)) => Where::Imap(imap_account(
-                    &server,
-                    imap_security,
-                    imap_ca,
-                    user,
-                    password_file,
-                )?),
-                _ => {
-                    return Err(OpsError::Usage(
-                        "migrate: give --maildir, --mbox, --eml or --imap".into(),
-                    ))
+            let mut sources: Vec<Where> = maildir.into_iter().map(Where::Maildir).collect();
+            sources.extend(mbox.into_iter().map(Where::Mbox));
+            sources.extend(eml.into_iter().map(Where::Eml));
+            if let Some(server) = imap {
+                if user.is_empty() {
+                    return Err(OpsError::Usage("migrate --imap: --user is required".into()));
                 }
-            };
+                let password = imap_password(password_file)?;
+                for u in user {
+                    sources.push(Where::Imap(imap_account(
+                        &server,
+                        imap_security,
+                        imap_ca.clone(),
+                        u,
+                        &password,
+                    )?));
+                }
+            }
             ops::migrate::migrate(&MigrateArgs {
                 config,
-                source,
+                sources,
                 folders: folder,
                 mailboxes: mailbox,
                 originals,

@@ -472,10 +472,18 @@ fn maildir_dry_run_migration_kill_and_rerun() {
             })
             .count()
     };
-    let seen = wait_until(Duration::from_secs(120), || copies() >= 1);
+    // The first batch is INBOX's copies, all written before the pause.
+    let first_batch = msgs
+        .iter()
+        .filter(|m| m.folder == "INBOX" && m.plaintext.is_some())
+        .count();
+    assert!(first_batch >= 2, "a batch of more than one copy");
+    let seen = wait_until(Duration::from_secs(120), || copies() >= first_batch);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(seen, "no copy was written before the kill");
+    assert!(seen, "the first batch was not written before the kill");
+    let written = copies();
+    assert_eq!(written, first_batch, "the kill came in the pause");
     // In the gap: the copy is there and so is its original.
     let now = tree(&root);
     let still = msgs
@@ -493,7 +501,10 @@ fn maildir_dry_run_migration_kill_and_rerun() {
         .values()
         .map(|f| f["copies_found"].as_u64().unwrap())
         .sum();
-    assert_eq!(found, 1, "the killed run's copy was found and checked");
+    assert_eq!(
+        found, written as u64,
+        "the killed run's copies were found and checked"
+    );
     assert_migrated_maildir(&root, &msgs);
 
     // A third run changes nothing.
@@ -722,12 +733,18 @@ fn mbox_locked_migrated_killed_and_finished() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let seen = wait_until(Duration::from_secs(120), || {
-        String::from_utf8_lossy(&fs::read(&path).unwrap()).contains("original-sha256=")
-    });
+    // The one folder's copies are one batch, written before the pause.
+    let first_batch = msgs.iter().filter(|m| m.plaintext.is_some()).count();
+    let copies = || {
+        String::from_utf8_lossy(&fs::read(&path).unwrap())
+            .matches("original-sha256=")
+            .count()
+    };
+    let seen = wait_until(Duration::from_secs(120), || copies() >= first_batch);
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(seen, "no copy was appended before the kill");
+    assert!(seen, "the batch was not appended before the kill");
+    assert_eq!(copies(), first_batch, "the kill came in the pause");
     assert!(
         dir.path().join("inbox.lock").exists(),
         "the dead run's dot-lock is left"
@@ -742,7 +759,7 @@ fn mbox_locked_migrated_killed_and_finished() {
     let out = migrate(&cfg, &src, &["--format", "json"]);
     assert!(out.status.success());
     let f = &folder_lines(&out)["inbox"];
-    assert_eq!(f["copies_found"], 1);
+    assert_eq!(f["copies_found"], first_batch as u64);
     let inbox = mbox_messages(&path);
     let originals = mbox_messages(&dir.path().join("OCES2-originals"));
     for m in &msgs {
@@ -864,14 +881,26 @@ fn imap_against_a_private_dovecot() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let seen = wait_until(Duration::from_secs(120), || {
-        messages(&root)
+    // INBOX's copies are one MULTIAPPEND, all there before the pause.
+    let first_batch = msgs
+        .iter()
+        .filter(|m| m.folder == "INBOX" && m.plaintext.is_some())
+        .count();
+    let copies = |root: &Path| {
+        messages(root)
             .iter()
-            .any(|b| String::from_utf8_lossy(b).contains("original-sha256="))
-    });
+            .filter(|b| String::from_utf8_lossy(b).contains("original-sha256="))
+            .count()
+    };
+    let seen = wait_until(Duration::from_secs(120), || copies(&root) >= first_batch);
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(seen, "no copy was appended before the kill: {}", dv.log());
+    assert!(
+        seen,
+        "the batch was not appended before the kill: {}",
+        dv.log()
+    );
+    assert_eq!(copies(&root), first_batch, "the kill came in the pause");
 
     // The re-run searches for the marker, finds the copy, moves the original.
     let out = migrate(&cfg, &src, &["--format", "json"]);
@@ -881,7 +910,7 @@ fn imap_against_a_private_dovecot() {
         .values()
         .map(|f| f["copies_found"].as_u64().unwrap())
         .sum();
-    assert_eq!(found, 1);
+    assert_eq!(found, first_batch as u64);
     let log = dv.log();
     dv.stop();
     assert!(!log.contains("Error"), "{log}");
@@ -902,13 +931,16 @@ fn imap_tls_is_verified_and_a_master_user_logs_in() {
         .collect();
     let cert = common::sink::NextHopCert::issue(&["localhost"]);
     let other = common::sink::NextHopCert::issue(&["localhost"]);
+    const ALICE: &str = "alice@example-law.dk";
     let mut dv = common::dovecot::Dovecot::start_with(
-        &[(ADDRESS, "brugerens")],
+        &[(ADDRESS, "brugerens"), (ALICE, "alices")],
         Some((&cert.cert_pem, &cert.key_pem)),
         &[("admin", "master-hemmelig")],
     );
     let root = dv.maildir(ADDRESS);
     make_maildir(&root, &msgs);
+    let alice_root = dv.maildir(ALICE);
+    make_maildir(&alice_root, &msgs);
     dv.own_mail();
     let (ca, wrong_ca, pw) = (
         dir.path().join("ca.pem"),
@@ -975,12 +1007,34 @@ fn imap_tls_is_verified_and_a_master_user_logs_in() {
             "{err}"
         );
     }
-    // The real run over IMAPS as the master user.
-    let out = run(&args(dv.imaps_port, "imaps", &ca), &["--format", "json"]);
+    // The real run over IMAPS as the master user, two mailboxes in one
+    // run: each login is mapped to its own address.
+    let alice_login = format!("{ALICE}*admin");
+    let out = run(
+        &args(dv.imaps_port, "imaps", &ca),
+        &["--user", &alice_login, "--format", "json"],
+    );
     assert!(out.status.success(), "{}", dv.log());
-    assert_eq!(folder_lines(&out)["INBOX"]["migrated"], 1);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let heads: Vec<&str> = lines
+        .iter()
+        .filter(|v| v["type"] == "mailbox")
+        .map(|v| v["mailbox"].as_str().unwrap())
+        .collect();
+    assert_eq!(heads, [ADDRESS, ALICE]);
+    for mailbox in [ADDRESS, ALICE] {
+        let inbox = lines
+            .iter()
+            .find(|v| v["type"] == "folder" && v["mailbox"] == mailbox && v["folder"] == "INBOX")
+            .unwrap();
+        assert_eq!(inbox["migrated"], 1, "{mailbox}");
+    }
     dv.stop();
     assert_migrated_maildir_inbox_only(&root, &msgs);
+    assert_migrated_maildir_inbox_only(&alice_root, &msgs);
 }
 
 /// [`assert_migrated_maildir`] for a corpus without the signed message.
@@ -1002,4 +1056,200 @@ fn assert_migrated_maildir_inbox_only(root: &Path, msgs: &[Msg]) {
             None => assert!(original && copies.is_empty(), "{}", m.name),
         }
     }
+}
+
+/// The re-keyed copies (marked) in a Maildir's INBOX.
+fn marked_copies(root: &Path) -> Vec<Vec<u8>> {
+    messages_in(root)
+        .iter()
+        .map(|p| fs::read(p).unwrap())
+        .filter(|b| String::from_utf8_lossy(b).contains("original-sha256="))
+        .collect()
+}
+
+/// `openssl cms -decrypt` with demo key `name`: the plaintext, or `None`
+/// when that key does not open it.
+fn try_open(copy: &[u8], name: &str) -> Option<Vec<u8>> {
+    let (key, cert) = (pki::key(name), pki::cert(name));
+    let out = pki::run_output(
+        "openssl",
+        &[
+            "cms",
+            "-decrypt",
+            "-inkey",
+            key.to_str().unwrap(),
+            "-recip",
+            cert.to_str().unwrap(),
+        ],
+        &crlf(copy),
+    );
+    out.status
+        .success()
+        .then(|| without_mime_version(&out.stdout))
+}
+
+#[test]
+fn extra_recipients_can_open_every_new_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let msgs: Vec<Msg> = corpus(dir.path())
+        .into_iter()
+        .filter(|m| m.name == "o2-inbox" || m.name == "plain")
+        .collect();
+    let plaintext = msgs[0].plaintext.clone().unwrap();
+    // The court's certificate (post@domstol.dk) and Alice's expired one
+    // in the gateway's certificate folder.
+    let certs = dir.path().join("certs");
+    fs::create_dir_all(&certs).unwrap();
+    for c in ["court-oces3", "alice-oces2-expired"] {
+        fs::copy(pki::cert(c), certs.join(format!("{c}.pem"))).unwrap();
+    }
+    let setting = |who: &str| {
+        format!(
+            "[certificates]\ndirs = [\"{}\"]\n\n[migrate]\nextra_recipients = [\"{who}\"]\n",
+            certs.display()
+        )
+    };
+    let run_on = |name: &str, extra: &str| -> (PathBuf, Output) {
+        let d = dir.path().join(name);
+        fs::create_dir_all(&d).unwrap();
+        let cfg = config(&d, extra);
+        let root = d.join("Maildir");
+        make_maildir(&root, &msgs);
+        let out = migrate(
+            &cfg,
+            &["--maildir", root.to_str().unwrap()],
+            &["--format", "json"],
+        );
+        (root, out)
+    };
+
+    // With the court as an extra recipient: the copy opens with the
+    // mailbox's OCES3 key and with the court's key, to the same plaintext.
+    let (root, out) = run_on("with", &setting("post@domstol.dk"));
+    assert!(out.status.success());
+    assert_eq!(folder_lines(&out)["INBOX"]["migrated"], 1);
+    let copies = marked_copies(&root);
+    assert_eq!(copies.len(), 1);
+    assert_eq!(
+        open_with_oces3(&copies[0]),
+        without_mime_version(&plaintext)
+    );
+    assert_eq!(
+        try_open(&copies[0], "court-oces3"),
+        Some(without_mime_version(&plaintext)),
+        "the extra recipient opens the copy"
+    );
+    assert!(String::from_utf8_lossy(&copies[0])
+        .replace("\r\n ", " ")
+        .replace("\n ", " ")
+        .contains("also-encrypted-to=post@domstol.dk"));
+
+    // Control: without the setting the court's key does not open it.
+    let (root, out) = run_on("without", "");
+    assert!(out.status.success());
+    let copies = marked_copies(&root);
+    assert_eq!(copies.len(), 1);
+    assert_eq!(
+        open_with_oces3(&copies[0]),
+        without_mime_version(&plaintext)
+    );
+    assert_eq!(try_open(&copies[0], "court-oces3"), None);
+
+    // An extra recipient whose only certificate fails the checks (expired):
+    // the run stops before anything is written.
+    let d = dir.path().join("expired");
+    fs::create_dir_all(&d).unwrap();
+    let cfg = config(&d, &setting("alice@example-law.dk"));
+    let root = d.join("Maildir");
+    make_maildir(&root, &msgs);
+    let before = tree(&root);
+    let out = migrate(&cfg, &["--maildir", root.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("alice@example-law.dk has no usable certificate") && err.contains("refused"),
+        "{err}"
+    );
+    assert_eq!(tree(&root), before, "nothing changed");
+}
+
+#[test]
+fn several_mailboxes_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let msgs = corpus(dir.path());
+    let (a, b) = (dir.path().join("arkiv-a"), dir.path().join("arkiv-b"));
+    make_maildir(&a, &msgs);
+    make_maildir(&b, &msgs);
+    let out = Command::new(BIN)
+        .arg("migrate")
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--maildir", a.to_str().unwrap()])
+        .args(["--maildir", b.to_str().unwrap()])
+        .args(["--mailbox", &format!("arkiv-a={ADDRESS}")])
+        .args(["--mailbox", "arkiv-b=alice@example-law.dk"])
+        .args(["--format", "json"])
+        .env("OCES_FIXTURE_PASSWORD", "Test1234")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    eprintln!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // One mailbox line per source, then its folders, per mailbox.
+    let heads: Vec<&str> = lines
+        .iter()
+        .filter(|v| v["type"] == "mailbox")
+        .map(|v| v["mailbox"].as_str().unwrap())
+        .collect();
+    assert_eq!(heads, [ADDRESS, "alice@example-law.dk"]);
+    for mailbox in [ADDRESS, "alice@example-law.dk"] {
+        let folders: BTreeMap<&str, &serde_json::Value> = lines
+            .iter()
+            .filter(|v| v["type"] == "folder" && v["mailbox"] == mailbox)
+            .map(|v| (v["folder"].as_str().unwrap(), v))
+            .collect();
+        assert_eq!(
+            folders.keys().copied().collect::<Vec<_>>(),
+            ["INBOX", "Sager"]
+        );
+        for f in ["INBOX", "Sager"] {
+            assert_eq!(
+                outcomes(folders[f]),
+                expected_outcomes(&msgs, f),
+                "{mailbox} {f}"
+            );
+        }
+    }
+    // Both archives are done, each completely.
+    assert_migrated_maildir(&a, &msgs);
+    assert_migrated_maildir(&b, &msgs);
+
+    // A source nobody is named for stops the run before any is touched.
+    let c = dir.path().join("arkiv-c");
+    make_maildir(&c, &msgs);
+    let before = tree(&c);
+    let out = Command::new(BIN)
+        .arg("migrate")
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--maildir", c.to_str().unwrap()])
+        .args(["--maildir", dir.path().join("unnamed").to_str().unwrap()])
+        .args(["--mailbox", &format!("arkiv-c={ADDRESS}")])
+        .env("OCES_FIXTURE_PASSWORD", "Test1234")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("whose mailbox is"), "{err}");
+    assert_eq!(tree(&c), before, "nothing changed");
 }

@@ -66,6 +66,19 @@ pub struct Settings {
     pub status: StatusSettings,
     #[serde(default)]
     pub journal: JournalSettings,
+    #[serde(default)]
+    pub migrate: MigrateSettings,
+}
+
+/// `[migrate]`: what `smime-gateway migrate` adds to every re-keyed copy.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MigrateSettings {
+    /// Addresses (e.g. the firm's archive or escrow) whose certificate
+    /// every re-keyed copy is also encrypted to, besides the mailbox's
+    /// current OCES3 certificate; found in the certificate sources and
+    /// checked as any recipient's.
+    #[serde(default)]
+    pub extra_recipients: Vec<String>,
 }
 
 /// `[journal]`: the record of outbound decisions and inbound key use that

@@ -231,6 +231,15 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
             }
         }
     }
+    for (i, a) in s.migrate.extra_recipients.iter().enumerate() {
+        let (local, domain) = a.rsplit_once('@').unwrap_or(("", ""));
+        if local.is_empty() || local.contains('*') || !is_domain(domain) {
+            bad(
+                &format!("migrate.extra_recipients[{i}]"),
+                format!("{a:?} is not an address"),
+            );
+        }
+    }
     for (i, r) in s.rules.iter().enumerate() {
         let key = format!("rule[{i}]");
         if r.name.trim().is_empty() {

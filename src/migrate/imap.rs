@@ -2,10 +2,12 @@
 //! runtime, driven through the synchronous [`Source`] trait). IMAPS and
 //! STARTTLS verify the server's certificate (rustls: the given CA file,
 //! else the system's roots) for its host name; plain IMAP only when the
-//! operator asks for it. A new copy is appended with the original's
-//! flags and INTERNALDATE, found again by `UID SEARCH HEADER` for its
-//! marker and read back; a re-run searches for the marker before it
-//! appends. Originals are moved with `UID MOVE` (RFC 6851) or removed
+//! operator asks for it. New copies are appended with the originals'
+//! flags and INTERNALDATE, several per command (MULTIAPPEND with LITERAL+,
+//! [`super::multiappend`]) where the server offers it; each copy's UID
+//! comes from the server's `APPENDUID` answer (UIDPLUS), else it is found
+//! by `UID SEARCH HEADER` for its marker; the copies are read back in one
+//! `UID FETCH`. A re-run searches for the marker before it appends. Originals are moved with `UID MOVE` (RFC 6851) or removed
 //! with `UID EXPUNGE` of that one UID (UIDPLUS), never a bare `EXPUNGE`
 //! that would take every message marked deleted.
 
@@ -14,17 +16,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_imap::imap_proto::{RequestId, Response, ResponseCode, Status, UidSetMember};
 use async_imap::types::{Fetch, Flag};
 use async_imap::{Client, Session};
 use futures_util::TryStreamExt;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
-use super::source::{Entry, Source, SourceError};
+use super::multiappend::{self, UidPart};
+use super::source::{Entry, NewMessage, Source, SourceError};
 
 /// How the connection is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +78,10 @@ pub struct ImapSource {
     last_uid: std::collections::HashMap<String, u32>,
     can_move: bool,
     uidplus: bool,
+    /// MULTIAPPEND (RFC 3502) offered.
+    multiappend: bool,
+    /// LITERAL+ (RFC 7888) offered: literals need no `+` first.
+    literal_plus: bool,
     /// Messages appended in this session.
     appended: usize,
     /// Originals to move or remove (folder, target, UID), done in batches.
@@ -221,6 +229,7 @@ impl ImapSource {
             .map_err(|_| SourceError::Imap("no answer to CAPABILITY".into()))?
             .map_err(imap_err)?;
         let (can_move, uidplus) = (caps.has_str("MOVE"), caps.has_str("UIDPLUS"));
+        let (multiappend, literal_plus) = (caps.has_str("MULTIAPPEND"), caps.has_str("LITERAL+"));
         Ok(Self {
             rt,
             session: Some(session),
@@ -231,6 +240,8 @@ impl ImapSource {
             last_uid: Default::default(),
             can_move,
             uidplus,
+            multiappend,
+            literal_plus,
             appended: 0,
             pending: Vec::new(),
             created: Default::default(),
@@ -404,6 +415,92 @@ impl ImapSource {
         Ok(())
     }
 
+    /// The UID of the message just appended to `folder`, found by its
+    /// marker (the highest UID carrying it), for servers without UIDPLUS.
+    fn locate(&mut self, folder: &str, message: &[u8]) -> Result<u32, SourceError> {
+        let marker = super::maildir::marker_in(message).unwrap_or_default();
+        self.select(folder)?;
+        // The selected folder takes in the new message.
+        self.run(|s| Box::pin(async move { s.noop().await.map_err(imap_err) }))?;
+        let after = self.last_uid.get(folder).copied().unwrap_or(0) + 1;
+        self.search_marker(&marker, after)?
+            .last()
+            .copied()
+            .ok_or_else(|| SourceError::Imap("the appended copy cannot be found".into()))
+    }
+
+    /// The entry of a copy just appended as `uid` (its flags and date are
+    /// the ones given; the read back checks its bytes), remembered by its
+    /// marker.
+    fn appended_entry(
+        &mut self,
+        folder: &str,
+        uid: u32,
+        message: &[u8],
+        flags: Vec<String>,
+        internal_date: i64,
+    ) -> Entry {
+        let entry = Entry {
+            id: uid.to_string(),
+            flags,
+            internal_date,
+            size: message.len() as u64,
+        };
+        if let (Some(m), Some(marker)) = (
+            self.markers.get_mut(folder),
+            super::maildir::marker_in(message),
+        ) {
+            m.insert(marker, entry.clone());
+        }
+        entry
+    }
+
+    /// Appends `messages` to `folder` in one MULTIAPPEND command (one
+    /// transaction: all or none); their entries, in order.
+    fn multiappend(
+        &mut self,
+        folder: &str,
+        messages: &[NewMessage<'_>],
+    ) -> Result<Vec<Entry>, SourceError> {
+        if self.appended > 0 && self.appended + messages.len() > APPENDS_PER_SESSION {
+            self.reconnect()?;
+        }
+        self.appended += messages.len();
+        let command = multiappend::encode(folder, messages, self.literal_plus)
+            .map_err(|e| SourceError::Imap(e.to_string()))?;
+        let (literal_plus, count) = (self.literal_plus, messages.len());
+        let uids = self.run(move |s| {
+            Box::pin(async move { send_multiappend(s, command, literal_plus, count).await })
+        })?;
+        let uids = match uids {
+            Some(uids) => {
+                // The selected folder takes in the new messages before
+                // they are read back.
+                if self.selected.as_deref() == Some(folder) {
+                    self.run(|s| Box::pin(async move { s.noop().await.map_err(imap_err) }))?;
+                }
+                uids
+            }
+            None => messages
+                .iter()
+                .map(|m| self.locate(folder, m.message))
+                .collect::<Result<Vec<u32>, SourceError>>()?,
+        };
+        Ok(messages
+            .iter()
+            .zip(uids)
+            .map(|(m, uid)| {
+                let flags = m
+                    .flags
+                    .iter()
+                    .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
+                    .cloned()
+                    .collect();
+                self.appended_entry(folder, uid, m.message, flags, m.internal_date)
+            })
+            .collect())
+    }
+
     fn exists(&mut self, folder: &str) -> Result<bool, SourceError> {
         Ok(self.folders()?.iter().any(|f| f == folder))
     }
@@ -532,28 +629,25 @@ impl Source for ImapSource {
                     .map_err(imap_err)
             })
         })?;
-        // The new message, found by its marker (the highest UID carrying it).
-        let marker = super::maildir::marker_in(message).unwrap_or_default();
-        self.select(folder)?;
-        // The selected folder takes in the new message.
-        self.run(|s| Box::pin(async move { s.noop().await.map_err(imap_err) }))?;
-        let after = self.last_uid.get(folder).copied().unwrap_or(0) + 1;
-        let uid = self
-            .search_marker(&marker, after)?
-            .last()
-            .copied()
-            .ok_or_else(|| SourceError::Imap("the appended copy cannot be found".into()))?;
-        // Its flags and date are the ones just given (read back with it).
-        let entry = Entry {
-            id: uid.to_string(),
-            flags: flags_given,
-            internal_date,
-            size: message.len() as u64,
-        };
-        if let Some(m) = self.markers.get_mut(folder) {
-            m.insert(marker, entry.clone());
+        let uid = self.locate(folder, message)?;
+        Ok(self.appended_entry(folder, uid, message, flags_given, internal_date))
+    }
+
+    fn append_many(
+        &mut self,
+        folder: &str,
+        messages: &[NewMessage<'_>],
+    ) -> Vec<Result<Entry, SourceError>> {
+        if messages.len() < 2 || !self.multiappend {
+            return messages
+                .iter()
+                .map(|m| self.append(folder, m.message, m.flags, m.internal_date))
+                .collect();
         }
-        Ok(entry)
+        match self.multiappend(folder, messages) {
+            Ok(entries) => entries.into_iter().map(Ok).collect(),
+            Err(e) => messages.iter().map(|_| Err(imap_err(&e))).collect(),
+        }
     }
 
     fn remove(&mut self, folder: &str, entry: &Entry, to: Option<&str>) -> Result<(), SourceError> {
@@ -588,6 +682,86 @@ impl Source for ImapSource {
             r?;
         }
         Ok(())
+    }
+}
+
+/// Sends a MULTIAPPEND `command` and reads its answer: the new UIDs in
+/// order when the server names them (`APPENDUID`), `None` when it does not.
+async fn send_multiappend(
+    s: &mut Imap,
+    command: multiappend::Command,
+    literal_plus: bool,
+    count: usize,
+) -> Result<Option<Vec<u32>>, SourceError> {
+    let io = |e: std::io::Error| SourceError::Imap(format!("MULTIAPPEND: {e}"));
+    let id = s.run_command(&command.first).await.map_err(imap_err)?;
+    for piece in &command.literals {
+        if !literal_plus {
+            ready_for_literal(s, &id).await?;
+        }
+        s.get_mut().write_all(piece).await.map_err(io)?;
+    }
+    s.get_mut().flush().await.map_err(io)?;
+    loop {
+        let response = s
+            .read_response()
+            .await
+            .map_err(io)?
+            .ok_or_else(|| SourceError::Imap("MULTIAPPEND: connection lost".into()))?;
+        if let Response::Done {
+            tag,
+            status,
+            code,
+            information,
+        } = response.parsed()
+        {
+            if *tag != id {
+                continue;
+            }
+            if *status != Status::Ok {
+                return Err(SourceError::Imap(format!(
+                    "MULTIAPPEND refused: {status:?} {}",
+                    information.as_deref().unwrap_or("")
+                )));
+            }
+            return Ok(match code {
+                Some(ResponseCode::AppendUid(_, set)) => {
+                    let parts: Vec<UidPart> = set
+                        .iter()
+                        .map(|m| match m {
+                            UidSetMember::Uid(u) => UidPart::One(*u),
+                            UidSetMember::UidRange(r) => UidPart::Range(*r.start(), *r.end()),
+                        })
+                        .collect();
+                    multiappend::uids_in_order(&parts, count)
+                }
+                _ => None,
+            });
+        }
+    }
+}
+
+/// Waits for the server's `+` before a synchronising literal; its tagged
+/// refusal is an error.
+async fn ready_for_literal(s: &mut Imap, id: &RequestId) -> Result<(), SourceError> {
+    loop {
+        let response = s
+            .read_response()
+            .await
+            .map_err(|e| SourceError::Imap(format!("MULTIAPPEND: {e}")))?
+            .ok_or_else(|| SourceError::Imap("MULTIAPPEND: connection lost".into()))?;
+        match response.parsed() {
+            Response::Continue { .. } => return Ok(()),
+            Response::Done {
+                tag, information, ..
+            } if tag == id => {
+                return Err(SourceError::Imap(format!(
+                    "MULTIAPPEND refused: {}",
+                    information.as_deref().unwrap_or("")
+                )))
+            }
+            _ => {}
+        }
     }
 }
 

@@ -1,8 +1,10 @@
 //! A Maildir (Maildir++ folders: the top is INBOX, `.Name` directories
 //! are folders) as a migration source. A new copy is written to `tmp/`,
 //! fsynced, given the original's time and renamed into `cur/` with the
-//! original's flags; an original is moved by rename into the originals
-//! folder or unlinked, and the directories are fsynced after each step.
+//! original's flags (a batch of copies: each file fsynced, then `cur/`
+//! once, before any original is touched); an original is moved by rename
+//! into the originals folder or unlinked, and those directories are
+//! fsynced at the end of the batch ([`Source::sync`]).
 //! Maildir needs no locks: renames are atomic and names are unique.
 
 use std::collections::HashMap;
@@ -13,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::rekey::MARKER_FIELD;
-use super::source::{trace_value, Entry, Source, SourceError, MAILDIR_FLAGS};
+use super::source::{trace_value, Entry, NewMessage, Source, SourceError, MAILDIR_FLAGS};
 use crate::durable::sync_dir;
 
 /// A Maildir at `root`.
@@ -21,6 +23,10 @@ pub struct Maildir {
     root: PathBuf,
     /// Per folder: marker → the message carrying it.
     markers: HashMap<String, HashMap<String, Entry>>,
+    /// Directories an original was moved into, and out of, since the last
+    /// [`Source::sync`]: fsynced there (destinations first), once each.
+    moved_into: Vec<PathBuf>,
+    moved_out_of: Vec<PathBuf>,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -36,6 +42,8 @@ impl Maildir {
         Ok(Self {
             root: root.to_path_buf(),
             markers: HashMap::new(),
+            moved_into: Vec::new(),
+            moved_out_of: Vec::new(),
         })
     }
 
@@ -204,6 +212,15 @@ fn unique_name() -> String {
 /// Writes `bytes` to `tmp`, fsynced, with `date` as its time, and
 /// renames it to `to`; fsyncs `to`'s directory.
 pub fn write_durably(tmp: &Path, to: &Path, bytes: &[u8], date: i64) -> Result<(), SourceError> {
+    write_file(tmp, to, bytes, date)?;
+    if let Some(parent) = to.parent() {
+        sync_dir(parent).map_err(|e| SourceError::io(parent, e))?;
+    }
+    Ok(())
+}
+
+/// [`write_durably`] without the directory's fsync (the caller does it).
+fn write_file(tmp: &Path, to: &Path, bytes: &[u8], date: i64) -> Result<(), SourceError> {
     let mut f = fs::File::create(tmp).map_err(|e| SourceError::io(tmp, e))?;
     f.write_all(bytes).map_err(|e| SourceError::io(tmp, e))?;
     let t = UNIX_EPOCH + Duration::from_secs(date.max(0) as u64);
@@ -211,11 +228,14 @@ pub fn write_durably(tmp: &Path, to: &Path, bytes: &[u8], date: i64) -> Result<(
         .map_err(|e| SourceError::io(tmp, e))?;
     f.sync_all().map_err(|e| SourceError::io(tmp, e))?;
     drop(f);
-    fs::rename(tmp, to).map_err(|e| SourceError::io(to, e))?;
-    if let Some(parent) = to.parent() {
-        sync_dir(parent).map_err(|e| SourceError::io(parent, e))?;
+    fs::rename(tmp, to).map_err(|e| SourceError::io(to, e))
+}
+
+/// Adds `dir` to `list` unless it is there.
+fn remember(list: &mut Vec<PathBuf>, dir: PathBuf) {
+    if !list.contains(&dir) {
+        list.push(dir);
     }
-    Ok(())
 }
 
 impl Source for Maildir {
@@ -306,6 +326,61 @@ impl Source for Maildir {
         Ok(entry)
     }
 
+    fn append_many(
+        &mut self,
+        folder: &str,
+        messages: &[NewMessage<'_>],
+    ) -> Vec<Result<Entry, SourceError>> {
+        // Each file written and fsynced, then one fsync of cur/ for all.
+        let dir = match self.create(folder) {
+            Ok(d) => d,
+            Err(e) => {
+                let why = e.to_string();
+                return messages
+                    .iter()
+                    .map(|_| Err(SourceError::Batch(why.clone())))
+                    .collect();
+            }
+        };
+        let mut out: Vec<Result<Entry, SourceError>> = messages
+            .iter()
+            .map(|m| {
+                let unique = unique_name();
+                let name = format!("{unique}{}", info_of(m.flags));
+                let bytes = crate::mail::lines::lf(m.message);
+                write_file(
+                    &dir.join("tmp").join(&unique),
+                    &dir.join("cur").join(&name),
+                    &bytes,
+                    m.internal_date,
+                )?;
+                Ok(Entry {
+                    id: format!("cur/{name}"),
+                    flags: m.flags.to_vec(),
+                    internal_date: m.internal_date,
+                    size: bytes.len() as u64,
+                })
+            })
+            .collect();
+        let cur = dir.join("cur");
+        if let Err(e) = sync_dir(&cur) {
+            // Not known to be durable: none of them counts as written.
+            let why = SourceError::io(&cur, e).to_string();
+            for r in out.iter_mut().filter(|r| r.is_ok()) {
+                *r = Err(SourceError::Batch(why.clone()));
+            }
+            return out;
+        }
+        for (m, r) in messages.iter().zip(&out) {
+            if let (Ok(entry), Some(marker)) = (r, marker_in(m.message)) {
+                if let Ok(index) = self.index(folder) {
+                    index.insert(marker, entry.clone());
+                }
+            }
+        }
+        out
+    }
+
     fn remove(&mut self, folder: &str, entry: &Entry, to: Option<&str>) -> Result<(), SourceError> {
         let dir = self.existing(folder)?;
         let path = self.locate(&dir, entry)?;
@@ -324,13 +399,26 @@ impl Source for Maildir {
                 let dest = tdir.join(sub).join(name);
                 fs::rename(&path, &dest).map_err(|e| SourceError::io(&dest, e))?;
                 if let Some(p) = dest.parent() {
-                    sync_dir(p).map_err(|e| SourceError::io(p, e))?;
+                    remember(&mut self.moved_into, p.to_path_buf());
                 }
             }
             None => fs::remove_file(&path).map_err(|e| SourceError::io(&path, e))?,
         }
-        sync_dir(&from_dir).map_err(|e| SourceError::io(&from_dir, e))?;
+        remember(&mut self.moved_out_of, from_dir);
         Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), SourceError> {
+        let into = std::mem::take(&mut self.moved_into);
+        let out_of = std::mem::take(&mut self.moved_out_of);
+        for d in into.iter().chain(&out_of) {
+            sync_dir(d).map_err(|e| SourceError::io(d, e))?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), SourceError> {
+        self.sync()
     }
 }
 
@@ -389,5 +477,58 @@ mod tests {
         assert_eq!(m.folders().unwrap(), vec!["INBOX", "OCES2-originals"]);
         assert_eq!(m.list("INBOX").unwrap().len(), 1);
         assert!(matches!(m.list("Nope"), Err(SourceError::NoFolder(_))));
+        m.sync().unwrap();
+    }
+
+    #[test]
+    fn a_batch_of_copies_is_written_with_flags_and_times_and_found() {
+        let d = tempfile::tempdir().unwrap();
+        for s in ["cur", "new", "tmp"] {
+            fs::create_dir_all(d.path().join(s)).unwrap();
+        }
+        let mut m = Maildir::open(d.path()).unwrap();
+        let (a, b) = (
+            b"X-SMIME-Gateway: x; original-sha256=aa\r\n\r\nA\r\n".to_vec(),
+            b"X-SMIME-Gateway: x; original-sha256=bb\r\n\r\nB\r\n".to_vec(),
+        );
+        let (seen, none) = (vec!["\\Seen".to_string()], Vec::new());
+        let written = m.append_many(
+            "Sager",
+            &[
+                NewMessage {
+                    message: &a,
+                    flags: &seen,
+                    internal_date: 1_000,
+                },
+                NewMessage {
+                    message: &b,
+                    flags: &none,
+                    internal_date: 2_000,
+                },
+            ],
+        );
+        let written: Vec<Entry> = written.into_iter().map(Result::unwrap).collect();
+        assert!(written[0].id.ends_with(":2,S") && written[1].id.ends_with(":2,"));
+        assert!(d
+            .path()
+            .join(".Sager/tmp")
+            .read_dir()
+            .unwrap()
+            .next()
+            .is_none());
+        // Found by marker in this session and in a new one, time kept.
+        assert_eq!(
+            m.find_marker("Sager", "original-sha256=bb").unwrap(),
+            Some(written[1].clone())
+        );
+        let again = Maildir::open(d.path())
+            .unwrap()
+            .find_marker("Sager", "original-sha256=aa")
+            .unwrap();
+        assert_eq!(again.map(|x| x.internal_date), Some(1_000));
+        assert_eq!(
+            m.fetch("Sager", &written[1]).unwrap(),
+            b"X-SMIME-Gateway: x; original-sha256=bb\n\nB\n"
+        );
     }
 }

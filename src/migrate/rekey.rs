@@ -68,6 +68,9 @@ pub struct Rekeyer<'a> {
     pub chosen: Chosen,
     /// Unix seconds: the key re-encrypted to is the one current now.
     pub now: i64,
+    /// `[migrate] extra_recipients`: each address with the certificate
+    /// every new copy is also encrypted to (checked by the caller).
+    pub extra: Vec<(String, X509)>,
 }
 
 /// Why a message could not be re-keyed even though it was chosen.
@@ -160,13 +163,18 @@ impl<'a> Rekeyer<'a> {
         let (Decision::Migrate { .. }, Some(target)) = (&prepared.decision, mailbox.target) else {
             return Ok(prepared);
         };
-        let value = format!(
+        let mut value = format!(
             "{}; {}; migrated-at={}",
             trace_value(&opened).unwrap_or_else(|| "decrypted".into()),
             prepared.marker,
             rfc3339(self.now)
         );
-        let copy = unwrap::reencrypt(&opened, &value, target, mailbox.encryption)
+        if !self.extra.is_empty() {
+            let who: Vec<&str> = self.extra.iter().map(|(a, _)| a.as_str()).collect();
+            value.push_str(&format!("; also-encrypted-to={}", who.join(",")));
+        }
+        let extra: Vec<X509> = self.extra.iter().map(|(_, c)| c.clone()).collect();
+        let copy = unwrap::reencrypt(&opened, &value, target, &extra, mailbox.encryption)
             .map_err(|e| RekeyError::Encrypt(e.to_string()))?;
         let plaintext = smime_unwrap::content_entity(&opened);
         self.check(&copy, &plaintext, target)?;

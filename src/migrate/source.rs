@@ -20,6 +20,16 @@ pub struct Entry {
     pub size: u64,
 }
 
+/// A message to write into a folder.
+#[derive(Debug, Clone, Copy)]
+pub struct NewMessage<'a> {
+    /// CRLF line ends.
+    pub message: &'a [u8],
+    pub flags: &'a [String],
+    /// Unix seconds (the arrival time to give it).
+    pub internal_date: i64,
+}
+
 /// What becomes of an original once its new copy is written and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Originals {
@@ -83,6 +93,9 @@ pub enum SourceError {
     Imap(String),
     #[error("{0}")]
     Unsupported(String),
+    /// One failure shared by every message of a batch.
+    #[error("{0}")]
+    Batch(String),
 }
 
 impl SourceError {
@@ -122,9 +135,28 @@ pub trait Source: Send {
         flags: &[String],
         internal_date: i64,
     ) -> Result<Entry, SourceError>;
+    /// Writes several messages into `folder` (one transaction where the
+    /// source allows: IMAP MULTIAPPEND); each one's entry, in order.
+    fn append_many(
+        &mut self,
+        folder: &str,
+        messages: &[NewMessage<'_>],
+    ) -> Vec<Result<Entry, SourceError>> {
+        messages
+            .iter()
+            .map(|m| self.append(folder, m.message, m.flags, m.internal_date))
+            .collect()
+    }
     /// Moves `entry` out of `folder` into `to` (created when missing), or
     /// removes it (`to` = `None`), touching no other message.
     fn remove(&mut self, folder: &str, entry: &Entry, to: Option<&str>) -> Result<(), SourceError>;
+    /// Makes the moves and removals done so far durable (Maildir: the
+    /// directories' fsyncs, once per batch rather than per message). A
+    /// removal not yet durable can only come back after a crash, next to
+    /// its checked copy, which a re-run finds.
+    fn sync(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
     /// A second connection to the same store that only reads, so reading
     /// ahead overlaps with writing (IMAP); `None` where it would not help.
     fn reader(&mut self) -> Result<Option<Box<dyn Source>>, SourceError> {

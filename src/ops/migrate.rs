@@ -18,8 +18,11 @@ use crate::migrate::rekey::{rfc3339, Rekeyer};
 use crate::migrate::report::{self, MessageLine};
 use crate::migrate::source::{Originals, Source};
 use crate::migrate::{self, eml::EmlDir, maildir::Maildir, Options, Progress};
+use crate::pki::oces::Generation;
+use crate::pki::resolve::Verdict;
 use crate::pki::signer;
-use crate::snapshot::Live;
+use crate::snapshot::{Live, Snapshot};
+use openssl::x509::X509;
 
 /// Where the mail is.
 #[derive(Debug, Clone)]
@@ -34,7 +37,8 @@ pub enum Where {
 #[derive(Debug, Clone)]
 pub struct MigrateArgs {
     pub config: PathBuf,
-    pub source: Where,
+    /// The sources, done one after the other (each its own mailbox).
+    pub sources: Vec<Where>,
     pub folders: Vec<String>,
     /// `NAME=ADDRESS` (or a bare address).
     pub mailboxes: Vec<String>,
@@ -52,6 +56,8 @@ pub enum MigrateCommandError {
     Migrate(#[from] migrate::MigrateError),
     #[error("{0}")]
     Source(#[from] migrate::source::SourceError),
+    #[error("[migrate] extra_recipients: {address} has no usable certificate ({why})")]
+    ExtraRecipient { address: String, why: String },
 }
 
 /// Messages done of all, and octets (with rate and ETA) on the bar.
@@ -109,7 +115,22 @@ fn address_for(
     )))
 }
 
-/// `migrate`: the report, and whether every message went well.
+/// The name a source is known by (a path, or an IMAP login without its
+/// master user), and its path.
+fn source_name(source: &Where) -> (String, Option<&Path>) {
+    match source {
+        Where::Maildir(p) | Where::Eml(p) | Where::Mbox(p) => (p.display().to_string(), Some(p)),
+        // A master user's login (`user*master`) names the user's mailbox.
+        Where::Imap(a) => (
+            a.user.split('*').next().unwrap_or(&a.user).to_string(),
+            None,
+        ),
+    }
+}
+
+/// `migrate`: the report, and whether every message went well. Several
+/// sources (mailboxes) are done one after the other; each is mapped to its
+/// address before any is touched.
 pub fn migrate(args: &MigrateArgs) -> Result<(String, bool), OpsError> {
     let originals = Originals::parse(&args.originals).ok_or_else(|| {
         OpsError::Usage(format!(
@@ -123,48 +144,68 @@ pub fn migrate(args: &MigrateArgs) -> Result<(String, bool), OpsError> {
             args.rekey
         ))
     })?;
-    let (name, path): (String, Option<&Path>) = match &args.source {
-        Where::Maildir(p) | Where::Eml(p) | Where::Mbox(p) => (p.display().to_string(), Some(p)),
-        // A master user's login (`user*master`) names the user's mailbox.
-        Where::Imap(a) => (
-            a.user.split('*').next().unwrap_or(&a.user).to_string(),
-            None,
-        ),
-    };
+    if args.sources.is_empty() {
+        return Err(OpsError::Usage(
+            "migrate: give --maildir, --mbox, --eml or --imap".into(),
+        ));
+    }
     let snapshot = daemon::check(&args.config)?;
-    let address = address_for(&name, path, &args.mailboxes, &snapshot.settings.mailboxes)?;
+    let mut todo = Vec::new();
+    for source in &args.sources {
+        let (name, path) = source_name(source);
+        let address = address_for(&name, path, &args.mailboxes, &snapshot.settings.mailboxes)?;
+        todo.push((source, name, address));
+    }
     let now = unix_now();
-    let mut source: Box<dyn Source> = match &args.source {
-        Where::Maildir(p) => Box::new(Maildir::open(p).map_err(cmd)?),
-        Where::Eml(p) => Box::new(EmlDir::open(p).map_err(cmd)?),
-        Where::Mbox(p) => Box::new(migrate::mbox::Mbox::open(p).map_err(cmd)?),
-        Where::Imap(a) => Box::new(ImapSource::open(a).map_err(cmd)?),
-    };
     let known = signer::known_certificates(&snapshot.keys, &snapshot.certs);
     let live = Live::new(snapshot);
     let snapshot = live.current();
+    let extra = extra_recipients(&snapshot, &live, now)?;
     let rekeyer = Rekeyer {
         snapshot: &snapshot,
         live: &live,
         known,
         chosen,
         now,
+        extra,
     };
     let jobs = args.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
     });
-    let pause = std::env::var("SMIMEGW_MIGRATE_TEST_PAUSE_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(Duration::from_millis);
     let opts = Options {
         originals: originals.clone(),
         dry_run: args.dry_run,
         folders: args.folders.clone(),
         jobs,
-        pause,
+        pause: test_pause(),
+    };
+    let mut text = String::new();
+    let mut all_well = true;
+    for (source, name, address) in todo {
+        let (part, well) = one_source(source, &name, &address, &rekeyer, &opts, args.json)?;
+        text.push_str(&part);
+        all_well &= well;
+    }
+    Ok((text, all_well))
+}
+
+/// Migrates one source for `address`: its part of the report, and
+/// whether every message went well.
+fn one_source(
+    source: &Where,
+    name: &str,
+    address: &str,
+    rekeyer: &Rekeyer<'_>,
+    opts: &Options,
+    json: bool,
+) -> Result<(String, bool), OpsError> {
+    let mut source: Box<dyn Source> = match source {
+        Where::Maildir(p) => Box::new(Maildir::open(p).map_err(cmd)?),
+        Where::Eml(p) => Box::new(EmlDir::open(p).map_err(cmd)?),
+        Where::Mbox(p) => Box::new(migrate::mbox::Mbox::open(p).map_err(cmd)?),
+        Where::Imap(a) => Box::new(ImapSource::open(a).map_err(cmd)?),
     };
     let bar = ProgressBar::with_draw_target(
         None,
@@ -181,7 +222,7 @@ pub fn migrate(args: &MigrateArgs) -> Result<(String, bool), OpsError> {
     }
     let progress = Bar(bar, AtomicU64::new(0), AtomicU64::new(0));
     let mut text = String::new();
-    let target = rekeyer.mailbox(&address).target.map(|t| {
+    let target = rekeyer.mailbox(address).target.map(|t| {
         format!(
             "{} ({}, expires {})",
             t.info.subject_cn,
@@ -189,28 +230,35 @@ pub fn migrate(args: &MigrateArgs) -> Result<(String, bool), OpsError> {
             rfc3339(t.info.not_after).get(..10).unwrap_or_default()
         )
     });
-    let head = format!(
-        "source {name}: mailbox {address}, re-encrypted to {}; originals {originals}\n",
-        target
-            .as_deref()
-            .unwrap_or("nothing (no valid OCES3 certificate)")
-    );
-    if args.json {
+    let also: Vec<&str> = rekeyer.extra.iter().map(|(a, _)| a.as_str()).collect();
+    let originals = &opts.originals;
+    if json {
         text.push_str(
             &serde_json::json!({"type": "mailbox", "source": name, "mailbox": address,
-                "target": target, "originals": originals.to_string(), "dry_run": args.dry_run})
+                "target": target, "also_encrypted_to": also,
+                "originals": originals.to_string(), "dry_run": opts.dry_run})
             .to_string(),
         );
         text.push('\n');
     } else {
-        text.push_str(&head);
+        let also = if also.is_empty() {
+            String::new()
+        } else {
+            format!(" and to {}", also.join(", "))
+        };
+        text.push_str(&format!(
+            "source {name}: mailbox {address}, re-encrypted to {}{also}; originals {originals}\n",
+            target
+                .as_deref()
+                .unwrap_or("nothing (no valid OCES3 certificate)")
+        ));
     }
     let mut lines: Vec<MessageLine> = Vec::new();
     let reports = migrate::run(
         source.as_mut(),
-        &rekeyer,
-        &address,
-        &opts,
+        rekeyer,
+        address,
+        opts,
         &progress,
         &mut |l: &MessageLine| lines.push(l.clone()),
     )
@@ -220,16 +268,16 @@ pub fn migrate(args: &MigrateArgs) -> Result<(String, bool), OpsError> {
         .iter()
         .filter(|l| matches!(l.done, report::Done::Failed(_)))
         .collect();
-    if args.json {
+    if json {
         for l in &lines {
             if l.outcome != "plain" && l.outcome != "migrated-copy" && l.outcome != "current" {
                 text.push_str(&report::message_json(l));
                 text.push('\n');
             }
         }
-        text.push_str(&report::folders_json(&reports, args.dry_run));
+        text.push_str(&report::folders_json(&reports, opts.dry_run));
     } else {
-        text.push_str(&report::table(&reports, args.dry_run));
+        text.push_str(&report::table(&reports, opts.dry_run));
         for l in &failed {
             if let report::Done::Failed(why) = &l.done {
                 text.push_str(&format!(
@@ -240,6 +288,89 @@ pub fn migrate(args: &MigrateArgs) -> Result<(String, bool), OpsError> {
         }
     }
     Ok((text, failed.is_empty()))
+}
+
+/// The certificate of each `[migrate] extra_recipients` address, found in
+/// the certificate sources and checked as any recipient's (validity, key
+/// usage, chain, revocation at `now`): of the usable ones, OCES3 before
+/// OCES2, then the one valid longest. An address without one stops the
+/// run before anything is read or written.
+fn extra_recipients(
+    snapshot: &Snapshot,
+    live: &Live,
+    now: i64,
+) -> Result<Vec<(String, X509)>, OpsError> {
+    let wanted = &snapshot.settings.migrate.extra_recipients;
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(OpsError::Runtime)?;
+    let mut out = Vec::new();
+    for address in wanted {
+        let (candidates, lookup_error) = rt.block_on(live.resolver.candidates(
+            &snapshot.keys,
+            &snapshot.certs,
+            &snapshot.checked,
+            &snapshot.settings,
+            address,
+            now,
+            |info| info.can_encrypt(),
+        ));
+        let pick = candidates
+            .iter()
+            .filter(|c| matches!(c.verdict, Verdict::Usable(_)))
+            .max_by_key(|c| {
+                (
+                    c.entry.info.generation == Generation::Oces3,
+                    c.entry.info.not_after,
+                )
+            });
+        match pick {
+            Some(c) => out.push((address.clone(), c.entry.cert.clone())),
+            None => {
+                let mut why: Vec<String> = candidates
+                    .iter()
+                    .map(|c| {
+                        let verdict = match &c.verdict {
+                            Verdict::Usable(n) => n.clone(),
+                            Verdict::Refused(n) => format!("refused: {n}"),
+                            Verdict::Unknown(n) => format!("unknown: {n}"),
+                        };
+                        format!("{}: {verdict}", c.entry.info.subject_cn)
+                    })
+                    .collect();
+                why.extend(lookup_error);
+                if why.is_empty() {
+                    why.push("no certificate found".into());
+                }
+                return Err(OpsError::Migrate(MigrateCommandError::ExtraRecipient {
+                    address: address.clone(),
+                    why: why.join("; "),
+                }));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// TEST ONLY: the pause between writing new copies and touching their
+/// originals (`SMIMEGW_MIGRATE_TEST_PAUSE_MS`), so a test can kill the
+/// process in that gap. Read only by debug builds (what the tests run); a
+/// release build has no such hook.
+#[cfg(debug_assertions)]
+fn test_pause() -> Option<Duration> {
+    std::env::var("SMIMEGW_MIGRATE_TEST_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis)
+}
+
+#[cfg(not(debug_assertions))]
+fn test_pause() -> Option<Duration> {
+    None
 }
 
 fn cmd(e: migrate::source::SourceError) -> OpsError {

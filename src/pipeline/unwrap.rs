@@ -18,6 +18,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use openssl::x509::X509;
+
 use super::{efail, Action, Actions, Context, HarvestOffer};
 use crate::blob::{Blob, InMemory, Spill};
 use crate::config::Revocation;
@@ -184,7 +186,7 @@ pub fn mailboxes_at<'a>(
                 match (mode, target) {
                     (Deliver::Plain, _) => deliver_traced(out, rcpt, ctx, message, &value, note),
                     (Deliver::Reencrypt, Some(t)) => {
-                        match reencrypt_into(message, &value, t, encryption, ctx.spill) {
+                        match reencrypt_into(message, &value, t, &[], encryption, ctx.spill) {
                             Ok(wrapped) => {
                                 let note = note
                                     .map(|n| format!("{n}; re-encrypted to {}", t.info.subject_cn));
@@ -272,13 +274,15 @@ fn deliver_traced<'a>(
     }
 }
 
-/// The clean (decrypted) `message` re-encrypted to `target`, with the
-/// trace header `value; reencrypted-to="…"`, written to `spill`: what a
-/// `reencrypt` mailbox gets.
+/// The clean (decrypted) `message` re-encrypted to `target` (and to the
+/// `extra` certificates), with the trace header `value;
+/// reencrypted-to="…"`, written to `spill`: what a `reencrypt` mailbox
+/// gets (without extras).
 fn reencrypt_into(
     message: &[u8],
     value: &str,
     target: &Identity,
+    extra: &[X509],
     encryption: Encryption,
     spill: &dyn Spill,
 ) -> Result<Blob, SmimeError> {
@@ -286,19 +290,23 @@ fn reencrypt_into(
         "{value}; reencrypted-to={}",
         header::quote(&target.info.subject_cn)
     );
-    let certs = std::slice::from_ref(&target.cert);
-    unwrap::spill_enveloped(message, Some(&traced), certs, encryption, spill)
+    let mut certs = Vec::with_capacity(1 + extra.len());
+    certs.push(target.cert.clone());
+    certs.extend(extra.iter().cloned());
+    unwrap::spill_enveloped(message, Some(&traced), &certs, encryption, spill)
 }
 
 /// [`reencrypt_into`] in memory: what archive migration writes, the same
-/// bytes a `reencrypt` mailbox gets.
+/// bytes a `reencrypt` mailbox gets, plus the `extra` recipients
+/// migration is configured with.
 pub fn reencrypt(
     message: &[u8],
     value: &str,
     target: &Identity,
+    extra: &[X509],
     encryption: Encryption,
 ) -> Result<Vec<u8>, SmimeError> {
-    reencrypt_into(message, value, target, encryption, &InMemory).map(|b| b.to_vec())
+    reencrypt_into(message, value, target, extra, encryption, &InMemory).map(|b| b.to_vec())
 }
 
 /// Adds to every signature of `result` how its signer relates to the

@@ -489,7 +489,7 @@ const TRIM_THRESHOLD: c_int = MMAP_THRESHOLD;
 /// of 128 KiB: every freed buffer of a 1 MiB message at the top of a heap
 /// was handed back and faulted in again (zeroed) by the next message,
 /// about a tenth of the daemon's CPU time at 1 MiB. Up to 4 MiB of free
-/// top of heap per arena is kept instead (16 MiB cost as much CPU and kept
+/// top of heap per arena is kept instead (16 MiB saved no more CPU and kept
 /// twice the memory at the peak of 20 concurrent 1 MiB messages);
 /// [`release_free_memory`] still gives everything back when the queue
 /// falls idle.

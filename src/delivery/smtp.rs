@@ -566,6 +566,37 @@ mod tests {
         assert_eq!(SmtpError::Closed.status(), None);
     }
 
+    /// EHLO replies as Exchange, Postfix-like and lower-case servers send
+    /// them: the extensions the client uses are found in every one.
+    #[test]
+    fn ehlo_capabilities_of_real_servers_are_read() {
+        use smtp_proto::{EXT_8BIT_MIME, EXT_SMTP_UTF8, EXT_START_TLS};
+        let cases: [(&[u8], u32); 4] = [
+            (
+                b"250-mx.example Hello [192.0.2.1]\r\n250-SIZE 37748736\r\n250-PIPELINING\r\n\
+                  250-DSN\r\n250-ENHANCEDSTATUSCODES\r\n250-STARTTLS\r\n250-X-ANONYMOUSTLS\r\n\
+                  250-AUTH NTLM\r\n250-X-EXPS GSSAPI NTLM\r\n250-8BITMIME\r\n250-BINARYMIME\r\n\
+                  250-CHUNKING\r\n250-XRDST\r\n250 SMTPUTF8\r\n",
+                EXT_8BIT_MIME | EXT_SMTP_UTF8 | EXT_START_TLS,
+            ),
+            (
+                b"250-mx\r\n250-AUTH=LOGIN PLAIN\r\n250-SIZE\r\n250-XFOO bar baz\r\n\
+                  250-8BITMIME\r\n250 STARTTLS\r\n",
+                EXT_8BIT_MIME | EXT_START_TLS,
+            ),
+            (
+                b"250-mx\n250-8bitmime\n250 starttls\n",
+                EXT_8BIT_MIME | EXT_START_TLS,
+            ),
+            // Control: a server that offers nothing.
+            (b"250 mx\r\n", 0),
+        ];
+        for (reply, want) in cases {
+            let got = EhloResponse::parse(&mut reply.iter()).unwrap().capabilities;
+            assert_eq!(got & (EXT_8BIT_MIME | EXT_SMTP_UTF8 | EXT_START_TLS), want);
+        }
+    }
+
     /// The client against a scripted server on loopback: EHLO
     /// capabilities, a command, and a dot-stuffed message sent in pieces.
     #[test]

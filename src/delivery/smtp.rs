@@ -7,8 +7,8 @@
 //! ([`super::client`]); this room carries out the handshake it is given.
 //!
 //! Over 450 lines because of its unit tests (reply parsing, EHLO of real
-//! servers, a transaction against a scripted server); the client itself
-//! is under 430.
+//! servers, a transaction against a scripted server) and the socket type
+//! it needs for plain and TLS streams; the client proper is small.
 
 use std::io;
 use std::pin::Pin;

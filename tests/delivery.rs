@@ -97,6 +97,45 @@ fn swaks_message_arrives_byte_identical() {
     assert_eq!(sink.received()[0].data, on_the_wire(&body));
 }
 
+/// The next hop is told what the message needs: BODY=8BITMIME for 8-bit
+/// content, SMTPUTF8 for an internationalised envelope; an ASCII message
+/// with an ASCII envelope gets neither (the control).
+#[test]
+fn eight_bit_and_smtputf8_reach_the_next_hop() {
+    let sink = Sink::start(Script::default());
+    let gw = Gateway::start(Options::new(sink.addr));
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let r = c
+        .send("alice@example.org", &["bob@example-law.dk"], &tricky_body())
+        .unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(wait_until(Duration::from_secs(15), || sink.count() == 1));
+    assert_eq!(sink.received()[0].mail_params.trim(), "BODY=8BITMIME");
+
+    let plain = common::message("ascii-1", "plain ASCII");
+    let r = c
+        .send("alice@example.org", &["bob@example-law.dk"], &plain)
+        .unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(wait_until(Duration::from_secs(15), || sink.count() == 2));
+    assert_eq!(sink.received()[1].mail_params.trim(), "", "control");
+
+    assert_eq!(
+        c.cmd("MAIL FROM:<ærø@example.org> SMTPUTF8").unwrap().code,
+        250
+    );
+    assert_eq!(c.cmd("RCPT TO:<bob@example-law.dk>").unwrap().code, 250);
+    assert_eq!(c.cmd("DATA").unwrap().code, 354);
+    c.write(b"Subject: utf8\r\n\r\nascii body\r\n.\r\n")
+        .unwrap();
+    assert_eq!(c.read().unwrap().code, 250);
+    assert!(wait_until(Duration::from_secs(15), || sink.count() == 3));
+    let third = &sink.received()[2];
+    assert_eq!(third.from, "ærø@example.org");
+    assert!(third.mail_params.contains("SMTPUTF8"), "{third:?}");
+}
+
 #[test]
 fn temporary_failure_is_retried_until_delivered() {
     let mut script = Script::default();

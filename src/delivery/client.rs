@@ -1,26 +1,18 @@
-//! One SMTP transaction towards a next hop with lettre's connection API,
-//! driven command by command so each recipient gets its own outcome: a
-//! refused RCPT fails that recipient only, and a reply to DATA applies to
-//! the recipients that were accepted. Connections are kept for further
-//! messages to the same hop in a [`Pool`].
+//! One SMTP transaction towards a next hop on our own client connection
+//! ([`super::smtp`]), driven command by command so each recipient gets its
+//! own outcome: a refused RCPT fails that recipient only, and a reply to
+//! DATA applies to the recipients that were accepted. Connections are kept
+//! for further messages to the same hop in a [`Pool`]. Every reply is
+//! awaited for at most `relay.timeout`.
 
-use std::error::Error as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lettre::transport::smtp::client::{
-    AsyncSmtpConnection, Certificate, CertificateStore, TlsParameters,
-};
-use lettre::transport::smtp::extension::{ClientId, Extension};
-use lettre::transport::smtp::Error as SmtpError;
-
 use super::pool::{Connection, Pool};
+use super::smtp::{DataFailed, Reply, SmtpConnection, SmtpError};
+use super::tls::{client_config, sha256_hex, Expect};
 use crate::config::{validate::parse_host_port, RelaySettings, RelayTls, Settings};
 use crate::mail::address::smtp_path;
-
-/// Octets of the message handed to the connection at a time.
-const DATA_PIECE: usize = 256 * 1024;
 
 /// What happened to one recipient in one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,16 +54,11 @@ pub async fn send(pool: &Pool, settings: &Arc<Settings>, out: &Outbound<'_>) -> 
 
 /// The text of a failed command: the reply when there was one.
 pub(super) fn describe(e: &SmtpError) -> String {
-    match (e.status(), e.source()) {
-        (Some(code), Some(text)) => format!("{code} {text}"),
-        (Some(code), None) => code.to_string(),
-        _ => e.to_string(),
-    }
+    e.to_string()
 }
 
-fn reply_text(r: &lettre::transport::smtp::response::Response) -> String {
-    let lines: Vec<&str> = r.message().collect();
-    format!("{} {}", r.code(), lines.join(" "))
+fn reply_text(r: &Reply) -> String {
+    r.to_string()
 }
 
 /// Error text for a failure that defers every recipient of the attempt.
@@ -85,9 +72,8 @@ pub(super) async fn connect(
     relay: &RelaySettings,
     helo: &str,
     hop: &str,
-) -> Result<AsyncSmtpConnection, String> {
+) -> Result<SmtpConnection, String> {
     let (host, port) = parse_host_port(hop).map_err(|e| e.to_string())?;
-    let client_id = ClientId::Domain(helo.to_string());
     let connect = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
@@ -97,7 +83,7 @@ pub(super) async fn connect(
         // a connection that carries more than one transaction (Nagle).
         tcp.set_nodelay(true)
             .map_err(|e| format!("connect to {hop} failed: {e}"))?;
-        AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &client_id)
+        SmtpConnection::open(tcp, helo)
             .await
             .map_err(|e| format!("connect to {hop} failed: {}", describe(&e)))
     };
@@ -121,24 +107,27 @@ pub(super) async fn connect(
         RelayTls::Required => Expect::for_hop(relay, hop, &host),
         _ => Expect::Nothing,
     };
-    let params = match tls_parameters(&expect, &host) {
-        Ok(p) => p,
+    let (config, name) = match client_config(&expect, &host) {
+        Ok(c) => c,
         Err(e) => {
             conn.abort().await;
             return Err(format!("TLS towards {hop}: {e}"));
         }
     };
-    if let Err(e) = conn.starttls(params, &client_id).await {
-        // A failed handshake leaves lettre's stream unusable (even abort
-        // would panic): the connection is dropped, which closes it.
-        return Err(format!("STARTTLS with {hop} failed: {}", tls_error(&e)));
-    }
+    // The handshake and the second EHLO are bounded like the greeting.
+    let conn = match tokio::time::timeout(relay.connect_timeout, conn.starttls(config, name, helo))
+        .await
+    {
+        Ok(Ok(c)) => c,
+        // A failed handshake leaves the connection unusable: it is
+        // dropped, which closes it.
+        Ok(Err(e)) => return Err(format!("STARTTLS with {hop} failed: {}", describe(&e))),
+        Err(_) => return Err(format!("STARTTLS with {hop} timed out")),
+    };
     if let Expect::Pinned(pin) = &expect {
-        let seen = conn
-            .peer_certificate()
-            .map(|der| sha256_hex(&der))
-            .unwrap_or_default();
+        let seen = conn.peer_certificate().map(sha256_hex).unwrap_or_default();
         if seen != *pin {
+            let mut conn = conn;
             conn.abort().await;
             return Err(format!(
                 "STARTTLS with {hop} refused: its certificate has SHA-256 {seen}, not the pinned {pin}"
@@ -146,81 +135,6 @@ pub(super) async fn connect(
         }
     }
     Ok(conn)
-}
-
-/// What a next hop's certificate must be.
-enum Expect {
-    /// Anything ("opportunistic": encryption against listening only).
-    Nothing,
-    /// This SHA-256 fingerprint (checked after the handshake, before any
-    /// mail is sent; the handshake itself proves the key).
-    Pinned(String),
-    /// A chain to these CAs (PEM file) or, without one, the system's
-    /// roots, for this name.
-    Chain { ca: Option<PathBuf>, name: String },
-}
-
-impl Expect {
-    fn for_hop(relay: &RelaySettings, hop: &str, host: &str) -> Self {
-        let hop_tls = relay.hop_tls(hop);
-        if let Some(pin) = hop_tls.pin() {
-            return Expect::Pinned(pin);
-        }
-        Expect::Chain {
-            ca: relay.hop_ca(hop).cloned(),
-            name: hop_tls.name.clone().unwrap_or_else(|| host.to_string()),
-        }
-    }
-}
-
-/// Why TLS parameters could not be built.
-#[derive(Debug, thiserror::Error)]
-enum TlsSetupError {
-    #[error("cannot read the CA file {0}: {1}")]
-    CaFile(String, std::io::Error),
-    #[error("the CA file {0} holds no usable certificate: {1}")]
-    CaCerts(String, SmtpError),
-    #[error("TLS setup failed: {0}")]
-    Build(SmtpError),
-}
-
-fn tls_parameters(expect: &Expect, host: &str) -> Result<TlsParameters, TlsSetupError> {
-    let builder = match expect {
-        Expect::Nothing | Expect::Pinned(_) => TlsParameters::builder(host.to_string())
-            .dangerous_accept_invalid_certs(true)
-            .dangerous_accept_invalid_hostnames(true),
-        Expect::Chain { ca: None, name } => TlsParameters::builder(name.clone()),
-        Expect::Chain {
-            ca: Some(file),
-            name,
-        } => {
-            let shown = file.display().to_string();
-            let pem = std::fs::read(file).map_err(|e| TlsSetupError::CaFile(shown.clone(), e))?;
-            let certs =
-                Certificate::from_pem(&pem).map_err(|e| TlsSetupError::CaCerts(shown, e))?;
-            TlsParameters::builder(name.clone())
-                .certificate_store(CertificateStore::None)
-                .add_root_certificate(certs)
-        }
-    };
-    builder.build_rustls().map_err(TlsSetupError::Build)
-}
-
-/// The innermost cause of a TLS failure (e.g. "invalid peer certificate:
-/// UnknownIssuer"), which says what was wrong with the certificate.
-fn tls_error(e: &SmtpError) -> String {
-    let mut deepest: Option<&dyn std::error::Error> = e.source();
-    while let Some(next) = deepest.and_then(|d| d.source()) {
-        deepest = Some(next);
-    }
-    deepest.map_or_else(|| describe(e), |d| d.to_string())
-}
-
-fn sha256_hex(der: &[u8]) -> String {
-    openssl::sha::sha256(der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Why a step of a transaction failed: the hop's reply or a broken
@@ -251,7 +165,16 @@ impl Failed {
     }
 }
 
-/// One command (or the message) and its reply, within `limit`.
+impl From<DataFailed> for Failed {
+    fn from(f: DataFailed) -> Self {
+        match f {
+            DataFailed::Smtp(e) => Failed::Smtp(e),
+            DataFailed::TimedOut => Failed::TimedOut,
+        }
+    }
+}
+
+/// One command and its reply, within `limit`.
 async fn step<T>(
     limit: Duration,
     f: impl std::future::Future<Output = Result<T, SmtpError>>,
@@ -286,17 +209,16 @@ async fn open(pool: &Pool, settings: &Arc<Settings>, hop: &str) -> Result<Connec
 }
 
 /// MAIL FROM with the parameters the hop supports.
-async fn mail_from(conn: &mut AsyncSmtpConnection, out: &Outbound<'_>) -> Result<(), SmtpError> {
-    let info = conn.server_info();
+async fn mail_from(conn: &mut SmtpConnection, out: &Outbound<'_>) -> Result<(), SmtpError> {
     let mut params = String::new();
-    if out.eight_bit && info.supports_feature(Extension::EightBitMime) {
+    if out.eight_bit && conn.supports(smtp_proto::EXT_8BIT_MIME) {
         params.push_str(" BODY=8BITMIME");
     }
-    if out.smtputf8 && info.supports_feature(Extension::SmtpUtfEight) {
+    if out.smtputf8 && conn.supports(smtp_proto::EXT_SMTP_UTF8) {
         params.push_str(" SMTPUTF8");
     }
     let mail = format!("MAIL FROM:<{}>{params}\r\n", smtp_path(out.mail_from));
-    conn.command(mail).await.map(|_| ())
+    conn.command(&mail).await.map(|_| ())
 }
 
 async fn transact(
@@ -337,10 +259,8 @@ async fn transact(
 
     let mut outcomes: Vec<Option<RcptOutcome>> = Vec::with_capacity(out.rcpts.len());
     for rcpt in out.rcpts {
-        let rcpt_to = conn
-            .smtp
-            .command(format!("RCPT TO:<{}>\r\n", smtp_path(rcpt)));
-        match step(limit, rcpt_to).await {
+        let rcpt_to = format!("RCPT TO:<{}>\r\n", smtp_path(rcpt));
+        match step(limit, conn.smtp.command(&rcpt_to)).await {
             Ok(_) => outcomes.push(None),
             Err(Failed::Smtp(e)) if e.is_permanent() => {
                 outcomes.push(Some(RcptOutcome::Failed(describe(&e))))
@@ -361,13 +281,11 @@ async fn transact(
         return Ok(outcomes.into_iter().flatten().collect());
     }
 
-    // lettre ends the data with CRLF "." CRLF of its own, so the CRLF that
-    // ends the message's last line is left to it: the bytes arrive as kept.
-    let body = out.body.strip_suffix(b"\r\n").unwrap_or(out.body);
-    // Handed over in pieces, so lettre's dot-stuffed copy is one piece
-    // at a time, not the whole message.
+    // The message goes out from its slice (for a large message, the
+    // mapped file) in pieces, dot-stuffed without a copy; it ends with
+    // CRLF, so it arrives as it is.
     let data_result = match step(limit, conn.smtp.command("DATA\r\n")).await {
-        Ok(_) => step(limit, conn.smtp.message_iter(body.chunks(DATA_PIECE))).await,
+        Ok(_) => conn.smtp.data(out.body, limit).await.map_err(Failed::from),
         Err(e) => Err(e),
     };
     let for_accepted = match &data_result {

@@ -3,8 +3,11 @@
 //! SMTP to other servers.
 
 mod client;
+pub mod data;
 pub mod pool;
 pub mod route;
+mod smtp;
+mod tls;
 pub mod verify;
 
 pub use client::{send, Outbound, RcptOutcome};

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use lettre::transport::smtp::client::AsyncSmtpConnection;
+use super::smtp::SmtpConnection;
 
 use crate::config::Settings;
 
@@ -26,14 +26,14 @@ const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One connection to a next hop, with how many transactions it carried.
 pub struct Connection {
-    pub(super) smtp: AsyncSmtpConnection,
+    pub(super) smtp: SmtpConnection,
     pub(super) transactions: u32,
     /// It came from the pool (it was used before).
     pub(super) reused: bool,
 }
 
 impl Connection {
-    pub(super) fn fresh(smtp: AsyncSmtpConnection) -> Self {
+    pub(super) fn fresh(smtp: SmtpConnection) -> Self {
         Self {
             smtp,
             transactions: 0,

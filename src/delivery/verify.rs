@@ -62,7 +62,7 @@ impl Verifier {
             return RcptCheck::TryLater(describe(&e));
         }
         let path = crate::mail::address::smtp_path(rcpt);
-        let answer = match conn.command(format!("RCPT TO:<{path}>\r\n")).await {
+        let answer = match conn.command(&format!("RCPT TO:<{path}>\r\n")).await {
             Ok(_) => RcptCheck::Exists,
             Err(e) if e.is_permanent() => RcptCheck::Unknown(describe(&e)),
             Err(e) => RcptCheck::TryLater(describe(&e)),

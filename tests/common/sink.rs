@@ -17,6 +17,8 @@ pub struct Received {
     pub from: String,
     pub rcpts: Vec<String>,
     pub data: Vec<u8>,
+    /// What followed the path in MAIL FROM (e.g. " BODY=8BITMIME").
+    pub mail_params: String,
     /// The message came over STARTTLS.
     pub tls: bool,
 }
@@ -294,6 +296,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
     tls: bool,
 ) -> std::io::Result<Next> {
     let mut from = String::new();
+    let mut mail_params = String::new();
     let mut rcpts: Vec<String> = Vec::new();
     let mut line = Vec::new();
     let mut transactions = 0usize;
@@ -318,6 +321,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
             "250 sink".into()
         } else if upper.starts_with("MAIL FROM:") {
             from = between(&text).to_string();
+            mail_params = text.rfind('>').map_or("", |i| &text[i + 1..]).to_string();
             rcpts.clear();
             "250 2.1.0 Ok".into()
         } else if upper.starts_with("RCPT TO:") {
@@ -399,6 +403,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                         from: from.clone(),
                         rcpts: rcpts.clone(),
                         data,
+                        mail_params: mail_params.clone(),
                         tls,
                     });
                 }

@@ -27,7 +27,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
-use super::multiappend::{self, UidPart};
+use super::multiappend::{self, imap_date, UidPart};
 use super::source::{Entry, NewMessage, Source, SourceError};
 
 /// How the connection is protected.
@@ -181,13 +181,6 @@ async fn connect(account: &Account) -> Result<Imap, SourceError> {
         .login(&account.user, &account.password)
         .await
         .map_err(|(e, _)| SourceError::Login(format!("{} as {}: {e}", addr, account.user)))
-}
-
-/// An IMAP date-time for APPEND (`"29-Nov-2026 23:04:18 +0000"`).
-pub fn imap_date(unix: i64) -> String {
-    chrono::DateTime::from_timestamp(unix, 0)
-        .map(|t| t.format("\"%d-%b-%Y %H:%M:%S +0000\"").to_string())
-        .unwrap_or_else(|| "\"01-Jan-1970 00:00:00 +0000\"".into())
 }
 
 /// A flag as IMAP writes it.

@@ -6,8 +6,14 @@
 //! the UIDs of the new messages from the `APPENDUID` response code
 //! (UIDPLUS, RFC 4315). Sending it is [`super::imap`]'s job.
 
-use super::imap::imap_date;
 use super::source::NewMessage as Item;
+
+/// An IMAP date-time for APPEND (`"29-Nov-2026 23:04:18 +0000"`).
+pub fn imap_date(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| t.format("\"%d-%b-%Y %H:%M:%S +0000\"").to_string())
+        .unwrap_or_else(|| "\"01-Jan-1970 00:00:00 +0000\"".into())
+}
 
 /// Why a command cannot be written.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -35,6 +35,10 @@ use crate::config::{JournalSettings, Settings};
 const CHANNEL: usize = 10_000;
 /// Records written in one transaction at most.
 const BATCH: usize = 500;
+/// How long the writer gathers records after the first of a batch: one
+/// transaction per moment rather than per message (the file locks, WAL
+/// writes and wake-ups of a transaction cost more than its rows).
+const GATHER: Duration = Duration::from_millis(200);
 /// The longest wait between two tries of a database that fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -366,6 +370,11 @@ impl Writer {
                 match rx.recv().await {
                     Some(r) => pending.push(r),
                     None => break,
+                }
+                // The records of the next moment join this one's
+                // transaction (the channel holds them meanwhile).
+                if !rx.is_closed() {
+                    tokio::time::sleep(GATHER).await;
                 }
             }
             while pending.len() < BATCH {

@@ -16,7 +16,7 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWriteExt;
 use tracing::error;
 
 use super::envelope::{Envelope, QueueState};
@@ -180,19 +180,16 @@ impl Store {
         }
     }
 
-    /// Starts writing a new message for `envelope`.
+    /// Starts writing a new message for `envelope`. Nothing touches the
+    /// disk yet: a message that fits [`Incoming`]'s buffer is written,
+    /// fsynced and renamed in one trip at its commit.
     pub async fn begin(&self, envelope: &Envelope) -> Result<Incoming, SpoolError> {
         let id = self.ids.next();
         let tmp_path = self.tmp.join(&id);
         let head = format::message_head(envelope).map_err(SpoolError::unwritable(&tmp_path))?;
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)
-            .await
-            .map_err(SpoolError::io(&tmp_path))?;
         let mut incoming = Incoming {
-            file: Some(BufWriter::with_capacity(64 * 1024, file)),
+            buf: Vec::with_capacity(BUFFER),
+            file: None,
             final_path: self.msg_path(&id),
             queue_sync: std::sync::Arc::clone(&self.queue_sync),
             tmp_path,
@@ -424,12 +421,16 @@ impl Store {
         let id = self.checked(id)?;
         let path = self.state_path(id);
         let bytes = format::encode_state(state).map_err(SpoolError::unwritable(&path))?;
-        let p = path.clone();
-        tokio::task::spawn_blocking(move || durable::write_replace(&p, &bytes))
-            .await
-            .map_err(|e| SpoolError::io(&path)(io::Error::other(e)))?
-            .map_err(SpoolError::io(&path))?;
-        self.queue_sync.sync().await.map_err(SpoolError::io(&path))
+        let (p, sync) = (path.clone(), std::sync::Arc::clone(&self.queue_sync));
+        // The write, its fsync, the rename and the shared directory fsync
+        // in one trip to a blocking thread.
+        tokio::task::spawn_blocking(move || {
+            durable::write_replace(&p, &bytes)?;
+            sync.sync()
+        })
+        .await
+        .map_err(|e| SpoolError::io(&path)(io::Error::other(e)))?
+        .map_err(SpoolError::io(&path))
     }
 
     /// Removes message `id` like [`Store::remove`], sharing the directory
@@ -440,11 +441,24 @@ impl Store {
     pub async fn remove_grouped(&self, id: &str) -> Result<(), SpoolError> {
         let id = self.checked(id)?;
         let msg = self.msg_path(id);
-        let m = msg.clone();
-        let gone = tokio::task::spawn_blocking(move || match fs::remove_file(&m) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
+        let (m, retry, state, sync) = (
+            msg.clone(),
+            self.retry_path(id),
+            self.state_path(id),
+            std::sync::Arc::clone(&self.queue_sync),
+        );
+        // One trip to a blocking thread: the unlink, the shared directory
+        // fsync, then the state and retry files.
+        let gone = tokio::task::spawn_blocking(move || {
+            match fs::remove_file(&m) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            sync.sync()?;
+            let _ = fs::remove_file(&retry);
+            let _ = fs::remove_file(&state);
+            Ok(true)
         })
         .await
         .map_err(|e| SpoolError::io(&msg)(io::Error::other(e)))?
@@ -452,9 +466,6 @@ impl Store {
         if !gone {
             return Err(SpoolError::NotFound(id.to_string()));
         }
-        self.queue_sync.sync().await.map_err(SpoolError::io(&msg))?;
-        let _ = fs::remove_file(self.retry_path(id));
-        let _ = fs::remove_file(self.state_path(id));
         Ok(())
     }
 
@@ -503,12 +514,21 @@ impl Store {
     }
 }
 
-/// A message being received: bytes go to a temporary file, which becomes a
-/// queue file only through [`Incoming::commit`]. Dropped uncommitted, the
-/// temporary file is removed.
+/// Octets of a message being received held in memory before they go to
+/// its temporary file: a message of up to this size touches the disk
+/// only at its commit.
+const BUFFER: usize = 64 * 1024;
+
+/// A message being received: bytes go to a temporary file (opened once
+/// they outgrow the buffer), which becomes a queue file only through
+/// [`Incoming::commit`]. Dropped uncommitted, the temporary file is
+/// removed.
 #[derive(Debug)]
 pub struct Incoming {
-    file: Option<BufWriter<tokio::fs::File>>,
+    /// Bytes not written to the file yet.
+    buf: Vec<u8>,
+    /// The temporary file, once the message outgrew the buffer.
+    file: Option<tokio::fs::File>,
     tmp_path: PathBuf,
     final_path: PathBuf,
     queue_sync: std::sync::Arc<super::group::GroupSync>,
@@ -522,14 +542,30 @@ impl Incoming {
         &self.id
     }
 
-    async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
-        let file = self.file.as_mut().ok_or_else(|| SpoolError::Io {
-            path: self.tmp_path.clone(),
-            source: io::Error::other("spool file already closed"),
-        })?;
-        file.write_all(bytes)
-            .await
-            .map_err(SpoolError::io(&self.tmp_path))
+    /// Writes the buffer to the temporary file (created on first use).
+    async fn spill(&mut self) -> Result<(), SpoolError> {
+        if self.id.is_empty() {
+            return Err(SpoolError::Io {
+                path: self.tmp_path.clone(),
+                source: io::Error::other("spool file already closed"),
+            });
+        }
+        if self.file.is_none() {
+            let file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&self.tmp_path)
+                .await
+                .map_err(SpoolError::io(&self.tmp_path))?;
+            self.file = Some(file);
+        }
+        if let Some(file) = self.file.as_mut() {
+            file.write_all(&self.buf)
+                .await
+                .map_err(SpoolError::io(&self.tmp_path))?;
+        }
+        self.buf.clear();
+        Ok(())
     }
 
     /// Appends message bytes (and, first, the header), counted by the
@@ -537,61 +573,60 @@ impl Incoming {
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
         self.crc.update(bytes);
         self.len += bytes.len() as u64;
-        self.write_raw(bytes).await
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= BUFFER {
+            self.spill().await?;
+        }
+        Ok(())
     }
 
     /// Makes the message durable in the queue and returns its id. Only
     /// after this returns may the client be told 250.
     pub async fn commit(mut self) -> Result<String, SpoolError> {
         let t = format::trailer(self.len, self.crc.clone().finalize());
-        self.write_raw(&t).await?;
-        let mut file = self.file.take().ok_or_else(|| SpoolError::Io {
-            path: self.tmp_path.clone(),
-            source: io::Error::other("spool file already closed"),
-        })?;
-        // What is still buffered, the fsync and the rename in one trip to a
-        // blocking thread: a small message is written here whole. Writes
-        // made earlier (a message larger than the buffer) are finished
-        // first, and their errors seen, by flushing the file itself.
-        let pending = file.buffer().to_vec();
-        file.get_mut()
-            .flush()
-            .await
-            .map_err(SpoolError::io(&self.tmp_path))?;
-        let mut std_file = file.into_inner().into_std().await;
+        self.buf.extend_from_slice(&t);
+        // Writes made earlier (a message larger than the buffer) are
+        // finished, and their errors seen, by flushing the file itself.
+        let file = match self.file.take() {
+            Some(mut f) => {
+                f.flush().await.map_err(SpoolError::io(&self.tmp_path))?;
+                Some(f.into_std().await)
+            }
+            None => None,
+        };
+        let pending = std::mem::take(&mut self.buf);
         let (tmp, dest) = (self.tmp_path.clone(), self.final_path.clone());
-        let tmp_err = SpoolError::io(&self.tmp_path);
-        tokio::task::spawn_blocking(move || -> Result<io::Result<()>, io::Error> {
+        let sync = std::sync::Arc::clone(&self.queue_sync);
+        // What is still buffered (a small message: all of it), the fsync,
+        // the rename and the directory fsync shared with the renames of the
+        // same moment (group commit), in one trip to a blocking thread.
+        let step = tokio::task::spawn_blocking(move || -> Result<(), (bool, io::Error)> {
             {
                 use std::io::Write as _;
-                std_file.write_all(&pending)?;
-                std_file.sync_all()?;
+                let mut f = match file {
+                    Some(f) => f,
+                    None => fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&tmp)
+                        .map_err(|e| (false, e))?,
+                };
+                f.write_all(&pending).map_err(|e| (false, e))?;
+                f.sync_all().map_err(|e| (false, e))?;
             }
-            drop(std_file);
-            Ok((|| {
-                if dest.exists() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        format!("{} already exists", dest.display()),
-                    ));
-                }
-                fs::rename(&tmp, &dest)
-            })())
+            durable::rename_new(&tmp, &dest).map_err(|e| (true, e))?;
+            sync.sync().map_err(|e| (true, e))
         })
         .await
         .map_err(|e| SpoolError::Io {
             path: self.final_path.clone(),
             source: io::Error::other(e),
-        })?
-        .map_err(tmp_err)?
-        .map_err(SpoolError::io(&self.final_path))?;
-        // The rename is durable once a directory fsync begun after it ends;
-        // messages committed at the same moment share it.
-        self.queue_sync
-            .sync()
-            .await
-            .map_err(SpoolError::io(&self.final_path))?;
-        Ok(std::mem::take(&mut self.id))
+        })?;
+        match step {
+            Ok(()) => Ok(std::mem::take(&mut self.id)),
+            Err((false, e)) => Err(SpoolError::io(&self.tmp_path)(e)),
+            Err((true, e)) => Err(SpoolError::io(&self.final_path)(e)),
+        }
     }
 }
 
@@ -654,6 +689,33 @@ mod tests {
         assert!(matches!(store.load(&id), Err(SpoolError::Corrupt { .. })));
         store.set_aside(&id).unwrap();
         assert!(store.list().unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_messages_touch_the_disk_at_commit_and_large_ones_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tmp_files = || fs::read_dir(dir.path().join("tmp")).unwrap().count();
+        let mut small = store.begin(&envelope()).await.unwrap();
+        small.write(b"Subject: s\r\n\r\nbody\r\n").await.unwrap();
+        assert_eq!(tmp_files(), 0, "a small message waits in memory");
+        // Larger than the buffer, written in pieces: on disk before commit.
+        let piece: Vec<u8> = (0..7000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut large = store.begin(&envelope()).await.unwrap();
+        let mut want = b"Subject: l\r\n\r\n".to_vec();
+        large.write(&want.clone()).await.unwrap();
+        for _ in 0..30 {
+            large.write(&piece).await.unwrap();
+            want.extend_from_slice(&piece);
+        }
+        assert_eq!(tmp_files(), 1, "a large message is written as it comes");
+        let (a, b) = (small.commit().await.unwrap(), large.commit().await.unwrap());
+        assert_eq!(tmp_files(), 0);
+        assert_eq!(
+            store.load(&a).unwrap().body.as_slice(),
+            b"Subject: s\r\n\r\nbody\r\n"
+        );
+        assert_eq!(store.load(&b).unwrap().body.as_slice(), &want[..]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,6 +73,9 @@ pub fn mailboxes_at<'a>(
     verify_at: i64,
     out: &mut Actions<'a>,
 ) {
+    if mailboxes.is_empty() {
+        return;
+    }
     // The enveloped data parsed once: for the question which re-encrypting
     // mailboxes it is encrypted to already, and for the first opening.
     let mut parsed = match &*shape {

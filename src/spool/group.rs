@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::durable;
 
 /// The directory fsyncs of one folder.
 #[derive(Debug)]
@@ -25,8 +24,9 @@ pub struct GroupSync {
     requested: AtomicU64,
     /// Every ticket up to this one is covered by a finished fsync.
     done: AtomicU64,
-    /// One fsync at a time; waiters queue here.
-    running: Mutex<()>,
+    /// One fsync at a time; waiters queue here. The folder, kept open
+    /// between fsyncs (opened again after an error).
+    running: Mutex<Option<std::fs::File>>,
 }
 
 impl GroupSync {
@@ -35,7 +35,7 @@ impl GroupSync {
             dir,
             requested: AtomicU64::new(0),
             done: AtomicU64::new(0),
-            running: Mutex::new(()),
+            running: Mutex::new(None),
         }
     }
 
@@ -43,14 +43,18 @@ impl GroupSync {
     /// Blocking: call it off the async threads.
     pub fn sync(&self) -> io::Result<()> {
         let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
-        let _turn = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut folder = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if self.done.load(Ordering::SeqCst) >= ticket {
             // An fsync that started after our rename has finished.
             return Ok(());
         }
         // Every ticket handed out so far belongs to a rename already made.
         let covers = self.requested.load(Ordering::SeqCst);
-        durable::sync_dir(&self.dir)?;
+        let synced = match folder.take() {
+            Some(f) => f.sync_all().map(|()| f),
+            None => std::fs::File::open(&self.dir).and_then(|f| f.sync_all().map(|()| f)),
+        };
+        *folder = Some(synced?);
         self.done.fetch_max(covers, Ordering::SeqCst);
         Ok(())
     }

@@ -11,6 +11,7 @@
 //! Why one long file: about a third is unit tests of the crash and
 //! upgrade cases, which need the store's private paths.
 
+use std::collections::HashMap;
 use std::fs::{self, DirBuilder};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
@@ -96,6 +97,38 @@ pub struct Store {
     ids: IdGenerator,
     /// Directory fsyncs of `queue/`, shared by messages committed together.
     queue_sync: std::sync::Arc<super::group::GroupSync>,
+    /// Small messages just committed, for their first attempt.
+    fresh: std::sync::Arc<Fresh>,
+}
+
+/// Octets of just-committed messages kept for their first attempt at most.
+const FRESH_BUDGET: usize = 8 * 1024 * 1024;
+
+/// Small messages just committed, kept in memory for their first attempt
+/// so the queue does not read back what the session has just written
+/// (bounded in octets; beyond, messages are read from disk as always).
+#[derive(Debug, Default)]
+struct Fresh {
+    held: std::sync::Mutex<(HashMap<String, (Envelope, std::sync::Arc<Vec<u8>>)>, usize)>,
+}
+
+impl Fresh {
+    fn put(&self, id: &str, envelope: Envelope, body: Vec<u8>) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if held.1 + body.len() > FRESH_BUDGET {
+            return;
+        }
+        held.1 += body.len();
+        held.0
+            .insert(id.to_string(), (envelope, std::sync::Arc::new(body)));
+    }
+
+    fn take(&self, id: &str) -> Option<(Envelope, std::sync::Arc<Vec<u8>>)> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let got = held.0.remove(id)?;
+        held.1 -= got.1.len();
+        Some(got)
+    }
 }
 
 impl Store {
@@ -157,6 +190,7 @@ impl Store {
             quarantine,
             work,
             ids: IdGenerator::starting_above(floor),
+            fresh: std::sync::Arc::default(),
         })
     }
 
@@ -190,6 +224,9 @@ impl Store {
         let mut incoming = Incoming {
             buf: Vec::with_capacity(BUFFER),
             file: None,
+            envelope: Some(envelope.clone()),
+            head_len: head.len(),
+            fresh: std::sync::Arc::clone(&self.fresh),
             final_path: self.msg_path(&id),
             queue_sync: std::sync::Arc::clone(&self.queue_sync),
             tmp_path,
@@ -299,6 +336,20 @@ impl Store {
     pub fn load(&self, id: &str) -> Result<Spooled, SpoolError> {
         let id = self.checked(id)?;
         let path = self.msg_path(id);
+        if let Some((envelope, body)) = self.fresh.take(id) {
+            // Exactly what the file holds, checked when it was written; the
+            // file must still be there (an operator may have deleted it).
+            // Not tried yet: no state file was ever written.
+            if path.exists() {
+                let state = QueueState::fresh(&envelope);
+                return Ok(Spooled {
+                    id: id.to_string(),
+                    envelope,
+                    body,
+                    state,
+                });
+            }
+        }
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -407,6 +458,8 @@ impl Store {
     /// Records the state of message `id` durably.
     pub fn save_state(&self, id: &str, state: &QueueState) -> Result<(), SpoolError> {
         let id = self.checked(id)?;
+        // What is kept in memory of it holds no longer.
+        self.fresh.take(id);
         let path = self.state_path(id);
         let bytes = format::encode_state(state).map_err(SpoolError::unwritable(&path))?;
         durable::write_atomic(&path, &bytes).map_err(SpoolError::io(&path))
@@ -419,6 +472,8 @@ impl Store {
     /// directory fsync that began after the rename has finished.
     pub async fn save_state_grouped(&self, id: &str, state: &QueueState) -> Result<(), SpoolError> {
         let id = self.checked(id)?;
+        // What is kept in memory of it holds no longer.
+        self.fresh.take(id);
         let path = self.state_path(id);
         let bytes = format::encode_state(state).map_err(SpoolError::unwritable(&path))?;
         let (p, sync) = (path.clone(), std::sync::Arc::clone(&self.queue_sync));
@@ -440,6 +495,8 @@ impl Store {
     /// start, while the message's removal is already durable.
     pub async fn remove_grouped(&self, id: &str) -> Result<(), SpoolError> {
         let id = self.checked(id)?;
+        // What is kept in memory of it holds no longer.
+        self.fresh.take(id);
         let msg = self.msg_path(id);
         let (m, retry, state, sync) = (
             msg.clone(),
@@ -472,6 +529,8 @@ impl Store {
     /// Removes message `id` (delivered, bounced or deleted by an operator).
     pub fn remove(&self, id: &str) -> Result<(), SpoolError> {
         let id = self.checked(id)?;
+        // What is kept in memory of it holds no longer.
+        self.fresh.take(id);
         let msg = self.msg_path(id);
         if !msg.exists() {
             return Err(SpoolError::NotFound(id.to_string()));
@@ -490,6 +549,8 @@ impl Store {
     /// path of the message.
     pub fn set_aside(&self, id: &str) -> Result<PathBuf, SpoolError> {
         let id = self.checked(id)?;
+        // What is kept in memory of it holds no longer.
+        self.fresh.take(id);
         let target = self.corrupt.join(format!("{id}.msg"));
         for (from, to) in [
             (
@@ -529,6 +590,10 @@ pub struct Incoming {
     buf: Vec<u8>,
     /// The temporary file, once the message outgrew the buffer.
     file: Option<tokio::fs::File>,
+    /// The envelope, and the length of the file's header that holds it.
+    envelope: Option<Envelope>,
+    head_len: usize,
+    fresh: std::sync::Arc<Fresh>,
     tmp_path: PathBuf,
     final_path: PathBuf,
     queue_sync: std::sync::Arc<super::group::GroupSync>,
@@ -600,7 +665,8 @@ impl Incoming {
         // What is still buffered (a small message: all of it), the fsync,
         // the rename and the directory fsync shared with the renames of the
         // same moment (group commit), in one trip to a blocking thread.
-        let step = tokio::task::spawn_blocking(move || -> Result<(), (bool, io::Error)> {
+        let whole = file.is_none();
+        let step = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, (bool, io::Error)> {
             {
                 use std::io::Write as _;
                 let mut f = match file {
@@ -615,7 +681,8 @@ impl Incoming {
                 f.sync_all().map_err(|e| (false, e))?;
             }
             durable::rename_new(&tmp, &dest).map_err(|e| (true, e))?;
-            sync.sync().map_err(|e| (true, e))
+            sync.sync().map_err(|e| (true, e))?;
+            Ok(pending)
         })
         .await
         .map_err(|e| SpoolError::Io {
@@ -623,7 +690,19 @@ impl Incoming {
             source: io::Error::other(e),
         })?;
         match step {
-            Ok(()) => Ok(std::mem::take(&mut self.id)),
+            Ok(mut written) => {
+                let id = std::mem::take(&mut self.id);
+                if whole {
+                    // The whole file was in memory: its body is kept for the
+                    // first attempt.
+                    written.truncate(written.len().saturating_sub(t.len()));
+                    written.drain(..self.head_len.min(written.len()));
+                    if let Some(envelope) = self.envelope.take() {
+                        self.fresh.put(&id, envelope, written);
+                    }
+                }
+                Ok(id)
+            }
             Err((false, e)) => Err(SpoolError::io(&self.tmp_path)(e)),
             Err((true, e)) => Err(SpoolError::io(&self.final_path)(e)),
         }
@@ -689,6 +768,35 @@ mod tests {
         assert!(matches!(store.load(&id), Err(SpoolError::Corrupt { .. })));
         store.set_aside(&id).unwrap();
         assert!(store.list().unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_first_load_of_a_small_message_takes_what_was_just_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let body = b"Subject: f\r\n\r\nfresh\r\n";
+        async fn commit(store: &Store, body: &[u8]) -> String {
+            let mut inc = store.begin(&envelope()).await.unwrap();
+            inc.write(body).await.unwrap();
+            inc.commit().await.unwrap()
+        }
+        let id = commit(&store, body).await;
+        let path = dir.path().join("queue").join(format!("{id}.msg"));
+        // Torn on disk after the commit: the first load has the bytes as
+        // they were written (and checked); the next one reads the file.
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+        let got = store.load(&id).unwrap();
+        assert_eq!(got.body.as_slice(), body);
+        assert_eq!(got.envelope, envelope());
+        assert_eq!(got.state, QueueState::fresh(&envelope()));
+        assert!(matches!(store.load(&id), Err(SpoolError::Corrupt { .. })));
+        // Removed by an operator (another process) before its first
+        // attempt: gone, not delivered from memory.
+        let id = commit(&store, body).await;
+        fs::remove_file(dir.path().join("queue").join(format!("{id}.msg"))).unwrap();
+        assert!(matches!(store.load(&id), Err(SpoolError::NotFound(_))));
+        assert_eq!(store.fresh.held.lock().unwrap().1, 0, "nothing left held");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

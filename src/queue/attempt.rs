@@ -274,6 +274,12 @@ type Scanned = Option<(Seen, mime::Shape)>;
 /// Reads the message (and scans a small one in the same trip); a file
 /// that cannot be read is set aside, a task that failed is retried.
 async fn load(id: &str, store: &Arc<Store>) -> Result<(Spooled, Scanned), JobEnd> {
+    // Just accepted and small: in memory, scanned here (tens of
+    // microseconds), no trip to a blocking thread.
+    if let Some(msg) = store.load_fresh(id) {
+        let scanned = Some(scan::scan_and_shape(&msg.body));
+        return Ok((msg, scanned));
+    }
     let (s, i) = (Arc::clone(store), id.to_string());
     let read = blocking(move || {
         let msg = s.load(&i)?;

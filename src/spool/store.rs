@@ -334,22 +334,11 @@ impl Store {
 
     /// Reads message `id` with its state, checking the file's integrity.
     pub fn load(&self, id: &str) -> Result<Spooled, SpoolError> {
+        if let Some(fresh) = self.load_fresh(id) {
+            return Ok(fresh);
+        }
         let id = self.checked(id)?;
         let path = self.msg_path(id);
-        if let Some((envelope, body)) = self.fresh.take(id) {
-            // Exactly what the file holds, checked when it was written; the
-            // file must still be there (an operator may have deleted it).
-            // Not tried yet: no state file was ever written.
-            if path.exists() {
-                let state = QueueState::fresh(&envelope);
-                return Ok(Spooled {
-                    id: id.to_string(),
-                    envelope,
-                    body,
-                    state,
-                });
-            }
-        }
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -371,6 +360,27 @@ impl Store {
             id: id.to_string(),
             envelope,
             body: std::sync::Arc::new(bytes),
+            state,
+        })
+    }
+
+    /// Message `id` as it was just committed, when it is still kept in
+    /// memory for its first attempt (a small message) and its file is
+    /// still there; `None` otherwise (read it with [`Store::load`]). One
+    /// `stat` of the file: cheap enough for an async thread.
+    pub fn load_fresh(&self, id: &str) -> Option<Spooled> {
+        let (envelope, body) = self.fresh.take(id)?;
+        // Exactly what the file holds, checked when it was written; the
+        // file must still be there (an operator may have deleted it). Not
+        // tried yet: no state file was ever written.
+        if !self.msg_path(id).exists() {
+            return None;
+        }
+        let state = QueueState::fresh(&envelope);
+        Some(Spooled {
+            id: id.to_string(),
+            envelope,
+            body,
             state,
         })
     }

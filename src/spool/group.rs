@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-
 /// The directory fsyncs of one folder.
 #[derive(Debug)]
 pub struct GroupSync {

@@ -117,7 +117,8 @@ struct Recycled {
     tmp: PathBuf,
     free: std::sync::Mutex<Vec<PathBuf>>,
     seq: std::sync::atomic::AtomicU64,
-    instance: std::sync::OnceLock<u64>,
+    /// `free-<process>.<store>`: the names of this store's files.
+    prefix: std::sync::OnceLock<String>,
 }
 
 impl Recycled {
@@ -134,14 +135,12 @@ impl Recycled {
         }
         // Unique among stores and processes on the same spool.
         static STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let store = *self
-            .instance
-            .get_or_init(|| STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let prefix = self.prefix.get_or_init(|| {
+            let store = STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!("free-{}.{store}", std::process::id())
+        });
         let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Some(
-            self.tmp
-                .join(format!("free-{}.{store}.{n}", std::process::id())),
-        )
+        Some(self.tmp.join(format!("{prefix}.{n}")))
     }
 
     fn give(&self, path: PathBuf) {
@@ -239,7 +238,7 @@ impl Store {
             tmp: tmp.clone(),
             free: std::sync::Mutex::new(Vec::new()),
             seq: std::sync::atomic::AtomicU64::new(0),
-            instance: std::sync::OnceLock::new(),
+            prefix: std::sync::OnceLock::new(),
         });
         Ok(Self {
             queue_sync: std::sync::Arc::new(super::group::GroupSync::new(queue.clone())),

@@ -406,6 +406,15 @@ pub fn verify_kept(
     out
 }
 
+/// One CMS verification of the content with a store (or none) and flags.
+type Attempt<'a> = dyn Fn(
+        &mut CmsContentInfo,
+        Option<&[u8]>,
+        Option<&openssl::x509::store::X509StoreRef>,
+        CMSOptions,
+    ) -> Result<(), openssl::error::ErrorStack>
+    + 'a;
+
 /// The signers' chains to `anchors` as of `now`, checked by OpenSSL's CMS
 /// verification (every signer, S/MIME signing purpose); when they fail, a
 /// second check without validity periods tells "expired" from "untrusted".
@@ -414,12 +423,7 @@ fn chain_now(
     data: Option<&[u8]>,
     anchors: &[X509],
     now: i64,
-    attempt: &dyn Fn(
-        &mut CmsContentInfo,
-        Option<&[u8]>,
-        Option<&openssl::x509::store::X509StoreRef>,
-        CMSOptions,
-    ) -> Result<(), openssl::error::ErrorStack>,
+    attempt: &Attempt<'_>,
     signer: Option<&X509>,
 ) -> Chain {
     let store = match store_at(anchors, now) {

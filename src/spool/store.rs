@@ -161,8 +161,12 @@ const FRESH_BUDGET: usize = 8 * 1024 * 1024;
 /// (bounded in octets; beyond, messages are read from disk as always).
 #[derive(Debug, Default)]
 struct Fresh {
-    held: std::sync::Mutex<(HashMap<String, (Envelope, std::sync::Arc<Vec<u8>>)>, usize)>,
+    /// The messages by id, and their octets in all.
+    held: std::sync::Mutex<(HashMap<String, FreshMessage>, usize)>,
 }
+
+/// A just-committed message: its envelope and body.
+type FreshMessage = (Envelope, std::sync::Arc<Vec<u8>>);
 
 impl Fresh {
     fn put(&self, id: &str, envelope: Envelope, body: Vec<u8>) {
@@ -175,7 +179,7 @@ impl Fresh {
             .insert(id.to_string(), (envelope, std::sync::Arc::new(body)));
     }
 
-    fn take(&self, id: &str) -> Option<(Envelope, std::sync::Arc<Vec<u8>>)> {
+    fn take(&self, id: &str) -> Option<FreshMessage> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let got = held.0.remove(id)?;
         held.1 -= got.1.len();

@@ -371,6 +371,15 @@ impl Writer {
                     Some(r) => pending.push(r),
                     None => break,
                 }
+                // The store opened (its tables made) at the first record,
+                // as before the gathering: readers find the tables as soon
+                // as mail has been decided (a failure is retried below).
+                if store.is_none() {
+                    if let Ok(s) = Store::open(&self.target).await {
+                        info!(event = "journal-open", journal = %self.target.describe(), "journal opened");
+                        store = Some(s);
+                    }
+                }
                 // The records of the next moment join this one's
                 // transaction (the channel holds them meanwhile).
                 if !rx.is_closed() {

@@ -40,6 +40,21 @@ impl From<Vec<u8>> for Blob {
     }
 }
 
+/// The bytes of a shared vector (a spooled message's body), not copied.
+struct Shared(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Arc<Vec<u8>>> for Blob {
+    fn from(v: Arc<Vec<u8>>) -> Self {
+        Blob::new(Shared(v))
+    }
+}
+
 impl PartialEq for Blob {
     fn eq(&self, other: &Self) -> bool {
         **self == **other

@@ -56,6 +56,26 @@ pub fn write_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Renames `from` to `to` unless `to` exists (`AlreadyExists` then), in
+/// one system call where the file system can (`RENAME_NOREPLACE`), else
+/// by looking first. The rename is durable once the directory is fsynced.
+pub fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            if to.exists() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} already exists", to.display()),
+                ));
+            }
+            fs::rename(from, to)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Removes `path` (a missing file is fine) and makes the removal durable.
 pub fn remove(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
@@ -66,5 +86,30 @@ pub fn remove(path: &Path) -> io::Result<()> {
     match path.parent() {
         Some(dir) => sync_dir(dir),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rename_new_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        fs::write(&a, b"new").unwrap();
+        fs::write(&b, b"kept").unwrap();
+        let e = rename_new(&a, &b).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&b).unwrap(), b"kept");
+        assert_eq!(fs::read(&a).unwrap(), b"new");
+        // Positive control: to a free name it renames.
+        rename_new(&a, &c).unwrap();
+        assert_eq!(fs::read(&c).unwrap(), b"new");
+        assert!(!a.exists());
     }
 }

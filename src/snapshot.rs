@@ -75,11 +75,13 @@ pub struct Live {
 
 impl Live {
     pub fn new(snapshot: Snapshot) -> Self {
+        let signers = SignerChecks::default();
+        snapshot.keys.signer_chains.follow(signers.checker());
         Self {
             slot: ArcSwap::from_pointee(snapshot),
             revoked: RevokedIdentities::default(),
             resolver: Resolver::new(),
-            signers: SignerChecks::default(),
+            signers,
         }
     }
 
@@ -89,8 +91,11 @@ impl Live {
     }
 
     /// Puts `snapshot` in force, all of it at once. Signers' revocation
-    /// answers are asked again under it (its anchors may differ).
+    /// answers are asked again under it (its anchors may differ); the
+    /// signer chains its keyring keeps (empty: a new keyring) follow the
+    /// signers' revocation data.
     pub fn replace(&self, snapshot: Snapshot) {
+        snapshot.keys.signer_chains.follow(self.signers.checker());
         self.slot.store(Arc::new(snapshot));
         self.signers.clear();
     }

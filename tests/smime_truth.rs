@@ -702,6 +702,15 @@ fn a_claimed_signing_time_does_not_revive_expired_or_revoked_signers() {
     for (id, from, name, when) in &cases {
         let sig = gpgsm_sign(home.path(), dir, name, &content, "-2", Some(*when));
         send(&gw, &message(id, from, &multipart_signed(&content, &sig)));
+        // The same signer again, once the first is delivered: its chain
+        // verdict is kept from the first message by then; the verdict
+        // must not change.
+        received_for(&sink, id);
+        let again = format!("{id}-again");
+        send(
+            &gw,
+            &message(&again, from, &multipart_signed(&content, &sig)),
+        );
     }
     let stamp = |t: i64| {
         chrono::DateTime::from_timestamp(t, 0)
@@ -710,30 +719,32 @@ fn a_claimed_signing_time_does_not_revive_expired_or_revoked_signers() {
             .to_string()
     };
 
-    let t = trace(&received_for(&sink, "backdated-expired"));
-    assert!(
-        t.starts_with("signature[1]=expired; signer=\"CN=Alice Andersen (expired)")
-            && t.contains(&format!("claimed-signing-time={}", stamp(long_ago)))
-            && t.contains("checked-at=")
-            && !t.contains("=valid"),
-        "{t}"
-    );
-    // Control: the same claim by a certificate valid now is valid, and
-    // its CA's CRL answered.
-    let t = trace(&received_for(&sink, "backdated-valid"));
-    assert!(
-        t.starts_with("signature[1]=valid; signer=\"CN=Alice Andersen")
-            && t.contains("revocation=good")
-            && t.contains(&format!("claimed-signing-time={}", stamp(long_ago))),
-        "{t}"
-    );
-    let t = trace(&received_for(&sink, "backdated-revoked"));
-    assert!(
-        t.starts_with("signature[1]=revoked; signer=\"CN=Bob Bertelsen (revoked)")
-            && t.contains("revocation=revoked")
-            && !t.contains("=valid"),
-        "{t}"
-    );
+    for suffix in ["", "-again"] {
+        let t = trace(&received_for(&sink, &format!("backdated-expired{suffix}")));
+        assert!(
+            t.starts_with("signature[1]=expired; signer=\"CN=Alice Andersen (expired)")
+                && t.contains(&format!("claimed-signing-time={}", stamp(long_ago)))
+                && t.contains("checked-at=")
+                && !t.contains("=valid"),
+            "{suffix}: {t}"
+        );
+        // Control: the same claim by a certificate valid now is valid, and
+        // its CA's CRL answered.
+        let t = trace(&received_for(&sink, &format!("backdated-valid{suffix}")));
+        assert!(
+            t.starts_with("signature[1]=valid; signer=\"CN=Alice Andersen")
+                && t.contains("revocation=good")
+                && t.contains(&format!("claimed-signing-time={}", stamp(long_ago))),
+            "{suffix}: {t}"
+        );
+        let t = trace(&received_for(&sink, &format!("backdated-revoked{suffix}")));
+        assert!(
+            t.starts_with("signature[1]=revoked; signer=\"CN=Bob Bertelsen (revoked)")
+                && t.contains("revocation=revoked")
+                && !t.contains("=valid"),
+            "{suffix}: {t}"
+        );
+    }
 }
 
 #[test]

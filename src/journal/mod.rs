@@ -35,6 +35,10 @@ use crate::config::{JournalSettings, Settings};
 const CHANNEL: usize = 10_000;
 /// Records written in one transaction at most.
 const BATCH: usize = 500;
+/// How long the writer gathers records after the first of a batch: one
+/// transaction per moment rather than per message (the file locks, WAL
+/// writes and wake-ups of a transaction cost more than its rows).
+const GATHER: Duration = Duration::from_millis(200);
 /// The longest wait between two tries of a database that fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -366,6 +370,20 @@ impl Writer {
                 match rx.recv().await {
                     Some(r) => pending.push(r),
                     None => break,
+                }
+                // The store opened (its tables made) at the first record,
+                // as before the gathering: readers find the tables as soon
+                // as mail has been decided (a failure is retried below).
+                if store.is_none() {
+                    if let Ok(s) = Store::open(&self.target).await {
+                        info!(event = "journal-open", journal = %self.target.describe(), "journal opened");
+                        store = Some(s);
+                    }
+                }
+                // The records of the next moment join this one's
+                // transaction (the channel holds them meanwhile).
+                if !rx.is_closed() {
+                    tokio::time::sleep(GATHER).await;
                 }
             }
             while pending.len() < BATCH {

@@ -159,12 +159,20 @@ pub async fn plan(
     pending: Vec<String>,
     at: i64,
 ) -> Plan {
-    let origin = origin(envelope, body);
     let encrypted = arrived_encrypted(&shape);
-    let revoked = live.revoked.current();
+    // Who the message is from and which identities are revoked matter only
+    // to recipients a rule applies to: read once, when one does.
+    let mut looked_up = None;
     let mut recipients = Vec::with_capacity(pending.len());
     for rcpt in pending {
-        let t = decide(snapshot, live, &revoked, &origin, &rcpt, encrypted, at).await;
+        let t = match first_look(&snapshot.settings, &rcpt, encrypted, at) {
+            FirstLook::Done(t) => t,
+            FirstLook::Rule(_) => {
+                let (origin, revoked) = looked_up
+                    .get_or_insert_with(|| (origin(envelope, body), live.revoked.current()));
+                decide(snapshot, live, revoked, origin, &rcpt, encrypted, at).await
+            }
+        };
         recipients.push((rcpt, t));
     }
     Plan {

@@ -75,17 +75,16 @@ pub fn mailboxes_at<'a>(
     verify_at: i64,
     out: &mut Actions<'a>,
 ) {
-    // Which re-encrypting mailboxes it is encrypted to already: the CMS
-    // parsed once for all of them.
+    if mailboxes.is_empty() {
+        return;
+    }
+    // The enveloped data parsed once: for the question which re-encrypting
+    // mailboxes it is encrypted to already, and for the first opening.
+    let mut parsed = match &*shape {
+        Shape::Enveloped { cms: der } => cms::parse(der).ok(),
+        _ => None,
+    };
     let already: Vec<bool> = {
-        let parsed = match &*shape {
-            Shape::Enveloped { cms: der }
-                if mailboxes.iter().any(|m| m.deliver == Deliver::Reencrypt) =>
-            {
-                cms::parse(der).ok()
-            }
-            _ => None,
-        };
         mailboxes
             .iter()
             .map(|m| {
@@ -138,19 +137,26 @@ pub fn mailboxes_at<'a>(
             let verifier = Verifier {
                 anchors: &ctx.keys.anchors,
                 known: ctx.known,
+                kept: Some(cms::KeptChains {
+                    chains: &ctx.keys.signer_chains,
+                    clock: ctx.now,
+                }),
             };
             // The shape read for the plan serves the first opening; later
             // key sets read the message again (rare: keys per mailbox).
             let known = shape.take();
+            let first_parse = parsed.take();
             let mut result = unwrap::unwrap_into(
                 body,
                 known.as_deref(),
+                first_parse.as_ref(),
                 &keys,
                 verifier,
                 verify_at,
                 ctx.spill,
             );
             drop(known);
+            drop(first_parse);
             judge(&mut result, body, ctx);
             opened = Some((indices, result));
         }
@@ -317,6 +323,9 @@ fn judge(result: &mut Unwrapped, body: &[u8], ctx: &Context<'_>) {
         | Unwrapped::Unchanged { report }
         | Unwrapped::Failed { report, .. } => report,
     };
+    if report.signatures().next().is_none() {
+        return;
+    }
     let from = headers::from_address(body);
     let ties = Ties::new(ctx.settings, ctx.keys);
     let off = ctx.settings.trust.revocation == Revocation::Off;
@@ -465,6 +474,9 @@ fn harvest(result: &Unwrapped, envelope: &Envelope, body: &[u8], out: &mut Actio
         Unwrapped::Opened { report, .. } | Unwrapped::Unchanged { report } => report,
         Unwrapped::Failed { .. } => return,
     };
+    if report.signatures().next().is_none() {
+        return;
+    }
     let from = headers::from_addresses(body);
     for sig in report.signatures() {
         let (Verdict::Valid, Some(Relation::Exact), Some(cert)) =

@@ -11,10 +11,20 @@
 //!
 //! The cache belongs to one [`crate::snapshot::Snapshot`]: a reload (new
 //! anchors, settings or folders) starts with an empty one.
+//!
+//! Signers' chains are kept the same way ([`SignerChains`], held by the
+//! [`super::Keyring`] whose anchors they were checked against): by the
+//! fingerprints of the signer certificates and of the certificates the
+//! signature carried, with the signers' revocation data's generation,
+//! within the validity of the chain that was built, an hour at most. Only
+//! chains found trusted are kept: an expired, untrusted or not yet valid
+//! signer is verified again every time and reads as such.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::revocation::Checker;
 
 /// What checking a candidate certificate found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +113,93 @@ impl Checked {
     }
 }
 
+/// A signer chain found trusted: with which revocation data, for which
+/// evaluation times, until when.
+#[derive(Debug, Clone, Copy)]
+struct KeptChain {
+    generation: u64,
+    window: (i64, i64),
+    expires: i64,
+}
+
+/// The signer chains found trusted under one keyring's anchors.
+#[derive(Debug, Default)]
+pub struct SignerChains {
+    kept: Mutex<HashMap<String, KeptChain>>,
+    hits: AtomicU64,
+    /// Where the signers' revocation data's generation is read (set when
+    /// the keyring is put in force; generation 0 until then).
+    revocation: OnceLock<Arc<Checker>>,
+}
+
+impl SignerChains {
+    /// Reads the revocation data's generation from `checker` from now on
+    /// (the first call wins: one keyring, one daemon).
+    pub fn follow(&self, checker: Arc<Checker>) {
+        let _ = self.revocation.set(checker);
+    }
+
+    /// The signers' revocation data's generation now.
+    pub fn generation(&self) -> u64 {
+        self.revocation.get().map_or(0, |c| c.generation())
+    }
+
+    /// Whether the chain kept under `key` holds for evaluation time `at`
+    /// with revocation data of `generation`, at clock time `now`.
+    pub fn trusted(&self, key: &str, generation: u64, at: i64, now: i64) -> bool {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let holds = kept.get(key).is_some_and(|k| {
+            k.generation == generation && k.window.0 <= at && at <= k.window.1 && now < k.expires
+        });
+        if holds {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        holds
+    }
+
+    /// Keeps the chain of `key`, found trusted with revocation data of
+    /// `generation`, for evaluation times in `window`, until `expires`.
+    pub fn keep(&self, key: &str, generation: u64, window: (i64, i64), expires: i64) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() >= MAX_ENTRIES && !kept.contains_key(key) {
+            kept.clear();
+        }
+        kept.insert(
+            key.to_string(),
+            KeptChain {
+                generation,
+                window,
+                expires,
+            },
+        );
+    }
+
+    /// How many chains were served from the cache.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+}
+
+/// The key of a signer chain: the fingerprints of the signer certificates
+/// (in the signature's order), then those of the certificates the
+/// signature carried (in any order).
+pub fn chain_key(signers: &[String], carried: &[String]) -> String {
+    let mut carried: Vec<&str> = carried.iter().map(String::as_str).collect();
+    carried.sort_unstable();
+    carried.dedup();
+    let mut key = String::with_capacity(65 * (signers.len() + carried.len()) + 1);
+    for f in signers {
+        key.push_str(f);
+        key.push(',');
+    }
+    key.push('/');
+    for f in carried {
+        key.push_str(f);
+        key.push(',');
+    }
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +241,42 @@ mod tests {
         assert!(c.kept.lock().unwrap().len() <= MAX_ENTRIES);
         let last = format!("{:x}", MAX_ENTRIES + 4);
         assert_eq!(c.get(&last, 0, 5, 5), Some(usable()));
+    }
+
+    #[test]
+    fn a_kept_signer_chain_holds_only_for_its_generation_window_and_time() {
+        let c = SignerChains::default();
+        let key = chain_key(&["aa".into()], &["cc".into(), "bb".into()]);
+        // Positive control first: nothing kept, nothing served.
+        assert!(!c.trusted(&key, 0, 150, 500));
+        c.keep(&key, 0, (100, 200), 1000);
+        assert!(c.trusted(&key, 0, 150, 500), "hit");
+        assert_eq!(c.hits(), 1);
+        // A CRL fetched since.
+        assert!(!c.trusted(&key, 1, 150, 500), "generation moved");
+        // Outside the chain's validity (the signer expired, or not yet valid).
+        assert!(!c.trusted(&key, 0, 201, 500));
+        assert!(!c.trusted(&key, 0, 99, 500));
+        // Kept too long.
+        assert!(!c.trusted(&key, 0, 150, 1000));
+        // The same signer with other certificates carried is another chain;
+        // the order they were carried in is not.
+        assert!(!c.trusted(&chain_key(&["aa".into()], &["bb".into()]), 0, 150, 500));
+        assert!(c.trusted(
+            &chain_key(&["aa".into()], &["bb".into(), "cc".into()]),
+            0,
+            150,
+            500
+        ));
+        assert_eq!(c.hits(), 2);
+    }
+
+    #[test]
+    fn signer_chains_follow_the_revocation_data_they_are_given() {
+        let c = SignerChains::default();
+        assert_eq!(c.generation(), 0);
+        let checker = Arc::new(Checker::default());
+        c.follow(Arc::clone(&checker));
+        assert_eq!(c.generation(), checker.generation());
     }
 }

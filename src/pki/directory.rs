@@ -170,8 +170,16 @@ impl Index {
 
 /// SHA-256 fingerprint in hex.
 pub fn fingerprint(cert: &X509) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     cert.digest(MessageDigest::sha256())
-        .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
+        .map(|d| {
+            let mut out = String::with_capacity(d.len() * 2);
+            for b in d.iter() {
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0x0f)]));
+            }
+            out
+        })
         .unwrap_or_default()
 }
 

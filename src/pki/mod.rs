@@ -27,11 +27,13 @@ use crate::config::Settings;
 /// the configuration and swapped with it in one snapshot. What changes
 /// while the daemon runs (harvested certificates, revocation found later)
 /// lives apart: the certificate directory (which grows by harvest) and
-/// [`revocation::RevokedIdentities`].
+/// [`revocation::RevokedIdentities`]. Beside them, the signer chains found
+/// trusted under these anchors (a cache: a new keyring starts empty).
 #[derive(Debug, Default)]
 pub struct Keyring {
     pub identities: Vec<Identity>,
     pub anchors: Vec<X509>,
+    pub signer_chains: std::sync::Arc<checked::SignerChains>,
 }
 
 /// What went wrong loading keys and anchors; every problem is listed.
@@ -62,6 +64,7 @@ impl Keyring {
             Ok(Self {
                 identities,
                 anchors,
+                signer_chains: Default::default(),
             })
         } else {
             Err(KeyringError(problems))
@@ -125,6 +128,7 @@ mod tests {
                 id("org2", &[], None),
             ],
             anchors: Vec::new(),
+            ..Keyring::default()
         };
         assert!(keys.identities[0].is_organisation_wide());
         assert_eq!(

@@ -218,6 +218,12 @@ impl SignerChecks {
             .collect()
     }
 
+    /// The revocation data the answers are formed with (signer chains
+    /// kept elsewhere follow its generation).
+    pub fn checker(&self) -> Arc<Checker> {
+        Arc::clone(&self.checker)
+    }
+
     /// Forgets every answer (a reload: other anchors, other settings).
     pub fn clear(&self) {
         self.answers

@@ -9,6 +9,7 @@ fn keyring() -> Keyring {
     Keyring {
         identities: vec![id],
         anchors: Vec::new(),
+        ..Keyring::default()
     }
 }
 

@@ -203,6 +203,7 @@ fn only_internal_senders_are_signed_for_and_revoked_identities_never_sign() {
     let keys = Keyring {
         identities: vec![identity("Example Law ApS", Generation::Oces3)],
         anchors: Vec::new(),
+        ..Keyring::default()
     };
     let cands = [usable(Generation::Oces3)];
     let signed = |d: &Decision| {

@@ -59,12 +59,12 @@ pub struct Services<'a> {
 /// One delivery attempt of message `id`.
 pub async fn attempt(id: &str, services: &Services<'_>) -> JobEnd {
     let Services { store, budget, .. } = *services;
-    let mut msg = match load(id, store).await {
+    let (mut msg, scanned) = match load(id, store).await {
         Ok(m) => m,
         Err(end) => return end,
     };
     let size = msg.body.len() as u64;
-    let outcome = attempt_loaded(id, &mut msg, services).await;
+    let outcome = attempt_loaded(id, &mut msg, scanned, services).await;
     drop(msg);
     // A large message's heap is given back once nothing else runs.
     if size >= RELEASE_AFTER && budget.idle() {
@@ -77,7 +77,17 @@ pub async fn attempt(id: &str, services: &Services<'_>) -> JobEnd {
 /// when the queue falls idle after them.
 const RELEASE_AFTER: u64 = 1024 * 1024;
 
-async fn attempt_loaded(id: &str, msg: &mut Spooled, services: &Services<'_>) -> JobEnd {
+/// Messages below this size are scanned in the same trip to a blocking
+/// thread that reads them; larger ones after they got their share of the
+/// memory budget (the scan's shape may copy their CMS).
+const SCAN_WITH_LOAD: usize = 1024 * 1024;
+
+async fn attempt_loaded(
+    id: &str,
+    msg: &mut Spooled,
+    scanned: Scanned,
+    services: &Services<'_>,
+) -> JobEnd {
     let Services {
         live,
         store,
@@ -137,13 +147,17 @@ async fn attempt_loaded(id: &str, msg: &mut Spooled, services: &Services<'_>) ->
     // of it inside must not be observable outside. The scan and the
     // message's shape come from one parse, before anything else: the
     // pipeline's EFAIL defence uses the same answer.
-    let body = Arc::clone(&msg.body);
-    let (seen, shape) = match tokio::task::spawn_blocking(move || scan::scan_and_shape(&body)).await
-    {
-        Ok(found) => found,
-        Err(e) => {
-            error!(queue_id = %id, error = %e, "message processing failed; will retry");
-            return JobEnd::Retry(now_secs() + 60);
+    let (seen, shape) = match scanned {
+        Some(found) => found,
+        None => {
+            let body = Arc::clone(&msg.body);
+            match tokio::task::spawn_blocking(move || scan::scan_and_shape(&body)).await {
+                Ok(found) => found,
+                Err(e) => {
+                    error!(queue_id = %id, error = %e, "message processing failed; will retry");
+                    return JobEnd::Retry(now_secs() + 60);
+                }
+            }
         }
     };
     let plan = decide::plan(
@@ -254,11 +268,25 @@ async fn attempt_loaded(id: &str, msg: &mut Spooled, services: &Services<'_>) ->
     end
 }
 
-/// Reads the message; a file that cannot be read is set aside, a task
-/// that failed is retried.
-async fn load(id: &str, store: &Arc<Store>) -> Result<Spooled, JobEnd> {
+/// What the scan found in a message and its shape, when it was read with it.
+type Scanned = Option<(Seen, mime::Shape)>;
+
+/// Reads the message (and scans a small one in the same trip); a file
+/// that cannot be read is set aside, a task that failed is retried.
+async fn load(id: &str, store: &Arc<Store>) -> Result<(Spooled, Scanned), JobEnd> {
+    // Just accepted and small: in memory, scanned here (tens of
+    // microseconds), no trip to a blocking thread.
+    if let Some(msg) = store.load_fresh(id) {
+        let scanned = Some(scan::scan_and_shape(&msg.body));
+        return Ok((msg, scanned));
+    }
     let (s, i) = (Arc::clone(store), id.to_string());
-    match blocking(move || s.load(&i)).await {
+    let read = blocking(move || {
+        let msg = s.load(&i)?;
+        let scanned = (msg.body.len() < SCAN_WITH_LOAD).then(|| scan::scan_and_shape(&msg.body));
+        Ok((msg, scanned))
+    });
+    match read.await {
         Ok(m) => Ok(m),
         Err(QueueError::Spool(SpoolError::NotFound(_))) => Err(JobEnd::Gone),
         Err(QueueError::Spool(SpoolError::Corrupt { path, reason })) => {
@@ -360,30 +388,46 @@ async fn inbound_pipeline(
     plan: Plan,
     given: &Given,
 ) -> Result<Vec<Action<'static>>, tokio::task::JoinError> {
+    if plan
+        .recipients
+        .iter()
+        .all(|(_, t)| matches!(t, Treatment::Unchanged(_)))
+    {
+        // Passed on as it came: nothing to open, sign or encrypt, so no
+        // trip to a blocking thread and no copy of the message.
+        let ctx = pipeline::Context {
+            settings: &snapshot.settings,
+            keys: &snapshot.keys,
+            now: now_secs() as i64,
+            known: &[],
+            signer_revocation: &HashMap::new(),
+            ldap_asked: false,
+            spill: &*given.spill,
+            seen: Some(given.seen),
+        };
+        let actions = pipeline::process(&msg.envelope, &msg.body, plan, &ctx);
+        return Ok(owned(actions, &msg.body));
+    }
     let has_mailboxes = plan
         .recipients
         .iter()
         .any(|(_, t)| matches!(t, Treatment::Mailbox { .. }));
-    let mut known = if has_mailboxes {
+    // Signers' certificates and revocation answers matter to mailboxes only.
+    let mut known = Arc::new(if has_mailboxes {
         signer::known_certificates(&snapshot.keys, &snapshot.certs)
     } else {
         Vec::new()
-    };
+    });
     let mut ldap_asked = false;
-    let answers = live.signers.known(now_secs() as i64);
+    let answers = if has_mailboxes {
+        live.signers.known(now_secs() as i64)
+    } else {
+        HashMap::new()
+    };
     // The first run takes the plan (its shape may hold the whole CMS, let
     // go once opened); a second run reads the shape again.
     let recipients = plan.recipients.clone();
-    let mut actions = run_pipeline(
-        msg,
-        snapshot,
-        plan,
-        &Arc::new(known.clone()),
-        answers,
-        ldap_asked,
-        given,
-    )
-    .await?;
+    let mut actions = run_pipeline(msg, snapshot, plan, &known, answers, ldap_asked, given).await?;
     for _ in 0..2 {
         let mut wanted: Vec<(X509, X509)> = Vec::new();
         let mut addresses: Vec<String> = Vec::new();
@@ -398,7 +442,7 @@ async fn inbound_pipeline(
             break;
         }
         for address in &addresses {
-            known.extend(
+            Arc::make_mut(&mut known).extend(
                 live.resolver
                     .ldap_certificates(&snapshot.settings, address)
                     .await,
@@ -429,16 +473,7 @@ async fn inbound_pipeline(
             shape: Arc::new(shape),
             recipients: recipients.clone(),
         };
-        actions = run_pipeline(
-            msg,
-            snapshot,
-            plan,
-            &Arc::new(known.clone()),
-            answers,
-            ldap_asked,
-            given,
-        )
-        .await?;
+        actions = run_pipeline(msg, snapshot, plan, &known, answers, ldap_asked, given).await?;
     }
     Ok(actions)
 }
@@ -479,12 +514,30 @@ async fn run_pipeline(
             spill: &*spill,
             seen: Some(seen),
         };
-        pipeline::process(&envelope, &body, plan, &ctx)
-            .into_iter()
-            .map(Action::into_owned)
-            .collect()
+        owned(pipeline::process(&envelope, &body, plan, &ctx), &body)
     })
     .await
+}
+
+/// The actions owning their bytes (to outlive the borrow of the message):
+/// a copy that is the spooled message itself shares its bytes, anything
+/// else is copied.
+fn owned(actions: Vec<Action<'_>>, body: &Arc<Vec<u8>>) -> Vec<Action<'static>> {
+    actions
+        .into_iter()
+        .map(|a| match a {
+            Action::Deliver(pipeline::Copy {
+                rcpts,
+                body: pipeline::Body::Borrowed(b),
+                note,
+            }) if std::ptr::eq(b, body.as_slice()) => Action::Deliver(pipeline::Copy {
+                rcpts,
+                body: pipeline::Body::Made(crate::blob::Blob::from(Arc::clone(body))),
+                note,
+            }),
+            other => other.into_owned(),
+        })
+        .collect()
 }
 
 fn log_outcomes(msg: &Spooled, message_id: &str, logged: &[Logged]) {

@@ -16,6 +16,8 @@ use super::SmimeError;
 use crate::blob::{Blob, Spill};
 use crate::config::Encryption;
 use crate::ossl;
+use crate::pki::checked::{chain_key, SignerChains, KEEP};
+use crate::pki::directory::fingerprint;
 use crate::pki::trust::store_at;
 
 /// The content type of a CMS structure.
@@ -224,6 +226,15 @@ pub fn signed_content_inside(der: &[u8]) -> bool {
         .unwrap_or(false)
 }
 
+/// Signer chains found trusted by earlier verifications (under the same
+/// anchors), and the clock that says how long they are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct KeptChains<'a> {
+    pub chains: &'a SignerChains,
+    /// Clock time (Unix seconds), not the time verified as of.
+    pub clock: i64,
+}
+
 /// Verifies a signature: detached over `detached` (the exact signed bytes;
 /// the CRLF and LF forms are tried too, as clients differ in what they
 /// canonicalise) or opaque (content inside). The signer's certificate is
@@ -237,6 +248,24 @@ pub fn verify(
     known: &[X509],
     now: i64,
 ) -> Verified {
+    verify_kept(sig, detached, anchors, known, now, None)
+}
+
+/// [`verify`], with the signers' chain taken from `kept` when a chain of
+/// the same signers with the same certificates carried was found trusted
+/// for this time (the mathematics are always checked), and kept there
+/// when it is found trusted now.
+pub fn verify_kept(
+    sig: &[u8],
+    detached: Option<&[u8]>,
+    anchors: &[X509],
+    known: &[X509],
+    now: i64,
+    kept: Option<KeptChains<'_>>,
+) -> Verified {
+    // Read before checking: revocation data fetched meanwhile makes what is
+    // kept now stale rather than fresh.
+    let generation = kept.map(|k| k.chains.generation());
     let mut out = Verified {
         math: Math::Invalid(String::new()),
         chain: Chain::NotChecked,
@@ -265,61 +294,52 @@ pub fn verify(
     if detached.is_none() {
         out.content = ossl::signed_content(&cms);
     }
-    let prepared = (|| {
+    let pool = (|| {
         let mut pool = Stack::new()?;
         for c in known {
             pool.push(c.clone())?;
         }
-        Ok::<_, openssl::error::ErrorStack>((
-            pool,
-            store_at(anchors, now)?,
-            crate::pki::trust::store_any_time(anchors)?,
-        ))
+        Ok::<_, openssl::error::ErrorStack>(pool)
     })();
-    let (pool, store, timeless) = match prepared {
+    let pool = match pool {
         Ok(p) => p,
         Err(e) => {
             out.math = Math::Invalid(format!("cannot verify: {}", short(&e)));
             return out;
         }
     };
-    // The forms of the detached content to try: exact first.
-    let mut forms: Vec<Vec<u8>> = Vec::new();
-    if let Some(d) = detached {
-        forms.push(d.to_vec());
-        for f in [
-            crate::mail::lines::crlf(d).into_owned(),
-            crate::mail::lines::lf(d),
-        ] {
-            if !forms.contains(&f) {
-                forms.push(f);
-            }
-        }
-    }
     let attempt = |cms: &mut CmsContentInfo,
                    data: Option<&[u8]>,
-                   store: &openssl::x509::store::X509Store,
+                   store: Option<&openssl::x509::store::X509StoreRef>,
                    flags: CMSOptions| {
-        cms.verify(
-            Some(&pool),
-            Some(store),
-            data,
-            None,
-            CMSOptions::BINARY | flags,
-        )
+        cms.verify(Some(&pool), store, data, None, CMSOptions::BINARY | flags)
     };
+    // The mathematics alone: no chain is built, so no store is needed. The
+    // forms of detached content, exact first, then its CRLF and LF forms
+    // (made only when the exact bytes do not match).
     let math_only = CMSOptions::NO_SIGNER_CERT_VERIFY;
-    let mut matched: Option<Option<&[u8]>> = None;
     let mut failure = None;
-    let tries: Vec<Option<&[u8]>> = if forms.is_empty() {
-        vec![None]
-    } else {
-        forms.iter().map(|f| Some(f.as_slice())).collect()
-    };
-    for data in tries {
-        match attempt(&mut cms, data, &store, math_only) {
+    let mut tried: Vec<Vec<u8>> = Vec::new();
+    let mut matched: Option<Option<Vec<u8>>> = None;
+    for form in 0..3 {
+        let made: Option<Vec<u8>> = match (detached, form) {
+            (None, 0) | (Some(_), 0) => None,
+            (None, _) => break,
+            (Some(d), 1) => match crate::mail::lines::crlf(d) {
+                std::borrow::Cow::Owned(v) => Some(v),
+                std::borrow::Cow::Borrowed(_) => continue,
+            },
+            (Some(d), _) => Some(crate::mail::lines::lf(d)),
+        };
+        if let (Some(m), Some(d)) = (&made, detached) {
+            if m[..] == *d || tried.iter().any(|t| t == m) {
+                continue;
+            }
+        }
+        let data: Option<&[u8]> = made.as_deref().or(detached);
+        match attempt(&mut cms, data, None, math_only) {
             Ok(()) => {
-                matched = Some(data);
+                matched = Some(made);
                 break;
             }
             Err(e) if signer_not_found(&e) => {
@@ -330,23 +350,43 @@ pub fn verify(
                 failure.get_or_insert(e);
             }
         }
+        if let Some(m) = made {
+            tried.push(m);
+        }
     }
-    let mut signers = ossl::signers(&cms).into_iter();
+    let all_signers = ossl::signers(&cms);
+    let mut signers = all_signers.iter().cloned();
     out.signer = signers.next();
     let co_signers: Vec<X509> = signers.collect();
-    let Some(data) = matched else {
+    let Some(made) = matched else {
         out.math = Math::Invalid(failure.map(|e| short(&e)).unwrap_or_default());
         return out;
     };
+    let data: Option<&[u8]> = made.as_deref().or(detached);
     out.math = Math::Valid;
-    out.chain = match attempt(&mut cms, data, &store, CMSOptions::empty()) {
-        Ok(()) => Chain::Trusted,
-        Err(now_err) => match attempt(&mut cms, data, &timeless, CMSOptions::empty()) {
-            Ok(()) => time_problem(out.signer.as_ref(), now),
-            Err(_) => Chain::Untrusted(chain_reason(&now_err)),
-        },
+    let carried = ossl::embedded_certs(&cms);
+    let key = kept.map(|_| {
+        let fingerprints = |certs: &[X509]| certs.iter().map(fingerprint).collect::<Vec<_>>();
+        chain_key(&fingerprints(&all_signers), &fingerprints(&carried))
+    });
+    let from_kept = match (kept, &key, generation) {
+        (Some(k), Some(key), Some(g)) => k.chains.trusted(key, g, now, k.clock),
+        _ => false,
     };
-    let mut helpers = ossl::embedded_certs(&cms);
+    out.chain = if from_kept {
+        Chain::Trusted
+    } else {
+        let chain = chain_now(&mut cms, data, anchors, now, &attempt, out.signer.as_ref());
+        if let (Chain::Trusted, Some(k), Some(key), Some(g)) = (&chain, kept, &key, generation) {
+            let mut helpers = carried.clone();
+            helpers.extend(known.iter().cloned());
+            if let Some(window) = chains_window(&all_signers, anchors, &helpers, now) {
+                k.chains.keep(key, g, window, k.clock.saturating_add(KEEP));
+            }
+        }
+        chain
+    };
+    let mut helpers = carried;
     helpers.extend(known.iter().cloned());
     helpers.extend(anchors.iter().cloned());
     let issuer_of = |cert: &X509| {
@@ -364,6 +404,63 @@ pub fn verify(
         })
         .collect();
     out
+}
+
+/// One CMS verification of the content with a store (or none) and flags.
+type Attempt<'a> = dyn Fn(
+        &mut CmsContentInfo,
+        Option<&[u8]>,
+        Option<&openssl::x509::store::X509StoreRef>,
+        CMSOptions,
+    ) -> Result<(), openssl::error::ErrorStack>
+    + 'a;
+
+/// The signers' chains to `anchors` as of `now`, checked by OpenSSL's CMS
+/// verification (every signer, S/MIME signing purpose); when they fail, a
+/// second check without validity periods tells "expired" from "untrusted".
+fn chain_now(
+    cms: &mut CmsContentInfo,
+    data: Option<&[u8]>,
+    anchors: &[X509],
+    now: i64,
+    attempt: &Attempt<'_>,
+    signer: Option<&X509>,
+) -> Chain {
+    let store = match store_at(anchors, now) {
+        Ok(s) => s,
+        Err(e) => return Chain::Untrusted(format!("cannot verify: {}", short(&e))),
+    };
+    let now_err = match attempt(cms, data, Some(&store), CMSOptions::empty()) {
+        Ok(()) => return Chain::Trusted,
+        Err(e) => e,
+    };
+    match crate::pki::trust::store_any_time(anchors) {
+        Ok(timeless) => match attempt(cms, data, Some(&timeless), CMSOptions::empty()) {
+            Ok(()) => time_problem(signer, now),
+            Err(_) => Chain::Untrusted(chain_reason(&now_err)),
+        },
+        Err(_) => Chain::Untrusted(chain_reason(&now_err)),
+    }
+}
+
+/// The evaluation times for which the chains of all `signers` (built to
+/// `anchors` with `helpers`, as of `now`) hold: every certificate in each
+/// is valid. `None` when a chain cannot be built this way.
+fn chains_window(
+    signers: &[X509],
+    anchors: &[X509],
+    helpers: &[X509],
+    now: i64,
+) -> Option<(i64, i64)> {
+    let mut window = (i64::MIN, i64::MAX);
+    for signer in signers {
+        let chain = crate::pki::validate::chain(signer, anchors, helpers, now).ok()?;
+        for c in &chain {
+            let (from, until) = crate::pki::validate::period(c)?;
+            window = (window.0.max(from), window.1.min(until));
+        }
+    }
+    (window.0 <= window.1 && window.0 <= now && now <= window.1).then_some(window)
 }
 
 /// Why a chain that holds apart from validity periods does not hold now.
@@ -487,6 +584,49 @@ mod tests {
         let v = verify(&bare, Some(b"z"), &anchors, &anchors, later);
         assert!(matches!(v.chain, Chain::Expired(_)), "{:?}", v.chain);
         assert_eq!(v.checked_at, later);
+    }
+
+    #[test]
+    fn a_trusted_signer_chain_is_kept_and_others_are_checked_every_time() {
+        let id = testkit::identity(1024, "Kept Chain").unwrap();
+        let stranger = testkit::identity(1024, "Stranger").unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let anchors = [id.cert.clone()];
+        let chains = SignerChains::default();
+        let kept = Some(KeptChains {
+            chains: &chains,
+            clock: now,
+        });
+        let sig = signed_detached(&id, b"z");
+        let check = |content: &[u8], at: i64| {
+            let v = verify_kept(&sig, Some(content), &anchors, &[], at, kept);
+            (v.math, v.chain)
+        };
+        // Miss, then hit.
+        assert_eq!(check(b"z", now), (Math::Valid, Chain::Trusted));
+        assert_eq!(chains.hits(), 0);
+        assert_eq!(check(b"z", now), (Math::Valid, Chain::Trusted));
+        assert_eq!(chains.hits(), 1);
+        // The mathematics are checked on a hit too.
+        assert!(matches!(check(b"y", now).0, Math::Invalid(_)));
+        // Past the certificate's end: expired, not served from the cache.
+        let later = now + 60 * 86_400;
+        assert!(matches!(check(b"z", later).1, Chain::Expired(_)));
+        assert_eq!(chains.hits(), 1);
+        // A signer that does not chain is never kept: untrusted each time.
+        let other = signed_detached(&stranger, b"z");
+        for _ in 0..2 {
+            let v = verify_kept(&other, Some(b"z"), &anchors, &[], now, kept);
+            assert_eq!(v.math, Math::Valid);
+            assert!(matches!(v.chain, Chain::Untrusted(_)), "{:?}", v.chain);
+        }
+        assert_eq!(chains.hits(), 1);
+        // And the kept one still holds.
+        assert_eq!(check(b"z", now), (Math::Valid, Chain::Trusted));
+        assert_eq!(chains.hits(), 2);
     }
 
     #[test]

@@ -338,6 +338,8 @@ pub struct Verifier<'a> {
     pub anchors: &'a [X509],
     /// Certificates a signature may name without carrying them.
     pub known: &'a [X509],
+    /// Signer chains found trusted before, kept for the next messages.
+    pub kept: Option<cms::KeptChains<'a>>,
 }
 
 /// Unwraps `message` for a recipient whose candidate keys are `keys`
@@ -350,6 +352,7 @@ pub fn unwrap(message: &[u8], keys: &[&Identity], anchors: &[X509], now: i64) ->
         Verifier {
             anchors,
             known: anchors,
+            kept: None,
         },
         now,
     )
@@ -364,15 +367,17 @@ pub fn unwrap_with(
     verifier: Verifier<'_>,
     now: i64,
 ) -> Unwrapped {
-    unwrap_into(message, None, keys, verifier, now, &InMemory)
+    unwrap_into(message, None, None, keys, verifier, now, &InMemory)
 }
 
 /// As [`unwrap_with`], with the decrypted content and the clean message
 /// written to `spill` (scratch files for a large message), and the
-/// message's `shape` when the caller knows it already (read once).
+/// message's `shape` when the caller knows it already (read once), with
+/// its enveloped data `parsed` when the caller parsed that too.
 pub fn unwrap_into(
     message: &[u8],
     shape: Option<&Shape>,
+    parsed: Option<&openssl::cms::CmsContentInfo>,
     keys: &[&Identity],
     verifier: Verifier<'_>,
     now: i64,
@@ -386,8 +391,11 @@ pub fn unwrap_into(
     // The caller's shape serves the first layer, borrowed (it may hold
     // the whole CMS: never copied).
     let mut known = shape;
+    let mut parsed = parsed;
     let mut done = false;
     for _ in 0..MAX_LAYERS {
+        // The caller's parse is of the first layer only.
+        let parsed_here = parsed.take();
         let computed;
         let here: &Shape = match known.take() {
             Some(s) => s,
@@ -397,7 +405,10 @@ pub fn unwrap_into(
             }
         };
         match here {
-            Shape::Enveloped { cms } => match open(cms, keys, spill) {
+            Shape::Enveloped { cms: der } => match match parsed_here {
+                Some(cms) => open_parsed(cms, keys, spill),
+                None => cms::parse(der).and_then(|cms| open_parsed(&cms, keys, spill)),
+            } {
                 Ok((inner, key)) => {
                     report.layers.push(Layer::Decrypted(key));
                     opened = Some(inner.clone());
@@ -406,7 +417,14 @@ pub fn unwrap_into(
                 Err(error) => return Unwrapped::Failed { error, report },
             },
             Shape::OpaqueSigned { cms } => {
-                let mut v = cms::verify(cms, None, verifier.anchors, verifier.known, now);
+                let mut v = cms::verify_kept(
+                    cms,
+                    None,
+                    verifier.anchors,
+                    verifier.known,
+                    now,
+                    verifier.kept,
+                );
                 let content = v.content.take();
                 record(&mut report, v);
                 match content {
@@ -418,12 +436,13 @@ pub fn unwrap_into(
                 }
             }
             Shape::DetachedSigned { content, signature } => {
-                let v = cms::verify(
+                let v = cms::verify_kept(
                     signature,
                     Some(content),
                     verifier.anchors,
                     verifier.known,
                     now,
+                    verifier.kept,
                 );
                 record(&mut report, v);
                 current = Some(Blob::from(content.clone()));
@@ -483,12 +502,15 @@ fn record(report: &mut Report, v: cms::Verified) {
         })));
 }
 
-/// Decrypts with the first candidate the CMS names as a recipient, into
-/// a blob of `spill`.
-fn open(der: &[u8], keys: &[&Identity], spill: &dyn Spill) -> Result<(Blob, KeyUsed), SmimeError> {
-    let cms = cms::parse(der)?;
-    let Some(id) = keys.iter().find(|id| ossl::is_recipient(&cms, &id.cert)) else {
-        let named: Vec<String> = ossl::recipients(&cms)
+/// Decrypts the enveloped data `cms` with the first candidate it names as
+/// a recipient, into a blob of `spill`.
+fn open_parsed(
+    cms: &openssl::cms::CmsContentInfo,
+    keys: &[&Identity],
+    spill: &dyn Spill,
+) -> Result<(Blob, KeyUsed), SmimeError> {
+    let Some(id) = keys.iter().find(|id| ossl::is_recipient(cms, &id.cert)) else {
+        let named: Vec<String> = ossl::recipients(cms)
             .iter()
             .take(4)
             .map(|r| r.to_string())
@@ -499,7 +521,7 @@ fn open(der: &[u8], keys: &[&Identity], spill: &dyn Spill) -> Result<(Blob, KeyU
             named.join("; ")
         }));
     };
-    let inner = cms::decrypt_into(&cms, &id.key, &id.cert, spill).map_err(|e| match e {
+    let inner = cms::decrypt_into(cms, &id.key, &id.cert, spill).map_err(|e| match e {
         SmimeError::Decrypt(why) => SmimeError::Decrypt(format!(
             "with key {}: {why}",
             header::quote(&id.info.subject_cn)

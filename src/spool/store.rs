@@ -11,12 +11,13 @@
 //! Why one long file: about a third is unit tests of the crash and
 //! upgrade cases, which need the store's private paths.
 
+use std::collections::HashMap;
 use std::fs::{self, DirBuilder};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWriteExt;
 use tracing::error;
 
 use super::envelope::{Envelope, QueueState};
@@ -96,6 +97,94 @@ pub struct Store {
     ids: IdGenerator,
     /// Directory fsyncs of `queue/`, shared by messages committed together.
     queue_sync: std::sync::Arc<super::group::GroupSync>,
+    /// Small messages just committed, for their first attempt.
+    fresh: std::sync::Arc<Fresh>,
+    /// Emptied files of removed messages, for new messages to be written into.
+    recycled: std::sync::Arc<Recycled>,
+}
+
+/// Emptied files kept for reuse at most.
+const RECYCLE_MAX: usize = 256;
+
+/// Files of removed messages, moved to `tmp/` and emptied, for new
+/// messages to be written into: a message then costs the file system no
+/// inode allocation and no inode release (ext4's inode allocator slows
+/// down with every inode released in the last minute, which at a few
+/// hundred messages a second was a fifth of the daemon's time). A crash
+/// leaves them in `tmp/`, which [`Store::open`] clears.
+#[derive(Debug)]
+struct Recycled {
+    tmp: PathBuf,
+    free: std::sync::Mutex<Vec<PathBuf>>,
+    seq: std::sync::atomic::AtomicU64,
+    /// `free-<process>.<store>`: the names of this store's files.
+    prefix: std::sync::OnceLock<String>,
+}
+
+impl Recycled {
+    /// A file to write a new message into, when one is free.
+    fn take(&self) -> Option<PathBuf> {
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    /// A new name in `tmp/` for a file about to be freed, unless enough
+    /// are kept already.
+    fn name(&self) -> Option<PathBuf> {
+        if self.free.lock().unwrap_or_else(|p| p.into_inner()).len() >= RECYCLE_MAX {
+            return None;
+        }
+        // Unique among stores and processes on the same spool.
+        static STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let prefix = self.prefix.get_or_init(|| {
+            let store = STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!("free-{}.{store}", std::process::id())
+        });
+        let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(self.tmp.join(format!("{prefix}.{n}")))
+    }
+
+    fn give(&self, path: PathBuf) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < RECYCLE_MAX {
+            free.push(path);
+        } else {
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
+/// Octets of just-committed messages kept for their first attempt at most.
+const FRESH_BUDGET: usize = 8 * 1024 * 1024;
+
+/// Small messages just committed, kept in memory for their first attempt
+/// so the queue does not read back what the session has just written
+/// (bounded in octets; beyond, messages are read from disk as always).
+#[derive(Debug, Default)]
+struct Fresh {
+    /// The messages by id, and their octets in all.
+    held: std::sync::Mutex<(HashMap<String, FreshMessage>, usize)>,
+}
+
+/// A just-committed message: its envelope and body.
+type FreshMessage = (Envelope, std::sync::Arc<Vec<u8>>);
+
+impl Fresh {
+    fn put(&self, id: &str, envelope: Envelope, body: Vec<u8>) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if held.1 + body.len() > FRESH_BUDGET {
+            return;
+        }
+        held.1 += body.len();
+        held.0
+            .insert(id.to_string(), (envelope, std::sync::Arc::new(body)));
+    }
+
+    fn take(&self, id: &str) -> Option<FreshMessage> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let got = held.0.remove(id)?;
+        held.1 -= got.1.len();
+        Some(got)
+    }
 }
 
 impl Store {
@@ -149,6 +238,12 @@ impl Store {
                 floor = floor.max(id::parse(&name).unwrap_or(0));
             }
         }
+        let recycled = std::sync::Arc::new(Recycled {
+            tmp: tmp.clone(),
+            free: std::sync::Mutex::new(Vec::new()),
+            seq: std::sync::atomic::AtomicU64::new(0),
+            prefix: std::sync::OnceLock::new(),
+        });
         Ok(Self {
             queue_sync: std::sync::Arc::new(super::group::GroupSync::new(queue.clone())),
             queue,
@@ -157,6 +252,8 @@ impl Store {
             quarantine,
             work,
             ids: IdGenerator::starting_above(floor),
+            fresh: std::sync::Arc::default(),
+            recycled,
         })
     }
 
@@ -180,19 +277,25 @@ impl Store {
         }
     }
 
-    /// Starts writing a new message for `envelope`.
+    /// Starts writing a new message for `envelope`. Nothing touches the
+    /// disk yet: a message that fits [`Incoming`]'s buffer is written,
+    /// fsynced and renamed in one trip at its commit.
     pub async fn begin(&self, envelope: &Envelope) -> Result<Incoming, SpoolError> {
         let id = self.ids.next();
-        let tmp_path = self.tmp.join(&id);
+        // An emptied file of a removed message when there is one (written
+        // over, never created), else a new one named by the id.
+        let (tmp_path, reused) = match self.recycled.take() {
+            Some(p) => (p, true),
+            None => (self.tmp.join(&id), false),
+        };
         let head = format::message_head(envelope).map_err(SpoolError::unwritable(&tmp_path))?;
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)
-            .await
-            .map_err(SpoolError::io(&tmp_path))?;
         let mut incoming = Incoming {
-            file: Some(BufWriter::with_capacity(64 * 1024, file)),
+            buf: Vec::with_capacity(BUFFER),
+            file: None,
+            reused,
+            envelope: Some(envelope.clone()),
+            head_len: head.len(),
+            fresh: std::sync::Arc::clone(&self.fresh),
             final_path: self.msg_path(&id),
             queue_sync: std::sync::Arc::clone(&self.queue_sync),
             tmp_path,
@@ -300,6 +403,9 @@ impl Store {
 
     /// Reads message `id` with its state, checking the file's integrity.
     pub fn load(&self, id: &str) -> Result<Spooled, SpoolError> {
+        if let Some(fresh) = self.load_fresh(id) {
+            return Ok(fresh);
+        }
         let id = self.checked(id)?;
         let path = self.msg_path(id);
         let bytes = match fs::read(&path) {
@@ -323,6 +429,27 @@ impl Store {
             id: id.to_string(),
             envelope,
             body: std::sync::Arc::new(bytes),
+            state,
+        })
+    }
+
+    /// Message `id` as it was just committed, when it is still kept in
+    /// memory for its first attempt (a small message) and its file is
+    /// still there; `None` otherwise (read it with [`Store::load`]). One
+    /// `stat` of the file: cheap enough for an async thread.
+    pub fn load_fresh(&self, id: &str) -> Option<Spooled> {
+        let (envelope, body) = self.fresh.take(id)?;
+        // Exactly what the file holds, checked when it was written; the
+        // file must still be there (an operator may have deleted it). Not
+        // tried yet: no state file was ever written.
+        if !self.msg_path(id).exists() {
+            return None;
+        }
+        let state = QueueState::fresh(&envelope);
+        Some(Spooled {
+            id: id.to_string(),
+            envelope,
+            body,
             state,
         })
     }
@@ -410,6 +537,8 @@ impl Store {
     /// Records the state of message `id` durably.
     pub fn save_state(&self, id: &str, state: &QueueState) -> Result<(), SpoolError> {
         let id = self.checked(id)?;
+        // What is kept in memory of it holds no longer.
+        self.fresh.take(id);
         let path = self.state_path(id);
         let bytes = format::encode_state(state).map_err(SpoolError::unwritable(&path))?;
         durable::write_atomic(&path, &bytes).map_err(SpoolError::io(&path))
@@ -422,14 +551,20 @@ impl Store {
     /// directory fsync that began after the rename has finished.
     pub async fn save_state_grouped(&self, id: &str, state: &QueueState) -> Result<(), SpoolError> {
         let id = self.checked(id)?;
+        // What is kept in memory of it holds no longer.
+        self.fresh.take(id);
         let path = self.state_path(id);
         let bytes = format::encode_state(state).map_err(SpoolError::unwritable(&path))?;
-        let p = path.clone();
-        tokio::task::spawn_blocking(move || durable::write_replace(&p, &bytes))
-            .await
-            .map_err(|e| SpoolError::io(&path)(io::Error::other(e)))?
-            .map_err(SpoolError::io(&path))?;
-        self.queue_sync.sync().await.map_err(SpoolError::io(&path))
+        let (p, sync) = (path.clone(), std::sync::Arc::clone(&self.queue_sync));
+        // The write, its fsync, the rename and the shared directory fsync
+        // in one trip to a blocking thread.
+        tokio::task::spawn_blocking(move || {
+            durable::write_replace(&p, &bytes)?;
+            sync.sync()
+        })
+        .await
+        .map_err(|e| SpoolError::io(&path)(io::Error::other(e)))?
+        .map_err(SpoolError::io(&path))
     }
 
     /// Removes message `id` like [`Store::remove`], sharing the directory
@@ -439,12 +574,43 @@ impl Store {
     /// start, while the message's removal is already durable.
     pub async fn remove_grouped(&self, id: &str) -> Result<(), SpoolError> {
         let id = self.checked(id)?;
+        // What is kept in memory of it holds no longer.
+        self.fresh.take(id);
         let msg = self.msg_path(id);
-        let m = msg.clone();
-        let gone = tokio::task::spawn_blocking(move || match fs::remove_file(&m) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
+        let (m, retry, state, sync, recycled) = (
+            msg.clone(),
+            self.retry_path(id),
+            self.state_path(id),
+            std::sync::Arc::clone(&self.queue_sync),
+            std::sync::Arc::clone(&self.recycled),
+        );
+        // One trip to a blocking thread: the file moved out of the queue
+        // (to be emptied and reused; unlinked when enough are kept), the
+        // shared directory fsync, then the state and retry files.
+        let gone = tokio::task::spawn_blocking(move || {
+            let spare = recycled.name();
+            let moved = match &spare {
+                Some(to) => fs::rename(&m, to),
+                None => fs::remove_file(&m),
+            };
+            match moved {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            sync.sync()?;
+            if let Some(spare) = spare {
+                // Emptied at once: a delivered message's bytes do not stay.
+                match fs::OpenOptions::new().write(true).open(&spare) {
+                    Ok(f) if f.set_len(0).is_ok() => recycled.give(spare),
+                    _ => {
+                        let _ = fs::remove_file(&spare);
+                    }
+                }
+            }
+            let _ = fs::remove_file(&retry);
+            let _ = fs::remove_file(&state);
+            Ok(true)
         })
         .await
         .map_err(|e| SpoolError::io(&msg)(io::Error::other(e)))?
@@ -452,15 +618,14 @@ impl Store {
         if !gone {
             return Err(SpoolError::NotFound(id.to_string()));
         }
-        self.queue_sync.sync().await.map_err(SpoolError::io(&msg))?;
-        let _ = fs::remove_file(self.retry_path(id));
-        let _ = fs::remove_file(self.state_path(id));
         Ok(())
     }
 
     /// Removes message `id` (delivered, bounced or deleted by an operator).
     pub fn remove(&self, id: &str) -> Result<(), SpoolError> {
         let id = self.checked(id)?;
+        // What is kept in memory of it holds no longer.
+        self.fresh.take(id);
         let msg = self.msg_path(id);
         if !msg.exists() {
             return Err(SpoolError::NotFound(id.to_string()));
@@ -479,6 +644,8 @@ impl Store {
     /// path of the message.
     pub fn set_aside(&self, id: &str) -> Result<PathBuf, SpoolError> {
         let id = self.checked(id)?;
+        // What is kept in memory of it holds no longer.
+        self.fresh.take(id);
         let target = self.corrupt.join(format!("{id}.msg"));
         for (from, to) in [
             (
@@ -503,12 +670,28 @@ impl Store {
     }
 }
 
-/// A message being received: bytes go to a temporary file, which becomes a
-/// queue file only through [`Incoming::commit`]. Dropped uncommitted, the
-/// temporary file is removed.
+/// Octets of a message being received held in memory before they go to
+/// its temporary file: a message of up to this size touches the disk
+/// only at its commit.
+const BUFFER: usize = 64 * 1024;
+
+/// A message being received: bytes go to a temporary file (opened once
+/// they outgrow the buffer), which becomes a queue file only through
+/// [`Incoming::commit`]. Dropped uncommitted, the temporary file is
+/// removed.
 #[derive(Debug)]
 pub struct Incoming {
-    file: Option<BufWriter<tokio::fs::File>>,
+    /// Bytes not written to the file yet.
+    buf: Vec<u8>,
+    /// The temporary file, once the message outgrew the buffer.
+    file: Option<tokio::fs::File>,
+    /// The temporary file is an emptied one of a removed message (opened
+    /// without creating it).
+    reused: bool,
+    /// The envelope, and the length of the file's header that holds it.
+    envelope: Option<Envelope>,
+    head_len: usize,
+    fresh: std::sync::Arc<Fresh>,
     tmp_path: PathBuf,
     final_path: PathBuf,
     queue_sync: std::sync::Arc<super::group::GroupSync>,
@@ -522,14 +705,32 @@ impl Incoming {
         &self.id
     }
 
-    async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
-        let file = self.file.as_mut().ok_or_else(|| SpoolError::Io {
-            path: self.tmp_path.clone(),
-            source: io::Error::other("spool file already closed"),
-        })?;
-        file.write_all(bytes)
-            .await
-            .map_err(SpoolError::io(&self.tmp_path))
+    /// Writes the buffer to the temporary file (created on first use).
+    async fn spill(&mut self) -> Result<(), SpoolError> {
+        if self.id.is_empty() {
+            return Err(SpoolError::Io {
+                path: self.tmp_path.clone(),
+                source: io::Error::other("spool file already closed"),
+            });
+        }
+        if self.file.is_none() {
+            let file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(!self.reused)
+                .create(self.reused)
+                .truncate(self.reused)
+                .open(&self.tmp_path)
+                .await
+                .map_err(SpoolError::io(&self.tmp_path))?;
+            self.file = Some(file);
+        }
+        if let Some(file) = self.file.as_mut() {
+            file.write_all(&self.buf)
+                .await
+                .map_err(SpoolError::io(&self.tmp_path))?;
+        }
+        self.buf.clear();
+        Ok(())
     }
 
     /// Appends message bytes (and, first, the header), counted by the
@@ -537,61 +738,77 @@ impl Incoming {
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
         self.crc.update(bytes);
         self.len += bytes.len() as u64;
-        self.write_raw(bytes).await
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= BUFFER {
+            self.spill().await?;
+        }
+        Ok(())
     }
 
     /// Makes the message durable in the queue and returns its id. Only
     /// after this returns may the client be told 250.
     pub async fn commit(mut self) -> Result<String, SpoolError> {
         let t = format::trailer(self.len, self.crc.clone().finalize());
-        self.write_raw(&t).await?;
-        let mut file = self.file.take().ok_or_else(|| SpoolError::Io {
-            path: self.tmp_path.clone(),
-            source: io::Error::other("spool file already closed"),
-        })?;
-        // What is still buffered, the fsync and the rename in one trip to a
-        // blocking thread: a small message is written here whole. Writes
-        // made earlier (a message larger than the buffer) are finished
-        // first, and their errors seen, by flushing the file itself.
-        let pending = file.buffer().to_vec();
-        file.get_mut()
-            .flush()
-            .await
-            .map_err(SpoolError::io(&self.tmp_path))?;
-        let mut std_file = file.into_inner().into_std().await;
+        self.buf.extend_from_slice(&t);
+        // Writes made earlier (a message larger than the buffer) are
+        // finished, and their errors seen, by flushing the file itself.
+        let file = match self.file.take() {
+            Some(mut f) => {
+                f.flush().await.map_err(SpoolError::io(&self.tmp_path))?;
+                Some(f.into_std().await)
+            }
+            None => None,
+        };
+        let pending = std::mem::take(&mut self.buf);
         let (tmp, dest) = (self.tmp_path.clone(), self.final_path.clone());
-        let tmp_err = SpoolError::io(&self.tmp_path);
-        tokio::task::spawn_blocking(move || -> Result<io::Result<()>, io::Error> {
+        let sync = std::sync::Arc::clone(&self.queue_sync);
+        // What is still buffered (a small message: all of it), the fsync,
+        // the rename and the directory fsync shared with the renames of the
+        // same moment (group commit), in one trip to a blocking thread.
+        let whole = file.is_none();
+        let reused = self.reused;
+        let step = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, (bool, io::Error)> {
             {
                 use std::io::Write as _;
-                std_file.write_all(&pending)?;
-                std_file.sync_all()?;
+                let mut f = match file {
+                    Some(f) => f,
+                    None => fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(!reused)
+                        .create(reused)
+                        .truncate(reused)
+                        .open(&tmp)
+                        .map_err(|e| (false, e))?,
+                };
+                f.write_all(&pending).map_err(|e| (false, e))?;
+                f.sync_all().map_err(|e| (false, e))?;
             }
-            drop(std_file);
-            Ok((|| {
-                if dest.exists() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        format!("{} already exists", dest.display()),
-                    ));
-                }
-                fs::rename(&tmp, &dest)
-            })())
+            durable::rename_new(&tmp, &dest).map_err(|e| (true, e))?;
+            sync.sync().map_err(|e| (true, e))?;
+            Ok(pending)
         })
         .await
         .map_err(|e| SpoolError::Io {
             path: self.final_path.clone(),
             source: io::Error::other(e),
-        })?
-        .map_err(tmp_err)?
-        .map_err(SpoolError::io(&self.final_path))?;
-        // The rename is durable once a directory fsync begun after it ends;
-        // messages committed at the same moment share it.
-        self.queue_sync
-            .sync()
-            .await
-            .map_err(SpoolError::io(&self.final_path))?;
-        Ok(std::mem::take(&mut self.id))
+        })?;
+        match step {
+            Ok(mut written) => {
+                let id = std::mem::take(&mut self.id);
+                if whole {
+                    // The whole file was in memory: its body is kept for the
+                    // first attempt.
+                    written.truncate(written.len().saturating_sub(t.len()));
+                    written.drain(..self.head_len.min(written.len()));
+                    if let Some(envelope) = self.envelope.take() {
+                        self.fresh.put(&id, envelope, written);
+                    }
+                }
+                Ok(id)
+            }
+            Err((false, e)) => Err(SpoolError::io(&self.tmp_path)(e)),
+            Err((true, e)) => Err(SpoolError::io(&self.final_path)(e)),
+        }
     }
 }
 
@@ -654,6 +871,106 @@ mod tests {
         assert!(matches!(store.load(&id), Err(SpoolError::Corrupt { .. })));
         store.set_aside(&id).unwrap();
         assert!(store.list().unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_first_load_of_a_small_message_takes_what_was_just_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let body = b"Subject: f\r\n\r\nfresh\r\n";
+        async fn commit(store: &Store, body: &[u8]) -> String {
+            let mut inc = store.begin(&envelope()).await.unwrap();
+            inc.write(body).await.unwrap();
+            inc.commit().await.unwrap()
+        }
+        let id = commit(&store, body).await;
+        let path = dir.path().join("queue").join(format!("{id}.msg"));
+        // Torn on disk after the commit: the first load has the bytes as
+        // they were written (and checked); the next one reads the file.
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+        let got = store.load(&id).unwrap();
+        assert_eq!(got.body.as_slice(), body);
+        assert_eq!(got.envelope, envelope());
+        assert_eq!(got.state, QueueState::fresh(&envelope()));
+        assert!(matches!(store.load(&id), Err(SpoolError::Corrupt { .. })));
+        // Removed by an operator (another process) before its first
+        // attempt: gone, not delivered from memory.
+        let id = commit(&store, body).await;
+        fs::remove_file(dir.path().join("queue").join(format!("{id}.msg"))).unwrap();
+        assert!(matches!(store.load(&id), Err(SpoolError::NotFound(_))));
+        assert_eq!(store.fresh.held.lock().unwrap().1, 0, "nothing left held");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_removed_messages_file_is_emptied_and_written_over_by_the_next() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tmp = dir.path().join("tmp");
+        let commit = |body: &'static [u8]| {
+            let store = &store;
+            async move {
+                let mut inc = store.begin(&envelope()).await.unwrap();
+                inc.write(body).await.unwrap();
+                inc.commit().await.unwrap()
+            }
+        };
+        let first = commit(b"Subject: 1\r\n\r\nfirst secret\r\n").await;
+        let path = |id: &str| dir.path().join("queue").join(format!("{id}.msg"));
+        let inode = fs::metadata(path(&first)).unwrap().ino();
+        store.remove_grouped(&first).await.unwrap();
+        assert!(!path(&first).exists(), "removed from the queue");
+        // Kept in tmp/, emptied: nothing of the message stays.
+        let kept: Vec<_> = fs::read_dir(&tmp)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(fs::metadata(&kept[0]).unwrap().len(), 0);
+        // The next message is written into that very file.
+        let second = commit(b"Subject: 2\r\n\r\nsecond\r\n").await;
+        assert_eq!(fs::metadata(path(&second)).unwrap().ino(), inode);
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+        store.fresh.take(&second);
+        let got = store.load(&second).unwrap();
+        assert_eq!(got.body.as_slice(), b"Subject: 2\r\n\r\nsecond\r\n");
+        // Positive control: with none kept, a new file is made.
+        let third = commit(b"Subject: 3\r\n\r\nthird\r\n").await;
+        assert_ne!(fs::metadata(path(&third)).unwrap().ino(), inode);
+        // A restart clears what was kept.
+        store.remove_grouped(&second).await.unwrap();
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1);
+        drop(store);
+        let _store = Store::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_messages_touch_the_disk_at_commit_and_large_ones_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tmp_files = || fs::read_dir(dir.path().join("tmp")).unwrap().count();
+        let mut small = store.begin(&envelope()).await.unwrap();
+        small.write(b"Subject: s\r\n\r\nbody\r\n").await.unwrap();
+        assert_eq!(tmp_files(), 0, "a small message waits in memory");
+        // Larger than the buffer, written in pieces: on disk before commit.
+        let piece: Vec<u8> = (0..7000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut large = store.begin(&envelope()).await.unwrap();
+        let mut want = b"Subject: l\r\n\r\n".to_vec();
+        large.write(&want.clone()).await.unwrap();
+        for _ in 0..30 {
+            large.write(&piece).await.unwrap();
+            want.extend_from_slice(&piece);
+        }
+        assert_eq!(tmp_files(), 1, "a large message is written as it comes");
+        let (a, b) = (small.commit().await.unwrap(), large.commit().await.unwrap());
+        assert_eq!(tmp_files(), 0);
+        assert_eq!(
+            store.load(&a).unwrap().body.as_slice(),
+            b"Subject: s\r\n\r\nbody\r\n"
+        );
+        assert_eq!(store.load(&b).unwrap().body.as_slice(), &want[..]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

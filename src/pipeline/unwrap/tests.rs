@@ -95,6 +95,7 @@ fn an_unknown_revocation_is_asked_for_and_the_answer_decides() {
     let keys = Keyring {
         identities: Vec::new(),
         anchors: vec![id.cert.clone()],
+        ..Keyring::default()
     };
     let body = signed_message(&id);
     let soft = test_settings("");
@@ -187,6 +188,7 @@ fn a_full_work_folder_defers_and_never_quarantines_or_passes_ciphertext_on() {
     let keys = Keyring {
         identities: vec![id],
         anchors: Vec::new(),
+        ..Keyring::default()
     };
     let settings = test_settings("[smime]\non_undecryptable = \"quarantine\"\n");
     let answers = HashMap::new();

@@ -112,3 +112,15 @@ fn a_harvested_file_without_its_binding_record_is_not_used() {
     let dir = Directory::load(&[], Some(&h)).unwrap();
     assert!(dir.lookup("post@domstol.dk").is_empty());
 }
+
+#[test]
+fn a_fingerprint_is_the_lower_case_hex_of_the_sha256_of_the_der() {
+    let id = crate::pki::testkit::identity(1024, "Fingerprint").unwrap();
+    let digest = id
+        .cert
+        .digest(openssl::hash::MessageDigest::sha256())
+        .unwrap();
+    let want: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(fingerprint(&id.cert), want);
+    assert_eq!(want.len(), 64);
+}

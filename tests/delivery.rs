@@ -374,3 +374,115 @@ fn the_memory_budget_makes_the_second_large_message_wait() {
         == 2));
     assert!(!gw.log().contains("budget-wait"));
 }
+
+/// One message to two good recipients and a refused one, through a hop
+/// with or without PIPELINING: what the hop saw.
+fn send_to_three(no_pipelining: bool) -> (Sink, Gateway) {
+    let mut script = Script {
+        no_pipelining,
+        ..Script::default()
+    };
+    script.rcpt_replies.insert(
+        "nobody@example-law.dk".into(),
+        "550 5.1.1 <nobody@example-law.dk>: no such user".into(),
+    );
+    let sink = Sink::start(script);
+    let gw = Gateway::start(Options::new(sink.addr));
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let body = common::message("group-1", "three recipients, one refused");
+    let r = c
+        .send(
+            "alice@example.org",
+            &[
+                "bob@example-law.dk",
+                "nobody@example-law.dk",
+                "carol@example-law.dk",
+            ],
+            &body,
+        )
+        .unwrap();
+    assert_eq!(r.code, 250);
+    assert!(
+        wait_until(Duration::from_secs(15), || sink.count() == 2),
+        "expected the message and the bounce for the refused recipient"
+    );
+    (sink, gw)
+}
+
+#[test]
+fn a_hop_offering_pipelining_gets_one_group_and_every_recipient_its_own_outcome() {
+    for no_pipelining in [false, true] {
+        let (sink, gw) = send_to_three(no_pipelining);
+        let got = sink.received();
+        let original = got
+            .iter()
+            .find(|r| r.from == "alice@example.org")
+            .expect("original");
+        assert_eq!(
+            original.rcpts,
+            vec!["bob@example-law.dk", "carol@example-law.dk"],
+            "no_pipelining = {no_pipelining}"
+        );
+        // The observation can go both ways: a group where the hop offers
+        // PIPELINING, one command per reply where it does not.
+        assert_eq!(original.pipelined, !no_pipelining);
+        let dsn = got.iter().find(|r| r.from.is_empty()).expect("bounce");
+        assert!(dsn
+            .text()
+            .contains("Final-Recipient: rfc822; nobody@example-law.dk"));
+        assert!(!dsn.text().contains("Final-Recipient: rfc822; bob@"));
+        assert!(wait_until(Duration::from_secs(5), || gw.queued() == 0));
+    }
+}
+
+#[test]
+fn a_hop_that_says_354_after_refusing_every_recipient_gets_no_message() {
+    // The sink says 354 to any DATA, as a careless server would; with the
+    // DATA of the group following refused RCPTs, the gateway must end
+    // the connection without sending the message or a final ".".
+    let mut script = Script::default();
+    script.rcpt_replies.insert(
+        "nobody@example-law.dk".into(),
+        "550 5.1.1 <nobody@example-law.dk>: no such user".into(),
+    );
+    let sink = Sink::start(script);
+    let gw = Gateway::start(Options::new(sink.addr));
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let body = common::message("refused-all", "nobody gets this");
+    let r = c
+        .send("alice@example.org", &["nobody@example-law.dk"], &body)
+        .unwrap();
+    assert_eq!(r.code, 250);
+    // The bounce reaches alice (through the same hop, on a new
+    // connection); the refused message itself never arrives.
+    assert!(
+        wait_until(Duration::from_secs(15), || sink
+            .received()
+            .iter()
+            .any(|r| r.from.is_empty())),
+        "expected the bounce"
+    );
+    let body2 = common::message("after-refused", "this one arrives");
+    let r = c
+        .send("alice@example.org", &["bob@example-law.dk"], &body2)
+        .unwrap();
+    assert_eq!(r.code, 250);
+    assert!(wait_until(Duration::from_secs(15), || sink
+        .received()
+        .iter()
+        .any(|r| r.text().contains("after-refused"))));
+    assert!(wait_until(Duration::from_secs(5), || gw.queued() == 0));
+    let got = sink.received();
+    assert!(
+        !got.iter()
+            .any(|r| r.from == "alice@example.org" && r.text().contains("refused-all")),
+        "the message for a refused recipient was delivered"
+    );
+    assert_eq!(
+        got.iter().filter(|r| r.from.is_empty()).count(),
+        1,
+        "one bounce"
+    );
+}

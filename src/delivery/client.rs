@@ -208,8 +208,14 @@ async fn open(pool: &Pool, settings: &Arc<Settings>, hop: &str) -> Result<Connec
     Ok(Connection::fresh(conn))
 }
 
-/// MAIL FROM with the parameters the hop supports.
+/// MAIL FROM with the parameters the hop supports, and its reply.
 async fn mail_from(conn: &mut SmtpConnection, out: &Outbound<'_>) -> Result<(), SmtpError> {
+    let mail = mail_line(conn, out);
+    conn.command(&mail).await.map(|_| ())
+}
+
+/// The MAIL command with the parameters the hop supports.
+fn mail_line(conn: &SmtpConnection, out: &Outbound<'_>) -> String {
     let mut params = String::new();
     if out.eight_bit && conn.supports(smtp_proto::EXT_8BIT_MIME) {
         params.push_str(" BODY=8BITMIME");
@@ -217,8 +223,30 @@ async fn mail_from(conn: &mut SmtpConnection, out: &Outbound<'_>) -> Result<(), 
     if out.smtputf8 && conn.supports(smtp_proto::EXT_SMTP_UTF8) {
         params.push_str(" SMTPUTF8");
     }
-    let mail = format!("MAIL FROM:<{}>{params}\r\n", smtp_path(out.mail_from));
-    conn.command(&mail).await.map(|_| ())
+    format!("MAIL FROM:<{}>{params}\r\n", smtp_path(out.mail_from))
+}
+
+fn rcpt_line(rcpt: &str) -> String {
+    format!("RCPT TO:<{}>\r\n", smtp_path(rcpt))
+}
+
+/// Starts the transaction and returns MAIL's reply. On a hop that offers
+/// PIPELINING (RFC 2920) MAIL, every RCPT and DATA go out in one write,
+/// and their replies are then read in order (`pipelined` is true);
+/// otherwise MAIL alone, and each further command waits for the reply to
+/// the one before.
+async fn begin(conn: &mut SmtpConnection, out: &Outbound<'_>) -> Result<bool, SmtpError> {
+    let pipelined = conn.supports(smtp_proto::EXT_PIPELINING);
+    if !pipelined {
+        return mail_from(conn, out).await.map(|_| false);
+    }
+    let mut group = mail_line(conn, out);
+    for rcpt in out.rcpts {
+        group.push_str(&rcpt_line(rcpt));
+    }
+    group.push_str("DATA\r\n");
+    conn.send_group(&group).await?;
+    conn.reply().await.map(|_| true)
 }
 
 async fn transact(
@@ -228,39 +256,50 @@ async fn transact(
 ) -> Result<Vec<RcptOutcome>, AllDeferred> {
     let limit = settings.relay.timeout;
     let mut conn = open(pool, settings, out.hop).await?;
-    let mut started = step(limit, mail_from(&mut conn.smtp, out)).await;
+    let mut started = step(limit, begin(&mut conn.smtp, out)).await;
     if let Err(e) = &started {
         // A kept connection that died between RSET and MAIL (no reply at
-        // all): nothing was sent, so once more on a new connection.
+        // all): no message text was sent (that waits for 354), so once
+        // more on a new connection.
         if conn.reused && e.no_reply() {
             close(conn, e).await;
             let fresh = connect(&settings.relay, &settings.server.hostname, out.hop).await?;
             conn = Connection::fresh(fresh);
-            started = step(limit, mail_from(&mut conn.smtp, out)).await;
+            started = step(limit, begin(&mut conn.smtp, out)).await;
         }
     }
-    if let Err(e) = started {
-        let text = e.text(limit);
-        let permanent = e.permanent();
-        close(conn, &e).await;
-        return Ok(out
-            .rcpts
-            .iter()
-            .map(|_| {
-                if permanent {
-                    RcptOutcome::Failed(text.clone())
-                } else {
-                    RcptOutcome::Deferred(text.clone())
-                }
-            })
-            .collect());
-    }
+    let pipelined = match started {
+        Ok(p) => p,
+        Err(e) => {
+            let text = e.text(limit);
+            let permanent = e.permanent();
+            // Pipelined, the RCPTs and DATA are answered too (refused
+            // after a refused MAIL): QUIT is read after them, or, should
+            // the hop still say 354, as text of a message never ended.
+            close(conn, &e).await;
+            return Ok(out
+                .rcpts
+                .iter()
+                .map(|_| {
+                    if permanent {
+                        RcptOutcome::Failed(text.clone())
+                    } else {
+                        RcptOutcome::Deferred(text.clone())
+                    }
+                })
+                .collect());
+        }
+    };
     conn.transactions += 1;
 
     let mut outcomes: Vec<Option<RcptOutcome>> = Vec::with_capacity(out.rcpts.len());
     for rcpt in out.rcpts {
-        let rcpt_to = format!("RCPT TO:<{}>\r\n", smtp_path(rcpt));
-        match step(limit, conn.smtp.command(&rcpt_to)).await {
+        let reply = if pipelined {
+            step(limit, conn.smtp.reply()).await
+        } else {
+            step(limit, conn.smtp.command(&rcpt_line(rcpt))).await
+        };
+        match reply {
             Ok(_) => outcomes.push(None),
             Err(Failed::Smtp(e)) if e.is_permanent() => {
                 outcomes.push(Some(RcptOutcome::Failed(describe(&e))))
@@ -276,15 +315,31 @@ async fn transact(
         }
     }
     if outcomes.iter().all(Option::is_some) {
-        // No DATA: the next user of the connection resets it with RSET.
-        pool.put(settings, out.hop, conn).await;
+        if pipelined {
+            // DATA went out with the group; with no recipient it must be
+            // refused. A hop that says 354 anyway gets no text and no
+            // "." (nothing is delivered) and loses the connection.
+            match step(limit, conn.smtp.reply()).await {
+                Err(Failed::Smtp(SmtpError::Refused(_))) => pool.put(settings, out.hop, conn).await,
+                Ok(_) => conn.smtp.abandon().await,
+                Err(e) => close(conn, &e).await,
+            }
+        } else {
+            // No DATA: the next user of the connection resets it with RSET.
+            pool.put(settings, out.hop, conn).await;
+        }
         return Ok(outcomes.into_iter().flatten().collect());
     }
 
     // The message goes out from its slice (for a large message, the
     // mapped file) in pieces, dot-stuffed without a copy; it ends with
     // CRLF, so it arrives as it is.
-    let data_result = match step(limit, conn.smtp.command("DATA\r\n")).await {
+    let data_reply = if pipelined {
+        step(limit, conn.smtp.reply()).await
+    } else {
+        step(limit, conn.smtp.command("DATA\r\n")).await
+    };
+    let data_result = match data_reply {
         Ok(_) => conn.smtp.data(out.body, limit).await.map_err(Failed::from),
         Err(e) => Err(e),
     };

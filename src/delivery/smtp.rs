@@ -250,6 +250,28 @@ impl SmtpConnection {
         check(reply)
     }
 
+    /// Writes `lines` (whole commands, each with its CRLF) in one go
+    /// without reading: a PIPELINING group (RFC 2920), whose replies are
+    /// then read one by one with [`Self::reply`].
+    pub async fn send_group(&mut self, lines: &str) -> Result<(), SmtpError> {
+        self.write_command(lines).await
+    }
+
+    /// The next reply of a group sent with [`Self::send_group`]: 2xx and
+    /// 3xx are returned, 4xx and 5xx are [`SmtpError::Refused`].
+    pub async fn reply(&mut self) -> Result<Reply, SmtpError> {
+        self.read_reply().await
+    }
+
+    /// Closes the connection without another word: for a hop that said
+    /// 354 to a DATA the client no longer wants to send (anything written
+    /// now would be message text, and a message never ended with "." is
+    /// not delivered).
+    pub async fn abandon(&mut self) {
+        self.broken = true;
+        let _ = self.io.shutdown().await;
+    }
+
     /// The message after a 354 reply to DATA: written in pieces of
     /// [`DATA_PIECE`], each within `limit`, dot-stuffed without copying,
     /// ended with "." CRLF; then the reply, within `limit`. A message

@@ -21,6 +21,10 @@ pub struct Received {
     pub mail_params: String,
     /// The message came over STARTTLS.
     pub tls: bool,
+    /// More commands had already arrived when MAIL FROM was read: the
+    /// client sent its commands as a PIPELINING group (RFC 2920) instead
+    /// of waiting for each reply.
+    pub pipelined: bool,
 }
 
 impl Received {
@@ -52,6 +56,8 @@ pub struct Script {
     /// Never answer "." (the message is read, then nothing is said until
     /// the client hangs up; nothing is recorded).
     pub silent_after_data: bool,
+    /// Do not offer PIPELINING in the reply to EHLO.
+    pub no_pipelining: bool,
 }
 
 /// Where the sink's own bounces go: mail for `domain` to `local`, the
@@ -300,6 +306,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
     let mut rcpts: Vec<String> = Vec::new();
     let mut line = Vec::new();
     let mut transactions = 0usize;
+    let mut pipelined = false;
     loop {
         line.clear();
         if w.read_until(b'\n', &mut line).await? == 0 {
@@ -308,11 +315,15 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         let upper = text.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {
+            let mut ehlo = String::from("250-sink\r\n");
             if offer_tls {
-                "250-sink\r\n250-STARTTLS\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING".into()
-            } else {
-                "250-sink\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING".into()
+                ehlo.push_str("250-STARTTLS\r\n");
             }
+            if !state.lock().unwrap().script.no_pipelining {
+                ehlo.push_str("250-PIPELINING\r\n");
+            }
+            ehlo.push_str("250-8BITMIME\r\n250 SMTPUTF8");
+            ehlo
         } else if upper == "STARTTLS" && offer_tls {
             w.write_all(b"220 2.0.0 go ahead\r\n").await?;
             w.flush().await?;
@@ -320,6 +331,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
         } else if upper.starts_with("HELO") {
             "250 sink".into()
         } else if upper.starts_with("MAIL FROM:") {
+            pipelined = !w.buffer().is_empty();
             from = between(&text).to_string();
             mail_params = text.rfind('>').map_or("", |i| &text[i + 1..]).to_string();
             rcpts.clear();
@@ -405,6 +417,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                         data,
                         mail_params: mail_params.clone(),
                         tls,
+                        pipelined,
                     });
                 }
                 (reply, bounce)

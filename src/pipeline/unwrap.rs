@@ -149,14 +149,13 @@ pub fn mailboxes_at<'a>(
             let mut result = unwrap::unwrap_into(
                 body,
                 known.as_deref(),
-                first_parse.as_ref(),
+                first_parse,
                 &keys,
                 verifier,
                 verify_at,
                 ctx.spill,
             );
             drop(known);
-            drop(first_parse);
             judge(&mut result, body, ctx);
             opened = Some((indices, result));
         }

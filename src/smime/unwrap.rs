@@ -373,11 +373,13 @@ pub fn unwrap_with(
 /// As [`unwrap_with`], with the decrypted content and the clean message
 /// written to `spill` (scratch files for a large message), and the
 /// message's `shape` when the caller knows it already (read once), with
-/// its enveloped data `parsed` when the caller parsed that too.
+/// its enveloped data `parsed` when the caller parsed that too (given
+/// away: dropped as soon as it is decrypted, so a large message's parse
+/// is not held while the clean message is built).
 pub fn unwrap_into(
     message: &[u8],
     shape: Option<&Shape>,
-    parsed: Option<&openssl::cms::CmsContentInfo>,
+    parsed: Option<openssl::cms::CmsContentInfo>,
     keys: &[&Identity],
     verifier: Verifier<'_>,
     now: i64,
@@ -406,7 +408,7 @@ pub fn unwrap_into(
         };
         match here {
             Shape::Enveloped { cms: der } => match match parsed_here {
-                Some(cms) => open_parsed(cms, keys, spill),
+                Some(cms) => open_parsed(&cms, keys, spill),
                 None => cms::parse(der).and_then(|cms| open_parsed(&cms, keys, spill)),
             } {
                 Ok((inner, key)) => {

@@ -28,10 +28,29 @@ pub async fn bind(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
     Ok(out)
 }
 
-/// Open connections, in all and per client address.
+/// Open connections, in all and per client address, and the most open
+/// at once since the last time none were.
 #[derive(Default)]
 struct Limits {
     counts: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    peak: Mutex<usize>,
+}
+
+/// After this many connections at once, the heap their sessions freed is
+/// given back to the system when the last one closes (glibc keeps it
+/// otherwise, and a burst of connections would leave the daemon at its
+/// peak size for the large message that comes next).
+const RELEASE_AFTER_CONNECTIONS: usize = 64;
+
+/// Whether the connection that left `open` open (after closing) ends a
+/// burst that reached `peak`; the peak is reset when none are open.
+fn ends_burst(open: usize, peak: &mut usize) -> bool {
+    if open > 0 {
+        return false;
+    }
+    let burst = *peak >= RELEASE_AFTER_CONNECTIONS;
+    *peak = 0;
+    burst
 }
 
 /// Holds one connection slot; gives it back when dropped.
@@ -50,6 +69,8 @@ impl Limits {
         }
         *total += 1;
         per_ip.insert(ip, mine + 1);
+        let mut peak = self.peak.lock().unwrap_or_else(|p| p.into_inner());
+        *peak = (*peak).max(*total);
         Some(Slot {
             limits: Arc::clone(self),
             ip,
@@ -66,6 +87,14 @@ impl Drop for Slot {
             *n -= 1;
             if *n == 0 {
                 per_ip.remove(&self.ip);
+            }
+        }
+        let open = *total;
+        drop(guard);
+        let mut peak = self.limits.peak.lock().unwrap_or_else(|p| p.into_inner());
+        if ends_burst(open, &mut peak) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                drop(rt.spawn_blocking(crate::ossl::release_free_memory));
             }
         }
     }
@@ -161,4 +190,24 @@ async fn refuse(mut stream: TcpStream) {
         let _ = stream.shutdown().await;
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_heap_is_given_back_when_a_burst_of_connections_ends() {
+        let mut peak = RELEASE_AFTER_CONNECTIONS;
+        // Connections still open: not yet.
+        assert!(!ends_burst(3, &mut peak));
+        assert_eq!(peak, RELEASE_AFTER_CONNECTIONS);
+        // The last one closes after a burst: once.
+        assert!(ends_burst(0, &mut peak));
+        assert_eq!(peak, 0);
+        assert!(!ends_burst(0, &mut peak));
+        // A few connections are no burst.
+        let mut small = RELEASE_AFTER_CONNECTIONS - 1;
+        assert!(!ends_burst(0, &mut small));
+    }
 }

@@ -165,14 +165,19 @@ fn temporary_failure_is_retried_until_delivered() {
     assert_eq!(sink.count(), 1, "delivered twice");
 }
 
-#[test]
-fn permanent_failure_bounces_and_the_bounce_arrives() {
-    let mut script = Script::default();
+/// A next hop that has no mailbox for nobody@example-law.dk.
+fn without_nobody(script: Script) -> Script {
+    let mut script = script;
     script.rcpt_replies.insert(
         "nobody@example-law.dk".into(),
         "550 5.1.1 <nobody@example-law.dk>: no such user".into(),
     );
-    let sink = Sink::start(script);
+    script
+}
+
+#[test]
+fn permanent_failure_bounces_and_the_bounce_arrives() {
+    let sink = Sink::start(without_nobody(Script::default()));
     let gw = Gateway::start(Options::new(sink.addr));
     let mut c = common::client::Client::connect(gw.addr).unwrap();
     c.ehlo().unwrap();
@@ -378,15 +383,10 @@ fn the_memory_budget_makes_the_second_large_message_wait() {
 /// One message to two good recipients and a refused one, through a hop
 /// with or without PIPELINING: what the hop saw.
 fn send_to_three(no_pipelining: bool) -> (Sink, Gateway) {
-    let mut script = Script {
+    let sink = Sink::start(without_nobody(Script {
         no_pipelining,
         ..Script::default()
-    };
-    script.rcpt_replies.insert(
-        "nobody@example-law.dk".into(),
-        "550 5.1.1 <nobody@example-law.dk>: no such user".into(),
-    );
-    let sink = Sink::start(script);
+    }));
     let gw = Gateway::start(Options::new(sink.addr));
     let mut c = Client::connect(gw.addr).unwrap();
     c.ehlo().unwrap();
@@ -441,12 +441,7 @@ fn a_hop_that_says_354_after_refusing_every_recipient_gets_no_message() {
     // The sink says 354 to any DATA, as a careless server would; with the
     // DATA of the group following refused RCPTs, the gateway must end
     // the connection without sending the message or a final ".".
-    let mut script = Script::default();
-    script.rcpt_replies.insert(
-        "nobody@example-law.dk".into(),
-        "550 5.1.1 <nobody@example-law.dk>: no such user".into(),
-    );
-    let sink = Sink::start(script);
+    let sink = Sink::start(without_nobody(Script::default()));
     let gw = Gateway::start(Options::new(sink.addr));
     let mut c = Client::connect(gw.addr).unwrap();
     c.ehlo().unwrap();

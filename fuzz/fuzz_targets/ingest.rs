@@ -23,6 +23,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use mail_parser::{MessageParser, PartType};
 use smime_gateway::config::{Encryption, SignatureScheme};
+use smime_gateway::delivery::data::{stuffed, DotStuffer};
 use smime_gateway::mail::{address, headers};
 use smime_gateway::ops::queue;
 use smime_gateway::smime::cms::{Chain, Math};
@@ -123,6 +124,8 @@ fn data_decoder(input: &[u8]) {
     assert_eq!(whole.violation(), chunked.violation());
     assert_eq!(whole.size(), chunked.size());
 
+    outgoing(stream, &bounds);
+
     // Only <CRLF>.<CRLF> ends the data (or .<CRLF> as its very first line):
     // the first one in the stream, whatever precedes it.
     let expected_end = if stream.starts_with(b".\r\n") {
@@ -163,6 +166,42 @@ fn data_decoder(input: &[u8]) {
     if whole.violation().is_none() {
         assert_eq!(whole_out, expected);
     }
+}
+
+/// The other direction: the delivery client's dot-stuffing of `message`,
+/// cut at `bounds`, read by the gateway's own DATA decoder, ends exactly
+/// at the terminator and gives the message back (with a final CRLF when
+/// it had none). Messages with a bare CR or LF or a NUL are checked only
+/// for ending at the terminator (the decoder flags them).
+fn outgoing(message: &[u8], bounds: &[usize]) {
+    let mut stuffer = DotStuffer::new();
+    let mut wire = Vec::new();
+    for w in bounds.windows(2) {
+        for part in stuffer.parts(&message[w[0]..w[1]]) {
+            wire.extend_from_slice(part);
+        }
+    }
+    wire.extend_from_slice(stuffer.end());
+    assert_eq!(wire, stuffed(message), "stuffing depends on the cuts {bounds:?}");
+    let mut decoder = DataDecoder::new(u64::MAX);
+    let mut got = Vec::new();
+    let end = decoder.feed(&wire, &mut got);
+    let clean = !message.contains(&0)
+        && !has_bare_cr_or_lf(message.strip_suffix(b"\r").unwrap_or(message))
+        && !message.ends_with(b"\r");
+    if !clean {
+        return;
+    }
+    assert_eq!(end, Some(wire.len()), "the data ended before its terminator");
+    let long = split_crlf(message).iter().any(|l| l.len() + 3 > MAX_LINE);
+    if long {
+        return;
+    }
+    let mut expect = message.to_vec();
+    if !expect.is_empty() && !expect.ends_with(b"\r\n") {
+        expect.extend_from_slice(b"\r\n");
+    }
+    assert_eq!(got, expect, "stuffed and decoded, the message changed");
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -182,7 +182,11 @@ fn outgoing(message: &[u8], bounds: &[usize]) {
         }
     }
     wire.extend_from_slice(stuffer.end());
-    assert_eq!(wire, stuffed(message), "stuffing depends on the cuts {bounds:?}");
+    assert_eq!(
+        wire,
+        stuffed(message),
+        "stuffing depends on the cuts {bounds:?}"
+    );
     let mut decoder = DataDecoder::new(u64::MAX);
     let mut got = Vec::new();
     let end = decoder.feed(&wire, &mut got);
@@ -192,7 +196,11 @@ fn outgoing(message: &[u8], bounds: &[usize]) {
     if !clean {
         return;
     }
-    assert_eq!(end, Some(wire.len()), "the data ended before its terminator");
+    assert_eq!(
+        end,
+        Some(wire.len()),
+        "the data ended before its terminator"
+    );
     let long = split_crlf(message).iter().any(|l| l.len() + 3 > MAX_LINE);
     if long {
         return;

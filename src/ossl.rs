@@ -286,6 +286,40 @@ pub fn make_crl(
     }
 }
 
+/// A new EnvelopedData (content still to come: `flags` include PARTIAL)
+/// for `recipients` with `cipher`, each with RSA-OAEP SHA-256 key
+/// transport when `oaep`, else PKCS#1 v1.5.
+fn enveloped_for(
+    recipients: &[X509],
+    cipher: Cipher,
+    oaep: bool,
+    flags: CMSOptions,
+) -> Result<CmsContentInfo, ErrorStack> {
+    // SAFETY: the CMS structure is owned by the returned CmsContentInfo (or
+    // freed on error); certificates are copied by CMS_add1_recipient_cert;
+    // the pkey ctx belongs to the RecipientInfo.
+    unsafe {
+        let cms = check_ptr(sys::CMS_encrypt(
+            ptr::null_mut(),
+            ptr::null_mut(),
+            cipher.as_ptr(),
+            flags.bits(),
+        ))?;
+        let cms = CmsContentInfo::from_ptr(cms);
+        let ri_flags = if oaep { sys::CMS_KEY_PARAM } else { 0 };
+        for cert in recipients {
+            let ri = CMS_add1_recipient_cert(cms.as_ptr(), cert.as_ptr(), ri_flags);
+            if ri.is_null() {
+                return Err(ErrorStack::get());
+            }
+            if oaep {
+                oaep_sha256(ri)?;
+            }
+        }
+        Ok(cms)
+    }
+}
+
 /// Envelopes `data` for `recipients` with `cipher`, using RSA-OAEP
 /// (SHA-256, MGF1-SHA-256) key transport.
 pub fn encrypt_oaep(
@@ -293,26 +327,11 @@ pub fn encrypt_oaep(
     data: &[u8],
     cipher: Cipher,
 ) -> Result<CmsContentInfo, ErrorStack> {
-    let flags = (CMSOptions::BINARY | CMSOptions::PARTIAL).bits();
+    let flags = CMSOptions::BINARY | CMSOptions::PARTIAL;
     let len = c_int::try_from(data.len()).map_err(|_| ErrorStack::get())?;
-    // SAFETY: the CMS structure is owned by the returned CmsContentInfo (or
-    // freed on error); the BIO is freed here; certificates are copied by
-    // CMS_add1_recipient_cert; the pkey ctx belongs to the RecipientInfo.
+    let cms = enveloped_for(recipients, cipher, true, flags)?;
+    // SAFETY: the CMS structure is owned by `cms`; the BIO is freed here.
     unsafe {
-        let cms = check_ptr(sys::CMS_encrypt(
-            ptr::null_mut(),
-            ptr::null_mut(),
-            cipher.as_ptr(),
-            flags,
-        ))?;
-        let cms = CmsContentInfo::from_ptr(cms);
-        for cert in recipients {
-            let ri = CMS_add1_recipient_cert(cms.as_ptr(), cert.as_ptr(), sys::CMS_KEY_PARAM);
-            if ri.is_null() {
-                return Err(ErrorStack::get());
-            }
-            oaep_sha256(ri)?;
-        }
         let bio = check_ptr(sys::BIO_new_mem_buf(data.as_ptr() as *const c_void, len))?;
         let ok = CMS_final(cms.as_ptr(), bio, ptr::null_mut(), sys::CMS_BINARY);
         sys::BIO_free_all(bio);
@@ -404,29 +423,13 @@ pub fn encrypt_stream(
     input: &mut dyn Read,
     out: &mut dyn Write,
 ) -> Result<(), StreamError> {
-    let flags = (CMSOptions::BINARY | CMSOptions::PARTIAL | CMSOptions::STREAM).bits();
-    // SAFETY: as in `encrypt_oaep` for the structure and its recipients;
-    // the memory BIO and the streaming chain above it are freed here on
-    // every path (the chain first, then the memory BIO it wrote to);
-    // `buf` outlives each BIO_write from it.
+    let flags = CMSOptions::BINARY | CMSOptions::PARTIAL | CMSOptions::STREAM;
+    let cms = enveloped_for(recipients, cipher, oaep, flags)?;
+    // SAFETY: the CMS structure is owned by `cms`; the memory BIO and the
+    // streaming chain above it are freed here on every path (the chain
+    // first, then the memory BIO it wrote to); `buf` outlives each
+    // BIO_write from it.
     unsafe {
-        let cms = check_ptr(sys::CMS_encrypt(
-            ptr::null_mut(),
-            ptr::null_mut(),
-            cipher.as_ptr(),
-            flags,
-        ))?;
-        let cms = CmsContentInfo::from_ptr(cms);
-        for cert in recipients {
-            let ri_flags = if oaep { sys::CMS_KEY_PARAM } else { 0 };
-            let ri = CMS_add1_recipient_cert(cms.as_ptr(), cert.as_ptr(), ri_flags);
-            if ri.is_null() {
-                return Err(ErrorStack::get().into());
-            }
-            if oaep {
-                oaep_sha256(ri)?;
-            }
-        }
         let mem = check_ptr(sys::BIO_new(sys::BIO_s_mem()))?;
         let chain = BIO_new_CMS(mem, cms.as_ptr());
         if chain.is_null() {

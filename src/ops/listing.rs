@@ -45,15 +45,7 @@ pub fn keys_table(keys: &Keyring, now: i64, revoked: &[bool]) -> String {
     );
     for (n, id) in keys.identities.iter().enumerate() {
         let i = &id.info;
-        let state = if revoked.get(n).copied().unwrap_or(false) {
-            "revoked"
-        } else if now < i.not_before {
-            "not yet valid"
-        } else if now > i.not_after {
-            "expired"
-        } else {
-            "valid"
-        };
+        let state = i.state_at(now, revoked.get(n).copied().unwrap_or(false));
         let may = if state == "valid" && i.can_sign() {
             "decrypt, sign"
         } else {

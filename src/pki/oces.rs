@@ -104,6 +104,20 @@ impl CertInfo {
     pub fn can_sign(&self) -> bool {
         self.digital_signature != Some(false)
     }
+
+    /// The certificate's state at `now` as listings show it: "revoked"
+    /// (when `revoked`), "not yet valid", "expired" or "valid".
+    pub fn state_at(&self, now: i64, revoked: bool) -> &'static str {
+        if revoked {
+            "revoked"
+        } else if now < self.not_before {
+            "not yet valid"
+        } else if now > self.not_after {
+            "expired"
+        } else {
+            "valid"
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -305,4 +319,34 @@ fn cvr(serial_number: &str, org_id: &str, orgs: &[String]) -> Option<String> {
         o.split_once("// CVR:")
             .and_then(|(_, rest)| digits(rest.trim()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_state_is_read_at_a_time() {
+        let info = CertInfo {
+            subject: "CN=x".into(),
+            subject_cn: "x".into(),
+            issuer: "CN=ca".into(),
+            serial_hex: "01".into(),
+            generation: Generation::Oces3,
+            kind: Kind::Person,
+            cvr: None,
+            emails: Vec::new(),
+            not_before: 100,
+            not_after: 200,
+            policies: Vec::new(),
+            key_encipherment: None,
+            digital_signature: None,
+        };
+        assert_eq!(info.state_at(99, false), "not yet valid");
+        assert_eq!(info.state_at(100, false), "valid");
+        assert_eq!(info.state_at(200, false), "valid");
+        assert_eq!(info.state_at(201, false), "expired");
+        assert_eq!(info.state_at(150, true), "revoked");
+        assert_eq!(info.state_at(201, true), "revoked");
+    }
 }

@@ -81,15 +81,7 @@ async fn view(board: &Board, store: &Arc<Store>, table: page::Table, picked: boo
                 kind: i.kind.to_string(),
                 mailboxes: id.mailboxes.clone(),
                 not_after: i.not_after,
-                state: if revoked.contains(&id.fingerprint()) {
-                    "revoked"
-                } else if now < i.not_before {
-                    "not yet valid"
-                } else if now > i.not_after {
-                    "expired"
-                } else {
-                    "valid"
-                },
+                state: i.state_at(now, revoked.contains(&id.fingerprint())),
             }
         })
         .collect();

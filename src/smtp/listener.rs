@@ -32,8 +32,8 @@ pub async fn bind(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
 /// at once since the last time none were.
 #[derive(Default)]
 struct Limits {
-    counts: Mutex<(usize, HashMap<IpAddr, usize>)>,
-    peak: Mutex<usize>,
+    /// Open in all, open per address, and the peak (one lock for all).
+    counts: Mutex<(usize, HashMap<IpAddr, usize>, usize)>,
 }
 
 /// After this many connections at once, the heap their sessions freed is
@@ -62,14 +62,13 @@ struct Slot {
 impl Limits {
     fn take(self: &Arc<Self>, ip: IpAddr, total_max: usize, per_ip_max: usize) -> Option<Slot> {
         let mut guard = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, per_ip) = &mut *guard;
+        let (total, per_ip, peak) = &mut *guard;
         let mine = per_ip.get(&ip).copied().unwrap_or(0);
         if *total >= total_max || mine >= per_ip_max {
             return None;
         }
         *total += 1;
         per_ip.insert(ip, mine + 1);
-        let mut peak = self.peak.lock().unwrap_or_else(|p| p.into_inner());
         *peak = (*peak).max(*total);
         Some(Slot {
             limits: Arc::clone(self),
@@ -81,7 +80,7 @@ impl Limits {
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut guard = self.limits.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, per_ip) = &mut *guard;
+        let (total, per_ip, peak) = &mut *guard;
         *total = total.saturating_sub(1);
         if let Some(n) = per_ip.get_mut(&self.ip) {
             *n -= 1;
@@ -89,10 +88,9 @@ impl Drop for Slot {
                 per_ip.remove(&self.ip);
             }
         }
-        let open = *total;
+        let burst_ended = ends_burst(*total, peak);
         drop(guard);
-        let mut peak = self.limits.peak.lock().unwrap_or_else(|p| p.into_inner());
-        if ends_burst(open, &mut peak) {
+        if burst_ended {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 drop(rt.spawn_blocking(crate::ossl::release_free_memory));
             }

@@ -220,3 +220,26 @@ fn recipient_verification_probes_verify_the_certificate_too() {
     assert_eq!(probe(&impostor), 450, "an unverified server was asked");
     assert_eq!(probe(&genuine), 550, "the genuine server's answer is used");
 }
+
+#[test]
+fn a_next_hop_that_does_not_offer_starttls_gets_nothing_when_tls_is_required() {
+    // The attacker strips STARTTLS: their hop answers EHLO without it.
+    let stripped = Sink::start(Script::default());
+    let gw = Gateway::start(required(&stripped, &expect_name("mail.test")));
+    send(&gw, "stripped-1");
+    let log = deferred_log(&gw);
+    assert!(
+        log.contains("does not offer STARTTLS"),
+        "reason not logged:\n{log}"
+    );
+    assert_eq!(stripped.count(), 0, "delivered without TLS");
+    assert_eq!(stripped.data_attempts(), 0);
+    assert_eq!(gw.queued(), 1, "the message must stay queued");
+
+    // Control: the same hop without TLS required gets the message, so the
+    // absence above is the policy's doing.
+    let plain = Sink::start(Script::default());
+    let gw = Gateway::start(Options::new(plain.addr));
+    send(&gw, "stripped-2");
+    assert!(wait_until(Duration::from_secs(20), || plain.count() >= 1));
+}

@@ -1253,3 +1253,207 @@ fn several_mailboxes_in_one_run() {
     assert!(err.contains("whose mailbox is"), "{err}");
     assert_eq!(tree(&c), before, "nothing changed");
 }
+
+/// The commands a client sent whose name (after the tag, and after `UID`)
+/// is `verb`, from Dovecot's rawlog (each line after its time stamp).
+fn sent(dv: &common::dovecot::Dovecot, verb: &str) -> Vec<String> {
+    dv.client_lines()
+        .into_iter()
+        .map(|l| match l.split_once(' ') {
+            Some((t, rest)) if t.parse::<f64>().is_ok() => rest.to_string(),
+            _ => l,
+        })
+        .filter(|l| {
+            let w: Vec<&str> = l.split_whitespace().take(3).collect();
+            match w.as_slice() {
+                [_, "UID", v, ..] => v.eq_ignore_ascii_case(verb),
+                [_, v, ..] => v.eq_ignore_ascii_case(verb),
+                _ => false,
+            }
+        })
+        .collect()
+}
+
+/// A private Dovecot that offers only `capabilities` after login, the
+/// corpus in its Maildir, and the migration's IMAP arguments.
+fn dovecot_offering(
+    dir: &Path,
+    capabilities: &str,
+    msgs: &[Msg],
+) -> (common::dovecot::Dovecot, Vec<String>) {
+    let dv = common::dovecot::Dovecot::start_configured(
+        &[(ADDRESS, "hemmelig")],
+        None,
+        &[],
+        &format!("imap_capability = {capabilities}"),
+    );
+    make_maildir(&dv.maildir(ADDRESS), msgs);
+    dv.own_mail();
+    let pw = dir.join("imap.pass");
+    fs::write(&pw, "hemmelig\n").unwrap();
+    let args = [
+        "--imap",
+        &format!("127.0.0.1:{}", dv.port),
+        "--imap-security",
+        "plain",
+        "--user",
+        ADDRESS,
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    (dv, args)
+}
+
+/// Servers that offer less than Dovecot: without MULTIAPPEND (as
+/// Exchange Online) one APPEND per copy, each copy's UID from APPENDUID
+/// (no search per copy); without LITERAL+ synchronising literals; without
+/// MOVE `UID COPY` + `UID EXPUNGE` of exactly the originals; with neither
+/// MOVE nor UIDPLUS the move (and the removal) is refused before anything
+/// is written and `--originals keep` still works. What the client sent is read from Dovecot's rawlog; Dovecot
+/// with everything is the control that the counts tell the ways apart.
+#[test]
+fn imap_servers_offering_less_get_what_they_understand() {
+    if let Some(why) = common::dovecot::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let base = "IMAP4rev1 SASL-IR ID ENABLE IDLE NAMESPACE CHILDREN";
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let msgs = corpus(dir.path());
+    let copies = msgs.iter().filter(|m| m.plaintext.is_some()).count();
+    let folders = 2;
+    assert!(
+        copies > folders,
+        "the corpus tells one APPEND per folder from one per copy"
+    );
+    let run = |args: &[String], extra: &[&str]| {
+        let src: Vec<&str> = args.iter().map(String::as_str).collect();
+        migrate(&cfg, &src, extra)
+    };
+    let literal_plus = |cmds: &[String]| cmds.iter().all(|c| c.ends_with("+}"));
+
+    // Control: everything offered: one MULTIAPPEND per folder, UID MOVE.
+    let (mut dv, args) = dovecot_offering(
+        dir.path(),
+        &format!("{base} MULTIAPPEND LITERAL+ UIDPLUS MOVE"),
+        &msgs,
+    );
+    assert!(run(&args, &[]).status.success(), "{}", dv.log());
+    let appends = sent(&dv, "APPEND");
+    assert_eq!(appends.len(), folders, "{appends:?}");
+    assert!(literal_plus(&appends), "{appends:?}");
+    assert!(!sent(&dv, "MOVE").is_empty());
+    dv.stop();
+    assert_migrated_maildir(&dv.maildir(ADDRESS), &msgs);
+
+    // As Exchange Online: no MULTIAPPEND. One APPEND per copy, pipelined
+    // with LITERAL+, UIDs from APPENDUID: no search per copy.
+    let (mut dv, args) =
+        dovecot_offering(dir.path(), &format!("{base} LITERAL+ UIDPLUS MOVE"), &msgs);
+    assert!(run(&args, &[]).status.success(), "{}", dv.log());
+    let appends = sent(&dv, "APPEND");
+    assert_eq!(appends.len(), copies, "{appends:?}");
+    assert!(literal_plus(&appends), "{appends:?}");
+    // The marker searches of the folders are seen; none per copy.
+    assert_eq!(
+        sent(&dv, "SEARCH").len(),
+        folders,
+        "{:?}",
+        sent(&dv, "SEARCH")
+    );
+    assert!(!sent(&dv, "MOVE").is_empty());
+    dv.stop();
+    assert_migrated_maildir(&dv.maildir(ADDRESS), &msgs);
+
+    // MULTIAPPEND and UIDPLUS, but neither LITERAL+ nor MOVE.
+    let (mut dv, args) =
+        dovecot_offering(dir.path(), &format!("{base} MULTIAPPEND UIDPLUS"), &msgs);
+    assert!(run(&args, &[]).status.success(), "{}", dv.log());
+    let appends = sent(&dv, "APPEND");
+    assert_eq!(appends.len(), folders, "{appends:?}");
+    assert!(
+        appends
+            .iter()
+            .all(|c| c.ends_with('}') && !c.ends_with("+}")),
+        "{appends:?}"
+    );
+    assert!(sent(&dv, "MOVE").is_empty());
+    assert!(!sent(&dv, "COPY").is_empty());
+    let expunges = sent(&dv, "EXPUNGE");
+    assert!(!expunges.is_empty());
+    assert!(
+        expunges
+            .iter()
+            .all(|c| c.split_whitespace().nth(1) == Some("UID")),
+        "never a bare EXPUNGE: {expunges:?}"
+    );
+    dv.stop();
+    assert_migrated_maildir(&dv.maildir(ADDRESS), &msgs);
+
+    // Plain IMAP4rev1: moving and removing originals is refused before
+    // anything is written; keeping them works.
+    let (mut dv, args) = dovecot_offering(dir.path(), base, &msgs);
+    let root = dv.maildir(ADDRESS);
+    let stored = |root: &Path| -> Vec<Vec<u8>> {
+        let mut v: Vec<Vec<u8>> = ["INBOX", "Sager"]
+            .iter()
+            .flat_map(|f| messages_in(&folder_dir(root, f)))
+            .map(|p| fs::read(p).unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = stored(&root);
+    assert_eq!(before.len(), msgs.len());
+    for (extra, why) in [
+        (&[][..], "neither MOVE nor UIDPLUS"),
+        (&["--originals", "delete"][..], "does not offer UIDPLUS"),
+    ] {
+        let out = run(&args, extra);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains(why), "{why}");
+    }
+    assert!(sent(&dv, "APPEND").is_empty());
+    assert_eq!(stored(&root), before, "nothing written");
+    let out = run(&args, &["--originals", "keep", "--format", "json"]);
+    assert!(out.status.success(), "{}", dv.log());
+    let appends = sent(&dv, "APPEND");
+    assert_eq!(appends.len(), copies, "{appends:?}");
+    assert!(!literal_plus(&appends), "{appends:?}");
+    assert!(sent(&dv, "EXPUNGE").is_empty() && sent(&dv, "MOVE").is_empty());
+    // A re-run finds every copy and writes nothing.
+    let out = run(&args, &["--originals", "keep", "--format", "json"]);
+    assert!(out.status.success());
+    let found: u64 = folder_lines(&out)
+        .values()
+        .map(|f| f["copies_found"].as_u64().unwrap())
+        .sum();
+    assert_eq!(found, copies as u64);
+    assert_eq!(sent(&dv, "APPEND").len(), copies, "no second copy");
+    dv.stop();
+    for m in &msgs {
+        let files = messages_in(&folder_dir(&root, m.folder));
+        let original = files
+            .iter()
+            .filter(|p| fs::read(p).unwrap() == m.bytes)
+            .count();
+        assert_eq!(original, 1, "{}: original kept", m.name);
+        let marker = format!("original-sha256={}", sha256_hex(&m.bytes));
+        let copy: Vec<Vec<u8>> = files
+            .iter()
+            .map(|p| fs::read(p).unwrap())
+            .filter(|b| String::from_utf8_lossy(b).contains(&marker))
+            .collect();
+        match &m.plaintext {
+            Some(p) => {
+                assert_eq!(copy.len(), 1, "{}", m.name);
+                assert_eq!(open_with_oces3(&copy[0]), without_mime_version(p));
+            }
+            None => assert!(copy.is_empty(), "{}", m.name),
+        }
+    }
+}

@@ -3,13 +3,17 @@
 //! STARTTLS verify the server's certificate (rustls: the given CA file,
 //! else the system's roots) for its host name; plain IMAP only when the
 //! operator asks for it. New copies are appended with the originals'
-//! flags and INTERNALDATE, several per command (MULTIAPPEND with LITERAL+,
-//! [`super::multiappend`]) where the server offers it; each copy's UID
-//! comes from the server's `APPENDUID` answer (UIDPLUS), else it is found
-//! by `UID SEARCH HEADER` for its marker; the copies are read back in one
-//! `UID FETCH`. A re-run searches for the marker before it appends. Originals are moved with `UID MOVE` (RFC 6851) or removed
-//! with `UID EXPUNGE` of that one UID (UIDPLUS), never a bare `EXPUNGE`
-//! that would take every message marked deleted.
+//! flags and INTERNALDATE, several per command (MULTIAPPEND,
+//! [`super::multiappend`]) where the server offers it, else one APPEND
+//! each, pipelined when the server takes LITERAL+ (Exchange Online offers
+//! no MULTIAPPEND); each copy's UID comes from the server's `APPENDUID`
+//! answer (UIDPLUS), else it is found by `UID SEARCH HEADER` for its
+//! marker; the copies are read back in one `UID FETCH`. A re-run searches
+//! for the marker before it appends. Originals are moved with `UID MOVE`
+//! (RFC 6851) or `UID COPY` + `UID EXPUNGE` of exactly their UIDs
+//! (UIDPLUS), never a bare `EXPUNGE` that would take every message marked
+//! deleted; a server that offers neither is refused before anything is
+//! written.
 
 use std::fmt::Debug;
 use std::path::PathBuf;
@@ -27,8 +31,8 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
-use super::multiappend::{self, imap_date, UidPart};
-use super::source::{Entry, NewMessage, Source, SourceError};
+use super::multiappend::{self, UidPart};
+use super::source::{Entry, NewMessage, Originals, Source, SourceError};
 
 /// How the connection is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,6 +302,24 @@ impl ImapSource {
         })
     }
 
+    /// Whether originals can be moved to `to` (`None`: removed) without
+    /// touching any other message: `UID MOVE`, or `UID COPY` + `UID
+    /// EXPUNGE`, never a bare `EXPUNGE`.
+    fn can_remove(&self, to: Option<&str>) -> Result<(), SourceError> {
+        if to.is_some() && !self.can_move && !self.uidplus {
+            return Err(SourceError::Unsupported(
+                "the server offers neither MOVE nor UIDPLUS: use --originals keep".into(),
+            ));
+        }
+        if to.is_none() && !self.uidplus {
+            return Err(SourceError::Unsupported(
+                "the server does not offer UIDPLUS (UID EXPUNGE): use --originals keep or move"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Logs out and in again (what was learnt of the folders is kept).
     fn reconnect(&mut self) -> Result<(), SourceError> {
         if let Some(mut old) = self.session.take() {
@@ -448,50 +470,97 @@ impl ImapSource {
         entry
     }
 
-    /// Appends `messages` to `folder` in one MULTIAPPEND command (one
-    /// transaction: all or none); their entries, in order.
-    fn multiappend(
+    /// Appends `messages` to `folder`: in one MULTIAPPEND command (one
+    /// transaction: all or none) where the server offers it, else one
+    /// APPEND each (servers such as Exchange Online), all of them sent
+    /// before the answers are read when the server takes LITERAL+. Each
+    /// copy's UID is the server's `APPENDUID` answer, else it is searched
+    /// for by its marker. Each one's entry, in order.
+    fn appends(
         &mut self,
         folder: &str,
         messages: &[NewMessage<'_>],
-    ) -> Result<Vec<Entry>, SourceError> {
+    ) -> Vec<Result<Entry, SourceError>> {
         if self.appended > 0 && self.appended + messages.len() > APPENDS_PER_SESSION {
-            self.reconnect()?;
+            if let Err(e) = self.reconnect() {
+                return messages.iter().map(|_| Err(imap_err(&e))).collect();
+            }
         }
         self.appended += messages.len();
-        let command = multiappend::encode(folder, messages, self.literal_plus)
-            .map_err(|e| SourceError::Imap(e.to_string()))?;
-        let (literal_plus, count) = (self.literal_plus, messages.len());
-        let uids = self.run(move |s| {
-            Box::pin(async move { send_multiappend(s, command, literal_plus, count).await })
-        })?;
-        let uids = match uids {
-            Some(uids) => {
-                // The selected folder takes in the new messages before
-                // they are read back.
-                if self.selected.as_deref() == Some(folder) {
-                    self.run(|s| Box::pin(async move { s.noop().await.map_err(imap_err) }))?;
-                }
-                uids
-            }
-            None => messages
-                .iter()
-                .map(|m| self.locate(folder, m.message))
-                .collect::<Result<Vec<u32>, SourceError>>()?,
+        let literal_plus = self.literal_plus;
+        // Per command: how many messages it carries, or why it cannot be written.
+        let groups: Vec<&[NewMessage<'_>]> = if self.multiappend {
+            vec![messages]
+        } else {
+            messages.chunks(1).collect()
         };
-        Ok(messages
-            .iter()
-            .zip(uids)
-            .map(|(m, uid)| {
-                let flags = m
-                    .flags
-                    .iter()
-                    .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
-                    .cloned()
-                    .collect();
-                self.appended_entry(folder, uid, m.message, flags, m.internal_date)
+        let mut commands = Vec::with_capacity(groups.len());
+        let mut encoded: Vec<Result<usize, SourceError>> = Vec::with_capacity(groups.len());
+        for g in &groups {
+            match multiappend::encode(folder, g, literal_plus) {
+                Ok(c) => {
+                    encoded.push(Ok(commands.len()));
+                    commands.push((c, g.len()));
+                }
+                Err(e) => encoded.push(Err(SourceError::Imap(e.to_string()))),
+            }
+        }
+        let answers = if commands.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.run(move |s| {
+                Box::pin(async move { send_appends(s, commands, literal_plus).await })
             })
-            .collect())
+        };
+        let answers = match answers {
+            Ok(a) => a,
+            Err(e) => return messages.iter().map(|_| Err(imap_err(&e))).collect(),
+        };
+        // The selected folder takes in the new messages before they are
+        // read back.
+        if self.selected.as_deref() == Some(folder) && answers.iter().any(|a| a.is_ok()) {
+            if let Err(e) = self.run(|s| Box::pin(async move { s.noop().await.map_err(imap_err) }))
+            {
+                return messages.iter().map(|_| Err(imap_err(&e))).collect();
+            }
+        }
+        let mut out = Vec::with_capacity(messages.len());
+        for (g, e) in groups.iter().zip(encoded) {
+            let answer = match e {
+                Ok(i) => match answers.get(i) {
+                    Some(Ok(a)) => Ok(a.clone()),
+                    Some(Err(e)) => Err(imap_err(e)),
+                    None => Err(SourceError::Imap("APPEND: no answer".into())),
+                },
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(Some(uids)) => {
+                    for (m, uid) in g.iter().zip(uids) {
+                        out.push(Ok(self.appended_copy(folder, uid, m)));
+                    }
+                }
+                Ok(None) => {
+                    for m in g.iter() {
+                        let uid = self.locate(folder, m.message);
+                        out.push(uid.map(|uid| self.appended_copy(folder, uid, m)));
+                    }
+                }
+                Err(e) => out.extend(g.iter().map(|_| Err(imap_err(&e)))),
+            }
+        }
+        out
+    }
+
+    /// The entry of `m`, just appended to `folder` as `uid`.
+    fn appended_copy(&mut self, folder: &str, uid: u32, m: &NewMessage<'_>) -> Entry {
+        let flags = m
+            .flags
+            .iter()
+            .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
+            .cloned()
+            .collect();
+        self.appended_entry(folder, uid, m.message, flags, m.internal_date)
     }
 
     fn exists(&mut self, folder: &str) -> Result<bool, SourceError> {
@@ -602,28 +671,16 @@ impl Source for ImapSource {
         flags: &[String],
         internal_date: i64,
     ) -> Result<Entry, SourceError> {
-        if self.appended >= APPENDS_PER_SESSION {
-            self.reconnect()?;
-        }
-        self.appended += 1;
-        let flags: Vec<&str> = flags
-            .iter()
-            .map(String::as_str)
-            .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
-            .collect();
-        let flags_given: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
-        let flags = format!("({})", flags.join(" "));
-        let date = imap_date(internal_date);
-        let (name, content) = (folder.to_string(), message.to_vec());
-        self.run(move |s| {
-            Box::pin(async move {
-                s.append(&name, Some(&flags), Some(&date), &content)
-                    .await
-                    .map_err(imap_err)
-            })
-        })?;
-        let uid = self.locate(folder, message)?;
-        Ok(self.appended_entry(folder, uid, message, flags_given, internal_date))
+        let one = NewMessage {
+            message,
+            flags,
+            internal_date,
+        };
+        let multiappend = std::mem::replace(&mut self.multiappend, false);
+        let mut done = self.appends(folder, std::slice::from_ref(&one));
+        self.multiappend = multiappend;
+        done.pop()
+            .unwrap_or_else(|| Err(SourceError::Imap("APPEND: no answer".into())))
     }
 
     fn append_many(
@@ -631,30 +688,23 @@ impl Source for ImapSource {
         folder: &str,
         messages: &[NewMessage<'_>],
     ) -> Vec<Result<Entry, SourceError>> {
-        if messages.len() < 2 || !self.multiappend {
-            return messages
-                .iter()
-                .map(|m| self.append(folder, m.message, m.flags, m.internal_date))
-                .collect();
+        if messages.is_empty() {
+            return Vec::new();
         }
-        match self.multiappend(folder, messages) {
-            Ok(entries) => entries.into_iter().map(Ok).collect(),
-            Err(e) => messages.iter().map(|_| Err(imap_err(&e))).collect(),
-        }
+        self.appends(folder, messages)
+    }
+
+    fn supports(&self, originals: &Originals) -> Result<(), SourceError> {
+        let to = match originals {
+            Originals::Keep => return Ok(()),
+            Originals::Move(f) => Some(f.as_str()),
+            Originals::Delete => None,
+        };
+        self.can_remove(to)
     }
 
     fn remove(&mut self, folder: &str, entry: &Entry, to: Option<&str>) -> Result<(), SourceError> {
-        if to.is_some() && !self.can_move && !self.uidplus {
-            return Err(SourceError::Unsupported(
-                "the server offers neither MOVE nor UIDPLUS: use --originals keep".into(),
-            ));
-        }
-        if to.is_none() && !self.uidplus {
-            return Err(SourceError::Unsupported(
-                "the server does not offer UIDPLUS (UID EXPUNGE): use --originals keep or move"
-                    .into(),
-            ));
-        }
+        self.can_remove(to)?;
         self.pending
             .push((folder.to_string(), to.map(str::to_string), entry.id.clone()));
         if self.pending.len() >= REMOVE_BATCH {
@@ -678,46 +728,84 @@ impl Source for ImapSource {
     }
 }
 
-/// Sends a MULTIAPPEND `command` and reads its answer: the new UIDs in
-/// order when the server names them (`APPENDUID`), `None` when it does not.
-async fn send_multiappend(
+/// One APPEND command's answer: the new UIDs in order when the server
+/// names them (`APPENDUID`), `None` when it does not; or its refusal.
+type Answer = Result<Option<Vec<u32>>, SourceError>;
+
+/// Sends APPEND (or MULTIAPPEND) `commands`, each with the number of
+/// messages it carries, and reads their answers, in order. With LITERAL+
+/// every command goes out before the first answer is read (pipelined);
+/// without it each literal waits for the server's `+` and each command
+/// for its answer. The outer error is the connection's.
+async fn send_appends(
     s: &mut Imap,
-    command: multiappend::Command,
+    commands: Vec<(multiappend::Command, usize)>,
     literal_plus: bool,
-    count: usize,
-) -> Result<Option<Vec<u32>>, SourceError> {
-    let io = |e: std::io::Error| SourceError::Imap(format!("MULTIAPPEND: {e}"));
-    let id = s.run_command(&command.first).await.map_err(imap_err)?;
-    for piece in &command.literals {
-        if !literal_plus {
-            ready_for_literal(s, &id).await?;
+) -> Result<Vec<Answer>, SourceError> {
+    let io = |e: std::io::Error| SourceError::Imap(format!("APPEND: {e}"));
+    let mut answers: Vec<Option<Answer>> = commands.iter().map(|_| None).collect();
+    let mut sent: Vec<(RequestId, usize, usize)> = Vec::with_capacity(commands.len());
+    for (i, (command, count)) in commands.iter().enumerate() {
+        let id = s.run_command(&command.first).await.map_err(imap_err)?;
+        let mut refused = None;
+        for piece in &command.literals {
+            if !literal_plus {
+                refused = ready_for_literal(s, &id).await?;
+                if refused.is_some() {
+                    break;
+                }
+            }
+            s.get_mut().write_all(piece).await.map_err(io)?;
         }
-        s.get_mut().write_all(piece).await.map_err(io)?;
+        match refused {
+            Some(why) => answers[i] = Some(Err(SourceError::Imap(why))),
+            None => sent.push((id, i, *count)),
+        }
+        if !literal_plus {
+            s.get_mut().flush().await.map_err(io)?;
+            read_answers(s, &mut sent, &mut answers).await?;
+        }
     }
     s.get_mut().flush().await.map_err(io)?;
-    loop {
+    read_answers(s, &mut sent, &mut answers).await?;
+    Ok(answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(SourceError::Imap("APPEND: no answer".into()))))
+        .collect())
+}
+
+/// Reads responses until every command in `waiting` is answered.
+async fn read_answers(
+    s: &mut Imap,
+    waiting: &mut Vec<(RequestId, usize, usize)>,
+    answers: &mut [Option<Answer>],
+) -> Result<(), SourceError> {
+    while !waiting.is_empty() {
         let response = s
             .read_response()
             .await
-            .map_err(io)?
-            .ok_or_else(|| SourceError::Imap("MULTIAPPEND: connection lost".into()))?;
-        if let Response::Done {
+            .map_err(|e| SourceError::Imap(format!("APPEND: {e}")))?
+            .ok_or_else(|| SourceError::Imap("APPEND: connection lost".into()))?;
+        let Response::Done {
             tag,
             status,
             code,
             information,
         } = response.parsed()
-        {
-            if *tag != id {
-                continue;
-            }
-            if *status != Status::Ok {
-                return Err(SourceError::Imap(format!(
-                    "MULTIAPPEND refused: {status:?} {}",
-                    information.as_deref().unwrap_or("")
-                )));
-            }
-            return Ok(match code {
+        else {
+            continue;
+        };
+        let Some(at) = waiting.iter().position(|(id, _, _)| id == tag) else {
+            continue;
+        };
+        let (_, i, count) = waiting.remove(at);
+        answers[i] = Some(if *status != Status::Ok {
+            Err(SourceError::Imap(format!(
+                "APPEND refused: {status:?} {}",
+                information.as_deref().unwrap_or("")
+            )))
+        } else {
+            Ok(match code {
                 Some(ResponseCode::AppendUid(_, set)) => {
                     let parts: Vec<UidPart> = set
                         .iter()
@@ -729,29 +817,30 @@ async fn send_multiappend(
                     multiappend::uids_in_order(&parts, count)
                 }
                 _ => None,
-            });
-        }
+            })
+        });
     }
+    Ok(())
 }
 
-/// Waits for the server's `+` before a synchronising literal; its tagged
-/// refusal is an error.
-async fn ready_for_literal(s: &mut Imap, id: &RequestId) -> Result<(), SourceError> {
+/// Waits for the server's `+` before a synchronising literal: `None`
+/// when it came, the server's reason when it refused the command instead.
+async fn ready_for_literal(s: &mut Imap, id: &RequestId) -> Result<Option<String>, SourceError> {
     loop {
         let response = s
             .read_response()
             .await
-            .map_err(|e| SourceError::Imap(format!("MULTIAPPEND: {e}")))?
-            .ok_or_else(|| SourceError::Imap("MULTIAPPEND: connection lost".into()))?;
+            .map_err(|e| SourceError::Imap(format!("APPEND: {e}")))?
+            .ok_or_else(|| SourceError::Imap("APPEND: connection lost".into()))?;
         match response.parsed() {
-            Response::Continue { .. } => return Ok(()),
+            Response::Continue { .. } => return Ok(None),
             Response::Done {
                 tag, information, ..
             } if tag == id => {
-                return Err(SourceError::Imap(format!(
-                    "MULTIAPPEND refused: {}",
+                return Ok(Some(format!(
+                    "APPEND refused: {}",
                     information.as_deref().unwrap_or("")
-                )))
+                )));
             }
             _ => {}
         }
@@ -764,7 +853,10 @@ mod tests {
 
     #[test]
     fn dates_and_strings_are_written_as_imap_wants() {
-        assert_eq!(imap_date(1_600_000_000), "\"13-Sep-2020 12:26:40 +0000\"");
+        assert_eq!(
+            multiappend::imap_date(1_600_000_000),
+            "\"13-Sep-2020 12:26:40 +0000\""
+        );
         assert_eq!(quoted("a\"b\\c"), "\"a\\\"b\\\\c\"");
     }
 }

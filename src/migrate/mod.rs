@@ -131,6 +131,7 @@ pub fn run(
     line: &mut dyn FnMut(&MessageLine),
 ) -> Result<Vec<FolderReport>, MigrateError> {
     let mailbox = rekeyer.mailbox(address);
+    source.supports(&opts.originals)?;
     let todo = folders_to_do(source, opts)?;
     let (count, bytes) = todo
         .iter()

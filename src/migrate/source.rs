@@ -147,6 +147,11 @@ pub trait Source: Send {
             .map(|m| self.append(folder, m.message, m.flags, m.internal_date))
             .collect()
     }
+    /// Whether this source can deal with the originals as asked (IMAP:
+    /// the server's capabilities); asked before anything is written.
+    fn supports(&self, _originals: &Originals) -> Result<(), SourceError> {
+        Ok(())
+    }
     /// Moves `entry` out of `folder` into `to` (created when missing), or
     /// removes it (`to` = `None`), touching no other message.
     fn remove(&mut self, folder: &str, entry: &Entry, to: Option<&str>) -> Result<(), SourceError>;

@@ -48,6 +48,17 @@ impl Dovecot {
         tls: Option<(&str, &str)>,
         masters: &[(&str, &str)],
     ) -> Self {
+        Self::start_configured(users, tls, masters, "")
+    }
+
+    /// Starts Dovecot as [`Dovecot::start_with`], with `conf` (settings
+    /// such as `imap_capability = …`) added to its configuration.
+    pub fn start_configured(
+        users: &[(&str, &str)],
+        tls: Option<(&str, &str)>,
+        masters: &[(&str, &str)],
+        conf: &str,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("smimegw-dovecot")
             .tempdir()
@@ -66,9 +77,11 @@ impl Dovecot {
             )
         };
         let d = dir.path();
-        for sub in ["run", "state", "mail"] {
+        for sub in ["run", "state", "mail", "rawlog"] {
             fs::create_dir_all(d.join(sub)).unwrap();
         }
+        // What clients send after login, one file per session (`*.in`).
+        fs::set_permissions(d.join("rawlog"), fs::Permissions::from_mode(0o777)).unwrap();
         let passwd: String = users
             .iter()
             .map(|(u, p)| format!("{u}:{{PLAIN}}{p}::::::\n"))
@@ -109,7 +122,8 @@ impl Dovecot {
              userdb {{\n  driver = static\n  args = uid={uid} gid={gid} home={d}/mail/%u\n}}\n\
              service imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n\
                inet_listener imaps {{\n    address = 127.0.0.1\n    port = {imaps_port}\n  }}\n  chroot =\n}}\n\
-             service anvil {{\n  chroot =\n}}\n",
+             service anvil {{\n  chroot =\n}}\n\
+             rawlog_dir = {d}/rawlog\n{conf}\n",
             d = d.display()
         );
         fs::write(d.join("dovecot.conf"), conf).unwrap();
@@ -157,6 +171,25 @@ impl Dovecot {
     /// Gives the mail folder to the user Dovecot runs mail as.
     pub fn own_mail(&self) {
         chown_r(&self.dir.path().join("mail"), self.uid, self.gid);
+    }
+
+    /// Everything clients sent after login, session after session
+    /// (Dovecot's rawlog), with CRLF as LF.
+    pub fn client_lines(&self) -> Vec<String> {
+        let mut files: Vec<PathBuf> = fs::read_dir(self.dir.path().join("rawlog"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|x| x == "in"));
+        files.sort();
+        files
+            .iter()
+            .flat_map(|p| {
+                String::from_utf8_lossy(&fs::read(p).unwrap_or_default())
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     pub fn log(&self) -> String {

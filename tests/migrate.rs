@@ -1457,3 +1457,97 @@ fn imap_servers_offering_less_get_what_they_understand() {
         }
     }
 }
+
+/// A signature inside old mail by a signer whose certificate neither the
+/// message nor the gateway holds is looked up in LDAP for the From address,
+/// as the daemon does, and the copy's trace header says it is valid;
+/// control: the same signature under a From the directory does not know
+/// stays `unknown-signer`.
+#[test]
+fn a_signer_nobody_holds_is_asked_of_ldap_as_the_daemon_does() {
+    let demo = pki::demo();
+    let ldap = common::ldap_entries::EntriesSlapd::start(&[(
+        "post@domstol.dk",
+        &demo.join("certs/court-oces3.pem"),
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[[certificates.ldap]]\nurl = \"ldap://127.0.0.1:{}\"\nbase = \"c=DK\"\ntimeout = \"5s\"\n",
+            ldap.port
+        ),
+    );
+    let (cert, key) = (pki::cert("court-oces3"), pki::key("court-oces3"));
+    let bare = crlf(&pki::openssl(
+        &[
+            "cms",
+            "-sign",
+            "-binary",
+            "-md",
+            "sha256",
+            "-nocerts",
+            "-signer",
+            cert.to_str().unwrap(),
+            "-inkey",
+            key.to_str().unwrap(),
+        ],
+        &pki::inner("Kendelse uden certifikater"),
+    ));
+    let o2 = pki::cert("org-oces2");
+    // Arrived after the signing (the demo certificates are young).
+    let now = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let msgs: Vec<Msg> = [
+        ("ldap-found", "post@domstol.dk"),
+        ("ldap-none", "registry@domstol.dk"),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (name, from))| Msg {
+        name,
+        folder: "INBOX",
+        bytes: String::from_utf8(encrypted(name, &o2, &bare))
+            .unwrap()
+            .replace(
+                "From: Sender <sender@example.org>",
+                &format!("From: <{from}>"),
+            )
+            .into_bytes(),
+        flags: "S",
+        date: now + 5 + i as i64,
+        outcome: "migrate",
+        plaintext: Some(bare.clone()),
+    })
+    .collect();
+    let root = dir.path().join("Maildir");
+    make_maildir(&root, &msgs);
+    let out = migrate(
+        &cfg,
+        &["--maildir", root.to_str().unwrap()],
+        &["--format", "json"],
+    );
+    assert!(out.status.success());
+    let trace_of = |name: &str| -> String {
+        let copy = marked_copies(&root)
+            .into_iter()
+            .map(|b| String::from_utf8_lossy(&b).replace("\n ", " "))
+            .find(|t| t.contains(&format!("Message-ID: <{name}@test>")))
+            .unwrap_or_else(|| panic!("no copy of {name}"));
+        copy.lines()
+            .find(|l| l.starts_with("X-SMIME-Gateway:"))
+            .unwrap()
+            .to_string()
+    };
+    let found = trace_of("ldap-found");
+    assert!(
+        found.contains("signature[1]=valid; signer=\"CN=Demo Court")
+            && found.contains("from=exact"),
+        "{found}"
+    );
+    let none = trace_of("ldap-none");
+    assert!(none.contains("signature[1]=unknown-signer"), "{none}");
+    assert_migrated_maildir_inbox_only(&root, &msgs);
+}

@@ -1,6 +1,7 @@
 //! One stored message through the inbound path: opened exactly as mail
 //! for the mailbox is opened (`pipeline::unwrap`, signatures verified as
-//! of the message's arrival), decided by [`super::plan`], and when it is
+//! of the message's arrival, signers' revocation asked and signers nobody
+//! holds looked up in LDAP as the queue does), decided by [`super::plan`], and when it is
 //! to be re-keyed, re-encrypted by the inbound path's own
 //! [`pipeline::unwrap::reencrypt`] to the mailbox's current certificate
 //! with a trace header that names the original (its SHA-256, the marker
@@ -213,7 +214,8 @@ impl<'a> Rekeyer<'a> {
     }
 
     /// The message opened for the mailbox (delivered plain, as a `plain`
-    /// mailbox would get it), signatures verified as of its arrival.
+    /// mailbox would get it), signatures verified as of its arrival, a
+    /// signer nobody holds looked up in LDAP as the daemon does.
     fn open(&self, message: &[u8], entry: &Entry, mailbox: &Mailbox<'_>) -> Opened {
         let settings = &self.snapshot.settings;
         let envelope = Envelope {
@@ -230,14 +232,18 @@ impl<'a> Rekeyer<'a> {
         let shape = std::sync::Arc::new(mime::shape(message));
         let mut answers: HashMap<String, crate::pki::signer::SignerRevocation> =
             self.live.signers.known(self.now);
-        for round in 0..2 {
+        // As the queue does: signers' revocation asked, signers nobody
+        // holds looked up in LDAP, then the pipeline once more.
+        let mut known = std::borrow::Cow::Borrowed(self.known.as_slice());
+        let mut ldap_asked = false;
+        for round in 0..3 {
             let ctx = pipeline::Context {
                 settings,
                 keys: &self.snapshot.keys,
                 now: self.now,
-                known: &self.known,
+                known: &known,
                 signer_revocation: &answers,
-                ldap_asked: true,
+                ldap_asked,
                 spill: &crate::blob::InMemory,
                 seen: None,
             };
@@ -257,14 +263,22 @@ impl<'a> Rekeyer<'a> {
                 &mut out,
             );
             let actions = out.into_vec();
-            let wanted: Vec<(X509, X509)> = actions
-                .iter()
-                .filter_map(|a| match a {
-                    Action::CheckSigner { cert, issuer } => Some((cert.clone(), issuer.clone())),
-                    _ => None,
-                })
-                .collect();
-            if round == 0 && !wanted.is_empty() {
+            let mut wanted: Vec<(X509, X509)> = Vec::new();
+            let mut addresses: Vec<String> = Vec::new();
+            for a in &actions {
+                match a {
+                    Action::CheckSigner { cert, issuer } => {
+                        wanted.push((cert.clone(), issuer.clone()))
+                    }
+                    Action::FindSigner { address } => addresses.push(address.clone()),
+                    _ => {}
+                }
+            }
+            if round < 2 && !(wanted.is_empty() && addresses.is_empty()) {
+                for address in &addresses {
+                    known.to_mut().extend(self.ldap_certificates(address));
+                    ldap_asked = true;
+                }
                 let trust = &settings.trust;
                 for (cert, issuer) in &wanted {
                     self.live.signers.check(
@@ -293,6 +307,23 @@ impl<'a> Rekeyer<'a> {
         Opened::Left(Leave::Unopenable(
             "the inbound path delivered nothing".into(),
         ))
+    }
+
+    /// The certificates the configured LDAP directories hold for
+    /// `address` (the resolver's cache first), for a signer nobody holds.
+    fn ldap_certificates(&self, address: &str) -> Vec<X509> {
+        let settings = &self.snapshot.settings;
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(self.live.resolver.ldap_certificates(settings, address)),
+            Err(e) => {
+                tracing::warn!(event = "ldap-error", address, error = %e,
+                               "no runtime for the LDAP lookup of a signer");
+                Vec::new()
+            }
+        }
     }
 
     /// The key the trace names first, among the mailbox's candidates: the

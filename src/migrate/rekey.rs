@@ -140,7 +140,11 @@ impl<'a> Rekeyer<'a> {
             prepared.decision = d;
             return Ok(prepared);
         }
-        let opened = match self.open(&message, entry, mailbox) {
+        // One reading of the structure for the opening and the questions
+        // about its outer encryption.
+        let shape = std::sync::Arc::new(mime::shape(&message));
+        let outer = outer_cms(&shape);
+        let opened = match self.open(&message, shape, entry, mailbox) {
             Opened::Left(leave) => {
                 prepared.decision = Decision::Leave(leave);
                 return Ok(prepared);
@@ -150,14 +154,17 @@ impl<'a> Rekeyer<'a> {
         let trace = trace_value(&opened)
             .map(|v| Trace::parse(&v))
             .unwrap_or_default();
-        let used = self.used_key(&message, &trace, mailbox);
+        let used = self.used_key(outer.as_ref(), &trace, mailbox);
         let target = mailbox.target.map(Self::facts);
         prepared.decision =
             plan::after_opening(&trace, used.as_ref(), target.as_ref(), &self.chosen);
         prepared.used = used;
         // Encrypted to the current certificate as well as an old one.
         if let (Decision::Migrate { .. }, Some(t)) = (&prepared.decision, mailbox.target) {
-            if outer_cms(&message).is_some_and(|c| crate::ossl::is_recipient(&c, &t.cert)) {
+            if outer
+                .as_ref()
+                .is_some_and(|c| crate::ossl::is_recipient(c, &t.cert))
+            {
                 prepared.decision = Decision::Leave(Leave::Current);
             }
         }
@@ -216,7 +223,13 @@ impl<'a> Rekeyer<'a> {
     /// The message opened for the mailbox (delivered plain, as a `plain`
     /// mailbox would get it), signatures verified as of its arrival, a
     /// signer nobody holds looked up in LDAP as the daemon does.
-    fn open(&self, message: &[u8], entry: &Entry, mailbox: &Mailbox<'_>) -> Opened {
+    fn open(
+        &self,
+        message: &[u8],
+        shape: std::sync::Arc<Shape>,
+        entry: &Entry,
+        mailbox: &Mailbox<'_>,
+    ) -> Opened {
         let settings = &self.snapshot.settings;
         let envelope = Envelope {
             mail_from: String::new(),
@@ -229,7 +242,6 @@ impl<'a> Rekeyer<'a> {
             released: false,
             submission: false,
         };
-        let shape = std::sync::Arc::new(mime::shape(message));
         let mut answers: HashMap<String, crate::pki::signer::SignerRevocation> =
             self.live.signers.known(self.now);
         // As the queue does: signers' revocation asked, signers nobody
@@ -328,16 +340,19 @@ impl<'a> Rekeyer<'a> {
 
     /// The key the trace names first, among the mailbox's candidates: the
     /// one the outer encryption names when several share the name.
-    fn used_key(&self, message: &[u8], trace: &Trace, mailbox: &Mailbox<'_>) -> Option<KeyFacts> {
+    fn used_key(
+        &self,
+        outer: Option<&CmsContentInfo>,
+        trace: &Trace,
+        mailbox: &Mailbox<'_>,
+    ) -> Option<KeyFacts> {
         let cn = trace.decrypted.first()?;
         let keys = &self.snapshot.keys;
         let named: Vec<&Identity> = keys
             .candidates(&mailbox.address)
             .filter(|id| &id.info.subject_cn == cn)
             .collect();
-        let outer = outer_cms(message);
         let pick = outer
-            .as_ref()
             .and_then(|c| {
                 named
                     .iter()
@@ -353,18 +368,17 @@ enum Opened {
     Left(Leave),
 }
 
-/// The outermost EnvelopedData of `message`: its body, or the content of
-/// a detached signature around it.
-fn outer_cms(message: &[u8]) -> Option<CmsContentInfo> {
-    let der = match mime::shape(message) {
-        Shape::Enveloped { cms } => cms,
-        Shape::DetachedSigned { content, .. } => match mime::shape(&content) {
-            Shape::Enveloped { cms } => cms,
-            _ => return None,
+/// The outermost EnvelopedData of a message of `shape`: its body, or the
+/// content of a detached signature around it.
+fn outer_cms(shape: &Shape) -> Option<CmsContentInfo> {
+    match shape {
+        Shape::Enveloped { cms } => cms::parse(cms).ok(),
+        Shape::DetachedSigned { content, .. } => match mime::shape(content) {
+            Shape::Enveloped { cms } => cms::parse(&cms).ok(),
+            _ => None,
         },
-        _ => return None,
-    };
-    cms::parse(&der).ok()
+        _ => None,
+    }
 }
 
 /// The Subject of `message`, for the report.

@@ -131,18 +131,19 @@ impl<'a> Rekeyer<'a> {
             copy: None,
             plaintext: None,
         };
+        // One reading of the structure for the decision to open, the
+        // opening and the questions about its outer encryption.
+        let (seen, shape) = scan::scan_and_shape(&message);
         let before = Before {
             is_message: mime::looks_like_headers(&message),
             marked: trace_value(&message).is_some_and(|v| v.contains(MARKER_FIELD)),
-            encrypted: scan::scan(&message).encrypted,
+            encrypted: seen.encrypted,
         };
         if let Some(d) = plan::before_opening(before) {
             prepared.decision = d;
             return Ok(prepared);
         }
-        // One reading of the structure for the opening and the questions
-        // about its outer encryption.
-        let shape = std::sync::Arc::new(mime::shape(&message));
+        let shape = std::sync::Arc::new(shape);
         let outer = outer_cms(&shape);
         let opened = match self.open(&message, shape, entry, mailbox) {
             Opened::Left(leave) => {

@@ -835,22 +835,7 @@ fn imap_against_a_private_dovecot() {
     fs::write(&pw, "hemmelig\n").unwrap();
     let bad_pw = dir.path().join("wrong.pass");
     fs::write(&bad_pw, "forkert\n").unwrap();
-    let server = format!("127.0.0.1:{}", dv.port);
-    let imap = |pw: &Path| -> Vec<String> {
-        [
-            "--imap",
-            &server,
-            "--imap-security",
-            "plain",
-            "--user",
-            ADDRESS,
-            "--password-file",
-            pw.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
+    let imap = |pw: &Path| plain_imap_args(dv.port, pw);
     let good = imap(&pw);
     let src: Vec<&str> = good.iter().map(String::as_str).collect();
     let before = both_folders(&root);
@@ -1276,6 +1261,24 @@ fn sent(dv: &common::dovecot::Dovecot, verb: &str) -> Vec<String> {
         .collect()
 }
 
+/// `migrate`'s arguments for plain IMAP to 127.0.0.1:`port` as the test
+/// mailbox, the password in `pw`.
+fn plain_imap_args(port: u16, pw: &Path) -> Vec<String> {
+    [
+        "--imap",
+        &format!("127.0.0.1:{port}"),
+        "--imap-security",
+        "plain",
+        "--user",
+        ADDRESS,
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// A private Dovecot that offers only `capabilities` after login, the
 /// corpus in its Maildir, and the migration's IMAP arguments.
 fn dovecot_offering(
@@ -1293,19 +1296,7 @@ fn dovecot_offering(
     dv.own_mail();
     let pw = dir.join("imap.pass");
     fs::write(&pw, "hemmelig\n").unwrap();
-    let args = [
-        "--imap",
-        &format!("127.0.0.1:{}", dv.port),
-        "--imap-security",
-        "plain",
-        "--user",
-        ADDRESS,
-        "--password-file",
-        pw.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = plain_imap_args(dv.port, &pw);
     (dv, args)
 }
 

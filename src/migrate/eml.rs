@@ -1,15 +1,17 @@
 //! A folder of `.eml` files (one message per file, as mail clients save
 //! them) as a migration source: one folder, the files' times as arrival
 //! times, no flags. A new copy is written next to its original (name
-//! from the original's SHA-256, CRLF line ends, the original's time);
-//! originals are moved into a subfolder or removed.
+//! from the original's SHA-256, CRLF line ends, the original's time; a
+//! batch of copies: each file fsynced, then the folder once); originals
+//! are moved into a subfolder or removed, made durable by one fsync of
+//! each folder touched per batch ([`Source::sync`]).
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::maildir::{marker_in, read_headers, write_durably};
-use super::source::{Entry, Source, SourceError};
+use super::maildir::{marker_in, read_headers, write_file};
+use super::source::{Entry, NewMessage, Source, SourceError};
 use crate::durable::sync_dir;
 
 /// The one folder an `.eml` directory has.
@@ -18,6 +20,11 @@ pub const FOLDER: &str = ".";
 pub struct EmlDir {
     root: PathBuf,
     markers: Option<HashMap<String, Entry>>,
+    /// Subfolders originals were moved into since the last
+    /// [`Source::sync`] (fsynced before the folder they left).
+    moved_into: Vec<PathBuf>,
+    /// Originals were moved or removed since the last sync.
+    touched: bool,
 }
 
 impl EmlDir {
@@ -31,6 +38,8 @@ impl EmlDir {
         Ok(Self {
             root: root.to_path_buf(),
             markers: None,
+            moved_into: Vec::new(),
+            touched: false,
         })
     }
 
@@ -115,33 +124,84 @@ impl Source for EmlDir {
         &mut self,
         folder: &str,
         message: &[u8],
-        _flags: &[String],
+        flags: &[String],
         internal_date: i64,
     ) -> Result<Entry, SourceError> {
-        self.check(folder)?;
-        let marker = marker_in(message).unwrap_or_default();
-        let hash: String = marker
-            .rsplit('=')
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take(16)
-            .collect();
-        let name = format!("rekeyed-{hash}.eml");
-        write_durably(
-            &self.root.join(format!(".{name}.tmp")),
-            &self.root.join(&name),
+        let one = NewMessage {
             message,
+            flags,
             internal_date,
-        )?;
-        let entry = Entry {
-            id: name,
-            flags: Vec::new(),
-            internal_date,
-            size: message.len() as u64,
         };
-        self.index()?.insert(marker, entry.clone());
-        Ok(entry)
+        self.append_many(folder, std::slice::from_ref(&one))
+            .pop()
+            .unwrap_or_else(|| Err(SourceError::Batch("nothing written".into())))
+    }
+
+    fn append_many(
+        &mut self,
+        folder: &str,
+        messages: &[NewMessage<'_>],
+    ) -> Vec<Result<Entry, SourceError>> {
+        if let Err(e) = self.check(folder) {
+            let why = e.to_string();
+            return messages
+                .iter()
+                .map(|_| Err(SourceError::Batch(why.clone())))
+                .collect();
+        }
+        // Each file written and fsynced, then one fsync of the folder.
+        let mut out: Vec<Result<(String, Entry), SourceError>> = messages
+            .iter()
+            .map(|m| {
+                let marker = marker_in(m.message).unwrap_or_default();
+                let hash: String = marker
+                    .rsplit('=')
+                    .next()
+                    .unwrap_or("")
+                    .chars()
+                    .take(16)
+                    .collect();
+                let name = format!("rekeyed-{hash}.eml");
+                write_file(
+                    &self.root.join(format!(".{name}.tmp")),
+                    &self.root.join(&name),
+                    m.message,
+                    m.internal_date,
+                )?;
+                let entry = Entry {
+                    id: name,
+                    flags: Vec::new(),
+                    internal_date: m.internal_date,
+                    size: m.message.len() as u64,
+                };
+                Ok((marker, entry))
+            })
+            .collect();
+        if let Err(e) = sync_dir(&self.root) {
+            // Not known to be durable: none of them counts as written.
+            let why = SourceError::io(&self.root, e).to_string();
+            for r in out.iter_mut().filter(|r| r.is_ok()) {
+                *r = Err(SourceError::Batch(why.clone()));
+            }
+        }
+        let index = match self.index() {
+            Ok(i) => i,
+            Err(e) => {
+                let why = e.to_string();
+                return messages
+                    .iter()
+                    .map(|_| Err(SourceError::Batch(why.clone())))
+                    .collect();
+            }
+        };
+        out.into_iter()
+            .map(|r| {
+                r.map(|(marker, entry)| {
+                    index.insert(marker, entry.clone());
+                    entry
+                })
+            })
+            .collect()
     }
 
     fn remove(&mut self, folder: &str, entry: &Entry, to: Option<&str>) -> Result<(), SourceError> {
@@ -156,10 +216,28 @@ impl Source for EmlDir {
                 }
                 let dest = dir.join(&entry.id);
                 fs::rename(&path, &dest).map_err(|e| SourceError::io(&dest, e))?;
-                sync_dir(&dir).map_err(|e| SourceError::io(&dir, e))?;
+                if !self.moved_into.contains(&dir) {
+                    self.moved_into.push(dir);
+                }
             }
             None => fs::remove_file(&path).map_err(|e| SourceError::io(&path, e))?,
         }
-        sync_dir(&self.root).map_err(|e| SourceError::io(&self.root, e))
+        self.touched = true;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), SourceError> {
+        // Where the originals went first, then the folder they left.
+        for d in std::mem::take(&mut self.moved_into) {
+            sync_dir(&d).map_err(|e| SourceError::io(&d, e))?;
+        }
+        if std::mem::take(&mut self.touched) {
+            sync_dir(&self.root).map_err(|e| SourceError::io(&self.root, e))?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), SourceError> {
+        self.sync()
     }
 }

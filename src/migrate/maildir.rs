@@ -220,7 +220,7 @@ pub fn write_durably(tmp: &Path, to: &Path, bytes: &[u8], date: i64) -> Result<(
 }
 
 /// [`write_durably`] without the directory's fsync (the caller does it).
-fn write_file(tmp: &Path, to: &Path, bytes: &[u8], date: i64) -> Result<(), SourceError> {
+pub fn write_file(tmp: &Path, to: &Path, bytes: &[u8], date: i64) -> Result<(), SourceError> {
     let mut f = fs::File::create(tmp).map_err(|e| SourceError::io(tmp, e))?;
     f.write_all(bytes).map_err(|e| SourceError::io(tmp, e))?;
     let t = UNIX_EPOCH + Duration::from_secs(date.max(0) as u64);

@@ -4,9 +4,10 @@
 //! Messages are separated by `From ` lines (after a blank line); body
 //! lines that look like one are quoted with `>` (mboxrd) on writing and
 //! unquoted on reading; flags live in `Status`/`X-Status`. The folder is
-//! the file; new copies are appended and fsynced; originals are
-//! appended (once: checked by their SHA-256) to a sibling mbox named
-//! after the originals folder, and removed from this file at the end of
+//! the file; new copies are appended and fsynced (a batch in one write
+//! and one fsync); originals are appended (once: checked by their
+//! SHA-256) to a sibling mbox named after the originals folder, fsynced
+//! once per batch, and removed from this file at the end of
 //! the run by writing the kept messages to a new file, fsyncing it and
 //! renaming it over the old one (a crash before leaves the originals
 //! where they were; a re-run finds their copies and finishes).
@@ -24,7 +25,7 @@ use rustix::fs::{fcntl_lock, FlockOperation};
 
 use super::maildir::marker_in;
 use super::rekey;
-use super::source::{Entry, Source, SourceError};
+use super::source::{Entry, NewMessage, Source, SourceError};
 use crate::durable::sync_dir;
 use crate::mail::lines;
 
@@ -115,18 +116,20 @@ impl Locked {
         Ok(buf)
     }
 
-    /// Appends one message (mboxrd), fsynced; its offset.
-    fn append(
+    /// Appends `items` (message, flags, date) as mboxrd in one write, and
+    /// fsyncs the file when `durable` (else [`Locked::sync`] does later);
+    /// each one's offset and length.
+    fn append_all(
         &mut self,
-        message: &[u8],
-        flags: &[String],
-        date: i64,
-    ) -> Result<(u64, u64), SourceError> {
+        items: &[(&[u8], &[String], i64)],
+        durable: bool,
+    ) -> Result<Vec<(u64, u64)>, SourceError> {
         let end = self
             .file
             .seek(SeekFrom::End(0))
             .map_err(|e| SourceError::io(&self.path, e))?;
-        let mut out = Vec::with_capacity(message.len() + 128);
+        let size: usize = items.iter().map(|(m, _, _)| m.len() + 128).sum();
+        let mut out = Vec::with_capacity(size);
         // A message must follow a blank line.
         if end > 0 {
             let mut last = [0u8; 2];
@@ -144,14 +147,27 @@ impl Locked {
                 });
             }
         }
-        let start = end + out.len() as u64;
-        out.extend_from_slice(&encode(message, flags, date));
+        let mut placed = Vec::with_capacity(items.len());
+        for (message, flags, date) in items {
+            let start = out.len();
+            out.extend_from_slice(&encode(message, flags, *date));
+            placed.push((end + start as u64, (out.len() - start) as u64));
+        }
         self.file
             .seek(SeekFrom::End(0))
             .and_then(|_| self.file.write_all(&out))
-            .and_then(|_| self.file.sync_all())
             .map_err(|e| SourceError::io(&self.path, e))?;
-        Ok((start, end + out.len() as u64 - start))
+        if durable {
+            self.sync()?;
+        }
+        Ok(placed)
+    }
+
+    /// Makes what was appended durable.
+    fn sync(&mut self) -> Result<(), SourceError> {
+        self.file
+            .sync_all()
+            .map_err(|e| SourceError::io(&self.path, e))
     }
 }
 
@@ -561,19 +577,56 @@ impl Source for Mbox {
         flags: &[String],
         internal_date: i64,
     ) -> Result<Entry, SourceError> {
-        self.check(folder)?;
-        let (start, len) = self.lock.append(message, flags, internal_date)?;
-        let entry = Entry {
-            id: start.to_string(),
-            flags: flags.to_vec(),
+        let one = NewMessage {
+            message,
+            flags,
             internal_date,
-            size: len,
         };
-        self.slots.push((Slot { start, len }, entry.clone()));
-        if let (Some(map), Some(m)) = (self.markers.as_mut(), marker_in(message)) {
-            map.insert(m, entry.clone());
-        }
-        Ok(entry)
+        self.append_many(folder, std::slice::from_ref(&one))
+            .pop()
+            .unwrap_or_else(|| Err(SourceError::Batch("nothing written".into())))
+    }
+
+    fn append_many(
+        &mut self,
+        folder: &str,
+        messages: &[NewMessage<'_>],
+    ) -> Vec<Result<Entry, SourceError>> {
+        // All of them in one write and one fsync.
+        let items: Vec<(&[u8], &[String], i64)> = messages
+            .iter()
+            .map(|m| (m.message, m.flags, m.internal_date))
+            .collect();
+        let placed = match self
+            .check(folder)
+            .and_then(|()| self.lock.append_all(&items, true))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let why = e.to_string();
+                return messages
+                    .iter()
+                    .map(|_| Err(SourceError::Batch(why.clone())))
+                    .collect();
+            }
+        };
+        messages
+            .iter()
+            .zip(placed)
+            .map(|(m, (start, len))| {
+                let entry = Entry {
+                    id: start.to_string(),
+                    flags: m.flags.to_vec(),
+                    internal_date: m.internal_date,
+                    size: len,
+                };
+                self.slots.push((Slot { start, len }, entry.clone()));
+                if let (Some(map), Some(k)) = (self.markers.as_mut(), marker_in(m.message)) {
+                    map.insert(k, entry.clone());
+                }
+                Ok(entry)
+            })
+            .collect()
     }
 
     fn remove(&mut self, folder: &str, entry: &Entry, to: Option<&str>) -> Result<(), SourceError> {
@@ -585,7 +638,9 @@ impl Source for Mbox {
             let i = self.target(name)?;
             let (_, lock, held) = &mut self.targets[i];
             if !held.contains(&marker) {
-                lock.append(&message, &entry.flags, entry.internal_date)?;
+                // Made durable by the batch's sync, before this file is
+                // ever rewritten without it.
+                lock.append_all(&[(&message, &entry.flags, entry.internal_date)], false)?;
                 held.insert(marker);
             }
         }
@@ -593,7 +648,16 @@ impl Source for Mbox {
         Ok(())
     }
 
+    fn sync(&mut self) -> Result<(), SourceError> {
+        for (_, lock, _) in &mut self.targets {
+            lock.sync()?;
+        }
+        Ok(())
+    }
+
     fn close(&mut self) -> Result<(), SourceError> {
+        // The originals are safe in their mbox before they leave this one.
+        self.sync()?;
         if !self.removed.is_empty() {
             self.rewrite()?;
         }

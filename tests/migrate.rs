@@ -1514,4 +1514,60 @@ fn a_signer_nobody_holds_is_asked_of_ldap_as_the_daemon_does() {
     let none = trace_of("ldap-none");
     assert!(none.contains("signature[1]=unknown-signer"), "{none}");
     assert_migrated_maildir_inbox_only(&root, &msgs);
+
+    // A directory that accepts and never answers: asked three times, then
+    // not again in this run; every message is still migrated.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[[certificates.ldap]]\nurl = \"ldap://127.0.0.1:{port}\"\nbase = \"c=DK\"\ntimeout = \"1s\"\n"
+        ),
+    );
+    let names = ["gone-1", "gone-2", "gone-3", "gone-4", "gone-5"];
+    let msgs: Vec<Msg> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Msg {
+            name,
+            folder: "INBOX",
+            bytes: String::from_utf8(encrypted(name, &o2, &bare))
+                .unwrap()
+                .replace(
+                    "From: Sender <sender@example.org>",
+                    &format!("From: <{name}@domstol.dk>"),
+                )
+                .into_bytes(),
+            flags: "",
+            date: now + 10 + i as i64,
+            outcome: "migrate",
+            plaintext: Some(bare.clone()),
+        })
+        .collect();
+    let root = dir.path().join("Maildir-silent");
+    make_maildir(&root, &msgs);
+    let out = migrate(
+        &cfg,
+        &["--maildir", root.to_str().unwrap()],
+        &["--jobs", "1"],
+    );
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        log.matches("certificate lookup failed").count(),
+        3,
+        "asked until it failed three times in a row, not once per message: {log}"
+    );
+    assert!(
+        log.contains("not looked up for the rest of this run"),
+        "{log}"
+    );
+    assert_migrated_maildir_inbox_only(&root, &msgs);
 }

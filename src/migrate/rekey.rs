@@ -72,7 +72,25 @@ pub struct Rekeyer<'a> {
     /// `[migrate] extra_recipients`: each address with the certificate
     /// every new copy is also encrypted to (checked by the caller).
     pub extra: Vec<(String, X509)>,
+    /// What LDAP said of signers' addresses in this run.
+    pub ldap: LdapAsked,
 }
+
+/// LDAP answers for signers nobody holds, kept for the run: one question
+/// per From address, and none at all once the directories have failed
+/// [`LDAP_GIVE_UP`] questions in a row (a directory that is gone, as the
+/// OCES2 one will be, would otherwise cost its timeout per message).
+#[derive(Default)]
+pub struct LdapAsked(std::sync::Mutex<LdapMemo>);
+
+#[derive(Default)]
+struct LdapMemo {
+    answers: HashMap<String, Vec<X509>>,
+    failed_in_a_row: usize,
+}
+
+/// Failed LDAP questions in a row after which a run stops asking.
+pub const LDAP_GIVE_UP: usize = 3;
 
 /// Why a message could not be re-keyed even though it was chosen.
 #[derive(Debug, thiserror::Error)]
@@ -323,20 +341,46 @@ impl<'a> Rekeyer<'a> {
     }
 
     /// The certificates the configured LDAP directories hold for
-    /// `address` (the resolver's cache first), for a signer nobody holds.
+    /// `address` (asked once per run), for a signer nobody holds.
     fn ldap_certificates(&self, address: &str) -> Vec<X509> {
+        let key = address.to_ascii_lowercase();
+        {
+            let memo = self.ldap.0.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(certs) = memo.answers.get(&key) {
+                return certs.clone();
+            }
+            if memo.failed_in_a_row >= LDAP_GIVE_UP {
+                return Vec::new();
+            }
+        }
         let settings = &self.snapshot.settings;
-        match tokio::runtime::Builder::new_current_thread()
+        let (certs, failed) = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(self.live.resolver.ldap_certificates(settings, address)),
+            Ok(rt) => rt.block_on(
+                self.live
+                    .resolver
+                    .ldap_certificates_counted(settings, address),
+            ),
             Err(e) => {
                 tracing::warn!(event = "ldap-error", address, error = %e,
                                "no runtime for the LDAP lookup of a signer");
-                Vec::new()
+                (Vec::new(), settings.certificates.ldap.len())
             }
+        };
+        let mut memo = self.ldap.0.lock().unwrap_or_else(|p| p.into_inner());
+        if failed > 0 && certs.is_empty() {
+            memo.failed_in_a_row += 1;
+            if memo.failed_in_a_row == LDAP_GIVE_UP {
+                tracing::warn!(event = "ldap-given-up", failures = LDAP_GIVE_UP,
+                               "LDAP did not answer {LDAP_GIVE_UP} times in a row: signers nobody holds are not looked up for the rest of this run");
+            }
+        } else {
+            memo.failed_in_a_row = 0;
+            memo.answers.insert(key, certs.clone());
         }
+        certs
     }
 
     /// The key the trace names first, among the mailbox's candidates: the

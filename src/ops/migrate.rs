@@ -168,6 +168,7 @@ pub fn migrate(args: &MigrateArgs) -> Result<(String, bool), OpsError> {
         chosen,
         now,
         extra,
+        ldap: Default::default(),
     };
     let jobs = args.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism()

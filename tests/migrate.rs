@@ -1515,8 +1515,10 @@ fn a_signer_nobody_holds_is_asked_of_ldap_as_the_daemon_does() {
     assert!(none.contains("signature[1]=unknown-signer"), "{none}");
     assert_migrated_maildir_inbox_only(&root, &msgs);
 
-    // A directory that accepts and never answers: asked three times, then
-    // not again in this run; every message is still migrated.
+    // Two directories, one that accepts and never answers: that one is
+    // asked three times, then not again in this run; the other is still
+    // asked (the last message's signer is found there); every message is
+    // migrated.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -1528,21 +1530,30 @@ fn a_signer_nobody_holds_is_asked_of_ldap_as_the_daemon_does() {
     let cfg = config(
         dir.path(),
         &format!(
-            "[[certificates.ldap]]\nurl = \"ldap://127.0.0.1:{port}\"\nbase = \"c=DK\"\ntimeout = \"1s\"\n"
+            "[[certificates.ldap]]\nurl = \"ldap://127.0.0.1:{port}\"\nbase = \"c=DK\"\ntimeout = \"1s\"\n\
+             [[certificates.ldap]]\nurl = \"ldap://127.0.0.1:{}\"\nbase = \"c=DK\"\ntimeout = \"5s\"\n",
+            ldap.port
         ),
     );
-    let names = ["gone-1", "gone-2", "gone-3", "gone-4", "gone-5"];
-    let msgs: Vec<Msg> = names
+    let froms = [
+        ("gone-1", "gone-1@domstol.dk"),
+        ("gone-2", "gone-2@domstol.dk"),
+        ("gone-3", "gone-3@domstol.dk"),
+        ("gone-4", "gone-4@domstol.dk"),
+        ("gone-5", "gone-5@domstol.dk"),
+        ("found-last", "post@domstol.dk"),
+    ];
+    let msgs: Vec<Msg> = froms
         .iter()
         .enumerate()
-        .map(|(i, name)| Msg {
+        .map(|(i, (name, from))| Msg {
             name,
             folder: "INBOX",
             bytes: String::from_utf8(encrypted(name, &o2, &bare))
                 .unwrap()
                 .replace(
                     "From: Sender <sender@example.org>",
-                    &format!("From: <{name}@domstol.dk>"),
+                    &format!("From: <{from}>"),
                 )
                 .into_bytes(),
             flags: "",
@@ -1566,8 +1577,17 @@ fn a_signer_nobody_holds_is_asked_of_ldap_as_the_daemon_does() {
         "asked until it failed three times in a row, not once per message: {log}"
     );
     assert!(
-        log.contains("not looked up for the rest of this run"),
+        log.contains("not looked up there for the rest of this run"),
         "{log}"
+    );
+    let copy = marked_copies(&root)
+        .into_iter()
+        .map(|b| String::from_utf8_lossy(&b).replace("\n ", " "))
+        .find(|t| t.contains("Message-ID: <found-last@test>"))
+        .unwrap();
+    assert!(
+        copy.contains("signature[1]=valid; signer=\"CN=Demo Court"),
+        "{copy}"
     );
     assert_migrated_maildir_inbox_only(&root, &msgs);
 }

@@ -342,13 +342,42 @@ impl ImapSource {
             Box<dyn std::future::Future<Output = Result<T, SourceError>> + Send + 'a>,
         >,
     ) -> Result<T, SourceError> {
+        self.run_for(TIMEOUT, f)
+    }
+
+    /// Runs `f` on the session (connected again first when an earlier
+    /// command left none) within `bound`. A command that fails or runs out
+    /// of time may have stopped in the middle (inside a literal, say):
+    /// its connection is dropped, never used again, so nothing sent later
+    /// can be read by the server as the rest of it.
+    fn run_for<T>(
+        &mut self,
+        bound: Duration,
+        f: impl for<'a> FnOnce(
+            &'a mut Imap,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, SourceError>> + Send + 'a>,
+        >,
+    ) -> Result<T, SourceError> {
+        if self.session.is_none() {
+            self.session = Some(self.rt.block_on(connect(&self.account))?);
+            self.selected = None;
+            self.appended = 0;
+        }
         let rt = &self.rt;
         let session = self
             .session
             .as_mut()
             .ok_or_else(|| SourceError::Imap("the session is closed".into()))?;
-        rt.block_on(async { tokio::time::timeout(TIMEOUT, f(session)).await })
-            .map_err(|_| SourceError::Imap("the server did not answer in time".into()))?
+        let result = rt
+            .block_on(async { tokio::time::timeout(bound, f(session)).await })
+            .map_err(|_| SourceError::Imap("the server did not answer in time".into()))
+            .and_then(|r| r);
+        if result.is_err() {
+            self.session = None;
+            self.selected = None;
+        }
+        result
     }
 
     fn select(&mut self, folder: &str) -> Result<(), SourceError> {
@@ -711,6 +740,12 @@ impl Source for ImapSource {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// The batch's moves and removals done now, so a refusal is charged
+    /// to the batch it belongs to.
+    fn sync(&mut self) -> Result<(), SourceError> {
+        self.flush()
     }
 
     fn reader(&mut self) -> Result<Option<Box<dyn Source>>, SourceError> {

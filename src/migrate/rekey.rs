@@ -77,20 +77,34 @@ pub struct Rekeyer<'a> {
 }
 
 /// LDAP answers for signers nobody holds, kept for the run: one question
-/// per From address, and none at all once the directories have failed
+/// per From address, and none at all to a directory once it has failed
 /// [`LDAP_GIVE_UP`] questions in a row (a directory that is gone, as the
-/// OCES2 one will be, would otherwise cost its timeout per message).
+/// OCES2 one will be, would otherwise cost its timeout per message); the
+/// other directories are still asked.
 #[derive(Default)]
 pub struct LdapAsked(std::sync::Mutex<LdapMemo>);
 
 #[derive(Default)]
 struct LdapMemo {
+    /// Address → what every directory asked held for it.
     answers: HashMap<String, Vec<X509>>,
-    failed_in_a_row: usize,
+    /// Directory URL → failed questions in a row.
+    failed_in_a_row: HashMap<String, usize>,
+    /// Directories not asked again in this run.
+    given_up: std::collections::HashSet<String>,
 }
 
-/// Failed LDAP questions in a row after which a run stops asking.
+/// Failed LDAP questions in a row after which a run stops asking that
+/// directory.
 pub const LDAP_GIVE_UP: usize = 3;
+
+/// An address worth asking a directory about: at most 254 octets, one
+/// `@` with something on both sides (a stored message's From can be
+/// anything its sender wrote).
+fn askable(address: &str) -> bool {
+    address.len() <= 254
+        && matches!(address.split_once('@'), Some((l, d)) if !l.is_empty() && !d.is_empty() && !d.contains('@'))
+}
 
 /// Why a message could not be re-keyed even though it was chosen.
 #[derive(Debug, thiserror::Error)]
@@ -343,41 +357,64 @@ impl<'a> Rekeyer<'a> {
     /// The certificates the configured LDAP directories hold for
     /// `address` (asked once per run), for a signer nobody holds.
     fn ldap_certificates(&self, address: &str) -> Vec<X509> {
+        if !askable(address) {
+            return Vec::new();
+        }
         let key = address.to_ascii_lowercase();
-        {
+        let settings = &self.snapshot.settings;
+        let ask: Vec<&crate::config::LdapSettings> = {
             let memo = self.ldap.0.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(certs) = memo.answers.get(&key) {
                 return certs.clone();
             }
-            if memo.failed_in_a_row >= LDAP_GIVE_UP {
-                return Vec::new();
-            }
+            settings
+                .certificates
+                .ldap
+                .iter()
+                .filter(|c| !memo.given_up.contains(&c.url))
+                .collect()
+        };
+        if ask.is_empty() {
+            return Vec::new();
         }
-        let settings = &self.snapshot.settings;
-        let (certs, failed) = match tokio::runtime::Builder::new_current_thread()
+        let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(
-                self.live
-                    .resolver
-                    .ldap_certificates_counted(settings, address),
-            ),
+            Ok(rt) => rt,
             Err(e) => {
                 tracing::warn!(event = "ldap-error", address, error = %e,
                                "no runtime for the LDAP lookup of a signer");
-                (Vec::new(), settings.certificates.ldap.len())
+                return Vec::new();
             }
         };
+        let answers: Vec<(&str, Result<Vec<X509>, String>)> = ask
+            .iter()
+            .map(|cfg| {
+                let got = rt.block_on(self.live.resolver.ldap_certificates_at(cfg, address));
+                (cfg.url.as_str(), got)
+            })
+            .collect();
         let mut memo = self.ldap.0.lock().unwrap_or_else(|p| p.into_inner());
-        if failed > 0 && certs.is_empty() {
-            memo.failed_in_a_row += 1;
-            if memo.failed_in_a_row == LDAP_GIVE_UP {
-                tracing::warn!(event = "ldap-given-up", failures = LDAP_GIVE_UP,
-                               "LDAP did not answer {LDAP_GIVE_UP} times in a row: signers nobody holds are not looked up for the rest of this run");
+        let (mut certs, mut all_answered) = (Vec::new(), true);
+        for (url, got) in answers {
+            match got {
+                Ok(c) => {
+                    certs.extend(c);
+                    memo.failed_in_a_row.remove(url);
+                }
+                Err(_) => {
+                    all_answered = false;
+                    let n = memo.failed_in_a_row.entry(url.to_string()).or_default();
+                    *n += 1;
+                    if *n >= LDAP_GIVE_UP && memo.given_up.insert(url.to_string()) {
+                        tracing::warn!(event = "ldap-given-up", url, failures = LDAP_GIVE_UP,
+                                       "LDAP did not answer {LDAP_GIVE_UP} times in a row: signers nobody holds are not looked up there for the rest of this run");
+                    }
+                }
             }
-        } else {
-            memo.failed_in_a_row = 0;
+        }
+        if all_answered {
             memo.answers.insert(key, certs.clone());
         }
         certs
@@ -444,6 +481,16 @@ pub fn rfc3339(unix: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plausible_addresses_are_asked_of_ldap() {
+        assert!(askable("post@domstol.dk"));
+        assert!(!askable("nobody"));
+        assert!(!askable("@domstol.dk"));
+        assert!(!askable("post@"));
+        assert!(!askable("a@b@c.dk"));
+        assert!(!askable(&format!("{}@domstol.dk", "a".repeat(250))));
+    }
 
     #[test]
     fn the_marker_does_not_depend_on_line_ends() {

@@ -110,24 +110,23 @@ impl Resolver {
     /// (cached answers first); servers that cannot be asked are skipped
     /// (logged). For signatures that name a certificate they do not carry.
     pub async fn ldap_certificates(&self, settings: &Settings, addr: &str) -> Vec<X509> {
-        self.ldap_certificates_counted(settings, addr).await.0
-    }
-
-    /// [`Resolver::ldap_certificates`], with how many servers could not be
-    /// asked.
-    pub async fn ldap_certificates_counted(
-        &self,
-        settings: &Settings,
-        addr: &str,
-    ) -> (Vec<X509>, usize) {
-        let (mut out, mut failed) = (Vec::new(), 0);
+        let mut out = Vec::new();
         for cfg in &settings.certificates.ldap {
-            match self.ldap_cached(cfg, addr).await {
-                Ok(certs) => out.extend(certs),
-                Err(_) => failed += 1,
+            if let Ok(certs) = self.ldap_cached(cfg, addr).await {
+                out.extend(certs);
             }
         }
-        (out, failed)
+        out
+    }
+
+    /// What one configured LDAP server holds for `addr` (its cached answer
+    /// first), or why it could not be asked.
+    pub async fn ldap_certificates_at(
+        &self,
+        cfg: &crate::config::LdapSettings,
+        addr: &str,
+    ) -> Result<Vec<X509>, String> {
+        self.ldap_cached(cfg, addr).await
     }
 
     /// One LDAP server's answer for `addr`, from the cache while fresh.

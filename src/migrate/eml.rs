@@ -154,13 +154,8 @@ impl Source for EmlDir {
             .iter()
             .map(|m| {
                 let marker = marker_in(m.message).unwrap_or_default();
-                let hash: String = marker
-                    .rsplit('=')
-                    .next()
-                    .unwrap_or("")
-                    .chars()
-                    .take(16)
-                    .collect();
+                // The whole SHA-256 of the original: one name per original.
+                let hash = marker.rsplit('=').next().unwrap_or("");
                 let name = format!("rekeyed-{hash}.eml");
                 write_file(
                     &self.root.join(format!(".{name}.tmp")),
@@ -227,12 +222,15 @@ impl Source for EmlDir {
     }
 
     fn sync(&mut self) -> Result<(), SourceError> {
-        // Where the originals went first, then the folder they left.
-        for d in std::mem::take(&mut self.moved_into) {
-            sync_dir(&d).map_err(|e| SourceError::io(&d, e))?;
+        // Where the originals went first, then the folder they left; what
+        // fails stays to be synced again.
+        while let Some(d) = self.moved_into.first() {
+            sync_dir(d).map_err(|e| SourceError::io(d, e))?;
+            self.moved_into.remove(0);
         }
-        if std::mem::take(&mut self.touched) {
+        if self.touched {
             sync_dir(&self.root).map_err(|e| SourceError::io(&self.root, e))?;
+            self.touched = false;
         }
         Ok(())
     }

@@ -153,12 +153,22 @@ impl Locked {
             out.extend_from_slice(&encode(message, flags, *date));
             placed.push((end + start as u64, (out.len() - start) as u64));
         }
-        self.file
+        let written = self
+            .file
             .seek(SeekFrom::End(0))
             .and_then(|_| self.file.write_all(&out))
-            .map_err(|e| SourceError::io(&self.path, e))?;
-        if durable {
-            self.sync()?;
+            .and_then(|()| {
+                if durable {
+                    self.file.sync_all()
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = written {
+            // Half a message would carry a marker a re-run trips over:
+            // the file is cut back to where it ended.
+            let _ = self.file.set_len(end).and_then(|()| self.file.sync_all());
+            return Err(SourceError::io(&self.path, e));
         }
         Ok(placed)
     }
@@ -405,6 +415,9 @@ pub struct Mbox {
     markers: Option<std::collections::HashMap<String, Entry>>,
     /// Messages to leave out when the file is rewritten at the end.
     removed: HashSet<u64>,
+    /// Removals asked since the last [`Source::sync`]: they join
+    /// `removed` only once their originals are durable where they went.
+    unsynced: Vec<u64>,
     /// Originals mboxes opened so far, with the SHA-256 markers of what
     /// they hold.
     targets: Vec<(String, Locked, HashSet<String>)>,
@@ -448,6 +461,7 @@ impl Mbox {
             slots,
             markers: None,
             removed: HashSet::new(),
+            unsynced: Vec::new(),
             targets: Vec::new(),
         })
     }
@@ -644,14 +658,17 @@ impl Source for Mbox {
                 held.insert(marker);
             }
         }
-        self.removed.insert(slot.start);
+        self.unsynced.push(slot.start);
         Ok(())
     }
 
     fn sync(&mut self) -> Result<(), SourceError> {
+        let asked = std::mem::take(&mut self.unsynced);
         for (_, lock, _) in &mut self.targets {
+            // Not known durable: those originals stay in this file.
             lock.sync()?;
         }
+        self.removed.extend(asked);
         Ok(())
     }
 

@@ -176,7 +176,18 @@ impl<'a> Rekeyer<'a> {
             return Ok(prepared);
         }
         let shape = std::sync::Arc::new(shape);
-        let outer = outer_cms(&shape);
+        // Which of the mailbox's keys (and whether its current one) the
+        // outer encryption names; the parsed CMS is let go before opening.
+        let named: Vec<&Identity> = match outer_cms(&shape) {
+            Some(c) => self
+                .snapshot
+                .keys
+                .candidates(&mailbox.address)
+                .chain(mailbox.target)
+                .filter(|id| crate::ossl::is_recipient(&c, &id.cert))
+                .collect(),
+            None => Vec::new(),
+        };
         let opened = match self.open(&message, shape, entry, mailbox) {
             Opened::Left(leave) => {
                 prepared.decision = Decision::Leave(leave);
@@ -187,17 +198,14 @@ impl<'a> Rekeyer<'a> {
         let trace = trace_value(&opened)
             .map(|v| Trace::parse(&v))
             .unwrap_or_default();
-        let used = self.used_key(outer.as_ref(), &trace, mailbox);
+        let used = self.used_key(&named, &trace, mailbox);
         let target = mailbox.target.map(Self::facts);
         prepared.decision =
             plan::after_opening(&trace, used.as_ref(), target.as_ref(), &self.chosen);
         prepared.used = used;
         // Encrypted to the current certificate as well as an old one.
         if let (Decision::Migrate { .. }, Some(t)) = (&prepared.decision, mailbox.target) {
-            if outer
-                .as_ref()
-                .is_some_and(|c| crate::ossl::is_recipient(c, &t.cert))
-            {
+            if named.iter().any(|id| std::ptr::eq(*id, t)) {
                 prepared.decision = Decision::Leave(Leave::Current);
             }
         }
@@ -424,7 +432,7 @@ impl<'a> Rekeyer<'a> {
     /// one the outer encryption names when several share the name.
     fn used_key(
         &self,
-        outer: Option<&CmsContentInfo>,
+        recipients: &[&Identity],
         trace: &Trace,
         mailbox: &Mailbox<'_>,
     ) -> Option<KeyFacts> {
@@ -434,12 +442,9 @@ impl<'a> Rekeyer<'a> {
             .candidates(&mailbox.address)
             .filter(|id| &id.info.subject_cn == cn)
             .collect();
-        let pick = outer
-            .and_then(|c| {
-                named
-                    .iter()
-                    .find(|id| crate::ossl::is_recipient(c, &id.cert))
-            })
+        let pick = named
+            .iter()
+            .find(|id| recipients.iter().any(|r| std::ptr::eq(**id, *r)))
             .or(named.first())?;
         Some(Self::facts(pick))
     }

@@ -133,8 +133,14 @@ fn sign_into(
 /// what was signed. Parts in base64 or quoted-printable, and everything
 /// already 7-bit, are left byte for byte.
 fn seven_bit(entity: &[u8]) -> Cow<'_, [u8]> {
-    let Some(msg) = MessageParser::default().parse(entity) else {
-        return Cow::Borrowed(entity);
+    // One leaf entity (most mail): its header section and offsets are all
+    // that is read here, so its body is not decoded.
+    let parts = match super::parse::leaf(entity) {
+        Some(part) => vec![part],
+        None => match MessageParser::default().parse(entity) {
+            Some(msg) => msg.parts,
+            None => return Cow::Borrowed(entity),
+        },
     };
     let clean = |body: &[u8]| {
         body.is_ascii() && {
@@ -149,7 +155,7 @@ fn seven_bit(entity: &[u8]) -> Cow<'_, [u8]> {
         }
     };
     let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
-    for part in &msg.parts {
+    for part in &parts {
         if matches!(part.body, PartType::Multipart(_) | PartType::Message(_)) {
             continue;
         }

@@ -582,6 +582,21 @@ pub fn signed_info(cms: &CmsContentInfoRef) -> SignedInfo {
     }
 }
 
+/// The length of the content `cms` holds (for EnvelopedData, the
+/// ciphertext: what decryption writes is at most that long); 0 when it
+/// holds none.
+pub fn content_len(cms: &CmsContentInfoRef) -> usize {
+    // SAFETY: the content pointer and the octet string it points to are
+    // borrowed from `cms` and only their length is read.
+    unsafe {
+        let content = CMS_get0_content(cms.as_ptr());
+        if content.is_null() || (*content).is_null() {
+            return 0;
+        }
+        openssl::asn1::Asn1StringRef::from_ptr(*content as *mut sys::ASN1_STRING).len()
+    }
+}
+
 /// The content inside an opaque SignedData, as signed.
 pub fn signed_content(cms: &CmsContentInfoRef) -> Option<Vec<u8>> {
     // SAFETY: the content pointer and the octet string it points to are

@@ -99,14 +99,18 @@ pub fn decrypt_into(
     spill: &dyn Spill,
 ) -> Result<Blob, SmimeError> {
     let mut failure = None;
-    let blob = spill.spill(&mut |w| match ossl::decrypt_to(cms, key, cert, w) {
-        Ok(()) => Ok(()),
-        Err(ossl::StreamError::Io(e)) => Err(e),
-        Err(ossl::StreamError::Ssl(e)) => {
-            failure = Some(short(&e));
-            Err(std::io::Error::other("decryption failed"))
-        }
-    });
+    let expected = ossl::content_len(cms);
+    let blob = spill.spill_sized(
+        expected,
+        &mut |w| match ossl::decrypt_to(cms, key, cert, w) {
+            Ok(()) => Ok(()),
+            Err(ossl::StreamError::Io(e)) => Err(e),
+            Err(ossl::StreamError::Ssl(e)) => {
+                failure = Some(short(&e));
+                Err(std::io::Error::other("decryption failed"))
+            }
+        },
+    );
     match (blob, failure) {
         (Ok(b), _) => Ok(b),
         (Err(_), Some(why)) => Err(SmimeError::Decrypt(why)),

@@ -362,37 +362,49 @@ pub fn base64_lines(bytes: &[u8]) -> Vec<u8> {
 
 /// A writer that base64-encodes what it is given into `inner`, in lines of
 /// 76 characters each ending in CRLF: the same bytes as
-/// [`base64_lines`] of everything written, without holding it.
+/// [`base64_lines`] of everything written, without holding it. The lines
+/// go to `inner` through one buffer of [`LINES_AT_ONCE`] lines, reused.
 /// [`Base64Lines::finish`] writes the last line.
 pub struct Base64Lines<W: std::io::Write> {
     inner: W,
     /// Input not encoded yet (less than one line's 57 octets).
     pending: Vec<u8>,
+    /// Encoded lines on their way to `inner`.
+    out: Vec<u8>,
 }
 
 /// Octets that make one 76-character line.
 const LINE_OCTETS: usize = 57;
+
+/// Lines encoded before they are handed to the inner writer (about
+/// 80 KB: stays in cache, and is allocated once per writer).
+const LINES_AT_ONCE: usize = 1024;
 
 impl<W: std::io::Write> Base64Lines<W> {
     pub fn new(inner: W) -> Self {
         Self {
             inner,
             pending: Vec::with_capacity(LINE_OCTETS),
+            out: Vec::new(),
         }
     }
 
     fn lines(&mut self, octets: &[u8]) -> std::io::Result<()> {
-        let mut out = Vec::with_capacity(octets.len() / LINE_OCTETS * 78 + 80);
         let engine = &base64::engine::general_purpose::STANDARD;
-        let mut line = [0u8; 76];
-        for chunk in octets.chunks(LINE_OCTETS) {
-            let n = engine
-                .encode_slice(chunk, &mut line)
-                .map_err(std::io::Error::other)?;
-            out.extend_from_slice(&line[..n]);
-            out.extend_from_slice(b"\r\n");
+        for block in octets.chunks(LINE_OCTETS * LINES_AT_ONCE) {
+            self.out.clear();
+            self.out.resize(block.len().div_ceil(LINE_OCTETS) * 78, 0);
+            let mut at = 0;
+            for chunk in block.chunks(LINE_OCTETS) {
+                let n = engine
+                    .encode_slice(chunk, &mut self.out[at..at + 76])
+                    .map_err(std::io::Error::other)?;
+                self.out[at + n..at + n + 2].copy_from_slice(b"\r\n");
+                at += n + 2;
+            }
+            self.inner.write_all(&self.out[..at])?;
         }
-        self.inner.write_all(&out)
+        Ok(())
     }
 
     /// Writes the last (short) line and gives the inner writer back.
@@ -419,6 +431,8 @@ impl<W: std::io::Write> std::io::Write for Base64Lines<W> {
             }
             let line = std::mem::take(&mut self.pending);
             self.lines(&line)?;
+            self.pending = line;
+            self.pending.clear();
         }
         let whole = buf.len() - buf.len() % LINE_OCTETS;
         if whole > 0 {

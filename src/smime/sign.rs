@@ -67,7 +67,9 @@ pub fn protect_into(
         _ => message,
     };
     if recipients.is_empty() {
-        return spill.spill(&mut |w| w.write_all(signed)).map_err(scratch);
+        return spill
+            .spill_sized(signed.len(), &mut |w| w.write_all(signed))
+            .map_err(scratch);
     }
     spill_enveloped(signed, None, recipients, encryption, spill)
 }
@@ -87,7 +89,9 @@ fn sign_into(
     let scratch = |e: std::io::Error| SmimeError::Scratch(e.to_string());
     let (head, body) = content_parts(message);
     let content = spill
-        .spill(&mut |w| write_all(w, &[&head, body]))
+        .spill_sized(head.len() + body.len(), &mut |w| {
+            write_all(w, &[&head, body])
+        })
         .map_err(scratch)?;
     let entity = seven_bit(&content);
     let pss = scheme == SignatureScheme::Pss;
@@ -111,8 +115,10 @@ fn sign_into(
     );
     let end = format!("\r\n--{boundary}--\r\n");
     let sig_lines = mime::base64_lines(&der);
+    let expected =
+        outer.len() + top.len() + entity.len() + signature.len() + sig_lines.len() + end.len();
     spill
-        .spill(&mut |w| {
+        .spill_sized(expected, &mut |w| {
             write_all(
                 w,
                 &[

@@ -482,7 +482,8 @@ pub fn unwrap_into(
         None => Unwrapped::Unchanged { report },
         Some(inner) => {
             let inner = mime::crlf(&inner);
-            match spill.spill(&mut |w| rebuild_into(message, &inner, w)) {
+            let expected = mime::split(message).0.len() + inner.len() + 64;
+            match spill.spill_sized(expected, &mut |w| rebuild_into(message, &inner, w)) {
                 Ok(message) => Unwrapped::Opened { message, report },
                 Err(e) => Unwrapped::Failed {
                     error: SmimeError::Scratch(e.to_string()),

@@ -624,7 +624,8 @@ pub fn spill_enveloped(
     spill: &dyn Spill,
 ) -> Result<Blob, SmimeError> {
     if !spill.large() {
-        let der = cms::encrypt(&content_entity(message), recipients, how)?;
+        let (head, body) = content_parts(message);
+        let der = cms::encrypt_parts(&[&head, body], recipients, how)?;
         let head = enveloped_head(message, trace);
         // The base64 written behind the header section, not built apart.
         let mut out = Vec::with_capacity(head.len() + der.len() / 57 * 78 + 80);

@@ -392,15 +392,21 @@ impl<W: std::io::Write> Base64Lines<W> {
     fn lines(&mut self, octets: &[u8]) -> std::io::Result<()> {
         let engine = &base64::engine::general_purpose::STANDARD;
         for block in octets.chunks(LINE_OCTETS * LINES_AT_ONCE) {
+            // The block encoded in one go (the engine's fast loop), then
+            // cut into lines behind it in the same buffer.
+            let text = block.len().div_ceil(3) * 4;
+            let lines = text.div_ceil(76);
             self.out.clear();
-            self.out.resize(block.len().div_ceil(LINE_OCTETS) * 78, 0);
+            self.out.resize(text + lines * 78, 0);
+            let (dest, encoded) = self.out.split_at_mut(lines * 78);
+            let n = engine
+                .encode_slice(block, encoded)
+                .map_err(std::io::Error::other)?;
             let mut at = 0;
-            for chunk in block.chunks(LINE_OCTETS) {
-                let n = engine
-                    .encode_slice(chunk, &mut self.out[at..at + 76])
-                    .map_err(std::io::Error::other)?;
-                self.out[at + n..at + n + 2].copy_from_slice(b"\r\n");
-                at += n + 2;
+            for line in encoded[..n].chunks(76) {
+                dest[at..at + line.len()].copy_from_slice(line);
+                dest[at + line.len()..at + line.len() + 2].copy_from_slice(b"\r\n");
+                at += line.len() + 2;
             }
             self.inner.write_all(&self.out[..at])?;
         }

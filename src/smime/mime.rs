@@ -390,7 +390,7 @@ impl<W: std::io::Write> Base64Lines<W> {
     }
 
     fn lines(&mut self, octets: &[u8]) -> std::io::Result<()> {
-        let engine = &base64::engine::general_purpose::STANDARD;
+        let engine = &base64_simd::STANDARD;
         for block in octets.chunks(LINE_OCTETS * LINES_AT_ONCE) {
             // The block encoded in one go (the engine's fast loop), then
             // cut into lines behind it in the same buffer.
@@ -400,8 +400,8 @@ impl<W: std::io::Write> Base64Lines<W> {
             self.out.resize(text + lines * 78, 0);
             let (dest, encoded) = self.out.split_at_mut(lines * 78);
             let n = engine
-                .encode_slice(block, encoded)
-                .map_err(std::io::Error::other)?;
+                .encode(block, base64_simd::Out::from_slice(encoded))
+                .len();
             let mut at = 0;
             for line in encoded[..n].chunks(76) {
                 dest[at..at + line.len()].copy_from_slice(line);

@@ -11,8 +11,8 @@
 //!   type and name are answered from it without reading the body;
 //! - [`message`] is the full parse, the same [`Message`] mail-parser
 //!   returns, except that the body of a single binary leaf is decoded by
-//!   the `base64` crate (strictly: anything but the alphabet, canonical
-//!   padding and line breaks goes to mail-parser's decoder as before).
+//!   `base64-simd` (strictly: anything but the alphabet, padding at the
+//!   end and line breaks goes to mail-parser's decoder as before).
 //!
 //! Unit tests compare both with mail-parser's own parse.
 
@@ -61,7 +61,7 @@ pub fn may_be_html(part: &MessagePart<'_>) -> bool {
 }
 
 /// mail-parser's parse of `raw` (`None` when it finds no header section);
-/// a single binary leaf has its body decoded by the `base64` crate.
+/// a single binary leaf has its body decoded by `base64-simd`.
 pub fn message(raw: &[u8]) -> Option<Message<'_>> {
     match leaf(raw) {
         Some(part) => message_from_leaf(part, raw),
@@ -115,7 +115,7 @@ fn binary_leaf<'x>(mut part: MessagePart<'x>, raw: &'x [u8]) -> Option<MessagePa
 pub fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
     /// Characters gathered before they are decoded (a multiple of 4).
     const PIECE: usize = 64 * 1024;
-    let engine = &base64::engine::general_purpose::STANDARD;
+    let engine = &base64_simd::STANDARD;
     let mut out = Vec::with_capacity(text.len() / 4 * 3 + 3);
     let mut piece: Vec<u8> = Vec::with_capacity(PIECE + 128);
     let mut rest = text;
@@ -130,11 +130,11 @@ pub fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
             if piece[whole - 1] == b'=' {
                 return None;
             }
-            engine.decode_vec(&piece[..whole], &mut out).ok()?;
+            engine.decode_append(&piece[..whole], &mut out).ok()?;
             piece.drain(..whole);
         }
     }
-    engine.decode_vec(&piece, &mut out).ok()?;
+    engine.decode_append(&piece, &mut out).ok()?;
     Some(out)
 }
 

@@ -40,12 +40,6 @@ extern "C" {
         flags: c_uint,
     ) -> *mut CMS_RecipientInfo;
     fn CMS_RecipientInfo_get0_pkey_ctx(ri: *mut CMS_RecipientInfo) -> *mut sys::EVP_PKEY_CTX;
-    fn CMS_final(
-        cms: *mut sys::CMS_ContentInfo,
-        data: *mut sys::BIO,
-        dcont: *mut sys::BIO,
-        flags: c_uint,
-    ) -> c_int;
     fn CMS_get0_signers(cms: *mut sys::CMS_ContentInfo) -> *mut sys::stack_st_X509;
     fn EVP_PKEY_CTX_set_rsa_oaep_md(ctx: *mut sys::EVP_PKEY_CTX, md: *const sys::EVP_MD) -> c_int;
     fn CMS_get0_RecipientInfos(cms: *mut sys::CMS_ContentInfo) -> *mut sys::OPENSSL_STACK;
@@ -373,33 +367,52 @@ pub fn encrypt_whole(
     // every path.
     unsafe {
         let out = mem_bio_with_room(room)?;
-        let chain = CMS_dataInit(cms.as_ptr(), out);
-        if chain.is_null() {
-            BIO_free(out);
-            return Err(ErrorStack::get());
-        }
-        let mut ok = true;
-        for part in parts {
-            for piece in part.chunks(STREAM_CHUNK) {
-                let n =
-                    sys::BIO_write(chain, piece.as_ptr() as *const c_void, piece.len() as c_int);
-                ok &= n == piece.len() as c_int;
-            }
-        }
-        ok = ok
-            && sys::BIO_ctrl(chain, BIO_CTRL_FLUSH, 0, ptr::null_mut()) > 0
-            && CMS_dataFinal(cms.as_ptr(), chain) > 0;
-        let mut top = chain;
-        while !top.is_null() && top != out {
-            let next = BIO_pop(top);
-            BIO_free(top);
-            top = next;
-        }
+        let done = final_parts(cms.as_ptr(), parts, out);
         BIO_free(out);
-        if !ok {
-            return Err(ErrorStack::get());
-        }
+        done?;
         Ok(cms)
+    }
+}
+
+/// What `CMS_final` does for binary content, without its copies (through
+/// a line buffer and a buffering BIO): `parts` written straight into the
+/// BIO chain `CMS_dataInit` makes over `dcont` (null: the structure's
+/// own content BIO), flushed (the last cipher block), and the structure
+/// finalised (content set, signature or tag computed).
+///
+/// # Safety
+/// `cms` is a valid CMS structure made with `CMS_PARTIAL`; `dcont` is
+/// null or a BIO the caller frees afterwards (the chain above it is
+/// freed here, on every path).
+unsafe fn final_parts(
+    cms: *mut sys::CMS_ContentInfo,
+    parts: &[&[u8]],
+    dcont: *mut sys::BIO,
+) -> Result<(), ErrorStack> {
+    let chain = CMS_dataInit(cms, dcont);
+    if chain.is_null() {
+        return Err(ErrorStack::get());
+    }
+    let mut ok = true;
+    for part in parts {
+        for piece in part.chunks(STREAM_CHUNK) {
+            let n = sys::BIO_write(chain, piece.as_ptr() as *const c_void, piece.len() as c_int);
+            ok &= n == piece.len() as c_int;
+        }
+    }
+    ok = ok
+        && sys::BIO_ctrl(chain, BIO_CTRL_FLUSH, 0, ptr::null_mut()) > 0
+        && CMS_dataFinal(cms, chain) > 0;
+    let mut top = chain;
+    while !top.is_null() && top != dcont {
+        let next = BIO_pop(top);
+        BIO_free(top);
+        top = next;
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(ErrorStack::get())
     }
 }
 
@@ -913,13 +926,12 @@ pub fn sign_detached(
     cert: &X509Ref,
     key: &PKeyRef<Private>,
     chain: &[X509],
-    data: &[u8],
+    parts: &[&[u8]],
     pss: bool,
 ) -> Result<Vec<u8>, ErrorStack> {
     let flags = (CMSOptions::DETACHED | CMSOptions::BINARY | CMSOptions::PARTIAL).bits();
     let signer_flags =
         flags | CMSOptions::NOSMIMECAP.bits() | if pss { sys::CMS_KEY_PARAM } else { 0 };
-    let len = c_int::try_from(data.len()).map_err(|_| ErrorStack::get())?;
     let mut certs = openssl::stack::Stack::<X509>::new()?;
     for c in chain {
         certs.push(c.clone())?;
@@ -969,10 +981,7 @@ pub fn sign_detached(
         }
         sys::OPENSSL_sk_pop_free(caps, Some(free_algor));
         check(ok)?;
-        let bio = check_ptr(sys::BIO_new_mem_buf(data.as_ptr() as *const c_void, len))?;
-        let ok = CMS_final(cms.as_ptr(), bio, ptr::null_mut(), flags);
-        sys::BIO_free_all(bio);
-        check(ok)?;
+        final_parts(cms.as_ptr(), parts, ptr::null_mut())?;
         cms.to_der()
     }
 }

@@ -18,7 +18,6 @@
 
 use std::borrow::Cow;
 
-use base64::Engine;
 use mail_parser::parsers::MessageStream;
 use mail_parser::{
     Encoding, GetHeader, HeaderName, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders,
@@ -142,6 +141,7 @@ pub fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
 pub(crate) mod tests {
     use super::*;
     use crate::smime::mime::base64_lines;
+    use base64::Engine;
 
     /// Messages of every kind the fast paths take or refuse.
     pub(crate) fn samples() -> Vec<Vec<u8>> {

@@ -88,12 +88,22 @@ fn sign_into(
 ) -> Result<Blob, SmimeError> {
     let scratch = |e: std::io::Error| SmimeError::Scratch(e.to_string());
     let (head, body) = content_parts(message);
-    let content = spill
-        .spill_sized(head.len() + body.len(), &mut |w| {
-            write_all(w, &[&head, body])
-        })
-        .map_err(scratch)?;
-    let entity = seven_bit(&content);
+    // A 7-bit body needs no part re-encoded (every part's body lies in
+    // it): the entity is signed and written from its two pieces, never
+    // joined. Otherwise it is joined, and re-encoded where needed.
+    let content;
+    let reencoded;
+    let entity: [&[u8]; 2] = if seven_bit_clean(body) {
+        [&head, body]
+    } else {
+        content = spill
+            .spill_sized(head.len() + body.len(), &mut |w| {
+                write_all(w, &[&head, body])
+            })
+            .map_err(scratch)?;
+        reencoded = seven_bit(&content);
+        [&reencoded, &[]]
+    };
     let pss = scheme == SignatureScheme::Pss;
     let der = ossl::sign_detached(&id.cert, &id.key, &id.chain, &entity, pss)
         .map_err(|e| SmimeError::Sign(short(&e)))?;
@@ -115,8 +125,13 @@ fn sign_into(
     );
     let end = format!("\r\n--{boundary}--\r\n");
     let sig_lines = mime::base64_lines(&der);
-    let expected =
-        outer.len() + top.len() + entity.len() + signature.len() + sig_lines.len() + end.len();
+    let expected = outer.len()
+        + top.len()
+        + entity[0].len()
+        + entity[1].len()
+        + signature.len()
+        + sig_lines.len()
+        + end.len();
     spill
         .spill_sized(expected, &mut |w| {
             write_all(
@@ -124,7 +139,8 @@ fn sign_into(
                 &[
                     &outer,
                     top.as_bytes(),
-                    &entity,
+                    entity[0],
+                    entity[1],
                     signature.as_bytes(),
                     &sig_lines,
                     end.as_bytes(),
@@ -132,6 +148,21 @@ fn sign_into(
             )
         })
         .map_err(scratch)
+}
+
+/// True when `body` is ASCII in lines of at most 998 octets (plus CRLF):
+/// nothing in it needs re-encoding.
+fn seven_bit_clean(body: &[u8]) -> bool {
+    body.is_ascii() && {
+        let mut start = 0;
+        memchr::memchr_iter(b'\n', body)
+            .chain(std::iter::once(body.len()))
+            .all(|end| {
+                let short = end - start <= 999;
+                start = end + 1;
+                short
+            })
+    }
 }
 
 /// `entity` with every leaf part whose body is 8-bit or has lines over
@@ -148,18 +179,7 @@ fn seven_bit(entity: &[u8]) -> Cow<'_, [u8]> {
             None => return Cow::Borrowed(entity),
         },
     };
-    let clean = |body: &[u8]| {
-        body.is_ascii() && {
-            let mut start = 0;
-            memchr::memchr_iter(b'\n', body)
-                .chain(std::iter::once(body.len()))
-                .all(|end| {
-                    let short = end - start <= 999;
-                    start = end + 1;
-                    short
-                })
-        }
-    };
+    let clean = seven_bit_clean;
     let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
     for part in &parts {
         if matches!(part.body, PartType::Multipart(_) | PartType::Message(_)) {
@@ -204,6 +224,45 @@ fn seven_bit(entity: &[u8]) -> Cow<'_, [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_signature_covers_the_entity_whether_joined_or_not() {
+        use crate::smime::cms::{verify, Math};
+        let id = crate::pki::testkit::identity(2048, "Sign Parts").unwrap();
+        let head = b"From: a@example-law.dk\r\nSubject: s\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n";
+        // 7-bit (signed from its pieces) and 8-bit (joined, re-encoded).
+        for (body, kept) in [
+            (&b"hello\r\n"[..], true),
+            ("bl\u{e5}b\u{e6}r\r\n".as_bytes(), false),
+        ] {
+            let msg = [&head[..], body].concat();
+            for scheme in [SignatureScheme::Pkcs1, SignatureScheme::Pss] {
+                let signed = sign(&msg, &id, scheme).unwrap();
+                let Shape::DetachedSigned { content, signature } = mime::shape(&signed) else {
+                    panic!("not signed: {}", String::from_utf8_lossy(&signed));
+                };
+                assert!(content.starts_with(b"Content-Type: text/plain; charset=utf-8\r\n"));
+                assert_eq!(content.ends_with(body), kept, "{content:?}");
+                let v = verify(
+                    &signature,
+                    Some(&content),
+                    std::slice::from_ref(&id.cert),
+                    &[],
+                    0,
+                );
+                assert_eq!(v.math, Math::Valid, "{scheme:?}");
+                // Positive control: other content does not verify.
+                let v = verify(
+                    &signature,
+                    Some(b"other"),
+                    std::slice::from_ref(&id.cert),
+                    &[],
+                    0,
+                );
+                assert!(matches!(v.math, Math::Invalid(_)));
+            }
+        }
+    }
 
     #[test]
     fn eight_bit_parts_are_reencoded_inside_multiparts() {

@@ -66,8 +66,9 @@ pub async fn attempt(id: &str, services: &Services<'_>) -> JobEnd {
     let size = msg.body.len() as u64;
     let outcome = attempt_loaded(id, &mut msg, scanned, services).await;
     drop(msg);
-    if size >= RELEASE_AFTER {
-        release_when_idle(budget);
+    // A large message's heap is given back once nothing else runs.
+    if size >= RELEASE_AFTER && budget.idle() {
+        let _ = tokio::task::spawn_blocking(crate::ossl::release_free_memory).await;
     }
     outcome
 }
@@ -75,30 +76,6 @@ pub async fn attempt(id: &str, services: &Services<'_>) -> JobEnd {
 /// Messages from this size on give their freed heap back to the system
 /// when the queue falls idle after them.
 const RELEASE_AFTER: u64 = 1024 * 1024;
-
-/// How long the queue must stay without a large attempt, and hold none of
-/// the memory budget, before the freed heap is given back. Giving it back
-/// right after each message made the next one fault all its buffers in
-/// again (a tenth of the CPU per 1 MiB message under a steady stream).
-const RELEASE_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// Large attempts finished since the daemon started: a release goes ahead
-/// only when no other one finished after the attempt that asked for it.
-static LARGE_ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Gives the freed heap back once the queue has stayed idle for
-/// [`RELEASE_DELAY`] after this (large) attempt.
-fn release_when_idle(budget: &Budget) {
-    use std::sync::atomic::Ordering;
-    let this = LARGE_ATTEMPTS.fetch_add(1, Ordering::Relaxed) + 1;
-    let budget = budget.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(RELEASE_DELAY).await;
-        if LARGE_ATTEMPTS.load(Ordering::Relaxed) == this && budget.idle() {
-            let _ = tokio::task::spawn_blocking(crate::ossl::release_free_memory).await;
-        }
-    });
-}
 
 /// Messages below this size are scanned in the same trip to a blocking
 /// thread that reads them; larger ones after they got their share of the

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The budget of a running queue manager (fixed at start).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Budget {
     units: Arc<Semaphore>,
     total: u32,

@@ -75,6 +75,19 @@ pub trait Spill: Send + Sync {
     /// scratch space: a full disk) leaves nothing behind.
     fn spill(&self, fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<Blob>;
 
+    /// As [`Spill::spill`] when `fill` is expected to write about
+    /// `expected` octets (a size taken from the bytes it reads, never from
+    /// what a message claims): memory is reserved once instead of grown
+    /// (each growth copies and faults in what was written so far).
+    fn spill_sized(
+        &self,
+        expected: usize,
+        fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<Blob> {
+        let _ = expected;
+        self.spill(fill)
+    }
+
     /// True for the spill of large messages: steps that can stream their
     /// output (CMS encryption) do, instead of building it whole.
     fn large(&self) -> bool {
@@ -88,7 +101,15 @@ pub struct InMemory;
 
 impl Spill for InMemory {
     fn spill(&self, fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<Blob> {
-        let mut out = Vec::new();
+        self.spill_sized(0, fill)
+    }
+
+    fn spill_sized(
+        &self,
+        expected: usize,
+        fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<Blob> {
+        let mut out = Vec::with_capacity(expected);
         fill(&mut out)?;
         Ok(Blob::from(out))
     }
@@ -117,5 +138,9 @@ mod tests {
         let failed = InMemory.spill(&mut |_| Err(io::Error::other("full")));
         assert!(failed.is_err());
         assert!(!InMemory.large());
+        let sized = InMemory
+            .spill_sized(4, &mut |w| write_all(w, &[b"ab", b"cdef"]))
+            .unwrap();
+        assert_eq!(&*sized, b"abcdef", "more than expected is kept too");
     }
 }

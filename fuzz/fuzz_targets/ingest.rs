@@ -56,12 +56,28 @@ fuzz_target!(|data: &[u8]| {
 // --- 6: returned mail, the depth scan, inert HTML ---------------------------
 
 /// Input: a message. What comes back to the return path is read as an
-/// RFC 3464 report; the depth scan must find encryption the gateway itself
+/// RFC 3464 report; the lean parse (`smime::parse`) must be mail-parser's
+/// own; the depth scan must find encryption the gateway itself
 /// wraps around the message; making HTML inert must be idempotent.
 fn returned_and_scanned(input: &[u8]) {
     let _ = smime_gateway::mail::dsn::parse(input);
     let _ = smime_gateway::mail::dsn::parse_status(input);
     let _ = smime_gateway::smime::scan::scan(input);
+    // The lean parse gives what mail-parser's own parse gives.
+    let full = MessageParser::default().parse(input);
+    assert!(
+        smime_gateway::smime::parse::message(input) == full,
+        "smime::parse::message differs from mail-parser's parse"
+    );
+    if let Some(leaf) = smime_gateway::smime::parse::leaf(input) {
+        let first = full.as_ref().and_then(|m| m.parts.first());
+        assert!(
+            first.is_some_and(|p| p.headers == leaf.headers
+                && (p.offset_body, p.offset_end) == (leaf.offset_body, leaf.offset_end)),
+            "smime::parse::leaf differs from mail-parser's first part"
+        );
+        assert_eq!(full.as_ref().map(|m| m.parts.len()), Some(1), "a leaf is one part");
+    }
     let clean = mime::crlf(input).into_owned();
     let wrapped = unwrap::enveloped_message(&clean, b"\x30\x03\x02\x01\x00");
     if !fields_hidden(&clean) {

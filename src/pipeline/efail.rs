@@ -17,8 +17,8 @@ use lol_html::html_content::Element;
 use lol_html::{element, rewrite_str, RewriteStrSettings};
 use mail_parser::{MessageParser, PartType};
 
-use crate::smime::mime;
 use crate::smime::scan::Seen;
+use crate::smime::{mime, parse};
 
 /// Most nested messages followed.
 const MAX_DEPTH: usize = 4;
@@ -56,7 +56,14 @@ pub fn protect(message: &[u8], seen: Seen, covered: bool) -> Protected<'_> {
 /// `message` with every HTML part (at any depth) made inert; whether
 /// anything changed.
 fn neutralise(message: &[u8], depth: usize) -> (Cow<'_, [u8]>, bool) {
-    let Some(parsed) = MessageParser::default().parse(message) else {
+    // One leaf entity that is not HTML (decrypted mail is mostly one text
+    // part): nothing to rewrite, and its body need not be read.
+    let parsed = match parse::leaf(message) {
+        Some(part) if !parse::may_be_html(&part) => return (Cow::Borrowed(message), false),
+        Some(part) => parse::message_from_leaf(part, message),
+        None => MessageParser::default().parse(message),
+    };
+    let Some(parsed) = parsed else {
         return (Cow::Borrowed(message), false);
     };
     // (start, end, replacement), in message order.

@@ -272,8 +272,9 @@ fn deliver_traced<'a>(
 ) {
     match ctx
         .spill
-        .spill(&mut |w| header::write_set(message, value, w))
-    {
+        .spill_sized(message.len() + value.len() + 64, &mut |w| {
+            header::write_set(message, value, w)
+        }) {
         Ok(traced) => out.deliver(rcpt, traced, note),
         Err(e) => out.defer(rcpt, &SmimeError::Scratch(e.to_string()).to_string()),
     }

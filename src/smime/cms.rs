@@ -99,14 +99,18 @@ pub fn decrypt_into(
     spill: &dyn Spill,
 ) -> Result<Blob, SmimeError> {
     let mut failure = None;
-    let blob = spill.spill(&mut |w| match ossl::decrypt_to(cms, key, cert, w) {
-        Ok(()) => Ok(()),
-        Err(ossl::StreamError::Io(e)) => Err(e),
-        Err(ossl::StreamError::Ssl(e)) => {
-            failure = Some(short(&e));
-            Err(std::io::Error::other("decryption failed"))
-        }
-    });
+    let expected = ossl::content_len(cms);
+    let blob = spill.spill_sized(
+        expected,
+        &mut |w| match ossl::decrypt_to(cms, key, cert, w) {
+            Ok(()) => Ok(()),
+            Err(ossl::StreamError::Io(e)) => Err(e),
+            Err(ossl::StreamError::Ssl(e)) => {
+                failure = Some(short(&e));
+                Err(std::io::Error::other("decryption failed"))
+            }
+        },
+    );
     match (blob, failure) {
         (Ok(b), _) => Ok(b),
         (Err(_), Some(why)) => Err(SmimeError::Decrypt(why)),
@@ -135,19 +139,21 @@ pub fn encrypt_into(
 
 /// Envelopes `data` for `recipients`.
 pub fn encrypt(data: &[u8], recipients: &[X509], how: Encryption) -> Result<Vec<u8>, SmimeError> {
-    let built = match how {
-        Encryption::Aes256Cbc => {
-            let mut stack = Stack::new().map_err(|e| SmimeError::Encrypt(short(&e)))?;
-            for c in recipients {
-                stack
-                    .push(c.clone())
-                    .map_err(|e| SmimeError::Encrypt(short(&e)))?;
-            }
-            CmsContentInfo::encrypt(&stack, data, Cipher::aes_256_cbc(), CMSOptions::BINARY)
-        }
-        Encryption::Aes256GcmOaep => ossl::encrypt_oaep(recipients, data, Cipher::aes_256_gcm()),
+    encrypt_parts(&[data], recipients, how)
+}
+
+/// Envelopes the concatenation of `parts` for `recipients` (DER), without
+/// joining them first.
+pub fn encrypt_parts(
+    parts: &[&[u8]],
+    recipients: &[X509],
+    how: Encryption,
+) -> Result<Vec<u8>, SmimeError> {
+    let (cipher, oaep) = match how {
+        Encryption::Aes256Cbc => (Cipher::aes_256_cbc(), false),
+        Encryption::Aes256GcmOaep => (Cipher::aes_256_gcm(), true),
     };
-    built
+    ossl::encrypt_whole(recipients, cipher, oaep, parts)
         .and_then(|c| c.to_der())
         .map_err(|e| SmimeError::Encrypt(short(&e)))
 }
@@ -662,5 +668,29 @@ mod tests {
                 assert_eq!(kind_seen, Some(Kind::Enveloped));
             }
         }
+    }
+
+    #[test]
+    fn whole_encryption_of_parts_is_der_that_opens() {
+        let id = testkit::identity(2048, "Whole Test").unwrap();
+        let content: Vec<u8> = (0..200_003u32).map(|i| (i % 251) as u8).collect();
+        for how in [Encryption::Aes256Cbc, Encryption::Aes256GcmOaep] {
+            for (a, b) in [(0, 0), (0, 1), (7, 16), (1000, 70_001), (0, content.len())] {
+                let parts = [&content[..a], &content[a..b]];
+                let der = encrypt_parts(&parts, std::slice::from_ref(&id.cert), how).unwrap();
+                // DER: the definite-length form a parse encodes again unchanged.
+                let cms = parse(&der).unwrap();
+                assert_eq!(cms.to_der().unwrap(), der, "{how:?} {a}..{b}");
+                assert_eq!(
+                    decrypt(&cms, &id.key, &id.cert).unwrap(),
+                    &content[..b],
+                    "{how:?} {a}..{b}"
+                );
+            }
+        }
+        // The one-slice form is the same operation.
+        let der = encrypt(b"x", std::slice::from_ref(&id.cert), Encryption::Aes256Cbc).unwrap();
+        let cms = parse(&der).unwrap();
+        assert_eq!(decrypt(&cms, &id.key, &id.cert).unwrap(), b"x");
     }
 }

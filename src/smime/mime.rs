@@ -111,13 +111,44 @@ fn is_multipart(part: &MessagePart<'_>, sub: &str) -> bool {
 
 /// Classifies the message or entity in `raw`.
 pub fn shape(raw: &[u8]) -> Shape {
-    let Some(msg) = MessageParser::default().parse(raw) else {
+    let Some(msg) = parse_for_smime(raw) else {
         return Shape::Plain;
     };
-    if msg.parts.is_empty() {
-        return Shape::Plain;
+    shape_taken(msg, raw)
+}
+
+/// The parse that [`shape`] and `scan` read: for a single leaf entity
+/// that is S/MIME neither by type nor by name, its header section alone
+/// (nothing reads its body: `body` is empty); otherwise the whole message
+/// ([`super::parse::message`]). `None` when there is no header section.
+pub(super) fn parse_for_smime(raw: &[u8]) -> Option<Message<'_>> {
+    match super::parse::leaf(raw) {
+        Some(part) if !is_smime_entity(&part) && !super::scan::claims_smime_content(&part) => {
+            Some(Message {
+                parts: vec![part],
+                raw_message: std::borrow::Cow::Borrowed(raw),
+                ..Default::default()
+            })
+        }
+        Some(part) => super::parse::message_from_leaf(part, raw),
+        None => MessageParser::default().parse(raw),
     }
-    shape_of(&msg, raw, 0, 0)
+}
+
+/// As [`shape_parsed`], taking the parse: the CMS of a top-level S/MIME
+/// entity is moved out of it, not copied.
+pub fn shape_taken(mut msg: Message<'_>, raw: &[u8]) -> Shape {
+    if let Some(part) = msg.parts.first_mut() {
+        if is_smime_entity(part)
+            && matches!(part.body, PartType::Binary(_) | PartType::InlineBinary(_))
+        {
+            let body = std::mem::replace(&mut part.body, PartType::Text("".into()));
+            if let PartType::Binary(b) | PartType::InlineBinary(b) = body {
+                return pkcs7_shape(part, cms_from(b));
+            }
+        }
+    }
+    shape_parsed(&msg, raw)
 }
 
 /// The shape of a message mail-parser has parsed already from `raw`.
@@ -205,9 +236,14 @@ fn count_nested(msg: &Message<'_>, index: usize, out: &mut Nested, depth: usize)
 /// and quoted-printable; a base64 body labelled 7bit (or not labelled)
 /// is decoded here.
 fn cms_bytes(part: &MessagePart<'_>) -> Vec<u8> {
-    let body = part.contents();
+    cms_from(std::borrow::Cow::Borrowed(part.contents()))
+}
+
+/// [`cms_bytes`] of a body taken out of its part (kept, not copied, when
+/// it is DER already).
+fn cms_from(body: std::borrow::Cow<'_, [u8]>) -> Vec<u8> {
     if body.first() == Some(&0x30) {
-        return body.to_vec();
+        return body.into_owned();
     }
     let text: Vec<u8> = body
         .iter()
@@ -216,16 +252,20 @@ fn cms_bytes(part: &MessagePart<'_>) -> Vec<u8> {
         .collect();
     match base64::engine::general_purpose::STANDARD.decode(&text) {
         Ok(der) if der.first() == Some(&0x30) => der,
-        _ => body.to_vec(),
+        _ => body.into_owned(),
     }
 }
 
 fn pkcs7_mime_shape(part: &MessagePart<'_>) -> Shape {
+    pkcs7_shape(part, cms_bytes(part))
+}
+
+/// The shape of the S/MIME entity `part` whose body holds `cms`.
+fn pkcs7_shape(part: &MessagePart<'_>, cms: Vec<u8>) -> Shape {
     let ct = part.content_type();
     let smime_type = ct
         .and_then(|c| c.attribute("smime-type"))
         .map(|s| s.to_ascii_lowercase());
-    let cms = cms_bytes(part);
     match smime_type.as_deref() {
         Some("enveloped-data") | Some("authenveloped-data") => Shape::Enveloped { cms },
         // Labelled signed data that is not CMS is reported as a broken
@@ -322,37 +362,55 @@ pub fn base64_lines(bytes: &[u8]) -> Vec<u8> {
 
 /// A writer that base64-encodes what it is given into `inner`, in lines of
 /// 76 characters each ending in CRLF: the same bytes as
-/// [`base64_lines`] of everything written, without holding it.
+/// [`base64_lines`] of everything written, without holding it. The lines
+/// go to `inner` through one buffer of [`LINES_AT_ONCE`] lines, reused.
 /// [`Base64Lines::finish`] writes the last line.
 pub struct Base64Lines<W: std::io::Write> {
     inner: W,
     /// Input not encoded yet (less than one line's 57 octets).
     pending: Vec<u8>,
+    /// Encoded lines on their way to `inner`.
+    out: Vec<u8>,
 }
 
 /// Octets that make one 76-character line.
 const LINE_OCTETS: usize = 57;
+
+/// Lines encoded before they are handed to the inner writer (about
+/// 80 KB: stays in cache, and is allocated once per writer).
+const LINES_AT_ONCE: usize = 1024;
 
 impl<W: std::io::Write> Base64Lines<W> {
     pub fn new(inner: W) -> Self {
         Self {
             inner,
             pending: Vec::with_capacity(LINE_OCTETS),
+            out: Vec::new(),
         }
     }
 
     fn lines(&mut self, octets: &[u8]) -> std::io::Result<()> {
-        let mut out = Vec::with_capacity(octets.len() / LINE_OCTETS * 78 + 80);
-        let engine = &base64::engine::general_purpose::STANDARD;
-        let mut line = [0u8; 76];
-        for chunk in octets.chunks(LINE_OCTETS) {
+        let engine = &base64_simd::STANDARD;
+        for block in octets.chunks(LINE_OCTETS * LINES_AT_ONCE) {
+            // The block encoded in one go (the engine's fast loop), then
+            // cut into lines behind it in the same buffer.
+            let text = block.len().div_ceil(3) * 4;
+            let lines = text.div_ceil(76);
+            self.out.clear();
+            self.out.resize(text + lines * 78, 0);
+            let (dest, encoded) = self.out.split_at_mut(lines * 78);
             let n = engine
-                .encode_slice(chunk, &mut line)
-                .map_err(std::io::Error::other)?;
-            out.extend_from_slice(&line[..n]);
-            out.extend_from_slice(b"\r\n");
+                .encode(block, base64_simd::Out::from_slice(encoded))
+                .len();
+            let mut at = 0;
+            for line in encoded[..n].chunks(76) {
+                dest[at..at + line.len()].copy_from_slice(line);
+                dest[at + line.len()..at + line.len() + 2].copy_from_slice(b"\r\n");
+                at += line.len() + 2;
+            }
+            self.inner.write_all(&self.out[..at])?;
         }
-        self.inner.write_all(&out)
+        Ok(())
     }
 
     /// Writes the last (short) line and gives the inner writer back.
@@ -379,6 +437,8 @@ impl<W: std::io::Write> std::io::Write for Base64Lines<W> {
             }
             let line = std::mem::take(&mut self.pending);
             self.lines(&line)?;
+            self.pending = line;
+            self.pending.clear();
         }
         let whole = buf.len() - buf.len() % LINE_OCTETS;
         if whole > 0 {

@@ -7,6 +7,7 @@ pub mod cms;
 pub mod header;
 pub mod limits;
 pub mod mime;
+pub mod parse;
 pub mod scan;
 pub mod sign;
 pub mod unwrap;

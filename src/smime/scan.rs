@@ -10,7 +10,7 @@
 //! unwrap opens: anything that claims to be S/MIME and is not plainly a
 //! signature over plain content counts as encrypted.
 
-use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
+use mail_parser::{Message, MimeHeaders, PartType};
 use openssl::cms::CMSOptions;
 
 use super::cms::{kind, Kind};
@@ -46,13 +46,13 @@ pub fn scan(raw: &[u8]) -> Seen {
 /// Scans the message in `raw` and reads its shape
 /// ([`super::mime::shape`]), from one parse.
 pub fn scan_and_shape(raw: &[u8]) -> (Seen, super::mime::Shape) {
-    let Some(msg) = MessageParser::default().parse(raw) else {
+    let Some(msg) = super::mime::parse_for_smime(raw) else {
         return (Seen::default(), super::mime::Shape::Plain);
     };
     let mut budget = MAX_PARTS;
     let mut seen = Seen::default();
     scan_message(&msg, 0, &mut budget, &mut seen);
-    (seen, super::mime::shape_parsed(&msg, raw))
+    (seen, super::mime::shape_taken(msg, raw))
 }
 
 fn scan_at(raw: &[u8], depth: usize, budget: &mut usize) -> Seen {
@@ -64,7 +64,7 @@ fn scan_at(raw: &[u8], depth: usize, budget: &mut usize) -> Seen {
             without_integrity: true,
         };
     }
-    let Some(msg) = MessageParser::default().parse(raw) else {
+    let Some(msg) = super::mime::parse_for_smime(raw) else {
         return seen;
     };
     scan_message(&msg, depth, budget, &mut seen);
@@ -100,7 +100,7 @@ fn scan_message(msg: &Message<'_>, depth: usize, budget: &mut usize, seen: &mut 
 
 /// `application/(x-)pkcs7-mime` of any smime-type, or a part named like
 /// one (`*.p7m`, as some clients send it).
-fn claims_smime_content(part: &mail_parser::MessagePart<'_>) -> bool {
+pub(super) fn claims_smime_content(part: &mail_parser::MessagePart<'_>) -> bool {
     let by_type = part.content_type().is_some_and(|ct| {
         ct.ctype().eq_ignore_ascii_case("application")
             && ct.subtype().is_some_and(|s| {
@@ -190,6 +190,37 @@ mod tests {
         }
         // Positive control: the enveloped entity is seen and shaped as such.
         assert!(scan_and_shape(&env).0.encrypted);
+    }
+
+    #[test]
+    fn the_lean_parse_answers_as_the_full_one() {
+        let id = crate::pki::testkit::identity(1024, "Scan Lean").unwrap();
+        let der = enveloped(&id, Cipher::aes_256_cbc());
+        let mut raws = crate::smime::parse::tests::samples();
+        raws.push(entity(
+            "application/pkcs7-mime; smime-type=enveloped-data",
+            &der,
+        ));
+        raws.push(entity("application/octet-stream; name=\"x.p7c\"", &der));
+        raws.push(entity("text/plain; name=\"x.p7m\"", &der));
+        let mut encrypted = 0;
+        for raw in &raws {
+            let reference = mail_parser::MessageParser::default()
+                .parse(&raw[..])
+                .map(|msg| {
+                    let mut seen = Seen::default();
+                    scan_message(&msg, 0, &mut MAX_PARTS.clone(), &mut seen);
+                    (seen, crate::smime::mime::shape_parsed(&msg, raw))
+                })
+                .unwrap_or((Seen::default(), crate::smime::mime::Shape::Plain));
+            let got = scan_and_shape(raw);
+            assert_eq!(got, reference, "{}", String::from_utf8_lossy(raw));
+            assert_eq!(got.0, scan(raw));
+            assert_eq!(got.1, crate::smime::mime::shape(raw));
+            encrypted += usize::from(got.0.encrypted);
+        }
+        // Positive control: the enveloped entities were seen.
+        assert!(encrypted >= 3, "{encrypted}");
     }
 
     #[test]

@@ -67,7 +67,9 @@ pub fn protect_into(
         _ => message,
     };
     if recipients.is_empty() {
-        return spill.spill(&mut |w| w.write_all(signed)).map_err(scratch);
+        return spill
+            .spill_sized(signed.len(), &mut |w| w.write_all(signed))
+            .map_err(scratch);
     }
     spill_enveloped(signed, None, recipients, encryption, spill)
 }
@@ -86,10 +88,22 @@ fn sign_into(
 ) -> Result<Blob, SmimeError> {
     let scratch = |e: std::io::Error| SmimeError::Scratch(e.to_string());
     let (head, body) = content_parts(message);
-    let content = spill
-        .spill(&mut |w| write_all(w, &[&head, body]))
-        .map_err(scratch)?;
-    let entity = seven_bit(&content);
+    // A 7-bit body needs no part re-encoded (every part's body lies in
+    // it): the entity is signed and written from its two pieces, never
+    // joined. Otherwise it is joined, and re-encoded where needed.
+    let content;
+    let reencoded;
+    let entity: [&[u8]; 2] = if seven_bit_clean(body) {
+        [&head, body]
+    } else {
+        content = spill
+            .spill_sized(head.len() + body.len(), &mut |w| {
+                write_all(w, &[&head, body])
+            })
+            .map_err(scratch)?;
+        reencoded = seven_bit(&content);
+        [&reencoded, &[]]
+    };
     let pss = scheme == SignatureScheme::Pss;
     let der = ossl::sign_detached(&id.cert, &id.key, &id.chain, &entity, pss)
         .map_err(|e| SmimeError::Sign(short(&e)))?;
@@ -111,14 +125,22 @@ fn sign_into(
     );
     let end = format!("\r\n--{boundary}--\r\n");
     let sig_lines = mime::base64_lines(&der);
+    let expected = outer.len()
+        + top.len()
+        + entity[0].len()
+        + entity[1].len()
+        + signature.len()
+        + sig_lines.len()
+        + end.len();
     spill
-        .spill(&mut |w| {
+        .spill_sized(expected, &mut |w| {
             write_all(
                 w,
                 &[
                     &outer,
                     top.as_bytes(),
-                    &entity,
+                    entity[0],
+                    entity[1],
                     signature.as_bytes(),
                     &sig_lines,
                     end.as_bytes(),
@@ -128,28 +150,38 @@ fn sign_into(
         .map_err(scratch)
 }
 
+/// True when `body` is ASCII in lines of at most 998 octets (plus CRLF):
+/// nothing in it needs re-encoding.
+fn seven_bit_clean(body: &[u8]) -> bool {
+    body.is_ascii() && {
+        let mut start = 0;
+        memchr::memchr_iter(b'\n', body)
+            .chain(std::iter::once(body.len()))
+            .all(|end| {
+                let short = end - start <= 999;
+                start = end + 1;
+                short
+            })
+    }
+}
+
 /// `entity` with every leaf part whose body is 8-bit or has lines over
 /// 998 octets re-encoded as base64, so no later hop converts (and breaks)
 /// what was signed. Parts in base64 or quoted-printable, and everything
 /// already 7-bit, are left byte for byte.
 fn seven_bit(entity: &[u8]) -> Cow<'_, [u8]> {
-    let Some(msg) = MessageParser::default().parse(entity) else {
-        return Cow::Borrowed(entity);
+    // One leaf entity (most mail): its header section and offsets are all
+    // that is read here, so its body is not decoded.
+    let parts = match super::parse::leaf(entity) {
+        Some(part) => vec![part],
+        None => match MessageParser::default().parse(entity) {
+            Some(msg) => msg.parts,
+            None => return Cow::Borrowed(entity),
+        },
     };
-    let clean = |body: &[u8]| {
-        body.is_ascii() && {
-            let mut start = 0;
-            memchr::memchr_iter(b'\n', body)
-                .chain(std::iter::once(body.len()))
-                .all(|end| {
-                    let short = end - start <= 999;
-                    start = end + 1;
-                    short
-                })
-        }
-    };
+    let clean = seven_bit_clean;
     let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
-    for part in &msg.parts {
+    for part in &parts {
         if matches!(part.body, PartType::Multipart(_) | PartType::Message(_)) {
             continue;
         }
@@ -192,6 +224,45 @@ fn seven_bit(entity: &[u8]) -> Cow<'_, [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_signature_covers_the_entity_whether_joined_or_not() {
+        use crate::smime::cms::{verify, Math};
+        let id = crate::pki::testkit::identity(2048, "Sign Parts").unwrap();
+        let head = b"From: a@example-law.dk\r\nSubject: s\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n";
+        // 7-bit (signed from its pieces) and 8-bit (joined, re-encoded).
+        for (body, kept) in [
+            (&b"hello\r\n"[..], true),
+            ("bl\u{e5}b\u{e6}r\r\n".as_bytes(), false),
+        ] {
+            let msg = [&head[..], body].concat();
+            for scheme in [SignatureScheme::Pkcs1, SignatureScheme::Pss] {
+                let signed = sign(&msg, &id, scheme).unwrap();
+                let Shape::DetachedSigned { content, signature } = mime::shape(&signed) else {
+                    panic!("not signed: {}", String::from_utf8_lossy(&signed));
+                };
+                assert!(content.starts_with(b"Content-Type: text/plain; charset=utf-8\r\n"));
+                assert_eq!(content.ends_with(body), kept, "{content:?}");
+                let v = verify(
+                    &signature,
+                    Some(&content),
+                    std::slice::from_ref(&id.cert),
+                    &[],
+                    0,
+                );
+                assert_eq!(v.math, Math::Valid, "{scheme:?}");
+                // Positive control: other content does not verify.
+                let v = verify(
+                    &signature,
+                    Some(b"other"),
+                    std::slice::from_ref(&id.cert),
+                    &[],
+                    0,
+                );
+                assert!(matches!(v.math, Math::Invalid(_)));
+            }
+        }
+    }
 
     #[test]
     fn eight_bit_parts_are_reencoded_inside_multiparts() {

@@ -482,7 +482,8 @@ pub fn unwrap_into(
         None => Unwrapped::Unchanged { report },
         Some(inner) => {
             let inner = mime::crlf(&inner);
-            match spill.spill(&mut |w| rebuild_into(message, &inner, w)) {
+            let expected = mime::split(message).0.len() + inner.len() + 64;
+            match spill.spill_sized(expected, &mut |w| rebuild_into(message, &inner, w)) {
                 Ok(message) => Unwrapped::Opened { message, report },
                 Err(e) => Unwrapped::Failed {
                     error: SmimeError::Scratch(e.to_string()),
@@ -623,7 +624,8 @@ pub fn spill_enveloped(
     spill: &dyn Spill,
 ) -> Result<Blob, SmimeError> {
     if !spill.large() {
-        let der = cms::encrypt(&content_entity(message), recipients, how)?;
+        let (head, body) = content_parts(message);
+        let der = cms::encrypt_parts(&[&head, body], recipients, how)?;
         let head = enveloped_head(message, trace);
         // The base64 written behind the header section, not built apart.
         let mut out = Vec::with_capacity(head.len() + der.len() / 57 * 78 + 80);

@@ -5,11 +5,15 @@
 use std::io;
 use std::time::Duration;
 
+use bytes::BufMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 /// Longest command line in octets, CRLF included (RFC 5321 §4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512;
+
+/// Most octets one read takes from the client.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// Why reading stopped.
 #[derive(Debug)]
@@ -88,7 +92,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         shutdown: Option<&mut watch::Receiver<bool>>,
     ) -> Result<(), ReadError> {
         self.flush().await.map_err(ReadError::Io)?;
-        let mut chunk = [0u8; 16 * 1024];
+        // Read straight into the buffer's free room (no copy through a
+        // chunk on the side); a read takes at most what was reserved.
+        let Self { stream, rbuf, .. } = self;
+        rbuf.reserve(READ_CHUNK);
+        let room = rbuf.capacity() - rbuf.len();
+        let mut limited = (&mut *rbuf).limit(room.min(READ_CHUNK));
         let read = tokio::time::timeout(timeout, async {
             match shutdown {
                 Some(rx) => {
@@ -96,11 +105,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         return Err(ReadError::Shutdown);
                     }
                     tokio::select! {
-                        r = self.stream.read(&mut chunk) => r.map_err(ReadError::Io),
+                        r = stream.read_buf(&mut limited) => r.map_err(ReadError::Io),
                         _ = rx.changed() => Err(ReadError::Shutdown),
                     }
                 }
-                None => self.stream.read(&mut chunk).await.map_err(ReadError::Io),
+                None => stream.read_buf(&mut limited).await.map_err(ReadError::Io),
             }
         })
         .await
@@ -108,7 +117,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if read == 0 {
             return Err(ReadError::Closed);
         }
-        self.rbuf.extend_from_slice(&chunk[..read]);
         Ok(())
     }
 

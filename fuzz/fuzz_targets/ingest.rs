@@ -1,5 +1,5 @@
 //! Everything else untrusted bytes reach, one sub-target per first byte
-//! (value modulo 6):
+//! (value modulo 7):
 //!   0  the DATA decoder, in one piece and in chunks cut at fuzz-chosen
 //!      offsets: both agree, and data ends only at `<CRLF>.<CRLF>`
 //!   1  MIME shape, header sections, CRLF, trace header, Message-ID
@@ -12,6 +12,8 @@
 //!      rewrite round trip, DSN
 //!   5  spool round trip of a structured envelope and state, `queue
 //!      list`/`show` and the DSN built for it
+//!   6  returned mail, the depth scan, inert HTML, and the lean parse
+//!      (`smime::parse`) against mail-parser's own
 //! Run with `scripts/fuzz ingest`; seeds in fuzz/seeds/ingest/.
 #![no_main]
 
@@ -76,7 +78,11 @@ fn returned_and_scanned(input: &[u8]) {
                 && (p.offset_body, p.offset_end) == (leaf.offset_body, leaf.offset_end)),
             "smime::parse::leaf differs from mail-parser's first part"
         );
-        assert_eq!(full.as_ref().map(|m| m.parts.len()), Some(1), "a leaf is one part");
+        assert_eq!(
+            full.as_ref().map(|m| m.parts.len()),
+            Some(1),
+            "a leaf is one part"
+        );
     }
     let clean = mime::crlf(input).into_owned();
     let wrapped = unwrap::enveloped_message(&clean, b"\x30\x03\x02\x01\x00");

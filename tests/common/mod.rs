@@ -84,6 +84,23 @@ impl Options {
 
 impl Gateway {
     pub fn start(opts: Options) -> Self {
+        // A port found free can be taken by another process before the
+        // gateway binds it: then the gateway says so and stops, and it is
+        // started again on another port.
+        let mut tries = 0;
+        loop {
+            let mut gw = Self::configured(&opts);
+            tries += 1;
+            match gw.try_spawn() {
+                Ok(()) => return gw,
+                Err(log) if tries < 5 && log.contains("Address already in use") => continue,
+                Err(log) => panic!("gateway did not start; log:\n{log}"),
+            }
+        }
+    }
+
+    /// The gateway's folder and configuration, on a port free right now.
+    fn configured(opts: &Options) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let spool = opts
@@ -128,7 +145,7 @@ scan_interval = "1s"
         );
         let config = dir.path().join("gateway.toml");
         fs::write(&config, text).expect("write config");
-        let mut gw = Gateway {
+        Gateway {
             dir,
             config,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -136,9 +153,7 @@ scan_interval = "1s"
             starts: 0,
             env: opts.env.clone(),
             args: opts.args.clone(),
-        };
-        gw.spawn();
-        gw
+        }
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -156,6 +171,15 @@ scan_interval = "1s"
 
     /// Starts the process and waits until it accepts connections.
     pub fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("gateway did not start; log:\n{log}");
+        }
+    }
+
+    /// Starts the process and waits until it has said it started (all its
+    /// listeners bound: a connection alone could reach another process on
+    /// a port taken meanwhile); its log when it did not.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -175,13 +199,26 @@ scan_interval = "1s"
             .expect("start gateway");
         self.child = Some(child);
         self.starts += 1;
-        let addr = self.addr;
+        let (addr, starts, log_path) = (self.addr, self.starts as usize, self.log_path());
         let child = self.child.as_mut().expect("just started");
+        let started = || {
+            fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .matches("smime-gateway started")
+                .count()
+                >= starts
+        };
         let up = wait_until(Duration::from_secs(20), || {
             matches!(child.try_wait(), Ok(Some(_)))
-                || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                || (started()
+                    && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
         }) && matches!(child.try_wait(), Ok(None));
-        assert!(up, "gateway did not start; log:\n{}", self.log());
+        if up {
+            Ok(())
+        } else {
+            self.kill9();
+            Err(self.log())
+        }
     }
 
     /// SIGKILL: the crash case.

@@ -123,13 +123,11 @@ pub fn shape(raw: &[u8]) -> Shape {
 /// ([`super::parse::message`]). `None` when there is no header section.
 pub(super) fn parse_for_smime(raw: &[u8]) -> Option<Message<'_>> {
     match super::parse::leaf(raw) {
-        Some(part) if !is_smime_entity(&part) && !super::scan::claims_smime_content(&part) => {
-            Some(Message {
-                parts: vec![part],
-                raw_message: std::borrow::Cow::Borrowed(raw),
-                ..Default::default()
-            })
-        }
+        Some(part) if !is_smime_entity(&part) && !claims_smime_content(&part) => Some(Message {
+            parts: vec![part],
+            raw_message: std::borrow::Cow::Borrowed(raw),
+            ..Default::default()
+        }),
         Some(part) => super::parse::message_from_leaf(part, raw),
         None => MessageParser::default().parse(raw),
     }
@@ -460,6 +458,21 @@ pub fn looks_like_headers(raw: &[u8]) -> bool {
         Some(c) if c > 0 => first[..c].iter().all(|b| b.is_ascii_graphic()),
         _ => false,
     }
+}
+
+/// `application/(x-)pkcs7-mime` of any smime-type, or a part named like
+/// one (`*.p7m`, as some clients send it).
+pub(super) fn claims_smime_content(part: &mail_parser::MessagePart<'_>) -> bool {
+    let by_type = part.content_type().is_some_and(|ct| {
+        ct.ctype().eq_ignore_ascii_case("application")
+            && ct.subtype().is_some_and(|s| {
+                s.eq_ignore_ascii_case("pkcs7-mime") || s.eq_ignore_ascii_case("x-pkcs7-mime")
+            })
+    });
+    let by_name = part
+        .attachment_name()
+        .is_some_and(|n| n.trim().to_ascii_lowercase().ends_with(".p7m"));
+    by_type || by_name
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! unwrap opens: anything that claims to be S/MIME and is not plainly a
 //! signature over plain content counts as encrypted.
 
-use mail_parser::{Message, MimeHeaders, PartType};
+use mail_parser::{Message, PartType};
 use openssl::cms::CMSOptions;
 
 use super::cms::{kind, Kind};
@@ -92,25 +92,10 @@ fn scan_message(msg: &Message<'_>, depth: usize, budget: &mut usize, seen: &mut 
             }
             continue;
         }
-        if claims_smime_content(part) {
+        if super::mime::claims_smime_content(part) {
             seen.add(cms_content(part.contents(), depth, budget));
         }
     }
-}
-
-/// `application/(x-)pkcs7-mime` of any smime-type, or a part named like
-/// one (`*.p7m`, as some clients send it).
-pub(super) fn claims_smime_content(part: &mail_parser::MessagePart<'_>) -> bool {
-    let by_type = part.content_type().is_some_and(|ct| {
-        ct.ctype().eq_ignore_ascii_case("application")
-            && ct.subtype().is_some_and(|s| {
-                s.eq_ignore_ascii_case("pkcs7-mime") || s.eq_ignore_ascii_case("x-pkcs7-mime")
-            })
-    });
-    let by_name = part
-        .attachment_name()
-        .is_some_and(|n| n.trim().to_ascii_lowercase().ends_with(".p7m"));
-    by_type || by_name
 }
 
 /// What CMS bytes hold: encrypted data, or a signature whose content is

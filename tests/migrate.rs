@@ -1464,28 +1464,36 @@ fn a_signer_nobody_holds_is_asked_of_ldap_as_the_daemon_does() {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let msgs: Vec<Msg> = [
-        ("ldap-found", "post@domstol.dk"),
-        ("ldap-none", "registry@domstol.dk"),
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(i, (name, from))| Msg {
-        name,
-        folder: "INBOX",
-        bytes: String::from_utf8(encrypted(name, &o2, &bare))
-            .unwrap()
-            .replace(
-                "From: Sender <sender@example.org>",
-                &format!("From: <{from}>"),
-            )
-            .into_bytes(),
-        flags: "S",
-        date: now + 5 + i as i64,
-        outcome: "migrate",
-        plaintext: Some(bare.clone()),
-    })
-    .collect();
+    // Old mail, each encrypted to the OCES2 key around `bare`, from the
+    // address given, arriving `first` and a second apart after.
+    let old_mail = |froms: &[(&'static str, &str)], first: i64| -> Vec<Msg> {
+        froms
+            .iter()
+            .enumerate()
+            .map(|(i, (name, from))| Msg {
+                name,
+                folder: "INBOX",
+                bytes: String::from_utf8(encrypted(name, &o2, &bare))
+                    .unwrap()
+                    .replace(
+                        "From: Sender <sender@example.org>",
+                        &format!("From: <{from}>"),
+                    )
+                    .into_bytes(),
+                flags: "",
+                date: first + i as i64,
+                outcome: "migrate",
+                plaintext: Some(bare.clone()),
+            })
+            .collect()
+    };
+    let msgs = old_mail(
+        &[
+            ("ldap-found", "post@domstol.dk"),
+            ("ldap-none", "registry@domstol.dk"),
+        ],
+        now + 5,
+    );
     let root = dir.path().join("Maildir");
     make_maildir(&root, &msgs);
     let out = migrate(
@@ -1543,25 +1551,7 @@ fn a_signer_nobody_holds_is_asked_of_ldap_as_the_daemon_does() {
         ("gone-5", "gone-5@domstol.dk"),
         ("found-last", "post@domstol.dk"),
     ];
-    let msgs: Vec<Msg> = froms
-        .iter()
-        .enumerate()
-        .map(|(i, (name, from))| Msg {
-            name,
-            folder: "INBOX",
-            bytes: String::from_utf8(encrypted(name, &o2, &bare))
-                .unwrap()
-                .replace(
-                    "From: Sender <sender@example.org>",
-                    &format!("From: <{from}>"),
-                )
-                .into_bytes(),
-            flags: "",
-            date: now + 10 + i as i64,
-            outcome: "migrate",
-            plaintext: Some(bare.clone()),
-        })
-        .collect();
+    let msgs = old_mail(&froms, now + 10);
     let root = dir.path().join("Maildir-silent");
     make_maildir(&root, &msgs);
     let out = migrate(

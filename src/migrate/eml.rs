@@ -120,34 +120,13 @@ impl Source for EmlDir {
         Ok(self.index()?.get(marker).cloned())
     }
 
-    fn append(
-        &mut self,
-        folder: &str,
-        message: &[u8],
-        flags: &[String],
-        internal_date: i64,
-    ) -> Result<Entry, SourceError> {
-        let one = NewMessage {
-            message,
-            flags,
-            internal_date,
-        };
-        self.append_many(folder, std::slice::from_ref(&one))
-            .pop()
-            .unwrap_or_else(|| Err(SourceError::Batch("nothing written".into())))
-    }
-
     fn append_many(
         &mut self,
         folder: &str,
         messages: &[NewMessage<'_>],
     ) -> Vec<Result<Entry, SourceError>> {
         if let Err(e) = self.check(folder) {
-            let why = e.to_string();
-            return messages
-                .iter()
-                .map(|_| Err(SourceError::Batch(why.clone())))
-                .collect();
+            return super::source::all_failed(messages.len(), &e);
         }
         // Each file written and fsynced, then one fsync of the folder.
         let mut out: Vec<Result<(String, Entry), SourceError>> = messages
@@ -182,11 +161,7 @@ impl Source for EmlDir {
         let index = match self.index() {
             Ok(i) => i,
             Err(e) => {
-                let why = e.to_string();
-                return messages
-                    .iter()
-                    .map(|_| Err(SourceError::Batch(why.clone())))
-                    .collect();
+                return super::source::all_failed(messages.len(), &e);
             }
         };
         out.into_iter()

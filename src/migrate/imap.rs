@@ -693,25 +693,6 @@ impl Source for ImapSource {
             .cloned())
     }
 
-    fn append(
-        &mut self,
-        folder: &str,
-        message: &[u8],
-        flags: &[String],
-        internal_date: i64,
-    ) -> Result<Entry, SourceError> {
-        let one = NewMessage {
-            message,
-            flags,
-            internal_date,
-        };
-        let multiappend = std::mem::replace(&mut self.multiappend, false);
-        let mut done = self.appends(folder, std::slice::from_ref(&one));
-        self.multiappend = multiappend;
-        done.pop()
-            .unwrap_or_else(|| Err(SourceError::Imap("APPEND: no answer".into())))
-    }
-
     fn append_many(
         &mut self,
         folder: &str,

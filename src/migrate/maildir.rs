@@ -335,11 +335,7 @@ impl Source for Maildir {
         let dir = match self.create(folder) {
             Ok(d) => d,
             Err(e) => {
-                let why = e.to_string();
-                return messages
-                    .iter()
-                    .map(|_| Err(SourceError::Batch(why.clone())))
-                    .collect();
+                return super::source::all_failed(messages.len(), &e);
             }
         };
         let mut out: Vec<Result<Entry, SourceError>> = messages

@@ -584,23 +584,6 @@ impl Source for Mbox {
         Ok(self.markers.as_ref().and_then(|m| m.get(marker)).cloned())
     }
 
-    fn append(
-        &mut self,
-        folder: &str,
-        message: &[u8],
-        flags: &[String],
-        internal_date: i64,
-    ) -> Result<Entry, SourceError> {
-        let one = NewMessage {
-            message,
-            flags,
-            internal_date,
-        };
-        self.append_many(folder, std::slice::from_ref(&one))
-            .pop()
-            .unwrap_or_else(|| Err(SourceError::Batch("nothing written".into())))
-    }
-
     fn append_many(
         &mut self,
         folder: &str,
@@ -617,11 +600,7 @@ impl Source for Mbox {
         {
             Ok(p) => p,
             Err(e) => {
-                let why = e.to_string();
-                return messages
-                    .iter()
-                    .map(|_| Err(SourceError::Batch(why.clone())))
-                    .collect();
+                return super::source::all_failed(messages.len(), &e);
             }
         };
         messages

@@ -98,6 +98,14 @@ pub enum SourceError {
     Batch(String),
 }
 
+/// The same failure for each of `n` messages of a batch.
+pub fn all_failed<T>(n: usize, why: &dyn std::fmt::Display) -> Vec<Result<T, SourceError>> {
+    let why = why.to_string();
+    (0..n)
+        .map(|_| Err(SourceError::Batch(why.clone())))
+        .collect()
+}
+
 impl SourceError {
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         Self::Io {
@@ -127,26 +135,32 @@ pub trait Source: Send {
     /// field contains `marker`, if any.
     fn find_marker(&mut self, folder: &str, marker: &str) -> Result<Option<Entry>, SourceError>;
     /// Writes `message` (CRLF line ends) into `folder` with `flags` and
-    /// `internal_date`, durably; the new message's entry.
+    /// `internal_date`, durably; the new message's entry. By default a
+    /// batch of one.
     fn append(
         &mut self,
         folder: &str,
         message: &[u8],
         flags: &[String],
         internal_date: i64,
-    ) -> Result<Entry, SourceError>;
+    ) -> Result<Entry, SourceError> {
+        let one = NewMessage {
+            message,
+            flags,
+            internal_date,
+        };
+        self.append_many(folder, std::slice::from_ref(&one))
+            .pop()
+            .unwrap_or_else(|| Err(SourceError::Batch("nothing written".into())))
+    }
     /// Writes several messages into `folder` (one transaction where the
-    /// source allows: IMAP MULTIAPPEND); each one's entry, in order.
+    /// source allows: IMAP MULTIAPPEND), durably; each one's entry, in
+    /// order.
     fn append_many(
         &mut self,
         folder: &str,
         messages: &[NewMessage<'_>],
-    ) -> Vec<Result<Entry, SourceError>> {
-        messages
-            .iter()
-            .map(|m| self.append(folder, m.message, m.flags, m.internal_date))
-            .collect()
-    }
+    ) -> Vec<Result<Entry, SourceError>>;
     /// Whether this source can deal with the originals as asked (IMAP:
     /// the server's capabilities); asked before anything is written.
     fn supports(&self, _originals: &Originals) -> Result<(), SourceError> {

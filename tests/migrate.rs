@@ -299,6 +299,23 @@ fn migrate(config: &Path, source: &[&str], extra: &[&str]) -> Output {
     out
 }
 
+/// Every line of a JSON report.
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The mailboxes a JSON report's `mailbox` lines name, in order.
+fn mailbox_heads(lines: &[serde_json::Value]) -> Vec<&str> {
+    lines
+        .iter()
+        .filter(|v| v["type"] == "mailbox")
+        .map(|v| v["mailbox"].as_str().unwrap())
+        .collect()
+}
+
 /// The `folder` lines of a JSON report, by folder.
 fn folder_lines(out: &Output) -> BTreeMap<String, serde_json::Value> {
     String::from_utf8_lossy(&out.stdout)
@@ -1002,15 +1019,8 @@ fn imap_tls_is_verified_and_a_master_user_logs_in() {
         &["--user", &alice_login, "--format", "json"],
     );
     assert!(out.status.success(), "{}", dv.log());
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let heads: Vec<&str> = lines
-        .iter()
-        .filter(|v| v["type"] == "mailbox")
-        .map(|v| v["mailbox"].as_str().unwrap())
-        .collect();
+    let lines = json_lines(&out);
+    let heads = mailbox_heads(&lines);
     assert_eq!(heads, [ADDRESS, ALICE]);
     for mailbox in [ADDRESS, ALICE] {
         let inbox = lines
@@ -1057,22 +1067,7 @@ fn marked_copies(root: &Path) -> Vec<Vec<u8>> {
 /// `openssl cms -decrypt` with demo key `name`: the plaintext, or `None`
 /// when that key does not open it.
 fn try_open(copy: &[u8], name: &str) -> Option<Vec<u8>> {
-    let (key, cert) = (pki::key(name), pki::cert(name));
-    let out = pki::run_output(
-        "openssl",
-        &[
-            "cms",
-            "-decrypt",
-            "-inkey",
-            key.to_str().unwrap(),
-            "-recip",
-            cert.to_str().unwrap(),
-        ],
-        &crlf(copy),
-    );
-    out.status
-        .success()
-        .then(|| without_mime_version(&out.stdout))
+    pki::cms_try_decrypt(&crlf(copy), name).map(|b| without_mime_version(&b))
 }
 
 #[test]
@@ -1187,16 +1182,9 @@ fn several_mailboxes_in_one_run() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     // One mailbox line per source, then its folders, per mailbox.
-    let heads: Vec<&str> = lines
-        .iter()
-        .filter(|v| v["type"] == "mailbox")
-        .map(|v| v["mailbox"].as_str().unwrap())
-        .collect();
+    let heads = mailbox_heads(&lines);
     assert_eq!(heads, [ADDRESS, "alice@example-law.dk"]);
     for mailbox in [ADDRESS, "alice@example-law.dk"] {
         let folders: BTreeMap<&str, &serde_json::Value> = lines

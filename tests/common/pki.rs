@@ -131,19 +131,8 @@ pub fn cms_encrypt(data: &[u8], to: &str, extra: &[&str]) -> Vec<u8> {
 
 /// `openssl cms -decrypt` with demo key `name`; the plaintext.
 pub fn cms_decrypt_smime(message: &[u8], name: &str) -> Vec<u8> {
-    let key = key(name);
-    let cert = cert(name);
-    openssl(
-        &[
-            "cms",
-            "-decrypt",
-            "-inkey",
-            key.to_str().unwrap(),
-            "-recip",
-            cert.to_str().unwrap(),
-        ],
-        message,
-    )
+    cms_try_decrypt(message, name)
+        .unwrap_or_else(|| panic!("openssl cms -decrypt with {name} failed"))
 }
 
 /// A detached `multipart/signed` entity of `content` signed by demo key
@@ -445,6 +434,12 @@ pub fn body_der(message: &[u8]) -> Vec<u8> {
 /// True when `openssl cms -decrypt` with demo key `name` cannot open
 /// `message`.
 pub fn cms_decrypt_fails(message: &[u8], name: &str) -> bool {
+    cms_try_decrypt(message, name).is_none()
+}
+
+/// `openssl cms -decrypt` with demo key `name`: the plaintext, or `None`
+/// when that key does not open it.
+pub fn cms_try_decrypt(message: &[u8], name: &str) -> Option<Vec<u8>> {
     let (key, cert) = (key(name), cert(name));
     let args = [
         "cms",
@@ -454,7 +449,8 @@ pub fn cms_decrypt_fails(message: &[u8], name: &str) -> bool {
         "-recip",
         cert.to_str().unwrap(),
     ];
-    !run_output("openssl", &args, message).status.success()
+    let out = run_output("openssl", &args, message);
+    out.status.success().then_some(out.stdout)
 }
 
 /// A demo PKI of its own whose certificates name this test's CRL and OCSP

@@ -159,7 +159,11 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
             None
         }
     };
-    info!(config = %path.display(), "smime-gateway started");
+    info!(
+        config = %path.display(),
+        openssl = openssl::version::version(),
+        "smime-gateway started"
+    );
     systemd::ready();
     loop {
         tokio::select! {

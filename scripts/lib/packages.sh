@@ -22,5 +22,6 @@ ensure_packages() {
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
-# Building: OpenSSL headers for lettre's TLS.
-BUILD_PACKAGES=(pkg-config libssl-dev)
+# Building: perl and make build the vendored OpenSSL (openssl-src); the
+# system's headers serve `--no-default-features` builds.
+BUILD_PACKAGES=(pkg-config libssl-dev perl make)

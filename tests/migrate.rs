@@ -1410,6 +1410,127 @@ fn imap_servers_offering_less_get_what_they_understand() {
     }
 }
 
+/// Every message of a folder: at least once (original or copy), never two
+/// copies of one original. What must hold at any moment of a run.
+fn nothing_lost_nothing_doubled(root: &Path, msgs: &[Msg]) {
+    for m in msgs {
+        let marker = format!("original-sha256={}", sha256_hex(&m.bytes));
+        let mut files = messages_in(&folder_dir(root, m.folder));
+        files.extend(messages_in(&root.join(".OCES2-originals")));
+        let bodies: Vec<Vec<u8>> = files.iter().map(|p| fs::read(p).unwrap()).collect();
+        let originals = bodies.iter().filter(|b| **b == m.bytes).count();
+        let copies = bodies
+            .iter()
+            .filter(|b| String::from_utf8_lossy(b).contains(&marker))
+            .count();
+        assert!(copies <= 1, "{}: {copies} copies", m.name);
+        assert!(originals + copies >= 1, "{}: lost", m.name);
+    }
+}
+
+/// The connection to the IMAP server goes away in the middle of a batch
+/// of pipelined APPENDs (a server without MULTIAPPEND, as Exchange
+/// Online): the copies the server took before the cut are not lost track
+/// of, the rest of the run goes on over a new connection, no original goes
+/// before its copy is in, and a re-run finds the copies already there and
+/// finishes without a second copy of anything. The relay between them
+/// cuts after the second APPEND's first bytes; that it did cut, and that
+/// the first run left work undone, are the controls that the cut came in
+/// the middle of the batch.
+#[test]
+fn an_imap_connection_cut_in_the_middle_of_a_batch_loses_nothing() {
+    if let Some(why) = common::dovecot::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let msgs = corpus(dir.path());
+    let inbox_copies = msgs
+        .iter()
+        .filter(|m| m.folder == "INBOX" && m.plaintext.is_some())
+        .count();
+    assert!(inbox_copies >= 2, "a batch of at least two copies in INBOX");
+    let base = "IMAP4rev1 SASL-IR ID ENABLE IDLE NAMESPACE CHILDREN";
+    let (mut dv, mut args) =
+        dovecot_offering(dir.path(), &format!("{base} LITERAL+ UIDPLUS MOVE"), &msgs);
+    let root = dv.maildir(ADDRESS);
+    // Through the relay: cut 40 bytes into the second APPEND command.
+    let cutter = common::cutter::Cutter::start(
+        dv.port,
+        Box::new(|sent: &[u8]| {
+            let at: Vec<usize> = sent
+                .windows(8)
+                .enumerate()
+                .filter(|(_, w)| *w == b" APPEND ")
+                .map(|(i, _)| i)
+                .collect();
+            at.get(1).map(|i| i + 40)
+        }),
+    );
+    args[1] = format!("127.0.0.1:{}", cutter.port);
+    let src: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    let out = migrate(&cfg, &src, &["--jobs", "1", "--format", "json"]);
+    assert!(
+        cutter.has_cut(),
+        "the relay cut the connection: {}",
+        dv.log()
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the cut is reported: {stderr}");
+    nothing_lost_nothing_doubled(&root, &msgs);
+    // Originals still in place, and how many of them have a copy already
+    // (what the server took before the cut).
+    let in_place: Vec<&Msg> = msgs
+        .iter()
+        .filter(|m| m.plaintext.is_some())
+        .filter(|m| {
+            messages_in(&folder_dir(&root, m.folder))
+                .iter()
+                .any(|p| fs::read(p).unwrap() == m.bytes)
+        })
+        .collect();
+    assert!(!in_place.is_empty(), "the cut left work for the re-run");
+    let copies_before = in_place
+        .iter()
+        .filter(|m| {
+            let marker = format!("original-sha256={}", sha256_hex(&m.bytes));
+            messages_in(&folder_dir(&root, m.folder))
+                .iter()
+                .any(|p| String::from_utf8_lossy(&fs::read(p).unwrap()).contains(&marker))
+        })
+        .count();
+    // The folder after the cut was served over a new connection.
+    let sager = msgs
+        .iter()
+        .filter(|m| m.folder == "Sager" && m.plaintext.is_some());
+    for m in sager {
+        assert!(
+            !messages_in(&folder_dir(&root, m.folder))
+                .iter()
+                .any(|p| fs::read(p).unwrap() == m.bytes),
+            "{}: migrated after the cut: {stderr}",
+            m.name
+        );
+    }
+
+    // The re-run (no cut) finds what the server took before the cut.
+    cutter.disarm();
+    let out = migrate(&cfg, &src, &["--format", "json"]);
+    assert!(out.status.success(), "{}", dv.log());
+    let found: u64 = folder_lines(&out)
+        .values()
+        .map(|f| f["copies_found"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        found as usize, copies_before,
+        "copies made before the cut were found"
+    );
+    dv.stop();
+    assert_migrated_maildir(&root, &msgs);
+}
+
 /// A signature inside old mail by a signer whose certificate neither the
 /// message nor the gateway holds is looked up in LDAP for the From address,
 /// as the daemon does, and the copy's trace header says it is valid;

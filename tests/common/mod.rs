@@ -5,6 +5,7 @@
 
 pub mod chromium;
 pub mod client;
+pub mod cutter;
 pub mod dovecot;
 pub mod http;
 pub mod ldap_entries;

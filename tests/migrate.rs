@@ -703,6 +703,109 @@ fn mbox_messages(path: &Path) -> Vec<Vec<u8>> {
     out
 }
 
+/// `migrate` with every file it writes limited to `limit` octets
+/// (RLIMIT_FSIZE, SIGXFSZ ignored): a write past the limit fails with
+/// EFBIG part way, as on a disk that fills up during the write.
+fn migrate_limited(config: &Path, source: &[&str], extra: &[&str], limit: u64) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut c = migrate_cmd(config, source, extra);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let r = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = c.output().unwrap();
+    eprintln!(
+        "migrate (files limited to {limit} octets) {source:?} {extra:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A write of new copies that fails part way (a file size limit standing
+/// in for a full disk): the mbox is cut back to exactly what it was, with
+/// every original in place; the `.eml` folder is left exactly as it was
+/// (no half copy, no temporary file); the run fails and says why. A run
+/// without the limit then migrates everything, finding no copy from the
+/// failed run. The error text is the control that the limit did make the
+/// writes fail.
+#[test]
+fn a_write_that_fails_part_way_leaves_no_half_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let msgs: Vec<Msg> = corpus(dir.path())
+        .into_iter()
+        .filter(|m| m.name != "garbage")
+        .collect();
+    let want = msgs.iter().filter(|m| m.plaintext.is_some()).count() as u64;
+    let efbig = std::io::Error::from_raw_os_error(libc::EFBIG).to_string();
+    let efbig = efbig.split(" (os error").next().unwrap().to_string();
+    let said = |out: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+
+    // mbox: the batch's one write runs past the limit.
+    let path = dir.path().join("inbox");
+    let file: Vec<u8> = msgs.iter().flat_map(mbox_entry).collect();
+    fs::write(&path, &file).unwrap();
+    let src = ["--mbox", path.to_str().unwrap()];
+    let out = migrate_limited(&cfg, &src, &["--format", "json"], file.len() as u64 + 1000);
+    assert!(!out.status.success());
+    assert!(said(&out).contains(&efbig), "{}", said(&out));
+    assert!(fs::read(&path).unwrap() == file, "cut back to what it was");
+    assert!(mbox_messages(&dir.path().join("OCES2-originals")).is_empty());
+    let out = migrate(&cfg, &src, &["--format", "json"]);
+    assert!(out.status.success());
+    let f = &folder_lines(&out)["inbox"];
+    assert_eq!(
+        (f["migrated"].as_u64(), f["copies_found"].as_u64()),
+        (Some(want), Some(0))
+    );
+
+    // .eml: each new file runs past the limit.
+    let root = dir.path().join("eml");
+    fs::create_dir_all(&root).unwrap();
+    for m in &msgs {
+        fs::write(root.join(format!("{}.eml", m.name)), crlf(&m.bytes)).unwrap();
+    }
+    let before = tree(&root);
+    let src = ["--eml", root.to_str().unwrap()];
+    let keep = ["--originals", "keep", "--format", "json"];
+    let out = migrate_limited(&cfg, &src, &keep, 1000);
+    assert!(!out.status.success());
+    assert!(said(&out).contains(&efbig), "{}", said(&out));
+    let after = tree(&root);
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>(),
+        "no file added or taken"
+    );
+    assert!(after == before, "every file as it was");
+    let out = migrate(&cfg, &src, &keep);
+    assert!(out.status.success());
+    let f = &folder_lines(&out)["."];
+    assert_eq!(
+        (f["migrated"].as_u64(), f["copies_found"].as_u64()),
+        (Some(want), Some(0))
+    );
+    assert_eq!(tree(&root).len(), before.len() + want as usize);
+}
+
 #[test]
 fn mbox_locked_migrated_killed_and_finished() {
     let dir = tempfile::tempdir().unwrap();

@@ -220,15 +220,24 @@ pub fn write_durably(tmp: &Path, to: &Path, bytes: &[u8], date: i64) -> Result<(
 }
 
 /// [`write_durably`] without the directory's fsync (the caller does it).
+/// A write that fails (a full disk, a file size limit) takes its
+/// temporary file away: no half copy is left behind.
 pub fn write_file(tmp: &Path, to: &Path, bytes: &[u8], date: i64) -> Result<(), SourceError> {
     let mut f = fs::File::create(tmp).map_err(|e| SourceError::io(tmp, e))?;
-    f.write_all(bytes).map_err(|e| SourceError::io(tmp, e))?;
     let t = UNIX_EPOCH + Duration::from_secs(date.max(0) as u64);
-    f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
-        .map_err(|e| SourceError::io(tmp, e))?;
-    f.sync_all().map_err(|e| SourceError::io(tmp, e))?;
+    let written = f
+        .write_all(bytes)
+        .and_then(|()| f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)))
+        .and_then(|()| f.sync_all());
     drop(f);
-    fs::rename(tmp, to).map_err(|e| SourceError::io(to, e))
+    if let Err(e) = written {
+        let _ = fs::remove_file(tmp);
+        return Err(SourceError::io(tmp, e));
+    }
+    fs::rename(tmp, to).map_err(|e| {
+        let _ = fs::remove_file(tmp);
+        SourceError::io(to, e)
+    })
 }
 
 /// Adds `dir` to `list` unless it is there.

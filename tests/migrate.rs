@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use common::pki::{self, P7M};
@@ -1533,21 +1535,36 @@ fn nothing_lost_nothing_doubled(root: &Path, msgs: &[Msg]) {
 
 /// The connection to the IMAP server goes away in the middle of a batch
 /// of pipelined APPENDs (a server without MULTIAPPEND, as Exchange
-/// Online): the copies the server took before the cut are not lost track
-/// of, the rest of the run goes on over a new connection, no original goes
-/// before its copy is in, and a re-run finds the copies already there and
-/// finishes without a second copy of anything. The relay between them
-/// cuts after the second APPEND's first bytes; that it did cut, and that
-/// the first run left work undone, are the controls that the cut came in
-/// the middle of the batch.
+/// Online): see [`broken_in_the_middle_of_a_batch`].
 #[test]
 fn an_imap_connection_cut_in_the_middle_of_a_batch_loses_nothing() {
+    broken_in_the_middle_of_a_batch(common::cutter::Then::Close);
+}
+
+/// The IMAP server stops answering in the middle of a batch (the
+/// connection stays open): `[migrate] imap_timeout` (3 s here) ends the
+/// wait, then as [`broken_in_the_middle_of_a_batch`]. The run ending
+/// long before the default bound (2 minutes) is the control that the
+/// setting is what ended the wait.
+#[test]
+fn an_imap_server_that_stalls_in_the_middle_of_a_batch_loses_nothing() {
+    broken_in_the_middle_of_a_batch(common::cutter::Then::Stall);
+}
+
+/// The copies the server took before the break are not lost track of,
+/// the rest of the run goes on over a new connection, no original goes
+/// before its copy is in, and a re-run finds the copies already there and
+/// finishes without a second copy of anything. The relay between them
+/// breaks the connection after the second APPEND's first bytes; that it
+/// did, and that the first run left work undone, are the controls that
+/// the break came in the middle of the batch.
+fn broken_in_the_middle_of_a_batch(then: common::cutter::Then) {
     if let Some(why) = common::dovecot::unavailable() {
         eprintln!("SKIPPED: {why}");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "");
+    let cfg = config(dir.path(), "[migrate]\nimap_timeout = \"3s\"\n");
     let msgs = corpus(dir.path());
     let inbox_copies = msgs
         .iter()
@@ -1561,6 +1578,7 @@ fn an_imap_connection_cut_in_the_middle_of_a_batch_loses_nothing() {
     // Through the relay: cut 40 bytes into the second APPEND command.
     let cutter = common::cutter::Cutter::start(
         dv.port,
+        then,
         Box::new(|sent: &[u8]| {
             let at: Vec<usize> = sent
                 .windows(8)
@@ -1574,7 +1592,36 @@ fn an_imap_connection_cut_in_the_middle_of_a_batch_loses_nothing() {
     args[1] = format!("127.0.0.1:{}", cutter.port);
     let src: Vec<&str> = args.iter().map(String::as_str).collect();
 
-    let out = migrate(&cfg, &src, &["--jobs", "1", "--format", "json"]);
+    let child = migrate_cmd(&cfg, &src, &["--jobs", "1", "--format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let ended = Arc::new(AtomicBool::new(false));
+    let watch = {
+        let ended = ended.clone();
+        std::thread::spawn(move || {
+            // Far above the 3 s bound, far below the default 2 minutes.
+            let ok = wait_until(Duration::from_secs(60), || ended.load(Ordering::SeqCst));
+            if !ok {
+                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            }
+            ok
+        })
+    };
+    let out = child.wait_with_output().unwrap();
+    ended.store(true, Ordering::SeqCst);
+    assert!(
+        watch.join().unwrap(),
+        "the run waited past [migrate] imap_timeout"
+    );
+    eprintln!(
+        "migrate (broken): {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         cutter.has_cut(),
         "the relay cut the connection: {}",

@@ -70,8 +70,9 @@ pub struct Settings {
     pub migrate: MigrateSettings,
 }
 
-/// `[migrate]`: what `smime-gateway migrate` adds to every re-keyed copy.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[migrate]`: what `smime-gateway migrate` adds to every re-keyed copy,
+/// and how long it waits for an IMAP server.
+#[derive(Debug, Clone, Deserialize)]
 pub struct MigrateSettings {
     /// Addresses (e.g. the firm's archive or escrow) whose certificate
     /// every re-keyed copy is also encrypted to, besides the mailbox's
@@ -79,6 +80,19 @@ pub struct MigrateSettings {
     /// checked as any recipient's.
     #[serde(default)]
     pub extra_recipients: Vec<String>,
+    /// How long an IMAP server may take to accept the connection and to
+    /// answer each command (an APPEND also gets time for its size).
+    #[serde(default = "defaults::imap_timeout", with = "duration")]
+    pub imap_timeout: Duration,
+}
+
+impl Default for MigrateSettings {
+    fn default() -> Self {
+        Self {
+            extra_recipients: Vec::new(),
+            imap_timeout: defaults::imap_timeout(),
+        }
+    }
 }
 
 /// `[journal]`: the record of outbound decisions and inbound key use that
@@ -886,6 +900,9 @@ mod defaults {
 
     pub fn yes() -> bool {
         true
+    }
+    pub fn imap_timeout() -> Duration {
+        Duration::from_secs(120)
     }
     pub fn journal_keep() -> Duration {
         Duration::from_secs(400 * 86_400)

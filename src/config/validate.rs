@@ -61,6 +61,7 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
         ("queue.scan_interval", s.queue.scan_interval),
         ("status.refresh", s.status.refresh),
         ("journal.keep", s.journal.keep),
+        ("migrate.imap_timeout", s.migrate.imap_timeout),
     ] {
         if value == Duration::ZERO {
             bad(key, "must be longer than zero".into());

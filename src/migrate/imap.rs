@@ -59,8 +59,9 @@ pub struct Account {
     pub password: String,
 }
 
-/// Bound on connecting and on each command.
-const TIMEOUT: Duration = Duration::from_secs(120);
+/// Octets an APPEND may take a second to send, on top of the command
+/// bound (a slow link): about 1 Mbit/s.
+const APPEND_OCTETS_PER_SECOND: u64 = 128 * 1024;
 
 trait Conn: AsyncRead + AsyncWrite + Unpin + Send + Debug {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Debug> Conn for T {}
@@ -73,6 +74,8 @@ pub struct ImapSource {
     session: Option<Imap>,
     name: String,
     account: Account,
+    /// Bound on connecting and on each command.
+    timeout: Duration,
     selected: Option<String>,
     /// Per folder: marker → the copy carrying it (one `UID SEARCH HEADER`
     /// for every marked message when the folder is first asked about,
@@ -150,11 +153,23 @@ async fn tls(
         .map_err(|e| SourceError::Imap(format!("TLS with {}: {e}", account.host)))
 }
 
-async fn connect(account: &Account) -> Result<Imap, SourceError> {
+/// Connects and logs in, all of it within `bound` (a server that takes
+/// the connection and never greets is not waited for).
+async fn connect(account: &Account, bound: Duration) -> Result<Imap, SourceError> {
     let addr = format!("{}:{}", account.host, account.port);
-    let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect(&addr))
+    tokio::time::timeout(bound, connect_unbounded(account, &addr))
         .await
-        .map_err(|_| SourceError::Imap(format!("{addr}: no answer")))?
+        .map_err(|_| {
+            SourceError::Imap(format!(
+                "{addr}: no answer within {}s (connecting and logging in)",
+                bound.as_secs()
+            ))
+        })?
+}
+
+async fn connect_unbounded(account: &Account, addr: &str) -> Result<Imap, SourceError> {
+    let tcp = TcpStream::connect(addr)
+        .await
         .map_err(|e| SourceError::Imap(format!("{addr}: {e}")))?;
     // Commands and literals are small writes that wait for answers:
     // Nagle's algorithm with delayed ACKs would add ~40 ms to each.
@@ -215,14 +230,16 @@ fn quoted(s: &str) -> String {
 }
 
 impl ImapSource {
-    pub fn open(account: &Account) -> Result<Self, SourceError> {
+    /// Connects and logs in as `account`; `timeout` bounds connecting and
+    /// each command (`[migrate] imap_timeout`).
+    pub fn open(account: &Account, timeout: Duration) -> Result<Self, SourceError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| SourceError::io("tokio runtime", e))?;
-        let mut session = rt.block_on(connect(account))?;
+        let mut session = rt.block_on(connect(account, timeout))?;
         let caps = rt
-            .block_on(async { tokio::time::timeout(TIMEOUT, session.capabilities()).await })
+            .block_on(async { tokio::time::timeout(timeout, session.capabilities()).await })
             .map_err(|_| SourceError::Imap("no answer to CAPABILITY".into()))?
             .map_err(imap_err)?;
         let (can_move, uidplus) = (caps.has_str("MOVE"), caps.has_str("UIDPLUS"));
@@ -232,6 +249,7 @@ impl ImapSource {
             session: Some(session),
             name: account.user.clone(),
             account: account.clone(),
+            timeout,
             selected: None,
             markers: Default::default(),
             last_uid: Default::default(),
@@ -327,7 +345,7 @@ impl ImapSource {
                 tokio::time::timeout(Duration::from_secs(10), old.logout()).await
             });
         }
-        self.session = Some(self.rt.block_on(connect(&self.account))?);
+        self.session = Some(self.rt.block_on(connect(&self.account, self.timeout))?);
         self.selected = None;
         self.appended = 0;
         Ok(())
@@ -342,7 +360,7 @@ impl ImapSource {
             Box<dyn std::future::Future<Output = Result<T, SourceError>> + Send + 'a>,
         >,
     ) -> Result<T, SourceError> {
-        self.run_for(TIMEOUT, f)
+        self.run_for(self.timeout, f)
     }
 
     /// Runs `f` on the session (connected again first when an earlier
@@ -360,7 +378,7 @@ impl ImapSource {
         >,
     ) -> Result<T, SourceError> {
         if self.session.is_none() {
-            self.session = Some(self.rt.block_on(connect(&self.account))?);
+            self.session = Some(self.rt.block_on(connect(&self.account, self.timeout))?);
             self.selected = None;
             self.appended = 0;
         }
@@ -537,7 +555,10 @@ impl ImapSource {
         let answers = if commands.is_empty() {
             Ok(Vec::new())
         } else {
-            self.run(move |s| {
+            // The command bound, plus time to send the octets.
+            let octets: u64 = messages.iter().map(|m| m.message.len() as u64).sum();
+            let bound = self.timeout + Duration::from_secs(octets / APPEND_OCTETS_PER_SECOND);
+            self.run_for(bound, move |s| {
                 Box::pin(async move { send_appends(s, commands, literal_plus).await })
             })
         };
@@ -730,7 +751,10 @@ impl Source for ImapSource {
     }
 
     fn reader(&mut self) -> Result<Option<Box<dyn Source>>, SourceError> {
-        Ok(Some(Box::new(ImapSource::open(&self.account)?)))
+        Ok(Some(Box::new(ImapSource::open(
+            &self.account,
+            self.timeout,
+        )?)))
     }
 
     fn close(&mut self) -> Result<(), SourceError> {

@@ -185,7 +185,15 @@ pub fn migrate(args: &MigrateArgs) -> Result<(String, bool), OpsError> {
     let mut text = String::new();
     let mut all_well = true;
     for (source, name, address) in todo {
-        let (part, well) = one_source(source, &name, &address, &rekeyer, &opts, args.json)?;
+        let (part, well) = one_source(
+            source,
+            &name,
+            &address,
+            &rekeyer,
+            &opts,
+            args.json,
+            snapshot.settings.migrate.imap_timeout,
+        )?;
         text.push_str(&part);
         all_well &= well;
     }
@@ -201,12 +209,13 @@ fn one_source(
     rekeyer: &Rekeyer<'_>,
     opts: &Options,
     json: bool,
+    imap_timeout: Duration,
 ) -> Result<(String, bool), OpsError> {
     let mut source: Box<dyn Source> = match source {
         Where::Maildir(p) => Box::new(Maildir::open(p).map_err(cmd)?),
         Where::Eml(p) => Box::new(EmlDir::open(p).map_err(cmd)?),
         Where::Mbox(p) => Box::new(migrate::mbox::Mbox::open(p).map_err(cmd)?),
-        Where::Imap(a) => Box::new(ImapSource::open(a).map_err(cmd)?),
+        Where::Imap(a) => Box::new(ImapSource::open(a, imap_timeout).map_err(cmd)?),
     };
     let bar = ProgressBar::with_draw_target(
         None,

@@ -1,8 +1,10 @@
-//! A TCP relay on 127.0.0.1 that cuts one connection in the middle: it
+//! A TCP relay on 127.0.0.1 that breaks one connection in the middle: it
 //! passes bytes both ways to a server until what the client has sent on a
 //! connection satisfies a test's rule, lets through only as much as the
-//! rule says, then closes both sides (once; later connections pass
-//! untouched). Plays a network or a server that goes away mid-command.
+//! rule says, then either closes both sides or stalls (takes in what the
+//! client sends, passes nothing on, keeps the connection open until the
+//! client gives up). Once; later connections pass untouched. Plays a
+//! network or a server that goes away, or hangs, mid-command.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -14,6 +16,15 @@ use std::thread;
 /// of those bytes the server gets before the cut (`None`: no cut yet).
 pub type CutRule = dyn Fn(&[u8]) -> Option<usize> + Send + Sync;
 
+/// What happens at the cut.
+#[derive(Clone, Copy)]
+pub enum Then {
+    /// Both sides closed.
+    Close,
+    /// Nothing passed on from then on; the connection held open.
+    Stall,
+}
+
 pub struct Cutter {
     pub port: u16,
     armed: Arc<AtomicBool>,
@@ -21,9 +32,9 @@ pub struct Cutter {
 }
 
 impl Cutter {
-    /// Relays 127.0.0.1:`port` to 127.0.0.1:`server`, cutting the first
-    /// connection on which `rule` answers.
-    pub fn start(server: u16, rule: Box<CutRule>) -> Cutter {
+    /// Relays 127.0.0.1:`port` to 127.0.0.1:`server`, breaking the first
+    /// connection on which `rule` answers as `then` says.
+    pub fn start(server: u16, then: Then, rule: Box<CutRule>) -> Cutter {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let armed = Arc::new(AtomicBool::new(true));
@@ -37,7 +48,7 @@ impl Cutter {
                     continue;
                 };
                 let (a, c, rule) = (a.clone(), c.clone(), rule.clone());
-                thread::spawn(move || relay(client, server, &a, &c, &*rule));
+                thread::spawn(move || relay(client, server, then, &a, &c, &*rule));
             }
         });
         Cutter { port, armed, cut }
@@ -57,6 +68,7 @@ impl Cutter {
 fn relay(
     client: TcpStream,
     server: TcpStream,
+    then: Then,
     armed: &AtomicBool,
     cut: &AtomicBool,
     rule: &CutRule,
@@ -89,6 +101,10 @@ fn relay(
                     let pass = limit.clamp(before, seen.len()) - before;
                     let _ = to_server.write_all(&buf[..pass]);
                     cut.store(true, Ordering::SeqCst);
+                    if let Then::Stall = then {
+                        // Until the client gives up.
+                        while matches!(from_client.read(&mut buf), Ok(n) if n > 0) {}
+                    }
                     let _ = to_server.shutdown(Shutdown::Both);
                     let _ = from_client.shutdown(Shutdown::Both);
                     return;

@@ -1533,6 +1533,54 @@ fn nothing_lost_nothing_doubled(root: &Path, msgs: &[Msg]) {
     }
 }
 
+/// A server that takes the connection and never greets: the run gives up
+/// after `[migrate] imap_timeout` with a clear error, having changed
+/// nothing. Control: the listener did take the connection (so the wait was
+/// for the greeting, not for a refused connect).
+#[test]
+fn an_imap_server_that_never_greets_is_given_up_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "[migrate]\nimap_timeout = \"2s\"\n");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let taken = Arc::new(AtomicBool::new(false));
+    {
+        let taken = taken.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for c in silent.incoming().flatten() {
+                taken.store(true, Ordering::SeqCst);
+                held.push(c);
+            }
+        });
+    }
+    let pw = dir.path().join("imap.pass");
+    fs::write(&pw, "hemmelig\n").unwrap();
+    let args = plain_imap_args(port, &pw);
+    let src: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = migrate_cmd(&cfg, &src, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Far above the 2 s bound, far below the default 2 minutes.
+    let ended = wait_until(Duration::from_secs(60), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(ended, "the run waited past [migrate] imap_timeout");
+    assert!(
+        taken.load(Ordering::SeqCst),
+        "the listener took the connection"
+    );
+    assert!(!out.status.success());
+    assert!(stderr.contains("no answer within 2s"), "{stderr}");
+}
+
 /// The connection to the IMAP server goes away in the middle of a batch
 /// of pipelined APPENDs (a server without MULTIAPPEND, as Exchange
 /// Online): see [`broken_in_the_middle_of_a_batch`].

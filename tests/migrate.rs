@@ -292,8 +292,13 @@ fn migrate_cmd(config: &Path, source: &[&str], extra: &[&str]) -> Command {
 
 fn migrate(config: &Path, source: &[&str], extra: &[&str]) -> Output {
     let out = migrate_cmd(config, source, extra).output().unwrap();
+    shown(&format!("migrate {source:?} {extra:?}"), out)
+}
+
+/// `out` of a run, after printing it (seen when a test fails).
+fn shown(what: &str, out: Output) -> Output {
     eprintln!(
-        "migrate {source:?} {extra:?}: {}\n{}{}",
+        "{what}: {}\n{}{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
@@ -725,14 +730,10 @@ fn migrate_limited(config: &Path, source: &[&str], extra: &[&str], limit: u64) -
             Ok(())
         });
     }
-    let out = c.output().unwrap();
-    eprintln!(
-        "migrate (files limited to {limit} octets) {source:?} {extra:?}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    shown(
+        &format!("migrate (files limited to {limit} octets) {source:?} {extra:?}"),
+        c.output().unwrap(),
+    )
 }
 
 /// A write of new copies that fails part way (a file size limit standing
@@ -1658,17 +1659,11 @@ fn broken_in_the_middle_of_a_batch(then: common::cutter::Then) {
             ok
         })
     };
-    let out = child.wait_with_output().unwrap();
+    let out = shown("migrate (broken)", child.wait_with_output().unwrap());
     ended.store(true, Ordering::SeqCst);
     assert!(
         watch.join().unwrap(),
         "the run waited past [migrate] imap_timeout"
-    );
-    eprintln!(
-        "migrate (broken): {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     );
     assert!(
         cutter.has_cut(),

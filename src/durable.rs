@@ -1,9 +1,33 @@
 //! The few file operations that make data durable: fsync of files and of
-//! the directories that name them, and atomic replacement by rename.
+//! the directories that name them, atomic replacement by rename, and the
+//! creation of the temporary files for it (never through a planted link).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+/// Creates `path` as a new, empty file for writing. Never opens what is
+/// already there: a file left by a crashed run, or a symbolic link someone
+/// planted under the name (in a folder another user can write), is
+/// removed (the name, not what a link points to) and the file created
+/// afresh; if the name is taken again in between, the error is returned.
+pub fn create_fresh(path: &Path) -> io::Result<File> {
+    let open = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    };
+    match open() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::remove_file(path)?;
+            open()
+        }
+        other => other,
+    }
+}
 
 /// Makes the directory entry changes (create, rename, unlink) in `dir`
 /// durable.
@@ -40,11 +64,7 @@ pub fn write_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
         std::process::id()
     ));
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let mut f = create_fresh(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);

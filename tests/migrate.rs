@@ -710,6 +710,110 @@ fn mbox_messages(path: &Path) -> Vec<Vec<u8>> {
     out
 }
 
+/// A mailbox's owner plants symbolic links under the names migration
+/// writes (the `.eml` copy's temporary file, named by the original's
+/// SHA-256; the mbox rewrite's temporary file; the originals' mbox), each
+/// pointing at a file of the migrating user's: none of those files is
+/// written through. The `.eml` copy is still made (the planted name is
+/// removed, not followed); the mbox run refuses the linked originals' file
+/// and keeps every original. The links existing before each run are the
+/// control that the names were guessed right (each is gone after the run
+/// that removed it).
+#[test]
+fn planted_links_are_never_written_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let msgs: Vec<Msg> = corpus(dir.path())
+        .into_iter()
+        .filter(|m| m.name != "garbage")
+        .collect();
+    let victim = dir.path().join("victim");
+    fs::write(&victim, b"the migrating user's own file\n").unwrap();
+    let victim_bytes = fs::read(&victim).unwrap();
+    let is_link = |p: &Path| {
+        fs::symlink_metadata(p)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false)
+    };
+
+    // .eml: a link under each copy's temporary name.
+    let root = dir.path().join("eml");
+    fs::create_dir_all(&root).unwrap();
+    for m in &msgs {
+        fs::write(root.join(format!("{}.eml", m.name)), crlf(&m.bytes)).unwrap();
+    }
+    let migrating: Vec<&Msg> = msgs.iter().filter(|m| m.plaintext.is_some()).collect();
+    let mut links = Vec::new();
+    for m in &migrating {
+        let tmp = root.join(format!(".rekeyed-{}.eml.tmp", sha256_hex(&crlf(&m.bytes))));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        links.push(tmp);
+    }
+    assert!(links.iter().all(|l| is_link(l)));
+    let src = ["--eml", root.to_str().unwrap()];
+    let out = migrate(&cfg, &src, &["--originals", "keep", "--format", "json"]);
+    assert_eq!(
+        fs::read(&victim).unwrap(),
+        victim_bytes,
+        "written through a link"
+    );
+    assert!(out.status.success());
+    assert!(
+        links.iter().all(|l| !l.exists() && !is_link(l)),
+        "no link left"
+    );
+    let f = &folder_lines(&out)["."];
+    assert_eq!(f["migrated"].as_u64(), Some(migrating.len() as u64));
+
+    // mbox, originals removed: a link under the rewrite's temporary name.
+    let victim_said = |out: &Output| {
+        assert_eq!(
+            fs::read(&victim).unwrap(),
+            victim_bytes,
+            "written through a link: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let file: Vec<u8> = msgs.iter().flat_map(mbox_entry).collect();
+    let path = dir.path().join("inbox");
+    fs::write(&path, &file).unwrap();
+    let rewrite_tmp = dir.path().join("inbox.migrate-tmp");
+    std::os::unix::fs::symlink(&victim, &rewrite_tmp).unwrap();
+    assert!(is_link(&rewrite_tmp));
+    let src = ["--mbox", path.to_str().unwrap()];
+    let out = migrate(&cfg, &src, &["--originals", "delete", "--format", "json"]);
+    victim_said(&out);
+    assert!(out.status.success());
+    assert!(
+        !is_link(&rewrite_tmp) && !rewrite_tmp.exists(),
+        "no link left"
+    );
+    let now = mbox_messages(&path);
+    for m in &migrating {
+        assert!(!now.contains(&m.bytes), "{}: original removed", m.name);
+    }
+
+    // mbox, originals moved: a link as the originals' file is refused.
+    let path = dir.path().join("inbox2");
+    fs::write(&path, &file).unwrap();
+    let originals = dir.path().join("OCES2-originals");
+    std::os::unix::fs::symlink(&victim, &originals).unwrap();
+    assert!(is_link(&originals));
+    let src = ["--mbox", path.to_str().unwrap()];
+    let out = migrate(&cfg, &src, &["--format", "json"]);
+    victim_said(&out);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("a symbolic link: refused")
+            || String::from_utf8_lossy(&out.stderr).contains("a symbolic link: refused"),
+        "the run says why"
+    );
+    let now = mbox_messages(&path);
+    for m in &msgs {
+        assert!(now.contains(&m.bytes), "{}: original kept", m.name);
+    }
+}
+
 /// `migrate` with every file it writes limited to `limit` octets
 /// (RLIMIT_FSIZE, SIGXFSZ ignored): a write past the limit fails with
 /// EFBIG part way, as on a disk that fills up during the write.

@@ -223,7 +223,7 @@ pub fn write_durably(tmp: &Path, to: &Path, bytes: &[u8], date: i64) -> Result<(
 /// A write that fails (a full disk, a file size limit) takes its
 /// temporary file away: no half copy is left behind.
 pub fn write_file(tmp: &Path, to: &Path, bytes: &[u8], date: i64) -> Result<(), SourceError> {
-    let mut f = fs::File::create(tmp).map_err(|e| SourceError::io(tmp, e))?;
+    let mut f = crate::durable::create_fresh(tmp).map_err(|e| SourceError::io(tmp, e))?;
     let t = UNIX_EPOCH + Duration::from_secs(date.max(0) as u64);
     let written = f
         .write_all(bytes)

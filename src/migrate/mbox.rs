@@ -18,6 +18,7 @@
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -75,16 +76,25 @@ impl Locked {
                 Err(e) => return Err(SourceError::io(&dotlock, e)),
             }
         }
+        // Never through a symbolic link: the originals' file sits in a
+        // folder its owner can write, and a link planted there would have
+        // the originals appended to any file this run may write.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(create)
             .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path);
         let file = match file {
             Ok(f) => f,
             Err(e) => {
                 let _ = fs::remove_file(&dotlock);
+                let e = if e.raw_os_error() == Some(libc::ELOOP) {
+                    std::io::Error::other("a symbolic link: refused (name the file itself)")
+                } else {
+                    e
+                };
                 return Err(SourceError::io(path, e));
             }
         };
@@ -525,7 +535,7 @@ impl Mbox {
         let path = self.lock.path.clone();
         let all = self.lock.read_all()?;
         let tmp = PathBuf::from(format!("{}.migrate-tmp", path.display()));
-        let mut out = File::create(&tmp).map_err(|e| SourceError::io(&tmp, e))?;
+        let mut out = crate::durable::create_fresh(&tmp).map_err(|e| SourceError::io(&tmp, e))?;
         if let Ok(meta) = fs::metadata(&path) {
             let _ = out.set_permissions(meta.permissions());
         }

@@ -712,9 +712,9 @@ fn mbox_messages(path: &Path) -> Vec<Vec<u8>> {
 
 /// A mailbox's owner plants symbolic links under the names migration
 /// writes (the `.eml` copy's temporary file, named by the original's
-/// SHA-256; the mbox rewrite's temporary file; the originals' mbox), each
-/// pointing at a file of the migrating user's: none of those files is
-/// written through. The `.eml` copy is still made (the planted name is
+/// SHA-256; the mbox rewrite's temporary file; the originals' mbox; the
+/// originals' Maildir folder), each pointing at a file or folder of the
+/// migrating user's: none of them is written through. The `.eml` copy is still made (the planted name is
 /// removed, not followed); the mbox run refuses the linked originals' file
 /// and keeps every original. The links existing before each run are the
 /// control that the names were guessed right (each is gone after the run
@@ -812,6 +812,28 @@ fn planted_links_are_never_written_through() {
     for m in &msgs {
         assert!(now.contains(&m.bytes), "{}: original kept", m.name);
     }
+
+    // Maildir: the originals' folder is a link to a Maildir elsewhere.
+    let root = dir.path().join("Maildir");
+    make_maildir(&root, &msgs);
+    let elsewhere = dir.path().join("elsewhere");
+    for sub in ["cur", "new", "tmp"] {
+        fs::create_dir_all(elsewhere.join(sub)).unwrap();
+    }
+    let folder = root.join(".OCES2-originals");
+    std::os::unix::fs::symlink(&elsewhere, &folder).unwrap();
+    assert!(is_link(&folder));
+    let out = migrate(&cfg, &["--maildir", root.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("a symbolic link: refused"),
+        "the run says why"
+    );
+    assert!(
+        tree(&elsewhere).is_empty(),
+        "nothing written through the link"
+    );
+    assert_eq!(both_folders(&root).len(), msgs.len() + migrating.len());
 }
 
 /// `migrate` with every file it writes limited to `limit` octets

@@ -68,6 +68,16 @@ impl Maildir {
     fn create(&self, name: &str) -> Result<PathBuf, SourceError> {
         let d = self.dir(name);
         let mut created = false;
+        for p in [d.clone(), d.join("tmp"), d.join("new"), d.join("cur")] {
+            // A folder that is a symbolic link (planted by the mailbox's
+            // owner) would have copies or originals written elsewhere.
+            if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(SourceError::io(
+                    &p,
+                    std::io::Error::other("a symbolic link: refused"),
+                ));
+            }
+        }
         for sub in ["tmp", "new", "cur"] {
             let p = d.join(sub);
             if !p.is_dir() {

@@ -59,9 +59,9 @@ pub struct Account {
     pub password: String,
 }
 
-/// Octets an APPEND may take a second to send, on top of the command
-/// bound (a slow link): about 1 Mbit/s.
-const APPEND_OCTETS_PER_SECOND: u64 = 128 * 1024;
+/// Octets of messages an APPEND or a FETCH may take a second to move, on
+/// top of the command bound (a slow link): about 1 Mbit/s.
+const OCTETS_PER_SECOND: u64 = 128 * 1024;
 
 trait Conn: AsyncRead + AsyncWrite + Unpin + Send + Debug {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Debug> Conn for T {}
@@ -351,6 +351,12 @@ impl ImapSource {
         Ok(())
     }
 
+    /// The bound on a command that carries `octets` of messages either
+    /// way: the command bound plus time to move them over a slow link.
+    fn bound_for(&self, octets: u64) -> Duration {
+        self.timeout + Duration::from_secs(octets / OCTETS_PER_SECOND)
+    }
+
     /// Runs `f` on the session within the time bound.
     fn run<T>(
         &mut self,
@@ -555,9 +561,8 @@ impl ImapSource {
         let answers = if commands.is_empty() {
             Ok(Vec::new())
         } else {
-            // The command bound, plus time to send the octets.
             let octets: u64 = messages.iter().map(|m| m.message.len() as u64).sum();
-            let bound = self.timeout + Duration::from_secs(octets / APPEND_OCTETS_PER_SECOND);
+            let bound = self.bound_for(octets);
             self.run_for(bound, move |s| {
                 Box::pin(async move { send_appends(s, commands, literal_plus).await })
             })
@@ -666,7 +671,8 @@ impl Source for ImapSource {
     fn fetch(&mut self, folder: &str, entry: &Entry) -> Result<Vec<u8>, SourceError> {
         self.select(folder)?;
         let uid = entry.id.clone();
-        let body = self.run(move |s| {
+        let bound = self.bound_for(entry.size);
+        let body = self.run_for(bound, move |s| {
             Box::pin(async move {
                 let stream = s.uid_fetch(&uid, "BODY.PEEK[]").await.map_err(imap_err)?;
                 let all: Vec<Fetch> = stream.try_collect().await.map_err(imap_err)?;
@@ -682,7 +688,8 @@ impl Source for ImapSource {
         }
         let set: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
         let set = set.join(",");
-        let got = self.run(move |s| {
+        let bound = self.bound_for(entries.iter().map(|e| e.size).sum());
+        let got = self.run_for(bound, move |s| {
             Box::pin(async move {
                 let stream = s.uid_fetch(&set, "BODY.PEEK[]").await.map_err(imap_err)?;
                 let all: Vec<Fetch> = stream.try_collect().await.map_err(imap_err)?;

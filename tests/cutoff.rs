@@ -511,6 +511,34 @@ fn two_gateways_share_one_postgresql_journal_and_one_report_sees_both() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("certificate verify failed"), "{err}");
 
+    // No tls_ca: the system's roots, here the test CA given as the
+    // system's bundle (SSL_CERT_FILE, as on a host whose roots include
+    // it); the wrong CA as the bundle is the control.
+    let no_ca = ca_dir.path().join("system-roots.toml");
+    std::fs::write(
+        &no_ca,
+        std::fs::read_to_string(&a.config)
+            .unwrap()
+            .replace(&format!("tls_ca = \"{}\"\n", ca.display()), ""),
+    )
+    .unwrap();
+    assert!(!std::fs::read_to_string(&no_ca).unwrap().contains("tls_ca"));
+    for (bundle, code) in [(&ca, 1), (&wrong_ca, 2)] {
+        let out = std::process::Command::new(BIN)
+            .args(["cutoff", "report", "--config", no_ca.to_str().unwrap()])
+            .args(["--at", &date(150)])
+            .env("SSL_CERT_FILE", bundle)
+            .env_remove("SSL_CERT_DIR")
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     // PostgreSQL gone: mail still flows, and the report cannot be made.
     drop(pg);
     send_out(&a, "pg-down", &[VESTKYST]);

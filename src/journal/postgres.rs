@@ -50,6 +50,15 @@ impl Postgres {
     /// Connects to `url` without touching the tables (reports).
     pub async fn connect(url: &str, ca: Option<&Path>) -> Result<Self, JournalError> {
         let mut tls = SslConnector::builder(SslMethod::tls_client())?;
+        // The system's roots, read where the system keeps them: the
+        // OpenSSL built into the binary looks for its own defaults under
+        // its build-time directory, not Debian's /etc/ssl.
+        for der in rustls_native_certs::load_native_certs().certs {
+            if let Ok(root) = openssl::x509::X509::from_der(&der) {
+                // A root listed twice is already there: not an error.
+                let _ = tls.cert_store_mut().add_cert(root);
+            }
+        }
         if let Some(ca) = ca {
             tls.set_ca_file(ca)?;
         }

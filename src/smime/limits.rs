@@ -6,7 +6,9 @@
 //! streaming of large content, `[0] IMPLICIT` included) are not counted:
 //! they cost OpenSSL no more than the content itself. Input the walker
 //! cannot read is refused too, so that a quirk of encoding cannot slip a
-//! structure past the caps. Pure.
+//! structure past the caps. Also the length of an AuthEnvelopedData's
+//! MAC, read the same way (a tag shorter than RFC 5084 allows protects
+//! less than its name says). Pure.
 
 use asn1_rs::{Class, FromBer, Header, Length, Tag};
 
@@ -39,6 +41,69 @@ pub fn check(ber: &[u8]) -> Result<(), LimitError> {
         Walked::EndOfContents(_) => Err(LimitError::Malformed("empty")),
         Walked::Element { .. } => Ok(()),
     }
+}
+
+/// Shortest MAC (AES-GCM tag) RFC 5084 allows an AuthEnvelopedData.
+pub const MIN_MAC_LEN: usize = 12;
+
+/// The octets of the MAC (the `mac` OCTET STRING) of the
+/// AuthEnvelopedData in `ber` (a ContentInfo, DER or BER), or `None`
+/// when it holds no MAC this walk can read. Takes input [`check`] passed.
+pub fn auth_mac_len(ber: &[u8]) -> Option<usize> {
+    let content_info = inside(ber)?;
+    let explicit = inside(skip(content_info)?)?;
+    let mut fields = inside(explicit)?;
+    // version, [0] originatorInfo, recipientInfos, authEncryptedContentInfo,
+    // [1] authAttrs: the first universal OCTET STRING at this level is the MAC.
+    while !fields.is_empty() && !fields.starts_with(&[0, 0]) {
+        let (after, header) = Header::from_ber(fields).ok()?;
+        if header.class() == Class::Universal && header.tag() == Tag::OctetString {
+            return match (header.is_constructed(), header.length()) {
+                (false, Length::Definite(n)) => after.get(..n).map(<[u8]>::len),
+                _ => chunks_len(inside(fields)?),
+            };
+        }
+        fields = skip(fields)?;
+    }
+    None
+}
+
+/// The contents of the constructed element at the start of `input` (for an
+/// indefinite length: up to and including its end-of-contents marker).
+fn inside(input: &[u8]) -> Option<&[u8]> {
+    let (rest, header) = Header::from_ber(input).ok()?;
+    if !header.is_constructed() {
+        return None;
+    }
+    match header.length() {
+        Length::Definite(n) => rest.get(..n),
+        Length::Indefinite => Some(rest),
+    }
+}
+
+/// What follows the element at the start of `input`.
+fn skip(input: &[u8]) -> Option<&[u8]> {
+    let mut unlimited = usize::MAX;
+    match element(input, 0, &mut unlimited).ok()? {
+        Walked::Element { rest, .. } => Some(rest),
+        Walked::EndOfContents(_) => None,
+    }
+}
+
+/// The octets of a constructed OCTET STRING's chunks.
+fn chunks_len(mut input: &[u8]) -> Option<usize> {
+    let mut total = 0usize;
+    while !input.is_empty() && !input.starts_with(&[0, 0]) {
+        let (rest, header) = Header::from_ber(input).ok()?;
+        match (is_octet_chunk(&header), header.length()) {
+            (true, Length::Definite(n)) => {
+                total = total.checked_add(n)?;
+                input = rest.get(n..)?;
+            }
+            _ => return None,
+        }
+    }
+    Some(total)
 }
 
 /// What the walk found at the start of some input.
@@ -135,8 +200,101 @@ fn children<'a>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The elements of DER `input` (low tag numbers): tag octet, content.
+    fn elements(mut input: &[u8]) -> Vec<(u8, &[u8])> {
+        let mut out = Vec::new();
+        while !input.is_empty() {
+            let (head, n) = match input[1] {
+                l if l < 0x80 => (2, l as usize),
+                l => {
+                    let k = (l & 0x7f) as usize;
+                    let n = input[2..2 + k]
+                        .iter()
+                        .fold(0usize, |a, b| (a << 8) | *b as usize);
+                    (2 + k, n)
+                }
+            };
+            out.push((input[0], &input[head..head + n]));
+            input = &input[head + n..];
+        }
+        out
+    }
+
+    /// `der` (a DER AuthEnvelopedData ContentInfo) with its MAC cut to
+    /// `n` octets, every enclosing length rewritten.
+    pub(crate) fn with_mac_len(der: &[u8], n: usize) -> Vec<u8> {
+        let outer = elements(der);
+        let info = elements(outer[0].1);
+        let explicit = elements(info[1].1);
+        let mut fields = Vec::new();
+        let mut cut = false;
+        for (tag, content) in elements(explicit[0].1) {
+            if tag == 0x04 && !cut {
+                fields.extend(tlv(tag, &content[..n]));
+                cut = true;
+            } else {
+                fields.extend(tlv(tag, content));
+            }
+        }
+        assert!(cut, "no MAC");
+        let mut info_bytes = tlv(info[0].0, info[0].1);
+        info_bytes.extend(tlv(info[1].0, &tlv(explicit[0].0, &fields)));
+        tlv(outer[0].0, &info_bytes)
+    }
+
+    fn auth_enveloped(fields: &[u8], indefinite: bool) -> Vec<u8> {
+        // id-smime-ct-authEnvelopedData, 1.2.840.113549.1.9.16.1.23
+        let oid = tlv(0x06, &[42, 134, 72, 134, 247, 13, 1, 9, 16, 1, 23]);
+        if indefinite {
+            let mut v = vec![0x30, 0x80];
+            v.extend(oid);
+            v.extend([0xa0, 0x80, 0x30, 0x80]);
+            v.extend(fields);
+            v.extend([0, 0, 0, 0, 0, 0]);
+            v
+        } else {
+            let mut info = oid;
+            info.extend(tlv(0xa0, &tlv(0x30, fields)));
+            tlv(0x30, &info)
+        }
+    }
+
+    #[test]
+    fn the_mac_is_found_in_der_and_ber() {
+        let version = tlv(0x02, &[0]);
+        let recipients = tlv(0x31, &tlv(0x30, &tlv(0x02, &[2])));
+        let content = tlv(0x30, &tlv(0x06, &[42, 134, 72, 134, 247, 13, 1, 7, 1]));
+        let auth_attrs = tlv(0xa1, &tlv(0x30, &tlv(0x06, &[42, 3])));
+        for mac_len in [16usize, 4] {
+            let mac = tlv(0x04, &vec![7u8; mac_len]);
+            let plain = [&version[..], &recipients, &content, &mac].concat();
+            let with_attrs = [&version[..], &recipients, &content, &auth_attrs, &mac].concat();
+            for fields in [&plain, &with_attrs] {
+                for indefinite in [false, true] {
+                    let v = auth_enveloped(fields, indefinite);
+                    assert_eq!(check(&v), Ok(()));
+                    assert_eq!(auth_mac_len(&v), Some(mac_len), "{indefinite}");
+                }
+            }
+            // BER: the MAC as a constructed string of two chunks.
+            let mut chunked = vec![0x24, 0x80];
+            chunked.extend(tlv(0x04, &vec![7u8; mac_len - 2]));
+            chunked.extend(tlv(0x04, &[7, 7]));
+            chunked.extend([0, 0]);
+            let fields = [&version[..], &recipients, &content, &chunked].concat();
+            assert_eq!(auth_mac_len(&auth_enveloped(&fields, true)), Some(mac_len));
+        }
+        // No MAC, a truncated MAC, not a structure: none.
+        let fields = [&version[..], &recipients, &content].concat();
+        assert_eq!(auth_mac_len(&auth_enveloped(&fields, false)), None);
+        let cut = auth_enveloped(&[&fields[..], &[0x04, 16, 1, 2]].concat(), false);
+        assert_eq!(auth_mac_len(&cut), None);
+        assert_eq!(auth_mac_len(b"\x04\x02ab"), None);
+        assert_eq!(auth_mac_len(b""), None);
+    }
 
     /// DER length octets for `n`.
     fn len(n: usize) -> Vec<u8> {

@@ -107,9 +107,12 @@ fn cms_content(der: &[u8], depth: usize, budget: &mut usize) -> Seen {
         without_integrity: true,
     };
     match kind(der) {
+        // A tag shorter than RFC 5084's 12 octets is not counted as
+        // integrity (OpenSSL would accept down to 4).
         Some(Kind::AuthEnveloped) => Seen {
             encrypted: true,
-            without_integrity: false,
+            without_integrity: super::limits::auth_mac_len(der)
+                .is_none_or(|n| n < super::limits::MIN_MAC_LEN),
         },
         Some(Kind::Signed) => match signed_content(der) {
             Some(content) => scan_at(&content, depth + 1, budget),
@@ -206,6 +209,27 @@ mod tests {
         }
         // Positive control: the enveloped entities were seen.
         assert!(encrypted >= 3, "{encrypted}");
+    }
+
+    #[test]
+    fn a_short_tag_is_no_integrity() {
+        let id = crate::pki::testkit::identity(1024, "Scan Tag").unwrap();
+        let der = enveloped(&id, Cipher::aes_256_gcm());
+        assert_eq!(crate::smime::limits::auth_mac_len(&der), Some(16));
+        let seen = |der: &[u8]| {
+            scan(&entity(
+                "application/pkcs7-mime; smime-type=authEnveloped-data",
+                der,
+            ))
+        };
+        // Control: OpenSSL's 16-octet tag counts as integrity.
+        assert!(!seen(&der).without_integrity);
+        // The same structure with the MAC cut to 4 octets (lengths
+        // rewritten; every length in OpenSSL's DER here is long-form or
+        // short-form, adjusted from the outside in).
+        let short = crate::smime::limits::tests::with_mac_len(&der, 4);
+        assert_eq!(crate::smime::limits::auth_mac_len(&short), Some(4));
+        assert!(seen(&short).without_integrity);
     }
 
     #[test]

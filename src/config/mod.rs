@@ -81,7 +81,8 @@ pub struct MigrateSettings {
     #[serde(default)]
     pub extra_recipients: Vec<String>,
     /// How long an IMAP server may take to accept the connection and to
-    /// answer each command (an APPEND also gets time for its size).
+    /// answer each command (an APPEND or a FETCH of messages also gets
+    /// time for its size).
     #[serde(default = "defaults::imap_timeout", with = "duration")]
     pub imap_timeout: Duration,
 }

@@ -714,19 +714,16 @@ fn mbox_messages(path: &Path) -> Vec<Vec<u8>> {
 /// writes (the `.eml` copy's temporary file, named by the original's
 /// SHA-256; the mbox rewrite's temporary file; the originals' mbox; the
 /// originals' Maildir folder), each pointing at a file or folder of the
-/// migrating user's: none of them is written through. The `.eml` copy is still made (the planted name is
-/// removed, not followed); the mbox run refuses the linked originals' file
-/// and keeps every original. The links existing before each run are the
+/// migrating user's: none of them is written through. The `.eml` copy is
+/// still made (the planted name is removed, not followed); the mbox run
+/// refuses the linked originals' file and keeps every original. The links existing before each run are the
 /// control that the names were guessed right (each is gone after the run
 /// that removed it).
 #[test]
 fn planted_links_are_never_written_through() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "");
-    let msgs: Vec<Msg> = corpus(dir.path())
-        .into_iter()
-        .filter(|m| m.name != "garbage")
-        .collect();
+    let msgs = messages_only(corpus(dir.path()));
     let victim = dir.path().join("victim");
     fs::write(&victim, b"the migrating user's own file\n").unwrap();
     let victim_bytes = fs::read(&victim).unwrap();
@@ -873,10 +870,7 @@ fn migrate_limited(config: &Path, source: &[&str], extra: &[&str], limit: u64) -
 fn a_write_that_fails_part_way_leaves_no_half_copy() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "");
-    let msgs: Vec<Msg> = corpus(dir.path())
-        .into_iter()
-        .filter(|m| m.name != "garbage")
-        .collect();
+    let msgs = messages_only(corpus(dir.path()));
     let want = msgs.iter().filter(|m| m.plaintext.is_some()).count() as u64;
     let efbig = std::io::Error::from_raw_os_error(libc::EFBIG).to_string();
     let efbig = efbig.split(" (os error").next().unwrap().to_string();
@@ -939,10 +933,7 @@ fn a_write_that_fails_part_way_leaves_no_half_copy() {
 fn mbox_locked_migrated_killed_and_finished() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "");
-    let mut msgs: Vec<Msg> = corpus(dir.path())
-        .into_iter()
-        .filter(|m| m.name != "garbage")
-        .collect();
+    let mut msgs = messages_only(corpus(dir.path()));
     // A body line that looks like a separator survives.
     msgs.push(Msg {
         name: "from-line",
@@ -1640,6 +1631,11 @@ fn imap_servers_offering_less_get_what_they_understand() {
             None => assert!(copy.is_empty(), "{}", m.name),
         }
     }
+}
+
+/// The corpus without the file that is not a message (mbox cannot hold it).
+fn messages_only(corpus: Vec<Msg>) -> Vec<Msg> {
+    corpus.into_iter().filter(|m| m.name != "garbage").collect()
 }
 
 /// Every message of a folder: at least once (original or copy), never two

@@ -1664,22 +1664,10 @@ fn nothing_lost_nothing_doubled(root: &Path, msgs: &[Msg]) {
 fn an_imap_server_that_never_greets_is_given_up_on() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "[migrate]\nimap_timeout = \"2s\"\n");
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = silent.local_addr().unwrap().port();
-    let taken = Arc::new(AtomicBool::new(false));
-    {
-        let taken = taken.clone();
-        std::thread::spawn(move || {
-            let mut held = Vec::new();
-            for c in silent.incoming().flatten() {
-                taken.store(true, Ordering::SeqCst);
-                held.push(c);
-            }
-        });
-    }
+    let silent = common::Silent::start();
     let pw = dir.path().join("imap.pass");
     fs::write(&pw, "hemmelig\n").unwrap();
-    let args = plain_imap_args(port, &pw);
+    let args = plain_imap_args(silent.port, &pw);
     let src: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut child = migrate_cmd(&cfg, &src, &[])
         .stdout(Stdio::piped())
@@ -1696,10 +1684,7 @@ fn an_imap_server_that_never_greets_is_given_up_on() {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(ended, "the run waited past [migrate] imap_timeout");
-    assert!(
-        taken.load(Ordering::SeqCst),
-        "the listener took the connection"
-    );
+    assert!(silent.taken() > 0, "the listener took the connection");
     assert!(!out.status.success());
     assert!(stderr.contains("no answer within 2s"), "{stderr}");
 }
@@ -1951,14 +1936,8 @@ fn a_signer_nobody_holds_is_asked_of_ldap_as_the_daemon_does() {
     // asked three times, then not again in this run; the other is still
     // asked (the last message's signer is found there); every message is
     // migrated.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = silent.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for c in silent.incoming().flatten() {
-            held.push(c);
-        }
-    });
+    let silent = common::Silent::start();
+    let port = silent.port;
     let cfg = config(
         dir.path(),
         &format!(

@@ -31,6 +31,36 @@ pub fn free_port() -> u16 {
         .expect("no free port")
 }
 
+/// A listener on 127.0.0.1 that takes every connection and never says or
+/// answers anything (a server or directory that hangs); the connections
+/// are held open for the test's life.
+pub struct Silent {
+    pub port: u16,
+    taken: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Silent {
+    pub fn start() -> Silent {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("no free port");
+        let port = listener.local_addr().unwrap().port();
+        let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = taken.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for c in listener.incoming().flatten() {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(c);
+            }
+        });
+        Silent { port, taken }
+    }
+
+    /// Connections taken so far.
+    pub fn taken(&self) -> usize {
+        self.taken.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// Polls `cond` every 50 ms until it holds or `limit` passes.
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();

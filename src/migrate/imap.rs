@@ -32,7 +32,7 @@ use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
 use super::multiappend::{self, UidPart};
-use super::source::{Entry, NewMessage, Originals, Source, SourceError};
+use super::source::{all_failed, Entry, NewMessage, Originals, Source, SourceError};
 
 /// How the connection is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -536,7 +536,7 @@ impl ImapSource {
     ) -> Vec<Result<Entry, SourceError>> {
         if self.appended > 0 && self.appended + messages.len() > APPENDS_PER_SESSION {
             if let Err(e) = self.reconnect() {
-                return messages.iter().map(|_| Err(imap_err(&e))).collect();
+                return all_failed(messages.len(), &e);
             }
         }
         self.appended += messages.len();
@@ -569,14 +569,14 @@ impl ImapSource {
         };
         let answers = match answers {
             Ok(a) => a,
-            Err(e) => return messages.iter().map(|_| Err(imap_err(&e))).collect(),
+            Err(e) => return all_failed(messages.len(), &e),
         };
         // The selected folder takes in the new messages before they are
         // read back.
         if self.selected.as_deref() == Some(folder) && answers.iter().any(|a| a.is_ok()) {
             if let Err(e) = self.run(|s| Box::pin(async move { s.noop().await.map_err(imap_err) }))
             {
-                return messages.iter().map(|_| Err(imap_err(&e))).collect();
+                return all_failed(messages.len(), &e);
             }
         }
         let mut out = Vec::with_capacity(messages.len());
@@ -601,7 +601,7 @@ impl ImapSource {
                         out.push(uid.map(|uid| self.appended_copy(folder, uid, m)));
                     }
                 }
-                Err(e) => out.extend(g.iter().map(|_| Err(imap_err(&e)))),
+                Err(e) => out.extend(all_failed(g.len(), &e)),
             }
         }
         out
@@ -684,7 +684,7 @@ impl Source for ImapSource {
 
     fn fetch_many(&mut self, folder: &str, entries: &[Entry]) -> Vec<Result<Vec<u8>, SourceError>> {
         if let Err(e) = self.select(folder) {
-            return entries.iter().map(|_| Err(imap_err(&e))).collect();
+            return all_failed(entries.len(), &e);
         }
         let set: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
         let set = set.join(",");
@@ -707,7 +707,7 @@ impl Source for ImapSource {
                         .ok_or_else(|| SourceError::Gone(e.id.clone()))
                 })
                 .collect(),
-            Err(e) => entries.iter().map(|_| Err(imap_err(&e))).collect(),
+            Err(e) => all_failed(entries.len(), &e),
         }
     }
 

@@ -368,7 +368,7 @@ impl<'a> Rekeyer<'a> {
         if !askable(address) {
             return Vec::new();
         }
-        let key = address.to_ascii_lowercase();
+        let key = crate::mail::address::normalize(address);
         let settings = &self.snapshot.settings;
         let ask: Vec<&crate::config::LdapSettings> = {
             let memo = self.ldap.0.lock().unwrap_or_else(|p| p.into_inner());

@@ -767,7 +767,21 @@ impl Incoming {
         // same moment (group commit), in one trip to a blocking thread.
         let whole = file.is_none();
         let reused = self.reused;
-        let step = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, (bool, io::Error)> {
+        // A small message's body is kept for its first attempt. It is put
+        // in memory before the file enters the queue, so that nothing can
+        // find the file, try it and record a state the kept copy would
+        // then hide (a recorded state takes the kept copy away).
+        let keep = match (whole, self.envelope.take()) {
+            (true, Some(envelope)) => Some((
+                std::sync::Arc::clone(&self.fresh),
+                self.id.clone(),
+                envelope,
+                self.head_len,
+                t.len(),
+            )),
+            _ => None,
+        };
+        let step = tokio::task::spawn_blocking(move || -> Result<(), (bool, io::Error)> {
             {
                 use std::io::Write as _;
                 let mut f = match file {
@@ -783,9 +797,22 @@ impl Incoming {
                 f.write_all(&pending).map_err(|e| (false, e))?;
                 f.sync_all().map_err(|e| (false, e))?;
             }
-            durable::rename_new(&tmp, &dest).map_err(|e| (true, e))?;
-            sync.sync().map_err(|e| (true, e))?;
-            Ok(pending)
+            let kept = keep.map(|(fresh, id, envelope, head_len, trailer)| {
+                let mut body = pending;
+                body.truncate(body.len().saturating_sub(trailer));
+                body.drain(..head_len.min(body.len()));
+                fresh.put(&id, envelope, body);
+                (fresh, id)
+            });
+            let entered = durable::rename_new(&tmp, &dest)
+                .map_err(|e| (true, e))
+                .and_then(|()| sync.sync().map_err(|e| (true, e)));
+            if entered.is_err() {
+                if let Some((fresh, id)) = kept {
+                    fresh.take(&id);
+                }
+            }
+            entered
         })
         .await
         .map_err(|e| SpoolError::Io {
@@ -793,19 +820,7 @@ impl Incoming {
             source: io::Error::other(e),
         })?;
         match step {
-            Ok(mut written) => {
-                let id = std::mem::take(&mut self.id);
-                if whole {
-                    // The whole file was in memory: its body is kept for the
-                    // first attempt.
-                    written.truncate(written.len().saturating_sub(t.len()));
-                    written.drain(..self.head_len.min(written.len()));
-                    if let Some(envelope) = self.envelope.take() {
-                        self.fresh.put(&id, envelope, written);
-                    }
-                }
-                Ok(id)
-            }
+            Ok(()) => Ok(std::mem::take(&mut self.id)),
             Err((false, e)) => Err(SpoolError::io(&self.tmp_path)(e)),
             Err((true, e)) => Err(SpoolError::io(&self.final_path)(e)),
         }
@@ -900,6 +915,22 @@ mod tests {
         fs::remove_file(dir.path().join("queue").join(format!("{id}.msg"))).unwrap();
         assert!(matches!(store.load(&id), Err(SpoolError::NotFound(_))));
         assert_eq!(store.fresh.held.lock().unwrap().1, 0, "nothing left held");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_that_fails_keeps_nothing_in_memory() {
+        // The kept copy is put before the file enters the queue (so that no
+        // recorded state can come before it); a commit whose rename fails
+        // takes it back.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut inc = store.begin(&envelope()).await.unwrap();
+        inc.write(b"Subject: f\r\n\r\nfresh\r\n").await.unwrap();
+        let id = inc.id().to_string();
+        fs::rename(dir.path().join("queue"), dir.path().join("elsewhere")).unwrap();
+        assert!(inc.commit().await.is_err());
+        assert_eq!(store.fresh.held.lock().unwrap().1, 0, "nothing left held");
+        assert!(store.fresh.take(&id).is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,6 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use tokio::io::AsyncWriteExt;
 use tracing::error;
 
 use super::envelope::{Envelope, QueueState};
@@ -675,6 +674,21 @@ impl Store {
 /// only at its commit.
 const BUFFER: usize = 64 * 1024;
 
+/// Once a message has its temporary file, the octets written to it at a
+/// time.
+const PIECE: usize = 256 * 1024;
+
+/// Opens a message's temporary file: `reused`, the emptied file of a
+/// removed message (written over), else a new one.
+fn open_temporary(path: &Path, reused: bool) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(!reused)
+        .create(reused)
+        .truncate(reused)
+        .open(path)
+}
+
 /// A message being received: bytes go to a temporary file (opened once
 /// they outgrow the buffer), which becomes a queue file only through
 /// [`Incoming::commit`]. Dropped uncommitted, the temporary file is
@@ -684,7 +698,7 @@ pub struct Incoming {
     /// Bytes not written to the file yet.
     buf: Vec<u8>,
     /// The temporary file, once the message outgrew the buffer.
-    file: Option<tokio::fs::File>,
+    file: Option<fs::File>,
     /// The temporary file is an emptied one of a removed message (opened
     /// without creating it).
     reused: bool,
@@ -705,7 +719,9 @@ impl Incoming {
         &self.id
     }
 
-    /// Writes the buffer to the temporary file (created on first use).
+    /// Writes the buffer to the temporary file (created on first use), in
+    /// one trip to a blocking thread that takes the file and the buffer
+    /// with it and gives both back (no copy on the way).
     async fn spill(&mut self) -> Result<(), SpoolError> {
         if self.id.is_empty() {
             return Err(SpoolError::Io {
@@ -713,23 +729,24 @@ impl Incoming {
                 source: io::Error::other("spool file already closed"),
             });
         }
-        if self.file.is_none() {
-            let file = tokio::fs::OpenOptions::new()
-                .write(true)
-                .create_new(!self.reused)
-                .create(self.reused)
-                .truncate(self.reused)
-                .open(&self.tmp_path)
-                .await
-                .map_err(SpoolError::io(&self.tmp_path))?;
-            self.file = Some(file);
-        }
-        if let Some(file) = self.file.as_mut() {
-            file.write_all(&self.buf)
-                .await
-                .map_err(SpoolError::io(&self.tmp_path))?;
-        }
-        self.buf.clear();
+        let (file, buf) = (self.file.take(), std::mem::take(&mut self.buf));
+        let (tmp, reused) = (self.tmp_path.clone(), self.reused);
+        let (file, buf) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            use std::io::Write as _;
+            let mut f = match file {
+                Some(f) => f,
+                None => open_temporary(&tmp, reused)?,
+            };
+            let mut buf = buf;
+            f.write_all(&buf)?;
+            buf.clear();
+            Ok((f, buf))
+        })
+        .await
+        .map_err(|e| SpoolError::io(&self.tmp_path)(io::Error::other(e)))?
+        .map_err(SpoolError::io(&self.tmp_path))?;
+        self.file = Some(file);
+        self.buf = buf;
         Ok(())
     }
 
@@ -739,7 +756,10 @@ impl Incoming {
         self.crc.update(bytes);
         self.len += bytes.len() as u64;
         self.buf.extend_from_slice(bytes);
-        if self.buf.len() >= BUFFER {
+        // Until the file exists a message is held up to BUFFER; after that
+        // it goes in pieces of PIECE (fewer trips to a blocking thread).
+        let limit = if self.file.is_some() { PIECE } else { BUFFER };
+        if self.buf.len() >= limit {
             self.spill().await?;
         }
         Ok(())
@@ -752,13 +772,7 @@ impl Incoming {
         self.buf.extend_from_slice(&t);
         // Writes made earlier (a message larger than the buffer) are
         // finished, and their errors seen, by flushing the file itself.
-        let file = match self.file.take() {
-            Some(mut f) => {
-                f.flush().await.map_err(SpoolError::io(&self.tmp_path))?;
-                Some(f.into_std().await)
-            }
-            None => None,
-        };
+        let file = self.file.take();
         let pending = std::mem::take(&mut self.buf);
         let (tmp, dest) = (self.tmp_path.clone(), self.final_path.clone());
         let sync = std::sync::Arc::clone(&self.queue_sync);
@@ -786,13 +800,7 @@ impl Incoming {
                 use std::io::Write as _;
                 let mut f = match file {
                     Some(f) => f,
-                    None => fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(!reused)
-                        .create(reused)
-                        .truncate(reused)
-                        .open(&tmp)
-                        .map_err(|e| (false, e))?,
+                    None => open_temporary(&tmp, reused).map_err(|e| (false, e))?,
                 };
                 f.write_all(&pending).map_err(|e| (false, e))?;
                 f.sync_all().map_err(|e| (false, e))?;

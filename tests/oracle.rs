@@ -70,6 +70,24 @@ fn wrapped_in_untrusted_signature(id: &str, to: &str, cms: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `cms` as an `application/octet-stream` body with Content-Type `name`
+/// and Content-Disposition `filename`.
+fn octet_named(id: &str, to: &str, cms: &[u8], name: &str, filename: &str) -> Vec<u8> {
+    let m = String::from_utf8(pki::enveloped_message(
+        id,
+        to,
+        cms,
+        "application/octet-stream",
+    ))
+    .expect("ascii");
+    m.replacen("name=\"smime.p7m\"\r\n", &format!("name=\"{name}\"\r\n"), 1)
+        .replace(
+            "filename=\"smime.p7m\"",
+            &format!("filename=\"{filename}\""),
+        )
+        .into_bytes()
+}
+
 fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
@@ -103,6 +121,17 @@ fn bounces_of_decrypted_mail_never_reach_the_outside_sender() {
                 "signed",
                 wrapped_in_untrusted_signature(&format!("{to}-signed"), &addr, &cms),
             ),
+            // Forms of the same ciphertext unwrap opens too: an
+            // octet-stream named `.p7c`, and one whose Content-Type name
+            // says `.p7m` while its filename says something else.
+            (
+                "p7c",
+                octet_named(&format!("{to}-p7c"), &addr, &cms, "smime.p7c", "smime.p7c"),
+            ),
+            (
+                "named",
+                octet_named(&format!("{to}-named"), &addr, &cms, "smime.p7m", "scan.pdf"),
+            ),
         ] {
             let r = send(&gw, &addr, &m);
             assert_eq!(r.code, 250, "{to} {kind}: {r:?}");
@@ -130,7 +159,7 @@ fn bounces_of_decrypted_mail_never_reach_the_outside_sender() {
         250
     );
 
-    // Four refusals reported by the gateway and two returned bounces, all
+    // Eight refusals reported by the gateway and four returned bounces, all
     // to the postmaster; the control's DSN to the outside.
     let to_postmaster = || {
         mailbox
@@ -140,9 +169,9 @@ fn bounces_of_decrypted_mail_never_reach_the_outside_sender() {
             .collect::<Vec<_>>()
     };
     assert!(
-        wait_until(Duration::from_secs(40), || to_postmaster().len() == 6
+        wait_until(Duration::from_secs(40), || to_postmaster().len() == 12
             && outside.count() >= 1
-            && mailbox.bounces().len() == 2),
+            && mailbox.bounces().len() == 4),
         "postmaster: {}, outside: {}, bounces: {:?}",
         to_postmaster().len(),
         outside.count(),
@@ -152,7 +181,13 @@ fn bounces_of_decrypted_mail_never_reach_the_outside_sender() {
 
     // The mailbox server did get the plaintext for the accepted-then-
     // bounced mailbox and for bob, under the gateway's return path.
-    for id in ["full-bare", "full-signed", "bob-ok"] {
+    for id in [
+        "full-bare",
+        "full-signed",
+        "full-p7c",
+        "full-named",
+        "bob-ok",
+    ] {
         let got = mailbox
             .received()
             .into_iter()
@@ -199,7 +234,7 @@ fn bounces_of_decrypted_mail_never_reach_the_outside_sender() {
         .into_iter()
         .filter(|r| r.text().contains("returned by the mailbox server"))
         .collect();
-    assert_eq!(notices.len(), 2);
+    assert_eq!(notices.len(), 4);
     for n in &notices {
         assert!(
             n.text().contains("Recipient: full@example-law.dk"),
@@ -539,6 +574,35 @@ fn efail_gadget_in_cbc_mail_is_not_live_in_the_mailbox() {
         .code,
         250
     );
+    // The same captured CBC, malleated, inside an AES-GCM layer the
+    // attacker made to the organisation's public certificate: the scan
+    // sees only the authenticated outer layer.
+    let inner = enveloped("efail-inner", "bob@example-law.dk", &malleated);
+    let wrapped = pki::cms_encrypt(
+        &inner,
+        "org-oces3",
+        &[
+            "-aes-256-gcm",
+            "-recip",
+            pki::cert("org-oces3").to_str().unwrap(),
+            "-keyopt",
+            "rsa_padding_mode:oaep",
+        ],
+    );
+    assert_eq!(
+        send(
+            &gw,
+            "bob@example-law.dk",
+            &pki::enveloped_message(
+                "efail-gcm",
+                "bob@example-law.dk",
+                &wrapped,
+                "application/pkcs7-mime; smime-type=authEnveloped-data"
+            )
+        )
+        .code,
+        250
+    );
     // Control: CBC content under a valid inner signature passes as is.
     let signed = pki::crlf(&pki::cms_sign(gcm_html.as_bytes(), "alice-oces3"));
     let signed_cbc = captured(&signed, "-aes-256-cbc");
@@ -567,6 +631,23 @@ fn efail_gadget_in_cbc_mail_is_not_live_in_the_mailbox() {
     assert!(
         !values.iter().any(|v| v.contains("//")),
         "a remote reference is live: {values:?}\n{html}"
+    );
+
+    // Both layers were taken off; the inner one had no integrity.
+    let got = delivered(&mailbox, "efail-gcm");
+    let t = trace(&got.text());
+    assert!(
+        t.matches("decrypted").count() == 2
+            && t.contains("integrity=none")
+            && t.contains("html=neutralised"),
+        "{t}"
+    );
+    let html = html_of(&got.data);
+    assert!(html.contains("Med venlig hilsen"), "{html}");
+    let values = attribute_values(&html);
+    assert!(
+        !values.iter().any(|v| v.contains("//")),
+        "a remote reference is live under the GCM layer: {values:?}\n{html}"
     );
 
     let got = delivered(&mailbox, "gcm-1");

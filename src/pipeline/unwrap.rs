@@ -174,7 +174,10 @@ pub fn mailboxes_at<'a>(
         }
         match result {
             Unwrapped::Opened { message, report } => {
-                let seen = *seen.get_or_insert_with(|| scan::scan(body));
+                let mut seen = *seen.get_or_insert_with(|| scan::scan(body));
+                // A layer without integrity below one with it (AES-GCM
+                // around captured CBC) shows only once opened.
+                seen.without_integrity |= report.without_integrity;
                 let protected = efail::protect(message, seen, report.decrypted_content_signed());
                 let message: &[u8] = &protected.message;
                 let mut value = report.header_value().unwrap_or_else(|| "decrypted".into());

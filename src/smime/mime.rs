@@ -461,7 +461,10 @@ pub fn looks_like_headers(raw: &[u8]) -> bool {
 }
 
 /// `application/(x-)pkcs7-mime` of any smime-type, or a part named like
-/// one (`*.p7m`, as some clients send it).
+/// one (`*.p7m` or `*.p7c`, by its Content-Disposition filename or its
+/// Content-Type name, whatever its type): never narrower than what
+/// unwrap opens ([`is_smime_entity`]), so the scan sees everything that
+/// may be decrypted.
 pub(super) fn claims_smime_content(part: &mail_parser::MessagePart<'_>) -> bool {
     let by_type = part.content_type().is_some_and(|ct| {
         ct.ctype().eq_ignore_ascii_case("application")
@@ -469,10 +472,16 @@ pub(super) fn claims_smime_content(part: &mail_parser::MessagePart<'_>) -> bool 
                 s.eq_ignore_ascii_case("pkcs7-mime") || s.eq_ignore_ascii_case("x-pkcs7-mime")
             })
     });
-    let by_name = part
-        .attachment_name()
-        .is_some_and(|n| n.trim().to_ascii_lowercase().ends_with(".p7m"));
-    by_type || by_name
+    let names = [
+        part.content_disposition()
+            .and_then(|d| d.attribute("filename")),
+        part.content_type().and_then(|c| c.attribute("name")),
+    ];
+    let by_name = names.into_iter().flatten().any(|n| {
+        let n = n.trim().to_ascii_lowercase();
+        n.ends_with(".p7m") || n.ends_with(".p7c")
+    });
+    by_type || by_name || is_smime_entity(part)
 }
 
 #[cfg(test)]

@@ -52,7 +52,24 @@ pub fn scan_and_shape(raw: &[u8]) -> (Seen, super::mime::Shape) {
     let mut budget = MAX_PARTS;
     let mut seen = Seen::default();
     scan_message(&msg, 0, &mut budget, &mut seen);
-    (seen, super::mime::shape_taken(msg, raw))
+    let shape = super::mime::shape_taken(msg, raw);
+    // What unwrap will open is never less than what the scan saw.
+    if let super::mime::Shape::Enveloped { cms } = &shape {
+        seen.add(Seen {
+            encrypted: true,
+            without_integrity: !with_integrity(cms),
+        });
+    }
+    (seen, shape)
+}
+
+/// Whether encrypted CMS bytes protect their content's integrity:
+/// AuthEnvelopedData with a tag of at least RFC 5084's 12 octets (OpenSSL
+/// would accept down to 4). EnvelopedData (CBC, 3DES) and anything
+/// unreadable do not.
+pub fn with_integrity(der: &[u8]) -> bool {
+    matches!(kind(der), Some(Kind::AuthEnveloped))
+        && super::limits::auth_mac_len(der).is_some_and(|n| n >= super::limits::MIN_MAC_LEN)
 }
 
 fn scan_at(raw: &[u8], depth: usize, budget: &mut usize) -> Seen {
@@ -107,12 +124,9 @@ fn cms_content(der: &[u8], depth: usize, budget: &mut usize) -> Seen {
         without_integrity: true,
     };
     match kind(der) {
-        // A tag shorter than RFC 5084's 12 octets is not counted as
-        // integrity (OpenSSL would accept down to 4).
         Some(Kind::AuthEnveloped) => Seen {
             encrypted: true,
-            without_integrity: super::limits::auth_mac_len(der)
-                .is_none_or(|n| n < super::limits::MIN_MAC_LEN),
+            without_integrity: !with_integrity(der),
         },
         Some(Kind::Signed) => match signed_content(der) {
             Some(content) => scan_at(&content, depth + 1, budget),
@@ -209,6 +223,59 @@ mod tests {
         }
         // Positive control: the enveloped entities were seen.
         assert!(encrypted >= 3, "{encrypted}");
+    }
+
+    #[test]
+    fn everything_unwrap_would_open_is_seen_as_encrypted() {
+        // Fuzz-like: every way of naming an S/MIME part that unwrap
+        // accepts; the scan must say "encrypted" for each one the shape
+        // calls enveloped (else the plaintext's bounces go to the sender).
+        let id = crate::pki::testkit::identity(1024, "Scan Names").unwrap();
+        let der = enveloped(&id, Cipher::aes_256_cbc());
+        let mut raws = crate::smime::parse::tests::samples();
+        let mut opened = 0;
+        for (ctype, disposition) in [
+            ("application/octet-stream; name=\"smime.p7c\"", ""),
+            ("application/octet-stream; name=\"SMIME.P7C \"", ""),
+            (
+                "application/octet-stream; name=\"smime.p7m\"",
+                "Content-Disposition: attachment; filename=\"scan.pdf\"\r\n",
+            ),
+            (
+                "application/octet-stream; name=\"scan.pdf\"",
+                "Content-Disposition: attachment; filename=\"smime.p7m\"\r\n",
+            ),
+            (
+                "application/octet-stream",
+                "Content-Disposition: attachment; filename=\"x.p7c\"\r\n",
+            ),
+            ("application/x-pkcs7-mime", ""),
+        ] {
+            let mut m = format!(
+                "Content-Type: {ctype}\r\n{disposition}Content-Transfer-Encoding: base64\r\n\r\n"
+            )
+            .into_bytes();
+            m.extend_from_slice(&base64_lines(&der));
+            raws.push(m);
+        }
+        for raw in &raws {
+            let enveloped = matches!(
+                crate::smime::mime::shape(raw),
+                crate::smime::mime::Shape::Enveloped { .. }
+            );
+            opened += usize::from(enveloped);
+            if enveloped {
+                let seen = scan(raw);
+                assert!(
+                    seen.encrypted && seen.without_integrity,
+                    "{seen:?}: {}",
+                    String::from_utf8_lossy(&raw[..raw.len().min(200)])
+                );
+                assert_eq!(scan_and_shape(raw).0, seen);
+            }
+        }
+        // Positive control: the six named forms are all opened.
+        assert!(opened >= 6, "{opened}");
     }
 
     #[test]

@@ -169,6 +169,11 @@ pub struct Report {
     pub nested: Option<Nested>,
     /// More than [`MAX_LAYERS`] layers: the rest was left as it was.
     pub too_deep: bool,
+    /// Some layer taken off was encrypted without integrity (EnvelopedData,
+    /// or a short tag): seen only once the layers above it are off (an
+    /// AES-GCM layer around captured CBC content), so the EFAIL defence
+    /// asks this as well as the scan.
+    pub without_integrity: bool,
 }
 
 fn rfc3339(unix: i64) -> String {
@@ -412,6 +417,7 @@ pub fn unwrap_into(
                 None => cms::parse(der).and_then(|cms| open_parsed(&cms, keys, spill)),
             } {
                 Ok((inner, key)) => {
+                    report.without_integrity |= !super::scan::with_integrity(der);
                     report.layers.push(Layer::Decrypted(key));
                     opened = Some(inner.clone());
                     current = Some(inner);
@@ -908,6 +914,7 @@ mod tests {
                 container: "multipart/mixed".into(),
             }),
             too_deep: false,
+            without_integrity: false,
         };
         assert_eq!(
             report.header_value().unwrap(),

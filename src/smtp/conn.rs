@@ -15,6 +15,10 @@ pub const MAX_COMMAND_LINE: usize = 512;
 /// Most octets one read takes from the client.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Most octets one read takes in the body of a large message (see
+/// [`Conn::large_reads`]).
+const LARGE_READ_CHUNK: usize = 256 * 1024;
+
 /// Why reading stopped.
 #[derive(Debug)]
 pub enum ReadError {
@@ -40,6 +44,8 @@ pub struct Conn<S> {
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     discarding: bool,
+    /// Octets a read may take now.
+    read_chunk: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -49,6 +55,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             rbuf: Vec::with_capacity(4096),
             wbuf: Vec::with_capacity(1024),
             discarding: false,
+            read_chunk: READ_CHUNK,
         }
     }
 
@@ -80,6 +87,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         &self.rbuf
     }
 
+    /// Reads in large pieces (`true`: the body of a large message, fewer
+    /// reads and wake-ups) or in the usual small ones (`false`: the read
+    /// buffer grown for a large message is given back).
+    pub fn large_reads(&mut self, large: bool) {
+        if large {
+            self.read_chunk = LARGE_READ_CHUNK;
+        } else if self.read_chunk != READ_CHUNK {
+            self.read_chunk = READ_CHUNK;
+            self.rbuf.shrink_to(READ_CHUNK);
+        }
+    }
+
     /// Marks `n` buffered bytes as consumed.
     pub fn consume(&mut self, n: usize) {
         self.rbuf.drain(..n);
@@ -94,10 +113,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.flush().await.map_err(ReadError::Io)?;
         // Read straight into the buffer's free room (no copy through a
         // chunk on the side); a read takes at most what was reserved.
-        let Self { stream, rbuf, .. } = self;
-        rbuf.reserve(READ_CHUNK);
+        let Self {
+            stream,
+            rbuf,
+            read_chunk,
+            ..
+        } = self;
+        let chunk = *read_chunk;
+        rbuf.reserve(chunk);
         let room = rbuf.capacity() - rbuf.len();
-        let mut limited = (&mut *rbuf).limit(room.min(READ_CHUNK));
+        let mut limited = (&mut *rbuf).limit(room.min(chunk));
         let read = tokio::time::timeout(timeout, async {
             match shutdown {
                 Some(rx) => {

@@ -33,6 +33,10 @@ const WRITE_CHUNK: usize = 64 * 1024;
 /// How much of the message start is kept to find its Message-ID for logs.
 const HEAD_KEEP: usize = 16 * 1024;
 
+/// Octets of a message after which DATA is read in large pieces (a small
+/// message keeps the small read buffer: no grow and shrink per message).
+const LARGE_BODY: u64 = 64 * 1024;
+
 /// How a pass over a stream ended.
 enum End {
     Close,
@@ -547,6 +551,8 @@ impl Session {
                 let due = started + grace.max(owed);
                 wait = wait.min(due.saturating_duration_since(tokio::time::Instant::now()));
             }
+            // Past the first 64 KiB of a message: larger reads.
+            conn.large_reads(received >= LARGE_BODY);
             match conn.fill(wait, None).await {
                 Ok(()) => {}
                 Err(ReadError::Timeout)
@@ -566,6 +572,7 @@ impl Session {
                 Err(_) => return Err(()),
             }
         }
+        conn.large_reads(false);
         let tx = self.tx.take();
         let Some(tx) = tx else { return Ok(()) };
 

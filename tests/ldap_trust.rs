@@ -1,21 +1,24 @@
-//! LDAP answers count only for the address asked, and the directory can
-//! be reached over verified TLS. The attacker is a directory (or someone
-//! between it and the gateway) answering a lookup for one address with an
-//! entry for another: its certificate must not be used for the address
-//! asked. Observed through `explain --rcpt` (which certificates outbound
-//! mail would be encrypted to), against a real slapd, with the genuine
-//! answer as positive control.
+//! LDAP answers bind a certificate to an address only when they come over
+//! verified TLS and are for the address asked. The attacker is a directory
+//! (or someone between it and the gateway) answering a lookup for one
+//! address with an entry for another, or answering a plain `ldap://`
+//! search at all: its certificate must not be used for the address asked.
+//! Observed through `explain --rcpt` (which certificates outbound mail
+//! would be encrypted to) and the message that reaches the next hop,
+//! against a real slapd, with the genuine answer over StartTLS as positive
+//! control.
 
 mod common;
 
 use common::sink::{NextHopCert, Script, Sink};
 use common::slapd::Slapd;
-use common::{pki, Gateway, Options};
+use common::{pki, submit, wait_until, Gateway, Options};
+use std::time::Duration;
 
 const RULES: &str = r#"
 [[rule]]
 name = "partners"
-match = ["*@partner.example"]
+match = ["*@partner.example", "*@domstol.dk"]
 generation = "any"
 encrypt = "required"
 sign = true
@@ -43,17 +46,40 @@ fn explain(gw: &Gateway, rcpt: &str) -> (String, String) {
     )
 }
 
+/// A slapd with TLS whose one entry is `mail=advokat@partner.example`
+/// with the court's certificate (which names post@domstol.dk only), the
+/// CA of its TLS certificate, and the folder holding that CA's file.
+fn tls_slapd() -> (Slapd, std::path::PathBuf, tempfile::TempDir) {
+    let cert = NextHopCert::issue(&["127.0.0.1"]);
+    let ldap = Slapd::start("advokat@partner.example", Some(&cert));
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ldap-ca.pem");
+    std::fs::write(&ca, &cert.ca_pem).unwrap();
+    (ldap, ca, dir)
+}
+
+/// A message from Alice (as herself, so it may be signed) to `rcpt`.
+fn send(gw: &Gateway, rcpt: &str, id: &str) {
+    let body = String::from_utf8(common::message(id, "Til retten: bilag 1-3."))
+        .unwrap()
+        .replace("alice@example.org", "alice@example-law.dk");
+    let r = submit(gw, "alice@example-law.dk", &[rcpt], body.as_bytes());
+    assert_eq!(r.code, 250, "{r:?}");
+}
+
 #[test]
 fn an_ldap_answer_for_another_address_is_ignored() {
-    let ldap = Slapd::start("advokat@partner.example", None);
+    let (ldap, ca, _dir) = tls_slapd();
     let sink = Sink::start(Script::default());
     // A filter that lets the server answer with the Partner entry whatever
     // is asked: the server's answer is all that decides.
     let gw = gateway(
         &sink,
         &format!(
-            "url = \"ldap://127.0.0.1:{}\"\nfilter = \"(|(mail={{address}})(cn=Partner))\"\n",
-            ldap.port
+            "url = \"ldap://127.0.0.1:{}\"\nstarttls = true\ntls_ca = \"{}\"\n\
+             filter = \"(|(mail={{address}})(cn=Partner))\"\n",
+            ldap.port,
+            ca.display()
         ),
     );
     let (report, log) = explain(&gw, "other@partner.example");
@@ -137,4 +163,96 @@ fn ldaps_and_starttls_are_verified() {
             );
         }
     }
+}
+
+#[test]
+fn a_plain_ldap_answer_is_never_a_certificate_to_encrypt_to() {
+    let (ldap, ca, _dir) = tls_slapd();
+    let sink = Sink::start(Script::default());
+    // The attacker on the path answers every plain search with an entry
+    // listing the address asked and carrying a certificate that chains to
+    // the anchors (the court's, which names post@domstol.dk).
+    let plain = gateway(
+        &sink,
+        &format!(
+            "url = \"ldap://127.0.0.1:{}\"\nfilter = \"(|(mail={{address}})(cn=Partner))\"\n",
+            ldap.port
+        ),
+    );
+    // What reaches the next hop: nothing for the partner, nothing the
+    // court's key opens (the bounce goes back to Alice).
+    send(&plain, "advokat@partner.example", "plain-ldap");
+    assert!(
+        wait_until(Duration::from_secs(20), || sink.received().iter().any(
+            |r| r.from.is_empty() || r.rcpts.contains(&"advokat@partner.example".to_string())
+        )),
+        "neither a bounce nor the message:\n{}",
+        plain.log()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    for r in sink.received() {
+        assert!(
+            pki::cms_decrypt_fails(&r.data, "court-oces3"),
+            "encrypted to the attacker's certificate"
+        );
+        assert!(
+            !r.rcpts.contains(&"advokat@partner.example".to_string()),
+            "sent to the partner over a plain LDAP answer:\n{}",
+            r.text()
+        );
+    }
+
+    let (report, log) = explain(&plain, "advokat@partner.example");
+    assert!(
+        !report.contains("Demo Court"),
+        "plain LDAP answer used:\n{report}\n{log}"
+    );
+    assert!(report.contains("outcome:     bounce"), "{report}");
+    assert!(
+        report.contains("is plain ldap:// (unauthenticated)"),
+        "explain does not say why:\n{report}"
+    );
+    // Nor when the certificate itself names the address: anyone can hold
+    // one that chains to the anchors and names any address.
+    let (report, _) = explain(&plain, "post@domstol.dk");
+    assert!(
+        !report.contains("Demo Court") && report.contains("outcome:     bounce"),
+        "plain LDAP answer used:\n{report}"
+    );
+
+    // Positive control: the same entry over StartTLS is the directory's
+    // word for the address; explain and the message use its certificate,
+    // and the observation above would have seen it.
+    let sink = Sink::start(Script::default());
+    let tls = gateway(
+        &sink,
+        &format!(
+            "url = \"ldap://127.0.0.1:{}\"\nstarttls = true\ntls_ca = \"{}\"\n",
+            ldap.port,
+            ca.display()
+        ),
+    );
+    let (report, log) = explain(&tls, "advokat@partner.example");
+    assert!(
+        report.contains("Demo Court") && report.contains("outcome:     send encrypted"),
+        "{report}\n{log}"
+    );
+    send(&tls, "advokat@partner.example", "tls-ldap");
+    assert!(
+        wait_until(Duration::from_secs(20), || sink
+            .received()
+            .iter()
+            .any(|r| r.rcpts.contains(&"advokat@partner.example".to_string()))),
+        "{}",
+        tls.log()
+    );
+    let copy = sink
+        .received()
+        .into_iter()
+        .find(|r| r.rcpts.contains(&"advokat@partner.example".to_string()))
+        .unwrap();
+    assert!(
+        pki::cms_try_decrypt(&copy.data, "court-oces3").is_some(),
+        "the control message is not encrypted to the directory's certificate"
+    );
 }

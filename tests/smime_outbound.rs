@@ -599,23 +599,27 @@ fn harvest_keeps_validly_signed_senders_only() {
     open_and_verify(&copy.data, "court-oces3");
 }
 
-fn slapd(mail: &str) -> common::slapd::Slapd {
-    common::slapd::Slapd::start(mail, None)
-}
-
 #[test]
 fn ldap_lookup_finds_certificates_and_ldap_down_defers() {
-    let ldap = slapd("advokat@partner.example");
-    let sink = Sink::start(Script::default());
+    // Over StartTLS: plain ldap:// answers are never a certificate to
+    // encrypt to (tests/ldap_trust.rs).
+    let tls = common::sink::NextHopCert::issue(&["127.0.0.1"]);
+    let ldap = common::slapd::Slapd::start("advokat@partner.example", Some(&tls));
     let empty = recipients(&[]);
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = ca_dir.path().join("ldap-ca.pem");
+    std::fs::write(&ca, &tls.ca_pem).unwrap();
+    let sink = Sink::start(Script::default());
     let mut opts = Options::new(sink.addr);
     opts.extra = config_extra(
         empty.path(),
         PAST,
         "off",
         &format!(
-            "[[certificates.ldap]]\nurl = \"ldap://127.0.0.1:{}\"\nbase = \"c=DK\"\ntimeout = \"2s\"\ncache_ttl = \"1s\"\n",
-            ldap.port
+            "[[certificates.ldap]]\nurl = \"ldap://127.0.0.1:{}\"\nstarttls = true\ntls_ca = \"{}\"\n\
+             base = \"c=DK\"\ntimeout = \"2s\"\ncache_ttl = \"1s\"\n",
+            ldap.port,
+            ca.display()
         ),
     )
     .replace("name = \"default\"\nmatch = [\"*\"]\ngeneration = \"any\"\nencrypt = \"if-possible\"", "name = \"default\"\nmatch = [\"*\"]\ngeneration = \"any\"\nencrypt = \"required\"")

@@ -232,6 +232,17 @@ pub struct LdapSettings {
     pub tls_ca: Option<PathBuf>,
 }
 
+impl LdapSettings {
+    /// True when the server is reached over verified TLS (`ldaps://`, or
+    /// StartTLS on `ldap://`): only then is its answer for an address a
+    /// reason to encrypt to a certificate. Plain `ldap://` can be answered
+    /// by anyone on the path, so it serves only to find signers'
+    /// certificates, which their signatures then bind.
+    pub fn authenticated(&self) -> bool {
+        self.starttls || self.url.starts_with("ldaps://")
+    }
+}
+
 /// How certificate revocation is checked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -1014,6 +1025,22 @@ mod defaults {
 mod tests {
     use super::*;
     use std::net::IpAddr;
+
+    #[test]
+    fn only_ldaps_and_starttls_are_authenticated_directories() {
+        let s = load::test_settings(
+            "[[certificates.ldap]]\nurl = \"ldap://d.example\"\nbase = \"c=DK\"\n\
+             [[certificates.ldap]]\nurl = \"ldap://d.example\"\nbase = \"c=DK\"\nstarttls = true\n\
+             [[certificates.ldap]]\nurl = \"ldaps://d.example\"\nbase = \"c=DK\"\n",
+        );
+        let got: Vec<bool> = s
+            .certificates
+            .ldap
+            .iter()
+            .map(|l| l.authenticated())
+            .collect();
+        assert_eq!(got, [false, true, true]);
+    }
 
     #[test]
     fn ipv6_clients_are_counted_per_prefix() {

@@ -1,6 +1,7 @@
 //! `smime-gateway explain`: what the outbound rules would do with mail to
 //! one recipient at a given time, and why: the rule, every certificate
-//! considered with the reason it was taken or refused, the signing
+//! considered with the reason it was taken or refused (and the plain
+//! `ldap://` directories not asked for one), the signing
 //! identity and the outcome. `certs show` uses the same report. It asks
 //! the same `decide` the queue does, so it cannot disagree with it.
 
@@ -80,6 +81,20 @@ pub async fn explain(live: &Live, sender: &str, rcpt: &str, at: i64) -> (String,
     }
     for line in &d.considered {
         let _ = writeln!(out, "  {line}");
+    }
+    for l in settings
+        .certificates
+        .ldap
+        .iter()
+        .filter(|l| !l.authenticated())
+    {
+        let _ = writeln!(
+            out,
+            "  not asked: LDAP {} is plain ldap:// (unauthenticated): its answers serve to find \
+             signers' certificates, never a certificate to encrypt to (use ldaps://, starttls, \
+             or import a checked certificate with `certs import`)",
+            l.url
+        );
     }
     let _ = writeln!(out, "signing:     {}", d.signer);
     let leaves = match &d.outcome {

@@ -3,10 +3,13 @@
 //! in binary. A server that cannot be reached is a temporary failure.
 //!
 //! An answer counts only for the address asked: a certificate is taken
-//! when its entry's `mail` or the certificate itself names that address;
-//! anything else the server returns is ignored and logged. `ldaps://` and
-//! StartTLS (`starttls = true`) verify the server against `tls_ca` or the
-//! system's roots; plain `ldap://` is unauthenticated.
+//! when the certificate itself names that address, or, from a server
+//! reached over verified TLS, when its entry's `mail` does; anything else
+//! the server returns is ignored and logged. `ldaps://` and StartTLS
+//! (`starttls = true`) verify the server against `tls_ca` or the system's
+//! roots; plain `ldap://` is unauthenticated: anyone on the path can write
+//! its entries, so their `mail` binds nothing (and `pki::resolve` does not
+//! encrypt to its answers at all).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,12 +77,13 @@ pub async fn lookup(cfg: &LdapSettings, address: &str) -> Result<Vec<X509>, Ldap
         let mut certs = Vec::new();
         for entry in entries {
             let entry = SearchEntry::construct(entry);
-            let listed = entry
-                .attrs
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case("mail"))
-                .flat_map(|(_, v)| v)
-                .any(|m| m.trim().eq_ignore_ascii_case(address));
+            let listed = cfg.authenticated()
+                && entry
+                    .attrs
+                    .iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("mail"))
+                    .flat_map(|(_, v)| v)
+                    .any(|m| m.trim().eq_ignore_ascii_case(address));
             for der in entry.bin_attrs.values().flatten() {
                 let Ok(cert) = X509::from_der(der) else {
                     continue;

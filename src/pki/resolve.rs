@@ -1,6 +1,7 @@
 //! Finding and checking a recipient's certificates: the local directory
-//! first, LDAP when nothing usable is there (answers cached for the
-//! configured TTL), then each certificate's validity, key usage, chain and
+//! first, LDAP over verified TLS when nothing usable is there (answers
+//! cached for the configured TTL; plain `ldap://` servers are asked only
+//! for signers' certificates, never for a certificate to encrypt to), then each certificate's validity, key usage, chain and
 //! revocation at the evaluation time (chain and revocation verdicts kept
 //! in the snapshot's [`Checked`]). The result feeds the pure policy.
 
@@ -42,7 +43,9 @@ impl Resolver {
 
     /// The certificates of `addr` with their verdicts at `at`, and the
     /// reason when a lookup failed for now. `wanted` says which
-    /// certificates would serve; LDAP is asked only when no local one does.
+    /// certificates would serve; LDAP is asked only when no local one does,
+    /// and only the servers reached over verified TLS: an unauthenticated
+    /// answer does not bind a certificate to its owner.
     #[allow(clippy::too_many_arguments)]
     pub async fn candidates(
         &self,
@@ -67,11 +70,17 @@ impl Resolver {
         let satisfied = out
             .iter()
             .any(|c| matches!(c.verdict, Verdict::Usable(_)) && wanted(&c.entry.info));
-        if satisfied || settings.certificates.ldap.is_empty() {
+        let ldap: Vec<&crate::config::LdapSettings> = settings
+            .certificates
+            .ldap
+            .iter()
+            .filter(|c| c.authenticated())
+            .collect();
+        if satisfied || ldap.is_empty() {
             return (out, None);
         }
         let mut error = None;
-        for cfg in &settings.certificates.ldap {
+        for cfg in ldap {
             let certs = match self.ldap_cached(cfg, addr).await {
                 Ok(c) => c,
                 Err(e) => {

@@ -1,9 +1,10 @@
 //! Finding and checking a recipient's certificates: the local directory
 //! first, LDAP over verified TLS when nothing usable is there (answers
 //! cached for the configured TTL; plain `ldap://` servers are asked only
-//! for signers' certificates, never for a certificate to encrypt to), then each certificate's validity, key usage, chain and
-//! revocation at the evaluation time (chain and revocation verdicts kept
-//! in the snapshot's [`Checked`]). The result feeds the pure policy.
+//! for signers' certificates, never for a certificate to encrypt to),
+//! then each certificate's validity, key usage, chain and revocation at
+//! the evaluation time (chain and revocation verdicts kept in the
+//! snapshot's [`Checked`]). The result feeds the pure policy.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

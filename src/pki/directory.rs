@@ -348,14 +348,6 @@ impl Directory {
         idx.add(cert.clone(), Source::Harvested, Some(&record));
         Ok(true)
     }
-
-    /// Adds certificates found elsewhere (LDAP) for this process's life.
-    pub fn remember(&self, certs: &[X509], source: Source) {
-        let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
-        for c in certs {
-            idx.add(c.clone(), source, None);
-        }
-    }
 }
 
 fn files(path: &Path) -> Result<Vec<PathBuf>, DirectoryError> {

@@ -73,6 +73,16 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
         }
         None => None,
     };
+    if settings.server.submission_listen.is_empty()
+        && !settings.server.sign_without_submission_path
+        && settings.rules.iter().any(|r| r.sign.wanted())
+    {
+        warn!(
+            reason = crate::policy::signing::NO_SUBMISSION_PATH,
+            "outbound mail is not signed: set server.submission_listen (the submission path), \
+             or server.sign_without_submission_path if the mail server ties every sender to its login"
+        );
+    }
     for l in &listeners {
         if let Ok(addr) = l.socket.local_addr() {
             info!(address = %addr, tls = tls.is_some(), submission = l.submission, "listening");

@@ -308,3 +308,75 @@ fn sign_required_bounces_to_the_sender_instead_of_sending_unsigned() {
         .any(|r| r.rcpts.contains(&"post@domstol.dk".to_string())
             && r.text().contains("<required-1@test>")));
 }
+
+#[test]
+fn without_a_submission_path_a_forged_internal_sender_gets_no_signature() {
+    // The attacker is outside: they send to the mail server's MX as
+    // `MAIL FROM:<alice@example-law.dk>` with the same header From, to an
+    // internal alias that forwards to the court. The mail server relays
+    // the forward to the gateway from a trusted address, exactly as
+    // Alice's own mail would arrive. With no submission path configured
+    // (the default), the gateway cannot tell the two apart: it signs
+    // neither.
+    let sink = Sink::start(Script::default());
+    let mut opts = options(&sink, "");
+    opts.sign_without_submission_path = false;
+    let gw = Gateway::start(opts);
+    send_on(
+        gw.addr,
+        "alice@example-law.dk",
+        "Alice <alice@example-law.dk>",
+        "someone@example.org",
+        "forged-alias",
+    );
+    let forwarded = arrived(&sink, &gw, "forged-alias");
+    assert!(
+        !is_signed(&forwarded),
+        "the organisation signed mail from an unproven sender"
+    );
+    assert!(
+        gw.log().contains("outbound mail is not signed"),
+        "no warning at start; log:\n{}",
+        gw.log()
+    );
+    // A rule that requires a signature bounces instead of sending unsigned.
+    send_on(
+        gw.addr,
+        "alice@example-law.dk",
+        "Alice <alice@example-law.dk>",
+        "post@domstol.dk",
+        "forged-required",
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || sink
+            .received()
+            .iter()
+            .any(|r| r.rcpts == vec!["alice@example-law.dk".to_string()]
+                && r.text().contains("no submission path"))),
+        "no bounce naming the missing submission path; log:\n{}",
+        gw.log()
+    );
+    assert!(
+        !sink
+            .received()
+            .iter()
+            .any(|r| r.text().contains("forged-required@test") && r.rcpts[0] == "post@domstol.dk"),
+        "sent to the court unsigned"
+    );
+
+    // Positive control: the operator vouches for the mail server; the same
+    // mail is signed.
+    let sink = Sink::start(Script::default());
+    let gw = Gateway::start(options(&sink, ""));
+    send_on(
+        gw.addr,
+        "alice@example-law.dk",
+        "Alice <alice@example-law.dk>",
+        "someone@example.org",
+        "vouched",
+    );
+    let vouched = arrived(&sink, &gw, "vouched");
+    assert!(is_signed(&vouched), "vouched-for mail was not signed");
+    signer_of(&vouched);
+    assert!(!gw.log().contains("outbound mail is not signed"));
+}

@@ -915,6 +915,7 @@ fn rules_generations_windows_and_preferences_in_explain() {
             &cfg,
             format!(
                 "[server]\nhostname=\"gw.test\"\nlisten=[\"127.0.0.1:1\"]\ninternal_domains=[\"example-law.dk\"]\n\
+                 sign_without_submission_path=true\n\
                  [spool]\ndir=\"{}\"\n[relay]\ninternal=\"127.0.0.1:2\"\nexternal=\"127.0.0.1:3\"\n\
                  {}{}[trust]\nanchors=[\"{}\"]\nrevocation=\"off\"\n[certificates]\ndirs=[\"{}\"]\n\
                  [policy]\n{policy}\n{rules}",

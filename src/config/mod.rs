@@ -622,6 +622,13 @@ pub struct ServerSettings {
     /// The submission path: when set, only mail taken here may be signed.
     #[serde(default)]
     pub submission_listen: Vec<SocketAddr>,
+    /// Without a submission path, mail from `trusted_networks` on `listen`
+    /// may be signed only when this is true: the operator vouches that the
+    /// mail server ties MAIL FROM to a logged-in user for everything it
+    /// hands the gateway (port 25 and re-injected mail included). Off by
+    /// default: nothing is signed until one of the two is set.
+    #[serde(default)]
+    pub sign_without_submission_path: bool,
     #[serde(default)]
     pub internal_domains: Vec<String>,
     #[serde(default)]

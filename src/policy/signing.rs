@@ -1,6 +1,8 @@
 //! Who may have mail signed with the organisation's keys. A signature is
 //! the organisation vouching for the header `From:`, so it is made only
-//! when: the mail came in on the submission path (when one is configured);
+//! when: the mail came in on the submission path (`submission_listen`;
+//! without one, only when the operator has said the mail server ties
+//! every sender to its login, `sign_without_submission_path`);
 //! the header From is one address in the internal domains; and it is the
 //! envelope sender (which the mail server ties to the logged-in user), or
 //! a `[[mailbox]]` lets the envelope sender send as it (`send_as`). Which
@@ -22,9 +24,20 @@ pub struct Origin {
     pub submission: bool,
 }
 
+/// Why nothing is signed when no submission path is configured.
+pub const NO_SUBMISSION_PATH: &str = "no submission path is configured \
+     (server.submission_listen), and server.sign_without_submission_path is off";
+
 /// The internal address the organisation may sign for, or why it may not.
 pub fn signable_address(settings: &Settings, origin: &Origin) -> Result<String, String> {
-    if !settings.server.submission_listen.is_empty() && !origin.submission {
+    if settings.server.submission_listen.is_empty() {
+        // Anyone whose mail the mail server relays here (an outside sender
+        // forged as an internal one, forwarded by an alias) would get the
+        // organisation's signature: fail closed unless told otherwise.
+        if !settings.server.sign_without_submission_path {
+            return Err(NO_SUBMISSION_PATH.into());
+        }
+    } else if !origin.submission {
         return Err(
             "the message did not come in on the submission path (server.submission_listen)".into(),
         );
@@ -88,12 +101,33 @@ mod tests {
         }
     }
 
+    /// Settings that sign mail from trusted networks without a submission
+    /// path (the operator vouches for the mail server).
+    fn trusting(extra: &str) -> crate::config::Settings {
+        let mut s = test_settings(extra);
+        s.server.sign_without_submission_path = true;
+        s
+    }
+
+    #[test]
+    fn without_a_submission_path_nothing_is_signed_unless_the_operator_says_so() {
+        // An outside sender forged as an internal one, relayed back out by
+        // an alias, looks exactly like this.
+        let o = origin("alice@example-law.dk", &["alice@example-law.dk"], false);
+        assert_eq!(
+            signable_address(&test_settings(""), &o),
+            Err(NO_SUBMISSION_PATH.to_string())
+        );
+        // Control: vouched for, the same mail is signable.
+        assert!(signable_address(&trusting(""), &o).is_ok());
+    }
+
     const SHARED: &str = "[[mailbox]]\naddress = \"sikkermail@example-law.dk\"\n\
                           send_as = [\"alice@example-law.dk\", \"*@staff.example-law.dk\"]\n";
 
     #[test]
     fn the_sender_signs_for_its_own_address() {
-        let s = test_settings("");
+        let s = trusting("");
         let o = origin("alice@Example-Law.dk", &["Alice@example-law.dk"], false);
         assert_eq!(
             signable_address(&s, &o).as_deref(),
@@ -103,7 +137,7 @@ mod tests {
 
     #[test]
     fn an_external_or_foreign_header_from_is_never_signed() {
-        let s = test_settings(SHARED);
+        let s = trusting(SHARED);
         // The signing-oracle attack: internal envelope, someone else's From.
         for (sender, from) in [
             ("nobody@example-law.dk", "dommer@domstol.dk"),
@@ -119,7 +153,7 @@ mod tests {
 
     #[test]
     fn one_from_address_only() {
-        let s = test_settings("");
+        let s = trusting("");
         let o = origin(
             "alice@example-law.dk",
             &["alice@example-law.dk", "bob@example-law.dk"],
@@ -131,7 +165,7 @@ mod tests {
 
     #[test]
     fn send_as_lets_listed_senders_sign_as_the_shared_mailbox() {
-        let s = test_settings(SHARED);
+        let s = trusting(SHARED);
         for sender in ["alice@example-law.dk", "carl@staff.example-law.dk"] {
             let o = origin(sender, &["sikkermail@example-law.dk"], false);
             assert_eq!(

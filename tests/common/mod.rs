@@ -89,6 +89,10 @@ pub struct Options {
     pub internal_hop: SocketAddr,
     pub external_hop: SocketAddr,
     pub trusted: bool,
+    /// `server.sign_without_submission_path`: on unless a test turns it off
+    /// (the tests' clients stand for a mail server that ties every sender
+    /// to its login; the product's default is off).
+    pub sign_without_submission_path: bool,
     pub extra_server: String,
     pub extra: String,
     pub spool_dir: Option<PathBuf>,
@@ -104,6 +108,7 @@ impl Options {
             internal_hop: hop,
             external_hop: hop,
             trusted: true,
+            sign_without_submission_path: true,
             extra_server: String::new(),
             extra: String::new(),
             spool_dir: None,
@@ -151,6 +156,7 @@ listen = ["127.0.0.1:{port}"]
 internal_domains = ["example-law.dk"]
 trusted_networks = {trusted}
 shutdown_timeout = "5s"
+sign_without_submission_path = {sign_without}
 {extra_server}
 
 [spool]
@@ -168,6 +174,7 @@ retry_intervals = ["1s"]
 scan_interval = "1s"
 {extra}
 "#,
+            sign_without = opts.sign_without_submission_path,
             extra_server = opts.extra_server,
             spool = spool.display(),
             internal = opts.internal_hop,

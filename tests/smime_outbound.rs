@@ -1044,3 +1044,50 @@ fn hold_keeps_the_message_until_a_certificate_appears() {
         "hold must not bounce"
     );
 }
+
+#[test]
+fn plaintext_labelled_as_encrypted_gets_the_rule_not_a_pass() {
+    // A careless client, or a compromised account, labels plaintext as
+    // enveloped-data: "encrypted by the sender already" must not let it
+    // leave in the clear past a rule that requires encryption.
+    let sink = Sink::start(Script::default());
+    let recips = recipients(&["court-oces3"]);
+    let gw = gateway(&sink, recips.path(), PAST);
+    let secret = "Fortroligt bilag til retten";
+    let lying = format!(
+        "From: <alice@example-law.dk>\r\nTo: <post@domstol.dk>\r\nSubject: label\r\n\
+         Message-ID: <label-1@test>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m\r\n\
+         Content-Transfer-Encoding: 8bit\r\n\r\n{secret}\r\n"
+    );
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let r = c
+        .send(
+            "alice@example-law.dk",
+            &["post@domstol.dk"],
+            lying.as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    // Control: real EnvelopedData to the court passes unchanged.
+    let cms = pki::cms_encrypt(&pki::inner("sealed"), "court-oces3", &["-aes-256-cbc"]);
+    let sealed = pki::enveloped_message("label-2", "post@domstol.dk", &cms, pki::P7M);
+    let r = c
+        .send("alice@example-law.dk", &["post@domstol.dk"], &sealed)
+        .unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+
+    let copy = wait_for(&sink, for_rcpt("post@domstol.dk", "label-1@test"));
+    assert!(
+        !copy.text().contains(secret),
+        "plaintext labelled as encrypted left in the clear"
+    );
+    let inner = open_and_verify(&copy.data, "court-oces3");
+    assert!(String::from_utf8_lossy(&inner).contains(secret));
+    let passed = wait_for(&sink, for_rcpt("post@domstol.dk", "label-2@test"));
+    assert_eq!(
+        passed.data, sealed,
+        "real EnvelopedData must pass unchanged"
+    );
+}

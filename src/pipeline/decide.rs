@@ -46,9 +46,18 @@ pub fn is_internal(settings: &Settings, rcpt: &str) -> bool {
     domain_of(rcpt).is_some_and(|d| settings.server.is_internal_domain(&d))
 }
 
-/// True when the message arrived encrypted (its outer shape).
+/// True when the message arrived encrypted: its outer entity is labelled
+/// so and holds CMS EnvelopedData or AuthEnvelopedData that parses. A
+/// label on anything else (plaintext called `enveloped-data`) is no
+/// encryption: the rules apply to it like to any other mail.
 pub fn arrived_encrypted(shape: &Shape) -> bool {
-    matches!(shape, Shape::Enveloped { .. })
+    use crate::smime::cms::{kind, parse, Kind};
+    match shape {
+        Shape::Enveloped { cms } => {
+            matches!(kind(cms), Some(Kind::Enveloped | Kind::AuthEnveloped)) && parse(cms).is_ok()
+        }
+        _ => false,
+    }
 }
 
 /// Everything but the certificate lookup: pure.

@@ -91,13 +91,14 @@ impl Live {
     }
 
     /// Puts `snapshot` in force, all of it at once. Signers' revocation
-    /// answers are asked again under it (its anchors may differ); the
-    /// signer chains its keyring keeps (empty: a new keyring) follow the
-    /// signers' revocation data.
+    /// answers and LDAP answers are asked again under it (its anchors and
+    /// directory settings may differ); the signer chains its keyring
+    /// keeps (empty: a new keyring) follow the signers' revocation data.
     pub fn replace(&self, snapshot: Snapshot) {
         snapshot.keys.signer_chains.follow(self.signers.checker());
         self.slot.store(Arc::new(snapshot));
         self.signers.clear();
+        self.resolver.forget_ldap_answers();
     }
 }
 

@@ -549,3 +549,45 @@ fn two_gateways_share_one_postgresql_journal_and_one_report_sees_both() {
     let out = report(&a, &["--at", &date(150)]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The PostgreSQL journal's password stays out of the log whichever way
+/// the URL carries it. Attacker: whoever reads the log (log shipping, a
+/// support bundle). The daemon names the journal at start and on every
+/// failed write; the server (port 1) refuses, so both lines are written.
+/// Control: the log does name the target (user, host, port, database), so
+/// the search for the password looks at the lines that would carry it.
+#[test]
+fn the_journal_password_is_not_logged() {
+    let sink = Sink::start(Script::default());
+    for url in [
+        "postgres://gw@127.0.0.1:1/j?password=s3cret",
+        "postgres://gw:s3cret@127.0.0.1:1/j",
+    ] {
+        let mut opts = Options::new(sink.addr);
+        opts.extra = format!("[journal]\ndatabase = \"{url}\"\n");
+        let gw = Gateway::start(opts);
+        let r = submit(
+            &gw,
+            "alice@example-law.dk",
+            &["someone@unknown.example"],
+            &common::message("pw-1", "journalled"),
+        );
+        assert_eq!(r.code, 250, "{r:?}");
+        assert!(
+            wait_until(Duration::from_secs(30), || gw
+                .log()
+                .contains("event=\"journal-error\"")),
+            "{url}: the failed write was not logged:\n{}",
+            gw.log()
+        );
+        let log = gw.log();
+        assert!(
+            !log.contains("s3cret"),
+            "{url}: password in the log:\n{log}"
+        );
+        assert!(
+            log.contains("postgres://gw@127.0.0.1:1/j"),
+            "{url}: the journal is not named:\n{log}"
+        );
+    }
+}

@@ -256,3 +256,74 @@ fn a_plain_ldap_answer_is_never_a_certificate_to_encrypt_to() {
         "the control message is not encrypted to the directory's certificate"
     );
 }
+
+/// An LDAP answer is not used once the directory's settings changed: a
+/// reload that narrows the search (here the filter; StartTLS, the CA,
+/// base and attribute alike) is in force at once, not after `cache_ttl`.
+/// Attacker: whoever got an answer into the cache under the old settings.
+/// Positive control: before the reload the message goes out encrypted to
+/// the directory's certificate (and that answer is cached for an hour).
+#[test]
+fn a_reload_does_not_keep_answers_fetched_under_other_ldap_settings() {
+    let (ldap, ca, _dir) = tls_slapd();
+    let sink = Sink::start(Script::default());
+    let mut opts = Options::new(sink.addr);
+    opts.extra = format!(
+        "{}\n[trust]\nanchors = [\"{}\"]\nrevocation = \"off\"\n\n[[certificates.ldap]]\nbase = \"c=DK\"\n\
+         timeout = \"3s\"\ncache_ttl = \"1h\"\nurl = \"ldap://127.0.0.1:{}\"\nstarttls = true\n\
+         tls_ca = \"{}\"\n{RULES}",
+        pki::identity("org-oces3", &[]),
+        pki::demo().join("trust").display(),
+        ldap.port,
+        ca.display(),
+    );
+    let gw = Gateway::start(opts);
+    let partner = "advokat@partner.example".to_string();
+    let to_partner = |sink: &Sink| {
+        sink.received()
+            .into_iter()
+            .filter(|r| r.rcpts.contains(&partner))
+            .collect::<Vec<_>>()
+    };
+    send(&gw, &partner, "ldap-before");
+    assert!(
+        wait_until(Duration::from_secs(20), || to_partner(&sink).len() == 1),
+        "{}",
+        gw.log()
+    );
+    assert!(
+        pki::cms_try_decrypt(&to_partner(&sink)[0].data, "court-oces3").is_some(),
+        "the control message is not encrypted to the directory's certificate"
+    );
+
+    // The operator narrows the filter: the directory no longer answers
+    // for the partner.
+    let text = std::fs::read_to_string(&gw.config).unwrap().replace(
+        "cache_ttl = \"1h\"\n",
+        "cache_ttl = \"1h\"\nfilter = \"(mail=nobody-{address})\"\n",
+    );
+    let tmp = gw.config.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &gw.config).unwrap();
+    gw.signal("HUP");
+    assert!(
+        wait_until(Duration::from_secs(20), || gw
+            .log()
+            .contains("configuration reloaded")),
+        "{}",
+        gw.log()
+    );
+    send(&gw, &partner, "ldap-after");
+    assert!(
+        wait_until(Duration::from_secs(20), || to_partner(&sink).len() > 1
+            || sink.received().iter().any(|r| r.from.is_empty())),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(
+        to_partner(&sink).len(),
+        1,
+        "sent on the answer cached under the old filter"
+    );
+    assert!(sink.received().iter().any(|r| r.from.is_empty()));
+}

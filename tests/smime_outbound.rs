@@ -1091,3 +1091,165 @@ fn plaintext_labelled_as_encrypted_gets_the_rule_not_a_pass() {
         "real EnvelopedData must pass unchanged"
     );
 }
+
+/// The court's domain as people write it and as DNS holds it.
+const IDN_U: &str = "dømstol.dk";
+const IDN_A: &str = "xn--dmstol-bya.dk";
+
+/// A certificate for `post@xn--dmstol-bya.dk` (certificates carry the
+/// A-label) issued by the demo OCES3 CA: key and certificate files.
+fn idn_court(dir: &Path) -> (PathBuf, PathBuf) {
+    let d = pki::demo();
+    let key = dir.join("idn-court.key");
+    let csr = dir.join("idn-court.csr");
+    let cert = dir.join("idn-court.pem");
+    let ext = dir.join("idn-ext.cnf");
+    std::fs::write(
+        &ext,
+        format!(
+            "[v3]\nbasicConstraints = critical,CA:FALSE\n\
+             keyUsage = critical,digitalSignature,keyEncipherment\n\
+             subjectAltName = email:post@{IDN_A}\n\
+             certificatePolicies = 0.4.0.2042.1.1,1.2.208.169.1.1.1.3.7\n"
+        ),
+    )
+    .unwrap();
+    pki::openssl(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-subj",
+            "/CN=Demo Domstol - sikkermail/O=Demo Domstol/C=DK",
+            "-out",
+            csr.to_str().unwrap(),
+        ],
+        b"",
+    );
+    pki::openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            csr.to_str().unwrap(),
+            "-CA",
+            d.join("crl/oces3-ca.pem").to_str().unwrap(),
+            "-CAkey",
+            d.join("crl/oces3-ca.key.pem").to_str().unwrap(),
+            "-set_serial",
+            "4343",
+            "-days",
+            "30",
+            "-sha256",
+            "-extfile",
+            ext.to_str().unwrap(),
+            "-extensions",
+            "v3",
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+        b"",
+    );
+    (key, cert)
+}
+
+/// One transaction to `rcpt`, with SMTPUTF8 when `utf8` (a U-label
+/// recipient needs it).
+fn send_one(gw: &Gateway, rcpt: &str, utf8: bool, body: &[u8]) {
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let param = if utf8 { " SMTPUTF8" } else { "" };
+    let r = c
+        .cmd(&format!("MAIL FROM:<alice@example-law.dk>{param}"))
+        .unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    let r = c.cmd(&format!("RCPT TO:<{rcpt}>")).unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    let r = c.cmd("DATA").unwrap();
+    assert_eq!(r.code, 354, "{r:?}");
+    let mut data = pki::crlf(body);
+    if !data.ends_with(b"\r\n") {
+        data.extend_from_slice(b"\r\n");
+    }
+    data.extend_from_slice(b".\r\n");
+    c.write(&data).unwrap();
+    let r = c.read().unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+}
+
+/// A rule written on the U-label holds for mail addressed to the A-label
+/// (the same DNS name, the same MX) and for the U-label in any case: the
+/// copy that leaves is encrypted. Attacker: a sender who writes the court
+/// as `post@xn--dmstol-bya.dk` so that no rule matches and the message
+/// leaves in the clear. Control: a domain no rule names leaves plain, so
+/// the plaintext check below can see plaintext.
+#[test]
+fn a_rule_on_a_u_label_holds_for_the_a_label() {
+    let sink = Sink::start(Script::default());
+    let work = tempfile::tempdir().unwrap();
+    let recips = work.path().join("recips");
+    std::fs::create_dir(&recips).unwrap();
+    let (key, cert) = idn_court(work.path());
+    std::fs::copy(&cert, recips.join("idn-court.pem")).unwrap();
+    let mut opts = Options::new(sink.addr);
+    opts.extra = format!(
+        "{}\n[trust]\nanchors = [\"{}\"]\nrevocation = \"off\"\n\n[certificates]\ndirs = [\"{}\"]\n\n\
+         [[rule]]\nname = \"idn-court\"\nmatch = [\"*@{IDN_U}\"]\ngeneration = \"any\"\n\
+         encrypt = \"required\"\nsign = true\non_missing_certificate = \"bounce\"\n",
+        pki::identity("org-oces3", &[]),
+        pki::demo().join("trust").display(),
+        recips.display(),
+    );
+    let gw = Gateway::start(opts);
+    let cases = [
+        // (recipient as sent, SMTPUTF8, as the next hop sees it, encrypted)
+        (
+            "someone@unknown.example",
+            false,
+            "someone@unknown.example",
+            false,
+        ),
+        (
+            &*format!("post@{IDN_A}"),
+            false,
+            &*format!("post@{IDN_A}"),
+            true,
+        ),
+        ("post@DØMSTOL.dk", true, &*format!("post@{IDN_A}"), true),
+    ];
+    for (i, (rcpt, utf8, seen, encrypted)) in cases.iter().enumerate() {
+        let secret = format!("Fortroligt bilag {i} til retten");
+        let id = format!("idn-{i}");
+        send_one(&gw, rcpt, *utf8, &internal_message(&id, "alice", &secret));
+        assert!(
+            wait_until(Duration::from_secs(20), || sink.count() == i + 1),
+            "{rcpt}: no copy arrived (log: {})",
+            gw.log()
+        );
+        let copy = sink.received().pop().unwrap();
+        assert_eq!(copy.rcpts, vec![seen.to_string()], "{rcpt}");
+        let wire = copy.text();
+        if *encrypted {
+            assert!(
+                wire.contains("smime-type=enveloped-data") && !wire.contains(&secret),
+                "{rcpt} left in the clear:\n{wire}"
+            );
+            let out = pki::run_output(
+                "openssl",
+                &["cms", "-decrypt", "-inkey", key.to_str().unwrap()],
+                &copy.data,
+            );
+            assert!(out.status.success(), "{rcpt}: not encrypted to the court");
+            assert!(String::from_utf8_lossy(&out.stdout).contains(&secret));
+        } else {
+            assert!(
+                wire.contains(&secret) && !wire.contains("enveloped-data"),
+                "control {rcpt} should leave plain:\n{wire}"
+            );
+        }
+    }
+}

@@ -152,9 +152,10 @@ fn load_inner(
         })
         .collect();
     match parsed {
-        Ok(settings) => {
+        Ok(mut settings) => {
             problems.extend(validate::check(&settings));
             if problems.is_empty() {
+                settings.normalize_addresses();
                 Ok(settings)
             } else {
                 Err(fail(problems))

@@ -18,6 +18,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::mail::address::{domain_key, normalize, pattern_key};
+
 pub use duration::parse as parse_duration;
 pub use load::{load, ConfigError, Problem};
 
@@ -520,10 +522,11 @@ impl MailboxSettings {
     /// True when `send_as` lists `sender` (an address, any case) or its
     /// domain.
     pub fn lets_send_as(&self, sender: &str) -> bool {
+        let sender = normalize(sender);
         let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
         self.send_as.iter().any(|p| match p.strip_prefix("*@") {
-            Some(d) => !domain.is_empty() && d.eq_ignore_ascii_case(domain.trim_end_matches('.')),
-            None => p.eq_ignore_ascii_case(sender),
+            Some(d) => !domain.is_empty() && domain_key(d) == domain,
+            None => normalize(p).eq_ignore_ascii_case(&sender),
         })
     }
 }
@@ -825,11 +828,13 @@ impl Default for QueueSettings {
 }
 
 impl ServerSettings {
-    /// True when `domain` (any case) is one of `internal_domains`.
+    /// True when `domain` (any case, U- or A-labels) is one of
+    /// `internal_domains`.
     pub fn is_internal_domain(&self, domain: &str) -> bool {
+        let domain = domain_key(domain);
         self.internal_domains
             .iter()
-            .any(|d| d.eq_ignore_ascii_case(domain))
+            .any(|d| domain_key(d) == domain)
     }
 
     /// True when `ip` lies in one of `trusted_networks`.
@@ -840,12 +845,13 @@ impl ServerSettings {
 }
 
 impl RuleSettings {
-    /// True when `rcpt` matches one of the patterns.
+    /// True when `rcpt` matches one of the patterns. Domains compare as
+    /// A-labels (`domain_key`), local parts without regard to case.
     pub fn matches(&self, rcpt: &str) -> bool {
-        let rcpt = rcpt.to_ascii_lowercase();
+        let rcpt = normalize(rcpt).to_lowercase();
         let domain = rcpt.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
         self.patterns.iter().any(|p| {
-            let p = p.to_ascii_lowercase();
+            let p = pattern_key(p).to_lowercase();
             if p == "*" {
                 true
             } else if let Some(d) = p.strip_prefix("*@") {
@@ -878,17 +884,50 @@ impl Settings {
     /// The `[[mailbox]]` entry for `addr`: an exact address first, then
     /// `*@domain`.
     pub fn mailbox(&self, addr: &str) -> Option<&MailboxSettings> {
+        let addr = normalize(addr);
         let domain = addr.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
         self.mailboxes
             .iter()
-            .find(|m| m.address.eq_ignore_ascii_case(addr))
+            .find(|m| normalize(&m.address).eq_ignore_ascii_case(&addr))
             .or_else(|| {
                 self.mailboxes.iter().find(|m| {
                     m.address
                         .strip_prefix("*@")
-                        .is_some_and(|d| d.eq_ignore_ascii_case(domain))
+                        .is_some_and(|d| domain_key(d) == domain)
                 })
             })
+    }
+
+    /// Writes every configured domain and address in its normal form
+    /// (`mail::address`: domains as lower-case A-labels), so that what
+    /// the rooms compare with an envelope's normalised addresses is
+    /// written the same way: internal domains, rule patterns, mailboxes
+    /// and whom they may send as, identities' mailboxes, the domains
+    /// tied to organisations and the extra recipients of `migrate`.
+    pub fn normalize_addresses(&mut self) {
+        let all = |list: &mut Vec<String>, f: fn(&str) -> String| {
+            for item in list.iter_mut() {
+                *item = f(item);
+            }
+        };
+        all(&mut self.server.internal_domains, domain_key);
+        for r in &mut self.rules {
+            all(&mut r.patterns, pattern_key);
+        }
+        for m in &mut self.mailboxes {
+            m.address = pattern_key(&m.address);
+            all(&mut m.send_as, pattern_key);
+        }
+        for id in &mut self.identities {
+            all(&mut id.mailboxes, normalize);
+            if let Some(list) = id.decrypt_for.as_mut() {
+                all(list, pattern_key);
+            }
+        }
+        for t in &mut self.trust.organisations {
+            all(&mut t.domains, domain_key);
+        }
+        all(&mut self.migrate.extra_recipients, normalize);
     }
 }
 
@@ -1047,6 +1086,58 @@ mod tests {
             .map(|l| l.authenticated())
             .collect();
         assert_eq!(got, [false, true, true]);
+    }
+
+    #[test]
+    fn rules_and_internal_domains_hold_for_u_and_a_labels() {
+        let s = load::test_settings(
+            "[[rule]]\nname = \"u\"\nmatch = [\"*@dømstol.dk\", \"*.rét.dk\", \"Ærlig@ÅBY.dk\"]\n\
+             [[rule]]\nname = \"a\"\nmatch = [\"*@xn--tnder-vua.dk\"]\n\
+             [[mailbox]]\naddress = \"*@Kontor-Ø.dk\"\n",
+        );
+        let (u, a) = (&s.rules[0], &s.rules[1]);
+        // Loaded in normal form.
+        assert_eq!(u.patterns[0], "*@xn--dmstol-bya.dk");
+        for rcpt in [
+            "x@xn--dmstol-bya.dk",
+            "x@XN--DMSTOL-BYA.DK.",
+            "x@dømstol.dk",
+            "x@DØMSTOL.dk",
+            "y@a.xn--rt-bja.dk",
+            "y@b.RÉT.dk",
+            "ærlig@xn--by-xia.dk",
+            "ÆRLIG@åby.dk",
+        ] {
+            assert!(u.matches(rcpt), "{rcpt}");
+        }
+        for rcpt in [
+            "x@domstol.dk",
+            "x@dømstol.dk.evil",
+            "y@rét.dk",
+            "ærlig2@åby.dk",
+        ] {
+            assert!(!u.matches(rcpt), "{rcpt}");
+        }
+        assert!(a.matches("x@tønder.dk") && a.matches("x@TØNDER.dk"));
+        assert!(!a.matches("x@tonder.dk"));
+        // A rule written in code (not loaded) matches the same way.
+        let raw = RuleSettings {
+            patterns: vec!["*@Dømstol.dk".into()],
+            ..u.clone()
+        };
+        assert!(raw.matches("x@xn--dmstol-bya.dk"));
+
+        let server = ServerSettings {
+            internal_domains: vec!["kontor-ø.dk".into()],
+            ..s.server.clone()
+        };
+        for d in ["xn--kontor--w1a.dk", "KONTOR-Ø.DK", "kontor-ø.dk."] {
+            assert!(server.is_internal_domain(d), "{d}");
+        }
+        assert!(!server.is_internal_domain("kontor-o.dk"));
+        assert!(s.mailbox("bo@xn--kontor--w1a.dk").is_some());
+        assert!(s.mailbox("bo@KONTOR-Ø.dk").is_some());
+        assert!(s.mailbox("bo@kontor-o.dk").is_none());
     }
 
     #[test]

@@ -171,17 +171,45 @@ impl Target {
         })
     }
 
-    /// For logs: the file, or the server without user and password.
+    /// For logs: the file, or the server as `postgres://user@host:port/db`
+    /// built from what tokio-postgres reads in the URL (hosts, ports,
+    /// database, user), so that no password, in whatever form the URL
+    /// carries it (`user:pass@`, `?password=`), reaches the log.
     pub fn describe(&self) -> String {
         match self {
             Target::Sqlite(p) => p.display().to_string(),
-            Target::Postgres(url, _) => {
-                let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-                let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
-                format!("postgres://{host}")
-            }
+            Target::Postgres(url, _) => describe_postgres(url),
         }
     }
+}
+
+fn describe_postgres(url: &str) -> String {
+    use tokio_postgres::config::Host;
+    let Ok(cfg) = url.parse::<tokio_postgres::Config>() else {
+        return "postgres://(unreadable URL)".into();
+    };
+    let ports = cfg.get_ports();
+    let hosts: Vec<String> = cfg
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            };
+            match ports.get(i).or(ports.first()) {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            }
+        })
+        .collect();
+    let user = cfg.get_user().map(|u| format!("{u}@")).unwrap_or_default();
+    let db = cfg
+        .get_dbname()
+        .map(|d| format!("/{d}"))
+        .unwrap_or_default();
+    format!("postgres://{user}{}{db}", hosts.join(","))
 }
 
 /// The store interface: one journal database, SQLite or PostgreSQL, with

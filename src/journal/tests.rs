@@ -178,7 +178,43 @@ fn targets_and_their_names() {
     let s = crate::config::load::test_settings("[journal]\nenabled = false\n");
     assert_eq!(Target::of(&s), None);
     let t = Target::Postgres("postgres://gw:secret@db.example:5432/journal".into(), None);
-    assert_eq!(t.describe(), "postgres://db.example:5432/journal");
+    assert_eq!(t.describe(), "postgres://gw@db.example:5432/journal");
+}
+
+#[test]
+fn no_form_of_the_password_is_described() {
+    let pg = |url: &str| Target::Postgres(url.into(), None).describe();
+    for (url, want) in [
+        (
+            "postgres://gw:s3cret@db.example/j",
+            "postgres://gw@db.example:5432/j",
+        ),
+        (
+            "postgres://gw@db.example:5433/j?password=s3cret",
+            "postgres://gw@db.example:5433/j",
+        ),
+        (
+            "postgresql://db.example/j?user=gw&password=s3cret&sslmode=require",
+            "postgres://gw@db.example:5432/j",
+        ),
+        (
+            "postgres://gw:s3cret@a.example:1,b.example:2/j?password=s3cret",
+            "postgres://gw@a.example:1,b.example:2/j",
+        ),
+        (
+            "postgres://gw:s%33cret@%2Frun%2Fpostgresql/j",
+            "postgres://gw@/run/postgresql:5432/j",
+        ),
+        (
+            "postgres://gw:s3cret@db.example/j?nonsense=1",
+            "postgres://(unreadable URL)",
+        ),
+        ("postgres://gw:s3cret@[::1/j", "postgres://(unreadable URL)"),
+    ] {
+        let got = pg(url);
+        assert_eq!(got, want, "{url}");
+        assert!(!got.contains("s3cret"), "{url}: {got}");
+    }
 }
 
 #[tokio::test]

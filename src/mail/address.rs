@@ -1,7 +1,11 @@
 //! Mail addresses as the gateway keeps them: the domain of an address, its
-//! normal form (domain lower-case, no trailing dot), and how to write it
-//! back into an SMTP command. Ground floor: used by every room that
-//! handles envelopes, imports nothing of the gateway.
+//! normal form (domain as its lower-case A-label, no trailing dot), and how
+//! to write it back into an SMTP command. Ground floor: used by every room
+//! that handles envelopes, imports nothing of the gateway.
+//!
+//! Domains are compared as DNS sees them: `dømstol.dk`, `DØMSTOL.dk` and
+//! `xn--dmstol-bya.dk` are one domain (UTS-46 to ASCII), so a rule or an
+//! internal domain written one way also holds for mail addressed another.
 
 /// The text between `<` and `>` of a MAIL or RCPT argument, as written.
 pub fn raw_path(line: &str) -> Option<&str> {
@@ -10,28 +14,56 @@ pub fn raw_path(line: &str) -> Option<&str> {
     Some(&line[start..end])
 }
 
-/// The domain of a parsed address (after the last `@`), lower-cased and
-/// without a trailing dot.
+/// The domain of a parsed address (after the last `@`) in its normal form
+/// (`domain_key`).
 pub fn domain_of(address: &str) -> Option<String> {
     let (_, domain) = address.rsplit_once('@')?;
-    let domain = domain.trim_end_matches('.');
-    (!domain.is_empty()).then(|| domain.to_ascii_lowercase())
+    let domain = domain_key(domain);
+    (!domain.is_empty()).then_some(domain)
 }
 
-/// The form an address is kept in: the domain in lower case without a
-/// trailing dot (the local part is left as it is: it may be case-sensitive).
-/// `Example@Court.DK.` and `Example@court.dk` are one recipient to rules,
-/// mailboxes and keys.
+/// The normal form of a domain: without a trailing dot, mapped and
+/// lower-cased by UTS-46 and written as A-labels (`DØMSTOL.dk.` ->
+/// `xn--dmstol-bya.dk`). An address literal (`[192.0.2.1]`) is only
+/// lower-cased; a name UTS-46 refuses is lower-cased as Unicode (it names
+/// no host, so it matches no rule written as a valid name either).
+pub fn domain_key(domain: &str) -> String {
+    let domain = domain.trim_end_matches('.');
+    if domain.starts_with('[') {
+        return domain.to_ascii_lowercase();
+    }
+    match idna::domain_to_ascii(domain) {
+        Ok(ascii) if !ascii.is_empty() => ascii,
+        _ => domain.to_lowercase(),
+    }
+}
+
+/// The form an address is kept in: the domain in its normal form
+/// (`domain_key`; the local part is left as it is: it may be
+/// case-sensitive). `Example@Court.DK.` and `Example@court.dk` are one
+/// recipient to rules, mailboxes and keys, and so are `x@dømstol.dk` and
+/// `x@xn--dmstol-bya.dk`.
 pub fn normalize(address: &str) -> String {
     match address.rsplit_once('@') {
-        Some((local, domain)) => {
-            format!(
-                "{local}@{}",
-                domain.trim_end_matches('.').to_ascii_lowercase()
-            )
-        }
+        Some((local, domain)) => format!("{local}@{}", domain_key(domain)),
         None => address.to_string(),
     }
+}
+
+/// The normal form of a configured address pattern (`*`, `*@domain`,
+/// `*.domain` or an address): its domain as `domain_key` gives it, the
+/// rest as written.
+pub fn pattern_key(pattern: &str) -> String {
+    if pattern == "*" {
+        return pattern.to_string();
+    }
+    if let Some(d) = pattern.strip_prefix("*@") {
+        return format!("*@{}", domain_key(d));
+    }
+    if let Some(d) = pattern.strip_prefix("*.") {
+        return format!("*.{}", domain_key(d));
+    }
+    normalize(pattern)
 }
 
 /// False for addresses that cannot be written back into an SMTP command
@@ -81,6 +113,29 @@ mod tests {
         assert_eq!(smtp_path("a\"b@x"), "\"a\\\"b\"@x");
         assert!(!is_clean("x> RET=FULL@z"));
         assert!(is_clean("alice@example.org"));
+    }
+
+    #[test]
+    fn domains_are_compared_as_a_labels() {
+        let a = "xn--dmstol-bya.dk";
+        for d in [
+            "dømstol.dk",
+            "DØMSTOL.dk",
+            "Dømstol.DK.",
+            "XN--DMSTOL-BYA.dk",
+            a,
+        ] {
+            assert_eq!(domain_key(d), a, "{d}");
+            assert_eq!(domain_of(&format!("x@{d}")).as_deref(), Some(a), "{d}");
+        }
+        assert_eq!(normalize("Post@DØMSTOL.dk"), format!("Post@{a}"));
+        assert_eq!(normalize("ærø@Example.ORG."), "ærø@example.org");
+        assert_eq!(domain_key("[192.0.2.1]"), "[192.0.2.1]");
+        assert_eq!(domain_of("x@."), None);
+        assert_eq!(pattern_key("*@Dømstol.dk"), format!("*@{a}"));
+        assert_eq!(pattern_key("*.dømstol.dk"), format!("*.{a}"));
+        assert_eq!(pattern_key("Post@dømstol.dk"), format!("Post@{a}"));
+        assert_eq!(pattern_key("*"), "*");
     }
 
     #[test]

@@ -20,8 +20,48 @@ use super::revocation::{self, Checker};
 use super::{validate, Keyring};
 use crate::config::{Revocation, Settings};
 
-/// LDAP answers by (server URL, address), with the instant they expire.
-type LdapCache = HashMap<(String, String), (Instant, Vec<X509>)>;
+/// LDAP answers by what was asked and how, with the instant they expire.
+type LdapCache = HashMap<LdapKey, (Instant, Vec<X509>)>;
+
+/// What an LDAP answer depends on: the server, everything in its settings
+/// that shapes the search or says whether the answer is authenticated
+/// (StartTLS, the CA, base, filter, attribute), and the address. An
+/// answer fetched under other settings (plain `ldap://` before StartTLS
+/// was turned on, another base) is never taken for one under these.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LdapKey {
+    url: String,
+    starttls: bool,
+    tls_ca: Option<std::path::PathBuf>,
+    base: String,
+    filter: String,
+    attribute: String,
+    address: String,
+}
+
+impl LdapKey {
+    fn new(cfg: &crate::config::LdapSettings, addr: &str) -> Self {
+        let crate::config::LdapSettings {
+            url,
+            base,
+            filter,
+            attribute,
+            timeout: _,
+            cache_ttl: _,
+            starttls,
+            tls_ca,
+        } = cfg;
+        Self {
+            url: url.clone(),
+            starttls: *starttls,
+            tls_ca: tls_ca.clone(),
+            base: base.clone(),
+            filter: filter.clone(),
+            attribute: attribute.clone(),
+            address: addr.to_ascii_lowercase(),
+        }
+    }
+}
 
 /// A recipient certificate and its verdict.
 #[derive(Debug, Clone)]
@@ -40,6 +80,15 @@ pub struct Resolver {
 impl Resolver {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Forgets every LDAP answer (a reload: a CA file may have changed
+    /// under the same path, a server been taken out).
+    pub fn forget_ldap_answers(&self) {
+        self.ldap_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// The certificates of `addr` with their verdicts at `at`, and the
@@ -145,7 +194,7 @@ impl Resolver {
         cfg: &crate::config::LdapSettings,
         addr: &str,
     ) -> Result<Vec<X509>, String> {
-        let key = (cfg.url.clone(), addr.to_ascii_lowercase());
+        let key = LdapKey::new(cfg, addr);
         let cached = self
             .ldap_cache
             .lock()
@@ -321,5 +370,90 @@ fn verdict(
                 keep(checked::KEEP_UNKNOWN),
             ),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LdapSettings;
+
+    fn plain() -> LdapSettings {
+        LdapSettings {
+            url: "ldap://127.0.0.1:1".into(),
+            base: "c=DK".into(),
+            filter: "(mail={address})".into(),
+            attribute: "userCertificate;binary".into(),
+            timeout: Duration::from_millis(500),
+            cache_ttl: Duration::from_secs(3600),
+            starttls: false,
+            tls_ca: None,
+        }
+    }
+
+    #[test]
+    fn every_setting_that_shapes_an_answer_is_in_its_key() {
+        let a = plain();
+        let changed = [
+            LdapSettings {
+                starttls: true,
+                ..plain()
+            },
+            LdapSettings {
+                tls_ca: Some("/etc/ldap-ca.pem".into()),
+                ..plain()
+            },
+            LdapSettings {
+                base: "o=Other,c=DK".into(),
+                ..plain()
+            },
+            LdapSettings {
+                filter: "(cn={address})".into(),
+                ..plain()
+            },
+            LdapSettings {
+                attribute: "userSMIMECertificate".into(),
+                ..plain()
+            },
+            LdapSettings {
+                url: "ldap://127.0.0.1:2".into(),
+                ..plain()
+            },
+        ];
+        for b in &changed {
+            assert_ne!(
+                LdapKey::new(&a, "x@y.dk"),
+                LdapKey::new(b, "x@y.dk"),
+                "{b:?}"
+            );
+        }
+        // Neither how long to wait nor how long to keep changes an answer.
+        let same = LdapSettings {
+            timeout: Duration::from_secs(9),
+            cache_ttl: Duration::from_secs(1),
+            ..plain()
+        };
+        assert_eq!(LdapKey::new(&a, "X@Y.dk"), LdapKey::new(&same, "x@y.dk"));
+    }
+
+    /// An answer kept under plain `ldap://` is not the answer once
+    /// StartTLS is on for the same URL (the server is asked, and here
+    /// cannot be reached); a reload forgets answers altogether.
+    #[tokio::test]
+    async fn an_answer_is_used_only_under_the_settings_it_was_fetched_with() {
+        let r = Resolver::new();
+        let before = plain();
+        r.ldap_cache.lock().unwrap().insert(
+            LdapKey::new(&before, "x@y.dk"),
+            (Instant::now() + Duration::from_secs(3600), Vec::new()),
+        );
+        assert!(r.ldap_cached(&before, "x@y.dk").await.is_ok());
+        let after = LdapSettings {
+            starttls: true,
+            ..plain()
+        };
+        assert!(r.ldap_cached(&after, "x@y.dk").await.is_err());
+        r.forget_ldap_answers();
+        assert!(r.ldap_cached(&before, "x@y.dk").await.is_err());
     }
 }

@@ -23,6 +23,23 @@ use crate::config::{Revocation, Settings};
 /// LDAP answers by what was asked and how, with the instant they expire.
 type LdapCache = HashMap<LdapKey, (Instant, Vec<X509>)>;
 
+/// Most LDAP answers kept. Outside senders choose the From addresses whose
+/// signers are looked up, so the cache must not grow with them.
+const LDAP_CACHE_MAX: usize = 10_000;
+
+/// Makes room for one more answer in `cache` at `now`: expired answers go
+/// first; when the cache is still full, all of them (cheap, and a full
+/// cache of live answers means lookups for many addresses at once).
+fn make_room(cache: &mut LdapCache, now: Instant, max: usize) {
+    if cache.len() < max {
+        return;
+    }
+    cache.retain(|_, (until, _)| *until > now);
+    if cache.len() >= max {
+        cache.clear();
+    }
+}
+
 /// What an LDAP answer depends on: the server, everything in its settings
 /// that shapes the search or says whether the answer is authenticated
 /// (StartTLS, the CA, base, filter, attribute), and the address. An
@@ -209,10 +226,10 @@ impl Resolver {
         match super::ldap::lookup(cfg, addr).await {
             Ok(c) => {
                 crate::metrics::lookup("ldap");
-                self.ldap_cache
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, (Instant::now() + cfg.cache_ttl, c.clone()));
+                let now = Instant::now();
+                let mut cache = self.ldap_cache.lock().unwrap_or_else(|p| p.into_inner());
+                make_room(&mut cache, now, LDAP_CACHE_MAX);
+                cache.insert(key, (now + cfg.cache_ttl, c.clone()));
                 Ok(c)
             }
             Err(e) => {
@@ -375,6 +392,35 @@ fn verdict(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_ldap_cache_stays_bounded() {
+        let cfg = crate::config::load::test_settings(
+            "[[certificates.ldap]]\nurl = \"ldaps://d.example\"\nbase = \"c=DK\"\n",
+        )
+        .certificates
+        .ldap[0]
+            .clone();
+        let now = Instant::now();
+        let mut cache = LdapCache::new();
+        let key = |i: usize| LdapKey::new(&cfg, &format!("a{i}@x.dk"));
+        for i in 0..3 {
+            make_room(&mut cache, now, 4);
+            cache.insert(key(i), (now + Duration::from_secs(60), Vec::new()));
+        }
+        make_room(&mut cache, now, 4);
+        cache.insert(key(3), (now - Duration::from_secs(1), Vec::new()));
+        assert_eq!(cache.len(), 4);
+        // Full: the expired answer goes, the live ones stay.
+        make_room(&mut cache, now, 4);
+        assert_eq!(cache.len(), 3);
+        assert!(cache.contains_key(&key(0)) && !cache.contains_key(&key(3)));
+        // Full of live answers: emptied, never over the bound.
+        cache.insert(key(4), (now + Duration::from_secs(60), Vec::new()));
+        make_room(&mut cache, now, 4);
+        assert!(cache.is_empty());
+    }
+
     use super::*;
     use crate::config::LdapSettings;
 

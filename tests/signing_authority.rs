@@ -380,3 +380,36 @@ fn without_a_submission_path_a_forged_internal_sender_gets_no_signature() {
     signer_of(&vouched);
     assert!(!gw.log().contains("outbound mail is not signed"));
 }
+
+#[test]
+fn mail_the_sender_labelled_signed_still_gets_the_organisations_signature() {
+    // A two-part multipart/signed whose "signature" is junk: the gateway
+    // does not check the sender's signature, so a rule that requires one
+    // must still get the organisation's, around it (before, the copy left
+    // with the junk only, and the log said "signed").
+    let sink = Sink::start(Script::default());
+    let gw = Gateway::start(options(&sink, ""));
+    let body = "From: Alice <alice@example-law.dk>\r\nTo: <post@domstol.dk>\r\n\
+                Subject: junk-signed\r\nMessage-ID: <junk-signed@test>\r\nMIME-Version: 1.0\r\n\
+                Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; \
+                micalg=sha-256; boundary=\"b\"\r\n\r\n\
+                --b\r\nContent-Type: text/plain\r\n\r\nRetten bedes notere forliget.\r\n\
+                --b\r\nContent-Type: application/pkcs7-signature; name=smime.p7s\r\n\
+                Content-Transfer-Encoding: base64\r\n\r\nAAAA\r\n--b--\r\n";
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let r = c
+        .send(
+            "alice@example-law.dk",
+            &["post@domstol.dk"],
+            body.as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    let copy = arrived(&sink, &gw, "junk-signed");
+    // The organisation's signature verifies over the whole entity.
+    let signer = signer_of(&copy);
+    assert!(signer.contains("Example Law"), "{signer}");
+    // Control: the sender's own entity is inside, unchanged.
+    assert!(copy.text().contains("Retten bedes notere forliget."));
+}

@@ -306,7 +306,7 @@ pub fn process<'a>(
             Treatment::Unchanged(_) => out.deliver(rcpt.clone(), Cow::Borrowed(body), None),
         }
     }
-    wrap::outbound(outbound, body, &plan.shape, ctx, &mut out);
+    wrap::outbound(outbound, body, ctx, &mut out);
     unwrap::mailboxes(envelope, mailboxes, body, plan.shape, ctx, &mut out);
     out.into_vec()
 }

@@ -9,7 +9,6 @@ use crate::metrics::Event;
 use crate::pki::directory::fingerprint;
 use crate::pki::oces::{self, Generation};
 use crate::policy::{Decision, Outcome};
-use crate::smime::mime::Shape;
 use crate::smime::sign;
 
 /// External recipients: what the rules decided, grouped so that
@@ -17,7 +16,6 @@ use crate::smime::sign;
 pub fn outbound<'a>(
     rcpts: Vec<(String, &Decision)>,
     body: &'a [u8],
-    shape: &Shape,
     ctx: &Context<'_>,
     out: &mut Actions<'a>,
 ) {
@@ -60,14 +58,7 @@ pub fn outbound<'a>(
             continue;
         };
         let signer = sign_with.map(|i| (&ctx.keys.identities[i], ctx.settings.policy.signature));
-        match sign::protect_into(
-            body,
-            Some(shape),
-            signer,
-            encrypt_to,
-            *encryption,
-            ctx.spill,
-        ) {
+        match sign::protect_into(body, signer, encrypt_to, *encryption, ctx.spill) {
             Ok(bytes) => {
                 if let Some((id, _)) = signer {
                     out.push(Action::Observed(Event::Signed(

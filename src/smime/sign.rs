@@ -10,7 +10,7 @@ use mail_parser::{MessageParser, MimeHeaders, PartType};
 use openssl::x509::X509;
 
 use super::cms::short;
-use super::mime::{self, Shape};
+use super::mime;
 use super::unwrap::{content_parts, spill_enveloped};
 use super::SmimeError;
 use crate::blob::{write_all, Blob, InMemory, Spill};
@@ -19,24 +19,22 @@ use crate::mail::lines;
 use crate::ossl;
 use crate::pki::Identity;
 
-/// Signs (unless the message is signed already) and/or encrypts
-/// (when `recipients` is not empty) `message`, keeping its outer header
-/// fields.
+/// Signs (with `signer`, around any signature the sender made) and/or
+/// encrypts (when `recipients` is not empty) `message`, keeping its outer
+/// header fields.
 pub fn protect(
     message: &[u8],
     signer: Option<(&Identity, SignatureScheme)>,
     recipients: &[X509],
     encryption: Encryption,
 ) -> Result<Vec<u8>, SmimeError> {
-    protect_into(message, None, signer, recipients, encryption, &InMemory).map(|b| b.to_vec())
+    protect_into(message, signer, recipients, encryption, &InMemory).map(|b| b.to_vec())
 }
 
 /// As [`protect`], the steps' products written to `spill` (scratch files
-/// for a large message, where the encryption is streamed); `shape` is the
-/// message's shape when the caller read it already.
+/// for a large message, where the encryption is streamed).
 pub fn protect_into(
     message: &[u8],
-    shape: Option<&Shape>,
     signer: Option<(&Identity, SignatureScheme)>,
     recipients: &[X509],
     encryption: Encryption,
@@ -52,15 +50,13 @@ pub fn protect_into(
             .map_err(scratch)?;
         &converted
     };
-    let signed_shape =
-        |s: &Shape| matches!(s, Shape::DetachedSigned { .. } | Shape::OpaqueSigned { .. });
-    let already_signed = match shape {
-        Some(s) => signed_shape(s),
-        None => signed_shape(&mime::shape(message)),
-    };
+    // A message the sender signed already is signed again, around it: the
+    // sender's signature is not checked here, so only the organisation's
+    // own can stand for what the decision promised (a rule's `sign =
+    // "required"`), and the log's "signed" stays true.
     let signed_blob;
     let signed: &[u8] = match signer {
-        Some((id, scheme)) if !already_signed => {
+        Some((id, scheme)) => {
             signed_blob = sign_into(message, id, scheme, spill)?;
             &signed_blob
         }
@@ -238,7 +234,8 @@ mod tests {
             let msg = [&head[..], body].concat();
             for scheme in [SignatureScheme::Pkcs1, SignatureScheme::Pss] {
                 let signed = sign(&msg, &id, scheme).unwrap();
-                let Shape::DetachedSigned { content, signature } = mime::shape(&signed) else {
+                let mime::Shape::DetachedSigned { content, signature } = mime::shape(&signed)
+                else {
                     panic!("not signed: {}", String::from_utf8_lossy(&signed));
                 };
                 assert!(content.starts_with(b"Content-Type: text/plain; charset=utf-8\r\n"));

@@ -199,6 +199,15 @@ fn open_relay_attempts_are_refused() {
         assert_eq!(r.code, 554, "{rcpt} accepted: {r:?}");
         assert!(r.text.contains("5.7.1"), "{r:?}");
     }
+    // Look-alikes of `@` (full-width, small) after a foreign address: never
+    // an address of the internal domain (UTS-46 alone maps them to `@`).
+    for rcpt in [
+        "<x@attacker.example\u{FF20}example-law.dk>",
+        "<x@attacker.example\u{FE6B}example-law.dk>",
+    ] {
+        let r = c.cmd(&format!("RCPT TO:{rcpt}")).unwrap();
+        assert!(r.code >= 500, "{rcpt} accepted: {r:?}");
+    }
     let r = c.cmd("RCPT TO:<bob@Example-Law.DK.>").unwrap();
     assert_eq!(r.code, 250, "{r:?}");
     // The bare postmaster is always accepted (RFC 5321 4.5.1); with a foreign

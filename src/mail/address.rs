@@ -27,15 +27,33 @@ pub fn domain_of(address: &str) -> Option<String> {
 /// `xn--dmstol-bya.dk`). An address literal (`[192.0.2.1]`) is only
 /// lower-cased; a name UTS-46 refuses is lower-cased as Unicode (it names
 /// no host, so it matches no rule written as a valid name either).
+///
+/// The mapping runs with STD3 rules and its result must be a host name
+/// (letters, digits, hyphens, dots): UTS-46 alone maps look-alikes such
+/// as `＠` (U+FF20), `＞` and `¨` to `@`, `>` and a space, which would
+/// turn `x@evil.example＠firm.dk` into an address of the firm's domain
+/// after every check had passed.
 pub fn domain_key(domain: &str) -> String {
     let domain = domain.trim_end_matches('.');
     if domain.starts_with('[') {
         return domain.to_ascii_lowercase();
     }
-    match idna::domain_to_ascii(domain) {
-        Ok(ascii) if !ascii.is_empty() => ascii,
+    match idna::domain_to_ascii_cow(domain.as_bytes(), idna::AsciiDenyList::STD3) {
+        Ok(ascii) if is_host_name(&ascii) => ascii.into_owned(),
         _ => domain.to_lowercase(),
     }
+}
+
+/// True for a host name as DNS writes it: dot-separated labels of ASCII
+/// letters, digits and hyphens, none empty.
+fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// The form an address is kept in: the domain in its normal form
@@ -103,6 +121,37 @@ pub fn smtp_path(address: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn look_alikes_never_become_address_syntax() {
+        // Full-width @ and >, and a diaeresis UTS-46 alone would map to a
+        // space: the domain stays what it was (lower-cased), never an
+        // address of the domain after the look-alike.
+        for (raw, domain) in [
+            (
+                "x@attacker.example\u{FF20}example-law.dk",
+                "attacker.example\u{FF20}example-law.dk",
+            ),
+            (
+                "x@attacker.example\u{FE6B}example-law.dk",
+                "attacker.example\u{FE6B}example-law.dk",
+            ),
+            (
+                "a@b\u{FF1E}\u{00A8}ret\u{FF1D}full.example",
+                "b\u{FF1E}\u{00A8}ret\u{FF1D}full.example",
+            ),
+        ] {
+            let n = normalize(raw);
+            assert_eq!(domain_of(&n).as_deref(), Some(domain), "{raw}");
+            assert_eq!(n.matches('@').count(), 1, "{n}");
+            assert!(is_clean(&n), "{n}");
+        }
+        // Control: real IDN still maps.
+        assert_eq!(domain_key("DØMSTOL.dk."), "xn--dmstol-bya.dk");
+        assert_eq!(domain_key("Example.DK"), "example.dk");
+        assert!(!is_host_name("a..b") && !is_host_name("a b") && is_host_name("xn--d-1.dk"));
+    }
+
     use super::*;
 
     #[test]

@@ -15,6 +15,13 @@ use crate::snapshot::Live;
 /// The report, and whether mail would leave (true) or bounce / be held.
 /// The treatment comes from the same `decide` the queue uses.
 pub async fn explain(live: &Live, sender: &str, rcpt: &str, at: i64) -> (String, bool) {
+    // The addresses as the SMTP session keeps them (domains as A-labels),
+    // so that the answer is the queue's.
+    let (sender, rcpt) = (
+        crate::mail::address::normalize(sender),
+        crate::mail::address::normalize(rcpt),
+    );
+    let (sender, rcpt) = (sender.as_str(), rcpt.as_str());
     let snapshot = live.current();
     let settings = &snapshot.settings;
     let mut out = String::new();

@@ -17,7 +17,7 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// Most octets one read takes in the body of a large message (see
 /// [`Conn::large_reads`]).
-const LARGE_READ_CHUNK: usize = 256 * 1024;
+const LARGE_READ_CHUNK: usize = 128 * 1024;
 
 /// Why reading stopped.
 #[derive(Debug)]
@@ -120,7 +120,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             ..
         } = self;
         let chunk = *read_chunk;
-        rbuf.reserve(chunk);
+        // Exactly the room a read may take: the buffer never doubles past
+        // what is left over plus one read.
+        rbuf.reserve_exact(chunk);
         let room = rbuf.capacity() - rbuf.len();
         let mut limited = (&mut *rbuf).limit(room.min(chunk));
         let read = tokio::time::timeout(timeout, async {

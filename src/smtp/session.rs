@@ -513,8 +513,12 @@ impl Session {
         let mut received: u64 = 0;
         loop {
             let before = out.len();
-            let end = decoder.feed(conn.buffered(), &mut out);
-            let used = end.unwrap_or(conn.buffered().len());
+            // At most WRITE_CHUNK at a time: what is decoded but not yet
+            // written stays under WRITE_CHUNK * 2 whatever a read brought.
+            let input = conn.buffered();
+            let take = input.len().min(WRITE_CHUNK);
+            let end = decoder.feed(&input[..take], &mut out);
+            let used = end.unwrap_or(take);
             conn.consume(used);
             received += used as u64;
             if head.len() < HEAD_KEEP {
@@ -538,6 +542,10 @@ impl Session {
             }
             if end.is_some() {
                 break;
+            }
+            if !conn.buffered().is_empty() {
+                // More of this read to decode before reading again.
+                continue;
             }
             if tokio::time::Instant::now() >= self.deadline {
                 conn.reply(421, &[self.timeout_text("data")]);

@@ -755,9 +755,15 @@ impl Incoming {
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
         self.crc.update(bytes);
         self.len += bytes.len() as u64;
-        self.buf.extend_from_slice(bytes);
         // Until the file exists a message is held up to BUFFER; after that
         // it goes in pieces of PIECE (fewer trips to a blocking thread).
+        // What is held stays within the limit (or one call's bytes): the
+        // buffer is written before it would grow past it.
+        let limit = if self.file.is_some() { PIECE } else { BUFFER };
+        if !self.buf.is_empty() && self.buf.len() + bytes.len() > limit {
+            self.spill().await?;
+        }
+        self.buf.extend_from_slice(bytes);
         let limit = if self.file.is_some() { PIECE } else { BUFFER };
         if self.buf.len() >= limit {
             self.spill().await?;

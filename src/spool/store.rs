@@ -301,6 +301,7 @@ impl Store {
             id,
             crc: crc32fast::Hasher::new(),
             len: 0,
+            failed: false,
         };
         incoming.write(&head).await?;
         Ok(incoming)
@@ -712,6 +713,9 @@ pub struct Incoming {
     id: String,
     crc: crc32fast::Hasher,
     len: u64,
+    /// A write failed: what was handed to it is gone, so nothing more may
+    /// be written or committed (a later write would start the file again).
+    failed: bool,
 }
 
 impl Incoming {
@@ -723,12 +727,9 @@ impl Incoming {
     /// one trip to a blocking thread that takes the file and the buffer
     /// with it and gives both back (no copy on the way).
     async fn spill(&mut self) -> Result<(), SpoolError> {
-        if self.id.is_empty() {
-            return Err(SpoolError::Io {
-                path: self.tmp_path.clone(),
-                source: io::Error::other("spool file already closed"),
-            });
-        }
+        self.usable()?;
+        // Until the write is back, this message is not whole.
+        self.failed = true;
         let (file, buf) = (self.file.take(), std::mem::take(&mut self.buf));
         let (tmp, reused) = (self.tmp_path.clone(), self.reused);
         let (file, buf) = tokio::task::spawn_blocking(move || -> io::Result<_> {
@@ -747,12 +748,29 @@ impl Incoming {
         .map_err(SpoolError::io(&self.tmp_path))?;
         self.file = Some(file);
         self.buf = buf;
+        self.failed = false;
         Ok(())
+    }
+
+    /// An error unless bytes may still be written and committed.
+    fn usable(&self) -> Result<(), SpoolError> {
+        let why = if self.id.is_empty() {
+            "spool file already closed"
+        } else if self.failed {
+            "an earlier write to the spool file failed"
+        } else {
+            return Ok(());
+        };
+        Err(SpoolError::Io {
+            path: self.tmp_path.clone(),
+            source: io::Error::other(why),
+        })
     }
 
     /// Appends message bytes (and, first, the header), counted by the
     /// trailer.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
+        self.usable()?;
         self.crc.update(bytes);
         self.len += bytes.len() as u64;
         // Until the file exists a message is held up to BUFFER; after that
@@ -774,6 +792,7 @@ impl Incoming {
     /// Makes the message durable in the queue and returns its id. Only
     /// after this returns may the client be told 250.
     pub async fn commit(mut self) -> Result<String, SpoolError> {
+        self.usable()?;
         let t = format::trailer(self.len, self.crc.clone().finalize());
         self.buf.extend_from_slice(&t);
         // Writes made earlier (a message larger than the buffer) are
@@ -929,6 +948,28 @@ mod tests {
         fs::remove_file(dir.path().join("queue").join(format!("{id}.msg"))).unwrap();
         assert!(matches!(store.load(&id), Err(SpoolError::NotFound(_))));
         assert_eq!(store.fresh.held.lock().unwrap().1, 0, "nothing left held");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_failed_write_nothing_more_is_written_or_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut inc = store.begin(&envelope()).await.unwrap();
+        // The temporary file cannot be created: the first piece fails.
+        fs::remove_dir_all(dir.path().join("tmp")).unwrap();
+        let piece = vec![b'x'; BUFFER];
+        assert!(inc.write(&piece).await.is_err());
+        // What that write took is gone: the message may not go on as if
+        // whole, even once the folder is back.
+        fs::create_dir(dir.path().join("tmp")).unwrap();
+        let again = inc.write(b"more\r\n").await.unwrap_err().to_string();
+        assert!(again.contains("an earlier write"), "{again}");
+        assert!(inc.commit().await.is_err());
+        assert!(store.list().unwrap().is_empty());
+        // Control: a new message writes and commits.
+        let mut inc = store.begin(&envelope()).await.unwrap();
+        inc.write(&piece).await.unwrap();
+        assert!(inc.commit().await.is_ok());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,8 +12,9 @@
 //!      rewrite round trip, DSN
 //!   5  spool round trip of a structured envelope and state, `queue
 //!      list`/`show` and the DSN built for it
-//!   6  returned mail, the depth scan, inert HTML, and the lean parse
-//!      (`smime::parse`) against mail-parser's own
+//!   6  returned mail, the depth scan, inert HTML, the lean parse
+//!      (`smime::parse`) against mail-parser's own, and the nesting walk
+//!      (`mail::nesting`): what it lets through is within its caps
 //! Run with `scripts/fuzz ingest`; seeds in fuzz/seeds/ingest/.
 #![no_main]
 
@@ -26,7 +27,7 @@ use libfuzzer_sys::fuzz_target;
 use mail_parser::{MessageParser, PartType};
 use smime_gateway::config::{Encryption, SignatureScheme};
 use smime_gateway::delivery::data::{stuffed, DotStuffer};
-use smime_gateway::mail::{address, headers};
+use smime_gateway::mail::{address, headers, nesting};
 use smime_gateway::ops::queue;
 use smime_gateway::smime::cms::{Chain, Math};
 use smime_gateway::smime::mime::{self, Shape};
@@ -65,10 +66,23 @@ fn returned_and_scanned(input: &[u8]) {
     let _ = smime_gateway::mail::dsn::parse(input);
     let _ = smime_gateway::mail::dsn::parse_status(input);
     let _ = smime_gateway::smime::scan::scan(input);
-    // The lean parse gives what mail-parser's own parse gives.
+    // What the nesting walk lets through, mail-parser builds within the
+    // caps: attached messages no deeper, no more parts. What it refuses
+    // is not parsed here either (it is what crashed the daemon).
+    let checked = nesting::check(input);
+    if checked.is_err() && smime_gateway::smime::parse::leaf(input).is_none() {
+        assert!(smime_gateway::smime::parse::message(input).is_err());
+        return;
+    }
     let full = MessageParser::default().parse(input);
+    if let (Ok(()), Some(m)) = (checked, &full) {
+        let (depth, parts) = attached(m);
+        assert!(depth <= nesting::MAX_DEPTH, "{depth} levels let through");
+        assert!(parts <= nesting::MAX_PARTS, "{parts} parts let through");
+    }
+    // The lean parse gives what mail-parser's own parse gives.
     assert!(
-        smime_gateway::smime::parse::message(input) == full,
+        smime_gateway::smime::parse::message(input).is_ok_and(|lean| lean == full),
         "smime::parse::message differs from mail-parser's parse"
     );
     if let Some(leaf) = smime_gateway::smime::parse::leaf(input) {
@@ -101,6 +115,20 @@ fn returned_and_scanned(input: &[u8]) {
             );
         }
     }
+}
+
+/// How deep mail-parser's attached messages nest (the recursion its drop
+/// follows), and how many parts it holds in all.
+fn attached(m: &mail_parser::Message<'_>) -> (usize, usize) {
+    let (mut depth, mut parts) = (0, m.parts.len());
+    for p in &m.parts {
+        if let PartType::Message(inner) = &p.body {
+            let (d, n) = attached(inner);
+            depth = depth.max(d + 1);
+            parts += n;
+        }
+    }
+    (depth, parts)
 }
 
 // --- 0: DATA ---------------------------------------------------------------

@@ -4,7 +4,7 @@
 //! recipient. The MIME is mail-parser's; only the field groups are read
 //! here. Nothing of the returned message itself is kept.
 
-use mail_parser::{MessageParser, MimeHeaders};
+use mail_parser::MimeHeaders;
 
 /// Most recipient groups read from one report.
 const MAX_RECIPIENTS: usize = 100;
@@ -29,9 +29,10 @@ pub struct Report {
     pub recipients: Vec<RecipientStatus>,
 }
 
-/// The report in `raw`, or `None` when it holds no delivery status.
+/// The report in `raw`, or `None` when it holds no delivery status (or is
+/// nested too deep to be read: [`super::nesting`]).
 pub fn parse(raw: &[u8]) -> Option<Report> {
-    let msg = MessageParser::default().parse(raw)?;
+    let msg = super::nesting::parse(raw).ok()??;
     let part = msg.parts.iter().find(|p| {
         p.content_type().is_some_and(|ct| {
             ct.ctype().eq_ignore_ascii_case("message")
@@ -158,5 +159,17 @@ Diagnostic-Code: x-unix; mailbox\r\n\
     #[test]
     fn other_mail_is_no_report() {
         assert_eq!(parse(b"Subject: Out of office\r\n\r\nI am away\r\n"), None);
+    }
+
+    #[test]
+    fn a_report_nested_too_deep_is_not_read() {
+        let mut deep = b"Subject: x\r\n".to_vec();
+        deep.extend(
+            b"Content-Type: message/rfc822\r\n\r\n".repeat(super::super::nesting::MAX_DEPTH + 1),
+        );
+        deep.extend_from_slice(DSN.as_bytes());
+        assert_eq!(parse(&deep), None);
+        // Positive control: the report itself is read.
+        assert!(parse(DSN.as_bytes()).is_some());
     }
 }

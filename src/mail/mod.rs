@@ -7,4 +7,5 @@ pub mod address;
 pub mod dsn;
 pub mod headers;
 pub mod lines;
+pub mod nesting;
 pub mod return_path;

@@ -15,8 +15,9 @@ use std::borrow::Cow;
 
 use lol_html::html_content::Element;
 use lol_html::{element, rewrite_str, RewriteStrSettings};
-use mail_parser::{MessageParser, PartType};
+use mail_parser::PartType;
 
+use crate::mail::nesting::{self, TooComplex};
 use crate::smime::scan::Seen;
 use crate::smime::{mime, parse};
 
@@ -36,35 +37,37 @@ pub struct Protected<'a> {
 /// Applies the defence to `message`, decrypted from a body the scan saw
 /// as `seen`. Content `covered` by a signature inside the encryption whose
 /// mathematics hold (whoever signed: nobody can sign malleated plaintext
-/// they cannot read) is left as it is.
-pub fn protect(message: &[u8], seen: Seen, covered: bool) -> Protected<'_> {
+/// they cannot read) is left as it is. Content that needs the defence but
+/// is too deeply nested to be parsed (`mail::nesting`) is an error: it
+/// cannot be made inert, so it must not be delivered.
+pub fn protect(message: &[u8], seen: Seen, covered: bool) -> Result<Protected<'_>, TooComplex> {
     if !seen.without_integrity || covered {
-        return Protected {
+        return Ok(Protected {
             message: Cow::Borrowed(message),
             integrity_none: false,
             neutralised: false,
-        };
+        });
     }
-    let (out, neutralised) = neutralise(message, 0);
-    Protected {
+    let (out, neutralised) = neutralise(message, 0)?;
+    Ok(Protected {
         message: out,
         integrity_none: true,
         neutralised,
-    }
+    })
 }
 
 /// `message` with every HTML part (at any depth) made inert; whether
 /// anything changed.
-fn neutralise(message: &[u8], depth: usize) -> (Cow<'_, [u8]>, bool) {
+fn neutralise(message: &[u8], depth: usize) -> Result<(Cow<'_, [u8]>, bool), TooComplex> {
     // One leaf entity that is not HTML (decrypted mail is mostly one text
     // part): nothing to rewrite, and its body need not be read.
     let parsed = match parse::leaf(message) {
-        Some(part) if !parse::may_be_html(&part) => return (Cow::Borrowed(message), false),
+        Some(part) if !parse::may_be_html(&part) => return Ok((Cow::Borrowed(message), false)),
         Some(part) => parse::message_from_leaf(part, message),
-        None => MessageParser::default().parse(message),
+        None => nesting::parse(message)?,
     };
     let Some(parsed) = parsed else {
-        return (Cow::Borrowed(message), false);
+        return Ok((Cow::Borrowed(message), false));
     };
     // (start, end, replacement), in message order.
     let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
@@ -92,7 +95,7 @@ fn neutralise(message: &[u8], depth: usize) -> (Cow<'_, [u8]>, bool) {
             }
             PartType::Message(_) if depth < MAX_DEPTH => {
                 let inner = part.contents();
-                let (done, changed) = neutralise(inner, depth + 1);
+                let (done, changed) = neutralise(inner, depth + 1)?;
                 if changed {
                     edits.push((start, end, with_body(headers, &done)));
                 }
@@ -101,7 +104,7 @@ fn neutralise(message: &[u8], depth: usize) -> (Cow<'_, [u8]>, bool) {
         }
     }
     if edits.is_empty() {
-        return (Cow::Borrowed(message), false);
+        return Ok((Cow::Borrowed(message), false));
     }
     let mut out = Vec::with_capacity(message.len() + message.len() / 3);
     let mut at = 0;
@@ -114,7 +117,7 @@ fn neutralise(message: &[u8], depth: usize) -> (Cow<'_, [u8]>, bool) {
         at = end;
     }
     out.extend_from_slice(&message[at..]);
-    (Cow::Owned(out), true)
+    Ok((Cow::Owned(out), true))
 }
 
 /// The part's header fields without Content-Type and
@@ -286,12 +289,14 @@ mod tests {
     #[test]
     fn html_parts_are_rewritten_and_the_rest_kept() {
         let m = b"From: a@b\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nplain http://x\r\n--B\r\nContent-Type: text/html; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n<p>hej =E6</p><img src=3D\"http://a/x\">\r\n--B--\r\n";
-        let p = protect(m, cbc(), false);
+        let p = protect(m, cbc(), false).unwrap();
         assert!(p.integrity_none && p.neutralised);
         let text = String::from_utf8(p.message.to_vec()).unwrap();
         assert!(text.contains("plain http://x"), "{text}");
         assert!(text.contains("Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"), "{text}");
-        let parsed = MessageParser::default().parse(text.as_bytes()).unwrap();
+        let parsed = mail_parser::MessageParser::default()
+            .parse(text.as_bytes())
+            .unwrap();
         let html = parsed.body_html(0).unwrap();
         assert!(
             html.contains("<p>hej æ</p>") && !html.contains("http"),
@@ -307,19 +312,41 @@ mod tests {
             encrypted: true,
             without_integrity: false,
         };
-        let p = protect(m, gcm, false);
+        let p = protect(m, gcm, false).unwrap();
         assert_eq!(&*p.message, &m[..]);
         assert!(!p.integrity_none && !p.neutralised);
-        let p = protect(m, cbc(), false);
+        let p = protect(m, cbc(), false).unwrap();
         assert!(p.integrity_none && p.neutralised);
         assert!(!String::from_utf8_lossy(&p.message).contains("http://"));
         // Plain text from CBC: nothing to change, but said.
         let t = b"Content-Type: text/plain\r\n\r\nhttp://a/x\r\n";
-        let p = protect(t, cbc(), false);
+        let p = protect(t, cbc(), false).unwrap();
         assert!(p.integrity_none && !p.neutralised);
         assert_eq!(&*p.message, &t[..]);
         // Signed inside the encryption: left as it is.
-        let p = protect(m, cbc(), true);
+        let p = protect(m, cbc(), true).unwrap();
         assert!(!p.integrity_none && !p.neutralised);
+    }
+
+    #[test]
+    fn content_too_deep_to_make_inert_is_an_error() {
+        let deep = |levels: usize| {
+            let mut m = b"From: a@b\r\n".to_vec();
+            m.extend(b"Content-Type: message/rfc822\r\n\r\n".repeat(levels));
+            m.extend_from_slice(b"Content-Type: text/html\r\n\r\n<img src=\"http://a/x\">\r\n");
+            m
+        };
+        let over = deep(crate::mail::nesting::MAX_DEPTH + 1);
+        assert_eq!(
+            protect(&over, cbc(), false).err(),
+            Some(TooComplex::TooDeep)
+        );
+        // With integrity, or signed inside: nothing to parse.
+        assert!(protect(&over, cbc(), true).is_ok());
+        // Positive control: three levels are parsed (and followed no
+        // deeper than MAX_DEPTH here), not refused.
+        let shallow = deep(3);
+        let p = protect(&shallow, cbc(), false).unwrap();
+        assert!(p.integrity_none && p.neutralised);
     }
 }

@@ -178,7 +178,16 @@ pub fn mailboxes_at<'a>(
                 // A layer without integrity below one with it (AES-GCM
                 // around captured CBC) shows only once opened.
                 seen.without_integrity |= report.without_integrity;
-                let protected = efail::protect(message, seen, report.decrypted_content_signed());
+                let protected =
+                    match efail::protect(message, seen, report.decrypted_content_signed()) {
+                        Ok(p) => p,
+                        // It cannot be made inert: the plaintext stays here.
+                        Err(e) => {
+                            let reason = SmimeError::from(e).to_string();
+                            undecryptable(out, rcpt, envelope, ctx, body, report, &reason);
+                            continue;
+                        }
+                    };
                 let message: &[u8] = &protected.message;
                 let mut value = report.header_value().unwrap_or_else(|| "decrypted".into());
                 let mut note = Some(note_for(report));
@@ -248,18 +257,30 @@ pub fn mailboxes_at<'a>(
                     deliver_traced(out, rcpt, ctx, body, &value, note);
                     continue;
                 }
-                let reason = error.to_string();
-                if ctx.settings.smime.on_undecryptable == OnUndecryptable::Quarantine
-                    && !envelope.released
-                {
-                    out.quarantine(rcpt, &reason);
-                } else {
-                    let value = report.failure_value(&reason);
-                    let note = Some(format!("undecryptable: {reason}"));
-                    deliver_traced(out, rcpt, ctx, body, &value, note);
-                }
+                undecryptable(out, rcpt, envelope, ctx, body, report, &error.to_string());
             }
         }
+    }
+}
+
+/// `rcpt` gets mail the gateway could not open as it came (`body`), with
+/// the trace header saying why, or it goes to the quarantine when so
+/// configured (and an operator has not released it).
+fn undecryptable<'a>(
+    out: &mut Actions<'a>,
+    rcpt: String,
+    envelope: &Envelope,
+    ctx: &Context<'_>,
+    body: &'a [u8],
+    report: &Report,
+    reason: &str,
+) {
+    if ctx.settings.smime.on_undecryptable == OnUndecryptable::Quarantine && !envelope.released {
+        out.quarantine(rcpt, reason);
+    } else {
+        let value = report.failure_value(reason);
+        let note = Some(format!("undecryptable: {reason}"));
+        deliver_traced(out, rcpt, ctx, body, &value, note);
     }
 }
 

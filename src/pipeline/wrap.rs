@@ -9,7 +9,7 @@ use crate::metrics::Event;
 use crate::pki::directory::fingerprint;
 use crate::pki::oces::{self, Generation};
 use crate::policy::{Decision, Outcome};
-use crate::smime::sign;
+use crate::smime::{sign, SmimeError};
 
 /// External recipients: what the rules decided, grouped so that
 /// recipients with the same outcome share one copy.
@@ -79,6 +79,13 @@ pub fn outbound<'a>(
                     body: bytes.into(),
                     note: Some(decision.summary()),
                 }))
+            }
+            // Too deeply nested to be read: trying again will not help.
+            Err(e @ SmimeError::Unreadable(_)) => {
+                let reason = format!("cannot protect the message: {e}");
+                for rcpt in rcpts {
+                    out.fail(rcpt, &reason);
+                }
             }
             Err(e) => {
                 let reason = format!("cannot protect the message: {e}");

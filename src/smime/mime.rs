@@ -8,7 +8,9 @@
 //! file name, nested or alone), and its unit tests are the list of them.
 
 use base64::Engine;
-use mail_parser::{Message, MessageParser, MessagePart, MimeHeaders, PartType};
+use mail_parser::{Message, MessagePart, MimeHeaders, PartType};
+
+use crate::mail::nesting::{self, TooComplex};
 
 /// What a message (or entity) is, as far as S/MIME goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +35,9 @@ pub enum Shape {
     /// never spliced back together with them, never opened.
     Mixed(Nested),
     Plain,
+    /// Nested too deep, or too many parts, to be parsed at all
+    /// (`mail::nesting`): nothing inside is known.
+    Unreadable(TooComplex),
 }
 
 /// S/MIME parts found inside a multipart next to other parts.
@@ -111,25 +116,30 @@ fn is_multipart(part: &MessagePart<'_>, sub: &str) -> bool {
 
 /// Classifies the message or entity in `raw`.
 pub fn shape(raw: &[u8]) -> Shape {
-    let Some(msg) = parse_for_smime(raw) else {
-        return Shape::Plain;
-    };
-    shape_taken(msg, raw)
+    match parse_for_smime(raw) {
+        Ok(Some(msg)) => shape_taken(msg, raw),
+        Ok(None) => Shape::Plain,
+        Err(e) => Shape::Unreadable(e),
+    }
 }
 
 /// The parse that [`shape`] and `scan` read: for a single leaf entity
 /// that is S/MIME neither by type nor by name, its header section alone
 /// (nothing reads its body: `body` is empty); otherwise the whole message
-/// ([`super::parse::message`]). `None` when there is no header section.
-pub(super) fn parse_for_smime(raw: &[u8]) -> Option<Message<'_>> {
+/// ([`super::parse::message`]). `None` when there is no header section;
+/// an error when its structure is over the caps of `mail::nesting` (a
+/// single leaf never is).
+pub(super) fn parse_for_smime(raw: &[u8]) -> Result<Option<Message<'_>>, TooComplex> {
     match super::parse::leaf(raw) {
-        Some(part) if !is_smime_entity(&part) && !claims_smime_content(&part) => Some(Message {
-            parts: vec![part],
-            raw_message: std::borrow::Cow::Borrowed(raw),
-            ..Default::default()
-        }),
-        Some(part) => super::parse::message_from_leaf(part, raw),
-        None => MessageParser::default().parse(raw),
+        Some(part) if !is_smime_entity(&part) && !claims_smime_content(&part) => {
+            Ok(Some(Message {
+                parts: vec![part],
+                raw_message: std::borrow::Cow::Borrowed(raw),
+                ..Default::default()
+            }))
+        }
+        Some(part) => Ok(super::parse::message_from_leaf(part, raw)),
+        None => nesting::parse(raw),
     }
 }
 

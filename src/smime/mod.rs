@@ -32,6 +32,10 @@ pub enum SmimeError {
     Scratch(String),
     #[error("CMS structure refused before parsing: {0}")]
     TooComplex(#[from] limits::LimitError),
+    /// The MIME structure is over the caps of `mail::nesting`: the message
+    /// was not parsed.
+    #[error("message not read: {0}")]
+    Unreadable(#[from] crate::mail::nesting::TooComplex),
 }
 
 impl SmimeError {
@@ -40,7 +44,7 @@ impl SmimeError {
         match self {
             SmimeError::NoKey(_) => "no-key",
             SmimeError::Corrupt(_) => "corrupt",
-            SmimeError::TooComplex(_) => "too-complex",
+            SmimeError::TooComplex(_) | SmimeError::Unreadable(_) => "too-complex",
             SmimeError::Scratch(_) => "scratch",
             _ => "failed",
         }

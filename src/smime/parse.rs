@@ -24,6 +24,8 @@ use mail_parser::{
     PartType,
 };
 
+use crate::mail::nesting::{self, TooComplex};
+
 /// The message in `raw` when it is one leaf entity (not multipart, not an
 /// attached message): its header fields and offsets as mail-parser's full
 /// parse gives them (`offset_header` 0, `offset_body` after the blank
@@ -60,15 +62,18 @@ pub fn may_be_html(part: &MessagePart<'_>) -> bool {
 }
 
 /// mail-parser's parse of `raw` (`None` when it finds no header section);
-/// a single binary leaf has its body decoded by `base64-simd`.
-pub fn message(raw: &[u8]) -> Option<Message<'_>> {
+/// a single binary leaf has its body decoded by `base64-simd`. Anything
+/// but a single leaf is parsed through `mail::nesting` (an error over its
+/// caps); a leaf cannot nest.
+pub fn message(raw: &[u8]) -> Result<Option<Message<'_>>, TooComplex> {
     match leaf(raw) {
-        Some(part) => message_from_leaf(part, raw),
-        None => MessageParser::default().parse(raw),
+        Some(part) => Ok(message_from_leaf(part, raw)),
+        None => nesting::parse(raw),
     }
 }
 
-/// [`message`] for a message [`leaf`] already read.
+/// [`message`] for a message [`leaf`] already read (one part: its full
+/// parse, where one is needed, cannot nest).
 pub fn message_from_leaf<'x>(part: MessagePart<'x>, raw: &'x [u8]) -> Option<Message<'x>> {
     match binary_leaf(part, raw) {
         Some(one) => Some(Message {
@@ -206,7 +211,7 @@ pub(crate) mod tests {
             let reference = MessageParser::default().parse(&raw[..]);
             assert_eq!(
                 message(&raw),
-                reference,
+                Ok(reference.clone()),
                 "{}",
                 String::from_utf8_lossy(&raw)
             );
@@ -224,6 +229,9 @@ pub(crate) mod tests {
         }
         // Positive control: the fast decoder served the base64 samples.
         assert!(fast >= 5, "{fast}");
+        // Nested past the caps: refused, not parsed.
+        let deep = b"Content-Type: message/rfc822\r\n\r\n".repeat(nesting::MAX_DEPTH + 1);
+        assert_eq!(message(&deep), Err(TooComplex::TooDeep));
     }
 
     #[test]

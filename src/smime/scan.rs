@@ -20,6 +20,12 @@ const MAX_DEPTH: usize = 8;
 /// How many MIME parts are looked at in all (bounded cost).
 const MAX_PARTS: usize = 2000;
 
+/// What is assumed of content the scan cannot follow.
+const WORST: Seen = Seen {
+    encrypted: true,
+    without_integrity: true,
+};
+
 /// What the scan found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Seen {
@@ -46,8 +52,11 @@ pub fn scan(raw: &[u8]) -> Seen {
 /// Scans the message in `raw` and reads its shape
 /// ([`super::mime::shape`]), from one parse.
 pub fn scan_and_shape(raw: &[u8]) -> (Seen, super::mime::Shape) {
-    let Some(msg) = super::mime::parse_for_smime(raw) else {
-        return (Seen::default(), super::mime::Shape::Plain);
+    let msg = match super::mime::parse_for_smime(raw) {
+        Ok(Some(msg)) => msg,
+        Ok(None) => return (Seen::default(), super::mime::Shape::Plain),
+        // Not read: what it holds is unknown, so assume the worst.
+        Err(e) => return (WORST, super::mime::Shape::Unreadable(e)),
     };
     let mut budget = MAX_PARTS;
     let mut seen = Seen::default();
@@ -81,8 +90,10 @@ fn scan_at(raw: &[u8], depth: usize, budget: &mut usize) -> Seen {
             without_integrity: true,
         };
     }
-    let Some(msg) = super::mime::parse_for_smime(raw) else {
-        return seen;
+    let msg = match super::mime::parse_for_smime(raw) {
+        Ok(Some(msg)) => msg,
+        Ok(None) => return seen,
+        Err(_) => return WORST,
     };
     scan_message(&msg, depth, budget, &mut seen);
     seen
@@ -385,5 +396,24 @@ mod tests {
             &sign(b"Content-Type: text/plain\r\n\r\nhello\r\n"),
         );
         assert!(!scan(&plain).encrypted);
+    }
+
+    #[test]
+    fn a_message_nested_too_deep_is_not_parsed_and_assumed_the_worst() {
+        use crate::mail::nesting::{TooComplex, MAX_DEPTH};
+        use crate::smime::mime::{shape, Shape};
+        let deep = |levels: usize| {
+            let mut m = b"Content-Type: message/rfc822\r\n\r\n".repeat(levels);
+            m.extend_from_slice(b"Subject: x\r\n\r\nend\r\n");
+            m
+        };
+        let over = deep(MAX_DEPTH + 1);
+        let (seen, s) = scan_and_shape(&over);
+        assert_eq!(s, Shape::Unreadable(TooComplex::TooDeep));
+        assert_eq!(s, shape(&over));
+        assert_eq!(seen, WORST);
+        assert_eq!(scan(&over), WORST);
+        // Positive control: five levels are read (plain).
+        assert_eq!(scan_and_shape(&deep(5)), (Seen::default(), Shape::Plain));
     }
 }

@@ -6,7 +6,8 @@
 
 use std::borrow::Cow;
 
-use mail_parser::{MessageParser, MimeHeaders, PartType};
+use crate::mail::nesting::{self, TooComplex};
+use mail_parser::{MimeHeaders, PartType};
 use openssl::x509::X509;
 
 use super::cms::short;
@@ -97,7 +98,7 @@ fn sign_into(
                 write_all(w, &[&head, body])
             })
             .map_err(scratch)?;
-        reencoded = seven_bit(&content);
+        reencoded = seven_bit(&content)?;
         [&reencoded, &[]]
     };
     let pss = scheme == SignatureScheme::Pss;
@@ -164,15 +165,16 @@ fn seven_bit_clean(body: &[u8]) -> bool {
 /// `entity` with every leaf part whose body is 8-bit or has lines over
 /// 998 octets re-encoded as base64, so no later hop converts (and breaks)
 /// what was signed. Parts in base64 or quoted-printable, and everything
-/// already 7-bit, are left byte for byte.
-fn seven_bit(entity: &[u8]) -> Cow<'_, [u8]> {
+/// already 7-bit, are left byte for byte. An entity nested too deep to
+/// be parsed (`mail::nesting`) is an error: it is not signed.
+fn seven_bit(entity: &[u8]) -> Result<Cow<'_, [u8]>, TooComplex> {
     // One leaf entity (most mail): its header section and offsets are all
     // that is read here, so its body is not decoded.
     let parts = match super::parse::leaf(entity) {
         Some(part) => vec![part],
-        None => match MessageParser::default().parse(entity) {
+        None => match nesting::parse(entity)? {
             Some(msg) => msg.parts,
-            None => return Cow::Borrowed(entity),
+            None => return Ok(Cow::Borrowed(entity)),
         },
     };
     let clean = seven_bit_clean;
@@ -207,14 +209,14 @@ fn seven_bit(entity: &[u8]) -> Cow<'_, [u8]> {
         edits.push((h, e, new));
     }
     if edits.is_empty() {
-        return Cow::Borrowed(entity);
+        return Ok(Cow::Borrowed(entity));
     }
     let mut out = entity.to_vec();
     edits.sort_by_key(|e| std::cmp::Reverse(e.0));
     for (start, end, new) in edits {
         out.splice(start..end, new);
     }
-    Cow::Owned(out)
+    Ok(Cow::Owned(out))
 }
 
 #[cfg(test)]
@@ -264,7 +266,7 @@ mod tests {
     #[test]
     fn eight_bit_parts_are_reencoded_inside_multiparts() {
         let m = b"Content-Type: multipart/mixed; boundary=\"BB\"\r\n\r\n--BB\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nbl\xc3\xa5b\xc3\xa6r\r\n--BB\r\nContent-Type: text/plain\r\n\r\nascii\r\n--BB--\r\n";
-        let out = seven_bit(m);
+        let out = seven_bit(m).unwrap();
         assert!(
             out.iter().all(|b| *b < 0x80),
             "{}",
@@ -279,10 +281,31 @@ mod tests {
             text.contains("Content-Type: text/plain\r\n\r\nascii\r\n--BB--"),
             "{text}"
         );
-        let parsed = MessageParser::default().parse(&out[..]).unwrap();
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&out[..])
+            .unwrap();
         assert_eq!(parsed.body_text(0).unwrap(), "blåbær");
         // Already 7-bit: untouched.
         let plain = b"Content-Type: text/plain\r\n\r\nhello\r\n";
-        assert_eq!(&*seven_bit(plain), &plain[..]);
+        assert_eq!(&*seven_bit(plain).unwrap(), &plain[..]);
+    }
+
+    #[test]
+    fn an_entity_nested_too_deep_to_read_is_not_signed() {
+        use crate::mail::nesting::{TooComplex, MAX_DEPTH};
+        let id = crate::pki::testkit::identity(2048, "Sign Deep").unwrap();
+        // 8-bit: its parts would be re-encoded, so it must be parsed.
+        let deep = |levels: usize| {
+            let mut m = b"From: a@example-law.dk\r\n".to_vec();
+            m.extend(b"Content-Type: message/rfc822\r\n\r\n".repeat(levels));
+            m.extend_from_slice("Subject: x\r\n\r\nbl\u{e5}b\u{e6}r\r\n".as_bytes());
+            m
+        };
+        assert!(matches!(
+            sign(&deep(MAX_DEPTH + 1), &id, SignatureScheme::Pkcs1),
+            Err(SmimeError::Unreadable(TooComplex::TooDeep))
+        ));
+        // Positive control: three levels are signed.
+        assert!(sign(&deep(3), &id, SignatureScheme::Pkcs1).is_ok());
     }
 }

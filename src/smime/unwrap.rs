@@ -464,6 +464,14 @@ pub fn unwrap_into(
                 done = true;
                 break;
             }
+            // Not parsed (over the caps of `mail::nesting`): nothing in it
+            // is opened, whichever layer it is.
+            Shape::Unreadable(e) => {
+                return Unwrapped::Failed {
+                    error: (*e).into(),
+                    report,
+                }
+            }
         }
     }
     if !done {
@@ -473,6 +481,12 @@ pub fn unwrap_into(
             Shape::OpaqueSigned { .. } | Shape::DetachedSigned { .. } => Some((0, 1)),
             Shape::Mixed(n) => Some((n.encrypted, n.signed)),
             Shape::Plain => None,
+            Shape::Unreadable(e) => {
+                return Unwrapped::Failed {
+                    error: e.into(),
+                    report,
+                }
+            }
         };
         if let Some((encrypted, signed)) = left {
             report.too_deep = true;
@@ -943,5 +957,50 @@ mod tests {
             .failure_value("no key")
             .ends_with("over=ciphertext; undecryptable; reason=\"no key\""));
         assert_eq!(Report::default().header_value(), None);
+    }
+
+    /// A message nested deeper than `mail::nesting` reads is not opened,
+    /// whether it is the message itself or what a decryption gave.
+    #[test]
+    fn content_nested_too_deep_is_not_opened() {
+        use crate::mail::nesting::{TooComplex, MAX_DEPTH};
+        let deep = |levels: usize| {
+            let mut m = b"Content-Type: message/rfc822\r\n\r\n".repeat(levels);
+            m.extend_from_slice(b"Subject: x\r\n\r\nsecret\r\n");
+            m
+        };
+        let id = identity();
+        let outer = [&b"From: a@b\r\n"[..], &deep(MAX_DEPTH + 1)].concat();
+        match unwrap(&outer, &[&id], &[], 0) {
+            Unwrapped::Failed { error, report } => {
+                assert!(matches!(error, SmimeError::Unreadable(TooComplex::TooDeep)));
+                assert!(report.layers.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut certs = Stack::new().unwrap();
+        certs.push(id.cert.clone()).unwrap();
+        let enveloped = |inner: &[u8]| {
+            let cms =
+                CmsContentInfo::encrypt(&certs, inner, Cipher::aes_256_cbc(), CMSOptions::BINARY)
+                    .unwrap()
+                    .to_der()
+                    .unwrap();
+            let mut m = b"From: a@b\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data\r\nContent-Transfer-Encoding: base64\r\n\r\n".to_vec();
+            m.extend_from_slice(&mime::base64_lines(&cms));
+            m
+        };
+        match unwrap(&enveloped(&deep(MAX_DEPTH + 1)), &[&id], &[], 0) {
+            Unwrapped::Failed { error, report } => {
+                assert!(matches!(error, SmimeError::Unreadable(TooComplex::TooDeep)));
+                assert!(report.key().is_some(), "decrypted, then refused");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Positive control: five levels inside are opened.
+        assert!(matches!(
+            unwrap(&enveloped(&deep(5)), &[&id], &[], 0),
+            Unwrapped::Opened { .. }
+        ));
     }
 }

@@ -1,0 +1,245 @@
+//! How deep mail-parser would nest a message's MIME parts, and how many
+//! parts it would make, found before it makes them. mail-parser follows
+//! attached messages (`message/rfc822` without a transfer encoding) and
+//! multiparts with no limit, keeps every part (about a kilobyte each, for
+//! a few bytes of input), and drops its chain of attached messages
+//! recursively: 25 000 levels in 800 kB overflow a 2 MiB thread stack.
+//!
+//! [`check`] walks the message as mail-parser's parser does, with its own
+//! pieces (its header parser, its boundary searches, its decoders where it
+//! decodes an attached message), so the structure measured is the one
+//! mail-parser would build; but it keeps only the containers still open
+//! and stops at the first level or part over the caps. [`parse`] is the
+//! full parse behind that check: every full parse of bytes from outside
+//! goes through it. Pure.
+
+use mail_parser::parsers::MessageStream;
+use mail_parser::{ContentType, GetHeader, HeaderName, HeaderValue, Message, MessageParser};
+
+/// Deepest nesting of containers (multiparts and attached messages) read;
+/// the same bound as the nesting of a CMS structure (`smime::limits`).
+pub const MAX_DEPTH: usize = 32;
+/// Most MIME parts read in one message, attached messages' parts included.
+pub const MAX_PARTS: usize = 10_000;
+/// How many times mail-parser decodes and parses an encoded attached
+/// message inside another (its `MAX_NESTED_ENCODED`).
+const ENCODED_LEVELS: usize = 3;
+
+/// Why a message was not parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TooComplex {
+    #[error("MIME parts nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("more than {MAX_PARTS} MIME parts")]
+    TooManyParts,
+}
+
+/// mail-parser's full parse of `raw` (`None` when it finds no header
+/// section), once [`check`] has found its structure within the caps.
+pub fn parse(raw: &[u8]) -> Result<Option<Message<'_>>, TooComplex> {
+    check(raw)?;
+    Ok(MessageParser::default().parse(raw))
+}
+
+/// Checks the structure mail-parser would build from `raw` against
+/// [`MAX_DEPTH`] and [`MAX_PARTS`].
+pub fn check(raw: &[u8]) -> Result<(), TooComplex> {
+    Walk::new(MAX_DEPTH, MAX_PARTS).message(raw, 0, ENCODED_LEVELS)
+}
+
+/// What mail-parser makes of a part's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A message: the whole input, or an attached one.
+    Message,
+    Multipart,
+    /// `multipart/digest`: its parts without a type are messages.
+    Digest,
+    Leaf,
+}
+
+/// mail-parser's reading of a Content-Type (its `mime_type`), as far as
+/// structure goes; the same comparisons, on the same parsed value.
+fn kind(ct: Option<&ContentType<'_>>, parent: Kind) -> Kind {
+    match ct {
+        Some(ct) => match ct.ctype() {
+            "multipart" if ct.subtype() == Some("digest") => Kind::Digest,
+            "multipart" => Kind::Multipart,
+            "message" if matches!(ct.subtype(), Some("rfc822" | "global")) => Kind::Message,
+            _ => Kind::Leaf,
+        },
+        None if parent == Kind::Digest => Kind::Message,
+        None => Kind::Leaf,
+    }
+}
+
+/// A container being read: its kind and the boundary its parts end at.
+struct Level {
+    kind: Kind,
+    boundary: Option<Vec<u8>>,
+}
+
+/// The caps, and what the walk has seen.
+struct Walk {
+    max_depth: usize,
+    max_parts: usize,
+    /// The deepest nesting reached (for the tests' comparison).
+    #[cfg(test)]
+    deepest: usize,
+    /// Parts read, in all.
+    parts: usize,
+}
+
+impl Walk {
+    fn new(max_depth: usize, max_parts: usize) -> Self {
+        Walk {
+            max_depth,
+            max_parts,
+            #[cfg(test)]
+            deepest: 0,
+            parts: 0,
+        }
+    }
+
+    /// Reads the message `raw` whose top sits `base` levels deep, as
+    /// mail-parser's `parse_` does (`encoded`: its remaining depth of
+    /// encoded attached messages).
+    fn message(&mut self, raw: &[u8], base: usize, encoded: usize) -> Result<(), TooComplex> {
+        let parser = MessageParser::default();
+        let mut stream = MessageStream::new(raw);
+        let mut headers = Vec::new();
+        let mut state = Level {
+            kind: Kind::Message,
+            boundary: None,
+        };
+        // The containers around `state`, each with whether it was left for
+        // an attached message (mail-parser keeps that message's parent).
+        let mut open: Vec<(Level, bool)> = Vec::new();
+        loop {
+            headers.clear();
+            let read = stream.parse_headers(&parser, &mut headers);
+            if read || !headers.is_empty() {
+                // A header section cut short is kept as a part too.
+                self.parts += 1;
+                if self.parts > self.max_parts {
+                    return Err(TooComplex::TooManyParts);
+                }
+            }
+            if !read {
+                return Ok(());
+            }
+            let ct = headers
+                .header_value(&HeaderName::ContentType)
+                .and_then(|c| c.as_content_type());
+            let mut kind = kind(ct, state.kind);
+            if matches!(kind, Kind::Multipart | Kind::Digest) {
+                if let Some(boundary) = ct.and_then(|c| c.attribute("boundary")) {
+                    if stream.seek_next_part(boundary.as_bytes()) {
+                        let inner = Level {
+                            kind,
+                            boundary: Some(boundary.as_bytes().to_vec()),
+                        };
+                        open.push((std::mem::replace(&mut state, inner), false));
+                        self.deeper(base + open.len())?;
+                        stream.skip_crlf();
+                        continue;
+                    }
+                }
+                // No boundary, or none found: one part.
+                kind = Kind::Leaf;
+            }
+            let encoding = match headers.header_value(&HeaderName::ContentTransferEncoding) {
+                Some(HeaderValue::Text(e)) if e.eq_ignore_ascii_case("base64") => Some(true),
+                Some(HeaderValue::Text(e)) if e.eq_ignore_ascii_case("quoted-printable") => {
+                    Some(false)
+                }
+                _ => None,
+            };
+            match (kind, encoding) {
+                (Kind::Message, None) => {
+                    // Its parts follow at once, up to the parent's boundary.
+                    let inner = Level {
+                        kind: Kind::Message,
+                        boundary: state.boundary.take(),
+                    };
+                    open.push((std::mem::replace(&mut state, inner), true));
+                    self.deeper(base + open.len())?;
+                    continue;
+                }
+                (Kind::Message, Some(base64)) => {
+                    // Decoded and parsed on its own, as mail-parser does;
+                    // where decoding fails it reads on as for any part.
+                    let boundary = state.boundary.as_deref().unwrap_or_default();
+                    let (end, decoded) = if base64 {
+                        stream.decode_base64_mime(boundary)
+                    } else {
+                        stream.decode_quoted_printable_mime(boundary)
+                    };
+                    if end == usize::MAX {
+                        self.rest_of_part(&mut stream, &mut state);
+                    } else if encoded > 0 {
+                        let depth = base + open.len() + 1;
+                        self.deeper(depth)?;
+                        self.message(&decoded, depth, encoded - 1)?;
+                    }
+                }
+                // mail-parser decodes a leaf's body, but its decoders stop
+                // at the first delimiter line, as this search does, or give
+                // up and fall back on it.
+                _ => self.rest_of_part(&mut stream, &mut state),
+            }
+            if state.boundary.is_some() {
+                loop {
+                    if state.kind == Kind::Message {
+                        // An attached message ends with its parent's part.
+                        match open.pop() {
+                            Some((mut parent, true)) => {
+                                parent.boundary = state.boundary.take();
+                                state = parent;
+                            }
+                            _ => return Ok(()),
+                        }
+                    }
+                    if !stream.is_multipart_end() {
+                        break;
+                    }
+                    // The last part of a multipart: on with its parent's.
+                    let Some((parent, _)) = open.pop() else {
+                        return Ok(());
+                    };
+                    state = parent;
+                    match &state.boundary {
+                        Some(b) if stream.seek_next_part_offset(b).is_some() => {}
+                        _ => return Ok(()),
+                    }
+                }
+            } else if stream.offset() >= raw.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Skips to the end of the part being read (after its delimiter);
+    /// without one, to the end, and the container's boundary is dropped.
+    fn rest_of_part(&self, stream: &mut MessageStream<'_>, state: &mut Level) {
+        let (_, found) = stream.seek_part_end(state.boundary.as_deref());
+        if !found {
+            state.boundary = None;
+        }
+    }
+
+    fn deeper(&mut self, depth: usize) -> Result<(), TooComplex> {
+        #[cfg(test)]
+        {
+            self.deepest = self.deepest.max(depth);
+        }
+        if depth > self.max_depth {
+            return Err(TooComplex::TooDeep);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "nesting_tests.rs"]
+mod tests;

@@ -296,3 +296,40 @@ fn in_quarantine_mode_a_deep_message_is_set_aside_with_its_reason() {
     assert_eq!(outside.count(), 0);
     assert_no_crash(&gw);
 }
+
+#[test]
+fn a_header_section_of_a_million_fields_is_not_parsed_and_the_daemon_serves_on() {
+    // 6 MB of `A: b` lines: mail-parser would keep some 80 octets per
+    // field, and the trace header's rewrite listed every field. Over the
+    // cap of lines, the message is delivered unchanged with a reason.
+    let mailbox = Sink::start(Script::default());
+    let outside = Sink::start(Script::default());
+    let gw = gateway(&mailbox, &outside, false, "");
+    let mut m = head("header-bomb", "bob@example-law.dk").into_bytes();
+    m.extend(b"A: b\r\n".repeat(1_000_000));
+    m.extend_from_slice(b"\r\nbody\r\n");
+    let r = send(&gw, ATTACKER, "bob@example-law.dk", &m);
+    assert_eq!(r.code, 250, "{r:?}");
+    // Control: a few hundred fields are read as any message is.
+    let mut fine = head("header-fine", "bob@example-law.dk").into_bytes();
+    fine.extend(b"A: b\r\n".repeat(300));
+    fine.extend_from_slice(b"\r\nbody\r\n");
+    assert_eq!(send(&gw, ATTACKER, "bob@example-law.dk", &fine).code, 250);
+
+    still_serves(&gw, &mailbox, ATTACKER, "after-header-bomb");
+    let got = received(&mailbox, "bob@example-law.dk", "header-bomb").expect("delivered");
+    let t = trace(&got);
+    assert!(t.contains("header section of more than"), "{t}");
+    assert!(
+        got.data.ends_with(b"A: b\r\nA: b\r\n\r\nbody\r\n"),
+        "changed"
+    );
+    let ok = received(&mailbox, "bob@example-law.dk", "header-fine").expect("delivered");
+    assert_eq!(
+        trace(&ok),
+        "",
+        "an ordinary header section carries no verdict"
+    );
+    assert_eq!(outside.count(), 0);
+    assert_no_crash(&gw);
+}

@@ -1,11 +1,22 @@
 //! Small reads of a message's header section: the Message-ID for log
 //! lines, the From addresses for the signing decision and the From
-//! address signers are compared with.
+//! address signers are compared with. A section longer than
+//! `nesting::MAX_SECTION_LINES` is not read (mail-parser's reading of it
+//! is what would cost): it has no Message-ID and no readable From.
+
+use super::nesting::{header_lines, MAX_SECTION_LINES};
+
+/// mail-parser's reading of the header section, when it is not too long.
+fn section(message: &[u8]) -> Option<mail_parser::Message<'_>> {
+    if header_lines(message, MAX_SECTION_LINES) > MAX_SECTION_LINES {
+        return None;
+    }
+    mail_parser::MessageParser::new().parse_headers(message)
+}
 
 /// The Message-ID of a message (`<id>`), or an empty string.
 pub fn message_id(message: &[u8]) -> String {
-    mail_parser::MessageParser::new()
-        .parse_headers(message)
+    section(message)
         .and_then(|m| m.message_id().map(|id| format!("<{id}>")))
         .unwrap_or_default()
 }
@@ -15,7 +26,7 @@ pub fn message_id(message: &[u8]) -> String {
 /// a message with two From fields, or an unreadable one, never looks like
 /// it names exactly one address).
 pub fn from_addresses(message: &[u8]) -> Vec<String> {
-    let Some(parsed) = mail_parser::MessageParser::new().parse_headers(message) else {
+    let Some(parsed) = section(message) else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -39,7 +50,7 @@ pub fn from_addresses(message: &[u8]) -> Vec<String> {
 
 /// The address of the first mailbox in the From field, lower-cased.
 pub fn from_address(message: &[u8]) -> Option<String> {
-    let parsed = mail_parser::MessageParser::new().parse_headers(message)?;
+    let parsed = section(message)?;
     let addr = parsed
         .from()?
         .first()?
@@ -51,6 +62,21 @@ pub fn from_address(message: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_header_section_too_long_is_not_read() {
+        let mut long = b"From: Alice <alice@example-law.dk>\r\n".to_vec();
+        long.extend(b"A: b\r\n".repeat(MAX_SECTION_LINES));
+        long.extend_from_slice(b"\r\nbody\r\n");
+        assert!(from_addresses(&long).is_empty());
+        assert_eq!(from_address(&long), None);
+        // Control: one line fewer is read.
+        let mut ok = b"From: Alice <alice@example-law.dk>\r\n".to_vec();
+        ok.extend(b"A: b\r\n".repeat(MAX_SECTION_LINES - 1));
+        ok.extend_from_slice(b"\r\nbody\r\n");
+        assert_eq!(from_addresses(&ok), ["alice@example-law.dk"]);
+    }
+
     use super::*;
 
     #[test]

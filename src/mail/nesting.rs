@@ -21,6 +21,11 @@ use mail_parser::{ContentType, GetHeader, HeaderName, HeaderValue, Message, Mess
 pub const MAX_DEPTH: usize = 32;
 /// Most MIME parts read in one message, attached messages' parts included.
 pub const MAX_PARTS: usize = 10_000;
+/// Most lines in one header section, and in all of a message's header
+/// sections together: mail-parser keeps some 80 octets per field, so 6 MB
+/// of `A: b` lines would cost it 125 MB.
+pub const MAX_SECTION_LINES: usize = 10_000;
+pub const MAX_HEADER_LINES: usize = 100_000;
 /// How many times mail-parser decodes and parses an encoded attached
 /// message inside another (its `MAX_NESTED_ENCODED`).
 const ENCODED_LEVELS: usize = 3;
@@ -32,6 +37,32 @@ pub enum TooComplex {
     TooDeep,
     #[error("more than {MAX_PARTS} MIME parts")]
     TooManyParts,
+    #[error("a header section of more than {MAX_SECTION_LINES} lines, or more than {MAX_HEADER_LINES} in all")]
+    TooManyHeaderLines,
+}
+
+/// The lines of the header section at the start of `raw` (up to its empty
+/// line, or the end), counted without parsing; stops counting past `max`.
+pub fn header_lines(raw: &[u8], max: usize) -> usize {
+    let mut lines = 0;
+    let mut at = 0;
+    while lines <= max {
+        match memchr::memchr(b'\n', &raw[at..]) {
+            Some(k) => {
+                let line = &raw[at..at + k];
+                if line.is_empty() || line == b"\r" {
+                    break;
+                }
+                lines += 1;
+                at += k + 1;
+            }
+            None => {
+                lines += usize::from(at < raw.len());
+                break;
+            }
+        }
+    }
+    lines
 }
 
 /// mail-parser's full parse of `raw` (`None` when it finds no header
@@ -88,6 +119,8 @@ struct Walk {
     deepest: usize,
     /// Parts read, in all.
     parts: usize,
+    /// Header lines read, in all.
+    header_lines: usize,
 }
 
 impl Walk {
@@ -98,6 +131,7 @@ impl Walk {
             #[cfg(test)]
             deepest: 0,
             parts: 0,
+            header_lines: 0,
         }
     }
 
@@ -117,6 +151,13 @@ impl Walk {
         let mut open: Vec<(Level, bool)> = Vec::new();
         loop {
             headers.clear();
+            // Counted before mail-parser reads them (its reading is what
+            // costs).
+            let lines = header_lines(&raw[stream.offset().min(raw.len())..], MAX_SECTION_LINES);
+            self.header_lines += lines;
+            if lines > MAX_SECTION_LINES || self.header_lines > MAX_HEADER_LINES {
+                return Err(TooComplex::TooManyHeaderLines);
+            }
             let read = stream.parse_headers(&parser, &mut headers);
             if read || !headers.is_empty() {
                 // A header section cut short is kept as a part too.

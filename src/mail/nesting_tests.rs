@@ -327,3 +327,28 @@ fn the_walk_sees_the_structure_mail_parser_builds() {
         "{tight} of {clean_rounds} tight"
     );
 }
+
+#[test]
+fn header_lines_are_counted_without_parsing_and_capped() {
+    assert_eq!(header_lines(b"A: b\r\nC: d\r\n\r\nbody\r\n", 10), 2);
+    assert_eq!(header_lines(b"A: b\nC: d\n\nbody\n", 10), 2);
+    assert_eq!(header_lines(b"A: b\r\nC: d", 10), 2);
+    assert_eq!(header_lines(b"\r\nbody", 10), 0);
+    assert_eq!(header_lines(&b"A: b\r\n".repeat(50), 10), 11);
+    // One section over the cap, and many sections over the total.
+    let mut one = b"A: b\r\n".repeat(MAX_SECTION_LINES + 1);
+    one.extend_from_slice(b"\r\nbody\r\n");
+    assert_eq!(check(&one), Err(TooComplex::TooManyHeaderLines));
+    let mut many = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n".to_vec();
+    for _ in 0..(MAX_HEADER_LINES / 5_000 + 1) {
+        many.extend_from_slice(b"--b\r\n");
+        many.extend(b"A: b\r\n".repeat(5_000));
+        many.extend_from_slice(b"\r\nx\r\n");
+    }
+    many.extend_from_slice(b"--b--\r\n");
+    assert_eq!(check(&many), Err(TooComplex::TooManyHeaderLines));
+    // Control: the same shapes under the caps are read.
+    let mut fine = b"A: b\r\n".repeat(MAX_SECTION_LINES - 1);
+    fine.extend_from_slice(b"\r\nbody\r\n");
+    assert_eq!(check(&fine), Ok(()));
+}

@@ -470,6 +470,10 @@ fn outer_cms(shape: &Shape) -> Option<CmsContentInfo> {
 
 /// The Subject of `message`, for the report.
 pub fn subject(message: &[u8]) -> String {
+    use crate::mail::nesting::{header_lines, MAX_SECTION_LINES};
+    if header_lines(message, MAX_SECTION_LINES) > MAX_SECTION_LINES {
+        return String::new();
+    }
     mail_parser::MessageParser::new()
         .parse_headers(message)
         .and_then(|m| m.subject().map(str::to_string))

@@ -121,7 +121,9 @@ pub fn write_set(message: &[u8], value: &str, w: &mut dyn std::io::Write) -> std
 /// True when `message` carries an `X-SMIME-Gateway` field.
 pub fn present(message: &[u8]) -> bool {
     let (headers, _) = mime::split(message);
-    mime::fields(headers).iter().any(|(n, _)| n == NAME_LOWER)
+    let mut found = false;
+    mime::each_field(headers, |n, _| found |= n == NAME_LOWER);
+    found
 }
 
 #[cfg(test)]

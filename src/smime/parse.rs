@@ -32,6 +32,11 @@ use crate::mail::nesting::{self, TooComplex};
 /// line, `offset_end` the end). Its body is not read: `body` is empty
 /// text. `None` when a full parse is needed to tell.
 pub fn leaf(raw: &[u8]) -> Option<MessagePart<'_>> {
+    // A header section too long to read is left to the full parse, which
+    // refuses it (`nesting`).
+    if nesting::header_lines(raw, nesting::MAX_SECTION_LINES) > nesting::MAX_SECTION_LINES {
+        return None;
+    }
     let mut stream = MessageStream::new(raw);
     let mut headers = Vec::new();
     if !stream.parse_headers(&MessageParser::default(), &mut headers) || headers.is_empty() {

@@ -43,58 +43,14 @@ fn gateway(sink: &Sink, dirs: &Path) -> Gateway {
 /// A certificate for "Mallory Poison" naming `post@domstol.dk`, issued by
 /// the demo OCES3 CA (chains to the anchors): key and certificate files.
 fn mallory(dir: &Path) -> (PathBuf, PathBuf) {
-    let d = pki::demo();
-    let key = dir.join("mallory.key");
-    let csr = dir.join("mallory.csr");
-    let cert = dir.join("mallory.pem");
-    let ext = dir.join("ext.cnf");
-    std::fs::write(
-        &ext,
-        "[v3]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature,keyEncipherment\n\
+    pki::issue_by_oces3_ca(
+        dir,
+        "mallory",
+        "/CN=Mallory Poison",
+        "basicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature,keyEncipherment\n\
          subjectAltName = email:post@domstol.dk\ncertificatePolicies = 0.4.0.2042.1.1\n",
+        4242,
     )
-    .unwrap();
-    pki::openssl(
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-subj",
-            "/CN=Mallory Poison",
-            "-out",
-            csr.to_str().unwrap(),
-        ],
-        b"",
-    );
-    pki::openssl(
-        &[
-            "x509",
-            "-req",
-            "-in",
-            csr.to_str().unwrap(),
-            "-CA",
-            d.join("crl/oces3-ca.pem").to_str().unwrap(),
-            "-CAkey",
-            d.join("crl/oces3-ca.key.pem").to_str().unwrap(),
-            "-set_serial",
-            "4242",
-            "-days",
-            "30",
-            "-sha256",
-            "-extfile",
-            ext.to_str().unwrap(),
-            "-extensions",
-            "v3",
-            "-out",
-            cert.to_str().unwrap(),
-        ],
-        b"",
-    );
-    (key, cert)
 }
 
 /// A message with `from` in the header, its body signed by `cert`/`key`.

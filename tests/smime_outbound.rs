@@ -1099,62 +1099,18 @@ const IDN_A: &str = "xn--dmstol-bya.dk";
 /// A certificate for `post@xn--dmstol-bya.dk` (certificates carry the
 /// A-label) issued by the demo OCES3 CA: key and certificate files.
 fn idn_court(dir: &Path) -> (PathBuf, PathBuf) {
-    let d = pki::demo();
-    let key = dir.join("idn-court.key");
-    let csr = dir.join("idn-court.csr");
-    let cert = dir.join("idn-court.pem");
-    let ext = dir.join("idn-ext.cnf");
-    std::fs::write(
-        &ext,
-        format!(
-            "[v3]\nbasicConstraints = critical,CA:FALSE\n\
+    pki::issue_by_oces3_ca(
+        dir,
+        "idn-court",
+        "/CN=Demo Domstol - sikkermail/O=Demo Domstol/C=DK",
+        &format!(
+            "basicConstraints = critical,CA:FALSE\n\
              keyUsage = critical,digitalSignature,keyEncipherment\n\
              subjectAltName = email:post@{IDN_A}\n\
              certificatePolicies = 0.4.0.2042.1.1,1.2.208.169.1.1.1.3.7\n"
         ),
+        4343,
     )
-    .unwrap();
-    pki::openssl(
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-subj",
-            "/CN=Demo Domstol - sikkermail/O=Demo Domstol/C=DK",
-            "-out",
-            csr.to_str().unwrap(),
-        ],
-        b"",
-    );
-    pki::openssl(
-        &[
-            "x509",
-            "-req",
-            "-in",
-            csr.to_str().unwrap(),
-            "-CA",
-            d.join("crl/oces3-ca.pem").to_str().unwrap(),
-            "-CAkey",
-            d.join("crl/oces3-ca.key.pem").to_str().unwrap(),
-            "-set_serial",
-            "4343",
-            "-days",
-            "30",
-            "-sha256",
-            "-extfile",
-            ext.to_str().unwrap(),
-            "-extensions",
-            "v3",
-            "-out",
-            cert.to_str().unwrap(),
-        ],
-        b"",
-    );
-    (key, cert)
 }
 
 /// One transaction to `rcpt`, with SMTPUTF8 when `utf8` (a U-label

@@ -495,3 +495,64 @@ pub fn sha1_fingerprint(pem: &Path) -> String {
         .trim()
         .replace(':', "")
 }
+
+/// A certificate issued by the demo OCES3 CA (it chains to the demo
+/// anchors) for `subject`, with the X.509v3 extensions `extensions` (the
+/// body of an OpenSSL `[v3]` section) and serial `serial`: key and
+/// certificate files in `dir`, named after `name`.
+pub fn issue_by_oces3_ca(
+    dir: &Path,
+    name: &str,
+    subject: &str,
+    extensions: &str,
+    serial: u32,
+) -> (PathBuf, PathBuf) {
+    let d = demo();
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let cert = dir.join(format!("{name}.pem"));
+    let ext = dir.join(format!("{name}-ext.cnf"));
+    std::fs::write(&ext, format!("[v3]\n{extensions}")).expect("write extensions");
+    let path = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+    openssl(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &path(&key),
+            "-subj",
+            subject,
+            "-out",
+            &path(&csr),
+        ],
+        b"",
+    );
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &path(&csr),
+            "-CA",
+            &path(&d.join("crl/oces3-ca.pem")),
+            "-CAkey",
+            &path(&d.join("crl/oces3-ca.key.pem")),
+            "-set_serial",
+            &serial.to_string(),
+            "-days",
+            "30",
+            "-sha256",
+            "-extfile",
+            &path(&ext),
+            "-extensions",
+            "v3",
+            "-out",
+            &path(&cert),
+        ],
+        b"",
+    );
+    (key, cert)
+}

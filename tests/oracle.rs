@@ -549,17 +549,7 @@ fn efail_gadget_in_cbc_mail_is_not_live_in_the_mailbox() {
     );
     // Control: AES-GCM (authenticated) HTML with a remote image passes as is.
     let gcm_html = "Content-Type: text/html; charset=utf-8\r\n\r\n<p>Logo: <img src=\"https://example.org/logo.png\"></p>\r\n";
-    let gcm = pki::cms_encrypt(
-        gcm_html.as_bytes(),
-        "org-oces3",
-        &[
-            "-aes-256-gcm",
-            "-recip",
-            pki::cert("org-oces3").to_str().unwrap(),
-            "-keyopt",
-            "rsa_padding_mode:oaep",
-        ],
-    );
+    let gcm = pki::cms_encrypt_gcm(gcm_html.as_bytes(), "org-oces3");
     assert_eq!(
         send(
             &gw,
@@ -578,17 +568,7 @@ fn efail_gadget_in_cbc_mail_is_not_live_in_the_mailbox() {
     // attacker made to the organisation's public certificate: the scan
     // sees only the authenticated outer layer.
     let inner = enveloped("efail-inner", "bob@example-law.dk", &malleated);
-    let wrapped = pki::cms_encrypt(
-        &inner,
-        "org-oces3",
-        &[
-            "-aes-256-gcm",
-            "-recip",
-            pki::cert("org-oces3").to_str().unwrap(),
-            "-keyopt",
-            "rsa_padding_mode:oaep",
-        ],
-    );
+    let wrapped = pki::cms_encrypt_gcm(&inner, "org-oces3");
     assert_eq!(
         send(
             &gw,

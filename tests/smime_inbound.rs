@@ -94,17 +94,7 @@ fn openssl_and_gpgsm_mail_to_oces2_and_oces3_keys_arrives_decrypted() {
         (
             "gcm-oaep-oces3",
             "bob@example-law.dk",
-            pki::cms_encrypt(
-                &inner,
-                "org-oces3",
-                &[
-                    "-aes-256-gcm",
-                    "-recip",
-                    pki::cert("org-oces3").to_str().unwrap(),
-                    "-keyopt",
-                    "rsa_padding_mode:oaep",
-                ],
-            ),
+            pki::cms_encrypt_gcm(&inner, "org-oces3"),
             "application/pkcs7-mime; smime-type=authEnveloped-data",
             "OCES3",
         ),

@@ -129,6 +129,23 @@ pub fn cms_encrypt(data: &[u8], to: &str, extra: &[&str]) -> Vec<u8> {
     openssl(&args, data)
 }
 
+/// `data` encrypted with AES-256-GCM (AuthEnvelopedData) and RSA-OAEP to
+/// the demo certificate `to`, DER out.
+pub fn cms_encrypt_gcm(data: &[u8], to: &str) -> Vec<u8> {
+    let recip = cert(to);
+    cms_encrypt(
+        data,
+        to,
+        &[
+            "-aes-256-gcm",
+            "-recip",
+            recip.to_str().expect("utf-8 path"),
+            "-keyopt",
+            "rsa_padding_mode:oaep",
+        ],
+    )
+}
+
 /// `openssl cms -decrypt` with demo key `name`; the plaintext.
 pub fn cms_decrypt_smime(message: &[u8], name: &str) -> Vec<u8> {
     cms_try_decrypt(message, name)

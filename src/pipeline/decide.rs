@@ -168,12 +168,17 @@ pub async fn plan(
     pending: Vec<String>,
     at: i64,
 ) -> Plan {
-    let encrypted = arrived_encrypted(&shape);
+    // Whether the sender encrypted it (a parse of its CMS) matters only to
+    // external recipients: asked once, when there is one (mail to
+    // mailboxes is not parsed here once more).
+    let mut arrived = None;
     // Who the message is from and which identities are revoked matter only
     // to recipients a rule applies to: read once, when one does.
     let mut looked_up = None;
     let mut recipients = Vec::with_capacity(pending.len());
     for rcpt in pending {
+        let encrypted = !is_internal(&snapshot.settings, &rcpt)
+            && *arrived.get_or_insert_with(|| arrived_encrypted(&shape));
         let t = match first_look(&snapshot.settings, &rcpt, encrypted, at) {
             FirstLook::Done(t) => t,
             FirstLook::Rule(_) => {

@@ -38,6 +38,12 @@ pub fn domain_key(domain: &str) -> String {
     if domain.starts_with('[') {
         return domain.to_ascii_lowercase();
     }
+    // Already a host name in ASCII (nearly every domain): UTS-46 would
+    // give back the same name lower-cased, or refuse it and fall back to
+    // that, so it is not asked (this runs for every recipient and rule).
+    if is_host_name(domain) && !domain.contains("xn--") && !domain.contains("XN--") {
+        return domain.to_ascii_lowercase();
+    }
     match idna::domain_to_ascii_cow(domain.as_bytes(), idna::AsciiDenyList::STD3) {
         Ok(ascii) if is_host_name(&ascii) => ascii.into_owned(),
         _ => domain.to_lowercase(),

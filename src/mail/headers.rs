@@ -1,5 +1,5 @@
 //! Small reads of a message's header section: the Message-ID for log
-//! lines, the From addresses for the signing decision and the From
+//! lines, the Subject for migrate's report, the From addresses for the signing decision and the From
 //! address signers are compared with. A section longer than
 //! `nesting::MAX_SECTION_LINES` is not read (mail-parser's reading of it
 //! is what would cost): it has no Message-ID and no readable From.
@@ -18,6 +18,14 @@ fn section(message: &[u8]) -> Option<mail_parser::Message<'_>> {
 pub fn message_id(message: &[u8]) -> String {
     section(message)
         .and_then(|m| m.message_id().map(|id| format!("<{id}>")))
+        .unwrap_or_default()
+}
+
+/// The Subject of a message, as written (empty when there is none or
+/// the header section is not read).
+pub fn subject(message: &[u8]) -> String {
+    section(message)
+        .and_then(|m| m.subject().map(str::to_string))
         .unwrap_or_default()
 }
 

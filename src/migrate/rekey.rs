@@ -154,7 +154,7 @@ impl<'a> Rekeyer<'a> {
     ) -> Result<Prepared, RekeyError> {
         let message = lines::crlf(raw).into_owned();
         let marker = marker(&message);
-        let subject = subject(&message);
+        let subject = crate::mail::headers::subject(&message);
         let mut prepared = Prepared {
             decision: Decision::Leave(Leave::Plain),
             marker,
@@ -466,18 +466,6 @@ fn outer_cms(shape: &Shape) -> Option<CmsContentInfo> {
         },
         _ => None,
     }
-}
-
-/// The Subject of `message`, for the report.
-pub fn subject(message: &[u8]) -> String {
-    use crate::mail::nesting::{header_lines, MAX_SECTION_LINES};
-    if header_lines(message, MAX_SECTION_LINES) > MAX_SECTION_LINES {
-        return String::new();
-    }
-    mail_parser::MessageParser::new()
-        .parse_headers(message)
-        .and_then(|m| m.subject().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// RFC 3339 in UTC.

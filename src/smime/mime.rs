@@ -80,10 +80,16 @@ fn smime_name(part: &MessagePart<'_>) -> Option<&'static str> {
     if !octet {
         return None;
     }
+    name_ending(part)
+}
+
+/// The S/MIME ending (`.p7m`, `.p7s`, `.p7c`) of a part's Content-
+/// Disposition filename or Content-Type name, whatever its type.
+fn name_ending(part: &MessagePart<'_>) -> Option<&'static str> {
     let names = [
         part.content_disposition()
             .and_then(|d| d.attribute("filename")),
-        ct.attribute("name"),
+        part.content_type().and_then(|c| c.attribute("name")),
     ];
     names.into_iter().flatten().find_map(|n| {
         let n = n.trim().to_ascii_lowercase();
@@ -309,13 +315,13 @@ pub fn split(raw: &[u8]) -> (&[u8], &[u8]) {
 /// lines), as (lower-case name, raw bytes).
 pub fn fields(headers: &[u8]) -> Vec<(String, &[u8])> {
     let mut out: Vec<(String, &[u8])> = Vec::new();
-    each_field(headers, |name, field| out.push((name.to_string(), field)));
+    each_field(headers, |name, field| out.push((name, field)));
     out
 }
 
 /// Calls `f` with each header field of `headers` (lower-case name, raw
 /// bytes with its continuation lines), holding nothing between fields.
-pub fn each_field<'a>(headers: &'a [u8], mut f: impl FnMut(&str, &'a [u8])) {
+pub fn each_field<'a>(headers: &'a [u8], mut f: impl FnMut(String, &'a [u8])) {
     let mut start = 0;
     let mut i = 0;
     while i < headers.len() {
@@ -336,7 +342,7 @@ pub fn each_field<'a>(headers: &'a [u8], mut f: impl FnMut(&str, &'a [u8])) {
                         .to_ascii_lowercase()
                 })
                 .unwrap_or_default();
-            f(&name, field);
+            f(name, field);
             start = line_end;
         }
         i = line_end;
@@ -354,7 +360,7 @@ pub fn without(headers: &[u8], drop: impl Fn(&str) -> bool) -> Vec<u8> {
     // fields costs its own size, not fifteen times that.
     let mut out = Vec::with_capacity(headers.len());
     each_field(headers, |name, raw| {
-        if !drop(name) {
+        if !drop(&name) {
             out.extend_from_slice(raw);
         }
     });
@@ -482,22 +488,9 @@ pub fn looks_like_headers(raw: &[u8]) -> bool {
 /// unwrap opens ([`is_smime_entity`]), so the scan sees everything that
 /// may be decrypted.
 pub(super) fn claims_smime_content(part: &mail_parser::MessagePart<'_>) -> bool {
-    let by_type = part.content_type().is_some_and(|ct| {
-        ct.ctype().eq_ignore_ascii_case("application")
-            && ct.subtype().is_some_and(|s| {
-                s.eq_ignore_ascii_case("pkcs7-mime") || s.eq_ignore_ascii_case("x-pkcs7-mime")
-            })
-    });
-    let names = [
-        part.content_disposition()
-            .and_then(|d| d.attribute("filename")),
-        part.content_type().and_then(|c| c.attribute("name")),
-    ];
-    let by_name = names.into_iter().flatten().any(|n| {
-        let n = n.trim().to_ascii_lowercase();
-        n.ends_with(".p7m") || n.ends_with(".p7c")
-    });
-    by_type || by_name || is_smime_entity(part)
+    part.content_type()
+        .is_some_and(|c| is_pkcs7_mime(c.ctype(), c.subtype()))
+        || matches!(name_ending(part), Some(".p7m") | Some(".p7c"))
 }
 
 #[cfg(test)]

@@ -621,6 +621,25 @@ pub fn release_free_memory() {
     }
 }
 
+/// [`release_free_memory`] a second from now on a blocking thread, unless
+/// one is already due: sessions that stall at about the same time each
+/// ask, and the one trim after the last of them serves them all.
+pub fn release_free_memory_soon() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static DUE: AtomicBool = AtomicBool::new(false);
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if DUE.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    drop(rt.spawn(async {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        DUE.store(false, Ordering::Release);
+        let _ = tokio::task::spawn_blocking(release_free_memory).await;
+    }));
+}
+
 /// The signer certificates of a CMS SignedData after a successful verify.
 pub fn signers(cms: &CmsContentInfoRef) -> Vec<X509> {
     // SAFETY: CMS_get0_signers returns a new stack whose certificates are

@@ -547,6 +547,44 @@ fn a_client_trickling_data_is_cut_off_and_nothing_of_it_is_kept() {
 }
 
 #[test]
+fn a_message_whose_client_stalls_twice_in_data_arrives_whole() {
+    // A stall of over a second makes the session write what it holds of
+    // the message to the spool and give its buffers back: once before the
+    // message has a spool file (under 64 KiB), once in the middle of a
+    // 256 KiB piece. Nothing of it may be lost or doubled.
+    let sink = Sink::start(Script::default());
+    let gw = Gateway::start(Options::new(sink.addr));
+    let lines: String = (0..12_000)
+        .map(|i| format!("line {i:05} of a message that stalls now and then\r\n"))
+        .collect();
+    let body = String::from_utf8(common::message("stalls", &lines)).unwrap();
+    let bytes = body.as_bytes();
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    assert_eq!(c.cmd("MAIL FROM:<alice@example.org>").unwrap().code, 250);
+    assert_eq!(c.cmd("RCPT TO:<bob@example-law.dk>").unwrap().code, 250);
+    assert_eq!(c.cmd("DATA").unwrap().code, 354);
+    let (first, rest) = bytes.split_at(20_000);
+    let (second, third) = rest.split_at(300_000);
+    c.write(first).unwrap();
+    std::thread::sleep(Duration::from_millis(1_600));
+    c.write(second).unwrap();
+    std::thread::sleep(Duration::from_millis(1_600));
+    c.write(third).unwrap();
+    c.write(b"\r\n.\r\n").unwrap();
+    let r = c.read().unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(wait_until(Duration::from_secs(10), || sink.count() == 1));
+    let got = sink.received()[0].text();
+    let start = got.find("From: Alice").expect("the message's header");
+    assert_eq!(
+        got[start..].trim_end(),
+        body.trim_end(),
+        "the message arrived changed"
+    );
+}
+
+#[test]
 fn a_session_ends_at_its_time_limit_however_busy() {
     let sink = Sink::start(Script::default());
     let mut opts = Options::new(sink.addr);

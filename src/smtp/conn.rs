@@ -99,6 +99,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// Gives the read buffer's memory back when nothing is buffered (a
+    /// client that stalls in DATA holds no read room meanwhile); the next
+    /// read reserves it again.
+    pub fn release(&mut self) {
+        if self.rbuf.is_empty() {
+            self.rbuf = Vec::new();
+        }
+    }
+
     /// Marks `n` buffered bytes as consumed.
     pub fn consume(&mut self, n: usize) {
         self.rbuf.drain(..n);

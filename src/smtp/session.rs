@@ -36,6 +36,9 @@ const HEAD_KEEP: usize = 16 * 1024;
 /// Octets of a message after which DATA is read in large pieces (a small
 /// message keeps the small read buffer: no grow and shrink per message).
 const LARGE_BODY: u64 = 64 * 1024;
+/// A DATA read that waits this long is a stall: the session gives its
+/// buffers back until more arrives.
+const STALL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How a pass over a stream ended.
 enum End {
@@ -561,7 +564,33 @@ impl Session {
             }
             // Past the first 64 KiB of a message: larger reads.
             conn.large_reads(received >= LARGE_BODY);
-            match conn.fill(wait, None).await {
+            let mut read = conn.fill(wait.min(STALL), None).await;
+            if matches!(read, Err(ReadError::Timeout)) && wait > STALL {
+                // The client stalls: what the session holds of the message
+                // goes to the spool file and its buffers are given back
+                // until more arrives (many stalled sessions would otherwise
+                // hold half a megabyte each).
+                if let Some(inc) = incoming.as_mut() {
+                    let kept = async {
+                        if !out.is_empty() {
+                            inc.write(&out).await?;
+                        }
+                        inc.release().await
+                    };
+                    if let Err(e) = kept.await {
+                        spool_error = Some(e);
+                        incoming = None;
+                    }
+                }
+                out = Vec::new();
+                conn.release();
+                crate::ossl::release_free_memory_soon();
+                // Small reads until it sends again (a read reserves its room
+                // before it waits).
+                conn.large_reads(false);
+                read = conn.fill(wait - STALL, None).await;
+            }
+            match read {
                 Ok(()) => {}
                 Err(ReadError::Timeout)
                     if too_slow(received, started.elapsed(), min_rate, grace) =>

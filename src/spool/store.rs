@@ -767,6 +767,17 @@ impl Incoming {
         })
     }
 
+    /// Writes what is held to the temporary file and gives the buffer's
+    /// memory back: the client stalls, and a stalled session should not
+    /// hold a piece of its message in memory meanwhile.
+    pub async fn release(&mut self) -> Result<(), SpoolError> {
+        if !self.buf.is_empty() {
+            self.spill().await?;
+        }
+        self.buf = Vec::new();
+        Ok(())
+    }
+
     /// Appends message bytes (and, first, the header), counted by the
     /// trailer.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {

@@ -621,12 +621,16 @@ pub fn release_free_memory() {
     }
 }
 
-/// [`release_free_memory`] a second from now on a blocking thread, unless
-/// one is already due: sessions that stall at about the same time each
-/// ask, and the one trim after the last of them serves them all.
+/// [`release_free_memory`] soon on a blocking thread, unless one is due
+/// already: a second from now, but no sooner than [`TRIM_EVERY`] after the
+/// last one began. Sessions that stall at about the same time each ask and
+/// one trim serves them all; a client that stalls again and again cannot
+/// make the daemon give its kept heap back more often than that.
 pub fn release_free_memory_soon() {
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
     static DUE: AtomicBool = AtomicBool::new(false);
+    static LAST: Mutex<Option<tokio::time::Instant>> = Mutex::new(None);
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -634,10 +638,21 @@ pub fn release_free_memory_soon() {
         return;
     }
     drop(rt.spawn(async {
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        DUE.store(false, Ordering::Release);
+        let last = *LAST.lock().unwrap_or_else(|p| p.into_inner());
+        tokio::time::sleep_until(trim_at(tokio::time::Instant::now(), last)).await;
+        *LAST.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
         let _ = tokio::task::spawn_blocking(release_free_memory).await;
+        DUE.store(false, Ordering::Release);
     }));
+}
+
+/// The least time between two trims asked for by stalled sessions.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// When a trim asked for `now` runs, the last one having begun at `last`.
+fn trim_at(now: tokio::time::Instant, last: Option<tokio::time::Instant>) -> tokio::time::Instant {
+    let soon = now + std::time::Duration::from_secs(1);
+    last.map_or(soon, |l| soon.max(l + TRIM_EVERY))
 }
 
 /// The signer certificates of a CMS SignedData after a successful verify.
@@ -1095,6 +1110,23 @@ fn dotted(oid: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn trims_asked_for_by_stalls_are_a_second_late_and_ten_apart() {
+        use std::time::Duration;
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(super::trim_at(t0, None), t0 + Duration::from_secs(1));
+        // Long after the last one: a second from now.
+        let long_ago = Some(t0);
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(
+            super::trim_at(later, long_ago),
+            later + Duration::from_secs(1)
+        );
+        // Right after one: not before ten seconds have passed since it.
+        let just = t0 + Duration::from_secs(2);
+        assert_eq!(super::trim_at(just, long_ago), t0 + Duration::from_secs(10));
+    }
+
     use super::*;
 
     #[test]

@@ -100,8 +100,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Gives the read buffer's memory back when nothing is buffered (a
-    /// client that stalls in DATA holds no read room meanwhile); the next
-    /// read reserves it again.
+    /// client that stalls in DATA then holds only the small read room the
+    /// next read reserves, not the large one).
     pub fn release(&mut self) {
         if self.rbuf.is_empty() {
             self.rbuf = Vec::new();

@@ -584,7 +584,10 @@ impl Session {
                 }
                 out = Vec::new();
                 conn.release();
-                crate::ossl::release_free_memory_soon();
+                // Large buffers were given back: the heap may hand them on.
+                if received >= LARGE_BODY {
+                    crate::ossl::release_free_memory_soon();
+                }
                 // Small reads until it sends again (a read reserves its room
                 // before it waits).
                 conn.large_reads(false);

@@ -679,6 +679,10 @@ const BUFFER: usize = 64 * 1024;
 /// time.
 const PIECE: usize = 256 * 1024;
 
+/// Octets held when a client stalls from which they are written to the
+/// file at once ([`Incoming::release`]).
+const RELEASE_WRITES: usize = 16 * 1024;
+
 /// Opens a message's temporary file: `reused`, the emptied file of a
 /// removed message (written over), else a new one.
 fn open_temporary(path: &Path, reused: bool) -> io::Result<fs::File> {
@@ -767,13 +771,17 @@ impl Incoming {
         })
     }
 
-    /// Writes what is held to the temporary file and gives the buffer's
-    /// memory back: the client stalls, and a stalled session should not
-    /// hold a piece of its message in memory meanwhile.
+    /// The client stalls: a stalled session should not hold a piece of its
+    /// message in memory meanwhile. From [`RELEASE_WRITES`] held octets on
+    /// the piece is written to the temporary file and the buffer freed;
+    /// less is kept (no disk write and no file for a few octets, however
+    /// often a client pauses), the buffer shrunk to it.
     pub async fn release(&mut self) -> Result<(), SpoolError> {
-        if !self.buf.is_empty() {
-            self.spill().await?;
+        if self.buf.len() < RELEASE_WRITES {
+            self.buf.shrink_to_fit();
+            return Ok(());
         }
+        self.spill().await?;
         self.buf = Vec::new();
         Ok(())
     }
@@ -959,6 +967,34 @@ mod tests {
         fs::remove_file(dir.path().join("queue").join(format!("{id}.msg"))).unwrap();
         assert!(matches!(store.load(&id), Err(SpoolError::NotFound(_))));
         assert_eq!(store.fresh.held.lock().unwrap().1, 0, "nothing left held");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stall_writes_a_large_piece_out_and_keeps_a_few_octets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // A few octets: no temporary file for them, the small message
+        // stays kept in memory for its first attempt.
+        let mut inc = store.begin(&envelope()).await.unwrap();
+        inc.write(b"Subject: s\r\n\r\n").await.unwrap();
+        inc.release().await.unwrap();
+        assert!(inc.file.is_none(), "a file for a few octets");
+        inc.write(b"paused\r\n").await.unwrap();
+        let id = inc.commit().await.unwrap();
+        let got = store.load_fresh(&id).expect("kept in memory");
+        assert_eq!(got.body.as_slice(), b"Subject: s\r\n\r\npaused\r\n");
+        // A large piece: written out and its buffer freed.
+        let mut inc = store.begin(&envelope()).await.unwrap();
+        let piece = vec![b'y'; RELEASE_WRITES];
+        inc.write(&piece).await.unwrap();
+        inc.release().await.unwrap();
+        assert!(inc.file.is_some());
+        assert_eq!(inc.buf.capacity(), 0);
+        inc.write(b"\r\n").await.unwrap();
+        let id = inc.commit().await.unwrap();
+        let mut want = piece.clone();
+        want.extend_from_slice(b"\r\n");
+        assert_eq!(store.load(&id).unwrap().body.as_slice(), want.as_slice());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -606,7 +606,22 @@ pub fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        libc::mallopt(libc::M_ARENA_MAX, arenas());
     }
+}
+
+/// glibc's arenas: one per core. Its default, eight per core, gave each
+/// of the many blocking threads that handle a message its own heap: a
+/// message's buffers were freed into one thread's heap, trimmed from it,
+/// and faulted in and zeroed again in another's. With one per core they are
+/// reused: about 1.5 ms less CPU per 1 MiB message (of 11–12), no change
+/// for 10 KiB or the relay. The top of a thread's heap is also more than
+/// `malloc_trim` can give back, so fewer heaps keep less after a burst.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn arenas() -> c_int {
+    std::thread::available_parallelism()
+        .map(|n| n.get().clamp(2, 64) as c_int)
+        .unwrap_or(2)
 }
 
 /// Gives the heap memory freed since the last call back to the system

@@ -21,6 +21,30 @@ impl Blob {
     }
 }
 
+/// Part of a vector: `range` of `bytes` (the rest is held, not copied).
+pub struct Part {
+    bytes: Vec<u8>,
+    range: std::ops::Range<usize>,
+}
+
+impl Part {
+    /// `range` of `bytes`; a range outside them reads as empty.
+    pub fn new(bytes: Vec<u8>, range: std::ops::Range<usize>) -> Self {
+        let range = if bytes.get(range.clone()).is_some() {
+            range
+        } else {
+            0..0
+        };
+        Part { bytes, range }
+    }
+}
+
+impl AsRef<[u8]> for Part {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes.get(self.range.clone()).unwrap_or_default()
+    }
+}
+
 impl Deref for Blob {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -126,6 +150,14 @@ pub fn write_all(w: &mut dyn Write, parts: &[&[u8]]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_part_reads_as_its_range_only() {
+        let b = Blob::new(Part::new(b"headBODYtrailer".to_vec(), 4..8));
+        assert_eq!(&*b, b"BODY");
+        let outside = Blob::new(Part::new(b"short".to_vec(), 3..9));
+        assert!(outside.is_empty());
+    }
 
     #[test]
     fn a_blob_reads_as_its_bytes_and_compares_by_them() {

@@ -150,7 +150,7 @@ async fn attempt_loaded(
     let (seen, shape) = match scanned {
         Some(found) => found,
         None => {
-            let body = Arc::clone(&msg.body);
+            let body = msg.body.clone();
             match tokio::task::spawn_blocking(move || scan::scan_and_shape(&body)).await {
                 Ok(found) => found,
                 Err(e) => {
@@ -467,7 +467,7 @@ async fn inbound_pipeline(
             .await?;
         }
         let answers = live.signers.known(now_secs() as i64);
-        let body = Arc::clone(&msg.body);
+        let body = msg.body.clone();
         let shape = tokio::task::spawn_blocking(move || mime::shape(&body)).await?;
         let plan = Plan {
             shape: Arc::new(shape),
@@ -497,7 +497,7 @@ async fn run_pipeline(
 ) -> Result<Vec<Action<'static>>, tokio::task::JoinError> {
     let (envelope, body, snapshot, known, spill, seen) = (
         msg.envelope.clone(),
-        Arc::clone(&msg.body),
+        msg.body.clone(),
         Arc::clone(snapshot),
         Arc::clone(known),
         Arc::clone(&given.spill),
@@ -522,7 +522,7 @@ async fn run_pipeline(
 /// The actions owning their bytes (to outlive the borrow of the message):
 /// a copy that is the spooled message itself shares its bytes, anything
 /// else is copied.
-fn owned(actions: Vec<Action<'_>>, body: &Arc<Vec<u8>>) -> Vec<Action<'static>> {
+fn owned(actions: Vec<Action<'_>>, body: &crate::blob::Blob) -> Vec<Action<'static>> {
     actions
         .into_iter()
         .map(|a| match a {
@@ -530,9 +530,9 @@ fn owned(actions: Vec<Action<'_>>, body: &Arc<Vec<u8>>) -> Vec<Action<'static>> 
                 rcpts,
                 body: pipeline::Body::Borrowed(b),
                 note,
-            }) if std::ptr::eq(b, body.as_slice()) => Action::Deliver(pipeline::Copy {
+            }) if std::ptr::eq(b, &body[..]) => Action::Deliver(pipeline::Copy {
                 rcpts,
-                body: pipeline::Body::Made(crate::blob::Blob::from(Arc::clone(body))),
+                body: pipeline::Body::Made(body.clone()),
                 note,
             }),
             other => other.into_owned(),

@@ -91,7 +91,7 @@ pub(super) async fn carry_out(
         Action::Quarantine { rcpts, reason } => {
             let mut env = msg.envelope.clone();
             env.rcpts = rcpts.clone();
-            let (s, b, r) = (Arc::clone(store), Arc::clone(&msg.body), reason.clone());
+            let (s, b, r) = (Arc::clone(store), msg.body.clone(), reason.clone());
             match blocking(move || s.quarantine(&env, &b, &r)).await {
                 Ok(qid) => {
                     for rcpt in rcpts {

@@ -81,7 +81,7 @@ impl SpoolError {
 pub struct Spooled {
     pub id: String,
     pub envelope: Envelope,
-    pub body: std::sync::Arc<Vec<u8>>,
+    pub body: crate::blob::Blob,
     pub state: QueueState,
 }
 
@@ -165,7 +165,7 @@ struct Fresh {
 }
 
 /// A just-committed message: its envelope and body.
-type FreshMessage = (Envelope, std::sync::Arc<Vec<u8>>);
+type FreshMessage = (Envelope, crate::blob::Blob);
 
 impl Fresh {
     fn put(&self, id: &str, envelope: Envelope, body: Vec<u8>) {
@@ -175,7 +175,7 @@ impl Fresh {
         }
         held.1 += body.len();
         held.0
-            .insert(id.to_string(), (envelope, std::sync::Arc::new(body)));
+            .insert(id.to_string(), (envelope, crate::blob::Blob::from(body)));
     }
 
     fn take(&self, id: &str) -> Option<FreshMessage> {
@@ -417,18 +417,16 @@ impl Store {
         };
         let (envelope, body) =
             format::decode_message(&bytes).map_err(SpoolError::corrupt(&path))?;
-        // The body is cut out of the file's bytes in place: a large
-        // message is not held twice.
-        let range = body.as_ptr() as usize - bytes.as_ptr() as usize;
-        let range = range..range + body.len();
-        let mut bytes = bytes;
-        bytes.truncate(range.end);
-        bytes.drain(..range.start);
+        // The body is the part of the file's bytes it is: neither copied
+        // nor moved to the front (a large message is not held twice).
+        let start = body.as_ptr() as usize - bytes.as_ptr() as usize;
+        let range = start..start + body.len();
+        let body = crate::blob::Blob::new(crate::blob::Part::new(bytes, range));
         let state = self.load_state(id, &envelope)?;
         Ok(Spooled {
             id: id.to_string(),
             envelope,
-            body: std::sync::Arc::new(bytes),
+            body,
             state,
         })
     }
@@ -929,7 +927,7 @@ mod tests {
         inc.write(b"Subject: x\r\n\r\nbody\r\n").await.unwrap();
         let id = inc.commit().await.unwrap();
         let got = store.load(&id).unwrap();
-        assert_eq!(got.body.as_slice(), b"Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(got.body.as_ref(), b"Subject: x\r\n\r\nbody\r\n");
         assert_eq!(got.envelope, envelope());
 
         let path = dir.path().join("queue").join(format!("{id}.msg"));
@@ -957,7 +955,7 @@ mod tests {
         let bytes = fs::read(&path).unwrap();
         fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
         let got = store.load(&id).unwrap();
-        assert_eq!(got.body.as_slice(), body);
+        assert_eq!(got.body.as_ref(), body);
         assert_eq!(got.envelope, envelope());
         assert_eq!(got.state, QueueState::fresh(&envelope()));
         assert!(matches!(store.load(&id), Err(SpoolError::Corrupt { .. })));
@@ -982,7 +980,7 @@ mod tests {
         inc.write(b"paused\r\n").await.unwrap();
         let id = inc.commit().await.unwrap();
         let got = store.load_fresh(&id).expect("kept in memory");
-        assert_eq!(got.body.as_slice(), b"Subject: s\r\n\r\npaused\r\n");
+        assert_eq!(got.body.as_ref(), b"Subject: s\r\n\r\npaused\r\n");
         // A large piece: written out and its buffer freed.
         let mut inc = store.begin(&envelope()).await.unwrap();
         let piece = vec![b'y'; RELEASE_WRITES];
@@ -994,7 +992,7 @@ mod tests {
         let id = inc.commit().await.unwrap();
         let mut want = piece.clone();
         want.extend_from_slice(b"\r\n");
-        assert_eq!(store.load(&id).unwrap().body.as_slice(), want.as_slice());
+        assert_eq!(store.load(&id).unwrap().body.as_ref(), want.as_slice());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1067,7 +1065,7 @@ mod tests {
         assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
         store.fresh.take(&second);
         let got = store.load(&second).unwrap();
-        assert_eq!(got.body.as_slice(), b"Subject: 2\r\n\r\nsecond\r\n");
+        assert_eq!(got.body.as_ref(), b"Subject: 2\r\n\r\nsecond\r\n");
         // Positive control: with none kept, a new file is made.
         let third = commit(b"Subject: 3\r\n\r\nthird\r\n").await;
         assert_ne!(fs::metadata(path(&third)).unwrap().ino(), inode);
@@ -1100,10 +1098,10 @@ mod tests {
         let (a, b) = (small.commit().await.unwrap(), large.commit().await.unwrap());
         assert_eq!(tmp_files(), 0);
         assert_eq!(
-            store.load(&a).unwrap().body.as_slice(),
+            store.load(&a).unwrap().body.as_ref(),
             b"Subject: s\r\n\r\nbody\r\n"
         );
-        assert_eq!(store.load(&b).unwrap().body.as_slice(), &want[..]);
+        assert_eq!(store.load(&b).unwrap().body.as_ref(), &want[..]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

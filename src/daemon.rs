@@ -32,6 +32,7 @@ pub enum DaemonError {
 /// Runs the gateway with the configuration at `path` until SIGTERM/SIGINT.
 pub async fn serve(path: &Path) -> Result<(), DaemonError> {
     crate::ossl::tune_allocator();
+    let open_files = crate::open_files::raise();
     let snapshot = Snapshot::load(path)?;
     let settings = Arc::clone(&snapshot.settings);
     for id in &snapshot.keys.identities {
@@ -169,6 +170,14 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
             None
         }
     };
+    match open_files {
+        Ok(r) => info!(
+            from = %r.from.map_or("unlimited".into(), |n| n.to_string()),
+            to = %r.to.map_or("unlimited".into(), |n| n.to_string()),
+            "limit on open files"
+        ),
+        Err(e) => warn!(error = %e, "cannot raise the limit on open files"),
+    }
     info!(
         config = %path.display(),
         openssl = openssl::version::version(),

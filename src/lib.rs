@@ -16,6 +16,7 @@ pub mod mail;
 pub mod metrics;
 pub mod migrate;
 pub mod observe;
+pub mod open_files;
 pub mod ops;
 pub mod ossl;
 pub mod pipeline;

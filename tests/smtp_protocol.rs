@@ -585,6 +585,65 @@ fn a_message_whose_client_stalls_twice_in_data_arrives_whole() {
 }
 
 #[test]
+fn stalled_sessions_holding_spool_files_do_not_run_the_daemon_out_of_descriptors() {
+    // Started with a soft limit of 64 open files: 100 clients that each
+    // send 20 KiB of DATA and stall hold a socket and a spool file each.
+    // The daemon raised its limit to the hard one at start, so it still
+    // accepts and delivers a normal message meanwhile.
+    let sink = Sink::start(Script::default());
+    let mut opts = Options::new(sink.addr);
+    opts.extra_server = "max_connections = 500\nmax_connections_per_ip = 500\n".into();
+    opts.open_files = Some(64);
+    let gw = Gateway::start(opts);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gw.pid().unwrap())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(
+        nums[0], nums[1],
+        "soft limit not raised to the hard one: {line}"
+    );
+    assert!(gw.log().contains("limit on open files"), "{}", gw.log());
+
+    let chunk = "x".repeat(78) + "\r\n";
+    let piece = format!("Subject: stall\r\n\r\n{}", chunk.repeat(20 * 1024 / 80 + 1));
+    let mut stalled = Vec::new();
+    for _ in 0..100 {
+        let mut c = Client::connect(gw.addr).unwrap();
+        c.ehlo().unwrap();
+        assert_eq!(c.cmd("MAIL FROM:<alice@example.org>").unwrap().code, 250);
+        assert_eq!(c.cmd("RCPT TO:<bob@example-law.dk>").unwrap().code, 250);
+        assert_eq!(c.cmd("DATA").unwrap().code, 354);
+        c.write(piece.as_bytes()).unwrap();
+        stalled.push(c);
+    }
+    // Every one of them has stalled and written its piece to a file.
+    std::thread::sleep(Duration::from_millis(2_000));
+    // Without descriptors the greeting would wait until stalled sessions
+    // time out (a minute); served at once, it takes milliseconds.
+    let asked = std::time::Instant::now();
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let r = c
+        .send(
+            "alice@example.org",
+            &["bob@example-law.dk"],
+            &common::message("meanwhile", "delivered while 100 clients stall"),
+        )
+        .unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "served only after {:?}: out of descriptors?",
+        asked.elapsed()
+    );
+    assert!(wait_until(Duration::from_secs(10), || sink.count() == 1));
+    drop(stalled);
+}
+
+#[test]
 fn a_session_ends_at_its_time_limit_however_busy() {
     let sink = Sink::start(Script::default());
     let mut opts = Options::new(sink.addr);

@@ -82,6 +82,7 @@ pub struct Gateway {
     starts: u32,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    open_files: Option<u64>,
 }
 
 /// Settings a test may change; the rest is fixed for speed.
@@ -100,6 +101,9 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Extra arguments after `serve --config PATH` (e.g. `--log-format json`).
     pub args: Vec<String>,
+    /// The soft limit on open files the process starts with (as a shell's
+    /// `ulimit -Sn` would give it); `None`: this test's own.
+    pub open_files: Option<u64>,
 }
 
 impl Options {
@@ -114,6 +118,7 @@ impl Options {
             spool_dir: None,
             env: Vec::new(),
             args: Vec::new(),
+            open_files: None,
         }
     }
 }
@@ -191,7 +196,13 @@ scan_interval = "1s"
             starts: 0,
             env: opts.env.clone(),
             args: opts.args.clone(),
+            open_files: opts.open_files,
         }
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -223,7 +234,28 @@ scan_interval = "1s"
             .append(true)
             .open(self.log_path())
             .expect("log file");
-        let child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        if let Some(soft) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only getrlimit/setrlimit between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut l = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    l.rlim_cur = soft as libc::rlim_t;
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&self.config)

@@ -30,11 +30,6 @@ pub struct Part {
 impl Part {
     /// `range` of `bytes`; a range outside them reads as empty.
     pub fn new(bytes: Vec<u8>, range: std::ops::Range<usize>) -> Self {
-        let range = if bytes.get(range.clone()).is_some() {
-            range
-        } else {
-            0..0
-        };
         Part { bytes, range }
     }
 }
@@ -61,21 +56,6 @@ impl AsRef<[u8]> for Blob {
 impl From<Vec<u8>> for Blob {
     fn from(v: Vec<u8>) -> Self {
         Blob::new(v)
-    }
-}
-
-/// The bytes of a shared vector (a spooled message's body), not copied.
-struct Shared(Arc<Vec<u8>>);
-
-impl AsRef<[u8]> for Shared {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl From<Arc<Vec<u8>>> for Blob {
-    fn from(v: Arc<Vec<u8>>) -> Self {
-        Blob::new(Shared(v))
     }
 }
 

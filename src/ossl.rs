@@ -642,22 +642,26 @@ pub fn release_free_memory() {
 /// one trim serves them all; a client that stalls again and again cannot
 /// make the daemon give its kept heap back more often than that.
 pub fn release_free_memory_soon() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Mutex;
-    static DUE: AtomicBool = AtomicBool::new(false);
-    static LAST: Mutex<Option<tokio::time::Instant>> = Mutex::new(None);
+    /// Whether a trim is due, and when the last one began.
+    static TRIMS: std::sync::Mutex<(bool, Option<tokio::time::Instant>)> =
+        std::sync::Mutex::new((false, None));
+    let trims = || TRIMS.lock().unwrap_or_else(|p| p.into_inner());
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    if DUE.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    drop(rt.spawn(async {
-        let last = *LAST.lock().unwrap_or_else(|p| p.into_inner());
-        tokio::time::sleep_until(trim_at(tokio::time::Instant::now(), last)).await;
-        *LAST.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
+    let at = {
+        let mut t = trims();
+        if t.0 {
+            return;
+        }
+        t.0 = true;
+        trim_at(tokio::time::Instant::now(), t.1)
+    };
+    drop(rt.spawn(async move {
+        tokio::time::sleep_until(at).await;
+        trims().1 = Some(tokio::time::Instant::now());
         let _ = tokio::task::spawn_blocking(release_free_memory).await;
-        DUE.store(false, Ordering::Release);
+        trims().0 = false;
     }));
 }
 
@@ -1125,24 +1129,21 @@ fn dotted(oid: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn trims_asked_for_by_stalls_are_a_second_late_and_ten_apart() {
         use std::time::Duration;
         let t0 = tokio::time::Instant::now();
-        assert_eq!(super::trim_at(t0, None), t0 + Duration::from_secs(1));
+        assert_eq!(trim_at(t0, None), t0 + Duration::from_secs(1));
         // Long after the last one: a second from now.
         let long_ago = Some(t0);
         let later = t0 + Duration::from_secs(60);
-        assert_eq!(
-            super::trim_at(later, long_ago),
-            later + Duration::from_secs(1)
-        );
+        assert_eq!(trim_at(later, long_ago), later + Duration::from_secs(1));
         // Right after one: not before ten seconds have passed since it.
         let just = t0 + Duration::from_secs(2);
-        assert_eq!(super::trim_at(just, long_ago), t0 + Duration::from_secs(10));
+        assert_eq!(trim_at(just, long_ago), t0 + Duration::from_secs(10));
     }
-
-    use super::*;
 
     #[test]
     fn capability_list_is_read() {

@@ -396,15 +396,12 @@ fn mail_the_sender_labelled_signed_still_gets_the_organisations_signature() {
                 --b\r\nContent-Type: text/plain\r\n\r\nRetten bedes notere forliget.\r\n\
                 --b\r\nContent-Type: application/pkcs7-signature; name=smime.p7s\r\n\
                 Content-Transfer-Encoding: base64\r\n\r\nAAAA\r\n--b--\r\n";
-    let mut c = Client::connect(gw.addr).unwrap();
-    c.ehlo().unwrap();
-    let r = c
-        .send(
-            "alice@example-law.dk",
-            &["post@domstol.dk"],
-            body.as_bytes(),
-        )
-        .unwrap();
+    let r = common::submit(
+        &gw,
+        "alice@example-law.dk",
+        &["post@domstol.dk"],
+        body.as_bytes(),
+    );
     assert_eq!(r.code, 250, "{r:?}");
     let copy = arrived(&sink, &gw, "junk-signed");
     // The organisation's signature verifies over the whole entity.

@@ -1060,22 +1060,17 @@ fn plaintext_labelled_as_encrypted_gets_the_rule_not_a_pass() {
          Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m\r\n\
          Content-Transfer-Encoding: 8bit\r\n\r\n{secret}\r\n"
     );
-    let mut c = Client::connect(gw.addr).unwrap();
-    c.ehlo().unwrap();
-    let r = c
-        .send(
-            "alice@example-law.dk",
-            &["post@domstol.dk"],
-            lying.as_bytes(),
-        )
-        .unwrap();
+    let r = common::submit(
+        &gw,
+        "alice@example-law.dk",
+        &["post@domstol.dk"],
+        lying.as_bytes(),
+    );
     assert_eq!(r.code, 250, "{r:?}");
     // Control: real EnvelopedData to the court passes unchanged.
     let cms = pki::cms_encrypt(&pki::inner("sealed"), "court-oces3", &["-aes-256-cbc"]);
     let sealed = pki::enveloped_message("label-2", "post@domstol.dk", &cms, pki::P7M);
-    let r = c
-        .send("alice@example-law.dk", &["post@domstol.dk"], &sealed)
-        .unwrap();
+    let r = common::submit(&gw, "alice@example-law.dk", &["post@domstol.dk"], &sealed);
     assert_eq!(r.code, 250, "{r:?}");
 
     let copy = wait_for(&sink, for_rcpt("post@domstol.dk", "label-1@test"));

@@ -624,15 +624,12 @@ fn stalled_sessions_holding_spool_files_do_not_run_the_daemon_out_of_descriptors
     // Without descriptors the greeting would wait until stalled sessions
     // time out (a minute); served at once, it takes milliseconds.
     let asked = std::time::Instant::now();
-    let mut c = Client::connect(gw.addr).unwrap();
-    c.ehlo().unwrap();
-    let r = c
-        .send(
-            "alice@example.org",
-            &["bob@example-law.dk"],
-            &common::message("meanwhile", "delivered while 100 clients stall"),
-        )
-        .unwrap();
+    let r = common::submit(
+        &gw,
+        "alice@example.org",
+        &["bob@example-law.dk"],
+        &common::message("meanwhile", "delivered while 100 clients stall"),
+    );
     assert_eq!(r.code, 250, "{r:?}");
     assert!(
         asked.elapsed() < Duration::from_secs(20),

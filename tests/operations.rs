@@ -123,6 +123,24 @@ fn full_disk_gives_452_and_service_resumes_when_space_returns() {
     let mut opts = Options::new(sink.addr);
     opts.spool_dir = Some(mnt.path().join("spool"));
     let gw = Gateway::start(opts);
+    // Delivered messages leave their files kept in spool/tmp for reuse.
+    for n in 0..3 {
+        common::submit(
+            &gw,
+            "alice@example.org",
+            &["bob@example-law.dk"],
+            &common::message(&format!("before {n}"), "small\r\n"),
+        );
+    }
+    assert!(wait_until(Duration::from_secs(10), || sink.count() == 3
+        && gw.queued() == 0));
+    assert!(
+        std::fs::read_dir(mnt.path().join("spool/tmp"))
+            .unwrap()
+            .count()
+            > 0,
+        "delivered messages' files are kept"
+    );
     // Fill the file system.
     let filler = mnt.path().join("filler");
     let _ = Command::new("dd")
@@ -146,7 +164,8 @@ fn full_disk_gives_452_and_service_resumes_when_space_returns() {
         std::fs::read_dir(mnt.path().join("spool/tmp"))
             .unwrap()
             .count(),
-        0
+        0,
+        "kept files are given back to a full file system"
     );
 
     std::fs::remove_file(&filler).unwrap();
@@ -154,8 +173,8 @@ fn full_disk_gives_452_and_service_resumes_when_space_returns() {
         .send("alice@example.org", &["bob@example-law.dk"], &body)
         .unwrap();
     assert_eq!(r.code, 250, "{r:?}");
-    assert!(wait_until(Duration::from_secs(10), || sink.count() == 1));
-    assert_eq!(sink.received()[0].data, body);
+    assert!(wait_until(Duration::from_secs(10), || sink.count() == 4));
+    assert_eq!(sink.received()[3].data, body);
 }
 
 #[test]

@@ -118,6 +118,10 @@ impl Runner {
         let mut scan = tokio::time::interval(scan_every);
         let mut shutdown = self.shutdown.clone();
         let reaper = tokio::spawn(close_idle(Arc::clone(&self.pool), self.shutdown.clone()));
+        let removals = tokio::spawn(sync_removals(
+            Arc::clone(&self.store),
+            self.shutdown.clone(),
+        ));
 
         loop {
             let now = now_secs();
@@ -218,7 +222,33 @@ impl Runner {
             jobs.abort_all();
         }
         let _ = reaper.await;
+        let _ = removals.await;
+        // Removals of the last deliveries, made durable before the end.
+        let store = Arc::clone(&self.store);
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.sync_removals()).await {
+            error!(error = %e, "cannot make the last removals from the queue durable");
+        }
         self.pool.close_all().await;
+    }
+}
+
+/// Makes removals of delivered messages durable within a second when no
+/// arrival's directory fsync has covered them (see [`Store::remove_grouped`]),
+/// until shutdown.
+async fn sync_removals(store: Arc<Store>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let store = Arc::clone(&store);
+                match tokio::task::spawn_blocking(move || store.sync_removals()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => error!(error = %e, "cannot make removals from the queue durable"),
+                    Err(e) => error!(error = %e, "queue folder sync failed"),
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

@@ -9,6 +9,11 @@
 //! as the file's write and fsync): the waiters of a moment queue on a
 //! mutex while one of them fsyncs for all, and no extra thread hop is
 //! made per message.
+//!
+//! Removals of delivered messages wait for no fsync: they are marked and
+//! covered by the next one (an arrival's, or the daemon's once a second
+//! when none arrives). A power loss in between can deliver a message
+//! again, never lose one.
 
 use std::io;
 use std::path::PathBuf;
@@ -58,6 +63,28 @@ impl GroupSync {
         Ok(())
     }
 
+    /// Notes a change to the folder (a removal) whose durability is left
+    /// to the next fsync, whoever makes it: nobody waits for it. Returns
+    /// its ticket, for [`GroupSync::covers`].
+    pub fn mark(&self) -> u64 {
+        self.requested.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Whether a finished fsync covers `ticket`.
+    pub fn covers(&self, ticket: u64) -> bool {
+        self.done.load(Ordering::SeqCst) >= ticket
+    }
+
+    /// Fsyncs the folder if some change to it is not covered yet (the
+    /// removals [`GroupSync::mark`]ed while no message arrived). Returns
+    /// whether it fsynced. Blocking.
+    pub fn sync_pending(&self) -> io::Result<bool> {
+        if self.done.load(Ordering::SeqCst) >= self.requested.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        self.sync().map(|()| true)
+    }
+
     /// How many commits asked for a directory fsync so far.
     pub fn tickets(&self) -> u64 {
         self.requested.load(Ordering::SeqCst)
@@ -95,6 +122,23 @@ mod tests {
         // A later caller is not covered by the earlier fsync: it makes one.
         g.sync().unwrap();
         assert_eq!(g.done.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn marked_changes_are_covered_by_the_next_sync_or_a_pending_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = GroupSync::new(dir.path().to_path_buf());
+        assert!(!g.sync_pending().unwrap(), "nothing to cover");
+        let t = g.mark();
+        assert!(!g.covers(t), "not yet fsynced");
+        assert!(g.sync_pending().unwrap());
+        assert!(g.covers(t));
+        assert!(!g.sync_pending().unwrap(), "covered: no second fsync");
+        // A commit's fsync covers a removal marked before it.
+        let t = g.mark();
+        g.sync().unwrap();
+        assert!(g.covers(t));
+        assert!(!g.sync_pending().unwrap());
     }
 
     #[test]

@@ -98,32 +98,55 @@ pub struct Store {
     queue_sync: std::sync::Arc<super::group::GroupSync>,
     /// Small messages just committed, for their first attempt.
     fresh: std::sync::Arc<Fresh>,
-    /// Emptied files of removed messages, for new messages to be written into.
+    /// Files of removed messages, for new messages to be written over.
     recycled: std::sync::Arc<Recycled>,
 }
 
 /// Emptied files kept for reuse at most.
 const RECYCLE_MAX: usize = 256;
 
-/// Files of removed messages, moved to `tmp/` and emptied, for new
-/// messages to be written into: a message then costs the file system no
-/// inode allocation and no inode release (ext4's inode allocator slows
-/// down with every inode released in the last minute, which at a few
-/// hundred messages a second was a fifth of the daemon's time). A crash
-/// leaves them in `tmp/`, which [`Store::open`] clears.
+/// The largest file kept for reuse: a larger one is unlinked (its blocks
+/// freed at once; large messages are few).
+const RECYCLE_LEN_MAX: u64 = 2 * BUFFER as u64;
+
+/// Files of removed messages, moved to `tmp/`, for new messages to be
+/// written over: a message then costs the file system no inode
+/// allocation and no inode release (ext4's inode allocator slows down
+/// with every inode released in the last minute, which at a few hundred
+/// messages a second was a fifth of the daemon's time), and a new message
+/// of about the old one's size no block allocation either, so its fsync
+/// writes data only. A crash leaves them in `tmp/`, which [`Store::open`]
+/// clears.
 #[derive(Debug)]
 struct Recycled {
     tmp: PathBuf,
-    free: std::sync::Mutex<Vec<PathBuf>>,
+    free: std::sync::Mutex<std::collections::VecDeque<Free>>,
     seq: std::sync::atomic::AtomicU64,
     /// `free-<process>.<store>`: the names of this store's files.
     prefix: std::sync::OnceLock<String>,
 }
 
+/// A file of a removed message, kept for the next.
+#[derive(Debug)]
+struct Free {
+    path: PathBuf,
+    /// Its length: what a shorter new message must cut off.
+    len: u64,
+    /// The queue folder's ticket for its removal: the file is written over
+    /// only once a directory fsync covers that removal, so that a power
+    /// loss can never bring the old message's name back over new bytes.
+    removed: u64,
+}
+
 impl Recycled {
-    /// A file to write a new message into, when one is free.
-    fn take(&self) -> Option<PathBuf> {
-        self.free.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    /// A file to write a new message into, when one is free and its
+    /// removal durable.
+    fn take(&self, sync: &super::group::GroupSync) -> Option<(PathBuf, u64)> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if !sync.covers(free.front()?.removed) {
+            return None;
+        }
+        free.pop_front().map(|f| (f.path, f.len))
     }
 
     /// A new name in `tmp/` for a file about to be freed, unless enough
@@ -142,12 +165,26 @@ impl Recycled {
         Some(self.tmp.join(format!("{prefix}.{n}")))
     }
 
-    fn give(&self, path: PathBuf) {
+    /// Unlinks every kept file (the file system is full: their blocks
+    /// are worth more free).
+    fn release_all(&self) {
+        let gone: Vec<Free> = self
+            .free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for f in gone {
+            let _ = fs::remove_file(&f.path);
+        }
+    }
+
+    fn give(&self, file: Free) {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         if free.len() < RECYCLE_MAX {
-            free.push(path);
+            free.push_back(file);
         } else {
-            let _ = fs::remove_file(&path);
+            let _ = fs::remove_file(&file.path);
         }
     }
 }
@@ -239,7 +276,7 @@ impl Store {
         }
         let recycled = std::sync::Arc::new(Recycled {
             tmp: tmp.clone(),
-            free: std::sync::Mutex::new(Vec::new()),
+            free: std::sync::Mutex::default(),
             seq: std::sync::atomic::AtomicU64::new(0),
             prefix: std::sync::OnceLock::new(),
         });
@@ -281,11 +318,11 @@ impl Store {
     /// fsynced and renamed in one trip at its commit.
     pub async fn begin(&self, envelope: &Envelope) -> Result<Incoming, SpoolError> {
         let id = self.ids.next();
-        // An emptied file of a removed message when there is one (written
+        // The file of a removed message when there is one (written
         // over, never created), else a new one named by the id.
-        let (tmp_path, reused) = match self.recycled.take() {
-            Some(p) => (p, true),
-            None => (self.tmp.join(&id), false),
+        let (tmp_path, reused) = match self.recycled.take(&self.queue_sync) {
+            Some((p, len)) => (p, Some(len)),
+            None => (self.tmp.join(&id), None),
         };
         let head = format::message_head(envelope).map_err(SpoolError::unwritable(&tmp_path))?;
         let mut incoming = Incoming {
@@ -295,6 +332,7 @@ impl Store {
             envelope: Some(envelope.clone()),
             head_len: head.len(),
             fresh: std::sync::Arc::clone(&self.fresh),
+            recycled: std::sync::Arc::clone(&self.recycled),
             final_path: self.msg_path(&id),
             queue_sync: std::sync::Arc::clone(&self.queue_sync),
             tmp_path,
@@ -565,11 +603,12 @@ impl Store {
         .map_err(SpoolError::io(&path))
     }
 
-    /// Removes message `id` like [`Store::remove`], sharing the directory
-    /// fsync of the message's removal with the other writers of the same
-    /// moment. The state and retry files go after that fsync, without one
-    /// of their own: left behind by a crash they are cleared at the next
-    /// start, while the message's removal is already durable.
+    /// Removes message `id` like [`Store::remove`], without waiting for a
+    /// directory fsync: the removal is covered by the next one (an
+    /// arrival's, or [`Store::sync_removals`]). A power loss before it can
+    /// deliver the message again, never lose one. The state and retry
+    /// files go after the message: left behind by a crash they are cleared
+    /// at the next start.
     pub async fn remove_grouped(&self, id: &str) -> Result<(), SpoolError> {
         let id = self.checked(id)?;
         // What is kept in memory of it holds no longer.
@@ -583,8 +622,8 @@ impl Store {
             std::sync::Arc::clone(&self.recycled),
         );
         // One trip to a blocking thread: the file moved out of the queue
-        // (to be emptied and reused; unlinked when enough are kept), the
-        // shared directory fsync, then the state and retry files.
+        // (to be written over by a new message; unlinked when enough are
+        // kept or it is large), then the state and retry files.
         let gone = tokio::task::spawn_blocking(move || {
             let spare = recycled.name();
             let moved = match &spare {
@@ -596,11 +635,14 @@ impl Store {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
                 Err(e) => return Err(e),
             }
-            sync.sync()?;
+            let removed = sync.mark();
             if let Some(spare) = spare {
-                // Emptied at once: a delivered message's bytes do not stay.
-                match fs::OpenOptions::new().write(true).open(&spare) {
-                    Ok(f) if f.set_len(0).is_ok() => recycled.give(spare),
+                match fs::metadata(&spare) {
+                    Ok(m) if m.len() <= RECYCLE_LEN_MAX => recycled.give(Free {
+                        path: spare,
+                        len: m.len(),
+                        removed,
+                    }),
                     _ => {
                         let _ = fs::remove_file(&spare);
                     }
@@ -617,6 +659,16 @@ impl Store {
             return Err(SpoolError::NotFound(id.to_string()));
         }
         Ok(())
+    }
+
+    /// Makes the removals of [`Store::remove_grouped`] durable when no
+    /// arrival's directory fsync has covered them yet. Blocking; the
+    /// daemon calls it once a second and at shutdown.
+    pub fn sync_removals(&self) -> Result<(), SpoolError> {
+        self.queue_sync
+            .sync_pending()
+            .map(|_| ())
+            .map_err(SpoolError::io(&self.queue))
     }
 
     /// Removes message `id` (delivered, bounced or deleted by an operator).
@@ -681,14 +733,13 @@ const PIECE: usize = 256 * 1024;
 /// file at once ([`Incoming::release`]).
 const RELEASE_WRITES: usize = 16 * 1024;
 
-/// Opens a message's temporary file: `reused`, the emptied file of a
-/// removed message (written over), else a new one.
+/// Opens a message's temporary file: `reused`, the file of a removed
+/// message (written over from its start, cut to length at the commit),
+/// else a new one.
 fn open_temporary(path: &Path, reused: bool) -> io::Result<fs::File> {
     fs::OpenOptions::new()
         .write(true)
         .create_new(!reused)
-        .create(reused)
-        .truncate(reused)
         .open(path)
 }
 
@@ -702,13 +753,15 @@ pub struct Incoming {
     buf: Vec<u8>,
     /// The temporary file, once the message outgrew the buffer.
     file: Option<fs::File>,
-    /// The temporary file is an emptied one of a removed message (opened
-    /// without creating it).
-    reused: bool,
+    /// The temporary file is one of a removed message, of this length
+    /// (opened without creating it, written over).
+    reused: Option<u64>,
     /// The envelope, and the length of the file's header that holds it.
     envelope: Option<Envelope>,
     head_len: usize,
     fresh: std::sync::Arc<Fresh>,
+    /// The kept files, given back to the file system when it is full.
+    recycled: std::sync::Arc<Recycled>,
     tmp_path: PathBuf,
     final_path: PathBuf,
     queue_sync: std::sync::Arc<super::group::GroupSync>,
@@ -733,8 +786,8 @@ impl Incoming {
         // Until the write is back, this message is not whole.
         self.failed = true;
         let (file, buf) = (self.file.take(), std::mem::take(&mut self.buf));
-        let (tmp, reused) = (self.tmp_path.clone(), self.reused);
-        let (file, buf) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+        let (tmp, reused) = (self.tmp_path.clone(), self.reused.is_some());
+        let step = tokio::task::spawn_blocking(move || -> io::Result<_> {
             use std::io::Write as _;
             let mut f = match file {
                 Some(f) => f,
@@ -746,8 +799,11 @@ impl Incoming {
             Ok((f, buf))
         })
         .await
-        .map_err(|e| SpoolError::io(&self.tmp_path)(io::Error::other(e)))?
-        .map_err(SpoolError::io(&self.tmp_path))?;
+        .map_err(|e| SpoolError::io(&self.tmp_path)(io::Error::other(e)))?;
+        let (file, buf) = match step {
+            Ok(done) => done,
+            Err(e) => return Err(self.failure(SpoolError::io(&self.tmp_path)(e)).await),
+        };
         self.file = Some(file);
         self.buf = buf;
         self.failed = false;
@@ -823,6 +879,8 @@ impl Incoming {
         // same moment (group commit), in one trip to a blocking thread.
         let whole = file.is_none();
         let reused = self.reused;
+        // The file's length: a longer file written over is cut to it.
+        let len = self.len + t.len() as u64;
         // A small message's body is kept for its first attempt. It is put
         // in memory before the file enters the queue, so that nothing can
         // find the file, try it and record a state the kept copy would
@@ -842,10 +900,15 @@ impl Incoming {
                 use std::io::Write as _;
                 let mut f = match file {
                     Some(f) => f,
-                    None => open_temporary(&tmp, reused).map_err(|e| (false, e))?,
+                    None => open_temporary(&tmp, reused.is_some()).map_err(|e| (false, e))?,
                 };
                 f.write_all(&pending).map_err(|e| (false, e))?;
-                f.sync_all().map_err(|e| (false, e))?;
+                if reused.is_some_and(|old| old > len) {
+                    f.set_len(len).map_err(|e| (false, e))?;
+                }
+                // Data and length (what reading it back needs); a file
+                // written over in place needs no journal commit for it.
+                f.sync_data().map_err(|e| (false, e))?;
             }
             let kept = keep.map(|(fresh, id, envelope, head_len, trailer)| {
                 let mut body = pending;
@@ -871,9 +934,19 @@ impl Incoming {
         })?;
         match step {
             Ok(()) => Ok(std::mem::take(&mut self.id)),
-            Err((false, e)) => Err(SpoolError::io(&self.tmp_path)(e)),
-            Err((true, e)) => Err(SpoolError::io(&self.final_path)(e)),
+            Err((false, e)) => Err(self.failure(SpoolError::io(&self.tmp_path)(e)).await),
+            Err((true, e)) => Err(self.failure(SpoolError::io(&self.final_path)(e)).await),
         }
+    }
+
+    /// A failed write: on a full file system the kept files of removed
+    /// messages are given back to it first.
+    async fn failure(&self, e: SpoolError) -> SpoolError {
+        if e.is_disk_full() {
+            let recycled = std::sync::Arc::clone(&self.recycled);
+            let _ = tokio::task::spawn_blocking(move || recycled.release_all()).await;
+        }
+        e
     }
 }
 
@@ -1034,7 +1107,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_removed_messages_file_is_emptied_and_written_over_by_the_next() {
+    async fn a_removed_messages_file_is_written_over_by_the_next_once_its_removal_is_durable() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -1047,34 +1120,96 @@ mod tests {
                 inc.commit().await.unwrap()
             }
         };
-        let first = commit(b"Subject: 1\r\n\r\nfirst secret\r\n").await;
+        let first = commit(b"Subject: 1\r\n\r\nfirst secret, a longer message\r\n").await;
         let path = |id: &str| dir.path().join("queue").join(format!("{id}.msg"));
         let inode = fs::metadata(path(&first)).unwrap().ino();
         store.remove_grouped(&first).await.unwrap();
         assert!(!path(&first).exists(), "removed from the queue");
-        // Kept in tmp/, emptied: nothing of the message stays.
         let kept: Vec<_> = fs::read_dir(&tmp)
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
-        assert_eq!(kept.len(), 1);
-        assert_eq!(fs::metadata(&kept[0]).unwrap().len(), 0);
-        // The next message is written into that very file.
+        assert_eq!(kept.len(), 1, "kept in tmp/");
+        // Control: its removal is not durable yet, so it is not written over.
+        let early = commit(b"Subject: e\r\n\r\nearly\r\n").await;
+        assert_ne!(fs::metadata(path(&early)).unwrap().ino(), inode);
+        // The early commit's directory fsync covered the removal: the next
+        // message, shorter, is written into that very file and cut to length.
         let second = commit(b"Subject: 2\r\n\r\nsecond\r\n").await;
         assert_eq!(fs::metadata(path(&second)).unwrap().ino(), inode);
         assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+        let bytes = fs::read(path(&second)).unwrap();
+        assert!(
+            !bytes.windows(6).any(|w| w == b"secret"),
+            "nothing of the old message is left"
+        );
         store.fresh.take(&second);
         let got = store.load(&second).unwrap();
         assert_eq!(got.body.as_ref(), b"Subject: 2\r\n\r\nsecond\r\n");
-        // Positive control: with none kept, a new file is made.
-        let third = commit(b"Subject: 3\r\n\r\nthird\r\n").await;
-        assert_ne!(fs::metadata(path(&third)).unwrap().ino(), inode);
-        // A restart clears what was kept.
+        // A removal with no arrival after it is made durable by the
+        // daemon's sync, and then its file is written over.
         store.remove_grouped(&second).await.unwrap();
+        store.sync_removals().unwrap();
+        let third = commit(b"Subject: 3\r\n\r\nthird message, longer than the second\r\n").await;
+        assert_eq!(fs::metadata(path(&third)).unwrap().ino(), inode);
+        store.fresh.take(&third);
+        assert_eq!(
+            store.load(&third).unwrap().body.as_ref(),
+            b"Subject: 3\r\n\r\nthird message, longer than the second\r\n"
+        );
+        // A restart clears what was kept.
+        store.remove_grouped(&third).await.unwrap();
         assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1);
         drop(store);
         let _store = Store::open(dir.path()).unwrap();
         assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_removed_message_is_unlinked_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut inc = store.begin(&envelope()).await.unwrap();
+        inc.write(&vec![b'a'; RECYCLE_LEN_MAX as usize + 1])
+            .await
+            .unwrap();
+        let id = inc.commit().await.unwrap();
+        store.remove_grouped(&id).await.unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        // Control: a small one is kept.
+        let mut inc = store.begin(&envelope()).await.unwrap();
+        inc.write(b"Subject: s\r\n\r\nsmall\r\n").await.unwrap();
+        let id = inc.commit().await.unwrap();
+        store.remove_grouped(&id).await.unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
+        store.sync_removals().unwrap();
+        // Written over by a message that goes to disk in pieces (longer
+        // than the file), which is kept in turn and cut by a short one.
+        let big: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut inc = store.begin(&envelope()).await.unwrap();
+        inc.write(&big).await.unwrap();
+        let id = inc.commit().await.unwrap();
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0,
+            "reused"
+        );
+        assert_eq!(store.load(&id).unwrap().body.as_ref(), &big[..]);
+        store.remove_grouped(&id).await.unwrap();
+        store.sync_removals().unwrap();
+        let mut inc = store.begin(&envelope()).await.unwrap();
+        inc.write(b"Subject: s\r\n\r\nshort\r\n").await.unwrap();
+        let id = inc.commit().await.unwrap();
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0,
+            "reused"
+        );
+        store.fresh.take(&id);
+        assert_eq!(
+            store.load(&id).unwrap().body.as_ref(),
+            b"Subject: s\r\n\r\nshort\r\n"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

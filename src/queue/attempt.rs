@@ -224,7 +224,7 @@ async fn attempt_loaded(
         now,
         &settings.queue.retry_intervals,
     ) {
-        None => match store.remove_grouped(id).await {
+        None => match store.remove_soon(id) {
             Ok(()) => (JobEnd::Gone, true),
             Err(e) => {
                 error!(queue_id = %id, error = %e, "delivered message could not be removed from the queue");

@@ -232,14 +232,17 @@ impl Runner {
     }
 }
 
-/// Makes removals of delivered messages durable within a second when no
-/// arrival's directory fsync has covered them (see [`Store::remove_grouped`]),
-/// until shutdown.
+/// Makes removals of delivered messages, and makes them durable, within
+/// a tenth of a second when no arrival's trip to the disk has (see
+/// [`Store::remove_soon`]), until shutdown.
 async fn sync_removals(store: Arc<Store>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                if !store.removals_pending() {
+                    continue;
+                }
                 let store = Arc::clone(&store);
                 match tokio::task::spawn_blocking(move || store.sync_removals()).await {
                     Ok(Ok(())) => {}

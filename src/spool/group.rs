@@ -11,9 +11,7 @@
 //! made per message.
 //!
 //! Removals of delivered messages wait for no fsync: they are marked and
-//! covered by the next one (an arrival's, or the daemon's once a second
-//! when none arrives). A power loss in between can deliver a message
-//! again, never lose one.
+//! covered by the next one (see `departures`).
 
 use std::io;
 use std::path::PathBuf;
@@ -75,11 +73,16 @@ impl GroupSync {
         self.done.load(Ordering::SeqCst) >= ticket
     }
 
+    /// Whether a change to the folder is not covered by a finished fsync.
+    pub fn pending(&self) -> bool {
+        self.done.load(Ordering::SeqCst) < self.requested.load(Ordering::SeqCst)
+    }
+
     /// Fsyncs the folder if some change to it is not covered yet (the
     /// removals [`GroupSync::mark`]ed while no message arrived). Returns
     /// whether it fsynced. Blocking.
     pub fn sync_pending(&self) -> io::Result<bool> {
-        if self.done.load(Ordering::SeqCst) >= self.requested.load(Ordering::SeqCst) {
+        if !self.pending() {
             return Ok(false);
         }
         self.sync().map(|()| true)

@@ -2,6 +2,7 @@
 //! delivered or bounced, and the work folders of large messages being
 //! transformed (`work`). Only this room writes the spool directory.
 
+mod departures;
 pub mod dsn;
 pub mod envelope;
 pub mod format;

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::error;
 
+use super::departures::Departures;
 use super::envelope::{Envelope, QueueState};
 use super::format::{self, FormatError};
 use super::id::{self, IdGenerator};
@@ -98,95 +99,9 @@ pub struct Store {
     queue_sync: std::sync::Arc<super::group::GroupSync>,
     /// Small messages just committed, for their first attempt.
     fresh: std::sync::Arc<Fresh>,
-    /// Files of removed messages, for new messages to be written over.
-    recycled: std::sync::Arc<Recycled>,
-}
-
-/// Emptied files kept for reuse at most.
-const RECYCLE_MAX: usize = 256;
-
-/// The largest file kept for reuse: a larger one is unlinked (its blocks
-/// freed at once; large messages are few).
-const RECYCLE_LEN_MAX: u64 = 2 * BUFFER as u64;
-
-/// Files of removed messages, moved to `tmp/`, for new messages to be
-/// written over: a message then costs the file system no inode
-/// allocation and no inode release (ext4's inode allocator slows down
-/// with every inode released in the last minute, which at a few hundred
-/// messages a second was a fifth of the daemon's time), and a new message
-/// of about the old one's size no block allocation either, so its fsync
-/// writes data only. A crash leaves them in `tmp/`, which [`Store::open`]
-/// clears.
-#[derive(Debug)]
-struct Recycled {
-    tmp: PathBuf,
-    free: std::sync::Mutex<std::collections::VecDeque<Free>>,
-    seq: std::sync::atomic::AtomicU64,
-    /// `free-<process>.<store>`: the names of this store's files.
-    prefix: std::sync::OnceLock<String>,
-}
-
-/// A file of a removed message, kept for the next.
-#[derive(Debug)]
-struct Free {
-    path: PathBuf,
-    /// Its length: what a shorter new message must cut off.
-    len: u64,
-    /// The queue folder's ticket for its removal: the file is written over
-    /// only once a directory fsync covers that removal, so that a power
-    /// loss can never bring the old message's name back over new bytes.
-    removed: u64,
-}
-
-impl Recycled {
-    /// A file to write a new message into, when one is free and its
-    /// removal durable.
-    fn take(&self, sync: &super::group::GroupSync) -> Option<(PathBuf, u64)> {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        if !sync.covers(free.front()?.removed) {
-            return None;
-        }
-        free.pop_front().map(|f| (f.path, f.len))
-    }
-
-    /// A new name in `tmp/` for a file about to be freed, unless enough
-    /// are kept already.
-    fn name(&self) -> Option<PathBuf> {
-        if self.free.lock().unwrap_or_else(|p| p.into_inner()).len() >= RECYCLE_MAX {
-            return None;
-        }
-        // Unique among stores and processes on the same spool.
-        static STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let prefix = self.prefix.get_or_init(|| {
-            let store = STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            format!("free-{}.{store}", std::process::id())
-        });
-        let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Some(self.tmp.join(format!("{prefix}.{n}")))
-    }
-
-    /// Unlinks every kept file (the file system is full: their blocks
-    /// are worth more free).
-    fn release_all(&self) {
-        let gone: Vec<Free> = self
-            .free
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-            .collect();
-        for f in gone {
-            let _ = fs::remove_file(&f.path);
-        }
-    }
-
-    fn give(&self, file: Free) {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        if free.len() < RECYCLE_MAX {
-            free.push_back(file);
-        } else {
-            let _ = fs::remove_file(&file.path);
-        }
-    }
+    /// Removals of delivered messages not made yet, and the files of
+    /// removed messages kept for new ones to be written over.
+    departures: std::sync::Arc<Departures>,
 }
 
 /// Octets of just-committed messages kept for their first attempt at most.
@@ -274,14 +189,14 @@ impl Store {
                 floor = floor.max(id::parse(&name).unwrap_or(0));
             }
         }
-        let recycled = std::sync::Arc::new(Recycled {
-            tmp: tmp.clone(),
-            free: std::sync::Mutex::default(),
-            seq: std::sync::atomic::AtomicU64::new(0),
-            prefix: std::sync::OnceLock::new(),
-        });
+        let queue_sync = std::sync::Arc::new(super::group::GroupSync::new(queue.clone()));
+        let departures = std::sync::Arc::new(Departures::new(
+            queue.clone(),
+            tmp.clone(),
+            std::sync::Arc::clone(&queue_sync),
+        ));
         Ok(Self {
-            queue_sync: std::sync::Arc::new(super::group::GroupSync::new(queue.clone())),
+            queue_sync,
             queue,
             tmp,
             corrupt,
@@ -289,7 +204,7 @@ impl Store {
             work,
             ids: IdGenerator::starting_above(floor),
             fresh: std::sync::Arc::default(),
-            recycled,
+            departures,
         })
     }
 
@@ -320,7 +235,7 @@ impl Store {
         let id = self.ids.next();
         // The file of a removed message when there is one (written
         // over, never created), else a new one named by the id.
-        let (tmp_path, reused) = match self.recycled.take(&self.queue_sync) {
+        let (tmp_path, reused) = match self.departures.reusable() {
             Some((p, len)) => (p, Some(len)),
             None => (self.tmp.join(&id), None),
         };
@@ -332,7 +247,7 @@ impl Store {
             envelope: Some(envelope.clone()),
             head_len: head.len(),
             fresh: std::sync::Arc::clone(&self.fresh),
-            recycled: std::sync::Arc::clone(&self.recycled),
+            departures: std::sync::Arc::clone(&self.departures),
             final_path: self.msg_path(&id),
             queue_sync: std::sync::Arc::clone(&self.queue_sync),
             tmp_path,
@@ -428,6 +343,8 @@ impl Store {
     /// Ids of every message in the queue, oldest first.
     pub fn list(&self) -> Result<Vec<String>, SpoolError> {
         let mut ids = ids_in(&self.queue)?;
+        // Delivered, on their way out: not to be tried again.
+        ids.retain(|id| !self.departures.is_leaving(id));
         ids.sort();
         Ok(ids)
     }
@@ -603,68 +520,37 @@ impl Store {
         .map_err(SpoolError::io(&path))
     }
 
-    /// Removes message `id` like [`Store::remove`], without waiting for a
-    /// directory fsync: the removal is covered by the next one (an
-    /// arrival's, or [`Store::sync_removals`]). A power loss before it can
-    /// deliver the message again, never lose one. The state and retry
-    /// files go after the message: left behind by a crash they are cleared
-    /// at the next start.
-    pub async fn remove_grouped(&self, id: &str) -> Result<(), SpoolError> {
+    /// Removes delivered message `id` like [`Store::remove`], without
+    /// waiting: the next arrival's trip to the disk removes it before its
+    /// directory fsync, or [`Store::sync_removals`] does (see
+    /// [`super::departures`]). Until then [`Store::list`] leaves it out.
+    /// A power loss before can deliver the message again, never lose one.
+    pub fn remove_soon(&self, id: &str) -> Result<(), SpoolError> {
         let id = self.checked(id)?;
         // What is kept in memory of it holds no longer.
         self.fresh.take(id);
-        let msg = self.msg_path(id);
-        let (m, retry, state, sync, recycled) = (
-            msg.clone(),
-            self.retry_path(id),
-            self.state_path(id),
-            std::sync::Arc::clone(&self.queue_sync),
-            std::sync::Arc::clone(&self.recycled),
-        );
-        // One trip to a blocking thread: the file moved out of the queue
-        // (to be written over by a new message; unlinked when enough are
-        // kept or it is large), then the state and retry files.
-        let gone = tokio::task::spawn_blocking(move || {
-            let spare = recycled.name();
-            let moved = match &spare {
-                Some(to) => fs::rename(&m, to),
-                None => fs::remove_file(&m),
-            };
-            match moved {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-                Err(e) => return Err(e),
+        if self.departures.leave(id) >= super::departures::WAITING_MAX {
+            // Many wait and no arrival comes for them: now, off this thread.
+            let departures = std::sync::Arc::clone(&self.departures);
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || departures.carry_out())),
+                Err(_) => departures.carry_out(),
             }
-            let removed = sync.mark();
-            if let Some(spare) = spare {
-                match fs::metadata(&spare) {
-                    Ok(m) if m.len() <= RECYCLE_LEN_MAX => recycled.give(Free {
-                        path: spare,
-                        len: m.len(),
-                        removed,
-                    }),
-                    _ => {
-                        let _ = fs::remove_file(&spare);
-                    }
-                }
-            }
-            let _ = fs::remove_file(&retry);
-            let _ = fs::remove_file(&state);
-            Ok(true)
-        })
-        .await
-        .map_err(|e| SpoolError::io(&msg)(io::Error::other(e)))?
-        .map_err(SpoolError::io(&msg))?;
-        if !gone {
-            return Err(SpoolError::NotFound(id.to_string()));
         }
         Ok(())
     }
 
-    /// Makes the removals of [`Store::remove_grouped`] durable when no
-    /// arrival's directory fsync has covered them yet. Blocking; the
-    /// daemon calls it once a second and at shutdown.
+    /// Whether removals wait to be made or made durable.
+    pub fn removals_pending(&self) -> bool {
+        self.departures.waiting() || self.queue_sync.pending()
+    }
+
+    /// Makes the waiting removals of [`Store::remove_soon`], and fsyncs
+    /// the queue folder when no arrival's fsync has covered a removal.
+    /// Blocking; the daemon calls it when no arrival came for a tenth of a
+    /// second, and at shutdown.
     pub fn sync_removals(&self) -> Result<(), SpoolError> {
+        self.departures.carry_out();
         self.queue_sync
             .sync_pending()
             .map(|_| ())
@@ -760,8 +646,9 @@ pub struct Incoming {
     envelope: Option<Envelope>,
     head_len: usize,
     fresh: std::sync::Arc<Fresh>,
-    /// The kept files, given back to the file system when it is full.
-    recycled: std::sync::Arc<Recycled>,
+    /// Removals made in the commit's trip; the kept files, given back to
+    /// the file system when it is full.
+    departures: std::sync::Arc<Departures>,
     tmp_path: PathBuf,
     final_path: PathBuf,
     queue_sync: std::sync::Arc<super::group::GroupSync>,
@@ -895,7 +782,11 @@ impl Incoming {
             )),
             _ => None,
         };
+        let departures = std::sync::Arc::clone(&self.departures);
         let step = tokio::task::spawn_blocking(move || -> Result<(), (bool, io::Error)> {
+            // Removals of delivered messages ride along: this trip's
+            // directory fsync makes them durable with the arrival.
+            departures.carry_out();
             {
                 use std::io::Write as _;
                 let mut f = match file {
@@ -943,8 +834,8 @@ impl Incoming {
     /// messages are given back to it first.
     async fn failure(&self, e: SpoolError) -> SpoolError {
         if e.is_disk_full() {
-            let recycled = std::sync::Arc::clone(&self.recycled);
-            let _ = tokio::task::spawn_blocking(move || recycled.release_all()).await;
+            let departures = std::sync::Arc::clone(&self.departures);
+            let _ = tokio::task::spawn_blocking(move || departures.recycled.release_all()).await;
         }
         e
     }
@@ -1123,16 +1014,25 @@ mod tests {
         let first = commit(b"Subject: 1\r\n\r\nfirst secret, a longer message\r\n").await;
         let path = |id: &str| dir.path().join("queue").join(format!("{id}.msg"));
         let inode = fs::metadata(path(&first)).unwrap().ino();
-        store.remove_grouped(&first).await.unwrap();
+        store.remove_soon(&first).unwrap();
+        assert!(
+            store.list().unwrap().is_empty(),
+            "left out of the queue at once"
+        );
+        assert!(
+            path(&first).exists(),
+            "the file goes with the next trip to the disk"
+        );
+        // The next arrival's trip moves it out; its file was chosen before
+        // (control: a removal not durable yet is not written over).
+        let early = commit(b"Subject: e\r\n\r\nearly\r\n").await;
         assert!(!path(&first).exists(), "removed from the queue");
+        assert_ne!(fs::metadata(path(&early)).unwrap().ino(), inode);
         let kept: Vec<_> = fs::read_dir(&tmp)
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
         assert_eq!(kept.len(), 1, "kept in tmp/");
-        // Control: its removal is not durable yet, so it is not written over.
-        let early = commit(b"Subject: e\r\n\r\nearly\r\n").await;
-        assert_ne!(fs::metadata(path(&early)).unwrap().ino(), inode);
         // The early commit's directory fsync covered the removal: the next
         // message, shorter, is written into that very file and cut to length.
         let second = commit(b"Subject: 2\r\n\r\nsecond\r\n").await;
@@ -1148,7 +1048,7 @@ mod tests {
         assert_eq!(got.body.as_ref(), b"Subject: 2\r\n\r\nsecond\r\n");
         // A removal with no arrival after it is made durable by the
         // daemon's sync, and then its file is written over.
-        store.remove_grouped(&second).await.unwrap();
+        store.remove_soon(&second).unwrap();
         store.sync_removals().unwrap();
         let third = commit(b"Subject: 3\r\n\r\nthird message, longer than the second\r\n").await;
         assert_eq!(fs::metadata(path(&third)).unwrap().ino(), inode);
@@ -1158,7 +1058,8 @@ mod tests {
             b"Subject: 3\r\n\r\nthird message, longer than the second\r\n"
         );
         // A restart clears what was kept.
-        store.remove_grouped(&third).await.unwrap();
+        store.remove_soon(&third).unwrap();
+        store.sync_removals().unwrap();
         assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1);
         drop(store);
         let _store = Store::open(dir.path()).unwrap();
@@ -1166,21 +1067,53 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_waiting_removals_are_made_without_waiting_for_an_arrival() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let n = super::super::departures::WAITING_MAX;
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let mut inc = store.begin(&envelope()).await.unwrap();
+            inc.write(b"Subject: x\r\n\r\nbody\r\n").await.unwrap();
+            ids.push(inc.commit().await.unwrap());
+        }
+        let on_disk = || fs::read_dir(dir.path().join("queue")).unwrap().count();
+        for id in &ids[..n - 1] {
+            store.remove_soon(id).unwrap();
+        }
+        // Control: below the bound they wait for an arrival or the tick.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(on_disk(), n);
+        assert_eq!(store.list().unwrap().len(), 1, "the waiting are left out");
+        store.remove_soon(&ids[n - 1]).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while on_disk() > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(on_disk(), 0, "made on a blocking thread at the bound");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_large_removed_message_is_unlinked_not_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut inc = store.begin(&envelope()).await.unwrap();
-        inc.write(&vec![b'a'; RECYCLE_LEN_MAX as usize + 1])
-            .await
-            .unwrap();
+        inc.write(&vec![
+            b'a';
+            super::super::departures::RECYCLE_LEN_MAX as usize + 1
+        ])
+        .await
+        .unwrap();
         let id = inc.commit().await.unwrap();
-        store.remove_grouped(&id).await.unwrap();
+        store.remove_soon(&id).unwrap();
+        store.sync_removals().unwrap();
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         // Control: a small one is kept.
         let mut inc = store.begin(&envelope()).await.unwrap();
         inc.write(b"Subject: s\r\n\r\nsmall\r\n").await.unwrap();
         let id = inc.commit().await.unwrap();
-        store.remove_grouped(&id).await.unwrap();
+        store.remove_soon(&id).unwrap();
+        store.sync_removals().unwrap();
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
         store.sync_removals().unwrap();
         // Written over by a message that goes to disk in pieces (longer
@@ -1195,7 +1128,7 @@ mod tests {
             "reused"
         );
         assert_eq!(store.load(&id).unwrap().body.as_ref(), &big[..]);
-        store.remove_grouped(&id).await.unwrap();
+        store.remove_soon(&id).unwrap();
         store.sync_removals().unwrap();
         let mut inc = store.begin(&envelope()).await.unwrap();
         inc.write(b"Subject: s\r\n\r\nshort\r\n").await.unwrap();
@@ -1268,15 +1201,13 @@ mod tests {
         assert_eq!(store.queue_sync.tickets(), before + 8);
 
         store.request_retry(&ids[0]).unwrap();
-        store.remove_grouped(&ids[0]).await.unwrap();
+        store.remove_soon(&ids[0]).unwrap();
+        store.sync_removals().unwrap();
         for ext in ["msg", "state", "retry"] {
             let p = dir.path().join("queue").join(format!("{}.{ext}", ids[0]));
             assert!(!p.exists(), "{} left behind", p.display());
         }
-        assert!(matches!(
-            store.remove_grouped(&ids[0]).await,
-            Err(SpoolError::NotFound(_))
-        ));
+        assert!(!store.queue_sync.pending(), "the removal is durable");
         // The control: the others are still there with their state.
         assert_eq!(store.list().unwrap().len(), 7);
         assert_eq!(store.load(&ids[1]).unwrap().state.attempts, 2);

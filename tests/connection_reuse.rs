@@ -1,6 +1,7 @@
-//! Connections to a next hop are kept and reused (RSET between
-//! transactions), against the scripted sink: messages to one hop share a
-//! connection, a hop that closes connections or refuses RSET still gets
+//! Connections to a next hop are kept and reused (RSET only after a
+//! transaction that did not end with the reply to its dot), against the
+//! scripted sink: messages to one hop share a connection, a hop that
+//! closes connections (silently or with 421) or refuses RSET still gets
 //! every message exactly once, on fresh connections.
 
 mod common;
@@ -61,7 +62,11 @@ fn messages_to_one_hop_share_one_connection() {
     let gw = Gateway::start(options(&sink, "4"));
     send_one_by_one(&gw, &sink, 6);
     assert_eq!(sink.connections(), 1, "a new connection per message");
-    assert_eq!(sink.rsets(), 5, "RSET before each reuse");
+    assert_eq!(
+        sink.rsets(),
+        0,
+        "a transaction that ended cleanly needs no RSET"
+    );
 }
 
 #[test]
@@ -89,16 +94,52 @@ fn a_hop_that_closes_connections_still_gets_every_message_once() {
 }
 
 #[test]
-fn a_hop_that_refuses_rset_gets_a_fresh_connection() {
+fn a_hop_that_says_421_while_a_connection_is_kept_gets_the_message_on_a_new_one() {
+    // The hop ends every connection after its second transaction with a
+    // 421, as a server does to an idle client; the gateway reads it as the
+    // reply to its next MAIL.
     let sink = Sink::start(Script {
-        rset_reply: Some("502 5.5.1 no RSET here".into()),
+        close_after_transactions: Some(2),
+        close_saying: Some("421 4.4.2 closing the connection".into()),
         ..Script::default()
     });
     let gw = Gateway::start(options(&sink, "4"));
-    send_one_by_one(&gw, &sink, 4);
-    // Each kept connection was asked RSET once, refused, and replaced.
-    assert_eq!(sink.rsets(), 3);
-    assert_eq!(sink.connections(), 4);
+    send_one_by_one(&gw, &sink, 6);
+    assert_eq!(sink.connections(), 3, "reused, then replaced when closed");
+    let log = gw.log();
+    assert!(!log.contains("event=\"deferred\""), "{log}");
+}
+
+#[test]
+fn a_hop_that_refuses_rset_gets_a_fresh_connection() {
+    // A transaction whose every recipient is refused leaves the MAIL
+    // transaction open: that connection is reset before reuse. This hop
+    // refuses RSET. The refused message has the null sender (no bounce);
+    // without PIPELINING no DATA follows the refused RCPT.
+    let sink = Sink::start(Script {
+        rset_reply: Some("502 5.5.1 no RSET here".into()),
+        no_pipelining: true,
+        rcpt_replies: [(
+            "nobody@example-law.dk".to_string(),
+            "550 5.1.1 no such user".to_string(),
+        )]
+        .into(),
+        ..Script::default()
+    });
+    let gw = Gateway::start(options(&sink, "4"));
+    let body = common::message("refused", "to nobody");
+    let r = common::submit(&gw, "", &["nobody@example-law.dk"], &body);
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(wait_until(Duration::from_secs(30), || gw
+        .log()
+        .contains("event=\"bounced\"")));
+    assert!(wait_until(Duration::from_secs(10), || gw.queued() == 0));
+    assert_eq!(sink.connections(), 1);
+    send_one_by_one(&gw, &sink, 3);
+    // The kept connection was asked RSET once, refused, and replaced; the
+    // new one was reused without.
+    assert_eq!(sink.rsets(), 1);
+    assert_eq!(sink.connections(), 2);
     let log = gw.log();
     assert!(!log.contains("event=\"deferred\""), "{log}");
 }

@@ -149,6 +149,11 @@ impl Failed {
         matches!(self, Failed::Smtp(e) if e.is_permanent())
     }
 
+    /// The hop said it is closing the connection (421).
+    fn closing(&self) -> bool {
+        matches!(self, Failed::Smtp(e) if e.status() == Some(421))
+    }
+
     /// No reply at all (the connection broke or the hop fell silent).
     fn no_reply(&self) -> bool {
         match self {
@@ -193,12 +198,17 @@ async fn close(mut conn: Connection, why: &Failed) {
     }
 }
 
-/// A connection for `hop`: a kept one that answers RSET, else a new one.
-/// A kept connection that has been closed by the hop, refuses RSET or
-/// does not answer it within `relay.connect_timeout` is closed here; no
-/// transaction was started on it, so nothing is lost.
+/// A connection for `hop`: a kept one, else a new one. A kept connection
+/// whose last transaction ended cleanly is used as it is (the reply to
+/// MAIL tells whether the hop is still there, see [`transact`]); any
+/// other must answer RSET. One that has been closed by the hop, refuses
+/// RSET or does not answer it within `relay.connect_timeout` is closed
+/// here; no transaction was started on it, so nothing is lost.
 async fn open(pool: &Pool, settings: &Arc<Settings>, hop: &str) -> Result<Connection, AllDeferred> {
     while let Some(mut c) = pool.take(settings, hop) {
+        if c.clean {
+            return Ok(c);
+        }
         match step(settings.relay.connect_timeout, c.smtp.command("RSET\r\n")).await {
             Ok(_) => return Ok(c),
             Err(why) => close(c, &why).await,
@@ -258,10 +268,10 @@ async fn transact(
     let mut conn = open(pool, settings, out.hop).await?;
     let mut started = step(limit, begin(&mut conn.smtp, out)).await;
     if let Err(e) = &started {
-        // A kept connection that died between RSET and MAIL (no reply at
-        // all): no message text was sent (that waits for 354), so once
-        // more on a new connection.
-        if conn.reused && e.no_reply() {
+        // A kept connection the hop has given up on while it was kept (no
+        // reply at all, or its 421 sent then): no message text was sent
+        // (that waits for 354), so once more on a new connection.
+        if conn.reused && (e.no_reply() || e.closing()) {
             close(conn, e).await;
             let fresh = connect(&settings.relay, &settings.server.hostname, out.hop).await?;
             conn = Connection::fresh(fresh);
@@ -319,6 +329,8 @@ async fn transact(
             // DATA went out with the group; with no recipient it must be
             // refused. A hop that says 354 anyway gets no text and no
             // "." (nothing is delivered) and loses the connection.
+            // The MAIL transaction is still open: RSET before reuse.
+            conn.clean = false;
             match step(limit, conn.smtp.reply()).await {
                 Err(Failed::Smtp(SmtpError::Refused(_))) => pool.put(settings, out.hop, conn).await,
                 Ok(_) => conn.smtp.abandon().await,
@@ -326,6 +338,7 @@ async fn transact(
             }
         } else {
             // No DATA: the next user of the connection resets it with RSET.
+            conn.clean = false;
             pool.put(settings, out.hop, conn).await;
         }
         return Ok(outcomes.into_iter().flatten().collect());
@@ -349,7 +362,11 @@ async fn transact(
         Err(e) => RcptOutcome::Deferred(e.text(limit)),
     };
     match data_result {
-        Ok(_) => pool.put(settings, out.hop, conn).await,
+        Ok(_) => {
+            // The reply to the final dot ends the transaction.
+            conn.clean = true;
+            pool.put(settings, out.hop, conn).await
+        }
         Err(e) => close(conn, &e).await,
     }
     Ok(outcomes

@@ -1,9 +1,11 @@
 //! Connections to next hops kept for further messages (Postfix's
 //! connection cache, in small): after a transaction that ended cleanly the
 //! connection is put back, and the next message for the same hop under the
-//! same settings takes it, says RSET, and sends on it. A kept connection
-//! that is idle for `relay.reuse_idle`, has carried [`MAX_TRANSACTIONS`],
-//! fails or refuses RSET is closed; a reload closes them all.
+//! same settings takes it and sends on it: at once after a transaction that
+//! ended with the reply to its final dot (the hop has reset it), after RSET
+//! otherwise. A kept connection that is idle for `relay.reuse_idle`, has
+//! carried [`MAX_TRANSACTIONS`], fails or refuses RSET is closed; a reload
+//! closes them all.
 //!
 //! A connection is only ever reused for the hop it was made for and under
 //! the very settings (the same `Arc<Settings>`) it was verified with, so a
@@ -30,6 +32,9 @@ pub struct Connection {
     pub(super) transactions: u32,
     /// It came from the pool (it was used before).
     pub(super) reused: bool,
+    /// Its last transaction ended with the reply to the final dot, so the
+    /// hop has reset it: the next one needs no RSET (RFC 5321, 4.1.1.4).
+    pub(super) clean: bool,
 }
 
 impl Connection {
@@ -38,6 +43,7 @@ impl Connection {
             smtp,
             transactions: 0,
             reused: false,
+            clean: true,
         }
     }
 }
@@ -97,7 +103,8 @@ impl Pool {
     }
 
     /// A kept connection for `hop` made under `settings`, most recently
-    /// used first, not yet idle too long. The caller checks it with RSET.
+    /// used first, not yet idle too long. The caller checks one that is not
+    /// clean with RSET.
     pub(super) fn take(&self, settings: &Arc<Settings>, hop: &str) -> Option<Connection> {
         if settings.relay.reuse_connections == 0 {
             return None;

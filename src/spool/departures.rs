@@ -47,6 +47,9 @@ pub(super) struct Departures {
     queue: PathBuf,
     /// Ids handed over, not yet renamed out.
     waiting: Mutex<Vec<String>>,
+    /// Held while removals are made: the shutdown's last sync waits for
+    /// any in progress, so none lands after it.
+    making: Mutex<()>,
     /// Ids handed over whose removal is not finished: a queue scan must
     /// not find them and deliver them again.
     leaving: Mutex<HashSet<String>>,
@@ -59,6 +62,7 @@ impl Departures {
         Self {
             queue,
             waiting: Mutex::default(),
+            making: Mutex::default(),
             leaving: Mutex::default(),
             recycled: Recycled {
                 tmp,
@@ -89,8 +93,16 @@ impl Departures {
     }
 
     /// Makes the waiting removals. Blocking: call it on the blocking
-    /// thread of a disk trip, before that trip's directory fsync.
-    pub(super) fn carry_out(&self) {
+    /// thread of a disk trip, before that trip's directory fsync. Unless
+    /// `wait`, it leaves them to removals already in progress elsewhere
+    /// (an arrival does not wait for another's).
+    pub(super) fn carry_out(&self, wait: bool) {
+        let _making = match self.making.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) if wait => locked(&self.making),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
         let ids = std::mem::take(&mut *locked(&self.waiting));
         for id in ids {
             if let Err(e) = self.remove(&id) {
@@ -111,11 +123,18 @@ impl Departures {
             Some(to) => fs::rename(&msg, to),
             None => fs::remove_file(&msg),
         };
-        match moved {
-            Ok(()) => {}
+        let spare = match moved {
+            Ok(()) => spare,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            // Kept or not, the message must go (a full folder cannot take
+            // the new name): unlinked.
+            Err(_) if spare.is_some() => match fs::remove_file(&msg) {
+                Ok(()) => None,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            },
             Err(e) => return Err(e),
-        }
+        };
         let removed = self.sync.mark();
         if let Some(spare) = spare {
             match fs::metadata(&spare) {

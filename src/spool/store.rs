@@ -73,7 +73,8 @@ impl SpoolError {
     /// True when the error says the disk is full.
     pub fn is_disk_full(&self) -> bool {
         matches!(self, SpoolError::Io { source, .. }
-            if source.raw_os_error() == Some(28) || source.kind() == io::ErrorKind::StorageFull)
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+                || source.kind() == io::ErrorKind::StorageFull)
     }
 }
 
@@ -233,13 +234,14 @@ impl Store {
     /// fsynced and renamed in one trip at its commit.
     pub async fn begin(&self, envelope: &Envelope) -> Result<Incoming, SpoolError> {
         let id = self.ids.next();
+        let head =
+            format::message_head(envelope).map_err(SpoolError::unwritable(&self.tmp.join(&id)))?;
         // The file of a removed message when there is one (written
         // over, never created), else a new one named by the id.
         let (tmp_path, reused) = match self.departures.reusable() {
             Some((p, len)) => (p, Some(len)),
             None => (self.tmp.join(&id), None),
         };
-        let head = format::message_head(envelope).map_err(SpoolError::unwritable(&tmp_path))?;
         let mut incoming = Incoming {
             buf: Vec::with_capacity(BUFFER),
             file: None,
@@ -533,8 +535,8 @@ impl Store {
             // Many wait and no arrival comes for them: now, off this thread.
             let departures = std::sync::Arc::clone(&self.departures);
             match tokio::runtime::Handle::try_current() {
-                Ok(rt) => drop(rt.spawn_blocking(move || departures.carry_out())),
-                Err(_) => departures.carry_out(),
+                Ok(rt) => drop(rt.spawn_blocking(move || departures.carry_out(false))),
+                Err(_) => departures.carry_out(false),
             }
         }
         Ok(())
@@ -550,7 +552,7 @@ impl Store {
     /// Blocking; the daemon calls it when no arrival came for a tenth of a
     /// second, and at shutdown.
     pub fn sync_removals(&self) -> Result<(), SpoolError> {
-        self.departures.carry_out();
+        self.departures.carry_out(true);
         self.queue_sync
             .sync_pending()
             .map(|_| ())
@@ -786,7 +788,7 @@ impl Incoming {
         let step = tokio::task::spawn_blocking(move || -> Result<(), (bool, io::Error)> {
             // Removals of delivered messages ride along: this trip's
             // directory fsync makes them durable with the arrival.
-            departures.carry_out();
+            departures.carry_out(false);
             {
                 use std::io::Write as _;
                 let mut f = match file {

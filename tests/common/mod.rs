@@ -76,6 +76,8 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// The gateway process under test.
 pub struct Gateway {
     pub dir: tempfile::TempDir,
+    /// The spool folder (`Options::spool_dir`, else in `dir`).
+    spool: PathBuf,
     pub config: PathBuf,
     pub addr: SocketAddr,
     child: Option<Child>,
@@ -190,6 +192,7 @@ scan_interval = "1s"
         fs::write(&config, text).expect("write config");
         Gateway {
             dir,
+            spool,
             config,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             child: None,
@@ -215,7 +218,7 @@ scan_interval = "1s"
     }
 
     pub fn spool(&self) -> PathBuf {
-        self.dir.path().join("spool")
+        self.spool.clone()
     }
 
     /// Starts the process and waits until it accepts connections.

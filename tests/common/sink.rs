@@ -51,6 +51,9 @@ pub struct Script {
     /// transactions (the reply to "." sent): a hop that does not let a
     /// connection be reused.
     pub close_after_transactions: Option<usize>,
+    /// What the hop says before it closes so (e.g. "421 4.4.2 closing"),
+    /// as a server that ends an idle connection does.
+    pub close_saying: Option<String>,
     /// The reply to RSET; "250 Ok" when none.
     pub rset_reply: Option<String>,
     /// Never answer "." (the message is read, then nothing is said until
@@ -438,6 +441,10 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
             let close_after = state.lock().unwrap().script.close_after_transactions;
             if close_after.is_some_and(|n| transactions >= n) {
                 w.write_all(format!("{reply}\r\n").as_bytes()).await?;
+                let saying = state.lock().unwrap().script.close_saying.clone();
+                if let Some(last) = saying {
+                    w.write_all(format!("{last}\r\n").as_bytes()).await?;
+                }
                 w.flush().await?;
                 return Ok(Next::Closed);
             }

@@ -241,7 +241,9 @@ impl Resolver {
 
     /// Checks each entry (validity, key usage, chain, revocation) off the
     /// async threads; chain and revocation verdicts come from `checked`
-    /// while they hold there.
+    /// while they hold there. When every entry's verdict is kept (or its
+    /// dates or key usage refuse it) the answer needs no chain work and is
+    /// given here, without a trip to a blocking thread.
     async fn evaluate(
         &self,
         keys: &Arc<Keyring>,
@@ -264,6 +266,10 @@ impl Resolver {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(at);
+        if let Some(known) = kept_verdicts(&entries, checked, self.revocation.generation(), at, now)
+        {
+            return known;
+        }
         let checked = Arc::clone(checked);
         let work = move || {
             // Read before checking: a CRL fetched meanwhile makes what is
@@ -325,6 +331,31 @@ impl Resolver {
                 .collect()
         })
     }
+}
+
+/// Every entry's verdict without chain work: its dates or key usage
+/// refuse it, or `checked` keeps one for it (formed with revocation data
+/// of `generation`); `None` when any entry needs its chain checked.
+fn kept_verdicts(
+    entries: &[Entry],
+    checked: &Checked,
+    generation: u64,
+    at: i64,
+    now: i64,
+) -> Option<Vec<Candidate>> {
+    entries
+        .iter()
+        .map(|entry| {
+            let verdict = match validate::basic(entry, at) {
+                Err(why) => Verdict::Refused(why),
+                Ok(()) => checked.get(&entry.fingerprint, generation, at, now)?,
+            };
+            Some(Candidate {
+                entry: entry.clone(),
+                verdict,
+            })
+        })
+        .collect()
 }
 
 /// How long a verdict may be kept: the evaluation times its chain holds
@@ -392,6 +423,40 @@ fn verdict(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn kept_verdicts_answer_without_chain_work_only_when_every_entry_has_one() {
+        use crate::pki::directory::Source;
+        let id = crate::pki::testkit::identity(1024, "Recipient").unwrap();
+        let entry = |fingerprint: &str| Entry {
+            cert: id.cert.clone(),
+            info: id.info.clone(),
+            source: Source::Directory,
+            fingerprint: fingerprint.into(),
+            capabilities: Vec::new(),
+            signed_at: None,
+        };
+        let at = id.info.not_before + 60;
+        let checked = Checked::new();
+        let usable = Verdict::Usable("valid, chain trusted".into());
+        checked.put(
+            "kept",
+            usable.clone(),
+            3,
+            (id.info.not_before, id.info.not_after),
+            at + 3600,
+        );
+        let got = kept_verdicts(&[entry("kept")], &checked, 3, at, at).unwrap();
+        assert_eq!(got[0].verdict, usable);
+        // One entry without a kept verdict: the chain must be checked.
+        assert!(kept_verdicts(&[entry("kept"), entry("new")], &checked, 3, at, at).is_none());
+        // Revocation data moved on: not kept any more.
+        assert!(kept_verdicts(&[entry("kept")], &checked, 4, at, at).is_none());
+        // Refused by its dates without any chain work, kept verdict or not.
+        let late = id.info.not_after + 1;
+        let got = kept_verdicts(&[entry("new")], &checked, 3, late, at).unwrap();
+        assert!(matches!(&got[0].verdict, Verdict::Refused(why) if why.starts_with("expired")));
+    }
 
     #[test]
     fn the_ldap_cache_stays_bounded() {

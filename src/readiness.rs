@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 use crate::pipeline::decide::{self, Treatment};
-use crate::pki::oces::{self, Generation};
+use crate::pki::oces::Generation;
 use crate::pki::resolve::{Candidate, Verdict};
 use crate::pki::validate::day;
 use crate::pki::Keyring;
@@ -164,16 +164,11 @@ fn seen_decision(d: &Decision, keys: &Keyring) -> Seen {
         policy::Outcome::Send { encrypt_to, .. } => {
             let mut generation = None;
             for cert in encrypt_to {
-                let fp = crate::pki::directory::fingerprint(cert);
+                let fp = crate::pki::facts::fingerprint(cert);
                 if own.contains(&fp) {
                     continue;
                 }
-                let g = cert
-                    .to_der()
-                    .ok()
-                    .and_then(|der| oces::classify(&der).ok())
-                    .map(|i| i.generation)
-                    .unwrap_or(Generation::Other);
+                let g = crate::pki::facts::generation(cert);
                 // OCES3 wins where a copy goes to both generations.
                 generation = Some(match generation {
                     Some(Generation::Oces3) => Generation::Oces3,

@@ -6,8 +6,7 @@ use std::borrow::Cow;
 
 use super::{Action, Actions, Context, Copy};
 use crate::metrics::Event;
-use crate::pki::directory::fingerprint;
-use crate::pki::oces::{self, Generation};
+use crate::pki::facts::fingerprint;
 use crate::policy::{Decision, Outcome};
 use crate::smime::{sign, SmimeError};
 
@@ -66,12 +65,7 @@ pub fn outbound<'a>(
                     )));
                 }
                 for cert in encrypt_to {
-                    let generation = cert
-                        .to_der()
-                        .ok()
-                        .and_then(|d| oces::classify(&d).ok())
-                        .map(|i| i.generation)
-                        .unwrap_or(Generation::Other);
+                    let generation = crate::pki::facts::generation(cert);
                     out.push(Action::Observed(Event::Encrypted(generation.to_string())));
                 }
                 out.push(Action::Deliver(Copy {

@@ -16,7 +16,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use openssl::hash::MessageDigest;
 use openssl::pkcs7::Pkcs7;
 use openssl::x509::X509;
 use serde::{Deserialize, Serialize};
@@ -168,19 +167,10 @@ impl Index {
     }
 }
 
-/// SHA-256 fingerprint in hex.
+/// SHA-256 fingerprint in hex (computed; for the certificates met on
+/// every message, [`super::facts::fingerprint`] keeps it).
 pub fn fingerprint(cert: &X509) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    cert.digest(MessageDigest::sha256())
-        .map(|d| {
-            let mut out = String::with_capacity(d.len() * 2);
-            for b in d.iter() {
-                out.push(char::from(HEX[usize::from(b >> 4)]));
-                out.push(char::from(HEX[usize::from(b & 0x0f)]));
-            }
-            out
-        })
-        .unwrap_or_default()
+    super::facts::sha256_hex(cert)
 }
 
 /// The local certificate directory.

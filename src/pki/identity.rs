@@ -70,7 +70,7 @@ impl Identity {
     /// The SHA-256 fingerprint of its certificate: how it is named across
     /// reloads (positions in the keyring change).
     pub fn fingerprint(&self) -> String {
-        super::directory::fingerprint(&self.cert)
+        super::facts::fingerprint(&self.cert)
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod checked;
 pub mod directory;
+pub mod facts;
 pub mod identity;
 pub mod ldap;
 pub mod oces;

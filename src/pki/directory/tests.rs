@@ -3,6 +3,7 @@
 
 use super::*;
 use openssl::asn1::Asn1Time;
+use openssl::hash::MessageDigest;
 use openssl::pkey::PKey;
 use openssl::rsa::Rsa;
 use openssl::x509::extension::SubjectAlternativeName;

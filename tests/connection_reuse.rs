@@ -108,6 +108,28 @@ fn a_hop_that_says_421_while_a_connection_is_kept_gets_the_message_on_a_new_one(
 }
 
 #[test]
+fn a_kept_connection_that_fell_silent_costs_the_connect_timeout_not_the_relay_timeout() {
+    // The hop answers one transaction per connection, then reads and never
+    // answers again, the connection left open.
+    let sink = Sink::start(Script {
+        silent_after_transactions: Some(1),
+        ..Script::default()
+    });
+    let mut o = options(&sink, "4");
+    o.env
+        .push(("SMIMEGW__RELAY__CONNECT_TIMEOUT".into(), "2s".into()));
+    o.env
+        .push(("SMIMEGW__RELAY__TIMEOUT".into(), "120s".into()));
+    let gw = Gateway::start(o);
+    // The second message goes out on the kept connection, gets no reply
+    // to MAIL within 2 s, and goes out again on a new one at once.
+    send_one_by_one(&gw, &sink, 2);
+    assert_eq!(sink.connections(), 2);
+    let log = gw.log();
+    assert!(!log.contains("event=\"deferred\""), "{log}");
+}
+
+#[test]
 fn a_hop_that_refuses_rset_gets_a_fresh_connection() {
     // A transaction whose every recipient is refused leaves the MAIL
     // transaction open: that connection is reset before reuse. This hop

@@ -266,7 +266,15 @@ async fn transact(
 ) -> Result<Vec<RcptOutcome>, AllDeferred> {
     let limit = settings.relay.timeout;
     let mut conn = open(pool, settings, out.hop).await?;
-    let mut started = step(limit, begin(&mut conn.smtp, out)).await;
+    // A kept connection must answer MAIL as soon as RSET would have been
+    // (`relay.connect_timeout`): one dropped silently while kept (by a
+    // firewall, say) costs that long, not `relay.timeout`.
+    let first = if conn.reused {
+        settings.relay.connect_timeout.min(limit)
+    } else {
+        limit
+    };
+    let mut started = step(first, begin(&mut conn.smtp, out)).await;
     if let Err(e) = &started {
         // A kept connection the hop has given up on while it was kept (no
         // reply at all, or its 421 sent then): no message text was sent

@@ -118,10 +118,10 @@ impl Runner {
         let mut scan = tokio::time::interval(scan_every);
         let mut shutdown = self.shutdown.clone();
         let reaper = tokio::spawn(close_idle(Arc::clone(&self.pool), self.shutdown.clone()));
-        let removals = tokio::spawn(sync_removals(
-            Arc::clone(&self.store),
-            self.shutdown.clone(),
-        ));
+        // Runs until the deliveries in flight at shutdown have ended: their
+        // removals are made within the tenth of a second too.
+        let (removals_end, removals_stop) = watch::channel(false);
+        let removals = tokio::spawn(sync_removals(Arc::clone(&self.store), removals_stop));
 
         loop {
             let now = now_secs();
@@ -220,8 +220,11 @@ impl Runner {
                 "deliveries still running at shutdown; they will be retried"
             );
             jobs.abort_all();
+            // A job running on another thread finishes its step first.
+            while jobs.join_next().await.is_some() {}
         }
         let _ = reaper.await;
+        let _ = removals_end.send(true);
         let _ = removals.await;
         // Removals of the last deliveries, made durable before the end.
         let store = Arc::clone(&self.store);
@@ -234,8 +237,9 @@ impl Runner {
 
 /// Makes removals of delivered messages, and makes them durable, within
 /// a tenth of a second when no arrival's trip to the disk has (see
-/// [`Store::remove_soon`]), until shutdown.
-async fn sync_removals(store: Arc<Store>, mut shutdown: watch::Receiver<bool>) {
+/// [`Store::remove_soon`]), until `stop` (after the deliveries in flight
+/// at shutdown have ended).
+async fn sync_removals(store: Arc<Store>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
@@ -250,7 +254,7 @@ async fn sync_removals(store: Arc<Store>, mut shutdown: watch::Receiver<bool>) {
                     Err(e) => error!(error = %e, "queue folder sync failed"),
                 }
             }
-            _ = shutdown.changed() => return,
+            _ = stop.changed() => return,
         }
     }
 }

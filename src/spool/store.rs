@@ -364,6 +364,10 @@ impl Store {
             return Ok(fresh);
         }
         let id = self.checked(id)?;
+        // Delivered, its file not moved out yet: gone for every reader.
+        if self.departures.is_leaving(id) {
+            return Err(SpoolError::NotFound(id.to_string()));
+        }
         let path = self.msg_path(id);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -1020,6 +1024,10 @@ mod tests {
         assert!(
             store.list().unwrap().is_empty(),
             "left out of the queue at once"
+        );
+        assert!(
+            matches!(store.load(&first), Err(SpoolError::NotFound(_))),
+            "and gone for a reader told of it late"
         );
         assert!(
             path(&first).exists(),

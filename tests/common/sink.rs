@@ -61,6 +61,10 @@ pub struct Script {
     pub silent_after_data: bool,
     /// Do not offer PIPELINING in the reply to EHLO.
     pub no_pipelining: bool,
+    /// Once a connection has carried this many transactions, read and
+    /// never answer again, keeping it open (a connection dropped silently
+    /// by a firewall while kept).
+    pub silent_after_transactions: Option<usize>,
 }
 
 /// Where the sink's own bounces go: mail for `domain` to `local`, the
@@ -313,6 +317,11 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         line.clear();
         if w.read_until(b'\n', &mut line).await? == 0 {
+            return Ok(Next::Closed);
+        }
+        let silent = state.lock().unwrap().script.silent_after_transactions;
+        if silent.is_some_and(|n| transactions >= n) {
+            while w.read_until(b'\n', &mut line).await? > 0 {}
             return Ok(Next::Closed);
         }
         let text = String::from_utf8_lossy(&line).trim_end().to_string();

@@ -29,8 +29,8 @@ use super::group::GroupSync;
 /// Files kept for reuse at most.
 pub(super) const RECYCLE_MAX: usize = 256;
 
-/// The largest file kept for reuse: a larger one is unlinked (its blocks
-/// freed at once; large messages are few).
+/// The largest file kept for reuse as it is: a larger one is emptied
+/// first (its blocks freed at once).
 pub(super) const RECYCLE_LEN_MAX: u64 = 128 * 1024;
 
 /// Waiting removals beyond which the delivery job has them carried out at
@@ -114,8 +114,8 @@ impl Departures {
     }
 
     /// Moves message `id` out of the queue (to be written over by a new
-    /// message; unlinked when enough are kept or it is large), then its
-    /// state and retry files. A message already gone is no error.
+    /// message; emptied first when large, unlinked when enough are kept),
+    /// then its state and retry files. A message already gone is no error.
     fn remove(&self, id: &str) -> io::Result<()> {
         let msg = self.queue.join(format!("{id}.msg"));
         let spare = self.recycled.name();
@@ -137,13 +137,24 @@ impl Departures {
         };
         let removed = self.sync.mark();
         if let Some(spare) = spare {
-            match fs::metadata(&spare) {
-                Ok(m) if m.len() <= RECYCLE_LEN_MAX => self.recycled.give(Free {
+            // A large file is emptied (its blocks freed at once) and kept.
+            let len = match fs::metadata(&spare) {
+                Ok(m) if m.len() <= RECYCLE_LEN_MAX => Some(m.len()),
+                Ok(_) => fs::OpenOptions::new()
+                    .write(true)
+                    .open(&spare)
+                    .and_then(|f| f.set_len(0))
+                    .ok()
+                    .map(|()| 0),
+                Err(_) => None,
+            };
+            match len {
+                Some(len) => self.recycled.give(Free {
                     path: spare,
-                    len: m.len(),
+                    len,
                     removed,
                 }),
-                _ => {
+                None => {
                     let _ = fs::remove_file(&spare);
                 }
             }

@@ -1104,7 +1104,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_large_removed_message_is_unlinked_not_kept() {
+    async fn a_large_removed_message_is_emptied_and_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut inc = store.begin(&envelope()).await.unwrap();
@@ -1117,8 +1117,30 @@ mod tests {
         let id = inc.commit().await.unwrap();
         store.remove_soon(&id).unwrap();
         store.sync_removals().unwrap();
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
-        // Control: a small one is kept.
+        let kept: Vec<_> = fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(fs::metadata(&kept[0]).unwrap().len(), 0, "emptied");
+        // Written over by the next message, then kept in turn.
+        store.sync_removals().unwrap();
+        let mut inc = store.begin(&envelope()).await.unwrap();
+        inc.write(b"Subject: n\r\n\r\nnext\r\n").await.unwrap();
+        let id = inc.commit().await.unwrap();
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0,
+            "reused"
+        );
+        store.fresh.take(&id);
+        assert_eq!(
+            store.load(&id).unwrap().body.as_ref(),
+            b"Subject: n\r\n\r\nnext\r\n"
+        );
+        store.remove_soon(&id).unwrap();
+        store.sync_removals().unwrap();
+        // A small one is kept as it is.
         let mut inc = store.begin(&envelope()).await.unwrap();
         inc.write(b"Subject: s\r\n\r\nsmall\r\n").await.unwrap();
         let id = inc.commit().await.unwrap();

@@ -279,13 +279,7 @@ impl Resolver {
             entries
                 .into_iter()
                 .map(|entry| {
-                    if let Err(why) = validate::basic(&entry, at) {
-                        return Candidate {
-                            entry,
-                            verdict: Verdict::Refused(why),
-                        };
-                    }
-                    if let Some(verdict) = checked.get(&entry.fingerprint, generation, at, now) {
+                    if let Some(verdict) = known_verdict(&entry, &checked, generation, at, now) {
                         return Candidate { entry, verdict };
                     }
                     let helpers = helpers.get_or_insert_with(|| {
@@ -346,16 +340,27 @@ fn kept_verdicts(
     entries
         .iter()
         .map(|entry| {
-            let verdict = match validate::basic(entry, at) {
-                Err(why) => Verdict::Refused(why),
-                Ok(()) => checked.get(&entry.fingerprint, generation, at, now)?,
-            };
-            Some(Candidate {
+            known_verdict(entry, checked, generation, at, now).map(|verdict| Candidate {
                 entry: entry.clone(),
                 verdict,
             })
         })
         .collect()
+}
+
+/// An entry's verdict without chain work: refused by its dates or key
+/// usage, or kept in `checked`; `None` when its chain must be checked.
+fn known_verdict(
+    entry: &Entry,
+    checked: &Checked,
+    generation: u64,
+    at: i64,
+    now: i64,
+) -> Option<Verdict> {
+    match validate::basic(entry, at) {
+        Err(why) => Some(Verdict::Refused(why)),
+        Ok(()) => checked.get(&entry.fingerprint, generation, at, now),
+    }
 }
 
 /// How long a verdict may be kept: the evaluation times its chain holds

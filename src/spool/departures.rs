@@ -45,15 +45,12 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 pub(super) struct Departures {
     queue: PathBuf,
-    /// Ids handed over, not yet renamed out.
-    waiting: Mutex<Vec<String>>,
+    /// The removals handed over and not finished.
+    pending: Mutex<Pending>,
     /// Held while removals are made: the shutdown's last sync waits for
     /// any in progress, so none lands after it.
     making: Mutex<()>,
-    /// Ids handed over whose removal is not finished: a queue scan must
-    /// not find them and deliver them again.
-    leaving: Mutex<HashSet<String>>,
-    pub(super) recycled: Recycled,
+    recycled: Recycled,
     sync: Arc<GroupSync>,
 }
 
@@ -61,9 +58,8 @@ impl Departures {
     pub(super) fn new(queue: PathBuf, tmp: PathBuf, sync: Arc<GroupSync>) -> Self {
         Self {
             queue,
-            waiting: Mutex::default(),
+            pending: Mutex::default(),
             making: Mutex::default(),
-            leaving: Mutex::default(),
             recycled: Recycled {
                 tmp,
                 free: Mutex::default(),
@@ -76,20 +72,20 @@ impl Departures {
 
     /// Hands message `id` over for removal; returns how many wait.
     pub(super) fn leave(&self, id: &str) -> usize {
-        locked(&self.leaving).insert(id.to_string());
-        let mut waiting = locked(&self.waiting);
-        waiting.push(id.to_string());
-        waiting.len()
+        let mut pending = locked(&self.pending);
+        pending.leaving.insert(id.to_string());
+        pending.waiting.push(id.to_string());
+        pending.waiting.len()
     }
 
     /// Whether message `id` is on its way out of the queue.
     pub(super) fn is_leaving(&self, id: &str) -> bool {
-        locked(&self.leaving).contains(id)
+        locked(&self.pending).leaving.contains(id)
     }
 
     /// Whether removals wait to be made.
     pub(super) fn waiting(&self) -> bool {
-        !locked(&self.waiting).is_empty()
+        !locked(&self.pending).waiting.is_empty()
     }
 
     /// Makes the waiting removals. Blocking: call it on the blocking
@@ -103,13 +99,13 @@ impl Departures {
             Err(std::sync::TryLockError::WouldBlock) if wait => locked(&self.making),
             Err(std::sync::TryLockError::WouldBlock) => return,
         };
-        let ids = std::mem::take(&mut *locked(&self.waiting));
+        let ids = std::mem::take(&mut locked(&self.pending).waiting);
         for id in ids {
             if let Err(e) = self.remove(&id) {
                 error!(queue_id = %id, error = %e,
                        "delivered message could not be removed from the queue; it will be delivered again");
             }
-            locked(&self.leaving).remove(&id);
+            locked(&self.pending).leaving.remove(&id);
         }
     }
 
@@ -164,11 +160,26 @@ impl Departures {
         Ok(())
     }
 
+    /// Unlinks every kept file (the file system is full).
+    pub(super) fn release_kept(&self) {
+        self.recycled.release_all();
+    }
+
     /// A kept file to write a new message over, when one is free and its
     /// removal durable: its path and length.
     pub(super) fn reusable(&self) -> Option<(PathBuf, u64)> {
         self.recycled.take(&self.sync)
     }
+}
+
+/// Removals handed over: those not started, and all not finished.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Not renamed out yet.
+    waiting: Vec<String>,
+    /// Not finished: a queue scan must not find them and deliver them
+    /// again.
+    leaving: HashSet<String>,
 }
 
 /// Files of removed messages, moved to `tmp/`, for new messages to be
@@ -223,7 +234,7 @@ impl Recycled {
 
     /// Unlinks every kept file (the file system is full: their blocks
     /// are worth more free).
-    pub(super) fn release_all(&self) {
+    fn release_all(&self) {
         let gone: Vec<Free> = locked(&self.free).drain(..).collect();
         for f in gone {
             let _ = fs::remove_file(&f.path);

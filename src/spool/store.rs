@@ -841,7 +841,7 @@ impl Incoming {
     async fn failure(&self, e: SpoolError) -> SpoolError {
         if e.is_disk_full() {
             let departures = std::sync::Arc::clone(&self.departures);
-            let _ = tokio::task::spawn_blocking(move || departures.recycled.release_all()).await;
+            let _ = tokio::task::spawn_blocking(move || departures.release_kept()).await;
         }
         e
     }
@@ -887,6 +887,30 @@ mod tests {
             released: false,
             submission: false,
         }
+    }
+
+    /// Commits a message with `body`.
+    async fn commit_body(store: &Store, body: &[u8]) -> String {
+        let mut inc = store.begin(&envelope()).await.unwrap();
+        inc.write(body).await.unwrap();
+        inc.commit().await.unwrap()
+    }
+
+    /// Removes a delivered message and makes the removal durable.
+    fn remove_now(store: &Store, id: &str) {
+        store.remove_soon(id).unwrap();
+        store.sync_removals().unwrap();
+    }
+
+    /// Files in the spool's `tmp/` (kept files among them).
+    fn tmp_files(dir: &Path) -> usize {
+        fs::read_dir(dir.join("tmp")).unwrap().count()
+    }
+
+    /// Message `id`'s body as read back from its file.
+    fn read_back(store: &Store, id: &str) -> Vec<u8> {
+        store.fresh.take(id);
+        store.load(id).unwrap().body.as_ref().to_vec()
     }
 
     #[tokio::test]
@@ -1008,15 +1032,7 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let tmp = dir.path().join("tmp");
-        let commit = |body: &'static [u8]| {
-            let store = &store;
-            async move {
-                let mut inc = store.begin(&envelope()).await.unwrap();
-                inc.write(body).await.unwrap();
-                inc.commit().await.unwrap()
-            }
-        };
+        let commit = |body: &'static [u8]| commit_body(&store, body);
         let first = commit(b"Subject: 1\r\n\r\nfirst secret, a longer message\r\n").await;
         let path = |id: &str| dir.path().join("queue").join(format!("{id}.msg"));
         let inode = fs::metadata(path(&first)).unwrap().ino();
@@ -1038,42 +1054,33 @@ mod tests {
         let early = commit(b"Subject: e\r\n\r\nearly\r\n").await;
         assert!(!path(&first).exists(), "removed from the queue");
         assert_ne!(fs::metadata(path(&early)).unwrap().ino(), inode);
-        let kept: Vec<_> = fs::read_dir(&tmp)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        assert_eq!(kept.len(), 1, "kept in tmp/");
+        assert_eq!(tmp_files(dir.path()), 1, "kept in tmp/");
         // The early commit's directory fsync covered the removal: the next
         // message, shorter, is written into that very file and cut to length.
         let second = commit(b"Subject: 2\r\n\r\nsecond\r\n").await;
         assert_eq!(fs::metadata(path(&second)).unwrap().ino(), inode);
-        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+        assert_eq!(tmp_files(dir.path()), 0);
         let bytes = fs::read(path(&second)).unwrap();
         assert!(
             !bytes.windows(6).any(|w| w == b"secret"),
             "nothing of the old message is left"
         );
-        store.fresh.take(&second);
-        let got = store.load(&second).unwrap();
-        assert_eq!(got.body.as_ref(), b"Subject: 2\r\n\r\nsecond\r\n");
+        assert_eq!(read_back(&store, &second), b"Subject: 2\r\n\r\nsecond\r\n");
         // A removal with no arrival after it is made durable by the
         // daemon's sync, and then its file is written over.
-        store.remove_soon(&second).unwrap();
-        store.sync_removals().unwrap();
+        remove_now(&store, &second);
         let third = commit(b"Subject: 3\r\n\r\nthird message, longer than the second\r\n").await;
         assert_eq!(fs::metadata(path(&third)).unwrap().ino(), inode);
-        store.fresh.take(&third);
         assert_eq!(
-            store.load(&third).unwrap().body.as_ref(),
+            read_back(&store, &third),
             b"Subject: 3\r\n\r\nthird message, longer than the second\r\n"
         );
         // A restart clears what was kept.
-        store.remove_soon(&third).unwrap();
-        store.sync_removals().unwrap();
-        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1);
+        remove_now(&store, &third);
+        assert_eq!(tmp_files(dir.path()), 1);
         drop(store);
         let _store = Store::open(dir.path()).unwrap();
-        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+        assert_eq!(tmp_files(dir.path()), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1107,16 +1114,9 @@ mod tests {
     async fn a_large_removed_message_is_emptied_and_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut inc = store.begin(&envelope()).await.unwrap();
-        inc.write(&vec![
-            b'a';
-            super::super::departures::RECYCLE_LEN_MAX as usize + 1
-        ])
-        .await
-        .unwrap();
-        let id = inc.commit().await.unwrap();
-        store.remove_soon(&id).unwrap();
-        store.sync_removals().unwrap();
+        let large = vec![b'a'; super::super::departures::RECYCLE_LEN_MAX as usize + 1];
+        let id = commit_body(&store, &large).await;
+        remove_now(&store, &id);
         let kept: Vec<_> = fs::read_dir(dir.path().join("tmp"))
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -1124,57 +1124,26 @@ mod tests {
         assert_eq!(kept.len(), 1);
         assert_eq!(fs::metadata(&kept[0]).unwrap().len(), 0, "emptied");
         // Written over by the next message, then kept in turn.
-        store.sync_removals().unwrap();
-        let mut inc = store.begin(&envelope()).await.unwrap();
-        inc.write(b"Subject: n\r\n\r\nnext\r\n").await.unwrap();
-        let id = inc.commit().await.unwrap();
-        assert_eq!(
-            fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0,
-            "reused"
-        );
-        store.fresh.take(&id);
-        assert_eq!(
-            store.load(&id).unwrap().body.as_ref(),
-            b"Subject: n\r\n\r\nnext\r\n"
-        );
-        store.remove_soon(&id).unwrap();
-        store.sync_removals().unwrap();
+        let next = b"Subject: n\r\n\r\nnext\r\n";
+        let id = commit_body(&store, next).await;
+        assert_eq!(tmp_files(dir.path()), 0, "reused");
+        assert_eq!(read_back(&store, &id), next);
+        remove_now(&store, &id);
         // A small one is kept as it is.
-        let mut inc = store.begin(&envelope()).await.unwrap();
-        inc.write(b"Subject: s\r\n\r\nsmall\r\n").await.unwrap();
-        let id = inc.commit().await.unwrap();
-        store.remove_soon(&id).unwrap();
-        store.sync_removals().unwrap();
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
-        store.sync_removals().unwrap();
+        let id = commit_body(&store, b"Subject: s\r\n\r\nsmall\r\n").await;
+        remove_now(&store, &id);
+        assert_eq!(tmp_files(dir.path()), 1);
         // Written over by a message that goes to disk in pieces (longer
         // than the file), which is kept in turn and cut by a short one.
         let big: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
-        let mut inc = store.begin(&envelope()).await.unwrap();
-        inc.write(&big).await.unwrap();
-        let id = inc.commit().await.unwrap();
-        assert_eq!(
-            fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0,
-            "reused"
-        );
-        assert_eq!(store.load(&id).unwrap().body.as_ref(), &big[..]);
-        store.remove_soon(&id).unwrap();
-        store.sync_removals().unwrap();
-        let mut inc = store.begin(&envelope()).await.unwrap();
-        inc.write(b"Subject: s\r\n\r\nshort\r\n").await.unwrap();
-        let id = inc.commit().await.unwrap();
-        assert_eq!(
-            fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0,
-            "reused"
-        );
-        store.fresh.take(&id);
-        assert_eq!(
-            store.load(&id).unwrap().body.as_ref(),
-            b"Subject: s\r\n\r\nshort\r\n"
-        );
+        let id = commit_body(&store, &big).await;
+        assert_eq!(tmp_files(dir.path()), 0, "reused");
+        assert_eq!(read_back(&store, &id), big);
+        remove_now(&store, &id);
+        let short = b"Subject: s\r\n\r\nshort\r\n";
+        let id = commit_body(&store, short).await;
+        assert_eq!(tmp_files(dir.path()), 0, "reused");
+        assert_eq!(read_back(&store, &id), short);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -481,3 +481,66 @@ fn a_hop_that_says_354_after_refusing_every_recipient_gets_no_message() {
         "one bounce"
     );
 }
+
+/// Whether any file under `dir` holds `needle`.
+fn any_file_holds(dir: &std::path::Path, needle: &[u8]) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.filter_map(Result::ok).any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            any_file_holds(&p, needle)
+        } else {
+            std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+        }
+    })
+}
+
+#[test]
+fn a_delivered_message_leaves_nothing_of_itself_in_the_spool() {
+    // Someone who reads the spool folder (a backup, an operator) after
+    // traffic stopped finds no delivered message in it, though its file
+    // was kept for the next message to be written over.
+    let mut script = Script::default();
+    script
+        .data_replies
+        .push_back("451 4.3.0 try again later".into());
+    let sink = Sink::start(script);
+    let mut gw = Gateway::start(Options::new(sink.addr));
+    let secret = "the merger closes on friday at nine";
+    let send = |id: &str| {
+        let mut c = Client::connect(gw.addr).unwrap();
+        c.ehlo().unwrap();
+        let r = c
+            .send(
+                "alice@example.org",
+                &["bob@example-law.dk"],
+                &common::message(id, secret),
+            )
+            .unwrap();
+        assert_eq!(r.code, 250, "{r:?}");
+    };
+    send("kept-1");
+    // Positive control: while the message waits for its retry, the scan
+    // finds it in the spool.
+    assert!(wait_until(Duration::from_secs(10), || sink.data_attempts() == 1));
+    assert!(any_file_holds(&gw.spool(), secret.as_bytes()));
+    assert!(wait_until(Duration::from_secs(20), || sink.count() == 1));
+    assert!(
+        wait_until(Duration::from_secs(10), || !any_file_holds(
+            &gw.spool(),
+            secret.as_bytes()
+        )),
+        "a delivered message's bytes are still in the spool"
+    );
+    // And at shutdown, however soon after the delivery.
+    send("kept-2");
+    assert!(wait_until(Duration::from_secs(10), || sink.count() == 2));
+    gw.signal("TERM");
+    assert!(gw.wait_exit(Duration::from_secs(20)).is_some());
+    assert!(
+        !any_file_holds(&gw.spool(), secret.as_bytes()),
+        "a delivered message's bytes are in the spool after shutdown"
+    );
+}

@@ -227,8 +227,16 @@ impl Runner {
         let _ = removals_end.send(true);
         let _ = removals.await;
         // Removals of the last deliveries, made durable before the end.
+        // Then the kept files of delivered messages go: they hold their
+        // bytes.
         let store = Arc::clone(&self.store);
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.sync_removals()).await {
+        let synced = tokio::task::spawn_blocking(move || {
+            let synced = store.sync_removals();
+            store.release_kept();
+            synced
+        })
+        .await;
+        if let Ok(Err(e)) = synced {
             error!(error = %e, "cannot make the last removals from the queue durable");
         }
         self.pool.close_all().await;
@@ -237,8 +245,9 @@ impl Runner {
 
 /// Makes removals of delivered messages, and makes them durable, within
 /// a tenth of a second when no arrival's trip to the disk has (see
-/// [`Store::remove_soon`]), until `stop` (after the deliveries in flight
-/// at shutdown have ended).
+/// [`Store::remove_soon`]), and unlinks the kept files of removed
+/// messages no new one has taken for a while, until `stop` (after the
+/// deliveries in flight at shutdown have ended).
 async fn sync_removals(store: Arc<Store>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {

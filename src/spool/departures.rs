@@ -13,7 +13,10 @@
 //! hundred messages a second was a fifth of the daemon's time), and a new
 //! message of about the old one's size no block allocation either, so its
 //! fdatasync writes data only. A crash leaves them in `tmp/`, which the
-//! store clears at start.
+//! store clears at start. A kept file still holds the bytes of the
+//! message that left: one that no new message has taken for
+//! [`KEPT_FOR`] is unlinked, and so is every kept file at shutdown, so
+//! that a delivered message does not stay on disk once traffic stops.
 
 use std::collections::{HashSet, VecDeque};
 use std::fs;
@@ -21,6 +24,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use tracing::error;
 
@@ -32,6 +36,9 @@ pub(super) const RECYCLE_MAX: usize = 256;
 /// The largest file kept for reuse as it is: a larger one is emptied
 /// first (its blocks freed at once).
 pub(super) const RECYCLE_LEN_MAX: u64 = 128 * 1024;
+
+/// How long a kept file waits for a new message before it is unlinked.
+pub(super) const KEPT_FOR: Duration = Duration::from_secs(2);
 
 /// Waiting removals beyond which the delivery job has them carried out at
 /// once (on a blocking thread) rather than by the next arrival.
@@ -149,6 +156,7 @@ impl Departures {
                     path: spare,
                     len,
                     removed,
+                    kept_at: Instant::now(),
                 }),
                 None => {
                     let _ = fs::remove_file(&spare);
@@ -160,9 +168,21 @@ impl Departures {
         Ok(())
     }
 
-    /// Unlinks every kept file (the file system is full).
+    /// Unlinks every kept file (the file system is full, or the daemon
+    /// stops).
     pub(super) fn release_kept(&self) {
         self.recycled.release_all();
+    }
+
+    /// Whether a kept file has waited for a new message for `age`.
+    pub(super) fn kept_longer_than(&self, age: Duration) -> bool {
+        self.recycled.oldest_waited(age)
+    }
+
+    /// Unlinks the kept files that have waited for a new message for
+    /// `age`; how many.
+    pub(super) fn release_kept_longer_than(&self, age: Duration) -> usize {
+        self.recycled.release_older(age)
     }
 
     /// A kept file to write a new message over, when one is free and its
@@ -203,6 +223,9 @@ struct Free {
     /// only once a directory fsync covers that removal, so that a power
     /// loss can never bring the old message's name back over new bytes.
     removed: u64,
+    /// When it was kept: it holds the old message's bytes until written
+    /// over or unlinked.
+    kept_at: Instant,
 }
 
 impl Recycled {
@@ -239,6 +262,29 @@ impl Recycled {
         for f in gone {
             let _ = fs::remove_file(&f.path);
         }
+    }
+
+    /// Whether the oldest kept file has waited for `age`.
+    fn oldest_waited(&self, age: Duration) -> bool {
+        locked(&self.free)
+            .front()
+            .is_some_and(|f| f.kept_at.elapsed() >= age)
+    }
+
+    /// Unlinks the kept files that have waited for `age` (the oldest are
+    /// at the front); how many.
+    fn release_older(&self, age: Duration) -> usize {
+        let mut gone = Vec::new();
+        {
+            let mut free = locked(&self.free);
+            while free.front().is_some_and(|f| f.kept_at.elapsed() >= age) {
+                gone.extend(free.pop_front());
+            }
+        }
+        for f in &gone {
+            let _ = fs::remove_file(&f.path);
+        }
+        gone.len()
     }
 
     fn give(&self, file: Free) {

@@ -546,21 +546,38 @@ impl Store {
         Ok(())
     }
 
-    /// Whether removals wait to be made or made durable.
+    /// Whether removals wait to be made or made durable, or a kept file
+    /// of a removed message has waited too long for a new one.
     pub fn removals_pending(&self) -> bool {
-        self.departures.waiting() || self.queue_sync.pending()
+        self.departures.waiting()
+            || self.queue_sync.pending()
+            || self
+                .departures
+                .kept_longer_than(super::departures::KEPT_FOR)
     }
 
     /// Makes the waiting removals of [`Store::remove_soon`], and fsyncs
-    /// the queue folder when no arrival's fsync has covered a removal.
-    /// Blocking; the daemon calls it when no arrival came for a tenth of a
-    /// second, and at shutdown.
+    /// the queue folder when no arrival's fsync has covered a removal;
+    /// then unlinks the kept files no new message took within
+    /// [`super::departures::KEPT_FOR`]. Blocking; the daemon calls it
+    /// when no arrival came for a tenth of a second, and at shutdown.
     pub fn sync_removals(&self) -> Result<(), SpoolError> {
         self.departures.carry_out(true);
-        self.queue_sync
+        let synced = self
+            .queue_sync
             .sync_pending()
             .map(|_| ())
-            .map_err(SpoolError::io(&self.queue))
+            .map_err(SpoolError::io(&self.queue));
+        self.departures
+            .release_kept_longer_than(super::departures::KEPT_FOR);
+        synced
+    }
+
+    /// Unlinks every kept file of a removed message (they hold its
+    /// bytes). Blocking; the daemon calls it at shutdown, after the last
+    /// [`Store::sync_removals`].
+    pub fn release_kept(&self) {
+        self.departures.release_kept();
     }
 
     /// Removes message `id` (delivered, bounced or deleted by an operator).
@@ -1081,6 +1098,43 @@ mod tests {
         drop(store);
         let _store = Store::open(dir.path()).unwrap();
         assert_eq!(tmp_files(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn kept_files_go_once_they_wait_too_long_and_at_shutdown() {
+        use super::super::departures::KEPT_FOR;
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let keep_one = || async {
+            let id = commit_body(&store, b"Subject: k\r\n\r\nkept words\r\n").await;
+            remove_now(&store, &id);
+            assert_eq!(tmp_files(dir.path()), 1, "kept");
+        };
+        keep_one().await;
+        // Control: a file that has not waited that long stays.
+        let hour = Duration::from_secs(3600);
+        assert!(!store.departures.kept_longer_than(hour));
+        assert_eq!(store.departures.release_kept_longer_than(hour), 0);
+        assert_eq!(tmp_files(dir.path()), 1);
+        assert!(store.departures.kept_longer_than(Duration::ZERO));
+        assert_eq!(store.departures.release_kept_longer_than(Duration::ZERO), 1);
+        assert_eq!(tmp_files(dir.path()), 0);
+        // The daemon's tick: once one has waited KEPT_FOR it has work,
+        // and its sync unlinks the file.
+        keep_one().await;
+        std::thread::sleep(KEPT_FOR + Duration::from_millis(50));
+        assert!(store.removals_pending());
+        store.sync_removals().unwrap();
+        assert_eq!(tmp_files(dir.path()), 0);
+        assert!(!store.removals_pending());
+        // Shutdown.
+        keep_one().await;
+        store.release_kept();
+        assert_eq!(tmp_files(dir.path()), 0);
+        // A new message after all that is written to a new file.
+        let id = commit_body(&store, b"Subject: n\r\n\r\nnew\r\n").await;
+        assert_eq!(read_back(&store, &id), b"Subject: n\r\n\r\nnew\r\n");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

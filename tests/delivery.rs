@@ -536,7 +536,8 @@ fn a_delivered_message_leaves_nothing_of_itself_in_the_spool() {
     );
     // And at shutdown, however soon after the delivery.
     send("kept-2");
-    assert!(wait_until(Duration::from_secs(10), || sink.count() == 2));
+    assert!(wait_until(Duration::from_secs(10), || sink.count() == 2
+        && gw.queued() == 0));
     gw.signal("TERM");
     assert!(gw.wait_exit(Duration::from_secs(20)).is_some());
     assert!(

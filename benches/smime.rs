@@ -4,9 +4,9 @@
 //! a `reencrypt` mailbox; 10 KiB and 10 MiB bodies. Outbound: sign with an
 //! OCES3-style key and encrypt to a counterparty's (both RSA 3072), the
 //! work of a rule that signs and encrypts; 10 KiB. `scripts/bench-smime`
-//! puts the figures next to `openssl speed`: what is left beyond the RSA
-//! operations is this code's own cost, the rest of the daemon's CPU per
-//! message is the relay around it.
+//! puts the figures next to the RSA speed of the OpenSSL the gateway
+//! links: what is left beyond the RSA operations is this code's own cost;
+//! the rest of the daemon's CPU per message is the relay around it.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use openssl::cms::{CMSOptions, CmsContentInfo};

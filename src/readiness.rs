@@ -260,8 +260,8 @@ pub async fn assess(
 ) -> Assessment {
     let revoked = live.revoked.current();
     let origin = decide::as_submitted(&sender(snapshot));
-    let today = decide::decide(snapshot, live, &revoked, &origin, address, false, now).await;
-    let later = decide::decide(snapshot, live, &revoked, &origin, address, false, at).await;
+    let today = decide::decide(snapshot, live, &revoked, &origin, address, None, now).await;
+    let later = decide::decide(snapshot, live, &revoked, &origin, address, None, at).await;
     let today = seen(&today, &snapshot.keys);
     let at_date = seen(&later, &snapshot.keys);
     let settings = &snapshot.settings;

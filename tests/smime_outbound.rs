@@ -726,6 +726,58 @@ fn pss_signatures_capabilities_seven_bit_output_and_encrypted_mail_passes() {
 }
 
 #[test]
+fn mail_sealed_by_its_sender_to_a_refused_generation_bounces() {
+    let sink = Sink::start(Script::default());
+    let both = recipients(&["court-oces2", "court-oces3"]);
+    let gw = gateway(&sink, both.path(), PAST);
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+
+    // After the cutoff, sealed by Alice's own client to the court's OCES2
+    // certificate: the court rule refuses it, so does the gateway.
+    let to_oces2 = pki::cms_encrypt(&pki::inner("sealed to OCES2"), "court-oces2", &[]);
+    let stale = pki::enveloped_message("sealed-2", "post@domstol.dk", &to_oces2, pki::P7M);
+    let r = c
+        .send("alice@example-law.dk", &["post@domstol.dk"], &stale)
+        .unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    // Control: sealed to its OCES3 certificate (AES-GCM, RSA-OAEP), the
+    // message goes to the court exactly as it came.
+    let to_oces3 = pki::cms_encrypt_gcm(&pki::inner("sealed to OCES3"), "court-oces3");
+    let fresh = pki::enveloped_message("sealed-3", "post@domstol.dk", &to_oces3, pki::P7M);
+    let r = c
+        .send("alice@example-law.dk", &["post@domstol.dk"], &fresh)
+        .unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+
+    let passed = wait_for(&sink, for_rcpt("post@domstol.dk", "<sealed-3@test>"));
+    assert!(passed.data == fresh, "sealed to OCES3: must pass unchanged");
+    let dsn = wait_for(&sink, |r| r.from.is_empty());
+    assert_eq!(dsn.rcpts, vec!["alice@example-law.dk".to_string()]);
+    let text = dsn.text();
+    assert!(
+        text.contains("Final-Recipient: rfc822; post@domstol.dk"),
+        "{text}"
+    );
+    assert!(text.contains("rule \"courts\""), "{text}");
+    assert!(text.contains("OCES2"), "{text}");
+    assert!(text.contains("may not be used"), "{text}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !sink
+            .received()
+            .iter()
+            .any(|r| !r.from.is_empty() && r.text().contains("<sealed-2@test>")),
+        "the copy sealed to OCES2 reached the court"
+    );
+    assert!(
+        gw.log().contains("the sender encrypted the message to"),
+        "{}",
+        gw.log()
+    );
+}
+
+#[test]
 fn certs_import_and_show() {
     let sink = Sink::start(Script::default());
     let recips = recipients(&[]);

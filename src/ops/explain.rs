@@ -48,7 +48,7 @@ pub async fn explain(live: &Live, sender: &str, rcpt: &str, at: i64) -> (String,
     // As if `sender` sent it with itself in the header From, on the
     // submission path: the case in which it may be signed at all.
     let origin = decide::as_submitted(sender);
-    let treatment = decide::decide(&snapshot, live, &revoked, &origin, rcpt, false, at).await;
+    let treatment = decide::decide(&snapshot, live, &revoked, &origin, rcpt, None, at).await;
     let d = match treatment {
         Treatment::Mailbox { deliver, .. } => {
             let how = match (deliver, snapshot.keys.current_oces3(rcpt, at)) {

@@ -7,9 +7,13 @@
 //! [`first_look`] is pure (settings, the address, whether the message
 //! arrived encrypted, the time). Where a rule applies, the recipient's
 //! certificates are looked up (the certificate store, LDAP, revocation:
-//! I/O) and the pure [`policy::decide`] makes the decision.
+//! I/O) and the pure [`policy::decide`] makes the decision; for mail its
+//! sender encrypted already, [`policy::sealed::decide_sealed`] does, from
+//! which of those certificates the message is encrypted to.
 
 use std::collections::HashSet;
+
+use openssl::cms::CmsContentInfo;
 
 use crate::config::{Deliver, Encryption, RuleSettings, Settings};
 use crate::mail::address::domain_of;
@@ -46,17 +50,19 @@ pub fn is_internal(settings: &Settings, rcpt: &str) -> bool {
     domain_of(rcpt).is_some_and(|d| settings.server.is_internal_domain(&d))
 }
 
-/// True when the message arrived encrypted: its outer entity is labelled
-/// so and holds CMS EnvelopedData or AuthEnvelopedData that parses. A
-/// label on anything else (plaintext called `enveloped-data`) is no
-/// encryption: the rules apply to it like to any other mail.
-pub fn arrived_encrypted(shape: &Shape) -> bool {
+/// The encryption the message arrived in, when it did: its outer entity
+/// is labelled so and holds CMS EnvelopedData or AuthEnvelopedData that
+/// parses. A label on anything else (plaintext called `enveloped-data`)
+/// is no encryption: the rules apply to it like to any other mail.
+pub fn arrived_encrypted(shape: &Shape) -> Option<CmsContentInfo> {
     use crate::smime::cms::{kind, parse, Kind};
     match shape {
-        Shape::Enveloped { cms } => {
-            matches!(kind(cms), Some(Kind::Enveloped | Kind::AuthEnveloped)) && parse(cms).is_ok()
+        Shape::Enveloped { cms }
+            if matches!(kind(cms), Some(Kind::Enveloped | Kind::AuthEnveloped)) =>
+        {
+            parse(cms).ok()
         }
-        _ => false,
+        _ => None,
     }
 }
 
@@ -74,11 +80,9 @@ pub fn first_look<'a>(
             encryption: mailbox.map(|m| m.encryption).unwrap_or_default(),
         });
     }
-    if encrypted {
-        return FirstLook::Done(Treatment::Unchanged("encrypted by the sender already"));
-    }
     match policy::rule_for(settings, rcpt, at) {
         Some(rule) => FirstLook::Rule(rule),
+        None if encrypted => FirstLook::Done(Treatment::Unchanged(policy::sealed::ALREADY)),
         None => FirstLook::Done(Treatment::Unchanged("no rule matches")),
     }
 }
@@ -105,19 +109,20 @@ pub fn as_submitted(sender: &str) -> Origin {
 }
 
 /// The treatment of `rcpt` for mail from `origin` at `at`, with the
-/// snapshot's settings and keys and the live certificate store. The
-/// reasons for each certificate taken or refused are in the decision.
+/// snapshot's settings and keys and the live certificate store; `sealed`
+/// is the encryption the message arrived in, if any. The reasons for
+/// each certificate taken or refused are in the decision.
 pub async fn decide(
     snapshot: &Snapshot,
     live: &Live,
     revoked: &HashSet<String>,
     origin: &Origin,
     rcpt: &str,
-    encrypted: bool,
+    sealed: Option<&CmsContentInfo>,
     at: i64,
 ) -> Treatment {
     let settings = &snapshot.settings;
-    let rule = match first_look(settings, rcpt, encrypted, at) {
+    let rule = match first_look(settings, rcpt, sealed.is_some(), at) {
         FirstLook::Done(t) => return t,
         FirstLook::Rule(rule) => rule,
     };
@@ -133,6 +138,20 @@ pub async fn decide(
             |info| policy::wanted(settings, rule, info, at),
         )
         .await;
+    if let Some(cms) = sealed {
+        let named: Vec<bool> = candidates
+            .iter()
+            .map(|c| crate::ossl::is_recipient(cms, &c.entry.cert))
+            .collect();
+        return Treatment::Outbound(policy::sealed::decide_sealed(
+            settings,
+            rcpt,
+            &candidates,
+            &named,
+            lookup_error.as_deref(),
+            at,
+        ));
+    }
     let signers = Signers {
         keys: &snapshot.keys,
         revoked,
@@ -177,14 +196,18 @@ pub async fn plan(
     let mut looked_up = None;
     let mut recipients = Vec::with_capacity(pending.len());
     for rcpt in pending {
-        let encrypted = !is_internal(&snapshot.settings, &rcpt)
-            && *arrived.get_or_insert_with(|| arrived_encrypted(&shape));
-        let t = match first_look(&snapshot.settings, &rcpt, encrypted, at) {
+        let sealed = match is_internal(&snapshot.settings, &rcpt) {
+            true => None,
+            false => arrived
+                .get_or_insert_with(|| arrived_encrypted(&shape))
+                .as_ref(),
+        };
+        let t = match first_look(&snapshot.settings, &rcpt, sealed.is_some(), at) {
             FirstLook::Done(t) => t,
             FirstLook::Rule(_) => {
                 let (origin, revoked) = looked_up
                     .get_or_insert_with(|| (origin(envelope, body), live.revoked.current()));
-                decide(snapshot, live, revoked, origin, &rcpt, encrypted, at).await
+                decide(snapshot, live, revoked, origin, &rcpt, sealed, at).await
             }
         };
         recipients.push((rcpt, t));
@@ -218,15 +241,17 @@ mod tests {
     }
 
     #[test]
-    fn external_recipients_follow_rules_unless_encrypted_already() {
+    fn external_recipients_follow_rules_encrypted_or_not() {
         let s = settings(RULE);
+        for encrypted in [false, true] {
+            assert!(matches!(
+                first_look(&s, "post@domstol.dk", encrypted, 0),
+                FirstLook::Rule(r) if r.name == "courts"
+            ));
+        }
         assert!(matches!(
-            first_look(&s, "post@domstol.dk", false, 0),
-            FirstLook::Rule(r) if r.name == "courts"
-        ));
-        assert!(matches!(
-            first_look(&s, "post@domstol.dk", true, 0),
-            FirstLook::Done(Treatment::Unchanged(_))
+            first_look(&s, "someone@example.org", true, 0),
+            FirstLook::Done(Treatment::Unchanged(policy::sealed::ALREADY))
         ));
         assert!(matches!(
             first_look(&s, "someone@example.org", false, 0),

@@ -5,6 +5,7 @@
 //! their verdicts, the keys and the time come in; a decision with the
 //! reasons for it goes out.
 
+pub mod sealed;
 pub mod signing;
 
 use std::collections::HashSet;
@@ -109,6 +110,17 @@ pub fn wanted(settings: &Settings, rule: &RuleSettings, info: &CertInfo, at: i64
     allows(settings, rule, info.generation, at) && info.can_encrypt()
 }
 
+/// Why `rule` refuses a certificate of the wrong generation at `at`.
+fn generation_refused(settings: &Settings, rule: &RuleSettings, at: i64) -> String {
+    match (rule.generation, after_cutoff(settings, at)) {
+        (GenerationChoice::Any, true) => format!(
+            "generation OCES2 is not used after the cutoff {}",
+            settings.policy.oces2_cutoff.map(day).unwrap_or_default()
+        ),
+        (g, _) => format!("rule {:?} allows {:?} only", rule.name, g),
+    }
+}
+
 fn day(i: Instant) -> String {
     chrono::DateTime::from_timestamp(i.unix, 0)
         .map(|t| t.format("%Y-%m-%d").to_string())
@@ -163,16 +175,7 @@ pub fn decide(
     for c in candidates {
         let gen_ok = allows(settings, rule, c.entry.info.generation, at);
         let line = match (&c.verdict, gen_ok) {
-            (_, false) => {
-                let why = match (rule.generation, cutoff_passed) {
-                    (GenerationChoice::Any, true) => format!(
-                        "generation OCES2 is not used after the cutoff {}",
-                        settings.policy.oces2_cutoff.map(day).unwrap_or_default()
-                    ),
-                    (g, _) => format!("rule {:?} allows {:?} only", rule.name, g),
-                };
-                format!("refused: {why}")
-            }
+            (_, false) => format!("refused: {}", generation_refused(settings, rule, at)),
             (Verdict::Usable(note), true) => {
                 usable.push(c);
                 format!("usable: {note}")

@@ -847,6 +847,26 @@ impl std::fmt::Display for RecipientId {
     }
 }
 
+impl RecipientId {
+    /// True when this is how a message names `cert` (as
+    /// `CMS_RecipientInfo_ktri_cert_cmp` would find it): its issuer and
+    /// serial number, or its subject key identifier.
+    pub fn names(&self, cert: &X509Ref) -> bool {
+        match self {
+            RecipientId::IssuerSerial { issuer, serial_hex } => {
+                cert.serial_number()
+                    .to_bn()
+                    .is_ok_and(|b| hex(&b.to_vec()) == *serial_hex)
+                    && name_text(cert.issuer_name()) == *issuer
+            }
+            RecipientId::KeyId(k) => cert
+                .subject_key_id()
+                .is_some_and(|s| hex(s.as_slice()) == *k),
+            RecipientId::Other => false,
+        }
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
@@ -1143,6 +1163,70 @@ mod tests {
         // Right after one: not before ten seconds have passed since it.
         let just = t0 + Duration::from_secs(2);
         assert_eq!(trim_at(just, long_ago), t0 + Duration::from_secs(10));
+    }
+
+    /// A self-signed certificate for a fresh key, with a subject key
+    /// identifier.
+    fn cert_with_key_id(cn: &str) -> X509 {
+        use openssl::x509::extension::SubjectKeyIdentifier;
+        let key =
+            openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(1024).unwrap()).unwrap();
+        let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", cn).unwrap();
+        let name = name.build();
+        let mut b = X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        b.set_serial_number(
+            &openssl::bn::BigNum::from_u32(7)
+                .unwrap()
+                .to_asn1_integer()
+                .unwrap(),
+        )
+        .unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        let ski = SubjectKeyIdentifier::new()
+            .build(&b.x509v3_context(None, None))
+            .unwrap();
+        b.append_extension(ski).unwrap();
+        b.sign(&key, openssl::hash::MessageDigest::sha256())
+            .unwrap();
+        b.build()
+    }
+
+    #[test]
+    fn a_recipient_id_names_the_certificates_cms_would_find() {
+        use openssl::cms::{CMSOptions, CmsContentInfo};
+        let a = crate::pki::testkit::identity(1024, "A").unwrap().cert;
+        // Same serial number, another issuer.
+        let b = crate::pki::testkit::identity(1024, "B").unwrap().cert;
+        let (k, other) = (cert_with_key_id("K"), cert_with_key_id("K"));
+        let sealed = |to: &X509, how: CMSOptions| {
+            let mut certs = openssl::stack::Stack::new().unwrap();
+            certs.push(to.clone()).unwrap();
+            CmsContentInfo::encrypt(&certs, b"x", Cipher::aes_256_cbc(), how).unwrap()
+        };
+        for (cms, to) in [
+            (sealed(&a, CMSOptions::BINARY), &a),
+            (sealed(&k, CMSOptions::BINARY | CMSOptions::USE_KEYID), &k),
+        ] {
+            let ids = recipients(&cms);
+            assert_eq!(ids.len(), 1);
+            for cert in [&a, &b, &k, &other] {
+                assert_eq!(ids[0].names(cert), cert == to, "{} for {cert:?}", ids[0]);
+                assert_eq!(ids[0].names(cert), is_recipient(&cms, cert));
+            }
+        }
+        assert!(matches!(
+            recipients(&sealed(&k, CMSOptions::BINARY | CMSOptions::USE_KEYID))[0],
+            RecipientId::KeyId(_)
+        ));
+        assert!(!RecipientId::Other.names(&a));
     }
 
     #[test]

@@ -274,7 +274,7 @@ pub async fn assess(
             settings,
             address,
             at,
-            |info| info.generation == Generation::Oces3 && info.can_encrypt(),
+            |e| e.info.generation == Generation::Oces3 && e.info.can_encrypt(),
         )
         .await;
     let readiness = readiness_of(&candidates);

@@ -732,48 +732,84 @@ fn mail_sealed_by_its_sender_to_a_refused_generation_bounces() {
     let gw = gateway(&sink, both.path(), PAST);
     let mut c = Client::connect(gw.addr).unwrap();
     c.ehlo().unwrap();
+    let mut submit = |id: &str, cms: &[u8]| {
+        let m = pki::enveloped_message(id, "post@domstol.dk", cms, pki::P7M);
+        let r = c
+            .send("alice@example-law.dk", &["post@domstol.dk"], &m)
+            .unwrap();
+        assert_eq!(r.code, 250, "{r:?}");
+        m
+    };
+    let own = pki::cert("org-oces3");
+    let court2 = pki::cert("court-oces2");
 
-    // After the cutoff, sealed by Alice's own client to the court's OCES2
-    // certificate: the court rule refuses it, so does the gateway.
-    let to_oces2 = pki::cms_encrypt(&pki::inner("sealed to OCES2"), "court-oces2", &[]);
-    let stale = pki::enveloped_message("sealed-2", "post@domstol.dk", &to_oces2, pki::P7M);
-    let r = c
-        .send("alice@example-law.dk", &["post@domstol.dk"], &stale)
-        .unwrap();
-    assert_eq!(r.code, 250, "{r:?}");
+    // After the cutoff, sealed by the sender's client to the court's OCES2
+    // certificate (and, as clients do, to the sender's own OCES3 one): the
+    // court rule refuses it, so does the gateway.
+    submit(
+        "sealed-2",
+        &pki::cms_encrypt(
+            &pki::inner("sealed to OCES2"),
+            "court-oces2",
+            &[own.to_str().unwrap()],
+        ),
+    );
+    // The same with AES-GCM, RSA-OAEP and the certificate named by its key
+    // identifier.
+    submit(
+        "sealed-2-gcm",
+        &pki::cms_encrypt(
+            &pki::inner("sealed to OCES2 by key id"),
+            "court-oces2",
+            &[
+                "-aes-256-gcm",
+                "-keyid",
+                "-recip",
+                court2.to_str().unwrap(),
+                "-keyopt",
+                "rsa_padding_mode:oaep",
+            ],
+        ),
+    );
     // Control: sealed to its OCES3 certificate (AES-GCM, RSA-OAEP), the
     // message goes to the court exactly as it came.
-    let to_oces3 = pki::cms_encrypt_gcm(&pki::inner("sealed to OCES3"), "court-oces3");
-    let fresh = pki::enveloped_message("sealed-3", "post@domstol.dk", &to_oces3, pki::P7M);
-    let r = c
-        .send("alice@example-law.dk", &["post@domstol.dk"], &fresh)
-        .unwrap();
-    assert_eq!(r.code, 250, "{r:?}");
+    let fresh = submit(
+        "sealed-3",
+        &pki::cms_encrypt_gcm(&pki::inner("sealed to OCES3"), "court-oces3"),
+    );
 
     let passed = wait_for(&sink, for_rcpt("post@domstol.dk", "<sealed-3@test>"));
     assert!(passed.data == fresh, "sealed to OCES3: must pass unchanged");
-    let dsn = wait_for(&sink, |r| r.from.is_empty());
-    assert_eq!(dsn.rcpts, vec!["alice@example-law.dk".to_string()]);
-    let text = dsn.text();
     assert!(
-        text.contains("Final-Recipient: rfc822; post@domstol.dk"),
-        "{text}"
-    );
-    assert!(text.contains("rule \"courts\""), "{text}");
-    assert!(text.contains("OCES2"), "{text}");
-    assert!(text.contains("may not be used"), "{text}");
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        !sink
+        wait_until(Duration::from_secs(20), || sink
             .received()
             .iter()
-            .any(|r| !r.from.is_empty() && r.text().contains("<sealed-2@test>")),
-        "the copy sealed to OCES2 reached the court"
-    );
-    assert!(
-        gw.log().contains("the sender encrypted the message to"),
-        "{}",
+            .filter(|r| r.from.is_empty())
+            .count()
+            == 2),
+        "two bounces expected: {}",
         gw.log()
+    );
+    for id in ["sealed-2", "sealed-2-gcm"] {
+        let dsn = sink
+            .received()
+            .into_iter()
+            .find(|r| r.from.is_empty() && r.text().contains(&format!("<{id}@test>")))
+            .unwrap_or_else(|| panic!("no bounce for {id}"));
+        assert_eq!(dsn.rcpts, vec!["alice@example-law.dk".to_string()]);
+        let text = dsn.text();
+        assert!(
+            text.contains("Final-Recipient: rfc822; post@domstol.dk"),
+            "{text}"
+        );
+        assert!(text.contains("rule \"courts\""), "{text}");
+        assert!(text.contains("OCES2"), "{text}");
+        assert!(text.contains("may not be used"), "{text}");
+    }
+    assert!(
+        !sink.received().iter().any(|r| !r.from.is_empty()
+            && (r.text().contains("<sealed-2@test>") || r.text().contains("<sealed-2-gcm@test>"))),
+        "a copy sealed to OCES2 reached the court"
     );
 }
 

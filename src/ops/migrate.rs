@@ -327,7 +327,7 @@ fn extra_recipients(
             &snapshot.settings,
             address,
             now,
-            |info| info.can_encrypt(),
+            |e| e.info.can_encrypt(),
         ));
         let pick = candidates
             .iter()

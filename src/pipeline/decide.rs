@@ -13,10 +13,9 @@
 
 use std::collections::HashSet;
 
-use openssl::cms::CmsContentInfo;
-
-use crate::config::{Deliver, Encryption, RuleSettings, Settings};
+use crate::config::{Deliver, EncryptMode, Encryption, RuleSettings, Settings};
 use crate::mail::address::domain_of;
+use crate::ossl::RecipientId;
 use crate::policy::{self, Decision, Origin, Signers};
 use crate::smime::mime::Shape;
 use crate::snapshot::{Live, Snapshot};
@@ -50,17 +49,19 @@ pub fn is_internal(settings: &Settings, rcpt: &str) -> bool {
     domain_of(rcpt).is_some_and(|d| settings.server.is_internal_domain(&d))
 }
 
-/// The encryption the message arrived in, when it did: its outer entity
-/// is labelled so and holds CMS EnvelopedData or AuthEnvelopedData that
-/// parses. A label on anything else (plaintext called `enveloped-data`)
-/// is no encryption: the rules apply to it like to any other mail.
-pub fn arrived_encrypted(shape: &Shape) -> Option<CmsContentInfo> {
+/// Whom the message is encrypted to, when it arrived encrypted: its
+/// outer entity is labelled so and holds CMS EnvelopedData or
+/// AuthEnvelopedData that parses. A label on anything else (plaintext
+/// called `enveloped-data`) is no encryption: the rules apply to it like
+/// to any other mail. Only the recipients' names are kept, not the
+/// parsed structure (a copy of the whole ciphertext).
+pub fn arrived_encrypted(shape: &Shape) -> Option<Vec<RecipientId>> {
     use crate::smime::cms::{kind, parse, Kind};
     match shape {
         Shape::Enveloped { cms }
             if matches!(kind(cms), Some(Kind::Enveloped | Kind::AuthEnveloped)) =>
         {
-            parse(cms).ok()
+            parse(cms).ok().map(|c| crate::ossl::recipients(&c))
         }
         _ => None,
     }
@@ -81,6 +82,11 @@ pub fn first_look<'a>(
         });
     }
     match policy::rule_for(settings, rcpt, at) {
+        // Mail sealed already is held against the rule's certificates
+        // only; a rule that never encrypts has none to hold it against.
+        Some(rule) if encrypted && rule.encrypt == EncryptMode::Never => {
+            FirstLook::Done(Treatment::Unchanged(policy::sealed::ALREADY))
+        }
         Some(rule) => FirstLook::Rule(rule),
         None if encrypted => FirstLook::Done(Treatment::Unchanged(policy::sealed::ALREADY)),
         None => FirstLook::Done(Treatment::Unchanged("no rule matches")),
@@ -110,15 +116,15 @@ pub fn as_submitted(sender: &str) -> Origin {
 
 /// The treatment of `rcpt` for mail from `origin` at `at`, with the
 /// snapshot's settings and keys and the live certificate store; `sealed`
-/// is the encryption the message arrived in, if any. The reasons for
-/// each certificate taken or refused are in the decision.
+/// names whom the message is encrypted to when it arrived encrypted. The
+/// reasons for each certificate taken or refused are in the decision.
 pub async fn decide(
     snapshot: &Snapshot,
     live: &Live,
     revoked: &HashSet<String>,
     origin: &Origin,
     rcpt: &str,
-    sealed: Option<&CmsContentInfo>,
+    sealed: Option<&[RecipientId]>,
     at: i64,
 ) -> Treatment {
     let settings = &snapshot.settings;
@@ -135,13 +141,18 @@ pub async fn decide(
             settings,
             rcpt,
             at,
-            |info| policy::wanted(settings, rule, info, at),
+            // Sealed mail is served only by a certificate it names: LDAP
+            // is asked unless a local one is named and may be used.
+            |e| {
+                policy::wanted(settings, rule, &e.info, at)
+                    && sealed.is_none_or(|ids| ids.iter().any(|id| id.names(&e.cert)))
+            },
         )
         .await;
-    if let Some(cms) = sealed {
+    if let Some(ids) = sealed {
         let named: Vec<bool> = candidates
             .iter()
-            .map(|c| crate::ossl::is_recipient(cms, &c.entry.cert))
+            .map(|c| ids.iter().any(|id| id.names(&c.entry.cert)))
             .collect();
         return Treatment::Outbound(policy::sealed::decide_sealed(
             settings,
@@ -200,7 +211,7 @@ pub async fn plan(
             true => None,
             false => arrived
                 .get_or_insert_with(|| arrived_encrypted(&shape))
-                .as_ref(),
+                .as_deref(),
         };
         let t = match first_look(&snapshot.settings, &rcpt, sealed.is_some(), at) {
             FirstLook::Done(t) => t,
@@ -252,6 +263,21 @@ mod tests {
         assert!(matches!(
             first_look(&s, "someone@example.org", true, 0),
             FirstLook::Done(Treatment::Unchanged(policy::sealed::ALREADY))
+        ));
+        // A rule that never encrypts has no certificate to hold sealed
+        // mail against; plain mail it still decides.
+        let never = settings(
+            &RULE
+                .replace("\"required\"", "\"never\"")
+                .replace("\"bounce\"", "\"send-plain\""),
+        );
+        assert!(matches!(
+            first_look(&never, "post@domstol.dk", true, 0),
+            FirstLook::Done(Treatment::Unchanged(policy::sealed::ALREADY))
+        ));
+        assert!(matches!(
+            first_look(&never, "post@domstol.dk", false, 0),
+            FirstLook::Rule(_)
         ));
         assert!(matches!(
             first_look(&s, "someone@example.org", false, 0),

@@ -15,7 +15,7 @@ use openssl::x509::X509;
 pub use super::checked::Verdict;
 use super::checked::{self, Checked};
 use super::directory::{fingerprint, Directory, Entry, Source};
-use super::oces::{self, CertInfo};
+use super::oces;
 use super::revocation::{self, Checker};
 use super::{validate, Keyring};
 use crate::config::{Revocation, Settings};
@@ -122,7 +122,7 @@ impl Resolver {
         settings: &Settings,
         addr: &str,
         at: i64,
-        wanted: impl Fn(&CertInfo) -> bool,
+        wanted: impl Fn(&Entry) -> bool,
     ) -> (Vec<Candidate>, Option<String>) {
         let local = directory.lookup(addr);
         for e in &local {
@@ -136,7 +136,7 @@ impl Resolver {
             .await;
         let satisfied = out
             .iter()
-            .any(|c| matches!(c.verdict, Verdict::Usable(_)) && wanted(&c.entry.info));
+            .any(|c| matches!(c.verdict, Verdict::Usable(_)) && wanted(&c.entry));
         let ldap: Vec<&crate::config::LdapSettings> = settings
             .certificates
             .ldap
@@ -178,7 +178,7 @@ impl Resolver {
         }
         let satisfied = out
             .iter()
-            .any(|c| matches!(c.verdict, Verdict::Usable(_)) && wanted(&c.entry.info));
+            .any(|c| matches!(c.verdict, Verdict::Usable(_)) && wanted(&c.entry));
         (out, if satisfied { None } else { error })
     }
 

@@ -3,9 +3,11 @@
 //! rule still says which of the recipient's certificates may be used: a
 //! message sealed only to certificates the rule refuses (an OCES2
 //! certificate after the cutoff, for a court that reads OCES3 only) is
-//! treated as a message with no usable certificate. Pure: the recipient's
-//! certificates with their verdicts, which of them the message names, and
-//! the time come in; a decision with its reasons goes out.
+//! bounced, as a message with no usable certificate is. The gateway does
+//! not sign it either: a signature the sender made is inside. Pure: the
+//! recipient's certificates with their verdicts, which of them the
+//! message names, and the time come in; a decision with its reasons goes
+//! out.
 
 use super::{allows, generation_refused, label, rule_for, Decision, Outcome};
 use crate::config::{EncryptMode, OnMissing, Settings};
@@ -17,13 +19,15 @@ pub const ALREADY: &str = "encrypted by the sender already";
 
 /// Decides for `rcpt` at `at` given the recipient's `candidates` and,
 /// for each, whether the message is encrypted to it (`named`, in the
-/// same order). Only what the message names counts: it goes as it is
-/// when one of those certificates may be used, waits when one may be
-/// used as soon as its revocation is known, and is otherwise handled as
-/// the rule handles a missing certificate (bounced, held, or, where the
-/// rule would send plain, sent as it is). A message naming none of the
-/// recipient's known certificates goes as it is: nothing speaks against
-/// it.
+/// same order). Only what the message names counts:
+/// - it goes as it is when one of those certificates may be used;
+/// - it waits when one may be used as soon as its revocation is known, or
+///   when a lookup failed (LDAP may hold a named certificate that may be);
+/// - when all it names are refused, it bounces under `bounce` and `hold`
+///   alike (no certificate that appears later changes whom it is
+///   encrypted to), and goes as it is under `send-plain`;
+/// - naming none of the recipient's known certificates, it goes as it is:
+///   nothing speaks against it.
 pub fn decide_sealed(
     settings: &Settings,
     rcpt: &str,
@@ -82,8 +86,14 @@ pub fn decide_sealed(
     }
     let outcome = if let Some(cert) = taken {
         Outcome::PassThrough(format!("{ALREADY}, to {cert}"))
-    } else if !unknown.is_empty() {
-        Outcome::Defer(unknown.join("; "))
+    } else if !unknown.is_empty() || lookup_error.is_some() {
+        Outcome::Defer(
+            unknown
+                .into_iter()
+                .chain(lookup_error.map(String::from))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
     } else if refused.is_empty() {
         Outcome::PassThrough(format!(
             "{ALREADY}, to no certificate the gateway holds for {rcpt}"
@@ -96,8 +106,7 @@ pub fn decide_sealed(
             refused.join(", ")
         );
         match rule.on_missing_certificate {
-            OnMissing::Bounce => Outcome::Bounce(why),
-            OnMissing::Hold => Outcome::Hold(why),
+            OnMissing::Bounce | OnMissing::Hold => Outcome::Bounce(why),
             OnMissing::SendPlain => Outcome::PassThrough(format!("{ALREADY}; {why}")),
         }
     };
@@ -206,9 +215,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Holding would not help: no new certificate changes whom it is
+        // encrypted to.
         assert!(matches!(
             court("oces3", "hold", &c, &named, BEFORE),
-            Outcome::Hold(_)
+            Outcome::Bounce(_)
         ));
         match court("oces3", "send-plain", &c, &named, BEFORE) {
             Outcome::PassThrough(why) => assert!(why.contains("may not be used"), "{why}"),
@@ -244,6 +255,22 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_lookup_waits_unless_a_named_certificate_may_be_used() {
+        let s = settings("oces3", "bounce");
+        let c = [
+            usable("Old", Generation::Oces2),
+            usable("New", Generation::Oces3),
+        ];
+        let ask = |named: &[bool]| {
+            decide_sealed(&s, "post@domstol.dk", &c, named, Some("LDAP down"), AFTER).outcome
+        };
+        // LDAP may hold a certificate the message names and the rule takes.
+        assert!(matches!(ask(&[false, false]), Outcome::Defer(why) if why.contains("LDAP down")));
+        assert!(matches!(ask(&[true, false]), Outcome::Defer(_)));
+        assert!(matches!(ask(&[false, true]), Outcome::PassThrough(_)));
+    }
+
+    #[test]
     fn sealed_to_certificates_the_gateway_does_not_hold_goes_as_it_is() {
         let c = [usable("Old", Generation::Oces2)];
         for (candidates, named) in [(&c[..], &[false][..]), (&[][..], &[][..])] {
@@ -257,20 +284,11 @@ mod tests {
     }
 
     #[test]
-    fn without_a_rule_sealed_mail_goes_as_it_is_and_is_never_signed() {
+    fn without_a_rule_sealed_mail_goes_as_it_is() {
         let s = settings("oces3", "bounce");
-        let d = decide_sealed(&s, "someone@example.org", &[], &[], None, AFTER);
+        let old = [usable("Old", Generation::Oces2)];
+        let d = decide_sealed(&s, "someone@example.org", &old, &[true], None, AFTER);
         assert!(d.rule.is_none());
         assert!(matches!(d.outcome, Outcome::PassThrough(ref w) if w == ALREADY));
-        let d = decide_sealed(
-            &s,
-            "post@domstol.dk",
-            &[usable("New", Generation::Oces3)],
-            &[true],
-            None,
-            AFTER,
-        );
-        assert!(d.signer.starts_with("nobody"), "{}", d.signer);
-        assert!(d.unsigned.is_none());
     }
 }

@@ -814,6 +814,66 @@ fn mail_sealed_by_its_sender_to_a_refused_generation_bounces() {
 }
 
 #[test]
+fn sealed_mail_is_held_against_the_certificate_ldap_has_for_it() {
+    // The court's OCES2 certificate is in LDAP only; the folder holds its
+    // OCES3 one, which the message is not encrypted to.
+    let tls = common::sink::NextHopCert::issue(&["127.0.0.1"]);
+    let ldap = common::slapd::Slapd::holding("post@domstol.dk", Some(&tls), "court-oces2");
+    let folder = recipients(&["court-oces3"]);
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = ca_dir.path().join("ldap-ca.pem");
+    std::fs::write(&ca, &tls.ca_pem).unwrap();
+    let sink = Sink::start(Script::default());
+    let mut opts = Options::new(sink.addr);
+    opts.extra = config_extra(
+        folder.path(),
+        PAST,
+        "off",
+        &format!(
+            "[[certificates.ldap]]\nurl = \"ldap://127.0.0.1:{}\"\nstarttls = true\ntls_ca = \"{}\"\n\
+             base = \"c=DK\"\ntimeout = \"2s\"\ncache_ttl = \"1s\"\n",
+            ldap.port,
+            ca.display()
+        ),
+    );
+    let gw = Gateway::start(opts);
+    let cms = pki::cms_encrypt(&pki::inner("sealed to OCES2"), "court-oces2", &[]);
+    let sealed = pki::enveloped_message("sealed-ldap", "post@domstol.dk", &cms, pki::P7M);
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let r = c
+        .send("alice@example-law.dk", &["post@domstol.dk"], &sealed)
+        .unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    let dsn = wait_for(&sink, |r| r.from.is_empty());
+    let text = dsn.text();
+    assert!(text.contains("rule \"courts\""), "{text}");
+    assert!(text.contains("OCES2") && text.contains("LDAP"), "{text}");
+    assert!(
+        !sink.received().iter().any(|r| !r.from.is_empty()),
+        "the copy sealed to OCES2 reached the court"
+    );
+
+    // With LDAP gone, whether the message names a certificate the rule
+    // takes cannot be known: it waits, it is not passed on.
+    drop(ldap);
+    std::thread::sleep(Duration::from_millis(1500)); // past cache_ttl
+    let r = c
+        .send("alice@example-law.dk", &["post@domstol.dk"], &sealed)
+        .unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(
+        wait_until(Duration::from_secs(15), || gw
+            .log()
+            .contains("event=\"deferred\"")),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(gw.queued(), 1, "the message waits in the queue");
+    assert_eq!(sink.count(), 1, "only the first bounce");
+}
+
+#[test]
 fn certs_import_and_show() {
     let sink = Sink::start(Script::default());
     let recips = recipients(&[]);

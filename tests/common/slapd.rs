@@ -31,6 +31,11 @@ impl Slapd {
     /// One entry `cn=Partner,c=DK` with `mail` and the court's OCES3
     /// certificate as `userCertificate;binary`; TLS with `tls` when given.
     pub fn start(mail: &str, tls: Option<&NextHopCert>) -> Slapd {
+        Self::holding(mail, tls, "court-oces3")
+    }
+
+    /// As [`Slapd::start`], the entry holding the demo certificate `cert`.
+    pub fn holding(mail: &str, tls: Option<&NextHopCert>, cert: &str) -> Slapd {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let tls_port = tls.map(|_| free_port());
@@ -94,7 +99,7 @@ impl Slapd {
                 "-outform",
                 "DER",
                 "-in",
-                pki::cert("court-oces3").to_str().unwrap(),
+                pki::cert(cert).to_str().unwrap(),
             ],
             b"",
         );

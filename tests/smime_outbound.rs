@@ -599,31 +599,52 @@ fn harvest_keeps_validly_signed_senders_only() {
     open_and_verify(&copy.data, "court-oces3");
 }
 
-#[test]
-fn ldap_lookup_finds_certificates_and_ldap_down_defers() {
-    // Over StartTLS: plain ldap:// answers are never a certificate to
-    // encrypt to (tests/ldap_trust.rs).
-    let tls = common::sink::NextHopCert::issue(&["127.0.0.1"]);
-    let ldap = common::slapd::Slapd::start("advokat@partner.example", Some(&tls));
-    let empty = recipients(&[]);
-    let ca_dir = tempfile::tempdir().unwrap();
-    let ca = ca_dir.path().join("ldap-ca.pem");
-    std::fs::write(&ca, &tls.ca_pem).unwrap();
-    let sink = Sink::start(Script::default());
-    let mut opts = Options::new(sink.addr);
-    opts.extra = config_extra(
-        empty.path(),
-        PAST,
-        "off",
-        &format!(
+/// A slapd over StartTLS whose one entry has `mail` and the demo
+/// certificate `cert`, with the `[[certificates.ldap]]` table that asks
+/// it (plain ldap:// answers are never a certificate to encrypt to:
+/// tests/ldap_trust.rs). Dropping it stops slapd.
+struct Ldap {
+    config: String,
+    _ca: tempfile::TempDir,
+    _slapd: common::slapd::Slapd,
+}
+
+impl Ldap {
+    fn holding(mail: &str, cert: &str) -> Ldap {
+        let tls = common::sink::NextHopCert::issue(&["127.0.0.1"]);
+        let slapd = common::slapd::Slapd::holding(mail, Some(&tls), cert);
+        let ca_dir = tempfile::tempdir().unwrap();
+        let ca = ca_dir.path().join("ldap-ca.pem");
+        std::fs::write(&ca, &tls.ca_pem).unwrap();
+        let config = format!(
             "[[certificates.ldap]]\nurl = \"ldap://127.0.0.1:{}\"\nstarttls = true\ntls_ca = \"{}\"\n\
              base = \"c=DK\"\ntimeout = \"2s\"\ncache_ttl = \"1s\"\n",
-            ldap.port,
+            slapd.port,
             ca.display()
-        ),
-    )
-    .replace("name = \"default\"\nmatch = [\"*\"]\ngeneration = \"any\"\nencrypt = \"if-possible\"", "name = \"default\"\nmatch = [\"*\"]\ngeneration = \"any\"\nencrypt = \"required\"")
-    .replace("on_missing_certificate = \"send-plain\"", "on_missing_certificate = \"bounce\"");
+        );
+        Ldap {
+            config,
+            _ca: ca_dir,
+            _slapd: slapd,
+        }
+    }
+}
+
+#[test]
+fn ldap_lookup_finds_certificates_and_ldap_down_defers() {
+    let ldap = Ldap::holding("advokat@partner.example", "court-oces3");
+    let empty = recipients(&[]);
+    let sink = Sink::start(Script::default());
+    let mut opts = Options::new(sink.addr);
+    opts.extra = config_extra(empty.path(), PAST, "off", &ldap.config)
+        .replace(
+            "name = \"default\"\nmatch = [\"*\"]\ngeneration = \"any\"\nencrypt = \"if-possible\"",
+            "name = \"default\"\nmatch = [\"*\"]\ngeneration = \"any\"\nencrypt = \"required\"",
+        )
+        .replace(
+            "on_missing_certificate = \"send-plain\"",
+            "on_missing_certificate = \"bounce\"",
+        );
     let gw = Gateway::start(opts);
     send(&gw, &["advokat@partner.example"], "ldap-1");
     let copy = wait_for(&sink, |r| {
@@ -817,25 +838,11 @@ fn mail_sealed_by_its_sender_to_a_refused_generation_bounces() {
 fn sealed_mail_is_held_against_the_certificate_ldap_has_for_it() {
     // The court's OCES2 certificate is in LDAP only; the folder holds its
     // OCES3 one, which the message is not encrypted to.
-    let tls = common::sink::NextHopCert::issue(&["127.0.0.1"]);
-    let ldap = common::slapd::Slapd::holding("post@domstol.dk", Some(&tls), "court-oces2");
+    let ldap = Ldap::holding("post@domstol.dk", "court-oces2");
     let folder = recipients(&["court-oces3"]);
-    let ca_dir = tempfile::tempdir().unwrap();
-    let ca = ca_dir.path().join("ldap-ca.pem");
-    std::fs::write(&ca, &tls.ca_pem).unwrap();
     let sink = Sink::start(Script::default());
     let mut opts = Options::new(sink.addr);
-    opts.extra = config_extra(
-        folder.path(),
-        PAST,
-        "off",
-        &format!(
-            "[[certificates.ldap]]\nurl = \"ldap://127.0.0.1:{}\"\nstarttls = true\ntls_ca = \"{}\"\n\
-             base = \"c=DK\"\ntimeout = \"2s\"\ncache_ttl = \"1s\"\n",
-            ldap.port,
-            ca.display()
-        ),
-    );
+    opts.extra = config_extra(folder.path(), PAST, "off", &ldap.config);
     let gw = Gateway::start(opts);
     let cms = pki::cms_encrypt(&pki::inner("sealed to OCES2"), "court-oces2", &[]);
     let sealed = pki::enveloped_message("sealed-ldap", "post@domstol.dk", &cms, pki::P7M);

@@ -123,9 +123,8 @@ pub fn decide_sealed(
 mod tests {
     use super::*;
     use crate::config::load::test_settings;
-    use crate::pki::directory::{fingerprint, Entry, Source};
     use crate::pki::oces::Generation;
-    use crate::pki::testkit;
+    use crate::policy::tests::candidate_called as candidate;
 
     const CUTOFF: &str = "2026-06-30T00:00:00Z";
     const BEFORE: i64 = 1_780_000_000; // 2026-05-28
@@ -147,22 +146,6 @@ mod tests {
              [[rule]]\nname = \"courts\"\nmatch = [\"*@domstol.dk\"]\ngeneration = \"{generation}\"\n\
              encrypt = \"{encrypt}\"\nsign = true\non_missing_certificate = \"{missing}\"\n"
         ))
-    }
-
-    fn candidate(cn: &str, generation: Generation, verdict: Verdict) -> Candidate {
-        let mut id = testkit::identity(1024, cn).expect("test identity");
-        id.info.generation = generation;
-        Candidate {
-            entry: Entry {
-                fingerprint: fingerprint(&id.cert),
-                cert: id.cert,
-                info: id.info,
-                source: Source::Directory,
-                capabilities: Vec::new(),
-                signed_at: None,
-            },
-            verdict,
-        }
     }
 
     fn usable(cn: &str, generation: Generation) -> Candidate {

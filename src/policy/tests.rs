@@ -19,7 +19,12 @@ fn identity(cn: &str, generation: Generation) -> Identity {
 }
 
 fn candidate(generation: Generation, verdict: Verdict) -> Candidate {
-    let id = identity("Recipient", generation);
+    candidate_called("Recipient", generation, verdict)
+}
+
+/// A recipient certificate named `cn` (also for `policy::sealed`'s tests).
+pub(super) fn candidate_called(cn: &str, generation: Generation, verdict: Verdict) -> Candidate {
+    let id = identity(cn, generation);
     Candidate {
         entry: Entry {
             fingerprint: fingerprint(&id.cert),

@@ -835,6 +835,68 @@ fn mail_sealed_by_its_sender_to_a_refused_generation_bounces() {
 }
 
 #[test]
+fn sealed_mail_to_a_court_an_unknown_external_and_an_internal_recipient() {
+    let sink = Sink::start(Script::default());
+    let both = recipients(&["court-oces2", "court-oces3"]);
+    let gw = gateway(&sink, both.path(), PAST);
+    // Sealed to the court's OCES2 certificate and the organisation's own.
+    let own = pki::cert("org-oces3");
+    let cms = pki::cms_encrypt(
+        &pki::inner("til retten og bob"),
+        "court-oces2",
+        &[own.to_str().unwrap()],
+    );
+    let sealed = pki::enveloped_message("sealed-fan", "post@domstol.dk", &cms, pki::P7M);
+    let rcpts = [
+        "post@domstol.dk",
+        "someone@unknown.example",
+        "bob@example-law.dk",
+    ];
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let r = c.send("alice@example-law.dk", &rcpts, &sealed).unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(
+        wait_until(Duration::from_secs(20), || sink.count() == 3),
+        "expected a bounce and two copies, got {}: {}",
+        sink.count(),
+        gw.log()
+    );
+    let got = sink.received();
+    let find = |rcpt: &str| {
+        got.iter()
+            .find(|r| r.rcpts == vec![rcpt.to_string()])
+            .cloned()
+            .unwrap_or_else(|| panic!("no copy for {rcpt} alone"))
+    };
+    // The court's copy bounces; only the court is named in the bounce.
+    let dsn = find("alice@example-law.dk");
+    assert!(dsn.from.is_empty());
+    let text = dsn.text();
+    assert!(
+        text.contains("Final-Recipient: rfc822; post@domstol.dk"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Final-Recipient: rfc822; someone@unknown.example"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Final-Recipient: rfc822; bob@example-law.dk"),
+        "{text}"
+    );
+    // Nothing is known against it for the unknown recipient: unchanged.
+    assert!(
+        find("someone@unknown.example").data == sealed,
+        "the unknown recipient's copy changed"
+    );
+    // The colleague gets it opened, with the organisation's key.
+    let internal = find("bob@example-law.dk").text();
+    assert!(internal.contains("til retten og bob"), "{internal}");
+    assert!(!internal.contains("application/pkcs7-mime"), "{internal}");
+}
+
+#[test]
 fn sealed_mail_is_held_against_the_certificate_ldap_has_for_it() {
     // The court's OCES2 certificate is in LDAP only; the folder holds its
     // OCES3 one, which the message is not encrypted to.

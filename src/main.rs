@@ -62,6 +62,10 @@ enum Command {
         /// that day in Danish time) instead of now.
         #[arg(long)]
         at: Option<String>,
+        /// A message file: when its sender encrypted it already, the
+        /// decision for it, from the certificates it is encrypted to.
+        #[arg(long)]
+        message: Option<PathBuf>,
     },
     /// Before moving the OCES2 cutoff: who would break.
     Cutoff {
@@ -377,7 +381,8 @@ fn run(command: Command) -> Result<(String, bool), OpsError> {
             rcpt,
             from,
             at,
-        } => ops::explain(&config, &rcpt, &from, at.as_deref()),
+            message,
+        } => ops::explain(&config, &rcpt, &from, at.as_deref(), message.as_deref()),
         Command::Certs { action, config } => done(ops::certs(
             &required(config, "certs")?,
             match action {

@@ -767,7 +767,7 @@ fn mail_sealed_by_its_sender_to_a_refused_generation_bounces() {
     // After the cutoff, sealed by the sender's client to the court's OCES2
     // certificate (and, as clients do, to the sender's own OCES3 one): the
     // court rule refuses it, so does the gateway.
-    submit(
+    let stale = submit(
         "sealed-2",
         &pki::cms_encrypt(
             &pki::inner("sealed to OCES2"),
@@ -832,6 +832,33 @@ fn mail_sealed_by_its_sender_to_a_refused_generation_bounces() {
             && (r.text().contains("<sealed-2@test>") || r.text().contains("<sealed-2-gcm@test>"))),
         "a copy sealed to OCES2 reached the court"
     );
+
+    // `explain --message` gives the operator the same answer, and why.
+    let dir = tempfile::tempdir().unwrap();
+    for (name, m, leaves) in [("stale.eml", &stale, false), ("fresh.eml", &fresh, true)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, m).unwrap();
+        let out = gw.cli(&[
+            "explain",
+            "--rcpt",
+            "post@domstol.dk",
+            "--message",
+            path.to_str().unwrap(),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.success(), leaves, "{name}: {text}");
+        assert!(
+            text.contains("message:     encrypted by its sender to issuer="),
+            "{text}"
+        );
+        assert!(text.contains("named by the message"), "{text}");
+        let outcome = if leaves {
+            "outcome:     unchanged"
+        } else {
+            "outcome:     bounce"
+        };
+        assert!(text.contains(outcome), "{name}: {text}");
+    }
 }
 
 #[test]

@@ -2,19 +2,38 @@
 //! one recipient at a given time, and why: the rule, every certificate
 //! considered with the reason it was taken or refused (and the plain
 //! `ldap://` directories not asked for one), the signing
-//! identity and the outcome. `certs show` uses the same report. It asks
-//! the same `decide` the queue does, so it cannot disagree with it.
+//! identity and the outcome; for a given message its sender encrypted,
+//! whom it is encrypted to and what that means under the rule. `certs
+//! show` uses the same report. It asks the same `decide` the queue does,
+//! so it cannot disagree with it.
 
 use std::fmt::Write as _;
 
 use crate::config::{Deliver, Instant};
+use crate::ossl::RecipientId;
 use crate::pipeline::decide::{self, Treatment};
 use crate::policy::{self, Outcome};
 use crate::snapshot::Live;
 
+/// The message the report is for.
+pub enum Message {
+    /// Any plain message (none was given).
+    NotGiven,
+    /// A given message its sender did not encrypt.
+    Plain,
+    /// A given message its sender encrypted to these certificates.
+    Sealed(Vec<RecipientId>),
+}
+
 /// The report, and whether mail would leave (true) or bounce / be held.
 /// The treatment comes from the same `decide` the queue uses.
-pub async fn explain(live: &Live, sender: &str, rcpt: &str, at: i64) -> (String, bool) {
+pub async fn explain(
+    live: &Live,
+    sender: &str,
+    rcpt: &str,
+    at: i64,
+    message: &Message,
+) -> (String, bool) {
     // The addresses as the SMTP session keeps them (domains as A-labels),
     // so that the answer is the queue's.
     let (sender, rcpt) = (
@@ -44,11 +63,27 @@ pub async fn explain(live: &Live, sender: &str, rcpt: &str, at: i64) -> (String,
         }
         None => {}
     }
+    let sealed = match message {
+        Message::NotGiven => None,
+        Message::Plain => {
+            let _ = writeln!(out, "message:     not encrypted by its sender");
+            None
+        }
+        Message::Sealed(ids) => {
+            let names: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+            let _ = writeln!(
+                out,
+                "message:     encrypted by its sender to {}",
+                names.join("; ")
+            );
+            Some(ids.as_slice())
+        }
+    };
     let revoked = live.revoked.current();
     // As if `sender` sent it with itself in the header From, on the
     // submission path: the case in which it may be signed at all.
     let origin = decide::as_submitted(sender);
-    let treatment = decide::decide(&snapshot, live, &revoked, &origin, rcpt, None, at).await;
+    let treatment = decide::decide(&snapshot, live, &revoked, &origin, rcpt, sealed, at).await;
     let d = match treatment {
         Treatment::Mailbox { deliver, .. } => {
             let how = match (deliver, snapshot.keys.current_oces3(rcpt, at)) {

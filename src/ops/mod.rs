@@ -124,21 +124,35 @@ pub fn cutoff_report(request: &cutoff::Request) -> Result<(String, bool), OpsErr
     Ok(cutoff::run(request)?)
 }
 
-/// `explain`: the report, and whether mail would leave.
+/// `explain`: the report, and whether mail would leave; for `message`
+/// (a file) as it is, when given: mail its sender encrypted is decided
+/// from the certificates it is encrypted to.
 pub fn explain(
     config: &Path,
     rcpt: &str,
     from: &str,
     at: Option<&str>,
+    message: Option<&Path>,
 ) -> Result<(String, bool), OpsError> {
     let at = match at.map(Instant::parse_when) {
         None => unix_now(),
         Some(Ok(i)) => i.unix,
         Some(Err(e)) => return Err(OpsError::Usage(format!("--at {e}"))),
     };
+    let message = match message {
+        None => explain::Message::NotGiven,
+        Some(path) => {
+            let raw = std::fs::read(path)
+                .map_err(|e| OpsError::Usage(format!("--message {}: {e}", path.display())))?;
+            match crate::pipeline::decide::arrived_encrypted(&crate::smime::mime::shape(&raw)) {
+                Some(ids) => explain::Message::Sealed(ids),
+                None => explain::Message::Plain,
+            }
+        }
+    };
     let snapshot = daemon::check(config).map_err(|e| OpsError::Usage(e.to_string()))?;
     let live = Live::new(snapshot);
-    Ok(runtime()?.block_on(explain::explain(&live, from, rcpt, at)))
+    Ok(runtime()?.block_on(explain::explain(&live, from, rcpt, at, &message)))
 }
 
 /// `certs list|show|import`.
@@ -148,7 +162,13 @@ pub fn certs(config: &Path, command: CertsCommand) -> Result<String, OpsError> {
     match command {
         CertsCommand::List => Ok(listing::certs_table(&live.current().certs)),
         CertsCommand::Show(address) => {
-            let (text, _) = runtime()?.block_on(explain::explain(&live, "", &address, unix_now()));
+            let (text, _) = runtime()?.block_on(explain::explain(
+                &live,
+                "",
+                &address,
+                unix_now(),
+                &explain::Message::NotGiven,
+            ));
             Ok(text)
         }
         CertsCommand::Import(file) => {

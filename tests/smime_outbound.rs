@@ -96,6 +96,24 @@ fn wait_for(sink: &Sink, pred: impl Fn(&Received) -> bool) -> Received {
     sink.received().into_iter().find(|r| pred(r)).unwrap()
 }
 
+/// Waits for `n` messages at the sink; then finds the one addressed to
+/// a recipient alone.
+fn copies(sink: &Sink, n: usize, gw: &Gateway) -> impl Fn(&str) -> Received {
+    assert!(
+        wait_until(Duration::from_secs(20), || sink.count() == n),
+        "expected {n} messages, got {}: {}",
+        sink.count(),
+        gw.log()
+    );
+    let got = sink.received();
+    move |rcpt: &str| {
+        got.iter()
+            .find(|r| r.rcpts == vec![rcpt.to_string()])
+            .cloned()
+            .unwrap_or_else(|| panic!("no copy for {rcpt} alone"))
+    }
+}
+
 fn for_rcpt<'a>(rcpt: &'a str, id: &'a str) -> impl Fn(&Received) -> bool + 'a {
     move |r: &Received| {
         r.rcpts.iter().any(|x| x == rcpt)
@@ -270,18 +288,7 @@ fn one_message_to_a_court_an_unknown_external_and_an_internal_recipient() {
         ],
         "fan-1",
     );
-    assert!(
-        wait_until(Duration::from_secs(20), || sink.count() == 3),
-        "expected three copies, got {}",
-        sink.count()
-    );
-    let got = sink.received();
-    let find = |rcpt: &str| {
-        got.iter()
-            .find(|r| r.rcpts == vec![rcpt.to_string()])
-            .cloned()
-            .unwrap_or_else(|| panic!("no copy for {rcpt} alone"))
-    };
+    let find = copies(&sink, 3, &gw);
     let court = find("post@domstol.dk");
     assert!(court.text().contains("smime-type=enveloped-data"));
     open_and_verify(&court.data, "court-oces3");
@@ -883,19 +890,8 @@ fn sealed_mail_to_a_court_an_unknown_external_and_an_internal_recipient() {
     c.ehlo().unwrap();
     let r = c.send("alice@example-law.dk", &rcpts, &sealed).unwrap();
     assert_eq!(r.code, 250, "{r:?}");
-    assert!(
-        wait_until(Duration::from_secs(20), || sink.count() == 3),
-        "expected a bounce and two copies, got {}: {}",
-        sink.count(),
-        gw.log()
-    );
-    let got = sink.received();
-    let find = |rcpt: &str| {
-        got.iter()
-            .find(|r| r.rcpts == vec![rcpt.to_string()])
-            .cloned()
-            .unwrap_or_else(|| panic!("no copy for {rcpt} alone"))
-    };
+    // A bounce to the sender and two copies.
+    let find = copies(&sink, 3, &gw);
     // The court's copy bounces; only the court is named in the bounce.
     let dsn = find("alice@example-law.dk");
     assert!(dsn.from.is_empty());

@@ -132,6 +132,9 @@ pub async fn decide(
         FirstLook::Done(t) => return t,
         FirstLook::Rule(rule) => rule,
     };
+    // Whether sealed mail is encrypted to `cert`.
+    let named =
+        |ids: &[RecipientId], cert: &openssl::x509::X509Ref| ids.iter().any(|id| id.names(cert));
     let (candidates, lookup_error) = live
         .resolver
         .candidates(
@@ -145,14 +148,14 @@ pub async fn decide(
             // is asked unless a local one is named and may be used.
             |e| {
                 policy::wanted(settings, rule, &e.info, at)
-                    && sealed.is_none_or(|ids| ids.iter().any(|id| id.names(&e.cert)))
+                    && sealed.is_none_or(|ids| named(ids, &e.cert))
             },
         )
         .await;
     if let Some(ids) = sealed {
         let named: Vec<bool> = candidates
             .iter()
-            .map(|c| ids.iter().any(|id| id.names(&c.entry.cert)))
+            .map(|c| named(ids, &c.entry.cert))
             .collect();
         return Treatment::Outbound(policy::sealed::decide_sealed(
             settings,

@@ -36,26 +36,21 @@ pub fn decide_sealed(
     lookup_error: Option<&str>,
     at: i64,
 ) -> Decision {
-    let signer = format!("nobody ({ALREADY})");
-    let Some(rule) = rule_for(settings, rcpt, at) else {
-        return Decision {
-            rule: None,
-            outcome: Outcome::PassThrough(ALREADY.into()),
-            considered: Vec::new(),
-            signer,
-            unsigned: None,
-        };
+    let decision = |rule: Option<&str>, outcome, considered| Decision {
+        rule: rule.map(String::from),
+        outcome,
+        considered,
+        signer: format!("nobody ({ALREADY})"),
+        unsigned: None,
     };
-    // A rule that never encrypts takes no certificate to task.
-    if rule.encrypt == EncryptMode::Never {
-        return Decision {
-            rule: Some(rule.name.clone()),
-            outcome: Outcome::PassThrough(ALREADY.into()),
-            considered: Vec::new(),
-            signer,
-            unsigned: None,
-        };
-    }
+    let rule = match rule_for(settings, rcpt, at) {
+        // A rule that never encrypts takes no certificate to task.
+        Some(rule) if rule.encrypt != EncryptMode::Never => rule,
+        other => {
+            let name = other.map(|r| r.name.as_str());
+            return decision(name, Outcome::PassThrough(ALREADY.into()), Vec::new());
+        }
+    };
     let mut considered = Vec::new();
     let (mut taken, mut unknown, mut refused) = (None, Vec::new(), Vec::new());
     for (c, _) in candidates.iter().zip(named).filter(|(_, n)| **n) {
@@ -110,13 +105,7 @@ pub fn decide_sealed(
             OnMissing::SendPlain => Outcome::PassThrough(format!("{ALREADY}; {why}")),
         }
     };
-    Decision {
-        rule: Some(rule.name.clone()),
-        outcome,
-        considered,
-        signer,
-        unsigned: None,
-    }
+    decision(Some(&rule.name), outcome, considered)
 }
 
 #[cfg(test)]

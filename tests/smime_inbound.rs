@@ -263,6 +263,77 @@ fn mailbox_with_reencrypt_gets_mail_its_oces3_key_opens() {
     );
 }
 
+/// One transaction with SMTPUTF8 (a non-ASCII recipient needs it).
+fn send_utf8(gw: &Gateway, to: &str, message: &[u8]) {
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let r = c.cmd("MAIL FROM:<sender@example.org> SMTPUTF8").unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    let r = c.cmd(&format!("RCPT TO:<{to}>")).unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    let r = c.cmd("DATA").unwrap();
+    assert_eq!(r.code, 354, "{r:?}");
+    let mut data = message.to_vec();
+    data.extend_from_slice(b".\r\n");
+    c.write(&data).unwrap();
+    assert_eq!(c.read().unwrap().code, 250);
+}
+
+/// A mailbox that must get its mail re-encrypted (it forwards outside)
+/// is the same mailbox in any case, non-ASCII letters included: the mail
+/// server downstream delivers `SØREN@` to `søren@`. Attacker: an outside
+/// sender re-sends captured ciphertext to the upper-case form so that the
+/// catch-all `*@` mailbox gets it opened in the clear. Control: the same
+/// ciphertext to a plain mailbox arrives decrypted, so the check sees
+/// plaintext when it is there; and KELVIN SIGN, which lower-cases to an
+/// ASCII `k`, does not make `\u{212A}im@` Kim's mailbox.
+#[test]
+fn a_reencrypt_mailbox_is_found_in_any_case() {
+    let sink = Sink::start(Script::default());
+    let gw = gateway(
+        &sink,
+        "[[mailbox]]\naddress = \"søren@example-law.dk\"\ndeliver = \"reencrypt\"\n\
+         [[mailbox]]\naddress = \"kim@example-law.dk\"\ndeliver = \"reencrypt\"\n",
+    );
+    let inner = pki::inner(SECRET);
+    let cms = pki::cms_encrypt(&inner, "org-oces3", &["-aes-256-cbc"]);
+    let cms2 = pki::cms_encrypt(&inner, "org-oces2", &["-aes-256-cbc"]);
+    let cases = [
+        // (as sent, as the next hop sees it)
+        ("SØREN@example-law.dk", "SØREN@example-law.dk"),
+        ("Søren@EXAMPLE-LAW.dk", "Søren@example-law.dk"),
+    ];
+    for (i, (to, seen)) in cases.into_iter().enumerate() {
+        let id = format!("case-{i}");
+        send_utf8(&gw, to, &pki::enveloped_message(&id, to, &cms2, P7M));
+        let got = received_for(&sink, seen, &id);
+        let text = got.text();
+        assert!(!text.contains(SECRET), "{to} got plaintext:\n{text}");
+        let trace = header(&text, "X-SMIME-Gateway");
+        assert!(trace.contains("reencrypted-to="), "{to}: {trace}");
+        let opened = pki::cms_decrypt_smime(&got.data, "org-oces3");
+        assert!(String::from_utf8_lossy(&opened).contains(SECRET));
+    }
+    // Control: the catch-all mailbox gets the same ciphertext opened.
+    send(
+        &gw,
+        "bob@example-law.dk",
+        &pki::enveloped_message("case-c", "bob@example-law.dk", &cms, P7M),
+    );
+    assert!(received_for(&sink, "bob@example-law.dk", "case-c")
+        .text()
+        .contains(SECRET));
+    // KELVIN SIGN: another address than kim@, left to the catch-all.
+    let kelvin = "\u{212A}im@example-law.dk";
+    send_utf8(
+        &gw,
+        kelvin,
+        &pki::enveloped_message("case-k", kelvin, &cms, P7M),
+    );
+    let got = received_for(&sink, kelvin, "case-k");
+    assert!(!header(&got.text(), "X-SMIME-Gateway").contains("reencrypted-to="));
+}
+
 #[test]
 fn signatures_valid_tampered_and_untrusted_are_reported() {
     let sink = Sink::start(Script::default());

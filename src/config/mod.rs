@@ -18,7 +18,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::mail::address::{domain_key, normalize, pattern_key};
+use crate::mail::address::{domain_key, fold_case, normalize, pattern_key, same};
 
 pub use duration::parse as parse_duration;
 pub use load::{load, ConfigError, Problem};
@@ -526,7 +526,7 @@ impl MailboxSettings {
         let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
         self.send_as.iter().any(|p| match p.strip_prefix("*@") {
             Some(d) => !domain.is_empty() && domain_key(d) == domain,
-            None => normalize(p).eq_ignore_ascii_case(&sender),
+            None => same(p, &sender),
         })
     }
 }
@@ -846,12 +846,13 @@ impl ServerSettings {
 
 impl RuleSettings {
     /// True when `rcpt` matches one of the patterns. Domains compare as
-    /// A-labels (`domain_key`), local parts without regard to case.
+    /// A-labels (`domain_key`), local parts without regard to case (as
+    /// `mail::address::key` compares them).
     pub fn matches(&self, rcpt: &str) -> bool {
-        let rcpt = normalize(rcpt).to_lowercase();
+        let rcpt = crate::mail::address::key(rcpt);
         let domain = rcpt.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
         self.patterns.iter().any(|p| {
-            let p = pattern_key(p).to_lowercase();
+            let p = fold_case(&pattern_key(p));
             if p == "*" {
                 true
             } else if let Some(d) = p.strip_prefix("*@") {
@@ -888,7 +889,7 @@ impl Settings {
         let domain = addr.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
         self.mailboxes
             .iter()
-            .find(|m| normalize(&m.address).eq_ignore_ascii_case(&addr))
+            .find(|m| same(&m.address, &addr))
             .or_else(|| {
                 self.mailboxes.iter().find(|m| {
                     m.address
@@ -1086,6 +1087,25 @@ mod tests {
             .map(|l| l.authenticated())
             .collect();
         assert_eq!(got, [false, true, true]);
+    }
+
+    #[test]
+    fn rules_mailboxes_and_send_as_compare_addresses_alike() {
+        let s = load::test_settings(
+            "[[rule]]\nname = \"kim\"\nmatch = [\"Kim@Court.dk\", \"Søren@court.dk\"]\n\
+             [[mailbox]]\naddress = \"Søren@firma.dk\"\nsend_as = [\"ÅSE@firma.dk\"]\n",
+        );
+        let rule = &s.rules[0];
+        // Upper and lower case, ASCII or not, are one address everywhere
+        // (before, mailboxes and send_as ignored only ASCII case).
+        assert!(rule.matches("KIM@court.dk") && rule.matches("SØREN@COURT.dk"));
+        assert!(s.mailbox("SØREN@firma.dk").is_some());
+        assert!(s.mailbox("søren@FIRMA.dk").is_some());
+        assert!(s.mailboxes[0].lets_send_as("åse@firma.dk"));
+        // KELVIN SIGN lower-cases to an ASCII k: not the rule's address.
+        assert!(!rule.matches("\u{212A}im@court.dk"));
+        assert!(s.mailbox("s\u{F8}ren2@firma.dk").is_none());
+        assert!(!s.mailboxes[0].lets_send_as("ase@firma.dk"));
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl RecipientVerifier for Verifier {
         rcpt: &'a str,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = RcptCheck> + Send + 'a>> {
         Box::pin(async move {
-            let key = rcpt.to_ascii_lowercase();
+            let key = crate::mail::address::key(rcpt);
             let ttl = self.settings.settings().server.verify_cache_ttl;
             if let Some((at, answer)) = self
                 .cache

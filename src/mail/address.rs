@@ -6,6 +6,10 @@
 //! Domains are compared as DNS sees them: `dømstol.dk`, `DØMSTOL.dk` and
 //! `xn--dmstol-bya.dk` are one domain (UTS-46 to ASCII), so a rule or an
 //! internal domain written one way also holds for mail addressed another.
+//! Whole addresses are compared by their [`key`]: that form with letters
+//! in lower case, the same way everywhere (rules, mailboxes, `send_as`,
+//! keys, certificate lookups), and never folding a non-ASCII letter into
+//! an ASCII one.
 
 /// The text between `<` and `>` of a MAIL or RCPT argument, as written.
 pub fn raw_path(line: &str) -> Option<&str> {
@@ -72,6 +76,43 @@ pub fn normalize(address: &str) -> String {
         Some((local, domain)) => format!("{local}@{}", domain_key(domain)),
         None => address.to_string(),
     }
+}
+
+/// `text` (an address or pattern in normal form) with its letters in
+/// lower case, as addresses are compared: ASCII letters always, and any
+/// other letter whose lower case holds no ASCII character (`Ø` -> `ø`).
+/// A letter whose lower case is or holds ASCII stays as written: KELVIN
+/// SIGN (U+212A) lower-cases to a plain `k` and `İ` (U+0130) to `i` and a
+/// combining dot, which would make an address no mail server holds
+/// (`\u{212A}im@court.dk`) the same recipient as `kim@court.dk` to rules,
+/// mailboxes and keys, while the next hop delivers it elsewhere.
+pub fn fold_case(text: &str) -> String {
+    if text.is_ascii() {
+        return text.to_ascii_lowercase();
+    }
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c.to_ascii_lowercase());
+        } else if c.to_lowercase().any(|l| l.is_ascii()) {
+            out.push(c);
+        } else {
+            out.extend(c.to_lowercase());
+        }
+    }
+    out
+}
+
+/// The key an address is compared and looked up by: its normal form
+/// (`normalize`) in lower case (`fold_case`). `Ærlig@ÅBY.dk.` and
+/// `ærlig@xn--by-xia.dk` have one key.
+pub fn key(address: &str) -> String {
+    fold_case(&normalize(address))
+}
+
+/// True when `a` and `b` are one recipient (their `key`s are equal).
+pub fn same(a: &str, b: &str) -> bool {
+    key(a) == key(b)
 }
 
 /// The normal form of a configured address pattern (`*`, `*@domain`,
@@ -191,6 +232,19 @@ mod tests {
         assert_eq!(pattern_key("*.dømstol.dk"), format!("*.{a}"));
         assert_eq!(pattern_key("Post@dømstol.dk"), format!("Post@{a}"));
         assert_eq!(pattern_key("*"), "*");
+    }
+
+    #[test]
+    fn keys_fold_case_but_never_into_ascii() {
+        assert_eq!(key("Ærlig@ÅBY.dk."), "ærlig@xn--by-xia.dk");
+        assert!(same("SØREN@firma.dk", "søren@FIRMA.dk"));
+        assert!(same("Kim@Court.DK", "kim@court.dk"));
+        // KELVIN SIGN and capital I with dot lower-case into ASCII: the
+        // addresses stay apart from the ASCII ones.
+        assert!(!same("\u{212A}im@court.dk", "kim@court.dk"));
+        assert_eq!(key("\u{212A}IM@court.dk"), "\u{212A}im@court.dk");
+        assert!(!same("\u{130}b@court.dk", "ib@court.dk"));
+        assert_eq!(fold_case("*@XN--BY-XIA.dk"), "*@xn--by-xia.dk");
     }
 
     #[test]

@@ -189,7 +189,7 @@ pub fn directory_addresses(settings: &Settings, certs: &Directory) -> BTreeSet<S
     let mut out = BTreeSet::new();
     for e in certs.all() {
         for email in &e.info.emails {
-            let a = email.to_ascii_lowercase();
+            let a = crate::mail::address::key(email);
             if !is_internal(settings, &a) && !certs.lookup(&a).is_empty() {
                 out.insert(a);
             }

@@ -24,7 +24,7 @@ use super::{efail, Action, Actions, Context, HarvestOffer};
 use crate::blob::{Blob, InMemory, Spill};
 use crate::config::Revocation;
 use crate::config::{Deliver, Encryption, OnUndecryptable};
-use crate::mail::address::normalize;
+use crate::mail::address::{self, normalize};
 use crate::mail::headers;
 use crate::metrics::Event;
 use crate::pki::directory::fingerprint;
@@ -546,15 +546,15 @@ pub fn binding(
         _ => return Err("the header From names more than one address".into()),
     };
     let sender = normalize(envelope_sender);
-    if !sender.eq_ignore_ascii_case(&from) {
+    if !address::same(&sender, &from) {
         return Err(format!(
             "the envelope sender <{sender}> is not the header From <{from}>"
         ));
     }
-    if !cert_emails.iter().any(|e| e.eq_ignore_ascii_case(&from)) {
+    if !cert_emails.iter().any(|e| address::same(e, &from)) {
         return Err(format!("the certificate does not name <{from}>"));
     }
-    Ok(from.to_ascii_lowercase())
+    Ok(address::key(&from))
 }
 
 #[cfg(test)]

@@ -126,7 +126,11 @@ impl Index {
         let fingerprint = fingerprint(&cert);
         let addresses: Vec<String> = match harvest {
             Some(h) => h.addresses.clone(),
-            None => info.emails.iter().map(|e| e.to_ascii_lowercase()).collect(),
+            None => info
+                .emails
+                .iter()
+                .map(|e| crate::mail::address::key(e))
+                .collect(),
         };
         if !self.seen.insert(fingerprint.clone()) {
             let Some(i) = self
@@ -235,7 +239,7 @@ impl Directory {
     /// only when the folders hold none for the address: the directory wins.
     pub fn lookup(&self, address: &str) -> Vec<Entry> {
         let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
-        let addr = address.to_ascii_lowercase();
+        let addr = crate::mail::address::key(address);
         let mut out: Vec<usize> = idx.by_email.get(&addr).cloned().unwrap_or_default();
         let cvrs: HashSet<String> = out
             .iter()

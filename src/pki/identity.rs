@@ -14,6 +14,7 @@ use tracing::warn;
 use super::oces::{self, CertInfo};
 use super::provider;
 use crate::config::IdentitySettings;
+use crate::mail::address;
 
 /// One private key and what it belongs to.
 pub struct Identity {
@@ -44,7 +45,7 @@ impl std::fmt::Debug for Identity {
 impl Identity {
     /// True when this identity is meant for `addr` specifically.
     pub fn serves(&self, addr: &str) -> bool {
-        self.mailboxes.iter().any(|m| m.eq_ignore_ascii_case(addr))
+        self.mailboxes.iter().any(|m| address::same(m, addr))
     }
 
     pub fn is_organisation_wide(&self) -> bool {
@@ -58,7 +59,7 @@ impl Identity {
         match &self.decrypt_for {
             None => self.is_organisation_wide() || self.serves(addr),
             Some(patterns) => {
-                let addr = addr.to_ascii_lowercase();
+                let addr = address::key(addr);
                 let domain = addr.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
                 patterns.iter().any(|p| {
                     p == "*" || p.strip_prefix("*@").is_some_and(|d| d == domain) || *p == addr
@@ -175,15 +176,11 @@ pub fn load(index: usize, cfg: &IdentitySettings, strict: bool) -> Result<Identi
         key,
         chain,
         info,
-        mailboxes: cfg
-            .mailboxes
-            .iter()
-            .map(|m| m.to_ascii_lowercase())
-            .collect(),
+        mailboxes: cfg.mailboxes.iter().map(|m| address::key(m)).collect(),
         decrypt_for: cfg
             .decrypt_for
             .as_ref()
-            .map(|list| list.iter().map(|m| m.to_ascii_lowercase()).collect()),
+            .map(|list| list.iter().map(|m| address::fold_case(m)).collect()),
         source: main,
     })
 }

@@ -83,7 +83,7 @@ pub async fn lookup(cfg: &LdapSettings, address: &str) -> Result<Vec<X509>, Ldap
                     .iter()
                     .filter(|(k, _)| k.eq_ignore_ascii_case("mail"))
                     .flat_map(|(_, v)| v)
-                    .any(|m| m.trim().eq_ignore_ascii_case(address));
+                    .any(|m| crate::mail::address::same(m.trim(), address));
             for der in entry.bin_attrs.values().flatten() {
                 let Ok(cert) = X509::from_der(der) else {
                     continue;
@@ -110,7 +110,11 @@ fn names(cert: &X509, address: &str) -> bool {
     cert.to_der()
         .ok()
         .and_then(|d| super::oces::classify(&d).ok())
-        .is_some_and(|i| i.emails.iter().any(|e| e.eq_ignore_ascii_case(address)))
+        .is_some_and(|i| {
+            i.emails
+                .iter()
+                .any(|e| crate::mail::address::same(e, address))
+        })
 }
 
 /// The TLS configuration for `ldaps://` and StartTLS with `tls_ca`; none:

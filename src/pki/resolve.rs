@@ -75,7 +75,7 @@ impl LdapKey {
             base: base.clone(),
             filter: filter.clone(),
             attribute: attribute.clone(),
-            address: addr.to_ascii_lowercase(),
+            address: crate::mail::address::key(addr),
         }
     }
 }

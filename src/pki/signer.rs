@@ -103,11 +103,15 @@ pub fn relation_of(info: &CertInfo, from: Option<&str>, ties: &Ties) -> Relation
     let Some(from) = from else {
         return Relation::Differs;
     };
-    let from = from.to_ascii_lowercase();
+    let from = crate::mail::address::key(from);
     let Some(from_domain) = domain(&from) else {
         return Relation::Differs;
     };
-    let emails: Vec<String> = info.emails.iter().map(|e| e.to_ascii_lowercase()).collect();
+    let emails: Vec<String> = info
+        .emails
+        .iter()
+        .map(|e| crate::mail::address::key(e))
+        .collect();
     if emails.contains(&from) {
         return Relation::Exact;
     }

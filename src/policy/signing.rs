@@ -9,7 +9,7 @@
 //! identity may then sign is `covers`. Pure.
 
 use crate::config::Settings;
-use crate::mail::address::{domain_of, normalize};
+use crate::mail::address::{domain_of, normalize, same};
 use crate::pki::identity::Identity;
 
 /// What the message and its envelope say about who sends it.
@@ -58,13 +58,10 @@ pub fn signable_address(settings: &Settings, origin: &Origin) -> Result<String, 
         ));
     }
     let sender = normalize(&origin.envelope_sender);
-    if sender.eq_ignore_ascii_case(&from) {
+    if same(&sender, &from) {
         return Ok(from);
     }
-    let shared = settings
-        .mailboxes
-        .iter()
-        .find(|m| m.address.eq_ignore_ascii_case(&from));
+    let shared = settings.mailboxes.iter().find(|m| same(&m.address, &from));
     if shared.is_some_and(|m| m.lets_send_as(&sender)) {
         return Ok(from);
     }
@@ -80,12 +77,7 @@ pub fn signable_address(settings: &Settings, origin: &Origin) -> Result<String, 
 /// names.
 pub fn covers(identity: &Identity, address: &str) -> bool {
     identity.is_organisation_wide()
-        || (identity.serves(address)
-            && identity
-                .info
-                .emails
-                .iter()
-                .any(|e| e.eq_ignore_ascii_case(address)))
+        || (identity.serves(address) && identity.info.emails.iter().any(|e| same(e, address)))
 }
 
 #[cfg(test)]

@@ -338,7 +338,7 @@ fn journal_decisions(journal: &Journal, id: &str, plan: &Plan, snapshot: &Snapsh
         };
         journal.record(Record::Outbound(journal::Outbound {
             message: id.to_string(),
-            recipient: rcpt.to_ascii_lowercase(),
+            recipient: crate::mail::address::key(rcpt),
             rule: seen.rule.unwrap_or_default(),
             outcome: seen.outcome.token().to_string(),
             generation,

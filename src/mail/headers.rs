@@ -29,43 +29,52 @@ pub fn subject(message: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-/// Every address in every `From:` field of the header section, as written
-/// (a field or mailbox without a readable address adds an empty entry, so
-/// a message with two From fields, or an unreadable one, never looks like
-/// it names exactly one address).
+/// Every address in every `From:` field of the header section as RFC 5322
+/// ends it (at its first empty line, as clients read it: `mail::section`),
+/// each field parsed alone, so no field or body line another parser joins
+/// to the header section counts (a field or mailbox without a readable
+/// address adds an empty entry, so a message with two From fields, or an
+/// unreadable one, never looks like it names exactly one address).
 pub fn from_addresses(message: &[u8]) -> Vec<String> {
-    let Some(parsed) = section(message) else {
+    if header_lines(message, MAX_SECTION_LINES) > MAX_SECTION_LINES {
         return Vec::new();
-    };
+    }
     let mut out = Vec::new();
-    for value in parsed.header_values(mail_parser::HeaderName::From) {
-        match value.as_address() {
-            Some(list) => {
-                let before = out.len();
-                out.extend(
-                    list.iter()
-                        .map(|a| a.address.as_deref().unwrap_or_default().to_string()),
-                );
-                if out.len() == before {
-                    out.push(String::new());
+    let (head, _) = super::section::split(message);
+    super::section::each_field(head, |name, field| {
+        if name != "from" {
+            return;
+        }
+        // The field alone, as a header section of its own.
+        let mut alone = super::lines::crlf(field).into_owned();
+        alone.extend_from_slice(b"\r\n");
+        let before = out.len();
+        if let Some(parsed) = mail_parser::MessageParser::new().parse_headers(&alone[..]) {
+            for value in parsed.header_values(mail_parser::HeaderName::From) {
+                if let Some(list) = value.as_address() {
+                    out.extend(
+                        list.iter()
+                            .map(|a| a.address.as_deref().unwrap_or_default().to_string()),
+                    );
                 }
             }
-            None => out.push(String::new()),
         }
-    }
+        if out.len() == before {
+            out.push(String::new());
+        }
+    });
     out
 }
 
-/// The address of the first mailbox in the From field, lower-cased.
+/// The address of the From field, lower-cased, when the header section
+/// has one From field naming one mailbox ([`from_addresses`]); `None`
+/// otherwise (a signer is compared with the one sender a client shows,
+/// never with one of several).
 pub fn from_address(message: &[u8]) -> Option<String> {
-    let parsed = section(message)?;
-    let addr = parsed
-        .from()?
-        .first()?
-        .address()?
-        .trim()
-        .to_ascii_lowercase();
-    (!addr.is_empty()).then_some(addr)
+    match from_addresses(message).as_slice() {
+        [one] if !one.trim().is_empty() => Some(one.trim().to_ascii_lowercase()),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -105,5 +114,18 @@ mod tests {
         let m = b"To: x@y\r\nFrom: \"Court\" <Post@Domstol.DK>\r\n\r\nbody\r\n";
         assert_eq!(from_address(m).as_deref(), Some("post@domstol.dk"));
         assert_eq!(from_address(b"Subject: none\r\n\r\n"), None);
+        // Of two From fields or two addresses, neither is the sender.
+        assert_eq!(from_address(b"From: a@x\r\nFrom: b@y\r\n\r\n"), None);
+        assert_eq!(from_address(b"From: a@x, b@y\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn from_is_read_where_rfc_5322_ends_the_header_section() {
+        // mail-parser 0.11 reads the line end after a one-letter zone as
+        // part of the date, and the body's first line as a field.
+        let m = b"Date: Mon, 30 Nov 2026 12:00:00 Z\r\nFrom: CEO <ceo@x>\r\n\
+                  Resent-Date: Mon, 30 Nov 2026 12:00:00 Z\r\n\r\nFrom: bob@x\r\n\r\nbody\r\n";
+        assert_eq!(from_addresses(m), vec!["ceo@x"]);
+        assert_eq!(from_address(m).as_deref(), Some("ceo@x"));
     }
 }

@@ -1,5 +1,6 @@
 //! The ground floor for mail: addresses (normal form, quoting), line ends,
-//! small reads of a message's header section, the gateway's return path and
+//! the header section as RFC 5322 reads it and where mail-parser reads a
+//! message otherwise, small reads of a message's header section, the gateway's return path and
 //! reading delivery status notifications. Every room may use it; it uses no
 //! other room of the gateway.
 
@@ -8,4 +9,6 @@ pub mod dsn;
 pub mod headers;
 pub mod lines;
 pub mod nesting;
+pub mod readings;
 pub mod return_path;
+pub mod section;

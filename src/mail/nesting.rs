@@ -39,6 +39,9 @@ pub enum TooComplex {
     TooManyParts,
     #[error("a header section of more than {MAX_SECTION_LINES} lines, or more than {MAX_HEADER_LINES} in all")]
     TooManyHeaderLines,
+    /// Its parse and the RFC reading differ (`mail::readings`).
+    #[error("it reads two ways ({0})")]
+    TwoWays(#[from] super::readings::TwoWays),
 }
 
 /// The lines of the header section at the start of `raw` (up to its empty

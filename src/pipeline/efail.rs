@@ -18,6 +18,7 @@ use lol_html::{element, rewrite_str, RewriteStrSettings};
 use mail_parser::PartType;
 
 use crate::mail::nesting::{self, TooComplex};
+use crate::mail::readings;
 use crate::smime::scan::Seen;
 use crate::smime::{mime, parse};
 
@@ -61,14 +62,24 @@ pub fn protect(message: &[u8], seen: Seen, covered: bool) -> Result<Protected<'_
 fn neutralise(message: &[u8], depth: usize) -> Result<(Cow<'_, [u8]>, bool), TooComplex> {
     // One leaf entity that is not HTML (decrypted mail is mostly one text
     // part): nothing to rewrite, and its body need not be read.
+    // A message that reads two ways (`mail::readings`: a field or a body
+    // line one parser takes for another, a broken encoding, a multipart
+    // not closed) cannot be told HTML or not as a client will: it cannot
+    // be made inert.
     let parsed = match parse::leaf(message) {
-        Some(part) if !parse::may_be_html(&part) => return Ok((Cow::Borrowed(message), false)),
-        Some(part) => parse::message_from_leaf(part, message),
+        Some(part) => {
+            readings::part(&part, message)?;
+            if !parse::may_be_html(&part) {
+                return Ok((Cow::Borrowed(message), false));
+            }
+            parse::message_from_leaf(part, message)
+        }
         None => nesting::parse(message)?,
     };
     let Some(parsed) = parsed else {
         return Ok((Cow::Borrowed(message), false));
     };
+    readings::rendering(&parsed, message)?;
     // (start, end, replacement), in message order.
     let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
     for part in &parsed.parts {
@@ -93,7 +104,9 @@ fn neutralise(message: &[u8], depth: usize) -> Result<(Cow<'_, [u8]>, bool), Too
                 };
                 edits.push((start, end, reencoded(headers, ctype, body.as_bytes())));
             }
-            PartType::Message(_) if depth < MAX_DEPTH => {
+            // Deeper than followed: its HTML cannot be made inert.
+            PartType::Message(_) if depth >= MAX_DEPTH => return Err(TooComplex::TooDeep),
+            PartType::Message(_) => {
                 let inner = part.contents();
                 let (done, changed) = neutralise(inner, depth + 1)?;
                 if changed {

@@ -7,10 +7,12 @@
 //! Why long: recognition covers every form clients send (by type and by
 //! file name, nested or alone), and its unit tests are the list of them.
 
+pub use crate::mail::section::{each_field, fields, split};
 use base64::Engine;
 use mail_parser::{Message, MessagePart, MimeHeaders, PartType};
 
 use crate::mail::nesting::{self, TooComplex};
+use crate::mail::readings;
 
 /// What a message (or entity) is, as far as S/MIME goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,8 +136,18 @@ pub fn shape(raw: &[u8]) -> Shape {
 /// (nothing reads its body: `body` is empty); otherwise the whole message
 /// ([`super::parse::message`]). `None` when there is no header section;
 /// an error when its structure is over the caps of `mail::nesting` (a
-/// single leaf never is).
+/// single leaf never is), or when it reads two ways (`mail::readings`:
+/// what is signed or encrypted in it is not what a client shows).
 pub(super) fn parse_for_smime(raw: &[u8]) -> Result<Option<Message<'_>>, TooComplex> {
+    let parsed = parse_unchecked(raw)?;
+    if let Some(msg) = &parsed {
+        readings::structure(msg, raw)?;
+    }
+    Ok(parsed)
+}
+
+/// [`parse_for_smime`] before the check that it reads one way.
+fn parse_unchecked(raw: &[u8]) -> Result<Option<Message<'_>>, TooComplex> {
     match super::parse::leaf(raw) {
         Some(part) if !is_smime_entity(&part) && !claims_smime_content(&part) => {
             Ok(Some(Message {
@@ -296,56 +308,6 @@ fn pkcs7_shape(part: &MessagePart<'_>, cms: Vec<u8>) -> Shape {
             }
             _ => Shape::Plain,
         },
-    }
-}
-
-/// Splits a message into its header section (with the CRLF ending the last
-/// field, without the blank line) and its body.
-pub fn split(raw: &[u8]) -> (&[u8], &[u8]) {
-    if raw.starts_with(b"\r\n") {
-        return (&[], &raw[2..]);
-    }
-    match raw.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(i) => (&raw[..i + 2], &raw[i + 4..]),
-        None => (raw, &[]),
-    }
-}
-
-/// The header fields of `headers` (each with its folded continuation
-/// lines), as (lower-case name, raw bytes).
-pub fn fields(headers: &[u8]) -> Vec<(String, &[u8])> {
-    let mut out: Vec<(String, &[u8])> = Vec::new();
-    each_field(headers, |name, field| out.push((name, field)));
-    out
-}
-
-/// Calls `f` with each header field of `headers` (lower-case name, raw
-/// bytes with its continuation lines), holding nothing between fields.
-pub fn each_field<'a>(headers: &'a [u8], mut f: impl FnMut(String, &'a [u8])) {
-    let mut start = 0;
-    let mut i = 0;
-    while i < headers.len() {
-        let line_end = memchr::memmem::find(&headers[i..], b"\r\n")
-            .map(|p| i + p + 2)
-            .unwrap_or(headers.len());
-        let next_is_continuation = headers
-            .get(line_end)
-            .is_some_and(|b| *b == b' ' || *b == b'\t');
-        if !next_is_continuation {
-            let field = &headers[start..line_end];
-            let name = field
-                .iter()
-                .position(|b| *b == b':')
-                .map(|c| {
-                    String::from_utf8_lossy(&field[..c])
-                        .trim()
-                        .to_ascii_lowercase()
-                })
-                .unwrap_or_default();
-            f(name, field);
-            start = line_end;
-        }
-        i = line_end;
     }
 }
 

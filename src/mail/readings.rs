@@ -1,0 +1,222 @@
+//! Where mail-parser reads a message otherwise than RFC 5322 and 2045
+//! do, as mail clients and the gateway's own writer read it. The gateway
+//! decides from mail-parser's parse (is it signed, encrypted, HTML?) but
+//! vouches, signs and rewrites by the RFC reading (`mail::section`); a
+//! message that reads two ways could make it vouch for content a client
+//! does not show, or leave HTML live that it took for plain text. Known
+//! ways: a one-letter time zone (`Date: … Z`) makes mail-parser 0.11 read
+//! the line end after it as part of the date, so it reads the next field,
+//! or the body's first lines, as header fields; and of a field written
+//! twice mail-parser uses the last, clients the first.
+//!
+//! The rooms that decide from a parse ask [`structure`] (shape, signature
+//! verdicts) or [`rendering`] (the EFAIL defence, which also needs every
+//! part decoded cleanly and every multipart closed) and treat a message
+//! that reads two ways as one they cannot read. Pure.
+
+use mail_parser::{HeaderName, Message, MessagePart, MimeHeaders, PartType};
+
+use super::section;
+
+/// How a message reads two ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TwoWays {
+    #[error("its header section ends elsewhere for the parser than by RFC 5322")]
+    HeaderEnd,
+    #[error("a {0} field is written twice, or read by one parser only")]
+    Field(&'static str),
+    #[error("a part's transfer encoding is broken")]
+    Encoding,
+    #[error("a multipart is not closed")]
+    Unclosed,
+}
+
+/// Fields whose reading decides what a part is and who sent it.
+const DECIDING: [(&str, HeaderName<'static>); 4] = [
+    ("content-type", HeaderName::ContentType),
+    (
+        "content-transfer-encoding",
+        HeaderName::ContentTransferEncoding,
+    ),
+    ("mime-version", HeaderName::MimeVersion),
+    ("from", HeaderName::From),
+];
+
+/// Whether mail-parser's parse `msg` of `raw` and the RFC reading agree on
+/// where each part's header section ends and on its deciding fields (each
+/// at most once, and as often in both readings), in attached messages
+/// too.
+pub fn structure(msg: &Message<'_>, raw: &[u8]) -> Result<(), TwoWays> {
+    walk(msg, raw, false)
+}
+
+/// [`structure`], and every part's transfer encoding decoded without a
+/// problem and every multipart closed: what must hold before deciding
+/// which parts a client renders as HTML.
+pub fn rendering(msg: &Message<'_>, raw: &[u8]) -> Result<(), TwoWays> {
+    walk(msg, raw, true)
+}
+
+fn walk(msg: &Message<'_>, raw: &[u8], rendering: bool) -> Result<(), TwoWays> {
+    for part in &msg.parts {
+        part_agrees(part, raw)?;
+        // (A part without a body has a "problem" too: nothing to render.)
+        if rendering && part.is_encoding_problem && part.offset_body < part.offset_end {
+            return Err(TwoWays::Encoding);
+        }
+        match &part.body {
+            PartType::Multipart(_) if rendering && !closed(part, raw) => {
+                return Err(TwoWays::Unclosed)
+            }
+            PartType::Message(inner) => walk(inner, inner.raw_message.as_ref(), rendering)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// [`structure`] for one part mail-parser read from `raw` (a leaf whose
+/// header section alone was parsed).
+pub fn part(part: &MessagePart<'_>, raw: &[u8]) -> Result<(), TwoWays> {
+    part_agrees(part, raw)
+}
+
+/// One part: its header section ends where RFC 5322 ends it (at its
+/// first empty line), and each deciding field appears at most once and
+/// as often in both readings.
+fn part_agrees(part: &MessagePart<'_>, raw: &[u8]) -> Result<(), TwoWays> {
+    let (start, body, end) = (
+        part.offset_header as usize,
+        part.offset_body as usize,
+        (part.offset_end as usize).min(raw.len()),
+    );
+    let Some(span) = raw.get(start..end.max(start)) else {
+        return Err(TwoWays::HeaderEnd);
+    };
+    let head_len = match empty_line(span) {
+        Some((at, after)) => {
+            if start + after != body {
+                return Err(TwoWays::HeaderEnd);
+            }
+            at
+        }
+        None => span.len(),
+    };
+    let mut counts = [0usize; DECIDING.len()];
+    // Lines may end in LF alone (as mail-parser also reads them).
+    let head = super::lines::crlf(&span[..head_len]);
+    section::each_field(&head, |name, _| {
+        if let Some(i) = DECIDING.iter().position(|(n, _)| *n == name) {
+            counts[i] += 1;
+        }
+    });
+    for (i, (name, header)) in DECIDING.iter().enumerate() {
+        let parsed = part.headers.iter().filter(|h| h.name == *header).count();
+        if counts[i] > 1 || parsed != counts[i] {
+            return Err(TwoWays::Field(name));
+        }
+    }
+    Ok(())
+}
+
+/// The first empty line of `span`: where it starts (the header section's
+/// length, its last line end included) and where the body after it
+/// starts. LF alone ends a line too, as mail-parser reads it.
+fn empty_line(span: &[u8]) -> Option<(usize, usize)> {
+    let mut at = 0;
+    loop {
+        let rest = span.get(at..)?;
+        if rest.starts_with(b"\r\n") {
+            return Some((at, at + 2));
+        }
+        if rest.starts_with(b"\n") {
+            return Some((at, at + 1));
+        }
+        at += memchr::memchr(b'\n', rest)? + 1;
+    }
+}
+
+/// Whether a multipart's body holds its closing delimiter line.
+fn closed(part: &MessagePart<'_>, raw: &[u8]) -> bool {
+    let Some(boundary) = part.content_type().and_then(|ct| ct.attribute("boundary")) else {
+        return false;
+    };
+    let end = (part.offset_end as usize).min(raw.len());
+    let Some(body) = raw.get(part.offset_body as usize..end) else {
+        return false;
+    };
+    let close = format!("--{boundary}--");
+    memchr::memmem::find_iter(body, close.as_bytes()).any(|i| i == 0 || body[i - 1] == b'\n')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mail_parser::MessageParser;
+
+    fn check(raw: &[u8], rendering_too: bool) -> Result<(), TwoWays> {
+        let msg = MessageParser::default().parse(raw).expect("parsed");
+        if rendering_too {
+            rendering(&msg, raw)
+        } else {
+            structure(&msg, raw)
+        }
+    }
+
+    #[test]
+    fn plain_and_multipart_mail_reads_one_way() {
+        let plain = b"From: a@x\r\nDate: Mon, 30 Nov 2026 12:00:00 +0000\r\n\
+                      Subject: s\r\n\r\nbody\r\n";
+        assert_eq!(check(plain, true), Ok(()));
+        let multi = b"From: a@x\r\nMIME-Version: 1.0\r\n\
+                      Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+                      --b\r\nContent-Type: text/html\r\n\r\n<p>x</p>\r\n\
+                      --b\r\nContent-Type: text/plain\r\n\r\ny\r\n--b--\r\n";
+        assert_eq!(check(multi, true), Ok(()));
+        let lf = b"From: a@x\nContent-Type: text/plain\n\nbody\n";
+        assert_eq!(check(lf, true), Ok(()));
+        let no_body = b"From: a@x\r\nSubject: s\r\n";
+        assert_eq!(check(no_body, true), Ok(()));
+    }
+
+    #[test]
+    fn a_one_letter_zone_moves_the_header_end() {
+        // The last field: mail-parser reads the body's lines as fields.
+        let m = b"From: ceo@x\r\nDate: Mon, 30 Nov 2026 12:00:00 Z\r\n\r\n\
+                  From: bob@x\r\n\r\nbody\r\n";
+        assert_eq!(check(m, false), Err(TwoWays::HeaderEnd));
+        // Not the last: the next field is swallowed by the date.
+        let m = b"Date: Mon, 30 Nov 2026 12:00:00 Z\r\nFrom: ceo@x\r\n\r\nbody\r\n";
+        assert_eq!(check(m, false), Err(TwoWays::Field("from")));
+        // In a part: its Content-Type is swallowed.
+        let m = b"Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+                  --b\r\nResent-Date: Mon, 30 Nov 2026 12:00:00 Z\r\n\
+                  Content-Type: text/html\r\n\r\n<img src=x>\r\n--b--\r\n";
+        assert_eq!(check(m, false), Err(TwoWays::Field("content-type")));
+    }
+
+    #[test]
+    fn fields_written_twice_read_two_ways() {
+        let m = b"Content-Type: multipart/mixed; boundary=\"E\"\r\n\
+                  Content-Type: text/plain\r\n\r\nx\r\n";
+        assert_eq!(check(m, false), Err(TwoWays::Field("content-type")));
+        let m = b"From: a@x\r\nFrom: b@y\r\n\r\nx\r\n";
+        assert_eq!(check(m, false), Err(TwoWays::Field("from")));
+    }
+
+    #[test]
+    fn rendering_also_needs_clean_encodings_and_closed_multiparts() {
+        let unclosed = b"Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+                         --b\r\nContent-Type: text/html\r\n\r\n<img src=x>\r\n";
+        assert_eq!(check(unclosed, false), Ok(()));
+        assert_eq!(check(unclosed, true), Err(TwoWays::Unclosed));
+        let b64 = b"Content-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+                    PGltZyBzcmM9eD4!\r\n";
+        assert_eq!(check(b64, false), Ok(()));
+        assert_eq!(check(b64, true), Err(TwoWays::Encoding));
+        // An attached message is read the same way.
+        let nested = b"Content-Type: message/rfc822\r\n\r\n\
+                       Content-Type: text/html\r\nContent-Type: text/plain\r\n\r\nx\r\n";
+        assert_eq!(check(nested, false), Err(TwoWays::Field("content-type")));
+    }
+}

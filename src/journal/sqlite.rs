@@ -35,11 +35,25 @@ impl Sqlite {
     pub async fn open(path: PathBuf) -> Result<Self, JournalError> {
         let p = path.clone();
         let conn = tokio::task::spawn_blocking(move || -> Result<Connection, JournalError> {
+            // Private: who wrote to whom, and which key opened what.
             if let Some(dir) = p.parent() {
-                std::fs::create_dir_all(dir).map_err(|source| JournalError::Folder {
+                use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+                let folder = |source| JournalError::Folder {
                     path: dir.to_path_buf(),
                     source,
-                })?;
+                };
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(folder)?;
+                // SQLite gives its -wal and -shm files the database's mode.
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(&p)
+                    .map_err(folder)?;
             }
             let err = |source| JournalError::Sqlite {
                 path: p.clone(),

@@ -252,3 +252,15 @@ async fn the_writer_deletes_rows_older_than_keep() {
     assert_eq!(rows.iter().map(|r| r.count).sum::<u64>(), 2, "{rows:?}");
     assert!(s.inbound(0).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn the_journal_is_private_to_the_gateway() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool/journal/journal.db");
+    let s = Store::open(&Target::Sqlite(path.clone())).await.unwrap();
+    drop(s);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
+    assert_eq!(mode(&path), 0o600);
+}

@@ -175,8 +175,11 @@ impl Store {
         let corrupt = dir.join("corrupt");
         let quarantine = dir.join("quarantine");
         let work = dir.join("work");
-        // Parents get the usual mode; the spool itself is private.
-        fs::create_dir_all(dir).map_err(SpoolError::io(dir))?;
+        // Parents get the usual mode; the spool itself is private (made
+        // here with 0700: made with its parents, it would get theirs).
+        if let Some(parent) = dir.parent() {
+            fs::create_dir_all(parent).map_err(SpoolError::io(parent))?;
+        }
         for d in [dir, &queue, &tmp, &corrupt, &quarantine, &work] {
             DirBuilder::new()
                 .recursive(true)
@@ -1297,6 +1300,17 @@ mod tests {
     const PARTIAL: &str = "066170214BE607";
     const FRESH: &str = "066170214BFB30";
     const HELD: &str = "066170214BFDEC";
+
+    #[test]
+    fn the_spool_is_made_private_and_its_parents_are_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("var/spool");
+        Store::open(&spool).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&spool), 0o700);
+        assert_ne!(mode(&dir.path().join("var")), 0o700);
+    }
 
     #[test]
     fn a_format_1_spool_is_read_after_the_upgrade() {

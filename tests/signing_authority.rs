@@ -473,3 +473,43 @@ fn a_from_only_one_parser_reads_gets_no_signature() {
         signer_of(&own)
     );
 }
+
+/// A client shows the display name and the Sender field too. Attacker:
+/// Bob, sending as himself, puts the managing partner's address in the
+/// display name of his From (plainly or as an encoded word), or in a
+/// Sender field ("on behalf of"). Observed: the external copy, which must
+/// carry no signature. Control: Bob with his own name is signed.
+#[test]
+fn an_address_shown_beside_the_from_gets_no_signature() {
+    let sink = Sink::start(Script::default());
+    let gw = Gateway::start(options(&sink, ""));
+    let bob = "bob@example-law.dk";
+    for (id, from) in [
+        (
+            "dn-plain",
+            "\"partner@example-law.dk\" <bob@example-law.dk>",
+        ),
+        (
+            "dn-encoded",
+            "=?utf-8?q?partner=40example-law=2Edk?= <bob@example-law.dk>",
+        ),
+        ("dn-own", "Bob Berg <bob@example-law.dk>"),
+    ] {
+        send_on(gw.addr, bob, from, "someone@example.org", id);
+    }
+    let with_sender = String::from_utf8(message(bob, "someone@example.org", "dn-sender"))
+        .unwrap()
+        .replacen("\r\n", "\r\nSender: partner@example-law.dk\r\n", 1);
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let r = c
+        .send(bob, &["someone@example.org"], with_sender.as_bytes())
+        .unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    for id in ["dn-plain", "dn-encoded", "dn-sender"] {
+        let copy = arrived(&sink, &gw, id);
+        assert!(!is_signed(&copy), "{id} was signed:\n{}", copy.text());
+    }
+    let own = arrived(&sink, &gw, "dn-own");
+    assert!(is_signed(&own), "control not signed:\n{}", own.text());
+}

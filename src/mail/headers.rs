@@ -66,6 +66,55 @@ pub fn from_addresses(message: &[u8]) -> Vec<String> {
     out
 }
 
+/// What the header section shows as its sender besides the From
+/// addresses: every display or group name in a From field that holds an
+/// `@` (`"ceo@example-law.dk" <bob@…>`, encoded words decoded), and every
+/// address in a Sender field; read as [`from_addresses`] reads From.
+pub fn shown_beside_from(message: &[u8]) -> Vec<String> {
+    if header_lines(message, MAX_SECTION_LINES) > MAX_SECTION_LINES {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let (head, _) = super::section::split(message);
+    super::section::each_field(head, |name, field| {
+        let header = match name.as_str() {
+            "from" => mail_parser::HeaderName::From,
+            "sender" => mail_parser::HeaderName::Sender,
+            _ => return,
+        };
+        let mut alone = super::lines::crlf(field).into_owned();
+        alone.extend_from_slice(b"\r\n");
+        let Some(parsed) = mail_parser::MessageParser::new().parse_headers(&alone[..]) else {
+            return;
+        };
+        for value in parsed.header_values(header.clone()) {
+            let Some(list) = value.as_address() else {
+                continue;
+            };
+            if header == mail_parser::HeaderName::Sender {
+                out.extend(
+                    list.iter()
+                        .filter_map(|a| a.address.as_deref().map(str::to_string)),
+                );
+                continue;
+            }
+            let names = list.iter().filter_map(|a| a.name.as_deref());
+            let groups = list
+                .as_group()
+                .into_iter()
+                .flatten()
+                .filter_map(|g| g.name.as_deref());
+            out.extend(
+                names
+                    .chain(groups)
+                    .filter(|n| n.contains('@'))
+                    .map(str::to_string),
+            );
+        }
+    });
+    out
+}
+
 /// The address of the From field, lower-cased, when the header section
 /// has one From field naming one mailbox ([`from_addresses`]); `None`
 /// otherwise (a signer is compared with the one sender a client shows,
@@ -117,6 +166,18 @@ mod tests {
         // Of two From fields or two addresses, neither is the sender.
         assert_eq!(from_address(b"From: a@x\r\nFrom: b@y\r\n\r\n"), None);
         assert_eq!(from_address(b"From: a@x, b@y\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn names_and_senders_shown_beside_from_are_found() {
+        let m = b"From: \"ceo@x\" <bob@x>\r\nSender: Eve <eve@y>\r\n\r\nbody\r\n";
+        assert_eq!(shown_beside_from(m), vec!["ceo@x", "eve@y"]);
+        let m = b"From: =?utf-8?q?ceo=40x?= <bob@x>\r\n\r\n";
+        assert_eq!(shown_beside_from(m), vec!["ceo@x"]);
+        let m = b"From: ceo@x: bob@x;\r\n\r\n";
+        assert_eq!(shown_beside_from(m), vec!["ceo@x"]);
+        // Control: a plain name shows nothing beside the address.
+        assert!(shown_beside_from(b"From: Bob Berg <bob@x>\r\n\r\n").is_empty());
     }
 
     #[test]

@@ -100,6 +100,7 @@ pub fn origin(envelope: &Envelope, body: &[u8]) -> Origin {
         envelope_sender: envelope.mail_from.clone(),
         header_from: crate::mail::headers::from_addresses(body),
         submission: envelope.submission,
+        shown_beside: crate::mail::headers::shown_beside_from(body),
     }
 }
 
@@ -111,6 +112,7 @@ pub fn as_submitted(sender: &str) -> Origin {
         envelope_sender: sender.to_string(),
         header_from: vec![sender.to_string()],
         submission: true,
+        shown_beside: Vec::new(),
     }
 }
 

@@ -22,6 +22,10 @@ pub struct Origin {
     pub header_from: Vec<String>,
     /// Taken by a `server.submission_listen` listener.
     pub submission: bool,
+    /// What the header section shows as the sender beside the From
+    /// address: display or group names holding an address, and Sender
+    /// addresses (`mail::headers::shown_beside_from`).
+    pub shown_beside: Vec<String>,
 }
 
 /// Why nothing is signed when no submission path is configured.
@@ -58,6 +62,22 @@ pub fn signable_address(settings: &Settings, origin: &Origin) -> Result<String, 
         ));
     }
     let sender = normalize(&origin.envelope_sender);
+    // A client shows these too ("ceo@…" <bob@…>, or Sender: on behalf
+    // of): each must be the From itself or the envelope sender.
+    let trim = |s: &str| {
+        s.trim_matches(|c: char| c == '"' || c == '<' || c == '>' || c.is_whitespace())
+            .to_string()
+    };
+    if let Some(other) = origin
+        .shown_beside
+        .iter()
+        .map(|s| trim(s))
+        .find(|s| !same(s, &from) && !same(s, &sender))
+    {
+        return Err(format!(
+            "the header section shows \"{other}\" beside the From <{from}>; only the From can be vouched for"
+        ));
+    }
     if same(&sender, &from) {
         return Ok(from);
     }
@@ -90,6 +110,7 @@ mod tests {
             envelope_sender: sender.into(),
             header_from: from.iter().map(|s| s.to_string()).collect(),
             submission,
+            shown_beside: Vec::new(),
         }
     }
 
@@ -153,6 +174,30 @@ mod tests {
         );
         assert!(signable_address(&s, &o).is_err());
         assert!(signable_address(&s, &origin("alice@example-law.dk", &[], false)).is_err());
+    }
+
+    #[test]
+    fn nothing_shown_beside_the_from_may_name_someone_else() {
+        let s = trusting(SHARED);
+        let with = |sender: &str, from: &str, beside: &[&str]| Origin {
+            shown_beside: beside.iter().map(|b| b.to_string()).collect(),
+            ..origin(sender, &[from], true)
+        };
+        let bob = "bob@example-law.dk";
+        // "ceo@…" <bob@…>, or Sender: ceo@…: refused.
+        assert!(signable_address(&s, &with(bob, bob, &["ceo@example-law.dk"])).is_err());
+        assert!(signable_address(&s, &with(bob, bob, &[" \"CEO@example-law.dk\" "])).is_err());
+        // The From itself, or the sender of a shared mailbox: fine.
+        assert!(signable_address(&s, &with(bob, bob, &["\"Bob@Example-Law.dk\""])).is_ok());
+        let shared = with(
+            "alice@example-law.dk",
+            "sikkermail@example-law.dk",
+            &["alice@example-law.dk"],
+        );
+        assert_eq!(
+            signable_address(&s, &shared).as_deref(),
+            Ok("sikkermail@example-law.dk")
+        );
     }
 
     #[test]

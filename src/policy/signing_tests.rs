@@ -27,6 +27,7 @@ fn origin(sender: &str, from: &str) -> Origin {
         envelope_sender: sender.into(),
         header_from: vec![from.into()],
         submission: false,
+        shown_beside: Vec::new(),
     }
 }
 

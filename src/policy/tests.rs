@@ -67,6 +67,7 @@ fn run(
         envelope_sender: sender.into(),
         header_from: vec![sender.into()],
         submission: true,
+        shown_beside: Vec::new(),
     };
     decide(
         settings,

@@ -1049,3 +1049,74 @@ fn assert_delivered_inert_html(got: &common::sink::Received) {
         "{html}"
     );
 }
+
+/// What the mailbox's copy needs once opened (here: the certificate of
+/// a signer inside, asked of LDAP) must not hold back a copy for outside.
+/// Attacker: an outside sender who addresses captured ciphertext to a
+/// mailbox and to themselves in one transaction and times their own copy
+/// (how long opening took, whether it opened, whom it was signed by).
+/// LDAP here accepts connections and never answers. Observed: the
+/// outside copy arrives while LDAP still hangs. Control: the mailbox's
+/// copy arrives once LDAP is gone, opened, with the signer unknown.
+#[test]
+fn a_copy_for_outside_leaves_before_the_mailbox_copy_is_opened() {
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hanging.local_addr().unwrap().port();
+    let mailbox = Sink::start(Script::default());
+    let outside = Sink::start(Script::default());
+    let gw = gateway(
+        &mailbox,
+        &outside,
+        &format!(
+            "[certificates]\nharvest = false\n\
+             [[certificates.ldap]]\nurl = \"ldap://127.0.0.1:{port}\"\nbase = \"c=DK\"\n\
+             timeout = \"60s\"\n"
+        ),
+    );
+    let dir = pki::demo();
+    let signed = pki::crlf(&pki::openssl(
+        &[
+            "cms",
+            "-sign",
+            "-binary",
+            "-md",
+            "sha256",
+            "-nocerts",
+            "-signer",
+            dir.join("certs/court-oces3.pem").to_str().unwrap(),
+            "-inkey",
+            dir.join("keys/court-oces3.key.pem").to_str().unwrap(),
+        ],
+        &pki::inner(SECRET),
+    ));
+    let m = String::from_utf8(enveloped(
+        "co-rcpt",
+        "bob@example-law.dk",
+        &captured(&signed, "-aes-256-cbc"),
+    ))
+    .unwrap()
+    .replace("sender@example.org", "post@domstol.dk");
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let r = c
+        .send(ATTACKER, &["bob@example-law.dk", ATTACKER], m.as_bytes())
+        .unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(
+        wait_until(Duration::from_secs(30), || outside.count() == 1),
+        "the outside copy waited for the mailbox's LDAP lookup; log:\n{}",
+        gw.log()
+    );
+    let copy = outside.received().pop().unwrap();
+    assert_eq!(copy.rcpts, vec![ATTACKER.to_string()]);
+    assert!(!contains(&copy.data, SECRET));
+    assert_eq!(mailbox.count(), 0, "LDAP still hangs: nothing opened yet");
+    drop(hanging);
+    let got = delivered(&mailbox, "co-rcpt");
+    assert!(got.text().contains(SECRET), "{}", got.text());
+    assert!(
+        trace(&got.text()).contains("unknown-signer"),
+        "{}",
+        got.text()
+    );
+}

@@ -192,6 +192,32 @@ pub struct Plan {
     pub recipients: Vec<(String, Treatment)>,
 }
 
+impl Plan {
+    /// When the plan has mailboxes and other recipients: the others'
+    /// plan, taken out of this one (which keeps the mailboxes). The queue
+    /// sends their copies before any mailbox's is opened, so when a copy
+    /// leaves for outside says nothing of what opening found.
+    pub fn split_off_outside(&mut self) -> Option<Plan> {
+        let is_mailbox = |t: &Treatment| matches!(t, Treatment::Mailbox { .. });
+        let mailboxes = self
+            .recipients
+            .iter()
+            .filter(|(_, t)| is_mailbox(t))
+            .count();
+        if mailboxes == 0 || mailboxes == self.recipients.len() {
+            return None;
+        }
+        let (inside, outside) = std::mem::take(&mut self.recipients)
+            .into_iter()
+            .partition(|(_, t)| is_mailbox(t));
+        self.recipients = inside;
+        Some(Plan {
+            shape: std::sync::Arc::clone(&self.shape),
+            recipients: outside,
+        })
+    }
+}
+
 /// Decides every pending recipient of a message whose shape (read by
 /// `smime::mime::shape`) is `shape`.
 pub async fn plan(
@@ -242,6 +268,37 @@ mod tests {
 
     const RULE: &str = "[[rule]]\nname = \"courts\"\nmatch = [\"*@domstol.dk\"]\n\
                         generation = \"oces3\"\nencrypt = \"required\"\non_missing_certificate = \"bounce\"\n";
+
+    #[test]
+    fn the_outside_recipients_are_split_off_only_beside_mailboxes() {
+        let mailbox = || Treatment::Mailbox {
+            deliver: Deliver::default(),
+            encryption: Encryption::default(),
+        };
+        let plan = |r: Vec<(&str, Treatment)>| Plan {
+            shape: std::sync::Arc::new(Shape::Plain),
+            recipients: r.into_iter().map(|(a, t)| (a.to_string(), t)).collect(),
+        };
+        let mut mixed = plan(vec![
+            ("a@x", mailbox()),
+            ("out@y", Treatment::Unchanged("no rule matches")),
+            ("b@x", mailbox()),
+        ]);
+        let outside = mixed.split_off_outside().expect("split");
+        let names = |p: &Plan| {
+            p.recipients
+                .iter()
+                .map(|(r, _)| r.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&outside), ["out@y"]);
+        assert_eq!(names(&mixed), ["a@x", "b@x"]);
+        // Only one kind: nothing to split.
+        assert!(plan(vec![("a@x", mailbox())]).split_off_outside().is_none());
+        let mut out = plan(vec![("o@y", Treatment::Unchanged("no rule matches"))]);
+        assert!(out.split_off_outside().is_none());
+        assert_eq!(out.recipients.len(), 1);
+    }
 
     #[test]
     fn internal_recipients_are_mailboxes_whatever_the_rules() {

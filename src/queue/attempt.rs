@@ -182,26 +182,39 @@ async fn attempt_loaded(
             _ => None,
         })
         .collect();
-    let actions = match inbound_pipeline(msg, &snapshot, live, plan, &Given { spill, seen }).await {
-        Ok(actions) => actions,
-        Err(e) => {
-            error!(queue_id = %id, error = %e, "message processing failed; will retry");
-            return JobEnd::Retry(now_secs() + 60);
-        }
-    };
+    let given = Given { spill, seen };
     let smime = seen.encrypted;
-    journal_keys(journal, msg, &actions, now_secs() as i64);
-
-    // Each copy is let go once handed on.
-    for action in actions {
-        let sending = Sending {
-            msg,
-            snapshot: &snapshot,
-            message_id: &message_id,
-            smime,
-            pool,
+    // Encrypted mail for mailboxes and others: the others' copies leave
+    // first, before anything is opened, so when they leave says nothing
+    // of what opening found (a recipient outside beside the mailbox would
+    // otherwise time the decryption, its signer lookups, its failure).
+    let mut plan = plan;
+    let runs = match smime.then(|| plan.split_off_outside()).flatten() {
+        Some(outside) => vec![outside, plan],
+        None => vec![plan],
+    };
+    for plan in runs {
+        let actions = match inbound_pipeline(msg, &snapshot, live, plan, &given).await {
+            Ok(actions) => actions,
+            // Its recipients stay pending; copies already sent are recorded.
+            Err(e) => {
+                error!(queue_id = %id, error = %e, "message processing failed; will retry");
+                break;
+            }
         };
-        carry_out(&action, &sending, store, &mut attempted).await;
+        journal_keys(journal, msg, &actions, now_secs() as i64);
+
+        // Each copy is let go once handed on.
+        for action in actions {
+            let sending = Sending {
+                msg,
+                snapshot: &snapshot,
+                message_id: &message_id,
+                smime,
+                pool,
+            };
+            carry_out(&action, &sending, store, &mut attempted).await;
+        }
     }
     drop(work);
 

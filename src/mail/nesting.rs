@@ -39,6 +39,9 @@ pub enum TooComplex {
     TooManyParts,
     #[error("a header section of more than {MAX_SECTION_LINES} lines, or more than {MAX_HEADER_LINES} in all")]
     TooManyHeaderLines,
+    /// HTML under more attached messages than the EFAIL defence follows.
+    #[error("attached messages nested deeper than the EFAIL defence follows ({0})")]
+    TooDeepToMakeInert(usize),
     /// Its parse and the RFC reading differ (`mail::readings`).
     #[error("it reads two ways ({0})")]
     TwoWays(#[from] super::readings::TwoWays),

@@ -105,7 +105,9 @@ fn neutralise(message: &[u8], depth: usize) -> Result<(Cow<'_, [u8]>, bool), Too
                 edits.push((start, end, reencoded(headers, ctype, body.as_bytes())));
             }
             // Deeper than followed: its HTML cannot be made inert.
-            PartType::Message(_) if depth >= MAX_DEPTH => return Err(TooComplex::TooDeep),
+            PartType::Message(_) if depth >= MAX_DEPTH => {
+                return Err(TooComplex::TooDeepToMakeInert(MAX_DEPTH))
+            }
             PartType::Message(_) => {
                 let inner = part.contents();
                 let (done, changed) = neutralise(inner, depth + 1)?;

@@ -25,6 +25,8 @@ pub enum TwoWays {
     HeaderEnd,
     #[error("a {0} field is written twice, or read by one parser only")]
     Field(&'static str),
+    #[error("a Content-Type parameter is given twice")]
+    Parameter,
     #[error("a part's transfer encoding is broken")]
     Encoding,
     #[error("a multipart is not closed")]
@@ -116,6 +118,18 @@ fn part_agrees(part: &MessagePart<'_>, raw: &[u8]) -> Result<(), TwoWays> {
             return Err(TwoWays::Field(name));
         }
     }
+    // `boundary` twice: mail-parser splits at the first, others the last.
+    let params = part.content_type().and_then(|ct| ct.attributes.as_deref());
+    if let Some(params) = params {
+        let twice = params.iter().enumerate().any(|(i, a)| {
+            params[..i]
+                .iter()
+                .any(|b| b.name.eq_ignore_ascii_case(&a.name))
+        });
+        if twice {
+            return Err(TwoWays::Parameter);
+        }
+    }
     Ok(())
 }
 
@@ -202,6 +216,9 @@ mod tests {
         assert_eq!(check(m, false), Err(TwoWays::Field("content-type")));
         let m = b"From: a@x\r\nFrom: b@y\r\n\r\nx\r\n";
         assert_eq!(check(m, false), Err(TwoWays::Field("from")));
+        let m = b"Content-Type: multipart/mixed; boundary=\"a\"; Boundary=\"b\"\r\n\r\n\
+                  --b\r\nContent-Type: text/html\r\n\r\n<p>x</p>\r\n--b--\r\n";
+        assert_eq!(check(m, false), Err(TwoWays::Parameter));
     }
 
     #[test]

@@ -590,6 +590,39 @@ fn quarantine_holds_undecryptable_mail_until_released() {
     assert!(header(&got.text(), "X-SMIME-Gateway").starts_with("undecryptable"));
 }
 
+/// Anyone outside can send junk no key opens; under `quarantine` it must
+/// not fill the disk the queue needs. Attacker: an outside sender with
+/// such mail while the spool's file system has less free than
+/// `quarantine_keep_free` (100% here: never room). Observed: the mail is
+/// delivered unchanged with the reason, the quarantine stays empty.
+/// Control: `quarantine_holds_undecryptable_mail_until_released` (room).
+#[test]
+fn a_full_quarantine_delivers_unchanged_instead() {
+    let sink = Sink::start(Script::default());
+    let gw = gateway(
+        &sink,
+        "[smime]\non_undecryptable = \"quarantine\"\nquarantine_keep_free = 100\n",
+    );
+    let cms = pki::cms_encrypt(&pki::inner(SECRET), "stranger", &["-aes-256-cbc"]);
+    send(
+        &gw,
+        "bob@example-law.dk",
+        &pki::enveloped_message("q-full", "bob@example-law.dk", &cms, P7M),
+    );
+    let got = received_for(&sink, "bob@example-law.dk", "q-full");
+    assert!(header(&got.text(), "X-SMIME-Gateway").starts_with("undecryptable"));
+    assert!(!got.text().contains(SECRET));
+    let log = gw.log();
+    assert!(log.contains("event=\"quarantine-full\""), "{log}");
+    assert!(!log.contains("event=\"quarantined\""), "{log}");
+    let out = gw.cli(&["queue", "quarantined"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("bob@example-law.dk"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 #[test]
 fn real_oces_test_keys_decrypt_through_the_gateway() {
     let f = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/oces");

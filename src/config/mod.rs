@@ -594,6 +594,12 @@ pub struct SmimeSettings {
     /// internal mailboxes: `<return_path>+<queue id>@<server.hostname>`.
     #[serde(default = "defaults::return_path")]
     pub return_path: String,
+    /// Percent of the spool's file system the quarantine leaves free:
+    /// below it, mail `on_undecryptable = "quarantine"` would keep is
+    /// delivered unchanged with the reason (anyone outside can send junk
+    /// that no key opens; it must not fill the disk the queue needs).
+    #[serde(default = "defaults::quarantine_keep_free")]
+    pub quarantine_keep_free: u8,
 }
 
 impl Default for SmimeSettings {
@@ -602,6 +608,7 @@ impl Default for SmimeSettings {
             on_undecryptable: OnUndecryptable::default(),
             strict_permissions: false,
             return_path: defaults::return_path(),
+            quarantine_keep_free: defaults::quarantine_keep_free(),
         }
     }
 }
@@ -956,6 +963,10 @@ pub fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
 
 mod defaults {
     use std::time::Duration;
+
+    pub fn quarantine_keep_free() -> u8 {
+        10
+    }
 
     pub fn yes() -> bool {
         true

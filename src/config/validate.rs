@@ -95,6 +95,15 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
             ),
         );
     }
+    if s.smime.quarantine_keep_free > 100 {
+        bad(
+            "smime.quarantine_keep_free",
+            format!(
+                "{}% is not a share of the file system",
+                s.smime.quarantine_keep_free
+            ),
+        );
+    }
     if s.spool.dir.as_os_str().is_empty() {
         bad("spool.dir", "must name a directory".into());
     }

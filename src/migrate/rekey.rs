@@ -299,6 +299,7 @@ impl<'a> Rekeyer<'a> {
                 ldap_asked,
                 spill: &crate::blob::InMemory,
                 seen: None,
+                quarantine_full: false,
             };
             let mut out = pipeline::Actions::default();
             let mb = unwrap::Mailbox {

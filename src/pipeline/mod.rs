@@ -57,6 +57,9 @@ pub struct Context<'a> {
     /// What `smime::scan` found in the message, when the caller scanned
     /// it already (else the pipeline scans it when it needs to).
     pub seen: Option<crate::smime::scan::Seen>,
+    /// The quarantine has no room (`smime.quarantine_keep_free`): what it
+    /// would keep is delivered unchanged, with the reason.
+    pub quarantine_full: bool,
 }
 
 /// The bytes of an outgoing copy: the spooled message itself, or a copy

@@ -275,11 +275,19 @@ fn undecryptable<'a>(
     report: &Report,
     reason: &str,
 ) {
-    if ctx.settings.smime.on_undecryptable == OnUndecryptable::Quarantine && !envelope.released {
+    let quarantine =
+        ctx.settings.smime.on_undecryptable == OnUndecryptable::Quarantine && !envelope.released;
+    if quarantine && !ctx.quarantine_full {
         out.quarantine(rcpt, reason);
     } else {
         let value = report.failure_value(reason);
-        let note = Some(format!("undecryptable: {reason}"));
+        let note = Some(match quarantine {
+            true => format!(
+                "undecryptable: {reason}; the quarantine is full \
+                 (smime.quarantine_keep_free): delivered unchanged"
+            ),
+            false => format!("undecryptable: {reason}"),
+        });
         deliver_traced(out, rcpt, ctx, body, &value, note);
     }
 }

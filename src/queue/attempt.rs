@@ -182,7 +182,20 @@ async fn attempt_loaded(
             _ => None,
         })
         .collect();
-    let given = Given { spill, seen };
+    // The quarantine leaves part of the disk free for the queue.
+    let quarantine_full = seen.encrypted
+        && settings.smime.on_undecryptable == crate::config::OnUndecryptable::Quarantine
+        && !store.quarantine_has_room(settings.smime.quarantine_keep_free);
+    if quarantine_full {
+        warn!(event = "quarantine-full", queue_id = %id,
+              keep_free = settings.smime.quarantine_keep_free,
+              "the spool's file system is nearly full: undecryptable mail is delivered unchanged, not quarantined");
+    }
+    let given = Given {
+        spill,
+        seen,
+        quarantine_full,
+    };
     let smime = seen.encrypted;
     // Encrypted mail for mailboxes and others: the others' copies leave
     // first, before anything is opened, so when they leave says nothing
@@ -417,6 +430,7 @@ async fn inbound_pipeline(
             ldap_asked: false,
             spill: &*given.spill,
             seen: Some(given.seen),
+            quarantine_full: given.quarantine_full,
         };
         let actions = pipeline::process(&msg.envelope, &msg.body, plan, &ctx);
         return Ok(owned(actions, &msg.body));
@@ -496,6 +510,8 @@ async fn inbound_pipeline(
 struct Given {
     spill: Arc<dyn Spill>,
     seen: Seen,
+    /// What the quarantine would keep is delivered instead.
+    quarantine_full: bool,
 }
 
 /// Decryption, signing and encryption are CPU work: off the async threads.
@@ -508,13 +524,14 @@ async fn run_pipeline(
     ldap_asked: bool,
     given: &Given,
 ) -> Result<Vec<Action<'static>>, tokio::task::JoinError> {
-    let (envelope, body, snapshot, known, spill, seen) = (
+    let (envelope, body, snapshot, known, spill, seen, quarantine_full) = (
         msg.envelope.clone(),
         msg.body.clone(),
         Arc::clone(snapshot),
         Arc::clone(known),
         Arc::clone(&given.spill),
         given.seen,
+        given.quarantine_full,
     );
     tokio::task::spawn_blocking(move || {
         let ctx = pipeline::Context {
@@ -526,6 +543,7 @@ async fn run_pipeline(
             ldap_asked,
             spill: &*spill,
             seen: Some(seen),
+            quarantine_full,
         };
         owned(pipeline::process(&envelope, &body, plan, &ctx), &body)
     })

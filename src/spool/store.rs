@@ -315,6 +315,18 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether more than `keep_free` percent of the spool's file system is
+    /// free (for unprivileged writers): the quarantine may take more.
+    /// An error reading it counts as no room.
+    pub fn quarantine_has_room(&self, keep_free: u8) -> bool {
+        match rustix::fs::statvfs(&self.quarantine) {
+            Ok(v) if v.f_blocks > 0 => {
+                u128::from(v.f_bavail) * 100 > u128::from(v.f_blocks) * u128::from(keep_free)
+            }
+            _ => false,
+        }
+    }
+
     /// How many messages the quarantine holds (their files are not read).
     pub fn quarantine_count(&self) -> Result<usize, SpoolError> {
         Ok(ids_in(&self.quarantine)?.len())
@@ -1300,6 +1312,14 @@ mod tests {
     const PARTIAL: &str = "066170214BE607";
     const FRESH: &str = "066170214BFB30";
     const HELD: &str = "066170214BFDEC";
+
+    #[test]
+    fn the_quarantine_leaves_the_share_asked_for_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.quarantine_has_room(0));
+        assert!(!store.quarantine_has_room(100));
+    }
 
     #[test]
     fn the_spool_is_made_private_and_its_parents_are_not() {

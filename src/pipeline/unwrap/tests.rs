@@ -58,6 +58,7 @@ fn run(
         ldap_asked: false,
         spill: &crate::blob::InMemory,
         seen: None,
+        quarantine_full: false,
     };
     let mut out = Actions::default();
     let mailbox = Mailbox {
@@ -202,6 +203,7 @@ fn a_full_work_folder_defers_and_never_quarantines_or_passes_ciphertext_on() {
             ldap_asked: false,
             spill,
             seen: None,
+            quarantine_full: false,
         };
         let mut out = Actions::default();
         let mailbox = Mailbox {

@@ -64,14 +64,17 @@ pub fn signable_address(settings: &Settings, origin: &Origin) -> Result<String, 
     let sender = normalize(&origin.envelope_sender);
     // A client shows these too ("ceo@…" <bob@…>, or Sender: on behalf
     // of): each must be the From itself or the envelope sender.
-    let trim = |s: &str| {
-        s.trim_matches(|c: char| c == '"' || c == '<' || c == '>' || c.is_whitespace())
-            .to_string()
+    // Every word with an `@` in them ("Bob (bob@…)" names Bob himself).
+    let words = |s: &str| {
+        s.split(|c: char| c.is_whitespace() || "\"'<>()[],;:".contains(c))
+            .filter(|w| w.contains('@'))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
     };
     if let Some(other) = origin
         .shown_beside
         .iter()
-        .map(|s| trim(s))
+        .flat_map(|s| words(s))
         .find(|s| !same(s, &from) && !same(s, &sender))
     {
         return Err(format!(
@@ -189,6 +192,9 @@ mod tests {
         assert!(signable_address(&s, &with(bob, bob, &[" \"CEO@example-law.dk\" "])).is_err());
         // The From itself, or the sender of a shared mailbox: fine.
         assert!(signable_address(&s, &with(bob, bob, &["\"Bob@Example-Law.dk\""])).is_ok());
+        assert!(signable_address(&s, &with(bob, bob, &["Bob (bob@example-law.dk)"])).is_ok());
+        let two = with(bob, bob, &["Bob (bob@example-law.dk, ceo@example-law.dk)"]);
+        assert!(signable_address(&s, &two).is_err());
         let shared = with(
             "alice@example-law.dk",
             "sikkermail@example-law.dk",

@@ -998,6 +998,25 @@ fn html_that_reads_two_ways_is_not_opened_without_integrity() {
             ),
         ),
         ("deep", deep),
+        // The boundary read two ways: mail-parser splits at `--b`, a
+        // client at the literal value (an encoded word, the first word of
+        // an unquoted value, continuations up to a gap).
+        (
+            "boundary-encoded",
+            split_two_ways("=\"=?us-ascii?q?b?=\"", "b", "=?us-ascii?q?b?=", &html),
+        ),
+        ("boundary-space", split_two_ways("=b c", "b c", "b", &html)),
+        (
+            "boundary-gap",
+            split_two_ways("*0=\"b\"; boundary*2=\"c\"", "bc", "b", &html),
+        ),
+        (
+            "svg",
+            format!(
+                "Content-Type: image/svg+xml\r\n\r\n<svg xmlns=\"http://www.w3.org/2000/svg\">\
+                 <image href=\"//attacker.example/leak\"/><text>{SECRET}</text></svg>\r\n"
+            ),
+        ),
         (
             "control",
             format!("Content-Type: text/html\r\n\r\n{html}\r\n"),
@@ -1026,8 +1045,14 @@ fn html_that_reads_two_ways_is_not_opened_without_integrity() {
             assert_delivered_inert_html(&got);
         } else {
             assert!(
-                t.contains("undecryptable") && t.contains("reads two ways")
-                    || t.contains("undecryptable") && t.contains("EFAIL defence follows"),
+                t.contains("undecryptable")
+                    && [
+                        "reads two ways",
+                        "EFAIL defence follows",
+                        "cannot be made inert"
+                    ]
+                    .iter()
+                    .any(|why| t.contains(why)),
                 "{id} was opened: {t}\n{text}"
             );
             assert!(!text.contains(SECRET) && !contains(&got.data, "attacker.example"));
@@ -1038,6 +1063,18 @@ fn html_that_reads_two_ways_is_not_opened_without_integrity() {
         }
     }
     assert_eq!(outside.count(), 0);
+}
+
+/// A multipart whose Content-Type gives `boundary{param}`: mail-parser
+/// reads its boundary as `parser`, a client as `client` (the HTML part is
+/// between the client's delimiters, inside what mail-parser takes for a
+/// plain-text part).
+fn split_two_ways(param: &str, parser: &str, client: &str, html: &str) -> String {
+    format!(
+        "Content-Type: multipart/mixed; boundary{param}\r\n\r\n--{parser}\r\n\
+         Content-Type: text/plain\r\n\r\n--{client}\r\nContent-Type: text/html\r\n\r\n\
+         {html}\r\n--{client}--\r\n--{parser}--\r\n"
+    )
 }
 
 /// The control's HTML was opened and holds no remote reference.

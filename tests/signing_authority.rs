@@ -493,6 +493,10 @@ fn an_address_shown_beside_the_from_gets_no_signature() {
             "dn-encoded",
             "=?utf-8?q?partner=40example-law=2Edk?= <bob@example-law.dk>",
         ),
+        (
+            "dn-wide",
+            "\"partner\u{FF20}example-law.dk\" <bob@example-law.dk>",
+        ),
         ("dn-own", "Bob Berg <bob@example-law.dk>"),
     ] {
         send_on(gw.addr, bob, from, "someone@example.org", id);
@@ -506,7 +510,7 @@ fn an_address_shown_beside_the_from_gets_no_signature() {
         .send(bob, &["someone@example.org"], with_sender.as_bytes())
         .unwrap();
     assert_eq!(r.code, 250, "{r:?}");
-    for id in ["dn-plain", "dn-encoded", "dn-sender"] {
+    for id in ["dn-plain", "dn-encoded", "dn-wide", "dn-sender"] {
         let copy = arrived(&sink, &gw, id);
         assert!(!is_signed(&copy), "{id} was signed:\n{}", copy.text());
     }

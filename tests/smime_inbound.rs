@@ -410,6 +410,11 @@ fn a_signature_is_not_vouched_for_content_or_a_sender_read_two_ways() {
     ));
     let signed = String::from_utf8(signed).unwrap();
     let (signed_head, signed_body) = signed.split_once("\r\n\r\n").unwrap();
+    let original = signed_head
+        .split("boundary=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap();
     let head = |id: &str, from: &str| {
         format!("{from}To: <bob@example-law.dk>\r\nSubject: {id}\r\nMessage-ID: <{id}@test>\r\n")
     };
@@ -450,6 +455,20 @@ fn a_signature_is_not_vouched_for_content_or_a_sender_read_two_ways() {
                     "tw-zone",
                     "Date: Mon, 30 Nov 2026 12:00:00 Z\r\nFrom: Dommer <dommer@domstol.dk>\r\n"
                 )
+            ),
+        ),
+        (
+            // The boundary as an encoded word: mail-parser splits at the
+            // decoded `SIG` (the signed parts), a client at the literal
+            // value (the attacker's part in the preamble).
+            "tw-boundary",
+            format!(
+                "{}{}\r\n\r\n--{client}\r\nContent-Type: text/plain\r\n\r\n\
+                 RETTELSE: betal til konto 9999\r\n--{client}--\r\n{}",
+                head("tw-boundary", alice),
+                signed_head.replace(original, "=?us-ascii?q?SIG?="),
+                signed_body.replace(original, "SIG"),
+                client = "=?us-ascii?q?SIG?=",
             ),
         ),
     ];

@@ -104,12 +104,9 @@ pub fn shown_beside_from(message: &[u8]) -> Vec<String> {
                 .into_iter()
                 .flatten()
                 .filter_map(|g| g.name.as_deref());
-            out.extend(
-                names
-                    .chain(groups)
-                    .filter(|n| n.contains('@'))
-                    .map(str::to_string),
-            );
+            // The characters NFKC makes `@` are shown as one too.
+            let ats = |n: &str| n.replace(['\u{FF20}', '\u{FE6B}'], "@");
+            out.extend(names.chain(groups).map(ats).filter(|n| n.contains('@')));
         }
     });
     out
@@ -176,6 +173,8 @@ mod tests {
         assert_eq!(shown_beside_from(m), vec!["ceo@x"]);
         let m = b"From: ceo@x: bob@x;\r\n\r\n";
         assert_eq!(shown_beside_from(m), vec!["ceo@x"]);
+        let m = "From: \"ceo\u{FF20}x\" <bob@x>\r\nFrom: \"eve\u{FE6B}y\" <bob@x>\r\n\r\n";
+        assert_eq!(shown_beside_from(m.as_bytes()), vec!["ceo@x", "eve@y"]);
         // Control: a plain name shows nothing beside the address.
         assert!(shown_beside_from(b"From: Bob Berg <bob@x>\r\n\r\n").is_empty());
     }

@@ -27,6 +27,8 @@ pub enum TwoWays {
     Field(&'static str),
     #[error("a Content-Type parameter is given twice")]
     Parameter,
+    #[error("a multipart's boundary reads two ways")]
+    Boundary,
     #[error("a part's transfer encoding is broken")]
     Encoding,
     #[error("a multipart is not closed")]
@@ -105,13 +107,26 @@ fn part_agrees(part: &MessagePart<'_>, raw: &[u8]) -> Result<(), TwoWays> {
         None => span.len(),
     };
     let mut counts = [0usize; DECIDING.len()];
+    let mut controls = None;
+    let mut content_type = None;
     // Lines may end in LF alone (as mail-parser also reads them).
     let head = super::lines::crlf(&span[..head_len]);
-    section::each_field(&head, |name, _| {
+    section::each_field(&head, |name, field| {
         if let Some(i) = DECIDING.iter().position(|(n, _)| *n == name) {
             counts[i] += 1;
+            // A NUL or other control ends the value for some readers only.
+            let control = |b: &u8| (*b < 0x20 && !b"\r\n\t".contains(b)) || *b == 0x7f;
+            if field.iter().any(control) {
+                controls.get_or_insert(DECIDING[i].0);
+            }
+            if i == 0 {
+                content_type = Some(field);
+            }
         }
     });
+    if let Some(name) = controls {
+        return Err(TwoWays::Field(name));
+    }
     for (i, (name, header)) in DECIDING.iter().enumerate() {
         let parsed = part.headers.iter().filter(|h| h.name == *header).count();
         if counts[i] > 1 || parsed != counts[i] {
@@ -130,7 +145,96 @@ fn part_agrees(part: &MessagePart<'_>, raw: &[u8]) -> Result<(), TwoWays> {
             return Err(TwoWays::Parameter);
         }
     }
-    Ok(())
+    // A multipart's parts are where its boundary says: the one RFC 2045
+    // reading of it must be the one mail-parser split at.
+    let parsed_multipart = matches!(part.body, PartType::Multipart(_));
+    let raw = content_type.map(strict_multipart).unwrap_or(Ok(None));
+    match raw {
+        Ok(None) if !parsed_multipart => Ok(()),
+        Ok(Some(boundary))
+            if parsed_multipart
+                && part.content_type().and_then(|ct| ct.attribute("boundary"))
+                    == Some(boundary.as_str()) =>
+        {
+            Ok(())
+        }
+        _ => Err(TwoWays::Boundary),
+    }
+}
+
+/// The boundary of a raw Content-Type field when it names a multipart
+/// (`None` when it does not), read strictly by RFC 2045: parameters are
+/// tokens or quoted strings separated by `;`, and `boundary` is given
+/// once, plainly (no RFC 2231 form, no encoded word), not empty. An error
+/// for a multipart whose parameters read otherwise: readers differ on it
+/// (an unquoted `b c`, continuations with a gap, an encoded word decoded
+/// by one reader only).
+fn strict_multipart(field: &[u8]) -> Result<Option<String>, ()> {
+    let text = String::from_utf8_lossy(field).replace("\r\n", "");
+    let value = text.split_once(':').map(|(_, v)| v).unwrap_or_default();
+    let wsp: &[char] = &[' ', '\t'];
+    let mut rest = value.trim_start_matches(wsp);
+    let end = rest.find([';', ' ', '\t', '(']).unwrap_or(rest.len());
+    let is_multipart = rest[..end]
+        .split('/')
+        .next()
+        .is_some_and(|t| t.eq_ignore_ascii_case("multipart"));
+    if !is_multipart {
+        return Ok(None);
+    }
+    rest = &rest[end..];
+    let token = |c: char| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?=".contains(c);
+    let mut boundary = None;
+    loop {
+        rest = rest.trim_start_matches(wsp);
+        if rest.is_empty() {
+            break;
+        }
+        rest = rest.strip_prefix(';').ok_or(())?.trim_start_matches(wsp);
+        if rest.is_empty() {
+            break;
+        }
+        let eq = rest.find('=').ok_or(())?;
+        let name = rest[..eq].trim_end_matches(wsp);
+        if name.is_empty() || !name.chars().all(|c| token(c) || c == '*') {
+            return Err(());
+        }
+        rest = rest[eq + 1..].trim_start_matches(wsp);
+        let value = match rest.strip_prefix('"') {
+            Some(quoted) => {
+                let mut v = String::new();
+                let mut chars = quoted.char_indices();
+                let mut close = None;
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' => v.push(chars.next().ok_or(())?.1),
+                        '"' => {
+                            close = Some(i + 1);
+                            break;
+                        }
+                        c => v.push(c),
+                    }
+                }
+                rest = &quoted[close.ok_or(())?..];
+                v
+            }
+            None => {
+                let end = rest.find(|c: char| !token(c)).unwrap_or(rest.len());
+                let v = rest[..end].to_string();
+                rest = &rest[end..];
+                v
+            }
+        };
+        let name = name.to_ascii_lowercase();
+        if name.starts_with("boundary") {
+            if name != "boundary" || boundary.is_some() || value.is_empty() || value.contains("=?")
+            {
+                return Err(());
+            }
+            boundary = Some(value);
+        }
+    }
+    boundary.map(Some).ok_or(())
 }
 
 /// The first empty line of `span`: where it starts (the header section's
@@ -219,6 +323,42 @@ mod tests {
         let m = b"Content-Type: multipart/mixed; boundary=\"a\"; Boundary=\"b\"\r\n\r\n\
                   --b\r\nContent-Type: text/html\r\n\r\n<p>x</p>\r\n--b--\r\n";
         assert_eq!(check(m, false), Err(TwoWays::Parameter));
+    }
+
+    #[test]
+    fn a_boundary_reads_one_way_or_the_multipart_is_refused() {
+        let with = |ct: &str| {
+            format!(
+                "Content-Type: {ct}\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nx\r\n\
+                 --b--\r\n"
+            )
+            .into_bytes()
+        };
+        for ok in [
+            "multipart/mixed; boundary=\"b\"",
+            "multipart/mixed; boundary=b",
+            "Multipart/Mixed;\r\n boundary=\"b\";",
+            "multipart/signed; protocol=\"application/pkcs7-signature\"; micalg=sha-256; boundary=b",
+        ] {
+            assert_eq!(check(&with(ok), true), Ok(()), "{ok}");
+        }
+        for two_ways in [
+            "multipart/mixed; boundary=\"=?us-ascii?q?b?=\"",
+            "multipart/mixed; boundary=b c",
+            "multipart/mixed; boundary*0=\"b\"; boundary*2=\"c\"",
+            "multipart/mixed; boundary=\"\"; boundary=\"b\"",
+            "multipart/mixed",
+            "multipart/mixed; boundary=\"b\" (comment)",
+        ] {
+            assert_eq!(
+                check(&with(two_ways), false),
+                Err(TwoWays::Boundary),
+                "{two_ways}"
+            );
+        }
+        // A NUL ends the type for some readers.
+        let nul = b"Content-Type: text/plain\0html\r\n\r\n<p>x</p>\r\n";
+        assert_eq!(check(nul, false), Err(TwoWays::Field("content-type")));
     }
 
     #[test]

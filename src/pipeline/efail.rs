@@ -15,7 +15,7 @@ use std::borrow::Cow;
 
 use lol_html::html_content::Element;
 use lol_html::{element, rewrite_str, RewriteStrSettings};
-use mail_parser::PartType;
+use mail_parser::{MimeHeaders, PartType};
 
 use crate::mail::nesting::{self, TooComplex};
 use crate::mail::readings;
@@ -69,6 +69,7 @@ fn neutralise(message: &[u8], depth: usize) -> Result<(Cow<'_, [u8]>, bool), Too
     let parsed = match parse::leaf(message) {
         Some(part) => {
             readings::part(&part, message)?;
+            refuse_active(&part)?;
             if !parse::may_be_html(&part) {
                 return Ok((Cow::Borrowed(message), false));
             }
@@ -83,6 +84,7 @@ fn neutralise(message: &[u8], depth: usize) -> Result<(Cow<'_, [u8]>, bool), Too
     // (start, end, replacement), in message order.
     let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
     for part in &parsed.parts {
+        refuse_active(part)?;
         let (start, body_start, end) = (
             part.offset_header as usize,
             part.offset_body as usize,
@@ -133,6 +135,22 @@ fn neutralise(message: &[u8], depth: usize) -> Result<(Cow<'_, [u8]>, bool), Too
     }
     out.extend_from_slice(&message[at..]);
     Ok((Cow::Owned(out), true))
+}
+
+/// An error for a part of a type a client may render, with remote
+/// references or scripts, other than `text/html` (which is rewritten):
+/// SVG, XHTML, any other `html` type.
+fn refuse_active(part: &mail_parser::MessagePart<'_>) -> Result<(), TooComplex> {
+    let Some(ct) = part.content_type() else {
+        return Ok(());
+    };
+    let sub = ct.subtype().unwrap_or_default().to_ascii_lowercase();
+    let text_html = ct.ctype().eq_ignore_ascii_case("text") && sub == "html";
+    match () {
+        _ if sub.contains("svg") => Err(TooComplex::ActiveContent("SVG")),
+        _ if sub.contains("html") && !text_html => Err(TooComplex::ActiveContent("XHTML")),
+        _ => Ok(()),
+    }
 }
 
 /// The part's header fields without Content-Type and
@@ -318,6 +336,36 @@ mod tests {
             "{html}"
         );
         assert!(text.ends_with("\r\n--B--\r\n"));
+    }
+
+    #[test]
+    fn svg_and_xhtml_cannot_be_made_inert() {
+        let leaf = |ct: &str| {
+            format!("Content-Type: {ct}\r\n\r\n<svg><image href=\"http://a/x\"/></svg>\r\n")
+        };
+        for (ct, what) in [
+            ("image/svg+xml", "SVG"),
+            ("application/xhtml+xml", "XHTML"),
+            ("Image/SVG+XML; charset=utf-8", "SVG"),
+        ] {
+            assert_eq!(
+                protect(leaf(ct).as_bytes(), cbc(), false),
+                Err(TooComplex::ActiveContent(what)),
+                "{ct}"
+            );
+        }
+        let inside = b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nx\r\n--B\r\nContent-Type: image/svg+xml\r\n\r\n<svg/>\r\n--B--\r\n";
+        assert_eq!(
+            protect(inside, cbc(), false),
+            Err(TooComplex::ActiveContent("SVG"))
+        );
+        // Control: a PNG and plain text pass; with integrity, SVG passes.
+        assert!(protect(leaf("image/png").as_bytes(), cbc(), false).is_ok());
+        let gcm = Seen {
+            encrypted: true,
+            without_integrity: false,
+        };
+        assert!(protect(leaf("image/svg+xml").as_bytes(), gcm, false).is_ok());
     }
 
     #[test]

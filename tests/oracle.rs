@@ -1011,6 +1011,14 @@ fn html_that_reads_two_ways_is_not_opened_without_integrity() {
             split_two_ways("*0=\"b\"; boundary*2=\"c\"", "bc", "b", &html),
         ),
         (
+            "mid-line",
+            format!(
+                "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n\
+                 Content-Type: text/plain\r\n\r\nhello x--b--\r\n--b\r\n\
+                 Content-Type: text/html\r\n\r\n{html}\r\n--b--\r\n"
+            ),
+        ),
+        (
             "svg",
             format!(
                 "Content-Type: image/svg+xml\r\n\r\n<svg xmlns=\"http://www.w3.org/2000/svg\">\

@@ -471,6 +471,20 @@ fn a_signature_is_not_vouched_for_content_or_a_sender_read_two_ways() {
                 client = "=?us-ascii?q?SIG?=",
             ),
         ),
+        (
+            // mail-parser takes `--boundary` followed by anything for a
+            // delimiter; RFC 2046 readers do not, and read one part.
+            "tw-mid-line",
+            format!(
+                "{}{signed_head}\r\n\r\n{}",
+                head("tw-mid-line", alice),
+                signed_body.replacen(
+                    &format!("\r\n--{original}\r\nContent-Type: application/"),
+                    &format!("\r\n--{original}X-Junk: 1\r\nContent-Type: application/"),
+                    1
+                ),
+            ),
+        ),
     ];
     for (_, m) in &cases {
         let mut c = Client::connect(gw.addr).unwrap();

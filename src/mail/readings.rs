@@ -146,8 +146,13 @@ fn part_agrees(part: &MessagePart<'_>, raw: &[u8]) -> Result<(), TwoWays> {
         }
     }
     // A multipart's parts are where its boundary says: the one RFC 2045
-    // reading of it must be the one mail-parser split at.
+    // reading of it must be the one mail-parser split at, and mail-parser
+    // must split only where RFC 2046 does (it takes `--boundary` anywhere,
+    // mid-line too, for a delimiter).
     let parsed_multipart = matches!(part.body, PartType::Multipart(_));
+    if parsed_multipart && !delimiters_on_lines(part, raw) {
+        return Err(TwoWays::Boundary);
+    }
     let raw = content_type.map(strict_multipart).unwrap_or(Ok(None));
     match raw {
         Ok(None) if !parsed_multipart => Ok(()),
@@ -191,8 +196,9 @@ fn strict_multipart(field: &[u8]) -> Result<Option<String>, ()> {
             break;
         }
         rest = rest.strip_prefix(';').ok_or(())?.trim_start_matches(wsp);
-        if rest.is_empty() {
-            break;
+        // An empty parameter (`;;`) is read alike by all.
+        if rest.is_empty() || rest.starts_with(';') {
+            continue;
         }
         let eq = rest.find('=').ok_or(())?;
         let name = rest[..eq].trim_end_matches(wsp);
@@ -218,9 +224,16 @@ fn strict_multipart(field: &[u8]) -> Result<Option<String>, ()> {
                 rest = &quoted[close.ok_or(())?..];
                 v
             }
+            // Unquoted: up to `;` or a space, as readers take it, and
+            // `/`, `=` or `.` inside (`type=multipart/alternative`,
+            // `boundary=----=_Part_1.2`) are read alike; a quote or a
+            // comment inside is not.
             None => {
-                let end = rest.find(|c: char| !token(c)).unwrap_or(rest.len());
+                let end = rest.find([';', ' ', '\t']).unwrap_or(rest.len());
                 let v = rest[..end].to_string();
+                if v.contains(['"', '(', ')', '\\']) {
+                    return Err(());
+                }
                 rest = &rest[end..];
                 v
             }
@@ -252,6 +265,31 @@ fn empty_line(span: &[u8]) -> Option<(usize, usize)> {
         }
         at += memchr::memchr(b'\n', rest)? + 1;
     }
+}
+
+/// Whether every `--boundary` in a multipart's body is a whole RFC 2046
+/// delimiter line: at a line start, then `--` or nothing, then only
+/// spaces or tabs to the line end.
+fn delimiters_on_lines(part: &MessagePart<'_>, raw: &[u8]) -> bool {
+    let Some(boundary) = part.content_type().and_then(|ct| ct.attribute("boundary")) else {
+        return false;
+    };
+    let end = (part.offset_end as usize).min(raw.len());
+    let Some(body) = raw.get(part.offset_body as usize..end) else {
+        return false;
+    };
+    let dash = format!("--{boundary}");
+    memchr::memmem::find_iter(body, dash.as_bytes()).all(|i| {
+        let at_line_start = i == 0 || body[i - 1] == b'\n';
+        let rest = &body[i + dash.len()..];
+        let rest = rest.strip_prefix(b"--").unwrap_or(rest);
+        let pad = rest
+            .iter()
+            .take_while(|b| **b == b' ' || **b == b'\t')
+            .count();
+        let rest = &rest[pad..];
+        at_line_start && (rest.is_empty() || rest.starts_with(b"\r\n") || rest.starts_with(b"\n"))
+    })
 }
 
 /// Whether a multipart's body holds its closing delimiter line.
@@ -339,6 +377,8 @@ mod tests {
             "multipart/mixed; boundary=b",
             "Multipart/Mixed;\r\n boundary=\"b\";",
             "multipart/signed; protocol=\"application/pkcs7-signature\"; micalg=sha-256; boundary=b",
+            "multipart/related; type=multipart/alternative;; boundary=b",
+            "multipart/signed; protocol=application/pkcs7-signature; ; boundary=b",
         ] {
             assert_eq!(check(&with(ok), true), Ok(()), "{ok}");
         }
@@ -356,6 +396,25 @@ mod tests {
                 "{two_ways}"
             );
         }
+        // mail-parser splits at `--b` mid-line; RFC 2046 readers do not.
+        for mid_line in [
+            "hello x--b--\r\n--b\r\nContent-Type: text/html\r\n\r\n<img src=x>\r\n--b--\r\n",
+            "hello\r\n--bX-Junk: 1\r\nContent-Type: text/html\r\n\r\n<img src=x>\r\n--b--\r\n",
+        ] {
+            let m = format!(
+                "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+                 Content-Type: text/plain\r\n\r\n{mid_line}"
+            );
+            assert_eq!(
+                check(m.as_bytes(), false),
+                Err(TwoWays::Boundary),
+                "{mid_line}"
+            );
+        }
+        // Control: padding after a delimiter is allowed.
+        let padded = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b \t\r\n\
+                       Content-Type: text/plain\r\n\r\nx\r\n--b--\r\n";
+        assert_eq!(check(padded, true), Ok(()));
         // A NUL ends the type for some readers.
         let nul = b"Content-Type: text/plain\0html\r\n\r\n<p>x</p>\r\n";
         assert_eq!(check(nul, false), Err(TwoWays::Field("content-type")));

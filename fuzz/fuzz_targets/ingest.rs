@@ -347,7 +347,9 @@ fn mime_and_headers(m: &[u8]) {
     let cms = b"\x30\x03\x02\x01\x00";
     let wrapped = unwrap::enveloped_message(&clean, cms);
     let _ = unwrap::content_entity(&clean);
-    if !fields_hidden(&clean) {
+    // (Outer fields kept from a message that reads two ways make the
+    // copy read two ways too: not opened again, by design.)
+    if !fields_hidden(&clean) && !reads_two_ways(&wrapped) {
         match mime::shape(&wrapped) {
             Shape::Enveloped { cms: got } => assert_eq!(got, cms),
             other => panic!("re-encrypted message seen as {other:?}"),

@@ -4,6 +4,8 @@
 //! `nesting::MAX_SECTION_LINES` is not read (mail-parser's reading of it
 //! is what would cost): it has no Message-ID and no readable From.
 
+use mail_parser::HeaderName;
+
 use super::nesting::{header_lines, MAX_SECTION_LINES};
 
 /// mail-parser's reading of the header section, when it is not too long.
@@ -29,34 +31,49 @@ pub fn subject(message: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-/// Every address in every `From:` field of the header section as RFC 5322
-/// ends it (at its first empty line, as clients read it: `mail::section`),
-/// each field parsed alone, so no field or body line another parser joins
-/// to the header section counts (a field or mailbox without a readable
-/// address adds an empty entry, so a message with two From fields, or an
-/// unreadable one, never looks like it names exactly one address).
-pub fn from_addresses(message: &[u8]) -> Vec<String> {
+/// Calls `f` with each field named `from` or `sender` in the header
+/// section as RFC 5322 ends it (at its first empty line, as clients read
+/// it: `mail::section`), and mail-parser's reading of that field alone,
+/// so no field or body line another parser joins to the section counts.
+/// A section too long to read has none.
+fn each_sender_field(message: &[u8], mut f: impl FnMut(&str, Option<mail_parser::Message<'_>>)) {
     if header_lines(message, MAX_SECTION_LINES) > MAX_SECTION_LINES {
-        return Vec::new();
+        return;
     }
-    let mut out = Vec::new();
     let (head, _) = super::section::split(message);
     super::section::each_field(head, |name, field| {
+        if name != "from" && name != "sender" {
+            return;
+        }
+        let mut alone = super::lines::crlf(field).into_owned();
+        alone.extend_from_slice(b"\r\n");
+        f(
+            &name,
+            mail_parser::MessageParser::new().parse_headers(&alone[..]),
+        );
+    });
+}
+
+/// Every address in every `From:` field ([`each_sender_field`]), as
+/// written (a field or mailbox without a readable address adds an empty
+/// entry, so a message with two From fields, or an unreadable one, never
+/// looks like it names exactly one address).
+pub fn from_addresses(message: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    each_sender_field(message, |name, parsed| {
         if name != "from" {
             return;
         }
-        // The field alone, as a header section of its own.
-        let mut alone = super::lines::crlf(field).into_owned();
-        alone.extend_from_slice(b"\r\n");
         let before = out.len();
-        if let Some(parsed) = mail_parser::MessageParser::new().parse_headers(&alone[..]) {
-            for value in parsed.header_values(mail_parser::HeaderName::From) {
-                if let Some(list) = value.as_address() {
-                    out.extend(
-                        list.iter()
-                            .map(|a| a.address.as_deref().unwrap_or_default().to_string()),
-                    );
-                }
+        for value in parsed
+            .iter()
+            .flat_map(|p| p.header_values(HeaderName::From))
+        {
+            if let Some(list) = value.as_address() {
+                out.extend(
+                    list.iter()
+                        .map(|a| a.address.as_deref().unwrap_or_default().to_string()),
+                );
             }
         }
         if out.len() == before {
@@ -69,29 +86,20 @@ pub fn from_addresses(message: &[u8]) -> Vec<String> {
 /// What the header section shows as its sender besides the From
 /// addresses: every display or group name in a From field that holds an
 /// `@` (`"ceo@example-law.dk" <bob@…>`, encoded words decoded), and every
-/// address in a Sender field; read as [`from_addresses`] reads From.
+/// address in a Sender field ([`each_sender_field`]).
 pub fn shown_beside_from(message: &[u8]) -> Vec<String> {
-    if header_lines(message, MAX_SECTION_LINES) > MAX_SECTION_LINES {
-        return Vec::new();
-    }
     let mut out = Vec::new();
-    let (head, _) = super::section::split(message);
-    super::section::each_field(head, |name, field| {
-        let header = match name.as_str() {
-            "from" => mail_parser::HeaderName::From,
-            "sender" => mail_parser::HeaderName::Sender,
-            _ => return,
+    each_sender_field(message, |name, parsed| {
+        let header = if name == "from" {
+            HeaderName::From
+        } else {
+            HeaderName::Sender
         };
-        let mut alone = super::lines::crlf(field).into_owned();
-        alone.extend_from_slice(b"\r\n");
-        let Some(parsed) = mail_parser::MessageParser::new().parse_headers(&alone[..]) else {
-            return;
-        };
-        for value in parsed.header_values(header.clone()) {
+        for value in parsed.iter().flat_map(|p| p.header_values(header.clone())) {
             let Some(list) = value.as_address() else {
                 continue;
             };
-            if header == mail_parser::HeaderName::Sender {
+            if header == HeaderName::Sender {
                 out.extend(
                     list.iter()
                         .filter_map(|a| a.address.as_deref().map(str::to_string)),

@@ -6,8 +6,11 @@
 //! does not show, or leave HTML live that it took for plain text. Known
 //! ways: a one-letter time zone (`Date: … Z`) makes mail-parser 0.11 read
 //! the line end after it as part of the date, so it reads the next field,
-//! or the body's first lines, as header fields; and of a field written
-//! twice mail-parser uses the last, clients the first.
+//! or the body's first lines, as header fields; of a field written twice
+//! mail-parser uses the last, clients the first; it decodes an encoded
+//! word in a boundary and joins RFC 2231 pieces past a gap, and it splits
+//! a multipart at `--boundary` anywhere, mid-line too, where RFC 2046
+//! readers split only at whole delimiter lines.
 //!
 //! The rooms that decide from a parse ask [`structure`] (shape, signature
 //! verdicts) or [`rendering`] (the EFAIL defence, which also needs every
@@ -86,8 +89,10 @@ pub fn part(part: &MessagePart<'_>, raw: &[u8]) -> Result<(), TwoWays> {
 }
 
 /// One part: its header section ends where RFC 5322 ends it (at its
-/// first empty line), and each deciding field appears at most once and
-/// as often in both readings.
+/// first empty line); each deciding field appears at most once, as often
+/// in both readings and without control characters; no Content-Type
+/// parameter is given twice; and a multipart's boundary reads one way
+/// and stands only on whole delimiter lines.
 fn part_agrees(part: &MessagePart<'_>, raw: &[u8]) -> Result<(), TwoWays> {
     let (start, body, end) = (
         part.offset_header as usize,
@@ -271,11 +276,7 @@ fn empty_line(span: &[u8]) -> Option<(usize, usize)> {
 /// delimiter line: at a line start, then `--` or nothing, then only
 /// spaces or tabs to the line end.
 fn delimiters_on_lines(part: &MessagePart<'_>, raw: &[u8]) -> bool {
-    let Some(boundary) = part.content_type().and_then(|ct| ct.attribute("boundary")) else {
-        return false;
-    };
-    let end = (part.offset_end as usize).min(raw.len());
-    let Some(body) = raw.get(part.offset_body as usize..end) else {
+    let Some((boundary, body)) = boundary_and_body(part, raw) else {
         return false;
     };
     let dash = format!("--{boundary}");
@@ -292,13 +293,16 @@ fn delimiters_on_lines(part: &MessagePart<'_>, raw: &[u8]) -> bool {
     })
 }
 
+/// A multipart's boundary as mail-parser read it, and its body in `raw`.
+fn boundary_and_body<'a>(part: &'a MessagePart<'_>, raw: &'a [u8]) -> Option<(&'a str, &'a [u8])> {
+    let boundary = part.content_type()?.attribute("boundary")?;
+    let end = (part.offset_end as usize).min(raw.len());
+    Some((boundary, raw.get(part.offset_body as usize..end)?))
+}
+
 /// Whether a multipart's body holds its closing delimiter line.
 fn closed(part: &MessagePart<'_>, raw: &[u8]) -> bool {
-    let Some(boundary) = part.content_type().and_then(|ct| ct.attribute("boundary")) else {
-        return false;
-    };
-    let end = (part.offset_end as usize).min(raw.len());
-    let Some(body) = raw.get(part.offset_body as usize..end) else {
+    let Some((boundary, body)) = boundary_and_body(part, raw) else {
         return false;
     };
     let close = format!("--{boundary}--");

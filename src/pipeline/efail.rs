@@ -60,12 +60,11 @@ pub fn protect(message: &[u8], seen: Seen, covered: bool) -> Result<Protected<'_
 /// `message` with every HTML part (at any depth) made inert; whether
 /// anything changed.
 fn neutralise(message: &[u8], depth: usize) -> Result<(Cow<'_, [u8]>, bool), TooComplex> {
-    // One leaf entity that is not HTML (decrypted mail is mostly one text
-    // part): nothing to rewrite, and its body need not be read.
     // A message that reads two ways (`mail::readings`: a field or a body
     // line one parser takes for another, a broken encoding, a multipart
     // not closed) cannot be told HTML or not as a client will: it cannot
-    // be made inert.
+    // be made inert. One leaf entity that is not HTML (decrypted mail is
+    // mostly one text part): nothing to rewrite, its body need not be read.
     let parsed = match parse::leaf(message) {
         Some(part) => {
             readings::part(&part, message)?;

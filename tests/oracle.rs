@@ -1011,6 +1011,11 @@ fn html_that_reads_two_ways_is_not_opened_without_integrity() {
             split_two_ways("*0=\"b\"; boundary*2=\"c\"", "bc", "b", &html),
         ),
         (
+            // Thunderbird keeps the type after the last `?`: text/html.
+            "type-question",
+            format!("Content-Type: text/plain(?text/html;)\r\n\r\n{html}\r\n"),
+        ),
+        (
             "mid-line",
             format!(
                 "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n\

@@ -497,6 +497,16 @@ fn an_address_shown_beside_the_from_gets_no_signature() {
             "dn-wide",
             "\"partner\u{FF20}example-law.dk\" <bob@example-law.dk>",
         ),
+        (
+            // ISO-2022-JP, which mail-parser leaves undecoded: clients
+            // show "partner＠example-law.dk".
+            "dn-jp",
+            "=?iso-2022-jp?b?cGFydG5lchskQiF3GyhCZXhhbXBsZS1sYXcuZGs=?= <bob@example-law.dk>",
+        ),
+        (
+            "dn-glued",
+            "partner=?utf-8?q?=40?=example-law.dk <bob@example-law.dk>",
+        ),
         ("dn-own", "Bob Berg <bob@example-law.dk>"),
     ] {
         send_on(gw.addr, bob, from, "someone@example.org", id);
@@ -510,7 +520,14 @@ fn an_address_shown_beside_the_from_gets_no_signature() {
         .send(bob, &["someone@example.org"], with_sender.as_bytes())
         .unwrap();
     assert_eq!(r.code, 250, "{r:?}");
-    for id in ["dn-plain", "dn-encoded", "dn-wide", "dn-sender"] {
+    for id in [
+        "dn-plain",
+        "dn-encoded",
+        "dn-wide",
+        "dn-jp",
+        "dn-glued",
+        "dn-sender",
+    ] {
         let copy = arrived(&sink, &gw, id);
         assert!(!is_signed(&copy), "{id} was signed:\n{}", copy.text());
     }

@@ -36,7 +36,10 @@ pub fn subject(message: &[u8]) -> String {
 /// it: `mail::section`), and mail-parser's reading of that field alone,
 /// so no field or body line another parser joins to the section counts.
 /// A section too long to read has none.
-fn each_sender_field(message: &[u8], mut f: impl FnMut(&str, Option<mail_parser::Message<'_>>)) {
+fn each_sender_field(
+    message: &[u8],
+    mut f: impl FnMut(&str, &[u8], Option<mail_parser::Message<'_>>),
+) {
     if header_lines(message, MAX_SECTION_LINES) > MAX_SECTION_LINES {
         return;
     }
@@ -49,6 +52,7 @@ fn each_sender_field(message: &[u8], mut f: impl FnMut(&str, Option<mail_parser:
         alone.extend_from_slice(b"\r\n");
         f(
             &name,
+            field,
             mail_parser::MessageParser::new().parse_headers(&alone[..]),
         );
     });
@@ -60,7 +64,7 @@ fn each_sender_field(message: &[u8], mut f: impl FnMut(&str, Option<mail_parser:
 /// looks like it names exactly one address).
 pub fn from_addresses(message: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
-    each_sender_field(message, |name, parsed| {
+    each_sender_field(message, |name, _, parsed| {
         if name != "from" {
             return;
         }
@@ -89,7 +93,12 @@ pub fn from_addresses(message: &[u8]) -> Vec<String> {
 /// address in a Sender field ([`each_sender_field`]).
 pub fn shown_beside_from(message: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
-    each_sender_field(message, |name, parsed| {
+    each_sender_field(message, |name, raw, parsed| {
+        // An encoded word mail-parser does not decode as a client would:
+        // shown as it is (it holds no address the gateway can compare).
+        if let Some(word) = unreadable_encoded_word(raw) {
+            out.push(word);
+        }
         let header = if name == "from" {
             HeaderName::From
         } else {
@@ -118,6 +127,45 @@ pub fn shown_beside_from(message: &[u8]) -> Vec<String> {
         }
     });
     out
+}
+
+/// Charsets of encoded words mail-parser decodes without its
+/// `full_encoding` feature (the others it leaves as bytes or garbles,
+/// while clients decode them).
+const DECODED_CHARSETS: &[&str] = &["utf-8", "us-ascii", "iso-8859-", "windows-125", "cp125"];
+
+/// The first encoded word (`=?charset?e?text?=`) in a raw field that
+/// mail-parser does not decode as clients do: its charset is not one it
+/// decodes, or it is glued to the text before it (clients such as
+/// Thunderbird decode it anywhere, mail-parser only after a space).
+fn unreadable_encoded_word(raw: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(raw);
+    let value_at = text.find(':').map_or(0, |c| c + 1);
+    for (at, _) in text.match_indices("=?") {
+        let before = text[..at].chars().next_back();
+        let separated =
+            at == value_at || before.is_none_or(|c| c.is_whitespace() || "\"(<,:".contains(c));
+        let charset = text[at + 2..]
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .split('*')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let decoded = DECODED_CHARSETS.iter().any(|c| charset.starts_with(c));
+        if !separated || !decoded {
+            // The word alone (up to a space, `<` or a quote), not the
+            // address after it.
+            let word: String = text[at..]
+                .chars()
+                .take_while(|c| !c.is_whitespace() && !"<\"".contains(*c))
+                .take(60)
+                .collect();
+            return Some(word);
+        }
+    }
+    None
 }
 
 /// The address of the From field, lower-cased, when the header section
@@ -183,6 +231,13 @@ mod tests {
         assert_eq!(shown_beside_from(m), vec!["ceo@x"]);
         let m = "From: \"ceo\u{FF20}x\" <bob@x>\r\nFrom: \"eve\u{FE6B}y\" <bob@x>\r\n\r\n";
         assert_eq!(shown_beside_from(m.as_bytes()), vec!["ceo@x", "eve@y"]);
+        // Encoded words mail-parser does not decode as clients do.
+        let jp = b"From: =?iso-2022-jp?b?Y2VvGyRCIXcbKEJleGFtcGxlLWxhdy5kaw==?= <bob@x>\r\n\r\n";
+        assert!(shown_beside_from(jp)[0].starts_with("=?iso-2022-jp?b?"));
+        let glued = b"From: ceo=?utf-8?q?=40?=x <bob@x>\r\n\r\n";
+        assert_eq!(shown_beside_from(glued), vec!["=?utf-8?q?=40?=x"]);
+        let fine = b"From: =?utf-8?q?J=C3=B8rgen?= <bob@x>\r\n\r\n";
+        assert!(shown_beside_from(fine).is_empty());
         // Control: a plain name shows nothing beside the address.
         assert!(shown_beside_from(b"From: Bob Berg <bob@x>\r\n\r\n").is_empty());
     }

@@ -150,6 +150,14 @@ fn part_agrees(part: &MessagePart<'_>, raw: &[u8]) -> Result<(), TwoWays> {
             return Err(TwoWays::Parameter);
         }
     }
+    // The type itself: `type/subtype` of tokens, as mail-parser read it.
+    // (Thunderbird keeps what follows a `?` in it, mail-parser reads a
+    // `(` as a comment: `text/plain(?text/html` is HTML to one only.)
+    if let Some(field) = content_type {
+        if !same_type(field, part) {
+            return Err(TwoWays::Field("content-type"));
+        }
+    }
     // A multipart's parts are where its boundary says: the one RFC 2045
     // reading of it must be the one mail-parser split at, and mail-parser
     // must split only where RFC 2046 does (it takes `--boundary` anywhere,
@@ -170,6 +178,33 @@ fn part_agrees(part: &MessagePart<'_>, raw: &[u8]) -> Result<(), TwoWays> {
         }
         _ => Err(TwoWays::Boundary),
     }
+}
+
+/// Whether the raw Content-Type `field` starts with `type/subtype` made
+/// of RFC 2045 tokens (up to `;` or white space) equal to the type
+/// mail-parser read for `part`.
+fn same_type(field: &[u8], part: &MessagePart<'_>) -> bool {
+    let text = String::from_utf8_lossy(field).replace("\r\n", "");
+    let value = text.split_once(':').map(|(_, v)| v).unwrap_or_default();
+    let value = value.trim_start_matches([' ', '\t']);
+    let end = value.find([';', ' ', '\t']).unwrap_or(value.len());
+    let Some((ctype, subtype)) = value[..end].split_once('/') else {
+        return false;
+    };
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?=".contains(c))
+    };
+    let Some(parsed) = part.content_type() else {
+        return false;
+    };
+    token(ctype)
+        && token(subtype)
+        && parsed.ctype().eq_ignore_ascii_case(ctype)
+        && parsed
+            .subtype()
+            .is_some_and(|s| s.eq_ignore_ascii_case(subtype))
 }
 
 /// The boundary of a raw Content-Type field when it names a multipart
@@ -419,6 +454,23 @@ mod tests {
         let padded = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b \t\r\n\
                        Content-Type: text/plain\r\n\r\nx\r\n--b--\r\n";
         assert_eq!(check(padded, true), Ok(()));
+        // A type one reader cuts at `?` and the other at `(`.
+        for odd in [
+            "text/plain(?text/html;)",
+            "application/octet-stream(?text/html",
+            "text/plain(?multipart/mixed; boundary=\"b\"",
+            "text/ plain",
+            "text",
+        ] {
+            let m = format!("Content-Type: {odd}\r\n\r\n<img src=x>\r\n");
+            assert_eq!(
+                check(m.as_bytes(), false),
+                Err(TwoWays::Field("content-type")),
+                "{odd}"
+            );
+        }
+        let fine = b"Content-Type:\r\n text/HTML ;charset=utf-8 (c)\r\n\r\n<p>x</p>\r\n";
+        assert_eq!(check(fine, true), Ok(()));
         // A NUL ends the type for some readers.
         let nul = b"Content-Type: text/plain\0html\r\n\r\n<p>x</p>\r\n";
         assert_eq!(check(nul, false), Err(TwoWays::Field("content-type")));

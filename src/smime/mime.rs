@@ -137,13 +137,34 @@ pub fn shape(raw: &[u8]) -> Shape {
 /// ([`super::parse::message`]). `None` when there is no header section;
 /// an error when its structure is over the caps of `mail::nesting` (a
 /// single leaf never is), or when it reads two ways (`mail::readings`:
-/// what is signed or encrypted in it is not what a client shows).
+/// what is signed or encrypted in it is not what a client shows) and
+/// mail-parser finds S/MIME in it. One that reads two ways with no
+/// S/MIME in it is plain: nothing in it is opened or vouched for either
+/// way (a decrypted one still meets the EFAIL defence's own check).
 pub(super) fn parse_for_smime(raw: &[u8]) -> Result<Option<Message<'_>>, TooComplex> {
     let parsed = parse_unchecked(raw)?;
     if let Some(msg) = &parsed {
-        readings::structure(msg, raw)?;
+        if let Err(e) = readings::structure(msg, raw) {
+            if any_smime(msg) {
+                return Err(e.into());
+            }
+        }
     }
     Ok(parsed)
+}
+
+/// Whether mail-parser finds anything S/MIME in `msg`, attached messages
+/// included: a pkcs7 type or name, or a multipart/signed.
+fn any_smime(msg: &Message<'_>) -> bool {
+    msg.parts.iter().any(|p| {
+        claims_smime_content(p)
+            || is_smime_entity(p)
+            || is_multipart(p, "signed")
+            || p.content_type()
+                .and_then(|c| c.subtype())
+                .is_some_and(|s| s.to_ascii_lowercase().contains("pkcs7"))
+            || matches!(&p.body, PartType::Message(m) if any_smime(m))
+    })
 }
 
 /// [`parse_for_smime`] before the check that it reads one way.
@@ -458,6 +479,25 @@ pub(super) fn claims_smime_content(part: &mail_parser::MessagePart<'_>) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_two_ways_matters_only_where_there_is_s_mime() {
+        // Plain mail with two From fields or a one-letter zone: plain.
+        let plain = b"From: a@x\r\nFrom: b@y\r\nDate: Mon, 30 Nov 2026 12:00:00 Z\r\n\r\nhi\r\n";
+        assert_eq!(shape(plain), Shape::Plain);
+        let scanned = crate::smime::scan::scan_and_shape(plain);
+        assert_eq!(scanned.1, Shape::Plain);
+        assert!(!scanned.0.encrypted);
+        // The same trick around S/MIME: not read.
+        let signed = b"Content-Type: multipart/mixed; boundary=\"E\"\r\n\
+                       Content-Type: multipart/signed; boundary=\"S\"\r\n\r\n\
+                       --S\r\nContent-Type: text/plain\r\n\r\nx\r\n\
+                       --S\r\nContent-Type: application/pkcs7-signature\r\n\r\nAAAA\r\n--S--\r\n";
+        assert!(matches!(
+            shape(signed),
+            Shape::Unreadable(TooComplex::TwoWays(_))
+        ));
+    }
 
     #[test]
     fn streamed_base64_lines_are_the_same_bytes() {

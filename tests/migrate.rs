@@ -1851,22 +1851,7 @@ fn a_signer_nobody_holds_is_asked_of_ldap_as_the_daemon_does() {
             ldap.port
         ),
     );
-    let (cert, key) = (pki::cert("court-oces3"), pki::key("court-oces3"));
-    let bare = crlf(&pki::openssl(
-        &[
-            "cms",
-            "-sign",
-            "-binary",
-            "-md",
-            "sha256",
-            "-nocerts",
-            "-signer",
-            cert.to_str().unwrap(),
-            "-inkey",
-            key.to_str().unwrap(),
-        ],
-        &pki::inner("Kendelse uden certifikater"),
-    ));
+    let bare = pki::cms_sign_bare(&pki::inner("Kendelse uden certifikater"), "court-oces3");
     let o2 = pki::cert("org-oces2");
     // Arrived after the signing (the demo certificates are young).
     let now = std::time::SystemTime::now()

@@ -1137,22 +1137,7 @@ fn a_copy_for_outside_leaves_before_the_mailbox_copy_is_opened() {
              timeout = \"60s\"\n"
         ),
     );
-    let dir = pki::demo();
-    let signed = pki::crlf(&pki::openssl(
-        &[
-            "cms",
-            "-sign",
-            "-binary",
-            "-md",
-            "sha256",
-            "-nocerts",
-            "-signer",
-            dir.join("certs/court-oces3.pem").to_str().unwrap(),
-            "-inkey",
-            dir.join("keys/court-oces3.key.pem").to_str().unwrap(),
-        ],
-        &pki::inner(SECRET),
-    ));
+    let signed = pki::cms_sign_bare(&pki::inner(SECRET), "court-oces3");
     let m = String::from_utf8(enveloped(
         "co-rcpt",
         "bob@example-law.dk",

@@ -18,7 +18,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::mail::address::{domain_key, fold_case, normalize, pattern_key, same};
+use crate::mail::address::{domain_key, fold_case, key, normalize, pattern_key};
 
 pub use duration::parse as parse_duration;
 pub use load::{load, ConfigError, Problem};
@@ -524,9 +524,10 @@ impl MailboxSettings {
     pub fn lets_send_as(&self, sender: &str) -> bool {
         let sender = normalize(sender);
         let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        let wanted = key(&sender);
         self.send_as.iter().any(|p| match p.strip_prefix("*@") {
             Some(d) => !domain.is_empty() && domain_key(d) == domain,
-            None => same(p, &sender),
+            None => key(p) == wanted,
         })
     }
 }
@@ -856,7 +857,7 @@ impl RuleSettings {
     /// A-labels (`domain_key`), local parts without regard to case (as
     /// `mail::address::key` compares them).
     pub fn matches(&self, rcpt: &str) -> bool {
-        let rcpt = crate::mail::address::key(rcpt);
+        let rcpt = key(rcpt);
         let domain = rcpt.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
         self.patterns.iter().any(|p| {
             let p = fold_case(&pattern_key(p));
@@ -894,9 +895,10 @@ impl Settings {
     pub fn mailbox(&self, addr: &str) -> Option<&MailboxSettings> {
         let addr = normalize(addr);
         let domain = addr.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        let wanted = key(&addr);
         self.mailboxes
             .iter()
-            .find(|m| same(&m.address, &addr))
+            .find(|m| key(&m.address) == wanted)
             .or_else(|| {
                 self.mailboxes.iter().find(|m| {
                     m.address

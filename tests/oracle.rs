@@ -781,8 +781,16 @@ fn hostile_names_forge_no_log_line_reach_no_terminal_and_stay_within_line_limits
         2,
         "one line per message, then the count: {text}"
     );
-    let list = String::from_utf8_lossy(&gw.cli(&["queue", "list"]).stdout).into_owned();
-    let id = list
+    // The signed message may still be finishing its attempt: wait until
+    // only the held one is left.
+    let list = || String::from_utf8_lossy(&gw.cli(&["queue", "list"]).stdout).into_owned();
+    assert!(
+        wait_until(Duration::from_secs(30), || list()
+            .contains("\n1 message(s) in the queue")),
+        "{}",
+        list()
+    );
+    let id = list()
         .lines()
         .nth(1)
         .and_then(|l| l.split_whitespace().next())
@@ -1168,4 +1176,61 @@ fn a_copy_for_outside_leaves_before_the_mailbox_copy_is_opened() {
         "{}",
         got.text()
     );
+}
+
+/// The same for a bounce: an outside co-recipient whose server refuses
+/// the copy is bounced to the sender before the mailbox's copy is opened,
+/// so when the DSN arrives says nothing of the opening either. The LDAP
+/// server never answers; the DSN arrives anyway, the mailbox's copy only
+/// once LDAP is gone. (Before, the DSN waited for the mailbox's run.)
+#[test]
+fn a_bounce_for_outside_leaves_before_the_mailbox_copy_is_opened() {
+    const REFUSED: &str = "gone@example.org";
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hanging.local_addr().unwrap().port();
+    let mailbox = Sink::start(Script::default());
+    let mut refusing = Script::default();
+    refusing
+        .rcpt_replies
+        .insert(REFUSED.into(), "550 5.1.1 no such user".into());
+    let outside = Sink::start(refusing);
+    let gw = gateway(
+        &mailbox,
+        &outside,
+        &format!(
+            "[certificates]\nharvest = false\n\
+             [[certificates.ldap]]\nurl = \"ldap://127.0.0.1:{port}\"\nbase = \"c=DK\"\n\
+             timeout = \"60s\"\n"
+        ),
+    );
+    let signed = pki::cms_sign_bare(&pki::inner(SECRET), "court-oces3");
+    let m = String::from_utf8(enveloped(
+        "co-bounce",
+        "bob@example-law.dk",
+        &captured(&signed, "-aes-256-cbc"),
+    ))
+    .unwrap()
+    .replace("sender@example.org", "post@domstol.dk");
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let r = c
+        .send(ATTACKER, &["bob@example-law.dk", REFUSED], m.as_bytes())
+        .unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(
+        wait_until(Duration::from_secs(30), || outside.count() == 1),
+        "the outside recipient's bounce waited for the mailbox's LDAP lookup; log:\n{}",
+        gw.log()
+    );
+    let dsn = outside.received().pop().unwrap();
+    assert_eq!(dsn.rcpts, vec![ATTACKER.to_string()]);
+    assert!(dsn.text().contains(REFUSED), "{}", dsn.text());
+    assert!(!contains(&dsn.data, SECRET));
+    assert_eq!(mailbox.count(), 0, "LDAP still hangs: nothing opened yet");
+    drop(hanging);
+    let got = delivered(&mailbox, "co-bounce");
+    assert!(got.text().contains(SECRET), "{}", got.text());
+    // One DSN only: the refusal is not bounced again at the attempt's end.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(outside.count(), 1, "{:?}", outside.received());
 }

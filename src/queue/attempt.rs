@@ -206,7 +206,13 @@ async fn attempt_loaded(
         Some(outside) => vec![outside, plan],
         None => vec![plan],
     };
-    for plan in runs {
+    let mut early = record::Recorded::default();
+    for (run, plan) in runs.into_iter().enumerate() {
+        if run == 1 {
+            // The others' failures are bounced before the mailbox copy is
+            // opened, for the same reason their copies leave first.
+            early = bounce_early(id, msg, &snapshot, services, smime, &mut attempted).await;
+        }
         let actions = match inbound_pipeline(msg, &snapshot, live, plan, &given).await {
             Ok(actions) => actions,
             // Its recipients stay pending; copies already sent are recorded.
@@ -232,13 +238,16 @@ async fn attempt_loaded(
     drop(work);
 
     let now = now_secs();
-    let recorded = record::apply(
+    let mut recorded = record::apply(
         &mut msg.state,
         attempted,
         msg.envelope.received,
         now,
         settings.queue.max_lifetime,
     );
+    recorded
+        .logged
+        .splice(0..0, std::mem::take(&mut early.logged));
     let bounced = !recorded.failures.is_empty()
         && bounce::send(settings, store, notify, msg, smime, &recorded.failures).await;
     if bounced {
@@ -276,6 +285,9 @@ async fn attempt_loaded(
         }
     }
     // The bounce itself is queued (durable) either way.
+    if !early.failures.is_empty() {
+        log_bounced(msg, &message_id, &early.failures);
+    }
     if bounced {
         log_bounced(msg, &message_id, &recorded.failures);
     }
@@ -292,6 +304,45 @@ async fn attempt_loaded(
         bounce::tell_unsigned(settings, store, notify, msg, &sent_unsigned).await;
     }
     end
+}
+
+/// Records the outcomes so far of a split attempt and bounces its
+/// permanent failures now; the state is saved, so that a crash in the rest
+/// of the attempt does not bounce them twice. Returns what was recorded,
+/// with only the failures actually bounced (the others stay pending and
+/// are tried again).
+async fn bounce_early(
+    id: &str,
+    msg: &mut Spooled,
+    snapshot: &Snapshot,
+    services: &Services<'_>,
+    smime: bool,
+    attempted: &mut Vec<record::Attempted>,
+) -> record::Recorded {
+    let Services { store, notify, .. } = *services;
+    let mut early = record::settle(&mut msg.state, std::mem::take(attempted));
+    if early.failures.is_empty() {
+        return early;
+    }
+    if bounce::send(
+        &snapshot.settings,
+        store,
+        notify,
+        msg,
+        smime,
+        &early.failures,
+    )
+    .await
+    {
+        record::bounced(&mut msg.state, &early.failures);
+        if let Err(e) = store.save_state_grouped(id, &msg.state).await {
+            warn!(queue_id = %id, error = %e,
+                  "cannot record the early bounce; it may be sent twice");
+        }
+    } else {
+        early.failures.clear();
+    }
+    early
 }
 
 /// What the scan found in a message and its shape, when it was read with it.

@@ -62,6 +62,29 @@ pub fn apply(
     now: u64,
     lifetime: Duration,
 ) -> Recorded {
+    let mut out = settle(state, attempted);
+    state.attempts += 1;
+    if retry::expired(received, now, lifetime) {
+        for r in state.pending() {
+            if out.failures.iter().any(|f| f.rcpt == r.addr) {
+                continue;
+            }
+            out.failures.push(Failure {
+                rcpt: r.addr.clone(),
+                reply: r.reply.clone().unwrap_or_else(|| "not delivered".into()),
+                remote_mta: r.hop.clone().filter(|h| h != POLICY),
+                expired: true,
+            });
+        }
+    }
+    out
+}
+
+/// Applies the outcomes of part of an attempt, before the rest of it
+/// runs: as [`apply`], but the attempt is not counted and no recipient
+/// expires (those not yet tried in this attempt must not bounce for want
+/// of a try).
+pub fn settle(state: &mut QueueState, attempted: Vec<Attempted>) -> Recorded {
     let mut out = Recorded::default();
     for Attempted { rcpt, hop, outcome } in attempted {
         let Some(r) = state
@@ -96,20 +119,6 @@ pub fn apply(
                     expired: false,
                 });
             }
-        }
-    }
-    state.attempts += 1;
-    if retry::expired(received, now, lifetime) {
-        for r in state.pending() {
-            if out.failures.iter().any(|f| f.rcpt == r.addr) {
-                continue;
-            }
-            out.failures.push(Failure {
-                rcpt: r.addr.clone(),
-                reply: r.reply.clone().unwrap_or_else(|| "not delivered".into()),
-                remote_mta: r.hop.clone().filter(|h| h != POLICY),
-                expired: true,
-            });
         }
     }
     out
@@ -290,6 +299,28 @@ mod tests {
             assert_eq!(s.attempts, n);
             assert_eq!(next_attempt(&mut s, 100, &intervals), Some(100 + want));
         }
+    }
+
+    #[test]
+    fn settling_part_of_an_expired_attempt_bounces_only_its_own_failures() {
+        let mut s = state(&["out@y", "box@x"]);
+        let early = settle(
+            &mut s,
+            vec![at("out@y", "hop:25", RcptOutcome::Failed("550 no".into()))],
+        );
+        assert_eq!(early.failures.len(), 1);
+        assert_eq!(early.failures[0].rcpt, "out@y");
+        assert!(!early.failures[0].expired);
+        assert_eq!(s.attempts, 0, "the attempt is counted once, at its end");
+        assert_eq!(status(&s, "box@x"), RcptStatus::Pending);
+        bounced(&mut s, &early.failures);
+        // The rest of the attempt, past the lifetime: the mailbox expires,
+        // the outside recipient (bounced already) is not bounced again.
+        let rest = apply(&mut s, vec![], 0, 10 * 86_400, DAY);
+        assert_eq!(rest.failures.len(), 1);
+        assert_eq!(rest.failures[0].rcpt, "box@x");
+        assert!(rest.failures[0].expired);
+        assert_eq!(s.attempts, 1);
     }
 
     #[test]

@@ -98,7 +98,7 @@ impl Live {
         snapshot.keys.signer_chains.follow(self.signers.checker());
         self.slot.store(Arc::new(snapshot));
         self.signers.clear();
-        self.resolver.forget_ldap_answers();
+        self.resolver.forget_answers();
     }
 }
 

@@ -317,12 +317,12 @@ impl<'a> Rekeyer<'a> {
                 &mut out,
             );
             let actions = out.into_vec();
-            let mut wanted: Vec<(X509, X509)> = Vec::new();
+            let mut wanted: Vec<(X509, Vec<X509>)> = Vec::new();
             let mut addresses: Vec<String> = Vec::new();
             for a in &actions {
                 match a {
-                    Action::CheckSigner { cert, issuer } => {
-                        wanted.push((cert.clone(), issuer.clone()))
+                    Action::CheckSigner { cert, issuers } => {
+                        wanted.push((cert.clone(), issuers.clone()))
                     }
                     Action::FindSigner { address } => addresses.push(address.clone()),
                     _ => {}
@@ -334,10 +334,10 @@ impl<'a> Rekeyer<'a> {
                     ldap_asked = true;
                 }
                 let trust = &settings.trust;
-                for (cert, issuer) in &wanted {
+                for (cert, issuers) in &wanted {
                     self.live.signers.check(
                         cert,
-                        issuer,
+                        issuers,
                         &self.snapshot.keys.anchors,
                         trust.revocation,
                         trust.revocation_timeout,

@@ -163,7 +163,8 @@ pub enum Action<'a> {
     /// not known: the queue asks its sources and runs the pipeline again.
     CheckSigner {
         cert: X509,
-        issuer: X509,
+        /// The certificates above it, nearest first.
+        issuers: Vec<X509>,
     },
     /// A signature names a certificate neither it nor the gateway holds:
     /// the queue asks LDAP for the certificates of this (From) address and
@@ -191,7 +192,7 @@ impl Action<'_> {
             Action::Fail { rcpts, reason } => Action::Fail { rcpts, reason },
             Action::Defer { rcpts, reason } => Action::Defer { rcpts, reason },
             Action::Harvest(offer) => Action::Harvest(offer),
-            Action::CheckSigner { cert, issuer } => Action::CheckSigner { cert, issuer },
+            Action::CheckSigner { cert, issuers } => Action::CheckSigner { cert, issuers },
             Action::FindSigner { address } => Action::FindSigner { address },
             Action::Observed(e) => Action::Observed(e),
             Action::Opened(k) => Action::Opened(k),

@@ -428,13 +428,13 @@ fn ask_revocation(result: &Unwrapped, ctx: &Context<'_>, out: &mut Actions<'_>) 
         | Unwrapped::Failed { report, .. } => report,
     };
     for sig in report.signatures() {
-        let (Some(cert), Some(issuer), Chain::Trusted) = (
-            &sig.verified.signer,
-            &sig.verified.issuer,
-            &sig.verified.chain,
-        ) else {
+        let (Some(cert), Chain::Trusted) = (&sig.verified.signer, &sig.verified.chain) else {
             continue;
         };
+        let issuers = &sig.verified.issuers;
+        if issuers.is_empty() {
+            continue;
+        }
         let fp = fingerprint(cert);
         let asked = out
             .iter()
@@ -442,7 +442,7 @@ fn ask_revocation(result: &Unwrapped, ctx: &Context<'_>, out: &mut Actions<'_>) 
         if !ctx.signer_revocation.contains_key(&fp) && !asked {
             out.push(Action::CheckSigner {
                 cert: cert.clone(),
-                issuer: issuer.clone(),
+                issuers: issuers.clone(),
             });
         }
     }

@@ -99,13 +99,15 @@ impl Resolver {
         Self::default()
     }
 
-    /// Forgets every LDAP answer (a reload: a CA file may have changed
-    /// under the same path, a server been taken out).
-    pub fn forget_ldap_answers(&self) {
+    /// Forgets every LDAP answer and kept CRL (a reload: a CA file may
+    /// have changed under the same path, a server been taken out, a
+    /// revocation be known to the operator that kept CRLs do not show).
+    pub fn forget_answers(&self) {
         self.ldap_cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.revocation.forget();
     }
 
     /// The certificates of `addr` with their verdicts at `at`, and the
@@ -400,8 +402,14 @@ fn verdict(
             keep(checked::KEEP),
         );
     }
-    let issuer = chain.get(1).unwrap_or(&entry.cert);
-    match checker.check(&entry.cert, issuer, anchors, now, timeout) {
+    // Every link up to the anchor: a revoked issuing CA revokes the leaf.
+    match checker.check(
+        &entry.cert,
+        chain.get(1..).unwrap_or(&[]),
+        anchors,
+        now,
+        timeout,
+    ) {
         revocation::Status::Good(src) => (
             Verdict::Usable(format!("valid, chain trusted, not revoked ({src})")),
             keep(checked::KEEP),
@@ -569,7 +577,7 @@ mod tests {
             ..plain()
         };
         assert!(r.ldap_cached(&after, "x@y.dk").await.is_err());
-        r.forget_ldap_answers();
+        r.forget_answers();
         assert!(r.ldap_cached(&before, "x@y.dk").await.is_err());
     }
 }

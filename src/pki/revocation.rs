@@ -1,21 +1,39 @@
-//! Revocation of recipients' certificates: the CRL at the certificate's
-//! distribution point (fetched over HTTP, cached until its nextUpdate, its
-//! signature checked against the issuer) and the OCSP responder named in
-//! its Authority Information Access. Blocking; called off the async
-//! threads.
+//! Revocation of certificates: the CRL at each distribution point (fetched
+//! over HTTP or HTTPS, cached by URL and issuer until its nextUpdate, its
+//! signature, issuer and scope checked) and the OCSP responder named in the
+//! Authority Information Access, for the certificate and every CA
+//! certificate above it up to the trust anchor. Blocking; called off the
+//! async threads.
+//!
+//! A CRL counts as an answer only when it is complete for the certificate
+//! (RFC 5280 6.3.3): not a delta CRL, no reasons left out, not indirect, an
+//! Issuing Distribution Point (if any) naming the distribution point it was
+//! fetched from and covering the certificate's kind (end entity or CA), no
+//! critical extension we do not understand. Otherwise an attacker on the
+//! path could serve another CRL the same CA signed (a partition, the CA
+//! certificates' list, a delta) in which a revoked certificate is missing.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use openssl::asn1::Asn1Time;
-use openssl::hash::MessageDigest;
+use openssl::hash::{hash, MessageDigest};
 use openssl::ocsp::{
     OcspCertId, OcspCertStatus, OcspFlag, OcspRequest, OcspResponse, OcspResponseStatus,
 };
 use openssl::stack::Stack;
 use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::{CrlStatus, X509Crl, X509};
+use openssl::x509::{CrlStatus, X509Crl, X509VerifyResult, X509};
+use x509_cert::crl::CertificateList;
+use x509_cert::der::oid::db::rfc5280::{
+    ID_CE_AUTHORITY_KEY_IDENTIFIER, ID_CE_CRL_DISTRIBUTION_POINTS, ID_CE_CRL_NUMBER,
+    ID_CE_DELTA_CRL_INDICATOR, ID_CE_ISSUING_DISTRIBUTION_POINT,
+};
+use x509_cert::der::{Decode, Encode};
+use x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint;
+use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
+use x509_cert::ext::pkix::CrlDistributionPoints;
 
 /// What the revocation sources said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,13 +47,37 @@ pub enum Status {
     NoSources,
 }
 
-/// CRLs fetched, by URL, until their nextUpdate.
+/// How far back an OCSP answer's thisUpdate may lie when it gives no
+/// nextUpdate: such a responder says newer information is always
+/// available (RFC 6960 4.2.2.1), so an old answer is a replayed one.
+pub const OCSP_FRESH_WITHOUT_NEXT_UPDATE: i64 = 3600;
+/// The oldest OCSP answer taken at all (pre-signed answers with a
+/// nextUpdate included).
+pub const OCSP_OLDEST: i64 = 7 * 86_400;
+/// How far clocks may disagree (seconds).
+const SKEW: i64 = 300;
+
+/// The kinds of certificate a CRL covers (its Issuing Distribution Point).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Covers {
+    pub only_end_entities: bool,
+    pub only_cas: bool,
+}
+
+/// One fetched CRL, checked against its issuer and its URL.
+struct KeptCrl {
+    crl: Arc<X509Crl>,
+    next_update: i64,
+    covers: Covers,
+}
+
+/// CRLs fetched, by URL and issuing certificate, until their nextUpdate.
 #[derive(Default)]
 pub struct Checker {
-    crls: Mutex<HashMap<String, (Arc<X509Crl>, i64)>>,
-    /// Counts the CRLs fetched: answers derived from older revocation data
-    /// are stale once it moves.
-    generation: std::sync::atomic::AtomicU64,
+    crls: Mutex<HashMap<(String, Vec<u8>), KeptCrl>>,
+    /// Counts the CRLs fetched or forgotten: answers derived from older
+    /// revocation data are stale once it moves.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for Checker {
@@ -44,40 +86,142 @@ impl std::fmt::Debug for Checker {
     }
 }
 
-fn unix(t: &openssl::asn1::Asn1TimeRef) -> Option<i64> {
-    let epoch = Asn1Time::from_unix(0).ok()?;
-    let d = epoch.diff(t).ok()?;
-    Some(i64::from(d.days) * 86_400 + i64::from(d.secs))
+/// The system's trust anchors for HTTPS sources (read once; honours
+/// `SSL_CERT_FILE` and `SSL_CERT_DIR`). What a CRL or OCSP answer says is
+/// trusted for its signature, not for the channel.
+fn web_roots() -> Arc<Vec<ureq::tls::Certificate<'static>>> {
+    static ROOTS: OnceLock<Arc<Vec<ureq::tls::Certificate<'static>>>> = OnceLock::new();
+    Arc::clone(ROOTS.get_or_init(|| {
+        Arc::new(
+            rustls_native_certs::load_native_certs()
+                .certs
+                .into_iter()
+                .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+                .collect(),
+        )
+    }))
 }
 
 fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(true)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(web_roots()))
+                .build(),
+        )
         .build()
         .new_agent()
 }
 
+/// Whether a source at `url` can be asked (HTTP or HTTPS).
+fn fetchable(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
+/// The certificates above `cert` among `pool`, nearest first, as far as
+/// they can be found (at most 8; up to a self-issued one): the path whose
+/// every link is checked for revocation. A self-issued `cert` is its own
+/// issuer.
+pub fn path_up(cert: &X509, pool: &[X509]) -> Vec<X509> {
+    let self_issued = |c: &X509| c.issued(c) == X509VerifyResult::OK;
+    if self_issued(cert) {
+        return vec![cert.clone()];
+    }
+    let mut out: Vec<X509> = Vec::new();
+    let mut at = cert.clone();
+    while out.len() < 8 {
+        let Some(up) = pool.iter().find(|c| c.issued(&at) == X509VerifyResult::OK) else {
+            break;
+        };
+        out.push(up.clone());
+        if self_issued(up) {
+            break;
+        }
+        at = up.clone();
+    }
+    out
+}
+
 impl Checker {
     /// The revocation data's generation: changes whenever a CRL is
-    /// fetched (for the first time or again after its nextUpdate).
+    /// fetched (for the first time or again after its nextUpdate) or the
+    /// kept CRLs are forgotten.
     pub fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+        self.generation.load(Ordering::SeqCst)
     }
 
-    /// Checks `cert` (issued by `issuer`) at `now` (Unix seconds).
+    /// Forgets every kept CRL (a reload: the operator may have seen a
+    /// revocation the cached CRLs do not show yet).
+    pub fn forget(&self) {
+        self.crls.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Checks `cert` and every CA certificate above it: `issuers` is the
+    /// path above `cert`, nearest first, each issued by the next (a trust
+    /// anchor in it ends the checks: anchors are not revoked by CRL).
+    /// Revoked anywhere is revoked; unknown anywhere is unknown; otherwise
+    /// what the certificate's own sources said.
     pub fn check(
         &self,
         cert: &X509,
+        issuers: &[X509],
+        anchors: &[X509],
+        now: i64,
+        timeout: Duration,
+    ) -> Status {
+        let anchor_ders: Vec<Vec<u8>> = anchors.iter().filter_map(|a| a.to_der().ok()).collect();
+        let mut levels = Vec::new();
+        let mut subject = cert;
+        for (i, issuer) in issuers.iter().enumerate() {
+            if subject
+                .to_der()
+                .is_ok_and(|d| i > 0 && anchor_ders.contains(&d))
+            {
+                break;
+            }
+            let status = self.check_one(subject, issuer, i > 0, anchors, now, timeout);
+            let status = match (i, status) {
+                (0, s) => s,
+                (_, Status::Revoked(why)) => {
+                    Status::Revoked(format!("issuing CA {} {why}", name_of(subject)))
+                }
+                (_, Status::Unknown(why)) => {
+                    Status::Unknown(format!("issuing CA {}: {why}", name_of(subject)))
+                }
+                (_, s) => s,
+            };
+            levels.push(status);
+            subject = issuer;
+        }
+        combine(levels)
+    }
+
+    /// Checks one link: `cert` (a CA certificate when `is_ca`) issued by
+    /// `issuer`.
+    fn check_one(
+        &self,
+        cert: &X509,
         issuer: &X509,
+        is_ca: bool,
         anchors: &[X509],
         now: i64,
         timeout: Duration,
     ) -> Status {
         let mut good = Vec::new();
         let mut unknown = Vec::new();
-        for url in crl_urls(cert) {
-            match self.crl(&url, issuer, now, timeout) {
+        for point in crl_points(cert) {
+            let Some(url) = point.iter().find(|u| fetchable(u)).cloned() else {
+                unknown.push(format!(
+                    "CRL {}: no HTTP or HTTPS location",
+                    point.join(" ")
+                ));
+                continue;
+            };
+            match self.crl(&url, &point, issuer, is_ca, now, timeout) {
                 Ok(crl) => match crl.get_by_cert(cert) {
                     CrlStatus::Revoked(_) => {
                         return Status::Revoked(format!("revoked (CRL {url})"))
@@ -88,6 +232,10 @@ impl Checker {
             }
         }
         for url in ocsp_urls(cert) {
+            if !fetchable(&url) {
+                unknown.push(format!("OCSP {url}: not an HTTP or HTTPS location"));
+                continue;
+            }
             match ocsp(&url, cert, issuer, anchors, timeout) {
                 Ok(OcspCertStatus::REVOKED) => {
                     return Status::Revoked(format!("revoked (OCSP {url})"))
@@ -106,61 +254,228 @@ impl Checker {
         }
     }
 
+    /// The CRL at `url` (one of the distribution point's names `point`)
+    /// for certificates of `issuer`, kept or fetched, and checked to
+    /// answer for a certificate of this kind.
     fn crl(
         &self,
         url: &str,
+        point: &[String],
         issuer: &X509,
+        is_ca: bool,
         now: i64,
         timeout: Duration,
     ) -> Result<Arc<X509Crl>, String> {
-        if let Some((crl, next)) = self.crls.lock().unwrap_or_else(|p| p.into_inner()).get(url) {
-            if *next > now {
-                return Ok(Arc::clone(crl));
-            }
-        }
-        let bytes = agent(timeout)
-            .get(url)
-            .call()
-            .map_err(|e| format!("cannot fetch: {e}"))?
-            .body_mut()
-            .with_config()
-            .limit(20 * 1024 * 1024)
-            .read_to_vec()
-            .map_err(|e| format!("cannot read: {e}"))?;
-        let crl = Arc::new(
-            X509Crl::from_der(&bytes)
-                .or_else(|_| X509Crl::from_pem(&bytes))
-                .map_err(|_| "not a CRL".to_string())?,
+        let key = (
+            url.to_string(),
+            issuer
+                .to_der()
+                .ok()
+                .and_then(|d| hash(MessageDigest::sha256(), &d).ok())
+                .map(|h| h.to_vec())
+                .unwrap_or_default(),
         );
-        let key = issuer.public_key().map_err(|e| e.to_string())?;
-        if !crl.verify(&key).unwrap_or(false) {
-            return Err("CRL signature does not verify with the issuer's key".into());
+        let kept = {
+            let crls = self.crls.lock().unwrap_or_else(|p| p.into_inner());
+            crls.get(&key)
+                .filter(|k| k.next_update > now)
+                .map(|k| (Arc::clone(&k.crl), k.covers))
+        };
+        let (crl, covers) = match kept {
+            Some(k) => k,
+            None => {
+                let fetched = fetch_crl(url, point, issuer, now, timeout)?;
+                let out = (Arc::clone(&fetched.crl), fetched.covers);
+                self.crls
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, fetched);
+                self.generation.fetch_add(1, Ordering::SeqCst);
+                out
+            }
+        };
+        if is_ca && covers.only_end_entities {
+            return Err("the CRL covers only end-entity certificates".into());
         }
-        let next = crl.next_update().and_then(unix).unwrap_or(now + 3600);
-        if next < now {
-            return Err("CRL is out of date (nextUpdate passed)".into());
+        if !is_ca && covers.only_cas {
+            return Err("the CRL covers only CA certificates".into());
         }
-        self.crls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(url.to_string(), (Arc::clone(&crl), next));
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(crl)
     }
 }
 
-fn crl_urls(cert: &X509) -> Vec<String> {
+/// The overall answer of a path's links, the certificate's own first.
+fn combine(levels: Vec<Status>) -> Status {
+    if let Some(r) = levels.iter().find(|s| matches!(s, Status::Revoked(_))) {
+        return r.clone();
+    }
+    let unknown: Vec<&str> = levels
+        .iter()
+        .filter_map(|s| match s {
+            Status::Unknown(why) => Some(why.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Status::Unknown(unknown.join("; "));
+    }
+    levels.into_iter().next().unwrap_or(Status::NoSources)
+}
+
+fn name_of(cert: &X509) -> String {
+    cert.subject_name()
+        .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+        .next()
+        .and_then(|e| e.data().to_string().ok())
+        .map(|s| format!("\"{s}\""))
+        .unwrap_or_else(|| "(no common name)".into())
+}
+
+/// Fetches the CRL at `url` and checks it for certificates of `issuer`.
+fn fetch_crl(
+    url: &str,
+    point: &[String],
+    issuer: &X509,
+    now: i64,
+    timeout: Duration,
+) -> Result<KeptCrl, String> {
+    let bytes = agent(timeout)
+        .get(url)
+        .call()
+        .map_err(|e| format!("cannot fetch: {e}"))?
+        .body_mut()
+        .with_config()
+        .limit(20 * 1024 * 1024)
+        .read_to_vec()
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let crl = X509Crl::from_der(&bytes)
+        .or_else(|_| X509Crl::from_pem(&bytes))
+        .map_err(|_| "not a CRL".to_string())?;
+    let key = issuer.public_key().map_err(|e| e.to_string())?;
+    if !crl.verify(&key).unwrap_or(false) {
+        return Err("CRL signature does not verify with the issuer's key".into());
+    }
+    if crl
+        .issuer_name()
+        .try_cmp(issuer.subject_name())
+        .map_err(|e| e.to_string())?
+        != std::cmp::Ordering::Equal
+    {
+        return Err("the CRL names another issuer".into());
+    }
+    let der = crl.to_der().map_err(|e| e.to_string())?;
+    let (covers, next_update) = scope(&der, point, now)?;
+    Ok(KeptCrl {
+        crl: Arc::new(crl),
+        next_update,
+        covers,
+    })
+}
+
+/// Whether the CRL `der`, fetched from the distribution point named
+/// `point`, is a complete CRL for it at `now`: what kinds of certificate it
+/// covers and until when it holds, or why it answers for nothing. Read
+/// strictly (DER): an extension that does not decode whole is refused, not
+/// half read.
+pub fn scope(der: &[u8], point: &[String], now: i64) -> Result<(Covers, i64), String> {
+    let crl = CertificateList::from_der(der).map_err(|_| "not a DER CRL".to_string())?;
+    let tbs = crl.tbs_cert_list;
+    let secs = |t: x509_cert::time::Time| i64::try_from(t.to_unix_duration().as_secs()).ok();
+    let this_update = secs(tbs.this_update).ok_or("unreadable thisUpdate")?;
+    let next_update = tbs
+        .next_update
+        .and_then(secs)
+        .ok_or("the CRL gives no nextUpdate")?;
+    if this_update > now + SKEW {
+        return Err("the CRL is from the future (thisUpdate)".into());
+    }
+    if next_update < now {
+        return Err("CRL is out of date (nextUpdate passed)".into());
+    }
+    let mut covers = Covers::default();
+    for ext in tbs.crl_extensions.unwrap_or_default() {
+        let oid = ext.extn_id;
+        if oid == ID_CE_DELTA_CRL_INDICATOR {
+            return Err("a delta CRL is not a complete list".into());
+        }
+        if oid == ID_CE_ISSUING_DISTRIBUTION_POINT {
+            let idp = IssuingDistributionPoint::from_der(ext.extn_value.as_bytes())
+                .map_err(|_| "unreadable Issuing Distribution Point".to_string())?;
+            if idp.only_some_reasons.is_some() {
+                return Err("the CRL lists only some revocation reasons".into());
+            }
+            if idp.indirect_crl {
+                return Err("indirect CRLs are not supported".into());
+            }
+            if idp.only_contains_attribute_certs {
+                return Err("the CRL covers only attribute certificates".into());
+            }
+            let names_this_point = |names: &Vec<GeneralName>| {
+                names
+                    .iter()
+                    .filter_map(name_text)
+                    .any(|n| point.contains(&n))
+            };
+            match &idp.distribution_point {
+                None => {}
+                Some(DistributionPointName::FullName(names)) if names_this_point(names) => {}
+                Some(DistributionPointName::FullName(_)) => {
+                    return Err("the CRL is for another distribution point (a partition)".into());
+                }
+                Some(DistributionPointName::NameRelativeToCRLIssuer(_)) => {
+                    return Err(
+                        "the CRL names its distribution point relative to its issuer (not supported)"
+                            .into(),
+                    );
+                }
+            }
+            covers.only_end_entities = idp.only_contains_user_certs;
+            covers.only_cas = idp.only_contains_ca_certs;
+            continue;
+        }
+        let known = oid == ID_CE_CRL_NUMBER || oid == ID_CE_AUTHORITY_KEY_IDENTIFIER;
+        if ext.critical && !known {
+            return Err(format!("the CRL has an unknown critical extension {oid}"));
+        }
+    }
+    Ok((covers, next_update))
+}
+
+/// A distribution point's name as compared: a URI as it is, a directory
+/// name as `dirName:` and its DER in hex; other kinds are not compared.
+fn name_text(n: &GeneralName) -> Option<String> {
+    match n {
+        GeneralName::UniformResourceIdentifier(u) => Some(u.as_str().to_string()),
+        GeneralName::DirectoryName(d) => d.to_der().ok().map(|der| {
+            der.iter()
+                .fold("dirName:".to_string(), |t, b| t + &format!("{b:02x}"))
+        }),
+        _ => None,
+    }
+}
+
+/// The certificate's CRL distribution points, each as its names (see
+/// [`name_text`]); none when the extension does not decode.
+fn crl_points(cert: &X509) -> Vec<Vec<String>> {
+    let Ok(der) = cert.to_der() else {
+        return Vec::new();
+    };
+    let Ok(parsed) = x509_cert::Certificate::from_der(&der) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
-    if let Some(points) = cert.crl_distribution_points() {
-        for p in &points {
-            if let Some(names) = p.distpoint().and_then(|d| d.fullname()) {
-                for n in names {
-                    if let Some(uri) = n.uri() {
-                        if uri.starts_with("http://") {
-                            out.push(uri.to_string());
-                        }
-                    }
+    for ext in parsed.tbs_certificate.extensions.unwrap_or_default() {
+        if ext.extn_id != ID_CE_CRL_DISTRIBUTION_POINTS {
+            continue;
+        }
+        let Ok(points) = CrlDistributionPoints::from_der(ext.extn_value.as_bytes()) else {
+            continue;
+        };
+        for p in points.0 {
+            if let Some(DistributionPointName::FullName(names)) = &p.distribution_point {
+                let names: Vec<String> = names.iter().filter_map(name_text).collect();
+                if !names.is_empty() {
+                    out.push(names);
                 }
             }
         }
@@ -170,12 +485,7 @@ fn crl_urls(cert: &X509) -> Vec<String> {
 
 fn ocsp_urls(cert: &X509) -> Vec<String> {
     cert.ocsp_responders()
-        .map(|s| {
-            s.iter()
-                .map(|u| u.to_string())
-                .filter(|u| u.starts_with("http://"))
-                .collect()
-        })
+        .map(|s| s.iter().map(|u| u.to_string()).collect())
         .unwrap_or_default()
 }
 
@@ -218,8 +528,13 @@ fn ocsp(
     let status = basic
         .find_status(&id)
         .ok_or_else(|| "the response does not cover this certificate".to_string())?;
+    let oldest = if status.next_update().is_some() {
+        OCSP_OLDEST
+    } else {
+        OCSP_FRESH_WITHOUT_NEXT_UPDATE
+    };
     status
-        .check_validity(300, Some(7 * 86_400))
+        .check_validity(SKEW as u32, Some(oldest as u32))
         .map_err(|_| "OCSP response is out of date".to_string())?;
     Ok(status.status)
 }
@@ -262,23 +577,151 @@ pub fn revoked_identities(
     keys.identities
         .iter()
         .map(|id| {
-            let issuer = id
-                .chain
-                .iter()
-                .find(|c| c.issued(&id.cert) == openssl::x509::X509VerifyResult::OK);
-            match issuer {
-                Some(issuer) => matches!(
+            let mut pool = id.chain.clone();
+            pool.extend(keys.anchors.iter().cloned());
+            let issuers = path_up(&id.cert, &pool);
+            !issuers.is_empty()
+                && matches!(
                     checker.check(
                         &id.cert,
-                        issuer,
+                        &issuers,
                         &keys.anchors,
                         now,
                         settings.trust.revocation_timeout
                     ),
                     Status::Revoked(_)
-                ),
-                None => false,
-            }
+                )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openssl::asn1::Asn1Time;
+    use openssl::nid::Nid;
+    use openssl::x509::{X509CrlBuilder, X509Extension};
+
+    const URL: &str = "http://crl.example/full.crl";
+    const NOW: i64 = 1_800_000_000;
+
+    /// A CRL signed by a throw-away CA, with the extensions given as
+    /// (NID, OpenSSL v3 text) and the update times given. (The builder
+    /// insists on a nextUpdate, so a CRL without one is not tried here.)
+    fn crl(exts: &[(Nid, &str)], this: i64, next: Option<i64>) -> Vec<u8> {
+        let ca = crate::pki::testkit::identity(1024, "CRL Test CA").unwrap();
+        let mut b = X509CrlBuilder::new().unwrap();
+        b.set_issuer_name(ca.cert.subject_name()).unwrap();
+        b.set_last_update(&Asn1Time::from_unix(this).unwrap())
+            .unwrap();
+        if let Some(n) = next {
+            b.set_next_update(&Asn1Time::from_unix(n).unwrap()).unwrap();
+        }
+        #[allow(deprecated)]
+        let aki = X509Extension::new_nid(
+            None,
+            None,
+            Nid::AUTHORITY_KEY_IDENTIFIER,
+            "DER:30:03:80:01:01",
+        )
+        .unwrap();
+        b.append_extension(aki).unwrap();
+        #[allow(deprecated)]
+        let number = X509Extension::new_nid(None, None, Nid::CRL_NUMBER, "DER:02:01:07").unwrap();
+        b.append_extension(number).unwrap();
+        for (nid, value) in exts {
+            #[allow(deprecated)]
+            let ext = X509Extension::new_nid(None, None, *nid, value).unwrap();
+            b.append_extension(ext).unwrap();
+        }
+        b.sign(&ca.key, MessageDigest::sha256()).unwrap();
+        b.build().unwrap().to_der().unwrap()
+    }
+
+    fn point() -> Vec<String> {
+        vec![URL.to_string()]
+    }
+
+    #[test]
+    fn a_plain_full_crl_covers_everything_until_its_next_update() {
+        let der = crl(&[], NOW - 60, Some(NOW + 3600));
+        assert_eq!(
+            scope(&der, &point(), NOW),
+            Ok((Covers::default(), NOW + 3600))
+        );
+    }
+
+    #[test]
+    fn crls_that_are_not_complete_for_the_certificate_answer_for_nothing() {
+        let idp = |v: &str| crl(&[(Nid::ISSUING_DISTRIBUTION_POINT, v)], NOW, Some(NOW + 60));
+        let cases = [
+            ("delta", "delta CRL", crl(&[(Nid::DELTA_CRL, "critical,DER:02:01:01")], NOW, Some(NOW + 60))),
+            ("partition", "another distribution point", idp("critical,fullname:URI:http://crl.example/part-2.crl")),
+            ("reasons", "only some revocation reasons", idp("critical,fullname:URI:http://crl.example/full.crl,onlysomereasons:keyCompromise")),
+            ("indirect", "indirect", idp("critical,indirectCRL:TRUE")),
+            ("attribute", "attribute certificates", idp("critical,onlyAA:TRUE")),
+            ("relative", "relative to its issuer", idp("critical,DER:30:12:A0:10:A1:0E:30:0C:06:03:55:04:03:0C:05:70:61:72:74:32")),
+            ("unknown critical", "unknown critical extension", crl(&[(Nid::INVALIDITY_DATE, "critical,DER:18:0f:32:30:32:36:31:32:30:31:30:30:30:30:30:30:5a")], NOW, Some(NOW + 60))),
+            ("out of date", "out of date", crl(&[], NOW - 7200, Some(NOW - 3600))),
+            ("from the future", "from the future", crl(&[], NOW + 3600, Some(NOW + 7200))),
+        ];
+        for (what, reason, der) in cases {
+            let why = scope(&der, &point(), NOW).expect_err(what);
+            assert!(why.contains(reason), "{what}: {why}");
+        }
+    }
+
+    #[test]
+    fn an_issuing_distribution_point_that_names_this_point_says_what_it_covers() {
+        let der = crl(
+            &[(
+                Nid::ISSUING_DISTRIBUTION_POINT,
+                "critical,fullname:URI:http://crl.example/full.crl,onlyCA:TRUE",
+            )],
+            NOW,
+            Some(NOW + 60),
+        );
+        let (covers, _) = scope(&der, &point(), NOW).unwrap();
+        assert!(covers.only_cas && !covers.only_end_entities);
+        // The same CRL fetched for another distribution point is refused.
+        assert!(scope(&der, &["http://crl.example/other.crl".into()], NOW).is_err());
+        let der = crl(
+            &[(Nid::ISSUING_DISTRIBUTION_POINT, "critical,onlyuser:TRUE")],
+            NOW,
+            Some(NOW + 60),
+        );
+        let (covers, _) = scope(&der, &point(), NOW).unwrap();
+        assert!(covers.only_end_entities && !covers.only_cas);
+    }
+
+    #[test]
+    fn revoked_or_unknown_anywhere_on_the_path_decides() {
+        let good = || Status::Good("CRL a".into());
+        assert_eq!(combine(vec![good(), Status::NoSources]), good());
+        assert_eq!(combine(vec![Status::NoSources, good()]), Status::NoSources);
+        assert_eq!(
+            combine(vec![good(), Status::Unknown("b".into())]),
+            Status::Unknown("b".into())
+        );
+        assert_eq!(
+            combine(vec![
+                good(),
+                Status::Unknown("b".into()),
+                Status::Revoked("c".into())
+            ]),
+            Status::Revoked("c".into())
+        );
+        assert_eq!(combine(vec![]), Status::NoSources);
+    }
+
+    #[test]
+    fn the_path_up_stops_at_a_self_issued_certificate() {
+        let root = crate::pki::testkit::identity(1024, "Root").unwrap();
+        let own = |c: &X509| c.to_der().unwrap();
+        let path = path_up(&root.cert, &[]);
+        assert_eq!(
+            path.iter().map(own).collect::<Vec<_>>(),
+            vec![own(&root.cert)]
+        );
+    }
 }

@@ -228,20 +228,24 @@ impl SignerChecks {
         Arc::clone(&self.checker)
     }
 
-    /// Forgets every answer (a reload: other anchors, other settings).
+    /// Forgets every answer and every kept CRL (a reload: other anchors,
+    /// other settings, or an operator who knows of a revocation the kept
+    /// CRLs do not show yet).
     pub fn clear(&self) {
         self.answers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.checker.forget();
     }
 
-    /// Asks the sources named in `cert` (issued by `issuer`). Blocking
-    /// (HTTP, each request bounded by `timeout`).
+    /// Asks the sources named in `cert` and the CA certificates above it
+    /// (`issuers`, nearest first). Blocking (HTTP, each request bounded by
+    /// `timeout`).
     pub fn check(
         &self,
         cert: &X509,
-        issuer: &X509,
+        issuers: &[X509],
         anchors: &[X509],
         mode: Revocation,
         timeout: Duration,
@@ -250,7 +254,7 @@ impl SignerChecks {
         let answer = if mode == Revocation::Off {
             SignerRevocation::NotChecked
         } else {
-            match self.checker.check(cert, issuer, anchors, now, timeout) {
+            match self.checker.check(cert, issuers, anchors, now, timeout) {
                 Status::Good(_) => SignerRevocation::Good,
                 Status::Revoked(why) => SignerRevocation::Revoked(why),
                 Status::Unknown(why) => SignerRevocation::Unknown(why),

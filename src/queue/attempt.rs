@@ -507,11 +507,13 @@ async fn inbound_pipeline(
     let recipients = plan.recipients.clone();
     let mut actions = run_pipeline(msg, snapshot, plan, &known, answers, ldap_asked, given).await?;
     for _ in 0..2 {
-        let mut wanted: Vec<(X509, X509)> = Vec::new();
+        let mut wanted: Vec<(X509, Vec<X509>)> = Vec::new();
         let mut addresses: Vec<String> = Vec::new();
         for a in &actions {
             match a {
-                Action::CheckSigner { cert, issuer } => wanted.push((cert.clone(), issuer.clone())),
+                Action::CheckSigner { cert, issuers } => {
+                    wanted.push((cert.clone(), issuers.clone()))
+                }
                 Action::FindSigner { address } => addresses.push(address.clone()),
                 _ => {}
             }
@@ -531,10 +533,10 @@ async fn inbound_pipeline(
             let (l, s) = (Arc::clone(live), Arc::clone(snapshot));
             tokio::task::spawn_blocking(move || {
                 let trust = &s.settings.trust;
-                for (cert, issuer) in &wanted {
+                for (cert, issuers) in &wanted {
                     l.signers.check(
                         cert,
-                        issuer,
+                        issuers,
                         &s.keys.anchors,
                         trust.revocation,
                         trust.revocation_timeout,

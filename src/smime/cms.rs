@@ -197,8 +197,9 @@ pub struct Verified {
     /// How the signature names its signer (issuer and serial, or subject
     /// key identifier).
     pub signer_id: Option<String>,
-    /// The certificate that issued the signer's (for revocation checks).
-    pub issuer: Option<X509>,
+    /// The certificates above the signer's, nearest first, as far as they
+    /// are known (for revocation checks of every link).
+    pub issuers: Vec<X509>,
     /// The signing time the signature claims (Unix seconds): a claim.
     pub claimed_time: Option<i64>,
     /// The time the chain was checked against (Unix seconds).
@@ -210,9 +211,9 @@ pub struct Verified {
     /// SignerInfos in this SignedData: more than one are verified together
     /// (all must hold).
     pub signer_count: usize,
-    /// The other signers' certificates with their issuers, when there are
+    /// The other signers' certificates with the certificates above them, when there are
     /// parallel signatures (the caller may name one of them instead).
-    pub co_signers: Vec<(X509, Option<X509>)>,
+    pub co_signers: Vec<(X509, Vec<X509>)>,
 }
 
 /// OpenSSL's CMS library code and its "signer certificate not found".
@@ -277,7 +278,7 @@ pub fn verify_kept(
         chain: Chain::NotChecked,
         signer: None,
         signer_id: None,
-        issuer: None,
+        issuers: Vec::new(),
         claimed_time: None,
         checked_at: now,
         content: None,
@@ -395,18 +396,13 @@ pub fn verify_kept(
     let mut helpers = carried;
     helpers.extend(known.iter().cloned());
     helpers.extend(anchors.iter().cloned());
-    let issuer_of = |cert: &X509| {
-        helpers
-            .iter()
-            .find(|c| c.issued(cert) == openssl::x509::X509VerifyResult::OK)
-            .cloned()
-    };
-    out.issuer = out.signer.as_ref().and_then(issuer_of);
+    let issuers_of = |cert: &X509| crate::pki::revocation::path_up(cert, &helpers);
+    out.issuers = out.signer.as_ref().map(issuers_of).unwrap_or_default();
     out.co_signers = co_signers
         .into_iter()
         .map(|c| {
-            let issuer = issuer_of(&c);
-            (c, issuer)
+            let issuers = issuers_of(&c);
+            (c, issuers)
         })
         .collect();
     out

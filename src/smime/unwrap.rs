@@ -130,11 +130,11 @@ impl SignatureReport {
         if i >= self.verified.co_signers.len() {
             return;
         }
-        let (cert, issuer) = self.verified.co_signers.remove(i);
+        let (cert, issuers) = self.verified.co_signers.remove(i);
         let old_cert = self.verified.signer.replace(cert);
-        let old_issuer = std::mem::replace(&mut self.verified.issuer, issuer);
+        let old_issuers = std::mem::replace(&mut self.verified.issuers, issuers);
         if let Some(c) = old_cert {
-            self.verified.co_signers.push((c, old_issuer));
+            self.verified.co_signers.push((c, old_issuers));
         }
         self.signer = self.verified.signer.as_ref().map(|c| cms::subject(c));
     }
@@ -823,7 +823,7 @@ mod tests {
                 chain,
                 signer: Some(identity().cert),
                 signer_id: None,
-                issuer: None,
+                issuers: Vec::new(),
                 claimed_time: Some(0),
                 checked_at: 86_400,
                 content: None,

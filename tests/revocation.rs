@@ -1,0 +1,572 @@
+//! Revocation against someone on the path to the CRL server (threat model,
+//! attacker 3): every CRL served here is genuinely signed by the CA, but
+//! not the one that answers for the certificate. A partition for another
+//! distribution point, the list of CA certificates only, some reasons only,
+//! a delta; the right CRL of another CA cached under a shared URL; a CRL
+//! cached before the operator reloaded; a revoked issuing CA; a source
+//! over HTTPS. Each is tried against the real binary (`explain`, and the
+//! daemon for what lives across messages) with its control.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::client::Client;
+use common::http::FileServer;
+use common::pki;
+use common::sink::{Script, Sink};
+use common::{wait_until, Gateway, Options, BIN};
+
+/// A test CA made with `openssl`: key, certificate and its `openssl ca`
+/// database (for revocations and CRLs) in `dir`.
+struct Ca {
+    dir: PathBuf,
+    name: String,
+}
+
+/// CRL extension sections for `openssl ca -gencrl -crlexts`; `{point}` is
+/// replaced by the distribution point the certificates name.
+const CRL_SECTIONS: &str = "
+[ca]
+default_ca = d
+[d]
+database = {db}
+default_md = sha256
+default_crl_days = 7
+[full]
+authorityKeyIdentifier = keyid
+[partition]
+authorityKeyIdentifier = keyid
+issuingDistributionPoint = critical, @partition_point
+[partition_point]
+fullname = URI:{point}-part2
+[ca_only]
+authorityKeyIdentifier = keyid
+issuingDistributionPoint = critical, @ca_only_point
+[ca_only_point]
+onlyCA = TRUE
+[some_reasons]
+authorityKeyIdentifier = keyid
+issuingDistributionPoint = critical, @some_reasons_point
+[some_reasons_point]
+fullname = URI:{point}
+onlysomereasons = keyCompromise
+[delta]
+authorityKeyIdentifier = keyid
+deltaCRL = critical, DER:02:01:01
+";
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+impl Ca {
+    /// A self-signed root.
+    fn root(dir: &Path, name: &str) -> Ca {
+        let ca = Ca {
+            dir: dir.to_path_buf(),
+            name: name.into(),
+        };
+        pki::openssl(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                path(&ca.key()),
+                "-out",
+                path(&ca.pem()),
+                "-days",
+                "30",
+                "-subj",
+                &format!("/O=Revocation Test/CN={name}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+            b"",
+        );
+        ca.init_db();
+        ca
+    }
+
+    /// An issuing CA under `self`, naming `point` as its CRL.
+    fn sub(&self, name: &str, point: &str, serial: u32) -> Ca {
+        let ca = Ca {
+            dir: self.dir.clone(),
+            name: name.into(),
+        };
+        self.issue(
+            &ca.key(),
+            &ca.pem(),
+            &format!("/O=Revocation Test/CN={name}"),
+            &format!(
+                "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n\
+                 authorityKeyIdentifier=keyid\ncrlDistributionPoints=URI:{point}\n"
+            ),
+            serial,
+        );
+        ca.init_db();
+        ca
+    }
+
+    /// A recipient certificate for `email` naming `point` as its CRL.
+    fn leaf(&self, label: &str, email: &str, point: &str, serial: u32) -> PathBuf {
+        let pem = self.dir.join(format!("{label}.pem"));
+        self.issue(
+            &self.dir.join(format!("{label}.key")),
+            &pem,
+            &format!("/O=Partner/CN={label}"),
+            &format!(
+                "keyUsage=critical,digitalSignature,keyEncipherment\n\
+                 extendedKeyUsage=emailProtection\nsubjectAltName=email:{email}\n\
+                 authorityKeyIdentifier=keyid\ncrlDistributionPoints=URI:{point}\n"
+            ),
+            serial,
+        );
+        pem
+    }
+
+    fn issue(&self, key: &Path, pem: &Path, subject: &str, extensions: &str, serial: u32) {
+        let csr = pem.with_extension("csr");
+        let ext = pem.with_extension("ext");
+        std::fs::write(&ext, format!("[v3]\n{extensions}")).unwrap();
+        pki::openssl(
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                path(key),
+                "-subj",
+                subject,
+                "-out",
+                path(&csr),
+            ],
+            b"",
+        );
+        pki::openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                path(&csr),
+                "-CA",
+                path(&self.pem()),
+                "-CAkey",
+                path(&self.key()),
+                "-set_serial",
+                &serial.to_string(),
+                "-days",
+                "30",
+                "-sha256",
+                "-extfile",
+                path(&ext),
+                "-extensions",
+                "v3",
+                "-out",
+                path(pem),
+            ],
+            b"",
+        );
+    }
+
+    fn key(&self) -> PathBuf {
+        self.dir.join(format!("{}.key", self.name))
+    }
+
+    fn pem(&self) -> PathBuf {
+        self.dir.join(format!("{}.pem", self.name))
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.join(format!("{}.index", self.name))
+    }
+
+    fn config(&self, point: &str) -> PathBuf {
+        let cnf = self.dir.join(format!("{}.cnf", self.name));
+        std::fs::write(
+            &cnf,
+            CRL_SECTIONS
+                .replace("{db}", path(&self.db()))
+                .replace("{point}", point),
+        )
+        .unwrap();
+        cnf
+    }
+
+    fn init_db(&self) {
+        std::fs::write(self.db(), "").unwrap();
+    }
+
+    /// Marks `cert` revoked in the CA's database.
+    fn revoke(&self, cert: &Path) {
+        pki::openssl(
+            &[
+                "ca",
+                "-batch",
+                "-config",
+                path(&self.config("unused")),
+                "-keyfile",
+                path(&self.key()),
+                "-cert",
+                path(&self.pem()),
+                "-revoke",
+                path(cert),
+            ],
+            b"",
+        );
+    }
+
+    /// A CRL (DER) of the CA's database with the extensions of `section`
+    /// of [`CRL_SECTIONS`], for certificates naming `point`.
+    fn crl(&self, section: &str, point: &str) -> Vec<u8> {
+        let pem = pki::openssl(
+            &[
+                "ca",
+                "-batch",
+                "-gencrl",
+                "-config",
+                path(&self.config(point)),
+                "-keyfile",
+                path(&self.key()),
+                "-cert",
+                path(&self.pem()),
+                "-crlexts",
+                section,
+            ],
+            b"",
+        );
+        pki::openssl(&["crl", "-outform", "DER"], &pem)
+    }
+}
+
+/// A configuration in `dir` that encrypts to partner.example under a strict
+/// rule, with the certificates of `recips`, `root` as the only anchor and
+/// revocation `mode`.
+fn strict_extra(dir: &Path, recips: &Path, root: &Ca, mode: &str) -> String {
+    let anchors = dir.join("anchors");
+    std::fs::create_dir_all(&anchors).unwrap();
+    std::fs::copy(root.pem(), anchors.join("root.pem")).unwrap();
+    format!(
+        "[trust]\nanchors = [\"{}\"]\nrevocation = \"{mode}\"\nrevocation_timeout = \"2s\"\n\
+         [certificates]\ndirs = [\"{}\"]\nharvest = false\n\
+         [[rule]]\nname = \"partners\"\nmatch = [\"*@partner.example\"]\nencrypt = \"required\"\n\
+         sign = false\non_missing_certificate = \"bounce\"\n",
+        anchors.display(),
+        recips.display()
+    )
+}
+
+fn explain_config(dir: &Path, recips: &Path, root: &Ca, mode: &str) -> PathBuf {
+    let cfg = dir.join("explain.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nhostname=\"gw.test\"\nlisten=[\"127.0.0.1:1\"]\ninternal_domains=[\"example-law.dk\"]\n\
+             [spool]\ndir=\"{}\"\n[relay]\ninternal=\"127.0.0.1:2\"\nexternal=\"127.0.0.1:3\"\n{}",
+            dir.join("spool").display(),
+            strict_extra(dir, recips, root, mode)
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// What `explain` says of `rcpt`, and whether it would be sent.
+fn explain(config: &Path, rcpt: &str, env: &[(&str, &str)]) -> (String, bool) {
+    let out = Command::new(BIN)
+        .args(["explain", "--config"])
+        .arg(config)
+        .args(["--rcpt", rcpt])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        out.status.success(),
+    )
+}
+
+/// The served CRL folder, the PKI folder and the recipients' folder.
+struct Setup {
+    served: tempfile::TempDir,
+    server: FileServer,
+    pki: tempfile::TempDir,
+    recips: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let served = tempfile::tempdir().unwrap();
+        let server = FileServer::start(served.path().to_path_buf());
+        let pki = tempfile::tempdir().unwrap();
+        let recips = pki.path().join("recips");
+        std::fs::create_dir(&recips).unwrap();
+        Setup {
+            served,
+            server,
+            pki,
+            recips,
+        }
+    }
+
+    /// The URL under which `name` is served.
+    fn url(&self, name: &str) -> String {
+        format!("http://{}/crl/{name}", self.server.addr)
+    }
+
+    fn serve(&self, name: &str, der: &[u8]) {
+        std::fs::write(self.served.path().join(name), der).unwrap();
+    }
+
+    /// Puts `cert` in the certificate folder (an issuing CA's certificate
+    /// there is a chain helper, not an anchor).
+    fn recipient(&self, cert: &Path) {
+        std::fs::copy(cert, self.recips.join(cert.file_name().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn only_a_crl_complete_for_the_certificate_vouches_for_it() {
+    let s = Setup::new();
+    let root = Ca::root(s.pki.path(), "Root");
+    let root_point = s.url("root.crl");
+    let ca = root.sub("Issuing", &root_point, 2);
+    let point = s.url("issuing.crl");
+    let revoked = ca.leaf("revoked", "revoked@partner.example", &point, 10);
+    let good = ca.leaf("good", "good@partner.example", &point, 11);
+    s.recipient(&ca.pem());
+    s.recipient(&revoked);
+    s.recipient(&good);
+    ca.revoke(&revoked);
+    s.serve("root.crl", &root.crl("full", &root_point));
+    let cfg = explain_config(s.pki.path(), &s.recips, &root, "hard-fail");
+
+    // Control: the CA's full CRL says revoked, and vouches for the other.
+    s.serve("issuing.crl", &ca.crl("full", &point));
+    let (text, ok) = explain(&cfg, "revoked@partner.example", &[]);
+    assert!(!ok && text.contains("revoked (CRL http://"), "{text}");
+    let (text, ok) = explain(&cfg, "good@partner.example", &[]);
+    assert!(ok && text.contains("not revoked (CRL http://"), "{text}");
+
+    // Another CRL the same CA signed, served at the certificate's URL:
+    // none of them is an answer, so hard-fail defers.
+    for (section, why) in [
+        ("partition", "another distribution point"),
+        ("ca_only", "covers only CA certificates"),
+        ("some_reasons", "only some revocation reasons"),
+        ("delta", "delta CRL"),
+    ] {
+        s.serve("issuing.crl", &ca.crl(section, &point));
+        let (text, ok) = explain(&cfg, "revoked@partner.example", &[]);
+        assert!(!ok, "{section}: {text}");
+        assert!(
+            text.contains("revocation status unknown") && text.contains(why),
+            "{section}: {text}"
+        );
+        assert!(!text.contains("usable:"), "{section}: {text}");
+    }
+
+    // A revoked issuing CA revokes what it issued, though the leaf's own
+    // CRL says nothing against it. Control above: the root's CRL empty.
+    s.serve("issuing.crl", &ca.crl("full", &point));
+    root.revoke(&ca.pem());
+    s.serve("root.crl", &root.crl("full", &root_point));
+    let (text, ok) = explain(&cfg, "good@partner.example", &[]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("issuing CA \"Issuing\" revoked (CRL"),
+        "{text}"
+    );
+}
+
+#[test]
+fn sources_that_cannot_be_asked_are_unknown_and_https_ones_are_asked() {
+    let s = Setup::new();
+    let root = Ca::root(s.pki.path(), "Root");
+    // An HTTPS server for the CRL, its TLS root trusted through
+    // SSL_CERT_FILE.
+    let tls_root = Ca::root(s.pki.path(), "TLS Root");
+    let tls_key = s.pki.path().join("tls.key");
+    let tls_pem = s.pki.path().join("tls.pem");
+    tls_root.issue(
+        &tls_key,
+        &tls_pem,
+        "/CN=127.0.0.1",
+        "basicConstraints=critical,CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        40,
+    );
+    let port = common::free_port();
+    let https_point = format!("https://127.0.0.1:{port}/issuing.crl");
+    let ca = root.sub("Issuing", &s.url("root.crl"), 2);
+    let over_https = ca.leaf("https", "https@partner.example", &https_point, 20);
+    let over_ldap = ca.leaf(
+        "ldap",
+        "ldap@partner.example",
+        "ldap://127.0.0.1:1/cn=crl",
+        21,
+    );
+    s.recipient(&ca.pem());
+    s.recipient(&over_https);
+    s.recipient(&over_ldap);
+    ca.revoke(&over_https);
+    s.serve("root.crl", &root.crl("full", &s.url("root.crl")));
+    let www = s.pki.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    std::fs::write(www.join("issuing.crl"), ca.crl("full", &https_point)).unwrap();
+    let cfg = explain_config(s.pki.path(), &s.recips, &root, "hard-fail");
+    let tls_root_pem = tls_root.pem();
+    let env = [("SSL_CERT_FILE", path(&tls_root_pem))];
+
+    // No server yet: unknown, deferred.
+    let (text, ok) = explain(&cfg, "https@partner.example", &env);
+    assert!(!ok && text.contains("revocation status unknown"), "{text}");
+    // The HTTPS server answers: the CRL says revoked.
+    let server = HttpsServer::start(&www, port, &tls_pem, &tls_key);
+    let (text, ok) = explain(&cfg, "https@partner.example", &env);
+    assert!(!ok, "{text}");
+    assert!(text.contains("revoked (CRL https://127.0.0.1:"), "{text}");
+    drop(server);
+
+    // A CRL only over LDAP is a source named but not asked: unknown, not
+    // "no revocation source named".
+    let (text, ok) = explain(&cfg, "ldap@partner.example", &[]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("no HTTP or HTTPS location") && !text.contains("no revocation source"),
+        "{text}"
+    );
+}
+
+/// `openssl s_server -WWW` serving `dir` over TLS on 127.0.0.1:`port`.
+struct HttpsServer(Child);
+
+impl HttpsServer {
+    fn start(dir: &Path, port: u16, cert: &Path, key: &Path) -> HttpsServer {
+        let child = Command::new("openssl")
+            .args(["s_server", "-quiet", "-WWW", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-cert", path(cert), "-key", path(key)])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        assert!(wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }));
+        HttpsServer(child)
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends a message from alice to `rcpt` through `gw`.
+fn send(gw: &Gateway, rcpt: &str, id: &str) {
+    let body = String::from_utf8(common::message(id, "Til modparten."))
+        .unwrap()
+        .replacen(
+            "From: Alice <alice@example.org>",
+            "From: <alice@example-law.dk>",
+            1,
+        );
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    let r = c
+        .send("alice@example-law.dk", &[rcpt], body.as_bytes())
+        .unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+}
+
+#[test]
+fn a_kept_crl_answers_only_for_its_own_issuer_and_not_after_a_reload() {
+    let s = Setup::new();
+    let root = Ca::root(s.pki.path(), "Root");
+    let root_point = s.url("root.crl");
+    let first = root.sub("First CA", &root_point, 2);
+    let second = root.sub("Second CA", &root_point, 3);
+    // Both CAs' certificates name the same URL, where the path serves the
+    // first CA's (genuine, empty) CRL.
+    let shared = s.url("shared.crl");
+    let a = first.leaf("a", "a@partner.example", &shared, 30);
+    let b = second.leaf("b", "b@partner.example", &shared, 31);
+    s.recipient(&first.pem());
+    s.recipient(&second.pem());
+    s.recipient(&a);
+    s.recipient(&b);
+    second.revoke(&b);
+    s.serve("root.crl", &root.crl("full", &root_point));
+    s.serve("shared.crl", &first.crl("full", &shared));
+
+    let outside = Sink::start(Script::default());
+    let inside = Sink::start(Script::default());
+    let mut opts = Options::new(inside.addr);
+    opts.external_hop = outside.addr;
+    opts.extra = strict_extra(s.pki.path(), &s.recips, &root, "hard-fail");
+    let gw = Gateway::start(opts);
+
+    // a is vouched for by its CA's CRL, fetched and kept.
+    send(&gw, "a@partner.example", "kept-a");
+    assert!(
+        wait_until(Duration::from_secs(20), || outside.count() == 1),
+        "{}",
+        gw.log()
+    );
+    // b's CA did not sign the kept CRL: not an answer for b.
+    send(&gw, "b@partner.example", "kept-b");
+    assert!(
+        wait_until(Duration::from_secs(20), || gw
+            .log()
+            .contains("signature does not verify with the issuer")),
+        "{}",
+        gw.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        outside.count(),
+        1,
+        "sent to b on another CA's CRL: {}",
+        gw.log()
+    );
+
+    // The CA revokes a; the operator reloads: the kept CRL is dropped.
+    first.revoke(&a);
+    s.serve("shared.crl", &first.crl("full", &shared));
+    gw.signal("HUP");
+    assert!(wait_until(Duration::from_secs(10), || gw
+        .log()
+        .contains("configuration reloaded")));
+    send(&gw, "a@partner.example", "after-reload");
+    assert!(
+        wait_until(Duration::from_secs(20), || gw.log().lines().any(|l| l
+            .contains("event=\"bounced\"")
+            && l.contains("<after-reload@test>"))),
+        "{}",
+        gw.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        outside.count(),
+        1,
+        "sent to a after its revocation and a reload: {}",
+        gw.log()
+    );
+}

@@ -183,6 +183,7 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
         openssl = openssl::version::version(),
         "smime-gateway started"
     );
+    warn_soft_fail(&live.current().settings);
     systemd::ready();
     loop {
         tokio::select! {
@@ -264,6 +265,14 @@ fn watch(path: &Path, tx: mpsc::UnboundedSender<()>) -> notify::Result<notify::R
     Ok(watcher)
 }
 
+/// Says, at start and reload, what `revocation = "soft-fail"` gives away.
+fn warn_soft_fail(settings: &crate::config::Settings) {
+    if settings.trust.revocation == crate::config::Revocation::SoftFail {
+        warn!(event = "soft-fail",
+              "trust.revocation = \"soft-fail\": whoever can block the CRL and OCSP servers makes a revoked certificate usable; \"hard-fail\" defers instead");
+    }
+}
+
 /// Loads the configuration again and swaps it in when valid; an invalid
 /// one is logged and the running one kept. Listen addresses and the spool
 /// directory take effect only at the next start.
@@ -271,7 +280,8 @@ fn reload(path: &Path, live: &Live, pool: &crate::delivery::Pool) {
     match Snapshot::load(path).map(|s| live.replace(s)) {
         Ok(()) => {
             pool.clear();
-            info!(config = %path.display(), "configuration reloaded")
+            info!(config = %path.display(), "configuration reloaded");
+            warn_soft_fail(&live.current().settings);
         }
         Err(e) => error!(error = %e, "configuration not reloaded; the previous one stays in force"),
     }

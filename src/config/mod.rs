@@ -249,10 +249,11 @@ impl LdapSettings {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Revocation {
-    /// Check CRL and OCSP; accept when no source can be reached.
-    #[default]
+    /// Check CRL and OCSP; accept when no source can be reached (so
+    /// whoever can block the sources makes a revoked certificate usable).
     SoftFail,
     /// Check; when no source can be reached, defer the message.
+    #[default]
     HardFail,
     Off,
 }
@@ -1085,6 +1086,14 @@ mod defaults {
 mod tests {
     use super::*;
     use std::net::IpAddr;
+
+    #[test]
+    fn revocation_fails_closed_unless_told_otherwise() {
+        let s = super::load::test_settings("");
+        assert_eq!(s.trust.revocation, Revocation::HardFail);
+        let s = super::load::test_settings("[trust]\nrevocation = \"soft-fail\"\n");
+        assert_eq!(s.trust.revocation, Revocation::SoftFail);
+    }
 
     #[test]
     fn only_ldaps_and_starttls_are_authenticated_directories() {

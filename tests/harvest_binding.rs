@@ -144,6 +144,54 @@ fn a_certificate_sent_by_someone_else_is_not_harvested() {
 }
 
 #[test]
+fn no_certificate_is_harvested_for_the_organisations_own_addresses() {
+    // A CA-issued certificate naming the firm's archive address, signed
+    // mail with that address as envelope sender and From, sent from
+    // outside: it proves nothing about who holds the certificate.
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, cert) = pki::issue_by_oces3_ca(
+        tmp.path(),
+        "archive-forger",
+        "/CN=Archive Forger",
+        "basicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature,keyEncipherment\n\
+         subjectAltName = email:archive@example-law.dk\ncertificatePolicies = 0.4.0.2042.1.1\n",
+        4343,
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let sink = Sink::start(Script::default());
+    let mut opts = Options::new(sink.addr);
+    opts.trusted = false;
+    opts.extra = format!(
+        "{}\n[trust]\nanchors = [\"{}\"]\nrevocation = \"off\"\n\n[certificates]\ndirs = [\"{}\"]\n{RULES}",
+        pki::identity("org-oces3", &[]),
+        pki::demo().join("trust").display(),
+        empty.path().display(),
+    );
+    let gw = Gateway::start(opts);
+    send(
+        &gw,
+        "archive@example-law.dk",
+        &signed_by("<archive@example-law.dk>", "own-1", &cert, &key),
+    );
+    // Control: the court's own signed mail, from the same place, is kept.
+    send(&gw, "post@domstol.dk", &court_signed("own-control"));
+    delivered(&sink, 2);
+    assert!(
+        wait_until(Duration::from_secs(10), || gw
+            .log()
+            .contains("event=\"harvested\"")),
+        "{}",
+        gw.log()
+    );
+    let log = gw.log();
+    assert_eq!(log.matches("event=\"harvested\"").count(), 1, "{log}");
+    assert!(log.contains("the organisation's own address"), "{log}");
+    let listed = String::from_utf8_lossy(&gw.cli(&["certs", "list"]).stdout).into_owned();
+    assert!(listed.contains("Demo Court"), "{listed}");
+    assert!(!listed.contains("Archive Forger"), "{listed}");
+}
+
+#[test]
 fn the_directory_certificate_wins_over_a_harvested_one() {
     let tmp = tempfile::tempdir().unwrap();
     let (key, cert) = mallory(tmp.path());

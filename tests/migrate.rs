@@ -1378,6 +1378,74 @@ fn extra_recipients_can_open_every_new_copy() {
     assert_eq!(tree(&root), before, "nothing changed");
 }
 
+/// Every copy of the archive would be readable by an extra recipient, so
+/// only a certificate the operator put in the folders is taken: the
+/// court's certificate harvested from its own signed mail (a binding good
+/// enough to encrypt one message to the court) stops the run. Control:
+/// `extra_recipients_can_open_every_new_copy`, the same certificate in the
+/// folder.
+#[test]
+fn an_extra_recipient_is_never_a_harvested_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    // The daemon harvests the court's certificate from its signed mail.
+    let sink = common::sink::Sink::start(common::sink::Script::default());
+    let mut opts = common::Options::new(sink.addr);
+    opts.spool_dir = Some(spool.clone());
+    opts.extra = format!(
+        "[trust]\nanchors = [\"{}\"]\nrevocation = \"off\"\n",
+        pki::demo().join("trust").display()
+    );
+    let gw = common::Gateway::start(opts);
+    let mut m = b"From: Domstol <post@domstol.dk>\r\nTo: <bob@example-law.dk>\r\nSubject: signed\r\nMessage-ID: <court-h@test>\r\n".to_vec();
+    m.extend_from_slice(&pki::crlf(&pki::cms_sign(
+        &pki::inner("from the court"),
+        "court-oces3",
+    )));
+    let mut c = common::client::Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    assert_eq!(
+        c.send("post@domstol.dk", &["bob@example-law.dk"], &m)
+            .unwrap()
+            .code,
+        250
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || gw
+            .log()
+            .contains("event=\"harvested\"")),
+        "{}",
+        gw.log()
+    );
+    drop(gw);
+
+    let cfg = config(
+        dir.path(),
+        "[migrate]\nextra_recipients = [\"post@domstol.dk\"]\n",
+    );
+    let root = dir.path().join("Maildir");
+    let msgs: Vec<Msg> = corpus(dir.path())
+        .into_iter()
+        .filter(|m| m.name == "o2-inbox")
+        .collect();
+    make_maildir(&root, &msgs);
+    let before = tree(&root);
+    let out = migrate_cmd(&cfg, &["--maildir", root.to_str().unwrap()], &[])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("post@domstol.dk") && text.contains("not taken: harvested"),
+        "{text}"
+    );
+    assert_eq!(tree(&root), before, "nothing written: {text}");
+}
+
 #[test]
 fn several_mailboxes_in_one_run() {
     let dir = tempfile::tempdir().unwrap();

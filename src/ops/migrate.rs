@@ -18,6 +18,7 @@ use crate::migrate::rekey::{rfc3339, Rekeyer};
 use crate::migrate::report::{self, MessageLine};
 use crate::migrate::source::{Originals, Source};
 use crate::migrate::{self, eml::EmlDir, maildir::Maildir, Options, Progress};
+use crate::pki::directory::Source as CertSource;
 use crate::pki::oces::Generation;
 use crate::pki::resolve::Verdict;
 use crate::pki::signer;
@@ -329,8 +330,12 @@ fn extra_recipients(
             now,
             |e| e.info.can_encrypt(),
         ));
+        // Every copy of the archive is encrypted to it: only a certificate
+        // the operator put in the certificate folders will do, never one
+        // harvested from mail or found in LDAP.
         let pick = candidates
             .iter()
+            .filter(|c| c.entry.source == CertSource::Directory)
             .filter(|c| matches!(c.verdict, Verdict::Usable(_)))
             .max_by_key(|c| {
                 (
@@ -345,6 +350,10 @@ fn extra_recipients(
                     .iter()
                     .map(|c| {
                         let verdict = match &c.verdict {
+                            _ if c.entry.source != CertSource::Directory => format!(
+                                "not taken: {} (only a certificate in [certificates] dirs is)",
+                                c.entry.source
+                            ),
                             Verdict::Usable(n) => n.clone(),
                             Verdict::Refused(n) => format!("refused: {n}"),
                             Verdict::Unknown(n) => format!("unknown: {n}"),

@@ -167,7 +167,7 @@ pub fn mailboxes_at<'a>(
             ask_ldap(result, body, ctx, out);
         }
         if ctx.settings.certificates.harvest {
-            harvest(result, envelope, body, out);
+            harvest(result, envelope, body, ctx.settings, out);
         }
         if first {
             observe(result, out);
@@ -500,8 +500,17 @@ fn observe(result: &Unwrapped, out: &mut Actions<'_>) {
 /// Offers the signer certificates of valid signatures whose signer is the
 /// From address itself (`exact`: a certificate is kept for an address
 /// only from mail that address signed), once per message, each with the
-/// address it is bound to (or why the message binds it to nobody).
-fn harvest(result: &Unwrapped, envelope: &Envelope, body: &[u8], out: &mut Actions<'_>) {
+/// address it is bound to (or why the message binds it to nobody). An
+/// address of the organisation's own is bound by nothing a message says:
+/// anyone outside can write it as envelope sender and From, and a CA may
+/// issue anyone a certificate naming it.
+fn harvest(
+    result: &Unwrapped,
+    envelope: &Envelope,
+    body: &[u8],
+    settings: &crate::config::Settings,
+    out: &mut Actions<'_>,
+) {
     let report = match result {
         Unwrapped::Opened { report, .. } | Unwrapped::Unchanged { report } => report,
         Unwrapped::Failed { .. } => return,
@@ -533,7 +542,17 @@ fn harvest(result: &Unwrapped, envelope: &Envelope, body: &[u8], out: &mut Actio
             cert: cert.clone(),
             capabilities: sig.verified.capabilities.clone(),
             signed_at: sig.verified.claimed_time,
-            bound: binding(&envelope.mail_from, &from, &names),
+            bound: binding(&envelope.mail_from, &from, &names).and_then(|a| {
+                if crate::pipeline::decide::is_internal(settings, &a)
+                    || settings.mailbox(&a).is_some()
+                {
+                    Err(format!(
+                        "<{a}> is the organisation's own address: its certificates come from the operator, never from mail"
+                    ))
+                } else {
+                    Ok(a)
+                }
+            }),
         }));
     }
 }

@@ -891,6 +891,14 @@ impl Settings {
         crate::mail::return_path::tag_of(&self.smime.return_path, &self.server.hostname, addr)
     }
 
+    /// Whether `addr` is the organisation's own: in an internal domain or
+    /// a configured mailbox. Nothing a message says binds a certificate
+    /// to such an address.
+    pub fn is_own_address(&self, addr: &str) -> bool {
+        crate::mail::address::domain_of(addr).is_some_and(|d| self.server.is_internal_domain(&d))
+            || self.mailbox(addr).is_some()
+    }
+
     /// The `[[mailbox]]` entry for `addr`: an exact address first, then
     /// `*@domain`.
     pub fn mailbox(&self, addr: &str) -> Option<&MailboxSettings> {
@@ -1086,6 +1094,17 @@ mod defaults {
 mod tests {
     use super::*;
     use std::net::IpAddr;
+
+    #[test]
+    fn own_addresses_are_internal_domains_and_mailboxes() {
+        let s = super::load::test_settings(
+            "[[mailbox]]\naddress = \"arkiv@partner-firm.dk\"\ndeliver = \"plain\"\n",
+        );
+        assert!(s.is_own_address("Archive@EXAMPLE-LAW.dk"));
+        assert!(s.is_own_address("arkiv@partner-firm.dk"));
+        assert!(!s.is_own_address("post@domstol.dk"));
+        assert!(!s.is_own_address("x@example-law.dk.evil.example"));
+    }
 
     #[test]
     fn revocation_fails_closed_unless_told_otherwise() {

@@ -543,9 +543,7 @@ fn harvest(
             capabilities: sig.verified.capabilities.clone(),
             signed_at: sig.verified.claimed_time,
             bound: binding(&envelope.mail_from, &from, &names).and_then(|a| {
-                if crate::pipeline::decide::is_internal(settings, &a)
-                    || settings.mailbox(&a).is_some()
-                {
+                if settings.is_own_address(&a) {
                     Err(format!(
                         "<{a}> is the organisation's own address: its certificates come from the operator, never from mail"
                     ))

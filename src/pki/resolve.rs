@@ -126,7 +126,13 @@ impl Resolver {
         at: i64,
         wanted: impl Fn(&Entry) -> bool,
     ) -> (Vec<Candidate>, Option<String>) {
-        let local = directory.lookup(addr);
+        let mut local = directory.lookup(addr);
+        // Certificates harvested for the organisation's own addresses
+        // before they were refused (an older version kept them) bind
+        // nothing: anyone outside could have written the address.
+        if settings.is_own_address(addr) {
+            local.retain(|e| e.source != Source::Harvested);
+        }
         for e in &local {
             crate::metrics::lookup(match e.source {
                 Source::Harvested => "harvested",
@@ -579,5 +585,31 @@ mod tests {
         assert!(r.ldap_cached(&after, "x@y.dk").await.is_err());
         r.forget_answers();
         assert!(r.ldap_cached(&before, "x@y.dk").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_harvested_certificate_never_answers_for_an_own_address() {
+        // As an older version might have kept it: one certificate
+        // harvested for an internal address and for a counterparty.
+        let id = crate::pki::testkit::identity(1024, "Harvested").unwrap();
+        let directory = Arc::new(Directory::load(&[], None).unwrap());
+        for addr in ["archive@example-law.dk", "post@domstol.dk"] {
+            assert!(directory.harvest(&id.cert, addr, &[], None).unwrap());
+        }
+        let settings = crate::config::load::test_settings("");
+        let (keys, checked) = (Arc::new(Keyring::default()), Arc::new(Checked::new()));
+        let r = Resolver::new();
+        let found = |addr: &'static str| {
+            let (r, keys, directory, checked, settings) =
+                (&r, &keys, &directory, &checked, &settings);
+            async move {
+                r.candidates(keys, directory, checked, settings, addr, 0, |_| true)
+                    .await
+                    .0
+                    .len()
+            }
+        };
+        assert_eq!(found("archive@example-law.dk").await, 0);
+        assert_eq!(found("post@domstol.dk").await, 1, "control");
     }
 }

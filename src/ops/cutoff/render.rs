@@ -27,13 +27,13 @@ pub(super) fn csv_text(report: &Report) -> Result<String, CutoffError> {
     .map_err(fail)?;
     for r in &report.counterparties {
         w.write_record([
-            r.address.as_str(),
-            &r.domain,
-            r.rule_today.as_deref().unwrap_or(""),
-            r.rule.as_deref().unwrap_or(""),
-            &r.today,
-            &r.at_date,
-            r.reason.as_deref().unwrap_or(""),
+            inert_cell(&r.address).as_ref(),
+            &inert_cell(&r.domain),
+            &inert_cell(r.rule_today.as_deref().unwrap_or("")),
+            &inert_cell(r.rule.as_deref().unwrap_or("")),
+            &inert_cell(&r.today),
+            &inert_cell(&r.at_date),
+            &inert_cell(r.reason.as_deref().unwrap_or("")),
             &r.readiness,
             if r.changes { "yes" } else { "no" },
             if r.turns_plain { "yes" } else { "no" },
@@ -48,6 +48,17 @@ pub(super) fn csv_text(report: &Report) -> Result<String, CutoffError> {
         .into_inner()
         .map_err(|e| CutoffError::Usage(format!("cannot write CSV: {e}")))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// A cell a spreadsheet shows as text: one that starts like a formula
+/// (`=`, `+`, `-`, `@`, a tab or a carriage return) gets a leading `'`.
+/// Addresses come from anyone's envelope (`=cmd|'/C calc'!A0@evil.example`).
+fn inert_cell(cell: &str) -> std::borrow::Cow<'_, str> {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        std::borrow::Cow::Owned(format!("'{cell}"))
+    } else {
+        std::borrow::Cow::Borrowed(cell)
+    }
 }
 
 /// Left-aligned columns as wide as their widest cell.

@@ -1,6 +1,7 @@
-//! Unit tests of the cutoff report: volumes, --set arguments, columns.
+//! Unit tests of the cutoff report: volumes, --set arguments, columns,
+//! CSV cells a spreadsheet does not run.
 
-use super::render::columns;
+use super::render::{columns, csv_text};
 use super::*;
 
 fn row(recipient: &str, rule: &str, outcome: &str, count: u64, last: i64) -> OutboundUse {
@@ -47,4 +48,48 @@ fn columns_line_up() {
         vec!["AAA".into(), "B".into(), "y".into()],
     ]);
     assert_eq!(text, "A    BB  x\nAAA  B   y\n");
+}
+
+#[test]
+fn csv_cells_that_start_like_a_formula_are_text() {
+    let row = |address: &str| Row {
+        address: address.into(),
+        domain: "evil.example".into(),
+        rule_today: None,
+        rule: Some("-default".into()),
+        today: "plain".into(),
+        at_date: "plain".into(),
+        reason: Some("@reason".into()),
+        readiness: "none".into(),
+        changes: false,
+        turns_plain: false,
+        at_risk: false,
+        mail: 1,
+        encrypted_mail: 0,
+        last_seen: None,
+    };
+    let report = Report {
+        now: String::new(),
+        at: String::new(),
+        since: String::new(),
+        configuration: String::new(),
+        counterparties: vec![
+            row("=cmd|'/C calc'!A0@evil.example"),
+            row("+sum(1)@evil.example"),
+            row("plain@evil.example"),
+        ],
+        rules: Vec::new(),
+        domains: Vec::new(),
+        at_risk: 0,
+    };
+    let text = csv_text(&report).unwrap();
+    let cells: Vec<Vec<String>> = csv::Reader::from_reader(text.as_bytes())
+        .records()
+        .map(|r| r.unwrap().iter().map(String::from).collect())
+        .collect();
+    assert_eq!(cells[0][0], "'=cmd|'/C calc'!A0@evil.example");
+    assert_eq!(cells[1][0], "'+sum(1)@evil.example");
+    assert_eq!(cells[2][0], "plain@evil.example", "control: left as it is");
+    assert_eq!(cells[0][3], "'-default");
+    assert_eq!(cells[0][6], "'@reason");
 }

@@ -3,10 +3,15 @@
 //! anything logged (names from certificates, replies, header values) are
 //! escaped, so no value can start a forged line or reach the terminal as
 //! an escape sequence; `escape_controls` does the same for CLI output.
+//! In text, a value with a space, `=`, `"` or `\\` in it is written quoted
+//! (`reply="250 2.0.0 Ok"`), and so is a message with `=` in it, so no
+//! value can add a forged `key=value` to its line (a Message-ID of
+//! `<a event=bounced>`).
 
 use std::borrow::Cow;
 use std::io::{self, Write};
 
+use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +26,22 @@ pub fn init(format: Format) {
         .with_env_filter(filter)
         .with_writer(|| Escaping(io::stderr()));
     match format {
-        Format::Text => builder.with_ansi(false).init(),
+        Format::Text => builder
+            .fmt_fields(
+                tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+                    let text = format!("{value:?}");
+                    match field.name() {
+                        // The sentence stays as it is unless it could
+                        // pass for fields.
+                        "message" if !text.contains('=') => write!(w, "{text}"),
+                        "message" => write!(w, "{text:?}"),
+                        name => write!(w, "{name}={}", quoted_if_needed(&text)),
+                    }
+                })
+                .delimited(" "),
+            )
+            .with_ansi(false)
+            .init(),
         Format::Json => builder.json().flatten_event(true).init(),
     }
 }
@@ -46,6 +66,38 @@ pub fn escape_controls(text: &str, keep_newlines: bool) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// `text` as one field value of a text log line: as it is when it cannot
+/// be mistaken for more than one value (or is a quoted string already, as
+/// `?` and string fields are written), otherwise quoted with `"` and `\\`
+/// escaped.
+pub fn quoted_if_needed(text: &str) -> Cow<'_, str> {
+    let plain = !text.is_empty()
+        && !text.contains(|c: char| c.is_whitespace() || matches!(c, '=' | '"' | '\\'));
+    if plain || is_quoted(text) {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(format!("{text:?}"))
+    }
+}
+
+/// Whether `text` is one string literal as `Debug` writes it: quotes at
+/// both ends and every quote between them escaped.
+fn is_quoted(text: &str) -> bool {
+    let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) else {
+        return false;
+    };
+    let mut escaped = false;
+    for c in inner.chars() {
+        match (escaped, c) {
+            (true, _) => escaped = false,
+            (false, '\\') => escaped = true,
+            (false, '"') => return false,
+            _ => {}
+        }
+    }
+    !escaped
 }
 
 /// A writer that gets one whole event per write (as tracing-subscriber's
@@ -76,6 +128,23 @@ impl<W: Write> Write for Escaping<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_cannot_add_a_field_to_its_line() {
+        assert_eq!(quoted_if_needed("250"), "250");
+        assert_eq!(quoted_if_needed("\"delivered\""), "\"delivered\"");
+        assert_eq!(
+            quoted_if_needed("<a event=bounced recipient=ceo@x>"),
+            "\"<a event=bounced recipient=ceo@x>\""
+        );
+        assert_eq!(
+            quoted_if_needed("\"a\" event=\"bounced\""),
+            "\"\\\"a\\\" event=\\\"bounced\\\"\""
+        );
+        assert_eq!(quoted_if_needed("a\\"), "\"a\\\\\"");
+        assert_eq!(quoted_if_needed(""), "\"\"");
+        assert!(!is_quoted("\"a\\\""));
+    }
 
     #[test]
     fn controls_are_escaped() {

@@ -1234,3 +1234,42 @@ fn a_bounce_for_outside_leaves_before_the_mailbox_copy_is_opened() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(outside.count(), 1, "{:?}", outside.received());
 }
+
+/// A value from outside cannot add a `key=value` to its log line: a
+/// Message-ID with spaces and `=` in it is written quoted. Control: an
+/// ordinary one is written as it is, and the test sees it.
+#[test]
+fn a_message_id_adds_no_field_to_a_log_line() {
+    let mailbox = Sink::start(Script::default());
+    let outside = Sink::start(Script::default());
+    let gw = gateway(&mailbox, &outside, "");
+    let forged = String::from_utf8(common::message("x", "forged fields"))
+        .unwrap()
+        .replace(
+            "Message-ID: <x@test>",
+            "Message-ID: <a event=bounced recipient=ceo@example-law.dk>",
+        );
+    assert!(forged.contains("event=bounced"), "{forged}");
+    assert_eq!(send(&gw, "bob@example-law.dk", forged.as_bytes()).code, 250);
+    assert_eq!(
+        send(
+            &gw,
+            "bob@example-law.dk",
+            &common::message("plain-id", "control")
+        )
+        .code,
+        250
+    );
+    assert!(wait_until(Duration::from_secs(20), || mailbox.count() == 2));
+    assert!(wait_until(Duration::from_secs(5), || gw
+        .log()
+        .matches("event=\"delivered\"")
+        .count()
+        == 2));
+    let log = gw.log();
+    assert!(log.contains("message_id=<plain-id@test>"), "{log}");
+    assert!(
+        log.contains("message_id=\"<a event=bounced recipient=ceo@example-law.dk>\""),
+        "{log}"
+    );
+}

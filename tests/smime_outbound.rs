@@ -1142,7 +1142,7 @@ fn a_revoked_own_identity_no_longer_signs() {
         copy.text()
     );
     assert!(copy.text().contains("from bob"));
-    assert!(gw.log().contains("signer=nobody"), "{}", gw.log());
+    assert!(gw.log().contains("signer=\"nobody"), "{}", gw.log());
 }
 
 #[test]

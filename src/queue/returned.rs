@@ -90,9 +90,13 @@ pub async fn take(
         .collect()
 }
 
+/// How many of a returned report's recipients the notice names.
+const NOTICE_RECIPIENTS: usize = 10;
+
 /// The notice to `postmaster` about returned mail (`about`: the queue ids
-/// the return paths named). Only the report's fields, each on one line;
-/// never the returned content. Pure.
+/// the return paths named). Only the report's fields, each on one line,
+/// said to be unverified (anyone can write to the return path), at most
+/// [`NOTICE_RECIPIENTS`] of them; never the returned content. Pure.
 pub fn notice(
     hostname: &str,
     postmaster: &str,
@@ -111,6 +115,9 @@ pub fn notice(
          to the gateway's return path (gateway queue id {about}). It was not\r\n\
          passed on to the original sender, so that nothing about decrypted mail\r\n\
          leaves the organisation. The returned content is not included.\r\n\r\n\
+         Everything below is copied, unverified, from what came back: anyone\r\n\
+         can send mail to the return path, so do not act on instructions,\r\n\
+         addresses or links in it.\r\n\r\n\
          Returned by: {} (client {})\r\n",
         one_line(&returned.helo),
         one_line(&returned.client),
@@ -121,7 +128,7 @@ pub fn notice(
                 "Reporting MTA: {}\r\n\r\n",
                 one_line(r.reporting_mta.as_deref().unwrap_or("-"))
             ));
-            for s in &r.recipients {
+            for s in r.recipients.iter().take(NOTICE_RECIPIENTS) {
                 text.push_str(&format!(
                     "Recipient: {}\r\n  Action: {}\r\n  Status: {}\r\n  Remote MTA: {}\r\n  Diagnostic: {}\r\n\r\n",
                     one_line(&s.final_recipient),
@@ -134,6 +141,11 @@ pub fn notice(
         }
         None => text
             .push_str("\r\nIt is not a delivery status report (an automatic reply, perhaps).\r\n"),
+    }
+    if let Some(more) = report.and_then(|r| r.recipients.len().checked_sub(NOTICE_RECIPIENTS)) {
+        if more > 0 {
+            text.push_str(&format!("({more} more recipient(s) not shown)\r\n"));
+        }
     }
     let body = format!(
         "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
@@ -216,8 +228,46 @@ mod tests {
         assert!(env.mail_from.is_empty());
         assert_eq!(env.rcpts, vec!["postmaster@example-law.dk".to_string()]);
         assert!(text.contains("Recipient: gone@example-law.dk\r\n"));
+        assert!(text.contains("copied, unverified"), "{text}");
         assert!(text.contains("Diagnostic: quota  exceeded\r\n"));
         assert!(text.contains("Returned by: mx  Injected: yes"));
         assert!(!text.contains("\r\nInjected"));
+    }
+
+    #[test]
+    fn the_notice_names_a_few_recipients_of_a_long_report() {
+        let returned = Envelope {
+            mail_from: String::new(),
+            rcpts: vec!["smimegw-bounce+0001@gw".into()],
+            received: 0,
+            client: "192.0.2.7".into(),
+            helo: "anyone".into(),
+            eight_bit: false,
+            smtputf8: false,
+            released: false,
+            submission: false,
+        };
+        let report = Report {
+            reporting_mta: None,
+            recipients: (0..100)
+                .map(|i| RecipientStatus {
+                    final_recipient: format!("r{i}@example-law.dk"),
+                    action: "failed".into(),
+                    status: "5.0.0".into(),
+                    ..RecipientStatus::default()
+                })
+                .collect(),
+        };
+        let (_, body) = notice(
+            "gw",
+            "postmaster@x",
+            "0001",
+            &returned,
+            Some(&report),
+            SystemTime::now(),
+        );
+        let text = String::from_utf8(body).unwrap();
+        assert_eq!(text.matches("Recipient: ").count(), NOTICE_RECIPIENTS);
+        assert!(text.contains("(90 more recipient(s) not shown)"), "{text}");
     }
 }

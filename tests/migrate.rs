@@ -1433,11 +1433,7 @@ fn an_extra_recipient_is_never_a_harvested_certificate() {
     let out = migrate_cmd(&cfg, &["--maildir", root.to_str().unwrap()], &[])
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::output_text(&out);
     assert!(!out.status.success(), "{text}");
     assert!(
         text.contains("post@domstol.dk") && text.contains("not taken: harvested"),

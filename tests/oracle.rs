@@ -1122,20 +1122,23 @@ fn assert_delivered_inert_html(got: &common::sink::Received) {
     );
 }
 
-/// What the mailbox's copy needs once opened (here: the certificate of
-/// a signer inside, asked of LDAP) must not hold back a copy for outside.
-/// Attacker: an outside sender who addresses captured ciphertext to a
-/// mailbox and to themselves in one transaction and times their own copy
-/// (how long opening took, whether it opened, whom it was signed by).
-/// LDAP here accepts connections and never answers. Observed: the
-/// outside copy arrives while LDAP still hangs. Control: the mailbox's
-/// copy arrives once LDAP is gone, opened, with the signer unknown.
-#[test]
-fn a_copy_for_outside_leaves_before_the_mailbox_copy_is_opened() {
+/// A mailbox and an outside recipient in one transaction, the outside
+/// hop following `script`: captured ciphertext (Message-ID `<id@test>`)
+/// whose signer inside must be asked of an LDAP server that accepts
+/// connections and never answers, sent by the attacker to
+/// bob@example-law.dk and `outside_rcpt`. Dropping `hanging` lets LDAP go.
+struct BesideHangingLdap {
+    hanging: std::net::TcpListener,
+    mailbox: Sink,
+    outside: Sink,
+    gw: Gateway,
+}
+
+fn beside_a_hanging_ldap(id: &str, outside_rcpt: &str, script: Script) -> BesideHangingLdap {
     let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = hanging.local_addr().unwrap().port();
     let mailbox = Sink::start(Script::default());
-    let outside = Sink::start(Script::default());
+    let outside = Sink::start(script);
     let gw = gateway(
         &mailbox,
         &outside,
@@ -1147,7 +1150,7 @@ fn a_copy_for_outside_leaves_before_the_mailbox_copy_is_opened() {
     );
     let signed = pki::cms_sign_bare(&pki::inner(SECRET), "court-oces3");
     let m = String::from_utf8(enveloped(
-        "co-rcpt",
+        id,
         "bob@example-law.dk",
         &captured(&signed, "-aes-256-cbc"),
     ))
@@ -1156,9 +1159,33 @@ fn a_copy_for_outside_leaves_before_the_mailbox_copy_is_opened() {
     let mut c = Client::connect(gw.addr).unwrap();
     c.ehlo().unwrap();
     let r = c
-        .send(ATTACKER, &["bob@example-law.dk", ATTACKER], m.as_bytes())
+        .send(
+            ATTACKER,
+            &["bob@example-law.dk", outside_rcpt],
+            m.as_bytes(),
+        )
         .unwrap();
     assert_eq!(r.code, 250, "{r:?}");
+    BesideHangingLdap {
+        hanging,
+        mailbox,
+        outside,
+        gw,
+    }
+}
+
+/// What the mailbox's copy needs once opened (here: the certificate of
+/// a signer inside, asked of LDAP) must not hold back a copy for outside.
+/// Attacker: an outside sender who addresses captured ciphertext to a
+/// mailbox and to themselves in one transaction and times their own copy
+/// (how long opening took, whether it opened, whom it was signed by).
+/// LDAP here accepts connections and never answers. Observed: the
+/// outside copy arrives while LDAP still hangs. Control: the mailbox's
+/// copy arrives once LDAP is gone, opened, with the signer unknown.
+#[test]
+fn a_copy_for_outside_leaves_before_the_mailbox_copy_is_opened() {
+    let t = beside_a_hanging_ldap("co-rcpt", ATTACKER, Script::default());
+    let (mailbox, outside, gw) = (&t.mailbox, &t.outside, &t.gw);
     assert!(
         wait_until(Duration::from_secs(30), || outside.count() == 1),
         "the outside copy waited for the mailbox's LDAP lookup; log:\n{}",
@@ -1168,8 +1195,8 @@ fn a_copy_for_outside_leaves_before_the_mailbox_copy_is_opened() {
     assert_eq!(copy.rcpts, vec![ATTACKER.to_string()]);
     assert!(!contains(&copy.data, SECRET));
     assert_eq!(mailbox.count(), 0, "LDAP still hangs: nothing opened yet");
-    drop(hanging);
-    let got = delivered(&mailbox, "co-rcpt");
+    drop(t.hanging);
+    let got = delivered(mailbox, "co-rcpt");
     assert!(got.text().contains(SECRET), "{}", got.text());
     assert!(
         trace(&got.text()).contains("unknown-signer"),
@@ -1186,37 +1213,12 @@ fn a_copy_for_outside_leaves_before_the_mailbox_copy_is_opened() {
 #[test]
 fn a_bounce_for_outside_leaves_before_the_mailbox_copy_is_opened() {
     const REFUSED: &str = "gone@example.org";
-    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = hanging.local_addr().unwrap().port();
-    let mailbox = Sink::start(Script::default());
     let mut refusing = Script::default();
     refusing
         .rcpt_replies
         .insert(REFUSED.into(), "550 5.1.1 no such user".into());
-    let outside = Sink::start(refusing);
-    let gw = gateway(
-        &mailbox,
-        &outside,
-        &format!(
-            "[certificates]\nharvest = false\n\
-             [[certificates.ldap]]\nurl = \"ldap://127.0.0.1:{port}\"\nbase = \"c=DK\"\n\
-             timeout = \"60s\"\n"
-        ),
-    );
-    let signed = pki::cms_sign_bare(&pki::inner(SECRET), "court-oces3");
-    let m = String::from_utf8(enveloped(
-        "co-bounce",
-        "bob@example-law.dk",
-        &captured(&signed, "-aes-256-cbc"),
-    ))
-    .unwrap()
-    .replace("sender@example.org", "post@domstol.dk");
-    let mut c = Client::connect(gw.addr).unwrap();
-    c.ehlo().unwrap();
-    let r = c
-        .send(ATTACKER, &["bob@example-law.dk", REFUSED], m.as_bytes())
-        .unwrap();
-    assert_eq!(r.code, 250, "{r:?}");
+    let t = beside_a_hanging_ldap("co-bounce", REFUSED, refusing);
+    let (mailbox, outside, gw) = (&t.mailbox, &t.outside, &t.gw);
     assert!(
         wait_until(Duration::from_secs(30), || outside.count() == 1),
         "the outside recipient's bounce waited for the mailbox's LDAP lookup; log:\n{}",
@@ -1227,8 +1229,8 @@ fn a_bounce_for_outside_leaves_before_the_mailbox_copy_is_opened() {
     assert!(dsn.text().contains(REFUSED), "{}", dsn.text());
     assert!(!contains(&dsn.data, SECRET));
     assert_eq!(mailbox.count(), 0, "LDAP still hangs: nothing opened yet");
-    drop(hanging);
-    let got = delivered(&mailbox, "co-bounce");
+    drop(t.hanging);
+    let got = delivered(mailbox, "co-bounce");
     assert!(got.text().contains(SECRET), "{}", got.text());
     // One DSN only: the refusal is not bounced again at the attempt's end.
     std::thread::sleep(Duration::from_secs(1));

@@ -17,7 +17,7 @@ use common::client::Client;
 use common::http::FileServer;
 use common::pki;
 use common::sink::{Script, Sink};
-use common::{wait_until, Gateway, Options, BIN};
+use common::{explain, wait_until, Gateway, Options};
 
 /// A test CA made with `openssl`: key, certificate and its `openssl ca`
 /// database (for revocations and CRLs) in `dir`.
@@ -133,48 +133,14 @@ impl Ca {
     }
 
     fn issue(&self, key: &Path, pem: &Path, subject: &str, extensions: &str, serial: u32) {
-        let csr = pem.with_extension("csr");
-        let ext = pem.with_extension("ext");
-        std::fs::write(&ext, format!("[v3]\n{extensions}")).unwrap();
-        pki::openssl(
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                path(key),
-                "-subj",
-                subject,
-                "-out",
-                path(&csr),
-            ],
-            b"",
-        );
-        pki::openssl(
-            &[
-                "x509",
-                "-req",
-                "-in",
-                path(&csr),
-                "-CA",
-                path(&self.pem()),
-                "-CAkey",
-                path(&self.key()),
-                "-set_serial",
-                &serial.to_string(),
-                "-days",
-                "30",
-                "-sha256",
-                "-extfile",
-                path(&ext),
-                "-extensions",
-                "v3",
-                "-out",
-                path(pem),
-            ],
-            b"",
+        pki::issue_by(
+            &self.pem(),
+            &self.key(),
+            key,
+            pem,
+            subject,
+            extensions,
+            serial,
         );
     }
 
@@ -278,25 +244,6 @@ fn explain_config(dir: &Path, recips: &Path, root: &Ca, mode: &str) -> PathBuf {
     )
     .unwrap();
     cfg
-}
-
-/// What `explain` says of `rcpt`, and whether it would be sent.
-fn explain(config: &Path, rcpt: &str, env: &[(&str, &str)]) -> (String, bool) {
-    let out = Command::new(BIN)
-        .args(["explain", "--config"])
-        .arg(config)
-        .args(["--rcpt", rcpt])
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        out.status.success(),
-    )
 }
 
 /// The served CRL folder, the PKI folder and the recipients' folder.

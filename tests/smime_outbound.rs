@@ -334,20 +334,7 @@ fn pki_with_urls(crl_port: u16, ocsp_port: u16) -> tempfile::TempDir {
 }
 
 fn explain(config: &Path, rcpt: &str) -> (String, bool) {
-    let out = Command::new(BIN)
-        .args(["explain", "--config"])
-        .arg(config)
-        .args(["--rcpt", rcpt])
-        .output()
-        .unwrap();
-    (
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        out.status.success(),
-    )
+    common::explain(config, rcpt, &[])
 }
 
 /// A configuration for `explain` where the demo PKI's addresses

@@ -342,6 +342,28 @@ scan_interval = "1s"
     }
 }
 
+/// What `explain --config CONFIG --rcpt RCPT` says (standard output and
+/// error), with `env` set, and whether it exits 0 (the mail would go).
+pub fn explain(config: &Path, rcpt: &str, env: &[(&str, &str)]) -> (String, bool) {
+    let out = Command::new(BIN)
+        .args(["explain", "--config"])
+        .arg(config)
+        .args(["--rcpt", rcpt])
+        .envs(env.iter().copied())
+        .output()
+        .expect("run explain");
+    (output_text(&out), out.status.success())
+}
+
+/// A command's standard output followed by its standard error.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.kill9();

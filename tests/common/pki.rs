@@ -548,9 +548,34 @@ pub fn issue_by_oces3_ca(
 ) -> (PathBuf, PathBuf) {
     let d = demo();
     let key = dir.join(format!("{name}.key"));
-    let csr = dir.join(format!("{name}.csr"));
     let cert = dir.join(format!("{name}.pem"));
-    let ext = dir.join(format!("{name}-ext.cnf"));
+    issue_by(
+        &d.join("crl/oces3-ca.pem"),
+        &d.join("crl/oces3-ca.key.pem"),
+        &key,
+        &cert,
+        subject,
+        extensions,
+        serial,
+    );
+    (key, cert)
+}
+
+/// A new RSA-2048 key at `key` and its certificate at `cert`, issued by
+/// the CA `ca_pem`/`ca_key` for `subject` with the X.509v3 extensions
+/// `extensions` (the body of an OpenSSL `[v3]` section) and serial
+/// `serial`, valid for 30 days.
+pub fn issue_by(
+    ca_pem: &Path,
+    ca_key: &Path,
+    key: &Path,
+    cert: &Path,
+    subject: &str,
+    extensions: &str,
+    serial: u32,
+) {
+    let csr = cert.with_extension("csr");
+    let ext = cert.with_extension("ext.cnf");
     std::fs::write(&ext, format!("[v3]\n{extensions}")).expect("write extensions");
     let path = |p: &Path| p.to_str().expect("utf-8 path").to_string();
     openssl(
@@ -561,7 +586,7 @@ pub fn issue_by_oces3_ca(
             "rsa:2048",
             "-nodes",
             "-keyout",
-            &path(&key),
+            &path(key),
             "-subj",
             subject,
             "-out",
@@ -576,9 +601,9 @@ pub fn issue_by_oces3_ca(
             "-in",
             &path(&csr),
             "-CA",
-            &path(&d.join("crl/oces3-ca.pem")),
+            &path(ca_pem),
             "-CAkey",
-            &path(&d.join("crl/oces3-ca.key.pem")),
+            &path(ca_key),
             "-set_serial",
             &serial.to_string(),
             "-days",
@@ -589,9 +614,8 @@ pub fn issue_by_oces3_ca(
             "-extensions",
             "v3",
             "-out",
-            &path(&cert),
+            &path(cert),
         ],
         b"",
     );
-    (key, cert)
 }

@@ -31,6 +31,8 @@ enum CMS_RecipientInfo {}
 enum CMS_SignerInfo {}
 
 extern "C" {
+    fn OCSP_request_add1_nonce(req: *mut sys::OCSP_REQUEST, val: *mut u8, len: c_int) -> c_int;
+    fn OCSP_check_nonce(req: *mut sys::OCSP_REQUEST, bs: *mut sys::OCSP_BASICRESP) -> c_int;
     fn X509_sign_ctx(x: *mut sys::X509, ctx: *mut sys::EVP_MD_CTX) -> c_int;
     fn X509_CRL_sign_ctx(x: *mut sys::X509_CRL, ctx: *mut sys::EVP_MD_CTX) -> c_int;
     fn X509_CRL_set1_nextUpdate(crl: *mut sys::X509_CRL, tm: *const sys::ASN1_TIME) -> c_int;
@@ -1147,6 +1149,46 @@ fn dotted(oid: &[u8]) -> String {
         .join(".")
 }
 
+/// Adds a fresh random nonce to an OCSP request (RFC 8954): a responder
+/// that supports nonces echoes it, so an old answer replayed by someone
+/// on the path cannot stand in for a fresh one.
+pub fn add_ocsp_nonce(req: &mut openssl::ocsp::OcspRequestRef) -> Result<(), ErrorStack> {
+    // SAFETY: `req` is a live OCSP_REQUEST; a null value with length -1
+    // asks OpenSSL for a random nonce of its default length, which it
+    // copies into the request.
+    let ok = unsafe { OCSP_request_add1_nonce(req.as_ptr(), ptr::null_mut(), -1) };
+    if ok == 1 {
+        Ok(())
+    } else {
+        Err(ErrorStack::get())
+    }
+}
+
+/// What an OCSP answer did with the request's nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nonce {
+    /// Echoed exactly.
+    Echoed,
+    /// Not answered with one (a responder that does not support nonces,
+    /// or answers signed in advance).
+    NotEchoed,
+    /// Answered with another one: an answer to another request.
+    Other,
+}
+
+/// Compares the nonce of `req` with the one in its answer `resp`.
+pub fn ocsp_nonce(
+    req: &openssl::ocsp::OcspRequestRef,
+    resp: &openssl::ocsp::OcspBasicResponseRef,
+) -> Nonce {
+    // SAFETY: both are live structures the caller holds; OpenSSL only
+    // reads their extensions.
+    match unsafe { OCSP_check_nonce(req.as_ptr(), resp.as_ptr()) } {
+        1 => Nonce::Echoed,
+        0 => Nonce::Other,
+        _ => Nonce::NotEchoed,
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::client::Client;
@@ -117,6 +118,17 @@ impl Ca {
 
     /// A recipient certificate for `email` naming `point` as its CRL.
     fn leaf(&self, label: &str, email: &str, point: &str, serial: u32) -> PathBuf {
+        self.leaf_with(
+            label,
+            email,
+            &format!("crlDistributionPoints=URI:{point}\n"),
+            serial,
+        )
+    }
+
+    /// A recipient certificate for `email` with the revocation sources
+    /// `sources` (lines of an OpenSSL `[v3]` section).
+    fn leaf_with(&self, label: &str, email: &str, sources: &str, serial: u32) -> PathBuf {
         let pem = self.dir.join(format!("{label}.pem"));
         self.issue(
             &self.dir.join(format!("{label}.key")),
@@ -125,7 +137,7 @@ impl Ca {
             &format!(
                 "keyUsage=critical,digitalSignature,keyEncipherment\n\
                  extendedKeyUsage=emailProtection\nsubjectAltName=email:{email}\n\
-                 authorityKeyIdentifier=keyid\ncrlDistributionPoints=URI:{point}\n"
+                 authorityKeyIdentifier=keyid\n{sources}"
             ),
             serial,
         );
@@ -516,4 +528,100 @@ fn a_kept_crl_answers_only_for_its_own_issuer_and_not_after_a_reload() {
         "sent to a after its revocation and a reload: {}",
         gw.log()
     );
+}
+
+/// An OCSP responder for `ca` on 127.0.0.1:`port` (`openssl ocsp` on each
+/// request, with `index`), through which the path can replay: while
+/// `replay` holds an answer, that answer goes out instead; `last` keeps
+/// the last fresh one.
+struct Ocsp {
+    _server: FileServer,
+    replay: Arc<Mutex<Option<Vec<u8>>>>,
+    last: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+impl Ocsp {
+    fn start(ca: &Ca, index: &Path, port: u16) -> Ocsp {
+        let replay: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+        let last: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+        let (r, l) = (Arc::clone(&replay), Arc::clone(&last));
+        let (pem, key, index, work) = (ca.pem(), ca.key(), index.to_path_buf(), ca.dir.clone());
+        let handler: common::http::OcspHandler = Box::new(move |req: &[u8]| {
+            if let Some(old) = r.lock().unwrap().clone() {
+                return Some(old);
+            }
+            let (reqin, respout) = (work.join("ocsp.req"), work.join("ocsp.resp"));
+            std::fs::write(&reqin, req).ok()?;
+            let ok = Command::new("openssl")
+                .args(["ocsp", "-index", index.to_str()?])
+                .args(["-rsigner", pem.to_str()?, "-rkey", key.to_str()?])
+                .args(["-CA", pem.to_str()?, "-ndays", "1"])
+                .args(["-reqin", reqin.to_str()?, "-respout", respout.to_str()?])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .ok()?
+                .success();
+            let answer = ok.then(|| std::fs::read(&respout).ok()).flatten()?;
+            *l.lock().unwrap() = Some(answer.clone());
+            Some(answer)
+        });
+        let empty = ca.dir.join("nothing-served");
+        let server = FileServer::start_on(port, empty, Some(handler));
+        Ocsp {
+            _server: server,
+            replay,
+            last,
+        }
+    }
+}
+
+/// `openssl ocsp` index lines: `cert` with serial `serial`, valid or
+/// revoked.
+fn ocsp_index(serial: u32, revoked: bool) -> String {
+    let (state, at) = if revoked {
+        ("R", "240101000000Z")
+    } else {
+        ("V", "")
+    };
+    format!("{state}\t301231235959Z\t{at}\t{serial:02X}\tunknown\t/CN=leaf\n")
+}
+
+#[test]
+fn an_old_ocsp_answer_replayed_does_not_stand_for_a_fresh_one() {
+    let s = Setup::new();
+    let root = Ca::root(s.pki.path(), "Root");
+    let port = common::free_port();
+    let leaf = root.leaf_with(
+        "ocsp",
+        "ocsp@partner.example",
+        &format!("authorityInfoAccess=OCSP;URI:http://127.0.0.1:{port}/ocsp\n"),
+        50,
+    );
+    s.recipient(&leaf);
+    let index = s.pki.path().join("ocsp.index");
+    std::fs::write(&index, ocsp_index(50, false)).unwrap();
+    let ocsp = Ocsp::start(&root, &index, port);
+    let cfg = explain_config(s.pki.path(), &s.recips, &root, "hard-fail");
+
+    // A fresh answer: good. The path keeps it.
+    let (text, ok) = explain(&cfg, "ocsp@partner.example", &[]);
+    assert!(ok && text.contains("not revoked (OCSP http://"), "{text}");
+    let captured = ocsp.last.lock().unwrap().clone().expect("an answer");
+
+    // The CA revokes the certificate; the path replays the old "good"
+    // (signed by the CA, still inside its validity): not an answer.
+    std::fs::write(&index, ocsp_index(50, true)).unwrap();
+    *ocsp.replay.lock().unwrap() = Some(captured);
+    let (text, ok) = explain(&cfg, "ocsp@partner.example", &[]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("revocation status unknown") && text.contains("nonce"),
+        "{text}"
+    );
+
+    // Control: the responder's own fresh answer says revoked.
+    *ocsp.replay.lock().unwrap() = None;
+    let (text, ok) = explain(&cfg, "ocsp@partner.example", &[]);
+    assert!(!ok && text.contains("revoked (OCSP http://"), "{text}");
 }

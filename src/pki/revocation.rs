@@ -500,6 +500,7 @@ fn ocsp(
     let mut req = OcspRequest::new().map_err(e)?;
     req.add_id(OcspCertId::from_cert(MessageDigest::sha1(), cert, issuer).map_err(e)?)
         .map_err(e)?;
+    crate::ossl::add_ocsp_nonce(&mut req).map_err(e)?;
     let der = req.to_der().map_err(e)?;
     let bytes = agent(timeout)
         .post(url)
@@ -524,6 +525,11 @@ fn ocsp(
     basic
         .verify(&helpers, &store.build(), OcspFlag::empty())
         .map_err(|_| "OCSP response signature does not verify".to_string())?;
+    // A responder that echoes nonces must echo ours: another nonce is an
+    // answer to another request, replayed.
+    if crate::ossl::ocsp_nonce(&req, &basic) == crate::ossl::Nonce::Other {
+        return Err("the OCSP answer carries another request's nonce (replayed)".into());
+    }
     let id = OcspCertId::from_cert(MessageDigest::sha1(), cert, issuer).map_err(e)?;
     let status = basic
         .find_status(&id)

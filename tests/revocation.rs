@@ -625,3 +625,103 @@ fn an_old_ocsp_answer_replayed_does_not_stand_for_a_fresh_one() {
     let (text, ok) = explain(&cfg, "ocsp@partner.example", &[]);
     assert!(!ok && text.contains("revoked (OCSP http://"), "{text}");
 }
+
+/// A self-issued "twin" of `ca` (its subject, its key, its key
+/// identifier), long expired, as a sender can carry in a signature:
+/// OpenSSL passes it by when it builds the chain, so only a check that
+/// follows what the sender carried would stop at it.
+fn twin_of(ca: &Ca) -> Vec<u8> {
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::BigNum;
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::x509::extension::{BasicConstraints, SubjectKeyIdentifier};
+    use openssl::x509::X509;
+    let real = X509::from_pem(&std::fs::read(ca.pem()).unwrap()).unwrap();
+    let key = PKey::private_key_from_pem(&std::fs::read(ca.key()).unwrap()).unwrap();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_serial_number(&BigNum::from_u32(77).unwrap().to_asn1_integer().unwrap())
+        .unwrap();
+    b.set_subject_name(real.subject_name()).unwrap();
+    b.set_issuer_name(real.subject_name()).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::from_unix(1_577_836_800).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::from_unix(1_609_459_200).unwrap())
+        .unwrap();
+    b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+        .unwrap();
+    let ski = SubjectKeyIdentifier::new()
+        .build(&b.x509v3_context(None, None))
+        .unwrap();
+    b.append_extension(ski).unwrap();
+    b.sign(&key, MessageDigest::sha256()).unwrap();
+    b.build().to_pem().unwrap()
+}
+
+/// Inbound: a signer's revocation is checked along the chain OpenSSL
+/// verified, not along certificates the sender carried. The issuing CA is
+/// revoked in the root's CRL; the sender carries an expired, self-issued
+/// twin of it first. Control: the same signature without the twin reads
+/// revoked.
+#[test]
+fn a_carried_twin_of_a_revoked_ca_does_not_hide_it() {
+    let s = Setup::new();
+    let root = Ca::root(s.pki.path(), "Root");
+    let root_point = s.url("root.crl");
+    let ca = root.sub("Issuing", &root_point, 2);
+    let point = s.url("issuing.crl");
+    let signer = ca.leaf("signer", "post@partner.example", &point, 60);
+    root.revoke(&ca.pem());
+    s.serve("root.crl", &root.crl("full", &root_point));
+    s.serve("issuing.crl", &ca.crl("full", &point));
+
+    let sink = Sink::start(Script::default());
+    let mut opts = Options::new(sink.addr);
+    opts.extra = format!(
+        "{}[[mailbox]]\naddress = \"*@example-law.dk\"\ndeliver = \"plain\"\n",
+        strict_extra(s.pki.path(), &s.recips, &root, "hard-fail")
+    );
+    let gw = Gateway::start(opts);
+    let carried_real = s.pki.path().join("carried-real.pem");
+    std::fs::copy(ca.pem(), &carried_real).unwrap();
+    let carried_twin = s.pki.path().join("carried-twin.pem");
+    let mut both = twin_of(&ca);
+    both.extend_from_slice(&std::fs::read(ca.pem()).unwrap());
+    std::fs::write(&carried_twin, both).unwrap();
+    let key = signer.with_extension("key");
+    for (id, carried) in [("real", &carried_real), ("twin", &carried_twin)] {
+        let content = pki::inner(&format!("signed, {id}"));
+        let mut m = format!(
+            "From: <post@partner.example>\r\nTo: <bob@example-law.dk>\r\nSubject: {id}\r\nMessage-ID: <{id}@test>\r\n"
+        )
+        .into_bytes();
+        m.extend_from_slice(&pki::crlf(&pki::cms_sign_with(
+            &content, &signer, &key, carried,
+        )));
+        let mut c = Client::connect(gw.addr).unwrap();
+        c.ehlo().unwrap();
+        let r = c
+            .send("post@partner.example", &["bob@example-law.dk"], &m)
+            .unwrap();
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || sink.count() == 2),
+        "{}",
+        gw.log()
+    );
+    for got in sink.received() {
+        let text = got.text().replace("\r\n ", " ");
+        let trace = text
+            .lines()
+            .find(|l| l.starts_with("X-SMIME-Gateway:"))
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            trace.contains("signature[1]=revoked") && trace.contains("issuing CA"),
+            "{trace}"
+        );
+    }
+}

@@ -24,6 +24,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use openssl::x509::X509;
+
 use super::revocation::Checker;
 
 /// What checking a candidate certificate found.
@@ -114,13 +116,19 @@ impl Checked {
 }
 
 /// A signer chain found trusted: with which revocation data, for which
-/// evaluation times, until when.
-#[derive(Debug, Clone, Copy)]
+/// evaluation times, until when, and the certificates OpenSSL verified
+/// above each signer (what revocation is checked along).
+#[derive(Debug, Clone)]
 struct KeptChain {
     generation: u64,
     window: (i64, i64),
     expires: i64,
+    paths: Paths,
 }
+
+/// For each signer, the certificates of its verified chain above it,
+/// nearest first (the signer itself when it is an anchor).
+pub type Paths = Arc<Vec<Vec<X509>>>;
 
 /// The signer chains found trusted under one keyring's anchors.
 #[derive(Debug, Default)]
@@ -144,22 +152,24 @@ impl SignerChains {
         self.revocation.get().map_or(0, |c| c.generation())
     }
 
-    /// Whether the chain kept under `key` holds for evaluation time `at`
-    /// with revocation data of `generation`, at clock time `now`.
-    pub fn trusted(&self, key: &str, generation: u64, at: i64, now: i64) -> bool {
+    /// The verified paths of the chain kept under `key`, when it holds for
+    /// evaluation time `at` with revocation data of `generation`, at clock
+    /// time `now`.
+    pub fn trusted(&self, key: &str, generation: u64, at: i64, now: i64) -> Option<Paths> {
         let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        let holds = kept.get(key).is_some_and(|k| {
+        let holds = kept.get(key).filter(|k| {
             k.generation == generation && k.window.0 <= at && at <= k.window.1 && now < k.expires
         });
-        if holds {
+        if holds.is_some() {
             self.hits.fetch_add(1, Ordering::Relaxed);
         }
-        holds
+        holds.map(|k| Arc::clone(&k.paths))
     }
 
     /// Keeps the chain of `key`, found trusted with revocation data of
-    /// `generation`, for evaluation times in `window`, until `expires`.
-    pub fn keep(&self, key: &str, generation: u64, window: (i64, i64), expires: i64) {
+    /// `generation`, for evaluation times in `window`, until `expires`,
+    /// with its verified `paths`.
+    pub fn keep(&self, key: &str, generation: u64, window: (i64, i64), expires: i64, paths: Paths) {
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         if kept.len() >= MAX_ENTRIES && !kept.contains_key(key) {
             kept.clear();
@@ -170,6 +180,7 @@ impl SignerChains {
                 generation,
                 window,
                 expires,
+                paths,
             },
         );
     }
@@ -248,26 +259,30 @@ mod tests {
         let c = SignerChains::default();
         let key = chain_key(&["aa".into()], &["cc".into(), "bb".into()]);
         // Positive control first: nothing kept, nothing served.
-        assert!(!c.trusted(&key, 0, 150, 500));
-        c.keep(&key, 0, (100, 200), 1000);
-        assert!(c.trusted(&key, 0, 150, 500), "hit");
+        assert!(c.trusted(&key, 0, 150, 500).is_none());
+        c.keep(&key, 0, (100, 200), 1000, Paths::default());
+        assert!(c.trusted(&key, 0, 150, 500).is_some(), "hit");
         assert_eq!(c.hits(), 1);
         // A CRL fetched since.
-        assert!(!c.trusted(&key, 1, 150, 500), "generation moved");
+        assert!(c.trusted(&key, 1, 150, 500).is_none(), "generation moved");
         // Outside the chain's validity (the signer expired, or not yet valid).
-        assert!(!c.trusted(&key, 0, 201, 500));
-        assert!(!c.trusted(&key, 0, 99, 500));
+        assert!(c.trusted(&key, 0, 201, 500).is_none());
+        assert!(c.trusted(&key, 0, 99, 500).is_none());
         // Kept too long.
-        assert!(!c.trusted(&key, 0, 150, 1000));
+        assert!(c.trusted(&key, 0, 150, 1000).is_none());
         // The same signer with other certificates carried is another chain;
         // the order they were carried in is not.
-        assert!(!c.trusted(&chain_key(&["aa".into()], &["bb".into()]), 0, 150, 500));
-        assert!(c.trusted(
-            &chain_key(&["aa".into()], &["bb".into(), "cc".into()]),
-            0,
-            150,
-            500
-        ));
+        assert!(c
+            .trusted(&chain_key(&["aa".into()], &["bb".into()]), 0, 150, 500)
+            .is_none());
+        assert!(c
+            .trusted(
+                &chain_key(&["aa".into()], &["bb".into(), "cc".into()]),
+                0,
+                150,
+                500
+            )
+            .is_some());
         assert_eq!(c.hits(), 2);
     }
 

@@ -5,6 +5,8 @@
 //! Why long: the whole and the streamed forms of decryption and
 //! encryption sit side by side, with verification and their tests.
 
+use std::sync::Arc;
+
 use openssl::cms::{CMSOptions, CmsContentInfo};
 use openssl::nid::Nid;
 use openssl::pkey::{PKeyRef, Private};
@@ -16,7 +18,7 @@ use super::SmimeError;
 use crate::blob::{Blob, Spill};
 use crate::config::Encryption;
 use crate::ossl;
-use crate::pki::checked::{chain_key, SignerChains, KEEP};
+use crate::pki::checked::{chain_key, Paths, SignerChains, KEEP};
 use crate::pki::directory::fingerprint;
 use crate::pki::trust::store_at;
 
@@ -378,32 +380,46 @@ pub fn verify_kept(
     });
     let from_kept = match (kept, &key, generation) {
         (Some(k), Some(key), Some(g)) => k.chains.trusted(key, g, now, k.clock),
-        _ => false,
+        _ => None,
     };
-    out.chain = if from_kept {
-        Chain::Trusted
-    } else {
-        let chain = chain_now(&mut cms, data, anchors, now, &attempt, out.signer.as_ref());
-        if let (Chain::Trusted, Some(k), Some(key), Some(g)) = (&chain, kept, &key, generation) {
-            let mut helpers = carried.clone();
+    // Revocation is checked along the chains OpenSSL verified, never along
+    // certificates the sender merely carried: a self-issued "twin" of a
+    // revoked CA would otherwise end the path before it.
+    let paths: Paths = match from_kept {
+        Some(paths) => {
+            out.chain = Chain::Trusted;
+            paths
+        }
+        None => {
+            out.chain = chain_now(&mut cms, data, anchors, now, &attempt, out.signer.as_ref());
+            let mut helpers = carried;
             helpers.extend(known.iter().cloned());
-            if let Some(window) = chains_window(&all_signers, anchors, &helpers, now) {
-                k.chains.keep(key, g, window, k.clock.saturating_add(KEEP));
+            let verified = (out.chain == Chain::Trusted)
+                .then(|| verified_chains(&all_signers, anchors, &helpers, now))
+                .flatten();
+            match verified {
+                Some((window, paths)) => {
+                    let paths = Arc::new(paths);
+                    if let (Some(k), Some(key), Some(g)) = (kept, &key, generation) {
+                        k.chains.keep(
+                            key,
+                            g,
+                            window,
+                            k.clock.saturating_add(KEEP),
+                            Arc::clone(&paths),
+                        );
+                    }
+                    paths
+                }
+                _ => Paths::default(),
             }
         }
-        chain
     };
-    let mut helpers = carried;
-    helpers.extend(known.iter().cloned());
-    helpers.extend(anchors.iter().cloned());
-    let issuers_of = |cert: &X509| crate::pki::revocation::path_up(cert, &helpers);
-    out.issuers = out.signer.as_ref().map(issuers_of).unwrap_or_default();
+    out.issuers = paths.first().cloned().unwrap_or_default();
     out.co_signers = co_signers
         .into_iter()
-        .map(|c| {
-            let issuers = issuers_of(&c);
-            (c, issuers)
-        })
+        .enumerate()
+        .map(|(i, c)| (c, paths.get(i + 1).cloned().unwrap_or_default()))
         .collect();
     out
 }
@@ -445,24 +461,34 @@ fn chain_now(
     }
 }
 
-/// The evaluation times for which the chains of all `signers` (built to
-/// `anchors` with `helpers`, as of `now`) hold: every certificate in each
-/// is valid. `None` when a chain cannot be built this way.
-fn chains_window(
+/// Evaluation times (Unix seconds, both ends included).
+type Window = (i64, i64);
+
+/// The chains of all `signers` as OpenSSL verifies them (built to
+/// `anchors` with `helpers`, as of `now`): the evaluation times for which
+/// they all hold (every certificate in each valid) and, per signer, the
+/// certificates above it, nearest first (the signer itself when it is an
+/// anchor). `None` when a chain cannot be built this way.
+fn verified_chains(
     signers: &[X509],
     anchors: &[X509],
     helpers: &[X509],
     now: i64,
-) -> Option<(i64, i64)> {
+) -> Option<(Window, Vec<Vec<X509>>)> {
     let mut window = (i64::MIN, i64::MAX);
+    let mut paths = Vec::with_capacity(signers.len());
     for signer in signers {
         let chain = crate::pki::validate::chain(signer, anchors, helpers, now).ok()?;
         for c in &chain {
             let (from, until) = crate::pki::validate::period(c)?;
             window = (window.0.max(from), window.1.min(until));
         }
+        paths.push(match chain.get(1..) {
+            Some(above) if !above.is_empty() => above.to_vec(),
+            _ => vec![signer.clone()],
+        });
     }
-    (window.0 <= window.1 && window.0 <= now && now <= window.1).then_some(window)
+    (window.0 <= window.1 && window.0 <= now && now <= window.1).then_some((window, paths))
 }
 
 /// Why a chain that holds apart from validity periods does not hold now.

@@ -4,9 +4,9 @@
 //! escaped, so no value can start a forged line or reach the terminal as
 //! an escape sequence; `escape_controls` does the same for CLI output.
 //! In text, a value with a space, `=`, `"` or `\\` in it is written quoted
-//! (`reply="250 2.0.0 Ok"`), and so is a message with `=` in it, so no
-//! value can add a forged `key=value` to its line (a Message-ID of
-//! `<a event=bounced>`).
+//! (`reply="250 2.0.0 Ok"`), and so is a message with `=` or an odd
+//! number of `"` in it, so no value can add a forged `key=value` to its
+//! line (a Message-ID of `<a event=bounced>`).
 
 use std::borrow::Cow;
 use std::io::{self, Write};
@@ -31,10 +31,7 @@ pub fn init(format: Format) {
                 tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
                     let text = format!("{value:?}");
                     match field.name() {
-                        // The sentence stays as it is unless it could
-                        // pass for fields.
-                        "message" if !text.contains('=') => write!(w, "{text}"),
-                        "message" => write!(w, "{text:?}"),
+                        "message" => write!(w, "{}", message_text(&text)),
                         name => write!(w, "{name}={}", quoted_if_needed(&text)),
                     }
                 })
@@ -76,6 +73,16 @@ pub fn quoted_if_needed(text: &str) -> Cow<'_, str> {
     let plain = !text.is_empty()
         && !text.contains(|c: char| c.is_whitespace() || matches!(c, '=' | '"' | '\\'));
     if plain || is_quoted(text) {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(format!("{text:?}"))
+    }
+}
+
+/// The event's sentence: as it is unless it could pass for fields or
+/// leave a quote open for the fields after it.
+fn message_text(text: &str) -> Cow<'_, str> {
+    if !text.contains('=') && text.matches('"').count() % 2 == 0 {
         Cow::Borrowed(text)
     } else {
         Cow::Owned(format!("{text:?}"))
@@ -144,6 +151,12 @@ mod tests {
         assert_eq!(quoted_if_needed("a\\"), "\"a\\\\\"");
         assert_eq!(quoted_if_needed(""), "\"\"");
         assert!(!is_quoted("\"a\\\""));
+        assert_eq!(
+            message_text("rule \"courts\": bounce"),
+            "rule \"courts\": bounce"
+        );
+        assert_eq!(message_text("not sent to \"x"), "\"not sent to \\\"x\"");
+        assert_eq!(message_text("a=b"), "\"a=b\"");
     }
 
     #[test]

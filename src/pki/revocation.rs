@@ -74,7 +74,8 @@ struct KeptCrl {
     covers: Covers,
 }
 
-/// CRLs fetched, by URL and issuing certificate, until their nextUpdate.
+/// CRLs fetched, by distribution point (its names, the URL among them)
+/// and issuing certificate, until their nextUpdate.
 #[derive(Default)]
 pub struct Checker {
     crls: Mutex<HashMap<(String, Vec<u8>), KeptCrl>>,
@@ -218,7 +219,11 @@ impl Checker {
     ) -> Status {
         let mut good = Vec::new();
         let mut unknown = Vec::new();
-        for point in crl_points(cert).into_iter().take(MAX_SOURCES) {
+        let points = crl_points(cert).unwrap_or_else(|why| {
+            unknown.push(format!("CRL distribution points: {why}"));
+            Vec::new()
+        });
+        for point in points.into_iter().take(MAX_SOURCES) {
             let Some(url) = point.iter().find(|u| fetchable(u)).cloned() else {
                 unknown.push(format!(
                     "CRL {}: no HTTP or HTTPS location",
@@ -271,8 +276,9 @@ impl Checker {
         now: i64,
         timeout: Duration,
     ) -> Result<Arc<X509Crl>, String> {
+        // The scope was checked for this point's names and this issuer.
         let key = (
-            url.to_string(),
+            point.join("\n"),
             issuer
                 .to_der()
                 .ok()
@@ -460,22 +466,28 @@ fn name_text(n: &GeneralName) -> Option<String> {
 }
 
 /// The certificate's CRL distribution points, each as its names (see
-/// [`name_text`]); none when the extension does not decode.
-fn crl_points(cert: &X509) -> Vec<Vec<String>> {
-    let Ok(der) = cert.to_der() else {
-        return Vec::new();
-    };
-    let Ok(parsed) = x509_cert::Certificate::from_der(&der) else {
-        return Vec::new();
+/// [`name_text`]). A certificate that names some in a form this strict
+/// reading refuses is an error, not "none": its sources were not asked.
+fn crl_points(cert: &X509) -> Result<Vec<Vec<String>>, String> {
+    let unreadable = || "not readable (strict DER)".to_string();
+    let parsed = cert
+        .to_der()
+        .ok()
+        .and_then(|der| x509_cert::Certificate::from_der(&der).ok());
+    let Some(parsed) = parsed else {
+        // OpenSSL reads more leniently: does it see any?
+        return match cert.crl_distribution_points() {
+            Some(_) => Err(unreadable()),
+            None => Ok(Vec::new()),
+        };
     };
     let mut out = Vec::new();
     for ext in parsed.tbs_certificate.extensions.unwrap_or_default() {
         if ext.extn_id != ID_CE_CRL_DISTRIBUTION_POINTS {
             continue;
         }
-        let Ok(points) = CrlDistributionPoints::from_der(ext.extn_value.as_bytes()) else {
-            continue;
-        };
+        let points =
+            CrlDistributionPoints::from_der(ext.extn_value.as_bytes()).map_err(|_| unreadable())?;
         for p in points.0 {
             if let Some(DistributionPointName::FullName(names)) = &p.distribution_point {
                 let names: Vec<String> = names.iter().filter_map(name_text).collect();
@@ -485,7 +497,7 @@ fn crl_points(cert: &X509) -> Vec<Vec<String>> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 fn ocsp_urls(cert: &X509) -> Vec<String> {

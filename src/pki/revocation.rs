@@ -1,9 +1,11 @@
-//! Revocation of certificates: the CRL at each distribution point (fetched
-//! over HTTP or HTTPS, cached by URL and issuer until its nextUpdate, its
-//! signature, issuer and scope checked) and the OCSP responder named in the
-//! Authority Information Access, for the certificate and every CA
-//! certificate above it up to the trust anchor. Blocking; called off the
-//! async threads.
+//! Revocation of certificates: the CRL at each distribution point
+//! (fetched over HTTP or HTTPS, kept per distribution point and issuer
+//! until its nextUpdate or a reload, its signature, issuer and scope
+//! checked) and the OCSP responder named in the Authority Information
+//! Access (asked with a nonce), for the certificate and every CA
+//! certificate above it up to the trust anchor: for signers and
+//! recipients, the chain OpenSSL verified. Blocking; called off the async
+//! threads.
 //!
 //! A CRL counts as an answer only when it is complete for the certificate
 //! (RFC 5280 6.3.3): not a delta CRL, no reasons left out, not indirect, an

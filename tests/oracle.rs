@@ -1237,6 +1237,30 @@ fn a_bounce_for_outside_leaves_before_the_mailbox_copy_is_opened() {
     assert_eq!(outside.count(), 1, "{:?}", outside.received());
 }
 
+/// The same for retries: an outside co-recipient whose server answers
+/// 451 is tried again on its own schedule, not after the mailbox's copy
+/// has been opened (the others get a message of their own). LDAP never
+/// answers; the second try comes anyway.
+#[test]
+fn a_retry_for_outside_does_not_wait_for_the_mailbox_copy_to_be_opened() {
+    const DEFERRED: &str = "later@example.org";
+    let mut deferring = Script::default();
+    deferring
+        .rcpt_replies
+        .insert(DEFERRED.into(), "451 4.2.0 try later".into());
+    let t = beside_a_hanging_ldap("co-retry", DEFERRED, deferring);
+    let (mailbox, outside, gw) = (&t.mailbox, &t.outside, &t.gw);
+    assert!(
+        wait_until(Duration::from_secs(20), || outside.rcpt_attempts() >= 2),
+        "the outside recipient's retry waited for the mailbox's LDAP lookup; log:\n{}",
+        gw.log()
+    );
+    assert_eq!(mailbox.count(), 0, "LDAP still hangs: nothing opened yet");
+    drop(t.hanging);
+    let got = delivered(mailbox, "co-retry");
+    assert!(got.text().contains(SECRET), "{}", got.text());
+}
+
 /// A value from outside cannot add a `key=value` to its log line: a
 /// Message-ID with spaces and `=` in it is written quoted. Control: an
 /// ordinary one is written as it is, and the test sees it.

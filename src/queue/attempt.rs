@@ -197,21 +197,31 @@ async fn attempt_loaded(
         quarantine_full,
     };
     let smime = seen.encrypted;
-    // Encrypted mail for mailboxes and others: the others' copies leave
-    // first, before anything is opened, so when they leave says nothing
-    // of what opening found (a recipient outside beside the mailbox would
+    // Encrypted mail for mailboxes and others: the others get a message
+    // of their own, queued before anything is opened, so nothing they see
+    // (when their copy leaves, a bounce, a retry, an expiry) waits on what
+    // opening found (a recipient outside beside the mailbox would
     // otherwise time the decryption, its signer lookups, its failure).
+    // When it cannot be queued, their copies leave first in this attempt.
     let mut plan = plan;
+    let mut early = record::Recorded::default();
     let runs = match smime.then(|| plan.split_off_outside()).flatten() {
-        Some(outside) => vec![outside, plan],
+        Some(outside) => match hand_off(id, msg, &outside, services).await {
+            Some(handed) => {
+                early = handed;
+                vec![plan]
+            }
+            None => vec![outside, plan],
+        },
         None => vec![plan],
     };
-    let mut early = record::Recorded::default();
     for (run, plan) in runs.into_iter().enumerate() {
         if run == 1 {
             // The others' failures are bounced before the mailbox copy is
             // opened, for the same reason their copies leave first.
-            early = bounce_early(id, msg, &snapshot, services, smime, &mut attempted).await;
+            let bounced = bounce_early(id, msg, &snapshot, services, smime, &mut attempted).await;
+            early.logged.extend(bounced.logged);
+            early.failures = bounced.failures;
         }
         let actions = match inbound_pipeline(msg, &snapshot, live, plan, &given).await {
             Ok(actions) => actions,
@@ -304,6 +314,53 @@ async fn attempt_loaded(
         bounce::tell_unsigned(settings, store, notify, msg, &sent_unsigned).await;
     }
     end
+}
+
+/// Queues a message of their own (the same envelope and body) for the
+/// recipients of `outside`, and records them here as handed on, saved
+/// before anything is opened. Their attempts, retries, bounces and expiry
+/// then owe nothing to how long opening the mailboxes' copy takes. `None`
+/// when it cannot be queued. A crash before the state is saved hands them
+/// on again: a copy twice, never none.
+async fn hand_off(
+    id: &str,
+    msg: &mut Spooled,
+    outside: &Plan,
+    services: &Services<'_>,
+) -> Option<record::Recorded> {
+    let Services { store, notify, .. } = *services;
+    let rcpts: Vec<String> = outside.recipients.iter().map(|(r, _)| r.clone()).collect();
+    let mut envelope = msg.envelope.clone();
+    envelope.rcpts = rcpts.clone();
+    let (s, body) = (Arc::clone(store), msg.body.clone());
+    let new_id = match blocking(move || s.enqueue(&envelope, &body)).await {
+        Ok(new_id) => new_id,
+        Err(e) => {
+            warn!(queue_id = %id, error = %e,
+                  "cannot queue the outside recipients apart; their copies leave first in this attempt");
+            return None;
+        }
+    };
+    let handed = rcpts
+        .iter()
+        .map(|r| record::Attempted {
+            rcpt: r.clone(),
+            hop: record::HANDED_OFF.into(),
+            outcome: crate::delivery::RcptOutcome::Delivered(format!(
+                "handed on to queue id {new_id}"
+            )),
+        })
+        .collect();
+    let recorded = record::settle(&mut msg.state, handed);
+    if let Err(e) = store.save_state_grouped(id, &msg.state).await {
+        warn!(queue_id = %id, error = %e,
+              "cannot record the hand-off; the outside recipients may get a copy twice");
+    }
+    info!(event = "handed-off", queue_id = %id, to_queue_id = %new_id,
+          recipients = %rcpts.join(","),
+          "recipients beside the mailboxes handed on to a message of their own");
+    let _ = notify.send(new_id);
+    Some(recorded)
 }
 
 /// Records the outcomes so far of a split attempt and bounces its

@@ -15,6 +15,9 @@ use crate::spool::{retry, QueueState, RcptStatus};
 pub const POLICY: &str = "policy";
 /// The "next hop" recorded for recipients set aside in the quarantine.
 pub const QUARANTINE: &str = "quarantine";
+/// The "next hop" recorded for recipients handed on to a message of
+/// their own.
+pub const HANDED_OFF: &str = "handed-off";
 
 /// What happened to one recipient in this attempt, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -171,7 +171,6 @@ async fn attempt_loaded(
     )
     .await;
     log_decisions(id, &plan);
-    journal_decisions(journal, id, &plan, &snapshot, now as i64);
     // Recipients a rule wanted signed mail for that may not be signed:
     // their internal sender is told once the copy is delivered.
     let unsigned: Vec<(String, String)> = plan
@@ -215,6 +214,10 @@ async fn attempt_loaded(
         },
         None => vec![plan],
     };
+    // Recipients handed on are journalled by their own message, once.
+    for plan in &runs {
+        journal_decisions(journal, id, plan, &snapshot, now as i64);
+    }
     for (run, plan) in runs.into_iter().enumerate() {
         if run == 1 {
             // The others' failures are bounced before the mailbox copy is

@@ -29,7 +29,7 @@ use crate::mail::headers;
 use crate::metrics::Event;
 use crate::pki::directory::fingerprint;
 use crate::pki::oces;
-use crate::pki::signer::{self, Relation, SignerRevocation, Ties};
+use crate::pki::signer::{self, answer_key, Relation, SignerRevocation, Ties};
 use crate::pki::Identity;
 use crate::smime::cms::Chain;
 use crate::smime::mime::{self, Shape};
@@ -394,7 +394,7 @@ fn judge(result: &mut Unwrapped, body: &[u8], ctx: &Context<'_>) {
             SignerRevocation::NotChecked
         } else {
             ctx.signer_revocation
-                .get(&fingerprint(&cert))
+                .get(&answer_key(&cert, &sig.verified.issuers))
                 .cloned()
                 .unwrap_or_else(|| SignerRevocation::Unknown("not asked yet".into()))
         });
@@ -435,11 +435,11 @@ fn ask_revocation(result: &Unwrapped, ctx: &Context<'_>, out: &mut Actions<'_>) 
         if issuers.is_empty() {
             continue;
         }
-        let fp = fingerprint(cert);
-        let asked = out
-            .iter()
-            .any(|a| matches!(a, Action::CheckSigner { cert: c, .. } if fingerprint(c) == fp));
-        if !ctx.signer_revocation.contains_key(&fp) && !asked {
+        let key = answer_key(cert, issuers);
+        let asked = out.iter().any(
+            |a| matches!(a, Action::CheckSigner { cert: c, issuers: i } if answer_key(c, i) == key),
+        );
+        if !ctx.signer_revocation.contains_key(&key) && !asked {
             out.push(Action::CheckSigner {
                 cert: cert.clone(),
                 issuers: issuers.clone(),

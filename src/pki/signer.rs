@@ -192,6 +192,18 @@ const KEEP_UNKNOWN: i64 = 300;
 /// generation it was formed with.
 type KeptAnswer = (SignerRevocation, i64, u64);
 
+/// Under what an answer is kept: the signer's fingerprint and those of the
+/// verified chain above it (the same signer under another chain, by a
+/// cross-certificate, is asked again).
+pub fn answer_key(cert: &X509, issuers: &[X509]) -> String {
+    let mut key = fingerprint(cert);
+    for c in issuers {
+        key.push('/');
+        key.push_str(&fingerprint(c));
+    }
+    key
+}
+
 /// Whether a kept answer still holds at `now` with revocation data of
 /// `generation`: not expired, and no CRL fetched since it was formed.
 fn holds(kept: &KeptAnswer, now: i64, generation: u64) -> bool {
@@ -271,7 +283,7 @@ impl SignerChecks {
             // The generation after asking: the answer was formed with the
             // CRLs this check fetched.
             .insert(
-                fingerprint(cert),
+                answer_key(cert, issuers),
                 (answer.clone(), now + keep, self.checker.generation()),
             );
         answer
@@ -362,5 +374,16 @@ mod tests {
         ] {
             assert!(e.contains(key), "{key}: {e}");
         }
+    }
+
+    #[test]
+    fn an_answer_is_kept_for_the_signer_under_its_own_chain() {
+        let a = crate::pki::testkit::identity(1024, "A").unwrap();
+        let b = crate::pki::testkit::identity(1024, "B").unwrap();
+        let c = crate::pki::testkit::identity(1024, "C").unwrap();
+        let one = answer_key(&a.cert, std::slice::from_ref(&b.cert));
+        assert_eq!(one, answer_key(&a.cert, std::slice::from_ref(&b.cert)));
+        assert_ne!(one, answer_key(&a.cert, std::slice::from_ref(&c.cert)));
+        assert_ne!(one, answer_key(&a.cert, &[]));
     }
 }

@@ -110,7 +110,7 @@ fn an_unknown_revocation_is_asked_for_and_the_answer_decides() {
     // With the answer: revoked, and not asked again.
     let mut answers = HashMap::new();
     answers.insert(
-        fingerprint(&id.cert),
+        crate::pki::signer::answer_key(&id.cert, std::slice::from_ref(&id.cert)),
         SignerRevocation::Revoked("CRL".into()),
     );
     let second = run(&soft, &keys, &body, &answers);

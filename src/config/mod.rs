@@ -891,12 +891,16 @@ impl Settings {
         crate::mail::return_path::tag_of(&self.smime.return_path, &self.server.hostname, addr)
     }
 
+    /// Whether `addr` is in one of the internal domains.
+    pub fn is_internal_address(&self, addr: &str) -> bool {
+        crate::mail::address::domain_of(addr).is_some_and(|d| self.server.is_internal_domain(&d))
+    }
+
     /// Whether `addr` is the organisation's own: in an internal domain or
     /// a configured mailbox. Nothing a message says binds a certificate
     /// to such an address.
     pub fn is_own_address(&self, addr: &str) -> bool {
-        crate::mail::address::domain_of(addr).is_some_and(|d| self.server.is_internal_domain(&d))
-            || self.mailbox(addr).is_some()
+        self.is_internal_address(addr) || self.mailbox(addr).is_some()
     }
 
     /// The `[[mailbox]]` entry for `addr`: an exact address first, then

@@ -14,7 +14,6 @@
 use std::collections::HashSet;
 
 use crate::config::{Deliver, EncryptMode, Encryption, RuleSettings, Settings};
-use crate::mail::address::domain_of;
 use crate::ossl::RecipientId;
 use crate::policy::{self, Decision, Origin, Signers};
 use crate::smime::mime::Shape;
@@ -46,7 +45,7 @@ pub enum FirstLook<'a> {
 
 /// True for addresses in the internal domains.
 pub fn is_internal(settings: &Settings, rcpt: &str) -> bool {
-    domain_of(rcpt).is_some_and(|d| settings.server.is_internal_domain(&d))
+    settings.is_internal_address(rcpt)
 }
 
 /// Whom the message is encrypted to, when it arrived encrypted: its

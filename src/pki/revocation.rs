@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use openssl::hash::{hash, MessageDigest};
+use openssl::hash::MessageDigest;
 use openssl::ocsp::{
     OcspCertId, OcspCertStatus, OcspFlag, OcspRequest, OcspResponse, OcspResponseStatus,
 };
@@ -80,7 +80,7 @@ struct KeptCrl {
 /// and issuing certificate, until their nextUpdate.
 #[derive(Default)]
 pub struct Checker {
-    crls: Mutex<HashMap<(String, Vec<u8>), KeptCrl>>,
+    crls: Mutex<HashMap<(String, String), KeptCrl>>,
     /// Counts the CRLs fetched or forgotten: answers derived from older
     /// revocation data are stale once it moves.
     generation: AtomicU64,
@@ -279,15 +279,7 @@ impl Checker {
         timeout: Duration,
     ) -> Result<Arc<X509Crl>, String> {
         // The scope was checked for this point's names and this issuer.
-        let key = (
-            point.join("\n"),
-            issuer
-                .to_der()
-                .ok()
-                .and_then(|d| hash(MessageDigest::sha256(), &d).ok())
-                .map(|h| h.to_vec())
-                .unwrap_or_default(),
-        );
+        let key = (point.join("\n"), super::directory::fingerprint(issuer));
         let kept = {
             let crls = self.crls.lock().unwrap_or_else(|p| p.into_inner());
             crls.get(&key)

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{self, ConfigError, Settings, SettingsSource};
 use crate::pki::checked::Checked;
+use crate::pki::crl_history::CrlHistory;
 use crate::pki::directory::{Directory, DirectoryError};
 use crate::pki::resolve::Resolver;
 use crate::pki::revocation::RevokedIdentities;
@@ -75,12 +76,15 @@ pub struct Live {
 
 impl Live {
     pub fn new(snapshot: Snapshot) -> Self {
-        let signers = SignerChecks::default();
+        // The newest CRL seen from each point outlives reloads (and, on
+        // disk, restarts): recipients and signers share it.
+        let history = Arc::new(CrlHistory::of_spool(&snapshot.settings.spool.dir));
+        let signers = SignerChecks::with_history(Arc::clone(&history));
         snapshot.keys.signer_chains.follow(signers.checker());
         Self {
             slot: ArcSwap::from_pointee(snapshot),
             revoked: RevokedIdentities::default(),
-            resolver: Resolver::new(),
+            resolver: Resolver::with_history(history),
             signers,
         }
     }

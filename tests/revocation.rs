@@ -3,7 +3,8 @@
 //! not the one that answers for the certificate. A partition for another
 //! distribution point, the list of CA certificates only, some reasons only,
 //! a delta; the right CRL of another CA cached under a shared URL; a CRL
-//! cached before the operator reloaded; a revoked issuing CA; a source
+//! cached before the operator reloaded; an older CRL replayed after a
+//! reload or a restart; a revoked issuing CA; a source
 //! over HTTPS. Each is tried against the real binary (`explain`, and the
 //! daemon for what lives across messages) with its control.
 
@@ -34,6 +35,7 @@ const CRL_SECTIONS: &str = "
 default_ca = d
 [d]
 database = {db}
+crlnumber = {db}.number
 default_md = sha256
 default_crl_days = 7
 [full]
@@ -182,6 +184,11 @@ impl Ca {
 
     fn init_db(&self) {
         std::fs::write(self.db(), "").unwrap();
+        std::fs::write(
+            self.dir.join(format!("{}.index.number", self.name)),
+            "1000\n",
+        )
+        .unwrap();
     }
 
     /// Marks `cert` revoked in the CA's database.
@@ -528,6 +535,93 @@ fn a_kept_crl_answers_only_for_its_own_issuer_and_not_after_a_reload() {
         "sent to a after its revocation and a reload: {}",
         gw.log()
     );
+}
+
+#[test]
+fn an_older_crl_served_after_a_reload_or_a_restart_is_a_replay() {
+    let s = Setup::new();
+    let root = Ca::root(s.pki.path(), "Root");
+    let root_point = s.url("root.crl");
+    let ca = root.sub("Issuing", &root_point, 2);
+    let point = s.url("issuing.crl");
+    let a = ca.leaf("a", "a@partner.example", &point, 40);
+    s.recipient(&ca.pem());
+    s.recipient(&a);
+    s.serve("root.crl", &root.crl("full", &root_point));
+    // The CRL from before a's revocation, still inside its validity, is
+    // what the path keeps to replay.
+    let before = ca.crl("full", &point);
+    ca.revoke(&a);
+    let after = ca.crl("full", &point);
+    s.serve("issuing.crl", &after);
+
+    let outside = Sink::start(Script::default());
+    let inside = Sink::start(Script::default());
+    let mut opts = Options::new(inside.addr);
+    opts.external_hop = outside.addr;
+    opts.extra = strict_extra(s.pki.path(), &s.recips, &root, "hard-fail");
+    let mut gw = Gateway::start(opts);
+    let bounced = |gw: &Gateway, id: &str| {
+        gw.log()
+            .lines()
+            .any(|l| l.contains("event=\"bounced\"") && l.contains(&format!("<{id}@test>")))
+    };
+    send(&gw, "a@partner.example", "revoked-seen");
+    assert!(
+        wait_until(Duration::from_secs(20), || bounced(&gw, "revoked-seen")),
+        "{}",
+        gw.log()
+    );
+
+    // The operator reloads (kept CRLs are dropped); the path serves the
+    // older CRL.
+    s.serve("issuing.crl", &before);
+    gw.signal("HUP");
+    assert!(wait_until(Duration::from_secs(10), || gw
+        .log()
+        .contains("configuration reloaded")));
+    send(&gw, "a@partner.example", "after-reload");
+    let replays = |gw: &Gateway| gw.log().matches("a replay").count();
+    wait_until(Duration::from_secs(20), || {
+        replays(&gw) >= 1 || outside.count() > 0
+    });
+    assert_eq!(
+        outside.count(),
+        0,
+        "encrypted to a revoked certificate on a replayed CRL: {}",
+        gw.log()
+    );
+    assert!(replays(&gw) >= 1, "{}", gw.log());
+    // And after a restart, the message still queued is asked about again.
+    gw.kill9();
+    let seen = replays(&gw);
+    gw.spawn();
+    assert!(
+        wait_until(Duration::from_secs(20), || replays(&gw) > seen),
+        "{}",
+        gw.log()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        outside.count(),
+        0,
+        "encrypted to a revoked certificate on a replayed CRL: {}",
+        gw.log()
+    );
+    assert!(!bounced(&gw, "after-reload"), "{}", gw.log());
+
+    // Control: without that history (another spool) the older CRL vouches
+    // for a, which is what the replay was after.
+    let cfg = explain_config(s.pki.path(), &s.recips, &root, "hard-fail");
+    let (text, ok) = explain(&cfg, "a@partner.example", &[]);
+    assert!(ok && text.contains("not revoked (CRL http://"), "{text}");
+    // And the newer CRL served again is taken: a is revoked.
+    s.serve("issuing.crl", &after);
+    let (text, ok) = explain(&cfg, "a@partner.example", &[]);
+    assert!(!ok && text.contains("revoked (CRL http://"), "{text}");
+    s.serve("issuing.crl", &before);
+    let (text, ok) = explain(&cfg, "a@partner.example", &[]);
+    assert!(!ok && text.contains("a replay"), "{text}");
 }
 
 /// An OCSP responder for `ca` on 127.0.0.1:`port` (`openssl ocsp` on each

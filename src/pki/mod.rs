@@ -4,6 +4,7 @@
 //! LDAP) and their validation (chain, CRL, OCSP).
 
 pub mod checked;
+pub mod crl_history;
 pub mod directory;
 pub mod facts;
 pub mod identity;

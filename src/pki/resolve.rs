@@ -14,6 +14,7 @@ use openssl::x509::X509;
 
 pub use super::checked::Verdict;
 use super::checked::{self, Checked};
+use super::crl_history::CrlHistory;
 use super::directory::{fingerprint, Directory, Entry, Source};
 use super::oces;
 use super::revocation::{self, Checker};
@@ -97,6 +98,15 @@ pub struct Resolver {
 impl Resolver {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A resolver whose CRLs are checked against `history` (the newest
+    /// seen from each point).
+    pub fn with_history(history: Arc<CrlHistory>) -> Self {
+        Self {
+            revocation: Arc::new(Checker::with_history(history)),
+            ..Self::default()
+        }
     }
 
     /// Forgets every LDAP answer and kept CRL (a reload: a CA file may

@@ -35,7 +35,9 @@ use x509_cert::der::oid::db::rfc5280::{
 use x509_cert::der::{Decode, Encode};
 use x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint;
 use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
-use x509_cert::ext::pkix::CrlDistributionPoints;
+use x509_cert::ext::pkix::{CrlDistributionPoints, CrlNumber};
+
+use super::crl_history::{self, CrlHistory, Seen};
 
 /// What the revocation sources said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,10 +79,12 @@ struct KeptCrl {
 }
 
 /// CRLs fetched, by distribution point (its names, the URL among them)
-/// and issuing certificate, until their nextUpdate.
+/// and issuing certificate, until their nextUpdate; none older than the
+/// newest seen from the same point (`history`).
 #[derive(Default)]
 pub struct Checker {
     crls: Mutex<HashMap<(String, String), KeptCrl>>,
+    history: Arc<CrlHistory>,
     /// Counts the CRLs fetched or forgotten: answers derived from older
     /// revocation data are stale once it moves.
     generation: AtomicU64,
@@ -154,6 +158,14 @@ pub fn path_up(cert: &X509, pool: &[X509]) -> Vec<X509> {
 }
 
 impl Checker {
+    /// A checker that refuses CRLs older than those `history` has seen.
+    pub fn with_history(history: Arc<CrlHistory>) -> Self {
+        Self {
+            history,
+            ..Self::default()
+        }
+    }
+
     /// The revocation data's generation: changes whenever a CRL is
     /// fetched (for the first time or again after its nextUpdate) or the
     /// kept CRLs are forgotten.
@@ -289,7 +301,8 @@ impl Checker {
         let (crl, covers) = match kept {
             Some(k) => k,
             None => {
-                let fetched = fetch_crl(url, point, issuer, now, timeout)?;
+                let (fetched, age) = fetch_crl(url, point, issuer, now, timeout)?;
+                self.history.admit(&crl_history::key(point, &key.1), age)?;
                 let out = (Arc::clone(&fetched.crl), fetched.covers);
                 self.crls
                     .lock()
@@ -336,14 +349,15 @@ fn name_of(cert: &X509) -> String {
         .unwrap_or_else(|| "(no common name)".into())
 }
 
-/// Fetches the CRL at `url` and checks it for certificates of `issuer`.
+/// Fetches the CRL at `url` and checks it for certificates of `issuer`;
+/// with how old it is.
 fn fetch_crl(
     url: &str,
     point: &[String],
     issuer: &X509,
     now: i64,
     timeout: Duration,
-) -> Result<KeptCrl, String> {
+) -> Result<(KeptCrl, Seen), String> {
     let bytes = agent(timeout)
         .get(url)
         .call()
@@ -369,20 +383,34 @@ fn fetch_crl(
         return Err("the CRL names another issuer".into());
     }
     let der = crl.to_der().map_err(|e| e.to_string())?;
-    let (covers, next_update) = scope(&der, point, now)?;
-    Ok(KeptCrl {
-        crl: Arc::new(crl),
-        next_update,
-        covers,
-    })
+    let scope = scope(&der, point, now)?;
+    Ok((
+        KeptCrl {
+            crl: Arc::new(crl),
+            next_update: scope.next_update,
+            covers: scope.covers,
+        },
+        scope.age,
+    ))
+}
+
+/// What a CRL complete for a distribution point says of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// The kinds of certificate it covers.
+    pub covers: Covers,
+    /// Until when it holds.
+    pub next_update: i64,
+    /// How old it is, against the newest seen from the same point.
+    pub age: Seen,
 }
 
 /// Whether the CRL `der`, fetched from the distribution point named
 /// `point`, is a complete CRL for it at `now`: what kinds of certificate it
-/// covers and until when it holds, or why it answers for nothing. Read
-/// strictly (DER): an extension that does not decode whole is refused, not
-/// half read.
-pub fn scope(der: &[u8], point: &[String], now: i64) -> Result<(Covers, i64), String> {
+/// covers, until when it holds and how old it is, or why it answers for
+/// nothing. Read strictly (DER): an extension that does not decode whole
+/// is refused, not half read.
+pub fn scope(der: &[u8], point: &[String], now: i64) -> Result<Scope, String> {
     let crl = CertificateList::from_der(der).map_err(|_| "not a DER CRL".to_string())?;
     let tbs = crl.tbs_cert_list;
     let secs = |t: x509_cert::time::Time| i64::try_from(t.to_unix_duration().as_secs()).ok();
@@ -398,8 +426,15 @@ pub fn scope(der: &[u8], point: &[String], now: i64) -> Result<(Covers, i64), St
         return Err("CRL is out of date (nextUpdate passed)".into());
     }
     let mut covers = Covers::default();
+    let mut number = None;
     for ext in tbs.crl_extensions.unwrap_or_default() {
         let oid = ext.extn_id;
+        if oid == ID_CE_CRL_NUMBER {
+            let n = CrlNumber::from_der(ext.extn_value.as_bytes())
+                .map_err(|_| "unreadable CRL number".to_string())?;
+            number = Some(n.0.as_bytes().to_vec());
+            continue;
+        }
         if oid == ID_CE_DELTA_CRL_INDICATOR {
             return Err("a delta CRL is not a complete list".into());
         }
@@ -438,12 +473,19 @@ pub fn scope(der: &[u8], point: &[String], now: i64) -> Result<(Covers, i64), St
             covers.only_cas = idp.only_contains_ca_certs;
             continue;
         }
-        let known = oid == ID_CE_CRL_NUMBER || oid == ID_CE_AUTHORITY_KEY_IDENTIFIER;
+        let known = oid == ID_CE_AUTHORITY_KEY_IDENTIFIER;
         if ext.critical && !known {
             return Err(format!("the CRL has an unknown critical extension {oid}"));
         }
     }
-    Ok((covers, next_update))
+    Ok(Scope {
+        covers,
+        next_update,
+        age: Seen {
+            this_update,
+            number,
+        },
+    })
 }
 
 /// A distribution point's name as compared: a URI as it is, a directory
@@ -590,7 +632,7 @@ pub fn revoked_identities(
     if settings.trust.revocation == crate::config::Revocation::Off {
         return vec![false; keys.identities.len()];
     }
-    let checker = Checker::default();
+    let checker = Checker::with_history(Arc::new(CrlHistory::of_spool(&settings.spool.dir)));
     keys.identities
         .iter()
         .map(|id| {
@@ -664,7 +706,14 @@ mod tests {
         let der = crl(&[], NOW - 60, Some(NOW + 3600));
         assert_eq!(
             scope(&der, &point(), NOW),
-            Ok((Covers::default(), NOW + 3600))
+            Ok(Scope {
+                covers: Covers::default(),
+                next_update: NOW + 3600,
+                age: Seen {
+                    this_update: NOW - 60,
+                    number: Some(vec![7]),
+                },
+            })
         );
     }
 
@@ -698,7 +747,7 @@ mod tests {
             NOW,
             Some(NOW + 60),
         );
-        let (covers, _) = scope(&der, &point(), NOW).unwrap();
+        let covers = scope(&der, &point(), NOW).unwrap().covers;
         assert!(covers.only_cas && !covers.only_end_entities);
         // The same CRL fetched for another distribution point is refused.
         assert!(scope(&der, &["http://crl.example/other.crl".into()], NOW).is_err());
@@ -707,7 +756,7 @@ mod tests {
             NOW,
             Some(NOW + 60),
         );
-        let (covers, _) = scope(&der, &point(), NOW).unwrap();
+        let covers = scope(&der, &point(), NOW).unwrap().covers;
         assert!(covers.only_end_entities && !covers.only_cas);
     }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use openssl::x509::X509;
 
+use super::crl_history::CrlHistory;
 use super::directory::{fingerprint, Directory};
 use super::oces::{self, CertInfo, Kind};
 use super::revocation::{Checker, Status};
@@ -222,6 +223,15 @@ pub struct SignerChecks {
 }
 
 impl SignerChecks {
+    /// Answers formed with CRLs checked against `history` (the newest
+    /// seen from each point).
+    pub fn with_history(history: Arc<CrlHistory>) -> Self {
+        Self {
+            checker: Arc::new(Checker::with_history(history)),
+            ..Self::default()
+        }
+    }
+
     /// The answers still fresh at `now`.
     pub fn known(&self, now: i64) -> HashMap<String, SignerRevocation> {
         let generation = self.checker.generation();

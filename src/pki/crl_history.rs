@@ -1,0 +1,267 @@
+//! The newest CRL seen from each distribution point of each issuer, kept
+//! across reloads and restarts. A CRL stays inside its validity for a day
+//! or more after its successor is out, so someone on the path to the CRL
+//! server could serve the older one, from before a revocation, once the
+//! kept copy is gone (a reload, a restart, its nextUpdate). A CRL older
+//! than one already seen (an earlier thisUpdate, or a lower CRL number)
+//! is such a replay and answers for nothing.
+//!
+//! The daemon and the operator's commands keep the history in
+//! `<spool>/revocation/crl-history`, one line per distribution point and
+//! issuer; a write merges with what is on disk, so neither loses what the
+//! other saw. Without a file (tests, a spool that cannot be written) it
+//! is kept in memory only.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use tracing::warn;
+
+/// At most this many distribution points are remembered (each line is
+/// about 90 bytes); beyond it a new one is checked but not remembered.
+const MAX_ENTRIES: usize = 10_000;
+
+/// What identifies a CRL's age: its thisUpdate and its CRL number
+/// (big-endian, without leading zero bytes), when it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub this_update: i64,
+    pub number: Option<Vec<u8>>,
+}
+
+/// Whether `fetched` may stand where `newest` (the newest seen from the
+/// same point and issuer) was: not older by thisUpdate or CRL number.
+pub fn judge(newest: Option<&Seen>, fetched: &Seen) -> Result<(), String> {
+    let Some(newest) = newest else {
+        return Ok(());
+    };
+    if fetched.this_update < newest.this_update {
+        return Err(format!(
+            "an older CRL than one already seen from this point (thisUpdate {} before {}): a replay",
+            fetched.this_update, newest.this_update
+        ));
+    }
+    if let (Some(f), Some(n)) = (&fetched.number, &newest.number) {
+        if number_order(f, n) == std::cmp::Ordering::Less {
+            return Err(
+                "a lower CRL number than one already seen from this point: a replay".into(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `a` against `b` as unsigned big-endian integers.
+fn number_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let a = strip(a);
+    let b = strip(b);
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+fn strip(n: &[u8]) -> &[u8] {
+    let zeros = n.iter().take_while(|b| **b == 0).count();
+    &n[zeros..]
+}
+
+/// The newer of two (the later thisUpdate, and the higher number of
+/// either).
+fn newer(a: &Seen, b: &Seen) -> Seen {
+    let number = match (&a.number, &b.number) {
+        (Some(x), Some(y)) => Some(if number_order(x, y).is_ge() {
+            x.clone()
+        } else {
+            y.clone()
+        }),
+        (x, y) => x.clone().or_else(|| y.clone()),
+    };
+    Seen {
+        this_update: a.this_update.max(b.this_update),
+        number,
+    }
+}
+
+/// The key of a distribution point (its names, joined) and an issuer (its
+/// certificate's fingerprint): a hash, so the file needs no escaping.
+pub fn key(point: &[String], issuer_fingerprint: &str) -> String {
+    let mut text = point.join("\n");
+    text.push('\0');
+    text.push_str(issuer_fingerprint);
+    hex(&openssl::sha::sha256(text.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The newest CRL seen per distribution point and issuer.
+#[derive(Debug, Default)]
+pub struct CrlHistory {
+    seen: Mutex<HashMap<String, Seen>>,
+    file: Option<PathBuf>,
+}
+
+impl CrlHistory {
+    /// The history kept in `file` (read now; missing is empty).
+    pub fn kept_in(file: PathBuf) -> Self {
+        let seen = read(&file);
+        Self {
+            seen: Mutex::new(seen),
+            file: Some(file),
+        }
+    }
+
+    /// The history of the spool under `spool_dir`.
+    pub fn of_spool(spool_dir: &Path) -> Self {
+        Self::kept_in(spool_dir.join("revocation").join("crl-history"))
+    }
+
+    /// Takes `fetched` as the CRL now served at the point `key`, or says
+    /// why it is a replay. A newer one is remembered (and written).
+    pub fn admit(&self, key: &str, fetched: Seen) -> Result<(), String> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        judge(seen.get(key), &fetched)?;
+        if seen.get(key) == Some(&fetched) {
+            return Ok(());
+        }
+        if !seen.contains_key(key) && seen.len() >= MAX_ENTRIES {
+            return Ok(());
+        }
+        let merged = match seen.get(key) {
+            Some(old) => newer(old, &fetched),
+            None => fetched,
+        };
+        seen.insert(key.to_string(), merged);
+        if let Some(file) = &self.file {
+            // What another process wrote since counts too.
+            for (k, v) in read(file) {
+                let m = match seen.get(&k) {
+                    Some(mine) => newer(mine, &v),
+                    None if seen.len() < MAX_ENTRIES => v,
+                    None => continue,
+                };
+                seen.insert(k, m);
+            }
+            if let Err(e) = write(file, &seen) {
+                warn!(file = %file.display(), error = %e,
+                      "cannot write the CRL history: older CRLs are refused only until a restart");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Lines `key this_update number` (the number in hex, `-` for none);
+/// lines that do not read so are skipped.
+fn read(file: &Path) -> HashMap<String, Seen> {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return HashMap::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split(' ');
+            let (k, t, n) = (f.next()?, f.next()?, f.next()?);
+            let number = match n {
+                "-" => None,
+                n => Some(unhex(n)?),
+            };
+            (k.len() == 64).then(|| {
+                t.parse().ok().map(|this_update| {
+                    (
+                        k.to_string(),
+                        Seen {
+                            this_update,
+                            number,
+                        },
+                    )
+                })
+            })?
+        })
+        .take(MAX_ENTRIES)
+        .collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || s.len() > 64 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn write(file: &Path, seen: &HashMap<String, Seen>) -> std::io::Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut text = String::with_capacity(seen.len() * 96);
+    for (k, v) in seen {
+        let n = v.number.as_deref().map(hex).unwrap_or_else(|| "-".into());
+        text.push_str(&format!("{k} {} {n}\n", v.this_update));
+    }
+    crate::durable::write_atomic(file, text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(t: i64, n: Option<&[u8]>) -> Seen {
+        Seen {
+            this_update: t,
+            number: n.map(<[u8]>::to_vec),
+        }
+    }
+
+    #[test]
+    fn an_older_crl_than_the_newest_seen_is_a_replay() {
+        assert!(judge(None, &seen(5, Some(&[1]))).is_ok());
+        let newest = seen(100, Some(&[0x02, 0x00]));
+        assert!(judge(Some(&newest), &seen(100, Some(&[0x02, 0x00]))).is_ok());
+        assert!(judge(Some(&newest), &seen(200, Some(&[0x02, 0x01]))).is_ok());
+        assert!(judge(Some(&newest), &seen(200, None)).is_ok());
+        // Older by time, or by number (a leading zero changes nothing).
+        assert!(judge(Some(&newest), &seen(99, Some(&[0x03, 0x00]))).is_err());
+        assert!(judge(Some(&newest), &seen(200, Some(&[0xff]))).is_err());
+        assert!(judge(Some(&newest), &seen(200, Some(&[0x00, 0x01, 0xff]))).is_err());
+        assert!(judge(Some(&newest), &seen(200, Some(&[0x00, 0x02, 0x00]))).is_ok());
+    }
+
+    #[test]
+    fn the_history_outlives_the_process_and_merges_with_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(&["http://crl.example/a.crl".into()], "ab");
+        let other = key(&["http://crl.example/b.crl".into()], "ab");
+        assert_ne!(k, other);
+        let first = CrlHistory::of_spool(dir.path());
+        first.admit(&k, seen(100, Some(&[7]))).unwrap();
+        // Another process (an operator's command) saw another point.
+        let second = CrlHistory::of_spool(dir.path());
+        second.admit(&other, seen(50, None)).unwrap();
+        assert!(second.admit(&k, seen(90, Some(&[6]))).is_err());
+        // A restart reads both.
+        let third = CrlHistory::of_spool(dir.path());
+        assert!(third.admit(&k, seen(99, Some(&[9]))).is_err());
+        assert!(third.admit(&other, seen(49, None)).is_err());
+        assert!(third.admit(&k, seen(100, Some(&[7]))).is_ok());
+        // The first one wrote after the second: nothing of it is lost.
+        first.admit(&k, seen(150, Some(&[8]))).unwrap();
+        let fourth = CrlHistory::of_spool(dir.path());
+        assert!(fourth.admit(&other, seen(49, None)).is_err());
+        assert!(fourth.admit(&k, seen(149, Some(&[9]))).is_err());
+        // Lines that do not read are skipped, not fatal.
+        let file = dir.path().join("revocation").join("crl-history");
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        text.push_str("garbage\nzz 1 -\n");
+        std::fs::write(&file, text).unwrap();
+        assert_eq!(read(&file).len(), 2);
+    }
+
+    #[test]
+    fn in_memory_only_without_a_file() {
+        let h = CrlHistory::default();
+        h.admit("k", seen(10, None)).unwrap();
+        assert!(h.admit("k", seen(9, None)).is_err());
+    }
+}

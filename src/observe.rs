@@ -92,9 +92,21 @@ pub async fn bind_named(addr: SocketAddr, what: &'static str) -> std::io::Result
     Ok(listener)
 }
 
+/// Connections one HTTP listener serves at once; one more is closed as
+/// soon as it is accepted. A scraper or a browser needs a few.
+pub const MAX_HTTP_CONNECTIONS: usize = 32;
+/// How long one connection may last, request and answer together.
+const HTTP_CONNECTION_TIME: Duration = Duration::from_secs(10);
+/// The most a request's header section may take (hyper's read buffer).
+const HTTP_MAX_BUFFER: usize = 16 * 1024;
+
 /// The gateway's one HTTP stack (hyper, HTTP/1.1): accepts on `listener`
-/// until shutdown and answers each request with `answer`; a connection
-/// lasts at most 30 seconds.
+/// until shutdown and answers each request with `answer`. Bounded, so
+/// that whoever reaches the port cannot take the descriptors, memory or
+/// log the SMTP side needs: at most [`MAX_HTTP_CONNECTIONS`] at once
+/// (more are closed at once), each at most 10 seconds and 16 KiB of
+/// header; a failed accept (out of descriptors) is logged and pauses the
+/// loop for 100 ms instead of spinning.
 pub async fn serve_http<F, Fut>(
     listener: TcpListener,
     what: &'static str,
@@ -104,13 +116,22 @@ pub async fn serve_http<F, Fut>(
     F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
-                Err(e) => { warn!(error = %e, "{what} accept failed"); continue; }
+                Err(e) => {
+                    warn!(error = %e, "{what} accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             },
             _ = shutdown.changed() => return,
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            drop(stream);
+            continue;
         };
         let answer = answer.clone();
         tokio::spawn(async move {
@@ -118,8 +139,11 @@ pub async fn serve_http<F, Fut>(
                 let reply = answer(req);
                 async move { Ok::<_, Infallible>(reply.await) }
             });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+            let conn = http1::Builder::new()
+                .max_buf_size(HTTP_MAX_BUFFER)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(HTTP_CONNECTION_TIME, conn).await;
+            drop(slot);
         });
     }
 }

@@ -491,3 +491,84 @@ fn container_defaults_take_environment_overrides() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("relay.internal"));
 }
+
+/// The daemon's resident memory (kB).
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether `/healthz` on `port` answers 200 (without panicking when the
+/// connection is refused or closed).
+fn healthz_ok(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200")
+}
+
+#[test]
+fn a_flood_of_connections_to_the_metrics_port_leaves_smtp_serving() {
+    // Whoever reaches the metrics port (published in a container) opens
+    // 400 connections, each with a header that never ends. The daemon may
+    // hold 256 descriptors: unbounded, the HTTP side took them all, its
+    // accept loop spun on "Too many open files" into the log, and SMTP
+    // clients got no greeting.
+    use std::io::Write;
+    let sink = Sink::start(Script::default());
+    let port = common::free_port();
+    let mut opts = Options::new(sink.addr);
+    opts.extra = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    opts.open_files_hard = Some(256);
+    let gw = Gateway::start(opts);
+    let pid = gw.pid().unwrap();
+    // Control: the port answers before the flood.
+    assert!(healthz_ok(port));
+    let (log_before, rss_before) = (gw.log().len(), rss_kb(pid));
+
+    let pad = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}",
+        "a".repeat(12 * 1024)
+    );
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(pad.as_bytes());
+            held.push(s);
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let r = common::submit(
+        &gw,
+        "alice@example.org",
+        &["bob@example-law.dk"],
+        &common::message("during-flood", "sent while the metrics port is flooded"),
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(wait_until(Duration::from_secs(10), || sink.count() == 1));
+    let log = gw.log();
+    assert!(
+        log.len() - log_before < 16 * 1024,
+        "the log grew {} bytes during the flood: {}",
+        log.len() - log_before,
+        &log[log.len().saturating_sub(2000)..]
+    );
+    let grown = rss_kb(pid).saturating_sub(rss_before);
+    assert!(grown < 32 * 1024, "resident memory grew {grown} kB");
+    drop(held);
+    // Once the flood is gone, the port serves again.
+    assert!(wait_until(Duration::from_secs(15), || healthz_ok(port)));
+}

@@ -85,6 +85,7 @@ pub struct Gateway {
     env: Vec<(String, String)>,
     args: Vec<String>,
     open_files: Option<u64>,
+    open_files_hard: Option<u64>,
 }
 
 /// Settings a test may change; the rest is fixed for speed.
@@ -106,6 +107,9 @@ pub struct Options {
     /// The soft limit on open files the process starts with (as a shell's
     /// `ulimit -Sn` would give it); `None`: this test's own.
     pub open_files: Option<u64>,
+    /// The hard limit on open files too (the daemon raises its soft limit
+    /// to the hard one): `None`, this test's own.
+    pub open_files_hard: Option<u64>,
 }
 
 impl Options {
@@ -121,6 +125,7 @@ impl Options {
             env: Vec::new(),
             args: Vec::new(),
             open_files: None,
+            open_files_hard: None,
         }
     }
 }
@@ -200,6 +205,7 @@ scan_interval = "1s"
             env: opts.env.clone(),
             args: opts.args.clone(),
             open_files: opts.open_files,
+            open_files_hard: opts.open_files_hard,
         }
     }
 
@@ -238,7 +244,8 @@ scan_interval = "1s"
             .open(self.log_path())
             .expect("log file");
         let mut cmd = Command::new(BIN);
-        if let Some(soft) = self.open_files {
+        if self.open_files.is_some() || self.open_files_hard.is_some() {
+            let (soft, hard) = (self.open_files, self.open_files_hard);
             use std::os::unix::process::CommandExt;
             // SAFETY: only getrlimit/setrlimit between fork and exec.
             unsafe {
@@ -250,7 +257,13 @@ scan_interval = "1s"
                     if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    l.rlim_cur = soft as libc::rlim_t;
+                    if let Some(hard) = hard {
+                        l.rlim_max = hard as libc::rlim_t;
+                        l.rlim_cur = l.rlim_cur.min(l.rlim_max);
+                    }
+                    if let Some(soft) = soft {
+                        l.rlim_cur = (soft as libc::rlim_t).min(l.rlim_max);
+                    }
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }

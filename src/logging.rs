@@ -22,9 +22,13 @@ pub enum Format {
 
 pub fn init(format: Format) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = format == Format::Json;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(|| Escaping(io::stderr()));
+        .with_writer(move || Escaping {
+            out: io::stderr(),
+            json,
+        });
     match format {
         Format::Text => builder
             .fmt_fields(
@@ -44,10 +48,18 @@ pub fn init(format: Format) {
 }
 
 /// `text` with control characters (C0, DEL, C1; line breaks too unless
-/// `keep_newlines`) written as visible escapes: `\r`, `\n`, `\t`, `\x1b`,
-/// `\u{9b}`. Text without any comes back borrowed.
+/// `keep_newlines`) and the invisible characters that reorder or hide
+/// text (bidirectional controls such as U+202E, zero-width characters)
+/// written as visible escapes: `\r`, `\n`, `\t`, `\x1b`, `\u{202e}`.
+/// Text without any comes back borrowed.
 pub fn escape_controls(text: &str, keep_newlines: bool) -> Cow<'_, str> {
-    let bad = |c: char| c.is_control() && !(keep_newlines && c == '\n');
+    escape(text, keep_newlines, false)
+}
+
+/// As [`escape_controls`]; with `json`, every escape is one JSON reads
+/// inside a string (`\u001b`, `\u202e`), so a JSON log line stays JSON.
+fn escape(text: &str, keep_newlines: bool, json: bool) -> Cow<'_, str> {
+    let bad = |c: char| (c.is_control() || reorders_or_hides(c)) && !(keep_newlines && c == '\n');
     if !text.chars().any(bad) {
         return Cow::Borrowed(text);
     }
@@ -58,11 +70,23 @@ pub fn escape_controls(text: &str, keep_newlines: bool) -> Cow<'_, str> {
             '\r' => out.push_str("\\r"),
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
+            c if json => out.push_str(&format!("\\u{:04x}", c as u32)),
             c if (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
             c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
         }
     }
     Cow::Owned(out)
+}
+
+/// Whether `c` is a format character a terminal or viewer acts on
+/// without showing it: bidirectional marks, embeddings, overrides and
+/// isolates, zero-width spaces and joiners, invisible operators, the byte
+/// order mark, interlinear annotation.
+fn reorders_or_hides(c: char) -> bool {
+    matches!(c,
+        '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}'
+        | '\u{fff9}'..='\u{fffb}')
 }
 
 /// `text` as one field value of a text log line: as it is when it cannot
@@ -109,8 +133,11 @@ fn is_quoted(text: &str) -> bool {
 
 /// A writer that gets one whole event per write (as tracing-subscriber's
 /// fmt layer writes them) and escapes every control character in it but
-/// the newline that ends it.
-struct Escaping<W>(W);
+/// the newline that ends it (JSON's way when `json`).
+struct Escaping<W> {
+    out: W,
+    json: bool,
+}
 
 impl<W: Write> Write for Escaping<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -119,16 +146,16 @@ impl<W: Write> Write for Escaping<W> {
             Some(l) => (l, true),
             None => (&*text, false),
         };
-        let mut out = escape_controls(line, false).into_owned();
+        let mut out = escape(line, false, self.json).into_owned();
         if newline {
             out.push('\n');
         }
-        self.0.write_all(out.as_bytes())?;
+        self.out.write_all(out.as_bytes())?;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
+        self.out.flush()
     }
 }
 
@@ -167,8 +194,29 @@ mod tests {
             "a\\r\\nb\\x1b[2J\\x9bc\\x7f"
         );
         assert_eq!(escape_controls("a\nb\r", true), "a\nb\\r");
-        let mut w = Escaping(Vec::new());
+        // A right-to-left override turns "exe.PDF" into what reads "FDP.exe".
+        assert_eq!(
+            escape_controls("x\u{202e}FDP.exe\u{202c} y\u{200b}", false),
+            "x\\u{202e}FDP.exe\\u{202c} y\\u{200b}"
+        );
+        assert_eq!(escape_controls("Søren Ærø, 北京", true), "Søren Ærø, 北京");
+        let mut w = Escaping {
+            out: Vec::new(),
+            json: false,
+        };
         w.write_all(b"line one\nforged\x1b]0;x\x07\n").unwrap();
-        assert_eq!(w.0, b"line one\\nforged\\x1b]0;x\\x07\n");
+        assert_eq!(w.out, b"line one\\nforged\\x1b]0;x\\x07\n");
+        // A JSON line stays JSON: DEL, C1 and bidirectional controls are
+        // written as JSON escapes.
+        let mut w = Escaping {
+            out: Vec::new(),
+            json: true,
+        };
+        w.write_all("{\"a\":\"x\u{7f}\u{9b}\u{202e}y\"}\n".as_bytes())
+            .unwrap();
+        let line = String::from_utf8(w.out).unwrap();
+        assert_eq!(line, "{\"a\":\"x\\u007f\\u009b\\u202ey\"}\n");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["a"], "x\u{7f}\u{9b}\u{202e}y");
     }
 }

@@ -649,7 +649,8 @@ fn efail_gadget_in_cbc_mail_is_not_live_in_the_mailbox() {
 /// of DN): (key, cert) paths in `dir`.
 fn hostile_certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let mut subject =
-        "/CN=Evil\r\nFORGED-LINE event=\"delivered\"\u{1b}[2J\u{1b}]0;pwned\u{7}".to_string();
+        "/CN=Evil\r\nFORGED-LINE event=\"delivered\"\u{1b}[2J\u{1b}]0;pwned\u{7}\u{202e}FDP.exe"
+            .to_string();
     for i in 0..50 {
         subject.push_str(&format!("/OU={i:02}{}", "o".repeat(58)));
     }
@@ -680,6 +681,12 @@ fn assert_no_raw_controls(what: &str, text: &str) {
     assert!(
         !text.chars().any(|c| c.is_control() && c != '\n'),
         "{what} has raw control characters: {text:?}"
+    );
+    // Nor one that turns text around on a terminal (a right-to-left
+    // override makes "exe.PDF" read "FDP.exe").
+    assert!(
+        !text.contains(['\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}']),
+        "{what} has raw bidirectional controls: {text:?}"
     );
 }
 
@@ -761,7 +768,7 @@ fn hostile_names_forge_no_log_line_reach_no_terminal_and_stay_within_line_limits
     );
     let log = gw.log();
     // The hostile name was logged (the test can fail) ...
-    assert!(log.contains("FORGED-LINE"));
+    assert!(log.contains("FORGED-LINE") && log.contains("FDP.exe"));
     // ... but every line is one event, nothing raw.
     assert_no_raw_controls("text log", &log);
     for line in log.lines() {

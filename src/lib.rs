@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod durable;
+pub mod http_access;
 pub mod journal;
 pub mod logging;
 pub mod mail;

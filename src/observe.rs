@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::{validate::parse_host_port, Settings, SettingsSource};
+use crate::http_access::{self, Access};
 
 struct Ready {
     settings: Arc<dyn SettingsSource>,
@@ -113,12 +114,12 @@ pub async fn serve_http<F, Fut>(
     mut shutdown: watch::Receiver<bool>,
     answer: F,
 ) where
-    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
@@ -136,7 +137,7 @@ pub async fn serve_http<F, Fut>(
         let answer = answer.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let reply = answer(req);
+                let reply = answer(req, peer);
                 async move { Ok::<_, Infallible>(reply.await) }
             });
             let conn = http1::Builder::new()
@@ -145,6 +146,50 @@ pub async fn serve_http<F, Fut>(
             let _ = tokio::time::timeout(HTTP_CONNECTION_TIME, conn).await;
             drop(slot);
         });
+    }
+}
+
+/// The answer to a request `http_access` does not let read, when it
+/// does not; the token is read from `token_file` (its setting `key`) for
+/// each request, so a new token needs no reload.
+pub fn refused<B>(
+    req: &Request<B>,
+    peer: SocketAddr,
+    token_file: Option<&std::path::Path>,
+    key: &str,
+) -> Option<Response<Full<Bytes>>> {
+    let token_text = match token_file {
+        Some(file) => match std::fs::read_to_string(file) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                warn!(file = %file.display(), error = %e, "{key}: cannot read the token");
+                return Some(text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the token cannot be read\n".into(),
+                ));
+            }
+        },
+        None => None,
+    };
+    let token = token_text.as_deref().and_then(http_access::token_of);
+    let header = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match http_access::decide(peer.ip(), header, token) {
+        Access::Allowed => None,
+        Access::HostOnly => Some(text(
+            StatusCode::FORBIDDEN,
+            format!("served to this host only: set {key} to let other hosts in with a token\n"),
+        )),
+        Access::WrongToken => {
+            let mut r = text(StatusCode::UNAUTHORIZED, "a token is needed\n".into());
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Basic realm=\"smime-gateway\""),
+            );
+            Some(r)
+        }
     }
 }
 
@@ -159,11 +204,17 @@ pub async fn serve(
         settings,
         last: Mutex::new(None),
     });
-    serve_http(listener, "metrics", shutdown, move |req| {
+    serve_http(listener, "metrics", shutdown, move |req, peer| {
         let (handle, ready) = (handle.clone(), Arc::clone(&ready));
         async move {
             match req.uri().path() {
-                "/metrics" => text(StatusCode::OK, handle.render()),
+                "/metrics" => {
+                    let token = ready.settings.settings().metrics.token_file.clone();
+                    match refused(&req, peer, token.as_deref(), "metrics.token_file") {
+                        Some(no) => no,
+                        None => text(StatusCode::OK, handle.render()),
+                    }
+                }
                 "/healthz" => text(StatusCode::OK, "ok\n".into()),
                 "/readyz" => match ready.check().await {
                     Ok(()) => text(StatusCode::OK, "ready\n".into()),

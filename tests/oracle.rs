@@ -1306,3 +1306,105 @@ fn a_message_id_adds_no_field_to_a_log_line() {
         "{log}"
     );
 }
+
+/// What someone without the operator's token reads at `url`: the status
+/// line and the body.
+fn read_as_stranger(url: &str) -> (u16, String) {
+    common::http_get(url)
+}
+
+/// The same, with the operator's `token` as a Bearer token.
+fn read_as_operator(url: &str, token: &str) -> String {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .new_agent();
+    let mut resp = agent
+        .get(url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .call()
+        .expect("http get");
+    assert_eq!(resp.status().as_u16(), 200, "{url}");
+    resp.body_mut().read_to_string().unwrap_or_default()
+}
+
+#[test]
+fn metrics_and_the_status_page_show_no_stranger_which_ciphertext_opened() {
+    // An inside user who can send mail and reach the metrics and status
+    // ports (published by a container) sends intact and padding-broken
+    // copies of captured mail: the counters and the quarantine count tell,
+    // message by message, which one opened. With a token configured,
+    // what they read does not change; the operator, with the token, sees
+    // the counters move (the test can fail).
+    let mailbox = Sink::start(Script::default());
+    let outside = Sink::start(Script::default());
+    let tokens = tempfile::tempdir().unwrap();
+    let token = "operator-token-0123456789";
+    let token_file = tokens.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let (metrics, status) = (common::free_port(), common::free_port());
+    let gw = gateway(
+        &mailbox,
+        &outside,
+        &format!(
+            "[smime]\non_undecryptable = \"quarantine\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics}\"\ntoken_file = \"{file}\"\n\
+             [status]\nlisten = \"127.0.0.1:{status}\"\ntoken_file = \"{file}\"\n",
+            file = token_file.display()
+        ),
+    );
+    let metrics_url = format!("http://127.0.0.1:{metrics}/metrics");
+    let status_url = format!("http://127.0.0.1:{status}/");
+    let stranger = || {
+        (
+            read_as_stranger(&metrics_url),
+            read_as_stranger(&status_url),
+        )
+    };
+    let quarantined = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with("smimegw_recipients_quarantined_total"))
+            .map(str::to_string)
+    };
+
+    let cms = captured(&pki::inner(SECRET), "-aes-256-cbc");
+    let mut corrupt = cms.clone();
+    let at = corrupt.len() - 17;
+    corrupt[at] ^= 0x80;
+    let before = stranger();
+    let seen_before = read_as_operator(&metrics_url, token);
+    let mut after_each = Vec::new();
+    for (id, c) in [("m-intact", &cms), ("m-corrupt", &corrupt)] {
+        assert_eq!(
+            send(
+                &gw,
+                "bob@example-law.dk",
+                &enveloped(id, "bob@example-law.dk", c)
+            )
+            .code,
+            250
+        );
+        assert!(wait_until(Duration::from_secs(20), || gw.queued() == 0));
+        after_each.push(stranger());
+    }
+    // The stranger read the same before and after each message: refused.
+    for seen in &after_each {
+        assert_eq!(seen, &before);
+    }
+    assert_eq!(before.0 .0, 401, "{:?}", before.0);
+    assert_eq!(before.1 .0, 401, "{:?}", before.1);
+    // Control: the operator sees one decrypted and one quarantined.
+    let seen_after = read_as_operator(&metrics_url, token);
+    assert_ne!(quarantined(&seen_before), quarantined(&seen_after));
+    assert!(
+        seen_after.contains("smimegw_decrypted_total{generation=\"OCES3\"} 1"),
+        "{seen_after}"
+    );
+    assert!(read_as_operator(&status_url, token).contains("<html"));
+    // /healthz (a liveness probe) asks for no token and tells nothing of mail.
+    assert_eq!(
+        read_as_stranger(&format!("http://127.0.0.1:{metrics}/healthz")),
+        (200, "ok\n".to_string())
+    );
+}

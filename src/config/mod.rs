@@ -141,6 +141,11 @@ impl JournalSettings {
 pub struct MetricsSettings {
     /// Address for /metrics, /healthz and /readyz; none: no listener.
     pub listen: Option<SocketAddr>,
+    /// A file holding the token (16 characters or more) a scraper must
+    /// present to read /metrics (Bearer, or Basic with any user name);
+    /// without it, /metrics is served to this host only. /healthz and
+    /// /readyz are served to anyone.
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[status]`: the read-only status page (identities, queue, cutoff
@@ -155,6 +160,10 @@ pub struct StatusSettings {
     /// reload recomputes it at once.
     #[serde(default = "defaults::status_refresh", with = "duration")]
     pub refresh: Duration,
+    /// A file holding the token a browser must present (HTTP Basic, any
+    /// user name); without it, the page is served to this host only.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for StatusSettings {
@@ -162,6 +171,7 @@ impl Default for StatusSettings {
         Self {
             listen: None,
             refresh: defaults::status_refresh(),
+            token_file: None,
         }
     }
 }

@@ -67,6 +67,23 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
             bad(key, "must be longer than zero".into());
         }
     }
+    for (key, file) in [
+        ("metrics.token_file", &s.metrics.token_file),
+        ("status.token_file", &s.status.token_file),
+    ] {
+        let Some(file) = file else { continue };
+        match std::fs::read_to_string(file) {
+            Ok(text) if crate::http_access::token_of(&text).is_some() => {}
+            Ok(_) => bad(
+                key,
+                format!(
+                    "{}: the token must be at least 16 characters",
+                    file.display()
+                ),
+            ),
+            Err(e) => bad(key, format!("{}: {e}", file.display())),
+        }
+    }
     if s.server.ipv6_prefix > 128 {
         bad(
             "server.ipv6_prefix",

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use super::board::{now, Board};
 use super::dates;
 use super::page::{self, IdentityRow, View};
+use crate::config::SettingsSource;
 use crate::observe;
 use crate::spool::Store;
 
@@ -166,9 +167,15 @@ pub async fn serve(
     store: Arc<Store>,
     shutdown: watch::Receiver<bool>,
 ) {
-    observe::serve_http(listener, "status page", shutdown, move |req| {
+    observe::serve_http(listener, "status page", shutdown, move |req, peer| {
         let (board, store) = (Arc::clone(&board), Arc::clone(&store));
-        async move { answer(&board, &store, req).await }
+        async move {
+            let token = board.live().settings().status.token_file.clone();
+            match observe::refused(&req, peer, token.as_deref(), "status.token_file") {
+                Some(no) => no,
+                None => answer(&board, &store, req).await,
+            }
+        }
     })
     .await
 }

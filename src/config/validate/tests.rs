@@ -132,6 +132,29 @@ fn the_status_page_listens_on_loopback_unless_told_otherwise() {
 }
 
 #[test]
+fn token_files_must_hold_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good");
+    let short = dir.path().join("short");
+    std::fs::write(&good, "0123456789abcdef0123\n").unwrap();
+    std::fs::write(&short, "letmein\n").unwrap();
+    let with = |section: &str, file: &std::path::Path| {
+        problems(&format!(
+            "[{section}]\nlisten = \"127.0.0.1:9\"\ntoken_file = \"{}\"\n",
+            file.display()
+        ))
+    };
+    assert!(with("metrics", &good).is_empty());
+    assert!(with("status", &good).is_empty());
+    assert_eq!(with("metrics", &short), vec!["metrics.token_file"]);
+    assert_eq!(with("status", &short), vec!["status.token_file"]);
+    assert_eq!(
+        with("metrics", &dir.path().join("missing")),
+        vec!["metrics.token_file"]
+    );
+}
+
+#[test]
 fn journal_database_and_keep_are_checked() {
     let s = test_settings("");
     assert!(s.journal.enabled && s.journal.database.is_none());

@@ -1408,3 +1408,61 @@ fn metrics_and_the_status_page_show_no_stranger_which_ciphertext_opened() {
         (200, "ok\n".to_string())
     );
 }
+
+/// `message` with a read-receipt request to the attacker on top.
+fn asking_for_receipts(message: &[u8]) -> Vec<u8> {
+    let mut m = b"Disposition-Notification-To: <attacker@example.org>\r\n\
+                  Return-Receipt-To: attacker@example.org\r\n"
+        .to_vec();
+    m.extend_from_slice(message);
+    m
+}
+
+#[test]
+fn mail_that_arrived_encrypted_reaches_the_mailbox_without_a_read_receipt_request() {
+    // A receipt goes where the sender says and carries the header section
+    // the client showed: on decrypted mail the gateway's verdict and the
+    // decrypted Content-* fields; and whether one comes at all tells
+    // delivered from quarantined. Intact and corrupt copies of captured
+    // mail, each asking for a receipt: no copy in the mailbox asks.
+    let mailbox = Sink::start(Script::default());
+    let outside = Sink::start(Script::default());
+    let gw = gateway(&mailbox, &outside, "");
+    let cms = captured(&pki::inner(SECRET), "-aes-256-cbc");
+    let mut corrupt = cms.clone();
+    let at = corrupt.len() - 17;
+    corrupt[at] ^= 0x80;
+    let to = "bob@example-law.dk";
+    for (id, m) in [
+        ("mdn-intact", enveloped("mdn-intact", to, &cms)),
+        ("mdn-corrupt", enveloped("mdn-corrupt", to, &corrupt)),
+        // Control: plain mail keeps its request (the test can fail).
+        (
+            "mdn-plain",
+            common::message("mdn-plain", "plain, nothing to hide").to_vec(),
+        ),
+    ] {
+        assert_eq!(send(&gw, to, &asking_for_receipts(&m)).code, 250, "{id}");
+    }
+    let intact = delivered(&mailbox, "mdn-intact");
+    let corrupt = delivered(&mailbox, "mdn-corrupt");
+    let plain = delivered(&mailbox, "mdn-plain");
+    assert!(contains(&intact.data, SECRET), "not opened");
+    assert!(trace(&corrupt.text()).contains("undecryptable"));
+    for (id, got) in [("intact", &intact), ("corrupt", &corrupt)] {
+        let text = got.text().to_ascii_lowercase();
+        assert!(
+            !text.contains("disposition-notification-to") && !text.contains("return-receipt-to"),
+            "{id} still asks for a receipt:\n{text}"
+        );
+        assert!(
+            trace(&got.text()).contains("receipt-request=removed"),
+            "{id}: the mailbox is not told: {}",
+            trace(&got.text())
+        );
+    }
+    assert!(plain
+        .text()
+        .contains("Disposition-Notification-To: <attacker@example.org>"));
+    assert_eq!(outside.count(), 0);
+}

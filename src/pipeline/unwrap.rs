@@ -125,7 +125,7 @@ pub fn mailboxes_at<'a>(
                 header::quote(&t.info.subject_cn)
             );
             let note = Some("already encrypted to the mailbox key: passed unchanged".into());
-            deliver_traced(out, rcpt, ctx, body, &value, note);
+            deliver_traced(out, rcpt, ctx, body, &value, note, true);
             continue;
         }
 
@@ -200,10 +200,14 @@ pub fn mailboxes_at<'a>(
                         });
                     }
                 }
+                let sealed = encrypted || report.key().is_some();
                 match (mode, target) {
-                    (Deliver::Plain, _) => deliver_traced(out, rcpt, ctx, message, &value, note),
+                    (Deliver::Plain, _) => {
+                        deliver_traced(out, rcpt, ctx, message, &value, note, sealed)
+                    }
                     (Deliver::Reencrypt, Some(t)) => {
-                        match reencrypt_into(message, &value, t, &[], encryption, ctx.spill) {
+                        match reencrypt_into(message, &value, t, &[], encryption, ctx.spill, sealed)
+                        {
                             Ok(wrapped) => {
                                 let note = note
                                     .map(|n| format!("{n}; re-encrypted to {}", t.info.subject_cn));
@@ -218,7 +222,7 @@ pub fn mailboxes_at<'a>(
                                 let note = Some(format!(
                                     "re-encryption failed ({e}): delivered unchanged"
                                 ));
-                                deliver_traced(out, rcpt, ctx, body, &value, note);
+                                deliver_traced(out, rcpt, ctx, body, &value, note, sealed);
                             }
                         }
                     }
@@ -227,12 +231,17 @@ pub fn mailboxes_at<'a>(
                             "not-reencrypted; reason=\"no valid OCES3 key for this mailbox\"";
                         let note =
                             Some("no valid OCES3 key to re-encrypt to: delivered unchanged".into());
-                        deliver_traced(out, rcpt, ctx, body, value, note);
+                        deliver_traced(out, rcpt, ctx, body, value, note, sealed);
                     }
                 }
             }
             Unwrapped::Unchanged { report } => match report.header_value() {
-                Some(v) => deliver_traced(out, rcpt, ctx, body, &v, Some(note_for(report))),
+                Some(v) => {
+                    // Encrypted parts it holds were not opened.
+                    let sealed =
+                        encrypted || report.nested.as_ref().is_some_and(|n| n.encrypted > 0);
+                    deliver_traced(out, rcpt, ctx, body, &v, Some(note_for(report)), sealed)
+                }
                 None if header::present(body) => {
                     out.deliver(rcpt, Cow::Owned(header::strip(body)), None)
                 }
@@ -254,7 +263,7 @@ pub fn mailboxes_at<'a>(
                     );
                     let value = report.failure_value(&reason);
                     let note = Some(format!("not decrypted: {reason}"));
-                    deliver_traced(out, rcpt, ctx, body, &value, note);
+                    deliver_traced(out, rcpt, ctx, body, &value, note, true);
                     continue;
                 }
                 undecryptable(out, rcpt, envelope, ctx, body, report, &error.to_string());
@@ -288,7 +297,7 @@ fn undecryptable<'a>(
             ),
             false => format!("undecryptable: {reason}"),
         });
-        deliver_traced(out, rcpt, ctx, body, &value, note);
+        deliver_traced(out, rcpt, ctx, body, &value, note, true);
     }
 }
 
@@ -301,14 +310,32 @@ fn deliver_traced<'a>(
     message: &[u8],
     value: &str,
     note: Option<String>,
+    sealed: bool,
 ) {
+    let (message, value) = unasked(message, value, sealed);
     match ctx
         .spill
         .spill_sized(message.len() + value.len() + 64, &mut |w| {
-            header::write_set(message, value, w)
+            header::write_set(&message, &value, w)
         }) {
         Ok(traced) => out.deliver(rcpt, traced, note),
         Err(e) => out.defer(rcpt, &SmimeError::Scratch(e.to_string()).to_string()),
+    }
+}
+
+/// `message` and its trace header `value` as a mailbox gets them: mail
+/// that arrived encrypted (`sealed`) without its read-receipt request
+/// (`header::without_receipt_requests`), the header saying so.
+fn unasked<'m>(message: &'m [u8], value: &str, sealed: bool) -> (Cow<'m, [u8]>, Cow<'static, str>) {
+    match sealed
+        .then(|| header::without_receipt_requests(message))
+        .flatten()
+    {
+        Some(m) => (
+            Cow::Owned(m),
+            Cow::Owned(format!("{value}; receipt-request=removed")),
+        ),
+        None => (Cow::Borrowed(message), Cow::Owned(value.to_string())),
     }
 }
 
@@ -323,7 +350,10 @@ fn reencrypt_into(
     extra: &[X509],
     encryption: Encryption,
     spill: &dyn Spill,
+    sealed: bool,
 ) -> Result<Blob, SmimeError> {
+    let (message, value) = unasked(message, value, sealed);
+    let message: &[u8] = &message;
     let traced = format!(
         "{value}; reencrypted-to={}",
         header::quote(&target.info.subject_cn)
@@ -344,7 +374,8 @@ pub fn reencrypt(
     extra: &[X509],
     encryption: Encryption,
 ) -> Result<Vec<u8>, SmimeError> {
-    reencrypt_into(message, value, target, extra, encryption, &InMemory).map(|b| b.to_vec())
+    // An archived copy keeps every field it was delivered with.
+    reencrypt_into(message, value, target, extra, encryption, &InMemory, false).map(|b| b.to_vec())
 }
 
 /// Adds to every signature of `result` how its signer relates to the

@@ -78,6 +78,38 @@ pub fn field(value: &str) -> String {
     out
 }
 
+/// Fields that ask the recipient's client for a read receipt (RFC 8098
+/// and older spellings), in lower case.
+const RECEIPT_REQUESTS: [&str; 5] = [
+    "disposition-notification-to",
+    "disposition-notification-options",
+    "return-receipt-to",
+    "read-receipt-to",
+    "x-confirm-reading-to",
+];
+
+/// `message` without the fields that ask for a read receipt, when it has
+/// any. A receipt goes to the address the sender wrote, and clients
+/// attach the header section they showed: on mail that arrived encrypted
+/// that carries this trace header (decrypted or not) and the decrypted
+/// Content-* fields, and whether a receipt comes at all tells delivered
+/// from quarantined. So such mail loses its request, whatever became of it.
+pub fn without_receipt_requests(message: &[u8]) -> Option<Vec<u8>> {
+    let (headers, body) = mime::split(message);
+    let asks = |n: &str| RECEIPT_REQUESTS.contains(&n);
+    let mut any = false;
+    mime::each_field(headers, |name, _| any |= asks(&name));
+    if !any {
+        return None;
+    }
+    let kept = mime::without(headers, asks);
+    let mut out = Vec::with_capacity(message.len());
+    out.extend_from_slice(&kept);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    Some(out)
+}
+
 /// `message` without any `X-SMIME-Gateway` field.
 pub fn strip(message: &[u8]) -> Vec<u8> {
     let (headers, body) = mime::split(message);
@@ -178,5 +210,20 @@ mod tests {
         let long = "x".repeat(3000);
         let f = field(&long);
         assert!(f.split("\r\n").all(|l| l.len() <= 998), "{}", f.len());
+    }
+
+    #[test]
+    fn read_receipt_requests_are_removed_and_nothing_else() {
+        let m = b"From: a@x\r\nDisposition-Notification-To: <spy@evil.example>\r\n\
+                  Subject: s\r\nreturn-receipt-to: spy@evil.example\r\n\
+                  X-Confirm-Reading-To:\r\n spy@evil.example\r\n\
+                  Disposition-Notification-Options: signed-receipt-protocol=optional,pkcs7-signature\r\n\
+                  \r\nbody: Disposition-Notification-To: stays\r\n";
+        let out = without_receipt_requests(m).expect("had some");
+        assert_eq!(
+            out,
+            b"From: a@x\r\nSubject: s\r\n\r\nbody: Disposition-Notification-To: stays\r\n"
+        );
+        assert_eq!(without_receipt_requests(b"From: a@x\r\n\r\nhi\r\n"), None);
     }
 }

@@ -183,7 +183,7 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
         openssl = openssl::version::version(),
         "smime-gateway started"
     );
-    warn_soft_fail(&live.current().settings);
+    warn_cautions(&live.current().settings);
     systemd::ready();
     loop {
         tokio::select! {
@@ -265,11 +265,11 @@ fn watch(path: &Path, tx: mpsc::UnboundedSender<()>) -> notify::Result<notify::R
     Ok(watcher)
 }
 
-/// Says, at start and reload, what `revocation = "soft-fail"` gives away.
-fn warn_soft_fail(settings: &crate::config::Settings) {
-    if settings.trust.revocation == crate::config::Revocation::SoftFail {
-        warn!(event = "soft-fail",
-              "trust.revocation = \"soft-fail\": whoever can block the CRL and OCSP servers makes a revoked certificate usable; \"hard-fail\" defers instead");
+/// Says, at start and reload, what the configuration does that an
+/// operator may not mean (`Settings::cautions`).
+fn warn_cautions(settings: &crate::config::Settings) {
+    for caution in settings.cautions() {
+        warn!(event = "caution", "{caution}");
     }
 }
 
@@ -281,7 +281,7 @@ fn reload(path: &Path, live: &Live, pool: &crate::delivery::Pool) {
         Ok(()) => {
             pool.clear();
             info!(config = %path.display(), "configuration reloaded");
-            warn_soft_fail(&live.current().settings);
+            warn_cautions(&live.current().settings);
         }
         Err(e) => error!(error = %e, "configuration not reloaded; the previous one stays in force"),
     }

@@ -572,3 +572,42 @@ fn a_flood_of_connections_to_the_metrics_port_leaves_smtp_serving() {
     // Once the flood is gone, the port serves again.
     assert!(wait_until(Duration::from_secs(15), || healthz_ok(port)));
 }
+
+#[test]
+fn check_config_names_a_mailbox_the_gateway_would_treat_as_outside() {
+    // A [[mailbox]] on a domain that is not internal is relayed outside
+    // like anyone's: its `deliver = "reencrypt"` would silently not apply.
+    let dir = tempfile::tempdir().unwrap();
+    let write = |extra: &str| {
+        let cfg = dir.path().join("gw.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nhostname = \"gw.test\"\nlisten = [\"127.0.0.1:1\"]\n\
+                 internal_domains = [\"example-law.dk\"]\n\
+                 [spool]\ndir = \"{}\"\n[relay]\ninternal = \"127.0.0.1:2\"\nexternal = \"127.0.0.1:3\"\n\
+                 {extra}",
+                dir.path().join("spool").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = write("[[mailbox]]\naddress = \"sikkermail@old-law.dk\"\ndeliver = \"reencrypt\"\n");
+    assert!(
+        text.contains(
+            "caution: mailbox[0] \"sikkermail@old-law.dk\" is outside server.internal_domains"
+        ),
+        "{text}"
+    );
+    // Control: the same mailbox on an internal domain is fine.
+    let text =
+        write("[[mailbox]]\naddress = \"sikkermail@example-law.dk\"\ndeliver = \"reencrypt\"\n");
+    assert!(!text.contains("caution"), "{text}");
+}

@@ -913,6 +913,35 @@ impl Settings {
         self.is_internal_address(addr) || self.mailbox(addr).is_some()
     }
 
+    /// What a valid configuration does that an operator may not mean:
+    /// one sentence each, said at start, on reload and by `check-config`.
+    pub fn cautions(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.trust.revocation == Revocation::SoftFail {
+            out.push(
+                "trust.revocation = \"soft-fail\": whoever can block the CRL and OCSP servers \
+                 makes a revoked certificate usable; \"hard-fail\" defers instead"
+                    .to_string(),
+            );
+        }
+        for (i, m) in self.mailboxes.iter().enumerate() {
+            let probe = match m.address.strip_prefix("*@") {
+                Some(domain) => format!("postmaster@{domain}"),
+                None => m.address.clone(),
+            };
+            if !self.is_internal_address(&probe) {
+                out.push(format!(
+                    "mailbox[{i}] {:?} is outside server.internal_domains: mail to it is \
+                     relayed outside like anyone's, and its deliver and encryption settings \
+                     do not apply to it (add its domain to internal_domains if it is the \
+                     organisation's)",
+                    m.address
+                ));
+            }
+        }
+        out
+    }
+
     /// The `[[mailbox]]` entry for `addr`: an exact address first, then
     /// `*@domain`.
     pub fn mailbox(&self, addr: &str) -> Option<&MailboxSettings> {
@@ -1118,6 +1147,23 @@ mod tests {
         assert!(s.is_own_address("arkiv@partner-firm.dk"));
         assert!(!s.is_own_address("post@domstol.dk"));
         assert!(!s.is_own_address("x@example-law.dk.evil.example"));
+    }
+
+    #[test]
+    fn cautions_name_soft_fail_and_mailboxes_outside_the_internal_domains() {
+        assert!(super::load::test_settings("").cautions().is_empty());
+        let s = super::load::test_settings(
+            "[trust]\nrevocation = \"soft-fail\"\n\
+             [[mailbox]]\naddress = \"arkiv@example-law.dk\"\n\
+             [[mailbox]]\naddress = \"arkiv@old-law.dk\"\ndeliver = \"reencrypt\"\n\
+             [[mailbox]]\naddress = \"*@old-law.dk\"\n\
+             [[mailbox]]\naddress = \"*@EXAMPLE-law.dk\"\n",
+        );
+        let c = s.cautions();
+        assert_eq!(c.len(), 3, "{c:?}");
+        assert!(c[0].contains("soft-fail"));
+        assert!(c[1].starts_with("mailbox[1] \"arkiv@old-law.dk\" is outside"));
+        assert!(c[2].starts_with("mailbox[2] \"*@old-law.dk\" is outside"));
     }
 
     #[test]

@@ -91,8 +91,12 @@ pub fn serve(config: &Path) -> Result<(), OpsError> {
 
 /// `check-config`: validates as `serve` would.
 pub fn check_config(config: &Path) -> Result<String, OpsError> {
-    daemon::check(config)?;
-    Ok(format!("{}: configuration is valid\n", config.display()))
+    let snapshot = daemon::check(config)?;
+    let mut out = format!("{}: configuration is valid\n", config.display());
+    for caution in snapshot.settings.cautions() {
+        out.push_str(&format!("caution: {caution}\n"));
+    }
+    Ok(out)
 }
 
 /// `keys list`: the identities, with their revocation state now.

@@ -72,20 +72,35 @@ pub struct Live {
     pub resolver: Resolver,
     /// Revocation answers for the signers of incoming mail.
     pub signers: SignerChecks,
+    /// The newest CRL seen from each distribution point.
+    pub crl_history: Arc<CrlHistory>,
 }
 
 impl Live {
+    /// The daemon's: the newest CRL seen from each point outlives
+    /// reloads and, written to the spool, restarts.
     pub fn new(snapshot: Snapshot) -> Self {
-        // The newest CRL seen from each point outlives reloads (and, on
-        // disk, restarts): recipients and signers share it.
         let history = Arc::new(CrlHistory::of_spool(&snapshot.settings.spool.dir));
+        Self::with_history(snapshot, history)
+    }
+
+    /// An operator command's: it reads the daemon's CRL history and
+    /// writes nothing to it.
+    pub fn for_command(snapshot: Snapshot) -> Self {
+        let history = Arc::new(CrlHistory::read_from_spool(&snapshot.settings.spool.dir));
+        Self::with_history(snapshot, history)
+    }
+
+    /// Recipients' and signers' revocation checks share `history`.
+    fn with_history(snapshot: Snapshot, history: Arc<CrlHistory>) -> Self {
         let signers = SignerChecks::with_history(Arc::clone(&history));
         snapshot.keys.signer_chains.follow(signers.checker());
         Self {
             slot: ArcSwap::from_pointee(snapshot),
             revoked: RevokedIdentities::default(),
-            resolver: Resolver::with_history(history),
+            resolver: Resolver::with_history(Arc::clone(&history)),
             signers,
+            crl_history: history,
         }
     }
 

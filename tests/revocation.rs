@@ -610,18 +610,58 @@ fn an_older_crl_served_after_a_reload_or_a_restart_is_a_replay() {
     );
     assert!(!bounced(&gw, "after-reload"), "{}", gw.log());
 
+    // An operator's command reads the daemon's history too.
+    let (text, ok) = explain(&gw.config, "a@partner.example", &[]);
+    assert!(!ok && text.contains("a replay"), "{text}");
     // Control: without that history (another spool) the older CRL vouches
     // for a, which is what the replay was after.
     let cfg = explain_config(s.pki.path(), &s.recips, &root, "hard-fail");
     let (text, ok) = explain(&cfg, "a@partner.example", &[]);
     assert!(ok && text.contains("not revoked (CRL http://"), "{text}");
-    // And the newer CRL served again is taken: a is revoked.
-    s.serve("issuing.crl", &after);
-    let (text, ok) = explain(&cfg, "a@partner.example", &[]);
-    assert!(!ok && text.contains("revoked (CRL http://"), "{text}");
-    s.serve("issuing.crl", &before);
-    let (text, ok) = explain(&cfg, "a@partner.example", &[]);
-    assert!(!ok && text.contains("a replay"), "{text}");
+}
+
+#[test]
+fn a_list_of_ca_certificates_served_in_between_does_not_poison_the_history() {
+    // Someone on the path serves, at the end entities' point, the CA's
+    // genuine list of CA certificates (numbered after the full CRL): no
+    // answer for a leaf; and it must not stand as the newest CRL from that
+    // point, or the full CRL would be refused as older from then on.
+    let s = Setup::new();
+    let root = Ca::root(s.pki.path(), "Root");
+    let root_point = s.url("root.crl");
+    let ca = root.sub("Issuing", &root_point, 2);
+    let point = s.url("issuing.crl");
+    let a = ca.leaf("a", "a@partner.example", &point, 50);
+    s.recipient(&ca.pem());
+    s.recipient(&a);
+    s.serve("root.crl", &root.crl("full", &root_point));
+    let full = ca.crl("full", &point);
+    let ca_only = ca.crl("ca_only", &point);
+    s.serve("issuing.crl", &ca_only);
+
+    let outside = Sink::start(Script::default());
+    let inside = Sink::start(Script::default());
+    let mut opts = Options::new(inside.addr);
+    opts.external_hop = outside.addr;
+    opts.extra = strict_extra(s.pki.path(), &s.recips, &root, "hard-fail");
+    let gw = Gateway::start(opts);
+    send(&gw, "a@partner.example", "ca-list-first");
+    assert!(
+        wait_until(Duration::from_secs(20), || gw
+            .log()
+            .contains("covers only CA certificates")),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(outside.count(), 0);
+    // The full CRL comes back: a is not revoked, the held message leaves.
+    s.serve("issuing.crl", &full);
+    assert!(
+        wait_until(Duration::from_secs(20), || outside.count() == 1),
+        "{}",
+        gw.log()
+    );
+    assert!(!gw.log().contains("a replay"), "{}", gw.log());
 }
 
 /// An OCSP responder for `ca` on 127.0.0.1:`port` (`openssl ocsp` on each

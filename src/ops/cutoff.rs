@@ -288,7 +288,7 @@ pub fn run(req: &Request) -> Result<(String, bool), CutoffError> {
     let report = runtime.block_on(async {
         let store = Store::open_for_reading(&target).await?;
         let volumes = volumes(&store.outbound(since_unix).await?);
-        let live = Live::new(snapshot);
+        let live = Live::for_command(snapshot);
         let snapshot = live.current();
         let rows = build(&snapshot, &live, &volumes, req.rule.as_deref(), now, at).await;
         Ok::<_, CutoffError>(Report {

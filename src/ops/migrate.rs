@@ -159,7 +159,7 @@ pub fn migrate(args: &MigrateArgs) -> Result<(String, bool), OpsError> {
     }
     let now = unix_now();
     let known = signer::known_certificates(&snapshot.keys, &snapshot.certs);
-    let live = Live::new(snapshot);
+    let live = Live::for_command(snapshot);
     let snapshot = live.current();
     let extra = extra_recipients(&snapshot, &live, now)?;
     let rekeyer = Rekeyer {

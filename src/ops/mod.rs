@@ -14,10 +14,12 @@ pub mod usage;
 
 use crate::config::{self, Instant};
 use crate::daemon::{self, DaemonError};
+use crate::pki::crl_history::CrlHistory;
 use crate::pki::revocation;
 use crate::snapshot::Live;
 use crate::spool::{SpoolError, Store};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Why an operator command failed.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +105,8 @@ pub fn check_config(config: &Path) -> Result<String, OpsError> {
 pub fn keys_list(config: &Path) -> Result<String, OpsError> {
     let snapshot = daemon::check(config)?;
     let now = unix_now();
-    let revoked = revocation::revoked_identities(&snapshot.keys, &snapshot.settings, now);
+    let history = Arc::new(CrlHistory::read_from_spool(&snapshot.settings.spool.dir));
+    let revoked = revocation::revoked_identities(&snapshot.keys, &snapshot.settings, history, now);
     Ok(listing::keys_table(&snapshot.keys, now, &revoked))
 }
 
@@ -155,13 +158,13 @@ pub fn explain(
         }
     };
     let snapshot = daemon::check(config).map_err(|e| OpsError::Usage(e.to_string()))?;
-    let live = Live::new(snapshot);
+    let live = Live::for_command(snapshot);
     Ok(runtime()?.block_on(explain::explain(&live, from, rcpt, at, &message)))
 }
 
 /// `certs list|show|import`.
 pub fn certs(config: &Path, command: CertsCommand) -> Result<String, OpsError> {
-    let live = Live::new(daemon::check(config)?);
+    let live = Live::for_command(daemon::check(config)?);
     let settings = live.current().settings.clone();
     match command {
         CertsCommand::List => Ok(listing::certs_table(&live.current().certs)),

@@ -6,11 +6,11 @@
 //! than one already seen (an earlier thisUpdate, or a lower CRL number)
 //! is such a replay and answers for nothing.
 //!
-//! The daemon and the operator's commands keep the history in
-//! `<spool>/revocation/crl-history`, one line per distribution point and
-//! issuer; a write merges with what is on disk, so neither loses what the
-//! other saw. Without a file (tests, a spool that cannot be written) it
-//! is kept in memory only.
+//! The daemon keeps the history in `<spool>/revocation/crl-history`, one
+//! line per distribution point and issuer; a write merges with what is on
+//! disk. The operator's commands read it and never write it (run by
+//! another user, they would leave a file the daemon cannot replace).
+//! Without a file (tests) it is kept in memory only.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -98,6 +98,7 @@ fn hex(bytes: &[u8]) -> String {
 #[derive(Debug, Default)]
 pub struct CrlHistory {
     seen: Mutex<HashMap<String, Seen>>,
+    /// Where newer entries are written (the daemon's).
     file: Option<PathBuf>,
 }
 
@@ -111,9 +112,18 @@ impl CrlHistory {
         }
     }
 
-    /// The history of the spool under `spool_dir`.
+    /// The daemon's history, in the spool under `spool_dir`.
     pub fn of_spool(spool_dir: &Path) -> Self {
-        Self::kept_in(spool_dir.join("revocation").join("crl-history"))
+        Self::kept_in(history_file(spool_dir))
+    }
+
+    /// What the daemon's history under `spool_dir` says now, for a
+    /// command: newer CRLs it fetches are remembered in memory only.
+    pub fn read_from_spool(spool_dir: &Path) -> Self {
+        Self {
+            seen: Mutex::new(read(&history_file(spool_dir))),
+            file: None,
+        }
     }
 
     /// Takes `fetched` as the CRL now served at the point `key`, or says
@@ -149,6 +159,10 @@ impl CrlHistory {
         }
         Ok(())
     }
+}
+
+fn history_file(spool_dir: &Path) -> PathBuf {
+    spool_dir.join("revocation").join("crl-history")
 }
 
 /// Lines `key this_update number` (the number in hex, `-` for none);
@@ -256,6 +270,26 @@ mod tests {
         text.push_str("garbage\nzz 1 -\n");
         std::fs::write(&file, text).unwrap();
         assert_eq!(read(&file).len(), 2);
+    }
+
+    #[test]
+    fn a_command_reads_the_daemons_history_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(&["http://crl.example/a.crl".into()], "ab");
+        CrlHistory::of_spool(dir.path())
+            .admit(&k, seen(100, None))
+            .unwrap();
+        let command = CrlHistory::read_from_spool(dir.path());
+        assert!(command.admit(&k, seen(99, None)).is_err());
+        command.admit(&k, seen(200, None)).unwrap();
+        // Not written: the daemon's file still says 100.
+        let again = CrlHistory::read_from_spool(dir.path());
+        assert!(again.admit(&k, seen(150, None)).is_ok());
+        let file = dir.path().join("revocation").join("crl-history");
+        assert_eq!(
+            std::fs::read_dir(file.parent().unwrap()).unwrap().count(),
+            1
+        );
     }
 
     #[test]

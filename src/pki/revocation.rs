@@ -302,7 +302,18 @@ impl Checker {
             Some(k) => k,
             None => {
                 let (fetched, age) = fetch_crl(url, point, issuer, now, timeout)?;
-                self.history.admit(&crl_history::key(point, &key.1), age)?;
+                // Only a CRL that answers for this kind of certificate is
+                // kept or counts as the newest from this point; the CA
+                // certificates' list and the end entities' have a history
+                // each.
+                fits(fetched.covers, is_ca)?;
+                let kind = match (fetched.covers.only_cas, fetched.covers.only_end_entities) {
+                    (true, _) => "\u{0}ca",
+                    (_, true) => "\u{0}end-entity",
+                    _ => "",
+                };
+                let history_key = crl_history::key(point, &format!("{}{kind}", key.1));
+                self.history.admit(&history_key, age)?;
                 let out = (Arc::clone(&fetched.crl), fetched.covers);
                 self.crls
                     .lock()
@@ -312,14 +323,21 @@ impl Checker {
                 out
             }
         };
-        if is_ca && covers.only_end_entities {
-            return Err("the CRL covers only end-entity certificates".into());
-        }
-        if !is_ca && covers.only_cas {
-            return Err("the CRL covers only CA certificates".into());
-        }
+        fits(covers, is_ca)?;
         Ok(crl)
     }
+}
+
+/// Whether a CRL that `covers` these kinds answers for a certificate that
+/// is a CA's (`is_ca`) or not.
+fn fits(covers: Covers, is_ca: bool) -> Result<(), String> {
+    if is_ca && covers.only_end_entities {
+        return Err("the CRL covers only end-entity certificates".into());
+    }
+    if !is_ca && covers.only_cas {
+        return Err("the CRL covers only CA certificates".into());
+    }
+    Ok(())
 }
 
 /// The overall answer of a path's links, the certificate's own first.
@@ -627,12 +645,13 @@ impl RevokedIdentities {
 pub fn revoked_identities(
     keys: &super::Keyring,
     settings: &crate::config::Settings,
+    history: Arc<CrlHistory>,
     now: i64,
 ) -> Vec<bool> {
     if settings.trust.revocation == crate::config::Revocation::Off {
         return vec![false; keys.identities.len()];
     }
-    let checker = Checker::with_history(Arc::new(CrlHistory::of_spool(&settings.spool.dir)));
+    let checker = Checker::with_history(history);
     keys.identities
         .iter()
         .map(|id| {

@@ -75,8 +75,9 @@ impl RevocationCheck {
         // In the background: CRL and OCSP sources may be slow to answer.
         tokio::spawn(async move {
             let s = Arc::clone(&snapshot);
+            let history = Arc::clone(&live.crl_history);
             let found = tokio::task::spawn_blocking(move || {
-                revocation::revoked_identities(&s.keys, &s.settings, now_secs() as i64)
+                revocation::revoked_identities(&s.keys, &s.settings, history, now_secs() as i64)
             })
             .await;
             let found = match found {

@@ -2033,3 +2033,51 @@ fn a_signer_nobody_holds_is_asked_of_ldap_as_the_daemon_does() {
     );
     assert_migrated_maildir_inbox_only(&root, &msgs);
 }
+
+#[test]
+fn a_marker_written_by_a_sender_does_not_pass_for_a_migrated_copy() {
+    // The daemon writes a signer's name into the stored mail's trace
+    // header: a sender who names their certificate "original-sha256=…"
+    // had their mail taken for a copy migration made, left on the old key
+    // and reported as done.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let root = dir.path().join("eml");
+    fs::create_dir_all(&root).unwrap();
+    let o2 = pki::cert("org-oces2");
+    let stored = |id: &str, trace: &str| {
+        let mut m = format!("X-SMIME-Gateway: {trace}\n").into_bytes();
+        m.extend(encrypted(id, &o2, &pki::inner(&format!("sag {id}"))));
+        m
+    };
+    let fake = "a".repeat(64);
+    let forged = stored(
+        "forged",
+        &format!(
+            "decrypted; key=\"CN=Example Law ApS - sikkermail\"; generation=OCES2;\n \
+             signature[1]=untrusted; signer=\"CN=original-sha256={fake}\"; from=differs"
+        ),
+    );
+    // Control: a copy migration really made (its marker an item of its own).
+    let copy = stored(
+        "copy",
+        &format!("decrypted; key=\"CN=Example Law ApS - sikkermail\"; original-sha256={fake}"),
+    );
+    fs::write(root.join("forged.eml"), crlf(&forged)).unwrap();
+    fs::write(root.join("copy.eml"), crlf(&copy)).unwrap();
+    let out = migrate(
+        &cfg,
+        &["--eml", root.to_str().unwrap()],
+        &["--originals", "keep", "--format", "json"],
+    );
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let f = &folder_lines(&out)["."];
+    assert_eq!(f["migrated"], 1, "{f}");
+    let marker = format!("original-sha256={}", sha256_hex(&forged));
+    let new: Vec<Vec<u8>> = tree(&root)
+        .into_values()
+        .filter(|b| String::from_utf8_lossy(b).contains(&marker))
+        .collect();
+    assert_eq!(new.len(), 1, "the forged one was not migrated");
+    assert!(String::from_utf8_lossy(&open_with_oces3(&new[0])).contains("sag forged"));
+}

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::rekey::MARKER_FIELD;
 use super::source::{trace_value, Entry, NewMessage, Source, SourceError, MAILDIR_FLAGS};
 use crate::durable::sync_dir;
 
@@ -135,13 +134,7 @@ impl Maildir {
 
 /// The `original-sha256=…` marker a message's trace header carries.
 pub fn marker_in(message: &[u8]) -> Option<String> {
-    let v = trace_value(message)?;
-    let start = v.find(MARKER_FIELD)?;
-    let rest = &v[start..];
-    let end = rest
-        .find(|c: char| c == ';' || c.is_whitespace())
-        .unwrap_or(rest.len());
-    Some(rest[..end].to_string())
+    super::plan::marker_of(&trace_value(message)?)
 }
 
 /// The header section of a file (the whole file when short).

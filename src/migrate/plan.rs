@@ -62,6 +62,19 @@ pub struct Trace {
     pub not_opened: Option<String>,
 }
 
+/// The trace field that carries the original's SHA-256 (the marker).
+pub const MARKER_FIELD: &str = "original-sha256=";
+
+/// The marker (`original-sha256=…`) a trace value carries as an item of
+/// its own. Text inside a quoted value (a signer's name, a detail: what a
+/// sender wrote) is never one, or a sender could have their mail taken
+/// for a copy migration made and left unmigrated.
+pub fn marker_of(value: &str) -> Option<String> {
+    items(value)
+        .into_iter()
+        .find(|i| i.starts_with(MARKER_FIELD) && !i.contains(['"', ' ', '\t']))
+}
+
 /// Splits a trace value into its `; `-separated items, honouring quotes.
 fn items(value: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -415,6 +428,25 @@ mod tests {
                 from: old,
                 lost_signatures: 1
             }
+        );
+    }
+
+    #[test]
+    fn a_marker_is_an_item_of_its_own_never_text_inside_quotes() {
+        let own = "decrypted; key=\"CN=A\"; generation=OCES2; original-sha256=abcd; migrated-at=x";
+        assert_eq!(marker_of(own).as_deref(), Some("original-sha256=abcd"));
+        // A signer's name or a detail a sender chose.
+        for forged in [
+            "decrypted; signature[1]=untrusted; signer=\"CN=original-sha256=abab\"; from=differs",
+            "signature[1]=invalid; detail=\"x; original-sha256=abab\"",
+            "signature[1]=invalid; signer-id=\"issuer=\\\"original-sha256=ab\\\"\"",
+        ] {
+            assert_eq!(marker_of(forged), None, "{forged}");
+        }
+        // The gateway's own marker after a forged one is still found.
+        assert_eq!(
+            marker_of("signer=\"CN=original-sha256=abab\"; original-sha256=cdef").as_deref(),
+            Some("original-sha256=cdef")
         );
     }
 }

@@ -26,8 +26,7 @@ use crate::smime::{cms, scan, unwrap as smime_unwrap};
 use crate::snapshot::{Live, Snapshot};
 use crate::spool::Envelope;
 
-/// The trace field that carries the original's SHA-256 (the marker).
-pub const MARKER_FIELD: &str = "original-sha256=";
+pub use super::plan::MARKER_FIELD;
 
 /// The marker of an original: the SHA-256 of its bytes with CRLF line
 /// ends (the same whether it is stored with LF or CRLF).
@@ -168,7 +167,7 @@ impl<'a> Rekeyer<'a> {
         let (seen, shape) = scan::scan_and_shape(&message);
         let before = Before {
             is_message: mime::looks_like_headers(&message),
-            marked: trace_value(&message).is_some_and(|v| v.contains(MARKER_FIELD)),
+            marked: trace_value(&message).is_some_and(|v| plan::marker_of(&v).is_some()),
             encrypted: seen.encrypted,
         };
         if let Some(d) = plan::before_opening(before) {

@@ -70,7 +70,13 @@ fn escape(text: &str, keep_newlines: bool, json: bool) -> Cow<'_, str> {
             '\r' => out.push_str("\\r"),
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
-            c if json => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if json => {
+                // JSON escapes UTF-16 units: a pair above the BMP.
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{u:04x}"));
+                }
+            }
             c if (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
             c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
         }
@@ -78,15 +84,20 @@ fn escape(text: &str, keep_newlines: bool, json: bool) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Whether `c` is a format character a terminal or viewer acts on
-/// without showing it: bidirectional marks, embeddings, overrides and
-/// isolates, zero-width spaces and joiners, invisible operators, the byte
-/// order mark, interlinear annotation.
+/// Whether `c` is a character a terminal or viewer acts on without
+/// showing it, or shows as nothing: the format characters (bidirectional
+/// marks, embeddings, overrides and isolates, zero-width spaces and
+/// joiners, invisible operators, the soft hyphen, the byte order mark,
+/// interlinear annotation, tag characters, variation selectors), the line
+/// and paragraph separators, and the letters that render blank (Hangul
+/// fillers, Khmer inherent vowels, musical formatting).
 fn reorders_or_hides(c: char) -> bool {
     matches!(c,
-        '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
-        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}'
-        | '\u{fff9}'..='\u{fffb}')
+        '\u{00ad}' | '\u{034f}' | '\u{061c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}'
+        | '\u{17b5}' | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}'
+        | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{3164}'
+        | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}' | '\u{fff0}'..='\u{fffb}'
+        | '\u{1bca0}'..='\u{1bca3}' | '\u{1d173}'..='\u{1d17a}' | '\u{e0000}'..='\u{e0fff}')
 }
 
 /// `text` as one field value of a text log line: as it is when it cannot
@@ -200,6 +211,11 @@ mod tests {
             "x\\u{202e}FDP.exe\\u{202c} y\\u{200b}"
         );
         assert_eq!(escape_controls("Søren Ærø, 北京", true), "Søren Ærø, 北京");
+        // Tag characters ("ASCII smuggling") and a blank Hangul letter.
+        assert_eq!(
+            escape_controls("ev\u{e0041}il\u{3164}@x", false),
+            "ev\\u{e0041}il\\u{3164}@x"
+        );
         let mut w = Escaping {
             out: Vec::new(),
             json: false,
@@ -212,11 +228,11 @@ mod tests {
             out: Vec::new(),
             json: true,
         };
-        w.write_all("{\"a\":\"x\u{7f}\u{9b}\u{202e}y\"}\n".as_bytes())
+        w.write_all("{\"a\":\"x\u{7f}\u{9b}\u{202e}y\u{e0041}\"}\n".as_bytes())
             .unwrap();
         let line = String::from_utf8(w.out).unwrap();
-        assert_eq!(line, "{\"a\":\"x\\u007f\\u009b\\u202ey\"}\n");
+        assert_eq!(line, "{\"a\":\"x\\u007f\\u009b\\u202ey\\udb40\\udc41\"}\n");
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v["a"], "x\u{7f}\u{9b}\u{202e}y");
+        assert_eq!(v["a"], "x\u{7f}\u{9b}\u{202e}y\u{e0041}");
     }
 }

@@ -649,7 +649,7 @@ fn efail_gadget_in_cbc_mail_is_not_live_in_the_mailbox() {
 /// of DN): (key, cert) paths in `dir`.
 fn hostile_certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let mut subject =
-        "/CN=Evil\r\nFORGED-LINE event=\"delivered\"\u{1b}[2J\u{1b}]0;pwned\u{7}\u{202e}FDP.exe"
+        "/CN=Evil\r\nFORGED-LINE event=\"delivered\"\u{1b}[2J\u{1b}]0;pwned\u{7}\u{202e}FDP.exe\u{3164}"
             .to_string();
     for i in 0..50 {
         subject.push_str(&format!("/OU={i:02}{}", "o".repeat(58)));
@@ -687,6 +687,11 @@ fn assert_no_raw_controls(what: &str, text: &str) {
     assert!(
         !text.contains(['\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}']),
         "{what} has raw bidirectional controls: {text:?}"
+    );
+    // Nor one that shows as nothing (a tag character, a blank letter).
+    assert!(
+        !text.contains(['\u{e0041}', '\u{3164}']),
+        "{what} has raw invisible characters: {text:?}"
     );
 }
 
@@ -1465,4 +1470,52 @@ fn mail_that_arrived_encrypted_reaches_the_mailbox_without_a_read_receipt_reques
         .text()
         .contains("Disposition-Notification-To: <attacker@example.org>"));
     assert_eq!(outside.count(), 0);
+}
+
+#[test]
+fn an_envelope_sender_with_invisible_characters_reaches_no_operator_raw() {
+    // An SMTPUTF8 sender with a tag character ("ASCII smuggling") and a
+    // blank Hangul letter: in `queue quarantined` and the log the operator
+    // would read another address than the one that wrote.
+    let mailbox = Sink::start(Script::default());
+    let outside = Sink::start(Script::default());
+    let gw = gateway(
+        &mailbox,
+        &outside,
+        "[smime]\non_undecryptable = \"quarantine\"\n",
+    );
+    let sender = "ev\u{e0041}il\u{3164}@evil.example";
+    // Encrypted to a key the organisation does not hold: quarantined.
+    let cms = pki::cms_encrypt(&pki::inner("x"), "court-oces3", &["-aes-256-cbc"]);
+    let m = enveloped("invisible-sender", "bob@example-law.dk", &cms);
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    assert_eq!(
+        c.cmd(&format!("MAIL FROM:<{sender}> SMTPUTF8"))
+            .unwrap()
+            .code,
+        250
+    );
+    assert_eq!(c.cmd("RCPT TO:<bob@example-law.dk>").unwrap().code, 250);
+    assert_eq!(c.cmd("DATA").unwrap().code, 354);
+    let mut data = m.clone();
+    data.extend_from_slice(b".\r\n");
+    c.write(&data).unwrap();
+    assert_eq!(c.read().unwrap().code, 250);
+    assert!(
+        wait_until(Duration::from_secs(20), || gw
+            .log()
+            .contains("event=\"quarantined\"")),
+        "{}",
+        gw.log()
+    );
+    let out = gw.cli(&["queue", "quarantined"]);
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The sender is there (the test can fail), made visible.
+    assert!(
+        listed.contains("ev\\u{e0041}il\\u{3164}@evil.example"),
+        "{listed}"
+    );
+    assert_no_raw_controls("queue quarantined", &listed);
+    assert_no_raw_controls("text log", &gw.log());
 }

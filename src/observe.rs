@@ -4,9 +4,10 @@
 //! connections; checked at most every ten seconds). Its HTTP stack
 //! ([`serve_http`]) serves the status page too.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -96,18 +97,24 @@ pub async fn bind_named(addr: SocketAddr, what: &'static str) -> std::io::Result
 /// Connections one HTTP listener serves at once; one more is closed as
 /// soon as it is accepted. A scraper or a browser needs a few.
 pub const MAX_HTTP_CONNECTIONS: usize = 32;
+/// Of those, from one address at once.
+pub const MAX_HTTP_CONNECTIONS_PER_PEER: usize = 4;
 /// How long one connection may last, request and answer together.
 const HTTP_CONNECTION_TIME: Duration = Duration::from_secs(10);
+/// How long a request's header section may take to arrive.
+const HTTP_HEADER_TIME: Duration = Duration::from_secs(2);
 /// The most a request's header section may take (hyper's read buffer).
 const HTTP_MAX_BUFFER: usize = 16 * 1024;
 
 /// The gateway's one HTTP stack (hyper, HTTP/1.1): accepts on `listener`
 /// until shutdown and answers each request with `answer`. Bounded, so
 /// that whoever reaches the port cannot take the descriptors, memory or
-/// log the SMTP side needs: at most [`MAX_HTTP_CONNECTIONS`] at once
-/// (more are closed at once), each at most 10 seconds and 16 KiB of
-/// header; a failed accept (out of descriptors) is logged and pauses the
-/// loop for 100 ms instead of spinning.
+/// log the SMTP side needs, nor keep a probe out for long: at most
+/// [`MAX_HTTP_CONNECTIONS`] at once and [`MAX_HTTP_CONNECTIONS_PER_PEER`]
+/// from one address (more are closed at once), each at most 10 seconds,
+/// its header within 2 seconds and 16 KiB; a failed accept (out of
+/// descriptors) is logged and pauses the loop for 100 ms instead of
+/// spinning.
 pub async fn serve_http<F, Fut>(
     listener: TcpListener,
     what: &'static str,
@@ -118,6 +125,7 @@ pub async fn serve_http<F, Fut>(
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
+    let peers: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let (stream, peer) = tokio::select! {
             a = listener.accept() => match a {
@@ -130,6 +138,10 @@ pub async fn serve_http<F, Fut>(
             },
             _ = shutdown.changed() => return,
         };
+        let Some(peer_slot) = PeerSlot::take(&peers, peer.ip()) else {
+            drop(stream);
+            continue;
+        };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             drop(stream);
             continue;
@@ -141,11 +153,48 @@ pub async fn serve_http<F, Fut>(
                 async move { Ok::<_, Infallible>(reply.await) }
             });
             let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HTTP_HEADER_TIME)
                 .max_buf_size(HTTP_MAX_BUFFER)
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(HTTP_CONNECTION_TIME, conn).await;
-            drop(slot);
+            drop((slot, peer_slot));
         });
+    }
+}
+
+/// One of the connections an address holds on an HTTP listener, given
+/// back when dropped.
+struct PeerSlot {
+    peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PeerSlot {
+    /// A slot for `ip`, unless it holds [`MAX_HTTP_CONNECTIONS_PER_PEER`].
+    fn take(peers: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Self> {
+        let mut held = peers.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(ip).or_insert(0);
+        if *n >= MAX_HTTP_CONNECTIONS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            peers: Arc::clone(peers),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut held = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -172,6 +221,15 @@ pub fn refused<B>(
         None => None,
     };
     let token = token_text.as_deref().and_then(http_access::token_of);
+    if token_text.is_some() && token.is_none() {
+        // Emptied or cut short (a rotation half done): no one, rather
+        // than whoever is on this host without a token.
+        warn!(%key, "the token file holds no token of 16 characters or more");
+        return Some(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the token cannot be read\n".into(),
+        ));
+    }
     let header = req
         .headers()
         .get(hyper::header::AUTHORIZATION)

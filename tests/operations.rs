@@ -505,8 +505,20 @@ fn rss_kb(pid: u32) -> u64 {
 /// Whether `/healthz` on `port` answers 200 (without panicking when the
 /// connection is refused or closed).
 fn healthz_ok(port: u16) -> bool {
+    healthz_ok_from(port, "127.0.0.1".parse().unwrap())
+}
+
+/// [`healthz_ok`] from the loopback address `from`.
+fn healthz_ok_from(port: u16, from: std::net::IpAddr) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+    let connect = || -> std::io::Result<std::net::TcpStream> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.bind(&SocketAddr::new(from, 0).into())?;
+        let to: SocketAddr = ([127, 0, 0, 1], port).into();
+        socket.connect_timeout(&to.into(), Duration::from_secs(5))?;
+        Ok(socket.into())
+    };
+    let Ok(mut s) = connect() else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
@@ -610,4 +622,53 @@ fn check_config_names_a_mailbox_the_gateway_would_treat_as_outside() {
     let text =
         write("[[mailbox]]\naddress = \"sikkermail@example-law.dk\"\ndeliver = \"reencrypt\"\n");
     assert!(!text.contains("caution"), "{text}");
+}
+
+#[test]
+fn slow_clients_from_one_address_keep_no_probe_out_of_the_health_port() {
+    // 40 clients from one address start a request and never finish its
+    // header, reconnecting when cut: without a limit per address and on
+    // the header's time they held every slot, and a liveness probe from
+    // elsewhere failed (restarting the pod).
+    use std::io::Write;
+    let sink = Sink::start(Script::default());
+    let port = common::free_port();
+    let mut opts = Options::new(sink.addr);
+    opts.extra = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    let gw = Gateway::start(opts);
+    assert!(healthz_ok(port));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut held: Vec<std::net::TcpStream> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                held.retain_mut(|s| s.write_all(b"X").is_ok());
+                while held.len() < 40 {
+                    match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                        Ok(mut s) => {
+                            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\n");
+                            held.push(s);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    // A probe from another address gets its answer, every time.
+    let from: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let answered = (0..10)
+        .filter(|_| {
+            let ok = healthz_ok_from(port, from);
+            std::thread::sleep(Duration::from_millis(300));
+            ok
+        })
+        .count();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    flood.join().unwrap();
+    assert_eq!(answered, 10, "probes answered during the flood");
+    drop(gw);
 }

@@ -1412,6 +1412,10 @@ fn metrics_and_the_status_page_show_no_stranger_which_ciphertext_opened() {
         read_as_stranger(&format!("http://127.0.0.1:{metrics}/healthz")),
         (200, "ok\n".to_string())
     );
+    // A token file emptied (a rotation half done) lets no one in.
+    std::fs::write(&token_file, "").unwrap();
+    assert_eq!(read_as_stranger(&metrics_url).0, 503);
+    assert_eq!(read_as_stranger(&status_url).0, 503);
 }
 
 /// `message` with a read-receipt request to the attacker on top.

@@ -2081,3 +2081,30 @@ fn a_marker_written_by_a_sender_does_not_pass_for_a_migrated_copy() {
     assert_eq!(new.len(), 1, "the forged one was not migrated");
     assert!(String::from_utf8_lossy(&open_with_oces3(&new[0])).contains("sag forged"));
 }
+
+#[test]
+fn plain_imap_goes_to_this_host_only() {
+    // Plain IMAP sends the (master user's) password in clear and lets
+    // whoever is on the path fake the copies read back before originals
+    // are removed: refused for another host before anything is sent
+    // (192.0.2.1 is a documentation address: nothing answers there).
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let pw = dir.path().join("pw");
+    fs::write(&pw, "secret\n").unwrap();
+    let mut args = plain_imap_args(143, &pw);
+    args[1] = "192.0.2.1:143".into();
+    let src: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let out = migrate(&cfg, &src, &[]);
+    let text = common::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("plain to 192.0.2.1:143, not this host"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "it tried to connect"
+    );
+}

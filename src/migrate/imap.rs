@@ -153,6 +153,12 @@ async fn tls(
         .map_err(|e| SourceError::Imap(format!("TLS with {}: {e}", account.host)))
 }
 
+/// Whether plain IMAP may go to `addresses` (what the host name gave):
+/// only when every one is this host's (loopback).
+pub fn plain_allowed(addresses: &[std::net::SocketAddr]) -> bool {
+    !addresses.is_empty() && addresses.iter().all(|a| a.ip().is_loopback())
+}
+
 /// Connects and logs in, all of it within `bound` (a server that takes
 /// the connection and never greets is not waited for).
 async fn connect(account: &Account, bound: Duration) -> Result<Imap, SourceError> {
@@ -168,7 +174,19 @@ async fn connect(account: &Account, bound: Duration) -> Result<Imap, SourceError
 }
 
 async fn connect_unbounded(account: &Account, addr: &str) -> Result<Imap, SourceError> {
-    let tcp = TcpStream::connect(addr)
+    let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| SourceError::Imap(format!("{addr}: {e}")))?
+        .collect();
+    if account.security == Security::Plain && !plain_allowed(&found) {
+        return Err(SourceError::Unsupported(format!(
+            "--imap-security plain to {addr}, not this host: the password (a master user's \
+             opens every mailbox) would cross the network in clear, and whoever is on the \
+             path could fake the copies read back before originals are removed; use imaps \
+             or starttls"
+        )));
+    }
+    let tcp = TcpStream::connect(&found[..])
         .await
         .map_err(|e| SourceError::Imap(format!("{addr}: {e}")))?;
     // Commands and literals are small writes that wait for answers:
@@ -905,5 +923,14 @@ mod tests {
             "\"13-Sep-2020 12:26:40 +0000\""
         );
         assert_eq!(quoted("a\"b\\c"), "\"a\\\"b\\\\c\"");
+    }
+
+    #[test]
+    fn plain_imap_only_to_this_host() {
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert!(plain_allowed(&[a("127.0.0.1:143"), a("[::1]:143")]));
+        assert!(!plain_allowed(&[a("127.0.0.1:143"), a("192.0.2.7:143")]));
+        assert!(!plain_allowed(&[a("10.0.0.5:143")]));
+        assert!(!plain_allowed(&[]));
     }
 }

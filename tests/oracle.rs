@@ -1523,3 +1523,55 @@ fn an_envelope_sender_with_invisible_characters_reaches_no_operator_raw() {
     assert_no_raw_controls("queue quarantined", &listed);
     assert_no_raw_controls("text log", &gw.log());
 }
+
+#[test]
+fn a_bounce_to_a_forged_sender_returns_header_fields_only_in_parts_the_gateway_wrote() {
+    // Plain mail with the victim as envelope sender to an address the
+    // mailbox server refuses: the bounce goes to the victim. Without an
+    // empty line the whole message came back (9 MB per message), and its
+    // MIME boundary (queue id and host name) could be guessed from the
+    // 250 reply, so lines of the message ended the returned part and
+    // added one the sender wrote.
+    let mut script = Script::default();
+    script.rcpt_replies.insert(
+        "nobody@example-law.dk".into(),
+        "550 5.1.1 <nobody@example-law.dk>: no such user".into(),
+    );
+    let mailbox = Sink::start(script);
+    let outside = Sink::start(Script::default());
+    let gw = gateway(&mailbox, &outside, "");
+    let victim = "victim@third-party.example";
+    let mut m = b"From: <x@evil.example>\r\nSubject: bait\r\nMessage-ID: <bait@test>\r\n".to_vec();
+    for _ in 0..2000 {
+        m.extend_from_slice(b"filler filler filler filler filler filler filler\r\n");
+    }
+    // Delimiters as the old boundary was written, then a part of its own.
+    for id in ["0000", "06618B4F5D7708"] {
+        m.extend_from_slice(format!("--{id}.dsn/gw.test\r\n").as_bytes());
+    }
+    m.extend_from_slice(b"Content-Type: text/html\r\nX-Injected: yes\r\n");
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    assert_eq!(
+        c.send(victim, &["nobody@example-law.dk"], &m).unwrap().code,
+        250
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || outside.count() == 1),
+        "{}",
+        gw.log()
+    );
+    let bounce = &outside.received()[0];
+    assert_eq!(bounce.rcpts, [victim]);
+    let text = bounce.text();
+    // Control: the bounce is there, with the message's header fields.
+    assert!(text.contains("Subject: bait"), "{text}");
+    assert!(!text.contains("filler"), "the message came back whole");
+    assert!(bounce.data.len() < 60_000, "{} bytes", bounce.data.len());
+    assert!(!text.contains("X-Injected"), "{text}");
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&bounce.data[..])
+        .unwrap();
+    // The report, its text, the status and the returned headers: no more.
+    assert_eq!(parsed.parts.len(), 4, "{text}");
+}

@@ -135,7 +135,8 @@ impl Report<'_> {
             headers_title,
         } = self;
         let date = rfc5322_date(now);
-        let boundary = format!("{queue_id}.dsn/{hostname}");
+        let headers = header_block(body);
+        let boundary = boundary_for(headers);
         let stamp = now
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros())
@@ -173,7 +174,6 @@ impl Report<'_> {
             )
             .as_bytes(),
         );
-        let headers = header_block(body);
         out.extend_from_slice(headers);
         if !headers.ends_with(b"\r\n") {
             out.extend_from_slice(b"\r\n");
@@ -242,14 +242,80 @@ pub fn build_unsigned(
     report.assemble(envelope, body, now)
 }
 
-/// The header section of a message, without the blank line after it.
+/// The most of a message's header section a report returns (Postfix's
+/// `bounce_size_limit`): a report to a forged sender must not carry a
+/// whole message to a third party.
+const MAX_RETURNED: usize = 50_000;
+
+/// The header section of a message as a report returns it: its fields
+/// (each with its continuation lines) up to the first line that is not
+/// one, at most [`MAX_RETURNED`] bytes, whole fields only. A message with
+/// no empty line is not returned whole.
 fn header_block(body: &[u8]) -> &[u8] {
-    if body.starts_with(b"\r\n") {
-        return &[];
+    let (section, _) = crate::mail::section::split(body);
+    let mut end = 0;
+    let mut in_field = false;
+    let mut at = 0;
+    while at < section.len() {
+        let line_end = memchr::memmem::find(&section[at..], b"\r\n")
+            .map(|p| at + p + 2)
+            .unwrap_or(section.len());
+        let line = &section[at..line_end];
+        let continues = in_field && line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        let starts = is_field_start(line);
+        if !continues && !starts {
+            break;
+        }
+        if line_end > MAX_RETURNED {
+            break;
+        }
+        // A field counts once it is whole: its next line does not continue it.
+        let next = section.get(line_end);
+        if !next.is_some_and(|b| *b == b' ' || *b == b'\t') {
+            end = line_end;
+        }
+        in_field = true;
+        at = line_end;
     }
-    match body.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(i) => &body[..i + 2],
-        None => body,
+    &section[..end]
+}
+
+/// Whether `line` starts a header field: a name of printable ASCII
+/// without spaces, then a colon.
+fn is_field_start(line: &[u8]) -> bool {
+    match memchr::memchr(b':', line) {
+        Some(colon) if colon > 0 => line[..colon].iter().all(|b| (33..=126).contains(b)),
+        _ => false,
+    }
+}
+
+/// A MIME boundary no one can guess (a sender who could would end the
+/// returned headers' part and add one of their own), and that `content`
+/// does not hold.
+fn boundary_for(content: &[u8]) -> String {
+    loop {
+        let mut random = [0u8; 16];
+        let b = match openssl::rand::rand_bytes(&mut random) {
+            Ok(()) => random
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<String>(),
+            // Never seen; a report still goes out, with a boundary read
+            // from the clock and the content (not guessable from outside
+            // without the content's hash).
+            Err(_) => {
+                let mut seed = content.to_vec();
+                seed.extend_from_slice(&format!("{:?}", SystemTime::now()).into_bytes());
+                openssl::sha::sha256(&seed)[..16]
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect()
+            }
+        };
+        let boundary = format!("=_report_{b}");
+        if memchr::memmem::find(content, boundary.as_bytes()).is_none() {
+            return boundary;
+        }
     }
 }
 
@@ -308,6 +374,36 @@ mod tests {
         assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n"));
         assert!(text.contains("Subject: hi\r\n"));
         assert!(!text.contains("body"));
+    }
+
+    #[test]
+    fn a_report_returns_header_fields_only_and_no_more_than_the_limit() {
+        // No empty line: the filler after the fields is not returned.
+        let m = b"Subject: hi\r\nX-A: 1\r\n  folded\r\nfiller line\r\nY: after\r\n";
+        assert_eq!(header_block(m), b"Subject: hi\r\nX-A: 1\r\n  folded\r\n");
+        assert_eq!(
+            header_block(b"Subject: hi\r\n\r\nbody: x\r\n"),
+            b"Subject: hi\r\n"
+        );
+        assert_eq!(header_block(b"\r\nbody\r\n"), b"");
+        assert_eq!(header_block(b"not a field\r\nSubject: x\r\n"), b"");
+        assert_eq!(header_block(b": empty name\r\n"), b"");
+        // Whole fields up to the limit, never part of one.
+        let mut big = Vec::new();
+        for i in 0..5000 {
+            big.extend_from_slice(format!("X-F{i}: {}\r\n", "v".repeat(20)).as_bytes());
+        }
+        let kept = header_block(&big);
+        assert!(kept.len() <= MAX_RETURNED && kept.len() > MAX_RETURNED - 40);
+        assert!(kept.ends_with(b"\r\n"));
+    }
+
+    #[test]
+    fn the_report_boundary_is_random_and_not_in_what_it_returns() {
+        let a = boundary_for(b"x");
+        let b = boundary_for(b"x");
+        assert_ne!(a, b);
+        assert!(a.starts_with("=_report_") && a.len() == "=_report_".len() + 32);
     }
 
     #[test]

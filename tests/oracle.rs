@@ -1575,3 +1575,40 @@ fn a_bounce_to_a_forged_sender_returns_header_fields_only_in_parts_the_gateway_w
     // The report, its text, the status and the returned headers: no more.
     assert_eq!(parsed.parts.len(), 4, "{text}");
 }
+
+#[test]
+fn mail_to_an_address_extension_of_a_reencrypt_mailbox_is_reencrypted_too() {
+    // alice's mailbox is `reencrypt` (her server forwards outside). Mail
+    // to `alice+x@`, which the mailbox server delivers to alice, was
+    // handed on decrypted: the forward sent the plaintext outside.
+    let mailbox = Sink::start(Script::default());
+    let outside = Sink::start(Script::default());
+    let gw = gateway(
+        &mailbox,
+        &outside,
+        &format!(
+            "{}[[mailbox]]\naddress = \"alice@example-law.dk\"\ndeliver = \"reencrypt\"\n",
+            pki::identity("alice-oces3", &["alice@example-law.dk"])
+        ),
+    );
+    let cms = captured(&pki::inner(SECRET), "-aes-256-cbc");
+    for (id, to) in [
+        ("ext-control", "alice@example-law.dk"),
+        ("ext-plus", "alice+x@example-law.dk"),
+        ("ext-case", "Alice+Sag-42@EXAMPLE-LAW.dk"),
+    ] {
+        assert_eq!(send(&gw, to, &enveloped(id, to, &cms)).code, 250, "{id}");
+    }
+    for id in ["ext-control", "ext-plus", "ext-case"] {
+        let got = delivered(&mailbox, id);
+        assert!(!contains(&got.data, SECRET), "{id} handed on decrypted");
+        assert!(
+            trace(&got.text()).contains("reencrypted-to"),
+            "{id}: {}",
+            trace(&got.text())
+        );
+        // Re-encrypted to alice: her key opens it.
+        let opened = pki::cms_try_decrypt(&got.data, "alice-oces3").expect("alice opens it");
+        assert!(String::from_utf8_lossy(&opened).contains(SECRET), "{id}");
+    }
+}

@@ -653,6 +653,12 @@ pub struct ServerSettings {
     pub sign_without_submission_path: bool,
     #[serde(default)]
     pub internal_domains: Vec<String>,
+    /// The characters that start an address extension (`alice+x@…` is
+    /// delivered to `alice@…`), as Postfix's `recipient_delimiter` and
+    /// Dovecot's: `[[mailbox]]` entries and rules on an exact address hold
+    /// for its extensions too. Empty: none.
+    #[serde(default = "defaults::recipient_delimiter")]
+    pub recipient_delimiter: String,
     #[serde(default)]
     pub trusted_networks: Vec<IpNet>,
     #[serde(default = "defaults::max_message_size")]
@@ -942,15 +948,31 @@ impl Settings {
         out
     }
 
+    /// `addr` without its extension (`alice+x@d` → `alice@d`, by
+    /// `server.recipient_delimiter`), when it has one: where the mailbox
+    /// server delivers it.
+    pub fn base_address(&self, addr: &str) -> Option<String> {
+        let delimiters = &self.server.recipient_delimiter;
+        let (local, domain) = addr.rsplit_once('@')?;
+        let cut = local.find(|c: char| delimiters.contains(c))?;
+        (cut > 0).then(|| format!("{}@{domain}", &local[..cut]))
+    }
+
     /// The `[[mailbox]]` entry for `addr`: an exact address first, then
-    /// `*@domain`.
+    /// the address without its extension (mail to `alice+x@` reaches
+    /// alice's mailbox, and must be treated as hers), then `*@domain`.
     pub fn mailbox(&self, addr: &str) -> Option<&MailboxSettings> {
         let addr = normalize(addr);
         let domain = addr.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
         let wanted = key(&addr);
+        let base = self.base_address(&addr).map(|b| key(&b));
         self.mailboxes
             .iter()
             .find(|m| key(&m.address) == wanted)
+            .or_else(|| {
+                let base = base.as_ref()?;
+                self.mailboxes.iter().find(|m| key(&m.address) == *base)
+            })
             .or_else(|| {
                 self.mailboxes.iter().find(|m| {
                     m.address
@@ -1017,6 +1039,10 @@ pub fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
 
 mod defaults {
     use std::time::Duration;
+
+    pub fn recipient_delimiter() -> String {
+        "+".into()
+    }
 
     pub fn quarantine_keep_free() -> u8 {
         10
@@ -1259,6 +1285,33 @@ mod tests {
         assert!(s.mailbox("bo@xn--kontor--w1a.dk").is_some());
         assert!(s.mailbox("bo@KONTOR-Ø.dk").is_some());
         assert!(s.mailbox("bo@kontor-o.dk").is_none());
+    }
+
+    #[test]
+    fn a_mailbox_holds_for_its_address_extensions() {
+        let s = load::test_settings(
+            "[[mailbox]]\naddress = \"alice@example-law.dk\"\ndeliver = \"reencrypt\"\n\
+             [[mailbox]]\naddress = \"alice+open@example-law.dk\"\n",
+        );
+        let deliver = |a: &str| s.mailbox(a).map(|m| m.deliver);
+        assert_eq!(deliver("alice+x@example-law.dk"), Some(Deliver::Reencrypt));
+        assert_eq!(
+            deliver("ALICE+x+y@example-law.dk"),
+            Some(Deliver::Reencrypt)
+        );
+        // An entry for the extension itself wins.
+        assert_eq!(deliver("alice+open@example-law.dk"), Some(Deliver::Plain));
+        assert_eq!(deliver("+x@example-law.dk"), None);
+        assert_eq!(deliver("alicex@example-law.dk"), None);
+        assert_eq!(s.base_address("a+b@d"), Some("a@d".into()));
+        assert_eq!(s.base_address("a@d"), None);
+        let with = |d: &str| {
+            let mut s = load::test_settings("");
+            s.server.recipient_delimiter = d.into();
+            s
+        };
+        assert_eq!(with("").base_address("a+b@d"), None);
+        assert_eq!(with("+-").base_address("a-b@d"), Some("a@d".into()));
     }
 
     #[test]

@@ -88,7 +88,8 @@ pub fn mailboxes_at<'a>(
         mailboxes
             .iter()
             .map(|m| {
-                let target = ctx.keys.current_oces3(&m.rcpt, ctx.now);
+                let owner = owner_of(ctx, &m.rcpt);
+                let target = ctx.keys.current_oces3(&owner, ctx.now);
                 match (&parsed, target, m.deliver) {
                     (Some(c), Some(t), Deliver::Reencrypt) => crate::ossl::is_recipient(c, &t.cert),
                     _ => false,
@@ -117,7 +118,8 @@ pub fn mailboxes_at<'a>(
         },
     ) in mailboxes
     {
-        let target = ctx.keys.current_oces3(&rcpt, ctx.now);
+        let owner = owner_of(ctx, &rcpt);
+        let target = ctx.keys.current_oces3(&owner, ctx.now);
 
         if let (true, Some(t)) = (already, target) {
             let value = format!(
@@ -270,6 +272,18 @@ pub fn mailboxes_at<'a>(
             }
         }
     }
+}
+
+/// Whose mailbox `rcpt` is, for the key mail to it is re-encrypted to:
+/// itself when an identity names it, else the address without its
+/// extension (`alice+x@` is delivered to alice, and re-encrypted to her).
+fn owner_of(ctx: &Context<'_>, rcpt: &str) -> String {
+    if ctx.keys.identities.iter().any(|i| i.serves(rcpt)) {
+        return rcpt.to_string();
+    }
+    ctx.settings
+        .base_address(rcpt)
+        .unwrap_or_else(|| rcpt.to_string())
 }
 
 /// `rcpt` gets mail the gateway could not open as it came (`body`), with

@@ -85,10 +85,12 @@ impl Decision {
 
 /// The first rule matching `rcpt` whose window contains `at`.
 pub fn rule_for<'a>(settings: &'a Settings, rcpt: &str, at: i64) -> Option<&'a RuleSettings> {
-    settings
-        .rules
-        .iter()
-        .find(|r| r.matches(rcpt) && r.applies_at(at))
+    // A rule on an address holds for its extensions (`post+sag@` reaches
+    // `post@` at a server that splits them).
+    let base = settings.base_address(rcpt);
+    settings.rules.iter().find(|r| {
+        (r.matches(rcpt) || base.as_deref().is_some_and(|b| r.matches(b))) && r.applies_at(at)
+    })
 }
 
 fn after_cutoff(settings: &Settings, at: i64) -> bool {

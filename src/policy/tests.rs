@@ -285,3 +285,15 @@ fn gcm_only_where_every_recipient_announced_it() {
     );
     assert_eq!(enc(&d), Encryption::Aes256Cbc);
 }
+
+#[test]
+fn a_rule_on_an_address_holds_for_its_extensions() {
+    let s = test_settings(
+        "[[rule]]\nname = \"post\"\nmatch = [\"post@domstol.dk\"]\nencrypt = \"required\"\non_missing_certificate = \"bounce\"\n\
+         [[rule]]\nname = \"rest\"\nmatch = [\"*@domstol.dk\"]\nencrypt = \"never\"\n",
+    );
+    let name = |rcpt: &str| super::rule_for(&s, rcpt, 0).map(|r| r.name.as_str());
+    assert_eq!(name("post@domstol.dk"), Some("post"));
+    assert_eq!(name("post+sag-42@domstol.dk"), Some("post"));
+    assert_eq!(name("poster@domstol.dk"), Some("rest"));
+}

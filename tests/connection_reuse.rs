@@ -251,3 +251,57 @@ fn a_hop_that_falls_silent_is_given_up_after_relay_timeout() {
     assert!(sink.connections() >= 2);
     assert_eq!(sink.count(), 0);
 }
+
+#[test]
+fn a_reply_too_many_from_the_hop_does_not_turn_a_refusal_into_a_delivery() {
+    // The hop answers the first message's dot with one reply too many.
+    // Read as the answer to the next message's command, every later reply
+    // shifted by one: the second message's 451 was taken for a delivery,
+    // and the message removed from the queue (lost).
+    let script = Script {
+        data_replies: [
+            "250 2.0.0 queued\r\n250 2.0.0 extra".to_string(),
+            "451 4.3.0 try again later".to_string(),
+        ]
+        .into_iter()
+        .collect(),
+        ..Script::default()
+    };
+    let sink = Sink::start(script);
+    let gw = Gateway::start(options(&sink, "4"));
+    for i in 1..=2 {
+        let body = common::message(&format!("step-{i}"), "one of two");
+        let r = common::submit(&gw, "alice@example.org", &["bob@example-law.dk"], &body);
+        assert_eq!(r.code, 250, "{r:?}");
+        assert!(
+            wait_until(Duration::from_secs(30), || gw
+                .log()
+                .lines()
+                .any(|l| l.contains(&format!("<step-{i}@test>"))
+                    && (l.contains("event=\"delivered\"")
+                        || l.contains("event=\"deferred\"")))),
+            "{}",
+            gw.log()
+        );
+    }
+    let log = gw.log();
+    // The second message's first try was refused, and it says so.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("<step-2@test>") && l.contains("event=\"deferred\"")),
+        "the refusal was taken for a delivery: {log}"
+    );
+    assert!(!log.contains("2.0.0 extra"), "{log}");
+    // Its retry delivers it, once.
+    assert!(
+        wait_until(Duration::from_secs(30), || gw.queued() == 0),
+        "{}",
+        gw.log()
+    );
+    let copies = sink
+        .received()
+        .iter()
+        .filter(|r| r.text().contains("<step-2@test>"))
+        .count();
+    assert_eq!(copies, 1);
+}

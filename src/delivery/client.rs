@@ -361,7 +361,13 @@ async fn transact(
         step(limit, conn.smtp.command("DATA\r\n")).await
     };
     let data_result = match data_reply {
-        Ok(_) => conn.smtp.data(out.body, limit).await.map_err(Failed::from),
+        Ok(r) if r.code == 354 => conn.smtp.data(out.body, limit).await.map_err(Failed::from),
+        // Anything else that is not a refusal (a 250 to DATA) is out of
+        // step: no text is sent, and the connection is not kept.
+        Ok(r) => Err(Failed::Smtp(SmtpError::OutOfStep(format!(
+            "{} to DATA, not 354",
+            r.code
+        )))),
         Err(e) => Err(e),
     };
     let for_accepted = match &data_result {

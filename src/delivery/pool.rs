@@ -115,8 +115,11 @@ impl Pool {
             let mut idle = self.lock();
             let list = idle.get_mut(&Key::new(settings, hop))?;
             let mut found = None;
-            while let Some(k) = list.pop() {
-                if k.since.elapsed() < limit {
+            while let Some(mut k) = list.pop() {
+                // Anything the hop said while the connection was kept (a
+                // 421, a reply too many) would be read as the answer to
+                // the next command: such a connection is closed instead.
+                if k.since.elapsed() < limit && k.conn.smtp.in_step() {
                     found = Some(k.conn);
                     break;
                 }
@@ -133,13 +136,14 @@ impl Pool {
 
     /// Puts `conn` back after a transaction that ended cleanly, or closes
     /// it when it has done its share or the hop has enough kept.
-    pub(super) async fn put(&self, settings: &Arc<Settings>, hop: &str, conn: Connection) {
+    pub(super) async fn put(&self, settings: &Arc<Settings>, hop: &str, mut conn: Connection) {
+        let in_step = conn.smtp.in_step();
         let room = {
             let mut idle = self.lock();
             let list = idle.entry(Key::new(settings, hop)).or_default();
             if conn.transactions < MAX_TRANSACTIONS
                 && list.len() < settings.relay.reuse_connections
-                && !conn.smtp.has_broken()
+                && in_step
             {
                 list.push(Kept {
                     conn,

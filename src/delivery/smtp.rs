@@ -76,6 +76,10 @@ pub enum SmtpError {
     NoStartTls,
     #[error("the connection is broken")]
     Broken,
+    /// A reply of the wrong kind for the command (a 250 to DATA, a 354 to
+    /// the final dot): the hop and the gateway are out of step.
+    #[error("the next hop answered out of step: {0}")]
+    OutOfStep(String),
 }
 
 impl SmtpError {
@@ -196,8 +200,24 @@ impl SmtpConnection {
         !self.is_encrypted() && self.supports(smtp_proto::EXT_START_TLS)
     }
 
-    pub fn has_broken(&self) -> bool {
-        self.broken
+    /// Whether the hop is in step at the end of a transaction: nothing it
+    /// sent waits unread. A reply too many (a hop out of step, or someone
+    /// on the path) would otherwise be read as the answer to the next
+    /// message's command, and a refusal taken for a delivery. Marks the
+    /// connection broken when not.
+    pub fn in_step(&mut self) -> bool {
+        use futures_util::FutureExt;
+        use tokio::io::AsyncBufReadExt;
+        let waiting = match self.io.fill_buf().now_or_never() {
+            Some(Ok(bytes)) => !bytes.is_empty(),
+            // The hop closed or failed: not to be kept either.
+            Some(Err(_)) => true,
+            None => false,
+        };
+        if waiting {
+            self.broken = true;
+        }
+        !self.broken
     }
 
     /// The DER of the hop's certificate, after STARTTLS.
@@ -299,6 +319,14 @@ impl SmtpConnection {
         let r = timed(limit, finish).await;
         self.progress(r)?;
         match tokio::time::timeout(limit, self.read_raw()).await {
+            // Only a 2xx reply takes the message.
+            Ok(Ok((reply, _))) if (300..400).contains(&reply.code) => {
+                self.broken = true;
+                Err(DataFailed::Smtp(SmtpError::OutOfStep(format!(
+                    "{} to the end of the message",
+                    reply.code
+                ))))
+            }
             Ok(Ok((reply, _))) => check(reply).map_err(DataFailed::Smtp),
             Ok(Err(e)) => Err(DataFailed::Smtp(e)),
             Err(_) => {

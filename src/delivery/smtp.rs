@@ -704,7 +704,7 @@ mod tests {
             let Ok(r) = r else { panic!("DATA failed") };
             assert_eq!(r.to_string(), "250 2.0.0 queued");
             assert_eq!(server.await.unwrap(), expect);
-            assert!(!c.has_broken());
+            assert!(c.in_step());
         });
     }
 }

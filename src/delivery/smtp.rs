@@ -208,12 +208,9 @@ impl SmtpConnection {
     pub fn in_step(&mut self) -> bool {
         use futures_util::FutureExt;
         use tokio::io::AsyncBufReadExt;
-        let waiting = match self.io.fill_buf().now_or_never() {
-            // Bytes waiting, or none ever again (the hop closed: the
-            // empty read), or a failure: not to be kept.
-            Some(_) => true,
-            None => false,
-        };
+        // Bytes waiting, or none ever again (the hop closed: the empty
+        // read), or a failure: not to be kept.
+        let waiting = self.io.fill_buf().now_or_never().is_some();
         if waiting {
             self.broken = true;
         }

@@ -167,6 +167,30 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
             bad(&format!("{key}.name"), "must not be empty".into());
         }
     }
+    // What a hop must prove is asked only with `tls = "required"`: with
+    // another mode a table or CA would be ignored, and mail would leave
+    // over plain TCP when STARTTLS is stripped on the path.
+    if s.relay.tls != super::RelayTls::Required {
+        for (key, set) in [
+            ("relay.tls_ca", s.relay.tls_ca.is_some()),
+            (
+                "relay.internal_tls",
+                s.relay.internal_tls != super::HopTls::default(),
+            ),
+            (
+                "relay.external_tls",
+                s.relay.external_tls != super::HopTls::default(),
+            ),
+        ] {
+            if set {
+                bad(
+                    key,
+                    "is checked only with relay.tls = \"required\": set that, or remove it"
+                        .into(),
+                );
+            }
+        }
+    }
     if s.relay.internal == s.relay.external && s.relay.internal_tls != s.relay.external_tls {
         bad(
             "relay.external_tls",

@@ -47,6 +47,29 @@ fn hop_tables_are_checked() {
 }
 
 #[test]
+fn a_hop_table_needs_required_tls() {
+    // Under opportunistic TLS a pin was ignored: a path that strips
+    // STARTTLS got the mail in plain text.
+    let opportunistic = BASE.replace("tls = \"required\"", "tls = \"opportunistic\"");
+    let problems = |extra: &str| match from_toml(&format!("{opportunistic}{extra}")) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems.into_iter().map(|p| p.key).collect(),
+    };
+    assert!(problems("").is_empty());
+    assert_eq!(
+        problems(&format!(
+            "[relay.external_tls]\nfingerprint = \"{}\"\n",
+            "ab".repeat(32)
+        )),
+        vec!["relay.external_tls"]
+    );
+    assert_eq!(
+        problems("[relay.internal_tls]\nname = \"mx.test\"\n"),
+        vec!["relay.internal_tls"]
+    );
+}
+
+#[test]
 fn one_hop_has_one_tls_table() {
     let same = BASE.replace("127.0.0.1:26", "127.0.0.1:25");
     let e = from_toml(&format!("{same}[relay.internal_tls]\nname = \"mx.test\"\n"));

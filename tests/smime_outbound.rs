@@ -1314,6 +1314,54 @@ fn plaintext_labelled_as_encrypted_gets_the_rule_not_a_pass() {
     );
 }
 
+#[test]
+fn text_beside_a_senders_ciphertext_gets_the_rule_not_a_pass() {
+    // Ciphertext for a stranger with plaintext beside it: a multipart's
+    // preamble and epilogue around the one enveloped part, or text after
+    // the base64. "Encrypted by the sender already" let that text leave
+    // in the clear past a rule that requires encryption.
+    let sink = Sink::start(Script::default());
+    let recips = recipients(&["court-oces3"]);
+    let gw = gateway(&sink, recips.path(), PAST);
+    let secret = "Fortroligt udenfor krypteringen";
+    let cms = pki::cms_encrypt(&pki::inner("x"), "alice-oces3", &["-aes-256-cbc"]);
+    let b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(&cms)
+    };
+    let head = |id: &str| {
+        format!(
+            "From: <alice@example-law.dk>\r\nTo: <post@domstol.dk>\r\nSubject: beside\r\n\
+             Message-ID: <{id}@test>\r\nMIME-Version: 1.0\r\n"
+        )
+    };
+    let wrapped = format!(
+        "{}Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n{secret} (preamble)\r\n\
+         --b\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{b64}\r\n--b--\r\n{secret} (epilogue)\r\n",
+        head("beside-1")
+    );
+    let trailing = format!(
+        "{}Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{b64}\r\n\r\n{secret}\r\n",
+        head("beside-2")
+    );
+    // Control: the same ciphertext alone passes unchanged.
+    let alone = pki::enveloped_message("beside-3", "post@domstol.dk", &cms, pki::P7M);
+    for m in [wrapped.as_bytes(), trailing.as_bytes(), &alone] {
+        let r = common::submit(&gw, "alice@example-law.dk", &["post@domstol.dk"], m);
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    for id in ["beside-1@test", "beside-2@test"] {
+        let copy = wait_for(&sink, for_rcpt("post@domstol.dk", id));
+        assert!(!copy.text().contains(secret), "{id} left in the clear");
+        let inner = open_and_verify(&copy.data, "court-oces3");
+        assert!(String::from_utf8_lossy(&inner).contains(secret), "{id}");
+    }
+    let passed = wait_for(&sink, for_rcpt("post@domstol.dk", "beside-3@test"));
+    assert_eq!(passed.data, alone, "the sender's ciphertext alone passes");
+}
+
 /// The court's domain as people write it and as DNS holds it.
 const IDN_U: &str = "dømstol.dk";
 const IDN_A: &str = "xn--dmstol-bya.dk";

@@ -185,8 +185,7 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
             if set {
                 bad(
                     key,
-                    "is checked only with relay.tls = \"required\": set that, or remove it"
-                        .into(),
+                    "is checked only with relay.tls = \"required\": set that, or remove it".into(),
                 );
             }
         }

@@ -151,7 +151,8 @@ pub fn explain(
         Some(path) => {
             let raw = std::fs::read(path)
                 .map_err(|e| OpsError::Usage(format!("--message {}: {e}", path.display())))?;
-            match crate::pipeline::decide::arrived_encrypted(&crate::smime::mime::shape(&raw)) {
+            let shape = crate::smime::mime::shape(&raw);
+            match crate::pipeline::decide::arrived_encrypted(&shape, &raw) {
                 Some(ids) => explain::Message::Sealed(ids),
                 None => explain::Message::Plain,
             }

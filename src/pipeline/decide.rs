@@ -48,17 +48,21 @@ pub fn is_internal(settings: &Settings, rcpt: &str) -> bool {
     settings.is_internal_address(rcpt)
 }
 
-/// Whom the message is encrypted to, when it arrived encrypted: its
-/// outer entity is labelled so and holds CMS EnvelopedData or
-/// AuthEnvelopedData that parses. A label on anything else (plaintext
-/// called `enveloped-data`) is no encryption: the rules apply to it like
-/// to any other mail. Only the recipients' names are kept, not the
-/// parsed structure (a copy of the whole ciphertext).
-pub fn arrived_encrypted(shape: &Shape) -> Option<Vec<RecipientId>> {
+/// Whom the message is encrypted to, when it arrived encrypted: the
+/// message itself (`raw`) is the entity, labelled so, and holds CMS
+/// EnvelopedData or AuthEnvelopedData that parses, and nothing else: no
+/// multipart around it (its preamble and epilogue would travel in clear),
+/// no text beside the base64, no bytes after the CMS. A label on anything
+/// else (plaintext called `enveloped-data`) is no encryption: the rules
+/// apply to it like to any other mail. Only the recipients' names are
+/// kept, not the parsed structure (a copy of the whole ciphertext).
+pub fn arrived_encrypted(shape: &Shape, raw: &[u8]) -> Option<Vec<RecipientId>> {
     use crate::smime::cms::{kind, parse, Kind};
     match shape {
         Shape::Enveloped { cms }
-            if matches!(kind(cms), Some(Kind::Enveloped | Kind::AuthEnveloped)) =>
+            if matches!(kind(cms), Some(Kind::Enveloped | Kind::AuthEnveloped))
+                && crate::smime::limits::trailing(cms) == Some(0)
+                && crate::smime::parse::body_is_only(raw, cms) =>
         {
             parse(cms).ok().map(|c| crate::ossl::recipients(&c))
         }
@@ -240,7 +244,7 @@ pub async fn plan(
         let sealed = match is_internal(&snapshot.settings, &rcpt) {
             true => None,
             false => arrived
-                .get_or_insert_with(|| arrived_encrypted(&shape))
+                .get_or_insert_with(|| arrived_encrypted(&shape, body))
                 .as_deref(),
         };
         let t = match first_look(&snapshot.settings, &rcpt, sealed.is_some(), at) {

@@ -33,6 +33,16 @@ pub enum LimitError {
     Malformed(&'static str),
 }
 
+/// How many bytes follow the one element `ber` starts with (walked under
+/// the same caps); `None` when it cannot be walked.
+pub fn trailing(ber: &[u8]) -> Option<usize> {
+    let mut budget = MAX_ELEMENTS;
+    match element(ber, 0, &mut budget) {
+        Ok(Walked::Element { rest, .. }) => Some(rest.len()),
+        _ => None,
+    }
+}
+
 /// Checks `ber` (one CMS ContentInfo, DER or BER) against the caps.
 /// Trailing bytes after the element are OpenSSL's to judge.
 pub fn check(ber: &[u8]) -> Result<(), LimitError> {

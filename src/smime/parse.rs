@@ -57,6 +57,29 @@ pub fn leaf(raw: &[u8]) -> Option<MessagePart<'_>> {
     (!nested).then_some(part)
 }
 
+/// Whether `raw` is one leaf entity whose body is `content` and nothing
+/// else: strict base64 of exactly those bytes (line breaks aside), or
+/// those bytes unencoded. What a message holds beside its ciphertext (a
+/// multipart's preamble, text after the base64) would travel in clear.
+pub fn body_is_only(raw: &[u8], content: &[u8]) -> bool {
+    let Some(part) = leaf(raw) else {
+        return false;
+    };
+    let Some(body) = raw.get(part.offset_body as usize..) else {
+        return false;
+    };
+    match part
+        .headers
+        .header_value(&HeaderName::ContentTransferEncoding)
+    {
+        Some(HeaderValue::Text(e)) if e.eq_ignore_ascii_case("base64") => {
+            decode_base64(body).is_some_and(|b| b == content)
+        }
+        Some(HeaderValue::Text(e)) if e.eq_ignore_ascii_case("quoted-printable") => false,
+        _ => body == content || body.strip_suffix(b"\r\n") == Some(content),
+    }
+}
+
 /// True when the leaf's type could make mail-parser read it as HTML
 /// (checked broadly: `text/html` in any case).
 pub fn may_be_html(part: &MessagePart<'_>) -> bool {

@@ -537,30 +537,58 @@ fn a_kept_crl_answers_only_for_its_own_issuer_and_not_after_a_reload() {
     );
 }
 
-#[test]
-fn an_older_crl_served_after_a_reload_or_a_restart_is_a_replay() {
+/// A root, an issuing CA whose certificates name `issuing.crl`, and the
+/// recipient `a@partner.example` it issued with `serial`; the CA and
+/// the leaf in the recipients' folder, the root's (empty) CRL served.
+struct OneLeaf {
+    s: Setup,
+    root: Ca,
+    ca: Ca,
+    point: String,
+    a: PathBuf,
+}
+
+fn one_leaf(serial: u32) -> OneLeaf {
     let s = Setup::new();
     let root = Ca::root(s.pki.path(), "Root");
     let root_point = s.url("root.crl");
     let ca = root.sub("Issuing", &root_point, 2);
     let point = s.url("issuing.crl");
-    let a = ca.leaf("a", "a@partner.example", &point, 40);
+    let a = ca.leaf("a", "a@partner.example", &point, serial);
     s.recipient(&ca.pem());
     s.recipient(&a);
     s.serve("root.crl", &root.crl("full", &root_point));
-    // The CRL from before a's revocation, still inside its validity, is
-    // what the path keeps to replay.
-    let before = ca.crl("full", &point);
-    ca.revoke(&a);
-    let after = ca.crl("full", &point);
-    s.serve("issuing.crl", &after);
+    OneLeaf {
+        s,
+        root,
+        ca,
+        point,
+        a,
+    }
+}
 
+/// The daemon encrypting to partner.example under hard-fail for `leaf`'s
+/// PKI, with its outside and inside next hops.
+fn daemon_for(leaf: &OneLeaf) -> (Gateway, Sink, Sink) {
     let outside = Sink::start(Script::default());
     let inside = Sink::start(Script::default());
     let mut opts = Options::new(inside.addr);
     opts.external_hop = outside.addr;
-    opts.extra = strict_extra(s.pki.path(), &s.recips, &root, "hard-fail");
-    let mut gw = Gateway::start(opts);
+    opts.extra = strict_extra(leaf.s.pki.path(), &leaf.s.recips, &leaf.root, "hard-fail");
+    (Gateway::start(opts), outside, inside)
+}
+
+#[test]
+fn an_older_crl_served_after_a_reload_or_a_restart_is_a_replay() {
+    let leaf = one_leaf(40);
+    let (s, ca, point) = (&leaf.s, &leaf.ca, &leaf.point);
+    // The CRL from before a's revocation, still inside its validity, is
+    // what the path keeps to replay.
+    let before = ca.crl("full", point);
+    ca.revoke(&leaf.a);
+    let after = ca.crl("full", point);
+    s.serve("issuing.crl", &after);
+    let (mut gw, outside, _inside) = daemon_for(&leaf);
     let bounced = |gw: &Gateway, id: &str| {
         gw.log()
             .lines()
@@ -615,7 +643,7 @@ fn an_older_crl_served_after_a_reload_or_a_restart_is_a_replay() {
     assert!(!ok && text.contains("a replay"), "{text}");
     // Control: without that history (another spool) the older CRL vouches
     // for a, which is what the replay was after.
-    let cfg = explain_config(s.pki.path(), &s.recips, &root, "hard-fail");
+    let cfg = explain_config(s.pki.path(), &s.recips, &leaf.root, "hard-fail");
     let (text, ok) = explain(&cfg, "a@partner.example", &[]);
     assert!(ok && text.contains("not revoked (CRL http://"), "{text}");
 }
@@ -626,25 +654,12 @@ fn a_list_of_ca_certificates_served_in_between_does_not_poison_the_history() {
     // genuine list of CA certificates (numbered after the full CRL): no
     // answer for a leaf; and it must not stand as the newest CRL from that
     // point, or the full CRL would be refused as older from then on.
-    let s = Setup::new();
-    let root = Ca::root(s.pki.path(), "Root");
-    let root_point = s.url("root.crl");
-    let ca = root.sub("Issuing", &root_point, 2);
-    let point = s.url("issuing.crl");
-    let a = ca.leaf("a", "a@partner.example", &point, 50);
-    s.recipient(&ca.pem());
-    s.recipient(&a);
-    s.serve("root.crl", &root.crl("full", &root_point));
-    let full = ca.crl("full", &point);
-    let ca_only = ca.crl("ca_only", &point);
+    let leaf = one_leaf(50);
+    let (s, ca, point) = (&leaf.s, &leaf.ca, &leaf.point);
+    let full = ca.crl("full", point);
+    let ca_only = ca.crl("ca_only", point);
     s.serve("issuing.crl", &ca_only);
-
-    let outside = Sink::start(Script::default());
-    let inside = Sink::start(Script::default());
-    let mut opts = Options::new(inside.addr);
-    opts.external_hop = outside.addr;
-    opts.extra = strict_extra(s.pki.path(), &s.recips, &root, "hard-fail");
-    let gw = Gateway::start(opts);
+    let (gw, outside, _inside) = daemon_for(&leaf);
     send(&gw, "a@partner.example", "ca-list-first");
     assert!(
         wait_until(Duration::from_secs(20), || gw

@@ -1,8 +1,9 @@
 //! The metrics listener (`[metrics] listen`): `/metrics` in Prometheus text
-//! format, `/healthz` (the process answers) and `/readyz` (the spool is
-//! writable, the configuration is loaded, the next hops accept
-//! connections; checked at most every ten seconds). Its HTTP stack
-//! ([`serve_http`]) serves the status page too.
+//! format (to this host or the token's holder: `http_access`), `/healthz`
+//! (the process answers) and `/readyz` (the spool is writable, the
+//! configuration is loaded, the next hops accept connections; checked at
+//! most every ten seconds). Its HTTP stack ([`serve_http`], bounded in
+//! connections, time and header size) serves the status page too.
 
 use std::collections::HashMap;
 use std::convert::Infallible;

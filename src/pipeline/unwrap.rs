@@ -340,7 +340,11 @@ fn deliver_traced<'a>(
 /// `message` and its trace header `value` as a mailbox gets them: mail
 /// that arrived encrypted (`sealed`) without its read-receipt request
 /// (`header::without_receipt_requests`), the header saying so.
-fn unasked<'m>(message: &'m [u8], value: &str, sealed: bool) -> (Cow<'m, [u8]>, Cow<'static, str>) {
+fn unasked<'m, 'v>(
+    message: &'m [u8],
+    value: &'v str,
+    sealed: bool,
+) -> (Cow<'m, [u8]>, Cow<'v, str>) {
     match sealed
         .then(|| header::without_receipt_requests(message))
         .flatten()
@@ -349,7 +353,7 @@ fn unasked<'m>(message: &'m [u8], value: &str, sealed: bool) -> (Cow<'m, [u8]>, 
             Cow::Owned(m),
             Cow::Owned(format!("{value}; receipt-request=removed")),
         ),
-        None => (Cow::Borrowed(message), Cow::Owned(value.to_string())),
+        None => (Cow::Borrowed(message), Cow::Borrowed(value)),
     }
 }
 

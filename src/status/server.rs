@@ -1,7 +1,8 @@
 //! The status page's routes on the gateway's HTTP stack
 //! (`observe::serve_http`): `GET /` the page at the configured cutoff,
 //! `GET /?at=YYYY-MM-DD` the readiness table at another day; a bad date
-//! is a 400 page, other paths 404, other methods 405.
+//! is a 400 page, other paths 404, other methods 405. Served to this host,
+//! or to whoever presents `status.token_file`'s token (`http_access`).
 
 use std::sync::Arc;
 

@@ -1362,6 +1362,86 @@ fn text_beside_a_senders_ciphertext_gets_the_rule_not_a_pass() {
     assert_eq!(passed.data, alone, "the sender's ciphertext alone passes");
 }
 
+/// A DER element: tag and content.
+fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    match content.len() {
+        n if n < 0x80 => v.push(n as u8),
+        n if n < 0x100 => v.extend([0x81, n as u8]),
+        n if n < 0x10000 => v.extend([0x82, (n >> 8) as u8, n as u8]),
+        n => v.extend([0x83, (n >> 16) as u8, (n >> 8) as u8, n as u8]),
+    }
+    v.extend_from_slice(content);
+    v
+}
+
+/// The first DER element of `b`: its tag, its content and what follows.
+fn der_split(b: &[u8]) -> (u8, &[u8], &[u8]) {
+    let (head, n) = match b[1] {
+        l if l < 0x80 => (2, l as usize),
+        l => {
+            let k = (l & 0x7f) as usize;
+            (
+                2 + k,
+                b[2..2 + k].iter().fold(0, |a, x| (a << 8) | *x as usize),
+            )
+        }
+    };
+    (b[0], &b[head..head + n], &b[head + n..])
+}
+
+/// `cms` (a DER ContentInfo of EnvelopedData) with `extra` appended to the
+/// EnvelopedData's fields.
+fn with_enveloped_field(cms: &[u8], extra: &[u8]) -> Vec<u8> {
+    let (_, info, _) = der_split(cms);
+    let (oid_tag, oid, rest) = der_split(info);
+    let (_, explicit, _) = der_split(rest);
+    let (_, fields, _) = der_split(explicit);
+    let data = der_tlv(0x30, &[fields, extra].concat());
+    der_tlv(
+        0x30,
+        &[der_tlv(oid_tag, oid), der_tlv(0xa0, &data)].concat(),
+    )
+}
+
+#[test]
+fn text_in_a_cms_field_left_unencrypted_gets_the_rule_not_a_pass() {
+    // EnvelopedData to the court itself, with an unprotected attribute
+    // holding plaintext: a field of the CMS that is never encrypted.
+    let sink = Sink::start(Script::default());
+    let recips = recipients(&["court-oces3"]);
+    let gw = gateway(&sink, recips.path(), PAST);
+    let secret = "Fortroligt i en ukrypteret attribut";
+    let cms = pki::cms_encrypt(&pki::inner("x"), "court-oces3", &["-aes-256-cbc"]);
+    let attribute = der_tlv(
+        0x30,
+        &[
+            der_tlv(0x06, &[0x2a, 0x03, 0x04, 0x05]),
+            der_tlv(0x31, &der_tlv(0x0c, secret.as_bytes())),
+        ]
+        .concat(),
+    );
+    let tampered = with_enveloped_field(&cms, &der_tlv(0xa1, &attribute));
+    let m = pki::enveloped_message("field-1", "post@domstol.dk", &tampered, pki::P7M);
+    // Control: the same CMS without it passes unchanged.
+    let alone = pki::enveloped_message("field-2", "post@domstol.dk", &cms, pki::P7M);
+    for body in [&m, &alone] {
+        let r = common::submit(&gw, "alice@example-law.dk", &["post@domstol.dk"], body);
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    // Not passed as it came: encrypted again, to the court, attribute and
+    // all inside.
+    let copy = wait_for(&sink, for_rcpt("post@domstol.dk", "field-1@test"));
+    assert_ne!(copy.data, m, "passed with its clear attribute");
+    let inner = pki::cms_try_decrypt(&copy.data, "court-oces3").expect("the court opens it");
+    assert!(
+        String::from_utf8_lossy(&inner).contains("application/pkcs7-mime"),
+        "the sender's message is inside"
+    );
+    let passed = wait_for(&sink, for_rcpt("post@domstol.dk", "field-2@test"));
+    assert_eq!(passed.data, alone);
+}
+
 /// The court's domain as people write it and as DNS holds it.
 const IDN_U: &str = "dømstol.dk";
 const IDN_A: &str = "xn--dmstol-bya.dk";

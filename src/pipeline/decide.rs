@@ -52,7 +52,9 @@ pub fn is_internal(settings: &Settings, rcpt: &str) -> bool {
 /// message itself (`raw`) is the entity, labelled so, and holds CMS
 /// EnvelopedData or AuthEnvelopedData that parses, and nothing else: no
 /// multipart around it (its preamble and epilogue would travel in clear),
-/// no text beside the base64, no bytes after the CMS. A label on anything
+/// no text beside the base64, no bytes after the CMS, no field of the CMS
+/// left unencrypted (originatorInfo, unprotected or authenticated
+/// attributes). A label on anything
 /// else (plaintext called `enveloped-data`) is no encryption: the rules
 /// apply to it like to any other mail. Only the recipients' names are
 /// kept, not the parsed structure (a copy of the whole ciphertext).
@@ -62,6 +64,7 @@ pub fn arrived_encrypted(shape: &Shape, raw: &[u8]) -> Option<Vec<RecipientId>> 
         Shape::Enveloped { cms }
             if matches!(kind(cms), Some(Kind::Enveloped | Kind::AuthEnveloped))
                 && crate::smime::limits::trailing(cms) == Some(0)
+                && crate::smime::limits::has_clear_fields(cms) == Some(false)
                 && crate::smime::parse::body_is_only(raw, cms) =>
         {
             parse(cms).ok().map(|c| crate::ossl::recipients(&c))

@@ -78,6 +78,24 @@ pub fn auth_mac_len(ber: &[u8]) -> Option<usize> {
     None
 }
 
+/// Whether the (Auth)EnvelopedData in `ber` (a ContentInfo, DER or BER)
+/// has fields that are not encrypted: originatorInfo, unprotectedAttrs,
+/// authAttrs or unauthAttrs (the context-tagged fields at its top level).
+/// Anyone can read what they hold; `None` when the walk cannot tell.
+pub fn has_clear_fields(ber: &[u8]) -> Option<bool> {
+    let content_info = inside(ber)?;
+    let explicit = inside(skip(content_info)?)?;
+    let mut fields = inside(explicit)?;
+    while !fields.is_empty() && !fields.starts_with(&[0, 0]) {
+        let (_, header) = Header::from_ber(fields).ok()?;
+        if header.class() == Class::ContextSpecific {
+            return Some(true);
+        }
+        fields = skip(fields)?;
+    }
+    Some(false)
+}
+
 /// The contents of the constructed element at the start of `input` (for an
 /// indefinite length: up to and including its end-of-contents marker).
 fn inside(input: &[u8]) -> Option<&[u8]> {
@@ -270,6 +288,25 @@ pub(crate) mod tests {
             info.extend(tlv(0xa0, &tlv(0x30, fields)));
             tlv(0x30, &info)
         }
+    }
+
+    #[test]
+    fn clear_fields_beside_the_ciphertext_are_seen() {
+        let version = [0x02, 0x01, 0x00];
+        let recipients = tlv(0x31, &tlv(0x30, b""));
+        let content = tlv(0x30, &tlv(0x06, b"\x2a"));
+        let unprotected = tlv(0xa1, &tlv(0x30, &tlv(0x0c, b"SECRET")));
+        let wrap = |fields: &[u8]| {
+            let data = tlv(0x30, fields);
+            tlv(0x30, &[tlv(0x06, b"\x2a\x86"), tlv(0xa0, &data)].concat())
+        };
+        let plain = [&version[..], &recipients, &content].concat();
+        assert_eq!(has_clear_fields(&wrap(&plain)), Some(false));
+        let with = [&version[..], &recipients, &content, &unprotected].concat();
+        assert_eq!(has_clear_fields(&wrap(&with)), Some(true));
+        let originator = [&version[..], &tlv(0xa0, b""), &recipients, &content].concat();
+        assert_eq!(has_clear_fields(&wrap(&originator)), Some(true));
+        assert_eq!(has_clear_fields(b"\x30\x01"), None);
     }
 
     #[test]

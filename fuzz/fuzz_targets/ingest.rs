@@ -66,6 +66,9 @@ fn returned_and_scanned(input: &[u8]) {
     let _ = smime_gateway::mail::dsn::parse(input);
     let _ = smime_gateway::mail::dsn::parse_status(input);
     let _ = smime_gateway::smime::scan::scan(input);
+    // Whether a sender sealed it: the framing and CMS walks on any bytes.
+    let shape = smime_gateway::smime::mime::shape(input);
+    let _ = smime_gateway::pipeline::decide::arrived_encrypted(&shape, input);
     // What the nesting walk lets through, mail-parser builds within the
     // caps: attached messages no deeper, no more parts. What it refuses
     // is not parsed here either (it is what crashed the daemon).

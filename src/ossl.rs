@@ -873,6 +873,16 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
+/// `bytes` in lower-case hex.
+pub fn lower_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SHA-256 of `bytes` in lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    lower_hex(&openssl::sha::sha256(bytes))
+}
+
 /// The recipients an enveloped CMS structure names.
 pub fn recipients(cms: &CmsContentInfoRef) -> Vec<RecipientId> {
     // SAFETY: the stack and its entries belong to `cms`, which outlives

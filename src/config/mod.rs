@@ -931,11 +931,11 @@ impl Settings {
             );
         }
         for (i, m) in self.mailboxes.iter().enumerate() {
-            let probe = match m.address.strip_prefix("*@") {
-                Some(domain) => format!("postmaster@{domain}"),
-                None => m.address.clone(),
+            let internal = match m.address.strip_prefix("*@") {
+                Some(domain) => self.server.is_internal_domain(domain),
+                None => self.is_internal_address(&m.address),
             };
-            if !self.is_internal_address(&probe) {
+            if !internal {
                 out.push(format!(
                     "mailbox[{i}] {:?} is outside server.internal_domains: mail to it is \
                      relayed outside like anyone's, and its deliver and encryption settings \

@@ -174,10 +174,7 @@ impl ServerCertVerifier for AnyCertificate {
 
 /// SHA-256 of a certificate, lower-case hex (as [`Expect::Pinned`]).
 pub fn sha256_hex(der: &[u8]) -> String {
-    openssl::sha::sha256(der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::ossl::sha256_hex(der)
 }
 
 #[cfg(test)]

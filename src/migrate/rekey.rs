@@ -31,10 +31,10 @@ pub use super::plan::MARKER_FIELD;
 /// The marker of an original: the SHA-256 of its bytes with CRLF line
 /// ends (the same whether it is stored with LF or CRLF).
 pub fn marker(raw: &[u8]) -> String {
-    let crlf = lines::crlf(raw);
-    let digest = openssl::sha::sha256(&crlf);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{MARKER_FIELD}{hex}")
+    format!(
+        "{MARKER_FIELD}{}",
+        crate::ossl::sha256_hex(&lines::crlf(raw))
+    )
 }
 
 /// What was prepared for one message.

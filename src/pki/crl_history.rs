@@ -87,11 +87,7 @@ pub fn key(point: &[String], issuer_fingerprint: &str) -> String {
     let mut text = point.join("\n");
     text.push('\0');
     text.push_str(issuer_fingerprint);
-    hex(&openssl::sha::sha256(text.as_bytes()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::ossl::sha256_hex(text.as_bytes())
 }
 
 /// The newest CRL seen per distribution point and issuer.
@@ -211,7 +207,11 @@ fn write(file: &Path, seen: &HashMap<String, Seen>) -> std::io::Result<()> {
     }
     let mut text = String::with_capacity(seen.len() * 96);
     for (k, v) in seen {
-        let n = v.number.as_deref().map(hex).unwrap_or_else(|| "-".into());
+        let n = v
+            .number
+            .as_deref()
+            .map(crate::ossl::lower_hex)
+            .unwrap_or_else(|| "-".into());
         text.push_str(&format!("{k} {} {n}\n", v.this_update));
     }
     crate::durable::write_atomic(file, text.as_bytes())

@@ -295,24 +295,14 @@ fn is_field_start(line: &[u8]) -> bool {
 fn boundary_for(content: &[u8]) -> String {
     loop {
         let mut random = [0u8; 16];
-        let b = match openssl::rand::rand_bytes(&mut random) {
-            Ok(()) => random
-                .iter()
-                .map(|x| format!("{x:02x}"))
-                .collect::<String>(),
-            // Never seen; a report still goes out, with a boundary read
-            // from the clock and the content (not guessable from outside
-            // without the content's hash).
-            Err(_) => {
-                let mut seed = content.to_vec();
-                seed.extend_from_slice(&format!("{:?}", SystemTime::now()).into_bytes());
-                openssl::sha::sha256(&seed)[..16]
-                    .iter()
-                    .map(|x| format!("{x:02x}"))
-                    .collect()
-            }
-        };
-        let boundary = format!("=_report_{b}");
+        if openssl::rand::rand_bytes(&mut random).is_err() {
+            // Never seen; a report still goes out, its boundary drawn from
+            // the clock and the content (no sender knows both).
+            let seed = format!("{:?}{}", SystemTime::now(), content.len());
+            random
+                .copy_from_slice(&openssl::sha::sha256(&[seed.as_bytes(), content].concat())[..16]);
+        }
+        let boundary = format!("=_report_{}", crate::ossl::lower_hex(&random));
         if memchr::memmem::find(content, boundary.as_bytes()).is_none() {
             return boundary;
         }

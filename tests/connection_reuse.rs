@@ -285,6 +285,15 @@ fn a_reply_too_many_from_the_hop_does_not_turn_a_refusal_into_a_delivery() {
         );
     }
     let log = gw.log();
+    // The first message's reply had another behind it: it may not have
+    // been the answer to the dot, so the message is sent again (a copy
+    // too many, never a refusal taken for a delivery).
+    assert!(
+        log.lines().any(|l| l.contains("<step-1@test>")
+            && l.contains("event=\"deferred\"")
+            && l.contains("more replies behind it")),
+        "{log}"
+    );
     // The second message's first try was refused, and it says so.
     assert!(
         log.lines()
@@ -304,4 +313,66 @@ fn a_reply_too_many_from_the_hop_does_not_turn_a_refusal_into_a_delivery() {
         .filter(|r| r.text().contains("<step-2@test>"))
         .count();
     assert_eq!(copies, 1);
+}
+
+#[test]
+fn stray_replies_lined_up_as_250_250_354_do_not_turn_a_refusal_into_a_delivery() {
+    // The hop answers the second message's pipelined MAIL, RCPT and DATA
+    // with three stray replies in front of its real ones: read in order,
+    // they said 250, 250, 354; the message text went out, the hop's real
+    // 250 to MAIL was taken for the reply to the dot, and the message was
+    // removed from the queue although the hop refused it (451).
+    let script = Script {
+        mail_replies: [
+            "250 2.1.0 Ok".to_string(),
+            "250 2.1.0 stray\r\n250 2.1.5 stray\r\n354 stray\r\n250 2.1.0 Ok".to_string(),
+        ]
+        .into_iter()
+        .collect(),
+        data_replies: [
+            "250 2.0.0 queued".to_string(),
+            "451 4.3.0 try again later".to_string(),
+        ]
+        .into_iter()
+        .collect(),
+        ..Script::default()
+    };
+    let sink = Sink::start(script);
+    let gw = Gateway::start(options(&sink, "4"));
+    for i in 1..=2 {
+        let body = common::message(&format!("stray-{i}"), "one of two");
+        let r = common::submit(&gw, "alice@example.org", &["bob@example-law.dk"], &body);
+        assert_eq!(r.code, 250, "{r:?}");
+        assert!(
+            wait_until(Duration::from_secs(30), || gw
+                .log()
+                .lines()
+                .any(|l| l.contains(&format!("<stray-{i}@test>"))
+                    && (l.contains("event=\"delivered\"")
+                        || l.contains("event=\"deferred\"")))),
+            "{}",
+            gw.log()
+        );
+    }
+    // Every message arrives, once: the second after its tries again.
+    assert!(
+        wait_until(Duration::from_secs(60), || gw.queued() == 0),
+        "{}",
+        gw.log()
+    );
+    let log = gw.log();
+    assert!(
+        !log.lines().any(|l| l.contains("event=\"delivered\"")
+            && l.contains("stray")
+            && l.contains("2.1.0")),
+        "a reply to MAIL was taken for a delivery: {log}"
+    );
+    for i in 1..=2 {
+        let copies = sink
+            .received()
+            .iter()
+            .filter(|r| r.text().contains(&format!("<stray-{i}@test>")))
+            .count();
+        assert_eq!(copies, 1, "stray-{i}: {log}");
+    }
 }

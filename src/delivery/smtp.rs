@@ -206,15 +206,27 @@ impl SmtpConnection {
     /// message's command, and a refusal taken for a delivery. Marks the
     /// connection broken when not.
     pub fn in_step(&mut self) -> bool {
-        use futures_util::FutureExt;
-        use tokio::io::AsyncBufReadExt;
-        // Bytes waiting, or none ever again (the hop closed: the empty
-        // read), or a failure: not to be kept.
-        let waiting = self.io.fill_buf().now_or_never().is_some();
-        if waiting {
+        // Bytes waiting, or none ever again (the hop closed), or a
+        // failure: not to be kept.
+        if self.unasked() != Unasked::Nothing {
             self.broken = true;
         }
         !self.broken
+    }
+
+    /// What the hop has sent that no command asked for yet, looked at
+    /// without waiting.
+    fn unasked(&mut self) -> Unasked {
+        use futures_util::FutureExt;
+        use tokio::io::AsyncBufReadExt;
+        match self.io.fill_buf().now_or_never() {
+            None => Unasked::Nothing,
+            Some(Ok([])) => Unasked::Closed,
+            // A server may say 421 at any time and close (RFC 5321 4.2.2).
+            Some(Ok(b)) if b.starts_with(b"421") => Unasked::Closing,
+            Some(Ok(_)) => Unasked::Bytes,
+            Some(Err(_)) => Unasked::Closed,
+        }
     }
 
     /// The DER of the hop's certificate, after STARTTLS.
@@ -293,7 +305,29 @@ impl SmtpConnection {
     /// [`DATA_PIECE`], each within `limit`, dot-stuffed without copying,
     /// ended with "." CRLF; then the reply, within `limit`. A message
     /// ending with CRLF arrives as it is; one without gets a final CRLF.
+    ///
+    /// After 354 the hop waits for text and says nothing, and after its
+    /// reply to the dot it waits for the next command: a reply already
+    /// waiting at either point means the replies read so far were not the
+    /// answers to these commands (a hop out of step, or stray replies
+    /// lined up as 250, 250, 354). Before the text, nothing is sent and
+    /// the connection is closed; after the dot, the delivery is not
+    /// believed and the message is tried again (a copy too many rather
+    /// than a refusal taken for a delivery).
     pub async fn data(&mut self, message: &[u8], limit: Duration) -> Result<Reply, DataFailed> {
+        match self.unasked() {
+            Unasked::Nothing => {}
+            Unasked::Closed | Unasked::Closing => {
+                self.broken = true;
+                return Err(DataFailed::Smtp(SmtpError::Closed));
+            }
+            Unasked::Bytes => {
+                self.abandon().await;
+                return Err(DataFailed::Smtp(SmtpError::OutOfStep(
+                    "a reply came after 354, before the message text".to_string(),
+                )));
+            }
+        }
         let mut stuffer = DotStuffer::new();
         for piece in message.chunks(DATA_PIECE) {
             let parts = stuffer.parts(piece);
@@ -321,6 +355,16 @@ impl SmtpConnection {
                 self.broken = true;
                 Err(DataFailed::Smtp(SmtpError::OutOfStep(format!(
                     "{} to the end of the message",
+                    reply.code
+                ))))
+            }
+            // A hop that closes after its reply (with a 421 or without a
+            // word) has delivered; one with other replies waiting may not
+            // have.
+            Ok(Ok((reply, _))) if reply.code < 300 && self.unasked() == Unasked::Bytes => {
+                self.broken = true;
+                Err(DataFailed::Smtp(SmtpError::OutOfStep(format!(
+                    "{} to the end of the message, with more replies behind it",
                     reply.code
                 ))))
             }
@@ -387,6 +431,17 @@ impl SmtpConnection {
         let (reply, _) = self.read_raw().await?;
         check(reply)
     }
+}
+
+/// What waits unread on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unasked {
+    Nothing,
+    Bytes,
+    /// The hop closed the connection, or reading failed.
+    Closed,
+    /// The hop says it is closing the connection (421).
+    Closing,
 }
 
 /// Why the DATA phase failed: an error, or no progress within the limit.

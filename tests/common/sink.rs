@@ -65,6 +65,10 @@ pub struct Script {
     /// never answer again, keeping it open (a connection dropped silently
     /// by a firewall while kept).
     pub silent_after_transactions: Option<usize>,
+    /// Replies to MAIL FROM in order, each written at once; "250 2.1.0 Ok"
+    /// when empty (a reply may be several, e.g. stray replies before the
+    /// real one).
+    pub mail_replies: VecDeque<String>,
 }
 
 /// Where the sink's own bounces go: mail for `domain` to `local`, the
@@ -347,7 +351,13 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
             from = between(&text).to_string();
             mail_params = text.rfind('>').map_or("", |i| &text[i + 1..]).to_string();
             rcpts.clear();
-            "250 2.1.0 Ok".into()
+            state
+                .lock()
+                .unwrap()
+                .script
+                .mail_replies
+                .pop_front()
+                .unwrap_or_else(|| "250 2.1.0 Ok".into())
         } else if upper.starts_with("RCPT TO:") {
             let addr = between(&text).to_string();
             state.lock().unwrap().rcpt_attempts += 1;

@@ -1477,6 +1477,33 @@ fn mail_that_arrived_encrypted_reaches_the_mailbox_without_a_read_receipt_reques
 }
 
 #[test]
+fn a_message_wrapped_whole_inside_the_encryption_loses_its_receipt_request_too() {
+    // RFC 8551 3.1: the sender encrypts the whole message, header fields
+    // included, as message/rfc822. Its inner Disposition-Notification-To
+    // reached the mailbox inside the decrypted copy.
+    let mailbox = Sink::start(Script::default());
+    let outside = Sink::start(Script::default());
+    let gw = gateway(&mailbox, &outside, "");
+    let wrapped = asking_for_receipts(&common::message("inner", SECRET));
+    let mut content = b"Content-Type: message/rfc822\r\n\r\n".to_vec();
+    content.extend_from_slice(&wrapped);
+    let cms = captured(&content, "-aes-256-gcm");
+    let to = "bob@example-law.dk";
+    let m = enveloped("mdn-wrapped", to, &cms);
+    assert_eq!(send(&gw, to, &m).code, 250);
+    let got = delivered(&mailbox, "mdn-wrapped");
+    let text = got.text();
+    assert!(contains(&got.data, SECRET), "not opened: {text}");
+    assert!(text.contains("message/rfc822"), "{text}");
+    let lower = text.to_ascii_lowercase();
+    assert!(
+        !lower.contains("disposition-notification-to") && !lower.contains("return-receipt-to"),
+        "the wrapped message still asks for a receipt:\n{text}"
+    );
+    assert!(trace(&text).contains("receipt-request=removed"), "{text}");
+}
+
+#[test]
 fn an_envelope_sender_with_invisible_characters_reaches_no_operator_raw() {
     // An SMTPUTF8 sender with a tag character ("ASCII smuggling") and a
     // blank Hangul letter: in `queue quarantined` and the log the operator

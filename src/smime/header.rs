@@ -94,20 +94,45 @@ const RECEIPT_REQUESTS: [&str; 5] = [
 /// that carries this trace header (decrypted or not) and the decrypted
 /// Content-* fields, and whether a receipt comes at all tells delivered
 /// from quarantined. So such mail loses its request, whatever became of it.
+///
+/// A message sent whole inside the encryption (RFC 8551 3.1: the content
+/// is `message/rfc822`) loses the requests of the message it wraps too,
+/// a few levels down.
 pub fn without_receipt_requests(message: &[u8]) -> Option<Vec<u8>> {
+    without_receipt_requests_within(message, 4)
+}
+
+fn without_receipt_requests_within(message: &[u8], levels: usize) -> Option<Vec<u8>> {
     let (headers, body) = mime::split(message);
     let asks = |n: &str| RECEIPT_REQUESTS.contains(&n);
     let mut any = false;
-    mime::each_field(headers, |name, _| any |= asks(&name));
-    if !any {
+    let mut wraps = false;
+    mime::each_field(headers, |name, field| {
+        any |= asks(&name);
+        wraps |= name == "content-type" && is_message_type(field);
+    });
+    let inner = (wraps && levels > 0)
+        .then(|| without_receipt_requests_within(body, levels - 1))
+        .flatten();
+    if !any && inner.is_none() {
         return None;
     }
     let kept = mime::without(headers, asks);
+    let body = inner.as_deref().unwrap_or(body);
     let mut out = Vec::with_capacity(message.len());
     out.extend_from_slice(&kept);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     Some(out)
+}
+
+/// Whether a Content-Type field (name, value and line ends) names
+/// `message/rfc822` (or the internationalised `message/global`).
+fn is_message_type(field: &[u8]) -> bool {
+    let field = String::from_utf8_lossy(field);
+    let value = field.split_once(':').map_or("", |(_, v)| v);
+    let media = value.split(';').next().unwrap_or("").trim();
+    media.eq_ignore_ascii_case("message/rfc822") || media.eq_ignore_ascii_case("message/global")
 }
 
 /// `message` without any `X-SMIME-Gateway` field.
@@ -225,5 +250,18 @@ mod tests {
             b"From: a@x\r\nSubject: s\r\n\r\nbody: Disposition-Notification-To: stays\r\n"
         );
         assert_eq!(without_receipt_requests(b"From: a@x\r\n\r\nhi\r\n"), None);
+    }
+
+    #[test]
+    fn a_message_wrapped_whole_loses_its_receipt_request_too() {
+        let m = b"From: a@x\r\nContent-Type: Message/RFC822; x=y\r\n\r\n\
+                  From: a@x\r\nDisposition-Notification-To: a@x\r\n\r\nhi\r\n";
+        let out = without_receipt_requests(m).expect("inner request");
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.to_ascii_lowercase().contains("disposition"), "{text}");
+        assert!(text.ends_with("From: a@x\r\n\r\nhi\r\n"), "{text}");
+        // Not in a part that is not the wrapped message.
+        let other = b"Content-Type: text/plain\r\n\r\nDisposition-Notification-To: a@x\r\n\r\n";
+        assert_eq!(without_receipt_requests(other), None);
     }
 }

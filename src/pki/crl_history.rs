@@ -11,8 +11,16 @@
 //! disk. The operator's commands read it and never write it (run by
 //! another user, they would leave a file the daemon cannot replace).
 //! Without a file (tests) it is kept in memory only.
+//!
+//! Beside it, in `<spool>/revocation/revoked`, the certificates a CRL or
+//! OCSP answer has said are revoked (for any reason but certificateHold,
+//! the one that can be lifted). Revocation is for good: once seen, a
+//! certificate stays revoked whatever is served later, so an answer from
+//! before the revocation (an OCSP "good" from a responder that does not
+//! echo nonces, replayed while the CRL is kept from the gateway) cannot
+//! bring it back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -21,6 +29,8 @@ use tracing::warn;
 /// At most this many distribution points are remembered (each line is
 /// about 90 bytes); beyond it a new one is checked but not remembered.
 const MAX_ENTRIES: usize = 10_000;
+/// At most this many revoked certificates are remembered (65 bytes each).
+const MAX_REVOKED: usize = 100_000;
 
 /// What identifies a CRL's age: its thisUpdate and its CRL number
 /// (big-endian, without leading zero bytes), when it has one.
@@ -90,21 +100,76 @@ pub fn key(point: &[String], issuer_fingerprint: &str) -> String {
     crate::ossl::sha256_hex(text.as_bytes())
 }
 
-/// The newest CRL seen per distribution point and issuer.
+/// The key of a certificate among the revoked: its issuer's certificate
+/// fingerprint and its serial number (hex).
+pub fn revoked_key(issuer_fingerprint: &str, serial_hex: &str) -> String {
+    crate::ossl::sha256_hex(format!("{issuer_fingerprint}\0{serial_hex}").as_bytes())
+}
+
+/// The newest CRL seen per distribution point and issuer, and the
+/// certificates seen revoked.
 #[derive(Debug, Default)]
 pub struct CrlHistory {
     seen: Mutex<HashMap<String, Seen>>,
     /// Where newer entries are written (the daemon's).
     file: Option<PathBuf>,
+    revoked: Mutex<HashSet<String>>,
+    /// Where certificates seen revoked are written (the daemon's).
+    revoked_file: Option<PathBuf>,
 }
 
 impl CrlHistory {
-    /// The history kept in `file` (read now; missing is empty).
+    /// The history kept in `file`, and the certificates seen revoked in
+    /// `revoked` beside it (read now; missing is empty).
     pub fn kept_in(file: PathBuf) -> Self {
         let seen = read(&file);
+        let revoked_file = file.with_file_name(REVOKED_FILE);
         Self {
             seen: Mutex::new(seen),
             file: Some(file),
+            revoked: Mutex::new(read_revoked(&revoked_file)),
+            revoked_file: Some(revoked_file),
+        }
+    }
+
+    /// Whether a source has said the certificate `key`
+    /// ([`revoked_key`]) is revoked, in this process or before.
+    pub fn was_revoked(&self, key: &str) -> bool {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
+    }
+
+    /// Remembers that a source said the certificate `key` is revoked (for
+    /// a reason that cannot be lifted).
+    pub fn remember_revoked(&self, key: &str) {
+        let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        if revoked.contains(key) || revoked.len() >= MAX_REVOKED {
+            return;
+        }
+        revoked.insert(key.to_string());
+        if let Some(file) = &self.revoked_file {
+            // What another process wrote since counts too.
+            for k in read_revoked(file) {
+                if revoked.len() >= MAX_REVOKED {
+                    break;
+                }
+                revoked.insert(k);
+            }
+            let mut text = String::with_capacity(revoked.len() * 65);
+            for k in revoked.iter() {
+                text.push_str(k);
+                text.push('\n');
+            }
+            let written = file
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| crate::durable::write_atomic(file, text.as_bytes()));
+            if let Err(e) = written {
+                warn!(file = %file.display(), error = %e,
+                      "cannot write the certificates seen revoked: they are remembered only until a restart");
+            }
         }
     }
 
@@ -116,9 +181,12 @@ impl CrlHistory {
     /// What the daemon's history under `spool_dir` says now, for a
     /// command: newer CRLs it fetches are remembered in memory only.
     pub fn read_from_spool(spool_dir: &Path) -> Self {
+        let file = history_file(spool_dir);
         Self {
-            seen: Mutex::new(read(&history_file(spool_dir))),
+            seen: Mutex::new(read(&file)),
             file: None,
+            revoked: Mutex::new(read_revoked(&file.with_file_name(REVOKED_FILE))),
+            revoked_file: None,
         }
     }
 
@@ -159,6 +227,21 @@ impl CrlHistory {
 
 fn history_file(spool_dir: &Path) -> PathBuf {
     spool_dir.join("revocation").join("crl-history")
+}
+
+/// The file of certificates seen revoked, beside the CRL history.
+const REVOKED_FILE: &str = "revoked";
+
+/// One key ([`revoked_key`]) per line; lines that are not one are skipped.
+fn read_revoked(file: &Path) -> HashSet<String> {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return HashSet::new();
+    };
+    text.lines()
+        .filter(|k| k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()))
+        .take(MAX_REVOKED)
+        .map(str::to_string)
+        .collect()
 }
 
 /// Lines `key this_update number` (the number in hex, `-` for none);
@@ -290,6 +373,32 @@ mod tests {
             std::fs::read_dir(file.parent().unwrap()).unwrap().count(),
             1
         );
+    }
+
+    #[test]
+    fn a_certificate_seen_revoked_stays_revoked_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = revoked_key("ab", "01f3");
+        assert_ne!(k, revoked_key("ab", "01f4"));
+        assert_ne!(k, revoked_key("ac", "01f3"));
+        let daemon = CrlHistory::of_spool(dir.path());
+        assert!(!daemon.was_revoked(&k));
+        daemon.remember_revoked(&k);
+        assert!(daemon.was_revoked(&k));
+        assert!(CrlHistory::of_spool(dir.path()).was_revoked(&k));
+        // A command reads it and writes nothing.
+        let command = CrlHistory::read_from_spool(dir.path());
+        assert!(command.was_revoked(&k));
+        let other = revoked_key("ab", "02");
+        command.remember_revoked(&other);
+        assert!(command.was_revoked(&other));
+        assert!(!CrlHistory::of_spool(dir.path()).was_revoked(&other));
+        // Lines that are not keys are skipped.
+        let file = dir.path().join("revocation").join("revoked");
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        text.push_str("garbage\n");
+        std::fs::write(&file, text).unwrap();
+        assert_eq!(read_revoked(&file).len(), 1);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use std::time::Duration;
 use openssl::hash::MessageDigest;
 use openssl::ocsp::{
     OcspCertId, OcspCertStatus, OcspFlag, OcspRequest, OcspResponse, OcspResponseStatus,
+    OcspRevokedStatus,
 };
 use openssl::stack::Stack;
 use openssl::x509::store::X509StoreBuilder;
@@ -231,6 +232,13 @@ impl Checker {
         now: i64,
         timeout: Duration,
     ) -> Status {
+        // Revocation is for good: a certificate seen revoked stays so,
+        // whatever the sources serve now.
+        let revoked_key =
+            crl_history::revoked_key(&super::directory::fingerprint(issuer), &serial_hex(cert));
+        if self.history.was_revoked(&revoked_key) {
+            return Status::Revoked("revoked (an earlier CRL or OCSP answer said so)".into());
+        }
         let mut good = Vec::new();
         let mut unknown = Vec::new();
         let points = crl_points(cert).unwrap_or_else(|why| {
@@ -247,8 +255,11 @@ impl Checker {
             };
             match self.crl(&url, &point, issuer, is_ca, now, timeout) {
                 Ok(crl) => match crl.get_by_cert(cert) {
-                    CrlStatus::Revoked(_) => {
-                        return Status::Revoked(format!("revoked (CRL {url})"))
+                    CrlStatus::Revoked(entry) => {
+                        if !on_hold(entry) {
+                            self.history.remember_revoked(&revoked_key);
+                        }
+                        return Status::Revoked(format!("revoked (CRL {url})"));
                     }
                     _ => good.push(format!("CRL {url}")),
                 },
@@ -261,10 +272,13 @@ impl Checker {
                 continue;
             }
             match ocsp(&url, cert, issuer, anchors, timeout) {
-                Ok(OcspCertStatus::REVOKED) => {
-                    return Status::Revoked(format!("revoked (OCSP {url})"))
+                Ok((OcspCertStatus::REVOKED, reason)) => {
+                    if reason != OcspRevokedStatus::STATUS_CERTIFICATE_HOLD {
+                        self.history.remember_revoked(&revoked_key);
+                    }
+                    return Status::Revoked(format!("revoked (OCSP {url})"));
                 }
-                Ok(OcspCertStatus::GOOD) => good.push(format!("OCSP {url}")),
+                Ok((OcspCertStatus::GOOD, _)) => good.push(format!("OCSP {url}")),
                 Ok(_) => unknown.push(format!("OCSP {url}: status unknown")),
                 Err(e) => unknown.push(format!("OCSP {url}: {e}")),
             }
@@ -356,6 +370,25 @@ fn combine(levels: Vec<Status>) -> Status {
         return Status::Unknown(unknown.join("; "));
     }
     levels.into_iter().next().unwrap_or(Status::NoSources)
+}
+
+/// The certificate's serial number in hex ("-" should it not read).
+fn serial_hex(cert: &X509) -> String {
+    cert.serial_number()
+        .to_bn()
+        .and_then(|n| n.to_hex_str().map(|h| h.to_string()))
+        .unwrap_or_else(|_| "-".into())
+}
+
+/// Whether a CRL entry says the certificate is only on hold (the one
+/// reason a later CRL can lift).
+fn on_hold(entry: &openssl::x509::X509RevokedRef) -> bool {
+    entry
+        .extension::<openssl::x509::ReasonCode>()
+        .ok()
+        .flatten()
+        .and_then(|(_, reason)| reason.get_i64().ok())
+        .is_some_and(|r| r == i64::from(openssl::x509::CrlReason::CERTIFICATE_HOLD.as_raw()))
 }
 
 fn name_of(cert: &X509) -> String {
@@ -566,7 +599,7 @@ fn ocsp(
     issuer: &X509,
     anchors: &[X509],
     timeout: Duration,
-) -> Result<OcspCertStatus, String> {
+) -> Result<(OcspCertStatus, OcspRevokedStatus), String> {
     let e = |x: openssl::error::ErrorStack| x.to_string();
     let mut req = OcspRequest::new().map_err(e)?;
     req.add_id(OcspCertId::from_cert(MessageDigest::sha1(), cert, issuer).map_err(e)?)
@@ -613,7 +646,7 @@ fn ocsp(
     status
         .check_validity(SKEW as u32, Some(oldest as u32))
         .map_err(|_| "OCSP response is out of date".to_string())?;
-    Ok(status.status)
+    Ok((status.status, status.reason))
 }
 
 /// The organisation's identities found revoked while the daemon runs, by

@@ -55,7 +55,13 @@ impl FileServer {
                     }
                 }
                 let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                let body = if line.starts_with("POST") && path == "/ocsp" {
+                let is_ocsp = line.starts_with("POST") && path == "/ocsp";
+                let kind = if is_ocsp {
+                    "application/ocsp-response"
+                } else {
+                    "application/pkix-crl"
+                };
+                let body = if is_ocsp {
                     let mut req = vec![0u8; length];
                     use std::io::Read;
                     let _ = reader.read_exact(&mut req);
@@ -67,7 +73,7 @@ impl FileServer {
                 };
                 let _ = match body {
                     Some(b) => stream
-                        .write_all(format!("HTTP/1.0 200 OK\r\nContent-Type: application/pkix-crl\r\nContent-Length: {}\r\n\r\n", b.len()).as_bytes())
+                        .write_all(format!("HTTP/1.0 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n", b.len()).as_bytes())
                         .and_then(|_| stream.write_all(&b)),
                     None => stream.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
                 };

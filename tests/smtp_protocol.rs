@@ -669,6 +669,65 @@ fn a_session_ends_at_its_time_limit_however_busy() {
 }
 
 #[test]
+fn a_client_that_reads_no_replies_is_cut_off_and_frees_its_slot() {
+    // Review 15: a client pipelined megabytes of NOOP and read nothing.
+    // Once the socket buffers were full, the gateway waited to write its
+    // replies with no limit, past command and session timeouts, and the
+    // connection held its slot for good (with 2 per address, the next
+    // client from there got 421).
+    let sink = Sink::start(Script::default());
+    let mut opts = Options::new(sink.addr);
+    opts.extra_server = "session_timeout = \"3s\"\ncommand_timeout = \"2s\"\n\
+                         max_connections_per_ip = 2\n"
+        .into();
+    let gw = Gateway::start(opts);
+    let flooders: Vec<_> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(gw.addr).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+            std::thread::spawn(move || {
+                // Writes until the gateway hangs up (reset, broken pipe) or
+                // the write blocks for 30 s; never reads.
+                let started = std::time::Instant::now();
+                let mut noops = b"EHLO flood\r\n".to_vec();
+                noops.extend(b"NOOP\r\n".repeat(50_000));
+                let mut sent = 0usize;
+                let end = loop {
+                    if let Err(e) = s.write_all(&noops) {
+                        break e.kind();
+                    }
+                    sent += 1;
+                    if sent > 100 {
+                        break std::io::ErrorKind::Other;
+                    }
+                };
+                (end, started.elapsed())
+            })
+        })
+        .collect();
+    for f in flooders {
+        let (end, took) = f.join().unwrap();
+        assert!(
+            matches!(
+                end,
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+            "the gateway still held a client that reads nothing after {took:?} ({end:?})"
+        );
+        assert!(took < Duration::from_secs(25), "{took:?}");
+    }
+    // Their slots are free again.
+    let buf = {
+        let mut c = TcpStream::connect(gw.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 64];
+        let n = c.read(&mut b).unwrap_or(0);
+        String::from_utf8_lossy(&b[..n]).to_string()
+    };
+    assert!(buf.starts_with("220"), "{buf:?}");
+}
+
+#[test]
 fn recipient_probes_are_rate_limited() {
     let sink = Sink::start(Script::default());
     let mut opts = Options::new(sink.addr);

@@ -46,16 +46,23 @@ pub struct Conn<S> {
     discarding: bool,
     /// Octets a read may take now.
     read_chunk: usize,
+    /// How long the client may take to read what one flush writes.
+    write_limit: Duration,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    pub fn new(stream: S) -> Self {
+    /// A connection whose client must take each flush of replies within
+    /// `write_limit` (a client that pipelines commands and reads no
+    /// replies would otherwise hold the session, past every timeout, once
+    /// its socket buffers are full).
+    pub fn new(stream: S, write_limit: Duration) -> Self {
         Self {
             stream,
             rbuf: Vec::with_capacity(4096),
             wbuf: Vec::with_capacity(1024),
             discarding: false,
             read_chunk: READ_CHUNK,
+            write_limit,
         }
     }
 
@@ -68,12 +75,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// Writes the queued replies, within the write limit.
     pub async fn flush(&mut self) -> io::Result<()> {
-        if !self.wbuf.is_empty() {
-            self.stream.write_all(&self.wbuf).await?;
-            self.wbuf.clear();
-        }
-        self.stream.flush().await
+        let Self { stream, wbuf, .. } = self;
+        let write = async {
+            if !wbuf.is_empty() {
+                stream.write_all(wbuf).await?;
+                wbuf.clear();
+            }
+            stream.flush().await
+        };
+        tokio::time::timeout(self.write_limit, write)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client reads no replies"))?
     }
 
     /// Drops everything the client sent that has not been read yet

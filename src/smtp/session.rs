@@ -88,7 +88,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, submissi
         deadline,
         submission,
     };
-    let mut conn = Conn::new(tcp);
+    let mut conn = Conn::new(tcp, session.settings.server.command_timeout);
     let greeting = format!("{} ESMTP smime-gateway", session.settings.server.hostname);
     conn.reply(220, &[&greeting]);
     match session.run(&mut conn).await {
@@ -115,7 +115,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, submissi
             session.helo = None;
             session.tx = None;
             session.xforward = None;
-            let mut conn = Conn::new(tls);
+            let mut conn = Conn::new(tls, session.settings.server.command_timeout);
             if let End::StartTls = session.run(&mut conn).await {
                 debug!(client = %peer, "second STARTTLS refused");
             }

@@ -5,8 +5,11 @@
 //! (`token_file`) they are served to whoever presents it, from any host:
 //! `Authorization: Bearer TOKEN`, or HTTP Basic with any user name and the
 //! token as password (what a browser asks for). Without one, to clients
-//! on this host (loopback) only. Pure: the caller reads the token file and
-//! the peer address.
+//! on this host (loopback) only, and only under a name of this host in
+//! `Host` (`localhost` or a loopback address): a web page the operator
+//! opens could otherwise point its own name at 127.0.0.1 (DNS rebinding)
+//! and read the pages through the operator's browser. Pure: the caller
+//! reads the token file and the peer address.
 
 use std::net::IpAddr;
 
@@ -21,19 +24,50 @@ pub enum Access {
     WrongToken,
     /// From another host, and no token is configured (403).
     HostOnly,
+    /// From this host, but under another name than this host's (403).
+    ForeignName,
 }
 
-/// Whether a request from `peer` with the `Authorization` header
-/// `authorization` may read, when the configured token is `token`.
-pub fn decide(peer: IpAddr, authorization: Option<&[u8]>, token: Option<&str>) -> Access {
+/// Whether a request from `peer` with the `Host` header `host` and the
+/// `Authorization` header `authorization` may read, when the configured
+/// token is `token`.
+pub fn decide(
+    peer: IpAddr,
+    host: Option<&[u8]>,
+    authorization: Option<&[u8]>,
+    token: Option<&str>,
+) -> Access {
     match token {
         Some(token) => match authorization.and_then(presented) {
             Some(given) if same(&given, token.as_bytes()) => Access::Allowed,
             _ => Access::WrongToken,
         },
-        None if is_loopback(peer) => Access::Allowed,
-        None => Access::HostOnly,
+        None if !is_loopback(peer) => Access::HostOnly,
+        // A client that names no host is not a browser.
+        None if host.is_none_or(names_this_host) => Access::Allowed,
+        None => Access::ForeignName,
     }
+}
+
+/// Whether a `Host` value names this host: `localhost` or a loopback
+/// address, with or without a port.
+fn names_this_host(host: &[u8]) -> bool {
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let host = host.trim();
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    let name = name.trim_end_matches('.');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(is_loopback)
 }
 
 /// 127.0.0.0/8, ::1, and IPv4 loopback written as IPv6.
@@ -83,7 +117,52 @@ mod tests {
     const TOKEN: &str = "s3cret-token-0123456789";
 
     fn from(ip: &str, header: Option<&str>, token: Option<&str>) -> Access {
-        decide(ip.parse().unwrap(), header.map(str::as_bytes), token)
+        decide(ip.parse().unwrap(), None, header.map(str::as_bytes), token)
+    }
+
+    #[test]
+    fn without_a_token_only_under_a_name_of_this_host() {
+        let at = |host: &str| {
+            decide(
+                "127.0.0.1".parse().unwrap(),
+                Some(host.as_bytes()),
+                None,
+                None,
+            )
+        };
+        for ok in [
+            "localhost",
+            "localhost:9325",
+            "LocalHost.:80",
+            "127.0.0.1",
+            "127.0.0.1:9325",
+            "127.1.2.3:1",
+            "[::1]:9325",
+            "[::1]",
+        ] {
+            assert_eq!(at(ok), Access::Allowed, "{ok}");
+        }
+        for foreign in [
+            "rebind.attacker.example:9325",
+            "rebind.attacker.example",
+            "localhost.attacker.example",
+            "127.0.0.1.nip.io",
+            "10.0.0.7:9325",
+            "",
+            "[::2]:1",
+        ] {
+            assert_eq!(at(foreign), Access::ForeignName, "{foreign}");
+        }
+        // With a token, the token decides, whatever the name.
+        assert_eq!(
+            decide(
+                "127.0.0.1".parse().unwrap(),
+                Some(b"rebind.attacker.example"),
+                Some(format!("Bearer {TOKEN}").as_bytes()),
+                Some(TOKEN)
+            ),
+            Access::Allowed
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! most every ten seconds). Its HTTP stack ([`serve_http`], bounded in
 //! connections, time and header size) serves the status page too.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::{validate::parse_host_port, Settings, SettingsSource};
+use crate::config::{limit_key, validate::parse_host_port, Settings, SettingsSource};
 use crate::http_access::{self, Access};
 
 struct Ready {
@@ -107,15 +107,20 @@ const HTTP_HEADER_TIME: Duration = Duration::from_secs(2);
 /// The most a request's header section may take (hyper's read buffer).
 const HTTP_MAX_BUFFER: usize = 16 * 1024;
 
+/// How long a new connection waits for the room the oldest one leaves.
+const HTTP_EVICTION_WAIT: Duration = Duration::from_millis(200);
+
 /// The gateway's one HTTP stack (hyper, HTTP/1.1): accepts on `listener`
 /// until shutdown and answers each request with `answer`. Bounded, so
 /// that whoever reaches the port cannot take the descriptors, memory or
-/// log the SMTP side needs, nor keep a probe out for long: at most
+/// log the SMTP side needs, nor keep a probe out: at most
 /// [`MAX_HTTP_CONNECTIONS`] at once and [`MAX_HTTP_CONNECTIONS_PER_PEER`]
-/// from one address (more are closed at once), each at most 10 seconds,
-/// its header within 2 seconds and 16 KiB; a failed accept (out of
-/// descriptors) is logged and pauses the loop for 100 ms instead of
-/// spinning.
+/// from one address (an IPv6 /64 counting as one; more are closed at
+/// once), each at most 10 seconds, its header within 2 seconds and
+/// 16 KiB. When all are taken, a new connection ends the oldest one
+/// (so a few addresses holding every connection keep no probe from
+/// elsewhere out). A failed accept (out of descriptors) is logged and
+/// pauses the loop for 100 ms instead of spinning.
 pub async fn serve_http<F, Fut>(
     listener: TcpListener,
     what: &'static str,
@@ -127,6 +132,8 @@ pub async fn serve_http<F, Fut>(
 {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
     let peers: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let serving: Serving = Arc::default();
+    let mut next_id = 0u64;
     loop {
         let (stream, peer) = tokio::select! {
             a = listener.accept() => match a {
@@ -139,16 +146,40 @@ pub async fn serve_http<F, Fut>(
             },
             _ = shutdown.changed() => return,
         };
-        let Some(peer_slot) = PeerSlot::take(&peers, peer.ip()) else {
+        let Some(peer_slot) = PeerSlot::take(&peers, limit_key(peer.ip(), 64)) else {
             drop(stream);
             continue;
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            drop(stream);
-            continue;
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                let oldest = lock(&serving).pop_first();
+                if let Some((_, task)) = oldest {
+                    task.abort();
+                }
+                let room =
+                    tokio::time::timeout(HTTP_EVICTION_WAIT, Arc::clone(&slots).acquire_owned())
+                        .await;
+                match room {
+                    Ok(Ok(slot)) => slot,
+                    _ => {
+                        drop(stream);
+                        continue;
+                    }
+                }
+            }
         };
         let answer = answer.clone();
-        tokio::spawn(async move {
+        next_id += 1;
+        let entry = Served {
+            serving: Arc::clone(&serving),
+            id: next_id,
+        };
+        // Held while the task is spawned, so that it is listed before it
+        // can end and unlist itself.
+        let mut list = lock(&serving);
+        let task = tokio::spawn(async move {
+            let _entry = entry;
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let reply = answer(req, peer);
                 async move { Ok::<_, Infallible>(reply.await) }
@@ -161,6 +192,27 @@ pub async fn serve_http<F, Fut>(
             let _ = tokio::time::timeout(HTTP_CONNECTION_TIME, conn).await;
             drop((slot, peer_slot));
         });
+        list.insert(next_id, task.abort_handle());
+    }
+}
+
+/// The connections being served, oldest first, each with what ends it.
+type Serving = Arc<Mutex<BTreeMap<u64, tokio::task::AbortHandle>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A connection's place in [`Serving`], given up when its task ends
+/// (served, timed out or ended to make room).
+struct Served {
+    serving: Serving,
+    id: u64,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        lock(&self.serving).remove(&self.id);
     }
 }
 
@@ -235,11 +287,19 @@ pub fn refused<B>(
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    match http_access::decide(peer.ip(), header, token) {
+    let host = req.headers().get(hyper::header::HOST).map(|v| v.as_bytes());
+    match http_access::decide(peer.ip(), host, header, token) {
         Access::Allowed => None,
         Access::HostOnly => Some(text(
             StatusCode::FORBIDDEN,
             format!("served to this host only: set {key} to let other hosts in with a token\n"),
+        )),
+        Access::ForeignName => Some(text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "served without a token only as localhost or a loopback address: \
+                 set {key} to use another name\n"
+            ),
         )),
         Access::WrongToken => {
             let mut r = text(StatusCode::UNAUTHORIZED, "a token is needed\n".into());

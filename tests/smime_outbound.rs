@@ -741,6 +741,65 @@ fn pss_signatures_capabilities_seven_bit_output_and_encrypted_mail_passes() {
 }
 
 #[test]
+fn a_senders_own_signature_over_8_bit_text_still_verifies_inside_the_gateways() {
+    // Interop review: Alice signs 8-bit UTF-8 text herself (openssl cms,
+    // scripts); the gateway signed around it but re-encoded her signed
+    // part as base64 first, so her signature no longer verified. Beside
+    // it: text with no charset, re-encoded as base64 without a label, was
+    // read as US-ASCII.
+    let sink = Sink::start(Script::default());
+    let recips = recipients(&[]);
+    let mut opts = Options::new(sink.addr);
+    opts.extra = config_extra(recips.path(), PAST, "off", "");
+    let gw = Gateway::start(opts);
+    let content =
+        "Content-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nblåbærgrød\r\n";
+    let own = pki::crlf(&pki::cms_sign(content.as_bytes(), "court-oces3"));
+    let mut signed = b"From: <alice@example-law.dk>\r\nTo: <x@unknown.example>\r\n\
+                       Subject: signed by Alice\r\nMessage-ID: <own-sig@test>\r\n"
+        .to_vec();
+    signed.extend_from_slice(&own);
+    let unlabelled = "From: <alice@example-law.dk>\r\nTo: <y@unknown.example>\r\n\
+                      Subject: no charset\r\nMessage-ID: <no-charset@test>\r\n\r\nHej blåbær\r\n";
+    let mut c = Client::connect(gw.addr).unwrap();
+    c.ehlo().unwrap();
+    for (rcpt, m) in [
+        ("x@unknown.example", &signed[..]),
+        ("y@unknown.example", unlabelled.as_bytes()),
+    ] {
+        assert_eq!(
+            c.send("alice@example-law.dk", &[rcpt], m).unwrap().code,
+            250
+        );
+    }
+
+    let copy = wait_for(&sink, |r| r.rcpts == vec!["x@unknown.example".to_string()]);
+    // The gateway's signature verifies, and inside it Alice's does too.
+    let inner = verify_signed(&copy.data);
+    assert!(String::from_utf8_lossy(&inner).contains("multipart/signed"));
+    let hers = pki::run_output(
+        "openssl",
+        &["cms", "-verify", "-noverify", "-out", "/dev/null"],
+        &inner,
+    );
+    assert!(
+        hers.status.success(),
+        "the sender's own signature no longer verifies: {}\n{}",
+        String::from_utf8_lossy(&hers.stderr),
+        String::from_utf8_lossy(&inner)
+    );
+    assert!(String::from_utf8_lossy(&inner).contains("blåbærgrød"));
+
+    let copy = wait_for(&sink, |r| r.rcpts == vec!["y@unknown.example".to_string()]);
+    let inner = String::from_utf8_lossy(&verify_signed(&copy.data)).to_string();
+    assert!(inner.contains("charset=utf-8"), "{inner}");
+    let parsed = mail_parser::MessageParser::default()
+        .parse(inner.as_bytes())
+        .unwrap();
+    assert_eq!(parsed.body_text(0).unwrap().trim_end(), "Hej blåbær");
+}
+
+#[test]
 fn mail_sealed_by_its_sender_to_a_refused_generation_bounces() {
     let sink = Sink::start(Script::default());
     let both = recipients(&["court-oces2", "court-oces3"]);

@@ -2,7 +2,8 @@
 //! PKCS1-v1_5 or RSASSA-PSS; signer certificate and chain included;
 //! SMIMECapabilities announced), then `application/pkcs7-mime` enveloped
 //! data for the recipients. The signed entity is made 7-bit safe first, so
-//! no later hop has to re-encode it and break the signature.
+//! no later hop has to re-encode it and break the signature (all but what
+//! a signature of the sender's own covers, which must stay as it is).
 
 use std::borrow::Cow;
 
@@ -165,8 +166,12 @@ fn seven_bit_clean(body: &[u8]) -> bool {
 /// `entity` with every leaf part whose body is 8-bit or has lines over
 /// 998 octets re-encoded as base64, so no later hop converts (and breaks)
 /// what was signed. Parts in base64 or quoted-printable, and everything
-/// already 7-bit, are left byte for byte. An entity nested too deep to
-/// be parsed (`mail::nesting`) is an error: it is not signed.
+/// already 7-bit, are left byte for byte; so is everything a signature
+/// of the sender's own covers (inside a `multipart/signed`: re-encoded,
+/// it would no longer verify). A text part that gave no charset and is
+/// UTF-8 is labelled so as it is re-encoded (a client reading the 8-bit
+/// text guessed; read from base64 it takes the label). An entity nested
+/// too deep to be parsed (`mail::nesting`) is an error: it is not signed.
 fn seven_bit(entity: &[u8]) -> Result<Cow<'_, [u8]>, TooComplex> {
     // One leaf entity (most mail): its header section and offsets are all
     // that is read here, so its body is not decoded.
@@ -178,9 +183,10 @@ fn seven_bit(entity: &[u8]) -> Result<Cow<'_, [u8]>, TooComplex> {
         },
     };
     let clean = seven_bit_clean;
+    let signed = signed_by_the_sender(&parts);
     let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
-    for part in &parts {
-        if matches!(part.body, PartType::Multipart(_) | PartType::Message(_)) {
+    for (i, part) in parts.iter().enumerate() {
+        if matches!(part.body, PartType::Multipart(_) | PartType::Message(_)) || signed[i] {
             continue;
         }
         let (h, b, e) = (
@@ -198,7 +204,35 @@ fn seven_bit(entity: &[u8]) -> Result<Cow<'_, [u8]>, TooComplex> {
             continue;
         }
         let (fields, _) = mime::split(headers);
-        let mut new = mime::without(fields, |n| n == "content-transfer-encoding");
+        let unlabelled = match part.content_type() {
+            None => Some(b"Content-Type: text/plain; charset=utf-8\r\n".to_vec()),
+            Some(ct)
+                if ct.ctype().eq_ignore_ascii_case("text") && ct.attribute("charset").is_none() =>
+            {
+                let field = mime::fields(fields)
+                    .into_iter()
+                    .find(|(n, _)| n == "content-type")
+                    .map(|(_, f)| f.to_vec());
+                field.map(|mut f| {
+                    let end = f.len()
+                        - f.iter()
+                            .rev()
+                            .take_while(|b| b.is_ascii_whitespace())
+                            .count();
+                    f.truncate(end);
+                    f.extend_from_slice(b"; charset=utf-8\r\n");
+                    f
+                })
+            }
+            Some(_) => None,
+        }
+        .filter(|_| std::str::from_utf8(body).is_ok());
+        let mut new = mime::without(fields, |n| {
+            n == "content-transfer-encoding" || (unlabelled.is_some() && n == "content-type")
+        });
+        if let Some(label) = &unlabelled {
+            new.extend_from_slice(label);
+        }
         new.extend_from_slice(b"Content-Transfer-Encoding: base64\r\n\r\n");
         let mut b64 = mime::base64_lines(body);
         if e < entity.len() {
@@ -217,6 +251,34 @@ fn seven_bit(entity: &[u8]) -> Result<Cow<'_, [u8]>, TooComplex> {
         out.splice(start..end, new);
     }
     Ok(Cow::Owned(out))
+}
+
+/// For each of `parts`, whether a `multipart/signed` of the sender's
+/// holds it (its signature covers the bytes as they are).
+fn signed_by_the_sender(parts: &[mail_parser::MessagePart<'_>]) -> Vec<bool> {
+    let mut signed = vec![false; parts.len()];
+    let mut stack: Vec<usize> = parts
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| {
+            p.content_type().is_some_and(|ct| {
+                ct.ctype().eq_ignore_ascii_case("multipart")
+                    && ct
+                        .subtype()
+                        .is_some_and(|s| s.eq_ignore_ascii_case("signed"))
+            })
+        })
+        .map(|(i, _)| i)
+        .collect();
+    while let Some(i) = stack.pop() {
+        if std::mem::replace(&mut signed[i], true) {
+            continue;
+        }
+        if let Some(PartType::Multipart(children)) = parts.get(i).map(|p| &p.body) {
+            stack.extend(children.iter().map(|c| *c as usize));
+        }
+    }
+    signed
 }
 
 #[cfg(test)]
@@ -288,6 +350,56 @@ mod tests {
         // Already 7-bit: untouched.
         let plain = b"Content-Type: text/plain\r\n\r\nhello\r\n";
         assert_eq!(&*seven_bit(plain).unwrap(), &plain[..]);
+    }
+
+    #[test]
+    fn what_the_senders_own_signature_covers_is_left_as_it_is() {
+        let inner = b"Content-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nbl\xc3\xa5b\xc3\xa6rgr\xc3\xb8d\r\n";
+        let mut m = b"Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; micalg=sha-256; boundary=\"S\"\r\n\r\n--S\r\n".to_vec();
+        m.extend_from_slice(inner);
+        m.extend_from_slice(b"\r\n--S\r\nContent-Type: application/pkcs7-signature\r\nContent-Transfer-Encoding: base64\r\n\r\nAAAA\r\n--S--\r\n");
+        assert_eq!(&*seven_bit(&m).unwrap(), &m[..]);
+        // Beside it, in a mixed multipart, an 8-bit part is still re-encoded.
+        let mut mixed = b"Content-Type: multipart/mixed; boundary=\"M\"\r\n\r\n--M\r\n".to_vec();
+        mixed.extend_from_slice(&m);
+        mixed.extend_from_slice(b"--M\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\xc3\xa6\r\n--M--\r\n");
+        let out = seven_bit(&mixed).unwrap();
+        assert!(out.windows(inner.len()).any(|w| w == inner));
+        assert!(String::from_utf8_lossy(&out).contains("base64\r\n\r\nw6Y=\r\n--M--"));
+    }
+
+    #[test]
+    fn unlabelled_utf8_text_is_labelled_as_it_is_reencoded() {
+        for (m, want) in [
+            (
+                &b"\r\nHej bl\xc3\xa5b\xc3\xa6r\r\n"[..],
+                "Content-Type: text/plain; charset=utf-8\r\n",
+            ),
+            (
+                &b"Content-Type: text/plain; format=flowed\r\n\r\nHej bl\xc3\xa5b\xc3\xa6r\r\n"[..],
+                "Content-Type: text/plain; format=flowed; charset=utf-8\r\n",
+            ),
+        ] {
+            let out = seven_bit(m).unwrap();
+            let text = String::from_utf8_lossy(&out);
+            assert!(text.contains(want), "{text}");
+            let parsed = mail_parser::MessageParser::default()
+                .parse(&out[..])
+                .unwrap();
+            assert_eq!(
+                parsed.body_text(0).unwrap().trim_end(),
+                "Hej blåbær",
+                "{text}"
+            );
+        }
+        // A charset given, or bytes that are not UTF-8: the label stays.
+        let latin = b"Content-Type: text/plain\r\n\r\nbl\xe5\r\n";
+        let out = seven_bit(latin).unwrap();
+        assert!(!String::from_utf8_lossy(&out).contains("charset"));
+        let given = b"Content-Type: text/plain; charset=windows-1252\r\n\r\nbl\xe5\r\n";
+        let out = seven_bit(given).unwrap();
+        assert!(String::from_utf8_lossy(&out)
+            .contains("charset=windows-1252\r\nContent-Transfer-Encoding: base64"));
     }
 
     #[test]

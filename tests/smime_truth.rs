@@ -832,3 +832,55 @@ fn a_certificate_is_harvested_only_from_mail_its_own_address_signed() {
         gw.log()
     );
 }
+
+#[test]
+fn signed_mail_that_reads_two_ways_is_unread_not_undecryptable_nor_quarantined() {
+    // Interop review: a signed (not encrypted) message the gateway will
+    // not read (here: its signed part gives Content-Type twice) was
+    // labelled undecryptable and, under on_undecryptable = "quarantine",
+    // held, though nothing in it was encrypted.
+    let sink = Sink::start(Script::default());
+    let dir = pki::demo();
+    let gw = gateway_in(
+        &sink,
+        dir,
+        "",
+        "[smime]\non_undecryptable = \"quarantine\"\n",
+    );
+    let two_ways = b"Content-Type: text/plain; charset=utf-8\r\n\
+                     Content-Type: text/html; charset=utf-8\r\n\r\n\
+                     Aftalen er underskrevet.\r\n";
+    let signed_only = message(
+        "unread-signed",
+        "post@domstol.dk",
+        &signed(dir, two_ways, "court-oces3", &[]),
+    );
+    send(&gw, &signed_only);
+    let got = received_for(&sink, "unread-signed");
+    let value = trace(&got);
+    assert!(
+        value.contains("unread") && value.contains("reads two ways"),
+        "{value}"
+    );
+    assert!(!value.contains("undecryptable"), "{value}");
+    assert!(!value.contains("=valid"), "vouched for: {value}");
+    // Control: the same content encrypted to the organisation is
+    // undecryptable for the mailbox once opened, and quarantined.
+    let sealed = message(
+        "unread-sealed",
+        "post@domstol.dk",
+        &p7m(dir, two_ways, "org-oces3"),
+    );
+    send(&gw, &sealed);
+    assert!(
+        wait_until(Duration::from_secs(20), || gw.log().lines().any(|l| l
+            .contains("<unread-sealed@test>")
+            && l.contains("quarantined"))),
+        "{}",
+        gw.log()
+    );
+    assert!(!gw
+        .log()
+        .lines()
+        .any(|l| l.contains("<unread-signed@test>") && l.contains("quarantined")));
+}

@@ -42,10 +42,6 @@ pub enum TooComplex {
     /// HTML under more attached messages than the EFAIL defence follows.
     #[error("attached messages nested deeper than the EFAIL defence follows ({0})")]
     TooDeepToMakeInert(usize),
-    /// A part a client may render with what reaches out (SVG, XHTML) that
-    /// the EFAIL defence does not rewrite.
-    #[error("a {0} part cannot be made inert")]
-    ActiveContent(&'static str),
     /// Its parse and the RFC reading differ (`mail::readings`).
     #[error("it reads two ways ({0})")]
     TwoWays(#[from] super::readings::TwoWays),

@@ -8,8 +8,11 @@
 //! `<meta http-equiv>`, forms, frames, scripts, event handlers, `<style>`
 //! and CSS with `url()`. The HTML is rewritten by lol_html (an HTML5
 //! tokenizer, as browsers read it); HTML it cannot rewrite is delivered as
-//! plain text. AES-GCM (AuthEnvelopedData) and content signed inside the
-//! encryption pass as they are. Pure: bytes in, bytes out.
+//! plain text. Parts a client may render with what reaches out but that
+//! are not rewritten (SVG, XHTML) become `application/octet-stream`
+//! attachments, which no client renders. AES-GCM (AuthEnvelopedData) and
+//! content signed inside the encryption pass as they are. Pure: bytes in,
+//! bytes out.
 
 use std::borrow::Cow;
 
@@ -68,11 +71,14 @@ fn neutralise(message: &[u8], depth: usize) -> Result<(Cow<'_, [u8]>, bool), Too
     let parsed = match parse::leaf(message) {
         Some(part) => {
             readings::part(&part, message)?;
-            refuse_active(&part)?;
-            if !parse::may_be_html(&part) {
+            if active(&part).is_some() {
+                // Its body is needed, decoded: the full parse.
+                nesting::parse(message)?
+            } else if !parse::may_be_html(&part) {
                 return Ok((Cow::Borrowed(message), false));
+            } else {
+                parse::message_from_leaf(part, message)
             }
-            parse::message_from_leaf(part, message)
         }
         None => nesting::parse(message)?,
     };
@@ -83,7 +89,6 @@ fn neutralise(message: &[u8], depth: usize) -> Result<(Cow<'_, [u8]>, bool), Too
     // (start, end, replacement), in message order.
     let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
     for part in &parsed.parts {
-        refuse_active(part)?;
         let (start, body_start, end) = (
             part.offset_header as usize,
             part.offset_body as usize,
@@ -97,6 +102,14 @@ fn neutralise(message: &[u8], depth: usize) -> Result<(Cow<'_, [u8]>, bool), Too
             continue;
         }
         let headers = &message[start..body_start];
+        if active(part).is_some() && !matches!(part.body, PartType::Multipart(_)) {
+            let mut inert = reencoded(headers, "application/octet-stream", part.contents());
+            if end == message.len() {
+                inert.extend_from_slice(b"\r\n");
+            }
+            edits.push((start, end, inert));
+            continue;
+        }
         match &part.body {
             PartType::Html(html) => {
                 let (ctype, body) = match inert_html(html) {
@@ -136,19 +149,17 @@ fn neutralise(message: &[u8], depth: usize) -> Result<(Cow<'_, [u8]>, bool), Too
     Ok((Cow::Owned(out), true))
 }
 
-/// An error for a part of a type a client may render, with remote
+/// What a part is when its type is one a client may render, with remote
 /// references or scripts, other than `text/html` (which is rewritten):
 /// SVG, XHTML, any other `html` type.
-fn refuse_active(part: &mail_parser::MessagePart<'_>) -> Result<(), TooComplex> {
-    let Some(ct) = part.content_type() else {
-        return Ok(());
-    };
+fn active(part: &mail_parser::MessagePart<'_>) -> Option<&'static str> {
+    let ct = part.content_type()?;
     let sub = ct.subtype().unwrap_or_default().to_ascii_lowercase();
     let text_html = ct.ctype().eq_ignore_ascii_case("text") && sub == "html";
     match () {
-        _ if sub.contains("svg") => Err(TooComplex::ActiveContent("SVG")),
-        _ if sub.contains("html") && !text_html => Err(TooComplex::ActiveContent("XHTML")),
-        _ => Ok(()),
+        _ if sub.contains("svg") => Some("SVG"),
+        _ if sub.contains("html") && !text_html => Some("XHTML"),
+        _ => None,
     }
 }
 
@@ -338,26 +349,36 @@ mod tests {
     }
 
     #[test]
-    fn svg_and_xhtml_cannot_be_made_inert() {
-        let leaf = |ct: &str| {
-            format!("Content-Type: {ct}\r\n\r\n<svg><image href=\"http://a/x\"/></svg>\r\n")
-        };
-        for (ct, what) in [
-            ("image/svg+xml", "SVG"),
-            ("application/xhtml+xml", "XHTML"),
-            ("Image/SVG+XML; charset=utf-8", "SVG"),
+    fn svg_and_xhtml_become_attachments_no_client_renders() {
+        let svg = "<svg><image href=\"http://a/x\"/></svg>";
+        let leaf = |ct: &str| format!("Content-Type: {ct}\r\nX-Kept: 1\r\n\r\n{svg}\r\n");
+        for ct in [
+            "image/svg+xml",
+            "application/xhtml+xml",
+            "Image/SVG+XML; charset=utf-8",
         ] {
-            assert_eq!(
-                protect(leaf(ct).as_bytes(), cbc(), false),
-                Err(TooComplex::ActiveContent(what)),
-                "{ct}"
+            let m = leaf(ct);
+            let out = protect(m.as_bytes(), cbc(), false).unwrap();
+            assert!(out.neutralised, "{ct}");
+            let text = String::from_utf8_lossy(&out.message).to_string();
+            assert!(
+                text.starts_with("X-Kept: 1\r\nContent-Type: application/octet-stream\r\n"),
+                "{ct}: {text}"
             );
+            assert!(text.ends_with("\r\n") && !text.to_ascii_lowercase().contains("svg+xml"));
+            let parsed = mail_parser::MessageParser::default()
+                .parse(text.as_bytes())
+                .unwrap();
+            assert_eq!(parsed.parts[0].contents(), format!("{svg}\r\n").as_bytes());
         }
-        let inside = b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nx\r\n--B\r\nContent-Type: image/svg+xml\r\n\r\n<svg/>\r\n--B--\r\n";
-        assert_eq!(
-            protect(inside, cbc(), false),
-            Err(TooComplex::ActiveContent("SVG"))
+        let inside = b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nx\r\n--B\r\nContent-Type: image/svg+xml\r\nContent-Disposition: attachment; filename=logo.svg\r\n\r\n<svg/>\r\n--B--\r\n";
+        let out = protect(inside, cbc(), false).unwrap();
+        let text = String::from_utf8_lossy(&out.message).to_string();
+        assert!(
+            text.contains("Content-Disposition: attachment; filename=logo.svg\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\nPHN2Zy8+\r\n--B--\r\n"),
+            "{text}"
         );
+        assert!(text.starts_with("Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nx\r\n--B\r\n"), "{text}");
         // Control: a PNG and plain text pass; with integrity, SVG passes.
         assert!(protect(leaf("image/png").as_bytes(), cbc(), false).is_ok());
         let gcm = Seen {

@@ -990,3 +990,39 @@ fn large_streamed_mail_passes_the_structure_caps() {
         );
     }
 }
+
+#[test]
+fn an_attachment_named_plainly_and_in_rfc_2231_form_is_opened() {
+    // Interop review: `name="aebler.pdf"; name*=UTF-8''%C3%A6bler.pdf`
+    // (the fallback RFC 6266 recommends) made CBC-encrypted mail
+    // undecryptable: "a Content-Type parameter is given twice".
+    let sink = Sink::start(Script::default());
+    let gw = gateway(&sink, "");
+    let content = format!(
+        "Content-Type: multipart/mixed; boundary=\"M\"\r\n\r\n--M\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{SECRET}\r\n\
+         --M\r\nContent-Type: application/pdf; name=\"aebler.pdf\"; name*=UTF-8''%C3%A6bler.pdf\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--M--\r\n"
+    );
+    let named = |name: &str| content.replace("%C3%A6bler.pdf", name);
+    for (id, inner) in [
+        ("rfc2231-name", content.clone()),
+        // Control: a reading that names an S/MIME file stays refused.
+        ("rfc2231-p7m", named("smime.p7m")),
+    ] {
+        let cms = pki::cms_encrypt(inner.as_bytes(), "org-oces3", &["-aes-256-cbc"]);
+        let m = pki::enveloped_message(id, "carol@example-law.dk", &cms, P7M);
+        send(&gw, "carol@example-law.dk", &m);
+    }
+    let got = received_for(&sink, "carol@example-law.dk", "rfc2231-name");
+    let trace = header(&got.text(), "X-SMIME-Gateway");
+    assert!(trace.starts_with("decrypted;"), "{trace}");
+    assert!(!trace.contains("undecryptable"), "{trace}");
+    assert!(got.text().contains(SECRET), "{}", got.text());
+    let refused = received_for(&sink, "carol@example-law.dk", "rfc2231-p7m");
+    let trace = header(&refused.text(), "X-SMIME-Gateway");
+    assert!(
+        trace.contains("undecryptable") && trace.contains("given twice"),
+        "{trace}"
+    );
+}

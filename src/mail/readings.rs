@@ -38,6 +38,15 @@ pub enum TwoWays {
     Unclosed,
 }
 
+/// Whether a file name is one S/MIME content goes by (`smime.p7m`, any
+/// `.p7m`, `.p7s`, `.p7c` or `.p7z`).
+fn names_smime(name: &str) -> bool {
+    let lower = name.trim().trim_matches('"').to_ascii_lowercase();
+    [".p7m", ".p7s", ".p7c", ".p7z"]
+        .iter()
+        .any(|ext| lower.ends_with(ext))
+}
+
 /// Fields whose reading decides what a part is and who sent it.
 const DECIDING: [(&str, HeaderName<'static>); 4] = [
     ("content-type", HeaderName::ContentType),
@@ -139,12 +148,18 @@ fn part_agrees(part: &MessagePart<'_>, raw: &[u8]) -> Result<(), TwoWays> {
         }
     }
     // `boundary` twice: mail-parser splits at the first, others the last.
+    // A file name given plainly and in RFC 2231 form (`name="a.pdf";
+    // name*=UTF-8''%C3%A6.pdf`, the fallback RFC 6266 recommends) only
+    // names a file, unless a reading of it names S/MIME content.
     let params = part.content_type().and_then(|ct| ct.attributes.as_deref());
     if let Some(params) = params {
+        let names_only = |a: &mail_parser::Attribute<'_>| {
+            a.name.eq_ignore_ascii_case("name") && !names_smime(&a.value)
+        };
         let twice = params.iter().enumerate().any(|(i, a)| {
             params[..i]
                 .iter()
-                .any(|b| b.name.eq_ignore_ascii_case(&a.name))
+                .any(|b| b.name.eq_ignore_ascii_case(&a.name) && !(names_only(a) && names_only(b)))
         });
         if twice {
             return Err(TwoWays::Parameter);
@@ -399,6 +414,14 @@ mod tests {
         assert_eq!(check(m, false), Err(TwoWays::Field("from")));
         let m = b"Content-Type: multipart/mixed; boundary=\"a\"; Boundary=\"b\"\r\n\r\n\
                   --b\r\nContent-Type: text/html\r\n\r\n<p>x</p>\r\n--b--\r\n";
+        assert_eq!(check(m, false), Err(TwoWays::Parameter));
+        // A file name plainly and in RFC 2231 form: one file.
+        let m = b"Content-Type: application/pdf; name=\"aebler.pdf\"; name*=UTF-8''%C3%A6bler.pdf\r\n\r\nx\r\n";
+        assert_eq!(check(m, false), Ok(()));
+        // Unless a reading of it is an S/MIME file name.
+        let m = b"Content-Type: application/octet-stream; name=\"a.pdf\"; name*=UTF-8''smime.p7m\r\n\r\nx\r\n";
+        assert_eq!(check(m, false), Err(TwoWays::Parameter));
+        let m = b"Content-Type: text/plain; charset=utf-8; charset=iso-8859-1\r\n\r\nx\r\n";
         assert_eq!(check(m, false), Err(TwoWays::Parameter));
     }
 

@@ -697,7 +697,10 @@ fn violation_reply(v: Violation, max: u64) -> (u16, String) {
         ),
         Violation::LineTooLong { line } => (
             554,
-            format!("5.6.0 Message refused: line {line} is longer than 1000 octets"),
+            format!(
+                "5.6.0 Message refused: line {line} is longer than 1000 octets with its CRLF \
+                 (998 characters)"
+            ),
         ),
         Violation::TooBig => (
             552,

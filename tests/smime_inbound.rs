@@ -1026,3 +1026,38 @@ fn an_attachment_named_plainly_and_in_rfc_2231_form_is_opened() {
         "{trace}"
     );
 }
+
+#[test]
+fn html_without_integrity_that_reaches_out_for_nothing_arrives_as_written() {
+    // Interop review: every HTML part of CBC mail was rewritten, and the
+    // log and header said remote references were removed, when there were
+    // none. Control: HTML with a remote image is rewritten.
+    let sink = Sink::start(Script::default());
+    let gw = gateway(&sink, "");
+    let plain_html = "Content-Type: text/html; charset=iso-8859-1\r\n\
+                      Content-Transfer-Encoding: quoted-printable\r\n\r\n<p>Hej =E6bler</p>\r\n";
+    let remote = "Content-Type: text/html; charset=utf-8\r\n\r\n\
+                  <p>Hej</p><img src=\"http://tracker.example/x.png\">\r\n";
+    for (id, inner) in [("html-plain", plain_html), ("html-remote", remote)] {
+        let cms = pki::cms_encrypt(inner.as_bytes(), "org-oces3", &["-aes-256-cbc"]);
+        send(
+            &gw,
+            "carol@example-law.dk",
+            &pki::enveloped_message(id, "carol@example-law.dk", &cms, P7M),
+        );
+    }
+    let got = received_for(&sink, "carol@example-law.dk", "html-plain");
+    let trace = header(&got.text(), "X-SMIME-Gateway");
+    assert!(trace.contains("integrity=none"), "{trace}");
+    assert!(!trace.contains("html=neutralised"), "{trace}");
+    assert!(
+        got.text()
+            .contains("quoted-printable\r\n\r\n<p>Hej =E6bler</p>\r\n"),
+        "{}",
+        got.text()
+    );
+    let control = received_for(&sink, "carol@example-law.dk", "html-remote");
+    let trace = header(&control.text(), "X-SMIME-Gateway");
+    assert!(trace.contains("html=neutralised"), "{trace}");
+    assert!(!control.text().contains("tracker.example"));
+}

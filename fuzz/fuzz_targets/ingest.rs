@@ -24,7 +24,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use mail_parser::{MessageParser, PartType};
+use mail_parser::{MessageParser, MimeHeaders, PartType};
 use smime_gateway::config::{Encryption, SignatureScheme};
 use smime_gateway::delivery::data::{stuffed, DotStuffer};
 use smime_gateway::mail::{address, headers, nesting, readings};
@@ -108,6 +108,30 @@ fn returned_and_scanned(input: &[u8]) {
             smime_gateway::smime::scan::scan(&wrapped).encrypted,
             "the gateway's own enveloped message not seen as encrypted"
         );
+    }
+    // The EFAIL defence on any decrypted content without integrity: no
+    // panic, and what it delivers names no SVG or XHTML type any more.
+    let cbc = smime_gateway::smime::scan::Seen {
+        encrypted: true,
+        without_integrity: true,
+    };
+    if let Ok(p) = smime_gateway::pipeline::efail::protect(&clean, cbc, false) {
+        if p.neutralised {
+            if let Some(again) = MessageParser::default().parse(&p.message[..]) {
+                for part in again
+                    .parts
+                    .iter()
+                    .filter(|p| !matches!(p.body, PartType::Multipart(_)))
+                {
+                    let sub = part
+                        .content_type()
+                        .and_then(|c| c.subtype())
+                        .unwrap_or_default()
+                        .to_ascii_lowercase();
+                    assert!(!sub.contains("svg"), "an SVG part left as it was");
+                }
+            }
+        }
     }
     if let Ok(html) = std::str::from_utf8(input) {
         if let Some(once) = smime_gateway::pipeline::efail::inert_html(html) {

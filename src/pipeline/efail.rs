@@ -113,6 +113,8 @@ fn neutralise(message: &[u8], depth: usize) -> Result<(Cow<'_, [u8]>, bool), Too
         match &part.body {
             PartType::Html(html) => {
                 let (ctype, body) = match inert_html(html) {
+                    // Nothing in it reaches out: left as it came.
+                    Some(h) if h == *html => continue,
                     Some(h) => ("text/html; charset=utf-8", h),
                     None => ("text/plain; charset=utf-8", html.to_string()),
                 };
@@ -346,6 +348,14 @@ mod tests {
             "{html}"
         );
         assert!(text.ends_with("\r\n--B--\r\n"));
+    }
+
+    #[test]
+    fn html_that_reaches_out_for_nothing_is_left_as_it_came() {
+        let m = b"Content-Type: text/html; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n<p>hej =E6</p>\r\n";
+        let p = protect(m, cbc(), false).unwrap();
+        assert!(p.integrity_none && !p.neutralised);
+        assert_eq!(&*p.message, &m[..]);
     }
 
     #[test]

@@ -172,7 +172,7 @@ pub fn mailboxes_at<'a>(
             harvest(result, envelope, body, ctx.settings, out);
         }
         if first {
-            observe(result, body, out);
+            observe(result, out);
         }
         match result {
             Unwrapped::Opened { message, report } => {
@@ -268,34 +268,10 @@ pub fn mailboxes_at<'a>(
                     deliver_traced(out, rcpt, ctx, body, &value, note, true);
                     continue;
                 }
-                if unread_but_not_encrypted(error, report, body) {
-                    // Nothing in it is or claims to be encrypted: not
-                    // undecryptable, not for the quarantine; delivered as
-                    // it came, no signature in it vouched for.
-                    let reason = error.to_string();
-                    let value = report.unread_value(&reason);
-                    let note = Some(format!("not read: {reason}"));
-                    deliver_traced(out, rcpt, ctx, body, &value, note, false);
-                    continue;
-                }
                 undecryptable(out, rcpt, envelope, ctx, body, report, &error.to_string());
             }
         }
     }
-}
-
-/// Whether `error` is a message the gateway would not read (it reads two
-/// ways, or is nested too deep) that nothing was decrypted from and in
-/// which nothing names encrypted content (no `pkcs7-mime`, no `.p7m`,
-/// looked for in the raw bytes, since its MIME reading is in doubt):
-/// signed or plain mail, not undecryptable mail.
-fn unread_but_not_encrypted(error: &SmimeError, report: &Report, body: &[u8]) -> bool {
-    let names_encrypted = |b: &[u8]| {
-        [&b"pkcs7-mime"[..], b".p7m"]
-            .iter()
-            .any(|n| b.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n)))
-    };
-    matches!(error, SmimeError::Unreadable(_)) && report.key().is_none() && !names_encrypted(body)
 }
 
 /// Whose mailbox `rcpt` is, for the key mail to it is re-encrypted to:
@@ -547,7 +523,7 @@ fn note_for(report: &Report) -> String {
 
 /// Counts a decryption or a failure to decrypt, and each signature's
 /// verdict, once per message and key set.
-fn observe(result: &Unwrapped, body: &[u8], out: &mut Actions<'_>) {
+fn observe(result: &Unwrapped, out: &mut Actions<'_>) {
     let report = match result {
         Unwrapped::Opened { report, .. }
         | Unwrapped::Unchanged { report }
@@ -564,9 +540,6 @@ fn observe(result: &Unwrapped, body: &[u8], out: &mut Actions<'_>) {
             }
             None => return,
         },
-        Unwrapped::Failed { error, report } if unread_but_not_encrypted(error, report, body) => {
-            return
-        }
         Unwrapped::Failed { error, .. } => Event::Undecryptable(error.label()),
         Unwrapped::Unchanged { .. } => return,
     };

@@ -227,32 +227,20 @@ impl Report {
     /// The trace header value for a message this report describes; `None`
     /// when there is nothing to say (plain mail).
     pub fn header_value(&self) -> Option<String> {
-        let parts = self.fields(None);
+        let parts = self.fields(false);
         (!parts.is_empty()).then(|| parts.join("; "))
     }
 
     /// The trace header value when a layer could not be opened: the
     /// layers above it, then `undecryptable; reason="…"`.
     pub fn failure_value(&self, reason: &str) -> String {
-        let mut parts = self.fields(Some("ciphertext"));
+        let mut parts = self.fields(true);
         parts.push("undecryptable".into());
         parts.push(format!("reason={}", header::quote(reason)));
         parts.join("; ")
     }
 
-    /// The trace header's value for a message not read (it reads two
-    /// ways, or is nested too deep) in which nothing is encrypted.
-    pub fn unread_value(&self, reason: &str) -> String {
-        let mut parts = self.fields(Some("unread"));
-        parts.push("unread".into());
-        parts.push(format!("reason={}", header::quote(reason)));
-        parts.join("; ")
-    }
-
-    /// The fields for the layers taken off; `below` names what lies
-    /// under the last of them when it was not read (every signature is
-    /// then over that: `over=ciphertext`, `over=unread`).
-    fn fields(&self, below: Option<&str>) -> Vec<String> {
+    fn fields(&self, failed_below: bool) -> Vec<String> {
         let mut parts = Vec::new();
         let mut n = 0;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -267,15 +255,11 @@ impl Report {
                 }
                 Layer::Signature(s) => {
                     n += 1;
-                    let over_ciphertext = self.layers[i + 1..]
-                        .iter()
-                        .any(|l| matches!(l, Layer::Decrypted(_)));
-                    let over = if over_ciphertext {
-                        Some("ciphertext")
-                    } else {
-                        below
-                    };
-                    signature_fields(&mut parts, n, s, over);
+                    let over_ciphertext = failed_below
+                        || self.layers[i + 1..]
+                            .iter()
+                            .any(|l| matches!(l, Layer::Decrypted(_)));
+                    signature_fields(&mut parts, n, s, over_ciphertext);
                 }
             }
         }
@@ -304,7 +288,7 @@ impl Report {
     }
 }
 
-fn signature_fields(parts: &mut Vec<String>, n: usize, s: &SignatureReport, over: Option<&str>) {
+fn signature_fields(parts: &mut Vec<String>, n: usize, s: &SignatureReport, over_ciphertext: bool) {
     parts.push(format!("signature[{n}]={}", s.verdict()));
     if let Some(signer) = &s.signer {
         parts.push(format!("signer={}", header::quote(signer)));
@@ -327,8 +311,8 @@ fn signature_fields(parts: &mut Vec<String>, n: usize, s: &SignatureReport, over
     if let Some(t) = s.verified.claimed_time {
         parts.push(format!("claimed-signing-time={}", rfc3339(t)));
     }
-    if let Some(over) = over {
-        parts.push(format!("over={over}"));
+    if over_ciphertext {
+        parts.push("over=ciphertext".into());
     }
     if s.verified.signer_count > 1 {
         // One verdict for all of them (OpenSSL verifies them together).

@@ -1644,3 +1644,87 @@ fn mail_to_an_address_extension_of_a_reencrypt_mailbox_is_reencrypted_too() {
         assert!(String::from_utf8_lossy(&opened).contains(SECRET), "{id}");
     }
 }
+
+#[test]
+fn ciphertext_named_smime_p7m_by_one_reading_only_is_not_passed_as_plain() {
+    // Review 16: `name="a.pdf"; name*=UTF-8''smime.p7m` (or the same in
+    // Content-Disposition, or a filename given twice). mail-parser read
+    // the first name and took the part for a PDF, a client that prefers
+    // RFC 2231 an S/MIME file: the captured ciphertext passed as plain
+    // mail, past the quarantine, with no trace header.
+    let mailbox = Sink::start(Script::default());
+    let outside = Sink::start(Script::default());
+    let gw = gateway(
+        &mailbox,
+        &outside,
+        "[smime]\non_undecryptable = \"quarantine\"\n",
+    );
+    let b64 = {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD
+            .encode(captured(&pki::inner(SECRET), "-aes-256-cbc"));
+        b64.as_bytes()
+            .chunks(76)
+            .map(|c| String::from_utf8_lossy(c).to_string())
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    };
+    let attached = |id: &str, fields: &str| {
+        format!(
+            "From: <{ATTACKER}>\r\nTo: <bob@example-law.dk>\r\nSubject: {id}\r\n\
+             Message-ID: <{id}@test>\r\nMIME-Version: 1.0\r\n{fields}\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{b64}\r\n"
+        )
+    };
+    let cases = [
+        (
+            "name-star",
+            "Content-Type: application/octet-stream; name=\"a.pdf\"; name*=UTF-8''smime.p7m",
+        ),
+        (
+            "disposition-star",
+            "Content-Type: application/octet-stream\r\n\
+             Content-Disposition: attachment; filename=\"a.pdf\"; filename*=UTF-8''smime.p7m",
+        ),
+        (
+            "disposition-twice",
+            "Content-Type: application/octet-stream\r\n\
+             Content-Disposition: attachment; filename=\"a.pdf\"; filename=\"smime.p7m\"",
+        ),
+    ];
+    for (id, fields) in cases {
+        assert_eq!(
+            send(&gw, "bob@example-law.dk", attached(id, fields).as_bytes()).code,
+            250
+        );
+    }
+    // Control: a PDF named plainly and in RFC 2231 form is a PDF.
+    let pdf = attached(
+        "pdf-star",
+        "Content-Type: application/pdf; name=\"aebler.pdf\"; name*=UTF-8''%C3%A6bler.pdf",
+    );
+    assert_eq!(send(&gw, "bob@example-law.dk", pdf.as_bytes()).code, 250);
+    let control = delivered(&mailbox, "pdf-star");
+    assert_eq!(trace(&control.text()), "", "{}", control.text());
+    for (id, _) in cases {
+        // Opened for the mailbox, or held as undecryptable: never passed
+        // on as plain mail.
+        let seen = wait_until(Duration::from_secs(20), || {
+            let log = gw.log();
+            log.lines().any(|l| {
+                l.contains(&format!("<{id}@test>"))
+                    && (l.contains("quarantined") || l.contains("event=\"delivered\""))
+            })
+        });
+        assert!(seen, "{id}: {}", gw.log());
+        let copy = mailbox
+            .received()
+            .into_iter()
+            .find(|r| r.text().contains(&format!("<{id}@test>")));
+        if let Some(copy) = copy {
+            let t = trace(&copy.text());
+            assert!(t.starts_with("decrypted;"), "{id} passed as plain: {t}");
+        }
+    }
+    assert_eq!(outside.count(), 0);
+}

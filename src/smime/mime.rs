@@ -86,14 +86,22 @@ fn smime_name(part: &MessagePart<'_>) -> Option<&'static str> {
 }
 
 /// The S/MIME ending (`.p7m`, `.p7s`, `.p7c`) of a part's Content-
-/// Disposition filename or Content-Type name, whatever its type.
+/// Disposition filename or Content-Type name, whatever its type. Every
+/// one given counts (a name given twice, or plainly and in RFC 2231
+/// form, which mail-parser keeps side by side): a client may go by any of
+/// them, so one that names S/MIME makes the part S/MIME.
 fn name_ending(part: &MessagePart<'_>) -> Option<&'static str> {
-    let names = [
-        part.content_disposition()
-            .and_then(|d| d.attribute("filename")),
-        part.content_type().and_then(|c| c.attribute("name")),
-    ];
-    names.into_iter().flatten().find_map(|n| {
+    let given = |h: Option<&mail_parser::ContentType<'_>>, key: &str| {
+        h.and_then(|h| h.attributes.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .filter(|a| a.name.eq_ignore_ascii_case(key))
+            .map(|a| a.value.to_string())
+            .collect::<Vec<_>>()
+    };
+    let mut names = given(part.content_disposition(), "filename");
+    names.extend(given(part.content_type(), "name"));
+    names.into_iter().find_map(|n| {
         let n = n.trim().to_ascii_lowercase();
         SMIME_NAMES.into_iter().find(|e| n.ends_with(e))
     })
@@ -478,6 +486,34 @@ pub(super) fn claims_smime_content(part: &mail_parser::MessagePart<'_>) -> bool 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_part_any_of_whose_names_is_an_smime_file_claims_smime() {
+        for fields in [
+            "Content-Type: application/octet-stream; name=\"a.pdf\"; name*=UTF-8''smime.p7m",
+            "Content-Type: application/octet-stream; name*=UTF-8''smime.p7m; name=\"a.pdf\"",
+            "Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"a.pdf\"; filename*=UTF-8''smime.p7m",
+            "Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"a.pdf\"; filename=\"smime.p7m\"",
+            "Content-Type: application/octet-stream; name*0=\"smime.\"; name*1=\"p7m\"",
+            "Content-Type: application/octet-stream; name=\"=?us-ascii?Q?smime=2Ep7m?=\"",
+            "Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename*=UTF-8''smime%2Ep7m",
+        ] {
+            let m = format!("{fields}\r\nContent-Transfer-Encoding: base64\r\n\r\nMAA=\r\n");
+            let parsed = mail_parser::MessageParser::default()
+                .parse(m.as_bytes())
+                .unwrap();
+            assert!(
+                super::claims_smime_content(&parsed.parts[0])
+                    && super::is_smime_entity(&parsed.parts[0]),
+                "{fields}"
+            );
+        }
+        let m = "Content-Type: application/octet-stream; name=\"a.pdf\"; name*=UTF-8''b.pdf\r\n\r\nx\r\n";
+        let parsed = mail_parser::MessageParser::default()
+            .parse(m.as_bytes())
+            .unwrap();
+        assert!(!super::claims_smime_content(&parsed.parts[0]));
+    }
+
     use super::*;
 
     #[test]

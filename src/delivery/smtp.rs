@@ -214,6 +214,22 @@ impl SmtpConnection {
         !self.broken
     }
 
+    /// Whether what the hop sent unasked, looked at without waiting,
+    /// holds a 354 reply line. Marks the connection broken when anything
+    /// waits.
+    fn late_data_reply(&mut self) -> bool {
+        use futures_util::FutureExt;
+        use tokio::io::AsyncBufReadExt;
+        match self.io.fill_buf().now_or_never() {
+            Some(Ok(b)) if !b.is_empty() => {
+                self.broken = true;
+                b.split(|c| *c == b'\n')
+                    .any(|line| line.starts_with(b"354"))
+            }
+            _ => false,
+        }
+    }
+
     /// What the hop has sent that no command asked for yet, looked at
     /// without waiting.
     fn unasked(&mut self) -> Unasked {
@@ -311,9 +327,11 @@ impl SmtpConnection {
     /// waiting at either point means the replies read so far were not the
     /// answers to these commands (a hop out of step, or stray replies
     /// lined up as 250, 250, 354). Before the text, nothing is sent and
-    /// the connection is closed; after the dot, the delivery is not
-    /// believed and the message is tried again (a copy too many rather
-    /// than a refusal taken for a delivery).
+    /// the connection is closed; after the dot, a 354 among them means the
+    /// delivery is not believed and the message is tried again (a copy too
+    /// many rather than a refusal taken for a delivery); anything else
+    /// leaves it delivered (so a hop that adds a line cannot have every
+    /// message sent again and again).
     pub async fn data(&mut self, message: &[u8], limit: Duration) -> Result<Reply, DataFailed> {
         match self.unasked() {
             Unasked::Nothing => {}
@@ -358,13 +376,16 @@ impl SmtpConnection {
                     reply.code
                 ))))
             }
-            // A hop that closes after its reply (with a 421 or without a
-            // word) has delivered; one with other replies waiting may not
-            // have.
-            Ok(Ok((reply, _))) if reply.code < 300 && self.unasked() == Unasked::Bytes => {
+            // A 354 behind the reply to the dot is a late answer to DATA:
+            // the replies read were shifted, and the one taken for the
+            // dot's belonged to an earlier command, so the message may not
+            // have been taken. Anything else behind it (a 421, a line too
+            // many) leaves the delivery standing; the connection is not
+            // kept either way.
+            Ok(Ok((reply, _))) if reply.code < 300 && self.late_data_reply() => {
                 self.broken = true;
                 Err(DataFailed::Smtp(SmtpError::OutOfStep(format!(
-                    "{} to the end of the message, with more replies behind it",
+                    "{} to the end of the message, with a 354 behind it",
                     reply.code
                 ))))
             }

@@ -100,10 +100,10 @@ pub fn key(point: &[String], issuer_fingerprint: &str) -> String {
     crate::ossl::sha256_hex(text.as_bytes())
 }
 
-/// The key of a certificate among the revoked: its issuer's certificate
-/// fingerprint and its serial number (hex).
-pub fn revoked_key(issuer_fingerprint: &str, serial_hex: &str) -> String {
-    crate::ossl::sha256_hex(format!("{issuer_fingerprint}\0{serial_hex}").as_bytes())
+/// The key of a certificate among the revoked: who issued it (its
+/// issuer's name and key) and its serial number (hex).
+pub fn revoked_key(issuer: &str, serial_hex: &str) -> String {
+    crate::ossl::sha256_hex(format!("{issuer}\0{serial_hex}").as_bytes())
 }
 
 /// The newest CRL seen per distribution point and issuer, and the

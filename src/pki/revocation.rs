@@ -234,8 +234,7 @@ impl Checker {
     ) -> Status {
         // Revocation is for good: a certificate seen revoked stays so,
         // whatever the sources serve now.
-        let revoked_key =
-            crl_history::revoked_key(&super::directory::fingerprint(issuer), &serial_hex(cert));
+        let revoked_key = crl_history::revoked_key(&issuer_id(issuer), &serial_hex(cert));
         if self.history.was_revoked(&revoked_key) {
             return Status::Revoked("revoked (an earlier CRL or OCSP answer said so)".into());
         }
@@ -370,6 +369,22 @@ fn combine(levels: Vec<Status>) -> Status {
         return Status::Unknown(unknown.join("; "));
     }
     levels.into_iter().next().unwrap_or(Status::NoSources)
+}
+
+/// Who issued a certificate, as OCSP names it: the issuer's name and
+/// public key (hashed), not its certificate, so that a re-issued or
+/// cross-certified issuer with the same name and key is the same issuer.
+fn issuer_id(issuer: &X509) -> String {
+    let name = issuer.subject_name().to_der().unwrap_or_default();
+    let key = issuer
+        .public_key()
+        .and_then(|k| k.public_key_to_der())
+        .unwrap_or_default();
+    format!(
+        "{}:{}",
+        crate::ossl::sha256_hex(&name),
+        crate::ossl::sha256_hex(&key)
+    )
 }
 
 /// The certificate's serial number in hex ("-" should it not read).
@@ -830,6 +845,32 @@ mod tests {
             Status::Revoked("c".into())
         );
         assert_eq!(combine(vec![]), Status::NoSources);
+    }
+
+    #[test]
+    fn an_issuer_is_its_name_and_key_not_its_certificate() {
+        use openssl::bn::BigNum;
+        use openssl::hash::MessageDigest;
+        let ca = crate::pki::testkit::identity(1024, "Issuing CA").unwrap();
+        // The same name and key in another certificate (re-issued, or a
+        // cross-certificate): the same issuer.
+        let mut b = X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        let serial = BigNum::from_u32(4242).unwrap().to_asn1_integer().unwrap();
+        b.set_serial_number(&serial).unwrap();
+        b.set_subject_name(ca.cert.subject_name()).unwrap();
+        b.set_issuer_name(ca.cert.subject_name()).unwrap();
+        b.set_pubkey(&ca.key).unwrap();
+        b.set_not_before(&Asn1Time::from_unix(1_600_000_000).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::from_unix(1_900_000_000).unwrap())
+            .unwrap();
+        b.sign(&ca.key, MessageDigest::sha256()).unwrap();
+        let twin = b.build();
+        assert_ne!(twin.to_der().unwrap(), ca.cert.to_der().unwrap());
+        assert_eq!(issuer_id(&twin), issuer_id(&ca.cert));
+        let other = crate::pki::testkit::identity(1024, "Issuing CA").unwrap();
+        assert_ne!(issuer_id(&other.cert), issuer_id(&ca.cert));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::smtp;
 use crate::snapshot::{Live, Snapshot, SnapshotError};
 use crate::spool::{SpoolError, Store};
 use crate::systemd;
-use crate::{metrics, observe, status};
+use crate::{http_stack, metrics, observe, status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -70,7 +70,7 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
             if !addr.ip().is_loopback() {
                 warn!(address = %addr, "the status page shows addresses and is reachable beyond this host: let only operators reach it");
             }
-            Some(observe::bind_named(addr, "status page").await?)
+            Some(http_stack::bind_named(addr, "status page").await?)
         }
         None => None,
     };

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod durable;
 pub mod http_access;
+pub mod http_stack;
 pub mod journal;
 pub mod logging;
 pub mod mail;

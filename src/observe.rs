@@ -2,30 +2,24 @@
 //! format (to this host or the token's holder: `http_access`), `/healthz`
 //! (the process answers) and `/readyz` (the spool is writable, the
 //! configuration is loaded, the next hops accept connections; checked at
-//! most every ten seconds). Its HTTP stack ([`serve_http`], bounded in
-//! connections, time and header size) serves the status page too.
+//! most every ten seconds), served on the gateway's HTTP stack
+//! (`http_stack`), which the status page shares.
 
-use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
-use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::warn;
 
-use crate::config::{limit_key, validate::parse_host_port, Settings, SettingsSource};
+use crate::config::{validate::parse_host_port, Settings, SettingsSource};
 use crate::http_access::{self, Access};
+use crate::http_stack;
 
 struct Ready {
     settings: Arc<dyn SettingsSource>,
@@ -83,293 +77,7 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 /// Binds the metrics listener (at start, so a taken port stops the daemon).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    bind_named(addr, "metrics").await
-}
-
-/// Binds an HTTP listener of the gateway (`what` names it in the log and
-/// in the error).
-pub async fn bind_named(addr: SocketAddr, what: &'static str) -> std::io::Result<TcpListener> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}"))
-    })?;
-    info!(address = %addr, "{what} listening");
-    Ok(listener)
-}
-
-/// Connections one HTTP listener serves at once; one more is closed as
-/// soon as it is accepted. A scraper or a browser needs a few.
-pub const MAX_HTTP_CONNECTIONS: usize = 32;
-/// Of those, from one address at once.
-pub const MAX_HTTP_CONNECTIONS_PER_PEER: usize = 4;
-/// How long one connection may last, request and answer together.
-const HTTP_CONNECTION_TIME: Duration = Duration::from_secs(10);
-/// How long a request's header section may take to arrive.
-const HTTP_HEADER_TIME: Duration = Duration::from_secs(2);
-/// The most a request's header section may take (hyper's read buffer).
-const HTTP_MAX_BUFFER: usize = 16 * 1024;
-
-/// How long a new connection waits for the room the oldest one leaves.
-const HTTP_EVICTION_WAIT: Duration = Duration::from_millis(200);
-
-/// The gateway's one HTTP stack (hyper, HTTP/1.1): accepts on `listener`
-/// until shutdown and answers each request with `answer`. Bounded, so
-/// that whoever reaches the port cannot take the descriptors, memory or
-/// log the SMTP side needs, nor keep a probe out: at most
-/// [`MAX_HTTP_CONNECTIONS`] at once and [`MAX_HTTP_CONNECTIONS_PER_PEER`]
-/// from one address (an IPv6 /64 counting as one; more are closed at
-/// once), each at most 10 seconds, its header within 2 seconds and
-/// 16 KiB. When all are taken, a new connection ends the oldest one
-/// (so a few addresses holding every connection keep no probe from
-/// elsewhere out). A failed accept (out of descriptors) is logged and
-/// pauses the loop for 100 ms instead of spinning.
-pub async fn serve_http<F, Fut>(
-    listener: TcpListener,
-    what: &'static str,
-    mut shutdown: watch::Receiver<bool>,
-    answer: F,
-) where
-    F: Fn(Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
-{
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
-    let peers: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
-    let serving: Serving = Arc::default();
-    let mut opening = Openings::default();
-    let mut next_id = 0u64;
-    loop {
-        let (stream, peer) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "{what} accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let key = limit_key(peer.ip(), 64);
-        let now = Instant::now();
-        opening.note(key, now);
-        let Some(peer_slot) = PeerSlot::take(&peers, key) else {
-            drop(stream);
-            continue;
-        };
-        let slot = match Arc::clone(&slots).try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                let ended = {
-                    let mut list = lock(&serving);
-                    let choice = to_end(list.iter().map(|(id, e)| {
-                        (
-                            *id,
-                            e.busy.load(Ordering::SeqCst) > 0,
-                            opening.rate(e.peer, now),
-                        )
-                    }));
-                    choice.and_then(|id| list.remove(&id))
-                };
-                match ended {
-                    Some(e) => e.task.abort(),
-                    None => {
-                        // Every connection is answering a request.
-                        drop(stream);
-                        continue;
-                    }
-                }
-                let room =
-                    tokio::time::timeout(HTTP_EVICTION_WAIT, Arc::clone(&slots).acquire_owned())
-                        .await;
-                match room {
-                    Ok(Ok(slot)) => slot,
-                    _ => {
-                        drop(stream);
-                        continue;
-                    }
-                }
-            }
-        };
-        let answer = answer.clone();
-        next_id += 1;
-        let entry = Served {
-            serving: Arc::clone(&serving),
-            id: next_id,
-        };
-        let busy = Arc::new(AtomicUsize::new(0));
-        let busy_here = Arc::clone(&busy);
-        // Held while the task is spawned, so that it is listed before it
-        // can end and unlist itself.
-        let mut list = lock(&serving);
-        let task = tokio::spawn(async move {
-            let _entry = entry;
-            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                // Busy from the request until its answer is made.
-                let mark = Busy::mark(&busy_here);
-                let reply = answer(req, peer);
-                async move {
-                    let answer = reply.await;
-                    drop(mark);
-                    Ok::<_, Infallible>(answer)
-                }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HTTP_HEADER_TIME)
-                .max_buf_size(HTTP_MAX_BUFFER)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(HTTP_CONNECTION_TIME, conn).await;
-            drop((slot, peer_slot));
-        });
-        list.insert(
-            next_id,
-            Listed {
-                task: task.abort_handle(),
-                busy,
-                peer: key,
-            },
-        );
-    }
-}
-
-/// The connections being served, oldest first.
-type Serving = Arc<Mutex<BTreeMap<u64, Listed>>>;
-
-/// A connection being served: what ends it, how many of its requests are
-/// being answered, and whose it is (the address, an IPv6 /64).
-struct Listed {
-    task: tokio::task::AbortHandle,
-    busy: Arc<AtomicUsize>,
-    peer: IpAddr,
-}
-
-/// A request being answered on a connection, until dropped.
-struct Busy(Arc<AtomicUsize>);
-
-impl Busy {
-    fn mark(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        Self(Arc::clone(count))
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Which connection ends to make room for a new one, of `listed` (id,
-/// oldest first; answering a request; how many connections its address
-/// opened lately, [`Openings::rate`]): never one answering a request; of
-/// the others one of the address that opened the most, its newest. A
-/// flood then ends its own connections before a probe's (a probe opens
-/// one now and then), and nobody can end a request being answered.
-fn to_end(listed: impl Iterator<Item = (u64, bool, u64)>) -> Option<u64> {
-    listed
-        .filter(|(_, busy, _)| !busy)
-        .max_by_key(|(id, _, rate)| (*rate, *id))
-        .map(|(id, _, _)| id)
-}
-
-/// Addresses (IPv6 /64s) remembered for how many connections they opened
-/// lately; beyond it the quietest are forgotten.
-const OPENINGS_KEPT: usize = 4096;
-/// How long an opening counts fully; its weight halves every such span.
-const OPENINGS_HALF_LIFE: Duration = Duration::from_secs(10);
-
-/// How many connections each address opened lately, decaying by half
-/// every [`OPENINGS_HALF_LIFE`].
-#[derive(Default)]
-struct Openings {
-    seen: HashMap<IpAddr, (f64, Instant)>,
-}
-
-impl Openings {
-    fn decayed(count: f64, since: Instant, now: Instant) -> f64 {
-        let halves =
-            now.saturating_duration_since(since).as_secs_f64() / OPENINGS_HALF_LIFE.as_secs_f64();
-        count * 0.5f64.powf(halves)
-    }
-
-    /// One more connection opened by `ip` at `now`.
-    fn note(&mut self, ip: IpAddr, now: Instant) {
-        let count = self
-            .seen
-            .get(&ip)
-            .map_or(0.0, |(c, at)| Self::decayed(*c, *at, now));
-        self.seen.insert(ip, (count + 1.0, now));
-        if self.seen.len() > OPENINGS_KEPT {
-            // The quietest half goes.
-            let mut rates: Vec<f64> = self
-                .seen
-                .values()
-                .map(|(c, at)| Self::decayed(*c, *at, now))
-                .collect();
-            rates.sort_by(f64::total_cmp);
-            let median = rates[rates.len() / 2];
-            self.seen
-                .retain(|k, (c, at)| *k == ip || Self::decayed(*c, *at, now) > median);
-        }
-    }
-
-    /// How many connections `ip` opened lately, in thousandths.
-    fn rate(&self, ip: IpAddr, now: Instant) -> u64 {
-        self.seen
-            .get(&ip)
-            .map_or(0, |(c, at)| (Self::decayed(*c, *at, now) * 1000.0) as u64)
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A connection's place in [`Serving`], given up when its task ends
-/// (served, timed out or ended to make room).
-struct Served {
-    serving: Serving,
-    id: u64,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        lock(&self.serving).remove(&self.id);
-    }
-}
-
-/// One of the connections an address holds on an HTTP listener, given
-/// back when dropped.
-struct PeerSlot {
-    peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
-}
-
-impl PeerSlot {
-    /// A slot for `ip`, unless it holds [`MAX_HTTP_CONNECTIONS_PER_PEER`].
-    fn take(peers: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Self> {
-        let mut held = peers.lock().unwrap_or_else(|p| p.into_inner());
-        let n = held.entry(ip).or_insert(0);
-        if *n >= MAX_HTTP_CONNECTIONS_PER_PEER {
-            return None;
-        }
-        *n += 1;
-        Some(Self {
-            peers: Arc::clone(peers),
-            ip,
-        })
-    }
-}
-
-impl Drop for PeerSlot {
-    fn drop(&mut self) {
-        let mut held = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = held.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.ip);
-            }
-        }
-    }
+    http_stack::bind_named(addr, "metrics").await
 }
 
 /// The answer to a request `http_access` does not let read, when it
@@ -444,7 +152,7 @@ pub async fn serve(
         settings,
         last: Mutex::new(None),
     });
-    serve_http(listener, "metrics", shutdown, move |req, peer| {
+    http_stack::serve(listener, "metrics", shutdown, move |req, peer| {
         let (handle, ready) = (handle.clone(), Arc::clone(&ready));
         async move {
             match req.uri().path() {
@@ -468,54 +176,4 @@ pub async fn serve(
         }
     })
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn room_is_made_by_an_idle_connection_of_whoever_opened_the_most() {
-        // The probe (1, one opening) is oldest; rate 40 is the flood's.
-        let listed = [
-            (1, false, 1000),
-            (2, true, 40_000),
-            (3, false, 30_000),
-            (4, false, 40_000),
-            (5, false, 40_000),
-        ];
-        assert_eq!(to_end(listed.into_iter()), Some(5));
-        // Answering a request: never.
-        assert_eq!(
-            to_end([(1, true, 1000), (2, true, 40_000)].into_iter()),
-            None
-        );
-        // Equal rates: the newest.
-        assert_eq!(
-            to_end([(7, false, 3000), (9, false, 3000)].into_iter()),
-            Some(9)
-        );
-    }
-
-    #[test]
-    fn openings_are_counted_per_address_and_fade() {
-        let ip = |n: u8| IpAddr::from([127, 0, 0, n]);
-        let t0 = Instant::now();
-        let mut o = Openings::default();
-        for _ in 0..40 {
-            o.note(ip(9), t0);
-        }
-        o.note(ip(2), t0);
-        assert_eq!(o.rate(ip(9), t0), 40_000);
-        assert_eq!(o.rate(ip(2), t0), 1000);
-        assert_eq!(o.rate(ip(3), t0), 0);
-        assert_eq!(o.rate(ip(9), t0 + OPENINGS_HALF_LIFE), 20_000);
-        assert!(o.rate(ip(9), t0 + OPENINGS_HALF_LIFE * 20) < 100);
-        // Bounded: the quietest are forgotten, the one just noted kept.
-        for i in 0..(OPENINGS_KEPT as u32 + 10) {
-            o.note(IpAddr::from(i.to_be_bytes()), t0);
-        }
-        assert!(o.seen.len() <= OPENINGS_KEPT + 1);
-        assert_eq!(o.rate(ip(9), t0), 40_000);
-    }
 }

@@ -1,5 +1,5 @@
 //! The status page's routes on the gateway's HTTP stack
-//! (`observe::serve_http`): `GET /` the page at the configured cutoff,
+//! (`http_stack::serve`): `GET /` the page at the configured cutoff,
 //! `GET /?at=YYYY-MM-DD` the readiness table at another day; a bad date
 //! is a 400 page, other paths 404, other methods 405. Served to this host,
 //! or to whoever presents `status.token_file`'s token (`http_access`).
@@ -17,8 +17,8 @@ use super::board::{now, Board};
 use super::dates;
 use super::page::{self, IdentityRow, View};
 use crate::config::SettingsSource;
-use crate::observe;
 use crate::spool::Store;
+use crate::{http_stack, observe};
 
 /// What a request asked for.
 #[derive(Debug, PartialEq, Eq)]
@@ -168,7 +168,7 @@ pub async fn serve(
     store: Arc<Store>,
     shutdown: watch::Receiver<bool>,
 ) {
-    observe::serve_http(listener, "status page", shutdown, move |req, peer| {
+    http_stack::serve(listener, "status page", shutdown, move |req, peer| {
         let (board, store) = (Arc::clone(&board), Arc::clone(&store));
         async move {
             let token = board.live().settings().status.token_file.clone();

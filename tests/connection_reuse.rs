@@ -269,21 +269,7 @@ fn a_reply_too_many_from_the_hop_does_not_turn_a_refusal_into_a_delivery() {
     };
     let sink = Sink::start(script);
     let gw = Gateway::start(options(&sink, "4"));
-    for i in 1..=2 {
-        let body = common::message(&format!("step-{i}"), "one of two");
-        let r = common::submit(&gw, "alice@example.org", &["bob@example-law.dk"], &body);
-        assert_eq!(r.code, 250, "{r:?}");
-        assert!(
-            wait_until(Duration::from_secs(30), || gw
-                .log()
-                .lines()
-                .any(|l| l.contains(&format!("<step-{i}@test>"))
-                    && (l.contains("event=\"delivered\"")
-                        || l.contains("event=\"deferred\"")))),
-            "{}",
-            gw.log()
-        );
-    }
+    send_two(&gw, "step");
     let log = gw.log();
     // The first message's reply had a line too many behind it, not a
     // late 354: it stands, and the message is not sent again (review 16:
@@ -345,21 +331,7 @@ fn strays_before(strays: &str) {
     };
     let sink = Sink::start(script);
     let gw = Gateway::start(options(&sink, "4"));
-    for i in 1..=2 {
-        let body = common::message(&format!("stray-{i}"), "one of two");
-        let r = common::submit(&gw, "alice@example.org", &["bob@example-law.dk"], &body);
-        assert_eq!(r.code, 250, "{r:?}");
-        assert!(
-            wait_until(Duration::from_secs(30), || gw
-                .log()
-                .lines()
-                .any(|l| l.contains(&format!("<stray-{i}@test>"))
-                    && (l.contains("event=\"delivered\"")
-                        || l.contains("event=\"deferred\"")))),
-            "{}",
-            gw.log()
-        );
-    }
+    send_two(&gw, "stray");
     // Every message arrives, once: the second after its tries again.
     assert!(
         wait_until(Duration::from_secs(60), || gw.queued() == 0),
@@ -380,5 +352,25 @@ fn strays_before(strays: &str) {
             .filter(|r| r.text().contains(&format!("<stray-{i}@test>")))
             .count();
         assert_eq!(copies, 1, "stray-{i}: {log}");
+    }
+}
+
+/// Sends `prefix-1` and `prefix-2` one after the other, each once its
+/// first try is logged (delivered or deferred).
+fn send_two(gw: &Gateway, prefix: &str) {
+    for i in 1..=2 {
+        let body = common::message(&format!("{prefix}-{i}"), "one of two");
+        let r = common::submit(gw, "alice@example.org", &["bob@example-law.dk"], &body);
+        assert_eq!(r.code, 250, "{r:?}");
+        assert!(
+            wait_until(Duration::from_secs(30), || gw
+                .log()
+                .lines()
+                .any(|l| l.contains(&format!("<{prefix}-{i}@test>"))
+                    && (l.contains("event=\"delivered\"")
+                        || l.contains("event=\"deferred\"")))),
+            "{}",
+            gw.log()
+        );
     }
 }

@@ -508,6 +508,16 @@ fn healthz_ok(port: u16) -> bool {
     healthz_ok_from(port, "127.0.0.1".parse().unwrap())
 }
 
+/// The gateway with a metrics listener, and its port, answering.
+fn with_metrics(sink: &Sink) -> (Gateway, u16) {
+    let port = common::free_port();
+    let mut opts = Options::new(sink.addr);
+    opts.extra = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    let gw = Gateway::start(opts);
+    assert!(healthz_ok(port));
+    (gw, port)
+}
+
 /// A connection to `port` on 127.0.0.1 from the loopback address `from`.
 fn connect_from(port: u16, from: std::net::IpAddr) -> std::io::Result<std::net::TcpStream> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
@@ -634,11 +644,7 @@ fn slow_clients_from_one_address_keep_no_probe_out_of_the_health_port() {
     // elsewhere failed (restarting the pod).
     use std::io::Write;
     let sink = Sink::start(Script::default());
-    let port = common::free_port();
-    let mut opts = Options::new(sink.addr);
-    opts.extra = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
-    let gw = Gateway::start(opts);
-    assert!(healthz_ok(port));
+    let (gw, port) = with_metrics(&sink);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flood = {
         let stop = std::sync::Arc::clone(&stop);
@@ -683,11 +689,7 @@ fn clients_from_a_few_addresses_holding_every_connection_keep_no_probe_out() {
     // pod is restarted and SMTP goes down with it).
     use std::io::{Read, Write};
     let sink = Sink::start(Script::default());
-    let port = common::free_port();
-    let mut opts = Options::new(sink.addr);
-    opts.extra = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
-    let gw = Gateway::start(opts);
-    assert!(healthz_ok(port));
+    let (gw, port) = with_metrics(&sink);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let holders: Vec<_> = (10..18u8)
         .map(|last| {

@@ -35,6 +35,9 @@ fn gateway(mailbox: &Sink, outside: &Sink, extra: &str) -> Gateway {
     gw
 }
 
+/// The setting that quarantines what cannot be decrypted.
+const QUARANTINE: &str = "[smime]\non_undecryptable = \"quarantine\"\n";
+
 /// Sends `message` from the attacker; the reply to ".".
 fn send(gw: &Gateway, to: &str, message: &[u8]) -> common::client::Reply {
     let mut c = Client::connect(gw.addr).unwrap();
@@ -264,11 +267,7 @@ fn quarantine_mode_shows_no_difference_between_intact_and_padding_corrupted_ciph
     );
     let mailbox = Sink::start(script);
     let outside = Sink::start(Script::default());
-    let gw = gateway(
-        &mailbox,
-        &outside,
-        "[smime]\non_undecryptable = \"quarantine\"\n",
-    );
+    let gw = gateway(&mailbox, &outside, QUARANTINE);
     let cms = captured(&pki::inner(SECRET), "-aes-256-cbc");
     // The last plaintext byte is the padding length: flipping the top bit
     // of the byte above it in the previous ciphertext block makes the
@@ -740,11 +739,7 @@ fn hostile_names_forge_no_log_line_reach_no_terminal_and_stay_within_line_limits
     // Text log, quarantine mode.
     let mailbox = Sink::start(script);
     let outside = Sink::start(Script::default());
-    let gw = gateway(
-        &mailbox,
-        &outside,
-        "[smime]\non_undecryptable = \"quarantine\"\n",
-    );
+    let gw = gateway(&mailbox, &outside, QUARANTINE);
     assert_eq!(
         send(
             &gw,
@@ -1515,11 +1510,7 @@ fn an_envelope_sender_with_invisible_characters_reaches_no_operator_raw() {
     // would read another address than the one that wrote.
     let mailbox = Sink::start(Script::default());
     let outside = Sink::start(Script::default());
-    let gw = gateway(
-        &mailbox,
-        &outside,
-        "[smime]\non_undecryptable = \"quarantine\"\n",
-    );
+    let gw = gateway(&mailbox, &outside, QUARANTINE);
     let sender = "ev\u{e0041}il\u{3164}@evil.example";
     // Encrypted to a key the organisation does not hold: quarantined.
     let cms = pki::cms_encrypt(&pki::inner("x"), "court-oces3", &["-aes-256-cbc"]);
@@ -1654,11 +1645,7 @@ fn ciphertext_named_smime_p7m_by_one_reading_only_is_not_passed_as_plain() {
     // mail, past the quarantine, with no trace header.
     let mailbox = Sink::start(Script::default());
     let outside = Sink::start(Script::default());
-    let gw = gateway(
-        &mailbox,
-        &outside,
-        "[smime]\non_undecryptable = \"quarantine\"\n",
-    );
+    let gw = gateway(&mailbox, &outside, QUARANTINE);
     let b64 = {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD

@@ -445,6 +445,13 @@ impl Drop for HttpsServer {
     }
 }
 
+/// Whether `gw` logged the message `<id@test>` as bounced.
+fn bounced(gw: &Gateway, id: &str) -> bool {
+    gw.log()
+        .lines()
+        .any(|l| l.contains("event=\"bounced\"") && l.contains(&format!("<{id}@test>")))
+}
+
 /// Sends a message from alice to `rcpt` through `gw`.
 fn send(gw: &Gateway, rcpt: &str, id: &str) {
     let body = String::from_utf8(common::message(id, "Til modparten."))
@@ -592,11 +599,6 @@ fn an_older_crl_served_after_a_reload_or_a_restart_is_a_replay() {
     let after = ca.crl("full", point);
     s.serve("issuing.crl", &after);
     let (mut gw, outside, _inside) = daemon_for(&leaf);
-    let bounced = |gw: &Gateway, id: &str| {
-        gw.log()
-            .lines()
-            .any(|l| l.contains("event=\"bounced\"") && l.contains(&format!("<{id}@test>")))
-    };
     // The gateway sees the newer CRL while checking b only (a certificate
     // it has seen revoked stays so anyway: the history is what holds for
     // a certificate not checked before).
@@ -848,11 +850,6 @@ fn a_certificate_seen_revoked_stays_revoked_when_its_crl_is_kept_away_and_an_old
     opts.external_hop = outside.addr;
     opts.extra = strict_extra(s.pki.path(), &s.recips, &root, "hard-fail");
     let mut gw = Gateway::start(opts);
-    let bounced = |gw: &Gateway, id: &str| {
-        gw.log()
-            .lines()
-            .any(|l| l.contains("event=\"bounced\"") && l.contains(&format!("<{id}@test>")))
-    };
     send(&gw, "a@partner.example", "seen-revoked");
     assert!(
         wait_until(Duration::from_secs(20), || bounced(&gw, "seen-revoked")),

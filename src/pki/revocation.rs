@@ -235,7 +235,11 @@ impl Checker {
         // Revocation is for good: a certificate seen revoked stays so,
         // whatever the sources serve now.
         let revoked_key = crl_history::revoked_key(&issuer_id(issuer), &serial_hex(cert));
-        if self.history.was_revoked(&revoked_key) {
+        // Entries written before the key named the issuer by name and key
+        // (by its certificate's fingerprint) count too.
+        let earlier_key =
+            crl_history::revoked_key(&super::directory::fingerprint(issuer), &serial_hex(cert));
+        if self.history.was_revoked(&revoked_key) || self.history.was_revoked(&earlier_key) {
             return Status::Revoked("revoked (an earlier CRL or OCSP answer said so)".into());
         }
         let mut good = Vec::new();

@@ -214,22 +214,6 @@ impl SmtpConnection {
         !self.broken
     }
 
-    /// Whether what the hop sent unasked, looked at without waiting,
-    /// holds a 354 reply line. Marks the connection broken when anything
-    /// waits.
-    fn late_data_reply(&mut self) -> bool {
-        use futures_util::FutureExt;
-        use tokio::io::AsyncBufReadExt;
-        match self.io.fill_buf().now_or_never() {
-            Some(Ok(b)) if !b.is_empty() => {
-                self.broken = true;
-                b.split(|c| *c == b'\n')
-                    .any(|line| line.starts_with(b"354"))
-            }
-            _ => false,
-        }
-    }
-
     /// What the hop has sent that no command asked for yet, looked at
     /// without waiting.
     fn unasked(&mut self) -> Unasked {
@@ -240,7 +224,9 @@ impl SmtpConnection {
             Some(Ok([])) => Unasked::Closed,
             // A server may say 421 at any time and close (RFC 5321 4.2.2).
             Some(Ok(b)) if b.starts_with(b"421") => Unasked::Closing,
-            Some(Ok(_)) => Unasked::Bytes,
+            Some(Ok(b)) => Unasked::Bytes {
+                late_354: b.split(|c| *c == b'\n').any(|l| l.starts_with(b"354")),
+            },
             Some(Err(_)) => Unasked::Closed,
         }
     }
@@ -339,7 +325,7 @@ impl SmtpConnection {
                 self.broken = true;
                 return Err(DataFailed::Smtp(SmtpError::Closed));
             }
-            Unasked::Bytes => {
+            Unasked::Bytes { .. } => {
                 self.abandon().await;
                 return Err(DataFailed::Smtp(SmtpError::OutOfStep(
                     "a reply came after 354, before the message text".to_string(),
@@ -381,8 +367,10 @@ impl SmtpConnection {
             // dot's belonged to an earlier command, so the message may not
             // have been taken. Anything else behind it (a 421, a line too
             // many) leaves the delivery standing; the connection is not
-            // kept either way.
-            Ok(Ok((reply, _))) if reply.code < 300 && self.late_data_reply() => {
+            // kept either way (`in_step` when it is put back).
+            Ok(Ok((reply, _)))
+                if reply.code < 300 && self.unasked() == (Unasked::Bytes { late_354: true }) =>
+            {
                 self.broken = true;
                 Err(DataFailed::Smtp(SmtpError::OutOfStep(format!(
                     "{} to the end of the message, with a 354 behind it",
@@ -458,7 +446,10 @@ impl SmtpConnection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Unasked {
     Nothing,
-    Bytes,
+    /// Replies or other bytes; whether a 354 reply line is among them.
+    Bytes {
+        late_354: bool,
+    },
     /// The hop closed the connection, or reading failed.
     Closed,
     /// The hop says it is closing the connection (421).

@@ -1678,6 +1678,24 @@ fn ciphertext_named_smime_p7m_by_one_reading_only_is_not_passed_as_plain() {
             "Content-Type: application/octet-stream\r\n\
              Content-Disposition: attachment; filename=\"a.pdf\"; filename=\"smime.p7m\"",
         ),
+        // Review 17: RFC 2231 pieces beside a plain name, which mail-parser
+        // joins into `a.pdfp7m` and `smime.`; and two Content-Disposition
+        // fields, of which mail-parser reads the last, clients the first.
+        (
+            "name-pieces",
+            "Content-Type: application/octet-stream; name=\"a.pdf\"; name*0=\"smime.\"; name*1=\"p7m\"",
+        ),
+        (
+            "disposition-pieces",
+            "Content-Type: application/octet-stream\r\n\
+             Content-Disposition: attachment; filename=\"a.pdf\"; filename*0=\"smime.\"; filename*1=\"p7m\"",
+        ),
+        (
+            "disposition-field-twice",
+            "Content-Type: application/octet-stream\r\n\
+             Content-Disposition: attachment; filename=\"smime.p7m\"\r\n\
+             Content-Disposition: attachment; filename=\"a.pdf\"",
+        ),
     ];
     for (id, fields) in cases {
         assert_eq!(

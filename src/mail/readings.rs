@@ -19,7 +19,7 @@
 
 use mail_parser::{HeaderName, Message, MessagePart, MimeHeaders, PartType};
 
-use super::section;
+use super::{file_names, section};
 
 /// How a message reads two ways.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -28,7 +28,9 @@ pub enum TwoWays {
     HeaderEnd,
     #[error("a {0} field is written twice, or read by one parser only")]
     Field(&'static str),
-    #[error("a Content-Type parameter is given twice")]
+    #[error(
+        "a Content-Type parameter is given twice, or a file name reads as S/MIME one way only"
+    )]
     Parameter,
     #[error("a multipart's boundary reads two ways")]
     Boundary,
@@ -38,13 +40,13 @@ pub enum TwoWays {
     Unclosed,
 }
 
-/// Whether a file name is one S/MIME content goes by (`smime.p7m`, any
-/// `.p7m`, `.p7s`, `.p7c` or `.p7z`).
-fn names_smime(name: &str) -> bool {
+/// The S/MIME ending of a file name (`smime.p7m`, any `.p7m`, `.p7s`,
+/// `.p7c` or `.p7z`), if it has one.
+fn smime_ending(name: &str) -> Option<&'static str> {
     let lower = name.trim().trim_matches('"').to_ascii_lowercase();
     [".p7m", ".p7s", ".p7c", ".p7z"]
-        .iter()
-        .any(|ext| lower.ends_with(ext))
+        .into_iter()
+        .find(|ext| lower.ends_with(ext))
 }
 
 /// Fields whose reading decides what a part is and who sent it.
@@ -100,7 +102,8 @@ pub fn part(part: &MessagePart<'_>, raw: &[u8]) -> Result<(), TwoWays> {
 /// One part: its header section ends where RFC 5322 ends it (at its
 /// first empty line); each deciding field appears at most once, as often
 /// in both readings and without control characters; no Content-Type
-/// parameter is given twice; and a multipart's boundary reads one way
+/// parameter is given twice and every reading of its file names
+/// agrees on S/MIME; and a multipart's boundary reads one way
 /// and stands only on whole delimiter lines.
 fn part_agrees(part: &MessagePart<'_>, raw: &[u8]) -> Result<(), TwoWays> {
     let (start, body, end) = (
@@ -150,18 +153,24 @@ fn part_agrees(part: &MessagePart<'_>, raw: &[u8]) -> Result<(), TwoWays> {
     // `boundary` twice: mail-parser splits at the first, others the last.
     // A file name given plainly and in RFC 2231 form (`name="a.pdf";
     // name*=UTF-8''%C3%A6.pdf`, the fallback RFC 6266 recommends) only
-    // names a file, unless a reading of it names S/MIME content.
+    // names a file, unless its readings disagree on whether (and which)
+    // S/MIME content it names: every reading of every name and filename,
+    // pieces and a second Content-Disposition included, must end alike.
     let params = part.content_type().and_then(|ct| ct.attributes.as_deref());
     if let Some(params) = params {
-        let names_only = |a: &mail_parser::Attribute<'_>| {
-            a.name.eq_ignore_ascii_case("name") && !names_smime(&a.value)
-        };
+        let name = |a: &mail_parser::Attribute<'_>| a.name.eq_ignore_ascii_case("name");
         let twice = params.iter().enumerate().any(|(i, a)| {
             params[..i]
                 .iter()
-                .any(|b| b.name.eq_ignore_ascii_case(&a.name) && !(names_only(a) && names_only(b)))
+                .any(|b| b.name.eq_ignore_ascii_case(&a.name) && !(name(a) && name(b)))
         });
         if twice {
+            return Err(TwoWays::Parameter);
+        }
+    }
+    let names = file_names::of_part(part, raw);
+    if let Some((first, rest)) = names.split_first() {
+        if rest.iter().any(|n| smime_ending(n) != smime_ending(first)) {
             return Err(TwoWays::Parameter);
         }
     }
@@ -423,6 +432,22 @@ mod tests {
         assert_eq!(check(m, false), Err(TwoWays::Parameter));
         let m = b"Content-Type: text/plain; charset=utf-8; charset=iso-8859-1\r\n\r\nx\r\n";
         assert_eq!(check(m, false), Err(TwoWays::Parameter));
+        // RFC 2231 pieces beside a plain name, and a second Content-
+        // Disposition: mail-parser reads `a.pdfp7m` and `smime.`, or
+        // `a.pdf`; a client may read smime.p7m.
+        for m in [
+            &b"Content-Type: application/octet-stream; name=\"a.pdf\"; name*0=\"smime.\"; name*1=\"p7m\"\r\n\r\nx\r\n"[..],
+            b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"smime.p7m\"\r\nContent-Disposition: attachment; filename=\"a.pdf\"\r\n\r\nx\r\n",
+        ] {
+            assert_eq!(check(m, false), Err(TwoWays::Parameter));
+        }
+        // Names that agree: one way, S/MIME or not.
+        let m = b"Content-Type: application/pkcs7-mime; name=smime.p7m\r\n\
+                  Content-Disposition: attachment; filename=\"mail.p7m\"\r\n\r\nx\r\n";
+        assert_eq!(check(m, false), Ok(()));
+        let m = b"Content-Type: application/pdf; name*0=\"a\"; name*1=\".pdf\"\r\n\
+                  Content-Disposition: attachment; filename=\"a.pdf\"\r\n\r\nx\r\n";
+        assert_eq!(check(m, false), Ok(()));
     }
 
     #[test]

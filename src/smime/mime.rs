@@ -12,7 +12,7 @@ use base64::Engine;
 use mail_parser::{Message, MessagePart, MimeHeaders, PartType};
 
 use crate::mail::nesting::{self, TooComplex};
-use crate::mail::readings;
+use crate::mail::{file_names, readings};
 
 /// What a message (or entity) is, as far as S/MIME goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +73,7 @@ fn is_pkcs7_signature(ctype: &str, subtype: Option<&str>) -> bool {
 
 /// The S/MIME ending (`.p7m`, `.p7s`, `.p7c`) of an
 /// `application/octet-stream` part's name or filename.
-fn smime_name(part: &MessagePart<'_>) -> Option<&'static str> {
+fn smime_name(part: &MessagePart<'_>, raw: &[u8]) -> Option<&'static str> {
     let ct = part.content_type()?;
     let octet = ct.ctype().eq_ignore_ascii_case("application")
         && ct
@@ -82,26 +82,17 @@ fn smime_name(part: &MessagePart<'_>) -> Option<&'static str> {
     if !octet {
         return None;
     }
-    name_ending(part)
+    name_ending(part, raw)
 }
 
 /// The S/MIME ending (`.p7m`, `.p7s`, `.p7c`) of a part's Content-
-/// Disposition filename or Content-Type name, whatever its type. Every
-/// one given counts (a name given twice, or plainly and in RFC 2231
-/// form, which mail-parser keeps side by side): a client may go by any of
-/// them, so one that names S/MIME makes the part S/MIME.
-fn name_ending(part: &MessagePart<'_>) -> Option<&'static str> {
-    let given = |h: Option<&mail_parser::ContentType<'_>>, key: &str| {
-        h.and_then(|h| h.attributes.as_deref())
-            .unwrap_or_default()
-            .iter()
-            .filter(|a| a.name.eq_ignore_ascii_case(key))
-            .map(|a| a.value.to_string())
-            .collect::<Vec<_>>()
-    };
-    let mut names = given(part.content_disposition(), "filename");
-    names.extend(given(part.content_type(), "name"));
-    names.into_iter().find_map(|n| {
+/// Disposition filename or Content-Type name, whatever its type, read
+/// from `raw` (the message the part's offsets refer to). Every reading
+/// counts (`mail::file_names`: a name given twice, plainly and in RFC
+/// 2231 form or pieces, in a second Content-Disposition): a client may
+/// go by any of them, so one that names S/MIME makes the part S/MIME.
+fn name_ending(part: &MessagePart<'_>, raw: &[u8]) -> Option<&'static str> {
+    file_names::of_part(part, raw).into_iter().find_map(|n| {
         let n = n.trim().to_ascii_lowercase();
         SMIME_NAMES.into_iter().find(|e| n.ends_with(e))
     })
@@ -109,18 +100,18 @@ fn name_ending(part: &MessagePart<'_>) -> Option<&'static str> {
 
 /// An `application/(x-)pkcs7-mime` part, or an octet-stream named `.p7m`
 /// or `.p7c`.
-fn is_smime_entity(part: &MessagePart<'_>) -> bool {
+fn is_smime_entity(part: &MessagePart<'_>, raw: &[u8]) -> bool {
     part.content_type()
         .is_some_and(|c| is_pkcs7_mime(c.ctype(), c.subtype()))
-        || matches!(smime_name(part), Some(".p7m") | Some(".p7c"))
+        || matches!(smime_name(part, raw), Some(".p7m") | Some(".p7c"))
 }
 
 /// A detached signature part: `application/(x-)pkcs7-signature` or an
 /// octet-stream named `.p7s`.
-fn is_signature_part(part: &MessagePart<'_>) -> bool {
+fn is_signature_part(part: &MessagePart<'_>, raw: &[u8]) -> bool {
     part.content_type()
         .is_some_and(|c| is_pkcs7_signature(c.ctype(), c.subtype()))
-        || smime_name(part) == Some(".p7s")
+        || smime_name(part, raw) == Some(".p7s")
 }
 
 fn is_multipart(part: &MessagePart<'_>, sub: &str) -> bool {
@@ -164,9 +155,10 @@ pub(super) fn parse_for_smime(raw: &[u8]) -> Result<Option<Message<'_>>, TooComp
 /// Whether mail-parser finds anything S/MIME in `msg`, attached messages
 /// included: a pkcs7 type or name, or a multipart/signed.
 fn any_smime(msg: &Message<'_>) -> bool {
+    let raw = msg.raw_message.as_ref();
     msg.parts.iter().any(|p| {
-        claims_smime_content(p)
-            || is_smime_entity(p)
+        claims_smime_content(p, raw)
+            || is_smime_entity(p, raw)
             || is_multipart(p, "signed")
             || p.content_type()
                 .and_then(|c| c.subtype())
@@ -178,7 +170,7 @@ fn any_smime(msg: &Message<'_>) -> bool {
 /// [`parse_for_smime`] before the check that it reads one way.
 fn parse_unchecked(raw: &[u8]) -> Result<Option<Message<'_>>, TooComplex> {
     match super::parse::leaf(raw) {
-        Some(part) if !is_smime_entity(&part) && !claims_smime_content(&part) => {
+        Some(part) if !is_smime_entity(&part, raw) && !claims_smime_content(&part, raw) => {
             Ok(Some(Message {
                 parts: vec![part],
                 raw_message: std::borrow::Cow::Borrowed(raw),
@@ -194,7 +186,7 @@ fn parse_unchecked(raw: &[u8]) -> Result<Option<Message<'_>>, TooComplex> {
 /// entity is moved out of it, not copied.
 pub fn shape_taken(mut msg: Message<'_>, raw: &[u8]) -> Shape {
     if let Some(part) = msg.parts.first_mut() {
-        if is_smime_entity(part)
+        if is_smime_entity(part, raw)
             && matches!(part.body, PartType::Binary(_) | PartType::InlineBinary(_))
         {
             let body = std::mem::replace(&mut part.body, PartType::Text("".into()));
@@ -223,7 +215,7 @@ fn shape_of(msg: &Message<'_>, raw: &[u8], index: usize, depth: usize) -> Shape 
     let Some(part) = msg.parts.get(index) else {
         return Shape::Plain;
     };
-    if is_smime_entity(part) {
+    if is_smime_entity(part, raw) {
         return pkcs7_mime_shape(part);
     }
     let PartType::Multipart(children) = &part.body else {
@@ -233,7 +225,7 @@ fn shape_of(msg: &Message<'_>, raw: &[u8], index: usize, depth: usize) -> Shape 
         let first = &msg.parts[children[0] as usize];
         let second = &msg.parts[children[1] as usize];
         let content = raw.get(first.offset_header as usize..first.offset_end as usize);
-        if let (true, Some(content)) = (is_signature_part(second), content) {
+        if let (true, Some(content)) = (is_signature_part(second, raw), content) {
             return Shape::DetachedSigned {
                 content: content.to_vec(),
                 signature: cms_bytes(second),
@@ -251,7 +243,7 @@ fn shape_of(msg: &Message<'_>, raw: &[u8], index: usize, depth: usize) -> Shape 
     }
     let mut nested = Nested::default();
     for &c in children {
-        count_nested(msg, c as usize, &mut nested, 0);
+        count_nested(msg, raw, c as usize, &mut nested, 0);
     }
     if nested.encrypted + nested.signed == 0 {
         return Shape::Plain;
@@ -264,11 +256,11 @@ fn shape_of(msg: &Message<'_>, raw: &[u8], index: usize, depth: usize) -> Shape 
 }
 
 /// Counts the S/MIME parts at and under part `index`.
-fn count_nested(msg: &Message<'_>, index: usize, out: &mut Nested, depth: usize) {
+fn count_nested(msg: &Message<'_>, raw: &[u8], index: usize, out: &mut Nested, depth: usize) {
     let Some(part) = msg.parts.get(index) else {
         return;
     };
-    if is_smime_entity(part) {
+    if is_smime_entity(part, raw) {
         match pkcs7_mime_shape(part) {
             Shape::Enveloped { .. } => out.encrypted += 1,
             Shape::OpaqueSigned { .. } => out.signed += 1,
@@ -276,13 +268,13 @@ fn count_nested(msg: &Message<'_>, index: usize, out: &mut Nested, depth: usize)
         }
         return;
     }
-    if is_multipart(part, "signed") || is_signature_part(part) {
+    if is_multipart(part, "signed") || is_signature_part(part, raw) {
         out.signed += 1;
         return;
     }
     if let (PartType::Multipart(children), true) = (&part.body, depth < MAX_WRAPPERS) {
         for &c in children {
-            count_nested(msg, c as usize, out, depth + 1);
+            count_nested(msg, raw, c as usize, out, depth + 1);
         }
     }
 }
@@ -478,10 +470,10 @@ pub fn looks_like_headers(raw: &[u8]) -> bool {
 /// Content-Type name, whatever its type): never narrower than what
 /// unwrap opens ([`is_smime_entity`]), so the scan sees everything that
 /// may be decrypted.
-pub(super) fn claims_smime_content(part: &mail_parser::MessagePart<'_>) -> bool {
+pub(super) fn claims_smime_content(part: &mail_parser::MessagePart<'_>, raw: &[u8]) -> bool {
     part.content_type()
         .is_some_and(|c| is_pkcs7_mime(c.ctype(), c.subtype()))
-        || matches!(name_ending(part), Some(".p7m") | Some(".p7c"))
+        || matches!(name_ending(part, raw), Some(".p7m") | Some(".p7c"))
 }
 
 #[cfg(test)]
@@ -496,14 +488,19 @@ mod tests {
             "Content-Type: application/octet-stream; name*0=\"smime.\"; name*1=\"p7m\"",
             "Content-Type: application/octet-stream; name=\"=?us-ascii?Q?smime=2Ep7m?=\"",
             "Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename*=UTF-8''smime%2Ep7m",
+            // mail-parser joins these into `a.pdfp7m` and `smime.`.
+            "Content-Type: application/octet-stream; name=\"a.pdf\"; name*0=\"smime.\"; name*1=\"p7m\"",
+            "Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"a.pdf\"; filename*0=\"smime.\"; filename*1=\"p7m\"",
+            // mail-parser reads the last Content-Disposition, clients the first.
+            "Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"smime.p7m\"\r\nContent-Disposition: attachment; filename=\"a.pdf\"",
         ] {
             let m = format!("{fields}\r\nContent-Transfer-Encoding: base64\r\n\r\nMAA=\r\n");
             let parsed = mail_parser::MessageParser::default()
                 .parse(m.as_bytes())
                 .unwrap();
             assert!(
-                super::claims_smime_content(&parsed.parts[0])
-                    && super::is_smime_entity(&parsed.parts[0]),
+                super::claims_smime_content(&parsed.parts[0], m.as_bytes())
+                    && super::is_smime_entity(&parsed.parts[0], m.as_bytes()),
                 "{fields}"
             );
         }
@@ -511,7 +508,7 @@ mod tests {
         let parsed = mail_parser::MessageParser::default()
             .parse(m.as_bytes())
             .unwrap();
-        assert!(!super::claims_smime_content(&parsed.parts[0]));
+        assert!(!super::claims_smime_content(&parsed.parts[0], m.as_bytes()));
     }
 
     use super::*;

@@ -120,7 +120,7 @@ fn scan_message(msg: &Message<'_>, depth: usize, budget: &mut usize, seen: &mut 
             }
             continue;
         }
-        if super::mime::claims_smime_content(part) {
+        if super::mime::claims_smime_content(part, msg.raw_message.as_ref()) {
             seen.add(cms_content(part.contents(), depth, budget));
         }
     }

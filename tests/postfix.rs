@@ -43,6 +43,32 @@ fn setup_full(main_extra: &str, script: Script) -> Option<Setup> {
         return None;
     }
     let sink = Sink::start(script);
+    // A port chosen here can be taken by another process before Postfix
+    // binds it: then everything is set up again on other ports.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match try_setup(main_extra, &sink) {
+            Ok((gw, pf, front, submission, recips)) => {
+                return Some(Setup {
+                    sink,
+                    gw,
+                    pf,
+                    front,
+                    submission,
+                    _recips: recips,
+                })
+            }
+            Err(why) if attempt < 4 => eprintln!("setting up again on other ports: {why}"),
+            Err(why) => panic!("{why}"),
+        }
+    }
+}
+
+type Started = (Gateway, Postfix, u16, u16, tempfile::TempDir);
+
+/// The gateway and Postfix in front of it, on ports chosen now.
+fn try_setup(main_extra: &str, sink: &Sink) -> Result<Started, String> {
     let (front, reinject) = (free_port(), free_port());
     let (submission, gw_submission) = (free_port(), free_port());
     let reinject_addr = SocketAddr::from(([127, 0, 0, 1], reinject));
@@ -87,7 +113,7 @@ fn setup_full(main_extra: &str, script: Script) -> Option<Setup> {
             "hash:/etc/postfix/sender_login",
             "inline:{alice@example-law.dk=alice}",
         );
-    let pf = Postfix::start(
+    let pf = Postfix::try_start(
         &format!("127.0.0.1:{front}"),
         &format!("[127.0.0.1]:{}", sink.addr.port()),
         &format!(
@@ -98,15 +124,8 @@ fn setup_full(main_extra: &str, script: Script) -> Option<Setup> {
             )
         ),
         &master,
-    );
-    Some(Setup {
-        sink,
-        gw,
-        pf,
-        front,
-        submission,
-        _recips: recips,
-    })
+    )?;
+    Ok((gw, pf, front, submission, recips))
 }
 
 fn swaks(port: u16, from: &str, to: &str, data: &[u8]) -> String {

@@ -32,6 +32,22 @@ impl Postfix {
     /// Starts Postfix with smtpd on `listen`, relaying everything to
     /// `relayhost`, plus `main_extra` and `master_extra` lines.
     pub fn start(listen: &str, relayhost: &str, main_extra: &str, master_extra: &str) -> Self {
+        match Self::try_start(listen, relayhost, main_extra, master_extra) {
+            Ok(pf) => pf,
+            Err(why) => panic!("{why}"),
+        }
+    }
+
+    /// [`Postfix::start`], or why Postfix did not start: a port of
+    /// `listen` or `master_extra` taken by another process after the test
+    /// chose it ("Address already in use") is an error to try again with
+    /// other ports, not a panic.
+    pub fn try_start(
+        listen: &str,
+        relayhost: &str,
+        main_extra: &str,
+        master_extra: &str,
+    ) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("smimegw-postfix")
             .tempdir()
@@ -92,22 +108,30 @@ impl Postfix {
         .expect("master.cf");
         let pf = Postfix { dir };
         pf.run(&["check"]);
-        pf.run(&["start"]);
+        let started = Command::new("postfix")
+            .arg("-c")
+            .arg(pf.conf())
+            .arg("start")
+            .output()
+            .expect("postfix");
         let port: u16 = listen
             .rsplit(':')
             .next()
             .and_then(|p| p.parse().ok())
             .expect("port");
-        assert!(
-            super::wait_until(Duration::from_secs(15), || std::net::TcpStream::connect((
-                "127.0.0.1",
-                port
-            ))
-            .is_ok()),
-            "postfix did not start: {}",
-            pf.log()
-        );
-        pf
+        let listening = started.status.success()
+            && super::wait_until(Duration::from_secs(15), || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                    || pf.log().contains("Address already in use")
+            });
+        if !listening || pf.log().contains("Address already in use") {
+            return Err(format!(
+                "postfix did not start: {}{}",
+                String::from_utf8_lossy(&started.stderr),
+                pf.log()
+            ));
+        }
+        Ok(pf)
     }
 
     fn conf(&self) -> PathBuf {

@@ -4,7 +4,9 @@
 //! take the descriptors, memory or log the SMTP side needs, nor keep a
 //! probe out (connections at most 32, 4 per address or IPv6 /64, 10 s
 //! each, the header within 2 s and 16 KiB; when all are taken, an idle
-//! connection of the address that opened the most lately makes room).
+//! connection makes room: one that has had more than a second to ask
+//! first, then one of the address that opened the most lately without
+//! asking anything).
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -50,6 +52,9 @@ const HTTP_MAX_BUFFER: usize = 16 * 1024;
 
 /// How long a new connection waits for the room an ended one leaves.
 const HTTP_EVICTION_WAIT: Duration = Duration::from_millis(200);
+/// How long a new connection has to send its request before it is ended
+/// ahead of younger ones to make room (half the time it has for it).
+const HTTP_YOUNG: Duration = Duration::from_secs(1);
 
 /// The gateway's one HTTP stack (hyper, HTTP/1.1): accepts on `listener`
 /// until shutdown and answers each request with `answer`. Bounded, so
@@ -59,8 +64,8 @@ const HTTP_EVICTION_WAIT: Duration = Duration::from_millis(200);
 /// from one address (an IPv6 /64 counting as one; more are closed at
 /// once), each at most 10 seconds, its header within 2 seconds and
 /// 16 KiB. When all are taken, a new connection ends an idle one
-/// ([`to_end`]), so a few addresses holding every connection keep no
-/// probe from elsewhere out. A failed accept (out of descriptors) is
+/// ([`to_end`]), so addresses holding every connection keep no probe
+/// from elsewhere out. A failed accept (out of descriptors) is
 /// logged and pauses the loop for 100 ms instead of spinning.
 pub async fn serve<F, Fut>(
     listener: TcpListener,
@@ -74,7 +79,7 @@ pub async fn serve<F, Fut>(
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
     let peers: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let serving: Serving = Arc::default();
-    let mut opening = Openings::default();
+    let opening: Arc<Mutex<Openings>> = Arc::default();
     let mut next_id = 0u64;
     loop {
         let (stream, peer) = tokio::select! {
@@ -90,7 +95,7 @@ pub async fn serve<F, Fut>(
         };
         let key = limit_key(peer.ip(), 64);
         let now = Instant::now();
-        opening.note(key, now);
+        lock(&opening).note(key, now);
         let Some(peer_slot) = PeerSlot::take(&peers, key) else {
             drop(stream);
             continue;
@@ -100,12 +105,12 @@ pub async fn serve<F, Fut>(
             Err(_) => {
                 let ended = {
                     let mut list = lock(&serving);
-                    let choice = to_end(list.iter().map(|(id, e)| {
-                        (
-                            *id,
-                            e.busy.load(Ordering::SeqCst) > 0,
-                            opening.rate(e.peer, now),
-                        )
+                    let opening = lock(&opening);
+                    let choice = to_end(list.iter().map(|(id, e)| Candidate {
+                        id: *id,
+                        busy: e.busy.load(Ordering::SeqCst) > 0,
+                        young: now.saturating_duration_since(e.opened) < HTTP_YOUNG,
+                        rate: opening.rate(e.peer, now),
                     }));
                     choice.and_then(|id| list.remove(&id))
                 };
@@ -137,6 +142,8 @@ pub async fn serve<F, Fut>(
         };
         let busy = Arc::new(AtomicUsize::new(0));
         let busy_here = Arc::clone(&busy);
+        let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let opening_here = Arc::clone(&opening);
         // Held while the task is spawned, so that it is listed before it
         // can end and unlist itself.
         let mut list = lock(&serving);
@@ -145,6 +152,11 @@ pub async fn serve<F, Fut>(
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 // Busy from the request until its answer is made.
                 let mark = Busy::mark(&busy_here);
+                // A connection that asks is not held idle: its opening
+                // is taken back.
+                if !asked.swap(true, Ordering::SeqCst) {
+                    lock(&opening_here).asked(key, Instant::now());
+                }
                 let reply = answer(req, peer);
                 async move {
                     let answer = reply.await;
@@ -166,6 +178,7 @@ pub async fn serve<F, Fut>(
                 task: task.abort_handle(),
                 busy,
                 peer: key,
+                opened: now,
             },
         );
     }
@@ -175,11 +188,27 @@ pub async fn serve<F, Fut>(
 type Serving = Arc<Mutex<BTreeMap<u64, Listed>>>;
 
 /// A connection being served: what ends it, how many of its requests are
-/// being answered, and whose it is (the address, an IPv6 /64).
+/// being answered, whose it is (the address, an IPv6 /64) and when it
+/// was accepted.
 struct Listed {
     task: tokio::task::AbortHandle,
     busy: Arc<AtomicUsize>,
     peer: IpAddr,
+    opened: Instant,
+}
+
+/// What [`to_end`] weighs of a connection.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    /// Its place in [`Serving`] (larger: accepted later).
+    id: u64,
+    /// A request of it is being answered.
+    busy: bool,
+    /// Accepted less than [`HTTP_YOUNG`] ago.
+    young: bool,
+    /// How many connections its address opened lately without asking
+    /// anything ([`Openings::rate`]).
+    rate: u64,
 }
 
 /// A request being answered on a connection, until dropped.
@@ -198,17 +227,19 @@ impl Drop for Busy {
     }
 }
 
-/// Which connection ends to make room for a new one, of `listed` (id,
-/// oldest first; answering a request; how many connections its address
-/// opened lately, [`Openings::rate`]): never one answering a request; of
-/// the others one of the address that opened the most, its newest. A
-/// flood then ends its own connections before a probe's (a probe opens
-/// one now and then), and nobody can end a request being answered.
-fn to_end(listed: impl Iterator<Item = (u64, bool, u64)>) -> Option<u64> {
+/// Which connection ends to make room for a new one: never one whose
+/// request is being answered; one that has had a second to ask before
+/// a younger one (a probe asks at once; holding every connection with
+/// young ones takes 32 new connections a second); of those, one of the
+/// address that opened the most connections lately without asking
+/// anything, its newest. A flood then ends its own connections before a
+/// probe's, however often the probe polls (its connections ask, so its
+/// openings are taken back), and nobody can end a request being answered.
+fn to_end(listed: impl Iterator<Item = Candidate>) -> Option<u64> {
     listed
-        .filter(|(_, busy, _)| !busy)
-        .max_by_key(|(id, _, rate)| (*rate, *id))
-        .map(|(id, _, _)| id)
+        .filter(|c| !c.busy)
+        .max_by_key(|c| (!c.young, c.rate, c.id))
+        .map(|c| c.id)
 }
 
 /// Addresses (IPv6 /64s) remembered for how many connections they opened
@@ -217,8 +248,8 @@ const OPENINGS_KEPT: usize = 4096;
 /// How long an opening counts fully; its weight halves every such span.
 const OPENINGS_HALF_LIFE: Duration = Duration::from_secs(10);
 
-/// How many connections each address opened lately, decaying by half
-/// every [`OPENINGS_HALF_LIFE`].
+/// How many connections each address opened lately and asked nothing on
+/// (yet), decaying by half every [`OPENINGS_HALF_LIFE`].
 #[derive(Default)]
 struct Openings {
     seen: HashMap<IpAddr, (f64, Instant)>,
@@ -249,6 +280,15 @@ impl Openings {
             let median = rates[rates.len() / 2];
             self.seen
                 .retain(|k, (c, at)| *k == ip || Self::decayed(*c, *at, now) > median);
+        }
+    }
+
+    /// A connection `ip` opened asked something at `now`: its opening
+    /// no longer counts.
+    fn asked(&mut self, ip: IpAddr, now: Instant) {
+        if let Some((count, at)) = self.seen.get_mut(&ip) {
+            *count = (Self::decayed(*count, *at, now) - 1.0).max(0.0);
+            *at = now;
         }
     }
 
@@ -316,27 +356,52 @@ impl Drop for PeerSlot {
 mod tests {
     use super::*;
 
+    fn c(id: u64, busy: bool, young: bool, rate: u64) -> Candidate {
+        Candidate {
+            id,
+            busy,
+            young,
+            rate,
+        }
+    }
+
     #[test]
     fn room_is_made_by_an_idle_connection_of_whoever_opened_the_most() {
         // The probe (1, one opening) is oldest; rate 40 is the flood's.
         let listed = [
-            (1, false, 1000),
-            (2, true, 40_000),
-            (3, false, 30_000),
-            (4, false, 40_000),
-            (5, false, 40_000),
+            c(1, false, true, 1000),
+            c(2, true, true, 40_000),
+            c(3, false, true, 30_000),
+            c(4, false, true, 40_000),
+            c(5, false, true, 40_000),
         ];
         assert_eq!(to_end(listed.into_iter()), Some(5));
         // Answering a request: never.
         assert_eq!(
-            to_end([(1, true, 1000), (2, true, 40_000)].into_iter()),
+            to_end([c(1, true, false, 1000), c(2, true, false, 40_000)].into_iter()),
             None
         );
         // Equal rates: the newest.
         assert_eq!(
-            to_end([(7, false, 3000), (9, false, 3000)].into_iter()),
+            to_end([c(7, false, true, 3000), c(9, false, true, 3000)].into_iter()),
             Some(9)
         );
+    }
+
+    #[test]
+    fn a_connection_that_had_its_second_to_ask_goes_before_a_young_one() {
+        // Review 17: a probe polling often opened the most; its young
+        // connection, not yet asking, was ended for a flood's from many
+        // addresses, each opening less.
+        let listed = [
+            c(1, false, false, 800),
+            c(2, false, false, 900),
+            c(3, false, true, 14_000),
+        ];
+        assert_eq!(to_end(listed.into_iter()), Some(2));
+        // All young: by openings, as before.
+        let listed = [c(1, false, true, 800), c(3, false, true, 14_000)];
+        assert_eq!(to_end(listed.into_iter()), Some(3));
     }
 
     #[test]
@@ -359,5 +424,22 @@ mod tests {
         }
         assert!(o.seen.len() <= OPENINGS_KEPT + 1);
         assert_eq!(o.rate(ip(9), t0), 40_000);
+    }
+
+    #[test]
+    fn an_opening_that_asked_no_longer_counts() {
+        // A probe polling every second: each connection asks at once.
+        let ip = IpAddr::from([127, 0, 0, 2]);
+        let t0 = Instant::now();
+        let mut o = Openings::default();
+        for i in 0..30u32 {
+            let at = t0 + Duration::from_secs(i.into());
+            o.note(ip, at);
+            o.asked(ip, at + Duration::from_millis(1));
+        }
+        assert!(o.rate(ip, t0 + Duration::from_secs(30)) < 10);
+        // Never below nothing.
+        o.asked(ip, t0 + Duration::from_secs(31));
+        assert_eq!(o.rate(ip, t0 + Duration::from_secs(31)), 0);
     }
 }

@@ -737,6 +737,45 @@ fn clients_from_a_few_addresses_holding_every_connection_keep_no_probe_out() {
 }
 
 #[test]
+fn a_probe_that_polls_often_is_not_the_connection_ended_to_make_room() {
+    // Review 17: room was made by ending an idle connection of the
+    // address that opened the most lately. A probe polling often was that
+    // address: its new connection, not yet asking, was ended for the
+    // connections of a flood from many addresses that each opened fewer.
+    use std::io::{Read, Write};
+    let sink = Sink::start(Script::default());
+    let (gw, port) = with_metrics(&sink);
+    let probe: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    for _ in 0..10 {
+        assert!(healthz_ok_from(port, probe));
+    }
+    // 31 addresses hold a connection each and ask nothing; a second later
+    // the probe takes the last one and asks after 150 ms; meanwhile one
+    // more address connects.
+    let held: Vec<_> = (10..41u8)
+        .map(|last| connect_from(port, std::net::IpAddr::from([127, 0, 0, last])).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut asking = connect_from(port, probe).unwrap();
+    asking
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let one_more = connect_from(port, std::net::IpAddr::from([127, 0, 0, 50])).unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let _ =
+        asking.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut answer = String::new();
+    let _ = asking.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the probe's connection was ended: {answer:?}"
+    );
+    drop((held, one_more));
+    drop(gw);
+}
+
+#[test]
 fn the_operators_pages_answer_no_other_name_for_this_host_without_a_token() {
     // Review 15 (DNS rebinding): a web page the operator opens points its
     // own name at 127.0.0.1; the operator's browser then reads /metrics and

@@ -118,6 +118,61 @@ impl Ca {
         ca
     }
 
+    /// A new certificate of `self` (its name and key) from `issuer`, as
+    /// a CA re-issues an intermediate before it expires, naming `point`.
+    fn reissued_by(&self, issuer: &Ca, point: &str, serial: u32) -> PathBuf {
+        let pem = self.dir.join(format!("{}-reissued.pem", self.name));
+        let (csr, ext) = (pem.with_extension("csr"), pem.with_extension("cnf"));
+        std::fs::write(
+            &ext,
+            format!(
+                "[v3]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n\
+                 authorityKeyIdentifier=keyid\ncrlDistributionPoints=URI:{point}\n"
+            ),
+        )
+        .unwrap();
+        let subject = format!("/O=Revocation Test/CN={}", self.name);
+        pki::openssl(
+            &[
+                "req",
+                "-new",
+                "-key",
+                path(&self.key()),
+                "-subj",
+                &subject,
+                "-out",
+                path(&csr),
+            ],
+            b"",
+        );
+        let serial = serial.to_string();
+        pki::openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                path(&csr),
+                "-CA",
+                path(&issuer.pem()),
+                "-CAkey",
+                path(&issuer.key()),
+                "-set_serial",
+                &serial,
+                "-days",
+                "30",
+                "-sha256",
+                "-extfile",
+                path(&ext),
+                "-extensions",
+                "v3",
+                "-out",
+                path(&pem),
+            ],
+            b"",
+        );
+        pem
+    }
+
     /// A recipient certificate for `email` naming `point` as its CRL.
     fn leaf(&self, label: &str, email: &str, point: &str, serial: u32) -> PathBuf {
         self.leaf_with(
@@ -654,6 +709,48 @@ fn an_older_crl_served_after_a_reload_or_a_restart_is_a_replay() {
     let cfg = explain_config(s.pki.path(), &s.recips, &leaf.root, "hard-fail");
     let (text, ok) = explain(&cfg, "a@partner.example", &[]);
     assert!(ok && text.contains("not revoked (CRL http://"), "{text}");
+}
+
+#[test]
+fn a_reissued_certificate_of_the_issuing_ca_keeps_its_crl_history() {
+    // Review 15 (open since): the history was kept under the issuer's
+    // certificate fingerprint. A CA re-issues its intermediate (same name,
+    // same key); the operator puts the new certificate in; the path serves
+    // the CRL from before a's revocation, which the history had seen
+    // superseded.
+    let leaf = one_leaf(40);
+    let (s, ca, point) = (&leaf.s, &leaf.ca, &leaf.point);
+    let b = ca.leaf("b", "b@partner.example", point, 41);
+    s.recipient(&b);
+    let before = ca.crl("full", point);
+    ca.revoke(&leaf.a);
+    s.serve("issuing.crl", &ca.crl("full", point));
+    let (gw, outside, _inside) = daemon_for(&leaf);
+    send(&gw, "b@partner.example", "newer-seen");
+    assert!(
+        wait_until(Duration::from_secs(20), || outside.count() == 1),
+        "{}",
+        gw.log()
+    );
+
+    let reissued = ca.reissued_by(&leaf.root, &s.url("root.crl"), 3);
+    std::fs::copy(&reissued, s.recips.join("Issuing.pem")).unwrap();
+    s.serve("issuing.crl", &before);
+    gw.signal("HUP");
+    assert!(wait_until(Duration::from_secs(10), || gw
+        .log()
+        .contains("configuration reloaded")));
+    send(&gw, "a@partner.example", "after-reissue");
+    wait_until(Duration::from_secs(20), || {
+        gw.log().contains("a replay") || outside.count() > 1
+    });
+    assert_eq!(
+        outside.count(),
+        1,
+        "encrypted to a revoked certificate on a replayed CRL: {}",
+        gw.log()
+    );
+    assert!(gw.log().contains("a replay"), "{}", gw.log());
 }
 
 #[test]

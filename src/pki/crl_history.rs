@@ -92,11 +92,12 @@ fn newer(a: &Seen, b: &Seen) -> Seen {
 }
 
 /// The key of a distribution point (its names, joined) and an issuer (its
-/// certificate's fingerprint): a hash, so the file needs no escaping.
-pub fn key(point: &[String], issuer_fingerprint: &str) -> String {
+/// name and key; before, its certificate's fingerprint): a hash, so the
+/// file needs no escaping.
+pub fn key(point: &[String], issuer: &str) -> String {
     let mut text = point.join("\n");
     text.push('\0');
-    text.push_str(issuer_fingerprint);
+    text.push_str(issuer);
     crate::ossl::sha256_hex(text.as_bytes())
 }
 
@@ -191,10 +192,15 @@ impl CrlHistory {
     }
 
     /// Takes `fetched` as the CRL now served at the point `key`, or says
-    /// why it is a replay. A newer one is remembered (and written).
-    pub fn admit(&self, key: &str, fetched: Seen) -> Result<(), String> {
+    /// why it is a replay (older than what was seen under `key` or under
+    /// any of the `earlier` keys the same point went by). A newer one is
+    /// remembered under `key` (and written).
+    pub fn admit(&self, key: &str, earlier: &[&str], fetched: Seen) -> Result<(), String> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         judge(seen.get(key), &fetched)?;
+        for old in earlier {
+            judge(seen.get(*old), &fetched)?;
+        }
         if seen.get(key) == Some(&fetched) {
             return Ok(());
         }
@@ -332,27 +338,32 @@ mod tests {
         let other = key(&["http://crl.example/b.crl".into()], "ab");
         assert_ne!(k, other);
         let first = CrlHistory::of_spool(dir.path());
-        first.admit(&k, seen(100, Some(&[7]))).unwrap();
+        first.admit(&k, &[], seen(100, Some(&[7]))).unwrap();
         // Another process (an operator's command) saw another point.
         let second = CrlHistory::of_spool(dir.path());
-        second.admit(&other, seen(50, None)).unwrap();
-        assert!(second.admit(&k, seen(90, Some(&[6]))).is_err());
+        second.admit(&other, &[], seen(50, None)).unwrap();
+        assert!(second.admit(&k, &[], seen(90, Some(&[6]))).is_err());
         // A restart reads both.
         let third = CrlHistory::of_spool(dir.path());
-        assert!(third.admit(&k, seen(99, Some(&[9]))).is_err());
-        assert!(third.admit(&other, seen(49, None)).is_err());
-        assert!(third.admit(&k, seen(100, Some(&[7]))).is_ok());
+        assert!(third.admit(&k, &[], seen(99, Some(&[9]))).is_err());
+        assert!(third.admit(&other, &[], seen(49, None)).is_err());
+        assert!(third.admit(&k, &[], seen(100, Some(&[7]))).is_ok());
         // The first one wrote after the second: nothing of it is lost.
-        first.admit(&k, seen(150, Some(&[8]))).unwrap();
+        first.admit(&k, &[], seen(150, Some(&[8]))).unwrap();
         let fourth = CrlHistory::of_spool(dir.path());
-        assert!(fourth.admit(&other, seen(49, None)).is_err());
-        assert!(fourth.admit(&k, seen(149, Some(&[9]))).is_err());
+        assert!(fourth.admit(&other, &[], seen(49, None)).is_err());
+        assert!(fourth.admit(&k, &[], seen(149, Some(&[9]))).is_err());
+        // Under a new key, what the earlier key saw still counts.
+        let renamed = key(&["http://crl.example/a.crl".into()], "name:key");
+        assert!(fourth.admit(&renamed, &[&k], seen(149, None)).is_err());
+        assert!(fourth.admit(&renamed, &[&k], seen(150, Some(&[8]))).is_ok());
+        assert!(fourth.admit(&renamed, &[], seen(149, None)).is_err());
         // Lines that do not read are skipped, not fatal.
         let file = dir.path().join("revocation").join("crl-history");
         let mut text = std::fs::read_to_string(&file).unwrap();
         text.push_str("garbage\nzz 1 -\n");
         std::fs::write(&file, text).unwrap();
-        assert_eq!(read(&file).len(), 2);
+        assert_eq!(read(&file).len(), 3);
     }
 
     #[test]
@@ -360,14 +371,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let k = key(&["http://crl.example/a.crl".into()], "ab");
         CrlHistory::of_spool(dir.path())
-            .admit(&k, seen(100, None))
+            .admit(&k, &[], seen(100, None))
             .unwrap();
         let command = CrlHistory::read_from_spool(dir.path());
-        assert!(command.admit(&k, seen(99, None)).is_err());
-        command.admit(&k, seen(200, None)).unwrap();
+        assert!(command.admit(&k, &[], seen(99, None)).is_err());
+        command.admit(&k, &[], seen(200, None)).unwrap();
         // Not written: the daemon's file still says 100.
         let again = CrlHistory::read_from_spool(dir.path());
-        assert!(again.admit(&k, seen(150, None)).is_ok());
+        assert!(again.admit(&k, &[], seen(150, None)).is_ok());
         let file = dir.path().join("revocation").join("crl-history");
         assert_eq!(
             std::fs::read_dir(file.parent().unwrap()).unwrap().count(),
@@ -404,7 +415,7 @@ mod tests {
     #[test]
     fn in_memory_only_without_a_file() {
         let h = CrlHistory::default();
-        h.admit("k", seen(10, None)).unwrap();
-        assert!(h.admit("k", seen(9, None)).is_err());
+        h.admit("k", &[], seen(10, None)).unwrap();
+        assert!(h.admit("k", &[], seen(9, None)).is_err());
     }
 }

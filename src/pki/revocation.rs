@@ -329,8 +329,13 @@ impl Checker {
                     (_, true) => "\u{0}end-entity",
                     _ => "",
                 };
-                let history_key = crl_history::key(point, &format!("{}{kind}", key.1));
-                self.history.admit(&history_key, age)?;
+                // The history is the issuer's (its name and key), so a
+                // re-issued or cross-certified certificate of it carries
+                // the same; what was kept under its certificate's
+                // fingerprint before counts too.
+                let history_key = crl_history::key(point, &format!("{}{kind}", issuer_id(issuer)));
+                let earlier = crl_history::key(point, &format!("{}{kind}", key.1));
+                self.history.admit(&history_key, &[&earlier], age)?;
                 let out = (Arc::clone(&fetched.crl), fetched.covers);
                 self.crls
                     .lock()

@@ -18,26 +18,36 @@ use mail_parser::{HeaderName, MessagePart, MimeHeaders};
 /// fields in `raw` (the message its offsets refer to) and from
 /// mail-parser's parse of them; duplicates left in.
 pub fn of_part(part: &MessagePart<'_>, raw: &[u8]) -> Vec<String> {
-    let mut names = Vec::new();
+    let [in_type, in_disposition] = by_field(part, raw);
+    let mut names = in_type;
+    names.extend(in_disposition);
+    names
+}
+
+/// [`of_part`] in two: the readings of what the Content-Type field says
+/// (`name`), and of what the Content-Disposition fields say (`filename`,
+/// every such field). Readings of one field differing are a trick (no
+/// producer writes a name two ways that end differently); a type's name
+/// and a disposition's filename may differ in mail clients write.
+pub fn by_field(part: &MessagePart<'_>, raw: &[u8]) -> [Vec<String>; 2] {
+    let mut out = [Vec::new(), Vec::new()];
     for header in &part.headers {
         let (from, to) = (header.offset_start as usize, header.offset_end as usize);
-        let field = match header.name {
-            HeaderName::ContentType | HeaderName::ContentDisposition => raw.get(from..to),
-            _ => None,
+        let which = match header.name {
+            HeaderName::ContentType => 0,
+            HeaderName::ContentDisposition => 1,
+            _ => continue,
         };
-        if let Some(field) = field {
+        if let Some(field) = raw.get(from..to) {
             let params = parameters(&String::from_utf8_lossy(field));
             for key in ["name", "filename"] {
-                names.extend(readings(&params, key));
+                out[which].extend(readings(&params, key));
             }
         }
     }
-    for ct in [part.content_type(), part.content_disposition()]
-        .into_iter()
-        .flatten()
-    {
-        let given = ct.attributes.as_deref().unwrap_or_default();
-        names.extend(
+    for (which, ct) in [(0, part.content_type()), (1, part.content_disposition())] {
+        let given = ct.and_then(|c| c.attributes.as_deref()).unwrap_or_default();
+        out[which].extend(
             given
                 .iter()
                 .filter(|a| {
@@ -46,7 +56,7 @@ pub fn of_part(part: &MessagePart<'_>, raw: &[u8]) -> Vec<String> {
                 .map(|a| a.value.to_string()),
         );
     }
-    names
+    out
 }
 
 /// The parameters of a raw Content-Type or Content-Disposition value

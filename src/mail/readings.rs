@@ -154,8 +154,9 @@ fn part_agrees(part: &MessagePart<'_>, raw: &[u8]) -> Result<(), TwoWays> {
     // A file name given plainly and in RFC 2231 form (`name="a.pdf";
     // name*=UTF-8''%C3%A6.pdf`, the fallback RFC 6266 recommends) only
     // names a file, unless its readings disagree on whether (and which)
-    // S/MIME content it names: every reading of every name and filename,
-    // pieces and a second Content-Disposition included, must end alike.
+    // S/MIME content it names: every reading of the Content-Type's name,
+    // and every reading of the Content-Disposition's filename (pieces and
+    // a second field included), must end alike.
     let params = part.content_type().and_then(|ct| ct.attributes.as_deref());
     if let Some(params) = params {
         let name = |a: &mail_parser::Attribute<'_>| a.name.eq_ignore_ascii_case("name");
@@ -168,10 +169,11 @@ fn part_agrees(part: &MessagePart<'_>, raw: &[u8]) -> Result<(), TwoWays> {
             return Err(TwoWays::Parameter);
         }
     }
-    let names = file_names::of_part(part, raw);
-    if let Some((first, rest)) = names.split_first() {
-        if rest.iter().any(|n| smime_ending(n) != smime_ending(first)) {
-            return Err(TwoWays::Parameter);
+    for names in file_names::by_field(part, raw) {
+        if let Some((first, rest)) = names.split_first() {
+            if rest.iter().any(|n| smime_ending(n) != smime_ending(first)) {
+                return Err(TwoWays::Parameter);
+            }
         }
     }
     // The type itself: `type/subtype` of tokens, as mail-parser read it.
@@ -441,6 +443,10 @@ mod tests {
         ] {
             assert_eq!(check(m, false), Err(TwoWays::Parameter));
         }
+        // A type's name and a disposition's filename may differ.
+        let m = b"Content-Type: application/octet-stream; name=smime.p7m\r\n\
+                  Content-Disposition: attachment; filename=\"scan.pdf\"\r\n\r\nx\r\n";
+        assert_eq!(check(m, false), Ok(()));
         // Names that agree: one way, S/MIME or not.
         let m = b"Content-Type: application/pkcs7-mime; name=smime.p7m\r\n\
                   Content-Disposition: attachment; filename=\"mail.p7m\"\r\n\r\nx\r\n";

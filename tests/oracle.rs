@@ -1041,7 +1041,8 @@ fn html_that_reads_two_ways_is_not_opened_without_integrity() {
         (
             "svg",
             format!(
-                "Content-Type: image/svg+xml\r\n\r\n<svg xmlns=\"http://www.w3.org/2000/svg\">\
+                "Content-Type: image/svg+xml\r\nContent-Disposition: inline; filename=\"chart.svg\"\r\n\r\n\
+                 <svg xmlns=\"http://www.w3.org/2000/svg\">\
                  <image href=\"//attacker.example/leak\"/><text>{SECRET}</text></svg>\r\n"
             ),
         ),
@@ -1079,6 +1080,12 @@ fn html_that_reads_two_ways_is_not_opened_without_integrity() {
                 "{text}"
             );
             assert!(!text.to_ascii_lowercase().contains("image/svg"), "{text}");
+            // Shown inline by none either (review 16).
+            assert!(
+                text.contains("Content-Disposition: attachment; filename=\"chart.svg\"")
+                    && !text.contains("inline"),
+                "{text}"
+            );
             assert!(!contains(&got.data, "attacker.example"), "{text}");
         } else if t.contains("html=neutralised") {
             // Opened into a message that reads one way (the mailbox's copy

@@ -9,7 +9,7 @@
 //! and CSS with `url()`. The HTML is rewritten by lol_html (an HTML5
 //! tokenizer, as browsers read it); HTML it cannot rewrite is delivered as
 //! plain text. Parts a client may render with what reaches out but that
-//! are not rewritten (SVG, XHTML) become `application/octet-stream`
+//! are not rewritten (SVG, XHTML, XML) become `application/octet-stream`
 //! attachments, which no client renders. AES-GCM (AuthEnvelopedData) and
 //! content signed inside the encryption pass as they are. Pure: bytes in,
 //! bytes out.
@@ -103,7 +103,7 @@ fn neutralise(message: &[u8], depth: usize) -> Result<(Cow<'_, [u8]>, bool), Too
         }
         let headers = &message[start..body_start];
         if active(part).is_some() && !matches!(part.body, PartType::Multipart(_)) {
-            let mut inert = reencoded(headers, "application/octet-stream", part.contents());
+            let mut inert = as_attachment(headers, part.contents());
             if end == message.len() {
                 inert.extend_from_slice(b"\r\n");
             }
@@ -153,7 +153,8 @@ fn neutralise(message: &[u8], depth: usize) -> Result<(Cow<'_, [u8]>, bool), Too
 
 /// What a part is when its type is one a client may render, with remote
 /// references or scripts, other than `text/html` (which is rewritten):
-/// SVG, XHTML, any other `html` type.
+/// SVG, XHTML, any other `html` type, XML (`xml` or `…+xml`, which a
+/// client rendering it fetches a stylesheet or entity for).
 fn active(part: &mail_parser::MessagePart<'_>) -> Option<&'static str> {
     let ct = part.content_type()?;
     let sub = ct.subtype().unwrap_or_default().to_ascii_lowercase();
@@ -161,6 +162,7 @@ fn active(part: &mail_parser::MessagePart<'_>) -> Option<&'static str> {
     match () {
         _ if sub.contains("svg") => Some("SVG"),
         _ if sub.contains("html") && !text_html => Some("XHTML"),
+        _ if sub == "xml" || sub.ends_with("+xml") => Some("XML"),
         _ => None,
     }
 }
@@ -181,6 +183,39 @@ fn reencoded(headers: &[u8], ctype: &str, body: &[u8]) -> Vec<u8> {
     let mut out = kept_fields(headers);
     out.extend_from_slice(
         format!("Content-Type: {ctype}\r\nContent-Transfer-Encoding: base64\r\n\r\n").as_bytes(),
+    );
+    let lines = mime::base64_lines(body);
+    out.extend_from_slice(lines.strip_suffix(b"\r\n").unwrap_or(&lines));
+    out
+}
+
+/// A part a client may render that is not rewritten, as an attachment
+/// no client renders: `application/octet-stream`, its disposition
+/// `attachment` (its file name kept), its body in base64, its other header
+/// fields kept. Ends without CRLF, as [`reencoded`].
+fn as_attachment(headers: &[u8], body: &[u8]) -> Vec<u8> {
+    let headers = mime::crlf(headers);
+    let (fields, _) = mime::split(&headers);
+    let mut params = Vec::new();
+    mime::each_field(fields, |name, raw| {
+        if name == "content-disposition" && params.is_empty() {
+            // What follows the disposition type (a token: no quotes).
+            if let Some(at) = raw.iter().position(|b| *b == b';') {
+                params = raw[at..].to_vec();
+            }
+        }
+    });
+    let mut out = mime::without(fields, |n| {
+        n == "content-type" || n == "content-transfer-encoding" || n == "content-disposition"
+    });
+    out.extend_from_slice(b"Content-Disposition: attachment");
+    if params.is_empty() {
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(&params);
+    }
+    out.extend_from_slice(
+        b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n",
     );
     let lines = mime::base64_lines(body);
     out.extend_from_slice(lines.strip_suffix(b"\r\n").unwrap_or(&lines));
@@ -366,13 +401,17 @@ mod tests {
             "image/svg+xml",
             "application/xhtml+xml",
             "Image/SVG+XML; charset=utf-8",
+            "text/xml",
+            "application/rss+xml",
         ] {
             let m = leaf(ct);
             let out = protect(m.as_bytes(), cbc(), false).unwrap();
             assert!(out.neutralised, "{ct}");
             let text = String::from_utf8_lossy(&out.message).to_string();
             assert!(
-                text.starts_with("X-Kept: 1\r\nContent-Type: application/octet-stream\r\n"),
+                text.starts_with(
+                    "X-Kept: 1\r\nContent-Disposition: attachment\r\nContent-Type: application/octet-stream\r\n"
+                ),
                 "{ct}: {text}"
             );
             assert!(text.ends_with("\r\n") && !text.to_ascii_lowercase().contains("svg+xml"));
@@ -389,8 +428,21 @@ mod tests {
             "{text}"
         );
         assert!(text.starts_with("Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nx\r\n--B\r\n"), "{text}");
-        // Control: a PNG and plain text pass; with integrity, SVG passes.
+        // Shown inline before: an attachment now, its name kept.
+        let inline = b"Content-Type: image/svg+xml\r\nContent-Disposition: inline;\r\n filename=\"logo.svg\"\r\n\r\n<svg/>\r\n";
+        let out = protect(inline, cbc(), false).unwrap();
+        let text = String::from_utf8_lossy(&out.message).to_string();
+        assert!(
+            text.starts_with("Content-Disposition: attachment;\r\n filename=\"logo.svg\"\r\nContent-Type: application/octet-stream\r\n"),
+            "{text}"
+        );
+        // Control: a PNG and plain text pass, and a Word document (its
+        // type names XML, but not as its subtype); with integrity, SVG passes.
         assert!(protect(leaf("image/png").as_bytes(), cbc(), false).is_ok());
+        let docx = "application/vnd.openxmlformats-officedocument.wordprocessingml.document";
+        let word = leaf(docx);
+        let out = protect(word.as_bytes(), cbc(), false).unwrap();
+        assert!(!out.neutralised && out.message.as_ref() == word.as_bytes());
         let gcm = Seen {
             encrypted: true,
             without_integrity: false,

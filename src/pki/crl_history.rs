@@ -143,7 +143,9 @@ impl CrlHistory {
     }
 
     /// Remembers that a source said the certificate `key` is revoked (for
-    /// a reason that cannot be lifted).
+    /// a reason that cannot be lifted): one line appended to the file and
+    /// made durable (a line cut short by a crash does not read as a key
+    /// and is skipped).
     pub fn remember_revoked(&self, key: &str) {
         let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
         if revoked.contains(key) || revoked.len() >= MAX_REVOKED {
@@ -151,23 +153,7 @@ impl CrlHistory {
         }
         revoked.insert(key.to_string());
         if let Some(file) = &self.revoked_file {
-            // What another process wrote since counts too.
-            for k in read_revoked(file) {
-                if revoked.len() >= MAX_REVOKED {
-                    break;
-                }
-                revoked.insert(k);
-            }
-            let mut text = String::with_capacity(revoked.len() * 65);
-            for k in revoked.iter() {
-                text.push_str(k);
-                text.push('\n');
-            }
-            let written = file
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| crate::durable::write_atomic(file, text.as_bytes()));
-            if let Err(e) = written {
+            if let Err(e) = append_line(file, key) {
                 warn!(file = %file.display(), error = %e,
                       "cannot write the certificates seen revoked: they are remembered only until a restart");
             }
@@ -237,6 +223,41 @@ fn history_file(spool_dir: &Path) -> PathBuf {
 
 /// The file of certificates seen revoked, beside the CRL history.
 const REVOKED_FILE: &str = "revoked";
+
+/// Appends `line` to `file` (created with its folder when missing) and
+/// makes it durable. A file that does not end its last line (a write cut
+/// short) gets a line end first, so the new line reads whole.
+fn append_line(file: &Path, line: &str) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let created = !file.exists();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(file)?;
+    let mut text = String::with_capacity(line.len() + 2);
+    if f.metadata()?.len() > 0 {
+        let mut last = [0u8; 1];
+        f.seek(SeekFrom::End(-1))?;
+        f.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            text.push('\n');
+        }
+    }
+    text.push_str(line);
+    text.push('\n');
+    f.write_all(text.as_bytes())?;
+    f.sync_data()?;
+    if created {
+        if let Some(dir) = file.parent() {
+            crate::durable::sync_dir(dir)?;
+        }
+    }
+    Ok(())
+}
 
 /// One key ([`revoked_key`]) per line; lines that are not one are skipped.
 fn read_revoked(file: &Path) -> HashSet<String> {
@@ -410,6 +431,22 @@ mod tests {
         text.push_str("garbage\n");
         std::fs::write(&file, text).unwrap();
         assert_eq!(read_revoked(&file).len(), 1);
+        // Appended, one line each; a line cut short by a crash is skipped
+        // and the next one still reads whole.
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        text.push_str(&revoked_key("ab", "03")[..20]);
+        std::fs::write(&file, text).unwrap();
+        let daemon = CrlHistory::of_spool(dir.path());
+        let (four, five) = (revoked_key("ab", "04"), revoked_key("ab", "05"));
+        daemon.remember_revoked(&four);
+        daemon.remember_revoked(&five);
+        daemon.remember_revoked(&four);
+        let restarted = CrlHistory::of_spool(dir.path());
+        assert!(restarted.was_revoked(&k) && restarted.was_revoked(&four));
+        assert!(restarted.was_revoked(&five));
+        assert!(!restarted.was_revoked(&revoked_key("ab", "03")));
+        assert_eq!(read_revoked(&file).len(), 3);
+        assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 5);
     }
 
     #[test]

@@ -250,8 +250,10 @@ fn smime_named_by_file_name_is_opened_and_other_attachments_are_not() {
         "Content-Type: application/octet-stream",
     );
     assert!(sig.contains("application/octet-stream; name=\"smime.p7s\""));
-    // Controls: the same CMS bytes in an attachment named report.pdf, alone
-    // and next to a text part: not S/MIME by name, so never touched.
+    // The same CMS bytes in an attachment named report.pdf, alone and next
+    // to a text part: known by what they are, not opened, and said so
+    // (review 18: a client may open it by a name the gateway read
+    // otherwise). Control: a real PDF so named is never touched.
     let pdf = format!(
         "MIME-Version: 1.0\r\nContent-Type: application/octet-stream; name=\"report.pdf\"\r\n\
          Content-Transfer-Encoding: base64\r\n\
@@ -263,6 +265,9 @@ fn smime_named_by_file_name_is_opened_and_other_attachments_are_not() {
          Content-Type: application/octet-stream; name=\"report.pdf\"\r\n\
          Content-Transfer-Encoding: base64\r\n\r\n{body}\r\n--PM--\r\n"
     );
+    let real_pdf =
+        "MIME-Version: 1.0\r\nContent-Type: application/octet-stream; name=\"report.pdf\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQKJcfsj6IK\r\n";
     let opened = [
         ("kmail", kmail),
         ("outlook", outlook),
@@ -280,16 +285,18 @@ fn smime_named_by_file_name_is_opened_and_other_attachments_are_not() {
         &gw,
         &message("lf-signed", "alice@example-law.dk", &lf_signed),
     );
-    let controls = [
+    let disguised = [
         ("pdf", message("pdf", "sender@example.org", pdf.as_bytes())),
         (
             "pdf-mixed",
             message("pdf-mixed", "sender@example.org", pdf_mixed.as_bytes()),
         ),
     ];
-    for (_, m) in &controls {
+    for (_, m) in &disguised {
         send(&gw, m);
     }
+    let control = message("real-pdf", "sender@example.org", real_pdf.as_bytes());
+    send(&gw, &control);
 
     for (id, _) in &opened {
         let got = received_for(&sink, id);
@@ -311,11 +318,23 @@ fn smime_named_by_file_name_is_opened_and_other_attachments_are_not() {
         t.starts_with("signature[1]=valid; signer=\"CN=Alice"),
         "{t}"
     );
-    for (id, original) in &controls {
+    for (id, original) in &disguised {
         let got = received_for(&sink, id);
-        assert_eq!(&got.data, original, "{id}: a report.pdf was changed");
-        assert!(!got.text().contains("X-SMIME-Gateway"), "{id}");
+        let t = trace(&got);
+        assert!(
+            t.starts_with("encrypted-parts=not-opened; reason="),
+            "{id}: {t}"
+        );
+        assert!(!got.text().contains(SECRET), "{id}: opened");
+        let body = |m: &[u8]| {
+            let text = String::from_utf8_lossy(m).to_string();
+            text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+        };
+        assert_eq!(body(&got.data), body(original), "{id}: changed");
     }
+    let got = received_for(&sink, "real-pdf");
+    assert_eq!(got.data, control, "a report.pdf was changed");
+    assert!(!got.text().contains("X-SMIME-Gateway"));
 }
 
 #[test]

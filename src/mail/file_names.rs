@@ -26,10 +26,8 @@ pub fn of_part(part: &MessagePart<'_>, raw: &[u8]) -> Vec<String> {
 
 /// [`of_part`] in two: the readings of what the Content-Type field says
 /// (`name`), and of what the Content-Disposition fields say (`filename`,
-/// every such field). Readings of one field differing are a trick (no
-/// producer writes a name two ways that end differently); a type's name
-/// and a disposition's filename may differ in mail clients write.
-pub fn by_field(part: &MessagePart<'_>, raw: &[u8]) -> [Vec<String>; 2] {
+/// every such field).
+fn by_field(part: &MessagePart<'_>, raw: &[u8]) -> [Vec<String>; 2] {
     let mut out = [Vec::new(), Vec::new()];
     for header in &part.headers {
         let (from, to) = (header.offset_start as usize, header.offset_end as usize);

@@ -8,6 +8,8 @@
 //! file name, nested or alone), and its unit tests are the list of them.
 
 pub use crate::mail::section::{each_field, fields, split};
+use std::borrow::Cow;
+
 use base64::Engine;
 use mail_parser::{Message, MessagePart, MimeHeaders, PartType};
 
@@ -33,7 +35,8 @@ pub enum Shape {
         content: Vec<u8>,
         signature: Vec<u8>,
     },
-    /// Encrypted or signed data sits inside a multipart next to other parts:
+    /// Encrypted or signed data sits inside a multipart next to other parts
+    /// or in an attached message, or is CMS under another type or name:
     /// never spliced back together with them, never opened.
     Mixed(Nested),
     Plain,
@@ -42,14 +45,17 @@ pub enum Shape {
     Unreadable(TooComplex),
 }
 
-/// S/MIME parts found inside a multipart next to other parts.
+/// S/MIME parts found inside a multipart next to other parts, inside an
+/// attached message, or under another type or name (CMS known by its
+/// content, [`disguised_cms`]): none of them opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Nested {
     /// Encrypted parts (enveloped data).
     pub encrypted: usize,
     /// Signed parts (multipart/signed, signed data, lone signatures).
     pub signed: usize,
-    /// The multipart type they sit in, e.g. `multipart/alternative`.
+    /// The type they sit in (`multipart/alternative`, `message/rfc822`)
+    /// or, for CMS under another type, that type.
     pub container: String,
 }
 
@@ -96,6 +102,75 @@ fn name_ending(part: &MessagePart<'_>, raw: &[u8]) -> Option<&'static str> {
         let n = n.trim().to_ascii_lowercase();
         SMIME_NAMES.into_iter().find(|e| n.ends_with(e))
     })
+}
+
+/// Whether leaf `part` (its offsets into `raw`) holds CMS a client opens
+/// though neither its type nor its names say S/MIME: its body, decoded by
+/// its Content-Transfer-Encoding, begins as a ContentInfo of enveloped or
+/// authEnveloped data, or is signed data with content inside. Clients go
+/// by names the gateway cannot all foresee (pieces joined or cut short, a
+/// `Content-Name` field, a type guessed from a name), so ciphertext is
+/// known by what it is. A detached signature (a signature part by type or
+/// name) is not such content.
+pub(super) fn disguised_cms(part: &MessagePart<'_>, raw: &[u8]) -> bool {
+    if matches!(part.body, PartType::Multipart(_) | PartType::Message(_))
+        || is_signature_part(part, raw)
+    {
+        return false;
+    }
+    let end = (part.offset_end as usize).min(raw.len());
+    let body = raw.get(part.offset_body as usize..end).unwrap_or_default();
+    let encoding = part
+        .content_transfer_encoding()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match super::cms::kind(&decoded(body, &encoding, Some(64))) {
+        Some(super::cms::Kind::Enveloped | super::cms::Kind::AuthEnveloped) => true,
+        Some(super::cms::Kind::Signed) => {
+            super::cms::signed_content_inside(&decoded(body, &encoding, None))
+        }
+        _ => false,
+    }
+}
+
+/// `body` decoded by the transfer `encoding` (lower case), as lenient
+/// decoders read it (base64: characters outside its alphabet skipped);
+/// with `start`, only about that many bytes from its beginning.
+fn decoded<'a>(body: &'a [u8], encoding: &str, start: Option<usize>) -> Cow<'a, [u8]> {
+    let cap = start.unwrap_or(usize::MAX);
+    match encoding {
+        "base64" => {
+            let alphabet = |b: &&u8| b.is_ascii_alphanumeric() || **b == b'+' || **b == b'/';
+            let mut chars: Vec<u8> = body
+                .iter()
+                .filter(alphabet)
+                .take(cap.saturating_add(2) / 3 * 4)
+                .copied()
+                .collect();
+            chars.truncate(chars.len() / 4 * 4);
+            Cow::Owned(
+                base64::engine::general_purpose::STANDARD_NO_PAD
+                    .decode(&chars)
+                    .unwrap_or_default(),
+            )
+        }
+        "quoted-printable" => {
+            let cut = match start {
+                // Whole lines, so no escape is cut in two.
+                Some(n) if body.len() > n * 3 => {
+                    let at = body[..n * 3].iter().rposition(|b| *b == b'\n');
+                    &body[..at.map_or(n * 3, |a| a + 1)]
+                }
+                _ => body,
+            };
+            Cow::Owned(
+                mail_parser::decoders::quoted_printable::quoted_printable_decode(cut)
+                    .unwrap_or_default(),
+            )
+        }
+        _ => Cow::Borrowed(&body[..body.len().min(cap)]),
+    }
 }
 
 /// An `application/(x-)pkcs7-mime` part, or an octet-stream named `.p7m`
@@ -218,6 +293,17 @@ fn shape_of(msg: &Message<'_>, raw: &[u8], index: usize, depth: usize) -> Shape 
     if is_smime_entity(part, raw) {
         return pkcs7_mime_shape(part);
     }
+    // CMS under another type or name, or S/MIME in an attached message:
+    // not opened, and said so.
+    if disguised_cms(part, raw) || matches!(part.body, PartType::Message(_)) {
+        let mut nested = Nested::default();
+        count_nested(msg, raw, index, &mut nested, depth);
+        if nested.encrypted + nested.signed == 0 {
+            return Shape::Plain;
+        }
+        nested.container = type_of(part);
+        return Shape::Mixed(nested);
+    }
     let PartType::Multipart(children) = &part.body else {
         return Shape::Plain;
     };
@@ -248,11 +334,15 @@ fn shape_of(msg: &Message<'_>, raw: &[u8], index: usize, depth: usize) -> Shape 
     if nested.encrypted + nested.signed == 0 {
         return Shape::Plain;
     }
-    nested.container = part
-        .content_type()
-        .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or("")).to_ascii_lowercase())
-        .unwrap_or_default();
+    nested.container = type_of(part);
     Shape::Mixed(nested)
+}
+
+/// A part's `type/subtype`, in lower case (empty without a Content-Type).
+fn type_of(part: &MessagePart<'_>) -> String {
+    part.content_type()
+        .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or("")).to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
 /// Counts the S/MIME parts at and under part `index`.
@@ -272,10 +362,21 @@ fn count_nested(msg: &Message<'_>, raw: &[u8], index: usize, out: &mut Nested, d
         out.signed += 1;
         return;
     }
-    if let (PartType::Multipart(children), true) = (&part.body, depth < MAX_WRAPPERS) {
-        for &c in children {
-            count_nested(msg, raw, c as usize, out, depth + 1);
+    if disguised_cms(part, raw) {
+        out.encrypted += 1;
+        return;
+    }
+    match (&part.body, depth < MAX_WRAPPERS) {
+        (PartType::Multipart(children), true) => {
+            for &c in children {
+                count_nested(msg, raw, c as usize, out, depth + 1);
+            }
         }
+        // An attached message's S/MIME counts too.
+        (PartType::Message(inner), true) if !inner.parts.is_empty() => {
+            count_nested(inner, inner.raw_message.as_ref(), 0, out, depth + 1);
+        }
+        _ => {}
     }
 }
 
@@ -601,6 +702,19 @@ mod tests {
         .unwrap()
     }
 
+    /// `bytes` in quoted-printable, every byte escaped, in short lines.
+    fn quoted_printable(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, b) in bytes.iter().enumerate() {
+            out.extend_from_slice(format!("={b:02X}").as_bytes());
+            if i % 20 == 19 {
+                out.extend_from_slice(b"=\r\n");
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
     #[test]
     fn octet_stream_is_smime_by_name_only() {
         let der = enveloped_der();
@@ -641,14 +755,30 @@ mod tests {
             &der,
         );
         assert_eq!(m, Shape::Enveloped { cms: der.clone() });
-        // Other names, and a .p7m that is not CMS, are plain.
+        // Under other names or types, ciphertext is known by its content
+        // and not opened; a .p7m that is not CMS is plain.
         for ct in [
             "application/octet-stream; name=\"report.pdf\"",
             "application/octet-stream; name=\"smime.p7m.pdf\"",
             "application/octet-stream",
+            "text/plain",
+            "application/x-unknown-content-type; name*0=\"smime.p7m\"; name*2=\"x\"",
         ] {
-            assert_eq!(with(ct, b64cte, b64.as_bytes()), Shape::Plain, "{ct}");
+            let m = with(ct, b64cte, b64.as_bytes());
+            assert!(
+                matches!(&m, Shape::Mixed(n) if (n.encrypted, n.signed) == (1, 0)),
+                "{ct}: {m:?}"
+            );
         }
+        let qp = "Content-Transfer-Encoding: quoted-printable\r\n";
+        let m = with("application/pdf", qp, &quoted_printable(&der));
+        assert!(matches!(&m, Shape::Mixed(n) if n.encrypted == 1), "{m:?}");
+        let m = with("application/pdf", "", &der);
+        assert!(matches!(&m, Shape::Mixed(n) if n.encrypted == 1), "{m:?}");
+        assert_eq!(
+            with("application/pdf", b64cte, b"JVBERi0xLjQK\r\n"),
+            Shape::Plain
+        );
         assert_eq!(
             with(
                 "application/octet-stream; name=smime.p7m",

@@ -120,8 +120,12 @@ fn scan_message(msg: &Message<'_>, depth: usize, budget: &mut usize, seen: &mut 
             }
             continue;
         }
-        if super::mime::claims_smime_content(part, msg.raw_message.as_ref()) {
+        let raw = msg.raw_message.as_ref();
+        if super::mime::claims_smime_content(part, raw) {
             seen.add(cms_content(part.contents(), depth, budget));
+        } else if super::mime::disguised_cms(part, raw) {
+            // Not opened, whatever it holds.
+            seen.add(WORST);
         }
     }
 }

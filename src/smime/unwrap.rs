@@ -270,17 +270,17 @@ impl Report {
             if nested.signed > 0 {
                 parts.push("signed-parts=not-verified".into());
             }
+            let container = nested.container.as_str();
             let reason = if self.too_deep {
                 format!("more than {MAX_LAYERS} S/MIME layers")
+            } else if container.is_empty() {
+                "inside a multipart next to other parts".into()
+            } else if container.starts_with("multipart/") {
+                format!("inside {container} next to other parts")
+            } else if container.starts_with("message/") {
+                format!("inside an attached message ({container})")
             } else {
-                format!(
-                    "inside {} next to other parts",
-                    if nested.container.is_empty() {
-                        "a multipart"
-                    } else {
-                        &nested.container
-                    }
-                )
+                format!("S/MIME content labelled {container}")
             };
             parts.push(format!("reason={}", header::quote(&reason)));
         }

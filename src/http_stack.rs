@@ -3,10 +3,10 @@
 //! binding, and serving bounded so that whoever reaches the port cannot
 //! take the descriptors, memory or log the SMTP side needs, nor keep a
 //! probe out (connections at most 32, 4 per address or IPv6 /64, 10 s
-//! each, the header within 2 s and 16 KiB; when all are taken, an idle
-//! connection makes room: one that has had more than a second to ask
-//! first, then one of the address that opened the most lately without
-//! asking anything).
+//! each, the header within 2 s and 16 KiB; when all are taken, or the
+//! address's four, an idle connection makes room: one kept open after an
+//! answer first, then one that has had a second to ask, then one of an
+//! address that keeps opening without asking, then the oldest).
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -96,31 +96,39 @@ pub async fn serve<F, Fut>(
         let key = limit_key(peer.ip(), 64);
         let now = Instant::now();
         lock(&opening).note(key, now);
-        let Some(peer_slot) = PeerSlot::take(&peers, key) else {
-            drop(stream);
-            continue;
+        // An address holding its four: one of its own idle connections
+        // makes room (a probe is not kept out by connections opened from
+        // its own address).
+        let peer_slot = match PeerSlot::take(&peers, key) {
+            Some(slot) => slot,
+            None => {
+                let ended = end_one(&serving, &opening, now, |e| e.peer == key);
+                if !ended {
+                    drop(stream);
+                    continue;
+                }
+                let deadline = Instant::now() + HTTP_EVICTION_WAIT;
+                let mut slot = None;
+                while slot.is_none() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    slot = PeerSlot::take(&peers, key);
+                }
+                match slot {
+                    Some(slot) => slot,
+                    None => {
+                        drop(stream);
+                        continue;
+                    }
+                }
+            }
         };
         let slot = match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                let ended = {
-                    let mut list = lock(&serving);
-                    let opening = lock(&opening);
-                    let choice = to_end(list.iter().map(|(id, e)| Candidate {
-                        id: *id,
-                        busy: e.busy.load(Ordering::SeqCst) > 0,
-                        young: now.saturating_duration_since(e.opened) < HTTP_YOUNG,
-                        rate: opening.rate(e.peer, now),
-                    }));
-                    choice.and_then(|id| list.remove(&id))
-                };
-                match ended {
-                    Some(e) => e.task.abort(),
-                    None => {
-                        // Every connection is answering a request.
-                        drop(stream);
-                        continue;
-                    }
+                if !end_one(&serving, &opening, now, |_| true) {
+                    // Every connection is answering a request.
+                    drop(stream);
+                    continue;
                 }
                 let room =
                     tokio::time::timeout(HTTP_EVICTION_WAIT, Arc::clone(&slots).acquire_owned())
@@ -143,6 +151,7 @@ pub async fn serve<F, Fut>(
         let busy = Arc::new(AtomicUsize::new(0));
         let busy_here = Arc::clone(&busy);
         let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let asked_here = Arc::clone(&asked);
         let opening_here = Arc::clone(&opening);
         // Held while the task is spawned, so that it is listed before it
         // can end and unlist itself.
@@ -154,7 +163,7 @@ pub async fn serve<F, Fut>(
                 let mark = Busy::mark(&busy_here);
                 // A connection that asks is not held idle: its opening
                 // is taken back.
-                if !asked.swap(true, Ordering::SeqCst) {
+                if !asked_here.swap(true, Ordering::SeqCst) {
                     lock(&opening_here).asked(key, Instant::now());
                 }
                 let reply = answer(req, peer);
@@ -177,6 +186,7 @@ pub async fn serve<F, Fut>(
             Listed {
                 task: task.abort_handle(),
                 busy,
+                asked,
                 peer: key,
                 opened: now,
             },
@@ -188,13 +198,47 @@ pub async fn serve<F, Fut>(
 type Serving = Arc<Mutex<BTreeMap<u64, Listed>>>;
 
 /// A connection being served: what ends it, how many of its requests are
-/// being answered, whose it is (the address, an IPv6 /64) and when it
-/// was accepted.
+/// being answered, whether it has asked anything, whose it is (the
+/// address, an IPv6 /64) and when it was accepted.
 struct Listed {
     task: tokio::task::AbortHandle,
     busy: Arc<AtomicUsize>,
+    asked: Arc<std::sync::atomic::AtomicBool>,
     peer: IpAddr,
     opened: Instant,
+}
+
+/// Ends the connection [`to_end`] chooses among those `which` selects;
+/// false when none may be ended (all are answering a request).
+fn end_one(
+    serving: &Serving,
+    opening: &Mutex<Openings>,
+    now: Instant,
+    which: impl Fn(&Listed) -> bool,
+) -> bool {
+    let ended = {
+        let mut list = lock(serving);
+        let opening = lock(opening);
+        let choice = to_end(
+            list.iter()
+                .filter(|(_, e)| which(e))
+                .map(|(id, e)| Candidate {
+                    id: *id,
+                    busy: e.busy.load(Ordering::SeqCst) > 0,
+                    asked: e.asked.load(Ordering::SeqCst),
+                    young: now.saturating_duration_since(e.opened) < HTTP_YOUNG,
+                    rate: opening.rate(e.peer, now),
+                }),
+        );
+        choice.and_then(|id| list.remove(&id))
+    };
+    match ended {
+        Some(e) => {
+            e.task.abort();
+            true
+        }
+        None => false,
+    }
 }
 
 /// What [`to_end`] weighs of a connection.
@@ -204,6 +248,8 @@ struct Candidate {
     id: u64,
     /// A request of it is being answered.
     busy: bool,
+    /// It has asked something before (kept open after an answer).
+    asked: bool,
     /// Accepted less than [`HTTP_YOUNG`] ago.
     young: bool,
     /// How many connections its address opened lately without asking
@@ -227,18 +273,38 @@ impl Drop for Busy {
     }
 }
 
-/// Which connection ends to make room for a new one: never one whose
-/// request is being answered; one that has had a second to ask before
-/// a younger one (a probe asks at once; holding every connection with
-/// young ones takes 32 new connections a second); of those, one of the
-/// address that opened the most connections lately without asking
-/// anything, its newest. A flood then ends its own connections before a
-/// probe's, however often the probe polls (its connections ask, so its
-/// openings are taken back), and nobody can end a request being answered.
+/// Unasked openings (in thousandths, [`Openings::rate`]) above which an
+/// address counts as one that keeps opening without asking.
+const OPENING_WITHOUT_ASKING: u64 = 2000;
+
+/// Which connection ends to make room for a new one. Never one whose
+/// request is being answered. First one kept open after an answer (its
+/// client opens another when it wants more); then one that has had a
+/// second to ask and has not; then a young one of an address that keeps
+/// opening connections without asking (the one whose address did so the
+/// most, its newest); then the oldest. A probe's new connection, which
+/// asks at once, is never the one ended unless 32 connections were
+/// opened, and not asked on, after it and before its request; a flood
+/// that asks makes room with its own answered connections, one that does
+/// not ask with its own unasked ones, and nobody can end a request being
+/// answered.
 fn to_end(listed: impl Iterator<Item = Candidate>) -> Option<u64> {
     listed
         .filter(|c| !c.busy)
-        .max_by_key(|c| (!c.young, c.rate, c.id))
+        .max_by_key(|c| {
+            let class = match () {
+                _ if c.asked => 3,
+                _ if !c.young => 2,
+                _ if c.rate > OPENING_WITHOUT_ASKING => 1,
+                _ => 0,
+            };
+            let within = if class == 0 {
+                u128::from(u64::MAX - c.id)
+            } else {
+                (u128::from(c.rate) << 64) | u128::from(c.id)
+            };
+            (class, within)
+        })
         .map(|c| c.id)
 }
 
@@ -360,13 +426,14 @@ mod tests {
         Candidate {
             id,
             busy,
+            asked: false,
             young,
             rate,
         }
     }
 
     #[test]
-    fn room_is_made_by_an_idle_connection_of_whoever_opened_the_most() {
+    fn room_is_made_by_an_idle_connection_of_whoever_opens_without_asking() {
         // The probe (1, one opening) is oldest; rate 40 is the flood's.
         let listed = [
             c(1, false, true, 1000),
@@ -381,7 +448,7 @@ mod tests {
             to_end([c(1, true, false, 1000), c(2, true, false, 40_000)].into_iter()),
             None
         );
-        // Equal rates: the newest.
+        // Equal rates above the mark: the newest.
         assert_eq!(
             to_end([c(7, false, true, 3000), c(9, false, true, 3000)].into_iter()),
             Some(9)
@@ -399,9 +466,25 @@ mod tests {
             c(3, false, true, 14_000),
         ];
         assert_eq!(to_end(listed.into_iter()), Some(2));
-        // All young: by openings, as before.
+        // All young: by openings without asking, as before.
         let listed = [c(1, false, true, 800), c(3, false, true, 14_000)];
         assert_eq!(to_end(listed.into_iter()), Some(3));
+    }
+
+    #[test]
+    fn an_answered_connection_kept_open_goes_first_then_the_oldest() {
+        // Review 18: a flood from hundreds of addresses asked at once on
+        // each connection (so its openings were taken back) and closed it
+        // before a second; the probe's new connection, with one opening
+        // not yet taken back, was ended.
+        let mut answered = c(1, false, true, 0);
+        answered.asked = true;
+        let probe = c(40, false, true, 1000);
+        assert_eq!(to_end([probe, answered].into_iter()), Some(1));
+        // Young ones of addresses that do not keep opening without
+        // asking: the oldest, never the newcomer.
+        let listed = [c(38, false, true, 900), c(39, false, true, 0), probe];
+        assert_eq!(to_end(listed.into_iter()), Some(38));
     }
 
     #[test]

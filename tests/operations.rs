@@ -776,6 +776,77 @@ fn a_probe_that_polls_often_is_not_the_connection_ended_to_make_room() {
 }
 
 #[test]
+fn connections_from_the_probes_own_address_do_not_keep_it_out() {
+    // Review 18: four connections from 127.0.0.1 that never ask took the
+    // address's four, and every probe from the same host was closed
+    // unanswered, however often it tried.
+    let sink = Sink::start(Script::default());
+    let (gw, port) = with_metrics(&sink);
+    let from: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut idle: Vec<std::net::TcpStream> = Vec::new();
+    let mut answered = 0;
+    for _ in 0..5 {
+        // Ended ones are opened again, as the attacker would.
+        idle.retain(|s| {
+            let _ = s.set_nonblocking(true);
+            let mut b = [0u8; 1];
+            !matches!(std::io::Read::read(&mut &*s, &mut b), Ok(0))
+        });
+        while idle.len() < 4 {
+            idle.push(connect_from(port, from).unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if healthz_ok_from(port, from) {
+            answered += 1;
+        }
+    }
+    assert_eq!(
+        answered, 5,
+        "probes answered beside four idle connections of their address"
+    );
+    drop((idle, gw));
+}
+
+#[test]
+fn a_flood_that_asks_and_keeps_its_connections_does_not_end_the_probes() {
+    // Review 18: connections from many addresses each asked at once (so
+    // their openings were taken back) and stayed open; the probe's new
+    // connection, its opening not yet taken back, was the one ended.
+    use std::io::{Read, Write};
+    let sink = Sink::start(Script::default());
+    let (gw, port) = with_metrics(&sink);
+    let ask = |s: &mut std::net::TcpStream| -> bool {
+        let mut buf = [0u8; 1024];
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .is_ok()
+            && s.read(&mut buf).is_ok_and(|n| n > 0)
+    };
+    let flood = |last: u8| {
+        let mut s = connect_from(port, std::net::IpAddr::from([127, 0, 0, last])).unwrap();
+        assert!(ask(&mut s), "flood connection {last} not answered");
+        s
+    };
+    let mut held: Vec<_> = (60..92u8).map(flood).collect();
+    let mut probe = connect_from(port, "127.0.0.2".parse().unwrap()).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    held.push(flood(92));
+    std::thread::sleep(Duration::from_millis(100));
+    let _ =
+        probe.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut answer = String::new();
+    let _ = probe.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the probe's connection was ended: {answer:?}"
+    );
+    drop((held, gw));
+}
+
+#[test]
 fn the_operators_pages_answer_no_other_name_for_this_host_without_a_token() {
     // Review 15 (DNS rebinding): a web page the operator opens points its
     // own name at 127.0.0.1; the operator's browser then reads /metrics and

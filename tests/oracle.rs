@@ -1746,6 +1746,59 @@ fn ciphertext_named_smime_p7m_by_one_reading_only_is_not_passed_as_plain() {
             250
         );
     }
+    // Review 19: transfer encodings written as clients still read them
+    // (a comment after the word, padding in the middle, uuencode).
+    let der = captured(&pki::inner(SECRET), "-aes-256-cbc");
+    let split = {
+        use base64::Engine;
+        let e = &base64::engine::general_purpose::STANDARD;
+        let rest = e.encode(&der[1..]);
+        let lines: Vec<&str> = rest
+            .as_bytes()
+            .chunks(76)
+            .map(|c| std::str::from_utf8(c).unwrap_or_default())
+            .collect();
+        format!("{}\r\n{}", e.encode(&der[..1]), lines.join("\r\n"))
+    };
+    let uuencoded = {
+        let mut out = String::from("begin 644 smime.p7m\r\n");
+        for line in der.chunks(45) {
+            out.push(char::from(32 + line.len() as u8));
+            for group in line.chunks(3) {
+                let g = [
+                    group[0],
+                    *group.get(1).unwrap_or(&0),
+                    *group.get(2).unwrap_or(&0),
+                ];
+                for six in [
+                    g[0] >> 2,
+                    (g[0] & 3) << 4 | g[1] >> 4,
+                    (g[1] & 15) << 2 | g[2] >> 6,
+                    g[2] & 63,
+                ] {
+                    out.push(if six == 0 { '`' } else { char::from(32 + six) });
+                }
+            }
+            out.push_str("\r\n");
+        }
+        out.push_str("`\r\nend\r\n");
+        out
+    };
+    let encoded = [
+        ("cte-comment", "base64 (mime)", b64.clone()),
+        ("cte-padding", "base64", split),
+        ("cte-uuencode", "x-uuencode", uuencoded),
+    ];
+    for (id, cte, body) in &encoded {
+        let m = format!(
+            "From: <{ATTACKER}>\r\nTo: <bob@example-law.dk>\r\nSubject: {id}\r\n\
+             Message-ID: <{id}@test>\r\nMIME-Version: 1.0\r\n\
+             Content-Type: application/octet-stream; name=\"smime.p7m x\"\r\n\
+             Content-Transfer-Encoding: {cte}\r\n\r\n{body}\r\n"
+        );
+        let r = send(&gw, "bob@example-law.dk", m.as_bytes());
+        assert_eq!(r.code, 250, "{id}: {r:?}");
+    }
     // The same ciphertext, plainly named, in an attached message (review
     // 18: no trace header said it was there, not opened).
     let inner = attached(
@@ -1773,7 +1826,11 @@ fn ciphertext_named_smime_p7m_by_one_reading_only_is_not_passed_as_plain() {
     assert_eq!(send(&gw, "bob@example-law.dk", pdf.as_bytes()).code, 250);
     let control = delivered(&mailbox, "pdf-star");
     assert_eq!(trace(&control.text()), "", "{}", control.text());
-    let ids = cases.iter().map(|(id, _)| *id).chain(["attached-message"]);
+    let ids = cases
+        .iter()
+        .map(|(id, _)| *id)
+        .chain(encoded.iter().map(|(id, _, _)| *id))
+        .chain(["attached-message"]);
     for id in ids {
         // Opened for the mailbox, held as undecryptable, or delivered with
         // a trace header that says what was not opened, under the

@@ -104,73 +104,162 @@ fn name_ending(part: &MessagePart<'_>, raw: &[u8]) -> Option<&'static str> {
     })
 }
 
+/// What a leaf part holds, known by its content, when neither its type
+/// nor its names say S/MIME ([`disguised_cms`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Disguised {
+    /// Enveloped or authEnveloped data, or content in a transfer encoding
+    /// the gateway does not decode under a name or type that mentions
+    /// S/MIME.
+    Encrypted,
+    /// Signed data with its content inside.
+    Signed,
+}
+
 /// Whether leaf `part` (its offsets into `raw`) holds CMS a client opens
-/// though neither its type nor its names say S/MIME: its body, decoded by
-/// its Content-Transfer-Encoding, begins as a ContentInfo of enveloped or
-/// authEnveloped data, or is signed data with content inside. Clients go
-/// by names the gateway cannot all foresee (pieces joined or cut short, a
-/// `Content-Name` field, a type guessed from a name), so ciphertext is
-/// known by what it is. A detached signature (a signature part by type or
-/// name) is not such content.
-pub(super) fn disguised_cms(part: &MessagePart<'_>, raw: &[u8]) -> bool {
+/// though neither its type nor its names say S/MIME: its body, decoded as
+/// lenient decoders do by the first word of its Content-Transfer-Encoding
+/// (base64 with characters outside the alphabet skipped and decoding
+/// going on after padding; quoted-printable; or none, raw or as base64
+/// text), is a ContentInfo of enveloped or authEnveloped data, or signed
+/// data with content inside. Clients go by names the gateway cannot all
+/// foresee (pieces cut short at a gap, a `Content-Name` field, a type
+/// guessed from a name), so ciphertext is known by what it is. A body in
+/// an encoding the gateway does not decode (uuencode, yEnc) counts as
+/// encrypted when anything in its header section mentions S/MIME. A
+/// detached signature (a signature part by type or name) is not such
+/// content.
+pub(super) fn disguised_cms(part: &MessagePart<'_>, raw: &[u8]) -> Option<Disguised> {
     if matches!(part.body, PartType::Multipart(_) | PartType::Message(_))
         || is_signature_part(part, raw)
     {
-        return false;
+        return None;
     }
     let end = (part.offset_end as usize).min(raw.len());
     let body = raw.get(part.offset_body as usize..end).unwrap_or_default();
-    let encoding = part
-        .content_transfer_encoding()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    match super::cms::kind(&decoded(body, &encoding, Some(64))) {
-        Some(super::cms::Kind::Enveloped | super::cms::Kind::AuthEnveloped) => true,
-        Some(super::cms::Kind::Signed) => {
-            super::cms::signed_content_inside(&decoded(body, &encoding, None))
-        }
-        _ => false,
-    }
+    let encoding = first_word(part.content_transfer_encoding().unwrap_or_default());
+    let readings: &[&str] = match encoding.as_str() {
+        "base64" => &["base64"],
+        "quoted-printable" => &["quoted-printable"],
+        "" | "7bit" | "8bit" | "binary" => &["", "base64"],
+        _ if mentions_smime(part, raw) => return Some(Disguised::Encrypted),
+        _ => return None,
+    };
+    readings.iter().find_map(
+        |reading| match super::cms::kind(&decoded(body, reading, Some(64))) {
+            Some(super::cms::Kind::Enveloped | super::cms::Kind::AuthEnveloped) => {
+                Some(Disguised::Encrypted)
+            }
+            Some(super::cms::Kind::Signed)
+                if super::cms::signed_content_inside(&decoded(body, reading, None)) =>
+            {
+                Some(Disguised::Signed)
+            }
+            _ => None,
+        },
+    )
 }
 
-/// `body` decoded by the transfer `encoding` (lower case), as lenient
-/// decoders read it (base64: characters outside its alphabet skipped);
-/// with `start`, only about that many bytes from its beginning.
-fn decoded<'a>(body: &'a [u8], encoding: &str, start: Option<usize>) -> Cow<'a, [u8]> {
-    let cap = start.unwrap_or(usize::MAX);
-    match encoding {
+/// The first word of a Content-Transfer-Encoding value, in lower case
+/// (`base64 (mime)`, `"base64"` and `base64;` read as `base64`, as
+/// clients read them).
+fn first_word(value: &str) -> String {
+    value
+        .trim_start_matches(|c: char| c.is_whitespace() || c == '"')
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+/// Whether anything in `part`'s header section, or the first line of its
+/// body (where uuencode and yEnc name the file), names S/MIME (`p7m`,
+/// `p7c`, `p7z`, `pkcs7`), read with percent escapes undone, encoded
+/// words decoded and everything but letters and digits left out.
+fn mentions_smime(part: &MessagePart<'_>, raw: &[u8]) -> bool {
+    let body = part.offset_body as usize;
+    let head = raw
+        .get(part.offset_header as usize..body.min(raw.len()))
+        .unwrap_or_default();
+    let first_line = raw
+        .get(body..raw.len().min(body.saturating_add(512)))
+        .unwrap_or_default();
+    let first_line = first_line
+        .split(|b| *b == b'\n')
+        .find(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .unwrap_or_default();
+    let mut texts: Vec<String> = [head, first_line]
+        .iter()
+        .map(|t| {
+            percent_encoding::percent_decode(t)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    texts.extend(file_names::of_part(part, raw));
+    texts.iter().any(|t| {
+        let squashed: String = t
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect::<String>()
+            .to_ascii_lowercase();
+        ["p7m", "p7c", "p7z", "pkcs7"]
+            .iter()
+            .any(|w| squashed.contains(w))
+    })
+}
+
+/// `body` decoded by the transfer encoding `reading` (`base64`,
+/// `quoted-printable`, or none), as lenient decoders read it; with
+/// `start`, only about that many bytes from its beginning.
+fn decoded<'a>(body: &'a [u8], reading: &str, start: Option<usize>) -> Cow<'a, [u8]> {
+    match reading {
         "base64" => {
-            let alphabet = |b: &&u8| b.is_ascii_alphanumeric() || **b == b'+' || **b == b'/';
-            let mut chars: Vec<u8> = body
-                .iter()
-                .filter(alphabet)
-                .take(cap.saturating_add(2) / 3 * 4)
-                .copied()
-                .collect();
-            chars.truncate(chars.len() / 4 * 4);
-            Cow::Owned(
-                base64::engine::general_purpose::STANDARD_NO_PAD
-                    .decode(&chars)
-                    .unwrap_or_default(),
-            )
+            // At most the characters `start` bytes take, and a few more.
+            let cap = start.map_or(usize::MAX, |n| n / 3 * 4 + 8);
+            Cow::Owned(lenient_base64(body, cap))
         }
         "quoted-printable" => {
             let cut = match start {
                 // Whole lines, so no escape is cut in two.
-                Some(n) if body.len() > n * 3 => {
-                    let at = body[..n * 3].iter().rposition(|b| *b == b'\n');
-                    &body[..at.map_or(n * 3, |a| a + 1)]
+                Some(n) if body.len() > n.saturating_mul(3) => {
+                    let limit = n.saturating_mul(3);
+                    let at = body[..limit].iter().rposition(|b| *b == b'\n');
+                    &body[..at.map_or(limit, |a| a + 1)]
                 }
                 _ => body,
             };
             Cow::Owned(
-                mail_parser::decoders::quoted_printable::quoted_printable_decode(cut)
+                quoted_printable::decode(cut, quoted_printable::ParseMode::Robust)
                     .unwrap_or_default(),
             )
         }
-        _ => Cow::Borrowed(&body[..body.len().min(cap)]),
+        _ => Cow::Borrowed(&body[..body.len().min(start.unwrap_or(usize::MAX))]),
     }
+}
+
+/// base64 as lenient decoders (Thunderbird's) read it: characters outside
+/// the alphabet skipped, and decoding going on after padding (each run
+/// between `=` signs decoded on its own), from at most `cap` characters.
+fn lenient_base64(body: &[u8], cap: usize) -> Vec<u8> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+            .with_decode_allow_trailing_bits(true),
+    );
+    let alphabet = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/' || *b == b'=';
+    let chars: Vec<u8> = body.iter().copied().filter(alphabet).take(cap).collect();
+    let mut out = Vec::with_capacity(chars.len() / 4 * 3 + 3);
+    for run in chars.split(|b| *b == b'=').filter(|r| !r.is_empty()) {
+        // A lone character at the end of a run carries no whole byte.
+        let whole = &run[..run.len() - usize::from(run.len() % 4 == 1)];
+        if let Ok(bytes) = LENIENT.decode(whole) {
+            out.extend_from_slice(&bytes);
+        }
+    }
+    out
 }
 
 /// An `application/(x-)pkcs7-mime` part, or an octet-stream named `.p7m`
@@ -295,7 +384,7 @@ fn shape_of(msg: &Message<'_>, raw: &[u8], index: usize, depth: usize) -> Shape 
     }
     // CMS under another type or name, or S/MIME in an attached message:
     // not opened, and said so.
-    if disguised_cms(part, raw) || matches!(part.body, PartType::Message(_)) {
+    if disguised_cms(part, raw).is_some() || matches!(part.body, PartType::Message(_)) {
         let mut nested = Nested::default();
         count_nested(msg, raw, index, &mut nested, depth);
         if nested.encrypted + nested.signed == 0 {
@@ -362,9 +451,10 @@ fn count_nested(msg: &Message<'_>, raw: &[u8], index: usize, out: &mut Nested, d
         out.signed += 1;
         return;
     }
-    if disguised_cms(part, raw) {
-        out.encrypted += 1;
-        return;
+    match disguised_cms(part, raw) {
+        Some(Disguised::Encrypted) => return out.encrypted += 1,
+        Some(Disguised::Signed) => return out.signed += 1,
+        None => {}
     }
     match (&part.body, depth < MAX_WRAPPERS) {
         (PartType::Multipart(children), true) => {
@@ -700,6 +790,80 @@ mod tests {
         .unwrap()
         .to_der()
         .unwrap()
+    }
+
+    /// Signed data with `content` inside.
+    fn signed_der(content: &[u8]) -> Vec<u8> {
+        use openssl::cms::{CMSOptions, CmsContentInfo};
+        let id = crate::pki::testkit::identity(1024, "Mime Signer").unwrap();
+        CmsContentInfo::sign(
+            Some(&id.cert),
+            Some(&id.key),
+            None,
+            Some(content),
+            CMSOptions::BINARY,
+        )
+        .unwrap()
+        .to_der()
+        .unwrap()
+    }
+
+    #[test]
+    fn ciphertext_is_known_however_its_transfer_encoding_is_written() {
+        // Review 19: the content check read `base64 (mime)` as no
+        // encoding, stopped at padding in the middle, lost the last bytes
+        // of signed data whose length is not a multiple of three, and knew
+        // nothing of uuencode; Thunderbird reads all of these.
+        use base64::Engine;
+        let der = enveloped_der();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+        let with = |ct: &str, cte: &str, body: &str| {
+            shape(
+                format!("Content-Type: {ct}\r\nContent-Transfer-Encoding: {cte}\r\n\r\n{body}\r\n")
+                    .as_bytes(),
+            )
+        };
+        let encrypted =
+            |s: &Shape| matches!(s, Shape::Mixed(n) if (n.encrypted, n.signed) == (1, 0));
+        let split = format!(
+            "{}{}",
+            base64::engine::general_purpose::STANDARD.encode(&der[..1]),
+            base64::engine::general_purpose::STANDARD.encode(&der[1..])
+        );
+        for (cte, body) in [
+            ("base64 (mime)", b64.as_str()),
+            ("base64;", b64.as_str()),
+            ("\"Base64\"", b64.as_str()),
+            ("base64", split.as_str()),
+            ("7bit", b64.as_str()),
+            ("x-uuencode", "begin 644 smime.p7m\r\n`\r\nend"),
+        ] {
+            let m = with("application/octet-stream; name=x", cte, body);
+            assert!(encrypted(&m), "{cte}: {m:?}");
+        }
+        // uuencode under a name that says nothing of S/MIME: a client has
+        // no reason to open it either.
+        let m = with(
+            "application/octet-stream; name=x.bin",
+            "x-uuencode",
+            "begin 644 x\r\nend",
+        );
+        assert_eq!(m, Shape::Plain);
+        // Signed data of every length modulo three, content inside.
+        for extra in 0..3 {
+            let content = format!(
+                "Content-Type: text/plain\r\n\r\nsigned{}\r\n",
+                "x".repeat(extra)
+            );
+            let signed = signed_der(content.as_bytes());
+            let body = base64::engine::general_purpose::STANDARD.encode(&signed);
+            let m = with("application/pdf", "base64", &body);
+            assert!(
+                matches!(&m, Shape::Mixed(n) if (n.encrypted, n.signed) == (0, 1)),
+                "{} bytes: {m:?}",
+                signed.len()
+            );
+        }
     }
 
     /// `bytes` in quoted-printable, every byte escaped, in short lines.

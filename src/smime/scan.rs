@@ -123,7 +123,7 @@ fn scan_message(msg: &Message<'_>, depth: usize, budget: &mut usize, seen: &mut 
         let raw = msg.raw_message.as_ref();
         if super::mime::claims_smime_content(part, raw) {
             seen.add(cms_content(part.contents(), depth, budget));
-        } else if super::mime::disguised_cms(part, raw) {
+        } else if super::mime::disguised_cms(part, raw).is_some() {
             // Not opened, whatever it holds.
             seen.add(WORST);
         }

@@ -107,10 +107,18 @@ pub async fn serve<F, Fut>(
                     drop(stream);
                     continue;
                 }
+                // The ended task gives its slot back when it is next run:
+                // let it run, then wait a little at a time.
                 let deadline = Instant::now() + HTTP_EVICTION_WAIT;
                 let mut slot = None;
+                let mut turns = 0u32;
                 while slot.is_none() && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    if turns < 16 {
+                        tokio::task::yield_now().await;
+                        turns += 1;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
                     slot = PeerSlot::take(&peers, key);
                 }
                 match slot {

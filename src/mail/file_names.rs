@@ -14,38 +14,31 @@ use std::borrow::Cow;
 
 use mail_parser::{HeaderName, MessagePart, MimeHeaders};
 
-/// Every reading of the file names `part` gives, from its raw header
-/// fields in `raw` (the message its offsets refer to) and from
+/// Every reading of the file names `part` gives (Content-Type `name`,
+/// Content-Disposition `filename`, every such field), from its raw
+/// header fields in `raw` (the message its offsets refer to) and from
 /// mail-parser's parse of them; duplicates left in.
 pub fn of_part(part: &MessagePart<'_>, raw: &[u8]) -> Vec<String> {
-    let [in_type, in_disposition] = by_field(part, raw);
-    let mut names = in_type;
-    names.extend(in_disposition);
-    names
-}
-
-/// [`of_part`] in two: the readings of what the Content-Type field says
-/// (`name`), and of what the Content-Disposition fields say (`filename`,
-/// every such field).
-fn by_field(part: &MessagePart<'_>, raw: &[u8]) -> [Vec<String>; 2] {
-    let mut out = [Vec::new(), Vec::new()];
+    let mut names = Vec::new();
     for header in &part.headers {
         let (from, to) = (header.offset_start as usize, header.offset_end as usize);
-        let which = match header.name {
-            HeaderName::ContentType => 0,
-            HeaderName::ContentDisposition => 1,
-            _ => continue,
+        let field = match header.name {
+            HeaderName::ContentType | HeaderName::ContentDisposition => raw.get(from..to),
+            _ => None,
         };
-        if let Some(field) = raw.get(from..to) {
+        if let Some(field) = field {
             let params = parameters(&String::from_utf8_lossy(field));
             for key in ["name", "filename"] {
-                out[which].extend(readings(&params, key));
+                names.extend(readings(&params, key));
             }
         }
     }
-    for (which, ct) in [(0, part.content_type()), (1, part.content_disposition())] {
-        let given = ct.and_then(|c| c.attributes.as_deref()).unwrap_or_default();
-        out[which].extend(
+    for ct in [part.content_type(), part.content_disposition()]
+        .into_iter()
+        .flatten()
+    {
+        let given = ct.attributes.as_deref().unwrap_or_default();
+        names.extend(
             given
                 .iter()
                 .filter(|a| {
@@ -54,7 +47,7 @@ fn by_field(part: &MessagePart<'_>, raw: &[u8]) -> [Vec<String>; 2] {
                 .map(|a| a.value.to_string()),
         );
     }
-    out
+    names
 }
 
 /// The parameters of a raw Content-Type or Content-Disposition value
@@ -62,7 +55,7 @@ fn by_field(part: &MessagePart<'_>, raw: &[u8]) -> [Vec<String>; 2] {
 /// quoted string up to its closing quote (backslash escapes undone), any
 /// other value up to the next `;`; folding undone; a piece without `=`
 /// skipped.
-pub fn parameters(value: &str) -> Vec<(String, String)> {
+fn parameters(value: &str) -> Vec<(String, String)> {
     let text = value.replace("\r\n", "").replace('\n', "");
     let mut rest = match split_outside_quotes(&text) {
         Some((_, after)) => after,
@@ -133,7 +126,7 @@ fn unquote(text: &str) -> (String, &str) {
 /// (`key*0`, `key*1*`, …) joined in the order of their numbers and in the
 /// order written; everything given for `key` joined in the order
 /// written; and each of them with encoded words decoded.
-pub fn readings(params: &[(String, String)], key: &str) -> Vec<String> {
+fn readings(params: &[(String, String)], key: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut pieces: Vec<(u32, String)> = Vec::new();
     let mut written = String::new();

@@ -640,29 +640,34 @@ fn daemon_for(leaf: &OneLeaf) -> (Gateway, Sink, Sink) {
     (Gateway::start(opts), outside, inside)
 }
 
-#[test]
-fn an_older_crl_served_after_a_reload_or_a_restart_is_a_replay() {
-    let leaf = one_leaf(40);
+/// `leaf`'s CA revokes a; the daemon sees the CRL that says so while it
+/// checks b only (b, from the same CA and point, is not revoked; a
+/// certificate it has seen revoked stays so anyway: the history is what
+/// holds for one not checked before). The CRL from before the
+/// revocation, still inside its validity, is what the path keeps to
+/// replay.
+fn newer_crl_seen(leaf: &OneLeaf) -> (Vec<u8>, Gateway, Sink, Sink) {
     let (s, ca, point) = (&leaf.s, &leaf.ca, &leaf.point);
-    // b, from the same CA and point, is not revoked.
     let b = ca.leaf("b", "b@partner.example", point, 41);
     s.recipient(&b);
-    // The CRL from before a's revocation, still inside its validity, is
-    // what the path keeps to replay.
     let before = ca.crl("full", point);
     ca.revoke(&leaf.a);
-    let after = ca.crl("full", point);
-    s.serve("issuing.crl", &after);
-    let (mut gw, outside, _inside) = daemon_for(&leaf);
-    // The gateway sees the newer CRL while checking b only (a certificate
-    // it has seen revoked stays so anyway: the history is what holds for
-    // a certificate not checked before).
+    s.serve("issuing.crl", &ca.crl("full", point));
+    let (gw, outside, inside) = daemon_for(leaf);
     send(&gw, "b@partner.example", "newer-seen");
     assert!(
         wait_until(Duration::from_secs(20), || outside.count() == 1),
         "{}",
         gw.log()
     );
+    (before, gw, outside, inside)
+}
+
+#[test]
+fn an_older_crl_served_after_a_reload_or_a_restart_is_a_replay() {
+    let leaf = one_leaf(40);
+    let s = &leaf.s;
+    let (before, mut gw, outside, _inside) = newer_crl_seen(&leaf);
 
     // The operator reloads (kept CRLs are dropped); the path serves the
     // older CRL.
@@ -719,20 +724,8 @@ fn a_reissued_certificate_of_the_issuing_ca_keeps_its_crl_history() {
     // the CRL from before a's revocation, which the history had seen
     // superseded.
     let leaf = one_leaf(40);
-    let (s, ca, point) = (&leaf.s, &leaf.ca, &leaf.point);
-    let b = ca.leaf("b", "b@partner.example", point, 41);
-    s.recipient(&b);
-    let before = ca.crl("full", point);
-    ca.revoke(&leaf.a);
-    s.serve("issuing.crl", &ca.crl("full", point));
-    let (gw, outside, _inside) = daemon_for(&leaf);
-    send(&gw, "b@partner.example", "newer-seen");
-    assert!(
-        wait_until(Duration::from_secs(20), || outside.count() == 1),
-        "{}",
-        gw.log()
-    );
-
+    let (s, ca) = (&leaf.s, &leaf.ca);
+    let (before, gw, outside, _inside) = newer_crl_seen(&leaf);
     let reissued = ca.reissued_by(&leaf.root, &s.url("root.crl"), 3);
     std::fs::copy(&reissued, s.recips.join("Issuing.pem")).unwrap();
     s.serve("issuing.crl", &before);

@@ -46,3 +46,17 @@ pub fn identity(bits: u32, cn: &str) -> Result<Identity, String> {
         source: Default::default(),
     })
 }
+
+/// Signed data (DER) by `id` with `content` inside.
+pub fn signed(id: &Identity, content: &[u8]) -> Result<Vec<u8>, String> {
+    use openssl::cms::{CMSOptions, CmsContentInfo};
+    CmsContentInfo::sign(
+        Some(&id.cert),
+        Some(&id.key),
+        None,
+        Some(content),
+        CMSOptions::BINARY,
+    )
+    .and_then(|c| c.to_der())
+    .map_err(|e| e.to_string())
+}

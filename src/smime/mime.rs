@@ -794,18 +794,8 @@ mod tests {
 
     /// Signed data with `content` inside.
     fn signed_der(content: &[u8]) -> Vec<u8> {
-        use openssl::cms::{CMSOptions, CmsContentInfo};
         let id = crate::pki::testkit::identity(1024, "Mime Signer").unwrap();
-        CmsContentInfo::sign(
-            Some(&id.cert),
-            Some(&id.key),
-            None,
-            Some(content),
-            CMSOptions::BINARY,
-        )
-        .unwrap()
-        .to_der()
-        .unwrap()
+        crate::pki::testkit::signed(&id, content).unwrap()
     }
 
     #[test]

@@ -378,18 +378,7 @@ mod tests {
             "application/pkcs7-mime; smime-type=enveloped-data",
             &enveloped(&id, Cipher::aes_256_cbc()),
         );
-        let sign = |content: &[u8]| {
-            CmsContentInfo::sign(
-                Some(&id.cert),
-                Some(&id.key),
-                None,
-                Some(content),
-                CMSOptions::BINARY,
-            )
-            .unwrap()
-            .to_der()
-            .unwrap()
-        };
+        let sign = |content: &[u8]| crate::pki::testkit::signed(&id, content).unwrap();
         let opaque = entity(
             "application/pkcs7-mime; smime-type=signed-data",
             &sign(&cbc),

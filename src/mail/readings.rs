@@ -28,9 +28,7 @@ pub enum TwoWays {
     HeaderEnd,
     #[error("a {0} field is written twice, or read by one parser only")]
     Field(&'static str),
-    #[error(
-        "a Content-Type parameter is given twice, or a file name reads as S/MIME one way only"
-    )]
+    #[error("a Content-Type parameter is given twice")]
     Parameter,
     #[error("a multipart's boundary reads two ways")]
     Boundary,
@@ -426,7 +424,7 @@ mod tests {
         assert_eq!(check(m, false), Err(TwoWays::Parameter));
         let m = b"Content-Type: text/plain; Charset=utf-8; charset=iso-8859-1\r\n\r\nx\r\n";
         assert_eq!(check(m, false), Err(TwoWays::Parameter));
-        // Names that agree: one way, S/MIME or not.
+        // Names given in both fields: one way.
         let m = b"Content-Type: application/pkcs7-mime; name=smime.p7m\r\n\
                   Content-Disposition: attachment; filename=\"mail.p7m\"\r\n\r\nx\r\n";
         assert_eq!(check(m, false), Ok(()));

@@ -116,6 +116,16 @@ pub(super) enum Disguised {
     Signed,
 }
 
+impl Disguised {
+    /// Counts one such part in `nested`.
+    fn count(self, nested: &mut Nested) {
+        match self {
+            Disguised::Encrypted => nested.encrypted += 1,
+            Disguised::Signed => nested.signed += 1,
+        }
+    }
+}
+
 /// Whether leaf `part` (its offsets into `raw`) holds CMS a client opens
 /// though neither its type nor its names say S/MIME: its body, decoded as
 /// lenient decoders do by the first word of its Content-Transfer-Encoding
@@ -384,9 +394,13 @@ fn shape_of(msg: &Message<'_>, raw: &[u8], index: usize, depth: usize) -> Shape 
     }
     // CMS under another type or name, or S/MIME in an attached message:
     // not opened, and said so.
-    if disguised_cms(part, raw).is_some() || matches!(part.body, PartType::Message(_)) {
+    let disguised = disguised_cms(part, raw);
+    if disguised.is_some() || matches!(part.body, PartType::Message(_)) {
         let mut nested = Nested::default();
-        count_nested(msg, raw, index, &mut nested, depth);
+        match disguised {
+            Some(kind) => kind.count(&mut nested),
+            None => count_nested(msg, raw, index, &mut nested, depth),
+        }
         if nested.encrypted + nested.signed == 0 {
             return Shape::Plain;
         }
@@ -451,10 +465,8 @@ fn count_nested(msg: &Message<'_>, raw: &[u8], index: usize, out: &mut Nested, d
         out.signed += 1;
         return;
     }
-    match disguised_cms(part, raw) {
-        Some(Disguised::Encrypted) => return out.encrypted += 1,
-        Some(Disguised::Signed) => return out.signed += 1,
-        None => {}
+    if let Some(kind) = disguised_cms(part, raw) {
+        return kind.count(out);
     }
     match (&part.body, depth < MAX_WRAPPERS) {
         (PartType::Multipart(children), true) => {

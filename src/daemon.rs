@@ -65,6 +65,10 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
         Some(addr) => Some(observe::bind(addr).await?),
         None => None,
     };
+    let health_listener = match settings.metrics.health_listen {
+        Some(addr) => Some(observe::bind_health(addr).await?),
+        None => None,
+    };
     let status_listener = match settings.status.listen {
         Some(addr) => {
             if !addr.ip().is_loopback() {
@@ -133,14 +137,23 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
     )
     .with_journal(journal);
     let runner = tokio::spawn(runner.run());
+    // One readiness check (and its last answer) for both listeners.
+    let ready = observe::Ready::new(Arc::clone(&settings));
     let observer = match metrics_listener {
         Some(listener) => {
             let handle = metrics::install().map_err(std::io::Error::other)?;
-            let serve = observe::serve(listener, handle, Arc::clone(&settings), stop_rx_metrics);
+            let serve = observe::serve(
+                listener,
+                Some(handle),
+                Arc::clone(&ready),
+                stop_rx_metrics.clone(),
+            );
             Some(tokio::spawn(serve))
         }
         None => None,
     };
+    let health = health_listener
+        .map(|listener| tokio::spawn(observe::serve(listener, None, ready, stop_rx_metrics)));
     // The readiness table (status page, gauges): kept when either shows it.
     let readiness = if status_listener.is_some() || observer.is_some() {
         let board = Arc::new(status::board::Board::new(Arc::clone(&live)));
@@ -223,7 +236,7 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
             w.abort();
         }
     }
-    if let Some(o) = observer {
+    for o in [observer, health].into_iter().flatten() {
         let _ = o.await;
     }
     if let Some((refresher, page)) = readiness {

@@ -2,8 +2,11 @@
 //! format (to this host or the token's holder: `http_access`), `/healthz`
 //! (the process answers) and `/readyz` (the spool is writable, the
 //! configuration is loaded, the next hops accept connections; checked at
-//! most every ten seconds), served on the gateway's HTTP stack
-//! (`http_stack`), which the status page shares.
+//! most every ten seconds); and the health listener (`[metrics]
+//! health_listen`), the last two only, for the prober, on a port whose
+//! places no connection to the others takes. Both are served on the
+//! gateway's HTTP stack (`http_stack`), which the status page shares;
+//! each listener keeps its own count of connections.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -21,12 +24,21 @@ use crate::config::{validate::parse_host_port, Settings, SettingsSource};
 use crate::http_access::{self, Access};
 use crate::http_stack;
 
-struct Ready {
+/// The readiness check, its last answer kept for ten seconds; shared by
+/// the listeners that serve `/readyz`.
+pub struct Ready {
     settings: Arc<dyn SettingsSource>,
     last: Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
 impl Ready {
+    pub fn new(settings: Arc<dyn SettingsSource>) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            last: Mutex::new(None),
+        })
+    }
+
     async fn check(&self) -> Result<(), String> {
         if let Some((at, r)) = self.last.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             if at.elapsed() < Duration::from_secs(10) {
@@ -78,6 +90,11 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 /// Binds the metrics listener (at start, so a taken port stops the daemon).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     http_stack::bind_named(addr, "metrics").await
+}
+
+/// Binds the health listener, likewise.
+pub async fn bind_health(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    http_stack::bind_named(addr, "health").await
 }
 
 /// The answer to a request `http_access` does not let read, when it
@@ -141,30 +158,32 @@ pub fn refused<B>(
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until shutdown.
+/// Serves `/healthz`, `/readyz` and, given the exporter's `metrics`,
+/// `/metrics` until shutdown.
 pub async fn serve(
     listener: TcpListener,
-    handle: PrometheusHandle,
-    settings: Arc<dyn SettingsSource>,
+    metrics: Option<PrometheusHandle>,
+    ready: Arc<Ready>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let ready = Arc::new(Ready {
-        settings,
-        last: Mutex::new(None),
-    });
-    http_stack::serve(listener, "metrics", shutdown, move |req, peer| {
-        let (handle, ready) = (handle.clone(), Arc::clone(&ready));
+    let what = if metrics.is_some() {
+        "metrics"
+    } else {
+        "health"
+    };
+    http_stack::serve(listener, what, shutdown, move |req, peer| {
+        let (metrics, ready) = (metrics.clone(), Arc::clone(&ready));
         async move {
-            match req.uri().path() {
-                "/metrics" => {
+            match (req.uri().path(), metrics) {
+                ("/metrics", Some(handle)) => {
                     let token = ready.settings.settings().metrics.token_file.clone();
                     match refused(&req, peer, token.as_deref(), "metrics.token_file") {
                         Some(no) => no,
                         None => text(StatusCode::OK, handle.render()),
                     }
                 }
-                "/healthz" => text(StatusCode::OK, "ok\n".into()),
-                "/readyz" => match ready.check().await {
+                ("/healthz", _) => text(StatusCode::OK, "ok\n".into()),
+                ("/readyz", _) => match ready.check().await {
                     Ok(()) => text(StatusCode::OK, "ready\n".into()),
                     Err(why) => text(
                         StatusCode::SERVICE_UNAVAILABLE,

@@ -886,3 +886,64 @@ fn the_operators_pages_answer_no_other_name_for_this_host_without_a_token() {
     assert!(get(metrics, "/healthz", "anything.example").starts_with("HTTP/1.1 200"));
     drop(gw);
 }
+
+#[test]
+fn connections_from_ever_new_addresses_on_the_metrics_port_leave_the_health_listener_answering() {
+    // Review 19: connections from never-reused loopback addresses that
+    // never ask look, one by one, like a probe's; on the shared listener
+    // each newcomer ends the oldest young one, and a probe that asked
+    // 200 ms after connecting got no answer (0 of 30 at 4,700 connections
+    // a second). The prober gets a listener of its own,
+    // [metrics] health_listen, which connections to the others do not reach.
+    use std::io::{Read, Write};
+    let sink = Sink::start(Script::default());
+    let (metrics, health) = (common::free_port(), common::free_port());
+    let mut opts = Options::new(sink.addr);
+    opts.extra = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{metrics}\"\nhealth_listen = \"127.0.0.1:{health}\"\n"
+    );
+    let gw = Gateway::start(opts);
+    assert!(healthz_ok(metrics));
+    assert!(healthz_ok(health));
+    let newcomer = |n: u16| {
+        let from = std::net::IpAddr::from([127, 100, (n >> 8) as u8, n as u8 | 1]);
+        let s = connect_from(metrics, from).unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+        s
+    };
+    // The metrics listener's places taken, then the probe connects to
+    // both listeners, then forty more newcomers arrive before it asks.
+    let mut held: Vec<_> = (0..31u16).map(|n| newcomer(n * 2)).collect();
+    let probe: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut on_shared = connect_from(metrics, probe).unwrap();
+    let mut on_own = connect_from(health, probe).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    held.extend((100..140u16).map(|n| newcomer(n * 2)));
+    std::thread::sleep(Duration::from_millis(300));
+    let ask = |s: &mut std::net::TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+    };
+    let own = ask(&mut on_own);
+    let shared = ask(&mut on_shared);
+    assert!(own.starts_with("HTTP/1.1 200"), "health listener: {own:?}");
+    // Positive control: on the shared listener the same newcomers ended
+    // the probe's connection, so the one above was under attack.
+    assert!(
+        !shared.starts_with("HTTP/1.1 200"),
+        "metrics listener: {shared:?}"
+    );
+    drop(held);
+    // The health listener serves no counters.
+    let (code, body) = common::http_get(&format!("http://127.0.0.1:{health}/metrics"));
+    assert_eq!(code, 404, "{body}");
+    assert!(!body.contains("smimegw_"), "{body}");
+    assert_eq!(
+        common::http_get(&format!("http://127.0.0.1:{health}/readyz")).0,
+        200
+    );
+    drop(gw);
+}

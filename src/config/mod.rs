@@ -141,6 +141,12 @@ impl JournalSettings {
 pub struct MetricsSettings {
     /// Address for /metrics, /healthz and /readyz; none: no listener.
     pub listen: Option<SocketAddr>,
+    /// A listener of its own for /healthz and /readyz only (no /metrics),
+    /// for the liveness and readiness prober: connections to `listen`,
+    /// however many and from wherever, do not take its places. A bare
+    /// port means 127.0.0.1; none: no such listener.
+    #[serde(default, deserialize_with = "listen_address")]
+    pub health_listen: Option<SocketAddr>,
     /// A file holding the token (16 characters or more) a scraper must
     /// present to read /metrics (Bearer, or Basic with any user name);
     /// without it, /metrics is served to this host only. /healthz and

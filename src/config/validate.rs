@@ -67,6 +67,22 @@ pub(super) fn check(s: &Settings) -> Vec<Problem> {
             bad(key, "must be longer than zero".into());
         }
     }
+    // Each listener on an address of its own: the health listener is
+    // there so that connections to the others do not reach it.
+    let listeners = [
+        ("metrics.listen", s.metrics.listen),
+        ("metrics.health_listen", s.metrics.health_listen),
+        ("status.listen", s.status.listen),
+    ];
+    for (i, (key, addr)) in listeners.iter().enumerate() {
+        let Some(addr) = addr else { continue };
+        if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| *a == Some(*addr)) {
+            bad(
+                key,
+                format!("{addr} is also {other}: give each listener its own address"),
+            );
+        }
+    }
     for (key, file) in [
         ("metrics.token_file", &s.metrics.token_file),
         ("status.token_file", &s.status.token_file),

@@ -155,6 +155,28 @@ fn the_status_page_listens_on_loopback_unless_told_otherwise() {
 }
 
 #[test]
+fn each_http_listener_has_an_address_of_its_own() {
+    let s = test_settings("[metrics]\nhealth_listen = 9327\n");
+    assert_eq!(
+        s.metrics.health_listen,
+        Some("127.0.0.1:9327".parse().unwrap())
+    );
+    assert!(problems(
+        "[metrics]\nlisten = \"127.0.0.1:9325\"\nhealth_listen = \"127.0.0.1:9327\"\n\
+         [status]\nlisten = \"127.0.0.1:9326\"\n"
+    )
+    .is_empty());
+    assert_eq!(
+        problems("[metrics]\nlisten = \"127.0.0.1:9325\"\nhealth_listen = 9325\n"),
+        vec!["metrics.health_listen"]
+    );
+    assert_eq!(
+        problems("[metrics]\nhealth_listen = 9326\n[status]\nlisten = 9326\n"),
+        vec!["status.listen"]
+    );
+}
+
+#[test]
 fn token_files_must_hold_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good");

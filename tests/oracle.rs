@@ -1862,3 +1862,171 @@ fn ciphertext_named_smime_p7m_by_one_reading_only_is_not_passed_as_plain() {
     }
     assert_eq!(outside.count(), 0);
 }
+
+#[test]
+fn ciphertext_a_client_finds_where_the_gateway_reads_none_is_not_passed_as_plain() {
+    // Review 20: the walk read the message as mail-parser does, and a
+    // client may read it otherwise. Each case below passed captured
+    // ciphertext to the mailbox as plain mail (no trace header, the
+    // attacker's return path): header fields written twice (a client
+    // reads the first, mail-parser the last), a one-letter time zone that
+    // hides the next field from mail-parser, a boundary mail-parser
+    // decodes or ends mid-line, nesting past 16 levels, a multipart/signed
+    // whose second part is no signature, the signed content of a
+    // multipart/signed beside other parts, message/news (a message to
+    // Thunderbird, a leaf to mail-parser), a container such as TNEF, and
+    // a preamble. Ciphertext is now also known by its bytes.
+    let mailbox = Sink::start(Script::default());
+    let outside = Sink::start(Script::default());
+    let gw = gateway(&mailbox, &outside, QUARANTINE);
+    use base64::Engine;
+    let e = &base64::engine::general_purpose::STANDARD;
+    let lines = |bytes: &[u8]| {
+        e.encode(bytes)
+            .as_bytes()
+            .chunks(76)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    };
+    let der = captured(&pki::inner(SECRET), "-aes-256-cbc");
+    let b64 = lines(&der);
+    let pk = format!(
+        "Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=\"smime.p7m\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{b64}\r\n"
+    );
+    let text = "Content-Type: text/plain\r\n\r\nSee attachment.\r\n";
+    let multipart = |sub: &str, boundary: &str, parts: &[&str]| {
+        let body: String = parts
+            .iter()
+            .map(|p| format!("--{boundary}\r\n{p}"))
+            .collect();
+        format!("Content-Type: multipart/{sub}; boundary=\"{boundary}\"\r\n\r\n{body}--{boundary}--\r\n")
+    };
+    let deep = |inner: &str| {
+        (0..19).fold(inner.to_string(), |e, i| {
+            multipart("mixed", &format!("L{i}"), &[&e])
+        })
+    };
+    let signed = |first: &str, second: &str| {
+        multipart("signed", "S", &[first, second]).replacen(
+            "boundary=\"S\"",
+            "boundary=\"S\"; protocol=\"application/pkcs7-signature\"; micalg=sha-256",
+            1,
+        )
+    };
+    let news = |inner: &str| {
+        format!("Content-Type: message/news\r\n\r\nFrom: <x@example.org>\r\nSubject: n\r\nMIME-Version: 1.0\r\n{inner}")
+    };
+    let container = {
+        let mut bytes = b"\x78\x9f\x3e\x22\x01\x90\x08".to_vec();
+        bytes.extend_from_slice(&der);
+        bytes.extend_from_slice(b"\x00\x01\x02\x03");
+        format!(
+            "Content-Type: application/ms-tnef; name=\"winmail.dat\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{}\r\n",
+            lines(&bytes)
+        )
+    };
+    let date_z = "Date: Wed, 02 Dec 2026 12:00:00 Z";
+    let pk_type = "Content-Type: application/pkcs7-mime; smime-type=enveloped-data";
+    // (id, the message's content fields and body)
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "fields-twice",
+            format!(
+                "{pk_type}\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\
+                 Content-Transfer-Encoding: quoted-printable\r\n\r\n{b64}\r\n"
+            ),
+        ),
+        (
+            "zone-z",
+            format!(
+                "{date_z}\r\n{pk_type}\r\nContent-Transfer-Encoding: base64\r\n\
+                 Content-Transfer-Encoding: quoted-printable\r\n\r\n{b64}\r\n"
+            ),
+        ),
+        (
+            "encoded-boundary",
+            multipart("mixed", "=?us-ascii?Q?A?=", &[text, &pk]),
+        ),
+        (
+            "mid-line-close",
+            format!(
+                "Content-Type: multipart/mixed; boundary=A\r\n\r\n--A\r\n\
+                 Content-Type: text/plain\r\n\r\nhi --A--\r\n--A\r\n{pk}--A--\r\n"
+            ),
+        ),
+        ("deep", multipart("mixed", "T", &[text, &deep(&pk)])),
+        ("signed-without-signature", signed(&pk, text)),
+        (
+            "signed-content-beside-text",
+            multipart("mixed", "M", &[text, &signed(&pk, text)]),
+        ),
+        ("news", news(&pk)),
+        ("container", multipart("mixed", "C", &[text, &container])),
+        (
+            "preamble",
+            multipart("mixed", "P", &[text]).replacen(
+                "\r\n\r\n--P",
+                &format!("\r\n\r\n{pk}\r\n--P"),
+                1,
+            ),
+        ),
+    ];
+    let message = |id: &str, content: &str| {
+        format!(
+            "From: <{ATTACKER}>\r\nTo: <bob@example-law.dk>\r\nSubject: {id}\r\n\
+             Message-ID: <{id}@test>\r\nMIME-Version: 1.0\r\n{content}"
+        )
+    };
+    for (id, content) in &cases {
+        let r = send(&gw, "bob@example-law.dk", message(id, content).as_bytes());
+        assert_eq!(r.code, 250, "{id}: {r:?}");
+    }
+    // Control: the same shapes holding only text are plain mail, passed
+    // on untouched with no trace header.
+    let controls: Vec<(&str, String)> = vec![
+        (
+            "plain-fields-twice",
+            "Content-Type: text/plain\r\nContent-Type: text/plain\r\n\r\nhello\r\n".into(),
+        ),
+        ("plain-deep", multipart("mixed", "T", &[text, &deep(text)])),
+        ("plain-signed-without-signature", signed(text, text)),
+        ("plain-news", news(text)),
+        ("plain-preamble", multipart("mixed", "P", &[text])),
+    ];
+    for (id, content) in &controls {
+        let r = send(&gw, "bob@example-law.dk", message(id, content).as_bytes());
+        assert_eq!(r.code, 250, "{id}: {r:?}");
+        let copy = delivered(&mailbox, id);
+        assert_eq!(trace(&copy.text()), "", "{id}: {}", copy.text());
+        assert_eq!(copy.from, ATTACKER, "{id}");
+    }
+    let mut plain = Vec::new();
+    for (id, _) in &cases {
+        // Held as undecryptable, or delivered with a trace header that
+        // says what was not opened, under the gateway's return path.
+        let seen = wait_until(Duration::from_secs(20), || {
+            gw.log().lines().any(|l| {
+                l.contains(&format!("<{id}@test>"))
+                    && (l.contains("quarantined") || l.contains("event=\"delivered\""))
+            })
+        });
+        assert!(seen, "{id}: {}", gw.log());
+        let copy = mailbox
+            .received()
+            .into_iter()
+            .find(|r| r.text().contains(&format!("<{id}@test>")));
+        if let Some(copy) = copy {
+            let t = trace(&copy.text());
+            if !(t.starts_with("decrypted;") || t.contains("=not-opened"))
+                || !copy.from.starts_with("smimegw-bounce+")
+            {
+                plain.push(format!("{id} (from {}, trace {t:?})", copy.from));
+            }
+        }
+    }
+    assert!(plain.is_empty(), "passed as plain: {plain:#?}");
+    assert_eq!(outside.count(), 0);
+}

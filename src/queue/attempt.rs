@@ -608,7 +608,8 @@ async fn inbound_pipeline(
         }
         let answers = live.signers.known(now_secs() as i64);
         let body = msg.body.clone();
-        let shape = tokio::task::spawn_blocking(move || mime::shape(&body)).await?;
+        // The same shape the first run had (its bytes asked too).
+        let shape = tokio::task::spawn_blocking(move || scan::scan_and_shape(&body).1).await?;
         let plan = Plan {
             shape: Arc::new(shape),
             recipients: recipients.clone(),

@@ -57,6 +57,9 @@ pub struct Nested {
     /// The type they sit in (`multipart/alternative`, `message/rfc822`)
     /// or, for CMS under another type, that type.
     pub container: String,
+    /// Found by the message's bytes alone (`evidence`), in no part the
+    /// walk reads as S/MIME.
+    pub hidden: bool,
 }
 
 /// The file name endings MS-OXOSMIME says mark S/MIME in an
@@ -311,14 +314,17 @@ pub fn shape(raw: &[u8]) -> Shape {
 /// an error when its structure is over the caps of `mail::nesting` (a
 /// single leaf never is), or when it reads two ways (`mail::readings`:
 /// what is signed or encrypted in it is not what a client shows) and
-/// mail-parser finds S/MIME in it. One that reads two ways with no
-/// S/MIME in it is plain: nothing in it is opened or vouched for either
-/// way (a decrypted one still meets the EFAIL defence's own check).
+/// mail-parser finds S/MIME in it, or its bytes name S/MIME or hold CMS
+/// in any form a client decodes (`evidence::mentions_cms`: the other
+/// reading may be the one with S/MIME in it). One that reads two ways with
+/// no sign of S/MIME in it is plain: nothing in it is opened or vouched
+/// for either way (a decrypted one still meets the EFAIL defence's own
+/// check).
 pub(super) fn parse_for_smime(raw: &[u8]) -> Result<Option<Message<'_>>, TooComplex> {
     let parsed = parse_unchecked(raw)?;
     if let Some(msg) = &parsed {
         if let Err(e) = readings::structure(msg, raw) {
-            if any_smime(msg) {
+            if any_smime(msg) || super::evidence::mentions_cms(raw) {
                 return Err(e.into());
             }
         }
@@ -420,7 +426,9 @@ fn shape_of(msg: &Message<'_>, raw: &[u8], index: usize, depth: usize) -> Shape 
                 signature: cms_bytes(second),
             };
         }
-        return Shape::Plain;
+        // No signature to check: its parts are counted like any
+        // multipart's (a client that does not take it for signed mail
+        // shows them, and opens S/MIME among them).
     }
     // Any other multipart: S/MIME inside is used only when it is the one
     // and only part (the body carried as a single attachment).
@@ -448,11 +456,17 @@ fn type_of(part: &MessagePart<'_>) -> String {
         .unwrap_or_default()
 }
 
-/// Counts the S/MIME parts at and under part `index`.
+/// Counts the S/MIME parts at and under part `index`, `depth` containers
+/// down: every level the parse made (`mail::nesting` caps it); one past
+/// that counts as ciphertext, never as nothing.
 fn count_nested(msg: &Message<'_>, raw: &[u8], index: usize, out: &mut Nested, depth: usize) {
     let Some(part) = msg.parts.get(index) else {
         return;
     };
+    if depth > nesting::MAX_DEPTH {
+        out.encrypted += 1;
+        return;
+    }
     if is_smime_entity(part, raw) {
         match pkcs7_mime_shape(part) {
             Shape::Enveloped { .. } => out.encrypted += 1,
@@ -461,21 +475,32 @@ fn count_nested(msg: &Message<'_>, raw: &[u8], index: usize, out: &mut Nested, d
         }
         return;
     }
-    if is_multipart(part, "signed") || is_signature_part(part, raw) {
+    if is_signature_part(part, raw) {
         out.signed += 1;
         return;
     }
     if let Some(kind) = disguised_cms(part, raw) {
         return kind.count(out);
     }
-    match (&part.body, depth < MAX_WRAPPERS) {
-        (PartType::Multipart(children), true) => {
+    match &part.body {
+        PartType::Multipart(children) => {
+            if is_multipart(part, "signed") {
+                // Signed, and what it signs may hold ciphertext: its first
+                // part is looked through (its signature is the one count).
+                out.signed += 1;
+                let mut inside = Nested::default();
+                if let Some(&first) = children.first() {
+                    count_nested(msg, raw, first as usize, &mut inside, depth + 1);
+                }
+                out.encrypted += inside.encrypted;
+                return;
+            }
             for &c in children {
                 count_nested(msg, raw, c as usize, out, depth + 1);
             }
         }
         // An attached message's S/MIME counts too.
-        (PartType::Message(inner), true) if !inner.parts.is_empty() => {
+        PartType::Message(inner) if !inner.parts.is_empty() => {
             count_nested(inner, inner.raw_message.as_ref(), 0, out, depth + 1);
         }
         _ => {}
@@ -969,6 +994,52 @@ mod tests {
         match shape(m) {
             Shape::Mixed(n) => assert_eq!((n.encrypted, n.signed), (0, 1)),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ciphertext_under_a_signature_or_deep_down_is_counted() {
+        let pk = format!(
+            "Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{}",
+            String::from_utf8(base64_lines(&enveloped_der())).unwrap()
+        );
+        let text = "Content-Type: text/plain\r\n\r\nhi\r\n";
+        let multipart = |sub: &str, b: &str, parts: &[&str]| {
+            let body: String = parts.iter().map(|p| format!("--{b}\r\n{p}")).collect();
+            format!("Content-Type: multipart/{sub}; boundary={b}\r\n\r\n{body}--{b}--\r\n")
+        };
+        let counts = |m: &str| match shape(m.as_bytes()) {
+            Shape::Mixed(n) => (n.encrypted, n.signed),
+            other => panic!("{other:?}"),
+        };
+        // A multipart/signed whose second part is no signature: a
+        // multipart like any other (review 20: it was plain).
+        assert_eq!(counts(&multipart("signed", "S", &[&pk, text])), (1, 0));
+        // What a signature beside other parts signs is looked through.
+        let signed = multipart(
+            "signed",
+            "S",
+            &[
+                &pk,
+                "Content-Type: application/pkcs7-signature\r\n\r\nAAEC\r\n",
+            ],
+        );
+        assert_eq!(counts(&multipart("mixed", "M", &[text, &signed])), (1, 1));
+        // Nested past 16 levels, beside text.
+        let deep = (0..20).fold(pk.clone(), |e, i| {
+            multipart("mixed", &format!("L{i}"), &[&e])
+        });
+        assert_eq!(counts(&multipart("mixed", "T", &[text, &deep])), (1, 0));
+        // Control: the same shapes with text only are plain.
+        let deep = (0..20).fold(text.to_string(), |e, i| {
+            multipart("mixed", &format!("L{i}"), &[&e])
+        });
+        for m in [
+            multipart("signed", "S", &[text, text]),
+            multipart("mixed", "T", &[text, &deep]),
+        ] {
+            assert_eq!(shape(m.as_bytes()), Shape::Plain);
         }
     }
 

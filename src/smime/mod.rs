@@ -4,6 +4,7 @@
 //! gives (memory, or its scratch files).
 
 pub mod cms;
+pub mod evidence;
 pub mod header;
 pub mod limits;
 pub mod mime;

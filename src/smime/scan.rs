@@ -46,7 +46,11 @@ impl Seen {
 /// Scans the message or entity in `raw`.
 pub fn scan(raw: &[u8]) -> Seen {
     let mut budget = MAX_PARTS;
-    scan_at(raw, 0, &mut budget)
+    let seen = scan_at(raw, 0, &mut budget);
+    if !seen.encrypted && super::evidence::holds_ciphertext(raw) {
+        return WORST;
+    }
+    seen
 }
 
 /// Scans the message in `raw` and reads its shape
@@ -54,7 +58,7 @@ pub fn scan(raw: &[u8]) -> Seen {
 pub fn scan_and_shape(raw: &[u8]) -> (Seen, super::mime::Shape) {
     let msg = match super::mime::parse_for_smime(raw) {
         Ok(Some(msg)) => msg,
-        Ok(None) => return (Seen::default(), super::mime::Shape::Plain),
+        Ok(None) => return hidden(raw, Seen::default(), super::mime::Shape::Plain),
         // Not read: what it holds is unknown, so assume the worst.
         Err(e) => return (WORST, super::mime::Shape::Unreadable(e)),
     };
@@ -69,7 +73,38 @@ pub fn scan_and_shape(raw: &[u8]) -> (Seen, super::mime::Shape) {
             without_integrity: !with_integrity(cms),
         });
     }
-    (seen, shape)
+    hidden(raw, seen, shape)
+}
+
+/// The scan and shape of `raw` once its bytes are asked too: ciphertext
+/// the walk did not count (a client reading the message otherwise may
+/// show and open it, `evidence`) makes the message one holding encrypted
+/// content not opened, whatever its shape said; nothing in it is opened
+/// or vouched for.
+fn hidden(raw: &[u8], seen: Seen, shape: super::mime::Shape) -> (Seen, super::mime::Shape) {
+    // Counted: ciphertext the walk found, in a shape unwrap opens or
+    // reports (a signature's content is looked at again once checked).
+    let counted = seen.encrypted
+        && match &shape {
+            super::mime::Shape::Plain => false,
+            super::mime::Shape::Mixed(n) => n.encrypted > 0,
+            _ => true,
+        };
+    if counted || !super::evidence::holds_ciphertext(raw) {
+        return (seen, shape);
+    }
+    let signed = match &shape {
+        super::mime::Shape::Mixed(n) => n.signed,
+        super::mime::Shape::OpaqueSigned { .. } | super::mime::Shape::DetachedSigned { .. } => 1,
+        _ => 0,
+    };
+    let nested = super::mime::Nested {
+        encrypted: 1,
+        signed,
+        container: String::new(),
+        hidden: true,
+    };
+    (WORST, super::mime::Shape::Mixed(nested))
 }
 
 /// Whether encrypted CMS bytes protect their content's integrity:
@@ -369,6 +404,35 @@ mod tests {
         assert!(scan(&named).without_integrity);
         // Unreadable "S/MIME" counts as encrypted.
         assert!(scan(&entity("application/pkcs7-mime", b"\x30\x03junk")).encrypted);
+    }
+
+    #[test]
+    fn ciphertext_the_walk_does_not_meet_is_known_by_its_bytes() {
+        use crate::smime::mime::{shape, Shape};
+        let id = crate::pki::testkit::identity(1024, "Scan Hidden").unwrap();
+        let pk = entity(
+            "application/pkcs7-mime; smime-type=enveloped-data",
+            &enveloped(&id, Cipher::aes_256_cbc()),
+        );
+        // In a preamble, which mail-parser skips.
+        let mut m = b"Content-Type: multipart/mixed; boundary=P\r\n\r\n".to_vec();
+        m.extend_from_slice(&pk);
+        m.extend_from_slice(b"\r\n--P\r\nContent-Type: text/plain\r\n\r\nhi\r\n--P--\r\n");
+        assert_eq!(shape(&m), Shape::Plain, "the walk alone finds nothing");
+        let (seen, shape) = scan_and_shape(&m);
+        assert_eq!(seen, WORST);
+        assert!(
+            matches!(&shape, Shape::Mixed(n) if n.hidden && n.encrypted == 1),
+            "{shape:?}"
+        );
+        assert_eq!(scan(&m), WORST);
+        // Control: ciphertext the walk counts is not counted twice, and
+        // plain mail stays plain.
+        let (seen, shape) = scan_and_shape(&pk);
+        assert!(seen.encrypted);
+        assert!(matches!(shape, Shape::Enveloped { .. }), "{shape:?}");
+        let plain = b"Content-Type: text/plain\r\n\r\nsmime.p7m, pkcs7\r\n";
+        assert_eq!(scan_and_shape(plain), (Seen::default(), Shape::Plain));
     }
 
     #[test]

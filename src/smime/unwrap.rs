@@ -273,6 +273,8 @@ impl Report {
             let container = nested.container.as_str();
             let reason = if self.too_deep {
                 format!("more than {MAX_LAYERS} S/MIME layers")
+            } else if nested.hidden {
+                "ciphertext in no part read as S/MIME".into()
             } else if container.is_empty() {
                 "inside a multipart next to other parts".into()
             } else if container.starts_with("multipart/") {
@@ -494,6 +496,7 @@ pub fn unwrap_into(
                 encrypted,
                 signed,
                 container: String::new(),
+                hidden: false,
             });
         }
     }
@@ -926,6 +929,7 @@ mod tests {
                 encrypted: 1,
                 signed: 0,
                 container: "multipart/mixed".into(),
+                hidden: false,
             }),
             too_deep: false,
             without_integrity: false,

@@ -1,0 +1,287 @@
+//! Ciphertext known by a message's bytes alone, wherever it sits: the
+//! backstop behind the MIME walk (`scan`, `mime`). The walk reads a
+//! message as mail-parser does; a client may read it otherwise (a header
+//! field written twice, a boundary it takes literally, a wrapper type the
+//! walk does not open, nesting the walk stops at), and then show and open
+//! CMS the walk never met. The object identifier of enveloped or
+//! authEnveloped data starts every such ContentInfo; a client decodes it
+//! from base64 (skipping what is not base64, restarting after padding),
+//! quoted-printable or raw bytes, so it is looked for in each of those
+//! forms: raw, in the message's base64 characters at each of the three
+//! alignments, and with quoted-printable escapes undone. What holds it
+//! and is not counted by the walk is ciphertext the gateway does not
+//! open. Pure, and linear in the message's size.
+
+use std::sync::OnceLock;
+
+use aho_corasick::AhoCorasick;
+use base64::Engine;
+
+/// DER of the content types a client decrypts, as a ContentInfo starts:
+/// id-envelopedData (1.2.840.113549.1.7.3) and id-ct-authEnvelopedData
+/// (1.2.840.113549.1.9.16.1.23), with tag and length, and the tag of the
+/// content that follows (`[0]`, 0xa0). That last octet makes the
+/// identifier's own last bits part of every base64 form (without it,
+/// one alignment's form ends before them, and enveloped data reads like
+/// signed or plain data).
+const ENCRYPTED: [&[u8]; 2] = [
+    &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x03, 0xa0,
+    ],
+    &[
+        0x06, 0x0b, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x10, 0x01, 0x17, 0xa0,
+    ],
+];
+
+/// id-signedData (1.2.840.113549.1.7.2), likewise: a signature may wrap
+/// ciphertext whose own identifier is then encoded twice. Looked for only
+/// where a message reads two ways ([`mentions_cms`]): signed software and
+/// documents carry it in plain mail too.
+const SIGNED: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02, 0xa0,
+];
+
+/// The base64 characters determined by `bytes` alone when they start at
+/// `skip` (0, 1 or 2) bytes into a group of three.
+fn base64_form(bytes: &[u8], skip: usize) -> Vec<u8> {
+    let mut padded = vec![0u8; skip];
+    padded.extend_from_slice(bytes);
+    padded.extend_from_slice(&[0, 0]);
+    let text = base64::engine::general_purpose::STANDARD.encode(&padded);
+    let (first_bit, end_bit) = (8 * skip, 8 * (skip + bytes.len()));
+    // Character i carries bits 6i..6i+6: kept when all of them are ours.
+    (0..text.len())
+        .filter(|i| 6 * i >= first_bit && 6 * i + 6 <= end_bit)
+        .map(|i| text.as_bytes()[i])
+        .collect()
+}
+
+/// One automaton for every form of every identifier in `ids`: raw and
+/// base64 at each alignment.
+fn forms(ids: &[&[u8]]) -> Option<AhoCorasick> {
+    let mut patterns: Vec<Vec<u8>> = Vec::new();
+    for id in ids {
+        patterns.push(id.to_vec());
+        patterns.extend((0..3).map(|skip| base64_form(id, skip)));
+    }
+    AhoCorasick::new(patterns).ok()
+}
+
+fn encrypted_forms() -> Option<&'static AhoCorasick> {
+    static FORMS: OnceLock<Option<AhoCorasick>> = OnceLock::new();
+    FORMS.get_or_init(|| forms(&ENCRYPTED)).as_ref()
+}
+
+fn any_cms_forms() -> Option<&'static AhoCorasick> {
+    static FORMS: OnceLock<Option<AhoCorasick>> = OnceLock::new();
+    FORMS
+        .get_or_init(|| forms(&[ENCRYPTED[0], ENCRYPTED[1], SIGNED]))
+        .as_ref()
+}
+
+/// Whether `raw` holds the identifier of enveloped or authEnveloped data
+/// in any form a client decodes: raw, in base64 (read from its base64
+/// characters only, so line breaks, padding and other characters between
+/// them hide nothing), or quoted-printable.
+pub fn holds_ciphertext(raw: &[u8]) -> bool {
+    found(raw, encrypted_forms())
+}
+
+/// [`holds_ciphertext`], signed data too, or a name of S/MIME (`pkcs7`,
+/// `p7m`, `p7s`, `p7c`, `p7z`, in any case) anywhere: the evidence that
+/// makes a message that reads two ways one that cannot be read.
+pub fn mentions_cms(raw: &[u8]) -> bool {
+    static NAMES: OnceLock<Option<AhoCorasick>> = OnceLock::new();
+    let names = NAMES
+        .get_or_init(|| {
+            AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(["pkcs7", "p7m", "p7s", "p7c", "p7z"])
+                .ok()
+        })
+        .as_ref();
+    names.is_none_or(|n| n.is_match(raw)) || found(raw, any_cms_forms())
+}
+
+/// How much of a message is read into one piece: its base64 characters
+/// and its quoted-printable reading are looked through piece by piece,
+/// so a large message costs no copy of itself.
+const PIECE: usize = 64 * 1024;
+
+/// Whether `raw`, its base64 characters alone, or its quoted-printable
+/// reading holds one of `forms` (all of them when the automaton could not
+/// be built: an identifier is assumed rather than missed).
+fn found(raw: &[u8], forms: Option<&AhoCorasick>) -> bool {
+    let Some(forms) = forms else {
+        return true;
+    };
+    if forms.is_match(raw) {
+        return true;
+    }
+    // Each piece starts with the end of the one before, so that no form
+    // is cut in two between them.
+    let keep = forms.max_pattern_len().saturating_sub(1);
+    let is_base64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    let mut letters: Vec<u8> = Vec::with_capacity(raw.len().min(PIECE) + keep);
+    for piece in raw.chunks(PIECE) {
+        letters.extend(piece.iter().copied().filter(is_base64));
+        if forms.is_match(&letters) {
+            return true;
+        }
+        let from = letters.len().saturating_sub(keep);
+        letters.drain(..from);
+    }
+    // A byte written as `=XX` (the identifiers start with a control
+    // character, which quoted-printable escapes), or a line broken by `=`.
+    if memchr::memmem::find(raw, b"=06").is_none() && memchr::memchr(0x06, raw).is_none() {
+        return false;
+    }
+    let mut decoded: Vec<u8> = Vec::new();
+    let mut rest = raw;
+    while !rest.is_empty() {
+        // Whole lines, so that no escape is cut in two.
+        let cut = match rest.len() > PIECE {
+            true => memchr::memrchr(b'\n', &rest[..PIECE]).map_or(PIECE, |at| at + 1),
+            false => rest.len(),
+        };
+        let (piece, after) = rest.split_at(cut);
+        rest = after;
+        decoded.extend(
+            quoted_printable::decode(piece, quoted_printable::ParseMode::Robust)
+                .unwrap_or_default(),
+        );
+        if forms.is_match(&decoded) {
+            return true;
+        }
+        let from = decoded.len().saturating_sub(keep);
+        decoded.drain(..from);
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enveloped() -> Vec<u8> {
+        let id = crate::pki::testkit::identity(1024, "Evidence").unwrap();
+        let mut certs = openssl::stack::Stack::new().unwrap();
+        certs.push(id.cert.clone()).unwrap();
+        openssl::cms::CmsContentInfo::encrypt(
+            &certs,
+            b"secret",
+            openssl::symm::Cipher::aes_128_cbc(),
+            openssl::cms::CMSOptions::BINARY,
+        )
+        .unwrap()
+        .to_der()
+        .unwrap()
+    }
+
+    #[test]
+    fn base64_forms_are_the_characters_the_identifier_fixes() {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        for skip in 0..3 {
+            let form = base64_form(ENCRYPTED[0], skip);
+            assert!(form.len() >= 13, "{skip}: {form:?}");
+            // Whatever precedes and follows, the form is in the text.
+            for before in [&b"\x00\x00"[..], b"\xff\xfe", b"ab"] {
+                let mut bytes = before[..skip].to_vec();
+                bytes.extend_from_slice(ENCRYPTED[0]);
+                bytes.extend_from_slice(b"\xff\x01");
+                let text = b64(&bytes);
+                assert!(
+                    text.as_bytes().windows(form.len()).any(|w| w == form),
+                    "{skip} {before:?}: {text} lacks {}",
+                    String::from_utf8_lossy(&form)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_form_tells_enveloped_from_signed_and_plain_data() {
+        let data: &[u8] = &[
+            0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01, 0xa0,
+        ];
+        for skip in 0..3 {
+            let form = base64_form(ENCRYPTED[0], skip);
+            for other in [SIGNED, data] {
+                let mut bytes = vec![0x30; skip];
+                bytes.extend_from_slice(other);
+                bytes.extend_from_slice(&[0x80, 0x30, 0x80]);
+                let text = base64::engine::general_purpose::STANDARD.encode(&bytes);
+                assert!(
+                    !text.as_bytes().windows(form.len()).any(|w| w == form),
+                    "alignment {skip}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ciphertext_is_found_in_every_form_a_client_decodes() {
+        let der = enveloped();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+        let mut lines = String::new();
+        for (i, c) in b64.chars().enumerate() {
+            if i > 0 && i % 5 == 0 {
+                lines.push_str("\r\n");
+            }
+            lines.push(c);
+        }
+        let junk: String = b64.chars().flat_map(|c| [c, '!']).collect();
+        let padded_mid = format!("MA=={b64}");
+        let qp: String = der.iter().map(|b| format!("={b:02X}")).collect();
+        let qp_lines: String = qp
+            .as_bytes()
+            .chunks(60)
+            .map(|c| format!("{}=\r\n", String::from_utf8_lossy(c)))
+            .collect();
+        for (name, text) in [
+            ("raw", der.clone()),
+            ("base64", b64.clone().into_bytes()),
+            ("short lines", lines.into_bytes()),
+            ("junk between", junk.into_bytes()),
+            ("padding first", padded_mid.into_bytes()),
+            ("quoted-printable", qp.into_bytes()),
+            ("quoted-printable lines", qp_lines.into_bytes()),
+        ] {
+            let mut message = b"Subject: x\r\n\r\nsome text\r\n".to_vec();
+            message.extend_from_slice(&text);
+            assert!(holds_ciphertext(&message), "{name}");
+            assert!(mentions_cms(&message), "{name}");
+        }
+    }
+
+    #[test]
+    fn plain_mail_and_other_cms_hold_no_ciphertext() {
+        let id = crate::pki::testkit::identity(1024, "Evidence Plain").unwrap();
+        let signed = crate::pki::testkit::signed(&id, b"hello").unwrap();
+        let cert = id.cert.to_der().unwrap();
+        let text = b"Subject: S/MIME\r\n\r\nWe discuss smime.p7m and pkcs7 here.\r\n".to_vec();
+        for (name, bytes) in [
+            ("text", text.clone()),
+            ("signed data", signed.clone()),
+            ("certificate", cert.clone()),
+            (
+                "base64 certificate",
+                base64::engine::general_purpose::STANDARD
+                    .encode(&cert)
+                    .into_bytes(),
+            ),
+            (
+                "random base64",
+                base64::engine::general_purpose::STANDARD
+                    .encode(openssl::sha::sha512(b"x").repeat(200))
+                    .into_bytes(),
+            ),
+        ] {
+            assert!(!holds_ciphertext(&bytes), "{name}");
+        }
+        // Where a message reads two ways, a name or signed data is enough.
+        assert!(mentions_cms(&text));
+        assert!(mentions_cms(&signed));
+        assert!(!mentions_cms(b"Subject: hi\r\n\r\nplain text\r\n"));
+    }
+}

@@ -1643,6 +1643,32 @@ fn mail_to_an_address_extension_of_a_reencrypt_mailbox_is_reencrypted_too() {
     }
 }
 
+/// `bytes` uuencoded as the file `name`.
+fn uuencode(bytes: &[u8], name: &str) -> String {
+    let mut out = format!("begin 644 {name}\r\n");
+    for line in bytes.chunks(45) {
+        out.push(char::from(32 + line.len() as u8));
+        for group in line.chunks(3) {
+            let g = [
+                group[0],
+                *group.get(1).unwrap_or(&0),
+                *group.get(2).unwrap_or(&0),
+            ];
+            for six in [
+                g[0] >> 2,
+                (g[0] & 3) << 4 | g[1] >> 4,
+                (g[1] & 15) << 2 | g[2] >> 6,
+                g[2] & 63,
+            ] {
+                out.push(if six == 0 { '`' } else { char::from(32 + six) });
+            }
+        }
+        out.push_str("\r\n");
+    }
+    out.push_str("`\r\nend\r\n");
+    out
+}
+
 #[test]
 fn ciphertext_named_smime_p7m_by_one_reading_only_is_not_passed_as_plain() {
     // Review 16: `name="a.pdf"; name*=UTF-8''smime.p7m` (or the same in
@@ -1760,30 +1786,7 @@ fn ciphertext_named_smime_p7m_by_one_reading_only_is_not_passed_as_plain() {
             .collect();
         format!("{}\r\n{}", e.encode(&der[..1]), lines.join("\r\n"))
     };
-    let uuencoded = {
-        let mut out = String::from("begin 644 smime.p7m\r\n");
-        for line in der.chunks(45) {
-            out.push(char::from(32 + line.len() as u8));
-            for group in line.chunks(3) {
-                let g = [
-                    group[0],
-                    *group.get(1).unwrap_or(&0),
-                    *group.get(2).unwrap_or(&0),
-                ];
-                for six in [
-                    g[0] >> 2,
-                    (g[0] & 3) << 4 | g[1] >> 4,
-                    (g[1] & 15) << 2 | g[2] >> 6,
-                    g[2] & 63,
-                ] {
-                    out.push(if six == 0 { '`' } else { char::from(32 + six) });
-                }
-            }
-            out.push_str("\r\n");
-        }
-        out.push_str("`\r\nend\r\n");
-        out
-    };
+    let uuencoded = uuencode(&der, "smime.p7m");
     let encoded = [
         ("cte-comment", "base64 (mime)", b64.clone()),
         ("cte-padding", "base64", split),
@@ -1928,6 +1931,16 @@ fn ciphertext_a_client_finds_where_the_gateway_reads_none_is_not_passed_as_plain
             lines(&bytes)
         )
     };
+    let ber = {
+        let at = der
+            .windows(3)
+            .position(|w| w == [0x06, 0x09, 0x2a])
+            .expect("identifier");
+        let mut ber = der[..=at].to_vec();
+        ber.push(0x81);
+        ber.extend_from_slice(&der[at + 1..]);
+        ber
+    };
     let date_z = "Date: Wed, 02 Dec 2026 12:00:00 Z";
     let pk_type = "Content-Type: application/pkcs7-mime; smime-type=enveloped-data";
     // (id, the message's content fields and body)
@@ -1973,6 +1986,32 @@ fn ciphertext_a_client_finds_where_the_gateway_reads_none_is_not_passed_as_plain
                 1,
             ),
         ),
+        // Review 21: encodings a client decodes in message/news (now read
+        // as an attached message), and BER with the identifier's length
+        // in long form (NSS and OpenSSL open it).
+        (
+            "news-uuencoded",
+            multipart(
+                "mixed",
+                "U",
+                &[
+                    text,
+                    &news(&format!(
+                        "Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n\
+                         Content-Transfer-Encoding: x-uuencode\r\n\r\n{}",
+                        uuencode(&der, "data.bin")
+                    )),
+                ],
+            ),
+        ),
+        (
+            "ber-in-preamble",
+            multipart("mixed", "B", &[text]).replacen(
+                "\r\n\r\n--B",
+                &format!("\r\n\r\n{}\r\n--B", lines(&ber)),
+                1,
+            ),
+        ),
     ];
     let message = |id: &str, content: &str| {
         format!(
@@ -1984,6 +2023,24 @@ fn ciphertext_a_client_finds_where_the_gateway_reads_none_is_not_passed_as_plain
         let r = send(&gw, "bob@example-law.dk", message(id, content).as_bytes());
         assert_eq!(r.code, 250, "{id}: {r:?}");
     }
+    // Review 21: the attacker's own encryption to the organisation around
+    // an entity that hides the captured ciphertext. The mailbox is told
+    // that what was decrypted holds ciphertext not opened.
+    let hiding = multipart("mixed", "H", &[text]).replacen(
+        "\r\n\r\n--H",
+        &format!("\r\n\r\n{pk}\r\n--H"),
+        1,
+    );
+    let outer = captured(hiding.as_bytes(), "-aes-256-cbc");
+    assert_eq!(
+        send(
+            &gw,
+            "bob@example-law.dk",
+            &enveloped("inside-decrypted", "bob@example-law.dk", &outer)
+        )
+        .code,
+        250
+    );
     // Control: the same shapes holding only text are plain mail, passed
     // on untouched with no trace header.
     let controls: Vec<(&str, String)> = vec![
@@ -1995,6 +2052,25 @@ fn ciphertext_a_client_finds_where_the_gateway_reads_none_is_not_passed_as_plain
         ("plain-signed-without-signature", signed(text, text)),
         ("plain-news", news(text)),
         ("plain-preamble", multipart("mixed", "P", &[text])),
+        // Review 21: a message that reads two ways is unreadable only
+        // where S/MIME is named in a header or first line, not where
+        // three letters of a base64 attachment spell `p7m` by chance.
+        (
+            "plain-zone-z-attachment",
+            format!(
+                "{date_z}\r\n{}",
+                multipart(
+                    "mixed",
+                    "Z",
+                    &[
+                        text,
+                        "Content-Type: application/pdf; name=\"a.pdf\"\r\n\
+                         Content-Transfer-Encoding: base64\r\n\r\n\
+                         JVBERi0xLjQKp7mAAAp7sBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB\r\n",
+                    ],
+                )
+            ),
+        ),
     ];
     for (id, content) in &controls {
         let r = send(&gw, "bob@example-law.dk", message(id, content).as_bytes());
@@ -2004,7 +2080,8 @@ fn ciphertext_a_client_finds_where_the_gateway_reads_none_is_not_passed_as_plain
         assert_eq!(copy.from, ATTACKER, "{id}");
     }
     let mut plain = Vec::new();
-    for (id, _) in &cases {
+    let ids = cases.iter().map(|(id, _)| *id).chain(["inside-decrypted"]);
+    for id in ids {
         // Held as undecryptable, or delivered with a trace header that
         // says what was not opened, under the gateway's return path.
         let seen = wait_until(Duration::from_secs(20), || {
@@ -2020,9 +2097,7 @@ fn ciphertext_a_client_finds_where_the_gateway_reads_none_is_not_passed_as_plain
             .find(|r| r.text().contains(&format!("<{id}@test>")));
         if let Some(copy) = copy {
             let t = trace(&copy.text());
-            if !(t.starts_with("decrypted;") || t.contains("=not-opened"))
-                || !copy.from.starts_with("smimegw-bounce+")
-            {
+            if !t.contains("=not-opened") || !copy.from.starts_with("smimegw-bounce+") {
                 plain.push(format!("{id} (from {}, trace {t:?})", copy.from));
             }
         }

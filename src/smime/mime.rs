@@ -242,10 +242,9 @@ fn decoded<'a>(body: &'a [u8], reading: &str, start: Option<usize>) -> Cow<'a, [
                 }
                 _ => body,
             };
-            Cow::Owned(
-                quoted_printable::decode(cut, quoted_printable::ParseMode::Robust)
-                    .unwrap_or_default(),
-            )
+            let mut out = Vec::with_capacity(cut.len());
+            super::evidence::quoted_printable(cut, &mut out);
+            Cow::Owned(out)
         }
         _ => Cow::Borrowed(&body[..body.len().min(start.unwrap_or(usize::MAX))]),
     }
@@ -289,6 +288,19 @@ fn is_signature_part(part: &MessagePart<'_>, raw: &[u8]) -> bool {
     part.content_type()
         .is_some_and(|c| is_pkcs7_signature(c.ctype(), c.subtype()))
         || smime_name(part, raw) == Some(".p7s")
+}
+
+/// `message/news`: a message to Thunderbird (shown, and S/MIME in it
+/// opened, like `message/rfc822`), a leaf to mail-parser. Its body is
+/// parsed and walked here as an attached message's.
+pub(super) fn is_news(part: &MessagePart<'_>) -> bool {
+    matches!(
+        part.body,
+        PartType::Text(_) | PartType::Binary(_) | PartType::InlineBinary(_)
+    ) && part.content_type().is_some_and(|c| {
+        c.ctype().eq_ignore_ascii_case("message")
+            && c.subtype().is_some_and(|s| s.eq_ignore_ascii_case("news"))
+    })
 }
 
 fn is_multipart(part: &MessagePart<'_>, sub: &str) -> bool {
@@ -401,7 +413,7 @@ fn shape_of(msg: &Message<'_>, raw: &[u8], index: usize, depth: usize) -> Shape 
     // CMS under another type or name, or S/MIME in an attached message:
     // not opened, and said so.
     let disguised = disguised_cms(part, raw);
-    if disguised.is_some() || matches!(part.body, PartType::Message(_)) {
+    if disguised.is_some() || matches!(part.body, PartType::Message(_)) || is_news(part) {
         let mut nested = Nested::default();
         match disguised {
             Some(kind) => kind.count(&mut nested),
@@ -481,6 +493,18 @@ fn count_nested(msg: &Message<'_>, raw: &[u8], index: usize, out: &mut Nested, d
     }
     if let Some(kind) = disguised_cms(part, raw) {
         return kind.count(out);
+    }
+    if is_news(part) {
+        // Read as an attached message; one that cannot be read (too
+        // deep, two ways with S/MIME in it) counts as ciphertext.
+        match parse_for_smime(part.contents()) {
+            Ok(Some(inner)) if !inner.parts.is_empty() => {
+                count_nested(&inner, part.contents(), 0, out, depth + 1)
+            }
+            Ok(_) => {}
+            Err(_) => out.encrypted += 1,
+        }
+        return;
     }
     match &part.body {
         PartType::Multipart(children) => {
@@ -1026,6 +1050,14 @@ mod tests {
             ],
         );
         assert_eq!(counts(&multipart("mixed", "M", &[text, &signed])), (1, 1));
+        // message/news, a message to Thunderbird and a leaf to mail-parser.
+        let news =
+            format!("Content-Type: message/news\r\n\r\nSubject: n\r\nMIME-Version: 1.0\r\n{pk}");
+        match shape(news.as_bytes()) {
+            Shape::Mixed(n) => assert_eq!((n.encrypted, n.container.as_str()), (1, "message/news")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(counts(&multipart("mixed", "N", &[text, &news])), (1, 0));
         // Nested past 16 levels, beside text.
         let deep = (0..20).fold(pk.clone(), |e, i| {
             multipart("mixed", &format!("L{i}"), &[&e])
@@ -1038,6 +1070,7 @@ mod tests {
         for m in [
             multipart("signed", "S", &[text, text]),
             multipart("mixed", "T", &[text, &deep]),
+            format!("Content-Type: message/news\r\n\r\nSubject: n\r\n{text}"),
         ] {
             assert_eq!(shape(m.as_bytes()), Shape::Plain);
         }

@@ -93,18 +93,43 @@ fn hidden(raw: &[u8], seen: Seen, shape: super::mime::Shape) -> (Seen, super::mi
     if counted || !super::evidence::holds_ciphertext(raw) {
         return (seen, shape);
     }
-    let signed = match &shape {
-        super::mime::Shape::Mixed(n) => n.signed,
-        super::mime::Shape::OpaqueSigned { .. } | super::mime::Shape::DetachedSigned { .. } => 1,
+    (WORST, not_opened(&shape))
+}
+
+/// The shape of an entity inside a layer taken off (decrypted content, or
+/// what a signature signs): [`super::mime::shape`], with its bytes asked
+/// too as in [`scan_and_shape`]. A signature's content is asked in turn
+/// when it is taken out.
+pub fn shape_inside(raw: &[u8]) -> super::mime::Shape {
+    use super::mime::Shape;
+    let shape = super::mime::shape(raw);
+    let counted = match &shape {
+        Shape::Plain => false,
+        Shape::Mixed(n) => n.encrypted > 0,
+        _ => true,
+    };
+    if counted || !super::evidence::holds_ciphertext(raw) {
+        return shape;
+    }
+    not_opened(&shape)
+}
+
+/// A message with ciphertext in no part the walk reads: reported as
+/// holding encrypted content not opened (and whatever signatures its
+/// shape had, not checked).
+fn not_opened(shape: &super::mime::Shape) -> super::mime::Shape {
+    use super::mime::Shape;
+    let signed = match shape {
+        Shape::Mixed(n) => n.signed,
+        Shape::OpaqueSigned { .. } | Shape::DetachedSigned { .. } => 1,
         _ => 0,
     };
-    let nested = super::mime::Nested {
+    Shape::Mixed(super::mime::Nested {
         encrypted: 1,
         signed,
         container: String::new(),
         hidden: true,
-    };
-    (WORST, super::mime::Shape::Mixed(nested))
+    })
 }
 
 /// Whether encrypted CMS bytes protect their content's integrity:
@@ -156,6 +181,11 @@ fn scan_message(msg: &Message<'_>, depth: usize, budget: &mut usize, seen: &mut 
             continue;
         }
         let raw = msg.raw_message.as_ref();
+        if super::mime::is_news(part) {
+            // An attached message to a client (`mime::is_news`).
+            seen.add(scan_at(part.contents(), depth + 1, budget));
+            continue;
+        }
         if super::mime::claims_smime_content(part, raw) {
             seen.add(cms_content(part.contents(), depth, budget));
         } else if super::mime::disguised_cms(part, raw).is_some() {

@@ -409,7 +409,7 @@ pub fn unwrap_into(
         let here: &Shape = match known.take() {
             Some(s) => s,
             None => {
-                computed = mime::shape(current.as_deref().unwrap_or(message));
+                computed = super::scan::shape_inside(current.as_deref().unwrap_or(message));
                 &computed
             }
         };

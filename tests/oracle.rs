@@ -1941,6 +1941,48 @@ fn ciphertext_a_client_finds_where_the_gateway_reads_none_is_not_passed_as_plain
         ber.extend_from_slice(&der[at + 1..]);
         ber
     };
+    // Review 22: base64 as old Thunderbird's libmime reads it, `=` in a
+    // group of four read as zero bits and the group giving fewer octets:
+    // `=QcD` gives `01 07`, and the standard encoding goes on after it.
+    let libmime = {
+        let at = der
+            .windows(4)
+            .position(|w| w == [0x01, 0x07, 0x03, 0xa0])
+            .expect("identifier");
+        format!(
+            "{}\r\n=QcD\r\n{}",
+            e.encode(&der[..at]),
+            lines(&der[at + 2..])
+        )
+    };
+    // An opaque signature by a stranger around an entity that hides the
+    // ciphertext in its preamble.
+    let opaque = {
+        let hiding = format!(
+            "Content-Type: multipart/mixed; boundary=\"O\"\r\n\r\n{pk}\r\n--O\r\n{text}--O--\r\n"
+        );
+        let (cert, key) = (pki::cert("stranger"), pki::key("stranger"));
+        let der = pki::openssl(
+            &[
+                "cms",
+                "-sign",
+                "-binary",
+                "-nodetach",
+                "-outform",
+                "DER",
+                "-signer",
+                cert.to_str().expect("path"),
+                "-inkey",
+                key.to_str().expect("path"),
+            ],
+            hiding.as_bytes(),
+        );
+        format!(
+            "Content-Type: application/pkcs7-mime; smime-type=signed-data; name=\"smime.p7m\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{}\r\n",
+            lines(&der)
+        )
+    };
     let date_z = "Date: Wed, 02 Dec 2026 12:00:00 Z";
     let pk_type = "Content-Type: application/pkcs7-mime; smime-type=enveloped-data";
     // (id, the message's content fields and body)
@@ -2004,6 +2046,34 @@ fn ciphertext_a_client_finds_where_the_gateway_reads_none_is_not_passed_as_plain
                 ],
             ),
         ),
+        // Review 22: S/MIME by type with no smime-type, in an encoding
+        // the gateway does not decode; a name written in RFC 2231 escapes
+        // behind a zone that hides the type from mail-parser, with the
+        // libmime base64; the same base64 as text; and an opaque signature
+        // whose content hides ciphertext (reported, but under the
+        // attacker's return path).
+        (
+            "untyped-uuencoded",
+            format!(
+                "Content-Type: application/pkcs7-mime; name=\"smime.p7m\"\r\n\
+                 Content-Transfer-Encoding: x-uuencode\r\n\r\n{}",
+                uuencode(&der, "smime.p7m")
+            ),
+        ),
+        (
+            "zone-z-libmime-base64",
+            format!(
+                "{date_z}\r\nContent-Type: application/octet-stream; name*=utf-8''smime.%70%37%6D\r\n\
+                 Content-Transfer-Encoding: base64\r\n\r\n{libmime}\r\n"
+            ),
+        ),
+        (
+            "libmime-base64-as-text",
+            format!(
+                "Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n{libmime}\r\n"
+            ),
+        ),
+        ("opaque-signature-hiding", opaque.clone()),
         (
             "ber-in-preamble",
             multipart("mixed", "B", &[text]).replacen(
@@ -2052,6 +2122,19 @@ fn ciphertext_a_client_finds_where_the_gateway_reads_none_is_not_passed_as_plain
         ("plain-signed-without-signature", signed(text, text)),
         ("plain-news", news(text)),
         ("plain-preamble", multipart("mixed", "P", &[text])),
+        // Review 22: nested message/news deeper than the scan went, and
+        // a two-way message whose body text holds `p7m` by chance.
+        (
+            "plain-news-nested",
+            (0..12).fold(text.to_string(), |inner, _| news(&inner)),
+        ),
+        (
+            "plain-zone-z-links",
+            format!(
+                "{date_z}\r\nContent-Type: text/html\r\n\r\n\
+                 <a href=\"https://t.example/c/Xp7mQ9\">x</a>\r\n"
+            ),
+        ),
         // Review 21: a message that reads two ways is unreadable only
         // where S/MIME is named in a header or first line, not where
         // three letters of a base64 attachment spell `p7m` by chance.
@@ -2072,12 +2155,29 @@ fn ciphertext_a_client_finds_where_the_gateway_reads_none_is_not_passed_as_plain
             ),
         ),
     ];
+    let mut harmed = Vec::new();
     for (id, content) in &controls {
         let r = send(&gw, "bob@example-law.dk", message(id, content).as_bytes());
         assert_eq!(r.code, 250, "{id}: {r:?}");
-        let copy = delivered(&mailbox, id);
-        assert_eq!(trace(&copy.text()), "", "{id}: {}", copy.text());
-        assert_eq!(copy.from, ATTACKER, "{id}");
+        let arrived = wait_until(Duration::from_secs(20), || {
+            mailbox
+                .received()
+                .iter()
+                .any(|r| r.text().contains(&format!("<{id}@test>")))
+        });
+        let copy = mailbox
+            .received()
+            .into_iter()
+            .find(|r| r.text().contains(&format!("<{id}@test>")));
+        match copy {
+            Some(copy) if trace(&copy.text()).is_empty() && copy.from == ATTACKER => {}
+            Some(copy) => harmed.push(format!(
+                "{id} (from {}, trace {:?})",
+                copy.from,
+                trace(&copy.text())
+            )),
+            None => harmed.push(format!("{id} not delivered (arrived: {arrived})")),
+        }
     }
     let mut plain = Vec::new();
     let ids = cases.iter().map(|(id, _)| *id).chain(["inside-decrypted"]);
@@ -2102,6 +2202,9 @@ fn ciphertext_a_client_finds_where_the_gateway_reads_none_is_not_passed_as_plain
             }
         }
     }
-    assert!(plain.is_empty(), "passed as plain: {plain:#?}");
+    assert!(
+        plain.is_empty() && harmed.is_empty(),
+        "passed as plain: {plain:#?}\nplain mail harmed: {harmed:#?}"
+    );
     assert_eq!(outside.count(), 0);
 }

@@ -191,7 +191,7 @@ fn extended(value: &str, leading: bool) -> String {
 
 /// `value` with its RFC 2047 encoded words decoded, as mail-parser
 /// decodes them in an unstructured field; `None` when nothing changes.
-fn encoded_words(value: &str) -> Option<String> {
+pub fn encoded_words(value: &str) -> Option<String> {
     let field = format!("Subject: {value}\r\n\r\n");
     let msg = mail_parser::MessageParser::default().parse_headers(field.as_bytes())?;
     let decoded: Cow<'_, str> = msg.subject()?.into();

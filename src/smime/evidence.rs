@@ -14,7 +14,6 @@
 
 use std::sync::OnceLock;
 
-use aho_corasick::AhoCorasick;
 use base64::Engine;
 
 /// The content types a client decrypts, as a ContentInfo starts: the
@@ -101,31 +100,50 @@ pub fn holds_ciphertext(raw: &[u8]) -> bool {
 }
 
 /// [`holds_ciphertext`], signed data too, or a name of S/MIME (`pkcs7`,
-/// `p7m`, `p7s`, `p7c`, `p7z`, in any case) on a line that is not base64
-/// text (header fields, a uuencode or yEnc first line: where a type or
-/// name is written; three letters turn up by chance in half of all
-/// 10 KiB base64 attachments): the evidence that makes a message that
-/// reads two ways one that cannot be read.
+/// `p7m`, `p7s`, `p7c`, `p7z`, in any case) where a type or name is
+/// written: a header field (with its folded lines) or a uuencode or yEnc
+/// first line, read with percent escapes undone and encoded words
+/// decoded, and long runs of letters and digits (base64 in a DKIM
+/// signature) left out; not in body text, where three letters turn up by
+/// chance (in half of all 10 KiB base64 attachments, in tracking links,
+/// in uuencode). The evidence that makes a message that reads two ways
+/// one that cannot be read.
 pub fn mentions_cms(raw: &[u8]) -> bool {
-    static NAMES: OnceLock<Option<AhoCorasick>> = OnceLock::new();
-    let names = NAMES
-        .get_or_init(|| {
-            AhoCorasick::builder()
-                .ascii_case_insensitive(true)
-                .build(["pkcs7", "p7m", "p7s", "p7c", "p7z"])
-                .ok()
-        })
-        .as_ref();
-    let Some(names) = names else {
-        return true;
-    };
-    let base64_text = |line: &[u8]| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        line.len() >= 16 && line.iter().all(|b| BASE64[usize::from(*b)] || *b == b'=')
-    };
-    raw.split(|b| *b == b'\n')
-        .any(|line| !base64_text(line) && names.is_match(line))
-        || found(raw, any_cms_forms())
+    let mut in_field = false;
+    for line in raw.split(|b| *b == b'\n') {
+        let folded = matches!(line.first(), Some(b' ' | b'\t'));
+        let field = line
+            .iter()
+            .position(|b| *b == b':')
+            .is_some_and(|at| at > 0 && line[..at].iter().all(|b| b.is_ascii_graphic()));
+        in_field = field || folded && in_field;
+        let first_line = line.starts_with(b"begin ") || line.starts_with(b"=ybegin ");
+        if (in_field || first_line) && names_smime(line) {
+            return true;
+        }
+    }
+    found(raw, any_cms_forms())
+}
+
+/// Whether `line` names S/MIME, read as [`mentions_cms`] says.
+fn names_smime(line: &[u8]) -> bool {
+    let text = percent_encoding::percent_decode(line)
+        .decode_utf8_lossy()
+        .into_owned();
+    let text = crate::mail::file_names::encoded_words(&text).unwrap_or(text);
+    let mut squashed = String::new();
+    for run in text.split(|c: char| !c.is_ascii() || !BASE64[usize::from(c as u8)]) {
+        if run.len() < 20 {
+            squashed.extend(
+                run.chars()
+                    .filter(char::is_ascii_alphanumeric)
+                    .map(|c| c.to_ascii_lowercase()),
+            );
+        }
+    }
+    ["pkcs7", "p7m", "p7s", "p7c", "p7z"]
+        .iter()
+        .any(|name| squashed.contains(name))
 }
 
 /// How much of a message is read into one piece: its base64 characters
@@ -213,6 +231,42 @@ pub(super) fn quoted_printable(input: &[u8], out: &mut Vec<u8>) {
             }
         }
     }
+}
+
+/// base64 as libmime (Thunderbird's MIME decoder) reads it, at most about
+/// `cap` octets: characters outside the alphabet skipped, and `=` anywhere
+/// in a group of four read as six zero bits, the group then giving three
+/// octets less one for each `=` (so `=QcD` gives `01 07`, and the next
+/// group goes on from there: a form no other decoder reads as the
+/// same octets).
+pub(super) fn libmime_base64(body: &[u8], cap: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len().min(cap) / 4 * 3 + 3);
+    let (mut group, mut filled, mut pads) = (0u32, 0, 0);
+    for b in body {
+        let value = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => {
+                pads += 1;
+                0
+            }
+            _ => continue,
+        };
+        group = group << 6 | u32::from(value);
+        filled += 1;
+        if filled == 4 {
+            let octets = group.to_be_bytes();
+            out.extend_from_slice(&octets[1..4 - pads.min(3)]);
+            (group, filled, pads) = (0, 0, 0);
+            if out.len() >= cap {
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// The base64 alphabet (without the padding `=`), by octet.
@@ -321,6 +375,14 @@ mod tests {
     }
 
     #[test]
+    fn base64_is_read_as_libmime_reads_it() {
+        assert_eq!(libmime_base64(b"AQcD", 99), [1, 7, 3]);
+        assert_eq!(libmime_base64(b"=QcD A6A=", 99), [1, 7, 3, 0xa0]);
+        assert_eq!(libmime_base64(b"AQ==\r\nAQcD", 99), [1, 1, 7, 3]);
+        assert_eq!(libmime_base64(b"AQcDAQcD", 2), [1, 7, 3]);
+    }
+
+    #[test]
     fn quoted_printable_is_read_as_a_client_reads_it() {
         let read = |s: &[u8]| {
             let mut out = Vec::new();
@@ -383,10 +445,21 @@ mod tests {
         ] {
             assert!(!holds_ciphertext(&bytes), "{name}");
         }
-        // Where a message reads two ways, a name or signed data is enough.
-        assert!(mentions_cms(&text));
+        // Where a message reads two ways, a name in a header field or
+        // first line, or signed data, is enough; body text is not.
+        assert!(!mentions_cms(&text));
         assert!(mentions_cms(&signed));
         assert!(mentions_cms(b"begin 644 smime.p7m\r\n"));
+        for field in [
+            &b"Content-Type: application/octet-stream;\r\n name*=utf-8''smime.%70%37%6D\r\n"[..],
+            b"Content-Type: application/octet-stream; name=\"=?utf-8?Q?smime=2Ep7m?=\"\r\n",
+            b"Content-Type: application/x-pkcs7-mime\r\n",
+        ] {
+            assert!(mentions_cms(field), "{}", String::from_utf8_lossy(field));
+        }
+        assert!(!mentions_cms(
+            b"DKIM-Signature: v=1; a=rsa-sha256;\r\n b=AbCdEfGhp7mIjKlMnOpQrStUvWxYz012345+/AbCd\r\n\r\nhi\r\n"
+        ));
         assert!(!mentions_cms(b"Subject: hi\r\n\r\nplain text\r\n"));
         // Not three letters that base64 text holds by chance.
         assert!(!mentions_cms(

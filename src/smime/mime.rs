@@ -152,9 +152,9 @@ pub(super) fn disguised_cms(part: &MessagePart<'_>, raw: &[u8]) -> Option<Disgui
     let body = raw.get(part.offset_body as usize..end).unwrap_or_default();
     let encoding = first_word(part.content_transfer_encoding().unwrap_or_default());
     let readings: &[&str] = match encoding.as_str() {
-        "base64" => &["base64"],
+        "base64" => &["base64", "libmime-base64"],
         "quoted-printable" => &["quoted-printable"],
-        "" | "7bit" | "8bit" | "binary" => &["", "base64"],
+        "" | "7bit" | "8bit" | "binary" => &["", "base64", "libmime-base64"],
         _ if mentions_smime(part, raw) => return Some(Disguised::Encrypted),
         _ => return None,
     };
@@ -232,6 +232,11 @@ fn decoded<'a>(body: &'a [u8], reading: &str, start: Option<usize>) -> Cow<'a, [
             let cap = start.map_or(usize::MAX, |n| n / 3 * 4 + 8);
             Cow::Owned(lenient_base64(body, cap))
         }
+        // Old Thunderbird's reading (`evidence::libmime_base64`).
+        "libmime-base64" => Cow::Owned(super::evidence::libmime_base64(
+            body,
+            start.map_or(usize::MAX, |n| n + 8),
+        )),
         "quoted-printable" => {
             let cut = match start {
                 // Whole lines, so no escape is cut in two.
@@ -572,6 +577,9 @@ fn pkcs7_shape(part: &MessagePart<'_>, cms: Vec<u8>) -> Shape {
         Some("signed-data") if super::cms::kind(&cms).is_none() => Shape::OpaqueSigned { cms },
         // Otherwise the CMS content type decides: a signed-data label on
         // something else, a .p7m without a label, certificates only.
+        // A certificates-only bundle (`.p7c`, signed data without
+        // content) is no layer.
+        Some("certs-only") => Shape::Plain,
         _ => match super::cms::kind(&cms) {
             Some(super::cms::Kind::Signed) if super::cms::signed_content_inside(&cms) => {
                 Shape::OpaqueSigned { cms }
@@ -579,7 +587,12 @@ fn pkcs7_shape(part: &MessagePart<'_>, cms: Vec<u8>) -> Shape {
             Some(super::cms::Kind::Enveloped) | Some(super::cms::Kind::AuthEnveloped) => {
                 Shape::Enveloped { cms }
             }
-            _ => Shape::Plain,
+            Some(super::cms::Kind::Signed) => Shape::Plain,
+            // S/MIME by type or name, in a form the gateway cannot read
+            // as CMS (smime-type is optional; a client may decode base64
+            // otherwise, or uuencode): a ciphertext that cannot be
+            // opened, never plain mail (review 22).
+            Some(super::cms::Kind::Other) | None => Shape::Enveloped { cms },
         },
     }
 }
@@ -1000,7 +1013,11 @@ mod tests {
                 b64cte,
                 b"bm90IENNUw==\r\n"
             ),
-            Shape::Plain
+            // Named S/MIME and not readable as CMS: a ciphertext that
+            // cannot be opened, not plain (review 22).
+            Shape::Enveloped {
+                cms: b"not CMS".to_vec()
+            }
         );
     }
 

@@ -15,8 +15,11 @@ use openssl::cms::CMSOptions;
 
 use super::cms::{kind, Kind};
 
-/// How deep signatures and attached messages are followed.
-const MAX_DEPTH: usize = 8;
+/// How deep signatures and attached messages are followed: as deep as a
+/// message is parsed at all, as the shape's walk follows them (a plain
+/// message nested deeper than the scan went was sent under the gateway's
+/// return path with nothing said, review 22).
+const MAX_DEPTH: usize = crate::mail::nesting::MAX_DEPTH;
 /// How many MIME parts are looked at in all (bounded cost).
 const MAX_PARTS: usize = 2000;
 
@@ -46,11 +49,7 @@ impl Seen {
 /// Scans the message or entity in `raw`.
 pub fn scan(raw: &[u8]) -> Seen {
     let mut budget = MAX_PARTS;
-    let seen = scan_at(raw, 0, &mut budget);
-    if !seen.encrypted && super::evidence::holds_ciphertext(raw) {
-        return WORST;
-    }
-    seen
+    scan_at(raw, 0, &mut budget)
 }
 
 /// Scans the message in `raw` and reads its shape
@@ -90,9 +89,11 @@ fn hidden(raw: &[u8], seen: Seen, shape: super::mime::Shape) -> (Seen, super::mi
             super::mime::Shape::Mixed(n) => n.encrypted > 0,
             _ => true,
         };
-    if counted || !super::evidence::holds_ciphertext(raw) {
+    if counted || !seen.encrypted && !super::evidence::holds_ciphertext(raw) {
         return (seen, shape);
     }
+    // Ciphertext the scan saw (or the bytes hold) in a shape that would
+    // report none: said so, never unlabelled plain mail (review 22).
     (WORST, not_opened(&shape))
 }
 
@@ -152,10 +153,21 @@ fn scan_at(raw: &[u8], depth: usize, budget: &mut usize) -> Seen {
     }
     let msg = match super::mime::parse_for_smime(raw) {
         Ok(Some(msg)) => msg,
-        Ok(None) => return seen,
+        Ok(None) => return with_bytes(raw, seen),
         Err(_) => return WORST,
     };
     scan_message(&msg, depth, budget, &mut seen);
+    with_bytes(raw, seen)
+}
+
+/// `seen`, or the worst when it saw no ciphertext and the bytes of the
+/// entity it was read from hold some (`evidence`): a signature's content
+/// or an attached message hiding ciphertext from the walk (review 22: a
+/// copy said "not opened" but went under the attacker's return path).
+fn with_bytes(raw: &[u8], seen: Seen) -> Seen {
+    if !seen.encrypted && super::evidence::holds_ciphertext(raw) {
+        return WORST;
+    }
     seen
 }
 
@@ -171,7 +183,9 @@ fn scan_message(msg: &Message<'_>, depth: usize, budget: &mut usize, seen: &mut 
         *budget -= 1;
         if let PartType::Message(inner) = &part.body {
             if depth < MAX_DEPTH {
-                scan_message(inner, depth + 1, budget, seen);
+                let mut inside = Seen::default();
+                scan_message(inner, depth + 1, budget, &mut inside);
+                seen.add(with_bytes(inner.raw_message.as_ref(), inside));
             } else {
                 seen.add(Seen {
                     encrypted: true,
@@ -292,13 +306,17 @@ mod tests {
                 .map(|msg| {
                     let mut seen = Seen::default();
                     scan_message(&msg, 0, &mut MAX_PARTS.clone(), &mut seen);
-                    (seen, crate::smime::mime::shape_parsed(&msg, raw))
+                    hidden(raw, seen, crate::smime::mime::shape_parsed(&msg, raw))
                 })
-                .unwrap_or((Seen::default(), crate::smime::mime::Shape::Plain));
+                .unwrap_or_else(|| hidden(raw, Seen::default(), crate::smime::mime::Shape::Plain));
             let got = scan_and_shape(raw);
             assert_eq!(got, reference, "{}", String::from_utf8_lossy(raw));
             assert_eq!(got.0, scan(raw));
-            assert_eq!(got.1, crate::smime::mime::shape(raw));
+            // The shape alone, unless the scan's answer or the bytes
+            // made it one holding ciphertext not opened.
+            if !matches!(&got.1, crate::smime::mime::Shape::Mixed(n) if n.hidden) {
+                assert_eq!(got.1, crate::smime::mime::shape(raw));
+            }
             encrypted += usize::from(got.0.encrypted);
         }
         // Positive control: the enveloped entities were seen.

@@ -2074,6 +2074,16 @@ fn ciphertext_a_client_finds_where_the_gateway_reads_none_is_not_passed_as_plain
             ),
         ),
         ("opaque-signature-hiding", opaque.clone()),
+        // Review 23: the name in RFC 2231 pieces and the transfer
+        // encoding written twice, behind the zone.
+        (
+            "zone-z-name-pieces",
+            format!(
+                "{date_z}\r\nContent-Type: application/octet-stream; name*0=\"smime.p\"; name*1=\"7m\"\r\n\
+                 Content-Transfer-Encoding: base64\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+                 {libmime}\r\n"
+            ),
+        ),
         (
             "ber-in-preamble",
             multipart("mixed", "B", &[text]).replacen(
@@ -2122,6 +2132,29 @@ fn ciphertext_a_client_finds_where_the_gateway_reads_none_is_not_passed_as_plain
         ("plain-signed-without-signature", signed(text, text)),
         ("plain-news", news(text)),
         ("plain-preamble", multipart("mixed", "P", &[text])),
+        // Review 23: a certificates-only bundle attached (signed data
+        // without content, no layer and no ciphertext).
+        (
+            "plain-certificate-bundle",
+            multipart(
+                "mixed",
+                "K",
+                &[
+                    text,
+                    &format!(
+                        "Content-Type: application/pkcs7-mime; smime-type=certs-only; name=\"smime.p7c\"\r\n\
+                         Content-Transfer-Encoding: base64\r\n\r\n{}\r\n",
+                        lines(&pki::openssl(
+                            &[
+                                "crl2pkcs7", "-nocrl", "-outform", "DER", "-certfile",
+                                pki::cert("stranger").to_str().expect("path"),
+                            ],
+                            b"",
+                        ))
+                    ),
+                ],
+            ),
+        ),
         // Review 22: nested message/news deeper than the scan went, and
         // a two-way message whose body text holds `p7m` by chance.
         (

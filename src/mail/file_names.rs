@@ -50,6 +50,18 @@ pub fn of_part(part: &MessagePart<'_>, raw: &[u8]) -> Vec<String> {
     names
 }
 
+/// Every reading of the file names one raw Content-Type or
+/// Content-Disposition field gives (`name` and `filename`, pieces joined
+/// by number and as written, escapes and encoded words undone), for
+/// readers that have no parse of the part.
+pub fn of_field(field: &str) -> Vec<String> {
+    let params = parameters(field);
+    ["name", "filename"]
+        .into_iter()
+        .flat_map(|key| readings(&params, key))
+        .collect()
+}
+
 /// The parameters of a raw Content-Type or Content-Disposition value
 /// (after the colon), in order, names in lower case, read leniently: a
 /// quoted string up to its closing quote (backslash escapes undone), any

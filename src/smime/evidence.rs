@@ -101,32 +101,63 @@ pub fn holds_ciphertext(raw: &[u8]) -> bool {
 
 /// [`holds_ciphertext`], signed data too, or a name of S/MIME (`pkcs7`,
 /// `p7m`, `p7s`, `p7c`, `p7z`, in any case) where a type or name is
-/// written: a header field (with its folded lines) or a uuencode or yEnc
-/// first line, read with percent escapes undone and encoded words
-/// decoded, and long runs of letters and digits (base64 in a DKIM
-/// signature) left out; not in body text, where three letters turn up by
-/// chance (in half of all 10 KiB base64 attachments, in tracking links,
-/// in uuencode). The evidence that makes a message that reads two ways
-/// one that cannot be read.
+/// written: a header field in a header section (folded lines joined; its
+/// file names read as `mail::file_names` reads them, pieces joined) or a
+/// uuencode or yEnc first line, read with percent escapes undone and
+/// encoded words decoded, and long runs of base64 (a DKIM signature) left
+/// out; not in body text, where three letters turn up by chance (in half
+/// of all 10 KiB base64 attachments, in tracking links, in uuencode). The
+/// evidence that makes a message that reads two ways one that cannot be
+/// read. Not read: the header section of a message attached inside (a
+/// body to this reading).
 pub fn mentions_cms(raw: &[u8]) -> bool {
-    let mut in_field = false;
+    // Header sections: the message's, and each part's (after a line that
+    // may be a boundary, up to the next empty line). A field's folded
+    // lines are joined to it, so that its parameters can be read whole.
+    let mut in_head = true;
+    let mut field: Vec<u8> = Vec::new();
     for line in raw.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         let folded = matches!(line.first(), Some(b' ' | b'\t'));
-        let field = line
-            .iter()
-            .position(|b| *b == b':')
-            .is_some_and(|at| at > 0 && line[..at].iter().all(|b| b.is_ascii_graphic()));
-        in_field = field || folded && in_field;
-        let first_line = line.starts_with(b"begin ") || line.starts_with(b"=ybegin ");
-        if (in_field || first_line) && names_smime(line) {
+        if !(in_head && folded) && !field.is_empty() {
+            if names_smime(&field) {
+                return true;
+            }
+            field.clear();
+        }
+        if line.is_empty() {
+            in_head = false;
+        } else if line.starts_with(b"--") {
+            in_head = true;
+        } else if in_head {
+            field.extend_from_slice(line);
+        } else if (line.starts_with(b"begin ") || line.starts_with(b"=ybegin "))
+            && names_smime(line)
+        {
             return true;
         }
     }
-    found(raw, any_cms_forms())
+    (!field.is_empty() && names_smime(&field)) || found(raw, any_cms_forms())
 }
 
-/// Whether `line` names S/MIME, read as [`mentions_cms`] says.
+/// Whether `line` names S/MIME, read as [`mentions_cms`] says: as text,
+/// and by every reading of a file name in it (RFC 2231 pieces joined).
 fn names_smime(line: &[u8]) -> bool {
+    let raw_text = String::from_utf8_lossy(line);
+    let by_name = raw_text
+        .split_once(':')
+        .map(|(_, value)| crate::mail::file_names::of_field(value))
+        .unwrap_or_default()
+        .iter()
+        .any(|name| {
+            let name = name.trim().to_ascii_lowercase();
+            [".p7m", ".p7s", ".p7c", ".p7z"]
+                .iter()
+                .any(|e| name.ends_with(e))
+        });
+    if by_name {
+        return true;
+    }
     let text = percent_encoding::percent_decode(line)
         .decode_utf8_lossy()
         .into_owned();
@@ -457,6 +488,12 @@ mod tests {
         ] {
             assert!(mentions_cms(field), "{}", String::from_utf8_lossy(field));
         }
+        // A name in RFC 2231 pieces, folded over two lines.
+        assert!(mentions_cms(
+            b"Content-Type: application/octet-stream;\r\n name*0=\"smime.p\"; name*1=\"7m\"\r\n\r\nx\r\n"
+        ));
+        // A body line with a colon is no header field.
+        assert!(!mentions_cms(b"Subject: x\r\n\r\nM:P7M(smime.p7m)\r\n"));
         assert!(!mentions_cms(
             b"DKIM-Signature: v=1; a=rsa-sha256;\r\n b=AbCdEfGhp7mIjKlMnOpQrStUvWxYz012345+/AbCd\r\n\r\nhi\r\n"
         ));

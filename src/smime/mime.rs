@@ -539,7 +539,7 @@ fn count_nested(msg: &Message<'_>, raw: &[u8], index: usize, out: &mut Nested, d
 /// The decoded body of a part holding CMS. mail-parser undoes base64
 /// and quoted-printable; a base64 body labelled 7bit (or not labelled)
 /// is decoded here.
-fn cms_bytes(part: &MessagePart<'_>) -> Vec<u8> {
+pub(super) fn cms_bytes(part: &MessagePart<'_>) -> Vec<u8> {
     cms_from(std::borrow::Cow::Borrowed(part.contents()))
 }
 
@@ -549,8 +549,12 @@ fn cms_from(body: std::borrow::Cow<'_, [u8]>) -> Vec<u8> {
     if body.first() == Some(&0x30) {
         return body.into_owned();
     }
+    // base64 text, perhaps PEM-armoured (`-----BEGIN PKCS7-----`, as
+    // `openssl crl2pkcs7` and some signing tools write `.p7c`/`.p7m`).
     let text: Vec<u8> = body
-        .iter()
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.starts_with(b"-----"))
+        .flatten()
         .copied()
         .filter(|b| !b.is_ascii_whitespace())
         .collect();

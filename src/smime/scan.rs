@@ -201,7 +201,8 @@ fn scan_message(msg: &Message<'_>, depth: usize, budget: &mut usize, seen: &mut 
             continue;
         }
         if super::mime::claims_smime_content(part, raw) {
-            seen.add(cms_content(part.contents(), depth, budget));
+            // The CMS as the walk reads it (base64 text inside undone).
+            seen.add(cms_content(&super::mime::cms_bytes(part), depth, budget));
         } else if super::mime::disguised_cms(part, raw).is_some() {
             // Not opened, whatever it holds.
             seen.add(WORST);
@@ -222,6 +223,10 @@ fn cms_content(der: &[u8], depth: usize, budget: &mut usize) -> Seen {
             encrypted: true,
             without_integrity: !with_integrity(der),
         },
+        // Signed data without content inside (a certificates-only
+        // bundle, a detached signature) holds nothing encrypted, as the
+        // walk reads it too.
+        Some(Kind::Signed) if !super::cms::signed_content_inside(der) => Seen::default(),
         Some(Kind::Signed) => match signed_content(der) {
             Some(content) => scan_at(&content, depth + 1, budget),
             None => worst,
@@ -481,6 +486,54 @@ mod tests {
         assert!(matches!(shape, Shape::Enveloped { .. }), "{shape:?}");
         let plain = b"Content-Type: text/plain\r\n\r\nsmime.p7m, pkcs7\r\n";
         assert_eq!(scan_and_shape(plain), (Seen::default(), Shape::Plain));
+    }
+
+    #[test]
+    fn certificate_bundles_and_signatures_as_text_hold_nothing_encrypted() {
+        use crate::smime::mime::Shape;
+        let id = crate::pki::testkit::identity(1024, "Scan Bundle").unwrap();
+        // A certificates-only bundle: signed data without content.
+        let mut certs = openssl::stack::Stack::new().unwrap();
+        certs.push(id.cert.clone()).unwrap();
+        let bundle = openssl::pkcs7::Pkcs7::sign(
+            &id.cert,
+            &id.key,
+            &certs,
+            b"",
+            openssl::pkcs7::Pkcs7Flags::DETACHED | openssl::pkcs7::Pkcs7Flags::NOSIGS,
+        )
+        .map(|p| p.to_der().unwrap());
+        let bundle = bundle.unwrap_or_else(|_| crate::pki::testkit::signed(&id, b"").unwrap());
+        for ct in [
+            "application/pkcs7-mime; smime-type=certs-only; name=\"smime.p7c\"",
+            "application/octet-stream; name=\"chain.p7c\"",
+        ] {
+            let (seen, _) = scan_and_shape(&entity(ct, &bundle));
+            assert!(!seen.encrypted, "{ct}");
+        }
+        // Signed data written as base64 text inside a base64 .p7m (as
+        // Italian e-invoices are): signed, not encrypted.
+        let signed = crate::pki::testkit::signed(&id, b"<xml/>").unwrap();
+        let text = base64_lines(&signed);
+        let (seen, shape) = scan_and_shape(&entity(
+            "application/pkcs7-mime; name=\"fattura.xml.p7m\"",
+            &text,
+        ));
+        assert!(!seen.encrypted);
+        assert!(matches!(shape, Shape::OpaqueSigned { .. }), "{shape:?}");
+        // PEM-armoured, likewise.
+        let pem = [
+            &b"-----BEGIN PKCS7-----\r\n"[..],
+            &base64_lines(&signed),
+            b"-----END PKCS7-----\r\n",
+        ]
+        .concat();
+        let (seen, shape) = scan_and_shape(&entity(
+            "application/octet-stream; name=\"doc.pdf.p7m\"",
+            &pem,
+        ));
+        assert!(!seen.encrypted);
+        assert!(matches!(shape, Shape::OpaqueSigned { .. }), "{shape:?}");
     }
 
     #[test]

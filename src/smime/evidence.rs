@@ -119,7 +119,7 @@ pub fn mentions_cms(raw: &[u8]) -> bool {
     for line in raw.split(|b| *b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let folded = matches!(line.first(), Some(b' ' | b'\t'));
-        if !(in_head && folded) && !field.is_empty() {
+        if !(field.is_empty() || in_head && folded) {
             if names_smime(&field) {
                 return true;
             }

@@ -1643,6 +1643,22 @@ fn mail_to_an_address_extension_of_a_reencrypt_mailbox_is_reencrypted_too() {
     }
 }
 
+/// The mailbox's copy of message `<id@test>` once the gateway logged it
+/// quarantined or delivered (none when quarantined).
+fn settled(gw: &Gateway, mailbox: &Sink, id: &str) -> Option<common::sink::Received> {
+    let seen = wait_until(Duration::from_secs(20), || {
+        gw.log().lines().any(|l| {
+            l.contains(&format!("<{id}@test>"))
+                && (l.contains("quarantined") || l.contains("event=\"delivered\""))
+        })
+    });
+    assert!(seen, "{id}: {}", gw.log());
+    mailbox
+        .received()
+        .into_iter()
+        .find(|r| r.text().contains(&format!("<{id}@test>")))
+}
+
 /// `bytes` uuencoded as the file `name`.
 fn uuencode(bytes: &[u8], name: &str) -> String {
     let mut out = format!("begin 644 {name}\r\n");
@@ -1838,18 +1854,7 @@ fn ciphertext_named_smime_p7m_by_one_reading_only_is_not_passed_as_plain() {
         // Opened for the mailbox, held as undecryptable, or delivered with
         // a trace header that says what was not opened, under the
         // gateway's return path: never passed on as plain mail.
-        let seen = wait_until(Duration::from_secs(20), || {
-            let log = gw.log();
-            log.lines().any(|l| {
-                l.contains(&format!("<{id}@test>"))
-                    && (l.contains("quarantined") || l.contains("event=\"delivered\""))
-            })
-        });
-        assert!(seen, "{id}: {}", gw.log());
-        let copy = mailbox
-            .received()
-            .into_iter()
-            .find(|r| r.text().contains(&format!("<{id}@test>")));
+        let copy = settled(&gw, &mailbox, id);
         if let Some(copy) = copy {
             let t = trace(&copy.text());
             assert!(
@@ -2217,17 +2222,7 @@ fn ciphertext_a_client_finds_where_the_gateway_reads_none_is_not_passed_as_plain
     for id in ids {
         // Held as undecryptable, or delivered with a trace header that
         // says what was not opened, under the gateway's return path.
-        let seen = wait_until(Duration::from_secs(20), || {
-            gw.log().lines().any(|l| {
-                l.contains(&format!("<{id}@test>"))
-                    && (l.contains("quarantined") || l.contains("event=\"delivered\""))
-            })
-        });
-        assert!(seen, "{id}: {}", gw.log());
-        let copy = mailbox
-            .received()
-            .into_iter()
-            .find(|r| r.text().contains(&format!("<{id}@test>")));
+        let copy = settled(&gw, &mailbox, id);
         if let Some(copy) = copy {
             let t = trace(&copy.text());
             if !t.contains("=not-opened") || !copy.from.starts_with("smimegw-bounce+") {

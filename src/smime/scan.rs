@@ -185,7 +185,7 @@ fn scan_message(msg: &Message<'_>, depth: usize, budget: &mut usize, seen: &mut 
             if depth < MAX_DEPTH {
                 let mut inside = Seen::default();
                 scan_message(inner, depth + 1, budget, &mut inside);
-                seen.add(with_bytes(inner.raw_message.as_ref(), inside));
+                seen.add(with_bytes(attached_bytes(msg, part, inner), inside));
             } else {
                 seen.add(Seen {
                     encrypted: true,
@@ -201,13 +201,38 @@ fn scan_message(msg: &Message<'_>, depth: usize, budget: &mut usize, seen: &mut 
             continue;
         }
         if super::mime::claims_smime_content(part, raw) {
-            // The CMS as the walk reads it (base64 text inside undone).
-            seen.add(cms_content(&super::mime::cms_bytes(part), depth, budget));
+            // The CMS as the walk reads it (base64 text inside undone;
+            // DER as it is, not copied).
+            let contents = part.contents();
+            let der = match contents.first() {
+                Some(0x30) => std::borrow::Cow::Borrowed(contents),
+                _ => std::borrow::Cow::Owned(super::mime::cms_bytes(part)),
+            };
+            seen.add(cms_content(&der, depth, budget));
         } else if super::mime::disguised_cms(part, raw).is_some() {
             // Not opened, whatever it holds.
             seen.add(WORST);
         }
     }
+}
+
+/// The bytes of the message attached as `part` of `msg` (parsed as
+/// `inner`): the decoded copy mail-parser made of an encoded one, else its
+/// span of `msg`'s bytes (mail-parser lends an attached message the whole
+/// outer message's bytes, which other parts' ciphertext is in too).
+fn attached_bytes<'a>(
+    msg: &'a Message<'_>,
+    part: &mail_parser::MessagePart<'_>,
+    inner: &'a Message<'_>,
+) -> &'a [u8] {
+    let (outer, own) = (msg.raw_message.as_ref(), inner.raw_message.as_ref());
+    if !std::ptr::eq(own.as_ptr(), outer.as_ptr()) {
+        return own;
+    }
+    let end = (part.offset_end as usize).min(outer.len());
+    outer
+        .get(part.offset_body as usize..end)
+        .unwrap_or_default()
 }
 
 /// What CMS bytes hold: encrypted data, or a signature whose content is
@@ -489,6 +514,25 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_attached_message_beside_ciphertext_with_integrity_adds_nothing() {
+        let id = crate::pki::testkit::identity(2048, "Scan Attached").unwrap();
+        let gcm = entity(
+            "application/pkcs7-mime; smime-type=authEnveloped-data",
+            &enveloped(&id, Cipher::aes_256_gcm()),
+        );
+        let mut m = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n".to_vec();
+        m.extend_from_slice(&gcm);
+        m.extend_from_slice(
+            b"\r\n--b\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nplain\r\n--b--\r\n",
+        );
+        let seen = scan(&m);
+        assert!(seen.encrypted);
+        // The attached message's own bytes hold no ciphertext: the GCM
+        // part beside it is not counted again, as without integrity.
+        assert!(!seen.without_integrity, "{seen:?}");
+    }
+
+    #[test]
     fn certificate_bundles_and_signatures_as_text_hold_nothing_encrypted() {
         use crate::smime::mime::Shape;
         let id = crate::pki::testkit::identity(1024, "Scan Bundle").unwrap();
@@ -503,7 +547,7 @@ mod tests {
             openssl::pkcs7::Pkcs7Flags::DETACHED | openssl::pkcs7::Pkcs7Flags::NOSIGS,
         )
         .map(|p| p.to_der().unwrap());
-        let bundle = bundle.unwrap_or_else(|_| crate::pki::testkit::signed(&id, b"").unwrap());
+        let bundle = bundle.unwrap();
         for ct in [
             "application/pkcs7-mime; smime-type=certs-only; name=\"smime.p7c\"",
             "application/octet-stream; name=\"chain.p7c\"",

@@ -102,26 +102,11 @@ pub async fn serve<F, Fut>(
         let peer_slot = match PeerSlot::take(&peers, key) {
             Some(slot) => slot,
             None => {
-                let ended = end_one(&serving, &opening, now, |e| e.peer == key);
-                if !ended {
-                    drop(stream);
-                    continue;
-                }
-                // The ended task gives its slot back when it is next run:
-                // let it run, then wait a little at a time.
-                let deadline = Instant::now() + HTTP_EVICTION_WAIT;
-                let mut slot = None;
-                let mut turns = 0u32;
-                while slot.is_none() && Instant::now() < deadline {
-                    if turns < 16 {
-                        tokio::task::yield_now().await;
-                        turns += 1;
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    slot = PeerSlot::take(&peers, key);
-                }
-                match slot {
+                let room = match end_one(&serving, &opening, now, |e| e.peer == key) {
+                    true => PeerSlot::given_back(&peers, key).await,
+                    false => None,
+                };
+                match room {
                     Some(slot) => slot,
                     None => {
                         drop(stream);
@@ -400,6 +385,26 @@ struct PeerSlot {
 
 impl PeerSlot {
     /// A slot for `ip`, unless it holds [`MAX_HTTP_CONNECTIONS_PER_PEER`].
+    /// The place of `ip` that a connection just ended gives back: the
+    /// ended task frees it when it is next run, so it is let run, then
+    /// waited for a little at a time, at most [`HTTP_EVICTION_WAIT`].
+    async fn given_back(peers: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Self> {
+        let deadline = Instant::now() + HTTP_EVICTION_WAIT;
+        let mut turns = 0u32;
+        while Instant::now() < deadline {
+            if turns < 16 {
+                tokio::task::yield_now().await;
+                turns += 1;
+            } else {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            if let Some(slot) = Self::take(peers, ip) {
+                return Some(slot);
+            }
+        }
+        None
+    }
+
     fn take(peers: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Self> {
         let mut held = peers.lock().unwrap_or_else(|p| p.into_inner());
         let n = held.entry(ip).or_insert(0);

@@ -188,39 +188,49 @@ fn found(raw: &[u8], forms: &Forms) -> bool {
     if forms.is_in(raw) {
         return true;
     }
-    // Each piece starts with the end of the one before, so that no form
-    // is cut in two between them.
-    let keep = forms.longest.saturating_sub(1);
-    let mut letters: Vec<u8> = Vec::with_capacity(raw.len().min(PIECE) + keep);
-    for piece in raw.chunks(PIECE) {
-        letters.extend(piece.iter().copied().filter(|b| BASE64[usize::from(*b)]));
-        if forms.is_in(&letters) {
-            return true;
-        }
-        let from = letters.len().saturating_sub(keep);
-        letters.drain(..from);
+    let letters = |piece: &[u8], out: &mut Vec<u8>| {
+        out.extend(piece.iter().copied().filter(|b| BASE64[usize::from(*b)]));
+    };
+    if read_in_pieces(raw.chunks(PIECE), forms, letters) {
+        return true;
     }
     // An octet written as `=XX` (the identifiers' second, 0x86, is one
     // quoted-printable escapes), or a line broken by `=`.
     if memchr::memmem::find(raw, b"=86").is_none() && memchr::memchr(0x86, raw).is_none() {
         return false;
     }
-    let mut decoded: Vec<u8> = Vec::new();
+    // Whole lines, so that no escape is cut in two.
     let mut rest = raw;
-    while !rest.is_empty() {
-        // Whole lines, so that no escape is cut in two.
+    let lines = std::iter::from_fn(move || {
         let cut = match rest.len() > PIECE {
             true => memchr::memrchr(b'\n', &rest[..PIECE]).map_or(PIECE, |at| at + 1),
             false => rest.len(),
         };
         let (piece, after) = rest.split_at(cut);
         rest = after;
-        quoted_printable(piece, &mut decoded);
-        if forms.is_in(&decoded) {
+        (!piece.is_empty()).then_some(piece)
+    });
+    read_in_pieces(lines, forms, quoted_printable)
+}
+
+/// Whether `forms` are in the reading `read` makes of `pieces`, read one
+/// after another: each reading starts with the end of the one before, so
+/// that no form is cut in two between them, and a large message costs no
+/// copy of itself.
+fn read_in_pieces<'a>(
+    pieces: impl Iterator<Item = &'a [u8]>,
+    forms: &Forms,
+    mut read: impl FnMut(&[u8], &mut Vec<u8>),
+) -> bool {
+    let keep = forms.longest.saturating_sub(1);
+    let mut out: Vec<u8> = Vec::new();
+    for piece in pieces {
+        read(piece, &mut out);
+        if forms.is_in(&out) {
             return true;
         }
-        let from = decoded.len().saturating_sub(keep);
-        decoded.drain(..from);
+        let from = out.len().saturating_sub(keep);
+        out.drain(..from);
     }
     false
 }

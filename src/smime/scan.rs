@@ -83,12 +83,7 @@ pub fn scan_and_shape(raw: &[u8]) -> (Seen, super::mime::Shape) {
 fn hidden(raw: &[u8], seen: Seen, shape: super::mime::Shape) -> (Seen, super::mime::Shape) {
     // Counted: ciphertext the walk found, in a shape unwrap opens or
     // reports (a signature's content is looked at again once checked).
-    let counted = seen.encrypted
-        && match &shape {
-            super::mime::Shape::Plain => false,
-            super::mime::Shape::Mixed(n) => n.encrypted > 0,
-            _ => true,
-        };
+    let counted = seen.encrypted && reports_ciphertext(&shape);
     if counted || !seen.encrypted && !super::evidence::holds_ciphertext(raw) {
         return (seen, shape);
     }
@@ -102,17 +97,21 @@ fn hidden(raw: &[u8], seen: Seen, shape: super::mime::Shape) -> (Seen, super::mi
 /// too as in [`scan_and_shape`]. A signature's content is asked in turn
 /// when it is taken out.
 pub fn shape_inside(raw: &[u8]) -> super::mime::Shape {
-    use super::mime::Shape;
     let shape = super::mime::shape(raw);
-    let counted = match &shape {
-        Shape::Plain => false,
-        Shape::Mixed(n) => n.encrypted > 0,
-        _ => true,
-    };
-    if counted || !super::evidence::holds_ciphertext(raw) {
+    if reports_ciphertext(&shape) || !super::evidence::holds_ciphertext(raw) {
         return shape;
     }
     not_opened(&shape)
+}
+
+/// Whether unwrap opens or reports ciphertext in a message of `shape`
+/// (a signature's content is looked at again once checked).
+fn reports_ciphertext(shape: &super::mime::Shape) -> bool {
+    match shape {
+        super::mime::Shape::Plain => false,
+        super::mime::Shape::Mixed(n) => n.encrypted > 0,
+        _ => true,
+    }
 }
 
 /// A message with ciphertext in no part the walk reads: reported as

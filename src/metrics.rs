@@ -72,7 +72,8 @@ pub fn lookup(source: &'static str) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Decrypted(String),
-    /// `no-key`, `corrupt` or `failed`.
+    /// [`crate::smime::SmimeError::label`]: `no-key`, `not-enveloped`,
+    /// `corrupt`, `too-complex`, `scratch` or `failed`.
     Undecryptable(&'static str),
     Signed(String),
     Encrypted(String),

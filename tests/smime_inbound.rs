@@ -539,6 +539,18 @@ fn undecryptable_and_corrupt_mail_is_delivered_unchanged_with_the_reason() {
         ),
         ("bad-trunc", truncated, "undecryptable"),
         ("bad-garbage", garbage, "corrupt CMS structure"),
+        // RFC 3274 compressed data names no recipients: said as what it
+        // is, not as "no key held" (which sent operators after keys).
+        (
+            "bad-compressed",
+            pki::enveloped_message(
+                "bad-compressed",
+                "bob@example-law.dk",
+                &compressed_data(&inner),
+                "application/pkcs7-mime; smime-type=compressed-data",
+            ),
+            "the S/MIME content is CMS compressed data, which the gateway does not decrypt",
+        ),
     ];
     for (_, m, _) in &cases {
         send(&gw, "bob@example-law.dk", m);
@@ -566,6 +578,45 @@ fn undecryptable_and_corrupt_mail_is_delivered_unchanged_with_the_reason() {
         got.text()
     );
     assert!(!gw.log().contains("panicked"));
+}
+
+/// RFC 3274 compressed data of `content` (a stored zlib stream: Debian's
+/// OpenSSL has no zlib, and the gateway never decompresses it anyway).
+fn compressed_data(content: &[u8]) -> Vec<u8> {
+    fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match content.len() {
+            n if n < 0x80 => out.push(n as u8),
+            n => {
+                let len = (n as u32).to_be_bytes();
+                let skip = len.iter().take_while(|b| **b == 0).count();
+                out.push(0x80 | (4 - skip) as u8);
+                out.extend_from_slice(&len[skip..]);
+            }
+        }
+        out.extend_from_slice(content);
+        out
+    }
+    let len = u16::try_from(content.len()).expect("one stored block");
+    let mut zlib = vec![0x78, 0x01, 0x01];
+    zlib.extend_from_slice(&len.to_le_bytes());
+    zlib.extend_from_slice(&(!len).to_le_bytes());
+    zlib.extend_from_slice(content);
+    let (a, b) = content.iter().fold((1u32, 0u32), |(a, b), &c| {
+        let a = (a + c as u32) % 65521;
+        (a, (b + a) % 65521)
+    });
+    zlib.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    let oid = |hex: &[u8]| der(0x06, hex);
+    let compressed_data_oid = oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 9, 16, 1, 9]);
+    let zlib_oid = oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 9, 16, 3, 8]);
+    let data_oid = oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 7, 1]);
+    let encapsulated = der(0x30, &[data_oid, der(0xa0, &der(0x04, &zlib))].concat());
+    let body = der(
+        0x30,
+        &[vec![2, 1, 0], der(0x30, &zlib_oid), encapsulated].concat(),
+    );
+    der(0x30, &[compressed_data_oid, der(0xa0, &body)].concat())
 }
 
 #[test]

@@ -73,6 +73,22 @@ pub fn kind_of(oid: &str) -> Kind {
     }
 }
 
+/// What a CMS content type is, in words, for reasons given to people:
+/// the dotted identifier when it has no name here.
+pub fn described(oid: &str) -> String {
+    match oid {
+        OID_ENVELOPED => "CMS enveloped data".into(),
+        OID_AUTH_ENVELOPED => "CMS authenticated-enveloped data".into(),
+        OID_SIGNED => "CMS signed data".into(),
+        "1.2.840.113549.1.7.1" => "CMS data".into(),
+        "1.2.840.113549.1.7.5" => "CMS digested data".into(),
+        "1.2.840.113549.1.7.6" => "CMS encrypted data (a password or shared key)".into(),
+        "1.2.840.113549.1.9.16.1.2" => "CMS authenticated data".into(),
+        "1.2.840.113549.1.9.16.1.9" => "CMS compressed data".into(),
+        other => format!("CMS content of type {other}"),
+    }
+}
+
 /// The first reason in an OpenSSL error stack, for messages.
 pub fn short(e: &openssl::error::ErrorStack) -> String {
     e.errors()

@@ -21,6 +21,11 @@ pub enum SmimeError {
     Corrupt(String),
     #[error("no key held for the recipient(s): {0}")]
     NoKey(String),
+    /// CMS of another type than (auth)enveloped data where encrypted data
+    /// was expected (compressed data, password-based encrypted data): not
+    /// opened, whatever keys are held.
+    #[error("not opened: the S/MIME content is {0}, which the gateway does not decrypt")]
+    NotEnveloped(String),
     #[error("decryption failed {0}")]
     Decrypt(String),
     #[error("encryption failed: {0}")]
@@ -40,10 +45,12 @@ pub enum SmimeError {
 }
 
 impl SmimeError {
-    /// A short label for metrics: `no-key`, `corrupt` or `failed`.
+    /// A short label for metrics: `no-key`, `not-enveloped`, `corrupt`,
+    /// `too-complex`, `scratch` or `failed`.
     pub fn label(&self) -> &'static str {
         match self {
             SmimeError::NoKey(_) => "no-key",
+            SmimeError::NotEnveloped(_) => "not-enveloped",
             SmimeError::Corrupt(_) => "corrupt",
             SmimeError::TooComplex(_) | SmimeError::Unreadable(_) => "too-complex",
             SmimeError::Scratch(_) => "scratch",

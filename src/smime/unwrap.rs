@@ -535,6 +535,15 @@ fn open_parsed(
     keys: &[&Identity],
     spill: &dyn Spill,
 ) -> Result<(Blob, KeyUsed), SmimeError> {
+    // Compressed data (smime-type=compressed-data) and the like name no
+    // recipients: said as what they are, not as "no key held".
+    let content_type = ossl::content_type(cms).unwrap_or_default();
+    if !matches!(
+        cms::kind_of(&content_type),
+        cms::Kind::Enveloped | cms::Kind::AuthEnveloped
+    ) {
+        return Err(SmimeError::NotEnveloped(cms::described(&content_type)));
+    }
     let Some(id) = keys.iter().find(|id| ossl::is_recipient(cms, &id.cert)) else {
         let named: Vec<String> = ossl::recipients(cms)
             .iter()

@@ -7,7 +7,8 @@
 //! to): it must not list theirs. Positive controls: the court's own signed
 //! mail is harvested, and without a directory certificate a bound attacker
 //! certificate would be listed. A replayed old signature must not change
-//! the capabilities a newer one announced.
+//! the capabilities a newer one announced. An authenticated directory
+//! answer (LDAP over verified TLS) outranks a harvested certificate.
 
 mod common;
 
@@ -16,7 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::client::Client;
 use common::pki;
-use common::sink::{Script, Sink};
+use common::sink::{NextHopCert, Script, Sink};
+use common::slapd::Slapd;
 use common::{wait_until, Gateway, Options};
 
 const RULES: &str = r#"
@@ -231,6 +233,110 @@ fn the_directory_certificate_wins_over_a_harvested_one() {
         !report.contains("Mallory"),
         "harvested one joined the directory's:\n{report}"
     );
+}
+
+/// A gateway whose folders are empty, asking `ldap` over ldaps (verified
+/// against the TLS certificate's CA in `ca`).
+fn gateway_with_ldap(sink: &Sink, ldap: &Slapd, ca: &Path, empty: &Path) -> Gateway {
+    let mut opts = Options::new(sink.addr);
+    opts.extra = format!(
+        "{}\n[trust]\nanchors = [\"{}\"]\nrevocation = \"off\"\n\n[certificates]\ndirs = [\"{}\"]\n\n\
+         [[certificates.ldap]]\nurl = \"ldaps://127.0.0.1:{}\"\ntls_ca = \"{}\"\nbase = \"c=DK\"\n\
+         timeout = \"3s\"\ncache_ttl = \"1s\"\n{RULES}",
+        pki::identity("org-oces3", &[]),
+        pki::demo().join("trust").display(),
+        empty.display(),
+        ldap.tls_port.expect("ldaps"),
+        ca.display(),
+    );
+    Gateway::start(opts)
+}
+
+/// Review 24: the attacker gets a CA-issued certificate naming the court's
+/// address and forges the court as envelope sender and From, so the
+/// signature binds it by harvest. The court's directory (LDAP over
+/// verified TLS) holds the court's own certificate. Observed: what the
+/// firm's next mail to the court is encrypted to (the attacker reads the
+/// copy at the next hop with their key). Before, the harvested
+/// certificate kept LDAP from being asked. Control: when the directory
+/// holds nothing for the court, the harvested certificate is used.
+#[test]
+fn an_authenticated_directory_answer_wins_over_a_harvested_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, cert) = mallory(tmp.path());
+    let forged = signed_by("Domstol <post@domstol.dk>", "forged-ldap", &cert, &key);
+    let tls = NextHopCert::issue(&["127.0.0.1"]);
+    let ca = tmp.path().join("ldap-ca.pem");
+    std::fs::write(&ca, &tls.ca_pem).unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let mallory_opens = |message: &[u8]| {
+        let args = [
+            "cms",
+            "-decrypt",
+            "-inkey",
+            key.to_str().unwrap(),
+            "-recip",
+            cert.to_str().unwrap(),
+        ];
+        pki::run_output("openssl", &args, message).status.success()
+    };
+    let to_court = String::from_utf8(common::message("to-court", "Forligstilbud: 4,2 mio."))
+        .unwrap()
+        .replace("alice@example.org", "alice@example-law.dk");
+
+    for (directory_holds, attacker_reads) in [
+        ("post@domstol.dk", false),
+        ("advokat@partner.example", true),
+    ] {
+        let ldap = Slapd::start(directory_holds, Some(&tls));
+        let sink = Sink::start(Script::default());
+        let gw = gateway_with_ldap(&sink, &ldap, &ca, empty.path());
+        send(&gw, "post@domstol.dk", &forged);
+        delivered(&sink, 1);
+        assert!(
+            wait_until(Duration::from_secs(10), || gw
+                .log()
+                .contains("event=\"harvested\"")),
+            "{}",
+            gw.log()
+        );
+        let report = explain(&gw);
+        let r = common::submit(
+            &gw,
+            "alice@example-law.dk",
+            &["post@domstol.dk"],
+            to_court.as_bytes(),
+        );
+        assert_eq!(r.code, 250, "{r:?}");
+        delivered(&sink, 2);
+        let copy = sink
+            .received()
+            .into_iter()
+            .find(|m| m.rcpts.iter().any(|r| r == "post@domstol.dk"))
+            .expect("the copy for the court");
+        assert_eq!(
+            mallory_opens(&copy.data),
+            attacker_reads,
+            "directory holds {directory_holds}:\n{report}"
+        );
+        if attacker_reads {
+            // Control: nothing in the directory, the harvest is used.
+            assert!(report.contains("Mallory"), "{report}");
+        } else {
+            assert!(
+                !report.contains("Mallory"),
+                "harvest beside the directory:\n{report}"
+            );
+            assert!(
+                report.contains("Demo Court") && report.contains("LDAP"),
+                "{report}"
+            );
+            assert!(
+                !pki::cms_decrypt_fails(&copy.data, "court-oces3"),
+                "the court cannot read it"
+            );
+        }
+    }
 }
 
 fn unix_now() -> u64 {

@@ -122,9 +122,13 @@ impl Resolver {
 
     /// The certificates of `addr` with their verdicts at `at`, and the
     /// reason when a lookup failed for now. `wanted` says which
-    /// certificates would serve; LDAP is asked only when no local one does,
-    /// and only the servers reached over verified TLS: an unauthenticated
-    /// answer does not bind a certificate to its owner.
+    /// certificates would serve; LDAP is asked when no folder certificate
+    /// does, and only the servers reached over verified TLS: an
+    /// unauthenticated answer does not bind a certificate to its owner.
+    /// An authenticated answer that serves outranks harvested
+    /// certificates, which are then left out: anyone who gets a
+    /// CA-issued certificate naming the address can sign mail that
+    /// writes it as sender (review 24).
     #[allow(clippy::too_many_arguments)]
     pub async fn candidates(
         &self,
@@ -149,22 +153,25 @@ impl Resolver {
                 _ => "local",
             });
         }
+        // The directory keeps harvested certificates only for addresses
+        // no folder holds one for.
+        let harvested = local.iter().any(|e| e.source == Source::Harvested);
         let mut out = self
             .evaluate(keys, directory, checked, settings, local, at)
             .await;
-        let satisfied = out
-            .iter()
-            .any(|c| matches!(c.verdict, Verdict::Usable(_)) && wanted(&c.entry));
+        let serves = |c: &Candidate| matches!(c.verdict, Verdict::Usable(_)) && wanted(&c.entry);
+        let satisfied = out.iter().any(serves);
         let ldap: Vec<&crate::config::LdapSettings> = settings
             .certificates
             .ldap
             .iter()
             .filter(|c| c.authenticated())
             .collect();
-        if satisfied || ldap.is_empty() {
+        if (satisfied && !harvested) || ldap.is_empty() {
             return (out, None);
         }
         let mut error = None;
+        let mut answered: Vec<Candidate> = Vec::new();
         for cfg in ldap {
             let certs = match self.ldap_cached(cfg, addr).await {
                 Ok(c) => c,
@@ -173,7 +180,10 @@ impl Resolver {
                     continue;
                 }
             };
-            let known: Vec<String> = out.iter().map(|c| c.entry.fingerprint.clone()).collect();
+            let known: Vec<String> = answered
+                .iter()
+                .map(|c| c.entry.fingerprint.clone())
+                .collect();
             let entries: Vec<Entry> = certs
                 .into_iter()
                 .filter_map(|cert| {
@@ -189,14 +199,23 @@ impl Resolver {
                     })
                 })
                 .collect();
-            out.extend(
+            answered.extend(
                 self.evaluate(keys, directory, checked, settings, entries, at)
                     .await,
             );
         }
-        let satisfied = out
-            .iter()
-            .any(|c| matches!(c.verdict, Verdict::Usable(_)) && wanted(&c.entry));
+        // A served answer from the directory leaves harvested
+        // certificates out (the same certificate stays, as LDAP's).
+        if answered.iter().any(serves) {
+            out.retain(|c| c.entry.source != Source::Harvested);
+        }
+        let known: Vec<String> = out.iter().map(|c| c.entry.fingerprint.clone()).collect();
+        out.extend(
+            answered
+                .into_iter()
+                .filter(|c| !known.contains(&c.entry.fingerprint)),
+        );
+        let satisfied = out.iter().any(serves);
         (out, if satisfied { None } else { error })
     }
 

@@ -534,3 +534,100 @@ fn an_address_shown_beside_the_from_gets_no_signature() {
     let own = arrived(&sink, &gw, "dn-own");
     assert!(is_signed(&own), "control not signed:\n{}", own.text());
 }
+
+/// Review 24: a Sender whose display name is another address, a
+/// Resent-From, a raw ISO-2022-JP name (a client decodes ESC $ B !w as a
+/// full-width `@`), and a message whose whole content is an attached
+/// message from the CEO (RFC 8551 §3.1 wrapping: clients show the inner
+/// header section as the sender's). Bob sends each as himself; the copy
+/// at the next hop must carry no signature. Controls: his own message
+/// wrapped, and a Sender with a plain name, are signed.
+#[test]
+fn a_sender_in_a_name_a_resent_field_or_a_wrapped_message_gets_no_signature() {
+    let sink = Sink::start(Script::default());
+    let gw = Gateway::start(options(&sink, ""));
+    let bob = "bob@example-law.dk";
+    let head = |id: &str, extra: &[u8]| {
+        let mut m = format!(
+            "To: <someone@example.org>\r\nSubject: {id}\r\nMessage-ID: <{id}@test>\r\nMIME-Version: 1.0\r\n"
+        )
+        .into_bytes();
+        m.extend_from_slice(extra);
+        m
+    };
+    let plain = b"Content-Type: text/plain; charset=utf-8\r\n\r\nBetal fakturaen i dag.\r\n";
+    let wrapping = |id: &str, inner_from: &str| {
+        let mut m = head(
+            id,
+            b"From: Bob <bob@example-law.dk>\r\nContent-Type: message/rfc822; forwarded=no\r\n\r\n",
+        );
+        m.extend_from_slice(
+            format!("From: {inner_from}\r\nSubject: Betaling\r\nMIME-Version: 1.0\r\n").as_bytes(),
+        );
+        m.extend_from_slice(plain);
+        m
+    };
+    let with = |id: &str, fields: &[u8]| {
+        let mut m = head(id, fields);
+        m.extend_from_slice(plain);
+        m
+    };
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        (
+            "sa-sender-name",
+            with(
+                "sa-sender-name",
+                b"From: <bob@example-law.dk>\r\nSender: \"ceo@example-law.dk\" <bob@example-law.dk>\r\n",
+            ),
+            false,
+        ),
+        (
+            "sa-resent",
+            with(
+                "sa-resent",
+                b"From: <bob@example-law.dk>\r\nResent-From: ceo@example-law.dk\r\n",
+            ),
+            false,
+        ),
+        (
+            "sa-raw-jp",
+            with(
+                "sa-raw-jp",
+                b"From: \"partner \x1b$B!w\x1b(B example-law.dk\" <bob@example-law.dk>\r\n",
+            ),
+            false,
+        ),
+        (
+            "sa-wrapped",
+            wrapping("sa-wrapped", "Anders Direktor <ceo@example-law.dk>"),
+            false,
+        ),
+        (
+            "sa-own-wrapped",
+            wrapping("sa-own-wrapped", "Bob Berg <bob@example-law.dk>"),
+            true,
+        ),
+        (
+            "sa-own-sender",
+            with(
+                "sa-own-sender",
+                b"From: <bob@example-law.dk>\r\nSender: Bob Berg <bob@example-law.dk>\r\n",
+            ),
+            true,
+        ),
+    ];
+    for (_, m, _) in &cases {
+        let mut c = Client::connect(gw.addr).unwrap();
+        c.ehlo().unwrap();
+        let r = c.send(bob, &["someone@example.org"], m).unwrap();
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    let mut wrong = Vec::new();
+    for (id, _, signed) in &cases {
+        let copy = arrived(&sink, &gw, id);
+        if is_signed(&copy) != *signed {
+            wrong.push(format!("{id}: signed={} wanted {signed}", is_signed(&copy)));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}

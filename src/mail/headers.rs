@@ -4,7 +4,7 @@
 //! `nesting::MAX_SECTION_LINES` is not read (mail-parser's reading of it
 //! is what would cost): it has no Message-ID and no readable From.
 
-use mail_parser::HeaderName;
+use mail_parser::{HeaderName, MimeHeaders};
 
 use super::nesting::{header_lines, MAX_SECTION_LINES};
 
@@ -31,7 +31,10 @@ pub fn subject(message: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-/// Calls `f` with each field named `from` or `sender` in the header
+/// The header fields a client may show as who sent the message.
+const SENDER_FIELDS: &[&str] = &["from", "sender", "resent-from", "resent-sender"];
+
+/// Calls `f` with each field of [`SENDER_FIELDS`] in the header
 /// section as RFC 5322 ends it (at its first empty line, as clients read
 /// it: `mail::section`), and mail-parser's reading of that field alone,
 /// so no field or body line another parser joins to the section counts.
@@ -45,7 +48,7 @@ fn each_sender_field(
     }
     let (head, _) = super::section::split(message);
     super::section::each_field(head, |name, field| {
-        if name != "from" && name != "sender" {
+        if !SENDER_FIELDS.contains(&name.as_str()) {
             return;
         }
         let mut alone = super::lines::crlf(field).into_owned();
@@ -88,10 +91,74 @@ pub fn from_addresses(message: &[u8]) -> Vec<String> {
 }
 
 /// What the header section shows as its sender besides the From
-/// addresses: every display or group name in a From field that holds an
-/// `@` (`"ceo@example-law.dk" <bob@…>`, encoded words decoded), and every
-/// address in a Sender field ([`each_sender_field`]).
+/// addresses: every display or group name in a From, Sender, Resent-From
+/// or Resent-Sender field that holds an `@` (`"ceo@example-law.dk"
+/// <bob@…>`, encoded words decoded), every address in the other three
+/// ([`each_sender_field`]), and a field with raw control characters (an
+/// ISO-2022 escape a client may decode into any address). When the
+/// message is wholly an attached message (RFC 8551 §3.1 wrapping, which
+/// clients show as the message itself), that message's From addresses
+/// and what its header section shows too, as deep as they are wrapped.
 pub fn shown_beside_from(message: &[u8]) -> Vec<String> {
+    let mut out = shown_in(message);
+    let mut current = message;
+    for _ in 0..MAX_WRAPPED {
+        match wrapped(current) {
+            None => return out,
+            Some(Err(why)) => {
+                out.push(why);
+                return out;
+            }
+            Some(Ok(inner)) => {
+                out.extend(from_addresses(inner).into_iter().map(|a| {
+                    if a.trim().is_empty() {
+                        "an unreadable From of the attached message".to_string()
+                    } else {
+                        a
+                    }
+                }));
+                out.extend(shown_in(inner));
+                current = inner;
+            }
+        }
+    }
+    if wrapped(current).is_some() {
+        out.push(format!(
+            "attached messages wrapped more than {MAX_WRAPPED} deep"
+        ));
+    }
+    out
+}
+
+/// How deep wrapped messages are read for what they show.
+const MAX_WRAPPED: usize = 8;
+
+/// The message `message` wholly is, when its content is one attached
+/// message (`message/rfc822`, `message/global`, `message/news`): its
+/// bytes, or why they are not read (an encoding other than 7bit, 8bit or
+/// binary, which RFC 2046 does not allow there and a client may decode).
+fn wrapped(message: &[u8]) -> Option<Result<&[u8], String>> {
+    let parsed = section(message)?;
+    let ct = parsed.content_type()?;
+    let sub = ct.subtype()?.to_ascii_lowercase();
+    if !ct.ctype().eq_ignore_ascii_case("message") || !matches!(&*sub, "rfc822" | "global" | "news")
+    {
+        return None;
+    }
+    let encoding = parsed
+        .content_transfer_encoding()
+        .map(|e| e.trim().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some("7bit") | Some("8bit") | Some("binary") => {
+            Some(Ok(super::section::split(message).1))
+        }
+        Some(other) => Some(Err(format!("an attached message in the {other} encoding"))),
+    }
+}
+
+/// What one header section shows beside its From addresses (see
+/// [`shown_beside_from`]).
+fn shown_in(message: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
     each_sender_field(message, |name, raw, parsed| {
         // An encoded word mail-parser does not decode as a client would:
@@ -99,21 +166,27 @@ pub fn shown_beside_from(message: &[u8]) -> Vec<String> {
         if let Some(word) = unreadable_encoded_word(raw) {
             out.push(word);
         }
-        let header = if name == "from" {
-            HeaderName::From
-        } else {
-            HeaderName::Sender
-        };
-        for value in parsed.iter().flat_map(|p| p.header_values(header.clone())) {
+        // Raw ISO-2022-JP (ESC $ B …) may show a full-width `@` in a
+        // name mail-parser reads as other characters.
+        if raw
+            .iter()
+            .any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n'))
+        {
+            out.push(format!("raw control characters in the {name} field"));
+        }
+        let for_from = name == "from";
+        for value in parsed
+            .iter()
+            .flat_map(|p| p.headers().iter().map(|h| &h.value))
+        {
             let Some(list) = value.as_address() else {
                 continue;
             };
-            if header == HeaderName::Sender {
+            if !for_from {
                 out.extend(
                     list.iter()
                         .filter_map(|a| a.address.as_deref().map(str::to_string)),
                 );
-                continue;
             }
             let names = list.iter().filter_map(|a| a.name.as_deref());
             let groups = list
@@ -240,6 +313,58 @@ mod tests {
         assert!(shown_beside_from(fine).is_empty());
         // Control: a plain name shows nothing beside the address.
         assert!(shown_beside_from(b"From: Bob Berg <bob@x>\r\n\r\n").is_empty());
+    }
+
+    #[test]
+    fn sender_names_resent_fields_and_raw_escapes_are_shown_beside_from() {
+        // Review 24: a Sender's display name, Resent-From/Resent-Sender,
+        // and a raw ISO-2022-JP name (ESC $ B !w ESC ( B is a full-width @).
+        let m = b"From: <shared@x>\r\nSender: \"ceo@x\" <alice@x>\r\n\r\n";
+        assert_eq!(shown_beside_from(m), vec!["alice@x", "ceo@x"]);
+        let m = b"From: <bob@x>\r\nResent-From: ceo@x\r\nResent-Sender: Eve <eve@y>\r\n\r\n";
+        assert_eq!(shown_beside_from(m), vec!["ceo@x", "eve@y"]);
+        let m = b"From: \"partner \x1b$B!w\x1b(B x\" <bob@x>\r\n\r\n";
+        assert_eq!(
+            shown_beside_from(m),
+            vec!["raw control characters in the from field"]
+        );
+        // Control: a Sender with a plain name shows its address only.
+        let m = b"From: <shared@x>\r\nSender: Alice Berg <alice@x>\r\n\r\n";
+        assert_eq!(shown_beside_from(m), vec!["alice@x"]);
+    }
+
+    #[test]
+    fn a_wrapped_message_shows_its_own_senders() {
+        // Review 24: the whole content one attached message (RFC 8551
+        // §3.1), which clients show as the message itself.
+        let m = b"From: <bob@x>\r\nContent-Type: message/rfc822; forwarded=no\r\n\r\n\
+                  From: CEO <ceo@x>\r\nSender: eve@y\r\nSubject: pay\r\n\r\nbody\r\n";
+        assert_eq!(shown_beside_from(m), vec!["ceo@x", "eve@y"]);
+        let twice = b"From: <bob@x>\r\nContent-Type: message/global\r\n\r\n\
+                      From: <bob@x>\r\nContent-Type: Message/RFC822\r\n\r\n\
+                      From: <ceo@x>\r\n\r\nbody\r\n";
+        assert_eq!(shown_beside_from(twice), vec!["bob@x", "ceo@x"]);
+        let encoded = b"From: <bob@x>\r\nContent-Type: message/rfc822\r\n\
+                        Content-Transfer-Encoding: base64\r\n\r\nRnJvbTogY2VvQHgNCg0K\r\n";
+        assert_eq!(
+            shown_beside_from(encoded),
+            vec!["an attached message in the base64 encoding"]
+        );
+        let anonymous = b"From: <bob@x>\r\nContent-Type: message/rfc822\r\n\r\n\
+                          From: undisclosed\r\n\r\nbody\r\n";
+        assert_eq!(
+            shown_beside_from(anonymous),
+            vec!["an unreadable From of the attached message"]
+        );
+        // Controls: a forwarded message attached beside a note, and one
+        // wrapped that is the sender's own, show nothing else.
+        let beside = b"From: <bob@x>\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
+                       --b\r\n\r\nnote\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n\
+                       From: <ceo@x>\r\n\r\nbody\r\n--b--\r\n";
+        assert!(shown_beside_from(beside).is_empty());
+        let own = b"From: <bob@x>\r\nContent-Type: message/rfc822\r\n\r\n\
+                    From: Bob <bob@x>\r\n\r\nbody\r\n";
+        assert_eq!(shown_beside_from(own), vec!["bob@x"]);
     }
 
     #[test]

@@ -1011,6 +1011,60 @@ fn a_recipient_info_bomb_is_refused_before_parsing_and_the_gateway_keeps_serving
     assert!(!gw.log().contains("panicked"));
 }
 
+/// Review 25: every SignerInfo costs a public-key check whatever it
+/// claims (4,096 of them with a huge exponent took 28 s of CPU). A
+/// signature with more signers than mail has is refused before parsing,
+/// with the reason; control: two signers are checked and reported.
+#[test]
+fn a_signer_bomb_is_refused_before_parsing() {
+    let sink = Sink::start(Script::default());
+    let gw = gateway(&sink, "");
+    let (cert, key) = (pki::cert("court-oces3"), pki::key("court-oces3"));
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let signed = |signers: usize| {
+        let mut args = vec![
+            "cms",
+            "-sign",
+            "-nodetach",
+            "-binary",
+            "-nocerts",
+            "-outform",
+            "DER",
+            "-certfile",
+            cert,
+        ];
+        for _ in 0..signers {
+            args.extend(["-signer", cert, "-inkey", key]);
+        }
+        pki::openssl(&args, &pki::inner(SECRET))
+    };
+    let opaque = "application/pkcs7-mime; smime-type=signed-data";
+    for (id, n) in [("signers-9", 9), ("signers-2", 2)] {
+        send(
+            &gw,
+            "bob@example-law.dk",
+            &pki::enveloped_message(id, "bob@example-law.dk", &signed(n), opaque),
+        );
+    }
+    let trace = header(
+        &received_for(&sink, "bob@example-law.dk", "signers-9").text(),
+        "X-SMIME-Gateway",
+    );
+    assert!(trace.contains("more than 8 signers"), "{trace}");
+    assert!(!trace.contains("=valid"), "{trace}");
+    let trace = header(
+        &received_for(&sink, "bob@example-law.dk", "signers-2").text(),
+        "X-SMIME-Gateway",
+    );
+    assert!(
+        trace.starts_with("signature[1]=signer-differs;")
+            && trace.contains("parallel-signers=2")
+            && !trace.contains("more than"),
+        "{trace}"
+    );
+    assert!(!gw.log().contains("panicked"));
+}
+
 #[test]
 fn large_streamed_mail_passes_the_structure_caps() {
     // 18 MiB of content (over 4096 chunks of 4 KiB), as `openssl cms -encrypt -stream` chunks it (BER,

@@ -244,11 +244,12 @@ fn signer_not_found(e: &openssl::error::ErrorStack) -> bool {
     })
 }
 
-/// The opaque content of SignedData, if it carries any.
+/// Whether SignedData carries its content (opaque signed), read from its
+/// structure without parsing it whole; one that cannot be read counts as
+/// carrying content (opened, it fails and is reported as a broken
+/// signature, never taken for plain mail).
 pub fn signed_content_inside(der: &[u8]) -> bool {
-    parse(der)
-        .map(|c| ossl::signed_info(&c).has_content)
-        .unwrap_or(false)
+    super::limits::signed_has_content(der).unwrap_or(true)
 }
 
 /// Signer chains found trusted by earlier verifications (under the same

@@ -1,16 +1,17 @@
 //! Small reads of a message's header section: the Message-ID for log
 //! lines, the Subject for migrate's report, the From addresses for the signing decision and the From
-//! address signers are compared with. A section longer than
-//! `nesting::MAX_SECTION_LINES` is not read (mail-parser's reading of it
-//! is what would cost): it has no Message-ID and no readable From.
+//! address signers are compared with. A section over the caps of
+//! `nesting::section_within_caps` is not read (mail-parser's reading of
+//! it is what would cost): it has no Message-ID and no readable From.
 
 use mail_parser::{HeaderName, MimeHeaders};
 
 use super::nesting::{header_lines, MAX_SECTION_LINES};
 
-/// mail-parser's reading of the header section, when it is not too long.
+/// mail-parser's reading of the header section, when it is within the
+/// caps of what reading it may cost.
 fn section(message: &[u8]) -> Option<mail_parser::Message<'_>> {
-    if header_lines(message, MAX_SECTION_LINES) > MAX_SECTION_LINES {
+    if !super::nesting::section_within_caps(message) {
         return None;
     }
     mail_parser::MessageParser::new().parse_headers(message)

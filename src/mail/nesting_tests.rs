@@ -352,3 +352,24 @@ fn header_lines_are_counted_without_parsing_and_capped() {
     fine.extend_from_slice(b"\r\nbody\r\n");
     assert_eq!(check(&fine), Ok(()));
 }
+
+#[test]
+fn parameter_pieces_are_counted_before_parsing() {
+    let with = |pieces: usize| {
+        let mut m = b"Subject: a*1=b\r\nContent-Type: application/octet-stream".to_vec();
+        for n in 0..pieces {
+            m.extend_from_slice(format!(";\r\n name*{n}*=utf-8''y").as_bytes());
+        }
+        m.extend_from_slice(b"\r\n\r\nbody name*1=x\r\n");
+        m
+    };
+    // The Subject's look-alike counts too (no parse to tell); the body's
+    // does not.
+    assert_eq!(parameter_pieces(&with(3), usize::MAX), 4);
+    assert_eq!(parameter_pieces(b"X: file*2 = a\r\n\r\n", usize::MAX), 1);
+    assert_eq!(parameter_pieces(b"X: a*b=c, 3*4\r\n\r\n", usize::MAX), 0);
+    assert!(section_within_caps(&with(MAX_PIECES - 1)));
+    assert_eq!(check(&with(MAX_PIECES - 1)), Ok(()));
+    assert!(!section_within_caps(&with(MAX_PIECES)));
+    assert_eq!(check(&with(MAX_PIECES)), Err(TooComplex::TooManyPieces));
+}

@@ -34,7 +34,7 @@ use crate::mail::nesting::{self, TooComplex};
 pub fn leaf(raw: &[u8]) -> Option<MessagePart<'_>> {
     // A header section too long to read is left to the full parse, which
     // refuses it (`nesting`).
-    if nesting::header_lines(raw, nesting::MAX_SECTION_LINES) > nesting::MAX_SECTION_LINES {
+    if !nesting::section_within_caps(raw) {
         return None;
     }
     let mut stream = MessageStream::new(raw);

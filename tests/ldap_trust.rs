@@ -327,3 +327,84 @@ fn a_reload_does_not_keep_answers_fetched_under_other_ldap_settings() {
     );
     assert!(sink.received().iter().any(|r| r.from.is_empty()));
 }
+
+/// The daemon's peak resident memory so far (kB).
+fn peak_kb(gw: &Gateway) -> u64 {
+    let pid = gw.pid().expect("running");
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Review 25: ldap3 keeps an answer whole in memory, with no bound of its
+/// own. The attacker is the directory, or anyone on the path of plain
+/// `ldap://`, answering the lookup for a signer's certificate with one
+/// PDU that never ends (256 MiB here; 1.5 GB in 3 s took 1.5 GB of
+/// memory). Observed: the daemon's peak memory, and that the message is
+/// delivered all the same. Control: the flood did reach the daemon (the
+/// server sent at least the cap before it was cut off).
+#[test]
+fn an_endless_ldap_answer_costs_no_more_memory_than_its_cap() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&sent);
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut request = [0u8; 4096];
+        let _ = s.read(&mut request);
+        // A SearchResultEntry that claims 2 GiB and never comes to its end.
+        let head = [
+            0x30, 0x84, 0x7f, 0xff, 0xff, 0xf0, 0x02, 0x01, 0x01, 0x64, 0x84, 0x7f, 0xff, 0xff,
+            0x00,
+        ];
+        if s.write_all(&head).is_err() {
+            return;
+        }
+        let chunk = vec![0x04u8; 64 * 1024];
+        while counted.load(Ordering::Relaxed) < 256 << 20 {
+            if s.write_all(&chunk).is_err() {
+                return;
+            }
+            counted.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        // Held open, silent, until the daemon lets go.
+        let _ = s.read(&mut request);
+    });
+    let sink = Sink::start(Script::default());
+    let gw = gateway(&sink, &format!("url = \"ldap://127.0.0.1:{port}\"\n"));
+    let mut m = b"From: Domstol <post@domstol.dk>\r\nTo: <bob@example-law.dk>\r\n\
+                  Subject: flood\r\nMessage-ID: <ldap-flood@test>\r\n"
+        .to_vec();
+    m.extend_from_slice(&pki::cms_sign_bare(&pki::inner("Kendelse"), "court-oces3"));
+    let before = peak_kb(&gw);
+    let r = submit(&gw, "post@domstol.dk", &["bob@example-law.dk"], &m);
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(
+        wait_until(Duration::from_secs(30), || sink
+            .received()
+            .iter()
+            .any(|r| r.text().contains("<ldap-flood@test>"))),
+        "not delivered:\n{}",
+        gw.log()
+    );
+    let grown = (peak_kb(&gw) - before) / 1024;
+    let flooded = sent.load(Ordering::Relaxed) >> 20;
+    assert!(
+        flooded >= 8,
+        "the server sent only {flooded} MiB: no flood to bound"
+    );
+    assert!(
+        grown < 48,
+        "peak memory grew {grown} MiB ({flooded} MiB sent)"
+    );
+}

@@ -408,3 +408,63 @@ fn a_replayed_older_signature_does_not_change_capabilities() {
         "downgraded by a replay:\n{report}"
     );
 }
+
+/// Review 24: certificates that chain to the anchors but were not issued
+/// for a mail recipient were encrypted to: a CA certificate (CA:TRUE)
+/// and one whose extended key usage is for TLS servers only. They sit in
+/// the operator's folder here (harvest and LDAP take the same check).
+/// Observed: what `explain` says mail to their addresses is encrypted to.
+/// Control: a certificate whose extended key usage names e-mail
+/// protection is used.
+#[test]
+fn certificates_not_issued_for_mail_are_not_encrypted_to() {
+    let issued = tempfile::tempdir().unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let common = "keyUsage = critical,digitalSignature,keyEncipherment,keyCertSign\n\
+                  certificatePolicies = 0.4.0.2042.1.1\n";
+    let cases = [
+        (
+            "ca-leaf",
+            "basicConstraints = critical,CA:TRUE\n",
+            "a CA certificate",
+        ),
+        (
+            "tls-only",
+            "basicConstraints = critical,CA:FALSE\nextendedKeyUsage = serverAuth\n",
+            "does not allow e-mail protection",
+        ),
+        (
+            "mail-eku",
+            "basicConstraints = critical,CA:FALSE\nextendedKeyUsage = emailProtection,clientAuth\n",
+            "",
+        ),
+    ];
+    for (i, (name, extensions, _)) in cases.iter().enumerate() {
+        let (_, cert) = pki::issue_by_oces3_ca(
+            issued.path(),
+            name,
+            &format!("/CN=Profile {name}"),
+            &format!("{extensions}{common}subjectAltName = email:{name}@domstol.dk\n"),
+            5000 + i as u32,
+        );
+        std::fs::copy(&cert, folder.path().join(format!("{name}.pem"))).unwrap();
+    }
+    let sink = Sink::start(Script::default());
+    let gw = gateway(&sink, folder.path());
+    for (name, _, why) in cases {
+        let out = gw.cli(&[
+            "explain",
+            "--rcpt",
+            &format!("{name}@domstol.dk"),
+            "--from",
+            "alice@example-law.dk",
+        ]);
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        if why.is_empty() {
+            assert!(report.contains("send encrypted"), "{name}:\n{report}");
+        } else {
+            assert!(!report.contains("send encrypted"), "{name} used:\n{report}");
+            assert!(report.contains(why), "{name}:\n{report}");
+        }
+    }
+}

@@ -87,6 +87,9 @@ pub struct CertInfo {
     /// `None` when the certificate has no key usage extension (any use).
     pub key_encipherment: Option<bool>,
     pub digital_signature: Option<bool>,
+    /// `None` without an extended key usage extension (any use); else
+    /// whether it allows e-mail protection (or any purpose).
+    pub email_protection: Option<bool>,
 }
 
 impl CertInfo {
@@ -149,6 +152,7 @@ pub fn classify(der: &[u8]) -> Result<CertInfo, ParseError> {
     let mut key_encipherment = None;
     let mut digital_signature = None;
     let mut is_ca = false;
+    let mut email_protection = None;
     for ext in cert.extensions() {
         match ext.parsed_extension() {
             ParsedExtension::CertificatePolicies(ps) => {
@@ -166,6 +170,9 @@ pub fn classify(der: &[u8]) -> Result<CertInfo, ParseError> {
                 digital_signature = Some(ku.digital_signature());
             }
             ParsedExtension::BasicConstraints(bc) => is_ca = bc.ca,
+            ParsedExtension::ExtendedKeyUsage(eku) => {
+                email_protection = Some(eku.email_protection || eku.any)
+            }
             _ => {}
         }
     }
@@ -203,6 +210,7 @@ pub fn classify(der: &[u8]) -> Result<CertInfo, ParseError> {
         policies,
         key_encipherment,
         digital_signature,
+        email_protection,
     })
 }
 
@@ -341,6 +349,7 @@ mod tests {
             policies: Vec::new(),
             key_encipherment: None,
             digital_signature: None,
+            email_protection: None,
         };
         assert_eq!(info.state_at(99, false), "not yet valid");
         assert_eq!(info.state_at(100, false), "valid");

@@ -321,6 +321,7 @@ mod tests {
             policies: Vec::new(),
             key_encipherment: None,
             digital_signature: None,
+            email_protection: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Is a recipient's certificate fit to encrypt to at a given time? Its
-//! validity period, its key usage (keyEncipherment), and its chain to the
+//! validity period, its key usage (keyEncipherment; no CA certificate,
+//! no extended key usage without e-mail protection), and its chain to the
 //! trust anchors (RSASSA-PSS included) as of that time. Revocation is
 //! `revocation`'s job; this module does no I/O.
 
@@ -36,6 +37,15 @@ pub fn basic(entry: &Entry, at: i64) -> Result<(), String> {
     }
     if !i.can_encrypt() {
         return Err("key usage does not allow encryption (no keyEncipherment)".into());
+    }
+    // Review 24: a CA certificate chains to the anchors as well as any
+    // leaf; an extended key usage without e-mail protection (RFC 8550
+    // 4.4.4) was issued for something else (a TLS server, a system).
+    if i.kind == super::oces::Kind::Authority {
+        return Err("a CA certificate, not a recipient's".into());
+    }
+    if i.email_protection == Some(false) {
+        return Err("extended key usage does not allow e-mail protection".into());
     }
     Ok(())
 }

@@ -1038,20 +1038,40 @@ fn a_signer_bomb_is_refused_before_parsing() {
         }
         pki::openssl(&args, &pki::inner(SECRET))
     };
+    // Review 26: the content type with a long-form length (`06 81 09`),
+    // which BER allows and OpenSSL reads, slipped past a byte match.
+    let long_form = |der: Vec<u8>| {
+        assert_eq!(der[..2], [0x30, 0x82], "a two-octet length");
+        let len = u16::from_be_bytes([der[2], der[3]]) + 1;
+        assert_eq!(der[4..6], [0x06, 0x09]);
+        [
+            &[0x30, 0x82][..],
+            &len.to_be_bytes(),
+            &[0x06, 0x81],
+            &der[5..],
+        ]
+        .concat()
+    };
     let opaque = "application/pkcs7-mime; smime-type=signed-data";
-    for (id, n) in [("signers-9", 9), ("signers-2", 2)] {
+    for (id, der) in [
+        ("signers-9", signed(9)),
+        ("signers-9-long", long_form(signed(9))),
+        ("signers-2", signed(2)),
+    ] {
         send(
             &gw,
             "bob@example-law.dk",
-            &pki::enveloped_message(id, "bob@example-law.dk", &signed(n), opaque),
+            &pki::enveloped_message(id, "bob@example-law.dk", &der, opaque),
         );
     }
-    let trace = header(
-        &received_for(&sink, "bob@example-law.dk", "signers-9").text(),
-        "X-SMIME-Gateway",
-    );
-    assert!(trace.contains("more than 8 signers"), "{trace}");
-    assert!(!trace.contains("=valid"), "{trace}");
+    for id in ["signers-9", "signers-9-long"] {
+        let trace = header(
+            &received_for(&sink, "bob@example-law.dk", id).text(),
+            "X-SMIME-Gateway",
+        );
+        assert!(trace.contains("more than 8 signers"), "{id}: {trace}");
+        assert!(!trace.contains("=valid"), "{id}: {trace}");
+    }
     let trace = header(
         &received_for(&sink, "bob@example-law.dk", "signers-2").text(),
         "X-SMIME-Gateway",

@@ -56,18 +56,31 @@ pub fn check(ber: &[u8]) -> Result<(), LimitError> {
     let mut budget = MAX_ELEMENTS;
     match element(ber, 0, &mut budget)? {
         Walked::EndOfContents(_) => Err(LimitError::Malformed("empty")),
-        Walked::Element { .. } if signers(ber).is_some_and(|n| n > MAX_SIGNERS) => {
-            Err(LimitError::TooManySigners)
-        }
-        Walked::Element { .. } => Ok(()),
+        Walked::Element { .. } => match signers(ber) {
+            Some(Some(n)) if n > MAX_SIGNERS => Err(LimitError::TooManySigners),
+            // Signed data whose signers cannot be counted is not given
+            // to OpenSSL to count them by checking each.
+            Some(None) => Err(LimitError::Malformed("signers not readable")),
+            _ => Ok(()),
+        },
     }
 }
 
-/// The content type identifier of signed data (1.2.840.113549.1.7.2), as
-/// it is written.
-const SIGNED_DATA: &[u8] = &[
-    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02,
-];
+/// The content type of signed data.
+const SIGNED_DATA: &str = "1.2.840.113549.1.7.2";
+
+/// The fields of the SignedData in `ber` (a ContentInfo, DER or BER):
+/// `None` for other content, `Some(None)` for signed data the walk cannot
+/// read. The type is read as an identifier, in any length form BER
+/// allows (a byte prefix missed `06 81 09 …`, review 26).
+fn signed_data_fields(ber: &[u8]) -> Option<Option<&[u8]>> {
+    let content_info = inside(ber)?;
+    let (after_type, oid) = asn1_rs::Oid::from_ber(content_info).ok()?;
+    if oid.to_id_string() != SIGNED_DATA {
+        return None;
+    }
+    Some(inside(after_type).and_then(inside))
+}
 
 /// Whether the SignedData in `ber` (a ContentInfo, DER or BER) carries its
 /// content (an eContent after the type in encapContentInfo): read without
@@ -75,43 +88,36 @@ const SIGNED_DATA: &[u8] = &[
 /// too many signers is still one with content, not plain mail). `None`
 /// for other content, or when the walk cannot tell.
 pub fn signed_has_content(ber: &[u8]) -> Option<bool> {
-    let content_info = inside(ber)?;
-    if !content_info.starts_with(SIGNED_DATA) {
-        return None;
-    }
-    let explicit = inside(skip(content_info)?)?;
+    let fields = signed_data_fields(ber)??;
     // version, digestAlgorithms, then encapContentInfo.
-    let encapsulated = inside(skip(skip(inside(explicit)?)?)?)?;
+    let encapsulated = inside(skip(skip(fields)?)?)?;
     let after_type = skip(encapsulated)?;
     Some(!after_type.is_empty() && !after_type.starts_with(&[0, 0]))
 }
 
 /// How many SignerInfos the SignedData in `ber` (a ContentInfo, DER or
 /// BER) holds: the elements of the last SET at its top level (after
-/// digestAlgorithms); `None` for other content, or when the walk cannot
-/// tell. Takes input the element walk passed.
-fn signers(ber: &[u8]) -> Option<usize> {
-    let content_info = inside(ber)?;
-    if !content_info.starts_with(SIGNED_DATA) {
-        return None;
-    }
-    let explicit = inside(skip(content_info)?)?;
-    let mut fields = inside(explicit)?;
-    let mut last_set = None;
-    while !fields.is_empty() && !fields.starts_with(&[0, 0]) {
-        let (_, header) = Header::from_ber(fields).ok()?;
-        if header.class() == Class::Universal && header.tag() == Tag::Set {
-            last_set = Some(fields);
+/// digestAlgorithms); `None` for other content, `Some(None)` when the
+/// walk cannot tell. Takes input the element walk passed.
+fn signers(ber: &[u8]) -> Option<Option<usize>> {
+    let fields = signed_data_fields(ber)?;
+    Some(fields.and_then(|mut fields| {
+        let mut last_set = None;
+        while !fields.is_empty() && !fields.starts_with(&[0, 0]) {
+            let (_, header) = Header::from_ber(fields).ok()?;
+            if header.class() == Class::Universal && header.tag() == Tag::Set {
+                last_set = Some(fields);
+            }
+            fields = skip(fields)?;
         }
-        fields = skip(fields)?;
-    }
-    let mut items = inside(last_set?)?;
-    let mut n = 0;
-    while !items.is_empty() && !items.starts_with(&[0, 0]) {
-        n += 1;
-        items = skip(items)?;
-    }
-    Some(n)
+        let mut items = inside(last_set?)?;
+        let mut n = 0;
+        while !items.is_empty() && !items.starts_with(&[0, 0]) {
+            n += 1;
+            items = skip(items)?;
+        }
+        Some(n)
+    }))
 }
 
 /// Shortest MAC (AES-GCM tag) RFC 5084 allows an AuthEnvelopedData.
@@ -488,7 +494,15 @@ pub(crate) mod tests {
 
     #[test]
     fn more_signers_than_mail_has_are_refused() {
-        let signed = |signers: usize| {
+        // The signed-data identifier in its usual form, and with the
+        // long-form length BER allows (review 26).
+        let short = [
+            0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02,
+        ];
+        let long = [
+            0x06, 0x81, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02,
+        ];
+        let signed = |oid: &[u8], signers: usize| {
             let signer_info = tlv(0x30, &[2, 1, 1]);
             let fields = [
                 tlv(0x02, &[1]),
@@ -497,26 +511,26 @@ pub(crate) mod tests {
                 tlv(0x31, &signer_info.repeat(signers)),
             ]
             .concat();
-            tlv(
-                0x30,
-                &[SIGNED_DATA, &tlv(0xa0, &tlv(0x30, &fields))].concat(),
-            )
+            tlv(0x30, &[oid, &tlv(0xa0, &tlv(0x30, &fields))].concat())
         };
-        assert_eq!(signers(&signed(3)), Some(3));
-        assert_eq!(signed_has_content(&signed(3)), Some(false));
-        assert_eq!(check(&signed(MAX_SIGNERS)), Ok(()));
-        assert_eq!(
-            check(&signed(MAX_SIGNERS + 1)),
-            Err(LimitError::TooManySigners)
-        );
+        for oid in [&short[..], &long[..]] {
+            assert_eq!(signers(&signed(oid, 3)), Some(Some(3)));
+            assert_eq!(signed_has_content(&signed(oid, 3)), Some(false));
+            assert_eq!(check(&signed(oid, MAX_SIGNERS)), Ok(()));
+            assert_eq!(
+                check(&signed(oid, MAX_SIGNERS + 1)),
+                Err(LimitError::TooManySigners)
+            );
+        }
         // Other content (a recipient SET as large) is not counted so.
-        let mut enveloped = signed(MAX_SIGNERS + 1);
-        let oid_at = enveloped
-            .windows(SIGNED_DATA.len())
-            .position(|w| w == SIGNED_DATA)
-            .unwrap();
-        enveloped[oid_at + SIGNED_DATA.len() - 1] = 0x03;
-        assert_eq!(check(&enveloped), Ok(()));
+        let mut other = short;
+        other[10] = 0x03;
+        assert_eq!(signers(&signed(&other, MAX_SIGNERS + 1)), None);
+        assert_eq!(check(&signed(&other, MAX_SIGNERS + 1)), Ok(()));
+        // Signed data without readable fields is refused.
+        let bare = tlv(0x30, &[&short[..], &tlv(0xa0, &tlv(0x02, &[1]))].concat());
+        assert_eq!(signers(&bare), Some(None));
+        assert!(check(&bare).is_err());
     }
 
     #[test]

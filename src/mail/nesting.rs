@@ -77,33 +77,43 @@ pub fn header_lines(raw: &[u8], max: usize) -> usize {
     lines
 }
 
-/// How many RFC 2231 parameter pieces (`*` and digits before `=` or
-/// `*=`) the header section at the start of `raw` holds, counted without
-/// parsing; stops counting past `max`.
+/// How many RFC 2231 parameter pieces the header section at the start of
+/// `raw` may hold, counted without parsing: every `*` whose next `;`,
+/// `"`, `*` or `=` is an `=`. mail-parser takes whatever stands between
+/// `*` and `=` as the piece number (white space, folding and comments
+/// skipped, a `+` sign read: `name*+1=`, `name*(c)1=`, review 26), so
+/// the count takes every such `*`, whatever follows it; `name*0*=`
+/// counts once. Stops counting past `max`.
 pub fn parameter_pieces(raw: &[u8], max: usize) -> usize {
+    let section = &raw[..section_len(raw)];
     let mut pieces = 0;
-    let mut at = 0;
-    while pieces <= max {
-        let line_end = memchr::memchr(b'\n', &raw[at..]).map_or(raw.len(), |k| at + k + 1);
-        let line = &raw[at..line_end];
-        if line.is_empty() || line == b"\n" || line == b"\r\n" {
-            break;
-        }
-        for star in memchr::memchr_iter(b'*', line) {
-            let digits = line[star + 1..]
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .count();
-            let after = line[star + 1 + digits..]
-                .iter()
-                .find(|b| !matches!(b, b' ' | b'\t' | b'*'));
-            if digits > 0 && after == Some(&b'=') {
-                pieces += 1;
+    for star in memchr::memchr_iter(b'*', section) {
+        let rest = &section[star + 1..];
+        let next = rest
+            .iter()
+            .position(|b| matches!(b, b';' | b'"' | b'*' | b'='));
+        if next.is_some_and(|k| rest[k] == b'=') {
+            pieces += 1;
+            if pieces > max {
+                break;
             }
         }
-        at = line_end;
     }
     pieces
+}
+
+/// The length of the header section at the start of `raw`, up to its
+/// empty line (or the end).
+fn section_len(raw: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(k) = memchr::memchr(b'\n', &raw[at..]) {
+        let line = &raw[at..at + k];
+        if line.is_empty() || line == b"\r" {
+            return at;
+        }
+        at += k + 1;
+    }
+    raw.len()
 }
 
 /// Whether mail-parser may read the header section at the start of `raw`

@@ -367,7 +367,33 @@ fn parameter_pieces_are_counted_before_parsing() {
     // does not.
     assert_eq!(parameter_pieces(&with(3), usize::MAX), 4);
     assert_eq!(parameter_pieces(b"X: file*2 = a\r\n\r\n", usize::MAX), 1);
-    assert_eq!(parameter_pieces(b"X: a*b=c, 3*4\r\n\r\n", usize::MAX), 0);
+    assert_eq!(
+        parameter_pieces(b"X: a*\"b=c\", 3*4\r\n\r\n", usize::MAX),
+        0
+    );
+    // Every form mail-parser reads as a piece number (review 26), and an
+    // extended piece once.
+    for form in [
+        &b"name*+1="[..],
+        b"name* 1=",
+        b"name*(c)1=",
+        b"name*\r\n  1=",
+        b"name*1*=",
+        b"NAME*01 =",
+    ] {
+        let m = [&b"Content-Type: a/b; "[..], form, b"x\r\n\r\nbody\r\n"].concat();
+        assert_eq!(
+            parameter_pieces(&m, usize::MAX),
+            1,
+            "{}",
+            String::from_utf8_lossy(form)
+        );
+    }
+    // Not in a value after `;`, nor in the body.
+    assert_eq!(
+        parameter_pieces(b"X: a; n=x*y; m=1\r\n\r\nname*1=z\r\n", usize::MAX),
+        0
+    );
     assert!(section_within_caps(&with(MAX_PIECES - 1)));
     assert_eq!(check(&with(MAX_PIECES - 1)), Ok(()));
     assert!(!section_within_caps(&with(MAX_PIECES)));

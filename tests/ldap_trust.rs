@@ -339,18 +339,26 @@ fn peak_kb(gw: &Gateway) -> u64 {
         .unwrap_or(0)
 }
 
-/// Review 25: ldap3 keeps an answer whole in memory, with no bound of its
-/// own. The attacker is the directory, or anyone on the path of plain
-/// `ldap://`, answering the lookup for a signer's certificate with one
-/// PDU that never ends (256 MiB here; 1.5 GB in 3 s took 1.5 GB of
-/// memory). Observed: the daemon's peak memory, and that the message is
-/// delivered all the same. Control: the flood did reach the daemon (the
-/// server sent at least the cap before it was cut off).
-#[test]
-fn an_endless_ldap_answer_costs_no_more_memory_than_its_cap() {
+/// A directory on `port` that answers the first search with a flood:
+/// one PDU that never ends (`endless`), or whole entries of 30,000 empty
+/// values each up to 8 MiB, then the search's end. The counter says how
+/// many octets of it were sent.
+fn flooding_directory(endless: bool) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
     use std::io::{Read, Write};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match content.len() {
+            n if n < 0x80 => out.push(n as u8),
+            n => {
+                out.push(0x84);
+                out.extend_from_slice(&(n as u32).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(content);
+        out
+    }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let sent = Arc::new(AtomicU64::new(0));
@@ -361,50 +369,101 @@ fn an_endless_ldap_answer_costs_no_more_memory_than_its_cap() {
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
         let mut request = [0u8; 4096];
-        let _ = s.read(&mut request);
-        // A SearchResultEntry that claims 2 GiB and never comes to its end.
-        let head = [
-            0x30, 0x84, 0x7f, 0xff, 0xff, 0xf0, 0x02, 0x01, 0x01, 0x64, 0x84, 0x7f, 0xff, 0xff,
-            0x00,
-        ];
-        if s.write_all(&head).is_err() {
+        let Ok(n) = s.read(&mut request) else {
             return;
-        }
-        let chunk = vec![0x04u8; 64 * 1024];
-        while counted.load(Ordering::Relaxed) < 256 << 20 {
-            if s.write_all(&chunk).is_err() {
+        };
+        // 30 len 02 len id: the search's message id.
+        let at = 2 + usize::from(request[1] & 0x80 != 0) * usize::from(request[1] & 0x7f);
+        let id = request[at + 2..at + 2 + usize::from(request[at + 1])].to_vec();
+        assert!(n > at + 2);
+        let mut send = |bytes: &[u8]| {
+            let ok = s.write_all(bytes).is_ok();
+            if ok {
+                counted.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+            ok
+        };
+        if endless {
+            // A SearchResultEntry that claims 2 GiB and never ends.
+            let head = [
+                0x30, 0x84, 0x7f, 0xff, 0xff, 0xf0, 0x02, 0x01, 0x01, 0x64, 0x84, 0x7f, 0xff, 0xff,
+                0x00,
+            ];
+            if !send(&head) {
                 return;
             }
-            counted.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            let chunk = vec![0x04u8; 64 * 1024];
+            while counted.load(Ordering::Relaxed) < 256 << 20 && send(&chunk) {}
+        } else {
+            let values = b"\x04\x00".repeat(30_000);
+            let attribute = tlv(
+                0x30,
+                &[tlv(0x04, b"userCertificate;binary"), tlv(0x31, &values)].concat(),
+            );
+            let entry = tlv(
+                0x30,
+                &[
+                    tlv(0x02, &id),
+                    tlv(
+                        0x64,
+                        &[tlv(0x04, b"cn=x,c=DK"), tlv(0x30, &attribute)].concat(),
+                    ),
+                ]
+                .concat(),
+            );
+            while counted.load(Ordering::Relaxed) + (entry.len() as u64) < 8 << 20 && send(&entry) {
+            }
+            let done = tlv(
+                0x30,
+                &[tlv(0x02, &id), tlv(0x65, b"\x0a\x01\x00\x04\x00\x04\x00")].concat(),
+            );
+            send(&done);
         }
         // Held open, silent, until the daemon lets go.
         let _ = s.read(&mut request);
     });
-    let sink = Sink::start(Script::default());
-    let gw = gateway(&sink, &format!("url = \"ldap://127.0.0.1:{port}\"\n"));
-    let mut m = b"From: Domstol <post@domstol.dk>\r\nTo: <bob@example-law.dk>\r\n\
-                  Subject: flood\r\nMessage-ID: <ldap-flood@test>\r\n"
-        .to_vec();
-    m.extend_from_slice(&pki::cms_sign_bare(&pki::inner("Kendelse"), "court-oces3"));
-    let before = peak_kb(&gw);
-    let r = submit(&gw, "post@domstol.dk", &["bob@example-law.dk"], &m);
-    assert_eq!(r.code, 250, "{r:?}");
-    assert!(
-        wait_until(Duration::from_secs(30), || sink
-            .received()
-            .iter()
-            .any(|r| r.text().contains("<ldap-flood@test>"))),
-        "not delivered:\n{}",
-        gw.log()
-    );
-    let grown = (peak_kb(&gw) - before) / 1024;
-    let flooded = sent.load(Ordering::Relaxed) >> 20;
-    assert!(
-        flooded >= 8,
-        "the server sent only {flooded} MiB: no flood to bound"
-    );
-    assert!(
-        grown < 48,
-        "peak memory grew {grown} MiB ({flooded} MiB sent)"
-    );
+    (port, sent)
+}
+
+/// Review 25: ldap3 keeps an answer whole in memory, with no bound of its
+/// own. The attacker is the directory, or anyone on the path of plain
+/// `ldap://`, answering the lookup for a signer's certificate with one
+/// PDU that never ends (256 MiB here; 1.5 GB in 3 s took 1.5 GB of
+/// memory), or (review 26) with entries of empty values, which ldap3
+/// holds at some 25 times their size (8 MiB took 200 MiB). Observed: the
+/// daemon's peak memory, and that the message is delivered all the same.
+/// Control: the flood did reach the daemon (the server sent at least the
+/// cap, 1 MiB, before it was cut off).
+#[test]
+fn an_endless_ldap_answer_costs_no_more_memory_than_its_cap() {
+    for endless in [true, false] {
+        let (port, sent) = flooding_directory(endless);
+        let sink = Sink::start(Script::default());
+        let gw = gateway(&sink, &format!("url = \"ldap://127.0.0.1:{port}\"\n"));
+        let mut m = b"From: Domstol <post@domstol.dk>\r\nTo: <bob@example-law.dk>\r\n\
+                      Subject: flood\r\nMessage-ID: <ldap-flood@test>\r\n"
+            .to_vec();
+        m.extend_from_slice(&pki::cms_sign_bare(&pki::inner("Kendelse"), "court-oces3"));
+        let before = peak_kb(&gw);
+        let r = submit(&gw, "post@domstol.dk", &["bob@example-law.dk"], &m);
+        assert_eq!(r.code, 250, "{r:?}");
+        assert!(
+            wait_until(Duration::from_secs(30), || sink
+                .received()
+                .iter()
+                .any(|r| r.text().contains("<ldap-flood@test>"))),
+            "not delivered:\n{}",
+            gw.log()
+        );
+        let grown = (peak_kb(&gw) - before) / 1024;
+        let flooded = sent.load(std::sync::atomic::Ordering::Relaxed) >> 20;
+        assert!(
+            flooded >= 1,
+            "endless {endless}: the server sent under 1 MiB: no flood to bound"
+        );
+        assert!(
+            grown < 48,
+            "endless {endless}: peak memory grew {grown} MiB ({flooded} MiB sent)"
+        );
+    }
 }

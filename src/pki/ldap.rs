@@ -44,8 +44,21 @@ pub enum LdapError {
 /// Most octets one lookup takes from a server, TLS included: ldap3 holds
 /// an answer whole in memory with no bound of its own (a hostile server,
 /// or anyone on the path of plain `ldap://`, sent 1.5 GB in 3 s, review
-/// 25). An answer that goes on is cut there and counts as a failed search.
-pub const MAX_ANSWER: u64 = 8 << 20;
+/// 25), and an answer of empty values takes some 25 times its size once
+/// read (review 26). An answer that goes on is cut there and counts as a
+/// failed search. A directory's answer for one address is a few
+/// certificates of 2 kB.
+pub const MAX_ANSWER: u64 = 1 << 20;
+/// Most lookups under way at once, so that memory for answers is
+/// bounded however many messages ask (each waits its turn within its
+/// timeout).
+const MAX_LOOKUPS: usize = 4;
+
+/// The turns of [`MAX_LOOKUPS`].
+fn turns() -> &'static tokio::sync::Semaphore {
+    static TURNS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    TURNS.get_or_init(|| tokio::sync::Semaphore::new(MAX_LOOKUPS))
+}
 
 /// Certificates the directory holds for `address`.
 pub async fn lookup(cfg: &LdapSettings, address: &str) -> Result<Vec<X509>, LdapError> {
@@ -58,6 +71,11 @@ pub async fn lookup(cfg: &LdapSettings, address: &str) -> Result<Vec<X509>, Ldap
         settings = settings.set_config(config);
     }
     let work = async {
+        // Held for the lookup: released when it ends or times out.
+        let _turn = turns().acquire().await.map_err(|e| LdapError::Connect {
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
         let connect = |message: String| LdapError::Connect {
             url: url.clone(),
             message,

@@ -4,7 +4,9 @@
 //! `nesting::section_within_caps` is not read (mail-parser's reading of
 //! it is what would cost): it has no Message-ID and no readable From.
 
-use mail_parser::{HeaderName, MimeHeaders};
+use std::borrow::Cow;
+
+use mail_parser::{HeaderName, MimeHeaders, PartType};
 
 use super::nesting::{header_lines, MAX_SECTION_LINES};
 
@@ -96,64 +98,97 @@ pub fn from_addresses(message: &[u8]) -> Vec<String> {
 /// or Resent-Sender field that holds an `@` (`"ceo@example-law.dk"
 /// <bob@…>`, encoded words decoded), every address in the other three
 /// ([`each_sender_field`]), and a field with raw control characters (an
-/// ISO-2022 escape a client may decode into any address). When the
-/// message is wholly an attached message (RFC 8551 §3.1 wrapping, which
-/// clients show as the message itself), that message's From addresses
-/// and what its header section shows too, as deep as they are wrapped.
-pub fn shown_beside_from(message: &[u8]) -> Vec<String> {
+/// ISO-2022 escape a client may decode into any address). When what a
+/// client shows as the content is one attached message (RFC 8551 §3.1
+/// wrapping, which clients show as the message itself), that message's
+/// From addresses and what its header section shows too, as deep as they
+/// are wrapped. The content is looked for beneath signatures (the first
+/// part of a multipart/signed; an opaque signature's content, which
+/// `open` takes out) and multiparts of one part (review 26).
+pub fn shown_beside_from(message: &[u8], open: &dyn Fn(&[u8]) -> Option<Vec<u8>>) -> Vec<String> {
     let mut out = shown_in(message);
-    let mut current = message;
-    for _ in 0..MAX_WRAPPED {
-        match wrapped(current) {
+    let mut current = Cow::Borrowed(message);
+    for _ in 0..MAX_BENEATH {
+        match beneath(&current, open) {
             None => return out,
             Some(Err(why)) => {
                 out.push(why);
                 return out;
             }
-            Some(Ok(inner)) => {
-                out.extend(from_addresses(inner).into_iter().map(|a| {
+            Some(Ok(Beneath::Message(inner))) => {
+                out.extend(from_addresses(&inner).into_iter().map(|a| {
                     if a.trim().is_empty() {
                         "an unreadable From of the attached message".to_string()
                     } else {
                         a
                     }
                 }));
-                out.extend(shown_in(inner));
-                current = inner;
+                out.extend(shown_in(&inner));
+                current = Cow::Owned(inner);
             }
+            Some(Ok(Beneath::Entity(inner))) => current = Cow::Owned(inner),
         }
     }
-    if wrapped(current).is_some() {
-        out.push(format!(
-            "attached messages wrapped more than {MAX_WRAPPED} deep"
-        ));
+    if beneath(&current, open).is_some() {
+        out.push(format!("content wrapped more than {MAX_BENEATH} deep"));
     }
     out
 }
 
-/// How deep wrapped messages are read for what they show.
-const MAX_WRAPPED: usize = 8;
+/// How deep wrapped messages, signatures and multiparts of one part are
+/// read for what they show.
+const MAX_BENEATH: usize = 8;
 
-/// The message `message` wholly is, when its content is one attached
-/// message (`message/rfc822`, `message/global`, `message/news`): its
-/// bytes, or why they are not read (an encoding other than 7bit, 8bit or
-/// binary, which RFC 2046 does not allow there and a client may decode).
-fn wrapped(message: &[u8]) -> Option<Result<&[u8], String>> {
-    let parsed = section(message)?;
+/// What a client shows as the content of an entity, one level down.
+enum Beneath {
+    /// An attached message: shown as the message itself.
+    Message(Vec<u8>),
+    /// A signature's content, or a multipart's one part.
+    Entity(Vec<u8>),
+}
+
+/// What `entity` holds one level down, when a client shows it as the
+/// content ([`Beneath`]), or why it is not read (an attached message in
+/// an encoding other than 7bit, 8bit or binary, which RFC 2046 does not
+/// allow there and a client may decode).
+fn beneath(
+    entity: &[u8],
+    open: &dyn Fn(&[u8]) -> Option<Vec<u8>>,
+) -> Option<Result<Beneath, String>> {
+    let parsed = section(entity)?;
     let ct = parsed.content_type()?;
+    let ty = ct.ctype().to_ascii_lowercase();
     let sub = ct.subtype()?.to_ascii_lowercase();
-    if !ct.ctype().eq_ignore_ascii_case("message") || !matches!(&*sub, "rfc822" | "global" | "news")
-    {
-        return None;
-    }
-    let encoding = parsed
-        .content_transfer_encoding()
-        .map(|e| e.trim().to_ascii_lowercase());
-    match encoding.as_deref() {
-        None | Some("7bit") | Some("8bit") | Some("binary") => {
-            Some(Ok(super::section::split(message).1))
+    match (&*ty, &*sub) {
+        ("message", "rfc822" | "global" | "news") => {
+            let encoding = parsed
+                .content_transfer_encoding()
+                .map(|e| e.trim().to_ascii_lowercase());
+            Some(match encoding.as_deref() {
+                None | Some("7bit") | Some("8bit") | Some("binary") => {
+                    Ok(Beneath::Message(super::section::split(entity).1.to_vec()))
+                }
+                Some(other) => Err(format!("an attached message in the {other} encoding")),
+            })
         }
-        Some(other) => Some(Err(format!("an attached message in the {other} encoding"))),
+        ("multipart", _) => {
+            let msg = super::nesting::parse(entity).ok()??;
+            let PartType::Multipart(children) = &msg.parts.first()?.body else {
+                return None;
+            };
+            if sub != "signed" && children.len() != 1 {
+                return None;
+            }
+            let part = msg.parts.get(*children.first()? as usize)?;
+            let bytes = msg
+                .raw_message
+                .get(part.offset_header as usize..part.offset_end as usize)?;
+            Some(Ok(Beneath::Entity(bytes.to_vec())))
+        }
+        ("application", "pkcs7-mime" | "x-pkcs7-mime") => {
+            open(entity).map(|e| Ok(Beneath::Entity(e)))
+        }
+        _ => None,
     }
 }
 
@@ -272,6 +307,11 @@ mod tests {
 
     use super::*;
 
+    /// No opaque signature is opened.
+    fn none(_: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
     #[test]
     fn from_addresses_are_all_found() {
         let one = b"From: Alice <alice@example-law.dk>\r\nTo: x@y\r\n\r\nbody\r\n";
@@ -298,22 +338,25 @@ mod tests {
     #[test]
     fn names_and_senders_shown_beside_from_are_found() {
         let m = b"From: \"ceo@x\" <bob@x>\r\nSender: Eve <eve@y>\r\n\r\nbody\r\n";
-        assert_eq!(shown_beside_from(m), vec!["ceo@x", "eve@y"]);
+        assert_eq!(shown_beside_from(m, &none), vec!["ceo@x", "eve@y"]);
         let m = b"From: =?utf-8?q?ceo=40x?= <bob@x>\r\n\r\n";
-        assert_eq!(shown_beside_from(m), vec!["ceo@x"]);
+        assert_eq!(shown_beside_from(m, &none), vec!["ceo@x"]);
         let m = b"From: ceo@x: bob@x;\r\n\r\n";
-        assert_eq!(shown_beside_from(m), vec!["ceo@x"]);
+        assert_eq!(shown_beside_from(m, &none), vec!["ceo@x"]);
         let m = "From: \"ceo\u{FF20}x\" <bob@x>\r\nFrom: \"eve\u{FE6B}y\" <bob@x>\r\n\r\n";
-        assert_eq!(shown_beside_from(m.as_bytes()), vec!["ceo@x", "eve@y"]);
+        assert_eq!(
+            shown_beside_from(m.as_bytes(), &none),
+            vec!["ceo@x", "eve@y"]
+        );
         // Encoded words mail-parser does not decode as clients do.
         let jp = b"From: =?iso-2022-jp?b?Y2VvGyRCIXcbKEJleGFtcGxlLWxhdy5kaw==?= <bob@x>\r\n\r\n";
-        assert!(shown_beside_from(jp)[0].starts_with("=?iso-2022-jp?b?"));
+        assert!(shown_beside_from(jp, &none)[0].starts_with("=?iso-2022-jp?b?"));
         let glued = b"From: ceo=?utf-8?q?=40?=x <bob@x>\r\n\r\n";
-        assert_eq!(shown_beside_from(glued), vec!["=?utf-8?q?=40?=x"]);
+        assert_eq!(shown_beside_from(glued, &none), vec!["=?utf-8?q?=40?=x"]);
         let fine = b"From: =?utf-8?q?J=C3=B8rgen?= <bob@x>\r\n\r\n";
-        assert!(shown_beside_from(fine).is_empty());
+        assert!(shown_beside_from(fine, &none).is_empty());
         // Control: a plain name shows nothing beside the address.
-        assert!(shown_beside_from(b"From: Bob Berg <bob@x>\r\n\r\n").is_empty());
+        assert!(shown_beside_from(b"From: Bob Berg <bob@x>\r\n\r\n", &none).is_empty());
     }
 
     #[test]
@@ -321,17 +364,17 @@ mod tests {
         // Review 24: a Sender's display name, Resent-From/Resent-Sender,
         // and a raw ISO-2022-JP name (ESC $ B !w ESC ( B is a full-width @).
         let m = b"From: <shared@x>\r\nSender: \"ceo@x\" <alice@x>\r\n\r\n";
-        assert_eq!(shown_beside_from(m), vec!["alice@x", "ceo@x"]);
+        assert_eq!(shown_beside_from(m, &none), vec!["alice@x", "ceo@x"]);
         let m = b"From: <bob@x>\r\nResent-From: ceo@x\r\nResent-Sender: Eve <eve@y>\r\n\r\n";
-        assert_eq!(shown_beside_from(m), vec!["ceo@x", "eve@y"]);
+        assert_eq!(shown_beside_from(m, &none), vec!["ceo@x", "eve@y"]);
         let m = b"From: \"partner \x1b$B!w\x1b(B x\" <bob@x>\r\n\r\n";
         assert_eq!(
-            shown_beside_from(m),
+            shown_beside_from(m, &none),
             vec!["raw control characters in the from field"]
         );
         // Control: a Sender with a plain name shows its address only.
         let m = b"From: <shared@x>\r\nSender: Alice Berg <alice@x>\r\n\r\n";
-        assert_eq!(shown_beside_from(m), vec!["alice@x"]);
+        assert_eq!(shown_beside_from(m, &none), vec!["alice@x"]);
     }
 
     #[test]
@@ -340,32 +383,49 @@ mod tests {
         // §3.1), which clients show as the message itself.
         let m = b"From: <bob@x>\r\nContent-Type: message/rfc822; forwarded=no\r\n\r\n\
                   From: CEO <ceo@x>\r\nSender: eve@y\r\nSubject: pay\r\n\r\nbody\r\n";
-        assert_eq!(shown_beside_from(m), vec!["ceo@x", "eve@y"]);
+        assert_eq!(shown_beside_from(m, &none), vec!["ceo@x", "eve@y"]);
         let twice = b"From: <bob@x>\r\nContent-Type: message/global\r\n\r\n\
                       From: <bob@x>\r\nContent-Type: Message/RFC822\r\n\r\n\
                       From: <ceo@x>\r\n\r\nbody\r\n";
-        assert_eq!(shown_beside_from(twice), vec!["bob@x", "ceo@x"]);
+        assert_eq!(shown_beside_from(twice, &none), vec!["bob@x", "ceo@x"]);
         let encoded = b"From: <bob@x>\r\nContent-Type: message/rfc822\r\n\
                         Content-Transfer-Encoding: base64\r\n\r\nRnJvbTogY2VvQHgNCg0K\r\n";
         assert_eq!(
-            shown_beside_from(encoded),
+            shown_beside_from(encoded, &none),
             vec!["an attached message in the base64 encoding"]
         );
         let anonymous = b"From: <bob@x>\r\nContent-Type: message/rfc822\r\n\r\n\
                           From: undisclosed\r\n\r\nbody\r\n";
         assert_eq!(
-            shown_beside_from(anonymous),
+            shown_beside_from(anonymous, &none),
             vec!["an unreadable From of the attached message"]
         );
+        // Beneath a signature, a multipart of one part, and an opaque
+        // signature (review 26).
+        let signed = b"From: <bob@x>\r\nContent-Type: multipart/signed; boundary=s\r\n\r\n\
+                       --s\r\nContent-Type: message/rfc822\r\n\r\nFrom: <ceo@x>\r\n\r\nbody\r\n\
+                       --s\r\nContent-Type: application/pkcs7-signature\r\n\r\nMAA=\r\n--s--\r\n";
+        assert_eq!(shown_beside_from(signed, &none), vec!["ceo@x"]);
+        let one = b"From: <bob@x>\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
+                    --b\r\nContent-Type: message/rfc822\r\n\r\nFrom: <ceo@x>\r\n\r\nbody\r\n--b--\r\n";
+        assert_eq!(shown_beside_from(one, &none), vec!["ceo@x"]);
+        let opaque =
+            b"From: <bob@x>\r\nContent-Type: application/pkcs7-mime; smime-type=signed-data\r\n\
+                       Content-Transfer-Encoding: base64\r\n\r\nMAA=\r\n";
+        let opened = |_: &[u8]| {
+            Some(b"Content-Type: message/rfc822\r\n\r\nFrom: <ceo@x>\r\n\r\nbody\r\n".to_vec())
+        };
+        assert_eq!(shown_beside_from(opaque, &opened), vec!["ceo@x"]);
+        assert!(shown_beside_from(opaque, &none).is_empty());
         // Controls: a forwarded message attached beside a note, and one
         // wrapped that is the sender's own, show nothing else.
         let beside = b"From: <bob@x>\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
                        --b\r\n\r\nnote\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n\
                        From: <ceo@x>\r\n\r\nbody\r\n--b--\r\n";
-        assert!(shown_beside_from(beside).is_empty());
+        assert!(shown_beside_from(beside, &none).is_empty());
         let own = b"From: <bob@x>\r\nContent-Type: message/rfc822\r\n\r\n\
                     From: Bob <bob@x>\r\n\r\nbody\r\n";
-        assert_eq!(shown_beside_from(own), vec!["bob@x"]);
+        assert_eq!(shown_beside_from(own, &none), vec!["bob@x"]);
     }
 
     #[test]

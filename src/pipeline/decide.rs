@@ -106,7 +106,10 @@ pub fn origin(envelope: &Envelope, body: &[u8]) -> Origin {
         envelope_sender: envelope.mail_from.clone(),
         header_from: crate::mail::headers::from_addresses(body),
         submission: envelope.submission,
-        shown_beside: crate::mail::headers::shown_beside_from(body),
+        shown_beside: crate::mail::headers::shown_beside_from(
+            body,
+            &crate::smime::scan::opaque_content,
+        ),
     }
 }
 

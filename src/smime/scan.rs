@@ -278,6 +278,17 @@ fn cms_content(der: &[u8], depth: usize, layers: usize, walk: &mut Walk) -> Seen
     }
 }
 
+/// The content of the opaque signature `entity` is (an
+/// `application/pkcs7-mime` entity of signed data), taken out without
+/// checking it: what a client shows beneath it, for the signing decision
+/// (`mail::headers::shown_beside_from`).
+pub fn opaque_content(entity: &[u8]) -> Option<Vec<u8>> {
+    match super::mime::shape(entity) {
+        super::mime::Shape::OpaqueSigned { cms } => signed_content(&cms),
+        _ => None,
+    }
+}
+
 /// The content of an opaque signature, taken out without checking the
 /// signature (the scan must not depend on whether it holds).
 fn signed_content(der: &[u8]) -> Option<Vec<u8>> {

@@ -32,9 +32,14 @@ on_missing_certificate = "send-plain"
 "#;
 
 fn gateway(sink: &Sink, dirs: &Path) -> Gateway {
+    gateway_with(sink, dirs, "")
+}
+
+/// [`gateway`] with more TOML after the `[certificates]` section.
+fn gateway_with(sink: &Sink, dirs: &Path, more: &str) -> Gateway {
     let mut opts = Options::new(sink.addr);
     opts.extra = format!(
-        "{}\n[trust]\nanchors = [\"{}\"]\nrevocation = \"off\"\n\n[certificates]\ndirs = [\"{}\"]\n{RULES}",
+        "{}\n[trust]\nanchors = [\"{}\"]\nrevocation = \"off\"\n\n[certificates]\ndirs = [\"{}\"]\n{more}{RULES}",
         pki::identity("org-oces3", &[]),
         pki::demo().join("trust").display(),
         dirs.display(),
@@ -238,18 +243,16 @@ fn the_directory_certificate_wins_over_a_harvested_one() {
 /// A gateway whose folders are empty, asking `ldap` over ldaps (verified
 /// against the TLS certificate's CA in `ca`).
 fn gateway_with_ldap(sink: &Sink, ldap: &Slapd, ca: &Path, empty: &Path) -> Gateway {
-    let mut opts = Options::new(sink.addr);
-    opts.extra = format!(
-        "{}\n[trust]\nanchors = [\"{}\"]\nrevocation = \"off\"\n\n[certificates]\ndirs = [\"{}\"]\n\n\
-         [[certificates.ldap]]\nurl = \"ldaps://127.0.0.1:{}\"\ntls_ca = \"{}\"\nbase = \"c=DK\"\n\
-         timeout = \"3s\"\ncache_ttl = \"1s\"\n{RULES}",
-        pki::identity("org-oces3", &[]),
-        pki::demo().join("trust").display(),
-        empty.display(),
-        ldap.tls_port.expect("ldaps"),
-        ca.display(),
-    );
-    Gateway::start(opts)
+    gateway_with(
+        sink,
+        empty,
+        &format!(
+            "\n[[certificates.ldap]]\nurl = \"ldaps://127.0.0.1:{}\"\ntls_ca = \"{}\"\nbase = \"c=DK\"\n\
+             timeout = \"3s\"\ncache_ttl = \"1s\"\n",
+            ldap.tls_port.expect("ldaps"),
+            ca.display(),
+        ),
+    )
 }
 
 /// Review 24: the attacker gets a CA-issued certificate naming the court's
@@ -269,17 +272,7 @@ fn an_authenticated_directory_answer_wins_over_a_harvested_certificate() {
     let ca = tmp.path().join("ldap-ca.pem");
     std::fs::write(&ca, &tls.ca_pem).unwrap();
     let empty = tempfile::tempdir().unwrap();
-    let mallory_opens = |message: &[u8]| {
-        let args = [
-            "cms",
-            "-decrypt",
-            "-inkey",
-            key.to_str().unwrap(),
-            "-recip",
-            cert.to_str().unwrap(),
-        ];
-        pki::run_output("openssl", &args, message).status.success()
-    };
+    let mallory_opens = |message: &[u8]| pki::cms_try_decrypt_with(message, &key, &cert).is_some();
     let to_court = String::from_utf8(common::message("to-court", "Forligstilbud: 4,2 mio."))
         .unwrap()
         .replace("alice@example.org", "alice@example-law.dk");

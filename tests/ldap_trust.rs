@@ -328,17 +328,6 @@ fn a_reload_does_not_keep_answers_fetched_under_other_ldap_settings() {
     assert!(sink.received().iter().any(|r| r.from.is_empty()));
 }
 
-/// The daemon's peak resident memory so far (kB).
-fn peak_kb(gw: &Gateway) -> u64 {
-    let pid = gw.pid().expect("running");
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A directory on `port` that answers the first search with a flood:
 /// one PDU that never ends (`endless`), or whole entries of 30,000 empty
 /// values each up to 8 MiB, then the search's end. The counter says how
@@ -444,7 +433,7 @@ fn an_endless_ldap_answer_costs_no_more_memory_than_its_cap() {
                       Subject: flood\r\nMessage-ID: <ldap-flood@test>\r\n"
             .to_vec();
         m.extend_from_slice(&pki::cms_sign_bare(&pki::inner("Kendelse"), "court-oces3"));
-        let before = peak_kb(&gw);
+        let before = gw.peak_kb();
         let r = submit(&gw, "post@domstol.dk", &["bob@example-law.dk"], &m);
         assert_eq!(r.code, 250, "{r:?}");
         assert!(
@@ -455,7 +444,7 @@ fn an_endless_ldap_answer_costs_no_more_memory_than_its_cap() {
             "not delivered:\n{}",
             gw.log()
         );
-        let grown = (peak_kb(&gw) - before) / 1024;
+        let grown = (gw.peak_kb() - before) / 1024;
         let flooded = sent.load(std::sync::atomic::Ordering::Relaxed) >> 20;
         assert!(
             flooded >= 1,

@@ -334,17 +334,6 @@ fn a_header_section_of_a_million_fields_is_not_parsed_and_the_daemon_serves_on()
     assert_no_crash(&gw);
 }
 
-/// The daemon's peak resident memory so far (kB).
-fn peak_kb(gw: &Gateway) -> u64 {
-    let pid = gw.pid().expect("running");
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// `levels` opaque signatures, one inside the other (each inner one as
 /// binary DER, the outer one base64), around `payload` bytes of text.
 fn nested_opaque_signatures(id: &str, to: &str, levels: usize, payload: usize) -> Vec<u8> {
@@ -354,22 +343,7 @@ fn nested_opaque_signatures(id: &str, to: &str, levels: usize, payload: usize) -
     entity.extend(line.as_bytes().repeat(payload / line.len()));
     let mut der = Vec::new();
     for level in 0..levels {
-        der = pki::openssl(
-            &[
-                "cms",
-                "-sign",
-                "-nodetach",
-                "-binary",
-                "-noattr",
-                "-outform",
-                "DER",
-                "-signer",
-                cert.to_str().unwrap(),
-                "-inkey",
-                key.to_str().unwrap(),
-            ],
-            &entity,
-        );
+        der = pki::cms_sign_opaque(&entity, &cert, &key);
         if level + 1 < levels {
             entity = b"Content-Type: application/pkcs7-mime; smime-type=signed-data\r\n\
                        Content-Transfer-Encoding: binary\r\n\r\n"
@@ -402,7 +376,7 @@ fn opaque_signatures_nested_deep_hold_no_copy_per_level() {
         let outside = Sink::start(Script::default());
         let gw = gateway(&mailbox, &outside, false, "");
         let m = nested_opaque_signatures(id, "bob@example-law.dk", levels, payload);
-        let before = peak_kb(&gw);
+        let before = gw.peak_kb();
         let r = send(&gw, ATTACKER, "bob@example-law.dk", &m);
         assert_eq!(r.code, 250, "{r:?}");
         assert!(
@@ -411,7 +385,7 @@ fn opaque_signatures_nested_deep_hold_no_copy_per_level() {
             gw.log()
         );
         assert_no_crash(&gw);
-        peaks.push((id, (peak_kb(&gw) - before) / 1024));
+        peaks.push((id, (gw.peak_kb() - before) / 1024));
     }
     let (seven, deep) = (peaks[0].1, peaks[1].1);
     // 17 levels more would be 68 MiB more if each held a copy.

@@ -619,21 +619,7 @@ fn a_sender_in_a_name_a_resent_field_or_a_wrapped_message_gets_no_signature() {
                     .into_bytes()
             }
             Beneath::Opaque => {
-                let der = pki::openssl(
-                    &[
-                        "cms",
-                        "-sign",
-                        "-nodetach",
-                        "-binary",
-                        "-outform",
-                        "DER",
-                        "-signer",
-                        cert.to_str().unwrap(),
-                        "-inkey",
-                        key.to_str().unwrap(),
-                    ],
-                    &entity,
-                );
+                let der = pki::cms_sign_opaque(&entity, &cert, &key);
                 let mut e = b"Content-Type: application/pkcs7-mime; smime-type=signed-data; name=smime.p7m\r\n\
                               Content-Transfer-Encoding: base64\r\n\r\n"
                     .to_vec();

@@ -232,6 +232,19 @@ scan_interval = "1s"
         }
     }
 
+    /// The daemon's peak resident memory so far (kB; 0 when not running).
+    pub fn peak_kb(&self) -> u64 {
+        let Some(pid) = self.pid() else {
+            return 0;
+        };
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The running process's id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())

@@ -479,7 +479,11 @@ pub fn cms_decrypt_fails(message: &[u8], name: &str) -> bool {
 /// `openssl cms -decrypt` with demo key `name`: the plaintext, or `None`
 /// when that key does not open it.
 pub fn cms_try_decrypt(message: &[u8], name: &str) -> Option<Vec<u8>> {
-    let (key, cert) = (key(name), cert(name));
+    cms_try_decrypt_with(message, &key(name), &cert(name))
+}
+
+/// `openssl cms -decrypt` with the key and certificate at `key`/`cert`.
+pub fn cms_try_decrypt_with(message: &[u8], key: &Path, cert: &Path) -> Option<Vec<u8>> {
     let args = [
         "cms",
         "-decrypt",
@@ -490,6 +494,27 @@ pub fn cms_try_decrypt(message: &[u8], name: &str) -> Option<Vec<u8>> {
     ];
     let out = run_output("openssl", &args, message);
     out.status.success().then_some(out.stdout)
+}
+
+/// An opaque signature (DER) of `content` by the certificate and key at
+/// `cert`/`key`, carrying the signer's certificate.
+pub fn cms_sign_opaque(content: &[u8], cert: &Path, key: &Path) -> Vec<u8> {
+    openssl(
+        &[
+            "cms",
+            "-sign",
+            "-nodetach",
+            "-binary",
+            "-noattr",
+            "-outform",
+            "DER",
+            "-signer",
+            cert.to_str().unwrap(),
+            "-inkey",
+            key.to_str().unwrap(),
+        ],
+        content,
+    )
 }
 
 /// A demo PKI of its own whose certificates name this test's CRL and OCSP

@@ -494,12 +494,7 @@ fn container_defaults_take_environment_overrides() {
 
 /// The daemon's resident memory (kB).
 fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    common::status_kb(pid, "VmRSS:")
 }
 
 /// Whether `/healthz` on `port` answers 200 (without panicking when the

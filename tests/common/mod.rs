@@ -234,15 +234,7 @@ scan_interval = "1s"
 
     /// The daemon's peak resident memory so far (kB; 0 when not running).
     pub fn peak_kb(&self) -> u64 {
-        let Some(pid) = self.pid() else {
-            return 0;
-        };
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+        self.pid().map_or(0, |pid| status_kb(pid, "VmHWM:"))
     }
 
     /// The running process's id.
@@ -459,4 +451,15 @@ pub fn submit(gw: &Gateway, from: &str, rcpts: &[&str], body: &[u8]) -> client::
     let mut c = client::Client::connect(gw.addr).expect("connect");
     c.ehlo().expect("EHLO");
     c.send(from, rcpts, body).expect("transaction")
+}
+
+/// A memory figure of process `pid` from `/proc/PID/status` (`field` is
+/// e.g. "VmRSS:"), in kB; 0 when it cannot be read.
+pub fn status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }

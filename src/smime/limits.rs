@@ -19,6 +19,9 @@ pub const MAX_DEPTH: usize = 32;
 pub const MAX_ITEMS: usize = 4096;
 /// Most elements in all, chunks of constructed strings not counted.
 pub const MAX_ELEMENTS: usize = 262_144;
+/// Most S/MIME layers taken off one message (unwrap), and so how deep
+/// the scan follows signatures one inside the other.
+pub const MAX_LAYERS: usize = 6;
 /// Most SignerInfos in one SignedData: each costs a public-key operation
 /// (or two: the content is tried as sent and with LF line ends) whatever
 /// it claims, and a 3,070-bit public exponent makes one RSA check 7 ms

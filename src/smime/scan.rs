@@ -25,11 +25,11 @@ const MAX_PARTS: usize = 2000;
 /// How many signatures' contents are taken out within one another (each
 /// holds a copy of its content while the scan is inside it: 33 opaque
 /// signatures around 30 MB held 33 copies, review 25). Unwrap opens
-/// [`super::unwrap::MAX_LAYERS`] layers and reports the next; content
+/// [`super::limits::MAX_LAYERS`] layers and reports the next; content
 /// deeper is assumed the worst. Side by side they cost no more than the
 /// message's size: not counted (a cap on them labelled 17 signed
 /// attachments ciphertext, review 26).
-const MAX_CMS_DEPTH: usize = super::unwrap::MAX_LAYERS + 1;
+const MAX_CMS_DEPTH: usize = super::limits::MAX_LAYERS + 1;
 
 /// What is left of the scan's bounds as it goes.
 struct Walk {

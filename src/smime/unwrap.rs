@@ -30,8 +30,7 @@ use crate::pki::oces::Generation;
 use crate::pki::signer::{Relation, SignerRevocation};
 use crate::pki::Identity;
 
-/// Most layers taken off one message.
-pub const MAX_LAYERS: usize = 6;
+pub use super::limits::MAX_LAYERS;
 
 /// The key that decrypted a layer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -479,7 +479,11 @@ pub fn unwrap_into(
         let entity: &[u8] = current.as_deref().unwrap_or(message);
         let left = match mime::shape(entity) {
             Shape::Enveloped { .. } => Some((1, 0)),
-            Shape::OpaqueSigned { .. } | Shape::DetachedSigned { .. } => Some((0, 1)),
+            // Ciphertext beneath the signatures left is said too (review
+            // 26: eight around ciphertext said only "signed-parts").
+            Shape::OpaqueSigned { .. } | Shape::DetachedSigned { .. } => {
+                Some((usize::from(super::scan::scan(entity).encrypted), 1))
+            }
             Shape::Mixed(n) => Some((n.encrypted, n.signed)),
             Shape::Plain => None,
             Shape::Unreadable(e) => {
@@ -1014,5 +1018,48 @@ mod tests {
             unwrap(&enveloped(&deep(5)), &[&id], &[], 0),
             Unwrapped::Opened { .. }
         ));
+    }
+
+    #[test]
+    fn ciphertext_beneath_more_signatures_than_are_taken_off_is_said() {
+        let id = identity();
+        let opaque = |content: &[u8]| {
+            let mut m = b"Content-Type: application/pkcs7-mime; smime-type=signed-data\r\n\
+                          Content-Transfer-Encoding: base64\r\n\r\n"
+                .to_vec();
+            m.extend_from_slice(&mime::base64_lines(
+                &crate::pki::testkit::signed(&id, content).unwrap(),
+            ));
+            m
+        };
+        let mut certs = Stack::new().unwrap();
+        certs.push(id.cert.clone()).unwrap();
+        let cms = CmsContentInfo::encrypt(&certs, b"x", Cipher::aes_256_cbc(), CMSOptions::BINARY)
+            .unwrap()
+            .to_der()
+            .unwrap();
+        let mut ciphertext = b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n\
+                               Content-Transfer-Encoding: base64\r\n\r\n"
+            .to_vec();
+        ciphertext.extend_from_slice(&mime::base64_lines(&cms));
+        let plain = b"Content-Type: text/plain\r\n\r\nhello\r\n".to_vec();
+        for (inner, encrypted) in [(ciphertext, true), (plain, false)] {
+            let mut m = inner;
+            for _ in 0..MAX_LAYERS + 2 {
+                m = opaque(&m);
+            }
+            let report = match unwrap(&m, &[&id], &[], 0) {
+                Unwrapped::Unchanged { report } | Unwrapped::Opened { report, .. } => report,
+                Unwrapped::Failed { report, .. } => report,
+            };
+            assert!(report.too_deep);
+            let value = report.header_value().unwrap();
+            assert_eq!(
+                value.contains("encrypted-parts=not-opened"),
+                encrypted,
+                "{value}"
+            );
+            assert!(value.contains("signed-parts=not-verified"), "{value}");
+        }
     }
 }

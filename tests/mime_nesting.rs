@@ -417,6 +417,8 @@ fn thousands_of_parameter_pieces_are_not_given_to_the_parser() {
     let cases = [
         ("pieces-3000", 3000, "*"),
         ("pieces-plus-3000", 3000, "*+"),
+        // Review 27: mail-parser skips a quote between `*` and `=`.
+        ("pieces-quote-3000", 3000, "*\""),
         ("pieces-40", 40, "*"),
     ];
     for (id, pieces, star) in cases {
@@ -428,7 +430,7 @@ fn thousands_of_parameter_pieces_are_not_given_to_the_parser() {
         );
         assert_eq!(r.code, 250, "{id}: {r:?}");
     }
-    for id in ["pieces-3000", "pieces-plus-3000"] {
+    for id in ["pieces-3000", "pieces-plus-3000", "pieces-quote-3000"] {
         let got = received(&mailbox, "bob@example-law.dk", id).expect("delivered");
         let t = trace(&got);
         assert!(t.contains("parameter pieces"), "{id}: {t}");

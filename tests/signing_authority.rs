@@ -691,6 +691,23 @@ fn a_sender_in_a_name_a_resent_field_or_a_wrapped_message_gets_no_signature() {
         ("sa-wrapped-signed", wrapped_beneath("sa-wrapped-signed", ceo, Beneath::Detached), false),
         ("sa-wrapped-opaque", wrapped_beneath("sa-wrapped-opaque", ceo, Beneath::Opaque), false),
         ("sa-wrapped-one", wrapped_beneath("sa-wrapped-one", ceo, Beneath::OnePart), false),
+        // Review 27: the type written twice (clients read the first,
+        // mail-parser the last).
+        (
+            "sa-wrapped-twice",
+            {
+                let mut m = head(
+                    "sa-wrapped-twice",
+                    b"From: Bob <bob@example-law.dk>\r\nContent-Type: message/rfc822\r\n\
+                      Content-Type: text/plain\r\n\r\n",
+                );
+                m.extend_from_slice(
+                    format!("From: {ceo}\r\nSubject: Betaling\r\n\r\nBetal i dag.\r\n").as_bytes(),
+                );
+                m
+            },
+            false,
+        ),
         (
             "sa-own-wrapped-signed",
             wrapped_beneath("sa-own-wrapped-signed", "Bob Berg <bob@example-law.dk>", Beneath::Detached),

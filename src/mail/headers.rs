@@ -148,20 +148,31 @@ enum Beneath {
 }
 
 /// What `entity` holds one level down, when a client shows it as the
-/// content ([`Beneath`]), or why it is not read (an attached message in
-/// an encoding other than 7bit, 8bit or binary, which RFC 2046 does not
-/// allow there and a client may decode).
+/// content ([`Beneath`]), or why it is not read: an attached message in
+/// an encoding other than 7bit, 8bit or binary (which RFC 2046 does not
+/// allow there and a client may decode), an entity over the caps of the
+/// parse or one that reads two ways (a client may read another type than
+/// mail-parser's; review 27), a digest (whose parts are messages without
+/// saying so). Nothing read is nothing vouched for.
 fn beneath(
     entity: &[u8],
     open: &dyn Fn(&[u8]) -> Option<Vec<u8>>,
 ) -> Option<Result<Beneath, String>> {
-    let parsed = section(entity)?;
-    let ct = parsed.content_type()?;
+    let msg = match super::nesting::parse(entity) {
+        Ok(Some(msg)) => msg,
+        Ok(None) => return None,
+        Err(e) => return Some(Err(format!("content not read ({e})"))),
+    };
+    if let Err(e) = super::readings::structure(&msg, entity) {
+        return Some(Err(format!("content that {e}")));
+    }
+    let root = msg.parts.first()?;
+    let ct = root.content_type()?;
     let ty = ct.ctype().to_ascii_lowercase();
     let sub = ct.subtype()?.to_ascii_lowercase();
     match (&*ty, &*sub) {
         ("message", "rfc822" | "global" | "news") => {
-            let encoding = parsed
+            let encoding = root
                 .content_transfer_encoding()
                 .map(|e| e.trim().to_ascii_lowercase());
             Some(match encoding.as_deref() {
@@ -171,9 +182,9 @@ fn beneath(
                 Some(other) => Err(format!("an attached message in the {other} encoding")),
             })
         }
+        ("multipart", "digest") => Some(Err("a multipart/digest".into())),
         ("multipart", _) => {
-            let msg = super::nesting::parse(entity).ok()??;
-            let PartType::Multipart(children) = &msg.parts.first()?.body else {
+            let PartType::Multipart(children) = &root.body else {
                 return None;
             };
             if sub != "signed" && children.len() != 1 {
@@ -344,9 +355,10 @@ mod tests {
         let m = b"From: ceo@x: bob@x;\r\n\r\n";
         assert_eq!(shown_beside_from(m, &none), vec!["ceo@x"]);
         let m = "From: \"ceo\u{FF20}x\" <bob@x>\r\nFrom: \"eve\u{FE6B}y\" <bob@x>\r\n\r\n";
+        // Two From fields read two ways too.
         assert_eq!(
-            shown_beside_from(m.as_bytes(), &none),
-            vec!["ceo@x", "eve@y"]
+            shown_beside_from(m.as_bytes(), &none)[..2],
+            ["ceo@x", "eve@y"]
         );
         // Encoded words mail-parser does not decode as clients do.
         let jp = b"From: =?iso-2022-jp?b?Y2VvGyRCIXcbKEJleGFtcGxlLWxhdy5kaw==?= <bob@x>\r\n\r\n";
@@ -369,8 +381,8 @@ mod tests {
         assert_eq!(shown_beside_from(m, &none), vec!["ceo@x", "eve@y"]);
         let m = b"From: \"partner \x1b$B!w\x1b(B x\" <bob@x>\r\n\r\n";
         assert_eq!(
-            shown_beside_from(m, &none),
-            vec!["raw control characters in the from field"]
+            shown_beside_from(m, &none)[0],
+            "raw control characters in the from field"
         );
         // Control: a Sender with a plain name shows its address only.
         let m = b"From: <shared@x>\r\nSender: Alice Berg <alice@x>\r\n\r\n";
@@ -417,6 +429,26 @@ mod tests {
         };
         assert_eq!(shown_beside_from(opaque, &opened), vec!["ceo@x"]);
         assert!(shown_beside_from(opaque, &none).is_empty());
+        // Not read, so not vouched for (review 27): the type written
+        // twice (clients read the first, mail-parser the last), a digest,
+        // a header section over the caps.
+        let twice =
+            b"From: <bob@x>\r\nContent-Type: message/rfc822\r\nContent-Type: text/plain\r\n\r\n\
+                      From: <ceo@x>\r\n\r\nbody\r\n";
+        assert_eq!(shown_beside_from(twice, &none).len(), 1);
+        let digest = b"From: <bob@x>\r\nContent-Type: multipart/digest; boundary=d\r\n\r\n\
+                       --d\r\n\r\nFrom: <ceo@x>\r\n\r\nbody\r\n--d--\r\n";
+        assert_eq!(shown_beside_from(digest, &none), vec!["a multipart/digest"]);
+        let mut over = b"From: <bob@x>\r\nContent-Type: message/rfc822".to_vec();
+        for n in 0..=super::super::nesting::MAX_PIECES {
+            over.extend_from_slice(format!(";\r\n x*{n}=a").as_bytes());
+        }
+        over.extend_from_slice(b"\r\n\r\nFrom: <ceo@x>\r\n\r\nbody\r\n");
+        let shown = shown_beside_from(&over, &none);
+        assert!(
+            shown.len() == 1 && shown[0].starts_with("content not read"),
+            "{shown:?}"
+        );
         // Controls: a forwarded message attached beside a note, and one
         // wrapped that is the sender's own, show nothing else.
         let beside = b"From: <bob@x>\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\

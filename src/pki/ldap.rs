@@ -49,15 +49,25 @@ pub enum LdapError {
 /// failed search. A directory's answer for one address is a few
 /// certificates of 2 kB.
 pub const MAX_ANSWER: u64 = 1 << 20;
-/// Most lookups under way at once, so that memory for answers is
-/// bounded however many messages ask (each waits its turn within its
-/// timeout).
+/// Most lookups under way at once to one server, so that memory for
+/// answers is bounded however many messages ask (each waits its turn
+/// within its timeout). Per server: a slow or hostile directory holding
+/// its turns keeps no other directory from being asked (review 27).
 const MAX_LOOKUPS: usize = 4;
 
-/// The turns of [`MAX_LOOKUPS`].
-fn turns() -> &'static tokio::sync::Semaphore {
-    static TURNS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    TURNS.get_or_init(|| tokio::sync::Semaphore::new(MAX_LOOKUPS))
+/// The turns of [`MAX_LOOKUPS`] for the server at `url`.
+fn turns(url: &str) -> Arc<tokio::sync::Semaphore> {
+    type Turns = std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>;
+    static TURNS: std::sync::OnceLock<Turns> = std::sync::OnceLock::new();
+    let mut turns = TURNS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Arc::clone(
+        turns
+            .entry(url.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS))),
+    )
 }
 
 /// Certificates the directory holds for `address`.
@@ -72,7 +82,8 @@ pub async fn lookup(cfg: &LdapSettings, address: &str) -> Result<Vec<X509>, Ldap
     }
     let work = async {
         // Held for the lookup: released when it ends or times out.
-        let _turn = turns().acquire().await.map_err(|e| LdapError::Connect {
+        let turns = turns(&cfg.url);
+        let _turn = turns.acquire().await.map_err(|e| LdapError::Connect {
             url: url.clone(),
             message: e.to_string(),
         })?;

@@ -89,6 +89,17 @@ fn send(gw: &Gateway, sender: &str, message: &[u8]) {
     assert_eq!(r.code, 250, "{r:?}");
 }
 
+/// Waits until the gateway logs a harvest (fails the test otherwise).
+fn harvested(gw: &Gateway) {
+    assert!(
+        wait_until(Duration::from_secs(10), || gw
+            .log()
+            .contains("event=\"harvested\"")),
+        "{}",
+        gw.log()
+    );
+}
+
 fn explain(gw: &Gateway) -> String {
     let out = gw.cli(&[
         "explain",
@@ -183,13 +194,7 @@ fn no_certificate_is_harvested_for_the_organisations_own_addresses() {
     // Control: the court's own signed mail, from the same place, is kept.
     send(&gw, "post@domstol.dk", &court_signed("own-control"));
     delivered(&sink, 2);
-    assert!(
-        wait_until(Duration::from_secs(10), || gw
-            .log()
-            .contains("event=\"harvested\"")),
-        "{}",
-        gw.log()
-    );
+    harvested(&gw);
     let log = gw.log();
     assert_eq!(log.matches("event=\"harvested\"").count(), 1, "{log}");
     assert!(log.contains("the organisation's own address"), "{log}");
@@ -286,13 +291,7 @@ fn an_authenticated_directory_answer_wins_over_a_harvested_certificate() {
         let gw = gateway_with_ldap(&sink, &ldap, &ca, empty.path());
         send(&gw, "post@domstol.dk", &forged);
         delivered(&sink, 1);
-        assert!(
-            wait_until(Duration::from_secs(10), || gw
-                .log()
-                .contains("event=\"harvested\"")),
-            "{}",
-            gw.log()
-        );
+        harvested(&gw);
         let report = explain(&gw);
         let r = common::submit(
             &gw,

@@ -99,18 +99,16 @@ fn signed_by_the_organisation(r: &Received) -> bool {
         ],
         &pki::crlf(&r.data),
     );
-    verified.status.success()
-        && String::from_utf8_lossy(&pki::openssl(
-            &[
-                "x509",
-                "-noout",
-                "-subject",
-                "-in",
-                signer.to_str().unwrap(),
-            ],
-            b"",
-        ))
-        .contains("Example Law")
+    verified.status.success() && subject_of(&signer).contains("Example Law")
+}
+
+/// The subject of the certificate file `cert`, as `openssl x509` prints it.
+fn subject_of(cert: &std::path::Path) -> String {
+    let text = pki::openssl(
+        &["x509", "-noout", "-subject", "-in", cert.to_str().unwrap()],
+        b"",
+    );
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 /// The demo roots, for `openssl cms -verify`.
@@ -146,17 +144,7 @@ fn signer_of(r: &Received) -> String {
         ],
         &pki::crlf(&r.data),
     );
-    let text = pki::openssl(
-        &[
-            "x509",
-            "-noout",
-            "-subject",
-            "-in",
-            signer.to_str().unwrap(),
-        ],
-        b"",
-    );
-    String::from_utf8_lossy(&text).into_owned()
+    subject_of(&signer)
 }
 
 #[test]
